@@ -1,0 +1,29 @@
+# d4fs — see README.md. `make demo` and `make test` work on a fresh Debian 12 machine.
+SHELL := /bin/bash
+NODE_STAMP := node_modules/.d4fs-installed
+
+.PHONY: all deps build test demo bench clean
+
+all: build
+
+deps: $(NODE_STAMP)
+	@bash scripts/install-deps.sh
+
+$(NODE_STAMP): package.json package-lock.json
+	npm ci --no-audit --no-fund
+	@touch $@
+
+build: deps
+	npx tsc -p tsconfig.json
+
+test: build
+	npx jest --runInBand
+
+demo: build
+	bash scripts/demo.sh
+
+bench: build
+	node dist/bench/run.js
+
+clean:
+	rm -rf dist

@@ -1,0 +1,288 @@
+/** `ctr-cli convert` and `ctr-cli cdimg show|verify|unpack`. */
+import { Command } from 'commander';
+import { createHash } from 'node:crypto';
+import { convertImage } from '../convert/convert';
+import { CdimgReader } from '../format/reader';
+import { Codec, Encoding, Entry, FileType } from '../format/types';
+import { unpackImage } from '../unpack/unpack';
+import { WorkerPool } from '../workers/pool';
+import { corrupt, invalidArgument } from '../errors';
+import { digestFromRaw } from '../util/digest';
+import { action, addRegistryOptions, humanBytes, parseIntOpt, parseLevel, parseSize, printJson, progressReporter, registryOptionsOf } from './common';
+
+const TYPE_NAMES: Record<number, string> = {
+  [FileType.REG]: 'file',
+  [FileType.DIR]: 'dir',
+  [FileType.SYMLINK]: 'symlink',
+  [FileType.HARDLINK]: 'hardlink',
+  [FileType.CHAR]: 'char',
+  [FileType.BLOCK]: 'block',
+  [FileType.FIFO]: 'fifo',
+};
+
+export function registerConvert(program: Command): void {
+  const c = program
+    .command('convert')
+    .description('convert an OCI/Docker image into a full delta-image file (.cdimg)')
+    .option('-i, --image <ref>', 'image: oci:DIR[:TAG], oci-archive:FILE[:TAG], docker-archive:FILE, docker://HOST/REPO:TAG, or REPO:TAG')
+    .option('-o, --output <file>', 'the .cdimg to write')
+    .option('--platform <os/arch[/variant]>', 'platform to pick from a multi-platform image (default: this machine)')
+    .option('-t, --threads <n>', 'worker threads (default: all cores)', parseIntOpt('threads', 1, 256))
+    .option('--threadNum <n>', 'D4C alias of --threads', parseIntOpt('threadNum', 1, 256))
+    .option('--level <level>', 'zstd level: fast, default, best or 1..22', parseLevel)
+    .option('--chunk-size <size>', 'split contents larger than this (default 4MiB)', parseSize)
+    .option('--imageTag <ref>', 'D4C alias of --image')
+    .option('--json', 'print the result as JSON')
+    .option('--no-progress', 'no progress bar')
+    .addHelpText('after', '\nExample:\n  ctr-cli convert --image oci:./nginx:1 --output nginx-1.cdimg\n');
+  addRegistryOptions(c).action(
+    action(async (o: Record<string, unknown>) => {
+      const ref = (o.image ?? o.imageTag) as string | undefined;
+      if (!ref) throw invalidArgument('--image is required (e.g. --image oci:./layout:tag)');
+      if (!o.output) throw invalidArgument('--output is required (the .cdimg file to write)');
+      const prog = progressReporter(o.progress !== false && !o.json);
+      try {
+        const r = await convertImage({
+          ref,
+          output: o.output as string,
+          platform: o.platform as string | undefined,
+          threads: (o.threads ?? o.threadNum) as number | undefined,
+          level: o.level as number | undefined,
+          chunkSize: o.chunkSize as number | undefined,
+          registry: registryOptionsOf(o as never),
+          onProgress: prog.onProgress,
+        });
+        prog.stop();
+        if (o.json) printJson(r);
+        else
+          process.stdout.write(
+            `converted ${ref} -> ${r.output}\n` +
+              `  image id     ${r.imageId}\n  root digest  ${r.rootDigest}\n` +
+              `  entries      ${r.entries} (${r.regularFiles} files, ${r.distinctContents} distinct contents, ${humanBytes(r.contentBytes)})\n` +
+              `  layers       ${r.layers} (${humanBytes(r.layerBytes)} compressed)\n` +
+              `  .cdimg size  ${humanBytes(r.fileSize)}\n  time         ${r.seconds.toFixed(2)} s\n`,
+          );
+      } finally {
+        prog.stop();
+      }
+    }),
+  );
+}
+
+function entryJson(e: Entry): Record<string, unknown> {
+  const o: Record<string, unknown> = {
+    path: '/' + e.path,
+    type: TYPE_NAMES[e.type] ?? String(e.type),
+    mode: e.mode.toString(8).padStart(4, '0'),
+    uid: e.uid,
+    gid: e.gid,
+    mtime: `${e.mtimeSec}.${String(e.mtimeNsec).padStart(9, '0')}`,
+  };
+  if (e.type === FileType.REG) {
+    o.size = e.size;
+    o.digest = digestFromRaw(e.digest);
+  }
+  if (e.type === FileType.SYMLINK || e.type === FileType.HARDLINK) o.linkTarget = e.type === FileType.HARDLINK ? '/' + e.linkTarget : e.linkTarget;
+  if (e.type === FileType.CHAR || e.type === FileType.BLOCK) o.device = `${e.devMajor}:${e.devMinor}`;
+  if (e.xattrs.length) o.xattrs = Object.fromEntries(e.xattrs.map((x) => [x.name, x.value.toString('base64')]));
+  return o;
+}
+
+export function summarize(r: CdimgReader): Record<string, unknown> {
+  const idx = r.index;
+  const types: Record<string, number> = {};
+  for (const e of idx.entries) types[TYPE_NAMES[e.type]] = (types[TYPE_NAMES[e.type]] ?? 0) + 1;
+  const enc = { same: 0, full: 0, patch: 0 };
+  let contentBytes = 0;
+  let storedBytes = 0;
+  for (const b of idx.blobs) {
+    contentBytes += b.size;
+    if (b.encoding === Encoding.SAME) enc.same++;
+    else if (b.encoding === Encoding.FULL) enc.full++;
+    else enc.patch++;
+    for (const c of b.chunks) storedBytes += c.storedSize;
+  }
+  let cfg: Record<string, unknown> = {};
+  try {
+    const parsed = JSON.parse(idx.image.configJson.toString('utf8'));
+    cfg = parsed.config ?? {};
+  } catch {
+    /* config kept as bytes; shown raw below */
+  }
+  return {
+    file: r.path,
+    fileSize: r.fileSize,
+    formatVersion: idx.formatVersion,
+    kind: r.isDelta ? 'delta' : 'full',
+    rootDigest: r.rootDigest,
+    imageId: r.imageId,
+    parentId: r.parentId ?? null,
+    source: idx.image.sourceRef,
+    platform: idx.image.platform,
+    manifestDigest: idx.image.manifestDigest,
+    configDigest: idx.image.configDigest,
+    layers: idx.image.layers.length,
+    layerBytes: idx.image.layers.reduce((n, l) => n + l.size, 0),
+    entries: idx.entries.length,
+    types,
+    contents: idx.blobs.length,
+    encodings: enc,
+    contentBytes,
+    storedBytes,
+    chunkSize: idx.chunkSize,
+    config: {
+      user: cfg.User ?? '',
+      workingDir: cfg.WorkingDir ?? '',
+      entrypoint: cfg.Entrypoint ?? null,
+      cmd: cfg.Cmd ?? null,
+      env: cfg.Env ?? [],
+      labels: cfg.Labels ?? {},
+    },
+  };
+}
+
+export function registerCdimg(program: Command): void {
+  const cd = program.command('cdimg').description('inspect, verify, unpack (and diff, merge, patch) .cdimg files');
+
+  cd.command('show')
+    .description('summary of a .cdimg (--json adds every entry)')
+    .argument('[file]', 'the .cdimg file')
+    .option('--cdimg <file>', 'D4C alias of the file argument')
+    .option('--json', 'JSON output with all entries')
+    .option('--no-entries', 'with --json: leave out the entries')
+    .action(
+      action(async (file: string | undefined, o: { cdimg?: string; json?: boolean; entries?: boolean }) => {
+        const path = file ?? o.cdimg;
+        if (!path) throw invalidArgument('name the .cdimg file to show');
+        const r = await CdimgReader.open(path);
+        try {
+          const s = summarize(r);
+          if (o.json) {
+            if (o.entries !== false) s.entryList = r.index.entries.map(entryJson);
+            printJson(s);
+            return;
+          }
+          const t = s.types as Record<string, number>;
+          const enc = s.encodings as Record<string, number>;
+          const cfg = s.config as Record<string, unknown>;
+          process.stdout.write(
+            [
+              `${path}: ${s.kind} image, format v${s.formatVersion}, ${humanBytes(r.fileSize)}`,
+              `  image id      ${s.imageId}`,
+              `  root digest   ${s.rootDigest}`,
+              s.parentId ? `  parent id     ${s.parentId}` : '',
+              `  source        ${s.source}`,
+              `  platform      ${s.platform}`,
+              `  manifest      ${s.manifestDigest}`,
+              `  config        ${s.configDigest}`,
+              `  layers        ${s.layers} (${humanBytes(s.layerBytes as number)} compressed)`,
+              `  entries       ${s.entries}: ${Object.entries(t).map(([k, v]) => `${v} ${k}`).join(', ')}`,
+              `  contents      ${s.contents} (${enc.full} full, ${enc.patch} patch, ${enc.same} same), ${humanBytes(s.contentBytes as number)} -> ${humanBytes(s.storedBytes as number)} stored`,
+              `  entrypoint    ${JSON.stringify(cfg.entrypoint)}  cmd ${JSON.stringify(cfg.cmd)}`,
+              `  user          ${JSON.stringify(cfg.user)}  workdir ${JSON.stringify(cfg.workingDir)}`,
+              `  env           ${JSON.stringify(cfg.env)}`,
+            ]
+              .filter(Boolean)
+              .join('\n') + '\n',
+          );
+        } finally {
+          await r.close();
+        }
+      }),
+    );
+
+  cd.command('verify')
+    .description('check the root digest, the index and every blob of a .cdimg')
+    .argument('[file]', 'the .cdimg file')
+    .option('--cdimg <file>', 'D4C alias of the file argument')
+    .option('-t, --threads <n>', 'worker threads', parseIntOpt('threads', 1, 256))
+    .option('--json', 'JSON output')
+    .action(
+      action(async (file: string | undefined, o: { cdimg?: string; threads?: number; json?: boolean }) => {
+        const path = file ?? o.cdimg;
+        if (!path) throw invalidArgument('name the .cdimg file to verify');
+        const res = await verifyCdimg(path, o.threads);
+        if (o.json) printJson(res);
+        else
+          process.stdout.write(
+            `${path}: OK — index matches root digest ${res.rootDigest}; ${res.chunks} chunks (${humanBytes(res.storedBytes)}) verified, ${res.contentsVerified} contents decoded and verified` +
+              (res.patchChunks ? `; ${res.patchChunks} patch chunks checked by stored digest (their base is not in this file)` : '') +
+              '\n',
+          );
+      }),
+    );
+
+  cd.command('unpack')
+    .description('write the whole tree of a full .cdimg into a directory, with all metadata')
+    .argument('<file>', 'the .cdimg file')
+    .argument('<dir>', 'destination (new or empty directory)')
+    .option('-t, --threads <n>', 'worker threads', parseIntOpt('threads', 1, 256))
+    .option('--json', 'JSON output')
+    .action(
+      action(async (file: string, dir: string, o: { threads?: number; json?: boolean }) => {
+        const r = await unpackImage(file, dir, { threads: o.threads });
+        if (o.json) printJson(r);
+        else {
+          process.stdout.write(`unpacked ${file} -> ${dir}: ${r.entries} entries, ${r.files} files, ${humanBytes(r.bytes)} in ${r.seconds.toFixed(2)} s\n`);
+          for (const w of r.warnings.slice(0, 20)) process.stderr.write(`warning: ${w}\n`);
+          if (r.warnings.length > 20) process.stderr.write(`warning: … and ${r.warnings.length - 20} more\n`);
+        }
+      }),
+    );
+}
+
+export interface VerifyResult {
+  file: string;
+  rootDigest: string;
+  imageId: string;
+  chunks: number;
+  storedBytes: number;
+  contentsVerified: number;
+  patchChunks: number;
+}
+
+/** Verify every stored chunk; decode FULL contents and check chunk and content digests. */
+export async function verifyCdimg(path: string, threads?: number): Promise<VerifyResult> {
+  const r = await CdimgReader.open(path);
+  const pool = new WorkerPool(threads);
+  let chunks = 0;
+  let storedBytes = 0;
+  let contentsVerified = 0;
+  let patchChunks = 0;
+  try {
+    const blobs = r.index.blobs.filter((b) => b.encoding !== Encoding.SAME);
+    let next = 0;
+    const one = async (): Promise<void> => {
+      while (next < blobs.length) {
+        const b = blobs[next++];
+        const whole = createHash('sha256');
+        let decodable = true;
+        for (const c of b.chunks) {
+          const stored = await r.readStored(c);
+          chunks++;
+          storedBytes += c.storedSize;
+          if (c.codec !== Codec.ZSTD) {
+            decodable = false;
+            patchChunks++;
+            continue;
+          }
+          const raw = await pool.run('decodeChunk', { stored, rawSize: c.rawSize, rawDigest: c.rawDigest.toString('hex') });
+          whole.update(raw);
+        }
+        if (decodable) {
+          if (!whole.digest().equals(b.digest)) throw corrupt(`${path}: content ${digestFromRaw(b.digest)} does not match its digest`);
+          contentsVerified++;
+        }
+      }
+    };
+    await Promise.all(Array.from({ length: pool.threads * 2 }, one));
+    return { file: path, rootDigest: r.rootDigest, imageId: r.imageId, chunks, storedBytes, contentsVerified, patchChunks };
+  } catch (e) {
+    const err = e as Error;
+    if (!(err as { kind?: string }).kind) throw corrupt(`${path}: ${err.message}`, e);
+    throw e;
+  } finally {
+    await r.close();
+    await pool.close();
+  }
+}

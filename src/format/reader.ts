@@ -1,0 +1,158 @@
+/**
+ * Random-access reader of .cdimg files. Opening reads only the header and the
+ * index (verified against the root digest, then validated); contents are read
+ * chunk by chunk and every chunk is verified against its digests.
+ */
+import { promises as fsp } from 'node:fs';
+import { corrupt, D4fsError, notFound, unsupported } from '../errors';
+import { sha256, digestFromRaw } from '../util/digest';
+import { decodeIndex } from './codec';
+import { FLAG_INDEX_ZSTD } from './writer';
+import { Blob, Chunk, Codec, Encoding, Entry, HEADER_SIZE, Index, Kind, LIMITS, MAGIC, FORMAT_VERSION } from './types';
+import { validateIndex } from './validate';
+import { zstdUnframe as decompressFull } from './zstd';
+
+export interface HeaderInfo {
+  version: number;
+  flags: number;
+  indexOffset: number;
+  indexStoredLen: number;
+  indexRawLen: number;
+  rootDigest: Buffer;
+}
+
+export function parseHeader(h: Buffer, fileSize: number, what: string): HeaderInfo {
+  if (h.length < HEADER_SIZE) throw corrupt(`${what}: file too short to be a .cdimg (${fileSize} bytes)`);
+  if (!h.subarray(0, 8).equals(MAGIC)) throw corrupt(`${what}: not a .cdimg file (bad magic)`);
+  const version = h.readUInt32LE(8);
+  if (version !== FORMAT_VERSION) throw unsupported(`${what}: .cdimg format version ${version} is not supported (this d4fs reads version ${FORMAT_VERSION})`);
+  const flags = h.readUInt32LE(12);
+  if (flags !== FLAG_INDEX_ZSTD) throw unsupported(`${what}: unknown header flags ${flags}`);
+  const big = (o: number): number => {
+    const v = h.readBigUInt64LE(o);
+    if (v > BigInt(Number.MAX_SAFE_INTEGER)) throw corrupt(`${what}: header field out of range (corrupt header)`);
+    return Number(v);
+  };
+  const indexOffset = big(16);
+  const indexStoredLen = big(24);
+  const indexRawLen = big(32);
+  for (let i = 40; i < 48; i++) if (h[i] !== 0) throw corrupt(`${what}: corrupt header (reserved bytes set)`);
+  for (let i = 80; i < HEADER_SIZE; i++) if (h[i] !== 0) throw corrupt(`${what}: corrupt header (reserved bytes set)`);
+  if (indexOffset < HEADER_SIZE || indexOffset + indexStoredLen !== fileSize) {
+    throw corrupt(`${what}: truncated or damaged file (index at ${indexOffset}+${indexStoredLen}, file is ${fileSize} bytes)`);
+  }
+  if (indexRawLen > LIMITS.maxIndexRaw) throw corrupt(`${what}: index size ${indexRawLen} over the limit`);
+  return { version, flags, indexOffset, indexStoredLen, indexRawLen, rootDigest: Buffer.from(h.subarray(48, 80)) };
+}
+
+export class CdimgReader {
+  readonly blobs: Map<string, Blob>;
+  readonly byPath: Map<string, Entry>;
+  private constructor(
+    readonly path: string,
+    private fh: fsp.FileHandle,
+    readonly header: HeaderInfo,
+    readonly index: Index,
+    v: { blobs: Map<string, Blob>; byPath: Map<string, Entry> },
+    readonly fileSize: number,
+  ) {
+    this.blobs = v.blobs;
+    this.byPath = v.byPath;
+  }
+
+  static async open(path: string): Promise<CdimgReader> {
+    let fh: fsp.FileHandle;
+    try {
+      fh = await fsp.open(path, 'r');
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') throw notFound(`${path}: no such file`);
+      throw e;
+    }
+    try {
+      const st = await fh.stat();
+      if (!st.isFile()) throw corrupt(`${path}: not a regular file`);
+      const h = Buffer.alloc(HEADER_SIZE);
+      const { bytesRead } = await fh.read(h, 0, HEADER_SIZE, 0);
+      const header = parseHeader(h.subarray(0, bytesRead), st.size, path);
+      const stored = Buffer.alloc(header.indexStoredLen);
+      await readFully(fh, stored, header.indexOffset);
+      let raw: Buffer;
+      try {
+        raw = decompressFull(stored, header.indexRawLen);
+      } catch (e) {
+        throw corrupt(`${path}: index is damaged (${(e as Error).message})`, e);
+      }
+      if (!sha256(raw).equals(header.rootDigest)) throw corrupt(`${path}: index does not match the root digest (file damaged)`);
+      const index = decodeIndex(raw);
+      const v = validateIndex(index, header.indexOffset, HEADER_SIZE);
+      return new CdimgReader(path, fh, header, index, v, st.size);
+    } catch (e) {
+      await fh.close().catch(() => undefined);
+      if (e instanceof D4fsError) {
+        if (!e.message.startsWith(path)) e.message = `${path}: ${e.message}`;
+        throw e;
+      }
+      throw corrupt(`${path}: ${(e as Error).message}`, e);
+    }
+  }
+
+  get rootDigest(): string {
+    return digestFromRaw(this.header.rootDigest);
+  }
+  get imageId(): string {
+    return digestFromRaw(this.index.imageId);
+  }
+  get parentId(): string | undefined {
+    return this.index.kind === Kind.DELTA ? digestFromRaw(this.index.parentId) : undefined;
+  }
+  get isDelta(): boolean {
+    return this.index.kind === Kind.DELTA;
+  }
+
+  blob(digest: Buffer | string): Blob | undefined {
+    const key = typeof digest === 'string' ? digest.replace(/^sha256:/, '') : digest.toString('hex');
+    return this.blobs.get(key);
+  }
+
+  /** Read a chunk's stored bytes and verify them against the stored digest. */
+  async readStored(c: Chunk): Promise<Buffer> {
+    const buf = Buffer.alloc(c.storedSize);
+    await readFully(this.fh, buf, c.offset);
+    if (!sha256(buf).equals(c.storedDigest)) throw corrupt(`${this.path}: stored chunk at ${c.offset} is damaged (digest mismatch)`);
+    return buf;
+  }
+
+  /** Decode a ZSTD chunk and verify it. Patch chunks need a base: see the delta module. */
+  async readFullChunk(c: Chunk): Promise<Buffer> {
+    if (c.codec !== Codec.ZSTD) throw unsupported(`chunk at ${c.offset} is a patch; it needs its base content`);
+    const data = decompressFull(await this.readStored(c), c.rawSize);
+    if (!sha256(data).equals(c.rawDigest)) throw corrupt(`${this.path}: chunk at ${c.offset} decodes to the wrong content`);
+    return data;
+  }
+
+  /** Whole content of a FULL blob (small files; large ones should go chunk by chunk). */
+  async readContent(digest: Buffer): Promise<Buffer> {
+    const b = this.blob(digest);
+    if (!b) throw notFound(`content ${digestFromRaw(digest)} is not in ${this.path}`);
+    if (b.encoding !== Encoding.FULL) throw unsupported(`content ${digestFromRaw(digest)} is not stored in full in ${this.path}`);
+    const parts: Buffer[] = [];
+    for (const c of b.chunks) parts.push(await this.readFullChunk(c));
+    const data = parts.length === 1 ? parts[0] : Buffer.concat(parts);
+    if (!sha256(data).equals(b.digest)) throw corrupt(`${this.path}: content ${digestFromRaw(digest)} does not match its digest`);
+    return data;
+  }
+
+  async close(): Promise<void> {
+    await this.fh.close().catch(() => undefined);
+  }
+}
+
+export async function readFully(fh: fsp.FileHandle, buf: Buffer, pos: number): Promise<void> {
+  let done = 0;
+  while (done < buf.length) {
+    const { bytesRead } = await fh.read(buf, done, buf.length - done, pos + done);
+    if (bytesRead === 0) throw corrupt(`unexpected end of file at ${pos + done} (truncated?)`);
+    done += bytesRead;
+  }
+}
+

@@ -1,0 +1,128 @@
+/** TypeScript view of proto/cdimg.proto (numbers for 64-bit fields: values are bounded by validation). */
+
+export enum Kind {
+  UNSPECIFIED = 0,
+  FULL = 1,
+  DELTA = 2,
+}
+
+export enum FileType {
+  UNSPECIFIED = 0,
+  REG = 1,
+  DIR = 2,
+  SYMLINK = 3,
+  HARDLINK = 4,
+  CHAR = 5,
+  BLOCK = 6,
+  FIFO = 7,
+}
+
+export enum Encoding {
+  UNSPECIFIED = 0,
+  SAME = 1,
+  FULL = 2,
+  PATCH = 3,
+}
+
+export enum Codec {
+  UNSPECIFIED = 0,
+  ZSTD = 1,
+  ZSTD_PATCH = 2,
+  BSDIFF = 3,
+}
+
+export interface Xattr {
+  name: string;
+  value: Buffer;
+}
+
+export interface Entry {
+  path: string;
+  type: FileType;
+  mode: number;
+  uid: number;
+  gid: number;
+  mtimeSec: number;
+  mtimeNsec: number;
+  size: number;
+  digest: Buffer;
+  linkTarget: string;
+  devMajor: number;
+  devMinor: number;
+  xattrs: Xattr[];
+  uname: string;
+  gname: string;
+}
+
+export interface Chunk {
+  offset: number;
+  storedSize: number;
+  storedDigest: Buffer;
+  rawSize: number;
+  rawDigest: Buffer;
+  codec: Codec;
+  baseDigest: Buffer;
+  baseOffset: number;
+  baseSize: number;
+}
+
+export interface Blob {
+  digest: Buffer;
+  size: number;
+  encoding: Encoding;
+  chunks: Chunk[];
+}
+
+export interface Layer {
+  digest: string;
+  size: number;
+  mediaType: string;
+  diffId: string;
+}
+
+export interface ImageInfo {
+  sourceRef: string;
+  manifestDigest: string;
+  configDigest: string;
+  configJson: Buffer;
+  layers: Layer[];
+  platform: string;
+  manifestMediaType: string;
+}
+
+export interface Index {
+  formatVersion: number;
+  kind: Kind;
+  imageId: Buffer;
+  parentId: Buffer;
+  image: ImageInfo;
+  entries: Entry[];
+  blobs: Blob[];
+  chunkSize: number;
+  parentImage?: ImageInfo;
+}
+
+export const FORMAT_VERSION = 1;
+export const HEADER_SIZE = 128;
+export const MAGIC = Buffer.from('D4FSCDIM', 'ascii');
+/** Default chunk size of large contents. */
+export const DEFAULT_CHUNK_SIZE = 4 * 1024 * 1024;
+/** Limits applied to untrusted files. */
+export const LIMITS = {
+  maxIndexRaw: 1024 ** 3,
+  maxEntries: 5_000_000,
+  maxFileSize: 2 ** 44, // 16 TiB
+  maxChunkSize: 64 * 1024 * 1024,
+  maxPathBytes: 4096,
+  maxXattrValue: 64 * 1024,
+};
+
+export const emptyImageInfo = (): ImageInfo => ({
+  sourceRef: '',
+  manifestDigest: '',
+  configDigest: '',
+  configJson: Buffer.alloc(0),
+  layers: [],
+  platform: '',
+  manifestMediaType: '',
+});

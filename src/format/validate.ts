@@ -1,0 +1,110 @@
+/**
+ * Semantic validation of an index read from an untrusted file: every check a
+ * consumer (unpack, FUSE, diff) relies on is made here, once.
+ */
+import { corrupt, hostile } from '../errors';
+import { Blob, Encoding, Entry, FileType, Index, Kind, LIMITS, Codec, FORMAT_VERSION } from './types';
+import { checkTreePath } from '../tree/paths';
+
+const isDigest = (b: Buffer | undefined): boolean => !!b && b.length === 32;
+
+export interface ValidatedIndex {
+  index: Index;
+  /** content digest (hex) → blob */
+  blobs: Map<string, Blob>;
+  /** path → entry */
+  byPath: Map<string, Entry>;
+}
+
+export function validateIndex(index: Index, blobSectionEnd: number, headerSize: number): ValidatedIndex {
+  if (index.formatVersion !== FORMAT_VERSION) throw corrupt(`index says format version ${index.formatVersion}, expected ${FORMAT_VERSION}`);
+  if (index.kind !== Kind.FULL && index.kind !== Kind.DELTA) throw corrupt(`unknown image kind ${index.kind}`);
+  if (!isDigest(index.imageId)) throw corrupt('index has no valid image id');
+  if (index.kind === Kind.DELTA && !isDigest(index.parentId)) throw corrupt('delta has no valid parent id');
+  if (index.entries.length > LIMITS.maxEntries) throw hostile(`index has ${index.entries.length} entries, over the limit`);
+  if (index.chunkSize <= 0 || index.chunkSize > LIMITS.maxChunkSize) throw corrupt(`invalid chunk size ${index.chunkSize}`);
+
+  const blobs = new Map<string, Blob>();
+  for (const b of index.blobs) {
+    if (!isDigest(b.digest)) throw corrupt('blob with an invalid digest');
+    const key = b.digest.toString('hex');
+    if (blobs.has(key)) throw corrupt(`blob sha256:${key} listed twice`);
+    if (!Number.isSafeInteger(b.size) || b.size < 0 || b.size > LIMITS.maxFileSize) throw hostile(`blob sha256:${key} declares an absurd size ${b.size}`);
+    if (b.encoding === Encoding.SAME) {
+      if (index.kind === Kind.FULL) throw corrupt(`full image refers to base content sha256:${key}`);
+      if (b.chunks.length) throw corrupt(`SAME blob sha256:${key} has chunks`);
+    } else if (b.encoding === Encoding.FULL || b.encoding === Encoding.PATCH) {
+      if (index.kind === Kind.FULL && b.encoding === Encoding.PATCH) throw corrupt(`full image holds a patch for sha256:${key}`);
+      let total = 0;
+      for (const c of b.chunks) {
+        if (!Number.isSafeInteger(c.offset) || !Number.isSafeInteger(c.storedSize) || c.offset < headerSize || c.offset + c.storedSize > blobSectionEnd) {
+          throw hostile(`blob sha256:${key}: chunk offset ${c.offset}+${c.storedSize} lies outside the blob section`);
+        }
+        if (!Number.isSafeInteger(c.rawSize) || c.rawSize < 0 || c.rawSize > LIMITS.maxChunkSize) throw hostile(`blob sha256:${key}: absurd chunk size ${c.rawSize}`);
+        if (!isDigest(c.storedDigest) || !isDigest(c.rawDigest)) throw corrupt(`blob sha256:${key}: chunk without digests`);
+        if (c.codec === Codec.ZSTD_PATCH || c.codec === Codec.BSDIFF) {
+          if (index.kind === Kind.FULL) throw corrupt(`full image holds a patch chunk for sha256:${key}`);
+          if (!isDigest(c.baseDigest)) throw corrupt(`blob sha256:${key}: patch chunk without a base digest`);
+          if (!Number.isSafeInteger(c.baseOffset) || !Number.isSafeInteger(c.baseSize) || c.baseSize > LIMITS.maxFileSize) throw hostile(`blob sha256:${key}: absurd base region`);
+        } else if (c.codec !== Codec.ZSTD) {
+          throw corrupt(`blob sha256:${key}: unknown codec ${c.codec}`);
+        }
+        total += c.rawSize;
+      }
+      if (total !== b.size) throw corrupt(`blob sha256:${key}: chunks cover ${total} bytes, content is ${b.size}`);
+      if (b.size > 0 && b.chunks.length === 0) throw corrupt(`blob sha256:${key} has no chunks`);
+    } else {
+      throw corrupt(`blob sha256:${key}: unknown encoding ${b.encoding}`);
+    }
+    blobs.set(key, b);
+  }
+
+  const byPath = new Map<string, Entry>();
+  let sawRoot = false;
+  for (const e of index.entries) {
+    if (e.path === '') {
+      if (e.type !== FileType.DIR) throw corrupt('root entry is not a directory');
+      sawRoot = true;
+    } else {
+      checkTreePath(e.path);
+      const slash = e.path.lastIndexOf('/');
+      const parent = slash < 0 ? '' : e.path.slice(0, slash);
+      const p = byPath.get(parent);
+      if (!p || p.type !== FileType.DIR) throw hostile(`entry "${e.path}": parent is missing or not a directory (entries must come after their directory)`);
+    }
+    if (byPath.has(e.path)) throw corrupt(`entry "${e.path}" listed twice`);
+    if (!Number.isSafeInteger(e.size) || e.size < 0 || e.size > LIMITS.maxFileSize) throw hostile(`entry "${e.path}" declares an absurd size`);
+    if (e.mode < 0 || e.mode > 0o7777) throw corrupt(`entry "${e.path}" has an invalid mode`);
+    if (!Number.isSafeInteger(e.mtimeSec) || e.mtimeNsec < 0 || e.mtimeNsec >= 1e9) throw corrupt(`entry "${e.path}" has an invalid mtime`);
+    for (const x of e.xattrs) {
+      if (!x.name || x.value.length > LIMITS.maxXattrValue) throw hostile(`entry "${e.path}": invalid xattr`);
+    }
+    switch (e.type) {
+      case FileType.REG: {
+        if (!isDigest(e.digest)) throw corrupt(`file "${e.path}" has no valid digest`);
+        const b = blobs.get(e.digest.toString('hex'));
+        if (!b) throw corrupt(`file "${e.path}": its content sha256:${e.digest.toString('hex')} is not described`);
+        if (b.size !== e.size) throw corrupt(`file "${e.path}": size ${e.size} differs from its content's ${b.size}`);
+        break;
+      }
+      case FileType.HARDLINK: {
+        const t = byPath.get(e.linkTarget);
+        if (!t || t.type !== FileType.REG) throw hostile(`hard link "${e.path}" points to "${e.linkTarget}", which is not an earlier regular file`);
+        break;
+      }
+      case FileType.SYMLINK:
+        if (!e.linkTarget || Buffer.byteLength(e.linkTarget) > LIMITS.maxPathBytes) throw corrupt(`symlink "${e.path}" has an invalid target`);
+        break;
+      case FileType.DIR:
+      case FileType.CHAR:
+      case FileType.BLOCK:
+      case FileType.FIFO:
+        break;
+      default:
+        throw corrupt(`entry "${e.path}" has unknown type ${e.type}`);
+    }
+    byPath.set(e.path, e);
+  }
+  if (!sawRoot) throw corrupt('index has no root entry');
+  return { index, blobs, byPath };
+}

@@ -1,0 +1,96 @@
+/**
+ * Writes a .cdimg: header placeholder, blob section appended in order, index,
+ * then the real header. Everything goes to a temp file beside the output that
+ * is renamed into place only when complete: no half-written output is left.
+ */
+import { promises as fsp } from 'node:fs';
+import { basename, dirname, join } from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { compress } from 'zstd-napi';
+import { encodeIndex } from './codec';
+import { HEADER_SIZE, Index, MAGIC, FORMAT_VERSION, LIMITS } from './types';
+import { sha256 } from '../util/digest';
+import { invalidArgument } from '../errors';
+
+export const FLAG_INDEX_ZSTD = 1;
+
+export function encodeHeader(indexOffset: number, storedLen: number, rawLen: number, rootDigest: Buffer): Buffer {
+  const h = Buffer.alloc(HEADER_SIZE);
+  MAGIC.copy(h, 0);
+  h.writeUInt32LE(FORMAT_VERSION, 8);
+  h.writeUInt32LE(FLAG_INDEX_ZSTD, 12);
+  h.writeBigUInt64LE(BigInt(indexOffset), 16);
+  h.writeBigUInt64LE(BigInt(storedLen), 24);
+  h.writeBigUInt64LE(BigInt(rawLen), 32);
+  rootDigest.copy(h, 48);
+  return h;
+}
+
+/** Temp path beside `out` (same filesystem, so rename is atomic). */
+export function tempPathFor(out: string): string {
+  return join(dirname(out), `.${basename(out)}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`);
+}
+
+export class CdimgWriter {
+  private fh: fsp.FileHandle | null = null;
+  private pos = HEADER_SIZE;
+  private readonly tmp: string;
+  private closed = false;
+
+  private constructor(private readonly out: string) {
+    this.tmp = tempPathFor(out);
+  }
+
+  static async create(out: string): Promise<CdimgWriter> {
+    if (!out) throw invalidArgument('output path is empty');
+    const w = new CdimgWriter(out);
+    w.fh = await fsp.open(w.tmp, 'wx', 0o644);
+    await w.fh.write(Buffer.alloc(HEADER_SIZE), 0, HEADER_SIZE, 0);
+    return w;
+  }
+
+  /** Current offset where the next blob lands. */
+  get offset(): number {
+    return this.pos;
+  }
+
+  /** Append stored bytes; returns their offset. */
+  async append(data: Uint8Array): Promise<number> {
+    if (!this.fh) throw new Error('writer closed');
+    const at = this.pos;
+    let done = 0;
+    while (done < data.length) {
+      const { bytesWritten } = await this.fh.write(data, done, data.length - done, at + done);
+      done += bytesWritten;
+    }
+    this.pos += data.length;
+    return at;
+  }
+
+  /** Write the index and header, fsync, rename into place. Returns root digest and total size. */
+  async finish(index: Index): Promise<{ rootDigest: string; size: number; indexRaw: number }> {
+    if (!this.fh) throw new Error('writer closed');
+    const raw = encodeIndex(index);
+    if (raw.length > LIMITS.maxIndexRaw) throw invalidArgument(`index of ${raw.length} bytes exceeds the format limit`);
+    const stored = compress(raw, { compressionLevel: 19, checksumFlag: true, contentSizeFlag: true });
+    const root = sha256(raw);
+    const indexOffset = this.pos;
+    await this.append(stored);
+    await this.fh.write(encodeHeader(indexOffset, stored.length, raw.length, root), 0, HEADER_SIZE, 0);
+    await this.fh.sync();
+    await this.fh.close();
+    this.fh = null;
+    await fsp.rename(this.tmp, this.out);
+    this.closed = true;
+    return { rootDigest: `sha256:${root.toString('hex')}`, size: this.pos, indexRaw: raw.length };
+  }
+
+  /** Drop the temp file (on error). Safe to call twice. */
+  async abort(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    if (this.fh) await this.fh.close().catch(() => undefined);
+    this.fh = null;
+    await fsp.rm(this.tmp, { force: true });
+  }
+}

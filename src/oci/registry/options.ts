@@ -1,0 +1,13 @@
+/** Options for talking to a registry; shared by every command that does. */
+export interface RegistryOptions {
+  /** "user:pass" given on the command line; wins over the docker config. */
+  creds?: string;
+  /** Registry token given directly (bearer). */
+  registryToken?: string;
+  /** false: accept self-signed certificates and allow plain HTTP. */
+  tlsVerify?: boolean;
+  /** Path of a docker config.json (default: $DOCKER_CONFIG/config.json, ~/.docker/config.json, $REGISTRY_AUTH_FILE). */
+  authFile?: string;
+  /** User-Agent header. */
+  userAgent?: string;
+}

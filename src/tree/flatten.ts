@@ -1,0 +1,277 @@
+/**
+ * Flatten image layers into one tree with OCI whiteout semantics:
+ * `.wh.NAME` hides NAME from lower layers, `.wh..wh..opq` hides everything
+ * lower in its directory; a whiteout never hides what its own layer adds.
+ * Hard links (also across layers) share one inode; contents go to a
+ * ContentSink and are named by their sha256.
+ */
+import { corrupt, hostile } from '../errors';
+import { TarEntry, TarHeader } from '../tar';
+import { Entry, FileType, Xattr } from '../format/types';
+import { normalizeTarPath } from './paths';
+
+export interface Meta {
+  mode: number;
+  uid: number;
+  gid: number;
+  uname: string;
+  gname: string;
+  mtimeSec: number;
+  mtimeNsec: number;
+  xattrs: Map<string, Buffer>;
+}
+
+interface Inode {
+  meta: Meta;
+  size: number;
+  /** sha256 hex of the content */
+  digest: string;
+}
+
+type Node =
+  | { t: 'dir'; meta: Meta; children: Map<string, Node>; layer: number }
+  | { t: 'reg'; inode: Inode; layer: number }
+  | { t: 'symlink'; meta: Meta; target: string; layer: number }
+  | { t: 'char' | 'block'; meta: Meta; major: number; minor: number; layer: number }
+  | { t: 'fifo'; meta: Meta; layer: number };
+
+type DirNode = Extract<Node, { t: 'dir' }>;
+
+/** Where file contents go while flattening. */
+export interface ContentSink {
+  /** Consume the body, return the sha256 hex of its bytes. */
+  put(body: AsyncIterable<Buffer>, size: number): Promise<string>;
+}
+
+export interface FlattenLimits {
+  maxEntries: number;
+}
+
+const WH = '.wh.';
+const OPAQUE = '.wh..wh..opq';
+
+const implicitMeta = (): Meta => ({ mode: 0o755, uid: 0, gid: 0, uname: '', gname: '', mtimeSec: 0, mtimeNsec: 0, xattrs: new Map() });
+
+function metaOf(h: TarHeader): Meta {
+  return { mode: h.mode, uid: h.uid, gid: h.gid, uname: h.uname, gname: h.gname, mtimeSec: h.mtimeSec, mtimeNsec: h.mtimeNsec, xattrs: h.xattrs };
+}
+
+export class TreeBuilder {
+  private readonly root: DirNode = { t: 'dir', meta: implicitMeta(), children: new Map(), layer: -1 };
+  private count = 0;
+  /** Counters for reports. */
+  readonly stats = { entries: 0, whiteouts: 0, opaques: 0, hardlinks: 0 };
+
+  constructor(private readonly sink: ContentSink, private readonly limits: FlattenLimits = { maxEntries: 5_000_000 }) {}
+
+  /** Apply one layer's tar entries in order. */
+  async applyLayer(entries: AsyncIterable<TarEntry>, layer: number, what: string): Promise<void> {
+    for await (const e of entries) {
+      this.stats.entries++;
+      if (++this.count > this.limits.maxEntries) throw hostile(`${what}: more than ${this.limits.maxEntries} entries`);
+      await this.applyEntry(e, layer, what);
+    }
+  }
+
+  private async applyEntry(e: TarEntry, layer: number, what: string): Promise<void> {
+    const h = e.header;
+    const p = normalizeTarPath(h.name);
+    const slash = p.lastIndexOf('/');
+    const name = p.slice(slash + 1);
+    const parentPath = slash < 0 ? '' : p.slice(0, slash);
+
+    if (p === '') {
+      if (h.type !== 'dir') throw corrupt(`${what}: the root of the layer is not a directory`);
+      this.root.meta = metaOf(h);
+      return;
+    }
+    if (name === OPAQUE) {
+      this.stats.opaques++;
+      const dir = this.ensureDir(parentPath, layer, what);
+      pruneLower(dir, layer);
+      return;
+    }
+    if (name.startsWith(WH)) {
+      this.stats.whiteouts++;
+      const victim = name.slice(WH.length);
+      if (victim === '' || victim === '.' || victim === '..') throw hostile(`${what}: invalid whiteout "${h.name}"`);
+      const dir = this.lookupDir(parentPath);
+      const node = dir?.children.get(victim);
+      if (dir && node && node.layer < layer) dir.children.delete(victim);
+      return;
+    }
+    const parent = this.ensureDir(parentPath, layer, what);
+    const existing = parent.children.get(name);
+    switch (h.type) {
+      case 'dir':
+        if (existing && existing.t === 'dir') {
+          existing.meta = metaOf(h);
+          existing.layer = layer;
+        } else {
+          parent.children.set(name, { t: 'dir', meta: metaOf(h), children: new Map(), layer });
+        }
+        return;
+      case 'file': {
+        const digest = await this.sink.put(e.body(), h.size);
+        parent.children.set(name, { t: 'reg', inode: { meta: metaOf(h), size: h.size, digest }, layer });
+        return;
+      }
+      case 'link': {
+        this.stats.hardlinks++;
+        const targetPath = normalizeTarPath(h.linkname);
+        if (targetPath === p) return;
+        const target = this.lookup(targetPath);
+        if (!target) throw corrupt(`${what}: hard link "${h.name}" points to "${h.linkname}", which does not exist`);
+        if (target.t === 'dir') throw hostile(`${what}: hard link "${h.name}" points to a directory`);
+        // Regular files share the inode; other types are copied.
+        parent.children.set(name, target.t === 'reg' ? { t: 'reg', inode: target.inode, layer } : { ...target, layer });
+        return;
+      }
+      case 'symlink':
+        if (!h.linkname) throw corrupt(`${what}: symlink "${h.name}" has an empty target`);
+        parent.children.set(name, { t: 'symlink', meta: metaOf(h), target: h.linkname, layer });
+        return;
+      case 'char':
+      case 'block':
+        parent.children.set(name, { t: h.type, meta: metaOf(h), major: h.devmajor, minor: h.devminor, layer });
+        return;
+      case 'fifo':
+        parent.children.set(name, { t: 'fifo', meta: metaOf(h), layer });
+        return;
+    }
+  }
+
+  private lookup(p: string): Node | undefined {
+    if (p === '') return this.root;
+    let cur: Node = this.root;
+    for (const c of p.split('/')) {
+      if (cur.t !== 'dir') return undefined;
+      const next: Node | undefined = cur.children.get(c);
+      if (!next) return undefined;
+      cur = next;
+    }
+    return cur;
+  }
+
+  private lookupDir(p: string): DirNode | undefined {
+    const n = this.lookup(p);
+    return n && n.t === 'dir' ? n : undefined;
+  }
+
+  /** Walk to a directory, creating missing parents; refuse to pass through symlinks or files. */
+  private ensureDir(p: string, layer: number, what: string): DirNode {
+    let cur: DirNode = this.root;
+    if (p === '') return cur;
+    let sofar = '';
+    for (const c of p.split('/')) {
+      sofar = sofar ? `${sofar}/${c}` : c;
+      const next = cur.children.get(c);
+      if (!next) {
+        const d: DirNode = { t: 'dir', meta: implicitMeta(), children: new Map(), layer };
+        cur.children.set(c, d);
+        cur = d;
+      } else if (next.t === 'dir') {
+        cur = next;
+      } else if (next.t === 'symlink') {
+        throw hostile(`${what}: entry below "${sofar}" would be written through a symlink (to "${next.target}")`);
+      } else {
+        throw corrupt(`${what}: entry below "${sofar}", which is not a directory`);
+      }
+    }
+    return cur;
+  }
+
+  /**
+   * The flattened tree as index entries, depth first with children sorted by
+   * name bytes; hard-link groups become one REG plus HARDLINK entries.
+   * Also returns the content digests in order of first use.
+   */
+  toEntries(): { entries: Entry[]; contents: { digest: string; size: number }[] } {
+    const entries: Entry[] = [];
+    const contents: { digest: string; size: number }[] = [];
+    const seenContent = new Set<string>();
+    const firstPathOfInode = new Map<Inode, string>();
+    const visit = (node: Node, path: string): void => {
+      switch (node.t) {
+        case 'dir': {
+          entries.push(entry(path, FileType.DIR, node.meta));
+          const names = [...node.children.keys()].sort(compareBytes);
+          for (const n of names) visit(node.children.get(n) as Node, path ? `${path}/${n}` : n);
+          return;
+        }
+        case 'reg': {
+          const first = firstPathOfInode.get(node.inode);
+          if (first !== undefined) {
+            const e = entry(path, FileType.HARDLINK, node.inode.meta);
+            e.linkTarget = first;
+            entries.push(e);
+            return;
+          }
+          firstPathOfInode.set(node.inode, path);
+          const e = entry(path, FileType.REG, node.inode.meta);
+          e.size = node.inode.size;
+          e.digest = Buffer.from(node.inode.digest, 'hex');
+          entries.push(e);
+          if (!seenContent.has(node.inode.digest)) {
+            seenContent.add(node.inode.digest);
+            contents.push({ digest: node.inode.digest, size: node.inode.size });
+          }
+          return;
+        }
+        case 'symlink': {
+          const e = entry(path, FileType.SYMLINK, node.meta);
+          e.linkTarget = node.target;
+          e.size = Buffer.byteLength(node.target);
+          entries.push(e);
+          return;
+        }
+        case 'char':
+        case 'block': {
+          const e = entry(path, node.t === 'char' ? FileType.CHAR : FileType.BLOCK, node.meta);
+          e.devMajor = node.major;
+          e.devMinor = node.minor;
+          entries.push(e);
+          return;
+        }
+        case 'fifo':
+          entries.push(entry(path, FileType.FIFO, node.meta));
+          return;
+      }
+    };
+    visit(this.root, '');
+    return { entries, contents };
+  }
+}
+
+/** Remove what lower layers put under `dir`; keep (and descend into) what this layer put there. */
+function pruneLower(dir: DirNode, layer: number): void {
+  for (const [name, child] of [...dir.children]) {
+    if (child.layer < layer) dir.children.delete(name);
+    else if (child.t === 'dir') pruneLower(child, layer);
+  }
+}
+
+export function compareBytes(a: string, b: string): number {
+  return Buffer.compare(Buffer.from(a), Buffer.from(b));
+}
+
+function entry(path: string, type: FileType, m: Meta): Entry {
+  const xattrs: Xattr[] = [...m.xattrs.keys()].sort(compareBytes).map((name) => ({ name, value: m.xattrs.get(name) as Buffer }));
+  return {
+    path,
+    type,
+    mode: m.mode & 0o7777,
+    uid: m.uid,
+    gid: m.gid,
+    mtimeSec: m.mtimeSec,
+    mtimeNsec: m.mtimeNsec,
+    size: 0,
+    digest: Buffer.alloc(0),
+    linkTarget: '',
+    devMajor: 0,
+    devMinor: 0,
+    xattrs,
+    uname: m.uname,
+    gname: m.gname,
+  };
+}

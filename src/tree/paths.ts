@@ -1,0 +1,43 @@
+import { hostile } from '../errors';
+
+const MAX_PATH_BYTES = 4096;
+const MAX_NAME_BYTES = 255;
+
+/** Check a normalized tree path ("" is the root; "a/b" otherwise). Throws HOSTILE. */
+export function checkTreePath(p: string): void {
+  if (p === '') return;
+  if (p.includes('\0')) throw hostile(`path contains a NUL byte`);
+  if (Buffer.byteLength(p) > MAX_PATH_BYTES) throw hostile(`path longer than ${MAX_PATH_BYTES} bytes: "${p.slice(0, 80)}…"`);
+  if (p.startsWith('/')) throw hostile(`absolute path "${p}" is not allowed`);
+  for (const c of p.split('/')) {
+    if (c === '' || c === '.') throw hostile(`path "${p}" is not normalized`);
+    if (c === '..') throw hostile(`path "${p}" contains "..": refusing to write outside the image root`);
+    if (Buffer.byteLength(c) > MAX_NAME_BYTES) throw hostile(`path component longer than ${MAX_NAME_BYTES} bytes in "${p.slice(0, 80)}…"`);
+  }
+}
+
+/**
+ * Normalize a path from a tar header: drop leading "./", trailing "/" and
+ * repeated slashes; "." and "./" are the root. Absolute paths and ".." are hostile.
+ */
+export function normalizeTarPath(name: string): string {
+  if (name.startsWith('/')) throw hostile(`tar entry with absolute path "${name.slice(0, 200)}" is not allowed`);
+  const parts: string[] = [];
+  for (const c of name.split('/')) {
+    if (c === '' || c === '.') continue;
+    if (c === '..') throw hostile(`tar entry "${name.slice(0, 200)}" contains "..": refusing to write outside the image root`);
+    parts.push(c);
+  }
+  const p = parts.join('/');
+  checkTreePath(p);
+  return p;
+}
+
+export function parentOf(p: string): string {
+  const i = p.lastIndexOf('/');
+  return i < 0 ? '' : p.slice(0, i);
+}
+
+export function baseName(p: string): string {
+  return p.slice(p.lastIndexOf('/') + 1);
+}

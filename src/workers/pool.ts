@@ -1,0 +1,38 @@
+/**
+ * The worker-thread pool (piscina) that does d4fs's CPU work: compression,
+ * hashing, patching. The JavaScript thread of a command or daemon only
+ * dispatches. Task functions live in ./worker.ts.
+ */
+import { availableParallelism } from 'node:os';
+import { join } from 'node:path';
+import { Piscina } from 'piscina';
+import type * as W from './worker';
+
+type Tasks = typeof W;
+export type TaskName = { [K in keyof Tasks]: Tasks[K] extends (...a: never[]) => unknown ? K : never }[keyof Tasks];
+
+export class WorkerPool {
+  private readonly pool: Piscina;
+  readonly threads: number;
+  constructor(threads?: number) {
+    this.threads = Math.max(1, threads ?? availableParallelism());
+    this.pool = new Piscina({
+      filename: join(__dirname, 'worker.js'),
+      minThreads: 1,
+      maxThreads: this.threads,
+      idleTimeout: 30_000,
+    });
+  }
+
+  run<K extends TaskName>(name: K, arg: Parameters<Tasks[K]>[0], transferList?: ArrayBuffer[]): Promise<Awaited<ReturnType<Tasks[K]>>> {
+    return this.pool.run(arg, { name, transferList }) as Promise<Awaited<ReturnType<Tasks[K]>>>;
+  }
+
+  get queueSize(): number {
+    return this.pool.queueSize;
+  }
+
+  async close(): Promise<void> {
+    await this.pool.destroy();
+  }
+}
