@@ -65,7 +65,7 @@ export function addRegistryOptions(c: Command): Command {
   return c
     .option('--creds <user:pass>', 'registry credentials (default: from the docker config.json)')
     .option('--authfile <file>', 'docker config.json / containers auth.json to read credentials from')
-    .option('--tls-verify <bool>', 'verify TLS certificates; false also allows plain HTTP', parseBool, true)
+    .option('--tls-verify <bool>', 'verify TLS certificates (default: yes, except loopback registries, which may also use plain HTTP); false also allows plain HTTP', parseBool)
     .option('--registry-token <token>', 'bearer token for the registry');
 }
 

@@ -11,15 +11,16 @@ import { openSource } from '../oci/source';
 import { classifyLayerError, openLayer, parsePlatform, resolveImage, ResolvedImage } from '../oci/image';
 import { RegistryOptions } from '../oci/registry/options';
 import { readTar } from '../tar';
-import { TreeBuilder } from '../tree/flatten';
-import { StagingStore } from './staging';
+import { ContentSink, TreeBuilder } from '../tree/flatten';
+import { CompressingSpool } from './spool';
 import { CdimgWriter } from '../format/writer';
 import { computeImageId } from '../format/codec';
-import { Blob, Codec, DEFAULT_CHUNK_SIZE, Encoding, Entry, FileType, Index, ImageInfo, Kind, FORMAT_VERSION } from '../format/types';
+import { Blob, DEFAULT_CHUNK_SIZE, Entry, FileType, Index, ImageInfo, Kind, FORMAT_VERSION } from '../format/types';
 import { WorkerPool } from '../workers/pool';
 import { invalidArgument } from '../errors';
 
-export const LEVELS = { fast: 3, default: 9, best: 19 } as const;
+/** zstd levels of full contents: `default` matches the zstd tool's default. */
+export const LEVELS = { fast: 1, default: 3, best: 19 } as const;
 export type LevelName = keyof typeof LEVELS;
 
 export interface ProgressEvent {
@@ -68,9 +69,9 @@ export function imageInfoOf(image: ResolvedImage, sourceRef: string): ImageInfo 
   };
 }
 
-/** Flatten every layer of the image into a tree; contents land in `staging`. */
-export async function flattenImage(image: ResolvedImage, staging: StagingStore, onProgress?: (e: ProgressEvent) => void): Promise<TreeBuilder> {
-  const builder = new TreeBuilder(staging);
+/** Flatten every layer of the image into a tree; contents go to `sink`. */
+export async function flattenImage(image: ResolvedImage, sink: ContentSink, onProgress?: (e: ProgressEvent) => void): Promise<TreeBuilder> {
+  const builder = new TreeBuilder(sink);
   const total = image.layers.reduce((n, l) => n + l.desc.size, 0);
   let done = 0;
   for (let i = 0; i < image.layers.length; i++) {
@@ -86,76 +87,6 @@ export async function flattenImage(image: ResolvedImage, staging: StagingStore, 
     onProgress?.({ phase: 'layers', done, total, detail: `layer ${i + 1}/${image.layers.length}` });
   }
   return builder;
-}
-
-/**
- * Compress the listed staged contents in the pool and append them to the
- * writer in list order (deterministic), with a bounded window in flight.
- */
-export async function writeFullContents(
-  contents: { digest: string; size: number }[],
-  staging: StagingStore,
-  writer: CdimgWriter,
-  pool: WorkerPool,
-  level: number,
-  chunkSize: number,
-  onProgress?: (e: ProgressEvent) => void,
-): Promise<Blob[]> {
-  const blobs: Blob[] = [];
-  const window = Math.max(2, pool.threads * 4);
-  const maxBytesInFlight = 256 * 1024 * 1024;
-  const queue: { size: number; p: Promise<Awaited<ReturnType<typeof runOne>>> }[] = [];
-  let bytesInFlight = 0;
-  const total = contents.reduce((n, c) => n + c.size, 0);
-  let done = 0;
-  const runOne = (c: { digest: string; size: number }) =>
-    pool.run('compressFile', { path: staging.path(c.digest), size: c.size, digest: c.digest, level, chunkSize });
-  const drainOne = async (): Promise<void> => {
-    const item = queue.shift();
-    if (!item) return;
-    const r = await item.p;
-    bytesInFlight -= item.size;
-    const c = contents[blobs.length];
-    const stored = Buffer.from(r.stored.buffer, r.stored.byteOffset, r.stored.byteLength);
-    const base = await writer.append(stored);
-    let o = 0;
-    blobs.push({
-      digest: Buffer.from(c.digest, 'hex'),
-      size: c.size,
-      encoding: Encoding.FULL,
-      chunks: r.chunks.map((ch) => {
-        const chunk = {
-          offset: base + o,
-          storedSize: ch.storedSize,
-          storedDigest: Buffer.from(ch.storedDigest, 'hex'),
-          rawSize: ch.rawSize,
-          rawDigest: Buffer.from(ch.rawDigest, 'hex'),
-          codec: Codec.ZSTD,
-          baseDigest: Buffer.alloc(0),
-          baseOffset: 0,
-          baseSize: 0,
-        };
-        o += ch.storedSize;
-        return chunk;
-      }),
-    });
-    done += c.size;
-    onProgress?.({ phase: 'compress', done, total });
-  };
-  try {
-    for (const c of contents) {
-      while (queue.length >= window || (queue.length > 0 && bytesInFlight + c.size > maxBytesInFlight)) await drainOne();
-      const p = runOne(c);
-      p.catch(() => undefined); // awaited in order by drainOne; avoid unhandled-rejection noise
-      queue.push({ size: c.size, p });
-      bytesInFlight += c.size;
-    }
-    while (queue.length) await drainOne();
-  } finally {
-    // On error, let the remaining tasks settle before the caller tears down.
-    await Promise.allSettled(queue.map((q) => q.p));
-  }
-  return blobs;
 }
 
 export function buildFullIndex(entries: Entry[], blobs: Blob[], image: ImageInfo, chunkSize: number): Index {
@@ -182,15 +113,17 @@ export async function convertImage(o: ConvertOptions): Promise<ConvertResult> {
   await fsp.mkdir(dirname(o.output), { recursive: true });
   o.onProgress?.({ phase: 'resolve', done: 0, total: 1 });
   const source = await openSource(o.ref, o.registry);
-  const staging = await StagingStore.create(join(dirname(o.output), `.${basename(o.output)}.staging-${process.pid}-${randomBytes(4).toString('hex')}`));
   const pool = o.pool ?? new WorkerPool(o.threads);
+  let spool: CompressingSpool | undefined;
   let writer: CdimgWriter | undefined;
   try {
+    spool = await CompressingSpool.create(join(dirname(o.output), `.${basename(o.output)}.spool-${process.pid}-${randomBytes(4).toString('hex')}`), pool, level, chunkSize);
     const image = await resolveImage(source, { platform });
-    const builder = await flattenImage(image, staging, o.onProgress);
+    const builder = await flattenImage(image, spool, o.onProgress);
+    await spool.flush();
     const { entries, contents } = builder.toEntries();
     writer = await CdimgWriter.create(o.output);
-    const blobs = await writeFullContents(contents, staging, writer, pool, level, chunkSize, o.onProgress);
+    const blobs = await spool.copyTo(writer, contents);
     const index = buildFullIndex(entries, blobs, imageInfoOf(image, source.description), chunkSize);
     o.onProgress?.({ phase: 'write', done: 1, total: 1 });
     const fin = await writer.finish(index);
@@ -211,7 +144,7 @@ export async function convertImage(o: ConvertOptions): Promise<ConvertResult> {
     await writer?.abort();
     throw e;
   } finally {
-    await staging.destroy();
+    await spool?.destroy();
     await source.close();
     if (!o.pool) await pool.close();
   }

@@ -24,7 +24,12 @@ export interface Meta {
 interface Inode {
   meta: Meta;
   size: number;
-  /** sha256 hex of the content */
+  content: ContentRef;
+}
+
+/** A content handed to a sink; its digest may be filled in later (before toEntries). */
+export interface ContentRef {
+  /** sha256 hex of the content, once known */
   digest: string;
 }
 
@@ -39,8 +44,8 @@ type DirNode = Extract<Node, { t: 'dir' }>;
 
 /** Where file contents go while flattening. */
 export interface ContentSink {
-  /** Consume the body, return the sha256 hex of its bytes. */
-  put(body: AsyncIterable<Buffer>, size: number): Promise<string>;
+  /** Consume the body; the returned ref's digest is set by the time the sink is flushed. */
+  put(body: AsyncIterable<Buffer>, size: number): Promise<ContentRef>;
 }
 
 export interface FlattenLimits {
@@ -112,8 +117,8 @@ export class TreeBuilder {
         }
         return;
       case 'file': {
-        const digest = await this.sink.put(e.body(), h.size);
-        parent.children.set(name, { t: 'reg', inode: { meta: metaOf(h), size: h.size, digest }, layer });
+        const content = await this.sink.put(e.body(), h.size);
+        parent.children.set(name, { t: 'reg', inode: { meta: metaOf(h), size: h.size, content }, layer });
         return;
       }
       case 'link': {
@@ -208,13 +213,15 @@ export class TreeBuilder {
             return;
           }
           firstPathOfInode.set(node.inode, path);
+          const digest = node.inode.content.digest;
+          if (!digest) throw new Error(`content of ${path} was never hashed (sink not flushed)`);
           const e = entry(path, FileType.REG, node.inode.meta);
           e.size = node.inode.size;
-          e.digest = Buffer.from(node.inode.digest, 'hex');
+          e.digest = Buffer.from(digest, 'hex');
           entries.push(e);
-          if (!seenContent.has(node.inode.digest)) {
-            seenContent.add(node.inode.digest);
-            contents.push({ digest: node.inode.digest, size: node.inode.size });
+          if (!seenContent.has(digest)) {
+            seenContent.add(digest);
+            contents.push({ digest, size: node.inode.size });
           }
           return;
         }

@@ -1,0 +1,185 @@
+/**
+ * The content sink of convert: every file content handed over while layers
+ * stream in is sent, in batches, to the worker pool, which hashes it and
+ * compresses it into chunks. Results are taken in submission order (so the
+ * spool is deterministic), deduplicated by digest and appended to a spool
+ * file. When the tree is known, copyTo() writes the live contents into the
+ * .cdimg in tree order. Memory stays bounded: small contents wait in memory
+ * only until their batch is compressed, large ones go through a temp file,
+ * and the bytes in flight are capped (back-pressure on the layer stream).
+ */
+import { promises as fsp } from 'node:fs';
+import { join } from 'node:path';
+import { corrupt } from '../errors';
+import { ContentRef, ContentSink } from '../tree/flatten';
+import { WorkerPool } from '../workers/pool';
+import type { CompressResult, ContentItem, StoredChunkInfo } from '../workers/worker';
+import { CdimgWriter } from '../format/writer';
+import { Blob, Codec, Encoding } from '../format/types';
+import { readFully } from '../format/reader';
+
+const SMALL = 1 << 20;
+const BATCH_BYTES = 2 * 1024 * 1024;
+const BATCH_ITEMS = 512;
+const MAX_BYTES_IN_FLIGHT = 96 * 1024 * 1024;
+
+interface Pending {
+  refs: ContentRef[];
+  tmpFiles: string[];
+  bytes: number;
+  p: Promise<CompressResult>;
+}
+
+interface Spooled {
+  offset: number;
+  size: number;
+  chunks: StoredChunkInfo[];
+}
+
+export class CompressingSpool implements ContentSink {
+  private readonly spooled = new Map<string, Spooled>();
+  private readonly queue: Pending[] = [];
+  private batch: { item: ContentItem; ref: ContentRef; tmp?: string }[] = [];
+  private batchBytes = 0;
+  private inFlight = 0;
+  private seq = 0;
+  private spoolPos = 0;
+  private spool: fsp.FileHandle | null = null;
+  private readonly window: number;
+
+  private constructor(readonly dir: string, private readonly pool: WorkerPool, private readonly level: number, private readonly chunkSize: number) {
+    this.window = Math.max(2, pool.threads * 3);
+  }
+
+  static async create(dir: string, pool: WorkerPool, level: number, chunkSize: number): Promise<CompressingSpool> {
+    await fsp.mkdir(dir, { recursive: true, mode: 0o700 });
+    const s = new CompressingSpool(dir, pool, level, chunkSize);
+    s.spool = await fsp.open(join(dir, 'spool'), 'w+', 0o600);
+    return s;
+  }
+
+  async put(body: AsyncIterable<Buffer>, size: number): Promise<ContentRef> {
+    const ref: ContentRef = { digest: '' };
+    if (size <= SMALL) {
+      const parts: Buffer[] = [];
+      let n = 0;
+      for await (const c of body) {
+        parts.push(c);
+        n += c.length;
+      }
+      if (n !== size) throw corrupt(`file content is ${n} bytes, header said ${size}`);
+      await this.add({ item: { data: Buffer.concat(parts, n), size, digest: '' }, ref });
+      return ref;
+    }
+    const tmp = join(this.dir, `c${this.seq++}`);
+    const fh = await fsp.open(tmp, 'w', 0o600);
+    let n = 0;
+    try {
+      for await (const c of body) {
+        n += c.length;
+        await fh.write(c);
+      }
+    } finally {
+      await fh.close();
+    }
+    if (n !== size) throw corrupt(`file content is ${n} bytes, header said ${size}`);
+    await this.add({ item: { path: tmp, size, digest: '' }, ref, tmp });
+    return ref;
+  }
+
+  private async add(x: { item: ContentItem; ref: ContentRef; tmp?: string }): Promise<void> {
+    if (this.batch.length && (this.batchBytes + x.item.size > BATCH_BYTES || this.batch.length >= BATCH_ITEMS)) await this.submit();
+    this.batch.push(x);
+    this.batchBytes += x.item.size;
+  }
+
+  private async submit(): Promise<void> {
+    if (!this.batch.length) return;
+    const b = this.batch;
+    const bytes = this.batchBytes;
+    this.batch = [];
+    this.batchBytes = 0;
+    while (this.queue.length >= this.window || (this.queue.length > 0 && this.inFlight + bytes > MAX_BYTES_IN_FLIGHT)) await this.drainOne();
+    const p = this.pool.run('compressContents', { items: b.map((x) => x.item), level: this.level, chunkSize: this.chunkSize });
+    p.catch(() => undefined); // awaited in order by drainOne
+    this.queue.push({ refs: b.map((x) => x.ref), tmpFiles: b.flatMap((x) => (x.tmp ? [x.tmp] : [])), bytes, p });
+    this.inFlight += bytes;
+  }
+
+  private async drainOne(): Promise<void> {
+    const q = this.queue.shift();
+    if (!q || !this.spool) return;
+    const r = await q.p;
+    this.inFlight -= q.bytes;
+    let o = 0;
+    for (let i = 0; i < q.refs.length; i++) {
+      const { digest, chunks } = r.items[i];
+      const size = chunks.reduce((n, c) => n + c.storedSize, 0);
+      q.refs[i].digest = digest;
+      if (!this.spooled.has(digest)) {
+        const data = Buffer.from(r.stored.buffer, r.stored.byteOffset + o, size);
+        await writeFully(this.spool, data, this.spoolPos);
+        this.spooled.set(digest, { offset: this.spoolPos, size, chunks });
+        this.spoolPos += size;
+      }
+      o += size;
+    }
+    await Promise.all(q.tmpFiles.map((f) => fsp.rm(f, { force: true })));
+  }
+
+  /** Wait until every content handed over is hashed and spooled. */
+  async flush(): Promise<void> {
+    await this.submit();
+    while (this.queue.length) await this.drainOne();
+  }
+
+  /** Append the listed contents (tree order) to the writer; returns their blob records. */
+  async copyTo(writer: CdimgWriter, contents: { digest: string; size: number }[]): Promise<Blob[]> {
+    if (!this.spool) throw new Error('spool closed');
+    const blobs: Blob[] = [];
+    for (const c of contents) {
+      const s = this.spooled.get(c.digest);
+      if (!s) throw new Error(`content ${c.digest} is not in the spool`);
+      const data = Buffer.allocUnsafe(s.size);
+      await readFully(this.spool, data, s.offset);
+      let o = await writer.append(data);
+      blobs.push({
+        digest: Buffer.from(c.digest, 'hex'),
+        size: c.size,
+        encoding: Encoding.FULL,
+        chunks: s.chunks.map((ch) => {
+          const chunk = {
+            offset: o,
+            storedSize: ch.storedSize,
+            storedDigest: Buffer.from(ch.storedDigest, 'hex'),
+            rawSize: ch.rawSize,
+            rawDigest: Buffer.from(ch.rawDigest, 'hex'),
+            codec: Codec.ZSTD,
+            baseDigest: Buffer.alloc(0),
+            baseOffset: 0,
+            baseSize: 0,
+          };
+          o += ch.storedSize;
+          return chunk;
+        }),
+      });
+    }
+    return blobs;
+  }
+
+  /** Remove the spool and temp files (after success or failure). */
+  async destroy(): Promise<void> {
+    await Promise.allSettled(this.queue.map((q) => q.p));
+    if (this.spool) await this.spool.close().catch(() => undefined);
+    this.spool = null;
+    await fsp.rm(this.dir, { recursive: true, force: true });
+  }
+}
+
+async function writeFully(fh: fsp.FileHandle, data: Buffer, pos: number): Promise<void> {
+  let done = 0;
+  while (done < data.length) {
+    const { bytesWritten } = await fh.write(data, done, data.length - done, pos + done);
+    done += bytesWritten;
+  }
+}

@@ -1,0 +1,664 @@
+/**
+ * Client of the OCI distribution API (docker registry v2): manifests, blobs,
+ * uploads, tags. One instance talks to one registry host and keeps its
+ * connections, scheme (https, or http for insecure registries) and tokens.
+ */
+import { createHash } from 'node:crypto';
+import * as http from 'node:http';
+import * as https from 'node:https';
+import { PassThrough, Readable } from 'node:stream';
+import { corrupt, D4fsError, hostile, invalidArgument, notFound, permissionDenied, unavailable } from '../../errors';
+import { digestOf, parseDigest, SHA256_RE } from '../../util/digest';
+import { MANIFEST_ACCEPT, MT } from '../mediatypes';
+import type { RawDocument } from '../types';
+import { Authenticator, isLoopbackHost, repoScope, TokenHttp } from './auth';
+import type { RegistryOptions } from './options';
+
+/** Knobs that are not user options (tests shrink them). */
+export interface ClientTuning {
+  /** Connect and idle timeout of every request, in ms (default 30 000). */
+  timeoutMs?: number;
+  /** Size of each PATCH of a chunked upload, in bytes (default 16 MiB). */
+  chunkSize?: number;
+}
+
+/** Result of pushBlob. */
+export type PushResult = 'exists' | 'uploaded';
+
+const DEFAULT_TIMEOUT_MS = 30_000;
+const DEFAULT_CHUNK = 16 * 1024 * 1024;
+const MAX_MANIFEST_BYTES = 4 * 1024 * 1024;
+const MAX_ERROR_BODY = 64 * 1024;
+const MAX_TOKEN_BODY = 1024 * 1024;
+const MAX_REDIRECTS = 5;
+const MAX_TAG_PAGES = 10_000;
+const DEFAULT_USER_AGENT = 'd4fs/0.1';
+
+const HOST_RE = /^(?:[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\])(?::\d{1,5})?$/;
+const REPO_RE = /^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:\/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*$/;
+const TAG_RE = /^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$/;
+const REDIRECTS = new Set([301, 302, 303, 307, 308]);
+const GENERIC_TYPES = new Set(['', 'application/json', 'text/plain', 'application/octet-stream']);
+
+/** Host actually contacted for a registry name: docker.io is served by registry-1.docker.io. */
+export function apiHostOf(registry: string): string {
+  const r = registry.toLowerCase();
+  return r === 'docker.io' || r === 'index.docker.io' ? 'registry-1.docker.io' : registry;
+}
+
+/** Validate a repository name ("library/nginx"); it ends up in URL paths. */
+export function checkRepository(repo: string): string {
+  if (typeof repo !== 'string' || repo.length > 255 || !REPO_RE.test(repo)) {
+    throw invalidArgument(`invalid repository name ${JSON.stringify(String(repo).slice(0, 100))}`);
+  }
+  return repo;
+}
+
+/** Validate a tag or digest reference; returns true when it is a digest. */
+export function isDigestReference(reference: string): boolean {
+  if (typeof reference === 'string' && reference.includes(':')) {
+    parseDigest(reference, 'manifest digest');
+    return true;
+  }
+  if (typeof reference !== 'string' || !TAG_RE.test(reference)) {
+    throw invalidArgument(`invalid tag ${JSON.stringify(String(reference).slice(0, 100))}`);
+  }
+  return false;
+}
+
+/** The "next" target of an RFC 8288 Link header, if any. */
+export function nextLink(header: string | undefined): string | undefined {
+  if (!header) return undefined;
+  for (const part of header.split(/,(?=\s*<)/)) {
+    const m = /^\s*<([^>]*)>\s*;(.*)$/.exec(part);
+    if (m && /(?:^|;)\s*rel\s*=\s*"?(?:[^";]*\s)?next(?:\s[^";]*)?"?\s*(?:;|$)/i.test(m[2])) return m[1];
+  }
+  return undefined;
+}
+
+/** The fields that tell an index from a manifest. */
+interface ManifestShape {
+  mediaType?: unknown;
+  manifests?: unknown;
+  config?: unknown;
+  layers?: unknown;
+}
+
+/** Media type of a fetched manifest: the Content-Type, or what the document says when that is generic. */
+export function manifestMediaType(contentType: string | undefined, bytes: Buffer): string {
+  const ct = (contentType ?? '').split(';')[0].trim().toLowerCase();
+  if (!GENERIC_TYPES.has(ct)) return ct;
+  let doc: ManifestShape | null;
+  try {
+    doc = JSON.parse(bytes.toString('utf8')) as ManifestShape | null;
+  } catch {
+    throw corrupt('registry returned a manifest that is not JSON');
+  }
+  if (typeof doc?.mediaType === 'string' && doc.mediaType) return doc.mediaType;
+  if (Array.isArray(doc?.manifests)) return MT.OCI_INDEX;
+  if (doc?.config && Array.isArray(doc?.layers)) return MT.OCI_MANIFEST;
+  throw corrupt('registry returned a manifest without a media type');
+}
+
+/** Read a whole response body, refusing more than `limit` bytes. */
+function readAll(stream: Readable, limit: number, what: string): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    const parts: Buffer[] = [];
+    let total = 0;
+    stream.on('data', (chunk: Buffer) => {
+      total += chunk.length;
+      if (total > limit) {
+        stream.destroy();
+        reject(hostile(`${what} is larger than ${limit} bytes`));
+        return;
+      }
+      parts.push(chunk);
+    });
+    stream.once('end', () => resolve(Buffer.concat(parts)));
+    stream.once('error', reject);
+  });
+}
+
+/** Let a response go without reading it (frees the socket). */
+function discard(res: http.IncomingMessage): void {
+  res.resume();
+  res.on('error', () => undefined);
+}
+
+/** The registry's error text from a JSON body `{"errors":[{code,message}]}` (or the raw text). */
+function registryMessage(body: Buffer): string {
+  const text = body.toString('utf8').trim();
+  try {
+    const doc = JSON.parse(text) as { errors?: Array<{ code?: unknown; message?: unknown }> };
+    if (Array.isArray(doc.errors) && doc.errors.length) {
+      return doc.errors.map((e) => [e.code, e.message].filter((x) => typeof x === 'string' && x).join(': ')).join('; ');
+    }
+  } catch {
+    // not JSON: fall through to the raw text
+  }
+  return text.replace(/\s+/g, ' ').slice(0, 300);
+}
+
+/** Yield the stream's bytes in buffers of exactly `size` bytes (the last may be shorter). */
+async function* chunksOf(src: Readable, size: number): AsyncGenerator<Buffer> {
+  let parts: Buffer[] = [];
+  let held = 0;
+  for await (const data of src) {
+    let buf: Buffer = Buffer.isBuffer(data) ? data : typeof data === 'string' ? Buffer.from(data, 'utf8') : Buffer.from(data as Uint8Array);
+    while (held + buf.length >= size) {
+      const take = size - held;
+      parts.push(buf.subarray(0, take));
+      yield Buffer.concat(parts);
+      buf = buf.subarray(take);
+      parts = [];
+      held = 0;
+    }
+    if (buf.length) {
+      parts.push(buf);
+      held += buf.length;
+    }
+  }
+  if (held) yield Buffer.concat(parts);
+}
+
+const firstHeader = (v: string | string[] | undefined): string | undefined => (Array.isArray(v) ? v[0] : v);
+
+/** One HTTP exchange as the wire layer sends it. */
+interface WireRequest {
+  method: string;
+  url: URL;
+  headers: Record<string, string>;
+  body?: Buffer;
+}
+
+/** An API call: the wire request plus what auth and error messages need. */
+interface ApiCall {
+  method: string;
+  url: URL;
+  headers?: Record<string, string>;
+  body?: Buffer;
+  /** Token scopes the call needs. */
+  scopes: string[];
+  /** Repository, for messages. */
+  repo: string;
+}
+
+/** Thrown by the wire layer when a request stays silent too long. */
+class TimeoutError extends Error {
+  readonly code = 'ETIMEDOUT';
+}
+
+/**
+ * Client of one registry. All methods take the repository name
+ * ("library/nginx") and validate it, and map failures to D4fsError kinds:
+ * UNAUTHENTICATED, PERMISSION_DENIED, NOT_FOUND, CORRUPT, UNAVAILABLE.
+ */
+export class RegistryClient {
+  /** The registry name as given ("docker.io", "127.0.0.1:5000"). */
+  readonly registry: string;
+  /** The host contacted ("registry-1.docker.io"). */
+  readonly apiHost: string;
+  private readonly auth: Authenticator;
+  private readonly httpAgent = new http.Agent({ keepAlive: true });
+  private readonly httpsAgent = new https.Agent({ keepAlive: true });
+  private readonly timeoutMs: number;
+  private readonly chunkSize: number;
+  private base: URL | undefined;
+  private pinging: Promise<URL> | undefined;
+
+  /**
+   * @param registryHost "host[:port]" of the registry ("docker.io" maps to registry-1.docker.io)
+   * @param opts credentials and TLS options
+   * @param tuning timeouts and chunk size
+   */
+  constructor(registryHost: string, private readonly opts: RegistryOptions = {}, tuning: ClientTuning = {}) {
+    if (typeof registryHost !== 'string' || !HOST_RE.test(registryHost)) {
+      throw invalidArgument(`invalid registry host ${JSON.stringify(String(registryHost).slice(0, 100))}`);
+    }
+    this.registry = registryHost;
+    this.apiHost = apiHostOf(registryHost);
+    this.timeoutMs = tuning.timeoutMs ?? DEFAULT_TIMEOUT_MS;
+    this.chunkSize = Math.max(1, tuning.chunkSize ?? DEFAULT_CHUNK);
+    this.auth = new Authenticator(registryHost, opts, this.tokenHttp);
+  }
+
+  // -------------------------------------------------------------------------
+  // Public API
+
+  /**
+   * Fetch a manifest or index by tag or digest. The digest returned is the
+   * sha256 of the bytes received; for a digest reference it must match.
+   */
+  async getManifest(repo: string, reference: string): Promise<RawDocument> {
+    checkRepository(repo);
+    const byDigest = isDigestReference(reference);
+    const what = `manifest ${repo}${byDigest ? '@' : ':'}${reference}`;
+    const res = await this.call({
+      method: 'GET',
+      url: await this.endpoint(`/v2/${repo}/manifests/${reference}`),
+      headers: { Accept: MANIFEST_ACCEPT },
+      scopes: [repoScope(repo, 'pull')],
+      repo,
+    });
+    await this.expect(res, [200], what, repo);
+    const bytes = await readAll(res, MAX_MANIFEST_BYTES, `registry ${this.registry}: ${what}`);
+    const digest = digestOf(bytes);
+    if (byDigest && digest !== reference) {
+      throw corrupt(`registry ${this.registry}: ${what}: received bytes hash to ${digest}`);
+    }
+    const claimed = firstHeader(res.headers['docker-content-digest']);
+    if (claimed && SHA256_RE.test(claimed) && claimed !== digest) {
+      throw corrupt(`registry ${this.registry}: ${what}: Docker-Content-Digest says ${claimed} but the bytes hash to ${digest}`);
+    }
+    let mediaType: string;
+    try {
+      mediaType = manifestMediaType(firstHeader(res.headers['content-type']), bytes);
+    } catch (e) {
+      throw corrupt(`registry ${this.registry}: ${what}: ${(e as Error).message}`);
+    }
+    return { bytes, mediaType, digest };
+  }
+
+  /**
+   * Stream a blob's stored bytes, following redirects (Authorization is not
+   * sent to another origin). The bytes are NOT verified here; wrap the stream
+   * in a VerifyingStream. When `size` is given, a Content-Length that
+   * disagrees is refused up front.
+   */
+  async openBlob(repo: string, digest: string, size?: number): Promise<Readable> {
+    checkRepository(repo);
+    parseDigest(digest, 'blob digest');
+    const what = `blob ${digest} in ${repo}`;
+    const res = await this.blobRequest('GET', repo, digest);
+    await this.expect(res, [200], what, repo);
+    const length = Number(firstHeader(res.headers['content-length']) ?? NaN);
+    if (size !== undefined && Number.isFinite(length) && length !== size) {
+      discard(res);
+      throw corrupt(`registry ${this.registry}: ${what}: server sends ${length} bytes but the descriptor says ${size}`);
+    }
+    return this.guardBody(res, what);
+  }
+
+  /** Size of a blob in the repository, or undefined when the registry does not have it. */
+  async statBlob(repo: string, digest: string): Promise<number | undefined> {
+    checkRepository(repo);
+    parseDigest(digest, 'blob digest');
+    const res = await this.blobRequest('HEAD', repo, digest);
+    if (res.statusCode === 404) {
+      discard(res);
+      return undefined;
+    }
+    await this.expect(res, [200], `blob ${digest} in ${repo}`, repo);
+    discard(res);
+    const length = Number(firstHeader(res.headers['content-length']) ?? NaN);
+    return Number.isFinite(length) ? length : -1;
+  }
+
+  /** Whether the repository holds the blob (HEAD). */
+  async blobExists(repo: string, digest: string): Promise<boolean> {
+    return (await this.statBlob(repo, digest)) !== undefined;
+  }
+
+  /**
+   * Upload a blob unless the repository already has it: POST an upload
+   * session, PATCH chunks with Content-Range, PUT ?digest=. The bytes are
+   * hashed on the way and the upload is abandoned (CORRUPT) when they do not
+   * match `digest` and `size`. `streamFactory` is called again for one retry
+   * after a network failure.
+   */
+  async pushBlob(repo: string, digest: string, size: number, streamFactory: () => Readable): Promise<PushResult> {
+    checkRepository(repo);
+    parseDigest(digest, 'blob digest');
+    if (!Number.isSafeInteger(size) || size < 0) throw invalidArgument(`invalid blob size ${size}`);
+    if (await this.blobExists(repo, digest)) return 'exists';
+    try {
+      await this.upload(repo, digest, size, streamFactory());
+    } catch (e) {
+      if (!(e instanceof D4fsError) || e.kind !== 'UNAVAILABLE') throw e;
+      await this.upload(repo, digest, size, streamFactory());
+    }
+    return 'uploaded';
+  }
+
+  /**
+   * Ask the registry to mount a blob from another repository of the same
+   * registry (no upload). Returns false when it would not (the upload session
+   * it opened instead is cancelled).
+   */
+  async mountBlob(repo: string, digest: string, fromRepo: string): Promise<boolean> {
+    checkRepository(repo);
+    checkRepository(fromRepo);
+    parseDigest(digest, 'blob digest');
+    const url = await this.endpoint(`/v2/${repo}/blobs/uploads/`);
+    url.searchParams.set('mount', digest);
+    url.searchParams.set('from', fromRepo);
+    const res = await this.call({
+      method: 'POST',
+      url,
+      scopes: [repoScope(repo, 'pull,push'), repoScope(fromRepo, 'pull')],
+      repo,
+    });
+    await this.expect(res, [201, 202], `mount of ${digest} from ${fromRepo} into ${repo}`, repo);
+    discard(res);
+    if (res.statusCode === 201) return true;
+    await this.cancelUpload(repo, this.location(res, url));
+    return false;
+  }
+
+  /**
+   * Store a manifest under a tag or its digest; returns its digest (sha256 of
+   * `bytes`).
+   */
+  async putManifest(repo: string, reference: string, bytes: Buffer, mediaType: string): Promise<string> {
+    checkRepository(repo);
+    const byDigest = isDigestReference(reference);
+    const digest = digestOf(bytes);
+    if (byDigest && digest !== reference) throw invalidArgument(`manifest bytes hash to ${digest}, not ${reference}`);
+    if (bytes.length > MAX_MANIFEST_BYTES) throw invalidArgument(`manifest is larger than ${MAX_MANIFEST_BYTES} bytes`);
+    if (!mediaType) throw invalidArgument('manifest media type is empty');
+    const what = `manifest ${repo}${byDigest ? '@' : ':'}${reference}`;
+    const res = await this.call({
+      method: 'PUT',
+      url: await this.endpoint(`/v2/${repo}/manifests/${reference}`),
+      headers: { 'Content-Type': mediaType },
+      body: bytes,
+      scopes: [repoScope(repo, 'pull,push')],
+      repo,
+    });
+    await this.expect(res, [200, 201, 202, 204], `upload of ${what}`, repo);
+    discard(res);
+    const claimed = firstHeader(res.headers['docker-content-digest']);
+    if (claimed && SHA256_RE.test(claimed) && claimed !== digest) {
+      throw corrupt(`registry ${this.registry}: stored ${what} as ${claimed}, expected ${digest}`);
+    }
+    return digest;
+  }
+
+  /** All tags of a repository, following Link pagination. `pageSize` sets n= (default: the registry's). */
+  async listTags(repo: string, pageSize?: number): Promise<string[]> {
+    checkRepository(repo);
+    let url: URL | undefined = await this.endpoint(`/v2/${repo}/tags/list`);
+    if (pageSize !== undefined) url.searchParams.set('n', String(pageSize));
+    const tags: string[] = [];
+    const seen = new Set<string>();
+    for (let page = 0; url; page++) {
+      if (page >= MAX_TAG_PAGES || seen.has(url.href)) throw unavailable(`registry ${this.registry}: tag list of ${repo} does not end`);
+      seen.add(url.href);
+      const res = await this.call({ method: 'GET', url, scopes: [repoScope(repo, 'pull')], repo });
+      await this.expect(res, [200], `repository ${repo}`, repo);
+      tags.push(...this.parseTags(await readAll(res, MAX_MANIFEST_BYTES, `tag list of ${repo}`), repo));
+      const next = nextLink(firstHeader(res.headers.link));
+      url = next ? new URL(next, url) : undefined;
+    }
+    return tags;
+  }
+
+  /** Close idle connections. */
+  async close(): Promise<void> {
+    this.httpAgent.destroy();
+    this.httpsAgent.destroy();
+  }
+
+  // -------------------------------------------------------------------------
+  // Uploads
+
+  private async upload(repo: string, digest: string, size: number, src: Readable): Promise<void> {
+    const start = await this.endpoint(`/v2/${repo}/blobs/uploads/`);
+    const opened = await this.call({ method: 'POST', url: start, scopes: [repoScope(repo, 'pull,push')], repo });
+    await this.expect(opened, [202], `upload to ${repo}`, repo);
+    discard(opened);
+    let location = this.location(opened, start);
+    try {
+      location = await this.sendChunks(repo, digest, size, src, location);
+      await this.finishUpload(repo, digest, location);
+    } catch (e) {
+      src.destroy();
+      await this.cancelUpload(repo, location).catch(() => undefined);
+      throw e;
+    }
+  }
+
+  /** PATCH the stream in chunks; checks size and digest; returns the last upload location. */
+  private async sendChunks(repo: string, digest: string, size: number, src: Readable, location: URL): Promise<URL> {
+    const hash = createHash('sha256');
+    let offset = 0;
+    for await (const chunk of chunksOf(src, this.chunkSize)) {
+      if (offset + chunk.length > size) throw corrupt(`blob ${digest}: the stream holds more than the declared ${size} bytes`);
+      hash.update(chunk);
+      location = await this.patchChunk(repo, location, chunk, offset);
+      offset += chunk.length;
+    }
+    if (offset !== size) throw corrupt(`blob ${digest}: the stream holds ${offset} bytes, not the declared ${size}`);
+    const got = `sha256:${hash.digest('hex')}`;
+    if (got !== digest) throw corrupt(`blob ${digest}: the stream's bytes hash to ${got}`);
+    return location;
+  }
+
+  private async patchChunk(repo: string, location: URL, chunk: Buffer, offset: number): Promise<URL> {
+    const res = await this.call({
+      method: 'PATCH',
+      url: location,
+      headers: {
+        'Content-Type': 'application/octet-stream',
+        'Content-Range': `${offset}-${offset + chunk.length - 1}`,
+      },
+      body: chunk,
+      scopes: [repoScope(repo, 'pull,push')],
+      repo,
+    });
+    await this.expect(res, [202], `upload to ${repo} (bytes from ${offset})`, repo);
+    discard(res);
+    return this.location(res, location);
+  }
+
+  private async finishUpload(repo: string, digest: string, location: URL): Promise<void> {
+    const url = new URL(location.href);
+    url.search = `${url.search ? url.search + '&' : '?'}digest=${encodeURIComponent(digest)}`;
+    const res = await this.call({ method: 'PUT', url, body: Buffer.alloc(0), scopes: [repoScope(repo, 'pull,push')], repo });
+    await this.expect(res, [201, 204], `upload of blob ${digest} to ${repo}`, repo);
+    discard(res);
+  }
+
+  private async cancelUpload(repo: string, location: URL): Promise<void> {
+    const res = await this.call({ method: 'DELETE', url: location, scopes: [repoScope(repo, 'pull,push')], repo });
+    discard(res);
+  }
+
+  /** The Location of an upload answer, resolved against the request URL. */
+  private location(res: http.IncomingMessage, base: URL): URL {
+    const loc = firstHeader(res.headers.location);
+    if (!loc) throw unavailable(`registry ${this.registry}: upload answer without a Location header`);
+    return new URL(loc, base);
+  }
+
+  private parseTags(body: Buffer, repo: string): string[] {
+    let doc: { tags?: unknown } | null;
+    try {
+      doc = JSON.parse(body.toString('utf8')) as { tags?: unknown } | null;
+    } catch {
+      throw unavailable(`registry ${this.registry}: tag list of ${repo} is not JSON`);
+    }
+    const tags = doc?.tags ?? [];
+    if (!Array.isArray(tags) || !tags.every((t) => typeof t === 'string')) {
+      throw unavailable(`registry ${this.registry}: malformed tag list for ${repo}`);
+    }
+    return tags as string[];
+  }
+
+  // -------------------------------------------------------------------------
+  // Requests with authentication and error mapping
+
+  /** GET or HEAD a blob, following redirects. */
+  private async blobRequest(method: 'GET' | 'HEAD', repo: string, digest: string): Promise<http.IncomingMessage> {
+    let url = await this.endpoint(`/v2/${repo}/blobs/${digest}`);
+    let res = await this.call({ method, url, scopes: [repoScope(repo, 'pull')], repo });
+    for (let hops = 0; REDIRECTS.has(res.statusCode ?? 0); hops++) {
+      discard(res);
+      const loc = firstHeader(res.headers.location);
+      if (!loc) throw unavailable(`registry ${this.registry}: redirect without a Location for blob ${digest}`);
+      if (hops >= MAX_REDIRECTS) throw unavailable(`registry ${this.registry}: too many redirects for blob ${digest}`);
+      url = new URL(loc, url);
+      if (url.protocol !== 'https:' && url.protocol !== 'http:') {
+        throw unavailable(`registry ${this.registry}: blob ${digest} redirects to an unsupported URL scheme ${url.protocol}`);
+      }
+      res = await this.call({ method, url, scopes: [repoScope(repo, 'pull')], repo });
+    }
+    return res;
+  }
+
+  /**
+   * Send an API call with credentials (only to the registry's own origin);
+   * after a 401 learn the challenge and retry once.
+   */
+  private async call(c: ApiCall): Promise<http.IncomingMessage> {
+    const base = await this.ping();
+    const own = c.url.origin === base.origin;
+    const attempt = async (): Promise<http.IncomingMessage> => {
+      const authz = own ? await this.auth.authorization(c.scopes, c.repo) : undefined;
+      const headers = { ...(c.headers ?? {}), ...(authz ? { Authorization: authz } : {}) };
+      return this.send({ method: c.method, url: c.url, headers, body: c.body });
+    };
+    let res = await attempt();
+    if (res.statusCode !== 401 || !own) return res;
+    discard(res);
+    if (!(await this.auth.challenged(res.headers['www-authenticate'], c.scopes))) throw await this.auth.failure(c.repo);
+    res = await attempt();
+    if (res.statusCode === 401) {
+      discard(res);
+      throw await this.auth.failure(c.repo);
+    }
+    return res;
+  }
+
+  /** Throw the D4fsError for a status outside `ok` (401 was handled by call()). */
+  private async expect(res: http.IncomingMessage, ok: number[], what: string, repo: string): Promise<void> {
+    const status = res.statusCode ?? 0;
+    if (ok.includes(status)) return;
+    const body = await readAll(res, MAX_ERROR_BODY, 'error answer').catch(() => Buffer.alloc(0));
+    const detail = registryMessage(body);
+    if (status === 404) throw notFound(`registry ${this.registry}: ${what} not found${detail ? ` (${detail})` : ''}`);
+    if (status === 401) throw await this.auth.failure(repo);
+    if (status === 403) throw permissionDenied(`registry ${this.registry}: access to ${repo} denied${detail ? `: ${detail}` : ''}`);
+    throw unavailable(`registry ${this.registry}: ${what}: HTTP ${status}${detail ? `: ${detail}` : ''}`);
+  }
+
+  /** Map mid-body failures of a blob download to a clear UNAVAILABLE error. */
+  private guardBody(res: http.IncomingMessage, what: string): Readable {
+    const out = new PassThrough();
+    res.on('error', (e: Error) => out.destroy(unavailable(`registry ${this.registry}: download of ${what} failed: ${e.message}`, e)));
+    res.on('aborted', () => out.destroy(unavailable(`registry ${this.registry}: download of ${what} was interrupted`)));
+    out.on('close', () => {
+      if (!res.complete) res.destroy();
+    });
+    res.pipe(out);
+    return out;
+  }
+
+  // -------------------------------------------------------------------------
+  // Scheme selection
+
+  /** Absolute URL of an API path on the registry (after choosing the scheme). */
+  private async endpoint(path: string): Promise<URL> {
+    return new URL(path, await this.ping());
+  }
+
+  /**
+   * GET /v2/ once to choose the scheme (https; http when insecure is allowed
+   * and https fails at the connection level) and learn the auth challenge.
+   */
+  private ping(): Promise<URL> {
+    if (this.base) return Promise.resolve(this.base);
+    this.pinging ??= this.probe().then(
+      (base) => (this.base = base),
+      (e: unknown) => {
+        this.pinging = undefined;
+        throw e;
+      },
+    );
+    return this.pinging;
+  }
+
+  private async probe(): Promise<URL> {
+    const secure = new URL(`https://${this.apiHost}/`);
+    try {
+      return await this.probeAt(secure);
+    } catch (httpsErr) {
+      if (!this.mayUsePlainHttp()) throw this.unreachable(httpsErr);
+      try {
+        return await this.probeAt(new URL(`http://${this.apiHost}/`));
+      } catch (httpErr) {
+        throw this.unreachable(httpErr, httpsErr);
+      }
+    }
+  }
+
+  private async probeAt(base: URL): Promise<URL> {
+    const res = await this.wire({ method: 'GET', url: new URL('/v2/', base), headers: {} });
+    discard(res);
+    if (res.statusCode === 401) this.auth.learn(res.headers['www-authenticate']);
+    return base;
+  }
+
+  private unreachable(err: unknown, httpsErr?: unknown): D4fsError {
+    const msg = (e: unknown) => (e instanceof Error ? e.message : String(e));
+    const detail = httpsErr !== undefined ? `https: ${msg(httpsErr)}; http: ${msg(err)}` : msg(err);
+    return unavailable(`cannot reach registry ${this.registry}: ${detail}`, err);
+  }
+
+  private mayUsePlainHttp(): boolean {
+    if (this.opts.tlsVerify === false) return true;
+    return this.opts.tlsVerify !== true && isLoopbackHost(new URL(`http://${this.apiHost}/`).hostname);
+  }
+
+  /** Whether TLS certificates of `hostname` are checked (not with --tls-verify=false, nor by default on loopback). */
+  private verifiesTls(hostname: string): boolean {
+    if (this.opts.tlsVerify === false) return false;
+    return this.opts.tlsVerify === true || !isLoopbackHost(hostname);
+  }
+
+  // -------------------------------------------------------------------------
+  // Wire
+
+  /** Send and map connection-level failures to UNAVAILABLE. */
+  private async send(r: WireRequest): Promise<http.IncomingMessage> {
+    try {
+      return await this.wire(r);
+    } catch (e) {
+      if (e instanceof TimeoutError) throw unavailable(`registry ${r.url.host}: ${e.message}`, e);
+      throw unavailable(`cannot reach registry ${r.url.host}: ${(e as Error).message}`, e);
+    }
+  }
+
+  /** One HTTP exchange; retried once when a reused keep-alive connection was closed under us. */
+  private async wire(r: WireRequest): Promise<http.IncomingMessage> {
+    try {
+      return await this.wireOnce(r);
+    } catch (e) {
+      const err = e as NodeJS.ErrnoException & { reusedSocket?: boolean };
+      if (err.reusedSocket && (err.code === 'ECONNRESET' || err.code === 'EPIPE')) return this.wireOnce(r);
+      throw e;
+    }
+  }
+
+  private wireOnce(r: WireRequest): Promise<http.IncomingMessage> {
+    return new Promise((resolve, reject) => {
+      const secure = r.url.protocol === 'https:';
+      const headers: Record<string, string> = { 'User-Agent': this.opts.userAgent ?? DEFAULT_USER_AGENT, ...r.headers };
+      if (r.body !== undefined || !['GET', 'HEAD', 'DELETE'].includes(r.method)) headers['Content-Length'] = String(r.body?.length ?? 0);
+      const options: https.RequestOptions = { method: r.method, headers, agent: secure ? this.httpsAgent : this.httpAgent };
+      if (secure) options.rejectUnauthorized = this.verifiesTls(r.url.hostname);
+      const req = (secure ? https : http).request(r.url, options);
+      req.setTimeout(this.timeoutMs, () => req.destroy(new TimeoutError(`no answer within ${this.timeoutMs / 1000} s`)));
+      req.once('response', resolve);
+      req.once('error', (e: Error) => reject(Object.assign(e, { reusedSocket: req.reusedSocket })));
+      req.end(r.body);
+    });
+  }
+
+  /** Token requests go through the same wire (TLS options, timeouts). */
+  private readonly tokenHttp: TokenHttp = async (url, init) => {
+    const res = await this.send({ method: init.method, url, headers: init.headers, body: init.body });
+    const body = await readAll(res, MAX_TOKEN_BODY, `token answer of ${url.origin}`);
+    return { status: res.statusCode ?? 0, body };
+  };
+}
