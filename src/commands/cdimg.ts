@@ -8,6 +8,7 @@ import { unpackImage } from '../unpack/unpack';
 import { WorkerPool } from '../workers/pool';
 import { corrupt, invalidArgument } from '../errors';
 import { digestFromRaw } from '../util/digest';
+import { registerDelta } from './delta';
 import { action, addRegistryOptions, humanBytes, parseIntOpt, parseLevel, parseSize, printJson, progressReporter, registryOptionsOf } from './common';
 
 const TYPE_NAMES: Record<number, string> = {
@@ -142,7 +143,8 @@ export function summarize(r: CdimgReader): Record<string, unknown> {
 }
 
 export function registerCdimg(program: Command): void {
-  const cd = program.command('cdimg').description('inspect, verify, unpack (and diff, merge, patch) .cdimg files');
+  const cd = program.command('cdimg').description('inspect, verify, unpack, diff, merge, patch and export .cdimg files');
+  registerDelta(cd);
 
   cd.command('show')
     .description('summary of a .cdimg (--json adds every entry)')

@@ -17,18 +17,12 @@ import type { CompressResult, ContentItem, StoredChunkInfo } from '../workers/wo
 import { CdimgWriter } from '../format/writer';
 import { Blob, Codec, Encoding } from '../format/types';
 import { readFully } from '../format/reader';
+import { OrderedWindow } from '../util/ordered';
 
 const SMALL = 1 << 20;
 const BATCH_BYTES = 2 * 1024 * 1024;
 const BATCH_ITEMS = 512;
 const MAX_BYTES_IN_FLIGHT = 96 * 1024 * 1024;
-
-interface Pending {
-  refs: ContentRef[];
-  tmpFiles: string[];
-  bytes: number;
-  p: Promise<CompressResult>;
-}
 
 interface Spooled {
   offset: number;
@@ -38,17 +32,15 @@ interface Spooled {
 
 export class CompressingSpool implements ContentSink {
   private readonly spooled = new Map<string, Spooled>();
-  private readonly queue: Pending[] = [];
+  private readonly window: OrderedWindow<CompressResult>;
   private batch: { item: ContentItem; ref: ContentRef; tmp?: string }[] = [];
   private batchBytes = 0;
-  private inFlight = 0;
   private seq = 0;
   private spoolPos = 0;
   private spool: fsp.FileHandle | null = null;
-  private readonly window: number;
 
   private constructor(readonly dir: string, private readonly pool: WorkerPool, private readonly level: number, private readonly chunkSize: number) {
-    this.window = Math.max(2, pool.threads * 3);
+    this.window = new OrderedWindow(Math.max(2, pool.threads * 3), MAX_BYTES_IN_FLIGHT);
   }
 
   static async create(dir: string, pool: WorkerPool, level: number, chunkSize: number): Promise<CompressingSpool> {
@@ -99,23 +91,20 @@ export class CompressingSpool implements ContentSink {
     const bytes = this.batchBytes;
     this.batch = [];
     this.batchBytes = 0;
-    while (this.queue.length >= this.window || (this.queue.length > 0 && this.inFlight + bytes > MAX_BYTES_IN_FLIGHT)) await this.drainOne();
-    const p = this.pool.run('compressContents', { items: b.map((x) => x.item), level: this.level, chunkSize: this.chunkSize });
-    p.catch(() => undefined); // awaited in order by drainOne
-    this.queue.push({ refs: b.map((x) => x.ref), tmpFiles: b.flatMap((x) => (x.tmp ? [x.tmp] : [])), bytes, p });
-    this.inFlight += bytes;
+    await this.window.push(
+      () => this.pool.run('compressContents', { items: b.map((x) => x.item), level: this.level, chunkSize: this.chunkSize }),
+      (r) => this.spoolResult(b.map((x) => x.ref), b.flatMap((x) => (x.tmp ? [x.tmp] : [])), r),
+      bytes,
+    );
   }
 
-  private async drainOne(): Promise<void> {
-    const q = this.queue.shift();
-    if (!q || !this.spool) return;
-    const r = await q.p;
-    this.inFlight -= q.bytes;
+  private async spoolResult(refs: ContentRef[], tmpFiles: string[], r: CompressResult): Promise<void> {
+    if (!this.spool) throw new Error('spool closed');
     let o = 0;
-    for (let i = 0; i < q.refs.length; i++) {
+    for (let i = 0; i < refs.length; i++) {
       const { digest, chunks } = r.items[i];
       const size = chunks.reduce((n, c) => n + c.storedSize, 0);
-      q.refs[i].digest = digest;
+      refs[i].digest = digest;
       if (!this.spooled.has(digest)) {
         const data = Buffer.from(r.stored.buffer, r.stored.byteOffset + o, size);
         await writeFully(this.spool, data, this.spoolPos);
@@ -124,13 +113,13 @@ export class CompressingSpool implements ContentSink {
       }
       o += size;
     }
-    await Promise.all(q.tmpFiles.map((f) => fsp.rm(f, { force: true })));
+    await Promise.all(tmpFiles.map((f) => fsp.rm(f, { force: true })));
   }
 
   /** Wait until every content handed over is hashed and spooled. */
   async flush(): Promise<void> {
     await this.submit();
-    while (this.queue.length) await this.drainOne();
+    await this.window.flush();
   }
 
   /** Append the listed contents (tree order) to the writer; returns their blob records. */
@@ -169,7 +158,7 @@ export class CompressingSpool implements ContentSink {
 
   /** Remove the spool and temp files (after success or failure). */
   async destroy(): Promise<void> {
-    await Promise.allSettled(this.queue.map((q) => q.p));
+    await this.window.settle();
     if (this.spool) await this.spool.close().catch(() => undefined);
     this.spool = null;
     await fsp.rm(this.dir, { recursive: true, force: true });

@@ -6,6 +6,9 @@
 import { createHash } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
 import { zstdFrame, zstdUnframe } from '../format/zstd';
+import { Chain } from '../delta/chain';
+import { chooseBest, LevelPreset } from '../delta/codecs';
+import { Codec } from '../format/types';
 
 const sha = (b: Uint8Array): string => createHash('sha256').update(b).digest('hex');
 
@@ -104,3 +107,95 @@ export function decodeChunk(a: DecodeChunkArgs): Uint8Array {
   if (sha(raw) !== a.rawDigest) throw new Error(`chunk decodes to the wrong content (expected ${a.rawDigest})`);
   return raw;
 }
+
+// ---------------------------------------------------------------------------
+// Deltas: tasks that open .cdimg chains themselves (cached per worker), so
+// only digests and results cross threads.
+// ---------------------------------------------------------------------------
+
+const chains = new Map<string, Promise<Chain>>();
+function chainOf(paths: string[]): Promise<Chain> {
+  const key = paths.join('\0');
+  let c = chains.get(key);
+  if (!c) {
+    c = Chain.open(paths);
+    c.catch(() => chains.delete(key));
+    chains.set(key, c);
+    // Keep a few chains open per worker; close the oldest.
+    if (chains.size > 8) {
+      const [oldKey, old] = chains.entries().next().value as [string, Promise<Chain>];
+      chains.delete(oldKey);
+      old.then((x) => x.close()).catch(() => undefined);
+    }
+  }
+  return c;
+}
+
+export interface DeltaChunkInfo extends StoredChunkInfo {
+  codec: Codec;
+  baseOffset: number;
+  baseSize: number;
+}
+
+export interface DiffContentArgs {
+  /** chain of the old image (full image first) */
+  oldChain: string[];
+  /** chain of the new image */
+  newChain: string[];
+  /** sha256 hex of the new content */
+  target: string;
+  /** sha256 hex of the base content in the old image, '' for none */
+  base: string;
+  codec: 'auto' | 'bsdiff' | 'zstd';
+  level: LevelPreset;
+  chunkSize: number;
+}
+
+/** Region of the base a target chunk is patched against: the whole base when small, else a window around the same relative offset. */
+export function baseRegion(baseSize: number, targetSize: number, chunkStart: number, chunkSize: number): [number, number] {
+  if (baseSize <= 2 * chunkSize) return [0, baseSize];
+  const center = Math.floor((chunkStart * baseSize) / Math.max(1, targetSize));
+  const start = Math.max(0, Math.min(baseSize - 2 * chunkSize, center - Math.floor(chunkSize / 2)));
+  return [start, Math.min(baseSize - start, 2 * chunkSize)];
+}
+
+/** Encode one new content against its base (or alone): per chunk the smallest of full and patches, verified. */
+export async function diffContent(a: DiffContentArgs): Promise<{ stored: Uint8Array; chunks: DeltaChunkInfo[] }> {
+  const target = await (await chainOf(a.newChain)).content(Buffer.from(a.target, 'hex'));
+  const base = a.base ? await (await chainOf(a.oldChain)).content(Buffer.from(a.base, 'hex')) : Buffer.alloc(0);
+  const frames: Buffer[] = [];
+  const chunks: DeltaChunkInfo[] = [];
+  let pos = 0;
+  do {
+    const raw = target.subarray(pos, Math.min(pos + a.chunkSize, target.length));
+    const [bo, bs] = base.length ? baseRegion(base.length, target.length, pos, a.chunkSize) : [0, 0];
+    const chosen = chooseBest(base.subarray(bo, bo + bs), raw, { codec: a.codec, level: a.level });
+    const codec = chosen.codec === 'zstd' ? Codec.ZSTD : chosen.codec === 'zstd-patch' ? Codec.ZSTD_PATCH : Codec.BSDIFF;
+    frames.push(chosen.data);
+    chunks.push({
+      storedSize: chosen.data.length,
+      storedDigest: sha(chosen.data),
+      rawSize: raw.length,
+      rawDigest: sha(raw),
+      codec,
+      baseOffset: codec === Codec.ZSTD ? 0 : bo,
+      baseSize: codec === Codec.ZSTD ? 0 : bs,
+    });
+    pos += raw.length;
+  } while (pos < target.length);
+  return { stored: Buffer.concat(frames), chunks };
+}
+
+export interface MaterializeArgs {
+  chain: string[];
+  digest: string;
+  level: number;
+  chunkSize: number;
+}
+
+/** Build a content through its chain and store it as full zstd chunks (as convert does). */
+export async function materializeFull(a: MaterializeArgs): Promise<CompressResult> {
+  const data = await (await chainOf(a.chain)).content(Buffer.from(a.digest, 'hex'));
+  return compressContents({ items: [{ data, size: data.length, digest: a.digest }], level: a.level, chunkSize: a.chunkSize });
+}
+

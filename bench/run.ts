@@ -1,0 +1,24 @@
+/**
+ * `make bench`: every benchmark, each printing a table with its targets.
+ * Ratios are measured against baselines in the same run.
+ *   node dist/bench/run.js [convert] [--runs N] [--quick]
+ */
+import { convertBench, printConvertTable } from './convert';
+
+async function main(): Promise<void> {
+  const args = process.argv.slice(2);
+  const runsArg = args.indexOf('--runs');
+  const runs = runsArg >= 0 ? Number(args[runsArg + 1]) : 3;
+  const quick = args.includes('--quick');
+  const only = args.filter((a, i) => !a.startsWith('--') && args[i - 1] !== '--runs');
+  const want = (s: string) => only.length === 0 || only.includes(s);
+  process.stdout.write(`# d4fs benchmarks (${new Date().toISOString()}, ${process.version}, ${require('node:os').cpus().length} cores)\n\n`);
+  if (want('convert')) {
+    printConvertTable(await convertBench({ runs, images: quick ? ['nginx-v1'] : undefined, big: !quick }));
+  }
+}
+
+main().catch((e) => {
+  process.stderr.write(`bench: ${(e as Error).stack ?? e}\n`);
+  process.exit(1);
+});

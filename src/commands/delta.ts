@@ -1,0 +1,131 @@
+/** `ctr-cli cdimg diff|merge|patch` */
+import { Command } from 'commander';
+import { promises as fsp } from 'node:fs';
+import { dirname, join, basename } from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { diffImages, CodecChoice } from '../delta/diff';
+import { mergeDeltas } from '../delta/merge';
+import { patchImage } from '../delta/patch';
+import { DeltaSummary } from '../delta/summary';
+import { convertImage } from '../convert/convert';
+import { LevelPreset } from '../delta/codecs';
+import { WorkerPool } from '../workers/pool';
+import { invalidArgument } from '../errors';
+import { action, addRegistryOptions, humanBytes, parseIntOpt, printJson, progressReporter, registryOptionsOf } from './common';
+
+function parseChoice<T extends string>(name: string, allowed: readonly T[]) {
+  return (v: string): T => {
+    if (!(allowed as readonly string[]).includes(v)) throw invalidArgument(`${name} must be one of ${allowed.join(', ')}`);
+    return v as T;
+  };
+}
+
+export function printSummary(verb: string, s: DeltaSummary): void {
+  const f = s.files;
+  process.stdout.write(
+    `${verb} -> ${s.output}\n` +
+      `  files        ${f.same} same, ${f.patched} patched, ${f.full} full, ${f.removed} removed\n` +
+      (s.contents.auxiliary ? `  auxiliary    ${s.contents.auxiliary} base contents carried for composed patches\n` : '') +
+      `  delta        ${humanBytes(s.deltaBytes)}\n` +
+      `  plain pull   ${humanBytes(s.plainPullBytes)} (new image layers the old one lacks; whole image ${humanBytes(s.newImageLayerBytes)})\n` +
+      `  saving       ${s.savingPercent.toFixed(1)}%\n` +
+      `  time         ${s.seconds.toFixed(2)} s\n`,
+  );
+}
+
+export function registerDelta(cd: Command): void {
+  const diff = cd
+    .command('diff')
+    .description('make a delta from an old image to a new one')
+    .option('--old <file>', 'old full .cdimg')
+    .option('--new <file>', 'new full .cdimg')
+    .option('--out <file>', 'the delta to write')
+    .option('--old-image <ref>', 'convert the old image on the fly (any convert reference)')
+    .option('--new-image <ref>', 'convert the new image on the fly')
+    .option('--oldCdimg <file>', 'D4C alias of --old')
+    .option('--newCdimg <file>', 'D4C alias of --new')
+    .option('--outCdimg <file>', 'D4C alias of --out')
+    .option('-t, --threads <n>', 'worker threads (default: all cores)', parseIntOpt('threads', 1, 256))
+    .option('--threadNum <n>', 'D4C alias of --threads', parseIntOpt('threadNum', 1, 256))
+    .option('--codec <codec>', 'auto, bsdiff or zstd (zstd with the base as dictionary)', parseChoice('--codec', ['auto', 'bsdiff', 'zstd'] as const), 'auto')
+    .option('--level <level>', 'fast, default or best (best tries every codec)', parseChoice('--level', ['fast', 'default', 'best'] as const), 'default')
+    .option('--platform <os/arch>', 'with --old-image/--new-image: platform to pick')
+    .option('--json', 'print the summary as JSON')
+    .option('--no-progress', 'no progress bar');
+  addRegistryOptions(diff).action(
+    action(async (o: Record<string, unknown>) => {
+      const out = (o.out ?? o.outCdimg) as string | undefined;
+      if (!out) throw invalidArgument('--out is required (the delta file to write)');
+      let oldPath = (o.old ?? o.oldCdimg) as string | undefined;
+      let newPath = (o.new ?? o.newCdimg) as string | undefined;
+      if (!oldPath && !o.oldImage) throw invalidArgument('give the old image: --old FILE.cdimg or --old-image REF');
+      if (!newPath && !o.newImage) throw invalidArgument('give the new image: --new FILE.cdimg or --new-image REF');
+      const threads = (o.threads ?? o.threadNum) as number | undefined;
+      const pool = new WorkerPool(threads);
+      const temps: string[] = [];
+      const prog = progressReporter(o.progress !== false && !o.json);
+      try {
+        const tmpFor = (what: string) => {
+          const p = join(dirname(out), `.${basename(out)}.${what}-${randomBytes(4).toString('hex')}.cdimg`);
+          temps.push(p);
+          return p;
+        };
+        if (!oldPath) {
+          oldPath = tmpFor('old');
+          await convertImage({ ref: o.oldImage as string, output: oldPath, platform: o.platform as string, registry: registryOptionsOf(o as never), pool });
+        }
+        if (!newPath) {
+          newPath = tmpFor('new');
+          await convertImage({ ref: o.newImage as string, output: newPath, platform: o.platform as string, registry: registryOptionsOf(o as never), pool });
+        }
+        const s = await diffImages({ oldPath, newPath, out, codec: o.codec as CodecChoice, level: o.level as LevelPreset, pool, onProgress: prog.onProgress });
+        prog.stop();
+        if (o.json) printJson(s);
+        else printSummary('diff', s);
+      } finally {
+        prog.stop();
+        await Promise.all(temps.map((t) => fsp.rm(t, { force: true })));
+        await pool.close();
+      }
+    }),
+  );
+
+  cd.command('merge')
+    .description('compose a chain of deltas (A-B B-C …) into one delta from the first base to the last target')
+    .argument('<deltas...>', 'deltas in chain order')
+    .option('--out <file>', 'the merged delta to write')
+    .option('--outCdimg <file>', 'D4C alias of --out')
+    .option('--strategy <s>', 'compose (copy patches, keep intermediate bases) or rediff (rebuild and diff against --base)', parseChoice('--strategy', ['compose', 'rediff'] as const), 'compose')
+    .option('--base <file>', 'the full image the first delta applies to (for --strategy rediff)')
+    .option('--codec <codec>', 'rediff: auto, bsdiff or zstd', parseChoice('--codec', ['auto', 'bsdiff', 'zstd'] as const), 'auto')
+    .option('--level <level>', 'rediff: fast, default or best', parseChoice('--level', ['fast', 'default', 'best'] as const), 'default')
+    .option('-t, --threads <n>', 'worker threads', parseIntOpt('threads', 1, 256))
+    .option('--json', 'print the summary as JSON')
+    .action(
+      action(async (deltas: string[], o: Record<string, unknown>) => {
+        const out = (o.out ?? o.outCdimg) as string | undefined;
+        if (!out) throw invalidArgument('--out is required (the merged delta to write)');
+        const s = await mergeDeltas({ deltas, out, strategy: o.strategy as 'compose' | 'rediff', base: o.base as string | undefined, codec: o.codec as CodecChoice, level: o.level as LevelPreset, threads: o.threads as number | undefined });
+        if (o.json) printJson(s);
+        else printSummary('merge', s);
+      }),
+    );
+
+  cd.command('patch')
+    .description('apply deltas to a full image, writing the full new image')
+    .argument('<base>', 'full .cdimg')
+    .argument('<deltas...>', 'deltas in chain order')
+    .option('--out <file>', 'the full image to write')
+    .option('--outCdimg <file>', 'D4C alias of --out')
+    .option('-t, --threads <n>', 'worker threads', parseIntOpt('threads', 1, 256))
+    .option('--json', 'print the result as JSON')
+    .action(
+      action(async (base: string, deltas: string[], o: Record<string, unknown>) => {
+        const out = (o.out ?? o.outCdimg) as string | undefined;
+        if (!out) throw invalidArgument('--out is required (the full image to write)');
+        const r = await patchImage({ base, deltas, out, threads: o.threads as number | undefined });
+        if (o.json) printJson(r);
+        else process.stdout.write(`patched ${base} + ${deltas.length} delta(s) -> ${out}\n  image id     ${r.imageId}\n  root digest  ${r.rootDigest}\n  size         ${humanBytes(r.fileSize)}\n  time         ${r.seconds.toFixed(2)} s\n`);
+      }),
+    );
+}

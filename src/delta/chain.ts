@@ -1,0 +1,154 @@
+/**
+ * Materialise contents by digest through a chain of .cdimg files:
+ * files[0] is a full image, files[i] a delta whose parent is files[i-1].
+ * A content is looked up from the top: FULL → decompress; PATCH → apply each
+ * chunk's patch to a region of its base content, resolved the same way (in
+ * the same file first — merged deltas carry auxiliary bases — then in the
+ * parent); SAME → the parent. Every chunk and every content is verified.
+ * CPU-heavy: run it in worker threads (see workers/worker.ts).
+ */
+import { CdimgReader } from '../format/reader';
+import { Blob, Chunk, Codec, Encoding } from '../format/types';
+import { corrupt, failedPrecondition, notFound } from '../errors';
+import { sha256 } from '../util/digest';
+import { applyPatch, decompressFull } from './codecs';
+
+const MAX_DEPTH = 64;
+
+export function codecName(c: Codec): 'zstd' | 'zstd-patch' | 'bsdiff' {
+  switch (c) {
+    case Codec.ZSTD:
+      return 'zstd';
+    case Codec.ZSTD_PATCH:
+      return 'zstd-patch';
+    case Codec.BSDIFF:
+      return 'bsdiff';
+    default:
+      throw corrupt(`unknown codec ${c}`);
+  }
+}
+
+/** Check that readers form a chain: a full image, then deltas each naming the previous as parent. */
+export function checkChain(readers: CdimgReader[]): void {
+  if (readers.length === 0) throw failedPrecondition('empty chain');
+  if (readers[0].isDelta) throw failedPrecondition(`${readers[0].path} is a delta (parent ${readers[0].parentId}); the chain must start with a full image`);
+  for (let i = 1; i < readers.length; i++) {
+    const r = readers[i];
+    if (!r.isDelta) throw failedPrecondition(`${r.path} is a full image, not a delta: it cannot follow ${readers[i - 1].path}`);
+    if (r.parentId !== readers[i - 1].imageId) {
+      throw failedPrecondition(`${r.path} does not apply to ${readers[i - 1].path}: it needs parent ${r.parentId}, that image is ${readers[i - 1].imageId}`);
+    }
+  }
+}
+
+/** A small LRU of materialised contents (bases used by several patches). */
+class ContentCache {
+  private readonly map = new Map<string, Buffer>();
+  private bytes = 0;
+  constructor(private readonly maxBytes: number) {}
+  get(k: string): Buffer | undefined {
+    const v = this.map.get(k);
+    if (v) {
+      this.map.delete(k);
+      this.map.set(k, v);
+    }
+    return v;
+  }
+  set(k: string, v: Buffer): void {
+    if (v.length > this.maxBytes / 4 || this.map.has(k)) return;
+    this.map.set(k, v);
+    this.bytes += v.length;
+    for (const [key, val] of this.map) {
+      if (this.bytes <= this.maxBytes) break;
+      this.map.delete(key);
+      this.bytes -= val.length;
+    }
+  }
+}
+
+export class Chain {
+  private readonly cache = new ContentCache(256 * 1024 * 1024);
+  private constructor(readonly readers: CdimgReader[]) {}
+
+  /** Open and check a chain (full image first). */
+  static async open(paths: string[]): Promise<Chain> {
+    const readers: CdimgReader[] = [];
+    try {
+      for (const p of paths) readers.push(await CdimgReader.open(p));
+      checkChain(readers);
+      return new Chain(readers);
+    } catch (e) {
+      await Promise.all(readers.map((r) => r.close()));
+      throw e;
+    }
+  }
+
+  /** A chain whose bottom may be a delta (merge reads deltas without their base). */
+  static async openPartial(paths: string[]): Promise<Chain> {
+    const readers: CdimgReader[] = [];
+    try {
+      for (const p of paths) readers.push(await CdimgReader.open(p));
+      for (let i = 1; i < readers.length; i++) {
+        if (readers[i].parentId !== readers[i - 1].imageId) {
+          throw failedPrecondition(`${readers[i].path} does not follow ${readers[i - 1].path}: it needs parent ${readers[i].parentId}, that image is ${readers[i - 1].imageId}`);
+        }
+      }
+      return new Chain(readers);
+    } catch (e) {
+      await Promise.all(readers.map((r) => r.close()));
+      throw e;
+    }
+  }
+
+  get top(): CdimgReader {
+    return this.readers[this.readers.length - 1];
+  }
+
+  /** Where a content is stored, from `level` down: the file level and its blob (FULL or PATCH). */
+  locate(digest: Buffer, level = this.readers.length - 1): { level: number; blob: Blob } | undefined {
+    for (let l = level; l >= 0; l--) {
+      const b = this.readers[l].blob(digest);
+      if (b && b.encoding !== Encoding.SAME) return { level: l, blob: b };
+    }
+    return undefined;
+  }
+
+  /** The whole content, verified. */
+  async content(digest: Buffer, level = this.readers.length - 1, depth = 0): Promise<Buffer> {
+    const key = `${level}:${digest.toString('hex')}`;
+    const hit = this.cache.get(key) ?? this.cache.get(digest.toString('hex'));
+    if (hit) return hit;
+    if (depth > MAX_DEPTH) throw corrupt(`patch chain deeper than ${MAX_DEPTH} (cycle?) at sha256:${digest.toString('hex')}`);
+    const where = this.locate(digest, level);
+    if (!where) throw notFound(`content sha256:${digest.toString('hex')} is not in this chain (missing base image?)`);
+    const parts: Buffer[] = [];
+    for (const c of where.blob.chunks) parts.push(await this.chunk(where.level, c, depth));
+    const data = parts.length === 1 ? parts[0] : Buffer.concat(parts);
+    if (data.length !== where.blob.size || !sha256(data).equals(where.blob.digest)) {
+      throw corrupt(`${this.readers[where.level].path}: content sha256:${digest.toString('hex')} does not match its digest after decoding`);
+    }
+    this.cache.set(digest.toString('hex'), data);
+    return data;
+  }
+
+  /** One chunk of a content stored at `level`, verified. */
+  async chunk(level: number, c: Chunk, depth = 0): Promise<Buffer> {
+    const r = this.readers[level];
+    const stored = await r.readStored(c);
+    let raw: Buffer;
+    if (c.codec === Codec.ZSTD) {
+      raw = decompressFull(stored, c.rawSize);
+    } else {
+      // A patch base is looked up in the same file first (auxiliary bases of merged deltas), then below.
+      const base = await this.content(c.baseDigest, level, depth + 1);
+      if (c.baseOffset + c.baseSize > base.length) throw corrupt(`${r.path}: patch base region ${c.baseOffset}+${c.baseSize} outside its base (${base.length} bytes)`);
+      raw = applyPatch(base.subarray(c.baseOffset, c.baseOffset + c.baseSize), stored, codecName(c.codec) as 'zstd-patch' | 'bsdiff', c.rawSize);
+    }
+    if (!sha256(raw).equals(c.rawDigest)) throw corrupt(`${r.path}: chunk at ${c.offset} decodes to the wrong content`);
+    return raw;
+  }
+
+  async close(): Promise<void> {
+    await Promise.all(this.readers.map((r) => r.close()));
+  }
+}

@@ -1,0 +1,173 @@
+/**
+ * `ctr-cli cdimg merge A-B B-C [C-D…]`: compose a chain of deltas into one
+ * delta A-D without the full images (D4C's delta merging).
+ *
+ * Strategy "compose" (default, needs nothing but the deltas): every content of
+ * D is taken from the newest delta that stores it, as stored bytes (no
+ * decoding). A patch whose base is itself new in B or C keeps that base as an
+ * auxiliary content of the merged delta, so PATCH∘PATCH is kept as two
+ * patches; a content no delta stores is SAME (A holds it).
+ *
+ * Strategy "rediff" (needs --base A): every content D patches is rebuilt and
+ * diffed directly against the original base in A — smaller, much slower.
+ */
+import { CdimgReader } from '../format/reader';
+import { CdimgWriter } from '../format/writer';
+import { Blob, Chunk, Codec, Encoding, Index, Kind, FORMAT_VERSION } from '../format/types';
+import { failedPrecondition, invalidArgument } from '../errors';
+import { WorkerPool } from '../workers/pool';
+import { OrderedWindow } from '../util/ordered';
+import { contentsOf, BaseFinder, deltaChunk, CodecChoice } from './diff';
+import { DeltaSummary, summarizeDelta } from './summary';
+import { LevelPreset } from './codecs';
+
+export interface MergeOptions {
+  deltas: string[];
+  out: string;
+  strategy?: 'compose' | 'rediff';
+  /** the full image A (for rediff) */
+  base?: string;
+  codec?: CodecChoice;
+  level?: LevelPreset;
+  threads?: number;
+  pool?: WorkerPool;
+}
+
+/** Where a content lives in the chain of deltas, from `level` down; undefined = in A (SAME). */
+function locate(readers: CdimgReader[], digest: Buffer, level: number): { level: number; blob: Blob } | undefined {
+  for (let l = level; l >= 0; l--) {
+    const b = readers[l].blob(digest);
+    if (b && b.encoding !== Encoding.SAME) return { level: l, blob: b };
+  }
+  return undefined;
+}
+
+export async function mergeDeltas(o: MergeOptions): Promise<DeltaSummary> {
+  const t0 = process.hrtime.bigint();
+  if (o.deltas.length < 2) throw invalidArgument('merge needs at least two deltas (A-B B-C …)');
+  const strategy = o.strategy ?? 'compose';
+  if (strategy === 'rediff' && !o.base) throw invalidArgument('--strategy rediff needs --base (the full first image)');
+  const readers: CdimgReader[] = [];
+  let baseR: CdimgReader | undefined;
+  let writer: CdimgWriter | undefined;
+  const pool = strategy === 'rediff' ? (o.pool ?? new WorkerPool(o.threads)) : undefined;
+  try {
+    for (const p of o.deltas) readers.push(await CdimgReader.open(p));
+    for (const r of readers) if (!r.isDelta) throw failedPrecondition(`${r.path} is a full image; merge composes deltas (use \`cdimg diff\` against a full image)`);
+    for (let i = 1; i < readers.length; i++) {
+      if (readers[i].parentId !== readers[i - 1].imageId) {
+        throw failedPrecondition(`${readers[i].path} does not follow ${readers[i - 1].path}: it needs parent ${readers[i].parentId}, but ${readers[i - 1].path} leads to ${readers[i - 1].imageId}`);
+      }
+    }
+    if (o.base) {
+      baseR = await CdimgReader.open(o.base);
+      if (baseR.isDelta || baseR.imageId !== readers[0].parentId) throw failedPrecondition(`${o.base} is not the full image ${readers[0].parentId} the first delta applies to`);
+    }
+    const top = readers[readers.length - 1];
+    const topLevel = readers.length - 1;
+    writer = await CdimgWriter.create(o.out);
+    const w = writer;
+    const out = new Map<string, Blob>();
+    const order: string[] = [];
+
+    /** Copy a stored blob (and, recursively, the bases it needs that A lacks). */
+    const copyStored = async (level: number, blob: Blob): Promise<void> => {
+      const key = blob.digest.toString('hex');
+      if (out.has(key)) return;
+      const slot: Blob = { digest: blob.digest, size: blob.size, encoding: blob.encoding, chunks: [] };
+      out.set(key, slot);
+      order.push(key);
+      for (const c of blob.chunks) {
+        const stored = await readers[level].readStored(c);
+        const off = await w.append(stored);
+        slot.chunks.push({ ...c, offset: off });
+        if (c.codec !== Codec.ZSTD) {
+          const b = locate(readers, c.baseDigest, level);
+          if (b) await copyStored(b.level, b.blob);
+        }
+      }
+    };
+
+    if (strategy === 'compose') {
+      for (const c of contentsOf(top.index.entries)) {
+        const where = locate(readers, c.digest, topLevel);
+        if (!where) {
+          const key = c.digest.toString('hex');
+          if (!out.has(key)) {
+            out.set(key, { digest: c.digest, size: c.size, encoding: Encoding.SAME, chunks: [] });
+            order.push(key);
+          }
+          continue;
+        }
+        await copyStored(where.level, where.blob);
+      }
+    } else {
+      // rediff: contents A holds are SAME; every other content is rebuilt through A+deltas and diffed against A.
+      const chain = [o.base as string, ...o.deltas];
+      const aHas = new Set((baseR as CdimgReader).index.blobs.map((b) => b.digest.toString('hex')));
+      const finder = new BaseFinder((baseR as CdimgReader).index.entries);
+      const window = new OrderedWindow<{ stored: Uint8Array; chunks: Parameters<typeof deltaChunk>[1][] }>(Math.max(2, (pool as WorkerPool).threads * 3), 256 * 1024 * 1024);
+      try {
+        for (const c of contentsOf(top.index.entries)) {
+          const key = c.digest.toString('hex');
+          if (aHas.has(key)) {
+            out.set(key, { digest: c.digest, size: c.size, encoding: Encoding.SAME, chunks: [] });
+            order.push(key);
+            continue;
+          }
+          const base = finder.find(c.paths, c.size);
+          const slot: Blob = { digest: c.digest, size: c.size, encoding: Encoding.FULL, chunks: [] };
+          out.set(key, slot);
+          order.push(key);
+          await window.push(
+            () =>
+              (pool as WorkerPool).run('diffContent', {
+                oldChain: [o.base as string],
+                newChain: chain,
+                target: key,
+                base: base ? base.digest.toString('hex') : '',
+                codec: o.codec ?? 'auto',
+                level: o.level ?? 'default',
+                chunkSize: top.index.chunkSize,
+              }),
+            async (r) => {
+              let off = await w.append(Buffer.from(r.stored.buffer, r.stored.byteOffset, r.stored.byteLength));
+              slot.chunks = r.chunks.map((ch): Chunk => {
+                const chunk = deltaChunk(off, ch, base ? base.digest : Buffer.alloc(0));
+                off += ch.storedSize;
+                return chunk;
+              });
+              slot.encoding = slot.chunks.some((ch) => ch.codec !== Codec.ZSTD) ? Encoding.PATCH : Encoding.FULL;
+            },
+            c.size,
+          );
+        }
+        await window.flush();
+      } catch (e) {
+        await window.settle();
+        throw e;
+      }
+    }
+
+    const index: Index = {
+      formatVersion: FORMAT_VERSION,
+      kind: Kind.DELTA,
+      imageId: top.index.imageId,
+      parentId: readers[0].index.parentId,
+      image: top.index.image,
+      parentImage: readers[0].index.parentImage,
+      entries: top.index.entries,
+      blobs: order.map((k) => out.get(k) as Blob),
+      chunkSize: top.index.chunkSize,
+    };
+    const fin = await writer.finish(index);
+    return summarizeDelta(index, fin.size, baseR?.index.entries, Number(process.hrtime.bigint() - t0) / 1e9, o.out);
+  } catch (e) {
+    await writer?.abort();
+    throw e;
+  } finally {
+    await Promise.all(readers.map((r) => r.close()));
+    await baseR?.close();
+    if (pool && !o.pool) await pool.close();
+  }
+}
