@@ -1,0 +1,101 @@
+/**
+ * Configuration of d4fs-snapshotter: defaults, a TOML or JSON file, and
+ * command-line flags, in increasing order of precedence.
+ *
+ * File keys (all optional):
+ *
+ *     root = "/var/lib/d4fs"            # state directory
+ *     address = "/run/d4fs/d4fs.sock"   # unix socket containerd connects to
+ *     log_level = "info"                # trace|debug|info|warn|error|fatal|silent
+ *     request_timeout = 120             # seconds one request may take
+ *     async_remove = false              # delete directories on Cleanup only
+ *     upperdir_label = false            # report containerd.io/snapshot/overlay.upperdir
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import { parse as parseToml } from 'smol-toml';
+import { invalidArgument } from '../errors';
+
+export interface SnapshotterConfig {
+  root: string;
+  address: string;
+  logLevel: string;
+  requestTimeoutMs: number;
+  asyncRemove: boolean;
+  upperdirLabel: boolean;
+}
+
+export const DEFAULT_CONFIG: Readonly<SnapshotterConfig> = {
+  root: '/var/lib/d4fs',
+  address: '/run/d4fs/d4fs.sock',
+  logLevel: 'info',
+  requestTimeoutMs: 120_000,
+  asyncRemove: false,
+  upperdirLabel: false,
+};
+
+const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'];
+
+function expect<T>(file: string, key: string, value: unknown, type: 'string' | 'number' | 'boolean'): T {
+  if (typeof value !== type) throw invalidArgument(`${file}: ${key} must be a ${type}`);
+  return value as T;
+}
+
+/** Reads a config file (.toml, or .json); unknown keys are refused. */
+export function loadConfigFile(file: string): Partial<SnapshotterConfig> {
+  let text: string;
+  try {
+    text = fs.readFileSync(file, 'utf8');
+  } catch (e) {
+    throw invalidArgument(`cannot read config ${file}: ${(e as Error).message}`);
+  }
+  let raw: Record<string, unknown>;
+  try {
+    raw = (path.extname(file).toLowerCase() === '.json' ? JSON.parse(text) : parseToml(text)) as Record<string, unknown>;
+  } catch (e) {
+    throw invalidArgument(`cannot parse config ${file}: ${(e as Error).message}`);
+  }
+  if (raw === null || typeof raw !== 'object' || Array.isArray(raw)) throw invalidArgument(`${file}: expected a table`);
+  const out: Partial<SnapshotterConfig> = {};
+  for (const [key, value] of Object.entries(raw)) {
+    switch (key) {
+      case 'root':
+        out.root = expect<string>(file, key, value, 'string');
+        break;
+      case 'address':
+        out.address = expect<string>(file, key, value, 'string');
+        break;
+      case 'log_level':
+        out.logLevel = expect<string>(file, key, value, 'string');
+        break;
+      case 'request_timeout': {
+        const s = typeof value === 'bigint' ? Number(value) : expect<number>(file, key, value, 'number');
+        if (!(s > 0)) throw invalidArgument(`${file}: request_timeout must be a positive number of seconds`);
+        out.requestTimeoutMs = Math.round(s * 1000);
+        break;
+      }
+      case 'async_remove':
+        out.asyncRemove = expect<boolean>(file, key, value, 'boolean');
+        break;
+      case 'upperdir_label':
+        out.upperdirLabel = expect<boolean>(file, key, value, 'boolean');
+        break;
+      default:
+        throw invalidArgument(`${file}: unknown key ${JSON.stringify(key)}`);
+    }
+  }
+  return out;
+}
+
+/** Merges defaults, the file (if any) and flags; validates the result. */
+export function resolveConfig(flags: Partial<SnapshotterConfig>, file?: string): SnapshotterConfig {
+  const fromFile = file ? loadConfigFile(file) : {};
+  const defined = Object.fromEntries(Object.entries(flags).filter(([, v]) => v !== undefined)) as Partial<SnapshotterConfig>;
+  const cfg: SnapshotterConfig = { ...DEFAULT_CONFIG, ...fromFile, ...defined };
+  if (!path.isAbsolute(cfg.root)) cfg.root = path.resolve(cfg.root);
+  if (!path.isAbsolute(cfg.address)) cfg.address = path.resolve(cfg.address);
+  if (!LOG_LEVELS.includes(cfg.logLevel)) throw invalidArgument(`log level must be one of ${LOG_LEVELS.join(', ')}`);
+  // sun_path holds 108 bytes including the terminating NUL.
+  if (Buffer.byteLength(cfg.address) > 107) throw invalidArgument(`socket path too long (max 107 bytes): ${cfg.address}`);
+  return cfg;
+}

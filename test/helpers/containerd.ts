@@ -1,0 +1,454 @@
+/**
+ * Test helpers for the snapshotter: a private containerd, the
+ * d4fs-snapshotter process, mounting the mounts a snapshotter returns, and a
+ * tiny busybox OCI image.
+ *
+ * Everything here is private to the test: containerd runs with its own
+ * --config (own root, state, gRPC and ttrpc sockets, opt dir) under a fresh
+ * /tmp directory and never talks to a system containerd; `ctr run` gets its
+ * FIFO and runc state directories there too. The only thing outside that
+ * directory are the runc shims' sockets in /run/containerd/s/<sha256>, a path
+ * containerd 1.6 hard-codes (the shims remove them on exit).
+ */
+import { type ChildProcess, execFile, spawn } from 'node:child_process';
+import fs from 'node:fs';
+import fsp from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { promisify } from 'node:util';
+import { SnapshotsClient, findPackageRoot, type Mount } from '../../src/snapshotter';
+
+const execFileP = promisify(execFile);
+
+/** Result of a command. */
+export interface CommandResult {
+  stdout: string;
+  stderr: string;
+  code: number;
+}
+
+/** Runs a command to completion (never rejects for a non-zero exit). */
+export async function runCommand(
+  file: string,
+  args: string[],
+  opts: { cwd?: string; timeoutMs?: number; env?: NodeJS.ProcessEnv } = {},
+): Promise<CommandResult> {
+  try {
+    const { stdout, stderr } = await execFileP(file, args, {
+      cwd: opts.cwd,
+      env: opts.env,
+      timeout: opts.timeoutMs ?? 120_000,
+      maxBuffer: 64 * 1024 * 1024,
+    });
+    return { stdout, stderr, code: 0 };
+  } catch (e) {
+    const err = e as { stdout?: string; stderr?: string; code?: number | string; message: string };
+    return {
+      stdout: err.stdout ?? '',
+      stderr: err.stderr || err.message,
+      code: typeof err.code === 'number' ? err.code : 1,
+    };
+  }
+}
+
+/** Runs a command; rejects with its stderr when it fails. */
+export async function mustRun(file: string, args: string[], opts: { cwd?: string; timeoutMs?: number } = {}): Promise<string> {
+  const r = await runCommand(file, args, opts);
+  if (r.code !== 0) throw new Error(`${file} ${args.join(' ')} exited ${r.code}: ${r.stderr.trim()}`);
+  return r.stdout;
+}
+
+// ---------------------------------------------------------------------------
+// Mount table
+// ---------------------------------------------------------------------------
+
+/** Mount points at or below `dir`, deepest (last mounted) first. */
+export function mountsUnder(dir: string): string[] {
+  const base = path.resolve(dir);
+  const out: string[] = [];
+  for (const line of fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n')) {
+    const f = line.split(' ');
+    if (f.length < 5) continue;
+    const mp = f[4].replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
+    if (mp === base || mp.startsWith(`${base}/`)) out.push(mp);
+  }
+  return out.reverse();
+}
+
+/** Lazily unmounts everything at or below `dir`. */
+export async function unmountAllUnder(dir: string): Promise<void> {
+  for (const mp of mountsUnder(dir)) await runCommand('umount', ['-l', mp]);
+}
+
+/**
+ * Performs `mounts` on `target` with mount(8), as containerd's mount.All
+ * does. Long overlay lowerdir lists are shortened like containerd does: the
+ * common parent directory becomes the working directory and the lowerdirs
+ * are given relative to it.
+ */
+export async function mountAll(mounts: Mount[], target: string): Promise<void> {
+  for (const m of mounts) {
+    let options = m.options;
+    let cwd: string | undefined;
+    const lower = options.find((o) => o.startsWith('lowerdir='));
+    if (m.type === 'overlay' && lower && options.join(',').length > 2048) {
+      const dirs = lower.slice('lowerdir='.length).split(':');
+      // All snapshot dirs look like <root>/snapshots/<id>/fs.
+      cwd = path.dirname(path.dirname(dirs[0]));
+      if (dirs.every((d) => d.startsWith(`${cwd}/`))) {
+        options = options.map((o) => (o === lower ? `lowerdir=${dirs.map((d) => path.relative(cwd!, d)).join(':')}` : o));
+      } else {
+        cwd = undefined;
+      }
+    }
+    await mustRun('mount', ['-t', m.type, '-o', options.join(','), m.source, target], { cwd });
+  }
+}
+
+/** Unmounts `target` (must be mounted). */
+export async function unmount(target: string): Promise<void> {
+  await mustRun('umount', [target]);
+}
+
+// ---------------------------------------------------------------------------
+// Processes
+// ---------------------------------------------------------------------------
+
+const children = new Set<ChildProcess>();
+process.once('exit', () => {
+  for (const c of children) c.kill('SIGKILL');
+});
+
+/** Waits for `child` to exit (up to `ms`, then SIGKILL); resolves with its exit code. */
+async function waitExit(child: ChildProcess, ms: number): Promise<number | null> {
+  if (child.exitCode !== null || child.signalCode !== null) return child.exitCode;
+  return new Promise((resolve) => {
+    const timer = setTimeout(() => child.kill('SIGKILL'), ms);
+    child.once('exit', (code) => {
+      clearTimeout(timer);
+      resolve(code);
+    });
+  });
+}
+
+/** PIDs whose command line contains `needle`. */
+function pidsWithCmdline(needle: string): number[] {
+  const out: number[] = [];
+  for (const name of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(name) || Number(name) === process.pid) continue;
+    try {
+      const cmd = fs.readFileSync(`/proc/${name}/cmdline`, 'utf8').split('\0').join(' ');
+      if (cmd.includes(needle)) out.push(Number(name));
+    } catch {
+      /* gone */
+    }
+  }
+  return out;
+}
+
+/** `pid` and all its descendants. */
+function processTree(pid: number): number[] {
+  const parentOf = new Map<number, number>();
+  for (const name of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(name)) continue;
+    try {
+      const stat = fs.readFileSync(`/proc/${name}/stat`, 'utf8');
+      const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
+      parentOf.set(Number(name), ppid);
+    } catch {
+      /* gone */
+    }
+  }
+  const tree = [pid];
+  for (let i = 0; i < tree.length; i++) for (const [p, pp] of parentOf) if (pp === tree[i]) tree.push(p);
+  return tree;
+}
+
+function killQuietly(pid: number, signal: NodeJS.Signals): void {
+  try {
+    process.kill(pid, signal);
+  } catch {
+    /* already gone */
+  }
+}
+
+// ---------------------------------------------------------------------------
+// containerd
+// ---------------------------------------------------------------------------
+
+/** A private containerd. */
+export interface PrivateContainerd {
+  /** gRPC socket. */
+  address: string;
+  root: string;
+  state: string;
+  /** The directory holding everything (config, root, state, sockets, log). */
+  dir: string;
+  /**
+   * Runs `ctr --address <address> ...args`. For `run`, --fifo-dir and
+   * --runc-root pointing into the private directory are added.
+   */
+  ctr(args: string[], opts?: { timeoutMs?: number }): Promise<CommandResult>;
+  /** The tail of containerd's log. */
+  log(): string;
+  /** Kills containerd and its shims, unmounts what is left under its dirs, removes them. */
+  stop(): Promise<void>;
+}
+
+export interface StartContainerdOptions {
+  /** Socket of a proxy snapshotter to register. */
+  snapshotterSocket?: string;
+  /** Name of the proxy snapshotter (default "d4fs"). */
+  snapshotterName?: string;
+}
+
+function containerdConfig(dir: string, opts: StartContainerdOptions): string {
+  const q = (s: string) => JSON.stringify(s);
+  const lines = [
+    'version = 2',
+    `root = ${q(path.join(dir, 'root'))}`,
+    `state = ${q(path.join(dir, 'state'))}`,
+    'disabled_plugins = ["io.containerd.grpc.v1.cri"]',
+    '',
+    '[grpc]',
+    `  address = ${q(path.join(dir, 'c.sock'))}`,
+    '',
+    '[ttrpc]',
+    `  address = ${q(path.join(dir, 'c.sock.ttrpc'))}`,
+    '',
+    '[debug]',
+    '  level = "info"',
+    '',
+    '[plugins."io.containerd.internal.v1.opt"]',
+    `  path = ${q(path.join(dir, 'opt'))}`,
+  ];
+  if (opts.snapshotterSocket) {
+    lines.push('', `[proxy_plugins.${opts.snapshotterName ?? 'd4fs'}]`, '  type = "snapshot"', `  address = ${q(opts.snapshotterSocket)}`);
+  }
+  return lines.join('\n') + '\n';
+}
+
+/**
+ * Starts a private containerd (own config, root, state and sockets, CRI
+ * disabled) and waits until `ctr version` answers through its socket.
+ */
+export async function startContainerd(opts: StartContainerdOptions = {}): Promise<PrivateContainerd> {
+  // The shims' hard-coded socket directory: removed again (when empty) only
+  // if it did not exist before, so a system containerd's is never touched.
+  const shimDirs = ['/run/containerd/s', '/run/containerd'].filter((d) => !fs.existsSync(d));
+  const dir = await fsp.mkdtemp('/tmp/d4ct-');
+  const root = path.join(dir, 'root');
+  const state = path.join(dir, 'state');
+  const address = path.join(dir, 'c.sock');
+  const configFile = path.join(dir, 'config.toml');
+  await fsp.writeFile(configFile, containerdConfig(dir, opts));
+  const logFile = path.join(dir, 'containerd.log');
+  const logFd = fs.openSync(logFile, 'a');
+  const child = spawn('containerd', ['--config', configFile], { stdio: ['ignore', logFd, logFd], detached: false });
+  fs.closeSync(logFd);
+  children.add(child);
+
+  // `ctr run` would put its IO FIFOs and runc's state under /run/containerd:
+  // keep them in the private directory too.
+  const privateRun = ['--fifo-dir', path.join(dir, 'fifo'), '--runc-root', path.join(dir, 'runc')];
+  const ctr = (args: string[], o: { timeoutMs?: number } = {}) => {
+    const full = args[0] === 'run' ? ['run', ...privateRun, ...args.slice(1)] : args;
+    return runCommand('ctr', ['--address', address, ...full], { timeoutMs: o.timeoutMs ?? 120_000 });
+  };
+  const log = () => {
+    try {
+      return fs.readFileSync(logFile, 'utf8').slice(-8000);
+    } catch {
+      return '';
+    }
+  };
+
+  let stopped = false;
+  const stop = async () => {
+    if (stopped) return;
+    stopped = true;
+    // Shims (and anything they run) outlive containerd: end them first.
+    for (const shim of pidsWithCmdline(`-address ${address}`)) for (const pid of processTree(shim).reverse()) killQuietly(pid, 'SIGKILL');
+    child.kill('SIGTERM');
+    await waitExit(child, 10_000);
+    children.delete(child);
+    await unmountAllUnder(dir);
+    await fsp.rm(dir, { recursive: true, force: true });
+    for (const d of shimDirs) await fsp.rmdir(d).catch(() => undefined);
+  };
+
+  const deadline = Date.now() + 30_000;
+  for (;;) {
+    if (child.exitCode !== null || child.signalCode !== null) {
+      const l = log();
+      await stop();
+      throw new Error(`containerd exited during start-up:\n${l}`);
+    }
+    const r = await ctr(['version'], { timeoutMs: 5000 });
+    if (r.code === 0 && /Server:/.test(r.stdout)) break;
+    if (Date.now() > deadline) {
+      const l = log();
+      await stop();
+      throw new Error(`containerd did not answer within 30 s:\n${l}`);
+    }
+    await new Promise((r2) => setTimeout(r2, 200));
+  }
+  return { address, root, state, dir, ctr, log, stop };
+}
+
+// ---------------------------------------------------------------------------
+// d4fs-snapshotter process
+// ---------------------------------------------------------------------------
+
+/** A d4fs-snapshotter child process. */
+export interface SnapshotterProcess {
+  pid: number;
+  /** Everything it wrote to stderr so far (tail). */
+  logs(): string;
+  /** SIGTERM and wait; resolves with the exit code. */
+  stop(): Promise<number | null>;
+  /** SIGKILL and wait. */
+  kill9(): Promise<void>;
+}
+
+export interface StartSnapshotterOptions {
+  root: string;
+  address: string;
+  /** More command-line arguments (e.g. ["--config", file]). */
+  args?: string[];
+  /** Log level (default "debug"). */
+  logLevel?: string;
+}
+
+/** Path of the compiled entry point: <package root>/dist/snapshotter/main.js. */
+export function snapshotterEntryPoint(): string {
+  return path.join(findPackageRoot(__dirname), 'dist', 'snapshotter', 'main.js');
+}
+
+/**
+ * Starts `node dist/snapshotter/main.js` and waits until a real gRPC call
+ * (Stat of a missing key) answers NOT_FOUND on `address`.
+ */
+export async function startSnapshotter(opts: StartSnapshotterOptions): Promise<SnapshotterProcess> {
+  const args = [snapshotterEntryPoint(), '--root', opts.root, '--address', opts.address, '--log-level', opts.logLevel ?? 'debug', ...(opts.args ?? [])];
+  const child = spawn(process.execPath, args, { stdio: ['ignore', 'ignore', 'pipe'] });
+  children.add(child);
+  let stderr = '';
+  child.stderr!.on('data', (d: Buffer) => {
+    stderr = (stderr + d.toString()).slice(-64_000);
+  });
+  const proc: SnapshotterProcess = {
+    pid: child.pid!,
+    logs: () => stderr,
+    stop: async () => {
+      child.kill('SIGTERM');
+      const code = await waitExit(child, 15_000);
+      children.delete(child);
+      return code;
+    },
+    kill9: async () => {
+      child.kill('SIGKILL');
+      await waitExit(child, 15_000);
+      children.delete(child);
+    },
+  };
+
+  const client = new SnapshotsClient(opts.address, { timeoutMs: 2000 });
+  try {
+    const deadline = Date.now() + 20_000;
+    for (;;) {
+      if (child.exitCode !== null || child.signalCode !== null) {
+        children.delete(child);
+        throw new Error(`d4fs-snapshotter exited with ${child.exitCode ?? child.signalCode} during start-up:\n${stderr}`);
+      }
+      try {
+        await client.stat('startSnapshotter/probe');
+      } catch (e) {
+        if ((e as { kind?: string }).kind === 'NOT_FOUND') break;
+      }
+      if (Date.now() > deadline) {
+        await proc.kill9();
+        throw new Error(`d4fs-snapshotter did not answer within 20 s:\n${stderr}`);
+      }
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  } finally {
+    client.close();
+  }
+  return proc;
+}
+
+// ---------------------------------------------------------------------------
+// A busybox image
+// ---------------------------------------------------------------------------
+
+/** Cache of downloaded packages: <package root>/.cache/snapshotter-test. */
+function cacheDir(): string {
+  return path.join(findPackageRoot(__dirname), '.cache', 'snapshotter-test');
+}
+
+/** Path of a downloaded busybox-static .deb (downloaded once with apt-get download). */
+export async function busyboxDeb(): Promise<string> {
+  const dir = cacheDir();
+  await fsp.mkdir(dir, { recursive: true });
+  const find = () => fs.readdirSync(dir).find((f) => /^busybox-static_.*\.deb$/.test(f));
+  let deb = find();
+  if (!deb) {
+    const tmp = await fsp.mkdtemp(path.join(dir, 'dl-'));
+    try {
+      await mustRun('apt-get', ['download', '-q', 'busybox-static'], { cwd: tmp, timeoutMs: 300_000 });
+      const got = fs.readdirSync(tmp).find((f) => f.endsWith('.deb'));
+      if (!got) throw new Error('apt-get download busybox-static produced no .deb');
+      await fsp.rename(path.join(tmp, got), path.join(dir, got));
+    } finally {
+      await fsp.rm(tmp, { recursive: true, force: true });
+    }
+    deb = find()!;
+  }
+  return path.join(dir, deb);
+}
+
+/** Applets linked to busybox in the image's /bin. */
+const APPLETS = ['sh', 'ls', 'cat', 'echo', 'mkdir', 'rm', 'sleep', 'mount', 'true'];
+
+/**
+ * Builds an OCI layout at `layout` with tag `tag` holding a two-layer busybox
+ * image: layer 1 is busybox-static (dpkg-deb -x) with applet links and the
+ * usual empty directories, layer 2 adds /etc/d4fs-release. The layers are
+ * written with GNU tar and added with `umoci raw add-layer`.
+ */
+export async function buildBusyboxImage(layout: string, tag: string): Promise<void> {
+  const deb = await busyboxDeb();
+  const work = await fsp.mkdtemp(path.join(os.tmpdir(), 'd4fs-bb-'));
+  try {
+    const l1 = path.join(work, 'l1');
+    const l2 = path.join(work, 'l2');
+    await mustRun('dpkg-deb', ['-x', deb, l1]);
+    const bin = path.join(l1, 'bin');
+    await fsp.mkdir(bin, { recursive: true });
+    for (const a of APPLETS) await fsp.symlink('busybox', path.join(bin, a));
+    for (const d of ['tmp', 'proc', 'sys', 'dev', 'etc', 'root']) await fsp.mkdir(path.join(l1, d), { recursive: true });
+    await fsp.chmod(path.join(l1, 'tmp'), 0o1777);
+    await fsp.mkdir(path.join(l2, 'etc'), { recursive: true });
+    await fsp.writeFile(path.join(l2, 'etc', 'd4fs-release'), 'd4fs test image\n');
+
+    await mustRun('umoci', ['init', '--layout', layout]);
+    await mustRun('umoci', ['new', '--image', `${layout}:${tag}`]);
+    for (const [i, dir] of [l1, l2].entries()) {
+      const tar = path.join(work, `layer${i}.tar`);
+      await mustRun('tar', ['--create', `--file=${tar}`, `--directory=${dir}`, '--numeric-owner', '--sort=name', '.']);
+      await mustRun('umoci', ['raw', 'add-layer', '--image', `${layout}:${tag}`, tar]);
+    }
+    await mustRun('umoci', [
+      'config',
+      '--image',
+      `${layout}:${tag}`,
+      '--config.cmd',
+      '/bin/sh',
+      '--config.env',
+      'PATH=/bin:/usr/bin:/sbin:/usr/sbin',
+    ]);
+  } finally {
+    await fsp.rm(work, { recursive: true, force: true });
+  }
+}
