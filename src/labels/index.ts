@@ -140,6 +140,9 @@ export const D4FS_IMAGE_REF = 'containerd.io/snapshot/d4fs.image-ref';
 /** On a snapshot (set by `ctr-cli load`): root digest of the .cdimg index the snapshot serves. */
 export const D4FS_ROOT_DIGEST = 'containerd.io/snapshot/d4fs.root-digest';
 
+/** On a snapshot (set by `ctr-cli load`): the d4fs image id (sha256 of tree + config) the FUSE mount serves. */
+export const D4FS_IMAGE_ID = 'containerd.io/snapshot/d4fs.image-id';
+
 /** On a snapshot (set by `ctr-cli load`): path of the local d4fs store holding the image. */
 export const D4FS_STORE = 'containerd.io/snapshot/d4fs.store';
 

@@ -1,0 +1,229 @@
+/**
+ * The local store: .cdimg files (full images and deltas) kept by root digest
+ * under ROOT/files, with a SQLite catalogue (WAL) of the images they lead to,
+ * the deltas between them and the names (repo:tag) users gave them. It answers
+ * "which files rebuild image X" (the chain: a full image, then deltas) and
+ * "which images do I hold" (what a pull tells the server).
+ */
+import Database from 'better-sqlite3';
+import { promises as fsp, constants as FS } from 'node:fs';
+import { join } from 'node:path';
+import { CdimgReader } from '../format/reader';
+import { failedPrecondition, invalidArgument, notFound } from '../errors';
+import { checkChain } from '../delta/chain';
+
+export interface StoredFile {
+  rootDigest: string;
+  imageId: string;
+  /** '' for full images */
+  parentId: string;
+  kind: 'full' | 'delta';
+  size: number;
+  path: string;
+}
+
+export interface ImageRecord {
+  name: string;
+  imageId: string;
+  created: string;
+}
+
+const NAME_RE = /^[a-z0-9]+(?:[._/-][a-z0-9]+)*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?$/;
+
+export function checkImageName(name: string): string {
+  if (typeof name !== 'string' || name.length > 255 || !NAME_RE.test(name)) {
+    throw invalidArgument(`invalid image name "${String(name).slice(0, 80)}": expected REPO[:TAG] in lower case, e.g. nginx:1.22`);
+  }
+  return name.includes(':') ? name : `${name}:latest`;
+}
+
+export class LocalStore {
+  private constructor(readonly root: string, private readonly db: Database.Database) {}
+
+  static async open(root: string): Promise<LocalStore> {
+    await fsp.mkdir(join(root, 'files'), { recursive: true, mode: 0o700 });
+    await fsp.mkdir(join(root, 'tmp'), { recursive: true, mode: 0o700 });
+    const db = new Database(join(root, 'store.db'));
+    db.pragma('journal_mode = WAL');
+    db.pragma('foreign_keys = ON');
+    db.exec(`
+      CREATE TABLE IF NOT EXISTS files (
+        root_digest TEXT PRIMARY KEY,
+        image_id TEXT NOT NULL,
+        parent_id TEXT NOT NULL,
+        kind TEXT NOT NULL CHECK (kind IN ('full','delta')),
+        size INTEGER NOT NULL,
+        added TEXT NOT NULL
+      );
+      CREATE INDEX IF NOT EXISTS files_image ON files(image_id);
+      CREATE TABLE IF NOT EXISTS names (
+        name TEXT PRIMARY KEY,
+        image_id TEXT NOT NULL,
+        created TEXT NOT NULL
+      );
+    `);
+    return new LocalStore(root, db);
+  }
+
+  close(): void {
+    this.db.close();
+  }
+
+  filePath(rootDigest: string): string {
+    return join(this.root, 'files', `${rootDigest.replace(/^sha256:/, '')}.cdimg`);
+  }
+
+  /** A temp path inside the store (same filesystem as files/, for atomic renames). */
+  tempPath(tag: string): string {
+    return join(this.root, 'tmp', `${tag}-${process.pid}-${Date.now()}-${Math.random().toString(16).slice(2)}`);
+  }
+
+  /**
+   * Add a .cdimg (verified on open; a delta needs its parent image held).
+   * The file is copied (or moved with `move`) into the store. Idempotent.
+   */
+  async add(path: string, opts: { move?: boolean } = {}): Promise<StoredFile> {
+    const r = await CdimgReader.open(path);
+    let rec: StoredFile;
+    try {
+      rec = { rootDigest: r.rootDigest, imageId: r.imageId, parentId: r.parentId ?? '', kind: r.isDelta ? 'delta' : 'full', size: r.fileSize, path: this.filePath(r.rootDigest) };
+      if (r.isDelta && !this.hasImage(rec.parentId)) {
+        throw failedPrecondition(`${path} is a delta from image ${rec.parentId}, which this machine does not hold: load that image (or a chain leading to it) first`);
+      }
+    } finally {
+      await r.close();
+    }
+    const existing = this.db.prepare('SELECT 1 FROM files WHERE root_digest = ?').get(rec.rootDigest);
+    if (!existing) {
+      const tmp = this.tempPath('add');
+      if (opts.move) {
+        await fsp.rename(path, tmp).catch(async () => fsp.copyFile(path, tmp, FS.COPYFILE_FICLONE));
+      } else {
+        await fsp.copyFile(path, tmp, FS.COPYFILE_FICLONE);
+      }
+      await fsp.rename(tmp, rec.path);
+      this.db
+        .prepare('INSERT OR IGNORE INTO files (root_digest, image_id, parent_id, kind, size, added) VALUES (?, ?, ?, ?, ?, ?)')
+        .run(rec.rootDigest, rec.imageId, rec.parentId, rec.kind, rec.size, new Date().toISOString());
+    } else if (opts.move) {
+      await fsp.rm(path, { force: true });
+    }
+    return rec;
+  }
+
+  hasImage(imageId: string): boolean {
+    return !!this.db.prepare('SELECT 1 FROM files WHERE image_id = ? LIMIT 1').get(imageId);
+  }
+
+  /** Image ids this store can rebuild (what a pull offers as bases). */
+  heldImageIds(): string[] {
+    return (this.db.prepare('SELECT DISTINCT image_id FROM files').all() as { image_id: string }[]).map((r) => r.image_id);
+  }
+
+  files(): StoredFile[] {
+    return (this.db.prepare('SELECT root_digest, image_id, parent_id, kind, size FROM files ORDER BY added').all() as Record<string, string | number>[]).map((r) => ({
+      rootDigest: r.root_digest as string,
+      imageId: r.image_id as string,
+      parentId: r.parent_id as string,
+      kind: r.kind as 'full' | 'delta',
+      size: r.size as number,
+      path: this.filePath(r.root_digest as string),
+    }));
+  }
+
+  /**
+   * The files that rebuild `imageId`, full image first: the chain with the
+   * fewest files (then the fewest bytes) among those the store holds.
+   */
+  chainFor(imageId: string): StoredFile[] {
+    const files = this.files();
+    const byImage = new Map<string, StoredFile[]>();
+    for (const f of files) {
+      const a = byImage.get(f.imageId) ?? [];
+      a.push(f);
+      byImage.set(f.imageId, a);
+    }
+    const memo = new Map<string, StoredFile[] | null>();
+    const best = (id: string, seen: Set<string>): StoredFile[] | null => {
+      if (memo.has(id)) return memo.get(id) as StoredFile[] | null;
+      if (seen.has(id)) return null;
+      seen.add(id);
+      let result: StoredFile[] | null = null;
+      for (const f of byImage.get(id) ?? []) {
+        const cand = f.kind === 'full' ? [f] : (() => {
+          const below = best(f.parentId, seen);
+          return below ? [...below, f] : null;
+        })();
+        if (!cand) continue;
+        const cost = (c: StoredFile[]) => [c.length, c.reduce((n, x) => n + x.size, 0)];
+        if (!result || cost(cand)[0] < cost(result)[0] || (cost(cand)[0] === cost(result)[0] && cost(cand)[1] < cost(result)[1])) result = cand;
+      }
+      seen.delete(id);
+      memo.set(id, result);
+      return result;
+    };
+    const chain = best(imageId, new Set());
+    if (!chain) throw notFound(`image ${imageId} is not held by the local store`);
+    return chain;
+  }
+
+  /** Open and check the chain of an image (throws if a file is damaged). */
+  async verifyChain(imageId: string): Promise<string[]> {
+    const chain = this.chainFor(imageId);
+    const readers: CdimgReader[] = [];
+    try {
+      for (const f of chain) readers.push(await CdimgReader.open(f.path));
+      checkChain(readers);
+    } finally {
+      await Promise.all(readers.map((r) => r.close()));
+    }
+    return chain.map((f) => f.path);
+  }
+
+  tag(name: string, imageId: string): void {
+    const n = checkImageName(name);
+    if (!this.hasImage(imageId)) throw notFound(`image ${imageId} is not held by the local store`);
+    this.db.prepare('INSERT INTO names (name, image_id, created) VALUES (?, ?, ?) ON CONFLICT(name) DO UPDATE SET image_id = excluded.image_id').run(n, imageId, new Date().toISOString());
+  }
+
+  resolveName(name: string): string {
+    const n = checkImageName(name);
+    const r = this.db.prepare('SELECT image_id FROM names WHERE name = ?').get(n) as { image_id: string } | undefined;
+    if (!r) throw notFound(`no image named ${n} in the local store`);
+    return r.image_id;
+  }
+
+  images(): ImageRecord[] {
+    return (this.db.prepare('SELECT name, image_id, created FROM names ORDER BY name').all() as { name: string; image_id: string; created: string }[]).map((r) => ({ name: r.name, imageId: r.image_id, created: r.created }));
+  }
+
+  untag(name: string): void {
+    const n = checkImageName(name);
+    const res = this.db.prepare('DELETE FROM names WHERE name = ?').run(n);
+    if (res.changes === 0) throw notFound(`no image named ${n} in the local store`);
+  }
+
+  /**
+   * Remove files no named image needs (the chains of named images, and any
+   * `keep` image ids, are kept). Returns the removed files.
+   */
+  async gc(keep: string[] = []): Promise<StoredFile[]> {
+    const needed = new Set<string>();
+    for (const id of [...this.images().map((i) => i.imageId), ...keep]) {
+      try {
+        for (const f of this.chainFor(id)) needed.add(f.rootDigest);
+      } catch {
+        /* a name whose chain is broken keeps nothing */
+      }
+    }
+    const removed: StoredFile[] = [];
+    const del = this.db.prepare('DELETE FROM files WHERE root_digest = ?');
+    for (const f of this.files()) {
+      if (needed.has(f.rootDigest)) continue;
+      del.run(f.rootDigest);
+      await fsp.rm(f.path, { force: true });
+      removed.push(f);
+    }
+    return removed;
+  }
+}
