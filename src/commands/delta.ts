@@ -11,6 +11,7 @@ import { convertImage } from '../convert/convert';
 import { LevelPreset } from '../delta/codecs';
 import { WorkerPool } from '../workers/pool';
 import { invalidArgument } from '../errors';
+import { exportImage } from '../oci/export';
 import { action, addRegistryOptions, humanBytes, parseIntOpt, printJson, progressReporter, registryOptionsOf } from './common';
 
 function parseChoice<T extends string>(name: string, allowed: readonly T[]) {
@@ -128,4 +129,19 @@ export function registerDelta(cd: Command): void {
         else process.stdout.write(`patched ${base} + ${deltas.length} delta(s) -> ${out}\n  image id     ${r.imageId}\n  root digest  ${r.rootDigest}\n  size         ${humanBytes(r.fileSize)}\n  time         ${r.seconds.toFixed(2)} s\n`);
       }),
     );
+
+  const exp = cd
+    .command('export')
+    .description('turn a full .cdimg back into a standard OCI image (one layer, all metadata, the original config)')
+    .argument('<file>', 'full .cdimg')
+    .requiredOption('--to <ref>', 'oci:DIR[:TAG], oci-archive:FILE[:TAG] or docker://HOST/REPO:TAG')
+    .option('-t, --threads <n>', 'worker threads', parseIntOpt('threads', 1, 256))
+    .option('--json', 'print the result as JSON');
+  addRegistryOptions(exp).action(
+    action(async (file: string, o: Record<string, unknown>) => {
+      const r = await exportImage(file, o.to as string, { threads: o.threads as number | undefined, registry: registryOptionsOf(o as never) });
+      if (o.json) printJson(r);
+      else process.stdout.write(`exported ${file} -> ${r.to}\n  manifest     ${r.manifestDigest}\n  config       ${r.configDigest}\n  layer        ${r.layerDigest} (${humanBytes(r.layerBytes)})\n  time         ${r.seconds.toFixed(2)} s\n`);
+    }),
+  );
 }

@@ -39,6 +39,17 @@ export class OciLayoutWriter {
     return { mediaType, digest, size: data.length };
   }
 
+  /** Move a file whose descriptor is known into the blob store (verified by the caller). */
+  async putBlobFile(path: string, desc: Descriptor): Promise<Descriptor> {
+    const p = join(this.dir, 'blobs', 'sha256', desc.digest.slice(7));
+    try {
+      await fsp.rename(path, p);
+    } catch {
+      await fsp.copyFile(path, p);
+    }
+    return desc;
+  }
+
   /** Add a manifest (and tag it) to index.json, replacing an older one with the same tag. */
   async tag(manifest: Descriptor, tag: string): Promise<void> {
     const p = join(this.dir, 'index.json');
