@@ -4,6 +4,7 @@
  *   node dist/bench/run.js [convert] [--runs N] [--quick]
  */
 import { convertBench, printConvertTable } from './convert';
+import { deltaBench, printDeltaTables } from './delta';
 
 async function main(): Promise<void> {
   const args = process.argv.slice(2);
@@ -16,6 +17,7 @@ async function main(): Promise<void> {
   if (want('convert')) {
     printConvertTable(await convertBench({ runs, images: quick ? ['nginx-v1'] : undefined, big: !quick }));
   }
+  if (want('delta')) printDeltaTables(await deltaBench({ quick }));
 }
 
 main().catch((e) => {

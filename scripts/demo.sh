@@ -34,4 +34,23 @@ if [ "$(id -u)" -eq 0 ]; then
   chroot "$OUT/rootfs-2" /usr/sbin/nginx -v
 fi
 
+step "5. Delta: what an update from v1 to v2 costs"
+$CLI cdimg diff --old "$OUT/nginx-1.cdimg" --new "$OUT/nginx-2.cdimg" --out "$OUT/nginx-1-2.cdimg" --no-progress
+$CLI cdimg patch "$OUT/nginx-1.cdimg" "$OUT/nginx-1-2.cdimg" --out "$OUT/nginx-2-patched.cdimg" >/dev/null
+cmp "$OUT/nginx-2-patched.cdimg" "$OUT/nginx-2.cdimg" && echo "patch(v1, delta) is byte-identical to converting v2"
+
+step "6. A chain of three libssl versions: diff each step, merge the chain, patch it back"
+node dist/test/fixtures/build-test-images.js libssl-v1 libssl-v2 libssl-v3 > "$OUT/libssl.txt"
+for v in 1 2 3; do
+  $CLI convert --image "$(awk -v n=libssl-v$v '$1==n{print $2}' "$OUT/libssl.txt")" --output "$OUT/libssl-$v.cdimg" --no-progress >/dev/null
+done
+$CLI cdimg diff --old "$OUT/libssl-1.cdimg" --new "$OUT/libssl-2.cdimg" --out "$OUT/libssl-1-2.cdimg" --no-progress >/dev/null
+$CLI cdimg diff --old "$OUT/libssl-2.cdimg" --new "$OUT/libssl-3.cdimg" --out "$OUT/libssl-2-3.cdimg" --no-progress >/dev/null
+$CLI cdimg merge "$OUT/libssl-1-2.cdimg" "$OUT/libssl-2-3.cdimg" --out "$OUT/libssl-1-3.cdimg"
+$CLI cdimg patch "$OUT/libssl-1.cdimg" "$OUT/libssl-1-3.cdimg" --out "$OUT/libssl-3-patched.cdimg" >/dev/null
+cmp "$OUT/libssl-3-patched.cdimg" "$OUT/libssl-3.cdimg" && echo "patch(v1, merge(1-2, 2-3)) is byte-identical to converting v3"
+
+step "7. Export the patched image back to a standard OCI layout"
+$CLI cdimg export "$OUT/libssl-3-patched.cdimg" --to "oci:$OUT/libssl-3-oci:3"
+
 step "Done. Outputs are in $OUT/"

@@ -7,7 +7,7 @@ import { createHash } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
 import { zstdFrame, zstdUnframe } from '../format/zstd';
 import { Chain } from '../delta/chain';
-import { chooseBest, LevelPreset } from '../delta/codecs';
+import { chooseBest, LevelPreset, BSDIFF_MAX_INPUT } from '../delta/codecs';
 import { Codec } from '../format/types';
 
 const sha = (b: Uint8Array): string => createHash('sha256').update(b).digest('hex');
@@ -151,24 +151,32 @@ export interface DiffContentArgs {
   chunkSize: number;
 }
 
-/** Region of the base a target chunk is patched against: the whole base when small, else a window around the same relative offset. */
+/** Region of the base a target unit is patched against: the whole base when it fits bsdiff, else a window around the same relative offset. */
 export function baseRegion(baseSize: number, targetSize: number, chunkStart: number, chunkSize: number): [number, number] {
-  if (baseSize <= 2 * chunkSize) return [0, baseSize];
+  if (baseSize <= Math.max(BSDIFF_MAX_INPUT, chunkSize)) return [0, baseSize];
   const center = Math.floor((chunkStart * baseSize) / Math.max(1, targetSize));
   const start = Math.max(0, Math.min(baseSize - 2 * chunkSize, center - Math.floor(chunkSize / 2)));
   return [start, Math.min(baseSize - start, 2 * chunkSize)];
 }
 
-/** Encode one new content against its base (or alone): per chunk the smallest of full and patches, verified. */
+/**
+ * Patched contents are cut in units this large (whole files up to bsdiff's
+ * input limit: chunking a binary costs bytes at every cut); contents with no
+ * base keep the image's chunk size, so reads can build only what they touch.
+ */
+export const PATCH_UNIT = BSDIFF_MAX_INPUT;
+
+/** Encode one new content against its base (or alone): per unit the smallest of full and patches, verified. */
 export async function diffContent(a: DiffContentArgs): Promise<{ stored: Uint8Array; chunks: DeltaChunkInfo[] }> {
   const target = await (await chainOf(a.newChain)).content(Buffer.from(a.target, 'hex'));
   const base = a.base ? await (await chainOf(a.oldChain)).content(Buffer.from(a.base, 'hex')) : Buffer.alloc(0);
+  const unit = base.length ? Math.max(a.chunkSize, PATCH_UNIT) : a.chunkSize;
   const frames: Buffer[] = [];
   const chunks: DeltaChunkInfo[] = [];
   let pos = 0;
   do {
-    const raw = target.subarray(pos, Math.min(pos + a.chunkSize, target.length));
-    const [bo, bs] = base.length ? baseRegion(base.length, target.length, pos, a.chunkSize) : [0, 0];
+    const raw = target.subarray(pos, Math.min(pos + unit, target.length));
+    const [bo, bs] = base.length ? baseRegion(base.length, target.length, pos, unit) : [0, 0];
     const chosen = chooseBest(base.subarray(bo, bo + bs), raw, { codec: a.codec, level: a.level });
     const codec = chosen.codec === 'zstd' ? Codec.ZSTD : chosen.codec === 'zstd-patch' ? Codec.ZSTD_PATCH : Codec.BSDIFF;
     frames.push(chosen.data);

@@ -1,0 +1,251 @@
+/**
+ * Delta benchmark (issue 3), all measured in the same run:
+ *  d4fs `cdimg diff` bytes/time/peak RSS against
+ *  (a) a plain pull of the new image's layers the old image lacks,
+ *  (b) per-file C bsdiff (D4C's way: same path changed → bsdiff, new path → zstd -19 of the file),
+ *  (c) per-file xdelta3 -9 (deltaimage's way, same rule),
+ *  (d) zstd -19 --long=31 --patch-from of the old tree's tar against the new tree's tar.
+ * Plus merge of a 3-step chain vs the direct diff, and a 100 MB binary for RSS.
+ */
+import { promises as fsp, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { tmpdir } from 'node:os';
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
+import { createHash } from 'node:crypto';
+import { buildDebImage, ImageName } from '../test/fixtures/debimages';
+import { buildNpmImage } from '../test/fixtures/npmimages';
+import { packageRoot } from '../src/util/paths';
+import { writeSimpleImage } from '../src/oci/writer';
+import { CdimgReader } from '../src/format/reader';
+import { FileType } from '../src/format/types';
+
+const run = promisify(execFile);
+const CLI = join(packageRoot(), 'dist', 'cli', 'ctr-cli.js');
+
+export interface DeltaRow {
+  pair: string;
+  d4fsBytes: number;
+  d4fsS: number;
+  rssMiB: number;
+  plainPull: number;
+  bsdiffBytes: number;
+  bsdiffS: number;
+  xdeltaBytes: number;
+  zstdTarBytes: number;
+  changedFiles: number;
+}
+
+export interface MergeRow {
+  chain: string;
+  mergeS: number;
+  mergeBytes: number;
+  directS: number;
+  directBytes: number;
+  rediffS: number;
+  rediffBytes: number;
+}
+
+async function timed(cmd: string, args: string[]): Promise<{ s: number; rssKiB: number; stdout: string }> {
+  const r = await run('/usr/bin/time', ['-f', '%e %M', cmd, ...args], { maxBuffer: 64 << 20 });
+  const [s, rss] = (r.stderr.trim().split('\n').pop() as string).split(' ').map(Number);
+  return { s, rssKiB: rss, stdout: r.stdout };
+}
+
+async function cli(args: string[]): Promise<void> {
+  await run('node', [CLI, ...args], { maxBuffer: 64 << 20 });
+}
+
+const sha = (p: string) => createHash('sha256').update(readFileSync(p)).digest('hex');
+
+/** Per-file baselines over two unpacked trees (same path → delta tool; new path → zstd -19). */
+async function perFile(oldDir: string, newDir: string, oldIdx: CdimgReader, newIdx: CdimgReader, work: string): Promise<{ bsdiff: number; bsdiffS: number; xdelta: number; changed: number }> {
+  let bsdiff = 0;
+  let xdelta = 0;
+  let bsdiffS = 0;
+  let changed = 0;
+  const patch = join(work, 'p');
+  for (const e of newIdx.index.entries) {
+    if (e.type !== FileType.REG) continue;
+    const old = oldIdx.byPath.get(e.path);
+    if (old && old.type === FileType.REG && old.digest.equals(e.digest)) continue;
+    changed++;
+    const nf = join(newDir, e.path);
+    if (old && old.type === FileType.REG) {
+      const of = join(oldDir, e.path);
+      const t0 = process.hrtime.bigint();
+      await run('bsdiff', [of, nf, patch]);
+      bsdiffS += Number(process.hrtime.bigint() - t0) / 1e9;
+      bsdiff += (await fsp.stat(patch)).size;
+      await run('xdelta3', ['-9', '-e', '-f', '-s', of, nf, patch]);
+      xdelta += (await fsp.stat(patch)).size;
+    } else {
+      await run('zstd', ['-19', '-q', '-f', nf, '-o', patch]);
+      const full = (await fsp.stat(patch)).size;
+      bsdiff += full;
+      xdelta += full;
+    }
+  }
+  await fsp.rm(patch, { force: true });
+  return { bsdiff, bsdiffS, xdelta, changed };
+}
+
+async function tarTree(dir: string, out: string): Promise<void> {
+  await run('tar', ['--sort=name', '-cf', out, '-C', dir, '.']);
+}
+
+export async function deltaPair(name: string, oldRef: string, newRef: string, work: string): Promise<DeltaRow> {
+  const [o, n, d] = [join(work, `${name}-old.cdimg`), join(work, `${name}-new.cdimg`), join(work, `${name}-delta.cdimg`)];
+  await cli(['convert', '--image', oldRef, '--output', o, '--no-progress']);
+  await cli(['convert', '--image', newRef, '--output', n, '--no-progress']);
+  const t = await timed('node', [CLI, 'cdimg', 'diff', '--old', o, '--new', n, '--out', d, '--json', '--no-progress']);
+  const s = JSON.parse(t.stdout);
+  const [od, nd] = [join(work, `${name}-old-tree`), join(work, `${name}-new-tree`)];
+  await cli(['cdimg', 'unpack', o, od]);
+  await cli(['cdimg', 'unpack', n, nd]);
+  const [ri, rn] = [await CdimgReader.open(o), await CdimgReader.open(n)];
+  let pf;
+  try {
+    pf = await perFile(od, nd, ri, rn, work);
+  } finally {
+    await ri.close();
+    await rn.close();
+  }
+  const [ot, nt, zp] = [join(work, `${name}-old.tar`), join(work, `${name}-new.tar`), join(work, `${name}.zst`)];
+  await tarTree(od, ot);
+  await tarTree(nd, nt);
+  await run('zstd', ['-19', '--long=31', '-q', '-f', `--patch-from=${ot}`, nt, '-o', zp]);
+  const zstdTarBytes = (await fsp.stat(zp)).size;
+  for (const p of [od, nd, ot, nt, zp, o, n, d]) await fsp.rm(p, { recursive: true, force: true });
+  return {
+    pair: name,
+    d4fsBytes: s.deltaBytes,
+    d4fsS: t.s,
+    rssMiB: t.rssKiB / 1024,
+    plainPull: s.plainPullBytes,
+    bsdiffBytes: pf.bsdiff,
+    bsdiffS: pf.bsdiffS,
+    xdeltaBytes: pf.xdelta,
+    zstdTarBytes,
+    changedFiles: pf.changed,
+  };
+}
+
+/** Two versions of a ~100 MB binary made of this machine's shared libraries (the second edited). */
+export async function bigBinaryImages(dir: string): Promise<[string, string]> {
+  const l1 = join(dir, 'bigbin-v1');
+  const l2 = join(dir, 'bigbin-v2');
+  try {
+    await fsp.access(join(l2, 'index.json'));
+    return [`oci:${l1}:v1`, `oci:${l2}:v2`];
+  } catch {
+    /* build */
+  }
+  const libdir = '/usr/lib/x86_64-linux-gnu';
+  const names = (await fsp.readdir(libdir)).filter((n) => /\.so[.\d]*$/.test(n)).sort();
+  const parts1: Buffer[] = [];
+  const parts2: Buffer[] = [];
+  let size = 0;
+  for (const [i, n] of names.entries()) {
+    if (size > 100 * 1024 * 1024) break;
+    let b: Buffer;
+    try {
+      const st = await fsp.lstat(join(libdir, n));
+      if (!st.isFile()) continue;
+      b = await fsp.readFile(join(libdir, n));
+    } catch {
+      continue;
+    }
+    parts1.push(b);
+    size += b.length;
+    if (i % 9 === 0) continue; // dropped in v2
+    const c = Buffer.from(b);
+    if (i % 5 === 0) for (let k = 64; k < c.length; k += 4096) c[k] ^= 0x5a; // scattered edits
+    parts2.push(c);
+    if (i % 7 === 0) parts2.push(Buffer.from(`inserted ${i}`.repeat(50)));
+  }
+  const mk = async (layout: string, tag: string, data: Buffer) => {
+    const { buildTar } = await import('../src/tar');
+    await writeSimpleImage(layout, tag, { layers: [buildTar([{ header: { name: 'opt/', type: 'dir' } }, { header: { name: 'opt/app.bin', type: 'file', mode: 0o755 }, data }])], compression: 'gzip' });
+  };
+  await mk(l1, 'v1', Buffer.concat(parts1));
+  await mk(l2, 'v2', Buffer.concat(parts2));
+  return [`oci:${l1}:v1`, `oci:${l2}:v2`];
+}
+
+export async function mergeBench(work: string): Promise<MergeRow> {
+  const refs = await Promise.all((['libssl-v1', 'libssl-v2', 'libssl-v3'] as ImageName[]).map(async (n) => (await buildDebImage(n)).ref));
+  const f = refs.map((_, i) => join(work, `m${i + 1}.cdimg`));
+  for (let i = 0; i < 3; i++) await cli(['convert', '--image', refs[i], '--output', f[i], '--no-progress']);
+  // a 3-step chain: v1→v2→v3→v2' is not possible with 3 versions; use v1→v2, v2→v3, v3→v2 (a rollback step)
+  const d12 = join(work, 'd12.cdimg');
+  const d23 = join(work, 'd23.cdimg');
+  const d32 = join(work, 'd32.cdimg');
+  await cli(['cdimg', 'diff', '--old', f[0], '--new', f[1], '--out', d12]);
+  await cli(['cdimg', 'diff', '--old', f[1], '--new', f[2], '--out', d23]);
+  await cli(['cdimg', 'diff', '--old', f[2], '--new', f[1], '--out', d32]);
+  const m = await timed('node', [CLI, 'cdimg', 'merge', d12, d23, d32, '--out', join(work, 'm.cdimg'), '--json']);
+  const r = await timed('node', [CLI, 'cdimg', 'merge', d12, d23, d32, '--out', join(work, 'r.cdimg'), '--strategy', 'rediff', '--base', f[0], '--json']);
+  const d = await timed('node', [CLI, 'cdimg', 'diff', '--old', f[0], '--new', f[1], '--out', join(work, 'direct.cdimg'), '--json', '--no-progress']);
+  return {
+    chain: 'libssl v1→v2→v3→v2 (3 steps)',
+    mergeS: m.s,
+    mergeBytes: JSON.parse(m.stdout).deltaBytes,
+    rediffS: r.s,
+    rediffBytes: JSON.parse(r.stdout).deltaBytes,
+    directS: d.s,
+    directBytes: JSON.parse(d.stdout).deltaBytes,
+  };
+}
+
+export async function deltaBench(opts: { quick?: boolean } = {}): Promise<{ rows: DeltaRow[]; merge: MergeRow }> {
+  const work = await fsp.mkdtemp(join(tmpdir(), 'd4fs-bench-delta-'));
+  const cache = join(packageRoot(), '.cache', 'bench');
+  await fsp.mkdir(cache, { recursive: true });
+  try {
+    const pairs: [string, () => Promise<[string, string]>][] = [
+      ['libssl v1→v2', async () => [(await buildDebImage('libssl-v1')).ref, (await buildDebImage('libssl-v2')).ref]],
+      ['nginx v1→v2', async () => [(await buildDebImage('nginx-v1')).ref, (await buildDebImage('nginx-v2')).ref]],
+    ];
+    if (!opts.quick) {
+      pairs.push(
+        ['libssl v2→v3', async () => [(await buildDebImage('libssl-v2')).ref, (await buildDebImage('libssl-v3')).ref]],
+        ['redis v1→v2', async () => [(await buildDebImage('redis-v1')).ref, (await buildDebImage('redis-v2')).ref]],
+        ['esbuild 0.28.1→0.28.2', async () => [(await buildNpmImage('@esbuild/linux-x64', '0.28.1')).ref, (await buildNpmImage('@esbuild/linux-x64', '0.28.2')).ref]],
+        ['100 MB binary', async () => bigBinaryImages(cache)],
+      );
+    }
+    const rows: DeltaRow[] = [];
+    for (const [name, refs] of pairs) {
+      const [a, b] = await refs();
+      rows.push(await deltaPair(name, a, b, work));
+    }
+    return { rows, merge: await mergeBench(work) };
+  } finally {
+    await fsp.rm(work, { recursive: true, force: true });
+  }
+}
+
+export function printDeltaTables(r: { rows: DeltaRow[]; merge: MergeRow }): void {
+  const k = (n: number) => (n / 1024).toFixed(0);
+  const x = (a: number, b: number) => (b > 0 ? (a / b).toFixed(2) : '-');
+  const ok = (c: boolean) => (c ? 'ok' : 'MISS');
+  const lines = [
+    '## delta: cdimg diff vs (a) plain pull, (b) per-file C bsdiff, (c) per-file xdelta3 -9, (d) zstd -19 --long --patch-from of tars',
+    'targets: d4fs ≤ 0.80×(b) and ≤ 0.60×(c) bytes; diff time ≤ 0.5× summed serial C bsdiff; peak RSS ≤ 1 GiB',
+    '',
+    '| pair | changed files | d4fs KiB | (a) pull KiB | (b) bsdiff KiB | ×(b) | (c) xdelta KiB | ×(c) | (d) zstd tar KiB | d4fs s | C bsdiff s | ×time | RSS MiB |',
+    '| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |',
+    ...r.rows.map(
+      (w) =>
+        `| ${w.pair} | ${w.changedFiles} | ${k(w.d4fsBytes)} | ${k(w.plainPull)} | ${k(w.bsdiffBytes)} | ${x(w.d4fsBytes, w.bsdiffBytes)} ${ok(w.d4fsBytes <= 0.8 * w.bsdiffBytes)} | ${k(w.xdeltaBytes)} | ${x(w.d4fsBytes, w.xdeltaBytes)} ${ok(w.d4fsBytes <= 0.6 * w.xdeltaBytes)} | ${k(w.zstdTarBytes)} | ${w.d4fsS.toFixed(2)} | ${w.bsdiffS.toFixed(2)} | ${x(w.d4fsS, w.bsdiffS)} ${ok(w.d4fsS <= 0.5 * w.bsdiffS)} | ${w.rssMiB.toFixed(0)} ${ok(w.rssMiB <= 1024)} |`,
+    ),
+    '',
+    '## merge of a 3-step chain vs diffing the end points (target: merge ≥ 10× faster)',
+    '',
+    '| chain | merge (compose) s | KiB | merge (rediff, needs base) s | KiB | direct diff s | KiB | speed-up |',
+    '| --- | --- | --- | --- | --- | --- | --- | --- |',
+    `| ${r.merge.chain} | ${r.merge.mergeS.toFixed(2)} | ${k(r.merge.mergeBytes)} | ${r.merge.rediffS.toFixed(2)} | ${k(r.merge.rediffBytes)} | ${r.merge.directS.toFixed(2)} | ${k(r.merge.directBytes)} | ${(r.merge.directS / r.merge.mergeS).toFixed(1)}× ${ok(r.merge.directS / r.merge.mergeS >= 10)} |`,
+  ];
+  process.stdout.write(lines.join('\n') + '\n\n');
+}
