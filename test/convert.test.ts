@@ -175,6 +175,7 @@ describe('flattening edge cases', () => {
     const dest = join(work, 'edge-unpacked');
     const r = await unpackImage(out, dest, { pool });
     expect(r.warnings).toEqual([]);
+    expect(r.bytes).toBe(reader.index.entries.filter((x) => x.type === FileType.REG).reduce((n, x) => n + x.size, 0));
     const st = (p: string) => statSync(join(dest, p), { bigint: true });
     expect(Number(st('usr/bin/su').mode) & 0o7777).toBe(0o4755);
     expect(Number(st('tmp').mode) & 0o7777).toBe(0o1777);

@@ -77,7 +77,8 @@ export async function unpackImage(cdimg: string, dest: string, opts: { pool?: Wo
     const workers = Array.from({ length: Math.max(1, pool.threads * 2) }, async () => {
       while (next < regs.length) {
         const e = regs[next++];
-        bytes += await writeContent(reader, pool, e, at(e));
+        const written = await writeContent(reader, pool, e, at(e)); // not `bytes += await …`: loops run concurrently
+        bytes += written;
         files++;
       }
     });
