@@ -6,8 +6,8 @@
 import { createHash } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
 import { zstdFrame, zstdUnframe } from '../format/zstd';
-import { Chain } from '../delta/chain';
-import { chooseBest, LevelPreset, BSDIFF_MAX_INPUT } from '../delta/codecs';
+import type { Chain } from '../delta/chain';
+import type { LevelPreset } from '../delta/codecs';
 import { Codec } from '../format/types';
 
 const sha = (b: Uint8Array): string => createHash('sha256').update(b).digest('hex');
@@ -114,11 +114,17 @@ export function decodeChunk(a: DecodeChunkArgs): Uint8Array {
 // ---------------------------------------------------------------------------
 
 const chains = new Map<string, Promise<Chain>>();
+/** Delta modules are loaded on first use: workers that only compress start faster. */
+const delta = (): { Chain: typeof import('../delta/chain').Chain; codecs: typeof import('../delta/codecs') } => ({
+  Chain: (require('../delta/chain') as typeof import('../delta/chain')).Chain,
+  codecs: require('../delta/codecs') as typeof import('../delta/codecs'),
+});
+
 function chainOf(paths: string[]): Promise<Chain> {
   const key = paths.join('\0');
   let c = chains.get(key);
   if (!c) {
-    c = Chain.open(paths);
+    c = delta().Chain.open(paths);
     c.catch(() => chains.delete(key));
     chains.set(key, c);
     // Keep a few chains open per worker; close the oldest.
@@ -153,7 +159,7 @@ export interface DiffContentArgs {
 
 /** Region of the base a target unit is patched against: the whole base when it fits bsdiff, else a window around the same relative offset. */
 export function baseRegion(baseSize: number, targetSize: number, chunkStart: number, chunkSize: number): [number, number] {
-  if (baseSize <= Math.max(BSDIFF_MAX_INPUT, chunkSize)) return [0, baseSize];
+  if (baseSize <= Math.max(PATCH_UNIT, chunkSize)) return [0, baseSize];
   const center = Math.floor((chunkStart * baseSize) / Math.max(1, targetSize));
   const start = Math.max(0, Math.min(baseSize - 2 * chunkSize, center - Math.floor(chunkSize / 2)));
   return [start, Math.min(baseSize - start, 2 * chunkSize)];
@@ -164,12 +170,14 @@ export function baseRegion(baseSize: number, targetSize: number, chunkStart: num
  * input limit: chunking a binary costs bytes at every cut); contents with no
  * base keep the image's chunk size, so reads can build only what they touch.
  */
-export const PATCH_UNIT = BSDIFF_MAX_INPUT;
+export const PATCH_UNIT = 16 * 1024 * 1024; // = codecs.BSDIFF_MAX_INPUT (checked in diffContent)
 
 /** Encode one new content against its base (or alone): per unit the smallest of full and patches, verified. */
 export async function diffContent(a: DiffContentArgs): Promise<{ stored: Uint8Array; chunks: DeltaChunkInfo[] }> {
   const target = await (await chainOf(a.newChain)).content(Buffer.from(a.target, 'hex'));
   const base = a.base ? await (await chainOf(a.oldChain)).content(Buffer.from(a.base, 'hex')) : Buffer.alloc(0);
+  const { chooseBest, BSDIFF_MAX_INPUT } = delta().codecs;
+  if (PATCH_UNIT !== BSDIFF_MAX_INPUT) throw new Error('PATCH_UNIT must equal BSDIFF_MAX_INPUT');
   const unit = base.length ? Math.max(a.chunkSize, PATCH_UNIT) : a.chunkSize;
   const frames: Buffer[] = [];
   const chunks: DeltaChunkInfo[] = [];
