@@ -12,10 +12,11 @@ import { Blob, Chunk, Codec, Encoding } from '../format/types';
 import { corrupt, failedPrecondition, notFound } from '../errors';
 import { sha256 } from '../util/digest';
 import { applyPatch, decompressFull } from './codecs';
+import { decodeGzMember } from './gzcodec';
 
 const MAX_DEPTH = 64;
 
-export function codecName(c: Codec): 'zstd' | 'zstd-patch' | 'bsdiff' {
+export function codecName(c: Codec): 'zstd' | 'zstd-patch' | 'bsdiff' | 'gzip-member' {
   switch (c) {
     case Codec.ZSTD:
       return 'zstd';
@@ -23,6 +24,8 @@ export function codecName(c: Codec): 'zstd' | 'zstd-patch' | 'bsdiff' {
       return 'zstd-patch';
     case Codec.BSDIFF:
       return 'bsdiff';
+    case Codec.GZIP_MEMBER:
+      return 'gzip-member';
     default:
       throw corrupt(`unknown codec ${c}`);
   }
@@ -138,14 +141,22 @@ export class Chain {
     let raw: Buffer;
     if (c.codec === Codec.ZSTD) {
       raw = decompressFull(stored, c.rawSize);
+    } else if (c.codec === Codec.GZIP_MEMBER) {
+      const base = c.baseDigest.length ? await this.baseRegion(level, c, depth) : null;
+      raw = decodeGzMember(base, stored, c.rawSize);
     } else {
       // A patch base is looked up in the same file first (auxiliary bases of merged deltas), then below.
-      const base = await this.content(c.baseDigest, level, depth + 1);
-      if (c.baseOffset + c.baseSize > base.length) throw corrupt(`${r.path}: patch base region ${c.baseOffset}+${c.baseSize} outside its base (${base.length} bytes)`);
-      raw = applyPatch(base.subarray(c.baseOffset, c.baseOffset + c.baseSize), stored, codecName(c.codec) as 'zstd-patch' | 'bsdiff', c.rawSize);
+      raw = applyPatch(await this.baseRegion(level, c, depth), stored, codecName(c.codec) as 'zstd-patch' | 'bsdiff', c.rawSize);
     }
     if (!sha256(raw).equals(c.rawDigest)) throw corrupt(`${r.path}: chunk at ${c.offset} decodes to the wrong content`);
     return raw;
+  }
+
+  /** The base region a patch chunk stored at `level` applies to. */
+  private async baseRegion(level: number, c: Chunk, depth: number): Promise<Buffer> {
+    const base = await this.content(c.baseDigest, level, depth + 1);
+    if (c.baseOffset + c.baseSize > base.length) throw corrupt(`${this.readers[level].path}: patch base region ${c.baseOffset}+${c.baseSize} outside its base (${base.length} bytes)`);
+    return base.subarray(c.baseOffset, c.baseOffset + c.baseSize);
   }
 
   async close(): Promise<void> {

@@ -98,7 +98,7 @@ export function contentsOf(entries: Entry[]): { digest: Buffer; size: number; pa
   return [...out.values()];
 }
 
-export function deltaChunk(offset: number, ch: { storedSize: number; storedDigest: string; rawSize: number; rawDigest: string; codec: Codec; baseOffset: number; baseSize: number }, base: Buffer): Chunk {
+export function deltaChunk(offset: number, ch: { storedSize: number; storedDigest: string; rawSize: number; rawDigest: string; codec: Codec; baseOffset: number; baseSize: number; usesBase: boolean }, base: Buffer): Chunk {
   return {
     offset,
     storedSize: ch.storedSize,
@@ -106,7 +106,7 @@ export function deltaChunk(offset: number, ch: { storedSize: number; storedDiges
     rawSize: ch.rawSize,
     rawDigest: Buffer.from(ch.rawDigest, 'hex'),
     codec: ch.codec,
-    baseDigest: ch.codec === Codec.ZSTD ? Buffer.alloc(0) : base,
+    baseDigest: ch.usesBase ? base : Buffer.alloc(0),
     baseOffset: ch.baseOffset,
     baseSize: ch.baseSize,
   };

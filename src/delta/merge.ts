@@ -81,7 +81,7 @@ export async function mergeDeltas(o: MergeOptions): Promise<DeltaSummary> {
         const stored = await readers[level].readStored(c);
         const off = await w.append(stored);
         slot.chunks.push({ ...c, offset: off });
-        if (c.codec !== Codec.ZSTD) {
+        if (c.baseDigest.length > 0) {
           const b = locate(readers, c.baseDigest, level);
           if (b) await copyStored(b.level, b.blob);
         }

@@ -29,6 +29,7 @@ export enum Codec {
   ZSTD = 1,
   ZSTD_PATCH = 2,
   BSDIFF = 3,
+  GZIP_MEMBER = 4,
 }
 
 export interface Xattr {

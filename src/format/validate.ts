@@ -46,6 +46,10 @@ export function validateIndex(index: Index, blobSectionEnd: number, headerSize: 
           if (index.kind === Kind.FULL) throw corrupt(`full image holds a patch chunk for sha256:${key}`);
           if (!isDigest(c.baseDigest)) throw corrupt(`blob sha256:${key}: patch chunk without a base digest`);
           if (!Number.isSafeInteger(c.baseOffset) || !Number.isSafeInteger(c.baseSize) || c.baseSize > LIMITS.maxFileSize) throw hostile(`blob sha256:${key}: absurd base region`);
+        } else if (c.codec === Codec.GZIP_MEMBER) {
+          if (index.kind === Kind.FULL) throw corrupt(`full image holds a gzip-member chunk for sha256:${key}`);
+          if (c.baseDigest.length !== 0 && !isDigest(c.baseDigest)) throw corrupt(`blob sha256:${key}: gzip-member chunk with an invalid base digest`);
+          if (!Number.isSafeInteger(c.baseOffset) || !Number.isSafeInteger(c.baseSize) || c.baseSize > LIMITS.maxFileSize) throw hostile(`blob sha256:${key}: absurd base region`);
         } else if (c.codec !== Codec.ZSTD) {
           throw corrupt(`blob sha256:${key}: unknown codec ${c.codec}`);
         }

@@ -141,6 +141,8 @@ export interface DeltaChunkInfo extends StoredChunkInfo {
   codec: Codec;
   baseOffset: number;
   baseSize: number;
+  /** false when the chunk decodes without its base (full frames, self-contained gzip members) */
+  usesBase: boolean;
 }
 
 export interface DiffContentArgs {
@@ -157,45 +159,56 @@ export interface DiffContentArgs {
   chunkSize: number;
 }
 
-/** Region of the base a target unit is patched against: the whole base when it fits bsdiff, else a window around the same relative offset. */
-export function baseRegion(baseSize: number, targetSize: number, chunkStart: number, chunkSize: number): [number, number] {
-  if (baseSize <= Math.max(PATCH_UNIT, chunkSize)) return [0, baseSize];
-  const center = Math.floor((chunkStart * baseSize) / Math.max(1, targetSize));
-  const start = Math.max(0, Math.min(baseSize - 2 * chunkSize, center - Math.floor(chunkSize / 2)));
-  return [start, Math.min(baseSize - start, 2 * chunkSize)];
-}
-
-/**
- * Patched contents are cut in units this large (whole files up to bsdiff's
- * input limit: chunking a binary costs bytes at every cut); contents with no
- * base keep the image's chunk size, so reads can build only what they touch.
- */
-export const PATCH_UNIT = 16 * 1024 * 1024; // = codecs.BSDIFF_MAX_INPUT (checked in diffContent)
-
 /** Encode one new content against its base (or alone): per unit the smallest of full and patches, verified. */
 export async function diffContent(a: DiffContentArgs): Promise<{ stored: Uint8Array; chunks: DeltaChunkInfo[] }> {
   const target = await (await chainOf(a.newChain)).content(Buffer.from(a.target, 'hex'));
   const base = a.base ? await (await chainOf(a.oldChain)).content(Buffer.from(a.base, 'hex')) : Buffer.alloc(0);
-  const { chooseBest, BSDIFF_MAX_INPUT } = delta().codecs;
-  if (PATCH_UNIT !== BSDIFF_MAX_INPUT) throw new Error('PATCH_UNIT must equal BSDIFF_MAX_INPUT');
-  const unit = base.length ? Math.max(a.chunkSize, PATCH_UNIT) : a.chunkSize;
+  const { chooseBest, contentKind, chunkBaseRange, BSDIFF_MAX_INPUT } = delta().codecs;
+  const { encodeGzMember } = require('../delta/gzcodec') as typeof import('../delta/gzcodec');
+  // Whole contents up to bsdiff's input limit are one unit (cutting a binary loses matches across the cut);
+  // larger ones go in chunks, each against a window of the base around the same relative offset.
+  const whole = base.length > 0 && target.length <= BSDIFF_MAX_INPUT;
+  const unit = whole ? Math.max(target.length, 1) : a.chunkSize;
+  const kind = base.length ? contentKind(target) : undefined;
   const frames: Buffer[] = [];
   const chunks: DeltaChunkInfo[] = [];
   let pos = 0;
   do {
     const raw = target.subarray(pos, Math.min(pos + unit, target.length));
-    const [bo, bs] = base.length ? baseRegion(base.length, target.length, pos, unit) : [0, 0];
-    const chosen = chooseBest(base.subarray(bo, bo + bs), raw, { codec: a.codec, level: a.level });
-    const codec = chosen.codec === 'zstd' ? Codec.ZSTD : chosen.codec === 'zstd-patch' ? Codec.ZSTD_PATCH : Codec.BSDIFF;
-    frames.push(chosen.data);
+    let bo = 0;
+    let bs = 0;
+    if (base.length) {
+      if (whole && base.length <= BSDIFF_MAX_INPUT) bs = base.length;
+      else {
+        const r = chunkBaseRange(base.length, target.length, pos, raw.length);
+        bo = r.start;
+        bs = r.end - r.start;
+      }
+    }
+    const region = base.subarray(bo, bo + bs);
+    const chosen = chooseBest(region, raw, { codec: a.codec, level: a.level, kind });
+    let codec = chosen.codec === 'zstd' ? Codec.ZSTD : chosen.codec === 'zstd-patch' ? Codec.ZSTD_PATCH : Codec.BSDIFF;
+    let data = chosen.data;
+    let usesBase = codec !== Codec.ZSTD;
+    if (whole || (!base.length && raw.length === target.length)) {
+      // .gz files: encode the decompressed content when the file rebuilds byte for byte
+      const gz = encodeGzMember(region, raw, { codec: a.codec, level: a.level });
+      if (gz && gz.data.length < data.length) {
+        codec = Codec.GZIP_MEMBER;
+        data = gz.data;
+        usesBase = gz.usesBase;
+      }
+    }
+    frames.push(data);
     chunks.push({
-      storedSize: chosen.data.length,
-      storedDigest: sha(chosen.data),
+      storedSize: data.length,
+      storedDigest: sha(data),
       rawSize: raw.length,
       rawDigest: sha(raw),
       codec,
-      baseOffset: codec === Codec.ZSTD ? 0 : bo,
-      baseSize: codec === Codec.ZSTD ? 0 : bs,
+      baseOffset: usesBase ? bo : 0,
+      baseSize: usesBase ? bs : 0,
+      usesBase,
     });
     pos += raw.length;
   } while (pos < target.length);
