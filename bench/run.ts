@@ -5,6 +5,7 @@
  */
 import { convertBench, printConvertTable } from './convert';
 import { deltaBench, printDeltaTables } from './delta';
+import { distributionBench, printDistributionTable } from './distribution';
 
 async function main(): Promise<void> {
   const args = process.argv.slice(2);
@@ -18,6 +19,7 @@ async function main(): Promise<void> {
     printConvertTable(await convertBench({ runs, images: quick ? ['nginx-v1'] : undefined, big: !quick }));
   }
   if (want('delta')) printDeltaTables(await deltaBench({ quick }));
+  if (want('distribution')) printDistributionTable(await distributionBench(quick ? { updates: [['libssl-v1', 'libssl-v3']], links: [100] } : {}));
 }
 
 main().catch((e) => {

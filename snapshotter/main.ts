@@ -3,21 +3,31 @@
  * d4fs-snapshotter: containerd proxy snapshotter of d4fs.
  *
  *     d4fs-snapshotter --root /var/lib/d4fs --address /run/d4fs/d4fs.sock \
- *                      [--config FILE.toml|.json] [--log-level info]
+ *                      [--config FILE.toml|.json] [--log-level info] [--no-fuse]
+ *
+ * Snapshots of d4fs images (labelled with a d4fs image id) are mounted over
+ * FUSE by the FUSE manager, a process of its own under <root>/fuse that this
+ * daemon starts on demand and that outlives it; --no-fuse (or `fuse = false`)
+ * leaves a plain overlay snapshotter.
  *
  * Register it in containerd's config with install_snapshotter.sh
  * ([proxy_plugins.d4fs] type = "snapshot", address = the socket).
  * SIGTERM or SIGINT stop it gracefully.
  */
+import path from 'node:path';
 import { Command } from 'commander';
 import { exitCodeOf, toD4fsError } from '../src/errors';
-import { createLogger, resolveConfig, runSnapshotter } from '../src/snapshotter';
+import { FuseFileSystem } from '../src/fuse/client';
+import { D4FS_IMAGE_ID } from '../src/labels';
+import { createLogger, FileSystemRemoteProvider, resolveConfig, runSnapshotter } from '../src/snapshotter';
 
 interface Flags {
   root?: string;
   address?: string;
   config?: string;
   logLevel?: string;
+  /** false with --no-fuse */
+  fuse: boolean;
 }
 
 async function main(argv: string[]): Promise<void> {
@@ -28,13 +38,26 @@ async function main(argv: string[]): Promise<void> {
     .option('--address <socket>', 'unix socket to serve on (default /run/d4fs/d4fs.sock)')
     .option('--config <file>', 'configuration file (.toml or .json)')
     .option('--log-level <level>', 'trace, debug, info, warn, error, fatal or silent (default info)')
+    .option('--no-fuse', 'do not serve d4fs images over FUSE (plain overlay snapshotter)')
     .showHelpAfterError();
   program.parse(argv);
   const flags = program.opts<Flags>();
 
-  const cfg = resolveConfig({ root: flags.root, address: flags.address, logLevel: flags.logLevel }, flags.config);
+  const cfg = resolveConfig({ root: flags.root, address: flags.address, logLevel: flags.logLevel, fuse: flags.fuse ? undefined : false }, flags.config);
   const log = createLogger(cfg.logLevel);
-  const running = await runSnapshotter(cfg, log);
+  const fuseFs =
+    cfg.fuse === false
+      ? undefined
+      : new FuseFileSystem({
+          root: path.join(cfg.root, 'fuse'),
+          log,
+          managerArgs: cfg.fuseCacheMaxBytes ? ['--cache-max-bytes', String(cfg.fuseCacheMaxBytes)] : [],
+        });
+  const running = await runSnapshotter(
+    cfg,
+    log,
+    fuseFs ? { fileSystem: fuseFs, remote: new FileSystemRemoteProvider(fuseFs, (labels) => !!labels[D4FS_IMAGE_ID]) } : {},
+  );
 
   let signals = 0;
   const stop = (signal: NodeJS.Signals) => {
@@ -44,6 +67,8 @@ async function main(argv: string[]): Promise<void> {
       process.exit(1);
     }
     log.info({ signal }, 'shutting down');
+    // The FUSE manager keeps serving running containers; only our watchdog stops.
+    fuseFs?.close();
     running.shutdown().then(
       () => process.exit(0),
       (e: unknown) => {

@@ -1,6 +1,10 @@
 import { Command, CommanderError } from 'commander';
 import { registerCdimg, registerConvert } from './cdimg';
+import { registerLoad } from './load';
 import { EXIT_CODES } from '../errors';
+import { registerServe } from './serve';
+import { registerPush } from './push';
+import { registerPull } from './pull';
 
 export const VERSION = '0.1.0';
 
@@ -14,6 +18,10 @@ export function buildProgram(): Command {
     .exitOverride();
   registerConvert(program);
   registerCdimg(program);
+  registerServe(program);
+  registerPush(program);
+  registerPull(program);
+  registerLoad(program);
   return program;
 }
 

@@ -146,6 +146,13 @@ export const D4FS_IMAGE_ID = 'containerd.io/snapshot/d4fs.image-id';
 /** On a snapshot (set by `ctr-cli load`): path of the local d4fs store holding the image. */
 export const D4FS_STORE = 'containerd.io/snapshot/d4fs.store';
 
+/**
+ * On a containerd image record (set by `ctr-cli load`): the d4fs image id the
+ * record's manifest points at. An image label, not a snapshot label, so it
+ * lives outside the `containerd.io/` namespace.
+ */
+export const D4FS_IMAGE_RECORD_ID = 'io.d4fs.image.id';
+
 /** Value of boolean labels. */
 export const LABEL_TRUE = 'true';
 

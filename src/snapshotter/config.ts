@@ -10,6 +10,8 @@
  *     request_timeout = 120             # seconds one request may take
  *     async_remove = false              # delete directories on Cleanup only
  *     upperdir_label = false            # report containerd.io/snapshot/overlay.upperdir
+ *     fuse = true                       # serve d4fs images through the FUSE manager
+ *     fuse_cache_max_bytes = 10737418240  # bound of the FUSE content cache
  */
 import fs from 'node:fs';
 import path from 'node:path';
@@ -23,6 +25,10 @@ export interface SnapshotterConfig {
   requestTimeoutMs: number;
   asyncRemove: boolean;
   upperdirLabel: boolean;
+  /** Serve d4fs images (snapshots labelled with a d4fs image id) through FUSE (default true). */
+  fuse?: boolean;
+  /** Bound of the FUSE manager's content cache in bytes (default 10 GiB). */
+  fuseCacheMaxBytes?: number;
 }
 
 export const DEFAULT_CONFIG: Readonly<SnapshotterConfig> = {
@@ -80,6 +86,15 @@ export function loadConfigFile(file: string): Partial<SnapshotterConfig> {
       case 'upperdir_label':
         out.upperdirLabel = expect<boolean>(file, key, value, 'boolean');
         break;
+      case 'fuse':
+        out.fuse = expect<boolean>(file, key, value, 'boolean');
+        break;
+      case 'fuse_cache_max_bytes': {
+        const n = typeof value === 'bigint' ? Number(value) : expect<number>(file, key, value, 'number');
+        if (!Number.isSafeInteger(n) || n <= 0) throw invalidArgument(`${file}: fuse_cache_max_bytes must be a positive integer`);
+        out.fuseCacheMaxBytes = n;
+        break;
+      }
       default:
         throw invalidArgument(`${file}: unknown key ${JSON.stringify(key)}`);
     }

@@ -1,0 +1,229 @@
+/**
+ * `ctr-cli load`, `ctr-cli images` and `ctr-cli rmi`: the local store of
+ * .cdimg files and its registration with containerd.
+ *
+ *   ctr-cli load --image nginx:1 --cdimg nginx-1.cdimg
+ *   ctr-cli load --image nginx:2 --cdimg nginx-1-2.cdimg     (a delta: nginx:1's image must be held)
+ *   ctr run --snapshotter d4fs nginx:2 web
+ *   ctr-cli images
+ *   ctr-cli rmi nginx:1
+ */
+import path from 'node:path';
+import { Command, Option } from 'commander';
+import { DEFAULT_CONTAINERD_ADDRESS, DEFAULT_NAMESPACE, ContainerdClient } from '../containerd/client';
+import { DEFAULT_SNAPSHOTTER, type LoadImageResult, imagesInUse, loadImage, unloadImage } from '../containerd/load';
+import { invalidArgument, notFound } from '../errors';
+import { LocalStore, type StoredFile, checkImageName } from '../store/store';
+import { action, humanBytes, printJson } from './common';
+
+/** The local store's default directory (overridden by $D4FS_STORE and --store). */
+export const DEFAULT_STORE = '/var/lib/d4fs/store';
+
+/** The store directory from the flags, the environment or the default, absolute. */
+export function storeDirOf(o: { store?: string }): string {
+  return path.resolve(o.store ?? process.env.D4FS_STORE ?? DEFAULT_STORE);
+}
+
+/** Flags naming containerd: --address (D4C alias --host), --namespace, --snapshotter. */
+function addContainerdOptions(c: Command): Command {
+  return c
+    .option('--address <socket>', `containerd's socket (default ${DEFAULT_CONTAINERD_ADDRESS})`)
+    .addOption(new Option('--host <socket>', 'D4C alias of --address').hideHelp())
+    .option('-n, --namespace <ns>', `containerd namespace (default ${DEFAULT_NAMESPACE})`)
+    .option('--snapshotter <name>', `containerd snapshotter serving d4fs images (default ${DEFAULT_SNAPSHOTTER})`)
+    .option('--no-containerd', 'only the local store: do not talk to containerd');
+}
+
+interface ContainerdFlags {
+  address?: string;
+  host?: string;
+  namespace?: string;
+  snapshotter?: string;
+  containerd?: boolean;
+}
+
+function containerdOf(o: ContainerdFlags): { address: string; namespace: string; snapshotter: string } {
+  return {
+    address: o.address ?? o.host ?? DEFAULT_CONTAINERD_ADDRESS,
+    namespace: o.namespace ?? DEFAULT_NAMESPACE,
+    snapshotter: o.snapshotter ?? DEFAULT_SNAPSHOTTER,
+  };
+}
+
+/** "sha256:0123456789ab…" → "0123456789ab". */
+const shortId = (id: string): string => id.replace(/^sha256:/, '').slice(0, 12);
+
+/** One image of the store as `images` shows it. */
+interface ImageRow {
+  name: string;
+  imageId: string;
+  created: string;
+  /** Files rebuilding the image, full image first; null when the chain is broken. */
+  chain: { kind: StoredFile['kind']; rootDigest: string; size: number }[] | null;
+  chainBytes: number;
+}
+
+function imageRows(store: LocalStore): ImageRow[] {
+  return store.images().map((i) => {
+    let chain: ImageRow['chain'] = null;
+    try {
+      chain = store.chainFor(i.imageId).map((f) => ({ kind: f.kind, rootDigest: f.rootDigest, size: f.size }));
+    } catch {
+      /* broken chain: shown as such */
+    }
+    return { name: i.name, imageId: i.imageId, created: i.created, chain, chainBytes: chain ? chain.reduce((n, f) => n + f.size, 0) : 0 };
+  });
+}
+
+function chainText(chain: ImageRow['chain']): string {
+  if (!chain) return 'broken';
+  const deltas = chain.length - 1;
+  return deltas === 0 ? 'full' : `full+${deltas} delta${deltas === 1 ? '' : 's'}`;
+}
+
+function table(rows: string[][]): string {
+  const widths = rows[0].map((_, i) => Math.max(...rows.map((r) => r[i].length)));
+  return rows.map((r) => r.map((c, i) => (i === r.length - 1 ? c : c.padEnd(widths[i]))).join('   ').trimEnd()).join('\n') + '\n';
+}
+
+function registerLoadCommand(program: Command): void {
+  const c = program
+    .command('load')
+    .description('add a .cdimg (full image or delta) to the local store, name it, and register it with containerd so that `ctr run --snapshotter d4fs NAME ID` runs it')
+    .option('-i, --image <name>', 'image name, REPO[:TAG] (e.g. nginx:1.22)')
+    .addOption(new Option('--imageTag <name>', 'D4C alias of --image').hideHelp())
+    .option('--cdimg <file>', 'the .cdimg to load (a delta needs its parent image loaded first)')
+    .option('--store <dir>', `local store directory (default $D4FS_STORE or ${DEFAULT_STORE})`)
+    .option('--json', 'print the result as JSON')
+    .addHelpText('after', '\nExamples:\n  ctr-cli load --image nginx:1 --cdimg nginx-1.cdimg\n  ctr-cli load --image nginx:2 --cdimg nginx-1-2.cdimg\n  ctr run --rm --snapshotter d4fs nginx:2 web\n');
+  addContainerdOptions(c).action(
+    action(async (o: ContainerdFlags & { image?: string; imageTag?: string; cdimg?: string; store?: string; json?: boolean }) => {
+      const given = o.image ?? o.imageTag;
+      if (!given) throw invalidArgument('--image is required (the name to load the image as, e.g. --image nginx:1)');
+      if (!o.cdimg) throw invalidArgument('--cdimg is required (the .cdimg file to load)');
+      const name = checkImageName(given);
+      const store = await LocalStore.open(storeDirOf(o));
+      try {
+        const file = await store.add(o.cdimg);
+        await store.verifyChain(file.imageId);
+        store.tag(name, file.imageId);
+        const chain = store.chainFor(file.imageId);
+        let ctr: LoadImageResult | undefined;
+        if (o.containerd !== false) {
+          const t = containerdOf(o);
+          ctr = await loadImage({ store, name, imageId: file.imageId, address: t.address, namespace: t.namespace, snapshotter: t.snapshotter });
+        }
+        const chainBytes = chain.reduce((n, f) => n + f.size, 0);
+        if (o.json) {
+          printJson({ name, imageId: file.imageId, kind: file.kind, parentId: file.parentId || undefined, rootDigest: file.rootDigest, store: store.root, chain: chain.map((f) => ({ kind: f.kind, rootDigest: f.rootDigest, size: f.size })), chainBytes, containerd: ctr ?? null });
+          return;
+        }
+        let out =
+          `loaded ${name}\n` +
+          `  image id     ${file.imageId}\n` +
+          `  file         ${file.kind === 'delta' ? `delta from ${file.parentId}` : 'full image'} (${humanBytes(file.size)})\n` +
+          `  chain        ${chainText(chain)} (${humanBytes(chainBytes)}) in ${store.root}\n`;
+        if (ctr) {
+          out +=
+            `  containerd   ${ctr.image} image ${ctr.name} in namespace ${ctr.namespace}: manifest ${ctr.manifest.digest}\n` +
+            `  snapshot     ${ctr.chainId} (${ctr.snapshot === 'provided' ? 'mounted by' : 'already in'} ${ctr.snapshotter})\n` +
+            `  run it with  ctr run --snapshotter ${ctr.snapshotter} ${ctr.name} ID\n`;
+        } else {
+          out += '  containerd   not told (--no-containerd)\n';
+        }
+        process.stdout.write(out);
+      } finally {
+        store.close();
+      }
+    }),
+  );
+}
+
+function registerImagesCommand(program: Command): void {
+  program
+    .command('images')
+    .description('list the images of the local store: names, image ids, chains and their sizes')
+    .option('--store <dir>', `local store directory (default $D4FS_STORE or ${DEFAULT_STORE})`)
+    .option('--json', 'print the list as JSON')
+    .action(
+      action(async (o: { store?: string; json?: boolean }) => {
+        const store = await LocalStore.open(storeDirOf(o));
+        try {
+          const rows = imageRows(store);
+          if (o.json) {
+            printJson(rows);
+            return;
+          }
+          const lines = [['NAME', 'IMAGE ID', 'CHAIN', 'FILES', 'SIZE']];
+          for (const r of rows) lines.push([r.name, shortId(r.imageId), chainText(r.chain), String(r.chain?.length ?? 0), r.chain ? humanBytes(r.chainBytes) : '-']);
+          process.stdout.write(table(lines));
+        } finally {
+          store.close();
+        }
+      }),
+    );
+}
+
+function registerRmiCommand(program: Command): void {
+  const c = program
+    .command('rmi')
+    .description('remove images: the names from the local store and the image records from containerd; then collect the files no named image needs')
+    .argument('<name...>', 'image names, REPO[:TAG]')
+    .option('--store <dir>', `local store directory (default $D4FS_STORE or ${DEFAULT_STORE})`)
+    .option('--async', "do not wait for containerd's garbage collection")
+    .option('--json', 'print the result as JSON');
+  addContainerdOptions(c).action(
+    action(async (names: string[], o: ContainerdFlags & { store?: string; json?: boolean; async?: boolean }) => {
+      const wanted = names.map(checkImageName);
+      const store = await LocalStore.open(storeDirOf(o));
+      const t = containerdOf(o);
+      const client = o.containerd !== false ? await ContainerdClient.connect({ address: t.address, namespace: t.namespace }) : undefined;
+      try {
+        const removed: { name: string; imageId: string | null; store: boolean; containerd: boolean }[] = [];
+        for (const name of wanted) {
+          let imageId: string | null = null;
+          try {
+            imageId = store.resolveName(name);
+          } catch {
+            /* not in the store; maybe in containerd */
+          }
+          const inContainerd = client ? await unloadImage({ client, name, sync: !o.async }) : false;
+          if (imageId === null && !inContainerd) {
+            throw notFound(`no image named ${name} in the local store${client ? ` or in containerd (namespace ${t.namespace})` : ''}`);
+          }
+          if (imageId !== null) store.untag(name);
+          removed.push({ name, imageId, store: imageId !== null, containerd: inContainerd });
+        }
+        // Files that a d4fs snapshot still mounts (e.g. under a running container) stay.
+        const inUse = client ? await imagesInUse({ client, storeRoot: store.root, snapshotter: t.snapshotter }) : [];
+        const named = new Set(store.images().map((i) => i.imageId));
+        const keep = inUse.filter((id) => !named.has(id));
+        const collected = await store.gc(keep);
+        if (o.json) {
+          printJson({ removed, kept: keep, collected: collected.map((f) => ({ kind: f.kind, imageId: f.imageId, rootDigest: f.rootDigest, size: f.size })) });
+          return;
+        }
+        let out = '';
+        for (const r of removed) {
+          const where = [r.store ? 'local store' : '', r.containerd ? `containerd (${t.namespace})` : ''].filter(Boolean).join(' and ');
+          out += `removed ${r.name}${r.imageId ? ` (${shortId(r.imageId)})` : ''} from ${where}\n`;
+        }
+        const bytes = collected.reduce((n, f) => n + f.size, 0);
+        out += `collected ${collected.length} file${collected.length === 1 ? '' : 's'} (${humanBytes(bytes)})\n`;
+        for (const f of collected) out += `  ${f.kind.padEnd(5)}  ${f.rootDigest}  image ${shortId(f.imageId)}  ${humanBytes(f.size)}\n`;
+        if (keep.length) out += `kept files of ${keep.length} image${keep.length === 1 ? '' : 's'} still mounted by containerd snapshots\n`;
+        process.stdout.write(out);
+      } finally {
+        client?.close();
+        store.close();
+      }
+    }),
+  );
+}
+
+/** Registers `load`, `images` and `rmi`. */
+export function registerLoad(program: Command): void {
+  registerLoadCommand(program);
+  registerImagesCommand(program);
+  registerRmiCommand(program);
+}

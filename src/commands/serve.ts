@@ -1,0 +1,148 @@
+/**
+ * `ctr-cli serve` (and the `d4fs-server` binary): run d4fs-server on a
+ * directory; `serve gc` collects garbage in a root; `serve token` makes a
+ * token line for the tokens file.
+ */
+import { Command, InvalidArgumentError } from 'commander';
+import pino from 'pino';
+import { D4fsServer } from '../server/server';
+import type { MergeStrategy } from '../server/merges';
+import { gcRoot, GcReport } from '../server/gc';
+import { newToken } from '../server/auth';
+import { invalidArgument } from '../errors';
+import { action, humanBytes, parseIntOpt, parseSize, printJson } from './common';
+
+/** "90s", "30m", "6h", "7d" or plain seconds → milliseconds. */
+export function parseDuration(v: string): number {
+  const m = /^(\d+(?:\.\d+)?)(ms|s|m|h|d)?$/.exec(v.trim());
+  if (!m) throw new InvalidArgumentError(`invalid duration "${v}" (e.g. 90s, 30m, 6h, 7d)`);
+  const unit: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 };
+  return Math.round(Number(m[1]) * unit[m[2] ?? 's']);
+}
+
+const LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
+
+/** The server's options on a command. */
+function addServeOptions(c: Command): Command {
+  return c
+    .option('--root <dir>', 'directory of the blob store and catalogue (created)')
+    .option('--listen <host:port>', 'address to listen on', '127.0.0.1:8081')
+    .option('--tokens <file>', 'tokens file: lines "rw|ro TOKEN [name]"; without it the server is read-only')
+    .option('--read-open', 'reads need no token (writes always do)')
+    .option('--tls-cert <file>', 'serve HTTPS with this PEM certificate (with --tls-key)')
+    .option('--tls-key <file>', 'PEM private key of --tls-cert')
+    .option('--max-upload <size>', 'largest accepted upload (e.g. 8GiB)', parseSize)
+    .option('--max-uploads <n>', 'uploads at once (more get 503)', parseIntOpt('--max-uploads', 1, 10_000))
+    .option('--gc-interval <duration>', 'run garbage collection this often (e.g. 6h); default: only `serve gc`', parseDuration)
+    .option('--merge-ttl <duration>', 'drop cached merges unused this long', parseDuration)
+    .option('--merge-strategy <how>', 'compose (copy patches, instant), rediff (diff against the full base: smaller, CPU) or auto (compose now, rediff in the background)', 'auto')
+    .option('--shutdown-grace <duration>', 'on SIGTERM, let transfers finish this long', parseDuration, 30_000)
+    .option('--log-level <level>', `log level: ${LEVELS.join(', ')}`, 'info');
+}
+
+async function runServer(o: Record<string, unknown>): Promise<void> {
+  if (!o.root) throw invalidArgument('--root is required (the directory to serve)');
+  if (!!o.tlsCert !== !!o.tlsKey) throw invalidArgument('--tls-cert and --tls-key go together');
+  if (!['compose', 'rediff', 'auto'].includes(String(o.mergeStrategy))) throw invalidArgument('--merge-strategy must be compose, rediff or auto');
+  const level = String(o.logLevel);
+  if (!LEVELS.includes(level)) throw invalidArgument(`--log-level must be one of ${LEVELS.join(', ')}`);
+  const logger = pino({ name: 'd4fs-server', level, base: { pid: process.pid } }, pino.destination({ dest: 2, sync: true }));
+  const server = await D4fsServer.start({
+    root: o.root as string,
+    listen: o.listen as string,
+    tokensFile: o.tokens as string | undefined,
+    readOpen: !!o.readOpen,
+    tls: o.tlsCert ? { cert: o.tlsCert as string, key: o.tlsKey as string } : undefined,
+    maxUploadBytes: o.maxUpload as number | undefined,
+    maxUploads: o.maxUploads as number | undefined,
+    gcIntervalMs: o.gcInterval as number | undefined,
+    gc: { mergeTtlMs: o.mergeTtl as number | undefined },
+    mergeStrategy: o.mergeStrategy as MergeStrategy,
+    logger,
+  });
+  process.on('SIGHUP', () => void server.reloadTokens());
+  let stopping = false;
+  const stop = (signal: string): void => {
+    if (stopping) return;
+    stopping = true;
+    logger.info({ signal }, 'stopping: finishing transfers in flight');
+    server.stop(o.shutdownGrace as number).then(
+      () => process.exit(0),
+      (e: unknown) => {
+        logger.error({ err: (e as Error).message }, 'unclean stop');
+        process.exit(1);
+      },
+    );
+  };
+  process.on('SIGTERM', () => stop('SIGTERM'));
+  process.on('SIGINT', () => stop('SIGINT'));
+  await new Promise<never>(() => undefined); // runs until a signal
+}
+
+function printGc(r: GcReport): void {
+  const verb = r.dryRun ? 'would remove' : 'removed';
+  process.stdout.write(
+    `${verb}: ${r.files.length} unreferenced files, ${r.merges.length} stale merges, ${r.orphanBlobs.length} orphan blobs, ${r.temps} temp files` +
+      ` (${humanBytes(r.freedBytes)}); ${r.images} image versions dropped\n`,
+  );
+}
+
+/** `gc` and `token` under a server command. */
+function addServerSubcommands(parent: Command): void {
+  parent
+    .command('gc')
+    .description('remove files that lead to no tag, stale merges, orphan blobs and temp files (the server may be running)')
+    .option('--root <dir>', 'the server root')
+    .option('--merge-ttl <duration>', 'drop cached merges unused this long (default 7d)', parseDuration)
+    .option('--grace <duration>', 'never remove anything younger than this', parseDuration, 3_600_000)
+    .option('--dry-run', 'only report')
+    .option('--json', 'print the report as JSON')
+    .action(
+      action(async (o: Record<string, unknown>, cmd: Command) => {
+        // `ctr-cli serve gc --root X`: commander gives options the parent also has (--root, --merge-ttl) to the parent
+        const up = cmd.parent?.opts() ?? {};
+        const root = (o.root ?? up.root) as string | undefined;
+        if (!root) throw invalidArgument('--root is required (the server root)');
+        const mergeTtlMs = (o.mergeTtl ?? up.mergeTtl ?? 7 * 86_400_000) as number;
+        const r = await gcRoot(root, { mergeTtlMs, graceMs: o.grace as number, dryRun: !!o.dryRun });
+        if (o.json) printJson(r);
+        else printGc(r);
+      }),
+    );
+  parent
+    .command('token')
+    .description('print a new random token as a line for the tokens file')
+    .option('--access <ro|rw>', 'what the token may do', 'ro')
+    .option('--name <name>', 'who holds it (shown in the logs)')
+    .action(
+      action(async (o: Record<string, unknown>) => {
+        if (o.access !== 'ro' && o.access !== 'rw') throw invalidArgument('--access must be ro or rw');
+        const name = String(o.name ?? '').replace(/\s+/g, '-');
+        process.stdout.write(`${o.access} ${newToken()}${name ? ` ${name}` : ''}\n`);
+      }),
+    );
+}
+
+const EXAMPLES = `
+Examples:
+  ctr-cli serve token --access rw --name ci >> /etc/d4fs/tokens && chmod 600 /etc/d4fs/tokens
+  ctr-cli serve --root /var/lib/d4fs-server --listen 0.0.0.0:8081 --tokens /etc/d4fs/tokens
+  ctr-cli serve gc --root /var/lib/d4fs-server
+
+Signals: SIGTERM/SIGINT stop gracefully (transfers finish within --shutdown-grace), SIGHUP reloads the tokens file.
+`;
+
+/** `ctr-cli serve [gc|token]`. */
+export function registerServe(program: Command): void {
+  const serve = addServeOptions(program.command('serve').description('run d4fs-server: push/pull of .cdimg files over HTTP with the cheapest chain, merged'));
+  serve.addHelpText('after', EXAMPLES).action(action(runServer));
+  addServerSubcommands(serve);
+}
+
+/** The `d4fs-server` program (cli/d4fs-server.ts): the same server, as its own binary. */
+export function buildServerProgram(): Command {
+  const p = addServeOptions(new Command('d4fs-server').description('d4fs-server: distribution of delta images (same as `ctr-cli serve`)'));
+  p.option('--debug', 'print stack traces on errors').enablePositionalOptions().addHelpText('after', EXAMPLES.replace(/ctr-cli serve/g, 'd4fs-server')).action(action(runServer));
+  addServerSubcommands(p);
+  return p;
+}

@@ -1,0 +1,231 @@
+/**
+ * `ctr-cli push --cdimg FILE --to docker://REGISTRY/REPO:TAG` and
+ * `ctr-cli pull --from docker://REGISTRY/REPO:TAG`: an OCI registry as the
+ * store of d4fs files (artifact layout and tag convention in artifact.ts).
+ *
+ * Push uploads the file (chunked, digest-checked), its config and its
+ * artifact manifest under the content tag, then rewrites TAG's index
+ * artifact from the repository's content tags. Pull reads TAG's index, plans
+ * the cheapest chain from the versions the local store holds (the planner the
+ * server uses), fetches those artifacts by digest, verifies and stores them.
+ */
+import { createReadStream, createWriteStream, promises as fsp } from 'node:fs';
+import { dirname } from 'node:path';
+import { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { CdimgReader } from '../format/reader';
+import { corrupt, D4fsError, failedPrecondition, invalidArgument } from '../errors';
+import { MT } from '../oci/mediatypes';
+import { parseRegistryRef } from '../oci/ref';
+import { RegistryClient, ClientTuning } from '../oci/registry/client';
+import type { RegistryOptions } from '../oci/registry/options';
+import { checkImageName } from '../store/store';
+import { digestOf, VerifyingStream } from '../util/digest';
+import { fileDigestOf } from '../server/blobs';
+import { ancestorsOf, planChain } from '../server/planner';
+import { ArtifactEntry, contentTag, fileManifest, INDEX_ARTIFACT_TYPE, isContentTag, parseFileManifest, parseTagIndex, tagIndex } from './artifact';
+import { containerdLoader } from './load';
+import type { FileInfo } from './protocol';
+import { checkDownloaded, checkPlanChain, finishPull, openStore, PulledFile, PullCommon, PullResult } from './pull';
+
+/** "docker://HOST/REPO:TAG" (the docker:// is optional) → parts; a tag is required. */
+export function parseRegistryTarget(s: string): { registry: string; repository: string; tag?: string; digest?: string } {
+  const r = parseRegistryRef(s.replace(/^docker:\/\//, ''));
+  return { registry: r.registry, repository: r.repository, tag: r.digest ? undefined : r.tag, digest: r.digest };
+}
+
+export interface RegistryPushOptions {
+  file: string;
+  /** docker://REGISTRY/REPO:TAG */
+  to: string;
+  registry?: RegistryOptions;
+  tuning?: ClientTuning;
+}
+
+export interface RegistryPushResult extends ArtifactEntry {
+  registry: string;
+  repository: string;
+  tag: string;
+  contentTag: string;
+  /** Digest of TAG's index artifact. */
+  indexDigest: string;
+  /** Files TAG's index lists. */
+  indexed: number;
+  /** Whether the file's bytes had to be uploaded. */
+  uploaded: boolean;
+  /** Content tags that could not be read (left out of the index). */
+  warnings: string[];
+  seconds: number;
+}
+
+/** Run `fn` over `items`, `limit` at a time. */
+async function mapLimit<T, R>(items: readonly T[], limit: number, fn: (x: T) => Promise<R>): Promise<R[]> {
+  const out: R[] = new Array(items.length);
+  let next = 0;
+  const worker = async (): Promise<void> => {
+    while (next < items.length) {
+      const i = next++;
+      out[i] = await fn(items[i]);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
+  return out;
+}
+
+/** Every d4fs file artifact of a repository, from its content tags. */
+export async function listArtifacts(client: RegistryClient, repo: string): Promise<{ entries: ArtifactEntry[]; warnings: string[] }> {
+  let tags: string[];
+  try {
+    tags = await client.listTags(repo);
+  } catch (e) {
+    if (e instanceof D4fsError && e.kind === 'NOT_FOUND') return { entries: [], warnings: [] };
+    throw e;
+  }
+  const warnings: string[] = [];
+  const found = await mapLimit(tags.filter(isContentTag).sort(), 8, async (t) => {
+    try {
+      const m = await client.getManifest(repo, t);
+      const { file } = parseFileManifest(m.bytes, `${repo}:${t}`);
+      if (contentTag(file) !== t) throw corrupt(`${repo}:${t} carries ${contentTag(file)}`);
+      return { ...file, manifestDigest: m.digest, manifestSize: m.bytes.length };
+    } catch (e) {
+      if (!(e instanceof D4fsError) || (e.kind !== 'CORRUPT' && e.kind !== 'UNSUPPORTED' && e.kind !== 'NOT_FOUND')) throw e;
+      warnings.push(`${repo}:${t}: ${e.message}`);
+      return undefined;
+    }
+  });
+  const byRoot = new Map<string, ArtifactEntry>();
+  for (const f of found) if (f) byRoot.set(f.rootDigest, f);
+  return { entries: [...byRoot.values()], warnings };
+}
+
+export async function pushToRegistry(o: RegistryPushOptions): Promise<RegistryPushResult> {
+  const t0 = process.hrtime.bigint();
+  const ref = parseRegistryTarget(o.to);
+  if (!ref.tag) throw invalidArgument(`push --to needs a tag (docker://REGISTRY/REPO:TAG), not a digest`);
+  if (isContentTag(ref.tag)) throw invalidArgument(`tag ${ref.tag} is reserved for d4fs content tags`);
+  const r = await CdimgReader.open(o.file);
+  const info: FileInfo = { rootDigest: r.rootDigest, kind: r.isDelta ? 'delta' : 'full', imageId: r.imageId, parentId: r.parentId ?? '', size: r.fileSize };
+  await r.close();
+  const fileDigest = await fileDigestOf(o.file);
+  const client = new RegistryClient(ref.registry, o.registry ?? {}, o.tuning);
+  try {
+    const repo = ref.repository;
+    const { entries, warnings } = await listArtifacts(client, repo);
+    if (info.kind === 'delta' && !entries.some((e) => e.imageId === info.parentId)) {
+      throw failedPrecondition(`${o.file} is a delta from image ${info.parentId}, which ${ref.registry}/${repo} does not hold: push that image (or a chain leading to it) first`);
+    }
+    const file = { ...info, fileDigest };
+    const uploaded = (await client.pushBlob(repo, fileDigest, info.size, () => createReadStream(o.file))) === 'uploaded';
+    const m = fileManifest(file);
+    await client.pushBlob(repo, digestOf(m.config), m.config.length, () => Readable.from([m.config]));
+    const ctag = contentTag(file);
+    const manifestDigest = await client.putManifest(repo, ctag, m.bytes, MT.OCI_MANIFEST);
+    const entry: ArtifactEntry = { ...file, manifestDigest, manifestSize: m.bytes.length };
+    const all = [...entries.filter((e) => e.rootDigest !== entry.rootDigest), entry];
+    const useful = ancestorsOf(all, entry.imageId);
+    const listed = all.filter((e) => useful.has(e.imageId));
+    const indexDigest = await client.putManifest(repo, ref.tag, tagIndex(entry.imageId, listed), MT.OCI_INDEX);
+    return {
+      registry: ref.registry,
+      repository: repo,
+      tag: ref.tag,
+      contentTag: ctag,
+      ...entry,
+      indexDigest,
+      indexed: listed.length,
+      uploaded,
+      warnings,
+      seconds: Number(process.hrtime.bigint() - t0) / 1e9,
+    };
+  } finally {
+    await client.close();
+  }
+}
+
+export interface RegistryPullOptions extends PullCommon {
+  /** docker://REGISTRY/REPO:TAG (or @sha256: of an index or file artifact). */
+  from: string;
+  /** Local name (default REPO:TAG). */
+  image?: string;
+  registry?: RegistryOptions;
+  tuning?: ClientTuning;
+}
+
+export async function pullFromRegistry(o: RegistryPullOptions): Promise<PullResult> {
+  const t0 = process.hrtime.bigint();
+  const ref = parseRegistryTarget(o.from);
+  const reference = (ref.tag ?? ref.digest) as string;
+  const name = checkImageName(o.image ?? `${ref.repository}:${ref.tag ?? 'latest'}`);
+  const loader = o.noLoad ? undefined : (o.loader ?? containerdLoader());
+  const { store, close } = await openStore(o.store);
+  const client = new RegistryClient(ref.registry, o.registry ?? {}, o.tuning);
+  const repo = ref.repository;
+  const where = `${ref.registry}/${repo}${ref.tag ? ':' : '@'}${reference}`;
+  try {
+    const top = await client.getManifest(repo, reference);
+    let target: string;
+    let entries: (FileInfo & { manifestDigest: string })[];
+    if (top.mediaType === MT.OCI_INDEX) {
+      const idx = parseTagIndex(top.bytes, where);
+      target = idx.target;
+      entries = idx.entries;
+    } else if (top.mediaType === MT.OCI_MANIFEST) {
+      const { file } = parseFileManifest(top.bytes, where);
+      target = file.imageId;
+      entries = [{ ...file, manifestDigest: top.digest }];
+    } else {
+      throw invalidArgument(`${where} is not a d4fs artifact (${top.mediaType}); expected an ${INDEX_ARTIFACT_TYPE} index or a d4fs file manifest`);
+    }
+    const held = new Set(store.heldImageIds());
+    const plan = planChain(entries, held, target);
+    if (!plan) throw failedPrecondition(`${where}: no chain of listed files leads to ${target}`);
+    checkPlanChain(plan.files, held, target, where);
+    const tmpDir = dirname(store.tempPath('pull'));
+    await fsp.mkdir(tmpDir, { recursive: true });
+    const storedRoots = new Set(store.files().map((f) => f.rootDigest));
+    const files: PulledFile[] = [];
+    for (const [i, e] of plan.files.entries()) {
+      const base: PulledFile = { rootDigest: e.rootDigest, kind: e.kind, imageId: e.imageId, parentId: e.parentId, size: e.size, merged: false, downloaded: false, bytes: 0, resumedFrom: 0, refetched: false };
+      if (storedRoots.has(e.rootDigest)) {
+        files.push(base);
+        continue;
+      }
+      const what = `${ref.registry}/${repo}@${e.manifestDigest}`;
+      const m = await client.getManifest(repo, e.manifestDigest);
+      const { file } = parseFileManifest(m.bytes, what);
+      for (const k of ['rootDigest', 'kind', 'imageId', 'parentId', 'size'] as const) {
+        if (file[k] !== e[k]) throw corrupt(`${what}: ${k} is ${file[k]}, the index says ${e[k]}`);
+      }
+      const part = store.tempPath('registry-pull');
+      let done = 0;
+      try {
+        const body = await client.openBlob(repo, file.fileDigest, file.size);
+        body.on('data', (c: Buffer) => {
+          done += c.length;
+          o.onProgress?.({ file: i + 1, files: plan.files.length, rootDigest: e.rootDigest, done, total: file.size });
+        });
+        await pipeline(body, new VerifyingStream(file.fileDigest, `${what}: blob ${file.fileDigest}`, file.size), createWriteStream(part, { flags: 'wx', mode: 0o600 }));
+        await checkDownloaded(part, file, what);
+        await store.add(part, { move: true });
+      } finally {
+        await fsp.rm(part, { force: true });
+      }
+      files.push({ ...base, downloaded: true, bytes: done });
+    }
+    const loaded = await finishPull(store, name, target, loader, o.load);
+    return {
+      name,
+      imageId: target,
+      from: plan.from ?? null,
+      upToDate: plan.files.length === 0,
+      files,
+      bytes: files.reduce((n, f) => n + f.bytes, 0),
+      ...loaded,
+      seconds: Number(process.hrtime.bigint() - t0) / 1e9,
+    };
+  } finally {
+    await client.close();
+    close();
+  }
+}

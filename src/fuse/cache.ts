@@ -1,0 +1,562 @@
+/**
+ * The content cache of the FUSE manager: one directory of materialised file
+ * contents keyed by their sha256, shared by every mount and every image
+ * version (decision 1 of the design).
+ *
+ *     <dir>/<hex>            complete contents, verified before first use
+ *     <dir>/partial/<hex>.N  large contents being built chunk by chunk
+ *
+ * Contents of one chunk are built whole when first opened (decompress, or
+ * patch a base) by a worker thread, into a temporary file that is verified
+ * against the digest and then renamed. Larger contents get a sparse file of
+ * their full size and a bitmap of built chunks: a read builds only the chunks
+ * it touches (each verified against its chunk digest); when the last chunk
+ * lands the whole file is verified and renamed into place. Every base a patch
+ * needs is itself materialised through the cache first (so a chain of any
+ * depth costs one patch per level, once). Concurrent requests for the same
+ * content or chunk share one build.
+ *
+ * Size is bounded: when the cache grows past `maxBytes`, contents nobody has
+ * open are removed, least recently used first. Files found at start-up are
+ * verified again before they are served; leftovers of builds are removed.
+ */
+import { promises as fsp } from 'node:fs';
+import { join } from 'node:path';
+import type { Logger } from 'pino';
+import { corrupt, notFound } from '../errors';
+import { Codec } from '../format/types';
+import type { ChainIndex, Location } from './chain-index';
+import type { FusePool } from './pool';
+import type { BasePaths } from './tasks';
+
+/** Longest chain of patch bases followed (a longer one is taken for a cycle). */
+const MAX_BASE_DEPTH = 64;
+const HEX_RE = /^[0-9a-f]{64}$/;
+
+export interface ContentCacheOptions {
+  dir: string;
+  /** Upper bound of the cache's size in bytes (default 10 GiB). */
+  maxBytes?: number;
+  pool: FusePool;
+  log: Logger;
+}
+
+/** Counters for tests and metrics. */
+export interface CacheStats {
+  /** Opens served by a complete content already in the cache. */
+  hits: number;
+  /** Opens that had to build (whole or first chunk) or wait for a build. */
+  misses: number;
+  wholeBuilds: number;
+  chunkBuilds: number;
+  failures: number;
+  evictions: number;
+  items: number;
+  bytes: number;
+  maxBytes: number;
+}
+
+/** An open content: reads come from the cache file, building chunks on demand. */
+export interface ContentRef {
+  readonly size: number;
+  /** True when every byte is in the cache (reads need no build). */
+  readonly complete: boolean;
+  /** Builds what a read of `len` bytes at `pos` needs (nothing for complete contents). */
+  prepare(pos: number, len: number): Promise<void>;
+  /** Reads up to `len` bytes at `pos` into `buf` (after prepare); resolves with the count (0 at the end). */
+  readInto(buf: Buffer, len: number, pos: number): Promise<number>;
+  /** Gives the reference back (idempotent). */
+  release(): void;
+}
+
+interface Item {
+  hex: string;
+  size: number;
+  path: string;
+  complete: boolean;
+  /** Complete files found at start-up are verified on first use. */
+  verified: boolean;
+  refs: number;
+  lastUsed: number;
+  bytes: number;
+  /** Shared read handle while referenced. */
+  fh?: Promise<fsp.FileHandle>;
+  verifying?: Promise<void>;
+  partial?: PartialState;
+}
+
+/** A content built chunk by chunk. */
+interface PartialState {
+  /** The chain and level the content was located from (chunk layout and bases). */
+  chain: ChainIndex;
+  loc: Location;
+  offsets: number[];
+  done: Uint8Array;
+  remaining: number;
+  inflight: Map<number, Promise<void>>;
+  promoting?: Promise<void>;
+}
+
+const EMPTY_REF: ContentRef = { size: 0, complete: true, prepare: async () => undefined, readInto: async () => 0, release: () => undefined };
+
+export class ContentCache {
+  private readonly items = new Map<string, Item>();
+  private readonly wholeBuilds = new Map<string, Promise<void>>();
+  private readonly partialOpens = new Map<string, Promise<Item>>();
+  /** Files being deleted, by content: a new build of the content waits for them. */
+  private readonly removals = new Map<string, Promise<void>>();
+  private partialSeq = 0;
+  private clock = 0;
+  private total = 0;
+  private overBudgetLogged = false;
+  private readonly counters = { hits: 0, misses: 0, wholeBuilds: 0, chunkBuilds: 0, failures: 0, evictions: 0 };
+  readonly maxBytes: number;
+
+  private constructor(
+    readonly dir: string,
+    private readonly pool: FusePool,
+    private readonly log: Logger,
+    maxBytes: number,
+  ) {
+    this.maxBytes = maxBytes;
+  }
+
+  /** Opens (creating) the cache directory, removes leftovers and indexes what is there. */
+  static async open(o: ContentCacheOptions): Promise<ContentCache> {
+    const cache = new ContentCache(o.dir, o.pool, o.log, o.maxBytes ?? 10 * 1024 ** 3);
+    await fsp.mkdir(o.dir, { recursive: true, mode: 0o700 });
+    await fsp.rm(join(o.dir, 'partial'), { recursive: true, force: true });
+    await fsp.mkdir(join(o.dir, 'partial'), { mode: 0o700 });
+    for (const name of await fsp.readdir(o.dir)) {
+      const p = join(o.dir, name);
+      if (name.startsWith('.tmp-')) {
+        await fsp.rm(p, { force: true });
+        continue;
+      }
+      if (!HEX_RE.test(name)) continue;
+      const st = await fsp.stat(p);
+      if (!st.isFile()) continue;
+      cache.items.set(name, {
+        hex: name,
+        size: st.size,
+        path: p,
+        complete: true,
+        verified: false,
+        refs: 0,
+        lastUsed: st.mtimeMs,
+        bytes: st.size,
+      });
+      cache.total += st.size;
+    }
+    // Start-up order is by age; later uses get larger stamps.
+    cache.clock = Date.now();
+    cache.evict();
+    return cache;
+  }
+
+  stats(): CacheStats {
+    return { ...this.counters, items: this.items.size, bytes: this.total, maxBytes: this.maxBytes };
+  }
+
+  /** True when the complete content `hex` is in the cache (nothing is built). */
+  has(hex: string): boolean {
+    return !!this.items.get(hex)?.complete;
+  }
+
+  /**
+   * Opens content `hex` (`size` bytes) of an image whose chain is `chain`:
+   * single-chunk contents are materialised now, larger ones on read.
+   * Rejects (NOT_FOUND, CORRUPT, …) when the content cannot be built.
+   */
+  async acquire(hex: string, size: number, chain: ChainIndex): Promise<ContentRef> {
+    if (size === 0) return EMPTY_REF;
+    const existing = this.items.get(hex);
+    if (existing?.complete && existing.verified) this.counters.hits++;
+    else this.counters.misses++;
+    if (!existing?.complete) {
+      const loc = chain.locate(hex);
+      if (!loc) throw notFound(`content sha256:${hex} is not in the chain ${chain.paths.join(' → ')}`);
+      if (loc.blob.size !== size) throw corrupt(`content sha256:${hex} is ${loc.blob.size} bytes in ${loc.file}, the tree says ${size}`);
+      if (loc.blob.chunks.length > 1) {
+        for (let attempt = 0; attempt < 3; attempt++) {
+          const item = await this.openPartial(hex, chain, loc);
+          // Evicted between its creation and now? Then open another.
+          if (this.items.get(hex) === item) return this.refTo(item);
+        }
+        throw corrupt(`content sha256:${hex} keeps disappearing from the cache (cache too small?)`);
+      }
+    }
+    const item = await this.pinWhole(hex, chain, chain.topLevel, []);
+    try {
+      return this.refTo(item);
+    } finally {
+      this.unpin(item);
+    }
+  }
+
+  // -------------------------------------------------------------------------
+  // References
+  // -------------------------------------------------------------------------
+
+  private refTo(item: Item): ContentRef {
+    item.refs++;
+    this.touch(item);
+    let released = false;
+    return {
+      size: item.size,
+      get complete() {
+        return item.complete;
+      },
+      prepare: async (pos, len) => {
+        if (!item.complete && item.partial && pos < item.size) await this.ensureRange(item, pos, Math.min(item.size, pos + len));
+      },
+      readInto: (buf, len, pos) => this.read(item, buf, len, pos),
+      release: () => {
+        if (released) return;
+        released = true;
+        this.unpin(item);
+      },
+    };
+  }
+
+  private unpin(item: Item): void {
+    item.refs--;
+    if (item.refs === 0 && item.fh) {
+      const fh = item.fh;
+      item.fh = undefined;
+      fh.then((h) => h.close()).catch(() => undefined);
+    }
+    if (item.refs === 0) this.evict();
+  }
+
+  private touch(item: Item): void {
+    item.lastUsed = Math.max(++this.clock, Date.now());
+    this.clock = item.lastUsed;
+  }
+
+  private async read(item: Item, buf: Buffer, len: number, pos: number): Promise<number> {
+    if (pos >= item.size) return 0;
+    const end = Math.min(item.size, pos + len);
+    const fh = await this.handleOf(item);
+    let done = 0;
+    while (pos + done < end) {
+      const { bytesRead } = await fh.read(buf, done, end - pos - done, pos + done);
+      if (bytesRead === 0) break;
+      done += bytesRead;
+    }
+    return done;
+  }
+
+  /** The item's shared read handle (its file may be renamed from partial/ meanwhile: retried). */
+  private async handleOf(item: Item): Promise<fsp.FileHandle> {
+    if (!item.fh) {
+      const open = async (): Promise<fsp.FileHandle> => {
+        const first = item.path;
+        try {
+          return await fsp.open(first, 'r');
+        } catch (e) {
+          if ((e as NodeJS.ErrnoException).code === 'ENOENT' && item.path !== first) return fsp.open(item.path, 'r');
+          throw e;
+        }
+      };
+      item.fh = open();
+      // A failed open is retried by the next read.
+      item.fh.catch(() => {
+        item.fh = undefined;
+      });
+    }
+    return item.fh;
+  }
+
+  // -------------------------------------------------------------------------
+  // Whole contents
+  // -------------------------------------------------------------------------
+
+  /** Makes content `hex` complete and verified in the cache and pins it (unpin when done). */
+  private async pinWhole(hex: string, chain: ChainIndex, level: number, stack: string[]): Promise<Item> {
+    for (let attempt = 0; ; attempt++) {
+      const item = this.items.get(hex);
+      if (item?.complete) {
+        item.refs++;
+        try {
+          if (!item.verified) await this.verify(item);
+        } catch (e) {
+          this.unpin(item);
+          throw e;
+        }
+        if (this.items.get(hex) === item) {
+          this.touch(item);
+          return item;
+        }
+        this.unpin(item);
+      }
+      if (attempt >= 3) throw corrupt(`content sha256:${hex} keeps disappearing from the cache (cache too small?)`);
+      await this.buildWhole(hex, chain, level, stack);
+    }
+  }
+
+  /** Verifies a complete file found at start-up; removes it when it does not match. */
+  private verify(item: Item): Promise<void> {
+    item.verifying ??= (async () => {
+      const ok = await this.pool.run('verifyFile', { path: item.path, digest: item.hex, size: item.size }).catch(() => false);
+      if (ok) {
+        item.verified = true;
+        return;
+      }
+      this.log.warn({ digest: item.hex, path: item.path }, 'cached content does not match its digest; rebuilding it');
+      this.drop(item);
+    })().finally(() => {
+      item.verifying = undefined;
+    });
+    return item.verifying;
+  }
+
+  /** Builds content `hex` into the cache (one build per content at a time). */
+  private buildWhole(hex: string, chain: ChainIndex, level: number, stack: string[]): Promise<void> {
+    let p = this.wholeBuilds.get(hex);
+    if (!p) {
+      p = this.doBuildWhole(hex, chain, level, stack).finally(() => this.wholeBuilds.delete(hex));
+      this.wholeBuilds.set(hex, p);
+    }
+    return p;
+  }
+
+  private async doBuildWhole(hex: string, chain: ChainIndex, level: number, stack: string[]): Promise<void> {
+    if (stack.includes(hex) || stack.length > MAX_BASE_DEPTH) {
+      throw corrupt(`patch bases of sha256:${hex} form a cycle or a chain deeper than ${MAX_BASE_DEPTH}`);
+    }
+    const loc = chain.locate(hex, level);
+    if (!loc) throw notFound(`content sha256:${hex} is not in the chain ${chain.paths.join(' → ')} (missing base?)`);
+    if (loc.blob.chunks.length > 1) {
+      // Large: build every chunk through the partial file, then promote it.
+      const item = await this.openPartial(hex, chain, loc);
+      if (this.items.get(hex) !== item) return; // evicted meanwhile: pinWhole tries again
+      item.refs++;
+      try {
+        await this.ensureRange(item, 0, item.size, [...stack, hex]);
+      } finally {
+        this.unpin(item);
+      }
+      return;
+    }
+    const pinned: Item[] = [];
+    try {
+      const bases = await this.pinBases(loc, chain, [...stack, hex], pinned);
+      const out = join(this.dir, hex);
+      await this.removals.get(hex);
+      this.counters.wholeBuilds++;
+      const t0 = process.hrtime.bigint();
+      let size: number;
+      try {
+        size = await this.pool.run('buildContent', { chain: [...chain.paths], level: loc.level, digest: hex, bases, out });
+      } catch (e) {
+        this.counters.failures++;
+        throw e;
+      }
+      this.log.debug({ digest: hex, size, ms: Number(process.hrtime.bigint() - t0) / 1e6, file: loc.file }, 'materialised content');
+      const prev = this.items.get(hex);
+      if (prev) this.forget(prev);
+      const item: Item = { hex, size, path: out, complete: true, verified: true, refs: 0, lastUsed: 0, bytes: size };
+      this.touch(item);
+      this.items.set(hex, item);
+      this.total += size;
+      this.evict();
+    } finally {
+      for (const b of pinned) this.unpin(b);
+    }
+  }
+
+  /** Materialises and pins the bases the patch chunks of `loc` need; returns their paths. */
+  private async pinBases(loc: Location, chain: ChainIndex, stack: string[], pinned: Item[], only?: number[]): Promise<BasePaths> {
+    const needed = new Set<string>();
+    const chunks = only ? only.map((i) => loc.blob.chunks[i]) : loc.blob.chunks;
+    for (const c of chunks) if (c.codec !== Codec.ZSTD && c.baseDigest.length > 0) needed.add(c.baseDigest.toString('hex'));
+    const bases: BasePaths = {};
+    for (const b of needed) {
+      const item = await this.pinWhole(b, chain, loc.level, stack);
+      pinned.push(item);
+      bases[b] = item.path;
+    }
+    return bases;
+  }
+
+  // -------------------------------------------------------------------------
+  // Chunked contents
+  // -------------------------------------------------------------------------
+
+  /** The partial item of a large content (created as a sparse file of its size). */
+  private async openPartial(hex: string, chain: ChainIndex, loc: Location): Promise<Item> {
+    const have = this.items.get(hex);
+    if (have) return have;
+    let p = this.partialOpens.get(hex);
+    if (!p) {
+      p = (async () => {
+        const path = join(this.dir, 'partial', `${hex}.${++this.partialSeq}`);
+        const fh = await fsp.open(path, 'w', 0o600);
+        try {
+          await fh.truncate(loc.blob.size);
+        } finally {
+          await fh.close();
+        }
+        const offsets: number[] = [];
+        let off = 0;
+        for (const c of loc.blob.chunks) {
+          offsets.push(off);
+          off += c.rawSize;
+        }
+        if (off !== loc.blob.size) throw corrupt(`${loc.file}: chunks of sha256:${hex} add up to ${off} bytes, the content has ${loc.blob.size}`);
+        const item: Item = {
+          hex,
+          size: loc.blob.size,
+          path,
+          complete: false,
+          verified: false,
+          refs: 0,
+          lastUsed: 0,
+          bytes: 0,
+          partial: { chain, loc, offsets, done: new Uint8Array(offsets.length), remaining: offsets.length, inflight: new Map() },
+        };
+        this.touch(item);
+        this.items.set(hex, item);
+        return item;
+      })().finally(() => this.partialOpens.delete(hex));
+      this.partialOpens.set(hex, p);
+    }
+    return p;
+  }
+
+  /** Builds the chunks of a partial item covering [start, end). */
+  private async ensureRange(item: Item, start: number, end: number, stack: string[] = []): Promise<void> {
+    const st = item.partial;
+    if (!st || item.complete) return;
+    const first = chunkAt(st.offsets, start);
+    const last = chunkAt(st.offsets, Math.max(start, end - 1));
+    const waits: Promise<void>[] = [];
+    for (let i = first; i <= last; i++) if (!st.done[i]) waits.push(this.ensureChunk(item, st, i, stack));
+    await Promise.all(waits);
+    if (st.remaining === 0) await this.promote(item, st);
+  }
+
+  private ensureChunk(item: Item, st: PartialState, i: number, stack: string[]): Promise<void> {
+    let p = st.inflight.get(i);
+    if (!p) {
+      p = this.buildChunk(item, st, i, stack).finally(() => st.inflight.delete(i));
+      st.inflight.set(i, p);
+    }
+    return p;
+  }
+
+  private async buildChunk(item: Item, st: PartialState, i: number, stack: string[]): Promise<void> {
+    if (stack.length > MAX_BASE_DEPTH) throw corrupt(`patch bases of sha256:${item.hex} form a chain deeper than ${MAX_BASE_DEPTH}`);
+    const pinned: Item[] = [];
+    try {
+      const bases = await this.pinBases(st.loc, st.chain, [...stack, item.hex], pinned, [i]);
+      this.counters.chunkBuilds++;
+      let n: number;
+      try {
+        n = await this.pool.run('buildChunk', {
+          chain: [...st.chain.paths],
+          level: st.loc.level,
+          digest: item.hex,
+          chunk: i,
+          offset: st.offsets[i],
+          bases,
+          out: item.path,
+        });
+      } catch (e) {
+        this.counters.failures++;
+        throw e;
+      }
+      if (!st.done[i] && this.items.get(item.hex) === item) {
+        st.done[i] = 1;
+        st.remaining--;
+        item.bytes += n;
+        this.total += n;
+        this.evict();
+      }
+    } finally {
+      for (const b of pinned) this.unpin(b);
+    }
+  }
+
+  /** All chunks built: verify the whole content and move it into place. */
+  private promote(item: Item, st: PartialState): Promise<void> {
+    st.promoting ??= (async () => {
+      const ok = await this.pool.run('verifyFile', { path: item.path, digest: item.hex, size: item.size });
+      if (!ok) {
+        this.counters.failures++;
+        this.drop(item);
+        throw corrupt(`content sha256:${item.hex} does not match its digest after all chunks were built`);
+      }
+      if (this.items.get(item.hex) !== item) {
+        // Dropped meanwhile: its file is going, whatever the chunks say.
+        throw corrupt(`content sha256:${item.hex} was evicted while it was being built`);
+      }
+      const final = join(this.dir, item.hex);
+      await this.removals.get(item.hex);
+      await fsp.rename(item.path, final);
+      item.path = final;
+      item.complete = true;
+      item.verified = true;
+      item.partial = undefined;
+      this.log.debug({ digest: item.hex, size: item.size }, 'content complete');
+    })();
+    return st.promoting;
+  }
+
+  // -------------------------------------------------------------------------
+  // Size bound
+  // -------------------------------------------------------------------------
+
+  /** Removes unreferenced contents, least recently used first, until under the bound. */
+  private evict(): void {
+    if (this.total <= this.maxBytes) {
+      this.overBudgetLogged = false;
+      return;
+    }
+    const target = Math.floor(this.maxBytes * 0.9);
+    const candidates = [...this.items.values()]
+      .filter((i) => i.refs === 0 && !i.verifying && !(i.partial && (i.partial.inflight.size > 0 || i.partial.promoting)) && !this.wholeBuilds.has(i.hex))
+      .sort((a, b) => a.lastUsed - b.lastUsed);
+    for (const item of candidates) {
+      if (this.total <= target) break;
+      this.drop(item);
+      this.counters.evictions++;
+    }
+    if (this.total > this.maxBytes && !this.overBudgetLogged) {
+      this.overBudgetLogged = true;
+      this.log.warn({ bytes: this.total, maxBytes: this.maxBytes }, 'content cache over its bound: everything left is in use');
+    }
+  }
+
+  /** Forgets an item and deletes its file. */
+  private drop(item: Item): void {
+    this.forget(item);
+    const prev = this.removals.get(item.hex) ?? Promise.resolve();
+    const p = prev
+      .then(() => fsp.rm(item.path, { force: true }))
+      .catch((e: unknown) => this.log.warn({ err: e, path: item.path }, 'cannot remove cached content'))
+      .finally(() => {
+        if (this.removals.get(item.hex) === p) this.removals.delete(item.hex);
+      });
+    this.removals.set(item.hex, p);
+  }
+
+  private forget(item: Item): void {
+    if (this.items.get(item.hex) !== item) return;
+    this.items.delete(item.hex);
+    this.total -= item.bytes;
+  }
+}
+
+/** Index of the chunk holding byte `pos` (offsets ascending, first 0). */
+function chunkAt(offsets: number[], pos: number): number {
+  let lo = 0;
+  let hi = offsets.length - 1;
+  while (lo < hi) {
+    const mid = (lo + hi + 1) >> 1;
+    if (offsets[mid] <= pos) lo = mid;
+    else hi = mid - 1;
+  }
+  return lo;
+}

@@ -1,0 +1,110 @@
+/**
+ * The kernel's view of d4fs FUSE mounts, read from /proc/self/mountinfo, and
+ * the cleaning of dead ones: a mount whose serving process died answers
+ * ENOTCONN to everything until it is detached. Cleaning never stats the
+ * mountpoint (that could hang on a live but stuck server): it aborts the
+ * connection through fusectl when that is mounted (so no request can stay
+ * blocked), then detaches the mount lazily without canonicalising its path.
+ */
+import { execFile } from 'node:child_process';
+import { promises as fsp } from 'node:fs';
+import path from 'node:path';
+import { D4fsError } from '../errors';
+
+/** Filesystem type of d4fs mounts (fuse-native's "fuse." + subtype). */
+export const D4FS_FSTYPE = 'fuse.d4fs';
+const FUSECTL = '/sys/fs/fuse/connections';
+
+/** One line of mountinfo. */
+export interface MountInfo {
+  mountId: number;
+  /** "major:minor" of the filesystem (for FUSE, minor is the connection number). */
+  device: string;
+  mountpoint: string;
+  fstype: string;
+  source: string;
+}
+
+function unescape(s: string): string {
+  return s.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
+}
+
+/** Every mount of this process's mount namespace. */
+export async function readMountInfo(): Promise<MountInfo[]> {
+  const text = await fsp.readFile('/proc/self/mountinfo', 'utf8');
+  const out: MountInfo[] = [];
+  for (const line of text.split('\n')) {
+    if (!line) continue;
+    const sep = line.indexOf(' - ');
+    if (sep < 0) continue;
+    const a = line.slice(0, sep).split(' ');
+    const b = line.slice(sep + 3).split(' ');
+    out.push({ mountId: Number(a[0]), device: a[2], mountpoint: unescape(a[4]), fstype: b[0], source: unescape(b[1] ?? '') });
+  }
+  return out;
+}
+
+/** d4fs mounts at exactly `mountpoint`, last mounted (topmost) last. */
+export async function d4fsMountsAt(mountpoint: string): Promise<MountInfo[]> {
+  const mp = path.resolve(mountpoint);
+  return (await readMountInfo()).filter((m) => m.mountpoint === mp && m.fstype === D4FS_FSTYPE);
+}
+
+/** Every d4fs mount (any mountpoint). */
+export async function allD4fsMounts(): Promise<MountInfo[]> {
+  return (await readMountInfo()).filter((m) => m.fstype === D4FS_FSTYPE);
+}
+
+/** Aborts the FUSE connection of `m` through fusectl; false when fusectl is not available. */
+export async function abortConnection(m: MountInfo): Promise<boolean> {
+  const [major, minor] = m.device.split(':');
+  if (major !== '0' || !minor) return false;
+  try {
+    await fsp.writeFile(path.join(FUSECTL, minor, 'abort'), '1');
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Detaches every d4fs mount at `mountpoint` (all of them dead or unwanted):
+ * abort the connection if fusectl allows, then `umount -l -c`, falling back
+ * to `fusermount -u -z`. Resolves with the number of mounts removed.
+ */
+export async function cleanDeadMounts(mountpoint: string, timeoutMs = 10_000): Promise<number> {
+  let removed = 0;
+  for (let round = 0; round < 16; round++) {
+    const mounts = await d4fsMountsAt(mountpoint);
+    if (mounts.length === 0) return removed;
+    const top = mounts[mounts.length - 1];
+    await abortConnection(top);
+    try {
+      await lazyUnmount(top.mountpoint, timeoutMs);
+    } catch {
+      await fusermountLazy(top.mountpoint, timeoutMs).catch(() => undefined);
+    }
+    removed++;
+  }
+  if ((await d4fsMountsAt(mountpoint)).length > 0) throw new Error(`cannot detach the d4fs mounts at ${mountpoint}`);
+  return removed;
+}
+
+/** Runs a command with a deadline; rejects with its stderr. */
+function run(file: string, args: string[], timeoutMs: number): Promise<void> {
+  return new Promise((resolve, reject) => {
+    execFile(file, args, { timeout: timeoutMs }, (err, _out, stderr) => {
+      if (err) reject(new D4fsError('INTERNAL', `${file} ${args.join(' ')}: ${String(stderr).trim() || err.message}`));
+      else resolve();
+    });
+  });
+}
+
+/** `umount -l` without canonicalising the path (which would stat a dead mount). */
+export function lazyUnmount(mountpoint: string, timeoutMs = 20_000): Promise<void> {
+  return run('umount', ['-l', '-c', mountpoint], timeoutMs);
+}
+
+function fusermountLazy(mountpoint: string, timeoutMs: number): Promise<void> {
+  return run('fusermount', ['-u', '-z', mountpoint], timeoutMs);
+}

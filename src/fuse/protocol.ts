@@ -1,0 +1,91 @@
+/**
+ * The FUSE manager's protocol: JSON over HTTP/1.1 on a unix socket.
+ *
+ *     GET  /v1/ping                       → PingReply (answered only once the manager is ready)
+ *     POST /v1/mount    MountRequest      → MountRecord (idempotent)
+ *     POST /v1/unmount  {mountpoint}      → {} (also when nothing was mounted)
+ *     POST /v1/check    {mountpoint}      → CheckReply, or 404/503
+ *     GET  /v1/list                       → {mounts: MountRecord[]}
+ *     GET  /v1/stats                      → StatsReply
+ *     POST /v1/shutdown {forget?}         → {} then exits, unmounting everything
+ *
+ * Errors are {error: {kind, message}} with the HTTP status of the kind
+ * (errors/index.ts), so both sides speak D4fsError.
+ */
+import { createHash } from 'node:crypto';
+import os from 'node:os';
+import path from 'node:path';
+import type { ErrorKind } from '../errors';
+import type { CacheStats } from './cache';
+import type { MountStats } from './filesystem';
+
+export const PROTOCOL_VERSION = 1;
+
+/**
+ * Files of a manager under its root directory. A socket path longer than a
+ * unix socket address allows moves to the temporary directory, named after
+ * the root.
+ */
+export function managerPaths(root: string): { socket: string; state: string; pid: string; cache: string; log: string } {
+  let socket = path.join(root, 'manager.sock');
+  if (Buffer.byteLength(socket) > 107) {
+    socket = path.join(os.tmpdir(), `d4fs-fuse-${createHash('sha256').update(path.resolve(root)).digest('hex').slice(0, 16)}.sock`);
+  }
+  return {
+    socket,
+    state: path.join(root, 'mounts.json'),
+    pid: path.join(root, 'manager.pid'),
+    cache: path.join(root, 'cache'),
+    log: path.join(root, 'manager.log'),
+  };
+}
+
+/** Mount the image `imageId`, rebuilt by `chain` (.cdimg paths, full image first), at `mountpoint`. */
+export interface MountRequest {
+  mountpoint: string;
+  chain: string[];
+  imageId: string;
+}
+
+/** A mount the manager serves (and remounts after its own restart). */
+export interface MountRecord extends MountRequest {
+  mountedAt: string;
+}
+
+export interface PingReply {
+  version: number;
+  pid: number;
+  startedAt: string;
+  mounts: number;
+}
+
+export interface CheckReply {
+  mountpoint: string;
+  imageId: string;
+  /** FUSE requests the kernel is waiting on (when fusectl is mounted). */
+  waiting?: number;
+}
+
+export interface StatsReply {
+  cache: CacheStats;
+  mounts: (MountStats & { mountpoint: string; imageId: string })[];
+  /** Unmounted filesystems still referenced (e.g. by an overlay) and served. */
+  detached: number;
+}
+
+export interface ErrorReply {
+  error: { kind: ErrorKind; message: string };
+}
+
+/** Checks the shape of a MountRequest received over the wire. */
+export function isMountRequest(v: unknown): v is MountRequest {
+  const r = v as MountRequest;
+  return (
+    !!r &&
+    typeof r.mountpoint === 'string' &&
+    typeof r.imageId === 'string' &&
+    Array.isArray(r.chain) &&
+    r.chain.length > 0 &&
+    r.chain.every((p) => typeof p === 'string' && path.isAbsolute(p))
+  );
+}

@@ -1,0 +1,555 @@
+/**
+ * d4fs-server: an HTTP(S) server over a content-addressed blob store of .cdimg
+ * files and a SQLite catalogue (see src/distribution/protocol.ts for the API).
+ *
+ * Pushes stream into a temp file while they are hashed, are verified
+ * completely and land by atomic rename; pulls get the cheapest chain in bytes
+ * from what the client holds, with the deltas merged into one (cached,
+ * shared between concurrent identical requests), served with ETag and Range.
+ * Nothing holds a lock across a transfer.
+ */
+import { promises as fsp } from 'node:fs';
+import * as http from 'node:http';
+import * as https from 'node:https';
+import type { AddressInfo } from 'node:net';
+import { join } from 'node:path';
+import { pipeline } from 'node:stream/promises';
+import { Transform, TransformCallback } from 'node:stream';
+import { createHash } from 'node:crypto';
+import pino, { type Logger } from 'pino';
+import { corrupt, D4fsError, failedPrecondition, hostile, invalidArgument, notFound, toD4fsError, unavailable } from '../errors';
+import { parseDigest } from '../util/digest';
+import {
+  API,
+  CDIMG_MEDIA_TYPE,
+  checkRepoName,
+  checkTag,
+  etagOf,
+  FILE_DIGEST_HEADER,
+  MAX_HAVE,
+  MAX_JSON_BODY,
+  PlanFileJson,
+  PullPlanJson,
+  UploadResultJson,
+} from '../distribution/protocol';
+import { Access, Principal, TokenAuth } from './auth';
+import { BlobStore, verifyCdimg } from './blobs';
+import { Catalogue, CATALOGUE_FILE, FileRow } from './catalogue';
+import { collectGarbage, GcOptions, GcReport } from './gc';
+import { acceptBody, parseRange, readJson, sendError, sendJson } from './http';
+import { MergeCache, MergeStrategy } from './merges';
+import { ServerMetrics } from './metrics';
+import { planChain } from './planner';
+
+export interface ServerOptions {
+  /** Directory of the blob store and catalogue (created). */
+  root: string;
+  /** "HOST:PORT" to listen on (default 127.0.0.1:8081; port 0 picks one). */
+  listen?: string;
+  /** Tokens file (see auth.ts); without it the server is read-only. */
+  tokensFile?: string;
+  /** Reads need no token. */
+  readOpen?: boolean;
+  /** TLS certificate and key (PEM files): serve HTTPS. */
+  tls?: { cert: string; key: string };
+  /** Largest upload in bytes (default 16 GiB). */
+  maxUploadBytes?: number;
+  /** Uploads at once (default 32); more get 503. */
+  maxUploads?: number;
+  /** Merges at once (default 2). */
+  maxMerges?: number;
+  /** compose, rediff or auto (default: compose now, rediff in the background; see merges.ts). */
+  mergeStrategy?: MergeStrategy;
+  /** Worker threads of rediff merges (default 1). */
+  rediffThreads?: number;
+  /** Idle timeout of a connection in ms (default 120 000). */
+  idleTimeoutMs?: number;
+  /** Run gc every so many ms (default: never). */
+  gcIntervalMs?: number;
+  /** gc options of the scheduled runs. */
+  gc?: GcOptions;
+  /** Structured logger (default: silent). */
+  logger?: Logger;
+  /** Collect Node process metrics too (default true). */
+  processMetrics?: boolean;
+}
+
+const DEFAULT_LISTEN = '127.0.0.1:8081';
+const DEFAULT_MAX_UPLOAD = 16 * 1024 ** 3;
+const DEFAULT_IDLE_MS = 120_000;
+/** How long a pull may wait for a merge made for it. */
+export const MERGE_TIMEOUT_MS = 30 * 60_000;
+
+/** What a route handler gets. */
+interface Ctx {
+  req: http.IncomingMessage;
+  res: http.ServerResponse;
+  params: string[];
+  who: Principal;
+}
+
+interface Route {
+  name: string;
+  method: string;
+  re: RegExp;
+  access: Access | 'open';
+  run(c: Ctx): Promise<void>;
+}
+
+/** An upload in progress (shutdown aborts it and its temp file goes). */
+interface Upload {
+  req: http.IncomingMessage;
+  done: Promise<unknown>;
+}
+
+/** Split "host:port" / "[v6]:port". */
+export function parseListen(s: string): { host: string; port: number } {
+  const m = /^(?:\[([0-9a-fA-F:.]+)\]|([^:[\]]+)):(\d{1,5})$/.exec(s);
+  const port = m ? Number(m[3]) : NaN;
+  if (!m || port > 65535) throw invalidArgument(`invalid listen address ${JSON.stringify(s)}: expected HOST:PORT, e.g. 127.0.0.1:8081`);
+  return { host: m[1] ?? m[2], port };
+}
+
+/** Counts body bytes into a metric as they pass. */
+class ByteMeter extends Transform {
+  readonly hash = createHash('sha256');
+  bytes = 0;
+  constructor(private readonly onBytes: (n: number) => void, private readonly hashing: boolean) {
+    super();
+  }
+  override _transform(chunk: Buffer, _enc: BufferEncoding, cb: TransformCallback): void {
+    this.bytes += chunk.length;
+    this.onBytes(chunk.length);
+    if (this.hashing) this.hash.update(chunk);
+    cb(null, chunk);
+  }
+}
+
+export class D4fsServer {
+  readonly catalogue: Catalogue;
+  readonly blobs: BlobStore;
+  readonly metrics: ServerMetrics;
+  readonly auth: TokenAuth;
+  private readonly merges: MergeCache;
+  private readonly log: Logger;
+  private readonly routes: Route[];
+  private readonly uploads = new Set<Upload>();
+  private readonly active = new Set<Promise<unknown>>();
+  private server: http.Server | undefined;
+  private draining = false;
+  private gcTimer: NodeJS.Timeout | undefined;
+  private gcRunning: Promise<GcReport | undefined> | undefined;
+  private readonly maxUpload: number;
+  private readonly maxUploads: number;
+
+  private constructor(private readonly opts: ServerOptions, catalogue: Catalogue, blobs: BlobStore, auth: TokenAuth) {
+    this.catalogue = catalogue;
+    this.blobs = blobs;
+    this.auth = auth;
+    this.log = opts.logger ?? pino({ level: 'silent' });
+    this.metrics = new ServerMetrics(() => this.catalogue.stats(), opts.processMetrics !== false);
+    this.merges = new MergeCache(catalogue, blobs, this.metrics, this.log, { maxConcurrent: opts.maxMerges, strategy: opts.mergeStrategy, rediffThreads: opts.rediffThreads });
+    this.maxUpload = opts.maxUploadBytes ?? DEFAULT_MAX_UPLOAD;
+    this.maxUploads = opts.maxUploads ?? 32;
+    const R = (name: string, method: string, re: RegExp, access: Access | 'open', run: (c: Ctx) => Promise<void>): Route => ({ name, method, re, access, run });
+    const repo = '(.+)'; // validated by the handlers (400 on a bad name, not 404)
+    this.routes = [
+      R('healthz', 'GET', /^\/healthz$/, 'open', async (c) => this.healthz(c)),
+      R('metrics', 'GET', /^\/metrics$/, 'open', async (c) => this.scrape(c)),
+      R('repositories', 'GET', new RegExp(`^${API}/repositories$`), 'ro', async (c) => sendJson(c.res, 200, { repositories: this.catalogue.repositories() })),
+      R('blob', 'GET', new RegExp(`^${API}/blobs/([^/]+)$`), 'ro', async (c) => this.getBlob(c, false)),
+      R('blob', 'HEAD', new RegExp(`^${API}/blobs/([^/]+)$`), 'ro', async (c) => this.getBlob(c, true)),
+      R('tags', 'GET', new RegExp(`^${API}/repositories/${repo}/tags$`), 'ro', async (c) => sendJson(c.res, 200, { repository: c.params[0], tags: this.catalogue.tags(checkRepoName(c.params[0])) })),
+      R('tag', 'GET', new RegExp(`^${API}/repositories/${repo}/tags/([^/]+)$`), 'ro', async (c) => sendJson(c.res, 200, this.catalogue.tag(checkRepoName(c.params[0]), checkTag(c.params[1])))),
+      R('tag', 'PUT', new RegExp(`^${API}/repositories/${repo}/tags/([^/]+)$`), 'rw', async (c) => this.putTag(c)),
+      R('tag', 'DELETE', new RegExp(`^${API}/repositories/${repo}/tags/([^/]+)$`), 'rw', async (c) => this.deleteTag(c)),
+      R('upload', 'PUT', new RegExp(`^${API}/repositories/${repo}/blobs/([^/]+)$`), 'rw', async (c) => this.upload(c)),
+      R('pull', 'POST', new RegExp(`^${API}/repositories/${repo}/pull$`), 'ro', async (c) => this.pull(c)),
+    ];
+  }
+
+  /** Open the root, load the tokens and listen. */
+  static async start(opts: ServerOptions): Promise<D4fsServer> {
+    const blobs = new BlobStore(opts.root);
+    await blobs.init();
+    const auth = new TokenAuth(opts.tokensFile, !!opts.readOpen);
+    const { warnings } = await auth.load();
+    const catalogue = Catalogue.open(join(opts.root, CATALOGUE_FILE));
+    const s = new D4fsServer(opts, catalogue, blobs, auth);
+    try {
+      for (const w of warnings) s.log.warn(w);
+      const removed = await blobs.removeDeadTemps();
+      if (removed) s.log.info({ removed }, 'removed temp files of a previous run');
+      await s.listen();
+    } catch (e) {
+      catalogue.close();
+      throw e;
+    }
+    if (opts.gcIntervalMs) {
+      s.gcTimer = setInterval(() => void s.runGc(), opts.gcIntervalMs);
+      s.gcTimer.unref();
+    }
+    return s;
+  }
+
+  private async listen(): Promise<void> {
+    const { host, port } = parseListen(this.opts.listen ?? DEFAULT_LISTEN);
+    const handler = (req: http.IncomingMessage, res: http.ServerResponse): void => {
+      const p = this.handle(req, res);
+      this.active.add(p);
+      void p.finally(() => this.active.delete(p));
+    };
+    let server: http.Server;
+    if (this.opts.tls) {
+      const [cert, key] = await Promise.all([fsp.readFile(this.opts.tls.cert), fsp.readFile(this.opts.tls.key)]);
+      server = https.createServer({ cert, key }, handler);
+    } else {
+      server = http.createServer(handler);
+    }
+    // Uploads wait for "100 Continue": auth and validation happen before any body byte moves.
+    server.on('checkContinue', handler);
+    server.requestTimeout = 0; // long uploads over slow links; idleness is bounded instead
+    server.headersTimeout = 30_000;
+    server.keepAliveTimeout = 5_000;
+    server.setTimeout(this.opts.idleTimeoutMs ?? DEFAULT_IDLE_MS, (sock) => sock.destroy());
+    server.on('clientError', (err, sock) => {
+      if (sock.writable) sock.end('HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n');
+      else sock.destroy();
+      this.log.debug({ err: err.message }, 'client error');
+    });
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(port, host, () => {
+        server.off('error', reject);
+        resolve();
+      });
+    });
+    this.server = server;
+    this.log.info({ url: this.url, root: this.opts.root, tokens: !!this.opts.tokensFile, readOpen: !!this.opts.readOpen }, 'd4fs-server listening');
+  }
+
+  /** The base URL ("http://127.0.0.1:8081"). */
+  get url(): string {
+    const a = this.server?.address() as AddressInfo | null;
+    if (!a) throw failedPrecondition('server is not listening');
+    const host = a.family === 'IPv6' ? `[${a.address}]` : a.address;
+    return `${this.opts.tls ? 'https' : 'http'}://${host}:${a.port}`;
+  }
+
+  get port(): number {
+    return (this.server?.address() as AddressInfo).port;
+  }
+
+  /** Resolves when no background merge (rediff) is running or queued. */
+  async mergesIdle(): Promise<void> {
+    await this.merges.idle();
+  }
+
+  /** Re-read the tokens file (SIGHUP); the old tokens stay when it is broken. */
+  async reloadTokens(): Promise<void> {
+    try {
+      const r = await this.auth.load();
+      for (const w of r.warnings) this.log.warn(w);
+      this.log.info({ tokens: r.tokens }, 'tokens reloaded');
+    } catch (e) {
+      this.log.error({ err: toD4fsError(e).message }, 'tokens file not reloaded; the previous tokens stay in force');
+    }
+  }
+
+  /** One gc run (scheduled runs skip when one is going). */
+  async runGc(opts: GcOptions = this.opts.gc ?? {}): Promise<GcReport | undefined> {
+    if (this.gcRunning) return this.gcRunning;
+    this.gcRunning = collectGarbage(this.catalogue, this.blobs, opts)
+      .then((r) => {
+        this.log.info({ gc: { ...r, files: r.files.length, merges: r.merges.length, orphanBlobs: r.orphanBlobs.length } }, 'gc done');
+        return r;
+      })
+      .catch((e: unknown) => {
+        this.log.error({ err: toD4fsError(e).message }, 'gc failed');
+        return undefined;
+      })
+      .finally(() => (this.gcRunning = undefined));
+    return this.gcRunning;
+  }
+
+  /**
+   * Stop: refuse new requests, let requests in flight (uploads included)
+   * finish for up to `graceMs`, then cut what is left; an upload cut this
+   * way leaves nothing behind (its temp file is removed, nothing landed).
+   */
+  async stop(graceMs = 30_000): Promise<void> {
+    if (!this.server) return;
+    const server = this.server;
+    this.draining = true;
+    if (this.gcTimer) clearInterval(this.gcTimer);
+    const closed = new Promise<void>((r) => server.close(() => r()));
+    server.closeIdleConnections();
+    const settled = Promise.allSettled([...this.active]);
+    let timer: NodeJS.Timeout | undefined;
+    const timedOut = await Promise.race([settled.then(() => false), new Promise<boolean>((r) => (timer = setTimeout(() => r(true), graceMs)))]);
+    clearTimeout(timer);
+    if (timedOut) {
+      this.log.warn({ uploads: this.uploads.size, requests: this.active.size }, 'shutdown grace over: aborting requests in flight');
+      for (const u of this.uploads) u.req.destroy(unavailable('server is shutting down'));
+      await Promise.allSettled([...this.uploads].map((u) => u.done));
+    }
+    server.closeAllConnections();
+    await closed;
+    await Promise.allSettled([...this.active, ...this.merges.running, this.gcRunning]);
+    await this.merges.close();
+    this.server = undefined;
+    this.catalogue.close();
+    this.log.info('d4fs-server stopped');
+  }
+
+  // ------------------------------------------------------------ dispatch
+
+  private async handle(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
+    const t0 = process.hrtime.bigint();
+    const method = req.method ?? 'GET';
+    const path = (req.url ?? '/').split('?')[0];
+    let route: Route | undefined;
+    let params: string[] = [];
+    for (const r of this.routes) {
+      const m = r.re.exec(path);
+      if (m && r.method === method) {
+        route = r;
+        params = m.slice(1);
+        break;
+      }
+    }
+    const name = route?.name ?? 'unknown';
+    let who: Principal | undefined;
+    this.metrics.inflight.inc({ route: name });
+    res.once('close', () => {
+      const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
+      this.metrics.inflight.dec({ route: name });
+      this.metrics.requests.inc({ method, route: name, status: String(res.statusCode) });
+      this.metrics.latency.observe({ method, route: name }, seconds);
+      if (name !== 'healthz' && name !== 'metrics') {
+        this.log.info({ method, route: name, path, status: res.statusCode, ms: Math.round(seconds * 1000), who: who?.name, remote: req.socket.remoteAddress, complete: res.writableFinished }, 'request');
+      }
+    });
+    try {
+      if (this.draining) {
+        res.setHeader('Connection', 'close');
+        throw unavailable('server is shutting down');
+      }
+      if (!route) throw notFound(`no such endpoint: ${method} ${path.slice(0, 200)}`);
+      who = route.access === 'open' ? { access: 'ro', name: 'anonymous' } : this.auth.check(req.headers.authorization, route.access);
+      await route.run({ req, res, params, who });
+    } catch (e) {
+      const err = toD4fsError(e);
+      if (err.kind === 'INTERNAL') this.log.error({ err: err.message, stack: (e as Error)?.stack, method, path }, 'request failed');
+      // A body the handler did not read would otherwise be read (or waited for) in vain.
+      if (!req.complete) res.setHeader('Connection', 'close');
+      sendError(res, err);
+    }
+  }
+
+  // ----------------------------------------------------------- handlers
+
+  private healthz(c: Ctx): void {
+    sendJson(c.res, this.draining ? 503 : 200, { status: this.draining ? 'draining' : 'ok' });
+  }
+
+  private async scrape(c: Ctx): Promise<void> {
+    const text = await this.metrics.registry.metrics();
+    c.res.writeHead(200, { 'Content-Type': this.metrics.registry.contentType, 'Cache-Control': 'no-store' });
+    c.res.end(text);
+  }
+
+  private async putTag(c: Ctx): Promise<void> {
+    const repository = checkRepoName(c.params[0]);
+    const tag = checkTag(c.params[1]);
+    const body = (await readJson(c.req, c.res, MAX_JSON_BODY)) as { imageId?: unknown } | null;
+    const imageId = parseDigest(String(body?.imageId ?? ''), 'imageId');
+    const previous = this.catalogue.setTag(repository, tag, imageId);
+    this.log.info({ repository, tag, imageId, previous, who: c.who.name }, 'tag set');
+    sendJson(c.res, 200, { ...this.catalogue.tag(repository, tag), previous: previous ?? null });
+  }
+
+  private async deleteTag(c: Ctx): Promise<void> {
+    const repository = checkRepoName(c.params[0]);
+    const tag = checkTag(c.params[1]);
+    this.catalogue.deleteTag(repository, tag);
+    this.log.info({ repository, tag, who: c.who.name }, 'tag deleted');
+    sendJson(c.res, 200, { repository, tag, deleted: true });
+  }
+
+  /** PUT …/blobs/sha256:HEX: receive, verify, land, record. */
+  private async upload(c: Ctx): Promise<void> {
+    const repository = checkRepoName(c.params[0]);
+    const rootDigest = parseDigest(c.params[1], 'blob digest (the root digest of the .cdimg)');
+    const declared = c.req.headers['content-length'] !== undefined ? Number(c.req.headers['content-length']) : undefined;
+    if (declared !== undefined && (!Number.isSafeInteger(declared) || declared < 0)) throw invalidArgument('invalid Content-Length');
+    if (declared !== undefined && declared > this.maxUpload) {
+      this.metrics.uploads.inc({ result: 'refused' });
+      throw hostile(`upload of ${declared} bytes is over this server's limit of ${this.maxUpload}`);
+    }
+    const existing = this.catalogue.file(rootDigest);
+    if (existing && (await this.blobs.has(rootDigest))) {
+      this.catalogue.addFile({ ...existing, repository }); // links the repository; changes nothing else
+      this.metrics.uploads.inc({ result: 'exists' });
+      const body: UploadResultJson = { rootDigest, fileDigest: existing.fileDigest, kind: existing.kind, imageId: existing.imageId, parentId: existing.parentId, size: existing.size, created: false };
+      if (!c.req.complete) c.res.setHeader('Connection', 'close');
+      sendJson(c.res, 200, body);
+      return;
+    }
+    if (this.uploads.size >= this.maxUploads) throw unavailable(`too many uploads in progress (${this.maxUploads}); try again shortly`);
+    const tmp = this.blobs.tempPath('upload');
+    let finish: () => void = () => undefined;
+    const entry: Upload = { req: c.req, done: new Promise<void>((r) => (finish = r)) };
+    this.uploads.add(entry);
+    try {
+      acceptBody(c.req, c.res);
+      const what = `upload of ${rootDigest}`;
+      let got: { bytes: number; fileDigest: string };
+      try {
+        got = await this.blobs.receive(c.req, tmp, this.maxUpload, what, (n) => this.metrics.bytesReceived.inc({ route: 'upload' }, n));
+      } catch (e) {
+        if (e instanceof D4fsError) throw e;
+        throw unavailable(`${what} was interrupted: ${(e as Error).message}`, e);
+      }
+      if (declared !== undefined && got.bytes !== declared) throw corrupt(`${what}: received ${got.bytes} bytes, Content-Length said ${declared}`);
+      const v = await verifyCdimg(tmp, what);
+      if (v.rootDigest !== rootDigest) throw corrupt(`${what}: the file's root digest is ${v.rootDigest}, not the one named in the URL`);
+      const claimed = c.req.headers[FILE_DIGEST_HEADER];
+      if (typeof claimed === 'string' && claimed !== got.fileDigest) throw corrupt(`${what}: the bytes hash to ${got.fileDigest}, the client said ${claimed}`);
+      if (v.kind === 'delta' && !this.catalogue.hasImage(v.parentId)) {
+        throw failedPrecondition(`${what}: a delta from image ${v.parentId}, which this server does not know: push that image (or a chain leading to it) first`);
+      }
+      await this.blobs.land(tmp, rootDigest);
+      const created = this.catalogue.addFile({ ...v, fileDigest: got.fileDigest, repository });
+      this.metrics.uploads.inc({ result: created ? 'created' : 'exists' });
+      this.log.info({ repository, rootDigest, kind: v.kind, imageId: v.imageId, parentId: v.parentId || undefined, size: v.size, who: c.who.name }, 'blob stored');
+      const body: UploadResultJson = { ...v, fileDigest: got.fileDigest, created };
+      sendJson(c.res, created ? 201 : 200, body);
+    } catch (e) {
+      this.metrics.uploads.inc({ result: 'refused' });
+      throw e;
+    } finally {
+      await fsp.rm(tmp, { force: true });
+      this.uploads.delete(entry);
+      finish();
+    }
+  }
+
+  /** POST …/pull: plan the cheapest chain, merge its deltas, answer with the files to fetch. */
+  private async pull(c: Ctx): Promise<void> {
+    const repository = checkRepoName(c.params[0]);
+    const body = (await readJson(c.req, c.res, MAX_JSON_BODY)) as { tag?: unknown; imageId?: unknown; have?: unknown } | null;
+    if (!body || typeof body !== 'object') throw invalidArgument('pull request body must be a JSON object');
+    const have = body.have ?? [];
+    if (!Array.isArray(have) || have.length > MAX_HAVE) throw invalidArgument(`"have" must be an array of at most ${MAX_HAVE} image ids`);
+    const held = have.map((h) => parseDigest(String(h), 'held image id'));
+    let tag: string | undefined;
+    let target: string;
+    if (body.tag !== undefined && body.imageId !== undefined) throw invalidArgument('give "tag" or "imageId", not both');
+    if (body.imageId !== undefined) {
+      target = parseDigest(String(body.imageId), 'imageId');
+      if (!this.catalogue.hasImage(target)) throw notFound(`image ${target} is not on this server`);
+    } else {
+      tag = checkTag(String(body.tag ?? 'latest'));
+      target = this.catalogue.tag(repository, tag).imageId;
+    }
+    const plan = planChain(this.catalogue.files(), held, target);
+    if (!plan) throw failedPrecondition(`no chain of stored files leads to image ${target}`);
+    const files: PlanFileJson[] = [];
+    let deltas: FileRow[] = plan.files;
+    const asPlanFile = (f: FileRow): PlanFileJson => ({ rootDigest: f.rootDigest, fileDigest: f.fileDigest, kind: f.kind, imageId: f.imageId, parentId: f.parentId, size: f.size, merged: false });
+    if (deltas.length && deltas[0].kind === 'full') {
+      files.push(asPlanFile(deltas[0]));
+      deltas = deltas.slice(1);
+    }
+    let shape = files.length ? 'full' : '';
+    if (deltas.length === 1) {
+      files.push(asPlanFile(deltas[0]));
+      shape += shape ? '+delta' : 'delta';
+    } else if (deltas.length > 1) {
+      // a merge made now (strategy rediff: minutes for big images) may keep this request silent for a while
+      c.req.setTimeout(MERGE_TIMEOUT_MS);
+      const { merge, outcome } = await this.merges.get(deltas);
+      c.req.setTimeout(this.opts.idleTimeoutMs ?? DEFAULT_IDLE_MS);
+      files.push({ rootDigest: merge.rootDigest, fileDigest: merge.fileDigest, kind: 'delta', imageId: merge.imageId, parentId: merge.parentId, size: merge.size, merged: true, mergedFrom: merge.inputs });
+      shape += shape ? '+merged' : 'merged';
+      this.log.debug({ chainKey: merge.chainKey, outcome }, 'merge');
+    }
+    this.metrics.pulls.inc({ kind: shape || 'uptodate' });
+    const answer: PullPlanJson = {
+      repository,
+      tag,
+      imageId: target,
+      from: plan.from ?? null,
+      bytes: files.reduce((n, f) => n + f.size, 0),
+      chainBytes: plan.bytes,
+      chain: plan.files.map((f) => f.rootDigest),
+      files,
+    };
+    sendJson(c.res, 200, answer);
+  }
+
+  /** GET/HEAD /v1/blobs/sha256:HEX with ETag, If-None-Match, Range and If-Range. */
+  private async getBlob(c: Ctx, head: boolean): Promise<void> {
+    const rootDigest = parseDigest(c.params[0], 'blob digest');
+    const file = this.catalogue.file(rootDigest);
+    const fileDigest = file?.fileDigest ?? this.catalogue.mergeByRoot(rootDigest)?.fileDigest;
+    if (!fileDigest) throw notFound(`no blob ${rootDigest} on this server`);
+    let fh: fsp.FileHandle;
+    try {
+      fh = await fsp.open(this.blobs.pathOf(rootDigest), 'r');
+    } catch (e) {
+      this.log.error({ rootDigest, err: (e as Error).message }, 'the catalogue names a blob that is not on disk');
+      throw notFound(`blob ${rootDigest} is missing on this server`);
+    }
+    let owned = true;
+    try {
+      const size = (await fh.stat()).size;
+      const etag = etagOf(rootDigest);
+      const headers: Record<string, string> = {
+        ETag: etag,
+        'Accept-Ranges': 'bytes',
+        'Content-Type': CDIMG_MEDIA_TYPE,
+        'Cache-Control': 'public, max-age=31536000, immutable',
+        [FILE_DIGEST_HEADER]: fileDigest,
+      };
+      const inm = c.req.headers['if-none-match'];
+      if (inm && (inm === '*' || inm.split(',').map((s) => s.trim()).includes(etag))) {
+        c.res.writeHead(304, headers);
+        c.res.end();
+        return;
+      }
+      const ifRange = c.req.headers['if-range'];
+      const range = ifRange === undefined || ifRange === etag ? parseRange(c.req.headers.range, size) : undefined;
+      if (range === 'unsatisfiable') {
+        c.res.writeHead(416, { ...headers, 'Content-Range': `bytes */${size}`, 'Content-Length': '0' });
+        c.res.end();
+        return;
+      }
+      const start = range?.start ?? 0;
+      const end = range?.end ?? size - 1;
+      if (range) headers['Content-Range'] = `bytes ${start}-${end}/${size}`;
+      headers['Content-Length'] = String(Math.max(0, end - start + 1));
+      c.res.writeHead(range ? 206 : 200, headers);
+      if (head || size === 0) {
+        c.res.end();
+        return;
+      }
+      const whole = !range;
+      const meter = new ByteMeter((n) => this.metrics.bytesSent.inc({ route: 'blob' }, n), whole);
+      owned = false;
+      const stream = fh.createReadStream({ start, end, highWaterMark: 256 * 1024, autoClose: true });
+      try {
+        await pipeline(stream, meter, c.res);
+      } catch {
+        return; // the client went away; it resumes with Range
+      }
+      if (whole && `sha256:${meter.hash.digest('hex')}` !== fileDigest) {
+        // Too late to change the status: the client's digest check refuses the file; make it loud here.
+        this.log.error({ rootDigest, fileDigest }, 'stored blob does not match its recorded digest (damaged on disk): remove it and push it again');
+      }
+    } finally {
+      if (owned) await fh.close();
+    }
+  }
+}
