@@ -53,4 +53,10 @@ cmp "$OUT/libssl-3-patched.cdimg" "$OUT/libssl-3.cdimg" && echo "patch(v1, merge
 step "7. Export the patched image back to a standard OCI layout"
 $CLI cdimg export "$OUT/libssl-3-patched.cdimg" --to "oci:$OUT/libssl-3-oci:3"
 
+if [ "$(id -u)" -eq 0 ] && [ -e /dev/fuse ]; then
+  node dist/scripts/demo-runtime.js "$OUT"
+else
+  echo "skipping the containerd part: it needs root and /dev/fuse"
+fi
+
 step "Done. Outputs are in $OUT/"

@@ -1,0 +1,158 @@
+/**
+ * The runtime half of `make demo`: a private containerd with the d4fs
+ * snapshotter (FUSE), `ctr-cli load` of nginx v1 and of the v1→v2 delta,
+ * `ctr run --snapshotter d4fs` of each; then a d4fs-server, pushes of libssl
+ * v1 and two deltas, and a client holding v1 pulling v3 and running it.
+ * Everything it starts is stopped and unmounted at the end.
+ *   node dist/scripts/demo-runtime.js OUT_DIR
+ */
+import { spawn, ChildProcess } from 'node:child_process';
+import { promises as fsp, readFileSync, readdirSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { join, resolve } from 'node:path';
+import { startContainerd, startSnapshotter, unmountAllUnder, mountsUnder, PrivateContainerd } from '../test/helpers/containerd';
+import { packageRoot } from '../src/util/paths';
+
+const CLI = join(packageRoot(), 'dist', 'cli', 'ctr-cli.js');
+
+function say(s: string): void {
+  process.stdout.write(`\n\x1b[1m== ${s}\x1b[0m\n`);
+}
+
+async function sh(cmd: string, args: string[], echo = true): Promise<string> {
+  if (echo) process.stdout.write(`$ ${[cmd === process.execPath ? 'ctr-cli' : cmd, ...args.slice(cmd === process.execPath ? 1 : 0)].join(' ')}\n`);
+  return new Promise((res, rej) => {
+    const c = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    let err = '';
+    c.stdout.on('data', (d: Buffer) => {
+      out += d;
+      if (echo) process.stdout.write(d);
+    });
+    c.stderr.on('data', (d: Buffer) => {
+      err += d;
+      if (echo) process.stderr.write(d);
+    });
+    c.on('close', (code) => (code === 0 ? res(out) : rej(new Error(`${cmd} ${args.join(' ')} failed (${code}): ${err.trim()}`))));
+  });
+}
+
+const cli = (args: string[], echo = true) => sh(process.execPath, [CLI, ...args], echo);
+
+async function ctrRun(ctd: PrivateContainerd, args: string[]): Promise<void> {
+  process.stdout.write(`$ ctr run ${args.join(' ')}\n`);
+  const r = await ctd.ctr(['run', ...args]);
+  process.stdout.write(r.stdout);
+  if (r.code !== 0) throw new Error(`ctr run failed: ${r.stderr}`);
+}
+
+function freePort(): Promise<number> {
+  return new Promise((res, rej) => {
+    const s = createServer();
+    s.listen(0, '127.0.0.1', () => {
+      const a = s.address();
+      s.close(() => (a && typeof a === 'object' ? res(a.port) : rej(new Error('no port'))));
+    });
+  });
+}
+
+function processesMentioning(needle: string): number[] {
+  const out: number[] = [];
+  for (const name of readdirSync('/proc')) {
+    if (!/^\d+$/.test(name) || Number(name) === process.pid) continue;
+    try {
+      if (readFileSync(`/proc/${name}/cmdline`, 'utf8').includes(needle)) out.push(Number(name));
+    } catch {
+      /* gone */
+    }
+  }
+  return out;
+}
+
+async function main(): Promise<void> {
+  const out = resolve(process.argv[2] ?? 'demo-out');
+  const dir = await fsp.mkdtemp('/tmp/d4fs-demo-');
+  const snapRoot = join(dir, 'snapshotter');
+  const sock = join(dir, 'd4fs.sock');
+  const store = join(dir, 'store');
+  const clientStore = join(dir, 'client-store');
+  let ctd: PrivateContainerd | undefined;
+  let snap: Awaited<ReturnType<typeof startSnapshotter>> | undefined;
+  let server: ChildProcess | undefined;
+  try {
+    say('8. Start a private containerd and the d4fs snapshotter (FUSE)');
+    snap = await startSnapshotter({ root: snapRoot, address: sock, logLevel: 'warn' });
+    ctd = await startContainerd({ snapshotterSocket: sock });
+    process.stdout.write(`containerd at ${ctd.address}, d4fs snapshotter at ${sock}\n`);
+    const ca = ['--store', store, '--address', ctd.address];
+
+    say('9. Load nginx v1 (full) and run it straight from the .cdimg');
+    await cli(['load', '--image', 'demo/nginx:1', '--cdimg', join(out, 'nginx-1.cdimg'), ...ca]);
+    await ctrRun(ctd, ['--rm', '--snapshotter', 'd4fs', 'demo/nginx:1', 'demo-nginx-1', '/bin/sh', '-c', '/usr/sbin/nginx -v 2>&1; sha256sum /usr/sbin/nginx; echo written > /tmp/x && cat /tmp/x']);
+
+    say('10. Load the v1→v2 delta (only the delta is new) and run v2');
+    await cli(['load', '--image', 'demo/nginx:2', '--cdimg', join(out, 'nginx-1-2.cdimg'), ...ca]);
+    await ctrRun(ctd, ['--rm', '--snapshotter', 'd4fs', 'demo/nginx:2', 'demo-nginx-2', '/bin/sh', '-c', '/usr/sbin/nginx -v 2>&1; sha256sum /usr/sbin/nginx; ls /tmp']);
+    await cli(['images', '--store', store]);
+
+    say('11. Start d4fs-server; push libssl v1 and the deltas v1→v2, v2→v3');
+    const port = await freePort();
+    const url = `http://127.0.0.1:${port}`;
+    const tokenLine = (await cli(['serve', 'token', '--access', 'rw', '--name', 'demo'], false)).trim();
+    await fsp.writeFile(join(dir, 'tokens'), `${tokenLine}\n`, { mode: 0o600 });
+    const token = tokenLine.split(/\s+/)[1];
+    server = spawn(process.execPath, [CLI, 'serve', '--root', join(dir, 'server'), '--listen', `127.0.0.1:${port}`, '--tokens', join(dir, 'tokens'), '--read-open', '--log-level', 'warn'], { stdio: ['ignore', 'ignore', 'inherit'] });
+    for (let i = 0; ; i++) {
+      try {
+        const r = await fetch(`${url}/healthz`);
+        if (r.ok) break;
+      } catch {
+        /* not yet */
+      }
+      if (i > 100) throw new Error('d4fs-server did not start');
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    await cli(['push', '--cdimg', join(out, 'libssl-1.cdimg'), '--image', 'demo/libssl:1', '--server', url, '--token', token]);
+    await cli(['push', '--cdimg', join(out, 'libssl-1-2.cdimg'), '--image', 'demo/libssl:2', '--server', url, '--token', token]);
+    await cli(['push', '--cdimg', join(out, 'libssl-2-3.cdimg'), '--image', 'demo/libssl:3', '--server', url, '--token', token]);
+
+    say('12. A client that holds v1 pulls v3: the server merges v1→v2→v3 into one delta');
+    const cc = ['--store', clientStore, '--address', ctd.address, '--server', url, '--no-progress'];
+    await cli(['pull', '--image', 'demo/libssl:1', ...cc]);
+    await cli(['pull', '--image', 'demo/libssl:3', ...cc]);
+    await ctrRun(ctd, ['--rm', '--snapshotter', 'd4fs', 'demo/libssl:3', 'demo-libssl-3', '/bin/sh', '-c', 'ls -l /usr/lib/x86_64-linux-gnu/libssl.so.3; sha256sum /usr/lib/x86_64-linux-gnu/libssl.so.3']);
+
+    say('13. Remove the images');
+    await cli(['rmi', 'demo/nginx:1', 'demo/nginx:2', ...ca]);
+    await cli(['rmi', 'demo/libssl:1', 'demo/libssl:3', '--store', clientStore, '--address', ctd.address]);
+  } finally {
+    say('14. Stop everything and unmount');
+    server?.kill('SIGTERM');
+    await ctd?.stop();
+    await snap?.stop();
+    for (const pid of processesMentioning(dir)) {
+      try {
+        process.kill(pid, 'SIGTERM');
+      } catch {
+        /* gone */
+      }
+    }
+    await new Promise((r) => setTimeout(r, 500));
+    for (const pid of processesMentioning(dir)) {
+      try {
+        process.kill(pid, 'SIGKILL');
+      } catch {
+        /* gone */
+      }
+    }
+    await unmountAllUnder(dir);
+    const left = mountsUnder(dir);
+    await fsp.rm(dir, { recursive: true, force: true });
+    process.stdout.write(left.length ? `still mounted: ${left.join(', ')}\n` : 'nothing left mounted, nothing left running\n');
+  }
+}
+
+main().catch((e) => {
+  process.stderr.write(`demo: ${(e as Error).message}\n`);
+  process.exit(1);
+});
