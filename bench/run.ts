@@ -6,6 +6,7 @@
 import { convertBench, printConvertTable } from './convert';
 import { deltaBench, printDeltaTables } from './delta';
 import { distributionBench, printDistributionTable } from './distribution';
+import { regsyncBench, formatRegsyncTable } from './regsync';
 
 async function main(): Promise<void> {
   const args = process.argv.slice(2);
@@ -19,6 +20,7 @@ async function main(): Promise<void> {
     printConvertTable(await convertBench({ runs, images: quick ? ['nginx-v1'] : undefined, big: !quick }));
   }
   if (want('delta')) printDeltaTables(await deltaBench({ quick }));
+  if (want('regsync')) process.stdout.write(formatRegsyncTable(await regsyncBench({ pairs: quick ? ['libssl v1'] : undefined })) + '\n');
   if (want('distribution')) printDistributionTable(await distributionBench(quick ? { updates: [['libssl-v1', 'libssl-v3']], links: [100] } : {}));
 }
 

@@ -126,7 +126,10 @@ export function registerDelta(cd: Command): void {
         if (!out) throw invalidArgument('--out is required (the full image to write)');
         const r = await patchImage({ base, deltas, out, threads: o.threads as number | undefined });
         if (o.json) printJson(r);
-        else process.stdout.write(`patched ${base} + ${deltas.length} delta(s) -> ${out}\n  image id     ${r.imageId}\n  root digest  ${r.rootDigest}\n  size         ${humanBytes(r.fileSize)}\n  time         ${r.seconds.toFixed(2)} s\n`);
+        else {
+          printSummary(`patch ${base} + ${deltas.length} delta(s)`, r.summary);
+          process.stdout.write(`  image id     ${r.imageId}\n  root digest  ${r.rootDigest}\n  full image   ${humanBytes(r.fileSize)}\n`);
+        }
       }),
     );
 

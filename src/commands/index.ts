@@ -1,5 +1,6 @@
 import { Command, CommanderError } from 'commander';
 import { registerCdimg, registerConvert } from './cdimg';
+import { registerRegistry } from './registry';
 import { registerLoad } from './load';
 import { EXIT_CODES } from '../errors';
 import { registerServe } from './serve';
@@ -18,6 +19,7 @@ export function buildProgram(): Command {
     .exitOverride();
   registerConvert(program);
   registerCdimg(program);
+  registerRegistry(program);
   registerServe(program);
   registerPush(program);
   registerPull(program);

@@ -6,7 +6,7 @@
  */
 import { CdimgReader } from '../format/reader';
 import { CdimgWriter } from '../format/writer';
-import { Blob, Codec, Encoding, Index, Kind, FORMAT_VERSION } from '../format/types';
+import { Blob, Codec, Encoding, FileType, Index, Kind, FORMAT_VERSION } from '../format/types';
 import { WorkerPool } from '../workers/pool';
 import { OrderedWindow } from '../util/ordered';
 import { checkChain } from './chain';
@@ -14,6 +14,7 @@ import { contentsOf } from './diff';
 import { LEVELS } from '../convert/convert';
 import type { CompressResult } from '../workers/worker';
 import { invalidArgument } from '../errors';
+import { DeltaSummary, summarizeDelta } from './summary';
 
 export interface PatchOptions {
   base: string;
@@ -30,6 +31,8 @@ export interface PatchResult {
   fileSize: number;
   contents: number;
   seconds: number;
+  /** What the applied deltas did, as every delta command reports it (bytes: all deltas applied). */
+  summary: DeltaSummary;
 }
 
 export async function patchImage(o: PatchOptions): Promise<PatchResult> {
@@ -85,7 +88,23 @@ export async function patchImage(o: PatchOptions): Promise<PatchResult> {
       chunkSize: top.chunkSize,
     };
     const fin = await writer.finish(index);
-    return { output: o.out, imageId: `sha256:${top.imageId.toString('hex')}`, rootDigest: fin.rootDigest, fileSize: fin.size, contents: blobs.length, seconds: Number(process.hrtime.bigint() - t0) / 1e9 };
+    const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
+    const deltas = readers.slice(1);
+    const top1 = deltas[deltas.length - 1].index;
+    // Report against the base image: the tree of the top delta, the base's files, all deltas' bytes.
+    const summary = summarizeDelta({ ...top1, parentImage: readers[0].index.image }, deltas.reduce((n, r) => n + r.fileSize, 0), readers[0].index.entries, seconds, o.out);
+    if (deltas.length > 1) {
+      // with several deltas, "same" must mean "held by the base": recount against the base's contents
+      const baseHas = new Set(readers[0].index.blobs.map((b) => b.digest.toString('hex')));
+      const f = { same: 0, patched: 0, full: 0, removed: summary.files.removed };
+      for (const e of top1.entries) {
+        if (e.type !== FileType.REG) continue;
+        if (baseHas.has(e.digest.toString('hex'))) f.same++;
+        else f.patched++;
+      }
+      summary.files = f;
+    }
+    return { output: o.out, imageId: `sha256:${top.imageId.toString('hex')}`, rootDigest: fin.rootDigest, fileSize: fin.size, contents: blobs.length, seconds, summary };
   } catch (e) {
     await window.settle();
     await writer?.abort();

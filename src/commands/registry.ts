@@ -1,0 +1,319 @@
+/**
+ * `ctr-cli registry …`: registry-to-registry updates by patch (diff, apply,
+ * sync) and incremental OCI archives (pull-incremental, push-vet, push).
+ * The work is done in src/regsync; this file parses options and prints
+ * reports (human-readable, or JSON with --json).
+ */
+import { Command, InvalidArgumentError } from 'commander';
+import { parsePlatform } from '../oci/image';
+import type { RegistryOptions } from '../oci/registry/options';
+import { applyPatch, ApplyReport } from '../regsync/apply';
+import { diffImageSets, DiffReport } from '../regsync/diff';
+import { platformSelection, readSpecs } from '../regsync/imageset';
+import { pullIncremental, pushArchive, pushVet } from '../regsync/incremental';
+import { syncRegistries } from '../regsync/sync';
+import { action, humanBytes, parseBool, parseIntOpt, printJson } from './common';
+import type { LevelPreset } from '../delta/codecs';
+
+type Side = 'src' | 'dest';
+
+/** Per-side registry flags: --src-creds, --dest-tls-verify, … */
+function addSide(c: Command, side: Side, what: string): Command {
+  return c
+    .option(`--${side}-creds <user:pass>`, `credentials for ${what} (default: docker config.json)`)
+    .option(`--${side}-authfile <file>`, `docker config.json / auth.json for ${what}`)
+    .option(`--${side}-tls-verify <bool>`, `verify TLS of ${what} (false also allows plain HTTP; loopback registries may use HTTP anyway)`, parseBool)
+    .option(`--${side}-registry-token <token>`, `bearer token for ${what}`);
+}
+
+/** RegistryOptions of one side from parsed flags. */
+function sideOptions(o: Record<string, unknown>, side: Side): RegistryOptions {
+  return {
+    creds: o[`${side}Creds`] as string | undefined,
+    authFile: o[`${side}Authfile`] as string | undefined,
+    tlsVerify: o[`${side}TlsVerify`] as boolean | undefined,
+    registryToken: o[`${side}RegistryToken`] as string | undefined,
+    userAgent: 'd4fs/0.1',
+  };
+}
+
+/** --platform (repeatable) and --all-platforms. */
+function addPlatforms(c: Command): Command {
+  return c
+    .option('--platform <os/arch[/variant]>', 'platform to take from multi-platform images (repeatable; default: this machine\'s)', (v: string, prev: string[] = []) => [...prev, v])
+    .option('--all-platforms', 'take every platform (indexes are carried whole)');
+}
+
+function parseLevelPreset(v: string): LevelPreset {
+  if (v === 'fast' || v === 'default' || v === 'best') return v;
+  throw new InvalidArgumentError('level must be fast, default or best');
+}
+
+function parseCodec(v: string): 'auto' | 'bsdiff' | 'zstd' {
+  if (v === 'auto' || v === 'bsdiff' || v === 'zstd') return v;
+  throw new InvalidArgumentError('codec must be auto, bsdiff or zstd');
+}
+
+function parseNonRepro(v: string): 'rewrite' | 'ship' {
+  if (v === 'rewrite' || v === 'ship') return v;
+  throw new InvalidArgumentError('expected rewrite or ship');
+}
+
+/** Progress lines on stderr unless --quiet. */
+const progressOf = (o: { quiet?: boolean }) => (o.quiet ? undefined : (m: string) => process.stderr.write(`ctr-cli: ${m}\n`));
+
+const pct = (x: number): string => `${x.toFixed(1)}%`;
+
+/** Human form of a diff report (the savings report). */
+export function formatDiffReport(r: DiffReport): string {
+  const count = (k: string) => r.layers.filter((l) => l.kind === k).length;
+  const lines = [
+    `patch ${r.patch}: ${humanBytes(r.patchBytes)}, root ${r.root}`,
+    `  new set: ${r.images.length} image(s), ${r.layers.length} layer(s): ${count('referenced')} referenced, ${count('rebuilt')} rebuilt from file deltas, ${count('blob')} shipped whole`,
+    `  contents: ${r.contents.old} from the old set, ${r.contents.patched} patched, ${r.contents.full} whole (${humanBytes(r.contents.encodedBytes)} encoded)`,
+    `  savings:`,
+    `    plain pull/push of the new set  ${humanBytes(r.plainBytes).padStart(10)}`,
+    `    layer-level dedup only          ${humanBytes(r.dedupBytes).padStart(10)}`,
+    `    this patch                      ${humanBytes(r.patchBytes).padStart(10)}   ${pct(r.percentSaved)} saved vs plain, ${pct(r.percentSavedVsDedup)} vs dedup (${r.ratioVsDedup.toFixed(3)}x dedup)`,
+  ];
+  for (const l of r.layers) {
+    if (l.kind === 'rebuilt' && l.reproducible) lines.push(`  exact: layer ${l.digest.slice(0, 19)} (${l.images.join(', ')}) recompresses to the same digest with ${l.recipe}`);
+  }
+  for (const l of r.layers) {
+    if (l.kind === 'rebuilt' && !l.reproducible) {
+      lines.push(
+        `  NOT REPRODUCIBLE: layer ${l.digest.slice(0, 19)} (${l.images.join(', ')}): ${l.reason}`,
+        `    apply pushes it as ${l.rewrittenDigest} (${l.recipe}) and rewrites the manifests naming it; config and diff_ids stay identical`,
+      );
+    }
+    if (l.kind === 'blob') lines.push(`  shipped whole: layer ${l.digest.slice(0, 19)} (${humanBytes(l.size)}): ${l.shipped}`);
+  }
+  if (r.rewrittenImages.length) lines.push(`  images whose manifest digest will change: ${r.rewrittenImages.join(', ')}`);
+  else lines.push('  every manifest will be identical at the destination');
+  return lines.join('\n') + '\n';
+}
+
+/** Human form of an apply report. */
+export function formatApplyReport(r: ApplyReport): string {
+  const lines = [
+    `${r.vetOnly ? 'push-vet OK for' : 'applied'} patch ${r.root} to ${r.destination}` +
+      (r.vetOnly ? '' : `: ${r.blobsUploaded} blob(s) uploaded (${humanBytes(r.bytesUploaded)}), ${r.blobsMounted} mounted, ${r.blobsExisting} already there; ${humanBytes(r.bytesReadFromOldSet)} of old layers read`),
+  ];
+  for (const i of r.images) {
+    lines.push(`  ${i.target}  ${i.pushedDigest}  ${i.identical ? 'identical to the source' : `REWRITTEN (source ${i.digest}; ${i.rewrittenLayers.length} layer(s) recompressed)`}`);
+  }
+  for (const l of r.layers) if (l.note) lines.push(`  layer ${l.digest.slice(0, 19)}: ${l.note}`);
+  return lines.join('\n') + '\n';
+}
+
+/** Register `registry` and its subcommands. */
+export function registerRegistry(program: Command): void {
+  const reg = program.command('registry').description('registry-to-registry updates by patch, incremental archives, replica sync');
+
+  addPlatforms(
+    addSide(
+      reg
+        .command('diff')
+        .description('make one patch carrying everything a new image set needs beyond an old one')
+        .requiredOption('--old <ref-or-list...>', 'old images: references, or files listing one "REF [NAME[:TAG]]" per line ("scratch": none)')
+        .requiredOption('--new <ref-or-list...>', 'new images: references, or list files')
+        .requiredOption('--out <patch>', 'patch file to write')
+        .option('--level <fast|default|best>', 'effort of the file codecs', parseLevelPreset, 'default')
+        .option('--codec <auto|bsdiff|zstd>', 'patch codecs', parseCodec, 'auto')
+        .option('--non-reproducible <rewrite|ship>', 'layers whose compression cannot be reproduced: rebuild and rewrite the manifests, or ship the blob', parseNonRepro, 'rewrite')
+        .option('--no-gzip-program', 'do not use the gzip program (recipes, gzip files inside layers)')
+        .option('-t, --threads <n>', 'worker threads', parseIntOpt('threads', 1, 256))
+        .option('--json', 'print the report as JSON')
+        .option('-q, --quiet', 'no progress lines'),
+      'src',
+      'the registries both sets are read from',
+    ),
+  ).action(
+    action(async (o: Record<string, unknown>) => {
+      const report = await diffImageSets({
+        old: await readSpecs((o.old as string[]).filter((x) => x !== 'scratch')),
+        new: await readSpecs(o.new as string[]),
+        out: o.out as string,
+        platforms: platformSelection(o.platform as string[] | undefined, o.allPlatforms as boolean | undefined, parsePlatform),
+        registry: sideOptions(o, 'src'),
+        level: o.level as LevelPreset,
+        codec: o.codec as 'auto',
+        nonReproducible: o.nonReproducible as 'rewrite',
+        gzipProgram: o.gzipProgram as boolean,
+        threads: o.threads as number | undefined,
+        onProgress: progressOf(o),
+      });
+      if (o.json) printJson(report);
+      else process.stdout.write(formatDiffReport(report));
+    }),
+  );
+
+  addSide(
+    addSide(
+      reg
+        .command('apply')
+        .description('rebuild the new image set of a patch and push it (after push-vet)')
+        .argument('<patch>', 'patch file')
+        .requiredOption('--to <docker://REGISTRY[/PREFIX]>', 'destination registry')
+        .option('--old <ref-or-list...>', 'old images at the destination (NAME[:TAG] relative to it, full references, or list files); default: the patch\'s old set')
+        .option('--old-from <docker://REGISTRY[/PREFIX]>', 'read the old set there instead of at the destination')
+        .option('--expect-root <digest>', 'refuse the patch unless its root digest is this')
+        .option('--vet-only', 'only run push-vet')
+        .option('-t, --threads <n>', 'worker threads', parseIntOpt('threads', 1, 256))
+        .option('--json', 'print the report as JSON')
+        .option('-q, --quiet', 'no progress lines'),
+      'dest',
+      'the destination',
+    ),
+    'src',
+    'the --old-from registry',
+  ).action(
+    action(async (patch: string, o: Record<string, unknown>) => {
+      const oldArgs = o.old as string[] | undefined;
+      const report = await applyPatch({
+        patch,
+        to: o.to as string,
+        dest: sideOptions(o, 'dest'),
+        old: oldArgs ? await expandLists(oldArgs) : undefined,
+        oldFrom: o.oldFrom as string | undefined,
+        oldFromOptions: sideOptions(o, 'src'),
+        expectRoot: o.expectRoot as string | undefined,
+        vetOnly: o.vetOnly as boolean | undefined,
+        threads: o.threads as number | undefined,
+        onProgress: progressOf(o),
+      });
+      if (o.json) printJson(report);
+      else process.stdout.write(formatApplyReport(report));
+    }),
+  );
+
+  addPlatforms(
+    addSide(
+      reg
+        .command('pull-incremental')
+        .description('write an OCI archive of an image holding only the layers a base image lacks')
+        .requiredOption('--base <ref|scratch>', 'base image (scratch: include every layer)')
+        .requiredOption('--final <ref>', 'the image to archive')
+        .requiredOption('--out <file>', 'OCI archive to write')
+        .option('--json', 'print the report as JSON'),
+      'src',
+      'the source registry',
+    ),
+  ).action(
+    action(async (o: Record<string, unknown>) => {
+      const r = await pullIncremental({
+        base: o.base as string,
+        final: o.final as string,
+        out: o.out as string,
+        platforms: platformSelection(o.platform as string[] | undefined, o.allPlatforms as boolean | undefined, parsePlatform),
+        registry: sideOptions(o, 'src'),
+      });
+      if (o.json) printJson(r);
+      else
+        process.stdout.write(
+          `${r.out}: ${r.digest}, ${r.layersIncluded} layer(s) included, ${r.layersOmitted} left to the base; ${humanBytes(r.archiveBytes)} instead of ${humanBytes(r.fullBytes)} (${pct(r.percentSaved)} saved)\n`,
+        );
+    }),
+  );
+
+  addSide(
+    reg
+      .command('push-vet')
+      .description('check that a registry repository holds every layer an incremental archive omits')
+      .argument('<archive>', 'OCI archive from pull-incremental')
+      .requiredOption('--base <docker://HOST/REPO>', 'repository that must hold the omitted layers')
+      .option('--json', 'print the report as JSON'),
+    'dest',
+    'the registry',
+  ).action(
+    action(async (archive: string, o: Record<string, unknown>) => {
+      const r = await pushVet(archive, o.base as string, sideOptions(o, 'dest'));
+      if (o.json) printJson(r);
+      else process.stdout.write(`push-vet OK: ${r.atBase} omitted layer(s) present at ${r.base}; ${r.inArchive} blob(s) in the archive\n`);
+    }),
+  );
+
+  addSide(
+    reg
+      .command('push')
+      .description('push an (incremental) OCI archive after push-vet')
+      .argument('<archive>', 'OCI archive')
+      .argument('<target>', 'docker://HOST/REPO[:TAG] (default tag: the archive\'s)')
+      .option('--base-repo <repo>', 'repository of the same registry to mount omitted layers from')
+      .option('--json', 'print the report as JSON'),
+    'dest',
+    'the registry',
+  ).action(
+    action(async (archive: string, target: string, o: Record<string, unknown>) => {
+      const r = await pushArchive(archive, target, sideOptions(o, 'dest'), o.baseRepo as string | undefined);
+      if (o.json) printJson(r);
+      else process.stdout.write(`pushed ${r.target} (${r.digest}): ${r.uploaded} blob(s) uploaded (${humanBytes(r.bytesUploaded)}), ${r.mounted} mounted, ${r.existing} already there\n`);
+    }),
+  );
+
+  addSide(
+    addSide(
+      addPlatforms(
+        reg
+          .command('sync')
+          .description('bring a replica up to date with a primary by patch (safe to re-run and to interrupt)')
+          .requiredOption('--from <docker://PRIMARY[/PREFIX]>', 'primary registry')
+          .requiredOption('--to <docker://REPLICA[/PREFIX]>', 'replica registry')
+          .requiredOption('--repos <names>', 'comma-separated repositories (relative to the prefixes)')
+          .option('--level <fast|default|best>', 'effort of the file codecs', parseLevelPreset, 'default')
+          .option('--codec <auto|bsdiff|zstd>', 'patch codecs', parseCodec, 'auto')
+          .option('--keep-patch <file>', 'keep the patch that was applied')
+          .option('-t, --threads <n>', 'worker threads', parseIntOpt('threads', 1, 256))
+          .option('--json', 'print the report as JSON')
+          .option('-q, --quiet', 'no progress lines'),
+      ),
+      'src',
+      'the primary',
+    ),
+    'dest',
+    'the replica',
+  ).action(
+    action(async (o: Record<string, unknown>) => {
+      const platforms = o.platform || o.allPlatforms ? platformSelection(o.platform as string[] | undefined, o.allPlatforms as boolean | undefined, parsePlatform) : 'all';
+      const r = await syncRegistries({
+        from: o.from as string,
+        to: o.to as string,
+        src: sideOptions(o, 'src'),
+        dest: sideOptions(o, 'dest'),
+        repos: (o.repos as string).split(',').map((s) => s.trim()).filter(Boolean),
+        platforms,
+        level: o.level as LevelPreset,
+        codec: o.codec as 'auto',
+        keepPatch: o.keepPatch as string | undefined,
+        threads: o.threads as number | undefined,
+        onProgress: progressOf(o),
+      });
+      if (o.json) {
+        printJson(r);
+        return;
+      }
+      process.stdout.write(`sync ${r.from} -> ${r.to}: ${r.updated.length} tag(s) brought over, ${r.upToDate.length} already up to date (${r.seconds} s)\n`);
+      if (r.diff) process.stdout.write(formatDiffReport(r.diff));
+      if (r.apply) process.stdout.write(formatApplyReport(r.apply));
+    }),
+  );
+}
+
+/** Arguments that name list files become their lines (references or NAME[:TAG]). */
+async function expandLists(args: string[]): Promise<string[]> {
+  const { promises: fsp } = await import('node:fs');
+  const out: string[] = [];
+  for (const a of args) {
+    let text: string | undefined;
+    if (!/^(docker:\/\/|oci:|oci-archive:|docker-archive:)/.test(a)) {
+      try {
+        if ((await fsp.stat(a)).isFile()) text = await fsp.readFile(a, 'utf8');
+      } catch {
+        // a name, not a file
+      }
+    }
+    if (text === undefined) out.push(a);
+    else for (const l of text.split('\n')) if (l.replace(/#.*$/, '').trim()) out.push(l.replace(/#.*$/, '').trim().split(/\s+/)[0]);
+  }
+  return out;
+}

@@ -1,0 +1,80 @@
+/**
+ * regsync's own worker-thread pool (piscina over ./worker.ts): content
+ * encoding and decoding and recipe detection run off the event loop.
+ */
+import { availableParallelism } from 'node:os';
+import { join } from 'node:path';
+import { Piscina } from 'piscina';
+import { D4fsError, ErrorKind } from '../errors';
+import type * as W from './worker';
+
+const KINDS: readonly ErrorKind[] = [
+  'INVALID_ARGUMENT', 'NOT_FOUND', 'ALREADY_EXISTS', 'FAILED_PRECONDITION', 'CORRUPT', 'HOSTILE',
+  'UNSUPPORTED', 'UNAUTHENTICATED', 'PERMISSION_DENIED', 'UNAVAILABLE', 'DEADLINE_EXCEEDED', 'INTERNAL',
+];
+
+/**
+ * Errors cross the thread boundary as plain Errors (structured clone keeps
+ * the message, not the class): the worker puts the kind in front of the
+ * message ({@link W.tagError}) and it becomes a D4fsError again here.
+ */
+function untag(e: unknown): never {
+  const m = e instanceof Error ? /^\[d4fs:([A-Z_]+)\] ([\s\S]*)$/.exec(e.message) : null;
+  if (m && (KINDS as string[]).includes(m[1])) throw new D4fsError(m[1] as ErrorKind, m[2], { cause: e });
+  throw e;
+}
+
+/** Pool of worker threads running ./worker.ts tasks. */
+export class RegsyncPool {
+  private readonly pool: Piscina;
+
+  /** @param threads worker threads (default: available parallelism) */
+  constructor(readonly threads: number = availableParallelism()) {
+    this.pool = new Piscina({
+      filename: join(__dirname, 'worker.js'),
+      minThreads: 0,
+      maxThreads: Math.max(1, threads),
+      idleTimeout: 5_000,
+    });
+  }
+
+  /** Encode a content (see worker.encode). */
+  encode(a: W.EncodeArgs): Promise<W.EncodeResult> {
+    return (this.pool.run(a, { name: 'encode' }) as Promise<W.EncodeResult>).catch(untag);
+  }
+
+  /** Decode and verify a content (see worker.decode). */
+  decode(a: W.DecodeArgs): Promise<Uint8Array | null> {
+    return (this.pool.run(a, { name: 'decode' }) as Promise<Uint8Array | null>).catch(untag);
+  }
+
+  /** Detect a compression recipe (see worker.detect). */
+  detect(a: W.DetectArgs): ReturnType<typeof W.detect> {
+    return (this.pool.run(a, { name: 'detect' }) as ReturnType<typeof W.detect>).catch(untag);
+  }
+
+  /** Stop the threads. */
+  async close(): Promise<void> {
+    await this.pool.destroy();
+  }
+}
+
+/** Run `fn` over items with at most `limit` in flight; results in input order. */
+export async function mapLimit<T, R>(items: T[], limit: number, fn: (item: T, i: number) => Promise<R>): Promise<R[]> {
+  const out: R[] = new Array(items.length);
+  let next = 0;
+  let failed: unknown;
+  const lane = async (): Promise<void> => {
+    while (next < items.length && failed === undefined) {
+      const i = next++;
+      try {
+        out[i] = await fn(items[i], i);
+      } catch (e) {
+        failed ??= e;
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: Math.max(1, Math.min(limit, items.length)) }, lane));
+  if (failed !== undefined) throw failed;
+  return out;
+}

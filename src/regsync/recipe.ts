@@ -1,0 +1,421 @@
+/**
+ * Compression recipes: how to turn a rebuilt layer tar back into the exact
+ * compressed blob the registry held, so that the layer digest — and with it
+ * the manifest and its digest — stays the same.
+ *
+ * A gzip blob is header + raw deflate body + trailer (CRC-32 and size of the
+ * tar). The header (mtime, OS, name, extra fields) is recorded verbatim and the
+ * trailer is recomputed, so only the deflate body has to be reproduced. At diff
+ * time every candidate compressor is tried against the original body and the
+ * first one that reproduces it exactly is recorded:
+ *
+ *  - `node-zlib`: Node's bundled zlib (levels 1-9, memLevel 1-9, the five
+ *    strategies, windowBits 15). Candidates are pruned cheaply: deflating a
+ *    prefix of the tar without flushing yields a prefix of the final body, so
+ *    a candidate whose prefix output differs is dropped early.
+ *  - `gzip`: the GNU gzip program (levels 1-9, with and without --rsyncable),
+ *    run with -n; its 10-byte header and its trailer are replaced. A run is
+ *    killed at the first byte that differs.
+ *
+ * Layers that no candidate reproduces (Go's compress/flate and klauspost's
+ * pgzip — what docker, containerd, skopeo and umoci write — and pigz) are "not
+ * reproducible": the apply side recompresses them with a deterministic
+ * fallback recipe and rewrites the manifest.
+ *
+ * Everything here works on files (the tar and the original blob) and runs in a
+ * worker thread or the main thread alike.
+ */
+import { spawn, spawnSync } from 'node:child_process';
+import { promises as fsp } from 'node:fs';
+import { Readable } from 'node:stream';
+import * as zlib from 'node:zlib';
+import { CompressStream } from 'zstd-napi';
+import { corrupt, invalidArgument } from '../errors';
+import { gzipHeaderLength } from '../delta/gzmember';
+
+/** Node's zlib strategies by number (zlib.h). */
+const STRATEGIES = [
+  zlib.constants.Z_DEFAULT_STRATEGY,
+  zlib.constants.Z_FILTERED,
+  zlib.constants.Z_HUFFMAN_ONLY,
+  zlib.constants.Z_RLE,
+  zlib.constants.Z_FIXED,
+];
+
+/** A recipe that produces a layer blob from its tar. */
+export type Recipe =
+  | { kind: 'none' }
+  | {
+      kind: 'gzip';
+      engine: 'node-zlib';
+      /** zlib version that made the recipe (informational: the digest check is what counts). */
+      zlib: string;
+      level: number;
+      memLevel: number;
+      strategy: number;
+      windowBits: number;
+      /** gzip header bytes, base64. */
+      header: string;
+    }
+  | {
+      kind: 'gzip';
+      engine: 'gzip';
+      /** `gzip --version` first line of the program that made the recipe. */
+      tool: string;
+      level: number;
+      rsyncable: boolean;
+      /** gzip header bytes, base64. */
+      header: string;
+    }
+  | { kind: 'zstd'; engine: 'zstd-napi'; level: number };
+
+/** Outcome of {@link detectRecipe}. */
+export type Detection =
+  | { reproducible: true; recipe: Recipe; tried: number }
+  | { reproducible: false; reason: string; tried: number };
+
+/** The header every fallback gzip blob gets: no name, mtime 0, XFL 0, OS unknown (255). */
+export const FALLBACK_GZIP_HEADER = Buffer.from([0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff]);
+
+/** The recipe used where the original compression cannot be reproduced. */
+export function fallbackRecipe(compression: 'gzip' | 'zstd' | 'none'): Recipe {
+  if (compression === 'none') return { kind: 'none' };
+  if (compression === 'zstd') return { kind: 'zstd', engine: 'zstd-napi', level: 3 };
+  return {
+    kind: 'gzip',
+    engine: 'node-zlib',
+    zlib: process.versions.zlib ?? 'unknown',
+    level: 6,
+    memLevel: 8,
+    strategy: zlib.constants.Z_DEFAULT_STRATEGY,
+    windowBits: 15,
+    header: FALLBACK_GZIP_HEADER.toString('base64'),
+  };
+}
+
+/** Human description of a recipe, for reports. */
+export function describeRecipe(r: Recipe): string {
+  switch (r.kind) {
+    case 'none':
+      return 'uncompressed';
+    case 'zstd':
+      return `zstd level ${r.level} (zstd-napi)`;
+    case 'gzip':
+      return r.engine === 'gzip'
+        ? `${r.tool.split(' ').slice(0, 2).join(' ')} -n -${r.level}${r.rsyncable ? ' --rsyncable' : ''}`
+        : `node zlib ${r.zlib} level ${r.level} memLevel ${r.memLevel} strategy ${r.strategy}`;
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Producing
+
+const CHUNK = 1 << 20;
+
+/** Stream a file in fixed-size chunks (deterministic chunking for stream compressors). */
+async function* fileChunks(path: string): AsyncGenerator<Buffer> {
+  const fh = await fsp.open(path, 'r');
+  try {
+    for (;;) {
+      const buf = Buffer.allocUnsafe(CHUNK);
+      const { bytesRead } = await fh.read(buf, 0, CHUNK, null);
+      if (bytesRead === 0) return;
+      yield bytesRead === CHUNK ? buf : buf.subarray(0, bytesRead);
+    }
+  } finally {
+    await fh.close();
+  }
+}
+
+/** CRC-32 and size (mod 2^32) of a file: the gzip trailer of its content. */
+export async function gzipTrailerOf(path: string): Promise<Buffer> {
+  let crc = 0;
+  let size = 0;
+  for await (const c of fileChunks(path)) {
+    crc = zlib.crc32(c, crc);
+    size += c.length;
+  }
+  const t = Buffer.alloc(8);
+  t.writeUInt32LE(crc >>> 0, 0);
+  t.writeUInt32LE(size % 2 ** 32, 4);
+  return t;
+}
+
+/**
+ * Chunks of a transform fed with a file; stopping early (return) tears both
+ * down, so no file handle is left to the garbage collector.
+ */
+async function* transformFile(t: NodeJS.ReadWriteStream & Readable, tarPath: string): AsyncGenerator<Buffer> {
+  const src = Readable.from(fileChunks(tarPath));
+  src.on('error', (e) => t.destroy(e));
+  src.pipe(t);
+  try {
+    for await (const c of t) yield c as Buffer;
+  } finally {
+    src.destroy();
+    t.destroy();
+  }
+}
+
+/** Deflate body of a file by Node's zlib with the recipe's parameters. */
+function nodeDeflateBody(r: Extract<Recipe, { engine: 'node-zlib' }>, tarPath: string): AsyncGenerator<Buffer> {
+  const d = zlib.createDeflateRaw({ level: r.level, memLevel: r.memLevel, strategy: r.strategy, windowBits: r.windowBits, chunkSize: CHUNK });
+  return transformFile(d, tarPath);
+}
+
+/** `gzip` program found on PATH, as its version line; undefined when absent. */
+let gzipTool: string | null | undefined;
+export function gzipProgram(): string | undefined {
+  if (gzipTool === undefined) {
+    const r = spawnSync('gzip', ['--version'], { encoding: 'utf8' });
+    gzipTool = r.status === 0 && /gzip/i.test(r.stdout) ? r.stdout.split('\n')[0].trim() : null;
+  }
+  return gzipTool ?? undefined;
+}
+
+/**
+ * Deflate body made by the gzip program: its output without its 10-byte
+ * header and 8-byte trailer. The child is killed when the consumer stops.
+ */
+async function* gzipProgramBody(level: number, rsyncable: boolean, tarPath: string): AsyncGenerator<Buffer> {
+  const args = ['-c', '-n', `-${level}`];
+  if (rsyncable) args.push('--rsyncable');
+  const child = spawn('gzip', args, { stdio: ['pipe', 'pipe', 'pipe'] });
+  let stderr = '';
+  child.stderr.on('data', (d: Buffer) => (stderr = (stderr + d.toString()).slice(-2000)));
+  child.stdin.on('error', () => undefined);
+  const exited = new Promise<number | null>((resolve) => child.once('close', (code) => resolve(code)));
+  let gone = false;
+  const stdinGone = new Promise<void>((r) => child.stdin.once('close', () => r()));
+  void stdinGone.then(() => (gone = true));
+  const feeding = (async () => {
+    try {
+      for await (const c of fileChunks(tarPath)) {
+        if (gone || child.killed) return;
+        if (!child.stdin.write(c)) await Promise.race([new Promise<void>((r) => child.stdin.once('drain', () => r())), stdinGone]);
+      }
+      child.stdin.end();
+    } catch {
+      // the child went away; its exit status tells
+    }
+  })();
+  let head = Buffer.alloc(0);
+  let tail = Buffer.alloc(0);
+  let finished = false;
+  try {
+    for await (const chunk of child.stdout as AsyncIterable<Buffer>) {
+      let c = chunk;
+      if (head.length < 10) {
+        const take = Math.min(10 - head.length, c.length);
+        head = Buffer.concat([head, c.subarray(0, take)]);
+        c = c.subarray(take);
+        if (head.length === 10 && (head[0] !== 0x1f || head[1] !== 0x8b || head[3] !== 0)) {
+          throw corrupt('gzip program wrote an unexpected header');
+        }
+      }
+      const all = tail.length ? Buffer.concat([tail, c]) : c;
+      if (all.length > 8) {
+        yield all.subarray(0, all.length - 8);
+        tail = Buffer.from(all.subarray(all.length - 8));
+      } else {
+        tail = Buffer.from(all);
+      }
+    }
+    await feeding;
+    const code = await exited;
+    if (code !== 0) throw corrupt(`gzip -${level} failed (exit ${code}): ${stderr.trim()}`);
+    finished = true;
+  } finally {
+    if (!finished) {
+      child.kill('SIGKILL');
+      child.stdin.destroy();
+      await feeding;
+    }
+  }
+}
+
+/** Compressed body (between header and trailer for gzip) of the recipe applied to a tar file. */
+function recipeBody(r: Recipe, tarPath: string): AsyncIterable<Buffer> {
+  switch (r.kind) {
+    case 'none':
+      return fileChunks(tarPath);
+    case 'zstd':
+      return transformFile(new CompressStream({ compressionLevel: r.level, checksumFlag: true }), tarPath);
+    case 'gzip':
+      return r.engine === 'gzip' ? gzipProgramBody(r.level, r.rsyncable, tarPath) : nodeDeflateBody(r, tarPath);
+  }
+}
+
+/**
+ * The complete blob a recipe makes from a tar file (gzip: recorded header,
+ * body, recomputed trailer). The caller hashes it and checks the digest.
+ */
+export async function* produceBlob(r: Recipe, tarPath: string): AsyncGenerator<Buffer> {
+  validateRecipe(r);
+  if (r.kind === 'gzip') yield Buffer.from(r.header, 'base64');
+  for await (const c of recipeBody(r, tarPath)) yield c;
+  if (r.kind === 'gzip') yield await gzipTrailerOf(tarPath);
+}
+
+/** Refuse recipes with values outside what the engines accept (they come from patch files). */
+export function validateRecipe(r: Recipe): void {
+  const int = (v: unknown, lo: number, hi: number): boolean => Number.isInteger(v) && (v as number) >= lo && (v as number) <= hi;
+  const bad = (m: string): never => {
+    throw invalidArgument(`invalid compression recipe: ${m}`);
+  };
+  if (!r || typeof r !== 'object') bad('not an object');
+  switch (r.kind) {
+    case 'none':
+      return;
+    case 'zstd':
+      if (r.engine !== 'zstd-napi' || !int(r.level, 1, 19)) bad('zstd level');
+      return;
+    case 'gzip': {
+      if (typeof r.header !== 'string' || r.header.length > 4096) bad('gzip header');
+      const h = Buffer.from(r.header, 'base64');
+      const probe = Buffer.concat([h, Buffer.alloc(8)]);
+      if (gzipHeaderLength(probe) !== h.length) bad('gzip header is not a valid header');
+      if (r.engine === 'node-zlib') {
+        if (!int(r.level, 0, 9) || !int(r.memLevel, 1, 9) || !STRATEGIES.includes(r.strategy) || !int(r.windowBits, 9, 15)) bad('zlib parameters');
+      } else if (r.engine === 'gzip') {
+        if (!int(r.level, 1, 9) || typeof r.rsyncable !== 'boolean' || typeof r.tool !== 'string') bad('gzip parameters');
+      } else {
+        bad(`unknown gzip engine ${String((r as { engine?: unknown }).engine)}`);
+      }
+      return;
+    }
+    default:
+      bad(`unknown kind ${String((r as { kind?: unknown }).kind)}`);
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Detecting
+
+/** Compare a produced stream with `length` bytes of a file from `offset`; stops at the first difference. */
+async function sameAsFile(produced: AsyncIterable<Buffer>, fh: fsp.FileHandle, offset: number, length: number): Promise<boolean> {
+  let pos = 0;
+  const iter = produced[Symbol.asyncIterator]();
+  try {
+    for (;;) {
+      const { value, done } = await iter.next();
+      if (done) break;
+      const c = value as Buffer;
+      if (pos + c.length > length) return false;
+      const orig = Buffer.allocUnsafe(c.length);
+      const { bytesRead } = await fh.read(orig, 0, c.length, offset + pos);
+      if (bytesRead !== c.length || !orig.equals(c)) return false;
+      pos += c.length;
+    }
+    return pos === length;
+  } finally {
+    await iter.return?.(undefined);
+  }
+}
+
+/** The zlib candidates, most likely first. */
+function zlibCandidates(xfl: number): { level: number; memLevel: number; strategy: number }[] {
+  // XFL 2 = "maximum compression", 4 = "fastest" (what zlib's own gzip writer records).
+  const levels = xfl === 2 ? [9, 8, 7, 6, 5, 4, 3, 2, 1] : xfl === 4 ? [1, 2, 3, 4, 5, 6, 7, 8, 9] : [6, 9, 1, 5, 7, 8, 4, 3, 2];
+  const out: { level: number; memLevel: number; strategy: number }[] = [];
+  for (const memLevel of [8, 9, 7, 6, 5, 4, 3, 2, 1]) {
+    for (const strategy of STRATEGIES) {
+      for (const level of levels) {
+        if (strategy === zlib.constants.Z_HUFFMAN_ONLY && level !== levels[0]) continue; // level is irrelevant
+        out.push({ level, memLevel, strategy });
+      }
+    }
+  }
+  return out;
+}
+
+/** Options of {@link detectRecipe}. */
+export interface DetectOptions {
+  /** Try the gzip program too (default: when it is on PATH). */
+  gzipProgram?: boolean;
+}
+
+/**
+ * Find a recipe that reproduces `blobPath` (the original compressed layer)
+ * from `tarPath` (its verified uncompressed tar), or say why there is none.
+ */
+export async function detectRecipe(blobPath: string, tarPath: string, compression: 'gzip' | 'zstd' | 'none', opts: DetectOptions = {}): Promise<Detection> {
+  if (compression === 'none') return { reproducible: true, recipe: { kind: 'none' }, tried: 0 };
+  if (compression === 'zstd') {
+    return { reproducible: false, reason: 'zstd layers are not reproduced (recompressed with zstd level 3)', tried: 0 };
+  }
+  const blobSize = (await fsp.stat(blobPath)).size;
+  const tarSize = (await fsp.stat(tarPath)).size;
+  const fh = await fsp.open(blobPath, 'r');
+  let tried = 0;
+  try {
+    const first = Buffer.alloc(Math.min(blobSize, 65536));
+    await fh.read(first, 0, first.length, 0);
+    const hlen = gzipHeaderLength(first);
+    if (hlen < 0) return { reproducible: false, reason: 'gzip header not understood', tried };
+    const trailer = Buffer.alloc(8);
+    await fh.read(trailer, 0, 8, blobSize - 8);
+    if (!trailer.equals(await gzipTrailerOf(tarPath))) {
+      return { reproducible: false, reason: 'several gzip members or data after the gzip stream', tried };
+    }
+    const header = first.subarray(0, hlen);
+    const bodyLen = blobSize - hlen - 8;
+    const xfl = header[8];
+    const os = header[9];
+
+    // 1. Node's zlib, pruned on growing prefixes of the tar.
+    const prefixMax = Math.min(tarSize, 4 << 20);
+    const prefix = Buffer.alloc(prefixMax);
+    const tfh = await fsp.open(tarPath, 'r');
+    try {
+      await tfh.read(prefix, 0, prefixMax, 0);
+    } finally {
+      await tfh.close();
+    }
+    const bodyHead = Buffer.alloc(Math.min(bodyLen, 4 << 20));
+    await fh.read(bodyHead, 0, bodyHead.length, hlen);
+    let alive = zlibCandidates(xfl);
+    for (const n of [64 << 10, 512 << 10, 4 << 20]) {
+      const len = Math.min(n, prefixMax);
+      const whole = len === tarSize;
+      alive = alive.filter((c) => {
+        tried++;
+        const out = zlib.deflateRawSync(prefix.subarray(0, len), {
+          ...c,
+          windowBits: 15,
+          finishFlush: whole ? zlib.constants.Z_FINISH : zlib.constants.Z_NO_FLUSH,
+        });
+        if (whole) return out.length === bodyLen && bodyHead.subarray(0, out.length).equals(out);
+        return out.length <= bodyHead.length && bodyHead.subarray(0, out.length).equals(out);
+      });
+      if (alive.length === 0 || len === prefixMax) break;
+    }
+    for (const c of alive) {
+      const recipe: Recipe = { kind: 'gzip', engine: 'node-zlib', zlib: process.versions.zlib ?? 'unknown', ...c, windowBits: 15, header: header.toString('base64') };
+      if (tarSize <= prefixMax || (await sameAsFile(recipeBody(recipe, tarPath), fh, hlen, bodyLen))) {
+        return { reproducible: true, recipe, tried };
+      }
+    }
+
+    // 2. The gzip program.
+    const tool = opts.gzipProgram === false ? undefined : gzipProgram();
+    if (tool) {
+      const levels = xfl === 2 ? [9, 6, 8, 7, 5, 4, 3, 2, 1] : xfl === 4 ? [1, 2, 3, 6, 9, 4, 5, 7, 8] : [6, 9, 1, 5, 7, 8, 4, 3, 2];
+      for (const rsyncable of [false, true]) {
+        for (const level of levels) {
+          tried++;
+          if (await sameAsFile(gzipProgramBody(level, rsyncable, tarPath), fh, hlen, bodyLen)) {
+            return { reproducible: true, recipe: { kind: 'gzip', engine: 'gzip', tool, level, rsyncable, header: header.toString('base64') }, tried };
+          }
+        }
+      }
+    }
+    const who =
+      os === 255
+        ? 'the gzip header (OS 255) points to a Go compressor (compress/gzip, pgzip: docker, containerd, skopeo, umoci), whose deflate output zlib and gzip do not reproduce'
+        : 'no zlib or gzip setting reproduces the deflate stream (pigz, another deflate implementation, or another zlib version)';
+    return { reproducible: false, reason: `${tried} candidate compressors tried: ${who}`, tried };
+  } finally {
+    await fh.close();
+  }
+}

@@ -1,0 +1,309 @@
+/**
+ * Validation of a patch index read from an untrusted file. Everything apply
+ * later relies on is checked here, before any payload is used or anything is
+ * pushed: types, bounds, digests' syntax, names, and every cross-reference
+ * (payloads, contents, sources, skeleton bases, byte accounting of each
+ * rebuilt tar). The documents' own contents (manifests naming the right
+ * config and layers) are checked by ./docs.ts once the payloads are verified.
+ */
+import { hostile } from '../errors';
+import { SHA256_RE } from '../util/digest';
+import { GZ_MAX_INNER } from './gzcontent';
+import { validateRecipe } from './recipe';
+import { PATCH_FORMAT, PATCH_VERSION, PatchIndex } from './types';
+
+const REPO_RE = /^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:\/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*$/;
+const TAG_RE = /^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$/;
+const PLATFORM_RE = /^[a-z0-9._-]+\/[a-z0-9._-]+(?:\/[a-z0-9._-]+)?$/i;
+const MEDIA_TYPE_RE = /^[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}\/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}$/;
+
+/** Bounds. */
+export const LIMITS = {
+  images: 100_000,
+  docs: 1_000_000,
+  layers: 1_000_000,
+  contents: 50_000_000,
+  sources: 1_000_000,
+  payloads: 100_000_000,
+  /** Largest document (manifest, index, config). */
+  doc: 4 * 1024 * 1024,
+  /** Largest layer blob or tar (1 TiB). */
+  blob: 2 ** 40,
+  /** Largest single file content (held in memory while patching). */
+  content: 2 ** 32,
+  /** Largest skeleton (held in memory). */
+  skeleton: 2 ** 30,
+};
+
+/** Throw HOSTILE with a path into the index. */
+function bad(where: string, what: string): never {
+  throw hostile(`patch index: ${where}: ${what}`);
+}
+
+type Obj = Record<string, unknown>;
+
+function obj(v: unknown, where: string): Obj {
+  if (!v || typeof v !== 'object' || Array.isArray(v)) bad(where, 'expected an object');
+  return v as Obj;
+}
+
+function arr(v: unknown, where: string, max: number): unknown[] {
+  if (!Array.isArray(v)) bad(where, 'expected an array');
+  if (v.length > max) bad(where, `more than ${max} items`);
+  return v;
+}
+
+function str(v: unknown, where: string, max = 4096): string {
+  if (typeof v !== 'string' || v.length > max) bad(where, `expected a string of at most ${max} characters`);
+  return v;
+}
+
+function int(v: unknown, where: string, max: number, min = 0): number {
+  if (!Number.isSafeInteger(v) || (v as number) < min || (v as number) > max) bad(where, `expected an integer in [${min}, ${max}]`);
+  return v as number;
+}
+
+function digest(v: unknown, where: string): string {
+  if (typeof v !== 'string' || !SHA256_RE.test(v)) bad(where, 'expected a sha256 digest');
+  return v;
+}
+
+function name(v: unknown, where: string): string {
+  if (typeof v !== 'string' || v.length > 255 || !REPO_RE.test(v)) bad(where, 'invalid repository name');
+  return v;
+}
+
+function tag(v: unknown, where: string): string | undefined {
+  if (v === undefined) return undefined;
+  if (typeof v !== 'string' || !TAG_RE.test(v)) bad(where, 'invalid tag');
+  return v;
+}
+
+function mediaType(v: unknown, where: string): string {
+  if (typeof v !== 'string' || !MEDIA_TYPE_RE.test(v)) bad(where, 'invalid media type');
+  return v;
+}
+
+/**
+ * Check a parsed index and return it typed. Throws HOSTILE (with where and
+ * what) on the first violation.
+ */
+export function validateIndex(v: unknown): PatchIndex {
+  const ix = obj(v, 'index');
+  if (ix.format !== PATCH_FORMAT) bad('format', `not "${PATCH_FORMAT}"`);
+  if (ix.version !== PATCH_VERSION) bad('version', `unsupported version ${String(ix.version)}`);
+  str(ix.created, 'created', 64);
+  if (ix.platforms !== 'all') {
+    const ps = arr(ix.platforms, 'platforms', 256);
+    ps.forEach((p, i) => {
+      if (typeof p !== 'string' || !PLATFORM_RE.test(p)) bad(`platforms[${i}]`, 'invalid platform');
+    });
+  }
+
+  // payloads
+  const payloads = arr(ix.payloads, 'payloads', LIMITS.payloads).map((p, i) => {
+    const o = obj(p, `payloads[${i}]`);
+    return { length: int(o.length, `payloads[${i}].length`, LIMITS.blob), digest: digest(o.digest, `payloads[${i}].digest`) };
+  });
+  const usedPayloads = new Set<number>();
+  const payloadRef = (v: unknown, where: string): number => {
+    const i = int(v, where, payloads.length - 1);
+    if (usedPayloads.has(i)) bad(where, `payload ${i} is used twice`);
+    usedPayloads.add(i);
+    return i;
+  };
+
+  // old and new images
+  arr(ix.old, 'old', LIMITS.images).forEach((o, i) => {
+    const w = `old[${i}]`;
+    const e = obj(o, w);
+    name(e.name, `${w}.name`);
+    tag(e.tag, `${w}.tag`);
+    str(e.ref, `${w}.ref`);
+    digest(e.digest, `${w}.digest`);
+  });
+
+  // documents
+  const docs = new Map<string, string>();
+  arr(ix.docs, 'docs', LIMITS.docs).forEach((d, i) => {
+    const w = `docs[${i}]`;
+    const e = obj(d, w);
+    if (e.role !== 'index' && e.role !== 'manifest' && e.role !== 'config') bad(`${w}.role`, 'expected index, manifest or config');
+    const dg = digest(e.digest, `${w}.digest`);
+    mediaType(e.mediaType, `${w}.mediaType`);
+    const size = int(e.size, `${w}.size`, LIMITS.doc);
+    const p = payloadRef(e.payload, `${w}.payload`);
+    if (payloads[p].length !== size || payloads[p].digest !== dg) bad(w, 'payload does not match the document digest and size');
+    if (docs.has(dg)) bad(w, `document ${dg} listed twice`);
+    docs.set(dg, e.role as string);
+  });
+
+  const images = arr(ix.images, 'images', LIMITS.images);
+  if (images.length === 0) bad('images', 'no image');
+  const targets = new Set<string>();
+  images.forEach((o, i) => {
+    const w = `images[${i}]`;
+    const e = obj(o, w);
+    const n = name(e.name, `${w}.name`);
+    const t = tag(e.tag, `${w}.tag`);
+    str(e.ref, `${w}.ref`);
+    const root = digest(e.root, `${w}.root`);
+    const role = docs.get(root);
+    if (role !== 'index' && role !== 'manifest') bad(`${w}.root`, 'not an index or manifest of the patch');
+    const key = `${n}:${t ?? '@' + root}`;
+    if (targets.has(key)) bad(w, `${key} listed twice`);
+    targets.add(key);
+  });
+
+  // sources (old layers read by apply)
+  const sources = arr(ix.sources, 'sources', LIMITS.sources).map((s, i) => {
+    const w = `sources[${i}]`;
+    const e = obj(s, w);
+    const src = {
+      diffId: digest(e.diffId, `${w}.diffId`),
+      tarSize: int(e.tarSize, `${w}.tarSize`, LIMITS.blob),
+      extract: arr(e.extract, `${w}.extract`, LIMITS.contents),
+      hasSkeleton: e.skeletonDigest !== undefined,
+    };
+    digest(e.digest, `${w}.digest`);
+    if (src.hasSkeleton) {
+      digest(e.skeletonDigest, `${w}.skeletonDigest`);
+      int(e.skeletonSize, `${w}.skeletonSize`, Math.min(LIMITS.skeleton, src.tarSize));
+    } else if (e.skeletonSize !== undefined) {
+      bad(`${w}.skeletonSize`, 'without skeletonDigest');
+    }
+    return src;
+  });
+  const diffIds = new Set<string>();
+  for (const [i, s] of sources.entries()) {
+    if (diffIds.has(s.diffId)) bad(`sources[${i}]`, `layer ${s.diffId} listed twice`);
+    diffIds.add(s.diffId);
+  }
+
+  // contents
+  const contents = arr(ix.contents, 'contents', LIMITS.contents).map((c, i) => {
+    const w = `contents[${i}]`;
+    const e = obj(c, w);
+    const size = int(e.size, `${w}.size`, LIMITS.content, 1);
+    digest(e.digest, `${w}.digest`);
+    if (e.enc === 'old') return { size, enc: 'old' as const };
+    if (e.enc === 'zstd') {
+      payloadRef(e.payload, `${w}.payload`);
+      return { size, enc: 'zstd' as const };
+    }
+    if (e.enc === 'zstd-patch' || e.enc === 'bsdiff') {
+      payloadRef(e.payload, `${w}.payload`);
+      const base = int(e.base, `${w}.base`, i - 1);
+      return { size, enc: e.enc, base };
+    }
+    if (e.enc === 'gzip') {
+      payloadRef(e.payload, `${w}.payload`);
+      const g = obj(e.gzip, `${w}.gzip`);
+      int(g.level, `${w}.gzip.level`, 9, 1);
+      str(g.header, `${w}.gzip.header`, 4096);
+      const inner = obj(e.inner, `${w}.inner`);
+      int(inner.size, `${w}.inner.size`, GZ_MAX_INNER);
+      digest(inner.digest, `${w}.inner.digest`);
+      if (inner.codec !== 'zstd' && inner.codec !== 'zstd-patch' && inner.codec !== 'bsdiff') bad(`${w}.inner.codec`, 'expected zstd, zstd-patch or bsdiff');
+      if (e.baseInflate !== undefined && typeof e.baseInflate !== 'boolean') bad(`${w}.baseInflate`, 'expected a boolean');
+      if (inner.codec === 'zstd') {
+        if (e.base !== undefined || e.baseInflate) bad(`${w}.base`, 'a whole inner content has no base');
+        return { size, enc: 'gzip' as const };
+      }
+      const base = int(e.base, `${w}.base`, i - 1);
+      return { size, enc: 'gzip' as const, base };
+    }
+    return bad(`${w}.enc`, 'expected old, zstd, zstd-patch, bsdiff or gzip');
+  });
+  const seenDigests = new Set<string>();
+  (ix.contents as Obj[]).forEach((c, i) => {
+    if (seenDigests.has(c.digest as string)) bad(`contents[${i}]`, 'content listed twice');
+    seenDigests.add(c.digest as string);
+  });
+  for (const [i, c] of contents.entries()) {
+    if ('base' in c && c.base !== undefined && contents[c.base].enc !== 'old') bad(`contents[${i}].base`, 'a patch base must be an old content');
+  }
+  const extracted = new Set<number>();
+  sources.forEach((s, i) => {
+    let last = -1;
+    s.extract.forEach((x, k) => {
+      const w = `sources[${i}].extract[${k}]`;
+      const pair = arr(x, w, 2);
+      if (pair.length !== 2) bad(w, 'expected [offset, content]');
+      const off = int(pair[0], `${w}[0]`, s.tarSize);
+      const ci = int(pair[1], `${w}[1]`, contents.length - 1);
+      if (contents[ci].enc !== 'old') bad(w, 'only old contents are extracted');
+      if (off <= last) bad(w, 'offsets must increase');
+      if (off + contents[ci].size > s.tarSize) bad(w, 'extends past the end of the layer');
+      last = off + contents[ci].size - 1;
+      extracted.add(ci);
+    });
+  });
+  contents.forEach((c, i) => {
+    if (c.enc === 'old' && !extracted.has(i)) bad(`contents[${i}]`, 'old content that no source provides');
+  });
+
+  // layers
+  const layerDigests = new Set<string>();
+  arr(ix.layers, 'layers', LIMITS.layers).forEach((l, i) => {
+    const w = `layers[${i}]`;
+    const e = obj(l, w);
+    const dg = digest(e.digest, `${w}.digest`);
+    if (layerDigests.has(dg)) bad(w, 'layer listed twice');
+    layerDigests.add(dg);
+    const size = int(e.size, `${w}.size`, LIMITS.blob);
+    mediaType(e.mediaType, `${w}.mediaType`);
+    digest(e.diffId, `${w}.diffId`);
+    switch (e.kind) {
+      case 'referenced':
+        return;
+      case 'blob': {
+        const p = payloadRef(e.payload, `${w}.payload`);
+        if (payloads[p].length !== size || payloads[p].digest !== dg) bad(w, 'payload does not match the layer digest and size');
+        return;
+      }
+      case 'rebuilt': {
+        const tarSize = int(e.tarSize, `${w}.tarSize`, LIMITS.blob);
+        const sk = obj(e.skeleton, `${w}.skeleton`);
+        const skSize = int(sk.size, `${w}.skeleton.size`, Math.min(LIMITS.skeleton, tarSize));
+        digest(sk.digest, `${w}.skeleton.digest`);
+        payloadRef(sk.payload, `${w}.skeleton.payload`);
+        if (sk.codec === 'zstd') {
+          if (sk.base !== undefined) bad(`${w}.skeleton.base`, 'a zstd skeleton has no base');
+        } else if (sk.codec === 'zstd-patch' || sk.codec === 'bsdiff') {
+          const b = int(sk.base, `${w}.skeleton.base`, sources.length - 1);
+          if (!sources[b].hasSkeleton) bad(`${w}.skeleton.base`, 'source without a skeleton digest');
+        } else {
+          bad(`${w}.skeleton.codec`, 'expected zstd, zstd-patch or bsdiff');
+        }
+        const files = arr(e.files, `${w}.files`, LIMITS.contents).map((f, k) => int(f, `${w}.files[${k}]`, contents.length - 1));
+        const runs = arr(e.runs, `${w}.runs`, LIMITS.contents + 1).map((r, k) => int(r, `${w}.runs[${k}]`, skSize));
+        if (runs.length !== files.length + 1) bad(`${w}.runs`, 'must have one more item than files');
+        const rawTotal = runs.reduce((a, b) => a + b, 0);
+        if (rawTotal !== skSize) bad(`${w}.runs`, `add up to ${rawTotal}, the skeleton has ${skSize} bytes`);
+        const contentTotal = files.reduce((a, f) => a + contents[f].size, 0);
+        if (rawTotal + contentTotal !== tarSize) bad(w, `skeleton and contents make ${rawTotal + contentTotal} bytes, the tar has ${tarSize}`);
+        if ((e.recipe === undefined) === (e.fallback === undefined)) bad(w, 'needs exactly one of recipe and fallback');
+        try {
+          if (e.recipe !== undefined) validateRecipe(e.recipe as never);
+          else {
+            const fb = obj(e.fallback, `${w}.fallback`);
+            validateRecipe(fb.recipe as never);
+            digest(fb.digest, `${w}.fallback.digest`);
+            int(fb.size, `${w}.fallback.size`, LIMITS.blob);
+            str(fb.reason, `${w}.fallback.reason`);
+          }
+        } catch (err) {
+          bad(w, (err as Error).message);
+        }
+        return;
+      }
+      default:
+        bad(`${w}.kind`, 'expected referenced, blob or rebuilt');
+    }
+  });
+
+  obj(ix.stats, 'stats');
+  if (usedPayloads.size !== payloads.length) bad('payloads', `${payloads.length - usedPayloads.size} payloads are not used by anything`);
+  return ix as unknown as PatchIndex;
+}

@@ -1,0 +1,173 @@
+/**
+ * Worker-thread tasks of regsync (run by ./pool.ts through piscina): content
+ * encoding and decoding, and compression-recipe detection. Inputs are file
+ * ranges or small inline buffers; outputs are plain data.
+ */
+import { createHash } from 'node:crypto';
+import { promises as fsp } from 'node:fs';
+import { applyPatch, chooseBest, compressFull, decompressFull, LEVELS, LevelPreset } from '../delta/codecs';
+import { corrupt, D4fsError } from '../errors';
+import { GzipContentRecipe, gzipRecipeOf, gzipWithRecipe, inflateSingle, looksGzip } from './gzcontent';
+import { Detection, detectRecipe } from './recipe';
+
+/** Bytes given inline or as a range of a file. */
+export type Bytes = { data: Uint8Array } | { path: string; offset: number; size: number };
+
+async function load(b: Bytes): Promise<Buffer> {
+  if ('data' in b) return Buffer.from(b.data.buffer, b.data.byteOffset, b.data.byteLength);
+  const out = Buffer.allocUnsafe(b.size);
+  const fh = await fsp.open(b.path, 'r');
+  try {
+    let done = 0;
+    while (done < b.size) {
+      const { bytesRead } = await fh.read(out, done, b.size - done, b.offset + done);
+      if (bytesRead === 0) throw corrupt(`${b.path}: ${b.size} bytes expected at ${b.offset}, file too short`);
+      done += bytesRead;
+    }
+  } finally {
+    await fh.close();
+  }
+  return out;
+}
+
+/** Arguments of {@link encode}. */
+export interface EncodeArgs {
+  target: Bytes;
+  base?: Bytes;
+  codec: 'auto' | 'bsdiff' | 'zstd';
+  level: LevelPreset;
+  /** Try encoding a gzip target as its decompressed content (see ./gzcontent.ts). */
+  gzip?: boolean;
+}
+
+/** A gzip target encoded through its content. */
+export interface GzipEncoding {
+  recipe: GzipContentRecipe;
+  inner: { size: number; digest: string; codec: 'zstd' | 'zstd-patch' | 'bsdiff' };
+  /** The inner content is a patch against the base … decompressed first. */
+  usesBase: boolean;
+  baseInflate: boolean;
+}
+
+/** Result of {@link encode}. */
+export interface EncodeResult {
+  codec: 'zstd' | 'zstd-patch' | 'bsdiff' | 'gzip';
+  data: Uint8Array;
+  gzip?: GzipEncoding;
+}
+
+/** Smallest gzip files worth the detour through their content. */
+const GZIP_MIN = 512;
+/** Bytes of index an encoding through the content costs beyond its payload. */
+const GZIP_OVERHEAD = 160;
+
+const sha256 = (b: Uint8Array): string => `sha256:${createHash('sha256').update(b).digest('hex')}`;
+
+/** Run a task, putting a D4fsError's kind in front of its message so that the pool can restore it. */
+export async function tagError<T>(fn: () => Promise<T>): Promise<T> {
+  try {
+    return await fn();
+  } catch (e) {
+    if (e instanceof D4fsError) throw new Error(`[d4fs:${e.kind}] ${e.message}`);
+    throw e;
+  }
+}
+
+/** Smallest verified encoding of the target: a zstd frame, a patch against the base, or (gzip files) either of those of its content. */
+export function encode(a: EncodeArgs): Promise<EncodeResult> {
+  return tagError(() => encodeTask(a));
+}
+
+async function encodeTask(a: EncodeArgs): Promise<EncodeResult> {
+  const target = await load(a.target);
+  const base = a.base ? await load(a.base) : undefined;
+  const plain: EncodeResult = base
+    ? (({ codec, data }) => ({ codec, data }))(chooseBest(base, target, { codec: a.codec, level: a.level }))
+    : { codec: 'zstd', data: compressFull(target, LEVELS[a.level]) };
+  if (!a.gzip || target.length < GZIP_MIN || !looksGzip(target)) return plain;
+  const g = gzipRecipeOf(target);
+  if (!g) return plain;
+  const baseInner = base && looksGzip(base) ? inflateSingle(base) : undefined;
+  const innerBase = baseInner ?? base;
+  const inner = innerBase
+    ? chooseBest(innerBase, g.inner, { codec: a.codec, level: a.level })
+    : { codec: 'zstd' as const, data: compressFull(g.inner, LEVELS[a.level]) };
+  if (inner.data.length + GZIP_OVERHEAD >= plain.data.length) return plain;
+  const usesBase = inner.codec !== 'zstd';
+  return {
+    codec: 'gzip',
+    data: inner.data,
+    gzip: {
+      recipe: g.recipe,
+      inner: { size: g.inner.length, digest: sha256(g.inner), codec: inner.codec },
+      usesBase,
+      baseInflate: usesBase && baseInner !== undefined,
+    },
+  };
+}
+
+/** Arguments of {@link decode}. */
+export interface DecodeArgs {
+  codec: 'zstd' | 'zstd-patch' | 'bsdiff' | 'gzip';
+  /** For codec gzip: the recipe and the inner content's encoding. */
+  gzip?: { recipe: GzipContentRecipe; inner: { size: number; digest: string; codec: 'zstd' | 'zstd-patch' | 'bsdiff' }; baseInflate: boolean };
+  payload: Bytes;
+  base?: Bytes;
+  size: number;
+  /** Expected "sha256:..." of the result. */
+  digest: string;
+  /** Write the result here … */
+  outPath?: string;
+}
+
+/** Decode and verify a content; writes it to outPath or returns it. */
+export function decode(a: DecodeArgs): Promise<Uint8Array | null> {
+  return tagError(() => decodeTask(a));
+}
+
+async function decodeTask(a: DecodeArgs): Promise<Uint8Array | null> {
+  const payload = await load(a.payload);
+  let out: Buffer;
+  if (a.codec === 'gzip') {
+    const g = a.gzip;
+    if (!g) throw corrupt(`gzip content ${a.digest} without its recipe`);
+    let base = a.base ? await load(a.base) : undefined;
+    if (base && g.baseInflate) {
+      base = inflateSingle(base);
+      if (!base) throw corrupt(`gzip content ${a.digest}: its base does not decompress`);
+    }
+    let inner: Buffer;
+    if (g.inner.codec === 'zstd') inner = decompressFull(payload, g.inner.size);
+    else {
+      if (!base) throw corrupt(`gzip content ${a.digest} without a base`);
+      inner = applyPatch(base, payload, g.inner.codec, g.inner.size);
+    }
+    if (sha256(inner) !== g.inner.digest) throw corrupt(`gzip content ${a.digest}: decompressed content does not match its digest`);
+    out = gzipWithRecipe(inner, g.recipe);
+    if (out.length !== a.size) throw corrupt(`gzip content ${a.digest}: gzip -${g.recipe.level} here gives ${out.length} bytes, not ${a.size} (another gzip version?)`);
+  } else if (a.codec === 'zstd') out = decompressFull(payload, a.size);
+  else {
+    if (!a.base) throw corrupt(`${a.codec} content ${a.digest} without a base`);
+    out = applyPatch(await load(a.base), payload, a.codec, a.size);
+  }
+  const got = sha256(out);
+  if (got !== a.digest) throw corrupt(`decoded content hashes to ${got}, expected ${a.digest}`);
+  if (a.outPath) {
+    await fsp.writeFile(a.outPath, out);
+    return null;
+  }
+  return out;
+}
+
+/** Arguments of {@link detect}. */
+export interface DetectArgs {
+  blobPath: string;
+  tarPath: string;
+  compression: 'gzip' | 'zstd' | 'none';
+  gzipProgram?: boolean;
+}
+
+/** Recipe detection (see ./recipe.ts). */
+export function detect(a: DetectArgs): Promise<Detection> {
+  return tagError(() => detectRecipe(a.blobPath, a.tarPath, a.compression, { gzipProgram: a.gzipProgram }));
+}

@@ -1,0 +1,318 @@
+/**
+ * Unit tests of regsync's parts that need no registry: the raw tar splitter
+ * (exact reassembly of real GNU tar archives in every format, including
+ * damaged ones), compression-recipe detection, gzip files inside layers, and
+ * the patch container's refusal of damaged and hostile files.
+ */
+import { execFileSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { createReadStream, promises as fsp } from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import * as zlib from 'node:zlib';
+import { compressFull } from '../src/delta/codecs';
+import { D4fsError } from '../src/errors';
+import { HEADER_SIZE, PatchReader } from '../src/regsync/container';
+import { diffImageSets } from '../src/regsync/diff';
+import { gzipRecipeOf, gzipWithRecipe } from '../src/regsync/gzcontent';
+import { parseSpec } from '../src/regsync/imageset';
+import { detectRecipe, produceBlob } from '../src/regsync/recipe';
+import { splitTar, SplitResult } from '../src/regsync/tarsplit';
+import { validateIndex } from '../src/regsync/validate';
+import { buildOciLayout } from './helpers/registry';
+
+jest.setTimeout(120_000);
+
+const sha = (b: Buffer): string => `sha256:${createHash('sha256').update(b).digest('hex')}`;
+
+/** Rebuild a tar from its split: skeleton runs and contents (read back from the original at their offsets). */
+function reassemble(orig: Buffer, s: SplitResult): Buffer {
+  const parts: Buffer[] = [];
+  let pos = 0;
+  s.rawRuns.forEach((run, i) => {
+    parts.push(s.skeleton.subarray(pos, pos + run));
+    pos += run;
+    if (i < s.files.length) {
+      const f = s.files[i];
+      const c = orig.subarray(f.offset, f.offset + f.size);
+      expect(sha(c)).toBe(f.digest);
+      parts.push(c);
+    }
+  });
+  return Buffer.concat(parts);
+}
+
+/** Feed a buffer in chunks of the given sizes (cycled). */
+async function* chunked(b: Buffer, sizes: number[]): AsyncGenerator<Buffer> {
+  let i = 0;
+  for (let p = 0; p < b.length; ) {
+    const n = sizes[i++ % sizes.length];
+    yield b.subarray(p, p + n);
+    p += n;
+  }
+}
+
+describe('tar splitter', () => {
+  let dir: string;
+  let tree: string;
+  beforeAll(async () => {
+    dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'd4fs-tarsplit-'));
+    tree = path.join(dir, 'tree');
+    const long = path.join(tree, 'a'.repeat(60), 'b'.repeat(60), 'c'.repeat(60));
+    await fsp.mkdir(long, { recursive: true });
+    await fsp.writeFile(path.join(long, 'long-name-file.txt'), 'x'.repeat(700));
+    await fsp.writeFile(path.join(tree, 'empty'), '');
+    await fsp.writeFile(path.join(tree, 'exact512'), Buffer.alloc(512, 7));
+    await fsp.writeFile(path.join(tree, 'big.bin'), Buffer.from(Array.from({ length: 300_000 }, (_, i) => (i * 7919) & 255)));
+    await fsp.link(path.join(tree, 'exact512'), path.join(tree, 'hardlink'));
+    await fsp.symlink('../' + 'l'.repeat(150), path.join(tree, 'longlink'));
+    const sparse = await fsp.open(path.join(tree, 'sparse'), 'w');
+    await sparse.write(Buffer.from('head'), 0, 4, 0);
+    await sparse.write(Buffer.from('tail'), 0, 4, 5_000_000);
+    await sparse.close();
+    execFileSync('setfattr', ['-n', 'user.test', '-v', 'value', path.join(tree, 'big.bin')]);
+  });
+  afterAll(async () => {
+    await fsp.rm(dir, { recursive: true, force: true });
+  });
+
+  for (const format of ['gnu', 'oldgnu', 'ustar', 'posix', 'v7']) {
+    test(`GNU tar --format=${format}: skeleton + contents give the tar back byte for byte`, async () => {
+      const out = path.join(dir, `${format}.tar`);
+      const args = ['-c', '-f', out, `--format=${format}`, '-C', tree, '--sort=name'];
+      if (format === 'gnu' || format === 'oldgnu' || format === 'posix') args.push('--sparse');
+      if (format === 'posix') args.push('--xattrs', '--xattrs-include=*');
+      try {
+        execFileSync('tar', [...args, '.'], { stdio: ['ignore', 'ignore', 'pipe'] });
+      } catch {
+        // ustar/v7 cannot hold the long names: tar still writes the rest and exits 2
+      }
+      const orig = await fsp.readFile(out);
+      const s = await splitTar(createReadStream(out, { highWaterMark: 4096 }));
+      expect(s.truncated).toBe(false);
+      expect(s.size).toBe(orig.length);
+      expect(reassemble(orig, s).equals(orig)).toBe(true);
+      const names = s.files.map((f) => f.path);
+      expect(names).toContain('big.bin');
+      if (format !== 'v7' && format !== 'ustar') expect(names.some((n) => n.endsWith('long-name-file.txt'))).toBe(true);
+      // chunking does not change the result
+      const odd = await splitTar(chunked(orig, [1, 7, 511, 513, 3]));
+      expect(odd.skeleton.equals(s.skeleton)).toBe(true);
+      expect(odd.files).toEqual(s.files);
+      expect(odd.rawRuns).toEqual(s.rawRuns);
+    });
+  }
+
+  test('damaged tars still reassemble exactly: bad checksum, garbage after the end, cut inside a file', async () => {
+    const out = path.join(dir, 'posix.tar');
+    const orig = await fsp.readFile(out);
+    const s0 = await splitTar(chunked(orig, [65536]));
+    // a bad header in the middle: from there on everything is skeleton
+    const bad = Buffer.from(orig);
+    const second = s0.files[1].offset - 512;
+    bad[second + 148] ^= 0x01;
+    const s1 = await splitTar(chunked(bad, [4096]));
+    expect(s1.files.length).toBeLessThan(s0.files.length);
+    expect(reassemble(bad, s1).equals(bad)).toBe(true);
+    // data after the end-of-archive blocks
+    const tail = Buffer.concat([orig, Buffer.from('trailing garbage')]);
+    const s2 = await splitTar(chunked(tail, [4096]));
+    expect(s2.files).toEqual(s0.files);
+    expect(reassemble(tail, s2).equals(tail)).toBe(true);
+    // cut inside a file: reported as truncated (such a layer is shipped whole)
+    const big = s0.files.find((f) => f.path === 'big.bin');
+    const cut = orig.subarray(0, (big as { offset: number }).offset + 1000);
+    const s3 = await splitTar(chunked(cut, [4096]));
+    expect(s3.truncated).toBe(true);
+  });
+});
+
+describe('compression recipes', () => {
+  let dir: string;
+  let tarPath: string;
+  let tar: Buffer;
+  beforeAll(async () => {
+    dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'd4fs-recipe-'));
+    tarPath = path.join(dir, 'l.tar');
+    execFileSync('tar', ['-c', '-f', tarPath, '-C', path.resolve(__dirname, '..', 'src'), '.']);
+    tar = await fsp.readFile(tarPath);
+  });
+  afterAll(async () => {
+    await fsp.rm(dir, { recursive: true, force: true });
+  });
+
+  const check = async (name: string, blob: Buffer): Promise<Awaited<ReturnType<typeof detectRecipe>>> => {
+    const p = path.join(dir, `${name}.gz`);
+    await fsp.writeFile(p, blob);
+    const d = await detectRecipe(p, tarPath, 'gzip');
+    if (d.reproducible) {
+      const parts: Buffer[] = [];
+      for await (const c of produceBlob(d.recipe, tarPath)) parts.push(c);
+      expect(sha(Buffer.concat(parts))).toBe(sha(blob));
+    }
+    return d;
+  };
+
+  test('Node zlib at any level and memLevel, with any header, is reproduced', async () => {
+    const d1 = await check('zlib-1-m9', zlib.gzipSync(tar, { level: 1, memLevel: 9 }));
+    expect(d1.reproducible && d1.recipe.kind === 'gzip' && d1.recipe.engine === 'node-zlib' && d1.recipe.level === 1 && d1.recipe.memLevel === 9).toBe(true);
+    // a Go-like header (OS 255, odd mtime) around a zlib body: the header is kept verbatim
+    const body = zlib.deflateRawSync(tar, { level: 9 });
+    const header = Buffer.from([0x1f, 0x8b, 8, 0, 0x00, 0x09, 0x6e, 0x88, 0, 0xff]);
+    const trailer = Buffer.alloc(8);
+    trailer.writeUInt32LE(zlib.crc32(tar) >>> 0, 0);
+    trailer.writeUInt32LE(tar.length, 4);
+    const d2 = await check('odd-header', Buffer.concat([header, body, trailer]));
+    expect(d2.reproducible).toBe(true);
+  });
+
+  test('the gzip program is reproduced (levels, --rsyncable)', async () => {
+    const g1 = execFileSync('gzip', ['-c', '-n', '-1'], { input: tar, maxBuffer: 1 << 26 });
+    const d1 = await check('gzip-1', g1);
+    expect(d1.reproducible).toBe(true);
+    const gr = execFileSync('gzip', ['-c', '-n', '-6', '--rsyncable'], { input: tar, maxBuffer: 1 << 26 });
+    const d2 = await check('gzip-rsyncable', gr);
+    expect(d2.reproducible && d2.recipe.kind === 'gzip' && d2.recipe.engine === 'gzip' && d2.recipe.rsyncable).toBe(true);
+  });
+
+  test('several gzip members are not reproducible, with a reason', async () => {
+    const half = tar.length >> 1;
+    const multi = Buffer.concat([zlib.gzipSync(tar.subarray(0, half)), zlib.gzipSync(tar.subarray(half))]);
+    const d = await check('multi', multi);
+    expect(d.reproducible).toBe(false);
+    if (!d.reproducible) expect(d.reason).toMatch(/several gzip members/);
+  });
+
+  test('gzip files inside layers: gzip -9n files are recompressed exactly from their content', async () => {
+    const text = Buffer.from(Array.from({ length: 4000 }, (_, i) => `changelog line ${i} ${'x'.repeat(i % 50)}\n`).join(''));
+    const gz = execFileSync('gzip', ['-c', '-n', '-9'], { input: text });
+    const r = gzipRecipeOf(gz);
+    expect(r?.recipe.level).toBe(9);
+    expect(r?.inner.equals(text)).toBe(true);
+    expect(gzipWithRecipe(text, r!.recipe).equals(gz)).toBe(true);
+    // Node's zlib output is not what the gzip program writes: left alone
+    expect(gzipRecipeOf(zlib.gzipSync(text, { level: 9 }))).toBeUndefined();
+  });
+});
+
+describe('patch container', () => {
+  let dir: string;
+  let patch: string;
+  let bytes: Buffer;
+  let reader: PatchReader;
+  beforeAll(async () => {
+    dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'd4fs-container-'));
+    const noise = createHash('sha256');
+    const blobs: Buffer[] = [];
+    for (let i = 0; i < 8000; i++) blobs.push(noise.copy().update(String(i)).digest());
+    const incompressible = Buffer.concat(blobs); // 256 KB, the same in both versions
+    const files = (v: number): Record<string, string | Buffer> => ({
+      'usr/lib/libnoise.so': incompressible,
+      'etc/app.conf': `version=${v}\n` + 'setting=1\n'.repeat(200),
+      'usr/bin/tool': 'binary '.repeat(3000) + `v${v}`,
+      'usr/share/doc/readme': 'same in both versions\n'.repeat(100),
+    });
+    await buildOciLayout(path.join(dir, 'v1'), 'v1', files(1));
+    await buildOciLayout(path.join(dir, 'v2'), 'v2', files(2));
+    patch = path.join(dir, 'p.patch');
+    await diffImageSets({
+      old: [parseSpec(`oci:${path.join(dir, 'v1')}:v1 app:v1`, 't')],
+      new: [parseSpec(`oci:${path.join(dir, 'v2')}:v2 app:v2`, 't')],
+      out: patch,
+      platforms: 'all',
+      level: 'fast',
+      threads: 1,
+    });
+    bytes = await fsp.readFile(patch);
+    reader = await PatchReader.open(patch);
+    await reader.verifyPayloads();
+  });
+  afterAll(async () => {
+    await fsp.rm(dir, { recursive: true, force: true });
+  });
+
+  const refuse = async (b: Buffer, kind: string, msg: RegExp): Promise<void> => {
+    const p = path.join(dir, 'bad.patch');
+    await fsp.writeFile(p, b);
+    let err: unknown;
+    try {
+      const r = await PatchReader.open(p);
+      await r.verifyPayloads();
+    } catch (e) {
+      err = e;
+    }
+    expect(err).toBeInstanceOf(D4fsError);
+    expect((err as D4fsError).kind).toBe(kind);
+    expect((err as Error).message).toMatch(msg);
+  };
+
+  test('the diff carries the old content by reference and the rest encoded', () => {
+    const ix = reader.index;
+    expect(ix.layers.some((l) => l.kind === 'rebuilt')).toBe(true);
+    expect(ix.contents.some((c) => c.enc === 'old')).toBe(true);
+    expect(ix.contents.some((c) => c.enc !== 'old')).toBe(true);
+  });
+
+  test('truncation, appended data, bad magic and damaged payloads are refused', async () => {
+    await refuse(bytes.subarray(0, bytes.length - 1), 'CORRUPT', /truncated/);
+    await refuse(bytes.subarray(0, 40), 'CORRUPT', /too short/);
+    await refuse(Buffer.concat([bytes, Buffer.from('x')]), 'CORRUPT', /data appended/);
+    const magic = Buffer.from(bytes);
+    magic[0] = 0x41;
+    await refuse(magic, 'CORRUPT', /bad magic/);
+    const idx = Buffer.from(bytes);
+    idx[HEADER_SIZE + 5] ^= 1;
+    await refuse(idx, 'CORRUPT', /root digest/);
+    const pay = Buffer.from(bytes);
+    pay[pay.length - 1] ^= 1;
+    await refuse(pay, 'CORRUPT', /does not match its digest/);
+  });
+
+  test('hostile indexes are refused with HOSTILE', () => {
+    const mutate = (f: (ix: Record<string, any>) => void): unknown => {
+      const ix = JSON.parse(JSON.stringify(reader.index)) as Record<string, any>;
+      f(ix);
+      try {
+        validateIndex(ix);
+        return undefined;
+      } catch (e) {
+        return e;
+      }
+    };
+    const cases: [string, (ix: Record<string, any>) => void][] = [
+      ['repository name', (ix) => (ix.images[0].name = 'a/../b')],
+      ['tag', (ix) => (ix.images[0].tag = 'bad tag')],
+      ['payload used twice', (ix) => (ix.docs[1].payload = ix.docs[0].payload)],
+      ['payload out of range', (ix) => (ix.docs[0].payload = 10_000)],
+      ['huge size', (ix) => (ix.layers[0].size = 2 ** 60)],
+      ['runs', (ix) => ix.layers.find((l: any) => l.kind === 'rebuilt').runs.push(1)],
+      ['tar size', (ix) => (ix.layers.find((l: any) => l.kind === 'rebuilt').tarSize += 1)],
+      ['unknown kind', (ix) => (ix.layers[0].kind = 'magic')],
+      ['recipe', (ix) => {
+        const l = ix.layers.find((x: any) => x.kind === 'rebuilt');
+        (l.recipe ?? l.fallback.recipe).level = 42;
+      }],
+      ['extract past the end', (ix) => (ix.sources[0].extract[0][0] = ix.sources[0].tarSize)],
+      ['old content nobody provides', (ix) => (ix.sources[0].extract = [])],
+      ['digest syntax', (ix) => (ix.contents[0].digest = 'md5:abc')],
+      ['format', (ix) => (ix.format = 'other')],
+    ];
+    for (const [name, f] of cases) {
+      const e = mutate(f);
+      expect([name, e instanceof D4fsError ? e.kind : String(e)]).toEqual([name, 'HOSTILE']);
+    }
+    // and the writer's own output passes
+    expect(() => validateIndex(JSON.parse(JSON.stringify(reader.index)))).not.toThrow();
+  });
+
+  test('a zstd bomb as index is refused before it is decompressed', async () => {
+    const json = Buffer.alloc(64 * 1024 * 1024, 0x20);
+    const stored = compressFull(json, 1);
+    const header = Buffer.from(bytes.subarray(0, HEADER_SIZE));
+    header.writeBigUInt64LE(BigInt(stored.length), 16);
+    header.writeBigUInt64LE(1024n, 24); // declared small
+    header.writeBigUInt64LE(0n, 32);
+    createHash('sha256').update(stored).digest().copy(header, 40);
+    await refuse(Buffer.concat([header, stored]), 'CORRUPT', /does not decompress/);
+  });
+});

@@ -1,0 +1,482 @@
+/**
+ * Registry-to-registry updates (issue 6) against real Debian docker-registry
+ * instances on 127.0.0.1 (the destination with htpasswd auth) and real
+ * Debian-package images of two versions (nginx, redis, libssl3):
+ *
+ *  - reproducible compression (layers by `gzip -9n` and by Node's zlib):
+ *    diff → apply gives byte-identical manifests, configs and layers;
+ *  - umoci's layers (pgzip, not reproducible): configs and diff_ids
+ *    identical, manifests rewritten consistently, and the reports say so;
+ *  - push-vet refuses a destination lacking a base layer, before any upload;
+ *  - truncated, damaged and hostile patches are refused before any upload;
+ *  - sync killed mid-way and re-run converges, and a third run has nothing to do;
+ *  - pull-incremental / push-vet / push; --all-platforms carries an index whole.
+ */
+import { execFile, spawn } from 'node:child_process';
+import { existsSync, promises as fsp } from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { promisify } from 'node:util';
+import { compressFull } from '../src/delta/codecs';
+import { RegistryClient } from '../src/oci/registry/client';
+import { applyPatch } from '../src/regsync/apply';
+import { HEADER_SIZE, PatchReader } from '../src/regsync/container';
+import { diffImageSets, DiffReport } from '../src/regsync/diff';
+import { parseSpec } from '../src/regsync/imageset';
+import { recompressLayout, twoPlatformIndex } from '../src/regsync/testing';
+import { buildDebImage, ImageName } from './fixtures/debimages';
+import { pushOciLayout, startRegistry, TestRegistry } from './helpers/registry';
+
+const run = promisify(execFile);
+const CLI = path.resolve(__dirname, '..', 'cli', 'ctr-cli.js');
+const CREDS = { user: 'd4fs', pass: 'regsync-secret' };
+const CREDS_ARG = `${CREDS.user}:${CREDS.pass}`;
+const FAMILIES = ['nginx', 'redis', 'libssl'] as const;
+const REPO_ROOT = path.resolve(__dirname, '..', '..');
+const CACHE = path.join(process.env.D4FS_TEST_CACHE ?? path.join(REPO_ROOT, '.cache', 'test-images'), 'regsync');
+
+jest.setTimeout(600_000);
+
+/** `skopeo inspect --raw` digest (sha256 of the bytes) and document. */
+async function skopeoRaw(ref: string, creds?: string): Promise<{ digest: string; doc: { config: { digest: string }; layers: { digest: string; size: number }[] } }> {
+  const args = ['inspect', '--raw', '--tls-verify=false', ...(creds ? ['--creds', creds] : []), ref];
+  const { stdout } = await run('skopeo', args, { encoding: 'buffer', maxBuffer: 1 << 24 } as never);
+  const bytes = stdout as unknown as Buffer;
+  const { createHash } = await import('node:crypto');
+  return { digest: `sha256:${createHash('sha256').update(bytes).digest('hex')}`, doc: JSON.parse(bytes.toString('utf8')) };
+}
+
+/** `skopeo inspect --config --raw`: the config's diff_ids. */
+async function skopeoDiffIds(ref: string, creds?: string): Promise<string[]> {
+  const args = ['inspect', '--config', '--raw', '--tls-verify=false', ...(creds ? ['--creds', creds] : []), ref];
+  const { stdout } = await run('skopeo', args, { maxBuffer: 1 << 24 });
+  return (JSON.parse(stdout) as { rootfs: { diff_ids: string[] } }).rootfs.diff_ids;
+}
+
+/** Environment of CLI runs: temp files under the test's work dir (a killed run cannot clean up). */
+let cliTmp: string | undefined;
+const cliEnv = (): NodeJS.ProcessEnv => (cliTmp ? { ...process.env, D4FS_TMPDIR: cliTmp } : process.env);
+
+/** Run the CLI; resolves with exit code, stdout, stderr. */
+function cli(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    execFile(process.execPath, [CLI, ...args], { maxBuffer: 1 << 26, env: cliEnv() }, (err, stdout, stderr) => {
+      resolve({ code: err ? ((err as { code?: number }).code ?? 1) : 0, stdout, stderr });
+    });
+  });
+}
+
+/** A recompressed variant of a Debian image, cached by source manifest digest. */
+async function variant(name: ImageName, how: 'gzip-9n'): Promise<{ layout: string; tag: string }> {
+  const img = await buildDebImage(name);
+  const dir = path.join(CACHE, `${name}-${how}-${img.manifestDigest.slice(7, 23)}`);
+  if (!existsSync(path.join(dir, 'index.json'))) {
+    await fsp.mkdir(CACHE, { recursive: true });
+    const tmp = `${dir}.tmp-${process.pid}`;
+    await fsp.rm(tmp, { recursive: true, force: true });
+    await recompressLayout(img.layout, img.tag, tmp, how);
+    await fsp.rm(dir, { recursive: true, force: true });
+    await fsp.rename(tmp, dir);
+  }
+  return { layout: dir, tag: img.tag };
+}
+
+/** Tags of a repository, [] when it does not exist. */
+async function tagsOf(host: string, repo: string, creds?: string): Promise<string[]> {
+  const c = new RegistryClient(host, { creds });
+  try {
+    return await c.listTags(repo);
+  } catch {
+    return [];
+  } finally {
+    await c.close();
+  }
+}
+
+describe('registry diff / apply / sync', () => {
+  let src: TestRegistry; // primary, no auth
+  let dst: TestRegistry; // destination, htpasswd auth
+  let work: string;
+  const orig: Record<string, { layout: string; tag: string }> = {};
+  const gz: Record<string, { layout: string; tag: string }> = {};
+
+  beforeAll(async () => {
+    work = await fsp.mkdtemp(path.join(os.tmpdir(), 'd4fs-regsync-test-'));
+    cliTmp = path.join(work, 'cli-tmp');
+    await fsp.mkdir(cliTmp);
+    [src, dst] = await Promise.all([startRegistry(), startRegistry({ auth: CREDS })]);
+    for (const f of FAMILIES) {
+      for (const v of ['v1', 'v2'] as const) {
+        const name = `${f}-${v}` as ImageName;
+        const img = await buildDebImage(name);
+        orig[name] = { layout: img.layout, tag: img.tag };
+        gz[name] = await variant(name, 'gzip-9n');
+      }
+    }
+    const pushes: Promise<void>[] = [];
+    for (const f of FAMILIES) {
+      for (const v of ['v1', 'v2']) {
+        const n = `${f}-${v}`;
+        pushes.push(pushOciLayout(orig[n].layout, orig[n].tag, src.host, `orig/${f}:${v}`));
+        pushes.push(pushOciLayout(gz[n].layout, gz[n].tag, src.host, `gz/${f}:${v}`));
+      }
+      // the destination holds the old set (both variants)
+      pushes.push(pushOciLayout(orig[`${f}-v1`].layout, orig[`${f}-v1`].tag, dst.host, `orig/${f}:v1`, CREDS_ARG));
+      pushes.push(pushOciLayout(gz[`${f}-v1`].layout, gz[`${f}-v1`].tag, dst.host, `gz/${f}:v1`, CREDS_ARG));
+    }
+    // skopeo is I/O bound: a few at a time
+    for (let i = 0; i < pushes.length; i += 6) await Promise.all(pushes.slice(i, i + 6));
+  });
+
+  afterAll(async () => {
+    await Promise.all([src?.stop(), dst?.stop()]);
+    if (work) await fsp.rm(work, { recursive: true, force: true });
+  });
+
+  const list = async (file: string, variantName: string, version: string): Promise<string> => {
+    const p = path.join(work, file);
+    await fsp.writeFile(p, FAMILIES.map((f) => `docker://${src.host}/${variantName}/${f}:${version}  ${variantName}/${f}:${version}`).join('\n') + '\n');
+    return p;
+  };
+
+  test('reproducible compression: diff -> apply gives identical manifests, configs and layers (CLI, auth on the destination)', async () => {
+    const patch = path.join(work, 'gz.patch');
+    const d = await cli(['registry', 'diff', '--old', await list('old.list', 'gz', 'v1'), '--new', await list('new.list', 'gz', 'v2'), '--out', patch, '--level', 'fast', '--json', '-q']);
+    expect(d.stderr).toBe('');
+    expect(d.code).toBe(0);
+    const report = JSON.parse(d.stdout) as DiffReport;
+    const rebuilt = report.layers.filter((l) => l.kind === 'rebuilt');
+    expect(rebuilt.length).toBeGreaterThanOrEqual(3);
+    for (const l of rebuilt) {
+      expect(l.reproducible).toBe(true);
+      expect(l.recipe).toMatch(/gzip .* -n -9/);
+    }
+    expect(report.rewrittenImages).toEqual([]);
+    expect(report.patchBytes).toBeLessThan(report.dedupBytes * 0.5);
+    process.stdout.write(`gzip -9n set: plain ${report.plainBytes}, dedup ${report.dedupBytes}, patch ${report.patchBytes} (${report.ratioVsDedup}x dedup)\n`);
+
+    const a = await cli(['registry', 'apply', patch, '--to', `docker://${dst.host}`, '--dest-creds', CREDS_ARG, '--json', '-q']);
+    expect(a.stderr).toBe('');
+    expect(a.code).toBe(0);
+    const applied = JSON.parse(a.stdout) as { images: { identical: boolean }[]; blobsUploaded: number };
+    expect(applied.images.every((i) => i.identical)).toBe(true);
+    for (const f of FAMILIES) {
+      const s = await skopeoRaw(`docker://${src.host}/gz/${f}:v2`);
+      const t = await skopeoRaw(`docker://${dst.host}/gz/${f}:v2`, CREDS_ARG);
+      expect(t.digest).toBe(s.digest);
+      expect(t.doc.config.digest).toBe(s.doc.config.digest);
+      expect(await skopeoDiffIds(`docker://${dst.host}/gz/${f}:v2`, CREDS_ARG)).toEqual(await skopeoDiffIds(`docker://${src.host}/gz/${f}:v2`));
+    }
+    // skopeo copy re-verifies every blob digest at the destination
+    await run('skopeo', ['--insecure-policy', 'copy', '--quiet', '--src-tls-verify=false', '--src-creds', CREDS_ARG, `docker://${dst.host}/gz/redis:v2`, `oci:${path.join(work, 'redis-copy')}:v2`]);
+
+    // idempotent: nothing left to upload, same digests
+    const again = await applyPatch({ patch, to: `docker://${dst.host}`, dest: { creds: CREDS_ARG } });
+    expect(again.blobsUploaded).toBe(0);
+    expect(again.images.every((i) => i.identical)).toBe(true);
+  });
+
+  test('not reproducible (umoci/pgzip layers): configs and diff_ids identical, manifests rewritten consistently, and the reports say so', async () => {
+    const patch = path.join(work, 'orig.patch');
+    const report = await diffImageSets({
+      old: ['libssl', 'nginx'].map((f) => parseSpec(`docker://${src.host}/orig/${f}:v1`, 'test')),
+      new: ['libssl', 'nginx'].map((f) => parseSpec(`docker://${src.host}/orig/${f}:v2`, 'test')),
+      out: patch,
+      platforms: 'all',
+      level: 'fast',
+    });
+    const rebuilt = report.layers.filter((l) => l.kind === 'rebuilt');
+    expect(rebuilt.length).toBeGreaterThanOrEqual(2);
+    for (const l of rebuilt) {
+      expect(l.reproducible).toBe(false);
+      expect(l.reason).toMatch(/Go compressor/);
+      expect(l.rewrittenDigest).toMatch(/^sha256:/);
+    }
+    expect(report.rewrittenImages.sort()).toEqual(['orig/libssl:v2', 'orig/nginx:v2']);
+    const applied = await applyPatch({ patch, to: `docker://${dst.host}`, dest: { creds: CREDS_ARG } });
+    for (const img of applied.images) {
+      expect(img.identical).toBe(false);
+      expect(img.rewrittenLayers.length).toBeGreaterThan(0);
+    }
+    for (const f of ['libssl', 'nginx']) {
+      const s = await skopeoRaw(`docker://${src.host}/orig/${f}:v2`);
+      const t = await skopeoRaw(`docker://${dst.host}/orig/${f}:v2`, CREDS_ARG);
+      expect(t.digest).not.toBe(s.digest);
+      expect(t.doc.config.digest).toBe(s.doc.config.digest); // same image ID
+      expect(await skopeoDiffIds(`docker://${dst.host}/orig/${f}:v2`, CREDS_ARG)).toEqual(await skopeoDiffIds(`docker://${src.host}/orig/${f}:v2`));
+      // the rewritten layers are the ones the diff announced
+      for (const l of t.doc.layers) {
+        if (s.doc.layers.some((x) => x.digest === l.digest)) continue;
+        expect(rebuilt.map((r) => r.rewrittenDigest)).toContain(l.digest);
+      }
+      await run('skopeo', ['--insecure-policy', 'copy', '--quiet', '--src-tls-verify=false', '--src-creds', CREDS_ARG, `docker://${dst.host}/orig/${f}:v2`, `oci:${path.join(work, `${f}-orig-copy`)}:v2`]);
+    }
+    // the human report says so too
+    const shown = await cli(['registry', 'apply', patch, '--to', `docker://${dst.host}`, '--dest-creds', CREDS_ARG, '-q']);
+    expect(shown.code).toBe(0);
+    expect(shown.stdout).toMatch(/REWRITTEN/);
+
+    // a later patch made against the source's images applies to the rewritten ones:
+    // the libssl layer nginx:v2 shares with libssl:v2 is referenced by its source digest,
+    // which the destination holds under another compression; it is found by diff_id
+    const later = path.join(work, 'later.patch');
+    await diffImageSets({
+      old: [parseSpec(`docker://${src.host}/orig/libssl:v2`, 'test')],
+      new: [parseSpec(`docker://${src.host}/orig/nginx:v2 orig/nginx-later:v2`, 'test')],
+      out: later,
+      platforms: 'all',
+      level: 'fast',
+    });
+    const laterApplied = await applyPatch({ patch: later, to: `docker://${dst.host}`, dest: { creds: CREDS_ARG } });
+    expect(laterApplied.layers.some((l) => l.kind === 'referenced' && l.note?.includes('other compression'))).toBe(true);
+    const laterDst = await skopeoRaw(`docker://${dst.host}/orig/nginx-later:v2`, CREDS_ARG);
+    expect(laterDst.doc.config.digest).toBe((await skopeoRaw(`docker://${src.host}/orig/nginx:v2`)).doc.config.digest);
+    await run('skopeo', ['--insecure-policy', 'copy', '--quiet', '--src-tls-verify=false', '--src-creds', CREDS_ARG, `docker://${dst.host}/orig/nginx-later:v2`, `oci:${path.join(work, 'nginx-later')}:v2`]);
+
+    // --non-reproducible ship: such layers travel whole and the manifests stay identical
+    const ship = path.join(work, 'ship.patch');
+    const shipped = await diffImageSets({
+      old: [parseSpec(`docker://${src.host}/orig/libssl:v1 orig/libssl-ship:v1`, 'test')],
+      new: [parseSpec(`docker://${src.host}/orig/libssl:v2 orig/libssl-ship:v2`, 'test')],
+      out: ship,
+      platforms: 'all',
+      level: 'fast',
+      nonReproducible: 'ship',
+    });
+    expect(shipped.layers.filter((l) => l.kind === 'blob').length).toBe(1);
+    expect(shipped.rewrittenImages).toEqual([]);
+    const shipApplied = await applyPatch({ patch: ship, to: `docker://${dst.host}`, dest: { creds: CREDS_ARG }, old: [`orig/libssl:v1`] });
+    expect(shipApplied.images[0].identical).toBe(true);
+    expect((await skopeoRaw(`docker://${dst.host}/orig/libssl-ship:v2`, CREDS_ARG)).digest).toBe((await skopeoRaw(`docker://${src.host}/orig/libssl:v2`)).digest);
+  });
+
+  test('push-vet refuses a destination lacking a base layer, before any upload', async () => {
+    const patch = path.join(work, 'gz.patch'); // from the first test, old set gz/*:v1
+    // a destination prefix holding only one of the three old images
+    await pushOciLayout(gz['libssl-v1'].layout, gz['libssl-v1'].tag, dst.host, `partial/gz/libssl:v1`, CREDS_ARG);
+    const r = await cli(['registry', 'apply', patch, '--to', `docker://${dst.host}/partial`, '--dest-creds', CREDS_ARG, '-q']);
+    expect(r.code).toBe(5); // FAILED_PRECONDITION
+    expect(r.stderr).toMatch(/push-vet: the destination lacks \d+/);
+    expect(r.stderr).toMatch(/partial\/gz\/redis/);
+    for (const f of FAMILIES) expect(await tagsOf(dst.host, `partial/gz/${f}`, CREDS_ARG)).not.toContain('v2');
+    expect(await tagsOf(dst.host, 'partial/gz/redis', CREDS_ARG)).toEqual([]);
+    // --vet-only on the complete destination passes
+    const ok = await cli(['registry', 'apply', patch, '--to', `docker://${dst.host}`, '--dest-creds', CREDS_ARG, '--vet-only', '-q']);
+    expect(ok.code).toBe(0);
+    expect(ok.stdout).toMatch(/push-vet OK/);
+  });
+
+  test('truncated, damaged and hostile patches are refused before anything is pushed', async () => {
+    const patch = path.join(work, 'libssl.patch');
+    await diffImageSets({
+      old: [parseSpec(`docker://${src.host}/gz/libssl:v1`, 'test')],
+      new: [parseSpec(`docker://${src.host}/gz/libssl:v2 hostile/libssl:v2`, 'test')],
+      out: patch,
+      platforms: 'all',
+      level: 'fast',
+    });
+    await pushOciLayout(gz['libssl-v1'].layout, gz['libssl-v1'].tag, dst.host, `hostile/libssl:v2-base`, CREDS_ARG);
+    const bytes = await fsp.readFile(patch);
+    const reader = await PatchReader.open(patch);
+    const target = `docker://${dst.host}`;
+    const attempt = async (b: Buffer, name: string): Promise<{ code: number; stderr: string }> => {
+      const p = path.join(work, name);
+      await fsp.writeFile(p, b);
+      const r = await cli(['registry', 'apply', p, '--to', target, '--old', `hostile/libssl:v2-base`, '--dest-creds', CREDS_ARG, '-q']);
+      expect(await tagsOf(dst.host, 'hostile/libssl', CREDS_ARG)).toEqual(['v2-base']);
+      return r;
+    };
+    // truncated
+    let r = await attempt(bytes.subarray(0, bytes.length - 1000), 'truncated.patch');
+    expect(r.code).toBe(6);
+    expect(r.stderr).toMatch(/truncated/);
+    // a flipped bit in the last payload
+    const flipped = Buffer.from(bytes);
+    flipped[flipped.length - 10] ^= 0x40;
+    r = await attempt(flipped, 'flipped.patch');
+    expect(r.code).toBe(6);
+    expect(r.stderr).toMatch(/payload \d+ does not match its digest/);
+    // hostile indexes, made self-consistent (root digest and lengths recomputed)
+    const storedLen = Number(bytes.readBigUInt64LE(16));
+    const region = bytes.subarray(HEADER_SIZE + storedLen);
+    const { createHash } = await import('node:crypto');
+    const withIndex = (mutate: (ix: Record<string, unknown>) => void, newRegion: Buffer = region): Buffer => {
+      const ix = JSON.parse(JSON.stringify(reader.index)) as Record<string, unknown>;
+      mutate(ix);
+      const json = Buffer.from(JSON.stringify(ix));
+      const stored = compressFull(json, 3);
+      const header = Buffer.from(bytes.subarray(0, HEADER_SIZE));
+      header.writeBigUInt64LE(BigInt(stored.length), 16);
+      header.writeBigUInt64LE(BigInt(json.length), 24);
+      header.writeBigUInt64LE(BigInt(newRegion.length), 32);
+      createHash('sha256').update(stored).digest().copy(header, 40);
+      return Buffer.concat([header, stored, newRegion]);
+    };
+    r = await attempt(withIndex((ix) => ((ix.images as { name: string }[])[0].name = '../../etc')), 'badname.patch');
+    expect(r.code).toBe(7);
+    expect(r.stderr).toMatch(/invalid repository name/);
+    r = await attempt(
+      withIndex((ix) => {
+        const l = (ix.layers as { kind: string; runs?: number[] }[]).find((x) => x.kind === 'rebuilt') as { runs: number[] };
+        l.runs[0] += 512;
+      }),
+      'badruns.patch',
+    );
+    expect(r.code).toBe(7);
+    r = await attempt(
+      withIndex((ix) => {
+        const c = (ix.contents as { size: number }[])[0];
+        c.size = 2 ** 52;
+      }),
+      'hugesize.patch',
+    );
+    expect(r.code).toBe(7);
+    // a lie the container cannot see: one content's payload replaced by another valid
+    // frame (payload digest updated); the rebuild catches it before any push
+    const ci = reader.index.contents.findIndex((c) => c.enc !== 'old');
+    expect(ci).toBeGreaterThanOrEqual(0);
+    const victim = reader.index.contents[ci] as { payload: number; size: number };
+    const fake = compressFull(Buffer.alloc(victim.size, 0x41), 3);
+    const range = reader.payloadRange(victim.payload);
+    const rel = range.start - HEADER_SIZE - storedLen;
+    const lieRegion = Buffer.concat([region.subarray(0, rel), fake, region.subarray(rel + range.length)]);
+    const lie = withIndex((j) => {
+      const c = (j.contents as Record<string, unknown>[])[ci];
+      for (const k of ['base', 'gzip', 'inner', 'baseInflate']) delete c[k];
+      c.enc = 'zstd';
+      (j.payloads as { length: number; digest: string }[])[victim.payload] = { length: fake.length, digest: `sha256:${createHash('sha256').update(fake).digest('hex')}` };
+    }, lieRegion);
+    r = await attempt(lie, 'lie.patch');
+    expect(r.code).toBe(6);
+    expect(r.stderr).toMatch(/hashes to|does not match/);
+    // the untouched patch applies
+    const good = await cli(['registry', 'apply', patch, '--to', target, '--old', `hostile/libssl:v2-base`, '--dest-creds', CREDS_ARG, '-q']);
+    expect(good.code).toBe(0);
+    expect((await tagsOf(dst.host, 'hostile/libssl', CREDS_ARG)).sort()).toEqual(['v2', 'v2-base']);
+  });
+
+  test('sync killed mid-way and re-run converges; a third run has nothing to do', async () => {
+    const replica = await startRegistry();
+    try {
+      for (const f of FAMILIES) await pushOciLayout(gz[`${f}-v1`].layout, gz[`${f}-v1`].tag, replica.host, `gz/${f}:v1`);
+      const args = ['registry', 'sync', '--from', `docker://${src.host}/gz`, '--to', `docker://${replica.host}/gz`, '--repos', FAMILIES.join(','), '--level', 'fast'];
+      // first run: killed as soon as it starts pushing
+      const killed = await new Promise<{ signal: string | null; stderr: string }>((resolve) => {
+        const child = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'ignore', 'pipe'], env: cliEnv() });
+        let stderr = '';
+        child.stderr.on('data', (d: Buffer) => {
+          stderr += d.toString();
+          if (/ctr-cli: pushing /.test(stderr)) child.kill('SIGKILL');
+        });
+        child.on('exit', (_code, signal) => resolve({ signal, stderr }));
+      });
+      expect(killed.signal).toBe('SIGKILL');
+      const afterKill = await Promise.all(FAMILIES.map((f) => tagsOf(replica.host, `gz/${f}`)));
+      expect(afterKill.filter((t) => t.includes('v2')).length).toBeLessThan(FAMILIES.length);
+      // second run completes
+      const second = await cli([...args, '--json', '-q']);
+      expect(second.stderr).toBe('');
+      expect(second.code).toBe(0);
+      const rep = JSON.parse(second.stdout) as { updated: string[]; apply: { images: { identical: boolean }[] } };
+      expect(rep.updated.length).toBeGreaterThan(0);
+      expect(rep.apply.images.every((i) => i.identical)).toBe(true);
+      for (const f of FAMILIES) {
+        for (const v of ['v1', 'v2']) {
+          expect((await skopeoRaw(`docker://${replica.host}/gz/${f}:${v}`)).digest).toBe((await skopeoRaw(`docker://${src.host}/gz/${f}:${v}`)).digest);
+        }
+      }
+      // third run: up to date
+      const third = await cli([...args, '--json', '-q']);
+      expect(third.code).toBe(0);
+      const rep3 = JSON.parse(third.stdout) as { updated: string[]; upToDate: string[] };
+      expect(rep3.updated).toEqual([]);
+      expect(rep3.upToDate.length).toBe(FAMILIES.length * 2);
+    } finally {
+      await replica.stop();
+    }
+  });
+
+  test('apply --old-from reads the old set from another registry (per-side credentials) and copies referenced layers', async () => {
+    const patch = path.join(work, 'oldfrom.patch');
+    await diffImageSets({
+      old: [parseSpec(`docker://${src.host}/gz/libssl:v1`, 'test')],
+      new: [parseSpec(`docker://${src.host}/gz/libssl:v2`, 'test')],
+      out: patch,
+      platforms: 'all',
+      level: 'fast',
+    });
+    const fresh = await startRegistry();
+    try {
+      // the fresh registry lacks the old set: plain apply refuses, --old-from (auth) works
+      const refused = await cli(['registry', 'apply', patch, '--to', `docker://${fresh.host}`, '-q']);
+      expect(refused.code).toBe(5);
+      const r = await cli(['registry', 'apply', patch, '--to', `docker://${fresh.host}`, '--old-from', `docker://${dst.host}`, '--src-creds', CREDS_ARG, '--json', '-q']);
+      expect(r.stderr).toBe('');
+      expect(r.code).toBe(0);
+      const rep = JSON.parse(r.stdout) as { layers: { kind: string; actions: string[] }[] };
+      expect(rep.layers.find((l) => l.kind === 'referenced')?.actions.join()).toMatch(/copied from the old set/);
+      expect((await skopeoRaw(`docker://${fresh.host}/gz/libssl:v2`)).digest).toBe((await skopeoRaw(`docker://${src.host}/gz/libssl:v2`)).digest);
+      // wrong credentials for the old side are an authentication error, not a crash
+      const bad = await cli(['registry', 'apply', patch, '--to', `docker://${fresh.host}/other`, '--old-from', `docker://${dst.host}`, '--src-creds', 'd4fs:wrong', '-q']);
+      expect(bad.code).toBe(9);
+    } finally {
+      await fresh.stop();
+    }
+  });
+
+  test('pull-incremental, push-vet and push of an OCI archive holding only the new layers', async () => {
+    const archive = path.join(work, 'libssl-incr.tar');
+    const p = await cli(['registry', 'pull-incremental', '--base', `docker://${src.host}/gz/libssl:v1`, '--final', `docker://${src.host}/gz/libssl:v2`, '--out', archive, '--json']);
+    expect(p.code).toBe(0);
+    const pr = JSON.parse(p.stdout) as { layersIncluded: number; layersOmitted: number; archiveBytes: number; fullBytes: number };
+    expect(pr.layersIncluded).toBe(1);
+    expect(pr.layersOmitted).toBe(1);
+    expect(pr.archiveBytes).toBeLessThan(pr.fullBytes / 2);
+    // skopeo reads it as an OCI archive (manifest and config)
+    await run('skopeo', ['inspect', '--raw', `oci-archive:${archive}`]);
+    const vetBad = await cli(['registry', 'push-vet', archive, '--base', `docker://${dst.host}/nowhere/libssl`, '--dest-creds', CREDS_ARG]);
+    expect(vetBad.code).toBe(5);
+    expect(vetBad.stderr).toMatch(/lacks 1 layer/);
+    const vetOk = await cli(['registry', 'push-vet', archive, '--base', `docker://${dst.host}/gz/libssl`, '--dest-creds', CREDS_ARG]);
+    expect(vetOk.code).toBe(0);
+    const pushed = await cli(['registry', 'push', archive, `docker://${dst.host}/incr/libssl:v2`, '--base-repo', 'gz/libssl', '--dest-creds', CREDS_ARG, '--json']);
+    expect(pushed.code).toBe(0);
+    expect((JSON.parse(pushed.stdout) as { mounted: number }).mounted).toBe(1);
+    expect((await skopeoRaw(`docker://${dst.host}/incr/libssl:v2`, CREDS_ARG)).digest).toBe((await skopeoRaw(`docker://${src.host}/gz/libssl:v2`)).digest);
+  });
+
+  test('--all-platforms carries a two-platform index whole and identical', async () => {
+    const v1 = path.join(work, 'mp-v1');
+    const v2 = path.join(work, 'mp-v2');
+    await twoPlatformIndex(gz['libssl-v1'].layout, gz['libssl-v1'].tag, v1, { os: 'linux', architecture: 'arm64', variant: 'v8' });
+    await twoPlatformIndex(gz['libssl-v2'].layout, gz['libssl-v2'].tag, v2, { os: 'linux', architecture: 'arm64', variant: 'v8' });
+    const copyAll = async (from: string, to: string, creds?: string): Promise<void> => {
+      await run('skopeo', ['--insecure-policy', 'copy', '--quiet', '--all', '--dest-tls-verify=false', ...(creds ? ['--dest-creds', creds] : []), from, to]);
+    };
+    await copyAll(`oci:${v1}:libssl-v1`, `docker://${src.host}/mp/libssl:v1`);
+    await copyAll(`oci:${v2}:libssl-v2`, `docker://${src.host}/mp/libssl:v2`);
+    await copyAll(`oci:${v1}:libssl-v1`, `docker://${dst.host}/mp/libssl:v1`, CREDS_ARG);
+    const patch = path.join(work, 'mp.patch');
+    const d = await cli(['registry', 'diff', '--old', `docker://${src.host}/mp/libssl:v1`, '--new', `docker://${src.host}/mp/libssl:v2`, '--out', patch, '--all-platforms', '--level', 'fast', '--json', '-q']);
+    expect(d.code).toBe(0);
+    const report = JSON.parse(d.stdout) as DiffReport;
+    expect(report.images[0].manifests).toBe(2);
+    const a = await cli(['registry', 'apply', patch, '--to', `docker://${dst.host}`, '--dest-creds', CREDS_ARG, '-q']);
+    expect(a.code).toBe(0);
+    expect((await skopeoRaw(`docker://${dst.host}/mp/libssl:v2`, CREDS_ARG)).digest).toBe(report.images[0].root);
+    expect((await skopeoRaw(`docker://${src.host}/mp/libssl:v2`)).digest).toBe(report.images[0].root);
+
+    // one platform out of the index: its manifest is carried and tagged
+    const one = path.join(work, 'mp-arm64.patch');
+    const d1 = await cli(['registry', 'diff', '--old', `docker://${src.host}/mp/libssl:v1`, '--new', `docker://${src.host}/mp/libssl:v2=mp/libssl-arm64:v2`, '--out', one, '--platform', 'linux/arm64/v8', '--level', 'fast', '--json', '-q']);
+    expect(d1.code).toBe(0);
+    const r1 = JSON.parse(d1.stdout) as DiffReport;
+    expect(r1.images[0].manifests).toBe(1);
+    const a1 = await cli(['registry', 'apply', one, '--to', `docker://${dst.host}`, '--dest-creds', CREDS_ARG, '-q']);
+    expect(a1.code).toBe(0);
+    const got = await skopeoRaw(`docker://${dst.host}/mp/libssl-arm64:v2`, CREDS_ARG);
+    expect(got.digest).toBe(r1.images[0].root);
+    const cfg = await run('skopeo', ['inspect', '--config', '--raw', '--tls-verify=false', '--creds', CREDS_ARG, `docker://${dst.host}/mp/libssl-arm64:v2`]);
+    expect((JSON.parse(cfg.stdout) as { architecture: string }).architecture).toBe('arm64');
+  });
+});
