@@ -59,4 +59,6 @@ else
   echo "skipping the containerd part: it needs root and /dev/fuse"
 fi
 
+node dist/scripts/demo-registry.js "$OUT"
+
 step "Done. Outputs are in $OUT/"
