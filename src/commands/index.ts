@@ -1,34 +1,41 @@
 import { Command, CommanderError } from 'commander';
-import { registerCdimg, registerConvert } from './cdimg';
-import { registerRegistry } from './registry';
-import { registerLoad } from './load';
 import { EXIT_CODES } from '../errors';
-import { registerServe } from './serve';
-import { registerPush } from './push';
-import { registerPull } from './pull';
+
+type Registrar = (program: Command) => void;
+
+/**
+ * Command groups, loaded on demand: a command loads only its own modules
+ * (convert does not pay for gRPC, SQLite or the HTTP server at start-up).
+ * Keys are the top-level command names each group defines.
+ */
+const GROUPS: { names: string[]; load: () => Registrar }[] = [
+  { names: ['convert'], load: () => (require('./cdimg') as typeof import('./cdimg')).registerConvert },
+  { names: ['cdimg'], load: () => (require('./cdimg') as typeof import('./cdimg')).registerCdimg },
+  { names: ['registry'], load: () => (require('./registry') as typeof import('./registry')).registerRegistry },
+  { names: ['serve'], load: () => (require('./serve') as typeof import('./serve')).registerServe },
+  { names: ['push'], load: () => (require('./push') as typeof import('./push')).registerPush },
+  { names: ['pull'], load: () => (require('./pull') as typeof import('./pull')).registerPull },
+  { names: ['load', 'images', 'rmi'], load: () => (require('./load') as typeof import('./load')).registerLoad },
+];
 
 export const VERSION = '0.1.0';
 
-/** The ctr-cli program; cli/ctr-cli.ts only runs it. */
-export function buildProgram(): Command {
+/** The ctr-cli program; cli/ctr-cli.ts only runs it. With `argv`, only the invoked command group is loaded. */
+export function buildProgram(argv?: string[]): Command {
   const program = new Command('ctr-cli')
     .description('d4fs: delta container images — convert, diff, merge, distribute, and run straight from deltas')
     .version(VERSION)
     .option('--debug', 'print stack traces on errors')
     .showHelpAfterError('(run with --help for usage)')
     .exitOverride();
-  registerConvert(program);
-  registerCdimg(program);
-  registerRegistry(program);
-  registerServe(program);
-  registerPush(program);
-  registerPull(program);
-  registerLoad(program);
+  const first = argv?.slice(2).find((a) => !a.startsWith('-'));
+  const group = first ? GROUPS.find((g) => g.names.includes(first)) : undefined;
+  for (const g of group ? [group] : GROUPS) g.load()(program);
   return program;
 }
 
 export async function main(argv: string[]): Promise<void> {
-  const program = buildProgram();
+  const program = buildProgram(argv);
   try {
     await program.parseAsync(argv);
   } catch (e) {
