@@ -13,10 +13,17 @@
  * throughput with 32 concurrent clients (loopback, unthrottled) and the
  * latency of a pull plan that hits the merge cache against one that merges.
  *
+ * updateBench() measures the whole update on a real machine setup instead
+ * (a private containerd with the d4fs FUSE snapshotter): `ctr-cli pull` +
+ * load + `ctr run` against `ctr image pull` + unpack + `ctr run` on
+ * overlayfs, through the same proxies (see its comment).
+ *
  * The fixture chain and the proxy are exported for the distribution tests.
+ * `node dist/bench/distribution.js [update] [distribution] [--quick] [--runs N]`
+ * runs these benchmarks alone.
  */
 import { createHash } from 'node:crypto';
-import { promises as fsp } from 'node:fs';
+import { promises as fsp, readdirSync, readFileSync } from 'node:fs';
 import * as net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -36,6 +43,8 @@ import { pullFromServer } from '../src/distribution/pull';
 import { ServerClient } from '../src/distribution/client';
 import { LocalStore } from '../src/store/store';
 import { newToken } from '../src/server/auth';
+import { packageRoot } from '../src/util/paths';
+import { type PrivateContainerd, type SnapshotterProcess, runCommand, startContainerd, startSnapshotter, unmountAllUnder } from '../test/helpers/containerd';
 
 // ---------------------------------------------------------------------------
 // Fixtures: a chain of real images as .cdimg files
@@ -345,7 +354,273 @@ export function printDistributionTable(r: DistributionBenchResult): void {
   process.stdout.write(lines.join('\n') + '\n\n');
 }
 
+// ---------------------------------------------------------------------------
+// End-to-end update: pull + load + `ctr run`, d4fs vs a plain `ctr image pull`
+
+/** One measured update on one link. */
+export interface UpdateRow {
+  /** e.g. "libssl v1→v3". */
+  update: string;
+  /** Link speed in Mbit/s. */
+  mbit: number;
+  /** Bytes that crossed the emulated link (proxy counter, target → client). */
+  d4fsBytes: number;
+  /** `ctr-cli pull --server … --address …` (plan, download, verify, store, load into containerd). */
+  d4fsPullSeconds: number;
+  /** `ctr run --rm --snapshotter d4fs IMG id sh -c true`. */
+  d4fsRunSeconds: number;
+  d4fsSeconds: number;
+  plainBytes: number;
+  /** `ctr image pull --plain-http` (fetch of what containerd lacks + unpack into overlayfs). */
+  plainPullSeconds: number;
+  /** `ctr run --rm IMG id sh -c true` (overlayfs). */
+  plainRunSeconds: number;
+  plainSeconds: number;
+  /** d4fs / plain, end to end. */
+  timeRatio: number;
+  bytesRatio: number;
+}
+
+export interface UpdateBenchResult {
+  rows: UpdateRow[];
+  /** Runs per cell (each cell's times are medians). */
+  runs: number;
+}
+
+export interface UpdateBenchOptions {
+  /** Image chains, oldest first; the update goes from the first version to the last (default libssl v1→v3, nginx v1→v2, redis v1→v2). */
+  updates?: ImageName[][];
+  /** Link speeds in Mbit/s (default 100 and 10). */
+  links?: number[];
+  /** Runs per update and link, each on a fresh containerd (default 3); times are medians. */
+  runs?: number;
+}
+
+/** A private containerd with the d4fs snapshotter (FUSE) in `dir`. */
+interface Rig {
+  dir: string;
+  containerd: PrivateContainerd;
+  snapshotter: SnapshotterProcess;
+}
+
+async function startRig(dir: string): Promise<Rig> {
+  await fsp.mkdir(dir, { recursive: true });
+  const sock = join(dir, 'd4fs.sock');
+  const snapshotter = await startSnapshotter({ root: join(dir, 'snapshotter'), address: sock, logLevel: 'warn' });
+  try {
+    const containerd = await startContainerd({ snapshotterSocket: sock });
+    return { dir, containerd, snapshotter };
+  } catch (e) {
+    await snapshotter.stop();
+    throw e;
+  }
+}
+
+/** PIDs (not this one) whose command line mentions `needle`. */
+function pidsMentioning(needle: string): number[] {
+  const out: number[] = [];
+  for (const name of readdirSync('/proc')) {
+    if (!/^\d+$/.test(name) || Number(name) === process.pid) continue;
+    try {
+      if (readFileSync(`/proc/${name}/cmdline`, 'utf8').includes(needle)) out.push(Number(name));
+    } catch {
+      /* gone */
+    }
+  }
+  return out;
+}
+
+/**
+ * Stop containerd (its shims and containers) and the snapshotter, end the FUSE
+ * manager the snapshotter started (it outlives the snapshotter by design),
+ * unmount what is left under the rig's directory and remove it.
+ */
+async function stopRig(rig: Rig): Promise<void> {
+  await rig.containerd.stop();
+  await rig.snapshotter.stop();
+  for (const sig of ['SIGTERM', 'SIGKILL'] as const) {
+    const pids = pidsMentioning(rig.dir);
+    if (!pids.length) break;
+    for (const pid of pids) {
+      try {
+        process.kill(pid, sig);
+      } catch {
+        /* gone */
+      }
+    }
+    for (let i = 0; i < 50 && pidsMentioning(rig.dir).length; i++) await new Promise((r) => setTimeout(r, 100));
+  }
+  await unmountAllUnder(rig.dir);
+  await fsp.rm(rig.dir, { recursive: true, force: true });
+}
+
+/** Run a command; throw with its stderr when it fails; resolve with its wall time in seconds. */
+async function timed(what: string, file: string, args: string[]): Promise<number> {
+  const t0 = process.hrtime.bigint();
+  const r = await runCommand(file, args, { timeoutMs: 600_000 });
+  const s = secondsSince(t0);
+  if (r.code !== 0) throw new Error(`${what} exited ${r.code}: ${r.stderr.trim()}`);
+  return s;
+}
+
+/** `ctr …` on a rig (throws on failure); resolves with the wall time. */
+async function timedCtr(rig: Rig, args: string[]): Promise<number> {
+  const t0 = process.hrtime.bigint();
+  const r = await rig.containerd.ctr(args, { timeoutMs: 600_000 });
+  const s = secondsSince(t0);
+  if (r.code !== 0) throw new Error(`ctr ${args.join(' ')} exited ${r.code}: ${r.stderr.trim()}\n--- containerd log ---\n${rig.containerd.log()}\n--- snapshotter log ---\n${rig.snapshotter.logs().slice(-4000)}`);
+  return s;
+}
+
+/**
+ * End-to-end update benchmark (issue 5): a machine holds the old version of
+ * an image and updates to the new one, until a container of it has run.
+ *
+ *  - d4fs: the client's local store holds v1 and v1 is loaded into
+ *    containerd (d4fs snapshotter, FUSE). Timed: `ctr-cli pull --image
+ *    REPO:vN --server http://PROXY --store S --address SOCK` (plan from
+ *    d4fs-server, merged delta, verified, stored, loaded) and
+ *    `ctr run --rm --snapshotter d4fs REPO:vN id sh -c true`.
+ *  - plain: containerd holds v1 pulled from the same docker-registry (so the
+ *    layers v1 and vN share are not fetched again, as Docker would do).
+ *    Timed: `ctr image pull --plain-http PROXY/bench/REPO:vN` (fetch + unpack
+ *    into overlayfs) and `ctr run --rm PROXY/bench/REPO:vN id sh -c true`.
+ *
+ * Both go through the same kind of throttling proxy at the given link
+ * speed (one proxy per side; bandwidth only, no added latency), from a fresh
+ * private containerd per run. The server's merge of the chain is made before
+ * the timing (the steady state of a fleet: the first machine's pull made it).
+ */
+export async function updateBench(opts: UpdateBenchOptions = {}): Promise<UpdateBenchResult> {
+  const updates = opts.updates ?? [['libssl-v1', 'libssl-v2', 'libssl-v3'], ['nginx-v1', 'nginx-v2'], ['redis-v1', 'redis-v2']];
+  const links = opts.links ?? [100, 10];
+  const runs = Math.max(1, opts.runs ?? 3);
+  const cli = join(packageRoot(), 'dist', 'cli', 'ctr-cli.js');
+  const work = await fsp.mkdtemp('/tmp/d4ub-');
+  const token = newToken();
+  await fsp.writeFile(join(work, 'tokens'), `rw ${token} bench\n`, { mode: 0o600 });
+  const pool = new WorkerPool(2);
+  let server: D4fsServer | undefined;
+  let registry: Awaited<ReturnType<typeof startRegistry>> | undefined;
+  const rows: UpdateRow[] = [];
+  try {
+    server = await D4fsServer.start({ root: join(work, 'server'), listen: '127.0.0.1:0', tokensFile: join(work, 'tokens'), readOpen: true, processMetrics: false });
+    registry = await startRegistry();
+    for (const names of updates) {
+      const repo = names[0].replace(/-v\d+$/, '');
+      const last = names.length;
+      const label = `${repo} v1→v${last}`;
+      const chain = await makeCdimgChain(work, names, pool);
+      await pushToServer({ file: chain.full[0], image: `${repo}:v1`, server: server.url, token });
+      for (let i = 0; i < chain.deltas.length; i++) await pushToServer({ file: chain.deltas[i], image: `${repo}:v${i + 2}`, server: server.url, token });
+      for (const [i, l] of chain.layouts.entries()) await pushOciLayout(l.layout, l.tag, registry.host, `bench/${repo}:v${i + 1}`);
+      // steady state: the merge of the chain exists (and its background rediff is done)
+      const sc = new ServerClient(server.url, {});
+      await sc.json('POST', `/v1/repositories/${repo}/pull`, 'plan', { tag: `v${last}`, have: [chain.imageIds[0]] });
+      sc.close();
+      await server.mergesIdle();
+
+      for (const mbit of links) {
+        const samples: Omit<UpdateRow, 'update' | 'mbit'>[] = [];
+        for (let run = 0; run < runs; run++) {
+          const rig = await startRig(join(work, `rig-${repo}-${mbit}-${run}`));
+          const sProxy = await startThrottlingProxy(new URL(server.url).host, mbit);
+          const rProxy = await startThrottlingProxy(registry.host, mbit);
+          try {
+            const address = rig.containerd.address;
+            const store = join(rig.dir, 'store');
+            // the machine holds v1: in its d4fs store and loaded, and pulled plainly into containerd (unthrottled, untimed)
+            await pullFromServer({ image: `${repo}:v1`, server: server.url, store, load: { address } });
+            await timedCtr(rig, ['image', 'pull', '--plain-http', `${registry.host}/bench/${repo}:v1`]);
+
+            const d0 = sProxy.bytesDown();
+            const d4fsPullSeconds = await timed('ctr-cli pull', process.execPath, [cli, 'pull', '--image', `${repo}:v${last}`, '--server', `http://${sProxy.host}`, '--store', store, '--address', address, '--json']);
+            const d4fsBytes = sProxy.bytesDown() - d0;
+            const d4fsRunSeconds = await timedCtr(rig, ['run', '--rm', '--snapshotter', 'd4fs', `${repo}:v${last}`, 'bench-d4fs', 'sh', '-c', 'true']);
+
+            const p0 = rProxy.bytesDown();
+            const plainRef = `${rProxy.host}/bench/${repo}:v${last}`;
+            const plainPullSeconds = await timedCtr(rig, ['image', 'pull', '--plain-http', plainRef]);
+            const plainBytes = rProxy.bytesDown() - p0;
+            const plainRunSeconds = await timedCtr(rig, ['run', '--rm', plainRef, 'bench-plain', 'sh', '-c', 'true']);
+
+            const d4fsSeconds = d4fsPullSeconds + d4fsRunSeconds;
+            const plainSeconds = plainPullSeconds + plainRunSeconds;
+            samples.push({ d4fsBytes, d4fsPullSeconds, d4fsRunSeconds, d4fsSeconds, plainBytes, plainPullSeconds, plainRunSeconds, plainSeconds, timeRatio: d4fsSeconds / plainSeconds, bytesRatio: d4fsBytes / plainBytes });
+          } finally {
+            await sProxy.close();
+            await rProxy.close();
+            await stopRig(rig);
+          }
+        }
+        const med = (k: keyof (typeof samples)[number]): number => median(samples.map((x) => x[k]));
+        const row: UpdateRow = {
+          update: label,
+          mbit,
+          d4fsBytes: med('d4fsBytes'),
+          d4fsPullSeconds: med('d4fsPullSeconds'),
+          d4fsRunSeconds: med('d4fsRunSeconds'),
+          d4fsSeconds: med('d4fsSeconds'),
+          plainBytes: med('plainBytes'),
+          plainPullSeconds: med('plainPullSeconds'),
+          plainRunSeconds: med('plainRunSeconds'),
+          plainSeconds: med('plainSeconds'),
+          timeRatio: 0,
+          bytesRatio: 0,
+        };
+        row.timeRatio = row.d4fsSeconds / row.plainSeconds;
+        row.bytesRatio = row.d4fsBytes / row.plainBytes;
+        rows.push(row);
+      }
+    }
+  } finally {
+    await pool.close();
+    await server?.stop(1000);
+    await registry?.stop();
+    await unmountAllUnder(work);
+    await fsp.rm(work, { recursive: true, force: true });
+  }
+  return { rows, runs };
+}
+
+/** Print the end-to-end update table (markdown) with the issue's target. */
+export function printUpdateTable(r: UpdateBenchResult): void {
+  const mib = (n: number): string => (n / 2 ** 20).toFixed(2);
+  const s = (n: number): string => n.toFixed(2);
+  const lines = [
+    `## end-to-end update: d4fs (ctr-cli pull + load + ctr run --snapshotter d4fs) vs plain (ctr image pull + unpack + ctr run, overlayfs); old version held; median of ${r.runs} run(s) (target: d4fs ≤ 0.2× plain at 100 Mbit/s)`,
+    '',
+    '| update | link | d4fs MiB | d4fs pull+load s | d4fs run s | d4fs total s | plain MiB | plain pull+unpack s | plain run s | plain total s | bytes ratio | time ratio |',
+    '| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |',
+    ...r.rows.map(
+      (x) =>
+        `| ${x.update} | ${x.mbit} Mbit/s | ${mib(x.d4fsBytes)} | ${s(x.d4fsPullSeconds)} | ${s(x.d4fsRunSeconds)} | ${s(x.d4fsSeconds)} | ${mib(x.plainBytes)} | ${s(x.plainPullSeconds)} | ${s(x.plainRunSeconds)} | ${s(x.plainSeconds)} | ${x.bytesRatio.toFixed(3)} | ${x.timeRatio.toFixed(3)}${x.mbit === 100 ? (x.timeRatio <= 0.2 ? ' ok' : ' MISS') : ''} |`,
+    ),
+  ];
+  process.stdout.write(lines.join('\n') + '\n\n');
+}
+
 /** sha256 of a file (tests compare files). */
 export async function sha256File(path: string): Promise<string> {
   return createHash('sha256').update(await fsp.readFile(path)).digest('hex');
+}
+
+/**
+ * `node dist/bench/distribution.js [update] [distribution] [--quick] [--runs N]`:
+ * run these benchmarks alone (both by default).
+ */
+if (require.main === module) {
+  const args = process.argv.slice(2);
+  const runsAt = args.indexOf('--runs');
+  const quick = args.includes('--quick');
+  const runs = runsAt >= 0 ? Number(args[runsAt + 1]) : quick ? 1 : 3;
+  const only = args.filter((a, i) => !a.startsWith('--') && args[i - 1] !== '--runs');
+  const want = (x: string): boolean => only.length === 0 || only.includes(x);
+  (async () => {
+    if (want('update')) printUpdateTable(await updateBench(quick ? { updates: [['libssl-v1', 'libssl-v2', 'libssl-v3']], links: [100], runs } : { runs }));
+    if (want('distribution')) printDistributionTable(await distributionBench(quick ? { updates: [['libssl-v1', 'libssl-v3']], links: [100] } : {}));
+  })().catch((e: unknown) => {
+    process.stderr.write(`bench: ${(e as Error).stack ?? String(e)}\n`);
+    process.exit(1);
+  });
 }

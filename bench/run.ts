@@ -5,7 +5,7 @@
  */
 import { convertBench, printConvertTable } from './convert';
 import { deltaBench, printDeltaTables } from './delta';
-import { distributionBench, printDistributionTable } from './distribution';
+import { distributionBench, printDistributionTable, updateBench, printUpdateTable } from './distribution';
 import { regsyncBench, formatRegsyncTable } from './regsync';
 
 async function main(): Promise<void> {
@@ -21,6 +21,7 @@ async function main(): Promise<void> {
   }
   if (want('delta')) printDeltaTables(await deltaBench({ quick }));
   if (want('regsync')) process.stdout.write(formatRegsyncTable(await regsyncBench({ pairs: quick ? ['libssl v1'] : undefined })) + '\n');
+  if (want('update')) printUpdateTable(await updateBench(quick ? { updates: [['libssl-v1', 'libssl-v2', 'libssl-v3']], links: [100], runs: 1 } : {}));
   if (want('distribution')) printDistributionTable(await distributionBench(quick ? { updates: [['libssl-v1', 'libssl-v3']], links: [100] } : {}));
 }
 

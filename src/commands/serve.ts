@@ -10,7 +10,8 @@ import type { MergeStrategy } from '../server/merges';
 import { gcRoot, GcReport } from '../server/gc';
 import { newToken } from '../server/auth';
 import { invalidArgument } from '../errors';
-import { action, humanBytes, parseIntOpt, parseSize, printJson } from './common';
+import { DEFAULT_STORE_TTL_MS } from '../server/regstore';
+import { action, humanBytes, parseBool, parseIntOpt, parseSize, printJson, registryOptionsOf } from './common';
 
 /** "90s", "30m", "6h", "7d" or plain seconds → milliseconds. */
 export function parseDuration(v: string): number {
@@ -37,7 +38,13 @@ function addServeOptions(c: Command): Command {
     .option('--merge-ttl <duration>', 'drop cached merges unused this long', parseDuration)
     .option('--merge-strategy <how>', 'compose (copy patches, instant), rediff (diff against the full base: smaller, CPU) or auto (compose now, rediff in the background)', 'auto')
     .option('--shutdown-grace <duration>', 'on SIGTERM, let transfers finish this long', parseDuration, 30_000)
-    .option('--log-level <level>', `log level: ${LEVELS.join(', ')}`, 'info');
+    .option('--log-level <level>', `log level: ${LEVELS.join(', ')}`, 'info')
+    .option('--store <docker://registry/prefix>', 'keep catalogue and blobs in an OCI registry shared by several replicas (--root then holds a mirror, a blob cache and the merges)')
+    .option('--store-ttl <duration>', 'with --store: how long a repository read from the registry is trusted', parseDuration, DEFAULT_STORE_TTL_MS)
+    .option('--creds <user:pass>', 'with --store: registry credentials (default: from the docker config.json)')
+    .option('--authfile <file>', 'with --store: docker config.json / containers auth.json to read credentials from')
+    .option('--tls-verify <bool>', 'with --store: verify the registry\'s TLS certificate (default: yes, except loopback registries, which may also use plain HTTP)', parseBool)
+    .option('--registry-token <token>', 'with --store: bearer token for the registry');
 }
 
 async function runServer(o: Record<string, unknown>): Promise<void> {
@@ -59,6 +66,9 @@ async function runServer(o: Record<string, unknown>): Promise<void> {
     gc: { mergeTtlMs: o.mergeTtl as number | undefined },
     mergeStrategy: o.mergeStrategy as MergeStrategy,
     logger,
+    store: o.store
+      ? { url: o.store as string, ttlMs: o.storeTtl as number, registry: registryOptionsOf(o as { creds?: string; authfile?: string; tlsVerify?: boolean; registryToken?: string }) }
+      : undefined,
   });
   process.on('SIGHUP', () => void server.reloadTokens());
   let stopping = false;
@@ -128,6 +138,7 @@ Examples:
   ctr-cli serve token --access rw --name ci >> /etc/d4fs/tokens && chmod 600 /etc/d4fs/tokens
   ctr-cli serve --root /var/lib/d4fs-server --listen 0.0.0.0:8081 --tokens /etc/d4fs/tokens
   ctr-cli serve gc --root /var/lib/d4fs-server
+  ctr-cli serve --root /var/lib/d4fs-replica --store docker://registry.example:5000/d4fs --tokens /etc/d4fs/tokens   (one of several replicas)
 
 Signals: SIGTERM/SIGINT stop gracefully (transfers finish within --shutdown-grace), SIGHUP reloads the tokens file.
 `;

@@ -23,7 +23,7 @@ import { checkImageName } from '../store/store';
 import { digestOf, VerifyingStream } from '../util/digest';
 import { fileDigestOf } from '../server/blobs';
 import { ancestorsOf, planChain } from '../server/planner';
-import { ArtifactEntry, contentTag, fileManifest, INDEX_ARTIFACT_TYPE, isContentTag, parseFileManifest, parseTagIndex, tagIndex } from './artifact';
+import { ArtifactEntry, ArtifactFile, contentTag, fileManifest, INDEX_ARTIFACT_TYPE, isContentTag, parseFileManifest, parseTagIndex, tagIndex } from './artifact';
 import { containerdLoader } from './load';
 import type { FileInfo } from './protocol';
 import { checkDownloaded, checkPlanChain, finishPull, openStore, PulledFile, PullCommon, PullResult } from './pull';
@@ -99,6 +99,20 @@ export async function listArtifacts(client: RegistryClient, repo: string): Promi
   return { entries: [...byRoot.values()], warnings };
 }
 
+/**
+ * Store one file as an artifact in `repo`: its bytes (skipped when the
+ * repository has the blob), its config and its manifest under the file's
+ * content tag. `file` must describe the bytes at `path` (the registry checks
+ * the digest as they arrive). Idempotent.
+ */
+export async function pushFileArtifact(client: RegistryClient, repo: string, file: ArtifactFile, path: string): Promise<ArtifactEntry & { uploaded: boolean }> {
+  const uploaded = (await client.pushBlob(repo, file.fileDigest, file.size, () => createReadStream(path))) === 'uploaded';
+  const m = fileManifest(file);
+  await client.pushBlob(repo, digestOf(m.config), m.config.length, () => Readable.from([m.config]));
+  const manifestDigest = await client.putManifest(repo, contentTag(file), m.bytes, MT.OCI_MANIFEST);
+  return { ...file, manifestDigest, manifestSize: m.bytes.length, uploaded };
+}
+
 export async function pushToRegistry(o: RegistryPushOptions): Promise<RegistryPushResult> {
   const t0 = process.hrtime.bigint();
   const ref = parseRegistryTarget(o.to);
@@ -115,13 +129,8 @@ export async function pushToRegistry(o: RegistryPushOptions): Promise<RegistryPu
     if (info.kind === 'delta' && !entries.some((e) => e.imageId === info.parentId)) {
       throw failedPrecondition(`${o.file} is a delta from image ${info.parentId}, which ${ref.registry}/${repo} does not hold: push that image (or a chain leading to it) first`);
     }
-    const file = { ...info, fileDigest };
-    const uploaded = (await client.pushBlob(repo, fileDigest, info.size, () => createReadStream(o.file))) === 'uploaded';
-    const m = fileManifest(file);
-    await client.pushBlob(repo, digestOf(m.config), m.config.length, () => Readable.from([m.config]));
-    const ctag = contentTag(file);
-    const manifestDigest = await client.putManifest(repo, ctag, m.bytes, MT.OCI_MANIFEST);
-    const entry: ArtifactEntry = { ...file, manifestDigest, manifestSize: m.bytes.length };
+    const { uploaded, ...entry } = await pushFileArtifact(client, repo, { ...info, fileDigest }, o.file);
+    const ctag = contentTag(entry);
     const all = [...entries.filter((e) => e.rootDigest !== entry.rootDigest), entry];
     const useful = ancestorsOf(all, entry.imageId);
     const listed = all.filter((e) => useful.has(e.imageId));

@@ -22,7 +22,7 @@ import { createHash } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
 import type { Logger } from 'pino';
 import { mergeDeltas } from '../delta/merge';
-import { corrupt, invalidArgument, toD4fsError } from '../errors';
+import { corrupt, invalidArgument, notFound, toD4fsError } from '../errors';
 import { WorkerPool } from '../workers/pool';
 import type { BlobStore } from './blobs';
 import { fileDigestOf, verifyCdimg } from './blobs';
@@ -49,6 +49,11 @@ export interface MergeCacheOptions {
   maxConcurrent?: number;
   /** Worker threads of rediff merges (default 1). */
   rediffThreads?: number;
+  /**
+   * Make a stored file's blob present in the blob store before a merge reads
+   * it (a server backed by a registry fetches it); false: it is nowhere.
+   */
+  ensureLocal?: (rootDigest: string) => Promise<boolean>;
 }
 
 /** Counting semaphore. */
@@ -76,6 +81,7 @@ export class MergeCache {
   private readonly rediffSlot = new Semaphore(1);
   private readonly strategy: MergeStrategy;
   private readonly rediffThreads: number;
+  private readonly ensureLocal: ((rootDigest: string) => Promise<boolean>) | undefined;
   private pool: WorkerPool | undefined;
   private closed = false;
 
@@ -89,6 +95,7 @@ export class MergeCache {
     this.slots = new Semaphore(Math.max(1, opts.maxConcurrent ?? 2));
     this.strategy = opts.strategy ?? 'auto';
     this.rediffThreads = Math.max(1, opts.rediffThreads ?? 1);
+    this.ensureLocal = opts.ensureLocal;
   }
 
   /** Merges still running (shutdown waits for them). */
@@ -165,6 +172,11 @@ export class MergeCache {
     const t0 = process.hrtime.bigint();
     const tmp = this.blobs.tempPath('merge');
     try {
+      if (this.ensureLocal) {
+        for (const f of how === 'rediff' && base ? [base, ...chain] : chain) {
+          if (!(await this.ensureLocal(f.rootDigest))) throw notFound(`blob ${f.rootDigest} of the chain to merge is neither on this server nor in its registry store`);
+        }
+      }
       const deltas = chain.map((f) => this.blobs.pathOf(f.rootDigest));
       if (how === 'rediff') {
         this.pool ??= new WorkerPool(this.rediffThreads);

@@ -15,6 +15,10 @@ export class ServerMetrics {
   readonly pulls: Counter<'kind'>;
   readonly inflight: Gauge<'route'>;
   readonly uploads: Counter<'result'>;
+  /** Reads of a repository from the registry backing store (--store). */
+  readonly storeReads: Counter<'result'>;
+  /** Blob bytes fetched from the registry backing store into the local cache. */
+  readonly storeFetchedBytes: Counter;
 
   /** @param stats read at scrape time: catalogue counts */
   constructor(stats: () => { repositories: number; images: number; files: number; merges: number; bytes: number }, defaults = true) {
@@ -46,6 +50,8 @@ export class ServerMetrics {
     this.pulls = new Counter({ name: 'd4fs_pull_plans_total', help: 'Pull plans by shape: uptodate, full, delta, merged, full+delta, full+merged', labelNames: ['kind'], registers });
     this.inflight = new Gauge({ name: 'd4fs_http_requests_in_flight', help: 'Requests being served', labelNames: ['route'], registers });
     this.uploads = new Counter({ name: 'd4fs_uploads_total', help: 'Blob uploads by result: created, exists, refused', labelNames: ['result'], registers });
+    this.storeReads = new Counter({ name: 'd4fs_store_reads_total', help: 'Repository reads from the registry backing store (--store), by result: ok, error', labelNames: ['result'], registers });
+    this.storeFetchedBytes = new Counter({ name: 'd4fs_store_fetched_bytes_total', help: 'Blob bytes fetched from the registry backing store into the local cache (verified)', registers });
     const catalogue = new Gauge({
       name: 'd4fs_catalogue_objects',
       help: 'Objects in the catalogue',

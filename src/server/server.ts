@@ -7,6 +7,12 @@
  * from what the client holds, with the deltas merged into one (cached,
  * shared between concurrent identical requests), served with ETag and Range.
  * Nothing holds a lock across a transfer.
+ *
+ * With `store` (`--store docker://REGISTRY/PREFIX`) an OCI registry is the
+ * backing store that several replicas share (see regstore.ts): pushes land
+ * in the registry, the catalogue is a mirror of the registry's index
+ * artifacts refreshed with a short TTL, blobs are fetched into the local
+ * root on first use, merges stay local to each replica.
  */
 import { promises as fsp } from 'node:fs';
 import * as http from 'node:http';
@@ -17,7 +23,7 @@ import { pipeline } from 'node:stream/promises';
 import { Transform, TransformCallback } from 'node:stream';
 import { createHash } from 'node:crypto';
 import pino, { type Logger } from 'pino';
-import { corrupt, D4fsError, failedPrecondition, hostile, invalidArgument, notFound, toD4fsError, unavailable } from '../errors';
+import { corrupt, D4fsError, failedPrecondition, hostile, invalidArgument, notFound, toD4fsError, unavailable, unsupported } from '../errors';
 import { parseDigest } from '../util/digest';
 import {
   API,
@@ -30,6 +36,7 @@ import {
   MAX_JSON_BODY,
   PlanFileJson,
   PullPlanJson,
+  TagJson,
   UploadResultJson,
 } from '../distribution/protocol';
 import { Access, Principal, TokenAuth } from './auth';
@@ -40,6 +47,7 @@ import { acceptBody, parseRange, readJson, sendError, sendJson } from './http';
 import { MergeCache, MergeStrategy } from './merges';
 import { ServerMetrics } from './metrics';
 import { planChain } from './planner';
+import { parseStoreUrl, RegistryStore, RegistryStoreOptions } from './regstore';
 
 export interface ServerOptions {
   /** Directory of the blob store and catalogue (created). */
@@ -72,6 +80,12 @@ export interface ServerOptions {
   logger?: Logger;
   /** Collect Node process metrics too (default true). */
   processMetrics?: boolean;
+  /**
+   * An OCI registry as the backing store shared by several replicas
+   * (catalogue and blobs live there; `root` keeps the mirror, a blob cache
+   * and this replica's merges). See regstore.ts.
+   */
+  store?: RegistryStoreOptions;
 }
 
 const DEFAULT_LISTEN = '127.0.0.1:8081';
@@ -130,6 +144,8 @@ export class D4fsServer {
   readonly blobs: BlobStore;
   readonly metrics: ServerMetrics;
   readonly auth: TokenAuth;
+  /** The registry backing store, when configured. */
+  readonly store: RegistryStore | undefined;
   private readonly merges: MergeCache;
   private readonly log: Logger;
   private readonly routes: Route[];
@@ -148,7 +164,14 @@ export class D4fsServer {
     this.auth = auth;
     this.log = opts.logger ?? pino({ level: 'silent' });
     this.metrics = new ServerMetrics(() => this.catalogue.stats(), opts.processMetrics !== false);
-    this.merges = new MergeCache(catalogue, blobs, this.metrics, this.log, { maxConcurrent: opts.maxMerges, strategy: opts.mergeStrategy, rediffThreads: opts.rediffThreads });
+    const store = opts.store ? new RegistryStore(opts.store, catalogue, blobs, this.log, this.metrics) : undefined;
+    this.store = store;
+    this.merges = new MergeCache(catalogue, blobs, this.metrics, this.log, {
+      maxConcurrent: opts.maxMerges,
+      strategy: opts.mergeStrategy,
+      rediffThreads: opts.rediffThreads,
+      ensureLocal: store ? (rootDigest) => store.ensureLocal(rootDigest) : undefined,
+    });
     this.maxUpload = opts.maxUploadBytes ?? DEFAULT_MAX_UPLOAD;
     this.maxUploads = opts.maxUploads ?? 32;
     const R = (name: string, method: string, re: RegExp, access: Access | 'open', run: (c: Ctx) => Promise<void>): Route => ({ name, method, re, access, run });
@@ -159,8 +182,8 @@ export class D4fsServer {
       R('repositories', 'GET', new RegExp(`^${API}/repositories$`), 'ro', async (c) => sendJson(c.res, 200, { repositories: this.catalogue.repositories() })),
       R('blob', 'GET', new RegExp(`^${API}/blobs/([^/]+)$`), 'ro', async (c) => this.getBlob(c, false)),
       R('blob', 'HEAD', new RegExp(`^${API}/blobs/([^/]+)$`), 'ro', async (c) => this.getBlob(c, true)),
-      R('tags', 'GET', new RegExp(`^${API}/repositories/${repo}/tags$`), 'ro', async (c) => sendJson(c.res, 200, { repository: c.params[0], tags: this.catalogue.tags(checkRepoName(c.params[0])) })),
-      R('tag', 'GET', new RegExp(`^${API}/repositories/${repo}/tags/([^/]+)$`), 'ro', async (c) => sendJson(c.res, 200, this.catalogue.tag(checkRepoName(c.params[0]), checkTag(c.params[1])))),
+      R('tags', 'GET', new RegExp(`^${API}/repositories/${repo}/tags$`), 'ro', async (c) => this.listTags(c)),
+      R('tag', 'GET', new RegExp(`^${API}/repositories/${repo}/tags/([^/]+)$`), 'ro', async (c) => sendJson(c.res, 200, await this.lookupTag(checkRepoName(c.params[0]), checkTag(c.params[1])))),
       R('tag', 'PUT', new RegExp(`^${API}/repositories/${repo}/tags/([^/]+)$`), 'rw', async (c) => this.putTag(c)),
       R('tag', 'DELETE', new RegExp(`^${API}/repositories/${repo}/tags/([^/]+)$`), 'rw', async (c) => this.deleteTag(c)),
       R('upload', 'PUT', new RegExp(`^${API}/repositories/${repo}/blobs/([^/]+)$`), 'rw', async (c) => this.upload(c)),
@@ -170,6 +193,7 @@ export class D4fsServer {
 
   /** Open the root, load the tokens and listen. */
   static async start(opts: ServerOptions): Promise<D4fsServer> {
+    if (opts.store) parseStoreUrl(opts.store.url); // refuse a bad --store before anything is opened
     const blobs = new BlobStore(opts.root);
     await blobs.init();
     const auth = new TokenAuth(opts.tokensFile, !!opts.readOpen);
@@ -180,9 +204,11 @@ export class D4fsServer {
       for (const w of warnings) s.log.warn(w);
       const removed = await blobs.removeDeadTemps();
       if (removed) s.log.info({ removed }, 'removed temp files of a previous run');
+      if (s.store) s.log.info({ store: s.store.url, ttlMs: s.store.ttlMs }, 'backing store: OCI registry (catalogue mirrored, blobs cached here)');
       await s.listen();
     } catch (e) {
       catalogue.close();
+      await s.store?.close();
       throw e;
     }
     if (opts.gcIntervalMs) {
@@ -297,6 +323,7 @@ export class D4fsServer {
     await closed;
     await Promise.allSettled([...this.active, ...this.merges.running, this.gcRunning]);
     await this.merges.close();
+    await this.store?.close();
     this.server = undefined;
     this.catalogue.close();
     this.log.info('d4fs-server stopped');
@@ -359,11 +386,45 @@ export class D4fsServer {
     c.res.end(text);
   }
 
+  /** A tag (with a registry store: read again from the registry when the mirror does not know it). */
+  private async lookupTag(repository: string, tag: string): Promise<TagJson> {
+    if (this.store) {
+      await this.store.sync(repository);
+      try {
+        return this.catalogue.tag(repository, tag);
+      } catch (e) {
+        if (!(e instanceof D4fsError) || e.kind !== 'NOT_FOUND') throw e;
+        await this.store.sync(repository, true);
+      }
+    }
+    return this.catalogue.tag(repository, tag);
+  }
+
+  private async listTags(c: Ctx): Promise<void> {
+    const repository = checkRepoName(c.params[0]);
+    await this.store?.sync(repository);
+    sendJson(c.res, 200, { repository, tags: this.catalogue.tags(repository) });
+  }
+
+  /**
+   * Whether a file is stored for `repository` already. With a registry
+   * store: the registry repository holds it, or this replica's cache does
+   * (then it is copied into that registry repository from the cache).
+   */
+  private async alreadyStored(repository: string, f: FileRow): Promise<boolean> {
+    if (!this.store) return this.blobs.has(f.rootDigest);
+    if (this.store.holds(repository, f.rootDigest)) return true;
+    if (!(await this.blobs.has(f.rootDigest))) return false;
+    await this.store.putFile(repository, f, this.blobs.pathOf(f.rootDigest));
+    return true;
+  }
+
   private async putTag(c: Ctx): Promise<void> {
     const repository = checkRepoName(c.params[0]);
     const tag = checkTag(c.params[1]);
     const body = (await readJson(c.req, c.res, MAX_JSON_BODY)) as { imageId?: unknown } | null;
     const imageId = parseDigest(String(body?.imageId ?? ''), 'imageId');
+    await this.store?.putTag(repository, tag, imageId); // the registry first: it is what every replica reads
     const previous = this.catalogue.setTag(repository, tag, imageId);
     this.log.info({ repository, tag, imageId, previous, who: c.who.name }, 'tag set');
     sendJson(c.res, 200, { ...this.catalogue.tag(repository, tag), previous: previous ?? null });
@@ -372,6 +433,9 @@ export class D4fsServer {
   private async deleteTag(c: Ctx): Promise<void> {
     const repository = checkRepoName(c.params[0]);
     const tag = checkTag(c.params[1]);
+    if (this.store) {
+      throw unsupported(`this server's catalogue lives in ${this.store.url}: delete ${this.store.registryRepo(repository)}:${tag} in the registry (the replicas drop the tag within ${this.store.ttlMs} ms)`);
+    }
     this.catalogue.deleteTag(repository, tag);
     this.log.info({ repository, tag, who: c.who.name }, 'tag deleted');
     sendJson(c.res, 200, { repository, tag, deleted: true });
@@ -388,7 +452,7 @@ export class D4fsServer {
       throw hostile(`upload of ${declared} bytes is over this server's limit of ${this.maxUpload}`);
     }
     const existing = this.catalogue.file(rootDigest);
-    if (existing && (await this.blobs.has(rootDigest))) {
+    if (existing && (await this.alreadyStored(repository, existing))) {
       this.catalogue.addFile({ ...existing, repository }); // links the repository; changes nothing else
       this.metrics.uploads.inc({ result: 'exists' });
       const body: UploadResultJson = { rootDigest, fileDigest: existing.fileDigest, kind: existing.kind, imageId: existing.imageId, parentId: existing.parentId, size: existing.size, created: false };
@@ -417,8 +481,13 @@ export class D4fsServer {
       const claimed = c.req.headers[FILE_DIGEST_HEADER];
       if (typeof claimed === 'string' && claimed !== got.fileDigest) throw corrupt(`${what}: the bytes hash to ${got.fileDigest}, the client said ${claimed}`);
       if (v.kind === 'delta' && !this.catalogue.hasImage(v.parentId)) {
-        throw failedPrecondition(`${what}: a delta from image ${v.parentId}, which this server does not know: push that image (or a chain leading to it) first`);
+        await this.store?.sync(repository, true); // another replica may have stored the parent
+        if (!this.catalogue.hasImage(v.parentId)) {
+          throw failedPrecondition(`${what}: a delta from image ${v.parentId}, which this server does not know: push that image (or a chain leading to it) first`);
+        }
       }
+      // with a registry store the file is in the registry before it counts as stored
+      await this.store?.putFile(repository, { ...v, fileDigest: got.fileDigest }, tmp);
       await this.blobs.land(tmp, rootDigest);
       const created = this.catalogue.addFile({ ...v, fileDigest: got.fileDigest, repository });
       this.metrics.uploads.inc({ result: created ? 'created' : 'exists' });
@@ -448,12 +517,17 @@ export class D4fsServer {
     if (body.tag !== undefined && body.imageId !== undefined) throw invalidArgument('give "tag" or "imageId", not both');
     if (body.imageId !== undefined) {
       target = parseDigest(String(body.imageId), 'imageId');
+      await this.store?.sync(repository, !this.catalogue.hasImage(target));
       if (!this.catalogue.hasImage(target)) throw notFound(`image ${target} is not on this server`);
     } else {
       tag = checkTag(String(body.tag ?? 'latest'));
-      target = this.catalogue.tag(repository, tag).imageId;
+      target = (await this.lookupTag(repository, tag)).imageId;
     }
-    const plan = planChain(this.catalogue.files(), held, target);
+    let plan = planChain(this.catalogue.files(), held, target);
+    if (!plan && this.store) {
+      await this.store.sync(repository, true);
+      plan = planChain(this.catalogue.files(), held, target);
+    }
     if (!plan) throw failedPrecondition(`no chain of stored files leads to image ${target}`);
     const files: PlanFileJson[] = [];
     let deltas: FileRow[] = plan.files;
@@ -497,8 +571,11 @@ export class D4fsServer {
     if (!fileDigest) throw notFound(`no blob ${rootDigest} on this server`);
     let fh: fsp.FileHandle;
     try {
+      // with a registry store a blob comes into the local cache on first use (verified)
+      if (this.store && !(await this.blobs.has(rootDigest))) await this.store.ensureLocal(rootDigest);
       fh = await fsp.open(this.blobs.pathOf(rootDigest), 'r');
     } catch (e) {
+      if (e instanceof D4fsError) throw e;
       this.log.error({ rootDigest, err: (e as Error).message }, 'the catalogue names a blob that is not on disk');
       throw notFound(`blob ${rootDigest} is missing on this server`);
     }
