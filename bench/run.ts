@@ -5,6 +5,7 @@
  */
 import { convertBench, printConvertTable } from './convert';
 import { deltaBench, printDeltaTables } from './delta';
+import { snapshotterBench, printSnapshotterTable } from './snapshotter';
 import { distributionBench, printDistributionTable, updateBench, printUpdateTable } from './distribution';
 import { regsyncBench, formatRegsyncTable } from './regsync';
 
@@ -20,6 +21,7 @@ async function main(): Promise<void> {
     printConvertTable(await convertBench({ runs, images: quick ? ['nginx-v1'] : undefined, big: !quick }));
   }
   if (want('delta')) printDeltaTables(await deltaBench({ quick }));
+  if (want('snapshotter')) printSnapshotterTable(await snapshotterBench());
   if (want('regsync')) process.stdout.write(formatRegsyncTable(await regsyncBench({ pairs: quick ? ['libssl v1'] : undefined })) + '\n');
   if (want('update')) printUpdateTable(await updateBench(quick ? { updates: [['libssl-v1', 'libssl-v2', 'libssl-v3']], links: [100], runs: 1 } : {}));
   if (want('distribution')) printDistributionTable(await distributionBench(quick ? { updates: [['libssl-v1', 'libssl-v3']], links: [100] } : {}));

@@ -508,6 +508,26 @@ export class ContentCache {
   // Size bound
   // -------------------------------------------------------------------------
 
+  /**
+   * Removes every content that nobody has open, that is not being built or
+   * verified, and that `keep` does not want (e.g. contents of images that are
+   * no longer mounted). Returns the number of contents removed.
+   */
+  collect(keep: (hex: string) => boolean): number {
+    let n = 0;
+    for (const item of [...this.items.values()]) {
+      if (!this.removable(item) || keep(item.hex)) continue;
+      this.drop(item);
+      n++;
+    }
+    return n;
+  }
+
+  /** True when `item` may be removed now (unreferenced, no build or verification running). */
+  private removable(i: Item): boolean {
+    return i.refs === 0 && !i.verifying && !(i.partial && (i.partial.inflight.size > 0 || i.partial.promoting)) && !this.wholeBuilds.has(i.hex);
+  }
+
   /** Removes unreferenced contents, least recently used first, until under the bound. */
   private evict(): void {
     if (this.total <= this.maxBytes) {
@@ -515,9 +535,7 @@ export class ContentCache {
       return;
     }
     const target = Math.floor(this.maxBytes * 0.9);
-    const candidates = [...this.items.values()]
-      .filter((i) => i.refs === 0 && !i.verifying && !(i.partial && (i.partial.inflight.size > 0 || i.partial.promoting)) && !this.wholeBuilds.has(i.hex))
-      .sort((a, b) => a.lastUsed - b.lastUsed);
+    const candidates = [...this.items.values()].filter((i) => this.removable(i)).sort((a, b) => a.lastUsed - b.lastUsed);
     for (const item of candidates) {
       if (this.total <= target) break;
       this.drop(item);

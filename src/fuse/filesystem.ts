@@ -84,6 +84,11 @@ export class DeltaFileSystem {
     return this.chain.imageId;
   }
 
+  /** True when the image's chain stores content `hex` (sha256 hex), itself or as a patch base. */
+  holds(hex: string): boolean {
+    return this.chain.locate(hex) !== undefined;
+  }
+
   stats(): MountStats {
     return { ...this.counters, openFiles: this.handles.size };
   }

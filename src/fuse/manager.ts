@@ -138,10 +138,16 @@ export class FuseManager {
     });
   }
 
-  /** Unmounts `mountpoint` (a no-op when it is not mounted). */
+  /**
+   * Unmounts `mountpoint` (a no-op when it is not mounted), then drops the
+   * cached contents no image still served needs.
+   */
   unmount(mountpoint: string): Promise<void> {
     const mp = checkMountpoint(mountpoint);
-    return this.locked(mp, () => this.unmountLocked(mp));
+    return this.locked(mp, async () => {
+      await this.unmountLocked(mp);
+      this.collectCache();
+    });
   }
 
   /** Resolves when `mountpoint` is served by this manager and mounted in the kernel. */
@@ -201,6 +207,14 @@ export class FuseManager {
   // -------------------------------------------------------------------------
   // Internals
   // -------------------------------------------------------------------------
+
+  /** Removes the cached contents that no mounted or detached (still referenced) image holds. */
+  private collectCache(): void {
+    for (const fs of this.detached) if (fs.stats().openFiles === 0) this.detached.delete(fs);
+    const serving = [...[...this.mounts.values()].map((s) => s.fs), ...this.detached];
+    const removed = this.cache.collect((hex) => serving.some((fs) => fs.holds(hex)));
+    if (removed > 0) this.log.info({ removed, cache: this.cache.stats() }, 'collected cached contents of unmounted images');
+  }
 
   private async unmountLocked(mp: string, save = true): Promise<void> {
     const cur = this.mounts.get(mp);
