@@ -15,7 +15,7 @@ import { ContentRef, ContentSink } from '../tree/flatten';
 import { WorkerPool } from '../workers/pool';
 import type { CompressResult, ContentItem, StoredChunkInfo } from '../workers/worker';
 import { CdimgWriter } from '../format/writer';
-import { Blob, Codec, Encoding } from '../format/types';
+import { Blob, Encoding, zstdChunksAt } from '../format/types';
 import { readFully } from '../format/reader';
 import { OrderedWindow } from '../util/ordered';
 
@@ -131,27 +131,8 @@ export class CompressingSpool implements ContentSink {
       if (!s) throw new Error(`content ${c.digest} is not in the spool`);
       const data = Buffer.allocUnsafe(s.size);
       await readFully(this.spool, data, s.offset);
-      let o = await writer.append(data);
-      blobs.push({
-        digest: Buffer.from(c.digest, 'hex'),
-        size: c.size,
-        encoding: Encoding.FULL,
-        chunks: s.chunks.map((ch) => {
-          const chunk = {
-            offset: o,
-            storedSize: ch.storedSize,
-            storedDigest: Buffer.from(ch.storedDigest, 'hex'),
-            rawSize: ch.rawSize,
-            rawDigest: Buffer.from(ch.rawDigest, 'hex'),
-            codec: Codec.ZSTD,
-            baseDigest: Buffer.alloc(0),
-            baseOffset: 0,
-            baseSize: 0,
-          };
-          o += ch.storedSize;
-          return chunk;
-        }),
-      });
+      const at = await writer.append(data);
+      blobs.push({ digest: Buffer.from(c.digest, 'hex'), size: c.size, encoding: Encoding.FULL, chunks: zstdChunksAt(at, s.chunks) });
     }
     return blobs;
   }

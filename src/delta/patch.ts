@@ -6,7 +6,7 @@
  */
 import { CdimgReader } from '../format/reader';
 import { CdimgWriter } from '../format/writer';
-import { Blob, Codec, Encoding, FileType, Index, Kind, FORMAT_VERSION } from '../format/types';
+import { Blob, Encoding, FileType, Index, Kind, FORMAT_VERSION, zstdChunksAt } from '../format/types';
 import { WorkerPool } from '../workers/pool';
 import { OrderedWindow } from '../util/ordered';
 import { checkChain } from './chain';
@@ -56,22 +56,8 @@ export async function patchImage(o: PatchOptions): Promise<PatchResult> {
       await window.push(
         () => pool.run('materializeFull', { chain: paths, digest: c.digest.toString('hex'), level: LEVELS.default, chunkSize: top.chunkSize }),
         async (r) => {
-          let off = await w.append(Buffer.from(r.stored.buffer, r.stored.byteOffset, r.stored.byteLength));
-          slot.chunks = r.items[0].chunks.map((ch) => {
-            const chunk = {
-              offset: off,
-              storedSize: ch.storedSize,
-              storedDigest: Buffer.from(ch.storedDigest, 'hex'),
-              rawSize: ch.rawSize,
-              rawDigest: Buffer.from(ch.rawDigest, 'hex'),
-              codec: Codec.ZSTD,
-              baseDigest: Buffer.alloc(0),
-              baseOffset: 0,
-              baseSize: 0,
-            };
-            off += ch.storedSize;
-            return chunk;
-          });
+          const at = await w.append(Buffer.from(r.stored.buffer, r.stored.byteOffset, r.stored.byteLength));
+          slot.chunks = zstdChunksAt(at, r.items[0].chunks);
         },
         c.size,
       );

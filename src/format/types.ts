@@ -127,3 +127,23 @@ export const emptyImageInfo = (): ImageInfo => ({
   platform: '',
   manifestMediaType: '',
 });
+
+/** Index chunks for zstd frames laid out back to back from `offset` (as a worker reports them). */
+export function zstdChunksAt(offset: number, infos: { storedSize: number; storedDigest: string; rawSize: number; rawDigest: string }[]): Chunk[] {
+  let o = offset;
+  return infos.map((ch) => {
+    const chunk: Chunk = {
+      offset: o,
+      storedSize: ch.storedSize,
+      storedDigest: Buffer.from(ch.storedDigest, 'hex'),
+      rawSize: ch.rawSize,
+      rawDigest: Buffer.from(ch.rawDigest, 'hex'),
+      codec: Codec.ZSTD,
+      baseDigest: Buffer.alloc(0),
+      baseOffset: 0,
+      baseSize: 0,
+    };
+    o += ch.storedSize;
+    return chunk;
+  });
+}
