@@ -7,10 +7,10 @@
  *   node dist/scripts/demo-runtime.js OUT_DIR
  */
 import { spawn, ChildProcess } from 'node:child_process';
-import { promises as fsp, readFileSync, readdirSync } from 'node:fs';
+import { promises as fsp } from 'node:fs';
 import { createServer } from 'node:net';
 import { join, resolve } from 'node:path';
-import { startContainerd, startSnapshotter, unmountAllUnder, mountsUnder, PrivateContainerd } from '../test/helpers/containerd';
+import { startContainerd, startSnapshotter, unmountAllUnder, mountsUnder, processesMentioning, PrivateContainerd } from '../test/helpers/containerd';
 import { packageRoot } from '../src/util/paths';
 
 const CLI = join(packageRoot(), 'dist', 'cli', 'ctr-cli.js');
@@ -54,19 +54,6 @@ function freePort(): Promise<number> {
       s.close(() => (a && typeof a === 'object' ? res(a.port) : rej(new Error('no port'))));
     });
   });
-}
-
-function processesMentioning(needle: string): number[] {
-  const out: number[] = [];
-  for (const name of readdirSync('/proc')) {
-    if (!/^\d+$/.test(name) || Number(name) === process.pid) continue;
-    try {
-      if (readFileSync(`/proc/${name}/cmdline`, 'utf8').includes(needle)) out.push(Number(name));
-    } catch {
-      /* gone */
-    }
-  }
-  return out;
 }
 
 async function main(): Promise<void> {

@@ -40,7 +40,7 @@ import { unpackImage } from '../src/unpack/unpack';
 import { WorkerPool } from '../src/workers/pool';
 import { buildDebImage, buildDirImage } from './fixtures/debimages';
 import { compareTrees, type TreeNode, walkTree } from './fixtures/treewalk';
-import { mountAll, startSnapshotter, type SnapshotterProcess } from './helpers/containerd';
+import { mountAll, startSnapshotter, type SnapshotterProcess, processesMentioning } from './helpers/containerd';
 
 jest.setTimeout(120_000);
 
@@ -61,22 +61,6 @@ function mountsBelow(dir: string): string[] {
     .split('\n')
     .map((l) => l.split(' ')[4])
     .filter((mp): mp is string => !!mp && (mp === base || mp.startsWith(`${base}/`)));
-}
-
-/** PIDs whose command line mentions `needle` (not this process). */
-function processesMentioning(needle: string): number[] {
-  const out: number[] = [];
-  for (const name of fs.readdirSync('/proc')) {
-    if (!/^\d+$/.test(name) || Number(name) === process.pid) continue;
-    try {
-      const cmd = fs.readFileSync(`/proc/${name}/cmdline`, 'utf8');
-      const stat = fs.readFileSync(`/proc/${name}/stat`, 'utf8');
-      if (cmd.includes(needle) && stat[stat.lastIndexOf(')') + 2] !== 'Z') out.push(Number(name));
-    } catch {
-      /* gone */
-    }
-  }
-  return out;
 }
 
 /** Tasks in uninterruptible sleep inside FUSE (a request nobody will answer). */

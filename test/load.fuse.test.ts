@@ -21,8 +21,7 @@ import {
   snapshotterEntryPoint,
   startContainerd,
   startSnapshotter,
-  unmountAllUnder,
-} from './helpers/containerd';
+  unmountAllUnder, fuseMountsUnder, processesMentioning } from './helpers/containerd';
 import { convertImage } from '../src/convert/convert';
 import { diffImages } from '../src/delta/diff';
 import { WorkerPool } from '../src/workers/pool';
@@ -47,34 +46,6 @@ function fusePlugged(): boolean {
       return false;
     }
   });
-}
-
-/** FUSE mounts (any fstype fuse or fuse.*) at or below `dir`. */
-function fuseMountsUnder(dir: string): string[] {
-  const base = path.resolve(dir);
-  const out: string[] = [];
-  for (const line of fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n')) {
-    const [left, right] = line.split(' - ');
-    if (!right) continue;
-    const mp = left.split(' ')[4].replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
-    const fstype = right.split(' ')[0];
-    if ((fstype === 'fuse' || fstype.startsWith('fuse.')) && (mp === base || mp.startsWith(`${base}/`))) out.push(mp);
-  }
-  return out;
-}
-
-/** PIDs whose command line mentions `needle`. */
-function processesMentioning(needle: string): number[] {
-  const out: number[] = [];
-  for (const name of fs.readdirSync('/proc')) {
-    if (!/^\d+$/.test(name) || Number(name) === process.pid) continue;
-    try {
-      if (fs.readFileSync(`/proc/${name}/cmdline`, 'utf8').includes(needle)) out.push(Number(name));
-    } catch {
-      /* gone */
-    }
-  }
-  return out;
 }
 
 /** sha256 hex of the file at `rel` in a full .cdimg. */

@@ -452,3 +452,33 @@ export async function buildBusyboxImage(layout: string, tag: string): Promise<vo
     await fsp.rm(work, { recursive: true, force: true });
   }
 }
+
+/** FUSE mount points at or below `dir` (from /proc/self/mountinfo). */
+export function fuseMountsUnder(dir: string): string[] {
+  const base = path.resolve(dir);
+  const out: string[] = [];
+  for (const line of fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n')) {
+    const [left, right] = line.split(' - ');
+    if (!right) continue;
+    const mp = left.split(' ')[4].replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
+    const fstype = right.split(' ')[0];
+    if ((fstype === 'fuse' || fstype.startsWith('fuse.')) && (mp === base || mp.startsWith(`${base}/`))) out.push(mp);
+  }
+  return out;
+}
+
+/** PIDs (other than this one, zombies excluded) whose command line mentions `needle`. */
+export function processesMentioning(needle: string): number[] {
+  const out: number[] = [];
+  for (const name of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(name) || Number(name) === process.pid) continue;
+    try {
+      const cmd = fs.readFileSync(`/proc/${name}/cmdline`, 'utf8');
+      const stat = fs.readFileSync(`/proc/${name}/stat`, 'utf8');
+      if (cmd.includes(needle) && stat[stat.lastIndexOf(')') + 2] !== 'Z') out.push(Number(name));
+    } catch {
+      /* gone */
+    }
+  }
+  return out;
+}
