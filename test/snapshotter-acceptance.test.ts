@@ -499,7 +499,12 @@ describe('d4fs snapshotter acceptance (containerd + runc + FUSE)', () => {
     expect(env.managerPid()).toBe(managerBefore);
 
     await env.restartSnapshotter();
+    // containerd keeps its gRPC connection to a proxy snapshotter and, after the
+    // kill, retries it with back-off (failing calls fast meanwhile): wait until
+    // containerd itself reaches the restarted snapshotter, as a user's retry would.
+    await eventually(async () => (await env.ctr(['snapshots', '--snapshotter', 'd4fs', 'ls'])).code === 0, 30_000, 'containerd reconnecting to the restarted snapshotter');
     await env.ctrOk(['containers', 'rm', 'kill-snapshotter']);
+    expect(isAlive(env.snapshotter.pid)).toBe(true);
     expect((await sh('big:1', 'after-restart-big', '/bin/busybox sha256sum /big/blob', { snapshotter: 'd4fs' })).split(/\s+/)[0]).toBe(big.hex);
     expect((await sh('nginx:2', 'after-restart-2', 'sha256sum /usr/sbin/nginx', { snapshotter: 'd4fs' })).split(/\s+/)[0]).toBe(hex.nginx2);
     expect(env.d4fsMounts(env.root)).toHaveLength(loaded.size);
