@@ -17,6 +17,7 @@ import type { CompressResult, ContentItem, StoredChunkInfo } from '../workers/wo
 import { CdimgWriter } from '../format/writer';
 import { Blob, Encoding, zstdChunksAt } from '../format/types';
 import { readFully } from '../format/reader';
+import { writeFully } from '../util/fileio';
 import { OrderedWindow } from '../util/ordered';
 
 const SMALL = 1 << 20;
@@ -143,13 +144,5 @@ export class CompressingSpool implements ContentSink {
     if (this.spool) await this.spool.close().catch(() => undefined);
     this.spool = null;
     await fsp.rm(this.dir, { recursive: true, force: true });
-  }
-}
-
-async function writeFully(fh: fsp.FileHandle, data: Buffer, pos: number): Promise<void> {
-  let done = 0;
-  while (done < data.length) {
-    const { bytesWritten } = await fh.write(data, done, data.length - done, pos + done);
-    done += bytesWritten;
   }
 }

@@ -11,6 +11,7 @@ import { encodeIndex } from './codec';
 import { HEADER_SIZE, Index, MAGIC, FORMAT_VERSION, LIMITS } from './types';
 import { sha256 } from '../util/digest';
 import { invalidArgument } from '../errors';
+import { writeFully } from '../util/fileio';
 
 export const FLAG_INDEX_ZSTD = 1;
 
@@ -58,11 +59,7 @@ export class CdimgWriter {
   async append(data: Uint8Array): Promise<number> {
     if (!this.fh) throw new Error('writer closed');
     const at = this.pos;
-    let done = 0;
-    while (done < data.length) {
-      const { bytesWritten } = await this.fh.write(data, done, data.length - done, at + done);
-      done += bytesWritten;
-    }
+    await writeFully(this.fh, data, at);
     this.pos += data.length;
     return at;
   }

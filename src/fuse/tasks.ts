@@ -19,6 +19,7 @@ import { dirname, join } from 'node:path';
 import { Chain } from '../delta/chain';
 import { corrupt, notFound } from '../errors';
 import type { Blob } from '../format/types';
+import { writeFully } from '../util/fileio';
 
 /** Where the bases of a content's patches are: sha256 hex → path of the verified cache file. */
 export type BasePaths = Record<string, string>;
@@ -140,13 +141,6 @@ async function open(a: ContentSource): Promise<{ chain: Chain; blob: Blob }> {
   return { chain, blob };
 }
 
-async function writeAll(fh: fsp.FileHandle, data: Buffer, pos: number): Promise<void> {
-  let done = 0;
-  while (done < data.length) {
-    const { bytesWritten } = await fh.write(data, done, data.length - done, pos + done);
-    done += bytesWritten;
-  }
-}
 
 function tempName(out: string): string {
   return join(dirname(out), `.tmp-${process.pid}-${Date.now()}-${Math.random().toString(16).slice(2)}`);
@@ -167,7 +161,7 @@ export async function buildContent(a: BuildContentArgs): Promise<number> {
     for (const c of blob.chunks) {
       const raw = await chain.chunk(a.level, c);
       h.update(raw);
-      await writeAll(fh, raw, pos);
+      await writeFully(fh, raw, pos);
       pos += raw.length;
     }
     if (pos !== blob.size || h.digest('hex') !== a.digest) {
@@ -191,7 +185,7 @@ export async function buildChunk(a: BuildChunkArgs): Promise<number> {
   const raw = await chain.chunk(a.level, c);
   const fh = await fsp.open(a.out, 'r+');
   try {
-    await writeAll(fh, raw, a.offset);
+    await writeFully(fh, raw, a.offset);
   } finally {
     await fh.close();
   }
