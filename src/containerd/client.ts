@@ -415,10 +415,20 @@ export class ContentApi {
     return { existed: true };
   }
 
-  /** One Write session: STAT, WRITE in chunks, COMMIT. */
+  /**
+   * One Write session. A blob of at most one chunk (every blob a load writes)
+   * goes in a single COMMIT message carrying its data, as containerd's Write
+   * handles data before committing; a larger one is STAT, WRITE in chunks,
+   * COMMIT.
+   */
   private async writeSession(desc: Pick<Descriptor, 'digest' | 'size'>, data: Buffer, labels: Labels, ref: string): Promise<void> {
     const session = this.ctx.duplex<PbWriteRequest, PbWriteResponse>(this.ctx.conn.content, 'Write');
     try {
+      if (data.length <= WRITE_CHUNK) {
+        await session.request({ action: 'COMMIT', ref, total: desc.size, expected: desc.digest, offset: 0, data, labels });
+        await session.close();
+        return;
+      }
       await session.request({ action: 'STAT', ref, total: desc.size, expected: desc.digest });
       let offset = 0;
       while (offset < data.length) {

@@ -175,12 +175,15 @@ export async function loadImage(opts: LoadImageOptions): Promise<LoadImageResult
     await client.leases.create(leaseId, { [GC_EXPIRE]: new Date(Date.now() + LEASE_EXPIRY_MS).toISOString() });
     const leased = client.withLease(leaseId);
     try {
-      await leased.content.writeBlob(layer.descriptor, layer.bytes);
-      await leased.content.writeBlob(config.descriptor, config.bytes, { [gcRefSnapshot(snapshotter)]: chainId });
-      await leased.content.writeBlob(manifest.descriptor, manifest.bytes, {
-        [GC_REF_CONTENT_CONFIG]: config.descriptor.digest,
-        [gcRefContentLayer(0)]: layer.descriptor.digest,
-      });
+      // The lease holds all three, so they may land in any order.
+      await Promise.all([
+        leased.content.writeBlob(layer.descriptor, layer.bytes),
+        leased.content.writeBlob(config.descriptor, config.bytes, { [gcRefSnapshot(snapshotter)]: chainId }),
+        leased.content.writeBlob(manifest.descriptor, manifest.bytes, {
+          [GC_REF_CONTENT_CONFIG]: config.descriptor.digest,
+          [gcRefContentLayer(0)]: layer.descriptor.digest,
+        }),
+      ]);
 
       // The config (held by the lease) now references the snapshot, so an
       // existing one cannot be collected any more: decide now.
