@@ -6,9 +6,9 @@
 import { execFile } from 'node:child_process';
 import { promises as fsp } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { promisify } from 'node:util';
-import { CdimgChain, makeCdimgChain } from '../bench/distribution';
+import { CdimgChain, makeCdimgChain, startThrottlingProxy } from '../bench/distribution';
 import { startRegistry, TestRegistry } from './helpers/registry';
 import { patchImage } from '../src/delta/patch';
 import { D4fsError } from '../src/errors';
@@ -18,6 +18,7 @@ import { INDEX_ARTIFACT_TYPE, isContentTag } from '../src/distribution/artifact'
 import { pullFromRegistry, pushToRegistry } from '../src/distribution/registry';
 import type { PullResult } from '../src/distribution/pull';
 import { LocalStore } from '../src/store/store';
+import { CdimgReader } from '../src/format/reader';
 import { packageRoot } from '../src/util/paths';
 
 const run = promisify(execFile);
@@ -135,6 +136,49 @@ describe('OCI registry as the store', () => {
     expect((await failure(pullFromRegistry({ from: to('v2'), store, noLoad: true, registry: { creds: 'd4fs:wrong' } }))).kind).toBe('UNAUTHENTICATED');
     const r = await pullFromRegistry({ from: to('v2'), store, noLoad: true, registry: { creds: CREDS } });
     expect(r.files.map((f) => [f.kind, f.imageId])).toEqual([['delta', V2]]);
+  });
+
+  test('a registry download cut mid-way resumes with a Range request on the next run', async () => {
+    await pushToRegistry({ file: chain.full[0], to: `docker://${open.host}/d4fs/resume:v1` });
+    const r0 = await CdimgReader.open(chain.full[0]);
+    const root = r0.rootDigest;
+    await r0.close();
+    const proxy = await startThrottlingProxy(open.host, 40); // 5 MB/s: the ~9 MiB full image takes ~2 s
+    try {
+      const store = await newStore('registry-resume');
+      let cut = false;
+      const e = await failure(
+        pullFromRegistry({
+          from: `docker://${proxy.host}/d4fs/resume:v1`,
+          store,
+          noLoad: true,
+          retries: 0,
+          onProgress: (p) => {
+            if (!cut && p.done > 2_000_000) {
+              cut = true;
+              proxy.cut();
+            }
+          },
+        }),
+      );
+      expect(e.kind).toBe('UNAVAILABLE');
+      const part = join(dirname(store.tempPath('x')), `pull-${root.slice(7)}.part`);
+      const partSize = (await fsp.stat(part)).size;
+      expect(partSize).toBeGreaterThan(2_000_000);
+      expect(partSize).toBeLessThan((await fsp.stat(chain.full[0])).size);
+      expect(store.heldImageIds()).toEqual([]);
+
+      const down0 = proxy.bytesDown();
+      const r = await pullFromRegistry({ from: `docker://${proxy.host}/d4fs/resume:v1`, store, noLoad: true });
+      expect(r.files[0]).toMatchObject({ resumedFrom: partSize, refetched: false, downloaded: true });
+      expect(r.bytes).toBe(r.files[0].size - partSize);
+      // only the rest crossed the link (plus manifests and headers)
+      expect(proxy.bytesDown() - down0).toBeLessThan(r.files[0].size - partSize + 64 * 1024);
+      expect(await sameBytes(store.filePath(root), chain.full[0])).toBe(true);
+      await expect(fsp.stat(part)).rejects.toThrow(/ENOENT/);
+    } finally {
+      await proxy.close();
+    }
   });
 
   test('ctr-cli push --to and pull --from; a damaged blob in the registry is refused', async () => {

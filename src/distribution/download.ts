@@ -1,25 +1,96 @@
 /**
- * Resumable, verified blob downloads from d4fs-server.
+ * Resumable, verified blob downloads, from d4fs-server or from an OCI
+ * registry (a {@link BlobSource} says how to ask either for the bytes from
+ * an offset on).
  *
  * A blob is downloaded to DIR/pull-<hex>.part, a name that depends only on
  * its root digest, so a pull that was interrupted (network cut, server or
  * client killed) resumes on the next run: the bytes already there are hashed
- * again and the rest is asked for with `Range: bytes=N-` and `If-Range:
- * <etag>` (a server that no longer has that exact blob answers 200 and the
- * download restarts). The whole file is checked against the size and sha256
- * the server announced; a mismatch drops the part file and fetches the blob
- * once more from scratch, then gives up with CORRUPT. A lock file keeps two
- * pulls on one machine from writing the same part file.
+ * again and the rest is asked for with `Range: bytes=N-` (d4fs-server also
+ * gets `If-Range: <etag>`; a source that no longer has that exact blob, or
+ * that ignores ranges, answers with the whole blob and the download
+ * restarts). The whole file is checked against the size and sha256 the
+ * plan announced; a mismatch drops the part file and fetches the blob once
+ * more from scratch, then gives up with CORRUPT. A lock file keeps two pulls
+ * on one machine from writing the same part file.
  */
 import { createHash, Hash } from 'node:crypto';
 import { createReadStream, createWriteStream, promises as fsp } from 'node:fs';
 import { join } from 'node:path';
-import { Transform, TransformCallback } from 'node:stream';
+import { Readable, Transform, TransformCallback } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { corrupt, D4fsError, unavailable } from '../errors';
 import { hexOfDigest } from '../util/digest';
+import type { RegistryClient } from '../oci/registry/client';
 import { ServerClient } from './client';
 import { blobPath, etagOf } from './protocol';
+
+/** The bytes of a blob from an offset on, or the whole blob. */
+export interface RangedBody {
+  /** Offset of the body's first byte: the one asked for, or 0 when the whole blob comes. */
+  start: number;
+  body: Readable;
+}
+
+/** Where a blob's bytes come from. */
+export interface BlobSource {
+  /** Who serves them, for messages. */
+  readonly origin: string;
+  /**
+   * The blob's bytes from `from` on; a source that cannot serve ranges
+   * answers with the whole blob (start 0). A body failing mid-way is a
+   * network failure (retried, resuming) unless it fails with a D4fsError of
+   * another kind.
+   */
+  open(t: DownloadTarget, from: number): Promise<RangedBody>;
+}
+
+/** Checks a 206's Content-Range against the range asked for; returns the body's start. */
+function rangeStart(contentRange: string | undefined, from: number, size: number, what: string): number {
+  const m = /^bytes (\d+)-(\d+)\/(\d+)$/.exec(contentRange ?? '');
+  if (!m || Number(m[1]) !== from || Number(m[2]) !== size - 1 || Number(m[3]) !== size) {
+    throw corrupt(`${what}: unexpected Content-Range ${String(contentRange)} for bytes ${from}-${size - 1}/${size}`);
+  }
+  return from;
+}
+
+/** d4fs-server: `GET /v1/blobs/…` with Range and If-Range on the blob's ETag. */
+export function serverSource(client: ServerClient): BlobSource {
+  return {
+    origin: client.base.origin,
+    async open(t, from) {
+      const etag = etagOf(t.rootDigest);
+      const headers: Record<string, string> = from > 0 ? { Range: `bytes=${from}-`, 'If-Range': etag } : {};
+      const res = await client.request('GET', blobPath(t.rootDigest), { headers });
+      const what = `download of ${t.rootDigest}`;
+      if (res.statusCode !== 200 && res.statusCode !== 206) throw await client.failure(res, what);
+      const tag = res.headers.etag;
+      if (tag !== undefined && tag !== etag) {
+        res.resume();
+        throw corrupt(`${what}: the server sends ${tag}, not ${etag}`);
+      }
+      try {
+        const start = res.statusCode === 206 ? rangeStart(res.headers['content-range'], from, t.size, what) : 0;
+        return { start, body: res };
+      } catch (e) {
+        res.resume();
+        throw e;
+      }
+    },
+  };
+}
+
+/** An OCI registry: the file's blob by its sha256, with `Range` (registries serve blobs with range support). */
+export function registrySource(client: RegistryClient, repo: string): BlobSource {
+  return {
+    origin: client.registry,
+    async open(t, from) {
+      const r = await client.openBlobFrom(repo, t.fileDigest, t.size, from);
+      return { start: r.start, body: r.body };
+    },
+  };
+}
+
 
 export interface DownloadTarget {
   rootDigest: string;
@@ -125,7 +196,8 @@ export async function sweepParts(dir: string, keep: Iterable<string> = []): Prom
 const sizeOf = (p: string): Promise<number> => fsp.stat(p).then((s) => s.size, () => 0);
 
 /** Download `t` into `dir` (see the module comment). */
-export async function downloadBlob(client: ServerClient, t: DownloadTarget, dir: string, o: DownloadOptions = {}): Promise<DownloadResult> {
+export async function downloadBlob(source: BlobSource | ServerClient, t: DownloadTarget, dir: string, o: DownloadOptions = {}): Promise<DownloadResult> {
+  const src = source instanceof ServerClient ? serverSource(source) : source;
   const hex = hexOfDigest(t.rootDigest);
   const part = join(dir, `pull-${hex}.part`);
   const release = await lock(join(dir, `pull-${hex}.lock`), o.lockWaitMs ?? 600_000);
@@ -146,11 +218,11 @@ export async function downloadBlob(client: ServerClient, t: DownloadTarget, dir:
         first = false;
         let hash = createHash('sha256');
         if (have > 0) for await (const c of createReadStream(part, { end: have - 1 })) hash.update(c as Buffer);
-        if (have < t.size) ({ size: have, hash } = await fetchRest(client, t, part, have, hash, result, o));
+        if (have < t.size) ({ size: have, hash } = await fetchRest(src, t, part, have, hash, result, o));
         const got = `sha256:${hash.digest('hex')}`;
         if (have === t.size && got === t.fileDigest) return result;
         await fsp.rm(part, { force: true });
-        if (result.refetched) throw corrupt(`blob ${t.rootDigest} from ${client.base.origin} is damaged: its ${have} bytes hash to ${got}, the server announced ${t.size} bytes with ${t.fileDigest}`);
+        if (result.refetched) throw corrupt(`blob ${t.rootDigest} from ${src.origin} is damaged: its ${have} bytes hash to ${got}, the server announced ${t.size} bytes with ${t.fileDigest}`);
         result.refetched = true; // maybe only the part kept from an earlier run was bad: once more from scratch
       } catch (e) {
         if (!(e instanceof D4fsError) || e.kind !== 'UNAVAILABLE' || failures >= retries) throw e;
@@ -165,42 +237,21 @@ export async function downloadBlob(client: ServerClient, t: DownloadTarget, dir:
 }
 
 /**
- * GET the bytes from `have` on and append them (or, when the server answers
+ * Fetch the bytes from `have` on and append them (or, when the source answers
  * with the whole blob, rewrite the part file). `prefix` holds the hash of the
  * first `have` bytes; returns the new size and the hash of the whole part.
  */
-async function fetchRest(client: ServerClient, t: DownloadTarget, part: string, have: number, prefix: Hash, result: DownloadResult, o: DownloadOptions): Promise<{ size: number; hash: Hash }> {
-  const etag = etagOf(t.rootDigest);
-  const headers: Record<string, string> = {};
-  if (have > 0) {
-    headers.Range = `bytes=${have}-`;
-    headers['If-Range'] = etag;
-  }
-  const res = await client.request('GET', blobPath(t.rootDigest), { headers });
-  const what = `download of ${t.rootDigest}`;
-  if (res.statusCode !== 200 && res.statusCode !== 206) throw await client.failure(res, what);
-  const tag = res.headers.etag;
-  if (tag !== undefined && tag !== etag) {
-    res.resume();
-    throw corrupt(`${what}: the server sends ${tag}, not ${etag}`);
-  }
-  let start = 0;
-  if (res.statusCode === 206) {
-    const m = /^bytes (\d+)-(\d+)\/(\d+)$/.exec(String(res.headers['content-range'] ?? ''));
-    if (!m || Number(m[1]) !== have || Number(m[3]) !== t.size) {
-      res.resume();
-      throw corrupt(`${what}: unexpected Content-Range ${String(res.headers['content-range'])}`);
-    }
-    start = have;
-  }
-  // 200: the whole blob comes again (no range support, or If-Range did not match): start over.
+async function fetchRest(src: BlobSource, t: DownloadTarget, part: string, have: number, prefix: Hash, result: DownloadResult, o: DownloadOptions): Promise<{ size: number; hash: Hash }> {
+  const what = `download of ${t.rootDigest} from ${src.origin}`;
+  const { start, body } = await src.open(t, have);
+  // start 0: the whole blob comes again (no range support, or the blob changed): start over.
   const hash = start > 0 ? prefix : createHash('sha256');
   const tap = new Tap(hash, t.size - start, (n) => {
     result.downloaded += n;
     o.onProgress?.(start + tap.n, t.size);
   });
   try {
-    await pipeline(res, tap, createWriteStream(part, { flags: start > 0 ? 'a' : 'w', mode: 0o600 }));
+    await pipeline(body, tap, createWriteStream(part, { flags: start > 0 ? 'a' : 'w', mode: 0o600 }));
   } catch (e) {
     if (e instanceof D4fsError) throw e;
     throw unavailable(`${what} was interrupted after ${start + tap.n} of ${t.size} bytes: ${(e as Error).message}`, e);

@@ -24,6 +24,7 @@ import { digestOf, VerifyingStream } from '../util/digest';
 import { fileDigestOf } from '../server/blobs';
 import { ancestorsOf, planChain } from '../server/planner';
 import { ArtifactEntry, ArtifactFile, contentTag, fileManifest, INDEX_ARTIFACT_TYPE, isContentTag, parseFileManifest, parseTagIndex, tagIndex } from './artifact';
+import { downloadBlob, registrySource, sweepParts } from './download';
 import { containerdLoader } from './load';
 import type { FileInfo } from './protocol';
 import { checkDownloaded, checkPlanChain, finishPull, openStore, PulledFile, PullCommon, PullResult } from './pull';
@@ -159,6 +160,9 @@ export interface RegistryPullOptions extends PullCommon {
   image?: string;
   registry?: RegistryOptions;
   tuning?: ClientTuning;
+  /** Network failures retried (resuming) per file within this run (default 2). */
+  retries?: number;
+  retryDelayMs?: number;
 }
 
 export async function pullFromRegistry(o: RegistryPullOptions): Promise<PullResult> {
@@ -206,22 +210,21 @@ export async function pullFromRegistry(o: RegistryPullOptions): Promise<PullResu
       for (const k of ['rootDigest', 'kind', 'imageId', 'parentId', 'size'] as const) {
         if (file[k] !== e[k]) throw corrupt(`${what}: ${k} is ${file[k]}, the index says ${e[k]}`);
       }
-      const part = store.tempPath('registry-pull');
-      let done = 0;
+      const d = await downloadBlob(registrySource(client, repo), { rootDigest: file.rootDigest, fileDigest: file.fileDigest, size: file.size }, tmpDir, {
+        retries: o.retries,
+        retryDelayMs: o.retryDelayMs,
+        onProgress: (done, total) => o.onProgress?.({ file: i + 1, files: plan.files.length, rootDigest: e.rootDigest, done, total }),
+      });
       try {
-        const body = await client.openBlob(repo, file.fileDigest, file.size);
-        body.on('data', (c: Buffer) => {
-          done += c.length;
-          o.onProgress?.({ file: i + 1, files: plan.files.length, rootDigest: e.rootDigest, done, total: file.size });
-        });
-        await pipeline(body, new VerifyingStream(file.fileDigest, `${what}: blob ${file.fileDigest}`, file.size), createWriteStream(part, { flags: 'wx', mode: 0o600 }));
-        await checkDownloaded(part, file, what);
-        await store.add(part, { move: true });
-      } finally {
-        await fsp.rm(part, { force: true });
+        await checkDownloaded(d.path, file, what);
+        await store.add(d.path, { move: true });
+      } catch (err) {
+        await fsp.rm(d.path, { force: true });
+        throw err;
       }
-      files.push({ ...base, downloaded: true, bytes: done });
+      files.push({ ...base, downloaded: true, bytes: d.downloaded, resumedFrom: d.resumedFrom, refetched: d.refetched });
     }
+    await sweepParts(tmpDir);
     const loaded = await finishPull(store, name, target, loader, o.load);
     return {
       name,

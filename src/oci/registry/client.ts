@@ -279,6 +279,35 @@ export class RegistryClient {
     return this.guardBody(res, what);
   }
 
+  /**
+   * Like {@link openBlob}, from byte `from` on (`Range: bytes=FROM-`): `start`
+   * is `from` when the registry answered 206 with the range asked for, 0 when
+   * it sent the whole blob (200). The bytes are NOT verified here.
+   */
+  async openBlobFrom(repo: string, digest: string, size: number, from: number): Promise<{ start: number; body: Readable }> {
+    if (from <= 0) return { start: 0, body: await this.openBlob(repo, digest, size) };
+    checkRepository(repo);
+    parseDigest(digest, 'blob digest');
+    const what = `blob ${digest} in ${repo}`;
+    const res = await this.blobRequest('GET', repo, digest, { Range: `bytes=${from}-` });
+    await this.expect(res, [200, 206], what, repo);
+    if (res.statusCode === 200) {
+      const length = Number(firstHeader(res.headers['content-length']) ?? NaN);
+      if (Number.isFinite(length) && length !== size) {
+        discard(res);
+        throw corrupt(`registry ${this.registry}: ${what}: server sends ${length} bytes but the descriptor says ${size}`);
+      }
+      return { start: 0, body: this.guardBody(res, what) };
+    }
+    const range = firstHeader(res.headers['content-range']) ?? '';
+    const m = /^bytes (\d+)-(\d+)\/(\d+|\*)$/.exec(range);
+    if (!m || Number(m[1]) !== from || Number(m[2]) !== size - 1 || (m[3] !== '*' && Number(m[3]) !== size)) {
+      discard(res);
+      throw corrupt(`registry ${this.registry}: ${what}: answered Content-Range "${range}" to a request for bytes ${from}-${size - 1}/${size}`);
+    }
+    return { start: from, body: this.guardBody(res, what) };
+  }
+
   /** Size of a blob in the repository, or undefined when the registry does not have it. */
   async statBlob(repo: string, digest: string): Promise<number | undefined> {
     checkRepository(repo);
@@ -489,9 +518,9 @@ export class RegistryClient {
   // Requests with authentication and error mapping
 
   /** GET or HEAD a blob, following redirects. */
-  private async blobRequest(method: 'GET' | 'HEAD', repo: string, digest: string): Promise<http.IncomingMessage> {
+  private async blobRequest(method: 'GET' | 'HEAD', repo: string, digest: string, headers?: Record<string, string>): Promise<http.IncomingMessage> {
     let url = await this.endpoint(`/v2/${repo}/blobs/${digest}`);
-    let res = await this.call({ method, url, scopes: [repoScope(repo, 'pull')], repo });
+    let res = await this.call({ method, url, scopes: [repoScope(repo, 'pull')], repo, headers });
     for (let hops = 0; REDIRECTS.has(res.statusCode ?? 0); hops++) {
       discard(res);
       const loc = firstHeader(res.headers.location);
@@ -501,7 +530,7 @@ export class RegistryClient {
       if (url.protocol !== 'https:' && url.protocol !== 'http:') {
         throw unavailable(`registry ${this.registry}: blob ${digest} redirects to an unsupported URL scheme ${url.protocol}`);
       }
-      res = await this.call({ method, url, scopes: [repoScope(repo, 'pull')], repo });
+      res = await this.call({ method, url, scopes: [repoScope(repo, 'pull')], repo, headers });
     }
     return res;
   }
