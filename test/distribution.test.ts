@@ -3,22 +3,21 @@
  * v1→v2, v2→v3 deltas as artifacts to Debian's docker-registry on 127.0.0.1
  * (anonymous and htpasswd), pulls that pick a chain from the versions held.
  */
+import { ClientStores, failure, onceAfter, partOf, rootOf, sameBytes } from './helpers/pulls';
 import { execFile } from 'node:child_process';
 import { promises as fsp } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
+import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { CdimgChain, makeCdimgChain, startThrottlingProxy } from '../bench/distribution';
 import { startRegistry, TestRegistry } from './helpers/registry';
 import { patchImage } from '../src/delta/patch';
-import { D4fsError } from '../src/errors';
 import { MT } from '../src/oci/mediatypes';
 import { RegistryClient } from '../src/oci/registry/client';
 import { INDEX_ARTIFACT_TYPE, isContentTag } from '../src/distribution/artifact';
 import { pullFromRegistry, pushToRegistry } from '../src/distribution/registry';
 import type { PullResult } from '../src/distribution/pull';
 import { LocalStore } from '../src/store/store';
-import { CdimgReader } from '../src/format/reader';
 import { packageRoot } from '../src/util/paths';
 
 const run = promisify(execFile);
@@ -32,26 +31,10 @@ let locked: TestRegistry;
 let V1: string;
 let V2: string;
 let V3: string;
-const stores: LocalStore[] = [];
 
-async function failure(p: Promise<unknown>): Promise<D4fsError> {
-  try {
-    await p;
-  } catch (e) {
-    if (e instanceof D4fsError) return e;
-    throw e;
-  }
-  throw new Error('expected a failure');
-}
+const clients = new ClientStores(() => join(work, 'clients'));
+const newStore = (name: string, files: string[] = []): Promise<LocalStore> => clients.make(name, files);
 
-async function newStore(name: string, files: string[] = []): Promise<LocalStore> {
-  const s = await LocalStore.open(join(work, 'clients', name));
-  stores.push(s);
-  for (const f of files) await s.add(f);
-  return s;
-}
-
-const sameBytes = async (a: string, b: string): Promise<boolean> => (await fsp.readFile(a)).equals(await fsp.readFile(b));
 
 beforeAll(async () => {
   work = await fsp.mkdtemp(join(tmpdir(), 'd4fs-distribution-test-'));
@@ -60,7 +43,7 @@ beforeAll(async () => {
 }, 120_000);
 
 afterAll(async () => {
-  for (const s of stores) s.close();
+  clients.closeAll();
   await open?.stop();
   await locked?.stop();
   if (work) await fsp.rm(work, { recursive: true, force: true });
@@ -140,29 +123,13 @@ describe('OCI registry as the store', () => {
 
   test('a registry download cut mid-way resumes with a Range request on the next run', async () => {
     await pushToRegistry({ file: chain.full[0], to: `docker://${open.host}/d4fs/resume:v1` });
-    const r0 = await CdimgReader.open(chain.full[0]);
-    const root = r0.rootDigest;
-    await r0.close();
+    const root = await rootOf(chain.full[0]);
     const proxy = await startThrottlingProxy(open.host, 40); // 5 MB/s: the ~9 MiB full image takes ~2 s
     try {
       const store = await newStore('registry-resume');
-      let cut = false;
-      const e = await failure(
-        pullFromRegistry({
-          from: `docker://${proxy.host}/d4fs/resume:v1`,
-          store,
-          noLoad: true,
-          retries: 0,
-          onProgress: (p) => {
-            if (!cut && p.done > 2_000_000) {
-              cut = true;
-              proxy.cut();
-            }
-          },
-        }),
-      );
+      const e = await failure(pullFromRegistry({ from: `docker://${proxy.host}/d4fs/resume:v1`, store, noLoad: true, retries: 0, onProgress: onceAfter(2_000_000, () => proxy.cut()) }));
       expect(e.kind).toBe('UNAVAILABLE');
-      const part = join(dirname(store.tempPath('x')), `pull-${root.slice(7)}.part`);
+      const part = partOf(store, root);
       const partSize = (await fsp.stat(part)).size;
       expect(partSize).toBeGreaterThan(2_000_000);
       expect(partSize).toBeLessThan((await fsp.stat(chain.full[0])).size);

@@ -6,13 +6,13 @@
  * between replicas; the same artifacts read by `pull --from`; a damaged blob
  * in the registry refused; a registry with htpasswd auth.
  */
+import { failure } from './helpers/pulls';
 import { promises as fsp } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { CdimgChain, makeCdimgChain } from '../bench/distribution';
 import { startRegistry, TestRegistry } from './helpers/registry';
 import { patchImage } from '../src/delta/patch';
-import { D4fsError } from '../src/errors';
 import { CdimgReader } from '../src/format/reader';
 import { MT } from '../src/oci/mediatypes';
 import { RegistryClient } from '../src/oci/registry/client';
@@ -42,17 +42,6 @@ let V2: string;
 let V3: string;
 const servers: D4fsServer[] = [];
 const stores: LocalStore[] = [];
-
-/** The D4fsError a promise rejects with. */
-async function failure(p: Promise<unknown>): Promise<D4fsError> {
-  try {
-    await p;
-  } catch (e) {
-    if (e instanceof D4fsError) return e;
-    throw e;
-  }
-  throw new Error('expected a failure');
-}
 
 /** A replica on its own root and port, backed by `reg` under PREFIX "d4fs". */
 async function replica(name: string, reg: TestRegistry = registry, extra: Partial<ServerOptions> = {}): Promise<D4fsServer> {

@@ -3,6 +3,7 @@
  * and the v1→v2, v2→v3 deltas; pulls planned from what the client holds and
  * merged; resumable and verified downloads; auth; concurrency; shutdown; gc.
  */
+import { ClientStores, failure, onceAfter, partOf, rootOf, sameBytes } from './helpers/pulls';
 import { execFile, spawn, ChildProcess } from 'node:child_process';
 import { promises as fsp } from 'node:fs';
 import * as http from 'node:http';
@@ -13,9 +14,7 @@ import { CdimgChain, makeCdimgChain, startThrottlingProxy } from '../bench/distr
 import { freePort } from './helpers/registry';
 import { mergeDeltas } from '../src/delta/merge';
 import { diffImages } from '../src/delta/diff';
-import { CdimgReader } from '../src/format/reader';
 import { patchImage } from '../src/delta/patch';
-import { D4fsError } from '../src/errors';
 import { D4fsServer } from '../src/server/server';
 import { Catalogue } from '../src/server/catalogue';
 import { planChain } from '../src/server/planner';
@@ -39,26 +38,9 @@ const RO = newToken();
 let V1: string;
 let V2: string;
 let V3: string;
-const stores: LocalStore[] = [];
 
-/** The D4fsError a promise rejects with. */
-async function failure(p: Promise<unknown>): Promise<D4fsError> {
-  try {
-    await p;
-  } catch (e) {
-    if (e instanceof D4fsError) return e;
-    throw e;
-  }
-  throw new Error('expected a failure');
-}
-
-/** A client store, seeded with the given .cdimg files. */
-async function newStore(name: string, files: string[] = []): Promise<LocalStore> {
-  const s = await LocalStore.open(join(work, 'clients', name));
-  stores.push(s);
-  for (const f of files) await s.add(f);
-  return s;
-}
+const clients = new ClientStores(() => join(work, 'clients'));
+const newStore = (name: string, files: string[] = []): Promise<LocalStore> => clients.make(name, files);
 
 const pull = (store: LocalStore, image: string, extra: Partial<Parameters<typeof pullFromServer>[0]> = {}): Promise<PullResult> =>
   pullFromServer({ image, server: server.url, store, token: RO, noLoad: true, ...extra });
@@ -79,15 +61,6 @@ function raw(base: string, method: string, path: string, o: { headers?: Record<s
   });
 }
 
-/** Root digest of a .cdimg. */
-async function rootOf(path: string): Promise<string> {
-  const r = await CdimgReader.open(path);
-  await r.close();
-  return r.rootDigest;
-}
-
-const sameBytes = async (a: string, b: string): Promise<boolean> => (await fsp.readFile(a)).equals(await fsp.readFile(b));
-const partOf = (store: LocalStore, rootDigest: string): string => join(dirname(store.tempPath('x')), `pull-${rootDigest.slice(7)}.part`);
 const listDir = (d: string): Promise<string[]> => fsp.readdir(d).catch(() => []);
 
 beforeAll(async () => {
@@ -101,7 +74,7 @@ beforeAll(async () => {
 }, 120_000);
 
 afterAll(async () => {
-  for (const s of stores) s.close();
+  clients.closeAll();
   await server?.stop(1000);
   if (work) await fsp.rm(work, { recursive: true, force: true });
 });
@@ -285,22 +258,8 @@ describe('d4fs-server', () => {
     const proxy = await startThrottlingProxy(new URL(server.url).host, 40); // 5 MB/s: the 9.4 MiB full image takes ~2 s
     try {
       const store = await newStore('resume');
-      let cut = false;
       const e = await failure(
-        pullFromServer({
-          image: 'libssl:v1',
-          server: `http://${proxy.host}`,
-          store,
-          token: RO,
-          noLoad: true,
-          retries: 0,
-          onProgress: (p) => {
-            if (!cut && p.done > 2_000_000) {
-              cut = true;
-              proxy.cut();
-            }
-          },
-        }),
+        pullFromServer({ image: 'libssl:v1', server: `http://${proxy.host}`, store, token: RO, noLoad: true, retries: 0, onProgress: onceAfter(2_000_000, () => proxy.cut()) }),
       );
       expect(e.kind).toBe('UNAVAILABLE');
       const root = await rootOf(chain.full[0]);
@@ -351,22 +310,8 @@ describe('d4fs-server', () => {
       const storeDir = join(work, 'clients', 'killed');
       const store = await LocalStore.open(storeDir);
       try {
-        let killed = false;
         const e = await failure(
-          pullFromServer({
-            image: 'libssl:v1',
-            server: `http://${proxy.host}`,
-            store,
-            token: RO,
-            noLoad: true,
-            retries: 0,
-            onProgress: (p) => {
-              if (!killed && p.done > 2_000_000) {
-                killed = true;
-                child.kill('SIGKILL');
-              }
-            },
-          }),
+          pullFromServer({ image: 'libssl:v1', server: `http://${proxy.host}`, store, token: RO, noLoad: true, retries: 0, onProgress: onceAfter(2_000_000, () => child.kill('SIGKILL')) }),
         );
         expect(e.kind).toBe('UNAVAILABLE');
       } finally {
