@@ -106,25 +106,32 @@ export function formatApplyReport(r: ApplyReport): string {
   return lines.join('\n') + '\n';
 }
 
+/** --threads and --quiet of the long-running subcommands; with `codecs`, also --level and --codec. */
+function addWorkOptions(c: Command, codecs: boolean): Command {
+  if (codecs) {
+    c.option('--level <fast|default|best>', 'effort of the file codecs', parseLevelPreset, 'default').option('--codec <auto|bsdiff|zstd>', 'patch codecs', parseCodec, 'auto');
+  }
+  return c.option('-t, --threads <n>', 'worker threads', parseIntOpt('threads', 1, 256)).option('-q, --quiet', 'no progress lines');
+}
+
 /** Register `registry` and its subcommands. */
 export function registerRegistry(program: Command): void {
   const reg = program.command('registry').description('registry-to-registry updates by patch, incremental archives, replica sync');
 
   addPlatforms(
     addSide(
-      reg
-        .command('diff')
-        .description('make one patch carrying everything a new image set needs beyond an old one')
-        .requiredOption('--old <ref-or-list...>', 'old images: references, or files listing one "REF [NAME[:TAG]]" per line ("scratch": none)')
-        .requiredOption('--new <ref-or-list...>', 'new images: references, or list files')
-        .requiredOption('--out <patch>', 'patch file to write')
-        .option('--level <fast|default|best>', 'effort of the file codecs', parseLevelPreset, 'default')
-        .option('--codec <auto|bsdiff|zstd>', 'patch codecs', parseCodec, 'auto')
-        .option('--non-reproducible <rewrite|ship>', 'layers whose compression cannot be reproduced: rebuild and rewrite the manifests, or ship the blob', parseNonRepro, 'rewrite')
-        .option('--no-gzip-program', 'do not use the gzip program (recipes, gzip files inside layers)')
-        .option('-t, --threads <n>', 'worker threads', parseIntOpt('threads', 1, 256))
-        .option('--json', 'print the report as JSON')
-        .option('-q, --quiet', 'no progress lines'),
+      addWorkOptions(
+        reg
+          .command('diff')
+          .description('make one patch carrying everything a new image set needs beyond an old one')
+          .requiredOption('--old <ref-or-list...>', 'old images: references, or files listing one "REF [NAME[:TAG]]" per line ("scratch": none)')
+          .requiredOption('--new <ref-or-list...>', 'new images: references, or list files')
+          .requiredOption('--out <patch>', 'patch file to write')
+          .option('--non-reproducible <rewrite|ship>', 'layers whose compression cannot be reproduced: rebuild and rewrite the manifests, or ship the blob', parseNonRepro, 'rewrite')
+          .option('--no-gzip-program', 'do not use the gzip program (recipes, gzip files inside layers)')
+          .option('--json', 'print the report as JSON'),
+        true,
+      ),
       'src',
       'the registries both sets are read from',
     ),
@@ -150,18 +157,19 @@ export function registerRegistry(program: Command): void {
 
   addSide(
     addSide(
-      reg
-        .command('apply')
-        .description('rebuild the new image set of a patch and push it (after push-vet)')
-        .argument('<patch>', 'patch file')
-        .requiredOption('--to <docker://REGISTRY[/PREFIX]>', 'destination registry')
-        .option('--old <ref-or-list...>', 'old images at the destination (NAME[:TAG] relative to it, full references, or list files); default: the patch\'s old set')
-        .option('--old-from <docker://REGISTRY[/PREFIX]>', 'read the old set there instead of at the destination')
-        .option('--expect-root <digest>', 'refuse the patch unless its root digest is this')
-        .option('--vet-only', 'only run push-vet')
-        .option('-t, --threads <n>', 'worker threads', parseIntOpt('threads', 1, 256))
-        .option('--json', 'print the report as JSON')
-        .option('-q, --quiet', 'no progress lines'),
+      addWorkOptions(
+        reg
+          .command('apply')
+          .description('rebuild the new image set of a patch and push it (after push-vet)')
+          .argument('<patch>', 'patch file')
+          .requiredOption('--to <docker://REGISTRY[/PREFIX]>', 'destination registry')
+          .option('--old <ref-or-list...>', 'old images at the destination (NAME[:TAG] relative to it, full references, or list files); default: the patch\'s old set')
+          .option('--old-from <docker://REGISTRY[/PREFIX]>', 'read the old set there instead of at the destination')
+          .option('--expect-root <digest>', 'refuse the patch unless its root digest is this')
+          .option('--vet-only', 'only run push-vet')
+          .option('--json', 'print the report as JSON'),
+        false,
+      ),
       'dest',
       'the destination',
     ),
@@ -254,18 +262,17 @@ export function registerRegistry(program: Command): void {
   addSide(
     addSide(
       addPlatforms(
-        reg
-          .command('sync')
-          .description('bring a replica up to date with a primary by patch (safe to re-run and to interrupt)')
-          .requiredOption('--from <docker://PRIMARY[/PREFIX]>', 'primary registry')
-          .requiredOption('--to <docker://REPLICA[/PREFIX]>', 'replica registry')
-          .requiredOption('--repos <names>', 'comma-separated repositories (relative to the prefixes)')
-          .option('--level <fast|default|best>', 'effort of the file codecs', parseLevelPreset, 'default')
-          .option('--codec <auto|bsdiff|zstd>', 'patch codecs', parseCodec, 'auto')
-          .option('--keep-patch <file>', 'keep the patch that was applied')
-          .option('-t, --threads <n>', 'worker threads', parseIntOpt('threads', 1, 256))
-          .option('--json', 'print the report as JSON')
-          .option('-q, --quiet', 'no progress lines'),
+        addWorkOptions(
+          reg
+            .command('sync')
+            .description('bring a replica up to date with a primary by patch (safe to re-run and to interrupt)')
+            .requiredOption('--from <docker://PRIMARY[/PREFIX]>', 'primary registry')
+            .requiredOption('--to <docker://REPLICA[/PREFIX]>', 'replica registry')
+            .requiredOption('--repos <names>', 'comma-separated repositories (relative to the prefixes)')
+            .option('--keep-patch <file>', 'keep the patch that was applied')
+            .option('--json', 'print the report as JSON'),
+          true,
+        ),
       ),
       'src',
       'the primary',
