@@ -6,10 +6,12 @@ NODE_STAMP := node_modules/.d4fs-installed
 
 all: build
 
+# Debian packages first: npm ci builds native addons against their headers.
 deps: $(NODE_STAMP)
 	@bash scripts/install-deps.sh
 
-$(NODE_STAMP): package.json package-lock.json
+$(NODE_STAMP): package.json package-lock.json $(wildcard native/*/*.c native/*/*.h native/*/binding.gyp native/*/package.json)
+	@bash scripts/install-deps.sh
 	npm ci --no-audit --no-fund
 	@touch $@
 
