@@ -14,6 +14,8 @@ import { invalidArgument } from '../errors';
 import { writeFully } from '../util/fileio';
 
 export const FLAG_INDEX_ZSTD = 1;
+/** Piece size when moving blobs inside the file. */
+const MOVE_PIECE = 8 * 1024 * 1024;
 
 export function encodeHeader(indexOffset: number, storedLen: number, rawLen: number, rootDigest: Buffer): Buffer {
   const h = Buffer.alloc(HEADER_SIZE);
@@ -45,7 +47,7 @@ export class CdimgWriter {
   static async create(out: string): Promise<CdimgWriter> {
     if (!out) throw invalidArgument('output path is empty');
     const w = new CdimgWriter(out);
-    w.fh = await fsp.open(w.tmp, 'wx', 0o644);
+    w.fh = await fsp.open(w.tmp, 'wx+', 0o644); // read too: moveDown()
     await w.fh.write(Buffer.alloc(HEADER_SIZE), 0, HEADER_SIZE, 0);
     return w;
   }
@@ -64,12 +66,48 @@ export class CdimgWriter {
     return at;
   }
 
-  /** Write the index and header, fsync, rename into place. Returns root digest and total size. */
-  async finish(index: Index): Promise<{ rootDigest: string; size: number; indexRaw: number }> {
+  /**
+   * Move `size` bytes already written at `from` down to `to` (to <= from), in
+   * pieces from front to back, so a piece is read before anything overwrites
+   * it. Used to close the gaps left by blobs that turned out to be dead.
+   */
+  async moveDown(from: number, to: number, size: number): Promise<void> {
+    if (!this.fh) throw new Error('writer closed');
+    if (to > from || to < HEADER_SIZE || from + size > this.pos) throw new Error(`bad move ${from}+${size} -> ${to}`);
+    if (to === from || size === 0) return;
+    const buf = Buffer.allocUnsafe(Math.min(size, MOVE_PIECE));
+    for (let done = 0; done < size; ) {
+      const n = Math.min(buf.length, size - done);
+      const piece = buf.subarray(0, n);
+      let got = 0;
+      while (got < n) {
+        const { bytesRead } = await this.fh.read(piece, got, n - got, from + done + got);
+        if (bytesRead === 0) throw new Error(`${this.tmp}: short read while compacting`);
+        got += bytesRead;
+      }
+      await writeFully(this.fh, piece, to + done);
+      done += n;
+    }
+  }
+
+  /** Drop everything from `pos` on: the next blob (or the index) lands there. */
+  async truncate(pos: number): Promise<void> {
+    if (!this.fh) throw new Error('writer closed');
+    if (pos < HEADER_SIZE || pos > this.pos) throw new Error(`bad truncate to ${pos}`);
+    await this.fh.truncate(pos);
+    this.pos = pos;
+  }
+
+  /**
+   * Write the index and header, fsync, rename into place. Returns root digest and total size.
+   * `indexLevel` is the zstd level of the index (19 by default: deltas are small and their index
+   * is a large part of them; convert picks a cheaper level, see convert.ts).
+   */
+  async finish(index: Index, opts: { indexLevel?: number } = {}): Promise<{ rootDigest: string; size: number; indexRaw: number }> {
     if (!this.fh) throw new Error('writer closed');
     const raw = encodeIndex(index);
     if (raw.length > LIMITS.maxIndexRaw) throw invalidArgument(`index of ${raw.length} bytes exceeds the format limit`);
-    const stored = compress(raw, { compressionLevel: 19, checksumFlag: true, contentSizeFlag: true });
+    const stored = compress(raw, { compressionLevel: opts.indexLevel ?? 19, checksumFlag: true, contentSizeFlag: true });
     const root = sha256(raw);
     const indexOffset = this.pos;
     await this.append(stored);

@@ -81,14 +81,20 @@ export async function compressContents(a: CompressArgs): Promise<CompressResult>
   for (const item of a.items) {
     const whole = createHash('sha256');
     const chunks: StoredChunkInfo[] = [];
+    // A content of one chunk is that chunk: its digest is the chunk's raw digest (hashed once).
+    const single = item.size <= a.chunkSize;
     for await (const raw of chunksOf(item, a.chunkSize)) {
       whole.update(raw);
       const frame = zstdFrame(raw, a.level);
       frames.push(frame);
-      chunks.push({ storedSize: frame.length, storedDigest: sha(frame), rawSize: raw.length, rawDigest: sha(raw) });
+      chunks.push({ storedSize: frame.length, storedDigest: sha(frame), rawSize: raw.length, rawDigest: single ? '' : sha(raw) });
     }
     const got = whole.digest('hex');
     if (item.digest && got !== item.digest) throw new Error(`content changed: expected ${item.digest}, got ${got}`);
+    if (single) {
+      if (chunks.length !== 1 || chunks[0].rawSize !== item.size) throw new Error(`content ${got}: expected one chunk of ${item.size} bytes`);
+      chunks[0].rawDigest = got;
+    }
     items.push({ digest: got, chunks });
   }
   // Structured clone copies `stored` once; cheap next to compressing it.
