@@ -15,7 +15,7 @@ import { readTar } from '../tar';
 import { ContentSink, TreeBuilder } from '../tree/flatten';
 import { BlobSink } from './sink';
 import { CdimgWriter } from '../format/writer';
-import { computeImageId } from '../format/codec';
+import { computeImageId, warmCodec } from '../format/codec';
 import { Blob, DEFAULT_CHUNK_SIZE, Entry, FileType, Index, ImageInfo, Kind, FORMAT_VERSION } from '../format/types';
 import { WorkerPool } from '../workers/pool';
 import { invalidArgument } from '../errors';
@@ -129,7 +129,9 @@ export async function convertImage(o: ConvertOptions): Promise<ConvertResult> {
     sink = new BlobSink(writer, pool, level, chunkSize, join(dirname(o.output), `.${basename(o.output)}.spool-${process.pid}-${randomBytes(4).toString('hex')}`));
     const image = await resolveImage(source, { platform });
     const builder = await flattenImage(image, sink, o.onProgress);
-    await sink.flush();
+    const flushed = sink.flush();
+    warmCodec(); // while the workers finish the last batches
+    await flushed;
     const { entries, contents } = builder.toEntries();
     const blobs = await sink.blobsFor(contents);
     const index = buildFullIndex(entries, blobs, imageInfoOf(image, source.description), chunkSize);
