@@ -13,7 +13,7 @@ import { classifyLayerError, openLayer, parsePlatform, resolveImage, ResolvedIma
 import { RegistryOptions } from '../oci/registry/options';
 import { readTar } from '../tar';
 import { ContentSink, TreeBuilder } from '../tree/flatten';
-import { BlobSink } from './sink';
+import { BlobSink, SinkLimits } from './sink';
 import { CdimgWriter } from '../format/writer';
 import { computeImageId, warmCodec } from '../format/codec';
 import { Blob, DEFAULT_CHUNK_SIZE, Entry, FileType, Index, ImageInfo, Kind, FORMAT_VERSION } from '../format/types';
@@ -49,6 +49,8 @@ export interface ConvertOptions {
   onProgress?: (e: ProgressEvent) => void;
   /** Reuse a pool (the caller closes it). */
   pool?: WorkerPool;
+  /** Batching and memory limits of the content sink (tests exercise every path with small ones). */
+  sinkLimits?: SinkLimits;
 }
 
 export interface ConvertResult {
@@ -126,7 +128,7 @@ export async function convertImage(o: ConvertOptions): Promise<ConvertResult> {
   let writer: CdimgWriter | undefined;
   try {
     writer = await CdimgWriter.create(o.output);
-    sink = new BlobSink(writer, pool, level, chunkSize, join(dirname(o.output), `.${basename(o.output)}.spool-${process.pid}-${randomBytes(4).toString('hex')}`));
+    sink = new BlobSink(writer, pool, level, chunkSize, join(dirname(o.output), `.${basename(o.output)}.spool-${process.pid}-${randomBytes(4).toString('hex')}`), o.sinkLimits);
     const image = await resolveImage(source, { platform });
     const builder = await flattenImage(image, sink, o.onProgress);
     const flushed = sink.flush();
