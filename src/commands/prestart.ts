@@ -7,14 +7,27 @@ import type { WorkerPool } from '../workers/pool';
 
 let prestarted: WorkerPool | undefined;
 
-/** Start the pool if `argv` runs `convert` with the default thread count. */
+/** The thread count `convert`'s arguments ask for: undefined for the default, NaN when unclear. */
+export function threadsOf(args: string[]): number | undefined {
+  let n: number | undefined;
+  for (let i = 0; i < args.length; i++) {
+    const m = /^(?:-t|--threads|--threadNum)(?:=(.*))?$/.exec(args[i]) ?? /^-t(\d+)$/.exec(args[i]);
+    if (!m) continue;
+    const v = m[1] ?? args[++i];
+    n = v !== undefined && /^\d+$/.test(v) ? Number(v) : NaN;
+  }
+  return n;
+}
+
+/** Start the pool if `argv` runs `convert` (not for help or unclear arguments: the command decides then). */
 export function prestartPool(argv: string[]): void {
   const args = argv.slice(2);
   if (args.find((a) => !a.startsWith('-')) !== 'convert') return;
-  // An explicit thread count (or only help) is left to the command itself.
-  if (args.some((a) => /^(-t|--threads|--threadNum|-h|--help)(=|$)/.test(a) || /^-t\d/.test(a))) return;
+  if (args.some((a) => a === '-h' || a === '--help')) return;
+  const threads = threadsOf(args);
+  if (Number.isNaN(threads) || (threads !== undefined && (threads < 1 || threads > 256))) return;
   const { WorkerPool: Pool } = require('../workers/pool') as typeof import('../workers/pool');
-  prestarted = new Pool(undefined, { eager: true });
+  prestarted = new Pool(threads, { eager: true });
 }
 
 /**

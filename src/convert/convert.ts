@@ -1,8 +1,8 @@
 /**
  * `ctr-cli convert`: read an image from any transport, flatten its layers,
  * and write a full .cdimg. Contents are hashed and compressed in the worker
- * pool while layers stream in, and their blobs are written straight into the
- * output in a deterministic order (see sink.ts); the index follows.
+ * pool while layers stream in, held by digest, then written in tree order
+ * (see sink.ts); the index follows.
  */
 import { promises as fsp } from 'node:fs';
 import { dirname, basename, join } from 'node:path';
@@ -25,9 +25,10 @@ export const LEVELS = { fast: 1, default: 3, best: 19 } as const;
 export type LevelName = keyof typeof LEVELS;
 
 /**
- * zstd level of a full image's index. The index is mostly digests: level 9
- * stores it within ~4% of level 19 (0.03% of the file) at a tenth of the time
- * (27 ms instead of 335 ms for a 9,000-entry index).
+ * zstd level of a full image's index (convert and patch both use it, so that
+ * patching gives convert's bytes). The index is mostly digests: level 9 stores
+ * it within ~4% of level 19 (0.03% of the file) at a tenth of the time (27 ms
+ * instead of 335 ms for a 9,000-entry index).
  */
 export const INDEX_LEVEL = 9;
 
@@ -127,15 +128,15 @@ export async function convertImage(o: ConvertOptions): Promise<ConvertResult> {
   let sink: BlobSink | undefined;
   let writer: CdimgWriter | undefined;
   try {
-    writer = await CdimgWriter.create(o.output);
-    sink = new BlobSink(writer, pool, level, chunkSize, join(dirname(o.output), `.${basename(o.output)}.spool-${process.pid}-${randomBytes(4).toString('hex')}`), o.sinkLimits);
+    sink = new BlobSink(pool, level, chunkSize, join(dirname(o.output), `.${basename(o.output)}.spool-${process.pid}-${randomBytes(4).toString('hex')}`), o.sinkLimits);
     const image = await resolveImage(source, { platform });
     const builder = await flattenImage(image, sink, o.onProgress);
     const flushed = sink.flush();
     warmCodec(); // while the workers finish the last batches
     await flushed;
     const { entries, contents } = builder.toEntries();
-    const blobs = await sink.blobsFor(contents);
+    writer = await CdimgWriter.create(o.output);
+    const blobs = await sink.writeTo(writer, contents);
     const index = buildFullIndex(entries, blobs, imageInfoOf(image, source.description), chunkSize);
     o.onProgress?.({ phase: 'write', done: 1, total: 1 });
     const fin = await writer.finish(index, { indexLevel: INDEX_LEVEL });

@@ -1,10 +1,10 @@
 /**
- * convert writes blobs straight into the output (src/convert/sink.ts): every
- * way a content travels (shared batch buffer, own buffer, temp file, several
- * chunks), deduplication, dead contents dropped by compaction (including a
- * move of a blob larger than the writer's move piece onto an overlapping
- * range), the layout (tar order, no gaps, no dead bytes), and determinism
- * across batching limits and thread counts.
+ * convert's content sink (src/convert/sink.ts): every way a content travels
+ * (shared batch buffer, own buffer, temp file, several chunks), blobs held in
+ * memory or spilled to the spool file, deduplication, dead contents never
+ * written, the layout (tree order, back to back, no dead bytes), gathered
+ * writes of more pieces than one writev takes, and determinism across
+ * batching limits, memory caps and thread counts.
  */
 import { promises as fsp, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -40,7 +40,7 @@ const C = {
   own: noise('own-buffer', 300 * 1024), // > smallMax, <= inlineMax
   chunks: noise('chunks', 200 * 1024 + 7), // several 64 KiB chunks
   staged: noise('staged', 600 * 1024), // > inlineMax: temp file
-  huge: noise('huge', 9 * 1024 * 1024 + 123), // moved down over itself, in pieces
+  huge: noise('huge', 9 * 1024 * 1024 + 123), // many chunks; over every memory cap below
   empty: Buffer.alloc(0),
   replaced2: noise('replaced-v2', 50 * 1024),
   late: Buffer.from('added by layer 2\n'),
@@ -92,10 +92,11 @@ const EXPECTED: Record<string, Buffer> = {
   late: C.late,
 };
 
-/** Live contents in the order they first appear in the layers (layer 1, then layer 2). */
-const FIRST_SEEN = [C.small1, C.huge, C.own, C.dupe, C.chunks, C.staged, C.empty, C.small2, C.replaced2, C.late].map(sha);
+/** Live contents in the order the tree (depth first, names sorted) first uses them. */
+const TREE_ORDER = [C.huge, C.own, C.replaced2, C.small1, C.small2, C.chunks, C.dupe, C.empty, C.staged, C.late].map(sha);
 
-const TINY: SinkLimits = { smallMax: 64 * 1024, inlineMax: 512 * 1024, batchBytes: 128 * 1024, batchItems: 3, maxBytesInFlight: 1024 * 1024 };
+/** Small everything: most blobs spill to the spool file. */
+const TINY: SinkLimits = { smallMax: 64 * 1024, inlineMax: 512 * 1024, batchBytes: 128 * 1024, batchItems: 3, maxBytesInFlight: 1024 * 1024, memMax: 200 * 1024 };
 
 let work: string;
 let pool: WorkerPool;
@@ -117,7 +118,7 @@ async function convert(name: string, opts: { limits?: SinkLimits; threads?: numb
   return out;
 }
 
-describe('convert writes blobs straight into the output', () => {
+describe('convert stores contents through the sink', () => {
   let out: string;
   let r: CdimgReader;
   beforeAll(async () => {
@@ -140,15 +141,16 @@ describe('convert writes blobs straight into the output', () => {
   });
 
   it('stores each content once and drops deleted, replaced and opaque-hidden contents', () => {
-    expect(r.index.blobs).toHaveLength(FIRST_SEEN.length);
+    expect(r.index.blobs).toHaveLength(TREE_ORDER.length);
     for (const dead of [C.gone, C.replaced, C.opaqueGone]) expect(r.blob(sha(dead))).toBeUndefined();
   });
 
-  it('lays blobs out in first-seen order, back to back, with no dead bytes', () => {
+  it('lays blobs out in tree order, back to back, with no dead bytes', () => {
     const ranges = r.index.blobs
       .map((b) => ({ digest: b.digest.toString('hex'), start: b.chunks[0].offset, end: b.chunks[b.chunks.length - 1].offset + b.chunks[b.chunks.length - 1].storedSize, chunks: b.chunks }))
       .sort((x, y) => x.start - y.start);
-    expect(ranges.map((x) => x.digest)).toEqual(FIRST_SEEN);
+    expect(ranges.map((x) => x.digest)).toEqual(TREE_ORDER);
+    expect(r.index.blobs.map((b) => b.digest.toString('hex'))).toEqual(TREE_ORDER);
     let pos = HEADER_SIZE;
     for (const x of ranges) {
       expect(x.start).toBe(pos);
@@ -167,31 +169,38 @@ describe('convert writes blobs straight into the output', () => {
     expect(await fsp.readdir(join(work, 'out'))).toEqual(['tiny.cdimg']);
   });
 
-  it('writes the same bytes whatever the batching limits and thread count', async () => {
+  it('writes the same bytes whatever the batching limits, memory cap and thread count', async () => {
     const a = readFileSync(out);
     const b = readFileSync(await convert('default'));
-    const c = readFileSync(await convert('one-thread', { limits: { ...DEFAULT_SINK_LIMITS, inlineMax: 128 * 1024 }, threads: 1 }));
+    const c = readFileSync(await convert('one-thread', { limits: { ...DEFAULT_SINK_LIMITS, inlineMax: 128 * 1024, memMax: 4 * 1024 * 1024 }, threads: 1 }));
     expect(sha(b)).toBe(sha(a));
     expect(sha(c)).toBe(sha(a));
   });
 });
 
-describe('an image without dead contents', () => {
-  it('needs no compaction: blobs fill the section in layer order', async () => {
-    const files = Array.from({ length: 20 }, (_, i) => ({ name: `f${String(i).padStart(2, '0')}`, data: i % 5 === 0 ? randomBytes(70 * 1024) : Buffer.from(`file ${i}\n`) }));
-    const dir = join(work, 'clean');
-    await writeSimpleImage(dir, 'v1', { layers: [buildTar(files.map((f) => ({ header: { name: f.name, type: 'file' as const }, data: f.data })))], compression: 'zstd' });
-    const out = join(work, 'clean.cdimg');
-    await convertImage({ ref: `oci:${dir}:v1`, output: out, pool, sinkLimits: TINY });
-    const r = await CdimgReader.open(out);
-    try {
-      const offsets = files.map((f) => r.blob(sha(f.data))!.chunks[0].offset);
-      expect([...offsets].sort((x, y) => x - y)).toEqual(offsets);
-      const stored = r.index.blobs.reduce((n, b) => n + b.chunks.reduce((m, c) => m + c.storedSize, 0), 0);
-      expect(HEADER_SIZE + stored).toBe(r.header.indexOffset);
-      for (const f of files) expect((await r.readContent(Buffer.from(sha(f.data), 'hex'))).equals(f.data)).toBe(true);
-    } finally {
-      await r.close();
+describe('many contents', () => {
+  it('are written with gathered writes of at most IOV_MAX pieces, in tree order', async () => {
+    // 1500 distinct contents: more pieces than one writev takes (1024)
+    const files = Array.from({ length: 1500 }, (_, i) => ({ name: `d${i % 3}/f${String(i).padStart(4, '0')}`, data: i % 100 === 0 ? randomBytes(20 * 1024) : Buffer.from(`file ${i}\n`) }));
+    const dirs = ['d0/', 'd1/', 'd2/'].map((name) => ({ header: { name, type: 'dir' as const } }));
+    const dir = join(work, 'many');
+    await writeSimpleImage(dir, 'v1', { layers: [buildTar([...dirs, ...files.map((f) => ({ header: { name: f.name, type: 'file' as const }, data: f.data }))])], compression: 'zstd' });
+    for (const [name, limits] of [['many-mem', DEFAULT_SINK_LIMITS], ['many-spool', { ...DEFAULT_SINK_LIMITS, memMax: 0 }]] as const) {
+      const out = join(work, `${name}.cdimg`);
+      await convertImage({ ref: `oci:${dir}:v1`, output: out, pool, sinkLimits: limits });
+      const r = await CdimgReader.open(out);
+      try {
+        const inTreeOrder = [...files].sort((x, y) => (x.name < y.name ? -1 : 1));
+        const offsets = inTreeOrder.map((f) => r.blob(sha(f.data))!.chunks[0].offset);
+        expect(offsets[0]).toBe(HEADER_SIZE);
+        for (let i = 1; i < offsets.length; i++) expect(offsets[i]).toBe(offsets[i - 1] + r.blob(sha(inTreeOrder[i - 1].data))!.chunks[0].storedSize);
+        const stored = r.index.blobs.reduce((n, b) => n + b.chunks.reduce((m, c) => m + c.storedSize, 0), 0);
+        expect(HEADER_SIZE + stored).toBe(r.header.indexOffset);
+        for (const f of files) expect((await r.readContent(Buffer.from(sha(f.data), 'hex'))).equals(f.data)).toBe(true);
+      } finally {
+        await r.close();
+      }
     }
+    expect(sha(readFileSync(join(work, 'many-mem.cdimg')))).toBe(sha(readFileSync(join(work, 'many-spool.cdimg'))));
   });
 });

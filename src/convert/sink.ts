@@ -1,23 +1,21 @@
 /**
  * The content sink of convert. File contents handed over while layers stream
  * in are gathered into batches and sent to the worker pool, which hashes them
- * and compresses them into zstd chunks. Results are taken in submission order
- * (so the output is deterministic), deduplicated by digest and appended
- * straight to the blob section of the .cdimg being written: no spool file,
- * and no copy once the tree is known.
+ * and compresses them into zstd chunks. Results are taken in submission order,
+ * deduplicated by digest and held (in memory up to `memMax` compressed bytes,
+ * beyond that in a spool file) until the tree is known; writeTo() then writes
+ * the live ones into the .cdimg in tree order with gathered writes.
  *
- * Blobs therefore lie in the order their contents first appear in the layers
- * (tar order; for layers written with sorted names that is depth first, layer
- * by layer), not in the final tree's order; readers locate every chunk by its
- * offset and do not depend on the order. Contents that a later layer deletes
- * or replaces are dead: blobsFor() closes their gaps by moving the live blobs
- * down, so the file never carries bytes no entry refers to.
+ * Tree order is what makes the file a function of the tree alone: `cdimg
+ * patch` rebuilds a full image from a delta byte for byte (same root digest)
+ * because both lay blobs out in the order the entries first use them. Contents
+ * a later layer deletes or replaces are simply never written.
  *
  * Memory stays bounded: small contents are copied once, from the tar stream
  * into a batch buffer that is transferred (not copied) to a worker; contents
  * up to `inlineMax` travel the same way in a buffer of their own; larger ones
- * go through a temp file; and the bytes in flight are capped (back-pressure on
- * the layer stream).
+ * go through a temp file; the bytes in flight are capped (back-pressure on the
+ * layer stream); and compressed blobs held in memory are capped by `memMax`.
  */
 import { promises as fsp } from 'node:fs';
 import { join } from 'node:path';
@@ -28,6 +26,8 @@ import type { CompressResult, ContentItem, StoredChunkInfo } from '../workers/wo
 import { CdimgWriter } from '../format/writer';
 import { Blob, Encoding, zstdChunksAt } from '../format/types';
 import { OrderedWindow } from '../util/ordered';
+import { writeFully } from '../util/fileio';
+import { readFully } from '../format/reader';
 
 export interface SinkLimits {
   /** contents up to this size share a batch buffer */
@@ -38,8 +38,10 @@ export interface SinkLimits {
   batchBytes: number;
   /** … or this many contents */
   batchItems: number;
-  /** cap on the bytes handed to workers and not yet written */
+  /** cap on the bytes handed to workers and not yet taken back */
   maxBytesInFlight: number;
+  /** compressed bytes held in memory until the tree is known; more go to a spool file */
+  memMax: number;
 }
 
 export const DEFAULT_SINK_LIMITS: SinkLimits = {
@@ -48,12 +50,19 @@ export const DEFAULT_SINK_LIMITS: SinkLimits = {
   batchBytes: 2 << 20,
   batchItems: 512,
   maxBytesInFlight: 96 << 20,
+  memMax: 48 << 20,
 };
 
-interface Written {
-  offset: number;
+/** A gathered write takes at most this many bytes. */
+const WRITE_GROUP_BYTES = 16 << 20;
+
+interface Held {
   size: number;
   chunks: StoredChunkInfo[];
+  /** the stored chunks back to back, when held in memory … */
+  data?: Uint8Array;
+  /** … or their offset in the spool file */
+  spoolOffset: number;
 }
 
 interface Batch {
@@ -70,28 +79,31 @@ interface Batch {
 const newBatch = (): Batch => ({ items: [], refs: [], buffers: [], tmpFiles: [], bytes: 0, shared: null, sharedUsed: 0 });
 
 export class BlobSink implements ContentSink {
-  /** digest → where its blob was written (insertion order = offset order) */
-  private readonly written = new Map<string, Written>();
+  /** digest → its stored chunks (first copy only) */
+  private readonly held = new Map<string, Held>();
   private readonly window: OrderedWindow<CompressResult>;
-  private readonly start: number;
   private batch: Batch = newBatch();
   private seq = 0;
+  private heldInMemory = 0;
   private tmpDirMade = false;
+  private spool: fsp.FileHandle | null = null;
+  private spoolPos = 0;
 
-  /**
-   * `writer` receives the blobs from its current offset on; `tmpDir` (created
-   * only if a content is larger than `limits.inlineMax`) holds staged contents.
-   */
+  /** `tmpDir` (created only when needed) holds staged contents and the spool file. */
   constructor(
-    private readonly writer: CdimgWriter,
     private readonly pool: WorkerPool,
     private readonly level: number,
     private readonly chunkSize: number,
     private readonly tmpDir: string,
     private readonly limits: SinkLimits = DEFAULT_SINK_LIMITS,
   ) {
-    this.start = writer.offset;
     this.window = new OrderedWindow(Math.max(2, pool.threads * 3), limits.maxBytesInFlight);
+  }
+
+  private async makeTmpDir(): Promise<void> {
+    if (this.tmpDirMade) return;
+    await fsp.mkdir(this.tmpDir, { recursive: true, mode: 0o700 });
+    this.tmpDirMade = true;
   }
 
   async put(body: AsyncIterable<Buffer>, size: number): Promise<ContentRef> {
@@ -122,10 +134,7 @@ export class BlobSink implements ContentSink {
       await this.add({ data: dst, size, digest: '' }, ref);
       return ref;
     }
-    if (!this.tmpDirMade) {
-      await fsp.mkdir(this.tmpDir, { recursive: true, mode: 0o700 });
-      this.tmpDirMade = true;
-    }
+    await this.makeTmpDir();
     const tmp = join(this.tmpDir, `c${this.seq++}`);
     const fh = await fsp.open(tmp, 'w', 0o600);
     let n = 0;
@@ -162,77 +171,89 @@ export class BlobSink implements ContentSink {
     );
   }
 
-  /** Append the first copy of each content to the output (adjacent blobs in one write). */
+  /** Keep the first copy of each content: in memory while under memMax, else in the spool file. */
   private async consume(b: Batch, r: CompressResult): Promise<void> {
     if (r.items.length !== b.refs.length) throw new Error(`worker returned ${r.items.length} results for ${b.refs.length} contents`);
-    const runs: { from: number; len: number }[] = [];
-    let next = this.writer.offset;
     let o = 0;
     for (let i = 0; i < b.refs.length; i++) {
       const { digest, chunks } = r.items[i];
       const size = chunks.reduce((n, c) => n + c.storedSize, 0);
+      if (o + size > r.stored.byteLength) throw new Error(`worker returned ${r.stored.byteLength} stored bytes, its chunks say more`);
       b.refs[i].digest = digest;
-      if (!this.written.has(digest)) {
-        this.written.set(digest, { offset: next, size, chunks });
-        next += size;
-        const last = runs[runs.length - 1];
-        if (last && last.from + last.len === o) last.len += size;
-        else runs.push({ from: o, len: size });
+      if (!this.held.has(digest)) {
+        const data = r.stored.subarray(o, o + size);
+        if (this.heldInMemory + size <= this.limits.memMax) {
+          this.held.set(digest, { size, chunks, data, spoolOffset: -1 });
+          this.heldInMemory += size;
+        } else {
+          this.held.set(digest, { size, chunks, spoolOffset: await this.spoolWrite(data) });
+        }
       }
       o += size;
     }
     if (o !== r.stored.byteLength) throw new Error(`worker returned ${r.stored.byteLength} stored bytes, its chunks say ${o}`);
-    for (const run of runs) await this.writer.append(r.stored.subarray(run.from, run.from + run.len));
-    if (this.writer.offset !== next) throw new Error('blob section out of step');
     await Promise.all(b.tmpFiles.map((f) => fsp.rm(f, { force: true })));
   }
 
-  /** Wait until every content handed over is hashed and written. */
+  private async spoolWrite(data: Uint8Array): Promise<number> {
+    if (!this.spool) {
+      await this.makeTmpDir();
+      this.spool = await fsp.open(join(this.tmpDir, 'spool'), 'w+', 0o600);
+    }
+    const at = this.spoolPos;
+    await writeFully(this.spool, data, at);
+    this.spoolPos += data.length;
+    return at;
+  }
+
+  /** Wait until every content handed over is hashed and compressed. */
   async flush(): Promise<void> {
     await this.submit();
     await this.window.flush();
   }
 
   /**
-   * The blob records of the listed contents (the tree's, in its order). Blobs
-   * of contents not listed (deleted or replaced by a later layer) are dropped
-   * from the file first, moving the blobs after them down.
+   * Append the listed contents (the tree's, in its order) to the writer with
+   * gathered writes; returns their blob records. Contents not listed (deleted
+   * or replaced by a later layer) are not written.
    */
-  async blobsFor(contents: { digest: string; size: number }[]): Promise<Blob[]> {
+  async writeTo(writer: CdimgWriter, contents: { digest: string; size: number }[]): Promise<Blob[]> {
     await this.flush();
-    const live = new Set(contents.map((c) => c.digest));
-    for (const d of live) if (!this.written.has(d)) throw new Error(`content ${d} was never written`);
-    if (live.size !== this.written.size) await this.compact(live);
-    return contents.map((c) => {
-      const w = this.written.get(c.digest) as Written;
-      return { digest: Buffer.from(c.digest, 'hex'), size: c.size, encoding: Encoding.FULL, chunks: zstdChunksAt(w.offset, w.chunks) };
-    });
-  }
-
-  /** Bytes of the blob section (after blobsFor: live blobs only). */
-  get blobBytes(): number {
-    return this.writer.offset - this.start;
-  }
-
-  private async compact(live: Set<string>): Promise<void> {
-    let to = this.start;
-    for (const [digest, w] of this.written) {
-      if (!live.has(digest)) {
-        this.written.delete(digest);
-        continue;
+    const blobs: Blob[] = [];
+    let group: Uint8Array[] = [];
+    let groupBytes = 0;
+    const write = async (): Promise<void> => {
+      if (group.length) await writer.appendv(group);
+      group = [];
+      groupBytes = 0;
+    };
+    let at = writer.offset;
+    for (const c of contents) {
+      const h = this.held.get(c.digest);
+      if (!h) throw new Error(`content ${c.digest} was never stored`);
+      let data = h.data;
+      if (!data) {
+        const buf = Buffer.allocUnsafe(h.size);
+        await readFully(this.spool as fsp.FileHandle, buf, h.spoolOffset);
+        data = buf;
       }
-      if (w.offset !== to) {
-        await this.writer.moveDown(w.offset, to, w.size);
-        w.offset = to;
-      }
-      to += w.size;
+      if (groupBytes + data.length > WRITE_GROUP_BYTES) await write();
+      group.push(data);
+      groupBytes += data.length;
+      blobs.push({ digest: Buffer.from(c.digest, 'hex'), size: c.size, encoding: Encoding.FULL, chunks: zstdChunksAt(at, h.chunks) });
+      at += h.size;
     }
-    await this.writer.truncate(to);
+    await write();
+    if (writer.offset !== at) throw new Error('blob section out of step');
+    return blobs;
   }
 
   /** Wait for tasks still running and remove staged files (after success or failure). */
   async destroy(): Promise<void> {
     await this.window.settle();
+    this.held.clear();
+    if (this.spool) await this.spool.close().catch(() => undefined);
+    this.spool = null;
     if (this.tmpDirMade) await fsp.rm(this.tmpDir, { recursive: true, force: true });
   }
 }

@@ -14,8 +14,8 @@ import { invalidArgument } from '../errors';
 import { writeFully } from '../util/fileio';
 
 export const FLAG_INDEX_ZSTD = 1;
-/** Piece size when moving blobs inside the file. */
-const MOVE_PIECE = 8 * 1024 * 1024;
+/** Pieces per gathered write (Linux IOV_MAX). */
+const IOV_MAX = 1024;
 
 export function encodeHeader(indexOffset: number, storedLen: number, rawLen: number, rootDigest: Buffer): Buffer {
   const h = Buffer.alloc(HEADER_SIZE);
@@ -47,7 +47,7 @@ export class CdimgWriter {
   static async create(out: string): Promise<CdimgWriter> {
     if (!out) throw invalidArgument('output path is empty');
     const w = new CdimgWriter(out);
-    w.fh = await fsp.open(w.tmp, 'wx+', 0o644); // read too: moveDown()
+    w.fh = await fsp.open(w.tmp, 'wx', 0o644);
     await w.fh.write(Buffer.alloc(HEADER_SIZE), 0, HEADER_SIZE, 0);
     return w;
   }
@@ -66,42 +66,41 @@ export class CdimgWriter {
     return at;
   }
 
-  /**
-   * Move `size` bytes already written at `from` down to `to` (to <= from), in
-   * pieces from front to back, so a piece is read before anything overwrites
-   * it. Used to close the gaps left by blobs that turned out to be dead.
-   */
-  async moveDown(from: number, to: number, size: number): Promise<void> {
+  /** Append several pieces back to back with gathered writes; returns the offset of the first. */
+  async appendv(parts: Uint8Array[]): Promise<number> {
     if (!this.fh) throw new Error('writer closed');
-    if (to > from || to < HEADER_SIZE || from + size > this.pos) throw new Error(`bad move ${from}+${size} -> ${to}`);
-    if (to === from || size === 0) return;
-    const buf = Buffer.allocUnsafe(Math.min(size, MOVE_PIECE));
-    for (let done = 0; done < size; ) {
-      const n = Math.min(buf.length, size - done);
-      const piece = buf.subarray(0, n);
-      let got = 0;
-      while (got < n) {
-        const { bytesRead } = await this.fh.read(piece, got, n - got, from + done + got);
-        if (bytesRead === 0) throw new Error(`${this.tmp}: short read while compacting`);
-        got += bytesRead;
+    const at = this.pos;
+    let pos = at;
+    for (let i = 0; i < parts.length; ) {
+      const group = parts.slice(i, i + IOV_MAX);
+      const total = group.reduce((n, p) => n + p.length, 0);
+      const { bytesWritten } = await this.fh.writev(group, pos);
+      if (bytesWritten < total) {
+        // short gathered write: finish this group piece by piece
+        let skip = bytesWritten;
+        let p = pos;
+        for (const piece of group) {
+          if (skip >= piece.length) {
+            skip -= piece.length;
+            p += piece.length;
+            continue;
+          }
+          await writeFully(this.fh, piece.subarray(skip), p + skip);
+          p += piece.length;
+          skip = 0;
+        }
       }
-      await writeFully(this.fh, piece, to + done);
-      done += n;
+      pos += total;
+      i += group.length;
     }
-  }
-
-  /** Drop everything from `pos` on: the next blob (or the index) lands there. */
-  async truncate(pos: number): Promise<void> {
-    if (!this.fh) throw new Error('writer closed');
-    if (pos < HEADER_SIZE || pos > this.pos) throw new Error(`bad truncate to ${pos}`);
-    await this.fh.truncate(pos);
     this.pos = pos;
+    return at;
   }
 
   /**
    * Write the index and header, fsync, rename into place. Returns root digest and total size.
-   * `indexLevel` is the zstd level of the index (19 by default: deltas are small and their index
-   * is a large part of them; convert picks a cheaper level, see convert.ts).
+   * `indexLevel` is the zstd level of the index (19 by default: a delta is small and its index a
+   * large part of it; full images use convert's INDEX_LEVEL, see convert.ts).
    */
   async finish(index: Index, opts: { indexLevel?: number } = {}): Promise<{ rootDigest: string; size: number; indexRaw: number }> {
     if (!this.fh) throw new Error('writer closed');
