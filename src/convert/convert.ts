@@ -14,8 +14,8 @@ import { RegistryOptions } from '../oci/registry/options';
 import { readTar } from '../tar';
 import { ContentSink, TreeBuilder } from '../tree/flatten';
 import { BlobSink, SinkLimits } from './sink';
-import { CdimgWriter } from '../format/writer';
-import { computeImageId, warmCodec } from '../format/codec';
+import { CdimgWriter, warmFinish } from '../format/writer';
+import { computeImageId } from '../format/codec';
 import { Blob, DEFAULT_CHUNK_SIZE, Entry, FileType, Index, ImageInfo, Kind, FORMAT_VERSION } from '../format/types';
 import { WorkerPool } from '../workers/pool';
 import { invalidArgument } from '../errors';
@@ -132,7 +132,7 @@ export async function convertImage(o: ConvertOptions): Promise<ConvertResult> {
     const image = await resolveImage(source, { platform });
     const builder = await flattenImage(image, sink, o.onProgress);
     const flushed = sink.flush();
-    warmCodec(); // while the workers finish the last batches
+    warmFinish(); // while the workers finish the last batches
     await flushed;
     const { entries, contents } = builder.toEntries();
     writer = await CdimgWriter.create(o.output);

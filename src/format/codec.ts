@@ -1,5 +1,5 @@
-/** Protobuf encoding of the index (protobufjs, loaded from proto/cdimg.proto). */
-import * as protobuf from 'protobufjs';
+/** Protobuf encoding of the index (protobufjs, loaded from proto/cdimg.proto on first use). */
+import type * as protobuf from 'protobufjs';
 import { join } from 'node:path';
 import { corrupt } from '../errors';
 import { protoDir } from '../util/paths';
@@ -8,7 +8,7 @@ import { Entry, Index } from './types';
 
 let root: protobuf.Root | undefined;
 function types(): { Index: protobuf.Type; Tree: protobuf.Type } {
-  if (!root) root = protobuf.loadSync(join(protoDir(), 'cdimg.proto'));
+  if (!root) root = (require('protobufjs') as typeof protobuf).loadSync(join(protoDir(), 'cdimg.proto'));
   return { Index: root.lookupType('d4fs.cdimg.v1.Index'), Tree: root.lookupType('d4fs.cdimg.v1.Tree') };
 }
 

@@ -6,16 +6,22 @@
 import { promises as fsp } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { compress } from 'zstd-napi';
-import { encodeIndex } from './codec';
+import { encodeIndex, warmCodec } from './codec';
 import { HEADER_SIZE, Index, MAGIC, FORMAT_VERSION, LIMITS } from './types';
 import { sha256 } from '../util/digest';
 import { invalidArgument } from '../errors';
 import { writeFully } from '../util/fileio';
+import { zstdFrame } from './zstd';
 
 export const FLAG_INDEX_ZSTD = 1;
 /** Pieces per gathered write (Linux IOV_MAX). */
 const IOV_MAX = 1024;
+
+/** Load what finish() needs (protobuf schema and encoders, zstd), e.g. while waiting for workers. */
+export function warmFinish(): void {
+  warmCodec();
+  zstdFrame(Buffer.alloc(1), 1);
+}
 
 export function encodeHeader(indexOffset: number, storedLen: number, rawLen: number, rootDigest: Buffer): Buffer {
   const h = Buffer.alloc(HEADER_SIZE);
@@ -106,7 +112,7 @@ export class CdimgWriter {
     if (!this.fh) throw new Error('writer closed');
     const raw = encodeIndex(index);
     if (raw.length > LIMITS.maxIndexRaw) throw invalidArgument(`index of ${raw.length} bytes exceeds the format limit`);
-    const stored = compress(raw, { compressionLevel: opts.indexLevel ?? 19, checksumFlag: true, contentSizeFlag: true });
+    const stored = zstdFrame(raw, opts.indexLevel ?? 19);
     const root = sha256(raw);
     const indexOffset = this.pos;
     await this.append(stored);

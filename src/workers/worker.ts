@@ -5,7 +5,7 @@
  */
 import { createHash } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
-import { zstdFrame, zstdUnframe } from '../format/zstd';
+import { zstdBound, zstdFrame, zstdFrameInto, zstdUnframe } from '../format/zstd';
 import type { Chain } from '../delta/chain';
 import type { LevelPreset } from '../delta/codecs';
 import { Codec } from '../format/types';
@@ -74,9 +74,26 @@ async function* chunksOf(item: ContentItem, chunkSize: number): AsyncGenerator<B
   }
 }
 
+/** Output buffer of compressContents, kept between tasks while small. */
+let scratch: Buffer | undefined;
+const SCRATCH_KEEP = 16 * 1024 * 1024;
+
+/** Upper bound of the frames of an inline content. */
+function boundOf(size: number, chunkSize: number): number {
+  const full = Math.floor(size / chunkSize);
+  const rest = size - full * chunkSize;
+  return full * zstdBound(chunkSize) + (rest > 0 || size === 0 ? zstdBound(rest) : 0);
+}
+
 /** Hash contents, split them into chunks and zstd each (verifying given digests). */
 export async function compressContents(a: CompressArgs): Promise<CompressResult> {
-  const frames: Buffer[] = [];
+  // Frames of inline contents go back to back into one buffer; staged (huge) contents get a buffer per frame.
+  const bound = a.items.reduce((n, it) => n + (it.data ? boundOf(it.size, a.chunkSize) : 0), 0);
+  const out = scratch && scratch.length >= bound ? scratch : Buffer.allocUnsafe(bound);
+  if (bound <= SCRATCH_KEEP && out !== scratch) scratch = out;
+  let pos = 0;
+  const parts: Uint8Array[] = [];
+  let runStart = 0;
   const items: CompressResult['items'] = [];
   for (const item of a.items) {
     const whole = createHash('sha256');
@@ -85,8 +102,17 @@ export async function compressContents(a: CompressArgs): Promise<CompressResult>
     const single = item.size <= a.chunkSize;
     for await (const raw of chunksOf(item, a.chunkSize)) {
       whole.update(raw);
-      const frame = zstdFrame(raw, a.level);
-      frames.push(frame);
+      let frame: Uint8Array;
+      if (item.data) {
+        const n = zstdFrameInto(out.subarray(pos), raw, a.level);
+        frame = out.subarray(pos, pos + n);
+        pos += n;
+      } else {
+        if (pos > runStart) parts.push(out.subarray(runStart, pos));
+        frame = zstdFrame(raw, a.level);
+        parts.push(frame);
+        runStart = pos;
+      }
       chunks.push({ storedSize: frame.length, storedDigest: sha(frame), rawSize: raw.length, rawDigest: single ? '' : sha(raw) });
     }
     const got = whole.digest('hex');
@@ -97,8 +123,9 @@ export async function compressContents(a: CompressArgs): Promise<CompressResult>
     }
     items.push({ digest: got, chunks });
   }
-  // Structured clone copies `stored` once; cheap next to compressing it.
-  return { stored: Buffer.concat(frames), items };
+  if (pos > runStart) parts.push(out.subarray(runStart, pos));
+  // One copy into a buffer of the exact size (structured clone then copies just that).
+  return { stored: Buffer.concat(parts), items };
 }
 
 export interface DecodeChunkArgs {
