@@ -49,8 +49,8 @@ export const DEFAULT_SINK_LIMITS: SinkLimits = {
   inlineMax: 64 << 20,
   batchBytes: 2 << 20,
   batchItems: 512,
-  maxBytesInFlight: 96 << 20,
-  memMax: 48 << 20,
+  maxBytesInFlight: 64 << 20,
+  memMax: 32 << 20,
 };
 
 /** A gathered write takes at most this many bytes. */
