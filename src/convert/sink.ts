@@ -129,9 +129,12 @@ export class BlobSink implements ContentSink {
         n += c.length;
       }
       if (n !== size) throw corrupt(`file content is ${n} bytes, header said ${size}`);
-      if (small) this.batch.sharedUsed += size;
-      else this.batch.buffers.push(dst.buffer as ArrayBuffer);
-      await this.add({ data: dst, size, digest: '' }, ref);
+      if (small) {
+        this.batch.sharedUsed += size;
+        await this.add({ data: dst, size, digest: '' }, ref);
+      } else {
+        await this.submitAlone({ data: dst, size, digest: '' }, ref, dst.buffer as ArrayBuffer);
+      }
       return ref;
     }
     await this.makeTmpDir();
@@ -147,9 +150,25 @@ export class BlobSink implements ContentSink {
       await fh.close();
     }
     if (n !== size) throw corrupt(`file content is ${n} bytes, header said ${size}`);
-    this.batch.tmpFiles.push(tmp);
-    await this.add({ path: tmp, size, digest: '' }, ref);
+    await this.submitAlone({ path: tmp, size, digest: '' }, ref, undefined, tmp);
     return ref;
+  }
+
+  /**
+   * A large content is a task of its own, and the small ones gathered before
+   * it go first as another: the two can run on different workers instead of
+   * one after the other (a large content late in the last layer otherwise
+   * makes the whole tail of the conversion).
+   */
+  private async submitAlone(item: ContentItem, ref: ContentRef, buffer?: ArrayBuffer, tmp?: string): Promise<void> {
+    await this.submit();
+    const b = this.batch;
+    if (buffer) b.buffers.push(buffer);
+    if (tmp) b.tmpFiles.push(tmp);
+    b.items.push(item);
+    b.refs.push(ref);
+    b.bytes += item.size;
+    await this.submit();
   }
 
   private async add(item: ContentItem, ref: ContentRef): Promise<void> {
