@@ -46,10 +46,10 @@ export interface SinkLimits {
 
 export const DEFAULT_SINK_LIMITS: SinkLimits = {
   smallMax: 1 << 20,
-  inlineMax: 64 << 20,
+  inlineMax: 16 << 20,
   batchBytes: 2 << 20,
   batchItems: 512,
-  maxBytesInFlight: 64 << 20,
+  maxBytesInFlight: 48 << 20,
   memMax: 32 << 20,
 };
 
@@ -190,27 +190,33 @@ export class BlobSink implements ContentSink {
     );
   }
 
-  /** Keep the first copy of each content: in memory while under memMax, else in the spool file. */
+  /**
+   * Keep the first copy of each content. A batch's stored bytes stay in memory
+   * as one buffer while the buffers held stay under memMax (a slice would keep
+   * the whole buffer alive, so whole buffers are counted); otherwise the batch
+   * goes to the spool file in one write.
+   */
   private async consume(b: Batch, r: CompressResult): Promise<void> {
     if (r.items.length !== b.refs.length) throw new Error(`worker returned ${r.items.length} results for ${b.refs.length} contents`);
+    const sizes = r.items.map((it) => it.chunks.reduce((n, c) => n + c.storedSize, 0));
+    const total = sizes.reduce((n, x) => n + x, 0);
+    if (total !== r.stored.byteLength) throw new Error(`worker returned ${r.stored.byteLength} stored bytes, its chunks say ${total}`);
+    const fresh = r.items.some((it) => !this.held.has(it.digest));
+    let spoolBase = -1;
+    if (fresh) {
+      if (this.heldInMemory + total <= this.limits.memMax) this.heldInMemory += total;
+      else spoolBase = await this.spoolWrite(r.stored);
+    }
     let o = 0;
     for (let i = 0; i < b.refs.length; i++) {
       const { digest, chunks } = r.items[i];
-      const size = chunks.reduce((n, c) => n + c.storedSize, 0);
-      if (o + size > r.stored.byteLength) throw new Error(`worker returned ${r.stored.byteLength} stored bytes, its chunks say more`);
       b.refs[i].digest = digest;
       if (!this.held.has(digest)) {
-        const data = r.stored.subarray(o, o + size);
-        if (this.heldInMemory + size <= this.limits.memMax) {
-          this.held.set(digest, { size, chunks, data, spoolOffset: -1 });
-          this.heldInMemory += size;
-        } else {
-          this.held.set(digest, { size, chunks, spoolOffset: await this.spoolWrite(data) });
-        }
+        if (spoolBase < 0) this.held.set(digest, { size: sizes[i], chunks, data: r.stored.subarray(o, o + sizes[i]), spoolOffset: -1 });
+        else this.held.set(digest, { size: sizes[i], chunks, spoolOffset: spoolBase + o });
       }
-      o += size;
+      o += sizes[i];
     }
-    if (o !== r.stored.byteLength) throw new Error(`worker returned ${r.stored.byteLength} stored bytes, its chunks say ${o}`);
     await Promise.all(b.tmpFiles.map((f) => fsp.rm(f, { force: true })));
   }
 
