@@ -124,8 +124,14 @@ export async function compressContents(a: CompressArgs): Promise<CompressResult>
     items.push({ digest: got, chunks });
   }
   if (pos > runStart) parts.push(out.subarray(runStart, pos));
-  // One copy into a buffer of the exact size (structured clone then copies just that).
-  return { stored: Buffer.concat(parts), items };
+  // One copy, into shared memory: posting it back to the caller then copies nothing.
+  const stored = new Uint8Array(new SharedArrayBuffer(parts.reduce((n, p) => n + p.length, 0)));
+  let at = 0;
+  for (const p of parts) {
+    stored.set(p, at);
+    at += p.length;
+  }
+  return { stored, items };
 }
 
 export interface DecodeChunkArgs {
