@@ -1,6 +1,10 @@
 #!/usr/bin/env node
 // Thin entry point: the program lives in src/commands.
-import { main } from '../src/commands';
-import { fail } from '../src/commands/common';
+import { prestartPool } from '../src/commands/prestart';
+
+// `convert`'s worker threads boot on the other cores while the program loads.
+prestartPool(process.argv);
+const { main } = require('../src/commands') as typeof import('../src/commands');
+const { fail } = require('../src/commands/common') as typeof import('../src/commands/common');
 
 main(process.argv).catch((e) => fail(e));

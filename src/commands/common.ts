@@ -1,6 +1,5 @@
 /** Shared CLI plumbing: error reporting, exit codes, progress bars, option parsing. */
 import { Command, InvalidArgumentError } from 'commander';
-import { SingleBar, Presets } from 'cli-progress';
 import { D4fsError, EXIT_CODES, toD4fsError } from '../errors';
 import { RegistryOptions } from '../oci/registry/options';
 import { LEVELS, ProgressEvent } from '../convert/convert';
@@ -76,6 +75,7 @@ export function registryOptionsOf(o: { creds?: string; authfile?: string; tlsVer
 /** A progress reporter on stderr when it is a terminal and not disabled. */
 export function progressReporter(enabled: boolean): { onProgress?: (e: ProgressEvent) => void; stop(): void } {
   if (!enabled || !process.stderr.isTTY) return { stop() {} };
+  const { SingleBar, Presets } = require('cli-progress') as typeof import('cli-progress'); // only with a terminal
   const bar = new SingleBar({ format: '{phase} [{bar}] {percentage}% | {value}/{total} {unit}', stream: process.stderr, hideCursor: true }, Presets.shades_classic);
   let phase = '';
   return {

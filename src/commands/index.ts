@@ -9,7 +9,7 @@ type Registrar = (program: Command) => void;
  * Keys are the top-level command names each group defines.
  */
 const GROUPS: { names: string[]; load: () => Registrar }[] = [
-  { names: ['convert'], load: () => (require('./cdimg') as typeof import('./cdimg')).registerConvert },
+  { names: ['convert'], load: () => (require('./convert') as typeof import('./convert')).registerConvert },
   { names: ['cdimg'], load: () => (require('./cdimg') as typeof import('./cdimg')).registerCdimg },
   { names: ['registry'], load: () => (require('./registry') as typeof import('./registry')).registerRegistry },
   { names: ['serve'], load: () => (require('./serve') as typeof import('./serve')).registerServe },

@@ -1,7 +1,8 @@
 /**
  * `ctr-cli convert`: read an image from any transport, flatten its layers,
- * and write a full .cdimg. Contents are staged by digest while layers stream
- * in, then compressed in the worker pool and written in a deterministic order.
+ * and write a full .cdimg. Contents are hashed and compressed in the worker
+ * pool while layers stream in, held by digest, then written in tree order
+ * (see sink.ts); the index follows.
  */
 import { promises as fsp } from 'node:fs';
 import { dirname, basename, join } from 'node:path';
@@ -12,8 +13,8 @@ import { classifyLayerError, openLayer, parsePlatform, resolveImage, ResolvedIma
 import { RegistryOptions } from '../oci/registry/options';
 import { readTar } from '../tar';
 import { ContentSink, TreeBuilder } from '../tree/flatten';
-import { CompressingSpool } from './spool';
-import { CdimgWriter } from '../format/writer';
+import { BlobSink, SinkLimits } from './sink';
+import { CdimgWriter, warmFinish } from '../format/writer';
 import { computeImageId } from '../format/codec';
 import { Blob, DEFAULT_CHUNK_SIZE, Entry, FileType, Index, ImageInfo, Kind, FORMAT_VERSION } from '../format/types';
 import { WorkerPool } from '../workers/pool';
@@ -22,6 +23,14 @@ import { invalidArgument } from '../errors';
 /** zstd levels of full contents: `default` matches the zstd tool's default. */
 export const LEVELS = { fast: 1, default: 3, best: 19 } as const;
 export type LevelName = keyof typeof LEVELS;
+
+/**
+ * zstd level of a full image's index (convert and patch both use it, so that
+ * patching gives convert's bytes). The index is mostly digests: level 9 stores
+ * it within ~4% of level 19 (0.03% of the file) at a tenth of the time (27 ms
+ * instead of 335 ms for a 9,000-entry index).
+ */
+export const INDEX_LEVEL = 9;
 
 export interface ProgressEvent {
   phase: 'resolve' | 'layers' | 'compress' | 'write';
@@ -41,6 +50,8 @@ export interface ConvertOptions {
   onProgress?: (e: ProgressEvent) => void;
   /** Reuse a pool (the caller closes it). */
   pool?: WorkerPool;
+  /** Batching and memory limits of the content sink (tests exercise every path with small ones). */
+  sinkLimits?: SinkLimits;
 }
 
 export interface ConvertResult {
@@ -114,19 +125,21 @@ export async function convertImage(o: ConvertOptions): Promise<ConvertResult> {
   o.onProgress?.({ phase: 'resolve', done: 0, total: 1 });
   const source = await openSource(o.ref, o.registry);
   const pool = o.pool ?? new WorkerPool(o.threads);
-  let spool: CompressingSpool | undefined;
+  let sink: BlobSink | undefined;
   let writer: CdimgWriter | undefined;
   try {
-    spool = await CompressingSpool.create(join(dirname(o.output), `.${basename(o.output)}.spool-${process.pid}-${randomBytes(4).toString('hex')}`), pool, level, chunkSize);
+    sink = new BlobSink(pool, level, chunkSize, join(dirname(o.output), `.${basename(o.output)}.spool-${process.pid}-${randomBytes(4).toString('hex')}`), o.sinkLimits);
     const image = await resolveImage(source, { platform });
-    const builder = await flattenImage(image, spool, o.onProgress);
-    await spool.flush();
+    const builder = await flattenImage(image, sink, o.onProgress);
+    const flushed = sink.flush();
+    warmFinish(); // while the workers finish the last batches
+    await flushed;
     const { entries, contents } = builder.toEntries();
     writer = await CdimgWriter.create(o.output);
-    const blobs = await spool.copyTo(writer, contents);
+    const blobs = await sink.writeTo(writer, contents);
     const index = buildFullIndex(entries, blobs, imageInfoOf(image, source.description), chunkSize);
     o.onProgress?.({ phase: 'write', done: 1, total: 1 });
-    const fin = await writer.finish(index);
+    const fin = await writer.finish(index, { indexLevel: INDEX_LEVEL });
     return {
       output: o.output,
       rootDigest: fin.rootDigest,
@@ -144,7 +157,7 @@ export async function convertImage(o: ConvertOptions): Promise<ConvertResult> {
     await writer?.abort();
     throw e;
   } finally {
-    await spool?.destroy();
+    await sink?.destroy();
     await source.close();
     if (!o.pool) await pool.close();
   }

@@ -11,7 +11,7 @@ import { WorkerPool } from '../workers/pool';
 import { OrderedWindow } from '../util/ordered';
 import { checkChain } from './chain';
 import { contentsOf } from './diff';
-import { LEVELS } from '../convert/convert';
+import { INDEX_LEVEL, LEVELS } from '../convert/convert';
 import type { CompressResult } from '../workers/worker';
 import { invalidArgument } from '../errors';
 import { DeltaSummary, summarizeDelta } from './summary';
@@ -73,7 +73,7 @@ export async function patchImage(o: PatchOptions): Promise<PatchResult> {
       blobs,
       chunkSize: top.chunkSize,
     };
-    const fin = await writer.finish(index);
+    const fin = await writer.finish(index, { indexLevel: INDEX_LEVEL });
     const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
     const deltas = readers.slice(1);
     const top1 = deltas[deltas.length - 1].index;

@@ -6,14 +6,22 @@
 import { promises as fsp } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { compress } from 'zstd-napi';
-import { encodeIndex } from './codec';
+import { encodeIndex, warmCodec } from './codec';
 import { HEADER_SIZE, Index, MAGIC, FORMAT_VERSION, LIMITS } from './types';
 import { sha256 } from '../util/digest';
 import { invalidArgument } from '../errors';
 import { writeFully } from '../util/fileio';
+import { zstdFrame } from './zstd';
 
 export const FLAG_INDEX_ZSTD = 1;
+/** Pieces per gathered write (Linux IOV_MAX). */
+const IOV_MAX = 1024;
+
+/** Load what finish() needs (protobuf schema and encoders, zstd), e.g. while waiting for workers. */
+export function warmFinish(): void {
+  warmCodec();
+  zstdFrame(Buffer.alloc(1), 1);
+}
 
 export function encodeHeader(indexOffset: number, storedLen: number, rawLen: number, rootDigest: Buffer): Buffer {
   const h = Buffer.alloc(HEADER_SIZE);
@@ -64,12 +72,47 @@ export class CdimgWriter {
     return at;
   }
 
-  /** Write the index and header, fsync, rename into place. Returns root digest and total size. */
-  async finish(index: Index): Promise<{ rootDigest: string; size: number; indexRaw: number }> {
+  /** Append several pieces back to back with gathered writes; returns the offset of the first. */
+  async appendv(parts: Uint8Array[]): Promise<number> {
+    if (!this.fh) throw new Error('writer closed');
+    const at = this.pos;
+    let pos = at;
+    for (let i = 0; i < parts.length; ) {
+      const group = parts.slice(i, i + IOV_MAX);
+      const total = group.reduce((n, p) => n + p.length, 0);
+      const { bytesWritten } = await this.fh.writev(group, pos);
+      if (bytesWritten < total) {
+        // short gathered write: finish this group piece by piece
+        let skip = bytesWritten;
+        let p = pos;
+        for (const piece of group) {
+          if (skip >= piece.length) {
+            skip -= piece.length;
+            p += piece.length;
+            continue;
+          }
+          await writeFully(this.fh, piece.subarray(skip), p + skip);
+          p += piece.length;
+          skip = 0;
+        }
+      }
+      pos += total;
+      i += group.length;
+    }
+    this.pos = pos;
+    return at;
+  }
+
+  /**
+   * Write the index and header, fsync, rename into place. Returns root digest and total size.
+   * `indexLevel` is the zstd level of the index (19 by default: a delta is small and its index a
+   * large part of it; full images use convert's INDEX_LEVEL, see convert.ts).
+   */
+  async finish(index: Index, opts: { indexLevel?: number } = {}): Promise<{ rootDigest: string; size: number; indexRaw: number }> {
     if (!this.fh) throw new Error('writer closed');
     const raw = encodeIndex(index);
     if (raw.length > LIMITS.maxIndexRaw) throw invalidArgument(`index of ${raw.length} bytes exceeds the format limit`);
-    const stored = compress(raw, { compressionLevel: 19, checksumFlag: true, contentSizeFlag: true });
+    const stored = zstdFrame(raw, opts.indexLevel ?? 19);
     const root = sha256(raw);
     const indexOffset = this.pos;
     await this.append(stored);

@@ -2,28 +2,53 @@
  * Plain zstd frames of the .cdimg blob section: compression with content size
  * and checksum, and decompression into a buffer of exactly the expected size,
  * so a hostile frame can never make us allocate more than the index allows.
+ * Uses zstd-napi's native binding directly (loaded on first use): no JS
+ * wrapper to load in every worker, no scratch buffer and trimming copy per
+ * frame.
  */
-import { Compressor } from 'zstd-napi';
-import * as binding from 'zstd-napi/binding';
+import type * as Binding from 'zstd-napi/binding';
 import { corrupt } from '../errors';
 
-let cctx: Compressor | undefined;
+let z: typeof Binding | undefined;
+const binding = (): typeof Binding => (z ??= require('zstd-napi/binding') as typeof Binding);
+
+let cctx: Binding.CCtx | undefined;
 let cctxLevel = -1;
-let dctx: binding.DCtx | undefined;
+let dctx: Binding.DCtx | undefined;
+
+function compressor(level: number): Binding.CCtx {
+  const b = binding();
+  if (!cctx || cctxLevel !== level) {
+    cctx ??= new b.CCtx();
+    cctx.reset(b.ResetDirective.parameters);
+    cctx.setParameter(b.CParameter.compressionLevel, level);
+    cctx.setParameter(b.CParameter.contentSizeFlag, 1);
+    cctx.setParameter(b.CParameter.checksumFlag, 1);
+    cctxLevel = level;
+  }
+  return cctx;
+}
+
+/** Largest frame `n` bytes can compress to. */
+export function zstdBound(n: number): number {
+  return binding().compressBound(n);
+}
+
+/** Compress `data` as one frame into `dst` (at least zstdBound(data.length) long); returns the frame's length. */
+export function zstdFrameInto(dst: Uint8Array, data: Uint8Array, level: number): number {
+  return compressor(level).compress2(dst, data);
+}
 
 /** One deterministic zstd frame (content size + checksum flags on). */
 export function zstdFrame(data: Uint8Array, level: number): Buffer {
-  if (!cctx) cctx = new Compressor();
-  if (cctxLevel !== level) {
-    cctx.setParameters({ compressionLevel: level, contentSizeFlag: true, checksumFlag: true });
-    cctxLevel = level;
-  }
-  return cctx.compress(data);
+  const dst = Buffer.allocUnsafe(zstdBound(data.length));
+  const n = zstdFrameInto(dst, data, level);
+  return n < dst.length * 0.75 ? Buffer.from(dst.subarray(0, n)) : dst.subarray(0, n);
 }
 
 /** Decode a frame that must yield exactly `expectedSize` bytes. */
 export function zstdUnframe(frame: Uint8Array, expectedSize: number): Buffer {
-  if (!dctx) dctx = new binding.DCtx();
+  if (!dctx) dctx = new (binding().DCtx)();
   const out = Buffer.allocUnsafe(expectedSize);
   let n: number;
   try {

@@ -1,7 +1,6 @@
 import { ImageRef, parseImageRef } from './ref';
 import { ImageSource } from './types';
 import { LayoutSource, openDockerArchive, openOciArchive } from './layout';
-import { RegistrySource } from './registry/source';
 import { RegistryOptions } from './registry/options';
 
 /** Open the image source a reference names (any transport). */
@@ -15,6 +14,7 @@ export async function openSource(ref: string | ImageRef, opts: RegistryOptions =
     case 'docker-archive':
       return openDockerArchive(r.path, r.name);
     case 'docker':
-      return new RegistrySource(r, opts);
+      // loaded on demand: local transports do not pay for the HTTP client
+      return new (require('./registry/source') as typeof import('./registry/source')).RegistrySource(r, opts);
   }
 }

@@ -16,25 +16,48 @@ export class ByteReader {
     this.it = source[Symbol.asyncIterator]();
   }
 
-  private async fill(): Promise<boolean> {
-    if (this.done) return false;
+  /** The next piece of the source, or null at its end. */
+  private async next(): Promise<Buffer | null> {
+    if (this.done) return null;
     const { value, done } = await this.it.next();
     if (done) {
       this.done = true;
-      return false;
+      return null;
     }
-    const chunk = Buffer.isBuffer(value) ? value : Buffer.from(value as Uint8Array);
+    return Buffer.isBuffer(value) ? value : Buffer.from(value as Uint8Array);
+  }
+
+  /** Refill an empty buffer. */
+  private async fill(): Promise<boolean> {
+    const chunk = await this.next();
+    if (!chunk) return false;
     this.buf = this.buf.length === 0 ? chunk : Buffer.concat([this.buf, chunk]);
     return true;
   }
 
   /** Read exactly n bytes; null when the source ended before the first byte; CORRUPT when it ended midway. */
   async readExact(n: number): Promise<Buffer | null> {
-    while (this.buf.length < n) {
-      if (!(await this.fill())) {
-        if (this.buf.length === 0) return null;
-        throw corrupt(`truncated data: wanted ${n} bytes, got ${this.buf.length}`);
+    if (this.buf.length < n) {
+      // Gather pieces and copy only the n bytes wanted (a header across two
+      // source chunks), not the rest of the next chunk.
+      const parts = [this.buf];
+      let have = this.buf.length;
+      while (have < n) {
+        const c = await this.next();
+        if (!c) {
+          this.buf = parts.length === 1 ? parts[0] : Buffer.concat(parts, have);
+          if (have === 0) return null;
+          throw corrupt(`truncated data: wanted ${n} bytes, got ${have}`);
+        }
+        parts.push(c);
+        have += c.length;
       }
+      const last = parts[parts.length - 1];
+      const keep = have - n;
+      parts[parts.length - 1] = last.subarray(0, last.length - keep);
+      this.buf = last.subarray(last.length - keep);
+      this.position += n;
+      return Buffer.concat(parts, n);
     }
     const out = this.buf.subarray(0, n);
     this.buf = this.buf.subarray(n);

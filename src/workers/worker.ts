@@ -5,7 +5,7 @@
  */
 import { createHash } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
-import { zstdFrame, zstdUnframe } from '../format/zstd';
+import { zstdBound, zstdFrame, zstdFrameInto, zstdUnframe } from '../format/zstd';
 import type { Chain } from '../delta/chain';
 import type { LevelPreset } from '../delta/codecs';
 import { Codec } from '../format/types';
@@ -74,25 +74,64 @@ async function* chunksOf(item: ContentItem, chunkSize: number): AsyncGenerator<B
   }
 }
 
+/** Output buffer of compressContents, kept between tasks while small. */
+let scratch: Buffer | undefined;
+const SCRATCH_KEEP = 16 * 1024 * 1024;
+
+/** Upper bound of the frames of an inline content. */
+function boundOf(size: number, chunkSize: number): number {
+  const full = Math.floor(size / chunkSize);
+  const rest = size - full * chunkSize;
+  return full * zstdBound(chunkSize) + (rest > 0 || size === 0 ? zstdBound(rest) : 0);
+}
+
 /** Hash contents, split them into chunks and zstd each (verifying given digests). */
 export async function compressContents(a: CompressArgs): Promise<CompressResult> {
-  const frames: Buffer[] = [];
+  // Frames of inline contents go back to back into one buffer; staged (huge) contents get a buffer per frame.
+  const bound = a.items.reduce((n, it) => n + (it.data ? boundOf(it.size, a.chunkSize) : 0), 0);
+  const out = scratch && scratch.length >= bound ? scratch : Buffer.allocUnsafe(bound);
+  if (bound <= SCRATCH_KEEP && out !== scratch) scratch = out;
+  let pos = 0;
+  const parts: Uint8Array[] = [];
+  let runStart = 0;
   const items: CompressResult['items'] = [];
   for (const item of a.items) {
     const whole = createHash('sha256');
     const chunks: StoredChunkInfo[] = [];
+    // A content of one chunk is that chunk: its digest is the chunk's raw digest (hashed once).
+    const single = item.size <= a.chunkSize;
     for await (const raw of chunksOf(item, a.chunkSize)) {
       whole.update(raw);
-      const frame = zstdFrame(raw, a.level);
-      frames.push(frame);
-      chunks.push({ storedSize: frame.length, storedDigest: sha(frame), rawSize: raw.length, rawDigest: sha(raw) });
+      let frame: Uint8Array;
+      if (item.data) {
+        const n = zstdFrameInto(out.subarray(pos), raw, a.level);
+        frame = out.subarray(pos, pos + n);
+        pos += n;
+      } else {
+        if (pos > runStart) parts.push(out.subarray(runStart, pos));
+        frame = zstdFrame(raw, a.level);
+        parts.push(frame);
+        runStart = pos;
+      }
+      chunks.push({ storedSize: frame.length, storedDigest: sha(frame), rawSize: raw.length, rawDigest: single ? '' : sha(raw) });
     }
     const got = whole.digest('hex');
     if (item.digest && got !== item.digest) throw new Error(`content changed: expected ${item.digest}, got ${got}`);
+    if (single) {
+      if (chunks.length !== 1 || chunks[0].rawSize !== item.size) throw new Error(`content ${got}: expected one chunk of ${item.size} bytes`);
+      chunks[0].rawDigest = got;
+    }
     items.push({ digest: got, chunks });
   }
-  // Structured clone copies `stored` once; cheap next to compressing it.
-  return { stored: Buffer.concat(frames), items };
+  if (pos > runStart) parts.push(out.subarray(runStart, pos));
+  // One copy, into shared memory: posting it back to the caller then copies nothing.
+  const stored = new Uint8Array(new SharedArrayBuffer(parts.reduce((n, p) => n + p.length, 0)));
+  let at = 0;
+  for (const p of parts) {
+    stored.set(p, at);
+    at += p.length;
+  }
+  return { stored, items };
 }
 
 export interface DecodeChunkArgs {
