@@ -22,7 +22,7 @@ import {
   snapshotterEntryPoint,
   startContainerd,
   startSnapshotter,
-  unmountAllUnder, fuseMountsUnder, processesMentioning } from './helpers/containerd';
+  unmountAllUnder, fuseMountsUnder, processesMentioning, runCaptured } from './helpers/containerd';
 import { ContainerdClient, d4fsDiffId } from '../src/containerd';
 import { CdimgReader } from '../src/format/reader';
 import { SnapshotsClient, findPackageRoot } from '../src/snapshotter';
@@ -166,7 +166,7 @@ const FUSE = fusePlugged();
     expect(r.bytes).toBe((await fsp.stat(chain.full[0])).size);
     expect(r.load).toMatchObject({ chainId: d4fsDiffId(V1), snapshot: 'provided' });
     expect(fuseMountsUnder(dir)).toHaveLength(1);
-    const out = await ctr(['run', '--rm', '--snapshotter', 'd4fs', 'libssl:v1', 'e2e-v1', 'sha256sum', `/${LIBSSL}`]);
+    const out = await runCaptured(ctr, ['--snapshotter', 'd4fs'], 'libssl:v1', 'e2e-v1', `sha256sum /${LIBSSL}`);
     expect(out.trim().split(/\s+/)[0]).toBe(hex.v1);
   });
 
@@ -183,10 +183,10 @@ const FUSE = fusePlugged();
     expect(r.load).toMatchObject({ chainId: d4fsDiffId(V3), snapshot: 'provided' });
     expect(fuseMountsUnder(dir)).toHaveLength(2);
 
-    const out = await ctr(['run', '--rm', '--snapshotter', 'd4fs', 'libssl:v3', 'e2e-v3', 'sha256sum', `/${LIBSSL}`]);
+    const out = await runCaptured(ctr, ['--snapshotter', 'd4fs'], 'libssl:v3', 'e2e-v3', `sha256sum /${LIBSSL}`);
     expect(out.trim().split(/\s+/)[0]).toBe(hex.v3);
     // v1 still runs with its own library next to it
-    const old = await ctr(['run', '--rm', '--snapshotter', 'd4fs', 'libssl:v1', 'e2e-v1b', 'sha256sum', `/${LIBSSL}`]);
+    const old = await runCaptured(ctr, ['--snapshotter', 'd4fs'], 'libssl:v1', 'e2e-v1b', `sha256sum /${LIBSSL}`);
     expect(old.trim().split(/\s+/)[0]).toBe(hex.v1);
 
     // the store rebuilds v3 from v1 and the merged delta, every digest checked; v2 was never fetched

@@ -16,7 +16,7 @@ import fsp from 'node:fs/promises';
 import path from 'node:path';
 import pino from 'pino';
 import { buildDebImage } from './fixtures/debimages';
-import { type PrivateContainerd, mountsUnder, runCommand, startContainerd, unmountAllUnder } from './helpers/containerd';
+import { type PrivateContainerd, mountsUnder, runCaptured, runCommand, startContainerd, unmountAllUnder } from './helpers/containerd';
 import { convertImage } from '../src/convert/convert';
 import { diffImages } from '../src/delta/diff';
 import { patchImage } from '../src/delta/patch';
@@ -254,7 +254,7 @@ describe('ctr-cli load into a private containerd (d4fs snapshot core, unpacking 
   });
 
   test('ctr run --snapshotter d4fs nginx:1 reads the image files without fetching a layer', async () => {
-    const out = await ctr(['run', '--rm', '--snapshotter', 'd4fs', 'nginx:1', 'load-c1', '/bin/sh', '-c', 'cat /etc/nginx/nginx.conf | sha256sum; ls /usr/sbin/nginx']);
+    const out = await runCaptured(ctr, ['--snapshotter', 'd4fs'], 'nginx:1', 'load-c1', 'cat /etc/nginx/nginx.conf | sha256sum; ls /usr/sbin/nginx');
     const lines = out.trim().split('\n');
     expect(lines[0].split(/\s+/)[0]).toBe(hex.conf1);
     expect(lines[1].trim()).toBe('/usr/sbin/nginx');
@@ -278,7 +278,7 @@ describe('ctr-cli load into a private containerd (d4fs snapshot core, unpacking 
     expect(r.stdout).toContain('run it with  ctr run --snapshotter d4fs nginx:2 ID');
     expect(fake.mounted).toHaveLength(2);
     expect(fake.mounted[1][D4FS_IMAGE_ID]).toBe(v2Id);
-    const out = await ctr(['run', '--rm', '--snapshotter', 'd4fs', 'nginx:2', 'load-c2', '/bin/sh', '-c', 'sha256sum /usr/sbin/nginx; /usr/sbin/nginx -v 2>&1']);
+    const out = await runCaptured(ctr, ['--snapshotter', 'd4fs'], 'nginx:2', 'load-c2', 'sha256sum /usr/sbin/nginx; /usr/sbin/nginx -v 2>&1');
     const lines = out.trim().split('\n');
     expect(lines[0].split(/\s+/)[0]).toBe(hex.nginx2);
     expect(lines[1]).toMatch(/^nginx version: nginx\/1\.\d+\.\d+/);

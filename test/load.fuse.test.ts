@@ -21,7 +21,7 @@ import {
   snapshotterEntryPoint,
   startContainerd,
   startSnapshotter,
-  unmountAllUnder, fuseMountsUnder, processesMentioning } from './helpers/containerd';
+  unmountAllUnder, fuseMountsUnder, processesMentioning, runCaptured } from './helpers/containerd';
 import { convertImage } from '../src/convert/convert';
 import { diffImages } from '../src/delta/diff';
 import { WorkerPool } from '../src/workers/pool';
@@ -157,7 +157,7 @@ const FUSE = fusePlugged();
     expect(r.code).toBe(0);
     expect(JSON.parse(r.stdout).containerd).toMatchObject({ chainId: d4fsDiffId(v1Id), snapshot: 'provided', image: 'created' });
     expect(fuseMountsUnder(root)).toHaveLength(1);
-    const out = await ctr(['run', '--rm', '--snapshotter', 'd4fs', 'nginx:1', 'fuse-c1', '/bin/sh', '-c', 'cat /etc/nginx/nginx.conf | sha256sum; ls /usr/sbin/nginx']);
+    const out = await runCaptured(ctr, ['--snapshotter', 'd4fs'], 'nginx:1', 'fuse-c1', 'cat /etc/nginx/nginx.conf | sha256sum; ls /usr/sbin/nginx');
     const lines = out.trim().split('\n');
     expect(lines[0].split(/\s+/)[0]).toBe(hex.conf1);
     expect(lines[1].trim()).toBe('/usr/sbin/nginx');
@@ -170,7 +170,7 @@ const FUSE = fusePlugged();
     expect(r.code).toBe(0);
     expect(JSON.parse(r.stdout).containerd).toMatchObject({ chainId: d4fsDiffId(v2Id), snapshot: 'provided' });
     expect(fuseMountsUnder(root)).toHaveLength(2);
-    const out = await ctr(['run', '--rm', '--snapshotter', 'd4fs', 'nginx:2', 'fuse-c2', '/bin/sh', '-c', 'sha256sum /usr/sbin/nginx; /usr/sbin/nginx -v 2>&1']);
+    const out = await runCaptured(ctr, ['--snapshotter', 'd4fs'], 'nginx:2', 'fuse-c2', 'sha256sum /usr/sbin/nginx; /usr/sbin/nginx -v 2>&1');
     const lines = out.trim().split('\n');
     expect(lines[0].split(/\s+/)[0]).toBe(hex.nginx2);
     expect(lines[1]).toMatch(/^nginx version: nginx\/1\.\d+\.\d+/);

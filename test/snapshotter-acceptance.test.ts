@@ -26,7 +26,7 @@ import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { buildDebImage } from './fixtures/debimages';
-import { buildBusyboxImage, mustRun } from './helpers/containerd';
+import { buildBusyboxImage, mustRun, runCaptured } from './helpers/containerd';
 import { type D4fsEnv, eventually, isAlive, startD4fsEnv } from './helpers/d4fs-env';
 import { pushOciLayout, startRegistry, type TestRegistry } from './helpers/registry';
 import { convertImage } from '../src/convert/convert';
@@ -46,9 +46,10 @@ jest.setTimeout(600_000);
 /**
  * Paths that belong to the container's runtime, not to the image: the
  * kernel filesystems and tmpfs mounts of ctr's default OCI spec (/proc,
- * /sys, /dev, /run) and the files a runtime may bind-mount.
+ * /sys, /dev, /run), the files a runtime may bind-mount, and the mountpoint
+ * runCaptured binds the script's output to.
  */
-const RUNTIME_PATHS = ['/proc', '/sys', '/dev', '/run', '/etc/hosts', '/etc/resolv.conf', '/etc/hostname'];
+const RUNTIME_PATHS = ['/proc', '/sys', '/dev', '/run', '/etc/hosts', '/etc/resolv.conf', '/etc/hostname', '/.d4fs-out'];
 const PRUNE = `\\( ${RUNTIME_PATHS.map((p) => `-path ${p}`).join(' -o ')} \\) -prune -o`;
 /** Run inside the container by busybox sh. */
 const LISTING_SCRIPT =
@@ -317,10 +318,10 @@ describe('d4fs snapshotter acceptance (containerd + runc + FUSE)', () => {
 
   /** Runs `script` with busybox sh in a fresh container of `image` and removes it. */
   async function sh(image: string, id: string, script: string, opts: { snapshotter?: string; user?: string } = {}): Promise<string> {
-    const args = ['run', '--rm'];
+    const args: string[] = [];
     if (opts.snapshotter !== undefined) args.push('--snapshotter', opts.snapshotter);
     if (opts.user) args.push('--user', opts.user);
-    return env.ctrOk([...args, image, id, '/bin/sh', '-c', script]);
+    return runCaptured((a) => env.ctrOk(a), args, image, id, script);
   }
 
   async function load(name: string, file: string): Promise<void> {

@@ -15,6 +15,7 @@ import {
   mountsUnder,
   startContainerd,
   startSnapshotter,
+  runCaptured,
   unmountAllUnder,
 } from './helpers/containerd';
 import { type TestRegistry, pushOciLayout, startRegistry } from './helpers/registry';
@@ -90,7 +91,7 @@ describe('d4fs-snapshotter with a private containerd', () => {
   });
 
   test('ctr run --snapshotter d4fs runs a container on the overlay of both layers', async () => {
-    const out = await ctr(['run', '--rm', '--snapshotter', 'd4fs', image, 'd4fs-e2e', 'sh', '-c', 'echo hi > /tmp/x && cat /tmp/x && ls / && cat /etc/d4fs-release']);
+    const out = await runCaptured(ctr, ['--snapshotter', 'd4fs'], image, 'd4fs-e2e', 'echo hi > /tmp/x && cat /tmp/x && ls / && cat /etc/d4fs-release');
     const lines = out.split('\n').map((l) => l.trim());
     expect(lines[0]).toBe('hi');
     for (const entry of ['bin', 'etc', 'tmp', 'usr']) expect(out).toMatch(new RegExp(`\\b${entry}\\b`));

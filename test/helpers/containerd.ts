@@ -482,3 +482,22 @@ export function processesMentioning(needle: string): number[] {
   }
   return out;
 }
+
+/**
+ * `ctr run --rm [runArgs] IMAGE ID /bin/sh -c SCRIPT`, resolving with what
+ * the script wrote to stdout. The output goes to a file on a bind mount
+ * (/.d4fs-out), not through ctr's stdio: ctr can lose the tail of a
+ * short-lived container's output when the task exits before its I/O is
+ * drained, which would make a check of the image's files fail for a reason
+ * that has nothing to do with them. stderr still goes through ctr.
+ */
+export async function runCaptured(ctr: (args: string[]) => Promise<unknown>, runArgs: string[], image: string, id: string, script: string): Promise<string> {
+  const dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'd4fs-out-'));
+  try {
+    await fsp.chmod(dir, 0o777); // scripts may run as another user
+    await ctr(['run', '--rm', ...runArgs, '--mount', `type=bind,src=${dir},dst=/.d4fs-out,options=rbind:rw`, image, id, '/bin/sh', '-c', `exec >/.d4fs-out/stdout\n${script}`]);
+    return await fsp.readFile(path.join(dir, 'stdout'), 'utf8');
+  } finally {
+    await fsp.rm(dir, { recursive: true, force: true });
+  }
+}
