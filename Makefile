@@ -9,7 +9,9 @@ all: build
 deps: $(NODE_STAMP)
 	@bash scripts/install-deps.sh
 
-$(NODE_STAMP): package.json package-lock.json
+# install-deps.sh first: npm ci builds native/bsdiff-sa against libdivsufsort-dev.
+$(NODE_STAMP): package.json package-lock.json native/bsdiff-sa/binding.gyp native/bsdiff-sa/src/bsdiff_sa.c
+	@bash scripts/install-deps.sh
 	npm ci --no-audit --no-fund
 	@touch $@
 
