@@ -46,6 +46,20 @@ function squash(x: number): number {
   return (SQUASH_POINTS[i] * (128 - w) + SQUASH_POINTS[i + 1] * w + 64) >> 7;
 }
 
+/** squash over its whole domain, and the mixer's output: squash(trunc(dot / 2^16)) clamped to ±2047. */
+const SQUASH_T = (() => {
+  const t = new Uint16Array(4095);
+  for (let x = -2047; x <= 2047; x++) t[x + 2047] = squash(x);
+  return t;
+})();
+
+function mixOut(dot: number): number {
+  let x = Math.trunc(dot / 65536);
+  if (x > 2047) x = 2047;
+  else if (x < -2047) x = -2047;
+  return SQUASH_T[x + 2047];
+}
+
 /** stretch(p) = inverse of squash, tabulated by integer search (deterministic). */
 const STRETCH = (() => {
   const t = new Int16Array(4096);
@@ -208,7 +222,7 @@ function runModel(ouRaw: Uint8Array, diff: Uint8Array | null, coder: BitCoder): 
     const s3 = STRETCH[f3[i3]];
     const s4 = STRETCH[f4[i4]];
     const ws = (h & 3) * FLAG_INPUTS;
-    const p = squash(Math.trunc((fw[ws] * s0 + fw[ws + 1] * s1 + fw[ws + 2] * s2 + fw[ws + 3] * s3 + fw[ws + 4] * s4) / 65536));
+    const p = mixOut(fw[ws] * s0 + fw[ws + 1] * s1 + fw[ws + 2] * s2 + fw[ws + 3] * s3 + fw[ws + 4] * s4);
     const bit = coder.code(diff ? (diff[i] !== 0 ? 1 : 0) : 0, p);
     const err = ((bit << 12) - p) * LEARN;
     fw[ws] += (s0 * err) >> 10;
@@ -252,7 +266,7 @@ function runModel(ouRaw: Uint8Array, diff: Uint8Array | null, coder: BitCoder): 
         const t3 = STRETCH[l3[j3]];
         const t4 = STRETCH[l4[j4]];
         const wl = node * LIT_INPUTS;
-        const q = squash(Math.trunc((lw[wl] * t0 + lw[wl + 1] * t1 + lw[wl + 2] * t2 + lw[wl + 3] * t3 + lw[wl + 4] * t4) / 65536));
+        const q = mixOut(lw[wl] * t0 + lw[wl + 1] * t1 + lw[wl + 2] * t2 + lw[wl + 3] * t3 + lw[wl + 4] * t4);
         const y = coder.code((value >> b) & 1, q);
         const e = ((y << 12) - q) * LEARN;
         lw[wl] += (t0 * e) >> 10;

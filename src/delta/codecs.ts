@@ -7,15 +7,20 @@
  *  - `zstd-patch` one zstd frame compressed with the base content as a raw-content
  *                 dictionary, a window covering base + target and long-distance
  *                 matching: what `zstd --patch-from=BASE` produces.
- *  - `bsdiff`     Colin Percival's bsdiff (computed by the bsdiff-node native module),
- *                 re-packed by d4fs: the control, diff and extra streams of the
- *                 BSDIFF40 patch are stored as three zstd frames in a small container
- *                 (see {@link BSDIFF_CONTAINER_MAGIC}) and applied by a bounds-checked
- *                 TypeScript bspatch. Applying therefore needs no native code, no
- *                 temporary files and no bzip2, and a hostile patch cannot make it
- *                 allocate more than `expectedSize` plus the patch's own streams or run
- *                 longer than linear time (bsdiff-node's C bspatch leaks descriptors
- *                 and memory on every corrupt patch and spins on bzip2 bombs).
+ *  - `bsdiff`     bsdiff's control, diff and extra streams, computed by d4fs's own
+ *                 native encoder (`native/bsdiff-sa`: libdivsufsort suffix array and a
+ *                 bsdiff-style scan, run in the calling worker thread with a deadline;
+ *                 bsdiff-node is the fallback when the addon cannot load), packed by
+ *                 d4fs into a small container (v2, {@link BSDIFF2_CONTAINER_MAGIC}: the
+ *                 control stream as columns, the diff stream coded by a context-mixing
+ *                 coder that predicts it from the base, or split into zero runs and
+ *                 literals; v1, {@link BSDIFF_CONTAINER_MAGIC}, three zstd frames, still
+ *                 decodes) and applied by a bounds-checked TypeScript bspatch. Applying
+ *                 therefore needs no native code, no temporary files and no bzip2, and a
+ *                 hostile patch cannot make it allocate more than `expectedSize` plus the
+ *                 patch's own streams (each bounded by `expectedSize`) and fixed-size model
+ *                 tables, or run longer than linear time (bsdiff-node's C bspatch leaks
+ *                 descriptors and memory on every corrupt patch and spins on bzip2 bombs).
  *
  * Everything here is synchronous and self-contained so that it can run inside a
  * worker thread (piscina). Decoding never allocates more than the caller-supplied
@@ -86,10 +91,10 @@ export const ZSTD_MAX_LEVEL = 19;
 export const ZSTD_MIN_LEVEL = 1;
 
 /**
- * Largest base or target (bytes) that is ever given to bsdiff. bsdiff's suffix sort
- * needs about 17x the base size in memory (two 8-byte index arrays plus the data)
- * and O(n log n) time, and bsdiff-node calls exit(1) if malloc fails; callers split
- * larger files into chunks (see {@link RECOMMENDED_CHUNK_SIZE}).
+ * Largest base or target (bytes) that is ever given to bsdiff. The native encoder
+ * needs base + 4 x base (int32 suffix array) + 2 x target (diff and extra streams) +
+ * the control stream, ~8x at this size; bsdiff-node's qsufsort ~17x and it calls exit(1)
+ * if malloc fails. Callers split larger files into chunks (see {@link RECOMMENDED_CHUNK_SIZE}).
  */
 export const BSDIFF_MAX_INPUT = 16 * 1024 * 1024;
 
@@ -124,7 +129,8 @@ export function chunkBaseRange(baseSize: number, targetSize: number, chunkOffset
 }
 
 /**
- * Magic of d4fs's bsdiff container (version 1). Layout, little-endian:
+ * Magic of d4fs's bsdiff container, version 1 (written until container v2,
+ * {@link BSDIFF2_CONTAINER_MAGIC}; still decoded). Layout, little-endian:
  *
  * ```
  *  0  8  "D4BSDIF1"
@@ -611,8 +617,12 @@ function readOfft(buf: Buffer, off: number): number {
 }
 
 /**
- * Inputs up to this size (bytes, base and target each) are diffed inside the calling
- * thread; larger ones in a child process that is killed at its deadline. bsdiff's
+ * bsdiff-node only (the fallback engine; the native encoder always runs in the calling
+ * thread and checks its own deadline, and its longest-match search skips the prefix
+ * already known to match, so periodic input is not quadratic for it: 4 MiB of
+ * "aaaa..."/"abab..." in ~50 ms). Inputs up to this size (bytes, base and target each)
+ * are diffed inside the calling thread; larger ones in a child process that is killed
+ * at its deadline. bsdiff's
  * match search is quadratic on long periodic runs (measured: 0.35 s at 256 KiB,
  * 5.5 s at 1 MiB, 140 s at 4 MiB of "aaaa..."/"abab..."), and bsdiff-node calls
  * exit(1) when malloc fails: a child contains both.
@@ -620,9 +630,10 @@ function readOfft(buf: Buffer, off: number): number {
 export const BSDIFF_INPROCESS_MAX = 256 * 1024;
 
 /**
- * Deadline (ms) for one bsdiff run in a child process: 5 s plus 1 s per MiB of
- * base + target. Normal inputs need about 0.15 s per MiB (CODECS.md), so this only
- * stops pathological ones.
+ * Deadline (ms) for one bsdiff run (native encoder, or bsdiff-node's child process):
+ * 5 s plus 1 s per MiB of base + target. Normal inputs need about 0.15 s per MiB with
+ * the native encoder (its slowest case, unrelated random data, ~0.5-1 s per MiB of
+ * target), so this only stops pathological ones.
  */
 export function bsdiffDeadlineMs(baseLength: number, targetLength: number): number {
   return 5000 + Math.ceil((baseLength + targetLength) / (1024 * 1024)) * 1000;

@@ -102,6 +102,7 @@ static size_t longest_match(const uint8_t *old, size_t oldlen, const saidx_t *sa
     size_t skip = llo < lhi ? llo : lhi;
     size_t s = (size_t)sa[mid];
     size_t rest = oldlen - s;
+    if (skip > rest) skip = rest; /* cannot happen for a correct suffix array; keeps reads in bounds regardless */
     size_t l = skip + common_prefix(old + s + skip, rest - skip, key + skip, klen - skip);
     /* suffix < key? then key lies in the upper half */
     int less;
