@@ -17,6 +17,8 @@ export interface DiffStreams {
   diff: Buffer;
   /** bytes copied verbatim */
   extra: Buffer;
+  /** timings of this call, for benchmarks: suffix sort and scan (ms), longest-match lookups */
+  stats: { sortMs: number; scanMs: number; searches: number };
 }
 
 /** Compute the streams that turn `oldData` into `newData`. Synchronous; throws on bad input, out of memory or deadline. */
