@@ -19,6 +19,8 @@ import {
   _internal,
   applyPatch,
   BSDIFF_CONTAINER_MAGIC,
+  BSDIFF2_CONTAINER_MAGIC,
+  bsdiffEngine,
   BSDIFF_MAX_INPUT,
   bsdiffNodeRaw,
   chooseBest,
@@ -328,17 +330,17 @@ describe('patches', () => {
     const target = editText(base, 23);
     const a = encodePatch(base, target, 'bsdiff', 3);
     expect(a.equals(encodePatch(base, target, 'bsdiff', 3))).toBe(true);
-    expect(a.toString('latin1', 0, 8)).toBe(BSDIFF_CONTAINER_MAGIC);
+    expect(a.toString('latin1', 0, 8)).toBe(BSDIFF2_CONTAINER_MAGIC);
   });
 
   it('bsdiff leaves no temporary files behind', () => {
     const priv = fs.mkdtempSync(path.join(os.tmpdir(), 'd4fs-codec-tmp-'));
     try {
-      encodePatch(makeText(100, 24), makeText(120, 24), 'bsdiff', 3, { tmpDir: priv }); // in-process path
+      encodePatch(makeText(100, 24), makeText(120, 24), 'bsdiff', 3, { tmpDir: priv, bsdiffEngine: 'bsdiff-node' }); // in-process path
       expect(bsdiffNodeRaw(randomBytes(300_000), randomBytes(1000), { tmpDir: priv }).length).toBeGreaterThan(0); // child process
       expect(fs.readdirSync(priv)).toEqual([]);
       // A failing run cleans up too.
-      expect(() => encodePatch(Buffer.from('a'.repeat(1 << 20)), Buffer.from('ab'.repeat(1 << 19)), 'bsdiff', 3, { tmpDir: priv, bsdiffDeadlineMs: 100 })).toThrow(D4fsError);
+      expect(() => encodePatch(Buffer.from('a'.repeat(1 << 20)), Buffer.from('ab'.repeat(1 << 19)), 'bsdiff', 3, { tmpDir: priv, bsdiffDeadlineMs: 100, bsdiffEngine: 'bsdiff-node' })).toThrow(D4fsError);
       expect(fs.readdirSync(priv)).toEqual([]);
     } finally {
       fs.rmSync(priv, { recursive: true, force: true });
@@ -351,24 +353,55 @@ describe('patches', () => {
     expect(() => encodePatch(big, Buffer.alloc(10), 'bsdiff', 3)).toThrow(/chunk it/);
   });
 
-  it('bsdiff past its deadline throws DEADLINE_EXCEEDED (pathological periodic input)', () => {
-    const n = 1 << 20; // bsdiff needs ~5 s here; quadratic in the run length
+  it('bsdiff-node past its deadline throws DEADLINE_EXCEEDED (pathological periodic input)', () => {
+    const n = 1 << 20; // bsdiff-node needs ~5 s here; quadratic in the run length
     const a = Buffer.from('a'.repeat(n / 2) + 'ab'.repeat(n / 4));
     const b = Buffer.from('a'.repeat(n / 2 + 1) + 'ab'.repeat(n / 4));
     const t = Date.now();
     let err: D4fsError | undefined;
     try {
-      encodePatch(a, b, 'bsdiff', 3, { bsdiffDeadlineMs: 300 });
+      encodePatch(a, b, 'bsdiff', 3, { bsdiffDeadlineMs: 300, bsdiffEngine: 'bsdiff-node' });
     } catch (e) {
       err = e as D4fsError;
     }
     expect(err?.kind).toBe('DEADLINE_EXCEEDED');
     expect(Date.now() - t).toBeLessThan(3000);
     // chooseBest falls back to zstd-patch and still returns a verified encoding.
-    const r = chooseBest(a, b, { codec: 'bsdiff', level: 'default', bsdiffDeadlineMs: 300 });
+    const r = chooseBest(a, b, { codec: 'bsdiff', level: 'default', bsdiffDeadlineMs: 300, bsdiffEngine: 'bsdiff-node' });
     expect(r.skipped.bsdiff).toMatch(/deadline/);
     expect(r.codec).not.toBe('bsdiff');
     expect(decodeEntry(r.codec, r.data, a, b.length).equals(b)).toBe(true);
+  });
+
+  it('the native encoder stops at its deadline in process (DEADLINE_EXCEEDED, chooseBest falls back)', () => {
+    expect(bsdiffEngine().engine).toBe('bsdiff-sa');
+    // Unrelated random data is the native encoder's slowest case: every position is looked up (~1 s/MiB).
+    const a = randomBytes(4 << 20);
+    const b = randomBytes(4 << 20);
+    const t = Date.now();
+    let err: D4fsError | undefined;
+    try {
+      encodePatch(a, b, 'bsdiff', 3, { bsdiffDeadlineMs: 150 });
+    } catch (e) {
+      err = e as D4fsError;
+    }
+    expect(err?.kind).toBe('DEADLINE_EXCEEDED');
+    expect(err?.message).toMatch(/150 ms deadline/);
+    expect(Date.now() - t).toBeLessThan(1500);
+    const r = chooseBest(a.subarray(0, 1 << 20), b.subarray(0, 1 << 20), { codec: 'bsdiff', level: 'default', bsdiffDeadlineMs: 20 });
+    expect(r.skipped.bsdiff).toMatch(/deadline/);
+    expect(r.codec).not.toBe('bsdiff');
+  });
+
+  it('the native encoder is fast on the periodic input that is quadratic for bsdiff-node', () => {
+    const n = 1 << 22;
+    const a = Buffer.from('a'.repeat(n / 2) + 'ab'.repeat(n / 4));
+    const b = Buffer.from('a'.repeat(n / 2 + 1) + 'ab'.repeat(n / 4));
+    const t = Date.now();
+    const p = encodePatch(a, b, 'bsdiff', 3, { bsdiffDeadlineMs: 5000 });
+    expect(Date.now() - t).toBeLessThan(5000);
+    expect(p.length).toBeLessThan(1000);
+    expect(applyPatch(a, p, 'bsdiff', b.length).equals(b)).toBe(true);
   });
 });
 

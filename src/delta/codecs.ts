@@ -7,15 +7,20 @@
  *  - `zstd-patch` one zstd frame compressed with the base content as a raw-content
  *                 dictionary, a window covering base + target and long-distance
  *                 matching: what `zstd --patch-from=BASE` produces.
- *  - `bsdiff`     Colin Percival's bsdiff (computed by the bsdiff-node native module),
- *                 re-packed by d4fs: the control, diff and extra streams of the
- *                 BSDIFF40 patch are stored as three zstd frames in a small container
- *                 (see {@link BSDIFF_CONTAINER_MAGIC}) and applied by a bounds-checked
- *                 TypeScript bspatch. Applying therefore needs no native code, no
- *                 temporary files and no bzip2, and a hostile patch cannot make it
- *                 allocate more than `expectedSize` plus the patch's own streams or run
- *                 longer than linear time (bsdiff-node's C bspatch leaks descriptors
- *                 and memory on every corrupt patch and spins on bzip2 bombs).
+ *  - `bsdiff`     bsdiff's control, diff and extra streams, computed by d4fs's own
+ *                 native encoder (`native/bsdiff-sa`: libdivsufsort suffix array and a
+ *                 bsdiff-style scan, run in the calling worker thread with a deadline;
+ *                 bsdiff-node is the fallback when the addon cannot load), packed by
+ *                 d4fs into a small container (v2, {@link BSDIFF2_CONTAINER_MAGIC}: the
+ *                 control stream as columns, the diff stream coded by a context-mixing
+ *                 coder that predicts it from the base, or split into zero runs and
+ *                 literals; v1, {@link BSDIFF_CONTAINER_MAGIC}, three zstd frames, still
+ *                 decodes) and applied by a bounds-checked TypeScript bspatch. Applying
+ *                 therefore needs no native code, no temporary files and no bzip2, and a
+ *                 hostile patch cannot make it allocate more than `expectedSize` plus the
+ *                 patch's own streams (each bounded by `expectedSize`) and fixed-size model
+ *                 tables, or run longer than linear time (bsdiff-node's C bspatch leaks
+ *                 descriptors and memory on every corrupt patch and spins on bzip2 bombs).
  *
  * Everything here is synchronous and self-contained so that it can run inside a
  * worker thread (piscina). Decoding never allocates more than the caller-supplied
@@ -33,11 +38,12 @@ import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { crc32 } from 'node:zlib';
+import { brotliCompressSync, brotliDecompressSync, constants as zlibConstants, crc32 } from 'node:zlib';
 import { constants as bufferConstants } from 'node:buffer';
 import { spawnSync } from 'node:child_process';
 import * as zstd from 'zstd-napi/binding';
 import { D4fsError, corrupt, invalidArgument } from '../errors';
+import { cmDecodeDiff, cmEncodeDiff, oldUnderDiff } from './bsdiffcm';
 
 // ---------------------------------------------------------------------------
 // Public types and constants
@@ -85,10 +91,10 @@ export const ZSTD_MAX_LEVEL = 19;
 export const ZSTD_MIN_LEVEL = 1;
 
 /**
- * Largest base or target (bytes) that is ever given to bsdiff. bsdiff's suffix sort
- * needs about 17x the base size in memory (two 8-byte index arrays plus the data)
- * and O(n log n) time, and bsdiff-node calls exit(1) if malloc fails; callers split
- * larger files into chunks (see {@link RECOMMENDED_CHUNK_SIZE}).
+ * Largest base or target (bytes) that is ever given to bsdiff. The native encoder
+ * needs base + 4 x base (int32 suffix array) + 2 x target (diff and extra streams) +
+ * the control stream, ~8x at this size; bsdiff-node's qsufsort ~17x and it calls exit(1)
+ * if malloc fails. Callers split larger files into chunks (see {@link RECOMMENDED_CHUNK_SIZE}).
  */
 export const BSDIFF_MAX_INPUT = 16 * 1024 * 1024;
 
@@ -123,7 +129,8 @@ export function chunkBaseRange(baseSize: number, targetSize: number, chunkOffset
 }
 
 /**
- * Magic of d4fs's bsdiff container (version 1). Layout, little-endian:
+ * Magic of d4fs's bsdiff container, version 1 (written until container v2,
+ * {@link BSDIFF2_CONTAINER_MAGIC}; still decoded). Layout, little-endian:
  *
  * ```
  *  0  8  "D4BSDIF1"
@@ -610,8 +617,12 @@ function readOfft(buf: Buffer, off: number): number {
 }
 
 /**
- * Inputs up to this size (bytes, base and target each) are diffed inside the calling
- * thread; larger ones in a child process that is killed at its deadline. bsdiff's
+ * bsdiff-node only (the fallback engine; the native encoder always runs in the calling
+ * thread and checks its own deadline, and its longest-match search skips the prefix
+ * already known to match, so periodic input is not quadratic for it: 4 MiB of
+ * "aaaa..."/"abab..." in ~50 ms). Inputs up to this size (bytes, base and target each)
+ * are diffed inside the calling thread; larger ones in a child process that is killed
+ * at its deadline. bsdiff's
  * match search is quadratic on long periodic runs (measured: 0.35 s at 256 KiB,
  * 5.5 s at 1 MiB, 140 s at 4 MiB of "aaaa..."/"abab..."), and bsdiff-node calls
  * exit(1) when malloc fails: a child contains both.
@@ -619,9 +630,10 @@ function readOfft(buf: Buffer, off: number): number {
 export const BSDIFF_INPROCESS_MAX = 256 * 1024;
 
 /**
- * Deadline (ms) for one bsdiff run in a child process: 5 s plus 1 s per MiB of
- * base + target. Normal inputs need about 0.15 s per MiB (CODECS.md), so this only
- * stops pathological ones.
+ * Deadline (ms) for one bsdiff run (native encoder, or bsdiff-node's child process):
+ * 5 s plus 1 s per MiB of base + target. Normal inputs need about 0.15 s per MiB with
+ * the native encoder (its slowest case, unrelated random data, ~0.5-1 s per MiB of
+ * target), so this only stops pathological ones.
  */
 export function bsdiffDeadlineMs(baseLength: number, targetLength: number): number {
   return 5000 + Math.ceil((baseLength + targetLength) / (1024 * 1024)) * 1000;
@@ -699,41 +711,309 @@ function parseBsdiff40(raw: Buffer): BsdiffStreams {
 /**
  * zstd level of the bsdiff streams for a requested level. The diff stream is mostly
  * zeros with sparse small values, where low levels lose badly (libcrypto.so.3: 276 K at
- * level 3, 225 K at 12, 192 K at 19, bsdiff-node's bzip2 199 K), while bsdiff itself
- * already costs ~0.35 s/MiB: the streams always get at least level {@link BSDIFF_STREAM_MIN_LEVEL}.
+ * level 3, 225 K at 12, 192 K at 19, bsdiff-node's bzip2 199 K). Container v2 splits the
+ * diff stream into zero runs and literals first, which level 19 packs faster than level
+ * 17 packs the whole stream (esbuild: 0.27 s vs 0.61 s) and smaller (364 K vs 394 K).
  */
-export const BSDIFF_STREAM_MIN_LEVEL = 17;
+export const BSDIFF_STREAM_MIN_LEVEL = 19;
 
-/** Level of bsdiff's streams for `best` (19: ~7 % smaller than 17 on libcrypto, ~2.5× slower). */
+/** Level of bsdiff's streams for `best` (also tries brotli on every section). */
 export const BSDIFF_STREAM_BEST_LEVEL = 19;
 
-/** Encode with bsdiff-node and re-pack into d4fs's container (zstd streams). */
-function bsdiffEncode(base: Buffer, target: Buffer, level: number, opts: PatchOptions): Buffer {
-  const s = parseBsdiff40(bsdiffNodeRaw(base, target, opts));
-  level = level >= BSDIFF_STREAM_BEST_LEVEL ? BSDIFF_STREAM_BEST_LEVEL : BSDIFF_STREAM_MIN_LEVEL;
-  if (s.newSize !== target.length) throw new D4fsError('INTERNAL', 'bsdiff: patch size does not match the target');
-  const ctrl = zstdCompress(s.ctrl, level);
-  const diff = zstdCompress(s.diff, level);
-  const extra = zstdCompress(s.extra, level);
-  const header = Buffer.alloc(BSDIFF_HEADER_SIZE);
-  header.write(BSDIFF_CONTAINER_MAGIC, 0, 'latin1');
-  header.writeUIntLE(target.length, 8, 6);
-  header.writeUInt32LE(ctrl.length, 16);
-  header.writeUInt32LE(diff.length, 20);
-  header.writeUInt32LE(crc32(target), 24);
-  return Buffer.concat([header, ctrl, diff, extra]);
+// --- the native encoder (native/bsdiff-sa) ----------------------------------
+
+/** The `bsdiff-sa` addon (native/bsdiff-sa): libdivsufsort + a bsdiff-style scan, streams uncompressed. */
+interface BsdiffSa {
+  diff(oldData: Uint8Array, newData: Uint8Array, opts?: { deadlineMs?: number; minGain?: number }): { ctrl: Buffer; diff: Buffer; extra: Buffer };
+  version: string;
+}
+
+let bsdiffSaState: BsdiffSa | null | undefined;
+let bsdiffSaError = '';
+
+/**
+ * The native encoder, or null when it cannot be loaded (not built on this machine):
+ * then bsdiff-node computes the same kind of streams, slower (see {@link bsdiffEngine}).
+ */
+export function bsdiffSa(): BsdiffSa | null {
+  if (bsdiffSaState === undefined) {
+    try {
+      bsdiffSaState = require('bsdiff-sa') as BsdiffSa;
+    } catch (e) {
+      bsdiffSaState = null;
+      bsdiffSaError = describe(e);
+    }
+  }
+  return bsdiffSaState;
+}
+
+/** Which encoder makes bsdiff streams here, and why bsdiff-node if it is the fallback. */
+export function bsdiffEngine(): { engine: 'bsdiff-sa' | 'bsdiff-node'; detail: string } {
+  const sa = bsdiffSa();
+  return sa ? { engine: 'bsdiff-sa', detail: sa.version } : { engine: 'bsdiff-node', detail: `bsdiff-sa not loadable: ${bsdiffSaError}` };
 }
 
 /**
- * Apply a d4fs bsdiff container. Every length is validated before allocation: the
- * control stream may hold at most expectedSize + 1 triples, diff and extra streams
- * must add up to exactly expectedSize, reads outside the base count as zero bytes
- * (as in bspatch). Time and memory are linear in expectedSize and the patch size.
+ * BSDIFF40's three uncompressed streams for (base, target). The native encoder runs in
+ * the calling thread: it never exits the process, reports out-of-memory as an error,
+ * and stops itself at the deadline ({@link bsdiffDeadlineMs} unless
+ * `opts.bsdiffDeadlineMs`), which then throws DEADLINE_EXCEEDED. With
+ * `opts.bsdiffEngine: 'bsdiff-node'` (or when the addon is missing) bsdiff-node runs as
+ * before, in a child process for inputs above {@link BSDIFF_INPROCESS_MAX}.
+ * @internal exported for tests and the benchmark.
  */
-function bsdiffApply(base: Buffer, patch: Buffer, expectedSize: number): Buffer {
-  if (patch.length < BSDIFF_HEADER_SIZE || patch.toString('latin1', 0, 8) !== BSDIFF_CONTAINER_MAGIC) {
-    throw corrupt('bsdiff: not a d4fs bsdiff patch');
+export function bsdiffStreams(base: Buffer, target: Buffer, opts: PatchOptions = {}): BsdiffStreams {
+  if (base.length > BSDIFF_MAX_INPUT || target.length > BSDIFF_MAX_INPUT) {
+    throw invalidArgument(`bsdiff input above ${BSDIFF_MAX_INPUT} bytes (base ${base.length}, target ${target.length}): chunk it`);
   }
+  const sa = opts.bsdiffEngine === 'bsdiff-node' ? null : bsdiffSa();
+  if (!sa) {
+    const s = parseBsdiff40(bsdiffNodeRaw(base, target, opts));
+    if (s.newSize !== target.length) throw new D4fsError('INTERNAL', 'bsdiff: patch size does not match the target');
+    return s;
+  }
+  const deadline = opts.bsdiffDeadlineMs ?? bsdiffDeadlineMs(base.length, target.length);
+  try {
+    const r = sa.diff(base, target, { deadlineMs: Math.max(1, deadline) });
+    return { newSize: target.length, ctrl: r.ctrl, diff: r.diff, extra: r.extra };
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'ETIMEDOUT') {
+      throw new D4fsError('DEADLINE_EXCEEDED', `bsdiff exceeded its ${deadline} ms deadline (base ${base.length}, target ${target.length} bytes)`);
+    }
+    throw new D4fsError('INTERNAL', `bsdiff failed: ${describe(e)}`, { cause: e });
+  }
+}
+
+// --- container v2 ------------------------------------------------------------
+
+/**
+ * Magic of d4fs's bsdiff container, version 2 (what the encoder writes; version 1,
+ * {@link BSDIFF_CONTAINER_MAGIC}, stays decodable). Little-endian:
+ *
+ * ```
+ *  0  8  "D4BSDIF2"
+ *  8  8  size of the target (u64, < 2^48)
+ * 16  4  CRC-32 (zlib's) of the target
+ * 20  4  number of control triples (u32)
+ * 24 48  four section headers of 12 bytes: method (u8), 0 (u8), raw length (u48), packed length (u32)
+ * 72  .  the four packed sections back to back, in this order:
+ *        control  the triples as columns: all x, all y (LEB128), all z (zigzag LEB128)
+ *        runs     per non-zero byte of the diff stream, the number of zero bytes before it (LEB128)
+ *        literals the non-zero bytes of the diff stream
+ *        extra    BSDIFF40's extra stream
+ * ```
+ *
+ * Methods: 0 stored, 1 one zstd frame (content size + checksum, checked as full frames
+ * are), 2 brotli (decoded with the raw length as hard output limit), 3 (runs section
+ * only) the whole diff stream coded by the context-mixing coder of `bsdiffcm.ts`, which
+ * predicts it from the base bytes under it; its raw length is the diff stream's length and
+ * the literals section is then empty and stored. Every raw length is bounded by the target
+ * size before anything is allocated (see {@link bsdiffApply}).
+ */
+export const BSDIFF2_CONTAINER_MAGIC = 'D4BSDIF2';
+
+const BSDIFF2_HEADER_SIZE = 72;
+const SECTION_NAMES = ['control', 'runs', 'literals', 'extra'] as const;
+const enum Method {
+  STORED = 0,
+  ZSTD = 1,
+  BROTLI = 2,
+  /** runs section only: the whole diff stream, context-mixing coded against the base (bsdiffcm.ts); literals section empty */
+  CM = 3,
+}
+
+/** LEB128 writer into a growing buffer. */
+class VarintWriter {
+  private buf: Buffer;
+  len = 0;
+  constructor(capacity: number) {
+    this.buf = Buffer.allocUnsafe(Math.max(16, capacity));
+  }
+  put(v: number): void {
+    if (this.len + 8 > this.buf.length) {
+      const b = Buffer.allocUnsafe(this.buf.length * 2);
+      this.buf.copy(b, 0, 0, this.len);
+      this.buf = b;
+    }
+    while (v >= 0x80) {
+      this.buf[this.len++] = (v % 0x80) | 0x80;
+      v = Math.floor(v / 0x80);
+    }
+    this.buf[this.len++] = v;
+  }
+  bytes(): Buffer {
+    return this.buf.subarray(0, this.len);
+  }
+}
+
+/** LEB128 reader; values must stay below 2^49 (7 bytes). */
+class VarintReader {
+  pos = 0;
+  constructor(private readonly buf: Buffer, private readonly what: string) {}
+  get done(): boolean {
+    return this.pos >= this.buf.length;
+  }
+  get(): number {
+    let v = 0;
+    let mul = 1;
+    for (let i = 0; i < 7; i++) {
+      if (this.pos >= this.buf.length) throw corrupt(`bsdiff ${this.what}: truncated integer`);
+      const b = this.buf[this.pos++];
+      v += (b & 0x7f) * mul;
+      if (b < 0x80) return v;
+      mul *= 0x80;
+    }
+    throw corrupt(`bsdiff ${this.what}: integer too large`);
+  }
+}
+
+function brotliPack(raw: Buffer): Buffer {
+  return brotliCompressSync(raw, {
+    params: {
+      [zlibConstants.BROTLI_PARAM_QUALITY]: 11,
+      [zlibConstants.BROTLI_PARAM_LGWIN]: 24,
+      [zlibConstants.BROTLI_PARAM_SIZE_HINT]: raw.length,
+    },
+  });
+}
+
+/** The smallest of the methods tried for one section. */
+function packSection(raw: Buffer, level: number, tryBrotli: boolean): { method: Method; data: Buffer } {
+  let best = { method: Method.STORED, data: raw };
+  if (raw.length === 0) return best;
+  const z = zstdCompress(raw, level);
+  if (z.length < best.data.length) best = { method: Method.ZSTD, data: z };
+  if (tryBrotli) {
+    const b = brotliPack(raw);
+    if (b.length < best.data.length) best = { method: Method.BROTLI, data: b };
+  }
+  return best;
+}
+
+function unpackSection(method: number, packed: Buffer, rawLen: number, what: string): Buffer {
+  switch (method) {
+    case Method.STORED:
+      if (packed.length !== rawLen) throw corrupt(`bsdiff ${what}: stored length mismatch`);
+      return packed;
+    case Method.ZSTD:
+      return zstdDecompressChecked(packed, rawLen, `bsdiff ${what} stream`);
+    case Method.BROTLI: {
+      let out: Buffer;
+      try {
+        out = brotliDecompressSync(packed, { maxOutputLength: Math.max(1, rawLen) });
+      } catch (e) {
+        throw corrupt(`bsdiff ${what}: damaged brotli stream: ${describe(e)}`, e);
+      }
+      if (out.length !== rawLen) throw corrupt(`bsdiff ${what}: brotli stream decodes to ${out.length} bytes, expected ${rawLen}`);
+      return out;
+    }
+    default:
+      throw corrupt(`bsdiff ${what}: unknown method ${method}`);
+  }
+}
+
+/**
+ * Diff streams up to this size (bytes) are also packed as split zstd streams and the
+ * smaller packing is kept; above it only the context-mixing coder runs (it has always
+ * been smaller on executables: esbuild 225 K vs 364 K, libcrypto 113 K vs 172 K).
+ */
+const BSDIFF_CM_ONLY_ABOVE = 1 << 20;
+
+/** Pack BSDIFF40 streams into container v2. */
+function bsdiffPack(s: BsdiffStreams, base: Buffer, target: Buffer, level: number, tryBrotli: boolean, useCm = true): Buffer {
+  const n = s.ctrl.length / 24;
+  const cx = new VarintWriter(n * 2);
+  const cy = new VarintWriter(n * 2);
+  const cz = new VarintWriter(n * 3);
+  const xs = new Float64Array(n);
+  const zs = new Float64Array(n);
+  for (let i = 0; i < n; i++) {
+    const x = readOfft(s.ctrl, i * 24);
+    cx.put(x);
+    cy.put(readOfft(s.ctrl, i * 24 + 8));
+    const z = readOfft(s.ctrl, i * 24 + 16);
+    cz.put(z < 0 ? -2 * z - 1 : 2 * z);
+    xs[i] = x;
+    zs[i] = z;
+  }
+  const control = Buffer.concat([cx.bytes(), cy.bytes(), cz.bytes()]);
+  const d = s.diff;
+  let nz = 0;
+  for (let i = 0; i < d.length; i++) if (d[i] !== 0) nz++;
+  const runs = new VarintWriter(nz + 16);
+  const lits = Buffer.allocUnsafe(nz);
+  let last = 0;
+  for (let i = 0, k = 0; i < d.length; i++) {
+    if (d[i] !== 0) {
+      runs.put(i - last);
+      lits[k++] = d[i];
+      last = i + 1;
+    }
+  }
+  const raws = [control, runs.bytes(), lits, s.extra];
+  let packed: { method: Method; data: Buffer }[];
+  const cm = useCm && d.length > 0 ? cmEncodeDiff(d, oldUnderDiff(base, xs, zs, d.length)) : null;
+  if (cm && (d.length > BSDIFF_CM_ONLY_ABOVE || tryBrotli)) {
+    packed = [packSection(control, level, tryBrotli), { method: Method.CM, data: cm }, { method: Method.STORED, data: Buffer.alloc(0) }, packSection(s.extra, level, tryBrotli)];
+  } else {
+    packed = raws.map((r) => packSection(r, level, tryBrotli));
+  }
+  if (cm && cm.length < packed[1].data.length + packed[2].data.length) {
+    packed[1] = { method: Method.CM, data: cm };
+    packed[2] = { method: Method.STORED, data: Buffer.alloc(0) };
+  }
+  if (packed[1].method === Method.CM) {
+    raws[1] = d; // raw length of a CM runs section: the diff stream's
+    raws[2] = Buffer.alloc(0);
+  }
+  const header = Buffer.alloc(BSDIFF2_HEADER_SIZE);
+  header.write(BSDIFF2_CONTAINER_MAGIC, 0, 'latin1');
+  header.writeUIntLE(target.length, 8, 6);
+  header.writeUInt32LE(crc32(target), 16);
+  header.writeUInt32LE(n, 20);
+  packed.forEach((p, i) => {
+    const o = 24 + i * 12;
+    header[o] = p.method;
+    header.writeUIntLE(raws[i].length, o + 2, 6);
+    header.writeUInt32LE(p.data.length, o + 8);
+  });
+  return Buffer.concat([header, ...packed.map((p) => p.data)]);
+}
+
+/** Encode with the native encoder (or bsdiff-node) and pack into container v2. */
+function bsdiffEncode(base: Buffer, target: Buffer, level: number, opts: PatchOptions): Buffer {
+  const s = bsdiffStreams(base, target, opts);
+  const best = level >= BSDIFF_STREAM_BEST_LEVEL;
+  return bsdiffPack(s, base, target, best ? BSDIFF_STREAM_BEST_LEVEL : BSDIFF_STREAM_MIN_LEVEL, best);
+}
+
+/** A decoded control stream and the diff/extra streams it consumes. */
+interface BsdiffProgram {
+  xs: Float64Array;
+  ys: Float64Array;
+  zs: Float64Array;
+  diff: Buffer;
+  extra: Buffer;
+  crc: number;
+}
+
+/** Check the triples against the target size; returns the diff and extra totals. */
+function checkTriples(xs: Float64Array, ys: Float64Array, expectedSize: number): { diffTotal: number; extraTotal: number } {
+  let diffTotal = 0;
+  let extraTotal = 0;
+  for (let i = 0; i < xs.length; i++) {
+    if (xs[i] < 0 || ys[i] < 0) throw corrupt('bsdiff: negative length in control stream');
+    diffTotal += xs[i];
+    extraTotal += ys[i];
+    if (diffTotal + extraTotal > expectedSize) throw corrupt('bsdiff: control stream exceeds the target size');
+  }
+  if (diffTotal + extraTotal !== expectedSize) throw corrupt('bsdiff: control stream does not cover the target');
+  return { diffTotal, extraTotal };
+}
+
+/** Parse container v1 (three zstd frames, BSDIFF40 control triples). */
+function parseBsdiffV1(patch: Buffer, expectedSize: number): BsdiffProgram {
   const hi = patch.readUInt16LE(14);
   const newSize = patch.readUIntLE(8, 6);
   if (hi !== 0 || newSize !== expectedSize) {
@@ -761,25 +1041,105 @@ function bsdiffApply(base: Buffer, patch: Buffer, expectedSize: number): Buffer 
   const xs = new Float64Array(nTriples);
   const ys = new Float64Array(nTriples);
   const zs = new Float64Array(nTriples);
-  let diffTotal = 0;
-  let extraTotal = 0;
   for (let i = 0; i < nTriples; i++) {
-    const x = readOfft(ctrl, i * 24);
-    const y = readOfft(ctrl, i * 24 + 8);
-    const z = readOfft(ctrl, i * 24 + 16);
-    if (x < 0 || y < 0) throw corrupt('bsdiff: negative length in control stream');
-    diffTotal += x;
-    extraTotal += y;
-    if (diffTotal + extraTotal > expectedSize) throw corrupt('bsdiff: control stream exceeds the target size');
-    xs[i] = x;
-    ys[i] = y;
-    zs[i] = z;
+    xs[i] = readOfft(ctrl, i * 24);
+    ys[i] = readOfft(ctrl, i * 24 + 8);
+    zs[i] = readOfft(ctrl, i * 24 + 16);
   }
-  if (diffTotal + extraTotal !== expectedSize) throw corrupt('bsdiff: control stream does not cover the target');
+  const { diffTotal, extraTotal } = checkTriples(xs, ys, expectedSize);
   const diff = zstdDecompressChecked(diffFrame, diffTotal, 'bsdiff diff stream');
   const extra = zstdDecompressChecked(extraFrame, extraTotal, 'bsdiff extra stream');
+  return { xs, ys, zs, diff, extra, crc: patch.readUInt32LE(24) };
+}
 
-  const wantCrc = patch.readUInt32LE(24);
+/** Parse container v2 (see {@link BSDIFF2_CONTAINER_MAGIC}); every length is bounded before allocation. */
+function parseBsdiffV2(patch: Buffer, expectedSize: number, base: Buffer): BsdiffProgram {
+  if (patch.length < BSDIFF2_HEADER_SIZE) throw corrupt('bsdiff: truncated header');
+  const hi = patch.readUInt16LE(14);
+  const newSize = patch.readUIntLE(8, 6);
+  if (hi !== 0 || newSize !== expectedSize) {
+    throw corrupt(`bsdiff: patch produces ${hi !== 0 ? 'more than 2^48' : newSize} bytes, expected ${expectedSize}`);
+  }
+  const crc = patch.readUInt32LE(16);
+  const n = patch.readUInt32LE(20);
+  if (n > expectedSize + 1) throw corrupt('bsdiff: too many control triples');
+  // Largest raw length each section may declare: 3 varints of <= 7 bytes per triple;
+  // one varint per literal; literals and extra within the target.
+  const limits = [21 * n, 7 * expectedSize, expectedSize, expectedSize];
+  const sections: Buffer[] = [];
+  let off = BSDIFF2_HEADER_SIZE;
+  let cmRaw = -1;
+  let cmPacked: Buffer = Buffer.alloc(0);
+  for (let i = 0; i < 4; i++) {
+    const h = 24 + i * 12;
+    const method = patch[h];
+    const rawLen = patch.readUIntLE(h + 2, 6);
+    const packedLen = patch.readUInt32LE(h + 8);
+    if (patch[h + 1] !== 0) throw corrupt('bsdiff: reserved header byte set');
+    if (rawLen > (method === Method.CM ? expectedSize : limits[i])) throw corrupt(`bsdiff: ${SECTION_NAMES[i]} section too large`);
+    if (off + packedLen > patch.length) throw corrupt('bsdiff: truncated patch');
+    const packed = patch.subarray(off, off + packedLen);
+    if (method === Method.CM) {
+      if (i !== 1) throw corrupt(`bsdiff: ${SECTION_NAMES[i]} section cannot use the context-mixing coder`);
+      cmRaw = rawLen; // decoded once the control stream (and so the base bytes under the diff) is known
+      cmPacked = packed;
+      sections.push(Buffer.alloc(0));
+    } else {
+      sections.push(unpackSection(method, packed, rawLen, SECTION_NAMES[i]));
+    }
+    off += packedLen;
+  }
+  if (off !== patch.length) throw corrupt('bsdiff: trailing bytes after the last section');
+  const [control, runs, lits, extra] = sections;
+  if (cmRaw >= 0 && (lits.length !== 0 || patch[24 + 2 * 12] !== Method.STORED)) throw corrupt('bsdiff: literals section must be empty with a coded diff stream');
+
+  const xs = new Float64Array(n);
+  const ys = new Float64Array(n);
+  const zs = new Float64Array(n);
+  const cr = new VarintReader(control, 'control');
+  for (let i = 0; i < n; i++) xs[i] = cr.get();
+  for (let i = 0; i < n; i++) ys[i] = cr.get();
+  for (let i = 0; i < n; i++) {
+    const v = cr.get();
+    zs[i] = v % 2 === 1 ? -(v + 1) / 2 : v / 2;
+  }
+  if (!cr.done) throw corrupt('bsdiff: trailing bytes in the control section');
+  const { diffTotal, extraTotal } = checkTriples(xs, ys, expectedSize);
+  if (extra.length !== extraTotal) throw corrupt('bsdiff: extra section does not match the control stream');
+  if (cmRaw >= 0) {
+    if (cmRaw !== diffTotal) throw corrupt('bsdiff: coded diff stream does not match the control stream');
+    const r = cmDecodeDiff(cmPacked, oldUnderDiff(base, xs, zs, diffTotal));
+    if (r.consumed !== cmPacked.length) throw corrupt('bsdiff: coded diff stream has the wrong length');
+    return { xs, ys, zs, diff: r.diff, extra, crc };
+  }
+  if (lits.length > diffTotal) throw corrupt('bsdiff: more literals than diff bytes');
+  const diff = Buffer.alloc(diffTotal);
+  const rr = new VarintReader(runs, 'runs');
+  let pos = 0;
+  for (let k = 0; k < lits.length; k++) {
+    pos += rr.get();
+    if (pos >= diffTotal) throw corrupt('bsdiff: literal outside the diff stream');
+    if (lits[k] === 0) throw corrupt('bsdiff: zero literal');
+    diff[pos++] = lits[k];
+  }
+  if (!rr.done) throw corrupt('bsdiff: trailing bytes in the runs section');
+  return { xs, ys, zs, diff, extra, crc };
+}
+
+/**
+ * Apply a d4fs bsdiff container (v1 or v2). Every length is validated before
+ * allocation: the control stream may hold at most expectedSize + 1 triples, diff and
+ * extra streams must add up to exactly expectedSize, reads outside the base count as
+ * zero bytes (as in bspatch). Time and memory are linear in expectedSize and the patch size.
+ */
+function bsdiffApply(base: Buffer, patch: Buffer, expectedSize: number): Buffer {
+  const magic = patch.length >= 8 ? patch.toString('latin1', 0, 8) : '';
+  let p: BsdiffProgram;
+  if (magic === BSDIFF2_CONTAINER_MAGIC) p = parseBsdiffV2(patch, expectedSize, base);
+  else if (magic === BSDIFF_CONTAINER_MAGIC && patch.length >= BSDIFF_HEADER_SIZE) p = parseBsdiffV1(patch, expectedSize);
+  else throw corrupt('bsdiff: not a d4fs bsdiff patch');
+  const { xs, ys, zs, diff, extra } = p;
+  const nTriples = xs.length;
   const out = Buffer.allocUnsafe(expectedSize);
   let newPos = 0;
   let oldPos = 0;
@@ -804,7 +1164,7 @@ function bsdiffApply(base: Buffer, patch: Buffer, expectedSize: number): Buffer 
     // Keep oldPos exact (|oldPos| < 2^53): anything that far out is simply outside the base.
     if (!Number.isSafeInteger(oldPos) || Math.abs(oldPos) > 2 ** 52) throw corrupt('bsdiff: seek out of range');
   }
-  if (crc32(out) !== wantCrc) throw corrupt('bsdiff: result does not match the patch CRC (wrong base or damaged patch)');
+  if (crc32(out) !== p.crc) throw corrupt('bsdiff: result does not match the patch CRC (wrong base or damaged patch)');
   return out;
 }
 
@@ -825,6 +1185,11 @@ export interface PatchOptions {
    * base + target + patch bytes, removed before returning). Default os.tmpdir().
    */
   tmpDir?: string;
+  /**
+   * Which encoder computes bsdiff's streams: the native `bsdiff-sa` addon (default when
+   * it loads) or `bsdiff-node` (the fallback; also used by tests as a cross-check).
+   */
+  bsdiffEngine?: 'bsdiff-sa' | 'bsdiff-node';
 }
 
 /**
@@ -1012,4 +1377,4 @@ export function chooseBest(base: Buffer, target: Buffer, opts: ChooseOptions): C
 }
 
 /** @internal exported for tests: the bzip2 decoder used to re-pack bsdiff output. */
-export const _internal = { bunzip2, parseBsdiff40, patchDictionary };
+export const _internal = { bunzip2, parseBsdiff40, patchDictionary, bsdiffPack };

@@ -99,8 +99,9 @@ function decompressBounded(frame: Buffer): Buffer {
 
 function applyPatchBounded(base: Buffer, patch: Buffer, codec: 'zstd-patch' | 'bsdiff', bound: number): Buffer {
   if (codec === 'zstd-patch') return applyPatch(base, patch, codec, frameContentSize(patch));
-  // bsdiff container: "D4BSDIF1" then u64 target size
-  if (patch.length < 16 || patch.toString('latin1', 0, 8) !== 'D4BSDIF1') throw corrupt('gzip member: bad bsdiff container');
+  // bsdiff container (v1 "D4BSDIF1" or v2 "D4BSDIF2"), then u64 target size
+  const magic = patch.length >= 16 ? patch.toString('latin1', 0, 8) : '';
+  if (magic !== 'D4BSDIF1' && magic !== 'D4BSDIF2') throw corrupt('gzip member: bad bsdiff container');
   const size = Number(patch.readBigUInt64LE(8));
   if (size > bound) throw corrupt('gzip member: inner content too large');
   return applyPatch(base, patch, codec, size);

@@ -1,0 +1,414 @@
+/*
+ * bsdiff-sa: a bsdiff-style delta encoder for d4fs, as a Node-API addon.
+ *
+ * Written for d4fs from the published description of Colin Percival's bsdiff
+ * ("Naive differences of executable code", 2003): sort the suffixes of the old
+ * data, walk the new data looking up the longest match of every position, and
+ * only switch to a new alignment when it beats the current one by a margin; each
+ * switch emits "add x bytes of (new - old), copy y new bytes, seek the old
+ * position by z". The suffix array comes from libdivsufsort (int32 indices, so
+ * inputs must be < 2 GiB; d4fs chunks large files long before that).
+ *
+ * The addon only returns the three uncompressed BSDIFF40 streams; d4fs compresses
+ * and packs them. It never exits the process: allocation failures, oversized
+ * inputs and a passed deadline are reported as JavaScript exceptions, and all
+ * memory is released before returning.
+ */
+#define NAPI_VERSION 8
+#include <node_api.h>
+#include <divsufsort.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define MAX_INPUT ((size_t)0x7fffffff - 1)
+
+/* ------------------------------------------------------------------ */
+/* growable byte buffer for the control stream                          */
+/* ------------------------------------------------------------------ */
+
+typedef struct {
+  uint8_t *p;
+  size_t len, cap;
+} bytes_t;
+
+static int bytes_reserve(bytes_t *b, size_t more) {
+  if (b->len + more <= b->cap) return 0;
+  size_t cap = b->cap ? b->cap : 4096;
+  while (cap < b->len + more) cap *= 2;
+  uint8_t *q = realloc(b->p, cap);
+  if (!q) return -1;
+  b->p = q;
+  b->cap = cap;
+  return 0;
+}
+
+/* BSDIFF40's integer: 63-bit magnitude, sign in the top bit, little-endian. */
+static void put_offt(uint8_t *dst, int64_t v) {
+  uint64_t m = v < 0 ? (uint64_t)(-v) : (uint64_t)v;
+  for (int i = 0; i < 8; i++) {
+    dst[i] = (uint8_t)(m & 0xff);
+    m >>= 8;
+  }
+  if (v < 0) dst[7] |= 0x80;
+}
+
+/* ------------------------------------------------------------------ */
+/* deadline                                                             */
+/* ------------------------------------------------------------------ */
+
+static double now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+/* ------------------------------------------------------------------ */
+/* longest match by binary search over the suffix array                 */
+/* ------------------------------------------------------------------ */
+
+static inline size_t common_prefix(const uint8_t *a, size_t alen, const uint8_t *b, size_t blen) {
+  size_t n = alen < blen ? alen : blen, i = 0;
+  while (i + 8 <= n) {
+    uint64_t x, y;
+    memcpy(&x, a + i, 8);
+    memcpy(&y, b + i, 8);
+    if (x != y) return i + (size_t)(__builtin_ctzll(x ^ y) >> 3);
+    i += 8;
+  }
+  while (i < n && a[i] == b[i]) i++;
+  return i;
+}
+
+/*
+ * Longest prefix of key[0..klen) that occurs in old, and where. Keeps the
+ * common prefix of key with the suffixes at both ends of the search interval
+ * (the prefix shared by everything between them is at least the smaller one),
+ * so comparisons start past it; this keeps long repeated matches from costing
+ * O(match length) per step.
+ */
+/*
+ * Where the suffixes starting with each 2-byte prefix lie in the suffix array
+ * ([first, end) per prefix; suffixes of one byte belong to none). A lookup whose
+ * prefix occurs starts its binary search inside that range: the longest match
+ * shares at least those two bytes, and the range is contiguous because the array
+ * is sorted. Saves the first ~16 steps, the ones that miss the cache most.
+ */
+typedef struct {
+  uint32_t first[65536];
+  uint32_t end[65536];
+} buckets_t;
+
+static void fill_buckets(buckets_t *b, const uint8_t *old, size_t oldlen, const saidx_t *sa) {
+  memset(b, 0, sizeof *b);
+  for (size_t i = 0; i < oldlen; i++) {
+    size_t s = (size_t)sa[i];
+    if (s + 1 >= oldlen) continue;
+    unsigned k = ((unsigned)old[s] << 8) | old[s + 1];
+    if (b->end[k] == 0) b->first[k] = (uint32_t)i;
+    b->end[k] = (uint32_t)i + 1;
+  }
+}
+
+static size_t longest_match(const uint8_t *old, size_t oldlen, const saidx_t *sa, const buckets_t *bk, const uint8_t *key, size_t klen, size_t *where) {
+  if (oldlen == 0 || klen == 0) {
+    *where = 0;
+    return 0;
+  }
+  size_t lo = 0, hi = oldlen - 1;
+  if (bk && klen >= 2) {
+    unsigned k = ((unsigned)key[0] << 8) | key[1];
+    if (bk->end[k] != 0) {
+      lo = bk->first[k];
+      hi = bk->end[k] - 1;
+    }
+  }
+  size_t llo = common_prefix(old + sa[lo], oldlen - (size_t)sa[lo], key, klen);
+  size_t lhi = common_prefix(old + sa[hi], oldlen - (size_t)sa[hi], key, klen);
+  while (hi - lo > 1) {
+    size_t mid = lo + (hi - lo) / 2;
+    size_t skip = llo < lhi ? llo : lhi;
+    size_t s = (size_t)sa[mid];
+    size_t rest = oldlen - s;
+    if (skip > rest) skip = rest; /* cannot happen for a correct suffix array; keeps reads in bounds regardless */
+    size_t l = skip + common_prefix(old + s + skip, rest - skip, key + skip, klen - skip);
+    /* suffix < key? then key lies in the upper half */
+    int less;
+    if (l == klen) less = 0;          /* key is a prefix of the suffix: suffix >= key */
+    else if (l == rest) less = 1;     /* suffix is a proper prefix of key */
+    else less = old[s + l] < key[l];
+    if (less) {
+      lo = mid;
+      llo = l;
+    } else {
+      hi = mid;
+      lhi = l;
+    }
+  }
+  if (llo >= lhi) {
+    *where = (size_t)sa[lo];
+    return llo;
+  }
+  *where = (size_t)sa[hi];
+  return lhi;
+}
+
+/* ------------------------------------------------------------------ */
+/* the scan                                                             */
+/* ------------------------------------------------------------------ */
+
+typedef struct {
+  bytes_t ctrl;
+  uint8_t *diff;
+  uint8_t *extra;
+  size_t dlen, elen;
+  double searches;
+} streams_t;
+
+enum { OK = 0, E_NOMEM = 1, E_DEADLINE = 2 };
+
+static int emit(streams_t *st, int64_t x, int64_t y, int64_t z) {
+  if (bytes_reserve(&st->ctrl, 24)) return E_NOMEM;
+  put_offt(st->ctrl.p + st->ctrl.len, x);
+  put_offt(st->ctrl.p + st->ctrl.len + 8, y);
+  put_offt(st->ctrl.p + st->ctrl.len + 16, z);
+  st->ctrl.len += 24;
+  return OK;
+}
+
+static int scan_all(const uint8_t *old, size_t oldlen, const uint8_t *nw, size_t newlen, const saidx_t *sa, const buckets_t *bk,
+                    int64_t gain, double deadline, streams_t *st) {
+  /* signed arithmetic throughout: positions < 2^31 */
+  int64_t olen = (int64_t)oldlen, nlen = (int64_t)newlen;
+  int64_t scan = 0, len = 0, pos = 0;
+  int64_t lastscan = 0, lastpos = 0, lastoffset = 0;
+  unsigned tick = 0;
+
+  while (scan < nlen) {
+    int64_t oldscore = 0;
+    int64_t scsc;
+    scan += len;
+    for (scsc = scan; scan < nlen; scan++) {
+      if (deadline > 0 && (++tick & 1023) == 0 && now_ms() > deadline) return E_DEADLINE;
+      size_t w = 0;
+      st->searches++;
+      len = (int64_t)longest_match(old, oldlen, sa, bk, nw + scan, (size_t)(nlen - scan), &w);
+      pos = (int64_t)w;
+      /* bytes of [scsc, scan+len) that the current alignment already gets right */
+      for (; scsc < scan + len; scsc++) {
+        int64_t o = scsc + lastoffset;
+        if (o >= 0 && o < olen && old[o] == nw[scsc]) oldscore++;
+      }
+      if ((len == oldscore && len != 0) || len > oldscore + gain) break;
+      int64_t o = scan + lastoffset;
+      if (o >= 0 && o < olen && old[o] == nw[scan]) oldscore--;
+    }
+
+    if (len != oldscore || scan == nlen) {
+      /* how far to extend the previous match forwards (at least half the bytes equal) */
+      int64_t lenf = 0;
+      {
+        int64_t s = 0, best = 0;
+        for (int64_t i = 0; lastscan + i < scan && lastpos + i < olen;) {
+          if (old[lastpos + i] == nw[lastscan + i]) s++;
+          i++;
+          if (s * 2 - i > best * 2 - lenf) {
+            best = s;
+            lenf = i;
+          }
+        }
+      }
+      /* and the new match backwards */
+      int64_t lenb = 0;
+      if (scan < nlen) {
+        int64_t s = 0, best = 0;
+        for (int64_t i = 1; scan >= lastscan + i && pos >= i; i++) {
+          if (old[pos - i] == nw[scan - i]) s++;
+          if (s * 2 - i > best * 2 - lenb) {
+            best = s;
+            lenb = i;
+          }
+        }
+      }
+      /* they overlap: split where the forward one stops paying */
+      if (lastscan + lenf > scan - lenb) {
+        int64_t overlap = (lastscan + lenf) - (scan - lenb);
+        int64_t s = 0, best = 0, cut = 0;
+        for (int64_t i = 0; i < overlap; i++) {
+          if (nw[lastscan + lenf - overlap + i] == old[lastpos + lenf - overlap + i]) s++;
+          if (nw[scan - lenb + i] == old[pos - lenb + i]) s--;
+          if (s > best) {
+            best = s;
+            cut = i + 1;
+          }
+        }
+        lenf += cut - overlap;
+        lenb -= cut;
+      }
+      for (int64_t i = 0; i < lenf; i++) st->diff[st->dlen++] = (uint8_t)(nw[lastscan + i] - old[lastpos + i]);
+      int64_t ext = (scan - lenb) - (lastscan + lenf);
+      if (ext > 0) {
+        memcpy(st->extra + st->elen, nw + lastscan + lenf, (size_t)ext);
+        st->elen += (size_t)ext;
+      }
+      int r = emit(st, lenf, ext, (pos - lenb) - (lastpos + lenf));
+      if (r) return r;
+      lastscan = scan - lenb;
+      lastpos = pos - lenb;
+      lastoffset = pos - scan;
+    }
+  }
+  return OK;
+}
+
+/* ------------------------------------------------------------------ */
+/* Node-API glue                                                        */
+/* ------------------------------------------------------------------ */
+
+static napi_value throw_code(napi_env env, const char *code, const char *msg) {
+  napi_throw_error(env, code, msg);
+  return NULL;
+}
+
+static int get_bytes(napi_env env, napi_value v, const uint8_t **p, size_t *len) {
+  bool is;
+  if (napi_is_typedarray(env, v, &is) != napi_ok || !is) return -1;
+  napi_typedarray_type type;
+  size_t n, off;
+  void *data;
+  napi_value ab;
+  if (napi_get_typedarray_info(env, v, &type, &n, &data, &ab, &off) != napi_ok) return -1;
+  if (type != napi_uint8_array) return -1;
+  *p = n ? (const uint8_t *)data : (const uint8_t *)"";
+  *len = n;
+  return 0;
+}
+
+static int get_number_prop(napi_env env, napi_value obj, const char *name, double *out) {
+  bool has;
+  if (napi_has_named_property(env, obj, name, &has) != napi_ok || !has) return 0;
+  napi_value v;
+  napi_valuetype t;
+  if (napi_get_named_property(env, obj, name, &v) != napi_ok) return -1;
+  if (napi_typeof(env, v, &t) != napi_ok) return -1;
+  if (t == napi_undefined) return 0;
+  if (t != napi_number) return -1;
+  if (napi_get_value_double(env, v, out) != napi_ok) return -1;
+  return 1;
+}
+
+static napi_value make_buffer(napi_env env, const uint8_t *p, size_t n) {
+  napi_value out;
+  void *dst;
+  if (napi_create_buffer_copy(env, n, n ? (const void *)p : (const void *)"", &dst, &out) != napi_ok) return NULL;
+  return out;
+}
+
+/* timings for benchmarks: { sortMs, scanMs, searches } */
+static napi_status set_stats(napi_env env, napi_value result, double sort_ms, double scan_ms, double searches) {
+  napi_value o, a, b, c;
+  napi_status s;
+  if ((s = napi_create_object(env, &o)) != napi_ok) return s;
+  if ((s = napi_create_double(env, sort_ms, &a)) != napi_ok) return s;
+  if ((s = napi_create_double(env, scan_ms, &b)) != napi_ok) return s;
+  if ((s = napi_create_double(env, searches, &c)) != napi_ok) return s;
+  if ((s = napi_set_named_property(env, o, "sortMs", a)) != napi_ok) return s;
+  if ((s = napi_set_named_property(env, o, "scanMs", b)) != napi_ok) return s;
+  if ((s = napi_set_named_property(env, o, "searches", c)) != napi_ok) return s;
+  return napi_set_named_property(env, result, "stats", o);
+}
+
+static napi_value js_diff(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3];
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok) return NULL;
+  if (argc < 2) return throw_code(env, "EINVAL", "bsdiff-sa: diff(old, new[, opts]) needs two Uint8Arrays");
+  const uint8_t *old, *nw;
+  size_t oldlen, newlen;
+  if (get_bytes(env, argv[0], &old, &oldlen) || get_bytes(env, argv[1], &nw, &newlen)) {
+    return throw_code(env, "EINVAL", "bsdiff-sa: old and new must be Uint8Arrays (Buffers)");
+  }
+  if (oldlen > MAX_INPUT || newlen > MAX_INPUT) return throw_code(env, "E2BIG", "bsdiff-sa: inputs must be smaller than 2 GiB");
+
+  double deadline_ms = 0, gain = 8;
+  if (argc >= 3) {
+    napi_valuetype t;
+    if (napi_typeof(env, argv[2], &t) != napi_ok) return NULL;
+    if (t == napi_object) {
+      if (get_number_prop(env, argv[2], "deadlineMs", &deadline_ms) < 0 || !(deadline_ms >= 0 && deadline_ms < 1e12)) {
+        return throw_code(env, "EINVAL", "bsdiff-sa: deadlineMs must be a number >= 0");
+      }
+      if (get_number_prop(env, argv[2], "minGain", &gain) < 0 || !(gain >= 1 && gain <= 1024)) {
+        return throw_code(env, "EINVAL", "bsdiff-sa: minGain must be a number in [1, 1024]");
+      }
+    } else if (t != napi_undefined) {
+      return throw_code(env, "EINVAL", "bsdiff-sa: options must be an object");
+    }
+  }
+  double deadline = deadline_ms > 0 ? now_ms() + deadline_ms : 0;
+
+  streams_t st;
+  memset(&st, 0, sizeof st);
+  saidx_t *sa = NULL;
+  int rc = OK;
+  sa = malloc((oldlen ? oldlen : 1) * sizeof(saidx_t));
+  st.diff = malloc(newlen ? newlen : 1);
+  st.extra = malloc(newlen ? newlen : 1);
+  if (!sa || !st.diff || !st.extra) rc = E_NOMEM;
+  double t0 = now_ms();
+  if (rc == OK && oldlen > 0 && divsufsort(old, sa, (saidx_t)oldlen) != 0) rc = E_NOMEM;
+  double t1 = now_ms();
+  if (rc == OK && deadline > 0 && now_ms() > deadline) rc = E_DEADLINE;
+  /* 2-byte buckets pay off only when the array is much larger than the table */
+  buckets_t *bk = NULL;
+  if (rc == OK && oldlen >= (1u << 20)) {
+    bk = malloc(sizeof *bk);
+    if (!bk) rc = E_NOMEM;
+    else fill_buckets(bk, old, oldlen, sa);
+  }
+  if (rc == OK) rc = scan_all(old, oldlen, nw, newlen, sa, bk, (int64_t)gain, deadline, &st);
+  free(bk);
+  double t2 = now_ms();
+  free(sa);
+
+  napi_value result = NULL;
+  if (rc == OK) {
+    napi_value c = make_buffer(env, st.ctrl.p, st.ctrl.len);
+    napi_value d = c ? make_buffer(env, st.diff, st.dlen) : NULL;
+    napi_value e = d ? make_buffer(env, st.extra, st.elen) : NULL;
+    if (e && napi_create_object(env, &result) == napi_ok) {
+      if (napi_set_named_property(env, result, "ctrl", c) != napi_ok || napi_set_named_property(env, result, "diff", d) != napi_ok ||
+          napi_set_named_property(env, result, "extra", e) != napi_ok || set_stats(env, result, t1 - t0, t2 - t1, st.searches) != napi_ok) {
+        result = NULL;
+      }
+    } else {
+      result = NULL;
+    }
+    if (!result) {
+      bool pending = false;
+      napi_is_exception_pending(env, &pending);
+      if (!pending) napi_throw_error(env, "ENOMEM", "bsdiff-sa: could not allocate the result");
+    }
+  }
+  free(st.ctrl.p);
+  free(st.diff);
+  free(st.extra);
+  if (rc == E_NOMEM) return throw_code(env, "ENOMEM", "bsdiff-sa: out of memory");
+  if (rc == E_DEADLINE) return throw_code(env, "ETIMEDOUT", "bsdiff-sa: deadline exceeded");
+  return result;
+}
+
+static napi_value init(napi_env env, napi_value exports) {
+  napi_value fn, ver;
+  if (napi_create_function(env, "diff", NAPI_AUTO_LENGTH, js_diff, NULL, &fn) != napi_ok) return NULL;
+  if (napi_set_named_property(env, exports, "diff", fn) != napi_ok) return NULL;
+  char v[96];
+  snprintf(v, sizeof v, "bsdiff-sa 0.1.0, libdivsufsort %s", divsufsort_version());
+  if (napi_create_string_utf8(env, v, NAPI_AUTO_LENGTH, &ver) != napi_ok) return NULL;
+  if (napi_set_named_property(env, exports, "version", ver) != napi_ok) return NULL;
+  return exports;
+}
+
+NAPI_MODULE_INIT() { return init(env, exports); }

@@ -1,0 +1,352 @@
+/**
+ * The native bsdiff encoder (native/bsdiff-sa), container v2 and its context-mixing
+ * diff coder: round trips through d4fs's TypeScript bspatch, refusals, hostile input,
+ * and a cross-check against bsdiff-node.
+ */
+import { randomBytes } from 'node:crypto';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import * as zlib from 'node:zlib';
+import * as zstdSimple from 'zstd-napi';
+import {
+  BSDIFF2_CONTAINER_MAGIC,
+  applyPatch,
+  bsdiffEngine,
+  bsdiffStreams,
+  encodePatch,
+  _internal,
+} from './codecs';
+import { cmDecodeDiff, cmEncodeDiff, oldUnderDiff } from './bsdiffcm';
+import { D4fsError } from '../errors';
+
+// eslint-disable-next-line @typescript-eslint/no-var-requires
+const sa = require('bsdiff-sa') as {
+  diff(...args: unknown[]): { ctrl: Buffer; diff: Buffer; extra: Buffer; stats: { sortMs: number; scanMs: number; searches: number } };
+  version: string;
+};
+
+const REPO = path.resolve(__dirname, '..', '..', '..');
+const CACHE = path.join(REPO, '.cache', 'codec-test');
+
+function prng(seed: number): () => number {
+  let s = seed >>> 0 || 1;
+  return () => {
+    s ^= s << 13;
+    s ^= s >>> 17;
+    s ^= s << 5;
+    return (s >>> 0) / 4294967296;
+  };
+}
+
+/**
+ * Something like machine code between two builds: a random "program" with 4-byte
+ * little-endian "addresses" every 16 bytes; the new one has insertions, deletions,
+ * scattered byte edits, and every address after an insertion shifted.
+ */
+function fakeBinaries(size: number, seed: number): { base: Buffer; target: Buffer } {
+  const r = prng(seed);
+  const base = Buffer.alloc(size);
+  for (let i = 0; i < size; i++) base[i] = r() < 0.3 ? 0 : Math.floor(r() * 256);
+  for (let i = 0; i + 8 <= size; i += 16) {
+    base[i] = 0xe8;
+    base.writeUInt32LE(Math.floor(r() * 0x100000), i + 1);
+  }
+  const parts: Buffer[] = [];
+  let pos = 0;
+  let shift = 0;
+  while (pos < size) {
+    const len = Math.min(size - pos, 2000 + Math.floor(r() * 30000));
+    const piece = Buffer.from(base.subarray(pos, pos + len));
+    for (let i = 0; i + 8 <= piece.length; i += 16) if (piece[i] === 0xe8) piece.writeUInt32LE((piece.readUInt32LE(i + 1) + shift) >>> 0, i + 1);
+    for (let k = 0; k < 3; k++) piece[Math.floor(r() * piece.length)] ^= 0x5a;
+    parts.push(piece);
+    pos += len;
+    const ins = r() < 0.5 ? Math.floor(r() * 300) : 0;
+    if (ins) parts.push(randomFrom(r, ins));
+    shift += ins;
+    if (r() < 0.2) pos += Math.floor(r() * 200); // a deletion
+  }
+  return { base, target: Buffer.concat(parts) };
+}
+
+function randomFrom(r: () => number, n: number): Buffer {
+  const b = Buffer.alloc(n);
+  for (let i = 0; i < n; i++) b[i] = Math.floor(r() * 256);
+  return b;
+}
+
+function expectCorrupt(f: () => unknown): void {
+  let err: unknown;
+  try {
+    f();
+  } catch (e) {
+    err = e;
+  }
+  expect(err).toBeInstanceOf(D4fsError);
+  expect((err as D4fsError).kind).toBe('CORRUPT');
+}
+
+/** Reference bspatch over raw BSDIFF40 streams (no container), for stream-level checks. */
+function bspatchRaw(base: Buffer, s: { ctrl: Buffer; diff: Buffer; extra: Buffer }): Buffer {
+  const rd = (b: Buffer, o: number): number => (b[o + 7] & 0x80 ? -1 : 1) * b.readUIntLE(o, 6);
+  const out: number[] = [];
+  let op = 0;
+  let dp = 0;
+  let ep = 0;
+  for (let t = 0; t < s.ctrl.length; t += 24) {
+    const x = rd(s.ctrl, t);
+    const y = rd(s.ctrl, t + 8);
+    const z = rd(s.ctrl, t + 16);
+    for (let k = 0; k < x; k++) out.push((s.diff[dp++] + (op + k >= 0 && op + k < base.length ? base[op + k] : 0)) & 255);
+    for (let k = 0; k < y; k++) out.push(s.extra[ep++]);
+    op += x + z;
+  }
+  expect(dp).toBe(s.diff.length);
+  expect(ep).toBe(s.extra.length);
+  return Buffer.from(out);
+}
+
+describe('native encoder bsdiff-sa', () => {
+  it('is the engine in use, built against libdivsufsort', () => {
+    expect(bsdiffEngine().engine).toBe('bsdiff-sa');
+    expect(sa.version).toMatch(/libdivsufsort \d/);
+  });
+
+  const cases: Array<[string, () => { base: Buffer; target: Buffer }]> = [
+    ['random, unrelated', () => ({ base: randomBytes(50_000), target: randomBytes(40_000) })],
+    ['edited binary-like', () => fakeBinaries(300_000, 7)],
+    ['empty base', () => ({ base: Buffer.alloc(0), target: randomBytes(1000) })],
+    ['empty target', () => ({ base: randomBytes(1000), target: Buffer.alloc(0) })],
+    ['both empty', () => ({ base: Buffer.alloc(0), target: Buffer.alloc(0) })],
+    ['one byte each', () => ({ base: Buffer.from('a'), target: Buffer.from('b') })],
+    ['tiny', () => ({ base: Buffer.from('hello world'), target: Buffer.from('hello there world!') })],
+    ['identical', () => {
+      const b = fakeBinaries(100_000, 3).base;
+      return { base: b, target: Buffer.from(b) };
+    }],
+    ['zeros with a few changes', () => {
+      const base = Buffer.alloc(1 << 20);
+      const target = Buffer.from(base);
+      for (let i = 0; i < 50; i++) target[(i * 20_011) % target.length] = i + 1;
+      return { base, target };
+    }],
+  ];
+
+  it.each(cases)('streams reproduce the target exactly: %s', (_name, make) => {
+    const { base, target } = make();
+    const s = sa.diff(base, target);
+    expect(s.ctrl.length % 24).toBe(0);
+    expect(bspatchRaw(base, s).equals(target)).toBe(true);
+  });
+
+  it.each(cases)('round-trips through the TypeScript bspatch at default and best: %s', (_name, make) => {
+    const { base, target } = make();
+    for (const level of [12, 19]) {
+      const p = encodePatch(base, target, 'bsdiff', level);
+      expect(p.toString('latin1', 0, 8)).toBe(BSDIFF2_CONTAINER_MAGIC);
+      expect(applyPatch(base, p, 'bsdiff', target.length).equals(target)).toBe(true);
+      expect(encodePatch(base, target, 'bsdiff', level).equals(p)).toBe(true); // deterministic
+    }
+  });
+
+  it('identical inputs give one copy and no extra bytes', () => {
+    const b = fakeBinaries(200_000, 11).base;
+    const s = sa.diff(b, b);
+    expect(s.extra.length).toBe(0);
+    expect(s.diff.length).toBe(b.length);
+    expect(s.diff.every((v) => v === 0)).toBe(true);
+    expect(encodePatch(b, b, 'bsdiff', 12).length).toBeLessThan(200);
+  });
+
+  it('round-trips a large input (12 MiB) and is much smaller than the target', () => {
+    const { base, target } = fakeBinaries(12 << 20, 5);
+    const p = encodePatch(base, target, 'bsdiff', 12);
+    expect(applyPatch(base, p, 'bsdiff', target.length).equals(target)).toBe(true);
+    expect(p.length).toBeLessThan(target.length / 10);
+  });
+
+  it('both packings (split zstd streams and the context-mixing coder) decode', () => {
+    const { base, target } = fakeBinaries(400_000, 9);
+    const s = bsdiffStreams(base, target);
+    const split = _internal.bsdiffPack(s, base, target, 19, false, false);
+    const cm = _internal.bsdiffPack(s, base, target, 19, false, true);
+    expect(split[24 + 12]).toBe(1); // runs section: zstd
+    expect(cm[24 + 12]).toBe(3); // runs section: context mixing
+    for (const p of [split, cm]) expect(applyPatch(base, p, 'bsdiff', target.length).equals(target)).toBe(true);
+    expect(cm.length).toBeLessThan(split.length);
+  });
+
+  it('agrees with bsdiff-node: both decode, and the native patch is not larger', () => {
+    const pairs: Array<{ base: Buffer; target: Buffer }> = [fakeBinaries(500_000, 21)];
+    const lib = (v: string) => path.join(CACHE, `x-libssl3_${v}-1~deb12u2_amd64`, 'usr/lib/x86_64-linux-gnu/libssl.so.3');
+    if (fs.existsSync(lib('3.0.20')) && fs.existsSync(lib('3.0.22'))) pairs.push({ base: fs.readFileSync(lib('3.0.20')), target: fs.readFileSync(lib('3.0.22')) });
+    for (const { base, target } of pairs) {
+      const mine = encodePatch(base, target, 'bsdiff', 12);
+      const theirs = encodePatch(base, target, 'bsdiff', 12, { bsdiffEngine: 'bsdiff-node' });
+      expect(applyPatch(base, mine, 'bsdiff', target.length).equals(target)).toBe(true);
+      expect(applyPatch(base, theirs, 'bsdiff', target.length).equals(target)).toBe(true);
+      expect(mine.length).toBeLessThanOrEqual(theirs.length * 1.05);
+      // the raw streams cover the same target
+      const a = bsdiffStreams(base, target);
+      const b = bsdiffStreams(base, target, { bsdiffEngine: 'bsdiff-node' });
+      expect(a.diff.length + a.extra.length).toBe(target.length);
+      expect(b.diff.length + b.extra.length).toBe(target.length);
+    }
+  });
+
+  it('refuses bad arguments with an exception, never a crash', () => {
+    expect(() => sa.diff('abc', Buffer.alloc(1))).toThrow(/Uint8Array/);
+    expect(() => sa.diff(Buffer.alloc(1))).toThrow(/two Uint8Arrays/);
+    expect(() => sa.diff(new Uint16Array(4), Buffer.alloc(1))).toThrow(/Uint8Array/);
+    expect(() => sa.diff(Buffer.alloc(1), Buffer.alloc(1), 5)).toThrow(/options/);
+    expect(() => sa.diff(Buffer.alloc(1), Buffer.alloc(1), { minGain: 0 })).toThrow(/minGain/);
+    expect(() => sa.diff(Buffer.alloc(1), Buffer.alloc(1), { deadlineMs: -1 })).toThrow(/deadlineMs/);
+    expect(() => sa.diff(Buffer.alloc(1), Buffer.alloc(1), { deadlineMs: 'soon' })).toThrow(/deadlineMs/);
+    let code: string | undefined;
+    try {
+      sa.diff(randomBytes(2 << 20), randomBytes(2 << 20), { deadlineMs: 1 });
+    } catch (e) {
+      code = (e as NodeJS.ErrnoException).code;
+    }
+    expect(code).toBe('ETIMEDOUT');
+    // still usable afterwards
+    expect(sa.diff(Buffer.from('abc'), Buffer.from('abd')).diff.length).toBeGreaterThan(0);
+  });
+
+  it('accepts any Uint8Array view (offsets into a larger buffer)', () => {
+    const big = randomBytes(10_000);
+    const base = big.subarray(100, 5100);
+    const target = Buffer.concat([big.subarray(200, 3000), Buffer.from('inserted'), big.subarray(3000, 5000)]);
+    const s = sa.diff(new Uint8Array(base.buffer, base.byteOffset, base.length), target);
+    expect(bspatchRaw(base, s).equals(target)).toBe(true);
+  });
+
+  it('a minGain other than bsdiff\'s 8 still reproduces the target', () => {
+    const { base, target } = fakeBinaries(200_000, 13);
+    for (const minGain of [1, 4, 32, 1024]) expect(bspatchRaw(base, sa.diff(base, target, { minGain })).equals(target)).toBe(true);
+  });
+});
+
+describe('context-mixing diff coder', () => {
+  it('round-trips diff streams and knows the base bytes under them', () => {
+    const { base, target } = fakeBinaries(200_000, 17);
+    const s = bsdiffStreams(base, target);
+    const rd = (o: number): number => (s.ctrl[o + 7] & 0x80 ? -1 : 1) * s.ctrl.readUIntLE(o, 6);
+    const xs: number[] = [];
+    const zs: number[] = [];
+    for (let t = 0; t < s.ctrl.length; t += 24) {
+      xs.push(rd(t));
+      zs.push(rd(t + 16));
+    }
+    const ou = oldUnderDiff(base, xs, zs, s.diff.length);
+    const packed = cmEncodeDiff(s.diff, ou);
+    const back = cmDecodeDiff(packed, ou);
+    expect(back.diff.equals(s.diff)).toBe(true);
+    expect(back.consumed).toBe(packed.length);
+    // empty and all-zero streams
+    expect(cmDecodeDiff(cmEncodeDiff(Buffer.alloc(0), Buffer.alloc(0)), Buffer.alloc(0)).diff.length).toBe(0);
+    const z = Buffer.alloc(100_000);
+    const pz = cmEncodeDiff(z, randomBytes(z.length));
+    expect(pz.length).toBeLessThan(200);
+  });
+
+  it('oldUnderDiff reads outside the base as zero', () => {
+    const base = Buffer.from([1, 2, 3, 4]);
+    // x=2 at 0 (1,2), seek -5 -> x=3 at -3 (0,0,0) -> x=2 at 0 (1,2) -> x=4 at 2 (3,4,0,0)
+    const ou = oldUnderDiff(base, [2, 3, 2, 4], [-5, 0, 0, 0], 11);
+    expect([...ou]).toEqual([1, 2, 0, 0, 0, 1, 2, 3, 4, 0, 0]);
+  });
+});
+
+describe('hostile bsdiff v2 containers', () => {
+  const { base, target } = fakeBinaries(120_000, 23);
+  const good = encodePatch(base, target, 'bsdiff', 12);
+
+  it('uses the context-mixing coder for this input', () => {
+    expect(good[24 + 12]).toBe(3);
+  });
+
+  it('every truncation is refused', () => {
+    for (let n = 0; n < good.length; n += Math.max(1, Math.floor(good.length / 300))) expectCorrupt(() => applyPatch(base, good.subarray(0, n), 'bsdiff', target.length));
+    expectCorrupt(() => applyPatch(base, Buffer.concat([good, Buffer.from([0])]), 'bsdiff', target.length));
+  });
+
+  it('bit flips are refused, never a wrong result', () => {
+    const r = prng(99);
+    let refused = 0;
+    for (let k = 0; k < 100; k++) {
+      const bad = Buffer.from(good);
+      const bit = Math.floor(r() * bad.length * 8);
+      bad[bit >> 3] ^= 1 << (bit & 7);
+      try {
+        const out = applyPatch(base, bad, 'bsdiff', target.length);
+        expect(out.equals(target)).toBe(true); // only acceptable success: the exact target
+      } catch (e) {
+        expect((e as D4fsError).kind).toBe('CORRUPT');
+        refused++;
+      }
+    }
+    expect(refused).toBeGreaterThan(90);
+  });
+
+  function v2(target: number, n: number, sections: Array<[method: number, raw: number, data: Buffer]>, crc = 0): Buffer {
+    const h = Buffer.alloc(72);
+    h.write(BSDIFF2_CONTAINER_MAGIC, 0, 'latin1');
+    h.writeUIntLE(target, 8, 6);
+    h.writeUInt32LE(crc, 16);
+    h.writeUInt32LE(n, 20);
+    sections.forEach(([m, raw, d], i) => {
+      h[24 + i * 12] = m;
+      h.writeUIntLE(raw, 24 + i * 12 + 2, 6);
+      h.writeUInt32LE(d.length, 24 + i * 12 + 8);
+    });
+    return Buffer.concat([h, ...sections.map((s) => s[2])]);
+  }
+  const stored = (b: Buffer): [number, number, Buffer] => [0, b.length, b];
+  const empty = stored(Buffer.alloc(0));
+
+  it('a hand-made stored container applies', () => {
+    const old = Buffer.from('abcdef');
+    // one triple: x=3 (diff 1,0,0 over "abc" -> "bbc"), y=2 ("XY"), z=0
+    const control = Buffer.from([3, 2, 0]);
+    const runs = Buffer.from([0]);
+    const lits = Buffer.from([1]);
+    const want = Buffer.from('bbcXY');
+    const p = v2(5, 1, [stored(control), stored(runs), stored(lits), stored(Buffer.from('XY'))], zlib.crc32(want));
+    expect(applyPatch(old, p, 'bsdiff', 5).equals(want)).toBe(true);
+    // and with brotli and zstd sections
+    const br = zlib.brotliCompressSync(Buffer.from('XY'));
+    const zs = zstdSimple.compress(control, { checksumFlag: true });
+    expect(applyPatch(old, v2(5, 1, [[1, 3, zs], stored(runs), stored(lits), [2, 2, br]], zlib.crc32(want)), 'bsdiff', 5).equals(want)).toBe(true);
+  });
+
+  it('refuses lengths beyond the target, unknown methods, misplaced coded sections and bad varints', () => {
+    const old = Buffer.from('abcdef');
+    const control = Buffer.from([3, 2, 0]);
+    const ok: Array<[number, number, Buffer]> = [stored(control), stored(Buffer.from([0])), stored(Buffer.from([1])), stored(Buffer.from('XY'))];
+    expectCorrupt(() => applyPatch(old, v2(5, 7, ok), 'bsdiff', 5)); // too many triples
+    expectCorrupt(() => applyPatch(old, v2(5, 1, [[0, 1e12, Buffer.alloc(0)], ok[1], ok[2], ok[3]]), 'bsdiff', 5)); // huge raw length
+    expectCorrupt(() => applyPatch(old, v2(5, 1, [[7, 3, control], ok[1], ok[2], ok[3]]), 'bsdiff', 5)); // unknown method
+    expectCorrupt(() => applyPatch(old, v2(5, 1, [[3, 3, control], ok[1], ok[2], ok[3]]), 'bsdiff', 5)); // CM in the control section
+    expectCorrupt(() => applyPatch(old, v2(5, 1, [ok[0], [3, 3, Buffer.alloc(8)], ok[2], ok[3]]), 'bsdiff', 5)); // CM with literals present
+    expectCorrupt(() => applyPatch(old, v2(5, 1, [ok[0], [3, 4, Buffer.alloc(8)], empty, ok[3]]), 'bsdiff', 5)); // CM length != diff length
+    expectCorrupt(() => applyPatch(old, v2(5, 1, [stored(Buffer.from([0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff])), ok[1], ok[2], ok[3]]), 'bsdiff', 5)); // varint too long
+    expectCorrupt(() => applyPatch(old, v2(5, 1, [ok[0], stored(Buffer.from([9])), ok[2], ok[3]]), 'bsdiff', 5)); // literal past the diff stream
+    expectCorrupt(() => applyPatch(old, v2(5, 1, [ok[0], ok[1], stored(Buffer.from([0])), ok[3]]), 'bsdiff', 5)); // zero literal
+    expectCorrupt(() => applyPatch(old, v2(5, 1, [ok[0], ok[1], ok[2], stored(Buffer.from('XYZ'))]), 'bsdiff', 5)); // extra too long
+    expectCorrupt(() => applyPatch(old, v2(5, 1, [ok[0], ok[1], ok[2], [2, 2, Buffer.from([1, 2, 3])]]), 'bsdiff', 5)); // damaged brotli
+    expectCorrupt(() => applyPatch(old, v2(5, 1, ok, 12345), 'bsdiff', 5)); // CRC
+    const withReserved = v2(5, 1, ok);
+    withReserved[25] = 1;
+    expectCorrupt(() => applyPatch(old, withReserved, 'bsdiff', 5));
+  });
+
+  it('garbage in a coded diff stream is bounded work and refused', () => {
+    const n = 4 << 20;
+    const old = Buffer.alloc(n, 7);
+    const control = Buffer.from([0x80, 0x80, 0x80, 0x02, 0, 0]); // x = 4 MiB, y = 0, z = 0
+    const t = Date.now();
+    expectCorrupt(() => applyPatch(old, v2(n, 1, [stored(control), [3, n, randomBytes(5000)], empty, empty]), 'bsdiff', n));
+    expect(Date.now() - t).toBeLessThan(5_000);
+  });
+});
