@@ -24,5 +24,17 @@ export interface DiffStreams {
 /** Compute the streams that turn `oldData` into `newData`. Synchronous; throws on bad input, out of memory or deadline. */
 export function diff(oldData: Uint8Array, newData: Uint8Array, opts?: DiffOptions): DiffStreams;
 
+/**
+ * The context-mixing coder of the diff stream (src/delta/bsdiffcm.ts), in C: encode `diff`
+ * given the old bytes under it (same length). Output is identical to the TypeScript coder's.
+ */
+export function cmEncode(diff: Uint8Array, oldUnder: Uint8Array): Buffer;
+
+/**
+ * Decode `oldUnder.length` diff bytes; `consumed` is how many bytes of `packed` the coder
+ * read. Throws (code 'ECORRUPT') when the coded stream ends early.
+ */
+export function cmDecode(packed: Uint8Array, oldUnder: Uint8Array): { diff: Buffer; consumed: number };
+
 /** Version of this addon and of libdivsufsort. */
 export const version: string;

@@ -16,7 +16,7 @@ import {
   encodePatch,
   _internal,
 } from './codecs';
-import { cmDecodeDiff, cmEncodeDiff, oldUnderDiff } from './bsdiffcm';
+import { cmDecodeDiff, cmEncodeDiff, cmNativeAvailable, oldUnderDiff } from './bsdiffcm';
 import { D4fsError } from '../errors';
 
 // eslint-disable-next-line @typescript-eslint/no-var-requires
@@ -248,6 +248,40 @@ describe('context-mixing diff coder', () => {
     const z = Buffer.alloc(100_000);
     const pz = cmEncodeDiff(z, randomBytes(z.length));
     expect(pz.length).toBeLessThan(200);
+  });
+
+  it('the C coder and the TypeScript coder agree bit for bit, both ways', () => {
+    expect(cmNativeAvailable()).toBe(true);
+    const { base, target } = fakeBinaries(300_000, 29);
+    const s = bsdiffStreams(base, target);
+    const rd = (o: number): number => (s.ctrl[o + 7] & 0x80 ? -1 : 1) * s.ctrl.readUIntLE(o, 6);
+    const xs: number[] = [];
+    const zs: number[] = [];
+    for (let t = 0; t < s.ctrl.length; t += 24) {
+      xs.push(rd(t));
+      zs.push(rd(t + 16));
+    }
+    const cases: [string, Buffer, Uint8Array][] = [
+      ['a real diff stream', s.diff, oldUnderDiff(base, xs, zs, s.diff.length)],
+      ['random bytes (every byte non-zero or not at random)', randomBytes(50_000), randomBytes(50_000)],
+      ['sparse random', Buffer.from(randomBytes(80_000).map((b) => (b < 20 ? b + 1 : 0))), randomBytes(80_000)],
+      ['one byte', Buffer.from([9]), Buffer.from([1])],
+      ['empty', Buffer.alloc(0), Buffer.alloc(0)],
+    ];
+    for (const [what, diff, ou] of cases) {
+      const c = cmEncodeDiff(diff, ou);
+      const t = cmEncodeDiff(diff, ou, 'typescript');
+      expect({ what, same: c.equals(t) }).toEqual({ what, same: true });
+      const byTs = cmDecodeDiff(c, ou, 'typescript');
+      const byC = cmDecodeDiff(t, ou);
+      expect({ what, ts: byTs.diff.equals(diff), c: byC.diff.equals(diff), consumed: [byTs.consumed, byC.consumed] }).toEqual({ what, ts: true, c: true, consumed: [c.length, c.length] });
+    }
+    // A coded stream cut short is refused by both, with the same error.
+    const [, diff, ou] = cases[0];
+    const cut = cmEncodeDiff(diff, ou).subarray(0, 100);
+    for (const engine of ['native', 'typescript'] as const) {
+      expect(() => cmDecodeDiff(cut, ou, engine)).toThrow(/coded diff stream ends early/);
+    }
   });
 
   it('oldUnderDiff reads outside the base as zero', () => {

@@ -22,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include "cm.h"
 
 #define MAX_INPUT ((size_t)0x7fffffff - 1)
 
@@ -400,10 +401,59 @@ static napi_value js_diff(napi_env env, napi_callback_info info) {
   return result;
 }
 
+
+/* cmEncode(diff, oldUnder) -> Buffer */
+static napi_value js_cm_encode(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 2) return throw_code(env, "EINVAL", "cmEncode(diff, oldUnder) needs two Uint8Arrays");
+  const uint8_t *diff, *ou;
+  size_t n, on;
+  if (get_bytes(env, argv[0], &diff, &n) || get_bytes(env, argv[1], &ou, &on)) return throw_code(env, "EINVAL", "cmEncode: arguments must be Uint8Arrays");
+  if (n != on) return throw_code(env, "EINVAL", "cmEncode: diff and old bytes differ in length");
+  uint8_t *out = NULL;
+  size_t len = 0;
+  int rc = cm_encode(diff, ou, n, &out, &len);
+  if (rc) return throw_code(env, "ENOMEM", "cmEncode: out of memory");
+  napi_value buf = make_buffer(env, out, len);
+  free(out);
+  return buf;
+}
+
+/* cmDecode(packed, oldUnder) -> { diff: Buffer, consumed: number } */
+static napi_value js_cm_decode(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 2) return throw_code(env, "EINVAL", "cmDecode(packed, oldUnder) needs two Uint8Arrays");
+  const uint8_t *packed, *ou;
+  size_t plen, n;
+  if (get_bytes(env, argv[0], &packed, &plen) || get_bytes(env, argv[1], &ou, &n)) return throw_code(env, "EINVAL", "cmDecode: arguments must be Uint8Arrays");
+  void *data;
+  napi_value buf;
+  if (napi_create_buffer(env, n ? n : 1, &data, &buf) != napi_ok) return throw_code(env, "ENOMEM", "cmDecode: out of memory");
+  size_t used = 0;
+  int rc = cm_decode(packed, plen, ou, n, (uint8_t *)data, &used);
+  if (rc == 1) return throw_code(env, "ECORRUPT", "bsdiff: coded diff stream ends early");
+  if (rc) return throw_code(env, "ENOMEM", "cmDecode: out of memory");
+  if (n == 0) {
+    napi_value empty;
+    if (napi_create_buffer(env, 0, &data, &empty) != napi_ok) return NULL;
+    buf = empty;
+  }
+  napi_value result, consumed;
+  if (napi_create_object(env, &result) != napi_ok || napi_create_double(env, (double)used, &consumed) != napi_ok) return NULL;
+  if (napi_set_named_property(env, result, "diff", buf) != napi_ok || napi_set_named_property(env, result, "consumed", consumed) != napi_ok) return NULL;
+  return result;
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_value fn, ver;
   if (napi_create_function(env, "diff", NAPI_AUTO_LENGTH, js_diff, NULL, &fn) != napi_ok) return NULL;
   if (napi_set_named_property(env, exports, "diff", fn) != napi_ok) return NULL;
+  if (napi_create_function(env, "cmEncode", NAPI_AUTO_LENGTH, js_cm_encode, NULL, &fn) != napi_ok) return NULL;
+  if (napi_set_named_property(env, exports, "cmEncode", fn) != napi_ok) return NULL;
+  if (napi_create_function(env, "cmDecode", NAPI_AUTO_LENGTH, js_cm_decode, NULL, &fn) != napi_ok) return NULL;
+  if (napi_set_named_property(env, exports, "cmDecode", fn) != napi_ok) return NULL;
   char v[96];
   snprintf(v, sizeof v, "bsdiff-sa 0.1.0, libdivsufsort %s", divsufsort_version());
   if (napi_create_string_utf8(env, v, NAPI_AUTO_LENGTH, &ver) != napi_ok) return NULL;

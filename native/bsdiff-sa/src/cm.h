@@ -1,0 +1,14 @@
+#ifndef D4FS_CM_H
+#define D4FS_CM_H
+#include <stddef.h>
+#include <stdint.h>
+
+/* Results: 0 ok, 1 the coded stream ends early (damaged), 2 out of memory. */
+
+/* Decode n diff bytes, given the n old bytes under them, into out (n bytes). *consumed: bytes of packed read. */
+int cm_decode(const uint8_t *packed, size_t plen, const uint8_t *ou, size_t n, uint8_t *out, size_t *consumed);
+
+/* Encode n diff bytes given the n old bytes under them; *out is malloc'ed (free it). */
+int cm_encode(const uint8_t *diff, const uint8_t *ou, size_t n, uint8_t **out, size_t *outlen);
+
+#endif
