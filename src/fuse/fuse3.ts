@@ -122,7 +122,9 @@ export class Fuse3FileSystem implements ImageFileSystem {
         if (!this.mountWaiter) return;
         this.mountWaiter = undefined;
         reject(new D4fsError('DEADLINE_EXCEEDED', `mounting ${this.mountpoint} did not complete within ${timeoutMs} ms`));
-        void this.destroy();
+        const wasMounted = this.mounted;
+        this.mounted = false;
+        void this.destroy().then(() => (wasMounted ? lazyUnmount(this.mountpoint) : undefined)).catch(() => undefined);
       }, timeoutMs);
       this.mountWaiter = {
         resolve: () => {
