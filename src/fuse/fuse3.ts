@@ -50,6 +50,8 @@ import { ImageTree, type TreeNode } from './tree';
 const KERNEL_TIMEOUT_S = 365 * 24 * 3600;
 /** How long a content stays referenced after the last read of it. */
 const HOLD_MS = 2000;
+/** At most this many contents are held (each keeps a file descriptor of the cache open). */
+const MAX_HELD = 256;
 const MOUNT_OPTIONS = 'ro,allow_other,default_permissions,suid,dev,fsname=d4fs,subtype=d4fs';
 
 const E = { ENOENT: 2, EIO: 5, ENOTDIR: 20, EISDIR: 21, EINVAL: 22, ENODATA: 61, ETIMEDOUT: 110 } as const;
@@ -365,18 +367,26 @@ export class Fuse3FileSystem implements ImageFileSystem {
     );
     held.pending.catch(() => undefined);
     this.held.set(n.ino, held);
+    if (this.held.size > MAX_HELD) this.sweep(true);
     this.sweeper ??= setInterval(() => this.sweep(), HOLD_MS / 2);
     this.sweeper.unref();
     return held;
   }
 
-  /** Releases contents nobody read for HOLD_MS. */
-  private sweep(): void {
+  /** Releases contents nobody read for HOLD_MS (`full`: every idle one, oldest first, down to half the bound). */
+  private sweep(full = false): void {
     const old = Date.now() - HOLD_MS;
     for (const [ino, h] of this.held) {
       if (h.busy > 0 || h.pending || h.lastUse > old) continue;
       this.held.delete(ino);
       h.ref?.release();
+    }
+    if (full && this.held.size > MAX_HELD / 2) {
+      const idle = [...this.held].filter(([, h]) => h.busy === 0 && !h.pending).sort((a, b) => a[1].lastUse - b[1].lastUse);
+      for (const [ino, h] of idle.slice(0, this.held.size - MAX_HELD / 2)) {
+        this.held.delete(ino);
+        h.ref?.release();
+      }
     }
     if (this.held.size === 0 && this.sweeper) {
       clearInterval(this.sweeper);
