@@ -9,7 +9,9 @@ all: build
 deps: $(NODE_STAMP)
 	@bash scripts/install-deps.sh
 
-$(NODE_STAMP): package.json package-lock.json
+# System packages first: npm ci builds the libfuse3 binding (native/fuse3) against libfuse3-dev.
+$(NODE_STAMP): package.json package-lock.json native/fuse3/binding.gyp native/fuse3/src/binding.c
+	@bash scripts/install-deps.sh
 	npm ci --no-audit --no-fund
 	@touch $@
 

@@ -22,7 +22,7 @@ import type { Logger } from 'pino';
 import { D4fsError, failedPrecondition, httpCodeOf, invalidArgument, notFound, toD4fsError, unavailable } from '../errors';
 import { ContentCache } from './cache';
 import { ChainIndex } from './chain-index';
-import { chooseBinding, createImageFileSystem, type FuseBindingName, type ImageFileSystem, type OpTimeouts } from './binding';
+import { chooseBinding, createImageFileSystem, fuse3LoadFailure, type FuseBindingName, type ImageFileSystem, type OpTimeouts } from './binding';
 import { cleanDeadMounts, d4fsMountsAt } from './mounts';
 import { FusePool } from './pool';
 import {
@@ -103,7 +103,8 @@ export class FuseManager {
     const m = new FuseManager(o, pool, cache, o.log);
     await m.restore();
     await m.listen();
-    o.log.info({ socket, binding: m.binding, mounts: m.mounts.size, cache: cache.stats() }, 'fuse manager ready');
+    const why = m.binding === 'fuse3' ? undefined : fuse3LoadFailure();
+    o.log.info({ socket, binding: m.binding, fuse3Unavailable: why, mounts: m.mounts.size, cache: cache.stats() }, 'fuse manager ready');
     return m;
   }
 
