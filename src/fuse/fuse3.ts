@@ -162,6 +162,8 @@ export class Fuse3FileSystem implements ImageFileSystem {
     }
     // Unused, the connection ends at once: wait a little for that, so the caller sees serving() settled.
     await this.waitClosed(300);
+    // Whatever is idle is let go now (not HOLD_MS later), so that the cache may collect it.
+    this.releaseIdle();
     this.log.info({ stillServing: this.alive }, 'unmounted');
   }
 
@@ -371,6 +373,15 @@ export class Fuse3FileSystem implements ImageFileSystem {
     this.sweeper ??= setInterval(() => this.sweep(), HOLD_MS / 2);
     this.sweeper.unref();
     return held;
+  }
+
+  /** Releases every held content no read is using. */
+  private releaseIdle(): void {
+    for (const [ino, h] of this.held) {
+      if (h.busy > 0 || h.pending) continue;
+      this.held.delete(ino);
+      h.ref?.release();
+    }
   }
 
   /** Releases contents nobody read for HOLD_MS (`full`: every idle one, oldest first, down to half the bound). */
