@@ -7,13 +7,15 @@
  * the next start).
  *
  *     d4fs-fuse-manager --root /var/lib/d4fs/fuse [--cache-max-bytes N]
- *                       [--threads N] [--log-level info]
+ *                       [--threads N] [--fuse-binding fuse3|fuse-native]
+ *                       [--log-level info]
  */
 // Cache reads and workers share libuv's thread pool: give it room before first use.
 process.env.UV_THREADPOOL_SIZE ??= '16';
 
 import { Command } from 'commander';
 import { exitCodeOf, invalidArgument, toD4fsError } from '../src/errors';
+import { parseBinding } from '../src/fuse/binding';
 import { FuseManager } from '../src/fuse/manager';
 import { createLogger } from '../src/snapshotter/log';
 
@@ -23,6 +25,7 @@ interface Flags {
   cacheDir?: string;
   cacheMaxBytes?: string;
   threads?: string;
+  fuseBinding?: string;
   logLevel?: string;
 }
 
@@ -42,6 +45,7 @@ async function main(argv: string[]): Promise<void> {
     .option('--cache-dir <dir>', 'content cache (default <root>/cache)')
     .option('--cache-max-bytes <n>', 'bound of the content cache (default 10 GiB)')
     .option('--threads <n>', 'worker threads (default: one per core)')
+    .option('--fuse-binding <name>', 'fuse3 (libfuse3 low-level, default when it loads) or fuse-native (libfuse2)')
     .option('--log-level <level>', 'trace, debug, info, warn, error (default info)', 'info')
     .showHelpAfterError()
     .parse(argv)
@@ -54,6 +58,7 @@ async function main(argv: string[]): Promise<void> {
     cacheDir: flags.cacheDir,
     cacheMaxBytes: positiveInt('--cache-max-bytes', flags.cacheMaxBytes),
     threads: positiveInt('--threads', flags.threads),
+    binding: flags.fuseBinding === undefined ? undefined : parseBinding(flags.fuseBinding, '--fuse-binding'),
     log,
   });
   let signals = 0;

@@ -51,7 +51,10 @@ async function main(argv: string[]): Promise<void> {
       : new FuseFileSystem({
           root: path.join(cfg.root, 'fuse'),
           log,
-          managerArgs: cfg.fuseCacheMaxBytes ? ['--cache-max-bytes', String(cfg.fuseCacheMaxBytes)] : [],
+          managerArgs: [
+            ...(cfg.fuseCacheMaxBytes ? ['--cache-max-bytes', String(cfg.fuseCacheMaxBytes)] : []),
+            ...(cfg.fuseBinding ? ['--fuse-binding', cfg.fuseBinding] : []),
+          ],
         });
   const running = await runSnapshotter(
     cfg,

@@ -1,5 +1,6 @@
 /**
- * The read-only delta filesystem of one image, served by fuse-native.
+ * The read-only delta filesystem of one image, served by fuse-native
+ * (libfuse2; the fallback binding, see ./binding.ts).
  *
  * Metadata comes from the in-memory tree (ImageTree) and is answered at once;
  * file contents come from the shared content cache, which materialises them
@@ -26,40 +27,23 @@ import type { ChainIndex } from './chain-index';
 import { Errno } from './errno';
 import { lazyUnmount } from './mounts';
 import { ImageTree } from './tree';
+import {
+  DEFAULT_OP_TIMEOUTS,
+  type ImageFileSystem,
+  type ImageFileSystemOptions,
+  KERNEL_CACHE_SECONDS,
+  type MountStats,
+  type OpTimeouts,
+} from './binding';
 
-/** Deadlines of operations that may build contents. */
-export interface OpTimeouts {
-  /** open of a file whose content must be built first (default 300 s). */
-  openMs: number;
-  /** read that must build chunks first (default 300 s). */
-  readMs: number;
-}
-
-export const DEFAULT_OP_TIMEOUTS: Readonly<OpTimeouts> = { openMs: 300_000, readMs: 300_000 };
-
-/** How long the kernel may keep attributes and entries (images are immutable). */
-const KERNEL_CACHE_SECONDS = 3600;
-
-export interface DeltaFileSystemOptions {
-  mountpoint: string;
-  chain: ChainIndex;
-  cache: ContentCache;
-  log: Logger;
-  timeouts?: Partial<OpTimeouts>;
-}
-
-/** Counters of one mount. */
-export interface MountStats {
-  opens: number;
-  reads: number;
-  errors: number;
-  openFiles: number;
-}
+export { DEFAULT_OP_TIMEOUTS, type MountStats, type OpTimeouts } from './binding';
+export type DeltaFileSystemOptions = ImageFileSystemOptions;
 
 const O_ACCMODE = 0o3;
 const O_WRITE_FLAGS = 0o1000 /* O_TRUNC */ | 0o100 /* O_CREAT */ | 0o2000; /* O_APPEND */
 
-export class DeltaFileSystem {
+export class DeltaFileSystem implements ImageFileSystem {
+  readonly binding = 'fuse-native' as const;
   readonly tree: ImageTree;
   readonly mountpoint: string;
   private readonly chain: ChainIndex;
@@ -71,7 +55,7 @@ export class DeltaFileSystem {
   private fuse?: Fuse;
   private readonly counters = { opens: 0, reads: 0, errors: 0 };
 
-  constructor(o: DeltaFileSystemOptions) {
+  constructor(o: ImageFileSystemOptions) {
     this.mountpoint = o.mountpoint;
     this.chain = o.chain;
     this.cache = o.cache;
@@ -90,7 +74,12 @@ export class DeltaFileSystem {
   }
 
   stats(): MountStats {
-    return { ...this.counters, openFiles: this.handles.size };
+    return { binding: this.binding, ...this.counters, openFiles: this.handles.size };
+  }
+
+  /** Mounted, or detached with files still open. */
+  serving(): boolean {
+    return !!this.fuse || this.handles.size > 0;
   }
 
   /** Mounts the filesystem; resolves once the kernel has initialised the connection. */

@@ -22,7 +22,7 @@ import type { Logger } from 'pino';
 import { D4fsError, failedPrecondition, httpCodeOf, invalidArgument, notFound, toD4fsError, unavailable } from '../errors';
 import { ContentCache } from './cache';
 import { ChainIndex } from './chain-index';
-import { DeltaFileSystem, type OpTimeouts } from './filesystem';
+import { chooseBinding, createImageFileSystem, fuse3LoadFailure, type FuseBindingName, type ImageFileSystem, type OpTimeouts } from './binding';
 import { cleanDeadMounts, d4fsMountsAt } from './mounts';
 import { FusePool } from './pool';
 import {
@@ -48,12 +48,14 @@ export interface FuseManagerOptions {
   /** Worker threads (default: one per core). */
   threads?: number;
   timeouts?: Partial<OpTimeouts>;
+  /** FUSE binding (default: $D4FS_FUSE_BINDING, else fuse3 when it loads, else fuse-native). */
+  binding?: FuseBindingName;
   log: Logger;
 }
 
 interface Served {
   record: MountRecord;
-  fs: DeltaFileSystem;
+  fs: ImageFileSystem;
 }
 
 const MAX_BODY = 1024 * 1024;
@@ -62,13 +64,14 @@ const FUSECTL = '/sys/fs/fuse/connections';
 export class FuseManager {
   private readonly mounts = new Map<string, Served>();
   /** Unmounted filesystems: kept serving whatever still references them (an overlay's lower dir). */
-  private readonly detached = new Set<DeltaFileSystem>();
+  private readonly detached = new Set<ImageFileSystem>();
   private readonly locks = new Map<string, Promise<unknown>>();
   private stateWrite: Promise<void> = Promise.resolve();
   private server?: http.Server;
   private stopping?: Promise<void>;
   private readonly startedAt = new Date().toISOString();
   private readonly paths: ReturnType<typeof managerPaths>;
+  readonly binding: FuseBindingName;
 
   private constructor(
     private readonly o: FuseManagerOptions,
@@ -78,6 +81,7 @@ export class FuseManager {
   ) {
     this.paths = managerPaths(o.root);
     if (o.socket) this.paths.socket = o.socket;
+    this.binding = chooseBinding(o.binding);
   }
 
   /**
@@ -99,7 +103,8 @@ export class FuseManager {
     const m = new FuseManager(o, pool, cache, o.log);
     await m.restore();
     await m.listen();
-    o.log.info({ socket, mounts: m.mounts.size, cache: cache.stats() }, 'fuse manager ready');
+    const why = m.binding === 'fuse3' ? undefined : fuse3LoadFailure();
+    o.log.info({ socket, binding: m.binding, fuse3Unavailable: why, mounts: m.mounts.size, cache: cache.stats() }, 'fuse manager ready');
     return m;
   }
 
@@ -129,7 +134,7 @@ export class FuseManager {
       if (chain.imageId !== req.imageId) {
         throw failedPrecondition(`the chain ${req.chain.join(' → ')} leads to image ${chain.imageId}, not ${req.imageId}`);
       }
-      const fs = new DeltaFileSystem({ mountpoint: mp, chain, cache: this.cache, log: this.log, timeouts: this.o.timeouts });
+      const fs = createImageFileSystem(this.binding, { mountpoint: mp, chain, cache: this.cache, log: this.log, timeouts: this.o.timeouts });
       await fs.mount();
       const record: MountRecord = { mountpoint: mp, chain: [...req.chain], imageId: req.imageId, mountedAt: new Date().toISOString() };
       this.mounts.set(mp, { record, fs });
@@ -171,11 +176,11 @@ export class FuseManager {
   }
 
   ping(): PingReply {
-    return { version: PROTOCOL_VERSION, pid: process.pid, startedAt: this.startedAt, mounts: this.mounts.size };
+    return { version: PROTOCOL_VERSION, pid: process.pid, startedAt: this.startedAt, mounts: this.mounts.size, binding: this.binding };
   }
 
   stats(): StatsReply {
-    for (const fs of this.detached) if (fs.stats().openFiles === 0) this.detached.delete(fs);
+    for (const fs of this.detached) if (!fs.serving()) this.detached.delete(fs);
     return {
       cache: this.cache.stats(),
       mounts: [...this.mounts.values()].map((s) => ({ mountpoint: s.record.mountpoint, imageId: s.record.imageId, ...s.fs.stats() })),
@@ -210,7 +215,7 @@ export class FuseManager {
 
   /** Removes the cached contents that no mounted or detached (still referenced) image holds. */
   private collectCache(): void {
-    for (const fs of this.detached) if (fs.stats().openFiles === 0) this.detached.delete(fs);
+    for (const fs of this.detached) if (!fs.serving()) this.detached.delete(fs);
     const serving = [...[...this.mounts.values()].map((s) => s.fs), ...this.detached];
     const removed = this.cache.collect((hex) => serving.some((fs) => fs.holds(hex)));
     if (removed > 0) this.log.info({ removed, cache: this.cache.stats() }, 'collected cached contents of unmounted images');
@@ -221,7 +226,7 @@ export class FuseManager {
     if (cur) {
       this.mounts.delete(mp);
       if ((await d4fsMountsAt(mp)).length > 0) await cur.fs.unmount();
-      if (cur.fs.stats().openFiles > 0) this.detached.add(cur.fs);
+      if (cur.fs.serving()) this.detached.add(cur.fs);
     }
     // Leftovers of a dead predecessor, or of a failed unmount.
     await cleanDeadMounts(mp);

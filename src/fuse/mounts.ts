@@ -11,7 +11,7 @@ import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { D4fsError } from '../errors';
 
-/** Filesystem type of d4fs mounts (fuse-native's "fuse." + subtype). */
+/** Filesystem type of d4fs mounts ("fuse." + subtype, with either binding). */
 export const D4FS_FSTYPE = 'fuse.d4fs';
 const FUSECTL = '/sys/fs/fuse/connections';
 
@@ -70,7 +70,8 @@ export async function abortConnection(m: MountInfo): Promise<boolean> {
 /**
  * Detaches every d4fs mount at `mountpoint` (all of them dead or unwanted):
  * abort the connection if fusectl allows, then `umount -l -c`, falling back
- * to `fusermount -u -z`. Resolves with the number of mounts removed.
+ * to `fusermount3 -u -z` (or libfuse2's `fusermount`). Resolves with the
+ * number of mounts removed.
  */
 export async function cleanDeadMounts(mountpoint: string, timeoutMs = 10_000): Promise<number> {
   let removed = 0;
@@ -105,6 +106,10 @@ export function lazyUnmount(mountpoint: string, timeoutMs = 20_000): Promise<voi
   return run('umount', ['-l', '-c', mountpoint], timeoutMs);
 }
 
-function fusermountLazy(mountpoint: string, timeoutMs: number): Promise<void> {
-  return run('fusermount', ['-u', '-z', mountpoint], timeoutMs);
+async function fusermountLazy(mountpoint: string, timeoutMs: number): Promise<void> {
+  try {
+    await run('fusermount3', ['-u', '-z', mountpoint], timeoutMs);
+  } catch {
+    await run('fusermount', ['-u', '-z', mountpoint], timeoutMs);
+  }
 }

@@ -17,7 +17,7 @@ import os from 'node:os';
 import path from 'node:path';
 import type { ErrorKind } from '../errors';
 import type { CacheStats } from './cache';
-import type { MountStats } from './filesystem';
+import type { FuseBindingName, MountStats } from './binding';
 
 export const PROTOCOL_VERSION = 1;
 
@@ -57,6 +57,8 @@ export interface PingReply {
   pid: number;
   startedAt: string;
   mounts: number;
+  /** The FUSE binding serving the mounts (absent from managers before it was reported). */
+  binding?: FuseBindingName;
 }
 
 export interface CheckReply {

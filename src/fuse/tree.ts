@@ -32,7 +32,7 @@ const TYPE_BITS: Record<FileType, number> = {
 const DIR_SIZE = 4096;
 const BLOCK_SIZE = 4096;
 
-/** Linux's dev_t encoding (glibc gnu_dev_makedev), truncated to the 32 bits fuse-native carries. */
+/** Linux's dev_t encoding (glibc gnu_dev_makedev), truncated to the 32 bits FUSE carries. */
 export function makeDev(major: number, minor: number): number {
   const v = (minor & 0xff) | ((major & 0xfff) << 8) | ((minor & ~0xff) << 12);
   return v >>> 0;
@@ -51,13 +51,118 @@ export interface TreeNode {
   readonly xattrs: ReadonlyMap<string, Buffer>;
 }
 
-/** A read-only tree addressed by FUSE paths ("/", "/usr/bin/env"). */
+/**
+ * Layout of the stat record the fuse3 binding takes (a Float64Array; every
+ * field an exact integer): nanosecond times, our inode numbers.
+ */
+export const STAT_FIELDS = 15;
+
+/** A read-only tree addressed by FUSE paths ("/", "/usr/bin/env") or by inode number. */
 export class ImageTree {
+  /** Nodes by inode number (hard links' own index slots stay empty). */
+  private readonly byIno: (TreeNode | undefined)[] = [];
+  /** Parent directory of each directory, by inode (the root is its own parent). */
+  private readonly parentOf = new Map<number, TreeNode>();
+  /** Children by name of each directory, built on first lookup. */
+  private readonly childMaps = new Map<number, Map<string, TreeNode>>();
+  private readonly stats64 = new Map<number, Float64Array>();
+  /** Every extended attribute name some inode carries. */
+  readonly xattrNames: string[];
+
   private constructor(
     private readonly byPath: Map<string, TreeNode>,
     /** Totals for statfs. */
     readonly totals: { entries: number; bytes: number },
-  ) {}
+  ) {
+    const names = new Set<string>();
+    for (const [p, node] of byPath) {
+      this.byIno[node.ino] = node;
+      for (const n of node.xattrs.keys()) names.add(n);
+      if (node.children) {
+        const parent = p === '/' ? node : byPath.get(p.slice(0, p.lastIndexOf('/')) || '/');
+        if (parent) this.parentOf.set(node.ino, parent);
+      }
+    }
+    this.xattrNames = [...names].sort();
+  }
+
+  /** The node of inode `ino`, or undefined. */
+  node(ino: number): TreeNode | undefined {
+    return this.byIno[ino];
+  }
+
+  /** The child `name` of directory inode `dir`; undefined when absent (or `dir` is not a directory). */
+  child(dir: TreeNode, name: string): TreeNode | undefined {
+    if (!dir.children) return undefined;
+    let m = this.childMaps.get(dir.ino);
+    if (!m) {
+      m = new Map();
+      const prefix = this.pathOf(dir);
+      for (const c of dir.children) {
+        const n = this.byPath.get(prefix + c);
+        if (n) m.set(c, n);
+      }
+      this.childMaps.set(dir.ino, m);
+    }
+    return m.get(name);
+  }
+
+  /** The parent of directory `dir` (the root's is itself). */
+  parent(dir: TreeNode): TreeNode {
+    return this.parentOf.get(dir.ino) ?? dir;
+  }
+
+  /** The FUSE path prefix of a directory's children ("/" or "/usr/"). */
+  private pathOf(dir: TreeNode): string {
+    return dir.entry.path === '' ? '/' : `/${dir.entry.path}/`;
+  }
+
+  /**
+   * The stat record of `node` for the fuse3 binding: ino, mode, nlink, uid,
+   * gid, rdev, size, blocks, blksize, then atime, mtime, ctime as seconds and
+   * nanoseconds (all the entry's mtime, as the image records one time).
+   */
+  stat64(node: TreeNode): Float64Array {
+    let a = this.stats64.get(node.ino);
+    if (!a) {
+      const s = node.stat;
+      const e = node.entry;
+      a = new Float64Array([s.ino, s.mode, s.nlink, s.uid, s.gid, s.rdev ?? 0, s.size, s.blocks ?? 0, s.blksize ?? BLOCK_SIZE,
+        e.mtimeSec, e.mtimeNsec, e.mtimeSec, e.mtimeNsec, e.mtimeSec, e.mtimeNsec]);
+      this.stats64.set(node.ino, a);
+    }
+    return a;
+  }
+
+  /**
+   * The listing of directory `dir` encoded for the fuse3 binding's replyDir:
+   * per entry ("." and ".." first) u32 record length, u32 name length, the
+   * stat record, the name and a NUL, padded to 8 bytes.
+   */
+  encodeListing(dir: TreeNode): Buffer {
+    const names = ['.', '..'];
+    const nodes = [dir, this.parent(dir)];
+    for (const c of dir.children ?? []) {
+      const n = this.child(dir, c);
+      if (!n) continue;
+      names.push(c);
+      nodes.push(n);
+    }
+    const head = 8 + 8 * STAT_FIELDS;
+    const encoded = names.map((n) => Buffer.from(n, 'utf8'));
+    const lens = encoded.map((b) => (head + b.length + 1 + 7) & ~7);
+    const out = Buffer.alloc(lens.reduce((a, b) => a + b, 0));
+    let off = 0;
+    encoded.forEach((name, i) => {
+      out.writeUInt32LE(lens[i], off);
+      out.writeUInt32LE(name.length, off + 4);
+      const st = this.stat64(nodes[i]);
+      for (let f = 0; f < STAT_FIELDS; f++) out.writeDoubleLE(st[f], off + 8 + 8 * f);
+      name.copy(out, off + head);
+      off += lens[i];
+    });
+    return out;
+  }
 
   /** Builds the tree of `index` (already validated by the reader). */
   static fromIndex(index: Index): ImageTree {

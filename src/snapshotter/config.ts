@@ -12,10 +12,12 @@
  *     upperdir_label = false            # report containerd.io/snapshot/overlay.upperdir
  *     fuse = true                       # serve d4fs images through the FUSE manager
  *     fuse_cache_max_bytes = 10737418240  # bound of the FUSE content cache
+ *     fuse_binding = "fuse3"            # or "fuse-native" (libfuse2 fallback); default fuse3 when it loads
  */
 import fs from 'node:fs';
 import path from 'node:path';
 import { parse as parseToml } from 'smol-toml';
+import { type FuseBindingName, parseBinding } from '../fuse/binding';
 import { invalidArgument } from '../errors';
 
 export interface SnapshotterConfig {
@@ -29,6 +31,8 @@ export interface SnapshotterConfig {
   fuse?: boolean;
   /** Bound of the FUSE manager's content cache in bytes (default 10 GiB). */
   fuseCacheMaxBytes?: number;
+  /** FUSE binding of the FUSE manager (default: fuse3 when it loads, else fuse-native). */
+  fuseBinding?: FuseBindingName;
 }
 
 export const DEFAULT_CONFIG: Readonly<SnapshotterConfig> = {
@@ -95,6 +99,9 @@ export function loadConfigFile(file: string): Partial<SnapshotterConfig> {
         out.fuseCacheMaxBytes = n;
         break;
       }
+      case 'fuse_binding':
+        out.fuseBinding = parseBinding(expect<string>(file, key, value, 'string'), `${file}: fuse_binding`);
+        break;
       default:
         throw invalidArgument(`${file}: unknown key ${JSON.stringify(key)}`);
     }

@@ -1,0 +1,124 @@
+/**
+ * The one small interface between the FUSE manager and the filesystem of one
+ * image, and the choice of the FUSE binding that serves it:
+ *
+ *  - `fuse3` (default when it loads): d4fs's own Node-API binding of
+ *    libfuse3's low-level API (native/fuse3). Inode-based; tells the kernel
+ *    it needs no open/opendir, so warm reads of cached files never leave the
+ *    kernel; nanosecond timestamps. See ./fuse3.ts.
+ *  - `fuse-native`: libfuse2's high-level API through fuse-native; every
+ *    open and release is a round trip to JavaScript; millisecond timestamps.
+ *    See ./filesystem.ts. The fallback, and selectable by configuration.
+ *
+ * Selection: the manager's `binding` option (`--fuse-binding`, config
+ * `fuse_binding`), else $D4FS_FUSE_BINDING, else fuse3 when its addon loads,
+ * else fuse-native.
+ */
+import type { Logger } from 'pino';
+import { invalidArgument } from '../errors';
+import type { ContentCache } from './cache';
+import type { ChainIndex } from './chain-index';
+
+export type FuseBindingName = 'fuse3' | 'fuse-native';
+export const FUSE_BINDINGS: readonly FuseBindingName[] = ['fuse3', 'fuse-native'];
+
+/** Deadlines of operations that may build contents. */
+export interface OpTimeouts {
+  /** open (fuse-native) or first read (fuse3) of a file whose content must be built first (default 300 s). */
+  openMs: number;
+  /** read that must build chunks first (default 300 s). */
+  readMs: number;
+}
+
+export const DEFAULT_OP_TIMEOUTS: Readonly<OpTimeouts> = { openMs: 300_000, readMs: 300_000 };
+
+/** How long the kernel may keep attributes and entries, in seconds (images are immutable). */
+export const KERNEL_CACHE_SECONDS = 3600;
+
+export interface ImageFileSystemOptions {
+  mountpoint: string;
+  chain: ChainIndex;
+  cache: ContentCache;
+  log: Logger;
+  timeouts?: Partial<OpTimeouts>;
+}
+
+/** Counters of one mount. */
+export interface MountStats {
+  binding: FuseBindingName;
+  /** OPEN requests the kernel sent (fuse3: one at most, answered "no open needed"). */
+  opens: number;
+  /** READ requests. */
+  reads: number;
+  errors: number;
+  /** Contents held open for the mount (fuse-native: open files; fuse3: contents read in the last moments). */
+  openFiles: number;
+  /** Every request kind the kernel sent (fuse3 only). */
+  requests?: Record<string, number>;
+}
+
+/** The filesystem of one image, as the FUSE manager uses it. */
+export interface ImageFileSystem {
+  readonly mountpoint: string;
+  readonly imageId: string;
+  readonly binding: FuseBindingName;
+  /** Mounts; resolves once the kernel has initialised the connection. */
+  mount(timeoutMs?: number): Promise<void>;
+  /** Detaches the mount lazily: whatever still uses it (an overlay's lower dir) keeps being served. */
+  unmount(timeoutMs?: number): Promise<void>;
+  /** True while the kernel may still send requests (mounted, or detached but in use). */
+  serving(): boolean;
+  /** True when the image's chain stores content `hex` (sha256 hex), itself or as a patch base. */
+  holds(hex: string): boolean;
+  stats(): MountStats;
+}
+
+let fuse3LoadError: Error | undefined;
+let fuse3Loaded: boolean | undefined;
+
+/** Whether d4fs's libfuse3 binding loads here (why not: fuse3LoadFailure()). */
+export function fuse3Available(): boolean {
+  if (fuse3Loaded === undefined) {
+    try {
+      require('d4fs-fuse3');
+      fuse3Loaded = true;
+    } catch (e) {
+      fuse3LoadError = e as Error;
+      fuse3Loaded = false;
+    }
+  }
+  return fuse3Loaded;
+}
+
+export function fuse3LoadFailure(): string | undefined {
+  fuse3Available();
+  return fuse3LoadError?.message;
+}
+
+/** Parses a binding name (from a flag, a config file or the environment). */
+export function parseBinding(v: string, what = 'FUSE binding'): FuseBindingName {
+  if ((FUSE_BINDINGS as readonly string[]).includes(v)) return v as FuseBindingName;
+  throw invalidArgument(`${what} must be one of ${FUSE_BINDINGS.join(', ')}, got ${JSON.stringify(v)}`);
+}
+
+/** The binding to use: `wanted`, else $D4FS_FUSE_BINDING, else fuse3 when it loads, else fuse-native. */
+export function chooseBinding(wanted?: FuseBindingName): FuseBindingName {
+  const env = process.env.D4FS_FUSE_BINDING;
+  const choice = wanted ?? (env ? parseBinding(env, 'D4FS_FUSE_BINDING') : undefined);
+  if (choice === 'fuse3' && !fuse3Available()) {
+    throw invalidArgument(`the fuse3 binding was asked for but does not load: ${fuse3LoadFailure()}`);
+  }
+  return choice ?? (fuse3Available() ? 'fuse3' : 'fuse-native');
+}
+
+/** A filesystem of `binding` for one image (not mounted yet). */
+export function createImageFileSystem(binding: FuseBindingName, o: ImageFileSystemOptions): ImageFileSystem {
+  if (binding === 'fuse3') {
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    const { Fuse3FileSystem } = require('./fuse3') as typeof import('./fuse3');
+    return new Fuse3FileSystem(o);
+  }
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  const { DeltaFileSystem } = require('./filesystem') as typeof import('./filesystem');
+  return new DeltaFileSystem(o);
+}

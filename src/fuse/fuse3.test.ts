@@ -1,0 +1,314 @@
+/**
+ * The libfuse3 binding (native/fuse3 + ./fuse3.ts), mounted in this process
+ * on a small hand-made image. This thread answers the requests, and reading
+ * the cache needs libuv's thread pool: accesses from here are asynchronous and
+ * few at a time (a pool full of reads of our own mount would wait for itself);
+ * concurrent ones come from child processes.
+ *
+ * Needs root and /dev/fuse (the suite fails, loudly, without them).
+ */
+import { execFile } from 'node:child_process';
+import { createHash, randomBytes } from 'node:crypto';
+import { promises as fsp, readFileSync } from 'node:fs';
+import path from 'node:path';
+import { promisify } from 'node:util';
+import pino from 'pino';
+import { convertImage } from '../convert/convert';
+import { CdimgReader } from '../format/reader';
+import { WorkerPool } from '../workers/pool';
+import { buildDirImage } from '../../test/fixtures/debimages';
+import { ContentCache } from './cache';
+import { ChainIndex } from './chain-index';
+import { Fuse3FileSystem } from './fuse3';
+import { FusePool } from './pool';
+
+jest.setTimeout(120_000);
+const run = promisify(execFile);
+
+const BIG = 9 * 1024 * 1024 + 4321;
+const NS_FILE = 1_600_000_000_123_456_789n;
+const NS_DIR = 1_400_000_000_500_000_000n;
+
+function fuseMountsAt(mp: string): string[] {
+  return readFileSync('/proc/self/mountinfo', 'utf8')
+    .split('\n')
+    .filter((l) => l.split(' ')[4] === mp && l.includes(' - fuse.d4fs '));
+}
+
+async function errCode(p: Promise<unknown>): Promise<string> {
+  try {
+    await p;
+    return '';
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code ?? String(e);
+  }
+}
+
+async function eventually(fn: () => boolean | Promise<boolean>, ms: number, what: string): Promise<void> {
+  const end = Date.now() + ms;
+  while (!(await fn())) {
+    if (Date.now() > end) throw new Error(`${what}: not within ${ms} ms`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+describe('fuse3 binding: a small image mounted in this process', () => {
+  let dir: string;
+  let mp: string;
+  let big: Buffer;
+  let cdimg: string;
+  let pool: FusePool;
+  let cache: ContentCache;
+  let chain: ChainIndex;
+  let fs3: Fuse3FileSystem;
+  const log = pino({ level: 'silent' });
+  const at = (rel: string) => path.join(mp, rel);
+
+  beforeAll(async () => {
+    dir = await fsp.mkdtemp('/tmp/d4fs-fuse3-');
+    const src = path.join(dir, 'src');
+    for (const d of ['bin', 'data/deep', 'dev', 'empty-dir']) await fsp.mkdir(path.join(src, d), { recursive: true });
+    await fsp.writeFile(path.join(src, 'data/hello'), 'hello, fuse3\n');
+    await fsp.link(path.join(src, 'data/hello'), path.join(src, 'data/deep/hello-again'));
+    await fsp.writeFile(path.join(src, 'data/empty'), '');
+    big = randomBytes(BIG);
+    await fsp.writeFile(path.join(src, 'data/big.bin'), big);
+    await fsp.writeFile(path.join(src, 'bin/tool'), randomBytes(5000), { mode: 0o4755 });
+    await fsp.chmod(path.join(src, 'bin/tool'), 0o4755);
+    await run('setcap', ['cap_net_raw+ep', path.join(src, 'bin/tool')]);
+    await run('setfattr', ['-n', 'user.note', '-v', 'kept', path.join(src, 'data/hello')]);
+    await fsp.symlink('../data/hello', path.join(src, 'bin/link'));
+    await run('mknod', ['-m', '0640', path.join(src, 'dev/loop9'), 'b', '7', '9']);
+    for (let i = 0; i < 300; i++) await fsp.writeFile(path.join(src, 'data/deep', `f${String(i).padStart(3, '0')}-${'x'.repeat(40)}`), `${i}\n`);
+    await run('touch', ['-h', '-d', '@1600000000.123456789', path.join(src, 'data/hello'), path.join(src, 'bin/link')]);
+    await run('touch', ['-d', '@1400000000.5', path.join(src, 'data/deep'), path.join(src, 'data')]);
+    const img = await buildDirImage([src], { layout: path.join(dir, 'layout'), tag: 'small' });
+    cdimg = path.join(dir, 'small.cdimg');
+    const wp = new WorkerPool(2);
+    try {
+      await convertImage({ ref: img.ref, output: cdimg, pool: wp });
+    } finally {
+      await wp.close();
+    }
+    pool = new FusePool(2);
+    cache = await ContentCache.open({ dir: path.join(dir, 'cache'), pool, log });
+    chain = await ChainIndex.open([cdimg]);
+    mp = path.join(dir, 'mnt');
+    await fsp.mkdir(mp);
+    fs3 = new Fuse3FileSystem({ mountpoint: mp, chain, cache, log });
+    await fs3.mount();
+  });
+
+  afterAll(async () => {
+    await fs3?.unmount().catch(() => undefined);
+    await fs3?.destroy().catch(() => undefined);
+    await pool?.close();
+    if (dir) {
+      for (const line of readFileSync('/proc/self/mountinfo', 'utf8').split('\n')) {
+        const m = line.split(' ')[4];
+        if (m && m.startsWith(dir)) await run('umount', ['-l', '-c', m]).catch(() => undefined);
+      }
+      await fsp.rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  test('mounted as fuse.d4fs, read-only, allow_other, suid and dev kept', () => {
+    const lines = fuseMountsAt(mp);
+    expect(lines).toHaveLength(1);
+    const [pre, post] = lines[0].split(' - ');
+    const mountOpts = pre.split(' ')[5].split(',');
+    expect(mountOpts).toContain('ro');
+    expect(mountOpts).not.toContain('nosuid');
+    expect(mountOpts).not.toContain('nodev');
+    expect(post).toMatch(/^fuse\.d4fs d4fs .*allow_other/);
+    expect(post).toMatch(/default_permissions/);
+  });
+
+  test('lookup and stat: modes, owners, nanosecond mtimes, device numbers, sizes', async () => {
+    const st = await fsp.stat(at('data/hello'), { bigint: true });
+    expect(st.isFile()).toBe(true);
+    expect(st.size).toBe(13n);
+    expect(st.mtimeNs).toBe(NS_FILE);
+    const dst = await fsp.stat(at('data/deep'), { bigint: true });
+    expect(dst.isDirectory()).toBe(true);
+    expect(dst.mtimeNs).toBe(NS_DIR);
+    const lst = await fsp.lstat(at('bin/link'), { bigint: true });
+    expect(lst.isSymbolicLink()).toBe(true);
+    expect(lst.mtimeNs).toBe(NS_FILE);
+    const tool = await fsp.stat(at('bin/tool'));
+    expect(tool.mode & 0o7777).toBe(0o4755);
+    expect(tool.uid).toBe(0);
+    const dev = await fsp.stat(at('dev/loop9'));
+    expect(dev.isBlockDevice()).toBe(true);
+    expect([Math.floor(dev.rdev / 256), dev.rdev % 256]).toEqual([7, 9]);
+    expect((await fsp.stat(mp)).ino).toBe(1);
+  });
+
+  test('ENOENT for missing names (also cached negative entries), ENOTDIR below a file', async () => {
+    expect(await errCode(fsp.stat(at('data/nope')))).toBe('ENOENT');
+    const before = fs3.stats().requests!.lookup;
+    expect(await errCode(fsp.stat(at('data/nope')))).toBe('ENOENT');
+    expect(fs3.stats().requests!.lookup).toBe(before); // the kernel kept the negative entry
+    expect(await errCode(fsp.stat(at('data/hello/x')))).toBe('ENOTDIR');
+  });
+
+  test('hard links share one inode and its link count', async () => {
+    const [a, b] = [await fsp.stat(at('data/hello')), await fsp.stat(at('data/deep/hello-again'))];
+    expect(a.ino).toBe(b.ino);
+    expect(a.nlink).toBe(2);
+    expect(b.nlink).toBe(2);
+    expect(await fsp.readFile(at('data/deep/hello-again'), 'utf8')).toBe('hello, fuse3\n');
+  });
+
+  test('readdir lists every entry with its stats (readdirplus), continuing across buffers', async () => {
+    const names = await fsp.readdir(at('data/deep'));
+    expect(names).toHaveLength(301);
+    expect(names).toContain('hello-again');
+    const req0 = fs3.stats().requests!;
+    expect(req0.readdirplus).toBeGreaterThanOrEqual(2); // 301 long names do not fit one 4 KiB buffer
+    expect(req0.readdir).toBe(0);
+    // Readdirplus handed the kernel every child's attributes: stat needs no lookup or getattr.
+    const sts = await Promise.all(names.map((n) => fsp.stat(path.join(at('data/deep'), n))));
+    expect(sts.filter((s) => s.isFile())).toHaveLength(301);
+    const req1 = fs3.stats().requests!;
+    expect(req1.lookup - req0.lookup).toBe(0);
+    expect(req1.getattr - req0.getattr).toBe(0);
+    const root = await fsp.readdir(mp, { withFileTypes: true });
+    expect(root.map((d) => `${d.name}:${d.isDirectory()}`).sort()).toEqual(['bin:true', 'data:true', 'dev:true', 'empty-dir:true']);
+    expect(await fsp.readdir(at('empty-dir'))).toEqual([]);
+  });
+
+  test('symlinks: readlink and following', async () => {
+    expect(await fsp.readlink(at('bin/link'))).toBe('../data/hello');
+    expect(await fsp.readFile(at('bin/link'), 'utf8')).toBe('hello, fuse3\n');
+    expect(await errCode(fsp.readlink(at('data/hello')))).toBe('EINVAL');
+  });
+
+  test('xattrs: values, lists, capabilities; overlayfs names answered ENODATA without a round trip', async () => {
+    const { stdout } = await run('getfattr', ['--absolute-names', '-d', '-m', '-', at('data/hello')]);
+    expect(stdout).toContain('user.note="kept"');
+    const caps = await run('getcap', [at('bin/tool')]);
+    expect(caps.stdout).toContain('cap_net_raw=ep');
+    const fast0 = fs3.stats().requests!.getxattrFast;
+    const r = await run('getfattr', ['--absolute-names', '-n', 'trusted.overlay.opaque', at('data')]).catch((e: { stderr: string }) => e);
+    expect((r as { stderr: string }).stderr).toMatch(/No such attribute/);
+    expect(fs3.stats().requests!.getxattrFast).toBe(fast0 + 1);
+    const none = await run('getfattr', ['--absolute-names', '-d', '-m', '-', at('data/empty')]);
+    expect(none.stdout.trim()).toBe('');
+  });
+
+  test('a big file: concurrent cold reads from other processes, then whole', async () => {
+    // Eight readers at once, each a range in another chunk (chunks build concurrently).
+    const py = 'import sys,hashlib; f=open(sys.argv[1],"rb"); f.seek(int(sys.argv[2])); print(hashlib.sha256(f.read(int(sys.argv[3]))).hexdigest())';
+    const ranges = Array.from({ length: 8 }, (_, i) => ({ pos: Math.floor((i * BIG) / 8) + 777 * i, len: 300_000 + i * 1000 }));
+    const before = fs3.stats().reads;
+    const got = await Promise.all(ranges.map((r) => run('python3', ['-c', py, at('data/big.bin'), String(r.pos), String(r.len)]).then((o) => o.stdout.trim())));
+    expect(got).toEqual(ranges.map((r) => createHash('sha256').update(big.subarray(r.pos, r.pos + r.len)).digest('hex')));
+    expect(fs3.stats().reads - before).toBeGreaterThanOrEqual(8);
+    expect(fs3.stats().requests!.outstanding).toBe(0);
+    const whole = await fsp.readFile(at('data/big.bin'));
+    expect(createHash('sha256').update(whole).digest('hex')).toBe(createHash('sha256').update(big).digest('hex'));
+    expect(await fsp.readFile(at('data/empty'))).toHaveLength(0);
+  });
+
+  test('warm reads: no OPEN after the first, and the page cache is kept across opens', async () => {
+    await fsp.readFile(at('data/hello'));
+    const s0 = fs3.stats();
+    for (let i = 0; i < 200; i++) expect(await fsp.readFile(at('data/hello'), 'utf8')).toBe('hello, fuse3\n');
+    const whole = await fsp.readFile(at('data/big.bin'));
+    expect(whole.equals(big)).toBe(true);
+    const s1 = fs3.stats();
+    expect(s1.opens).toBeLessThanOrEqual(1); // the kernel asked once, was told "no open needed"
+    expect(s1.requests!.opendir).toBeLessThanOrEqual(1);
+    expect(s1.requests!.release).toBe(0);
+    expect(s1.reads).toBe(s0.reads); // served from the page cache
+    expect(s1.requests!.outstanding).toBe(0);
+  });
+
+  test('contents read are held only briefly and boundedly (each holds a cache file descriptor)', async () => {
+    const names = await fsp.readdir(at('data/deep'));
+    const texts: string[] = [];
+    let most = 0;
+    for (const n of names.filter((x) => x.startsWith('f'))) {
+      texts.push(await fsp.readFile(path.join(at('data/deep'), n), 'utf8'));
+      most = Math.max(most, fs3.stats().openFiles);
+    }
+    expect(texts).toHaveLength(300);
+    expect(most).toBeGreaterThan(100); // held after their reads…
+    expect(texts[7]).toBe('7\n');
+    expect(most).toBeLessThanOrEqual(257); // …but never more than the bound
+    await eventually(() => fs3.stats().openFiles === 0, 10_000, 'held contents let go');
+  });
+
+  test('writes are refused with EROFS', async () => {
+    expect(await errCode(fsp.writeFile(at('data/hello'), 'x'))).toBe('EROFS');
+    expect(await errCode(fsp.writeFile(at('data/new'), 'x'))).toBe('EROFS');
+    expect(await errCode(fsp.mkdir(at('newdir')))).toBe('EROFS');
+    expect(await errCode(fsp.unlink(at('data/hello')))).toBe('EROFS');
+    expect(await errCode(fsp.chmod(at('data/hello'), 0o600))).toBe('EROFS');
+    expect(await errCode(fsp.rename(at('data/hello'), at('data/h2')))).toBe('EROFS');
+  });
+
+  test('statfs: a full read-only filesystem', async () => {
+    const s = await fsp.statfs(mp);
+    expect(s.bfree).toBe(0);
+    expect(s.blocks).toBeGreaterThanOrEqual(Math.floor(BIG / 4096));
+  });
+
+  test('a read that waits for a build past its deadline gets ETIMEDOUT; damaged content gives EIO', async () => {
+    const mp2 = path.join(dir, 'mnt-deadline');
+    await fsp.mkdir(mp2);
+    const cache2 = await ContentCache.open({ dir: path.join(dir, 'cache2'), pool, log });
+    const slow = new Fuse3FileSystem({ mountpoint: mp2, chain, cache: cache2, log, timeouts: { openMs: 1, readMs: 1 } });
+    await slow.mount();
+    try {
+      expect(await errCode(fsp.readFile(path.join(mp2, 'data/big.bin')))).toBe('ETIMEDOUT');
+      expect(slow.stats().errors).toBeGreaterThanOrEqual(1);
+    } finally {
+      await slow.unmount();
+    }
+    await eventually(() => !slow.serving(), 5000, 'the deadline mount ends');
+
+    // A chain whose blob bytes are damaged: that file reads EIO, the rest is served.
+    const bad = path.join(dir, 'bad.cdimg');
+    const bytes = await fsp.readFile(cdimg);
+    const r = await CdimgReader.open(cdimg);
+    const chunks = r.blob(r.byPath.get('data/big.bin')!.digest)!.chunks;
+    await r.close();
+    expect(chunks.length).toBeGreaterThan(1);
+    // Flip one byte in the middle of the big file's first stored chunk.
+    bytes[chunks[0].offset + Math.floor(chunks[0].storedSize / 2)] ^= 0x40;
+    await fsp.writeFile(bad, bytes);
+    const mp3 = path.join(dir, 'mnt-bad');
+    await fsp.mkdir(mp3);
+    const cache3 = await ContentCache.open({ dir: path.join(dir, 'cache3'), pool, log });
+    const damaged = new Fuse3FileSystem({ mountpoint: mp3, chain: await ChainIndex.open([bad]), cache: cache3, log });
+    await damaged.mount();
+    try {
+      expect(await errCode(fsp.readFile(path.join(mp3, 'data/big.bin')))).toBe('EIO');
+      expect(await fsp.readFile(path.join(mp3, 'data/hello'), 'utf8')).toBe('hello, fuse3\n');
+    } finally {
+      await damaged.unmount();
+    }
+  });
+
+  test('unmount while busy: an open file keeps working until closed, then the session ends; nothing stays mounted', async () => {
+    const fh = await fsp.open(at('data/big.bin'), 'r');
+    const dh = await fsp.opendir(at('data/deep'));
+    await fs3.unmount();
+    expect(fuseMountsAt(mp)).toEqual([]);
+    expect(fs3.serving()).toBe(true); // detached, still in use
+    const buf = Buffer.alloc(65536);
+    const { bytesRead } = await fh.read(buf, 0, buf.length, BIG - 1000);
+    expect(bytesRead).toBe(1000);
+    expect(buf.subarray(0, 1000).equals(big.subarray(BIG - 1000))).toBe(true);
+    let n = 0;
+    for await (const _ of dh) n++;
+    expect(n).toBe(301);
+    await fh.close();
+    await eventually(() => !fs3.serving(), 10_000, 'the session ends once the last user closed');
+    expect(fs3.stats().openFiles).toBe(0);
+    const left = readFileSync('/proc/self/mountinfo', 'utf8').split('\n').filter((l) => l.includes(dir));
+    expect(left).toEqual([]);
+  });
+});

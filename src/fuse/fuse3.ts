@@ -1,0 +1,413 @@
+/**
+ * The read-only delta filesystem of one image, served through d4fs's own
+ * binding of libfuse3's low-level API (native/fuse3; the default binding,
+ * see ./binding.ts).
+ *
+ * The kernel addresses inodes, not paths: inode numbers are the tree's
+ * (hard links share one). A native thread receives the requests; those that
+ * need the tree come to this (JavaScript) thread and are answered at once
+ * from the in-memory tree, except reads, which come from the shared content
+ * cache. The binding answers the rest itself: open and opendir with ENOSYS,
+ * after which the kernel sends neither any more and keeps each file's page
+ * cache across opens (no-open implies FOPEN_KEEP_CACHE, and FOPEN_CACHE_DIR
+ * for directories) — so a warm read of a cached file never leaves the
+ * kernel; forget (inodes live as long as the mount); writes (EROFS; the
+ * mount is also `ro`); getxattr of a name no inode has (ENODATA; overlayfs
+ * asks for trusted.overlay.* on every lookup).
+ *
+ * Entries (negative ones too), attributes and symlink targets are cached by
+ * the kernel for a year: the image never changes. Times carry nanoseconds.
+ *
+ * Without open there is no file handle to pin a content: a read acquires the
+ * content from the cache (building it, or the chunks the read touches, in
+ * worker threads) and the mount keeps that reference while reads keep coming,
+ * releasing it HOLD_MS after the last one, so the cache may evict it. A read
+ * that waits for a build longer than its deadline gets ETIMEDOUT; a content
+ * that cannot be built gives EIO (and a log line) for that file only.
+ *
+ * Unmounting detaches lazily (umount -l in a child process: this process
+ * never touches its own mountpoint); the session keeps serving whatever still
+ * uses the mount (an overlay's lower dir) until the kernel drops it, then the
+ * native thread ends and the session is destroyed.
+ */
+import * as fuse3 from 'd4fs-fuse3';
+import type { Logger } from 'pino';
+import { D4fsError, toD4fsError } from '../errors';
+import { FileType } from '../format/types';
+import {
+  DEFAULT_OP_TIMEOUTS,
+  type ImageFileSystem,
+  type ImageFileSystemOptions,
+  type MountStats,
+  type OpTimeouts,
+} from './binding';
+import type { ContentCache, ContentRef } from './cache';
+import type { ChainIndex } from './chain-index';
+import { lazyUnmount } from './mounts';
+import { ImageTree, type TreeNode } from './tree';
+
+/** Kernel cache lifetime of entries and attributes, in seconds. */
+const KERNEL_TIMEOUT_S = 365 * 24 * 3600;
+/** How long a content stays referenced after the last read of it. */
+const HOLD_MS = 2000;
+/** At most this many contents are held (each keeps a file descriptor of the cache open). */
+const MAX_HELD = 256;
+const MOUNT_OPTIONS = 'ro,allow_other,default_permissions,suid,dev,fsname=d4fs,subtype=d4fs';
+
+const E = { ENOENT: 2, EIO: 5, ENOTDIR: 20, EISDIR: 21, EINVAL: 22, ENODATA: 61, ETIMEDOUT: 110 } as const;
+const { EV, RQ } = fuse3;
+
+interface Held {
+  ref?: ContentRef;
+  pending?: Promise<ContentRef>;
+  lastUse: number;
+  /** Reads using the reference now. */
+  busy: number;
+}
+
+export class Fuse3FileSystem implements ImageFileSystem {
+  readonly binding = 'fuse3' as const;
+  readonly tree: ImageTree;
+  readonly mountpoint: string;
+  private readonly chain: ChainIndex;
+  private readonly cache: ContentCache;
+  private readonly log: Logger;
+  private readonly timeouts: OpTimeouts;
+  private session?: fuse3.Session;
+  /** The kernel mount exists (until unmount). */
+  private mounted = false;
+  /** The session runs (until its connection ends). */
+  private alive = false;
+  private closedWaiters: (() => void)[] = [];
+  private mountWaiter?: { resolve: () => void; reject: (e: Error) => void };
+  private readonly held = new Map<number, Held>();
+  private sweeper?: NodeJS.Timeout;
+  private readonly listings = new Map<number, Buffer>();
+  private statfs64?: Float64Array;
+  private readonly counters = { reads: 0, errors: 0 };
+
+  constructor(o: ImageFileSystemOptions) {
+    this.mountpoint = o.mountpoint;
+    this.chain = o.chain;
+    this.cache = o.cache;
+    this.log = o.log.child({ mountpoint: o.mountpoint });
+    this.timeouts = { ...DEFAULT_OP_TIMEOUTS, ...o.timeouts };
+    this.tree = ImageTree.fromIndex(o.chain.top);
+  }
+
+  get imageId(): string {
+    return this.chain.imageId;
+  }
+
+  holds(hex: string): boolean {
+    return this.chain.locate(hex) !== undefined;
+  }
+
+  serving(): boolean {
+    return this.alive;
+  }
+
+  stats(): MountStats {
+    const n = this.session ? fuse3.stats(this.session) : undefined;
+    const requests: Record<string, number> = {};
+    if (n) for (const [k, v] of Object.entries(n)) if (typeof v === 'number') requests[k] = v;
+    return { binding: this.binding, opens: n?.open ?? 0, reads: this.counters.reads, errors: this.counters.errors, openFiles: this.held.size, requests };
+  }
+
+  /** Mounts; resolves once the kernel has initialised the connection. */
+  mount(timeoutMs = 30_000): Promise<void> {
+    if (this.session && this.alive) {
+      return Promise.reject(new D4fsError('FAILED_PRECONDITION', `${this.mountpoint} is already mounted by this filesystem`));
+    }
+    return new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        if (!this.mountWaiter) return;
+        this.mountWaiter = undefined;
+        reject(new D4fsError('DEADLINE_EXCEEDED', `mounting ${this.mountpoint} did not complete within ${timeoutMs} ms`));
+        const wasMounted = this.mounted;
+        this.mounted = false;
+        void this.destroy().then(() => (wasMounted ? lazyUnmount(this.mountpoint) : undefined)).catch(() => undefined);
+      }, timeoutMs);
+      this.mountWaiter = {
+        resolve: () => {
+          clearTimeout(timer);
+          resolve();
+        },
+        reject: (e) => {
+          clearTimeout(timer);
+          reject(e);
+        },
+      };
+      try {
+        this.session = fuse3.mount(this.mountpoint, MOUNT_OPTIONS, KERNEL_TIMEOUT_S, KERNEL_TIMEOUT_S, this.tree.xattrNames, this.onRequest);
+        this.alive = true;
+      } catch (e) {
+        this.mountWaiter = undefined;
+        clearTimeout(timer);
+        reject(new D4fsError('INTERNAL', `cannot mount ${this.mountpoint}: ${(e as Error).message}`, { cause: e }));
+      }
+    });
+  }
+
+  /** Detaches the mount lazily; the session serves whatever still uses it, then ends. */
+  async unmount(timeoutMs = 20_000): Promise<void> {
+    if (!this.mounted) return;
+    this.mounted = false;
+    try {
+      await lazyUnmount(this.mountpoint, timeoutMs);
+    } catch (e) {
+      // Detaching failed (already gone?): stop serving, so nothing can hang on this connection.
+      this.log.warn({ err: (e as Error).message }, 'umount -l failed; closing the FUSE session');
+      await this.destroy();
+    }
+    // Unused, the connection ends at once: wait a little for that, so the caller sees serving() settled.
+    await this.waitClosed(300);
+    // Whatever is idle is let go now (not HOLD_MS later), so that the cache may collect it.
+    this.releaseIdle();
+    this.log.info({ stillServing: this.alive }, 'unmounted');
+  }
+
+  /** Stops serving at once (requests left fail with EIO; a mount still attached answers ENOTCONN). */
+  async destroy(timeoutMs = 2000): Promise<void> {
+    if (this.session && this.alive) fuse3.close(this.session);
+    await this.waitClosed(timeoutMs);
+  }
+
+  private waitClosed(ms: number): Promise<void> {
+    if (!this.alive) return Promise.resolve();
+    return new Promise<void>((resolve) => {
+      const timer = setTimeout(done, ms);
+      function done(): void {
+        clearTimeout(timer);
+        resolve();
+      }
+      this.closedWaiters.push(done);
+    });
+  }
+
+  // -------------------------------------------------------------------------
+  // Requests
+  // -------------------------------------------------------------------------
+
+  private readonly onRequest = (op: number, id: number, ino: number, a: number, b: number, name: string | undefined): void => {
+    const s = this.session!;
+    try {
+      switch (op) {
+        case RQ.LOOKUP: {
+          const dir = this.tree.node(ino);
+          if (!dir) return void fuse3.replyErr(s, id, E.ENOENT);
+          if (!dir.children) return void fuse3.replyErr(s, id, E.ENOTDIR);
+          const n = this.tree.child(dir, name ?? '');
+          // Absent: a negative entry, cached by the kernel like the others.
+          fuse3.replyEntry(s, id, n ? this.tree.stat64(n) : null);
+          return;
+        }
+        case RQ.GETATTR: {
+          const n = this.tree.node(ino);
+          if (n) fuse3.replyAttr(s, id, this.tree.stat64(n));
+          else fuse3.replyErr(s, id, E.ENOENT);
+          return;
+        }
+        case RQ.READ:
+          return this.read(s, id, ino, a, b);
+        case RQ.READDIR:
+        case RQ.READDIRPLUS: {
+          const n = this.tree.node(ino);
+          if (!n) return void fuse3.replyErr(s, id, E.ENOENT);
+          if (!n.children) return void fuse3.replyErr(s, id, E.ENOTDIR);
+          let l = this.listings.get(ino);
+          if (!l) {
+            l = this.tree.encodeListing(n);
+            this.listings.set(ino, l);
+          }
+          fuse3.replyDir(s, id, l, b, a, op === RQ.READDIRPLUS);
+          return;
+        }
+        case RQ.READLINK: {
+          const n = this.tree.node(ino);
+          if (!n) fuse3.replyErr(s, id, E.ENOENT);
+          else if (n.entry.type !== FileType.SYMLINK) fuse3.replyErr(s, id, E.EINVAL);
+          else fuse3.replyReadlink(s, id, Buffer.from(n.entry.linkTarget, 'utf8'));
+          return;
+        }
+        case RQ.GETXATTR: {
+          const n = this.tree.node(ino);
+          const v = n?.xattrs.get(name ?? '');
+          if (!n) fuse3.replyErr(s, id, E.ENOENT);
+          else if (!v) fuse3.replyErr(s, id, E.ENODATA);
+          else fuse3.replyXattr(s, id, v, a);
+          return;
+        }
+        case RQ.LISTXATTR: {
+          const n = this.tree.node(ino);
+          if (!n) return void fuse3.replyErr(s, id, E.ENOENT);
+          const list = Buffer.from([...n.xattrs.keys()].map((k) => `${k}\0`).join(''), 'utf8');
+          fuse3.replyXattr(s, id, list, a);
+          return;
+        }
+        case RQ.STATFS: {
+          if (!this.statfs64) {
+            const f = this.tree.statfs();
+            this.statfs64 = new Float64Array([f.bsize, f.frsize, f.blocks, f.bfree, f.bavail, f.files, f.ffree, f.favail, f.fsid, f.flag, f.namemax]);
+          }
+          fuse3.replyStatfs(s, id, this.statfs64);
+          return;
+        }
+        case EV.MOUNTED:
+          if (a === 0) {
+            this.mounted = true;
+          } else {
+            const w = this.mountWaiter;
+            this.mountWaiter = undefined;
+            w?.reject(new D4fsError('INTERNAL', `cannot mount ${this.mountpoint} (libfuse3 mount failed; see its message on stderr)`));
+          }
+          return;
+        case EV.INIT: {
+          this.log.info({ imageId: this.imageId, entries: this.tree.totals.entries, capable: a, want: b }, 'mounted');
+          const w = this.mountWaiter;
+          this.mountWaiter = undefined;
+          w?.resolve();
+          return;
+        }
+        case EV.CLOSED:
+          return this.onClosed();
+        default:
+          if (id) fuse3.replyErr(s, id, 38 /* ENOSYS */);
+      }
+    } catch (e) {
+      this.counters.errors++;
+      this.log.error({ err: e, op, ino }, 'FUSE request handler failed: EIO');
+      if (id) fuse3.replyErr(s, id, E.EIO);
+    }
+  };
+
+  private onClosed(): void {
+    this.alive = false;
+    this.mounted = false;
+    const w = this.mountWaiter;
+    this.mountWaiter = undefined;
+    w?.reject(new D4fsError('INTERNAL', `the FUSE connection of ${this.mountpoint} ended before it was initialised`));
+    for (const [ino, h] of this.held) {
+      h.ref?.release();
+      this.held.delete(ino);
+    }
+    if (this.sweeper) clearInterval(this.sweeper);
+    this.sweeper = undefined;
+    for (const done of this.closedWaiters.splice(0)) done();
+    this.log.debug('FUSE session ended');
+  }
+
+  private read(s: fuse3.Session, id: number, ino: number, size: number, pos: number): void {
+    const n = this.tree.node(ino);
+    if (!n) return void fuse3.replyErr(s, id, E.ENOENT);
+    if (n.entry.type === FileType.DIR) return void fuse3.replyErr(s, id, E.EISDIR);
+    if (n.entry.type !== FileType.REG) return void fuse3.replyErr(s, id, E.EINVAL);
+    this.counters.reads++;
+    const fileSize = n.entry.size;
+    if (pos >= fileSize) return void fuse3.replyBuf(s, id, Buffer.alloc(0), 0);
+    const len = Math.min(size, fileSize - pos);
+    const h = this.hold(n);
+    h.busy++;
+    let timer: NodeJS.Timeout | undefined;
+    let late = false;
+    if (!h.ref?.complete) {
+      // Building may take long: answer ETIMEDOUT past the deadline (the binding refuses the late answer).
+      const ms = h.ref ? this.timeouts.readMs : Math.max(this.timeouts.openMs, this.timeouts.readMs);
+      timer = setTimeout(() => {
+        late = true;
+        this.counters.errors++;
+        this.log.error({ ino, path: `/${n.entry.path}`, pos, len, ms }, 'read timed out while the content was being built');
+        fuse3.replyErr(s, id, E.ETIMEDOUT);
+      }, ms);
+    }
+    const run = async (): Promise<number> => {
+      const ref = h.ref ?? (await h.pending!);
+      if (!ref.complete) await ref.prepare(pos, len);
+      if (late) return -1;
+      const buf = Buffer.allocUnsafe(len);
+      const got = await ref.readInto(buf, len, pos);
+      if (!late) fuse3.replyBuf(s, id, buf, got);
+      return got;
+    };
+    run()
+      .catch((e: unknown) => {
+        if (late) return;
+        this.fail(n, pos, e);
+        fuse3.replyErr(s, id, E.EIO);
+      })
+      .finally(() => {
+        clearTimeout(timer);
+        h.busy--;
+        h.lastUse = Date.now();
+      });
+  }
+
+  /** The held reference to `n`'s content (acquired on first use; released HOLD_MS after the last). */
+  private hold(n: TreeNode): Held {
+    let h = this.held.get(n.ino);
+    if (h) {
+      h.lastUse = Date.now();
+      return h;
+    }
+    const held: Held = { lastUse: Date.now(), busy: 0 };
+    held.pending = this.cache.acquire(n.entry.digest.toString('hex'), n.entry.size, this.chain).then(
+      (ref) => {
+        held.pending = undefined;
+        if (this.held.get(n.ino) !== held) {
+          // Let go meanwhile (the session ended): do not keep it.
+          ref.release();
+          return ref;
+        }
+        held.ref = ref;
+        return ref;
+      },
+      (e: unknown) => {
+        // Not kept: the next read tries again.
+        if (this.held.get(n.ino) === held) this.held.delete(n.ino);
+        throw e;
+      },
+    );
+    held.pending.catch(() => undefined);
+    this.held.set(n.ino, held);
+    if (this.held.size > MAX_HELD) this.sweep(true);
+    this.sweeper ??= setInterval(() => this.sweep(), HOLD_MS / 2);
+    this.sweeper.unref();
+    return held;
+  }
+
+  /** Releases every held content no read is using. */
+  private releaseIdle(): void {
+    for (const [ino, h] of this.held) {
+      if (h.busy > 0 || h.pending) continue;
+      this.held.delete(ino);
+      h.ref?.release();
+    }
+  }
+
+  /** Releases contents nobody read for HOLD_MS (`full`: every idle one, oldest first, down to half the bound). */
+  private sweep(full = false): void {
+    const old = Date.now() - HOLD_MS;
+    for (const [ino, h] of this.held) {
+      if (h.busy > 0 || h.pending || h.lastUse > old) continue;
+      this.held.delete(ino);
+      h.ref?.release();
+    }
+    if (full && this.held.size > MAX_HELD / 2) {
+      const idle = [...this.held].filter(([, h]) => h.busy === 0 && !h.pending).sort((a, b) => a[1].lastUse - b[1].lastUse);
+      for (const [ino, h] of idle.slice(0, this.held.size - MAX_HELD / 2)) {
+        this.held.delete(ino);
+        h.ref?.release();
+      }
+    }
+    if (this.held.size === 0 && this.sweeper) {
+      clearInterval(this.sweeper);
+      this.sweeper = undefined;
+    }
+  }
+
+  private fail(n: TreeNode, pos: number, e: unknown): void {
+    this.counters.errors++;
+    const err = toD4fsError(e);
+    this.log.error({ op: 'read', path: `/${n.entry.path}`, pos, digest: n.entry.digest.toString('hex'), kind: err.kind, err: err.message }, 'read failed: EIO');
+  }
+}
