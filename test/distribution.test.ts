@@ -131,7 +131,7 @@ describe('OCI registry as the store', () => {
       expect(e.kind).toBe('UNAVAILABLE');
       const part = partOf(store, root);
       const partSize = (await fsp.stat(part)).size;
-      expect(partSize).toBeGreaterThan(1_000_000) // bytes reported may still be in flight to the part file when the link is cut;
+      expect(partSize).toBeGreaterThan(1_000_000); // bytes reported may still be in flight to the part file when the link is cut
       expect(partSize).toBeLessThan((await fsp.stat(chain.full[0])).size);
       expect(store.heldImageIds()).toEqual([]);
 

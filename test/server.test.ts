@@ -264,7 +264,7 @@ describe('d4fs-server', () => {
       expect(e.kind).toBe('UNAVAILABLE');
       const root = await rootOf(chain.full[0]);
       const partSize = (await fsp.stat(partOf(store, root))).size;
-      expect(partSize).toBeGreaterThan(1_000_000) // bytes reported may still be in flight to the part file when the link is cut;
+      expect(partSize).toBeGreaterThan(1_000_000); // bytes reported may still be in flight to the part file when the link is cut
       expect(partSize).toBeLessThan(9_000_000);
       expect(store.heldImageIds()).toEqual([]);
       const r = await pull(store, 'libssl:v1');
