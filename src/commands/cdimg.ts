@@ -3,8 +3,6 @@ import { Command } from 'commander';
 import { createHash } from 'node:crypto';
 import { CdimgReader } from '../format/reader';
 import { Codec, Encoding, Entry, FileType } from '../format/types';
-import { unpackImage } from '../unpack/unpack';
-import { WorkerPool } from '../workers/pool';
 import { corrupt, invalidArgument } from '../errors';
 import { digestFromRaw } from '../util/digest';
 import { registerDelta } from './delta';
@@ -172,6 +170,7 @@ export function registerCdimg(program: Command): void {
     .option('--json', 'JSON output')
     .action(
       action(async (file: string, dir: string, o: { threads?: number; json?: boolean }) => {
+        const { unpackImage } = await import('../unpack/unpack');
         const r = await unpackImage(file, dir, { threads: o.threads });
         if (o.json) printJson(r);
         else {
@@ -195,6 +194,7 @@ export interface VerifyResult {
 
 /** Verify every stored chunk; decode FULL contents and check chunk and content digests. */
 export async function verifyCdimg(path: string, threads?: number): Promise<VerifyResult> {
+  const { WorkerPool } = await import('../workers/pool');
   const r = await CdimgReader.open(path);
   const pool = new WorkerPool(threads);
   let chunks = 0;

@@ -3,15 +3,12 @@ import { Command } from 'commander';
 import { promises as fsp } from 'node:fs';
 import { dirname, join, basename } from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { diffImages, CodecChoice } from '../delta/diff';
-import { mergeDeltas } from '../delta/merge';
-import { patchImage } from '../delta/patch';
-import { DeltaSummary } from '../delta/summary';
-import { convertImage } from '../convert/convert';
-import { LevelPreset } from '../delta/codecs';
-import { WorkerPool } from '../workers/pool';
+// The work modules load when a command runs: `cdimg show` or `merge` need not pay for
+// the differ, the converter or the registry client.
+import type { CodecChoice } from '../delta/diff';
+import type { DeltaSummary } from '../delta/summary';
+import type { LevelPreset } from '../delta/codecs';
 import { invalidArgument } from '../errors';
-import { exportImage } from '../oci/export';
 import { action, addRegistryOptions, humanBytes, parseIntOpt, printJson, progressReporter, registryOptionsOf } from './common';
 
 function parseChoice<T extends string>(name: string, allowed: readonly T[]) {
@@ -62,6 +59,9 @@ export function registerDelta(cd: Command): void {
       if (!oldPath && !o.oldImage) throw invalidArgument('give the old image: --old FILE.cdimg or --old-image REF');
       if (!newPath && !o.newImage) throw invalidArgument('give the new image: --new FILE.cdimg or --new-image REF');
       const threads = (o.threads ?? o.threadNum) as number | undefined;
+      const { WorkerPool } = await import('../workers/pool');
+      const { convertImage } = await import('../convert/convert');
+      const { diffImages } = await import('../delta/diff');
       const pool = new WorkerPool(threads);
       const temps: string[] = [];
       const prog = progressReporter(o.progress !== false && !o.json);
@@ -106,6 +106,7 @@ export function registerDelta(cd: Command): void {
       action(async (deltas: string[], o: Record<string, unknown>) => {
         const out = (o.out ?? o.outCdimg) as string | undefined;
         if (!out) throw invalidArgument('--out is required (the merged delta to write)');
+        const { mergeDeltas } = await import('../delta/merge');
         const s = await mergeDeltas({ deltas, out, strategy: o.strategy as 'compose' | 'rediff', base: o.base as string | undefined, codec: o.codec as CodecChoice, level: o.level as LevelPreset, threads: o.threads as number | undefined });
         if (o.json) printJson(s);
         else printSummary('merge', s);
@@ -124,6 +125,7 @@ export function registerDelta(cd: Command): void {
       action(async (base: string, deltas: string[], o: Record<string, unknown>) => {
         const out = (o.out ?? o.outCdimg) as string | undefined;
         if (!out) throw invalidArgument('--out is required (the full image to write)');
+        const { patchImage } = await import('../delta/patch');
         const r = await patchImage({ base, deltas, out, threads: o.threads as number | undefined });
         if (o.json) printJson(r);
         else {
@@ -142,6 +144,7 @@ export function registerDelta(cd: Command): void {
     .option('--json', 'print the result as JSON');
   addRegistryOptions(exp).action(
     action(async (file: string, o: Record<string, unknown>) => {
+      const { exportImage } = await import('../oci/export');
       const r = await exportImage(file, o.to as string, { threads: o.threads as number | undefined, registry: registryOptionsOf(o as never) });
       if (o.json) printJson(r);
       else process.stdout.write(`exported ${file} -> ${r.to}\n  manifest     ${r.manifestDigest}\n  config       ${r.configDigest}\n  layer        ${r.layerDigest} (${humanBytes(r.layerBytes)})\n  time         ${r.seconds.toFixed(2)} s\n`);
