@@ -190,7 +190,14 @@ async function medianOf(runs: number, cmd: string, args: string[]): Promise<numb
   return median(times);
 }
 
-/** .cdimg files of the esbuild chain, cached: full images of every version and deltas between neighbours. */
+/** Names the differ's code, so that cached deltas are made again when it changes. */
+function codecTag(): string {
+  const h = createHash('sha256');
+  for (const m of ['codecs.js', 'bsdiffcm.js', 'diff.js']) h.update(fs.readFileSync(path.join(packageRoot(), 'dist', 'src', 'delta', m)));
+  return h.digest('hex').slice(0, 12);
+}
+
+/** .cdimg files of the esbuild chain, cached: full images of every version and deltas between neighbours (per differ version). */
 async function esbuildImages(pool: WorkerPool): Promise<{ full: Record<string, string>; delta: Record<string, string> }> {
   const dir = path.join(packageRoot(), '.cache', 'bench', 'snapshotter');
   await fsp.mkdir(dir, { recursive: true });
@@ -207,7 +214,7 @@ async function esbuildImages(pool: WorkerPool): Promise<{ full: Record<string, s
   }
   for (let i = 1; i < ESBUILD_VERSIONS.length; i++) {
     const [a, b] = [ESBUILD_VERSIONS[i - 1], ESBUILD_VERSIONS[i]];
-    delta[b] = path.join(dir, `esbuild-${a}-${b}.cdimg`);
+    delta[b] = path.join(dir, `esbuild-${a}-${b}.${codecTag()}.cdimg`);
     if (!fs.existsSync(delta[b])) {
       const tmp = `${delta[b]}.tmp-${process.pid}`;
       await diffImages({ oldPath: full[a], newPath: full[b], out: tmp, pool });
