@@ -20,6 +20,8 @@ build: deps
 
 test: build
 	npx jest --runInBand
+	@echo "--- the FUSE tests again with the fallback binding (fuse-native) ---"
+	D4FS_FUSE_BINDING=fuse-native npx jest --runInBand dist/test/fuse.test.js dist/test/snapshotter-acceptance.test.js
 
 demo: build
 	bash scripts/demo.sh
