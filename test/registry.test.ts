@@ -2,6 +2,7 @@
  * Registry client against a real docker-registry (anonymous and htpasswd) and
  * against a fake registry for the bearer token flow and redirects.
  */
+import { failure } from './helpers/pulls';
 import { randomBytes } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
 import * as http from 'node:http';
@@ -44,17 +45,6 @@ async function readVerified(stream: Readable, desc: Descriptor): Promise<Buffer>
     for await (const c of src) parts.push(c as Buffer);
   });
   return Buffer.concat(parts);
-}
-
-/** The D4fsError a promise rejects with (fails the test when it resolves). */
-async function failure(p: Promise<unknown>): Promise<D4fsError> {
-  try {
-    await p;
-  } catch (e) {
-    if (e instanceof D4fsError) return e;
-    throw e;
-  }
-  throw new Error('expected a failure');
 }
 
 const AUTH_ENV = ['HOME', 'DOCKER_CONFIG', 'REGISTRY_AUTH_FILE', 'XDG_RUNTIME_DIR'];

@@ -227,18 +227,23 @@ describe('native encoder bsdiff-sa', () => {
   });
 });
 
+/** bsdiff streams of a fake binary pair, and the base bytes under the diff stream. */
+function diffWithOldUnder(size: number, seed: number): { s: ReturnType<typeof bsdiffStreams>; ou: Uint8Array } {
+  const { base, target } = fakeBinaries(size, seed);
+  const s = bsdiffStreams(base, target);
+  const rd = (o: number): number => (s.ctrl[o + 7] & 0x80 ? -1 : 1) * s.ctrl.readUIntLE(o, 6);
+  const xs: number[] = [];
+  const zs: number[] = [];
+  for (let t = 0; t < s.ctrl.length; t += 24) {
+    xs.push(rd(t));
+    zs.push(rd(t + 16));
+  }
+  return { s, ou: oldUnderDiff(base, xs, zs, s.diff.length) };
+}
+
 describe('context-mixing diff coder', () => {
   it('round-trips diff streams and knows the base bytes under them', () => {
-    const { base, target } = fakeBinaries(200_000, 17);
-    const s = bsdiffStreams(base, target);
-    const rd = (o: number): number => (s.ctrl[o + 7] & 0x80 ? -1 : 1) * s.ctrl.readUIntLE(o, 6);
-    const xs: number[] = [];
-    const zs: number[] = [];
-    for (let t = 0; t < s.ctrl.length; t += 24) {
-      xs.push(rd(t));
-      zs.push(rd(t + 16));
-    }
-    const ou = oldUnderDiff(base, xs, zs, s.diff.length);
+    const { s, ou } = diffWithOldUnder(200_000, 17);
     const packed = cmEncodeDiff(s.diff, ou);
     const back = cmDecodeDiff(packed, ou);
     expect(back.diff.equals(s.diff)).toBe(true);
@@ -252,17 +257,9 @@ describe('context-mixing diff coder', () => {
 
   it('the C coder and the TypeScript coder agree bit for bit, both ways', () => {
     expect(cmNativeAvailable()).toBe(true);
-    const { base, target } = fakeBinaries(300_000, 29);
-    const s = bsdiffStreams(base, target);
-    const rd = (o: number): number => (s.ctrl[o + 7] & 0x80 ? -1 : 1) * s.ctrl.readUIntLE(o, 6);
-    const xs: number[] = [];
-    const zs: number[] = [];
-    for (let t = 0; t < s.ctrl.length; t += 24) {
-      xs.push(rd(t));
-      zs.push(rd(t + 16));
-    }
+    const real = diffWithOldUnder(300_000, 29);
     const cases: [string, Buffer, Uint8Array][] = [
-      ['a real diff stream', s.diff, oldUnderDiff(base, xs, zs, s.diff.length)],
+      ['a real diff stream', real.s.diff, real.ou],
       ['random bytes (every byte non-zero or not at random)', randomBytes(50_000), randomBytes(50_000)],
       ['sparse random', Buffer.from(randomBytes(80_000).map((b) => (b < 20 ? b + 1 : 0))), randomBytes(80_000)],
       ['one byte', Buffer.from([9]), Buffer.from([1])],
