@@ -459,9 +459,12 @@ describe('d4fs snapshotter acceptance (containerd + runc + FUSE)', () => {
     const opens = stats.mounts.reduce((n, m) => n + m.opens, 0) - opens0;
     if ((await env.manager.ping()).binding === 'fuse3') {
       // The kernel was told at the first open that none is needed: not one of
-      // the 20,000 opens (nor a read: the page cache is kept) reached the manager.
+      // the 20,000 opens reached the manager, and the reads of the file came
+      // from the page cache. The container's own start may still fault in a
+      // page or two of its binaries that no earlier run touched (seen once:
+      // 1 READ), hence a small allowance instead of one READ per open.
       expect(opens).toBe(0);
-      expect(stats.mounts.reduce((n, m) => n + m.reads, 0)).toBe(reads0);
+      expect(stats.mounts.reduce((n, m) => n + m.reads, 0) - reads0).toBeLessThan(20);
     } else {
       // Every open went to the FUSE filesystem (overlay opens the lower file each time).
       expect(opens).toBeGreaterThanOrEqual(20_000);
