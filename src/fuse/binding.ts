@@ -18,6 +18,7 @@ import type { Logger } from 'pino';
 import { invalidArgument } from '../errors';
 import type { ContentCache } from './cache';
 import type { ChainIndex } from './chain-index';
+import { ImageTree } from './tree';
 
 export type FuseBindingName = 'fuse3' | 'fuse-native';
 export const FUSE_BINDINGS: readonly FuseBindingName[] = ['fuse3', 'fuse-native'];
@@ -55,6 +56,34 @@ export interface MountStats {
   openFiles: number;
   /** Every request kind the kernel sent (fuse3 only). */
   requests?: Record<string, number>;
+}
+
+/** What both bindings keep of their options: the image's tree, chain, cache, log and deadlines. */
+export abstract class ImageFileSystemBase {
+  readonly tree: ImageTree;
+  readonly mountpoint: string;
+  protected readonly chain: ChainIndex;
+  protected readonly cache: ContentCache;
+  protected readonly log: Logger;
+  protected readonly timeouts: OpTimeouts;
+
+  constructor(o: ImageFileSystemOptions) {
+    this.mountpoint = o.mountpoint;
+    this.chain = o.chain;
+    this.cache = o.cache;
+    this.log = o.log.child({ mountpoint: o.mountpoint });
+    this.timeouts = { ...DEFAULT_OP_TIMEOUTS, ...o.timeouts };
+    this.tree = ImageTree.fromIndex(o.chain.top);
+  }
+
+  get imageId(): string {
+    return this.chain.imageId;
+  }
+
+  /** True when the image's chain stores content `hex` (sha256 hex), itself or as a patch base. */
+  holds(hex: string): boolean {
+    return this.chain.locate(hex) !== undefined;
+  }
 }
 
 /** The filesystem of one image, as the FUSE manager uses it. */

@@ -19,21 +19,17 @@
  * file and a log line; everything else keeps being served.
  */
 import Fuse from 'fuse-native';
-import type { Logger } from 'pino';
 import { D4fsError, toD4fsError } from '../errors';
 import { FileType } from '../format/types';
-import type { ContentCache, ContentRef } from './cache';
-import type { ChainIndex } from './chain-index';
+import type { ContentRef } from './cache';
 import { Errno } from './errno';
 import { lazyUnmount } from './mounts';
-import { ImageTree } from './tree';
 import {
-  DEFAULT_OP_TIMEOUTS,
   type ImageFileSystem,
+  ImageFileSystemBase,
   type ImageFileSystemOptions,
   KERNEL_CACHE_SECONDS,
   type MountStats,
-  type OpTimeouts,
 } from './binding';
 
 export { DEFAULT_OP_TIMEOUTS, type MountStats, type OpTimeouts } from './binding';
@@ -42,36 +38,14 @@ export type DeltaFileSystemOptions = ImageFileSystemOptions;
 const O_ACCMODE = 0o3;
 const O_WRITE_FLAGS = 0o1000 /* O_TRUNC */ | 0o100 /* O_CREAT */ | 0o2000; /* O_APPEND */
 
-export class DeltaFileSystem implements ImageFileSystem {
+export class DeltaFileSystem extends ImageFileSystemBase implements ImageFileSystem {
   readonly binding = 'fuse-native' as const;
-  readonly tree: ImageTree;
-  readonly mountpoint: string;
-  private readonly chain: ChainIndex;
-  private readonly cache: ContentCache;
-  private readonly log: Logger;
-  private readonly timeouts: OpTimeouts;
   private readonly handles = new Map<number, ContentRef>();
   private nextFd = 1;
   private fuse?: Fuse;
   private readonly counters = { opens: 0, reads: 0, errors: 0 };
 
-  constructor(o: ImageFileSystemOptions) {
-    this.mountpoint = o.mountpoint;
-    this.chain = o.chain;
-    this.cache = o.cache;
-    this.log = o.log.child({ mountpoint: o.mountpoint });
-    this.timeouts = { ...DEFAULT_OP_TIMEOUTS, ...o.timeouts };
-    this.tree = ImageTree.fromIndex(o.chain.top);
-  }
 
-  get imageId(): string {
-    return this.chain.imageId;
-  }
-
-  /** True when the image's chain stores content `hex` (sha256 hex), itself or as a patch base. */
-  holds(hex: string): boolean {
-    return this.chain.locate(hex) !== undefined;
-  }
 
   stats(): MountStats {
     return { binding: this.binding, ...this.counters, openFiles: this.handles.size };

@@ -31,20 +31,16 @@
  * native thread ends and the session is destroyed.
  */
 import * as fuse3 from 'd4fs-fuse3';
-import type { Logger } from 'pino';
 import { D4fsError, toD4fsError } from '../errors';
 import { FileType } from '../format/types';
 import {
-  DEFAULT_OP_TIMEOUTS,
   type ImageFileSystem,
-  type ImageFileSystemOptions,
+  ImageFileSystemBase,
   type MountStats,
-  type OpTimeouts,
 } from './binding';
-import type { ContentCache, ContentRef } from './cache';
-import type { ChainIndex } from './chain-index';
+import type { ContentRef } from './cache';
 import { lazyUnmount } from './mounts';
-import { ImageTree, type TreeNode } from './tree';
+import type { TreeNode } from './tree';
 
 /** Kernel cache lifetime of entries and attributes, in seconds. */
 const KERNEL_TIMEOUT_S = 365 * 24 * 3600;
@@ -65,14 +61,8 @@ interface Held {
   busy: number;
 }
 
-export class Fuse3FileSystem implements ImageFileSystem {
+export class Fuse3FileSystem extends ImageFileSystemBase implements ImageFileSystem {
   readonly binding = 'fuse3' as const;
-  readonly tree: ImageTree;
-  readonly mountpoint: string;
-  private readonly chain: ChainIndex;
-  private readonly cache: ContentCache;
-  private readonly log: Logger;
-  private readonly timeouts: OpTimeouts;
   private session?: fuse3.Session;
   /** The kernel mount exists (until unmount). */
   private mounted = false;
@@ -86,22 +76,7 @@ export class Fuse3FileSystem implements ImageFileSystem {
   private statfs64?: Float64Array;
   private readonly counters = { reads: 0, errors: 0 };
 
-  constructor(o: ImageFileSystemOptions) {
-    this.mountpoint = o.mountpoint;
-    this.chain = o.chain;
-    this.cache = o.cache;
-    this.log = o.log.child({ mountpoint: o.mountpoint });
-    this.timeouts = { ...DEFAULT_OP_TIMEOUTS, ...o.timeouts };
-    this.tree = ImageTree.fromIndex(o.chain.top);
-  }
 
-  get imageId(): string {
-    return this.chain.imageId;
-  }
-
-  holds(hex: string): boolean {
-    return this.chain.locate(hex) !== undefined;
-  }
 
   serving(): boolean {
     return this.alive;
