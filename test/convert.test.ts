@@ -12,7 +12,7 @@ import { gzipSync } from 'node:zlib';
 import { buildTar } from '../src/tar';
 import { writeSimpleImage, OciLayoutWriter } from '../src/oci/writer';
 import { convertImage } from '../src/convert/convert';
-import { CdimgReader } from '../src/format/reader';
+import { CdimgReader, forgetOpenedIndexes } from '../src/format/reader';
 import { FileType } from '../src/format/types';
 import { D4fsError } from '../src/errors';
 import { unpackImage } from '../src/unpack/unpack';
@@ -354,6 +354,37 @@ describe('damaged .cdimg files are refused', () => {
   it('the good file verifies', async () => {
     const r = await verifyCdimg(path, 2);
     expect(r.contentsVerified).toBeGreaterThan(5);
+  });
+  it('reuse shares a verified index only with files of the same header; their chunks are still verified', async () => {
+    forgetOpenedIndexes();
+    const a = await CdimgReader.open(path, { reuse: true });
+    const copy = await damaged('copy.cdimg', (b) => b);
+    const b = await CdimgReader.open(copy, { reuse: true });
+    const plain = await CdimgReader.open(copy);
+    try {
+      expect(b.index).toBe(a.index); // decoded once
+      expect(plain.index).not.toBe(a.index); // without reuse: read and decoded again
+      const reg = a.index.entries.find((e) => e.type === FileType.REG && e.size > 0)!;
+      expect((await b.readContent(reg.digest)).length).toBe(reg.size);
+    } finally {
+      await Promise.all([a.close(), b.close(), plain.close()]);
+    }
+    // same header, damaged blob: the shared index does not make the damaged bytes readable
+    const reg = a.index.entries.find((e) => e.type === FileType.REG && e.size > 0)!;
+    const chunk = a.blob(reg.digest)!.chunks[0];
+    const dmg = await damaged('dmg-reuse.cdimg', (x) => { x[chunk.offset] ^= 0x01; return x; });
+    const d = await CdimgReader.open(dmg, { reuse: true });
+    try {
+      expect(d.index).toBe(a.index);
+      await expectError(d.readContent(reg.digest), 'CORRUPT', /damaged/);
+    } finally {
+      await d.close();
+    }
+    // a file with another header (a flipped index byte changes nothing in the header) is read on its own
+    const other = await damaged('hdr.cdimg', (x) => { x[x.length - 20] ^= 0x10; return x; });
+    await expectError(CdimgReader.open(other), 'CORRUPT', /index|root digest/);
+    const truncated = await damaged('short.cdimg', (x) => x.subarray(0, x.length - 10));
+    await expectError(CdimgReader.open(truncated, { reuse: true }), 'CORRUPT', /truncated or damaged/);
   });
 });
 

@@ -2,7 +2,8 @@
 import { Command, InvalidArgumentError } from 'commander';
 import { D4fsError, EXIT_CODES, toD4fsError } from '../errors';
 import { RegistryOptions } from '../oci/registry/options';
-import { LEVELS, ProgressEvent } from '../convert/convert';
+import { LEVELS } from '../convert/levels';
+import type { ProgressEvent } from '../convert/convert';
 
 export interface GlobalFlags {
   json?: boolean;

@@ -4,10 +4,8 @@
  * OCI registry as the store); then load into containerd unless --no-load.
  */
 import { Command } from 'commander';
-import { SingleBar, Presets } from 'cli-progress';
 import { invalidArgument } from '../errors';
 import { pullFromServer, PullProgress, PullResult } from '../distribution/pull';
-import { pullFromRegistry } from '../distribution/registry';
 import { action, addRegistryOptions, humanBytes, printJson, registryOptionsOf } from './common';
 import { addServerClientOptions, tokenOf } from './push';
 
@@ -17,6 +15,7 @@ export const defaultStoreDir = (): string => process.env.D4FS_STORE || '/var/lib
 /** A byte progress bar on stderr (terminals only). */
 function progressBar(enabled: boolean): { onProgress?: (p: PullProgress) => void; stop(): void } {
   if (!enabled || !process.stderr.isTTY) return { stop() {} };
+  const { SingleBar, Presets } = require('cli-progress') as typeof import('cli-progress');
   const bar = new SingleBar({ format: 'file {file}/{files} [{bar}] {percentage}% | {value}/{total} bytes', stream: process.stderr, hideCursor: true }, Presets.shades_classic);
   let current = '';
   return {
@@ -78,6 +77,7 @@ export function registerPull(program: Command): void {
         let r: PullResult;
         try {
           if (o.from) {
+            const { pullFromRegistry } = require('../distribution/registry') as typeof import('../distribution/registry');
             r = await pullFromRegistry({ ...common, from: o.from as string, image: o.image as string | undefined, registry: registryOptionsOf(o as never) });
           } else {
             if (!o.image) throw invalidArgument('--image NAME:TAG is required with --server');

@@ -7,7 +7,6 @@ import { Command } from 'commander';
 import { promises as fsp } from 'node:fs';
 import { invalidArgument } from '../errors';
 import { pushToServer } from '../distribution/push';
-import { pushToRegistry } from '../distribution/registry';
 import { action, addRegistryOptions, humanBytes, printJson, registryOptionsOf } from './common';
 
 /** The token: --token, else --token-file, else $D4FS_TOKEN. */
@@ -46,6 +45,8 @@ export function registerPush(program: Command): void {
         if (!!o.to === !!o.server) throw invalidArgument('give either --server URL (with --image NAME:TAG) or --to docker://REGISTRY/REPO:TAG');
         if (o.to) {
           if (o.image) throw invalidArgument('--image goes with --server; with --to the tag is in the reference');
+          // the registry client loads only for registry pushes
+          const { pushToRegistry } = require('../distribution/registry') as typeof import('../distribution/registry');
           const r = await pushToRegistry({ file: o.cdimg as string, to: o.to as string, registry: registryOptionsOf(o as never) });
           if (o.json) return printJson(r);
           process.stdout.write(

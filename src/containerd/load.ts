@@ -157,7 +157,7 @@ export async function loadImage(opts: LoadImageOptions): Promise<LoadImageResult
   const snapshotter = opts.snapshotter ?? DEFAULT_SNAPSHOTTER;
   const chain = opts.store.chainFor(imageId);
   const top = chain[chain.length - 1];
-  const reader = await CdimgReader.open(top.path);
+  const reader = await CdimgReader.open(top.path, { reuse: true });
   let built;
   try {
     built = buildContainerdImage({ imageId, rootDigest: reader.rootDigest, configJson: reader.index.image.configJson });

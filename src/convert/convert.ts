@@ -21,8 +21,8 @@ import { WorkerPool } from '../workers/pool';
 import { invalidArgument } from '../errors';
 
 /** zstd levels of full contents: `default` matches the zstd tool's default. */
-export const LEVELS = { fast: 1, default: 3, best: 19 } as const;
-export type LevelName = keyof typeof LEVELS;
+export { LEVELS, type LevelName } from './levels';
+import { LEVELS } from './levels';
 
 /**
  * zstd level of a full image's index (convert and patch both use it, so that

@@ -105,7 +105,8 @@ export function checkPlanChain(files: readonly FileInfo[], held: ReadonlySet<str
 
 /** Open a downloaded file and check it is the one the plan named. */
 export async function checkDownloaded(path: string, f: FileInfo, what: string): Promise<void> {
-  const r = await CdimgReader.open(path);
+  // Decoded once: storing and loading the file reuse this index.
+  const r = await CdimgReader.open(path, { reuse: true });
   try {
     const got = { rootDigest: r.rootDigest, kind: r.isDelta ? 'delta' : 'full', imageId: r.imageId, parentId: r.parentId ?? '' };
     for (const k of ['rootDigest', 'kind', 'imageId', 'parentId'] as const) {

@@ -45,6 +45,38 @@ export function parseHeader(h: Buffer, fileSize: number, what: string): HeaderIn
   return { version, flags, indexOffset, indexStoredLen, indexRawLen, rootDigest: Buffer.from(h.subarray(48, 80)) };
 }
 
+/** What opening a file verified and decoded: shared by readers of files with the same header and size. */
+interface OpenedIndex {
+  header: HeaderInfo;
+  index: Index;
+  v: { blobs: Map<string, Blob>; byPath: Map<string, Entry> };
+}
+
+/**
+ * Indexes verified and validated in this process, keyed by the whole header
+ * (which holds the root digest, the sha256 of the index) and the file size.
+ * A file with the same header and size has the same index bytes at the same
+ * place, so a reader opened with `{ reuse: true }` takes the decoded index
+ * from here instead of reading, hashing, decoding and validating it again;
+ * its chunks are still read from its own file and verified as always. The
+ * shared objects must not be mutated: only read-only users ask for reuse
+ * (the FUSE manager mounting chains, a pull checking, storing and loading
+ * the file it just downloaded).
+ */
+const opened = new Map<string, OpenedIndex>();
+const OPENED_MAX = 16;
+
+function remember(key: string, o: OpenedIndex): void {
+  opened.delete(key);
+  opened.set(key, o);
+  while (opened.size > OPENED_MAX) opened.delete(opened.keys().next().value as string);
+}
+
+/** Forget every index kept for reuse (tests; memory). */
+export function forgetOpenedIndexes(): void {
+  opened.clear();
+}
+
 export class CdimgReader {
   readonly blobs: Map<string, Blob>;
   readonly byPath: Map<string, Entry>;
@@ -60,7 +92,7 @@ export class CdimgReader {
     this.byPath = v.byPath;
   }
 
-  static async open(path: string): Promise<CdimgReader> {
+  static async open(path: string, opts: { reuse?: boolean } = {}): Promise<CdimgReader> {
     let fh: fsp.FileHandle;
     try {
       fh = await fsp.open(path, 'r');
@@ -74,6 +106,12 @@ export class CdimgReader {
       const h = Buffer.alloc(HEADER_SIZE);
       const { bytesRead } = await fh.read(h, 0, HEADER_SIZE, 0);
       const header = parseHeader(h.subarray(0, bytesRead), st.size, path);
+      const key = opts.reuse ? `${st.size}:${h.toString('hex')}` : undefined;
+      const known = key !== undefined ? opened.get(key) : undefined;
+      if (known) {
+        remember(key!, known);
+        return new CdimgReader(path, fh, known.header, known.index, known.v, st.size);
+      }
       const stored = Buffer.alloc(header.indexStoredLen);
       await readFully(fh, stored, header.indexOffset);
       let raw: Buffer;
@@ -85,6 +123,7 @@ export class CdimgReader {
       if (!sha256(raw).equals(header.rootDigest)) throw corrupt(`${path}: index does not match the root digest (file damaged)`);
       const index = decodeIndex(raw);
       const v = validateIndex(index, header.indexOffset, HEADER_SIZE);
+      if (key !== undefined) remember(key, { header, index, v });
       return new CdimgReader(path, fh, header, index, v, st.size);
     } catch (e) {
       await fh.close().catch(() => undefined);

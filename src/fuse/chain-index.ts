@@ -32,7 +32,8 @@ export class ChainIndex {
     if (paths.length === 0) throw failedPrecondition('empty chain');
     const readers: CdimgReader[] = [];
     try {
-      for (const p of paths) readers.push(await CdimgReader.open(p));
+      // The files are immutable and usually shared by several chains (a base image under its updates).
+      for (const p of paths) readers.push(await CdimgReader.open(p, { reuse: true }));
       checkChain(readers);
       const top = readers[readers.length - 1];
       return new ChainIndex([...paths], readers.map((r) => r.blobs), top.index, top.imageId);

@@ -364,10 +364,16 @@ export class FuseFileSystem implements FileSystem {
 }
 
 /** The verified chain of .cdimg paths of `imageId` in the local store at `storeRoot`. */
+/**
+ * The files of `imageId`'s chain in the store, full image first. They are not
+ * opened here: the manager opens, verifies and checks them as a chain before
+ * it mounts (and its errors come back to the caller), so reading every index
+ * here as well would only double the cost of a mount.
+ */
 async function resolveChain(storeRoot: string, imageId: string): Promise<string[]> {
   const store = await LocalStore.open(storeRoot);
   try {
-    return await store.verifyChain(imageId);
+    return store.chainFor(imageId).map((f) => f.path);
   } finally {
     store.close();
   }

@@ -10,7 +10,7 @@ import { promises as fsp, constants as FS } from 'node:fs';
 import { join } from 'node:path';
 import { CdimgReader } from '../format/reader';
 import { failedPrecondition, invalidArgument, notFound } from '../errors';
-import { checkChain } from '../delta/chain';
+import { checkChain } from '../format/chain';
 
 export interface StoredFile {
   rootDigest: string;
@@ -83,7 +83,7 @@ export class LocalStore {
    * The file is copied (or moved with `move`) into the store. Idempotent.
    */
   async add(path: string, opts: { move?: boolean } = {}): Promise<StoredFile> {
-    const r = await CdimgReader.open(path);
+    const r = await CdimgReader.open(path, { reuse: true });
     let rec: StoredFile;
     try {
       rec = { rootDigest: r.rootDigest, imageId: r.imageId, parentId: r.parentId ?? '', kind: r.isDelta ? 'delta' : 'full', size: r.fileSize, path: this.filePath(r.rootDigest) };
