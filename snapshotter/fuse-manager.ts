@@ -25,6 +25,7 @@ interface Flags {
   cacheDir?: string;
   cacheMaxBytes?: string;
   threads?: string;
+  prefetchMaxBytes?: string;
   fuseBinding?: string;
   logLevel?: string;
 }
@@ -45,6 +46,7 @@ async function main(argv: string[]): Promise<void> {
     .option('--cache-dir <dir>', 'content cache (default <root>/cache)')
     .option('--cache-max-bytes <n>', 'bound of the content cache (default 10 GiB)')
     .option('--threads <n>', 'worker threads (default: one per core)')
+    .option('--prefetch-max-bytes <n>', 'bytes an update may build ahead: the new versions of what the old image read (default 512 MiB; 0 turns it off)')
     .option('--fuse-binding <name>', 'fuse3 (libfuse3 low-level, default when it loads) or fuse-native (libfuse2)')
     .option('--log-level <level>', 'trace, debug, info, warn, error (default info)', 'info')
     .showHelpAfterError()
@@ -58,6 +60,7 @@ async function main(argv: string[]): Promise<void> {
     cacheDir: flags.cacheDir,
     cacheMaxBytes: positiveInt('--cache-max-bytes', flags.cacheMaxBytes),
     threads: positiveInt('--threads', flags.threads),
+    prefetchMaxBytes: flags.prefetchMaxBytes === '0' ? 0 : positiveInt('--prefetch-max-bytes', flags.prefetchMaxBytes),
     binding: flags.fuseBinding === undefined ? undefined : parseBinding(flags.fuseBinding, '--fuse-binding'),
     log,
   });

@@ -36,6 +36,9 @@ export const DEFAULT_OP_TIMEOUTS: Readonly<OpTimeouts> = { openMs: 300_000, read
 /** How long the kernel may keep attributes and entries, in seconds (images are immutable). */
 export const KERNEL_CACHE_SECONDS = 3600;
 
+/** How many contents a mount remembers having served (for the prefetch of its updates). */
+export const READ_LOG_MAX = 4096;
+
 export interface ImageFileSystemOptions {
   mountpoint: string;
   chain: ChainIndex;
@@ -80,6 +83,18 @@ export abstract class ImageFileSystemBase {
     return this.chain.imageId;
   }
 
+  /**
+   * Contents this mount was asked for (digest hex → the first path read),
+   * in the order of first use, at most {@link READ_LOG_MAX}: what an update
+   * of this image prefetches (see FuseManager.prefetchUpdate).
+   */
+  readonly readLog = new Map<string, string>();
+
+  /** Records the first use of a node's content. */
+  protected noteRead(path: string, hex: string): void {
+    if (this.readLog.size < READ_LOG_MAX && !this.readLog.has(hex)) this.readLog.set(hex, path);
+  }
+
   /** True when the image's chain stores content `hex` (sha256 hex), itself or as a patch base. */
   holds(hex: string): boolean {
     return this.chain.locate(hex) !== undefined;
@@ -91,6 +106,10 @@ export interface ImageFileSystem {
   readonly mountpoint: string;
   readonly imageId: string;
   readonly binding: FuseBindingName;
+  /** The image's tree. */
+  readonly tree: ImageTree;
+  /** Contents served so far (digest hex → first path), in the order of first use. */
+  readonly readLog: ReadonlyMap<string, string>;
   /** Mounts; resolves once the kernel has initialised the connection. */
   mount(timeoutMs?: number): Promise<void>;
   /** Detaches the mount lazily: whatever still uses it (an overlay's lower dir) keeps being served. */

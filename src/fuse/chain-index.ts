@@ -25,6 +25,8 @@ export class ChainIndex {
     readonly top: Index,
     /** The image id the chain leads to (sha256:…). */
     readonly imageId: string,
+    /** The image the top file is a delta from (undefined for a full image). */
+    readonly parentId: string | undefined,
   ) {}
 
   /** Opens and checks the chain `paths` (full image first). */
@@ -36,7 +38,7 @@ export class ChainIndex {
       for (const p of paths) readers.push(await CdimgReader.open(p, { reuse: true }));
       checkChain(readers);
       const top = readers[readers.length - 1];
-      return new ChainIndex([...paths], readers.map((r) => r.blobs), top.index, top.imageId);
+      return new ChainIndex([...paths], readers.map((r) => r.blobs), top.index, top.imageId, top.parentId);
     } finally {
       await Promise.all(readers.map((r) => r.close()));
     }

@@ -193,6 +193,7 @@ export class DeltaFileSystem extends ImageFileSystemBase implements ImageFileSys
     this.counters.opens++;
     if (n.entry.type !== FileType.REG) return cb(0, 0);
     const hex = n.entry.digest.toString('hex');
+    this.noteRead(n.entry.path, hex);
     let late = false;
     const timer = setTimeout(() => {
       late = true;

@@ -325,7 +325,9 @@ export class Fuse3FileSystem extends ImageFileSystemBase implements ImageFileSys
       return h;
     }
     const held: Held = { lastUse: Date.now(), busy: 0 };
-    held.pending = this.cache.acquire(n.entry.digest.toString('hex'), n.entry.size, this.chain).then(
+    const hex = n.entry.digest.toString('hex');
+    this.noteRead(n.entry.path, hex);
+    held.pending = this.cache.acquire(hex, n.entry.size, this.chain).then(
       (ref) => {
         held.pending = undefined;
         if (this.held.get(n.ino) !== held) {

@@ -25,6 +25,8 @@ import { ChainIndex } from './chain-index';
 import { chooseBinding, createImageFileSystem, fuse3LoadFailure, type FuseBindingName, type ImageFileSystem, type OpTimeouts } from './binding';
 import { cleanDeadMounts, d4fsMountsAt } from './mounts';
 import { FusePool } from './pool';
+import { fusePath } from './tree';
+import { FileType } from '../format/types';
 import {
   type CheckReply,
   isMountRequest,
@@ -50,8 +52,24 @@ export interface FuseManagerOptions {
   timeouts?: Partial<OpTimeouts>;
   /** FUSE binding (default: $D4FS_FUSE_BINDING, else fuse3 when it loads, else fuse-native). */
   binding?: FuseBindingName;
+  /** Bytes an update's prefetch may build (default 512 MiB; 0: no prefetch). */
+  prefetchMaxBytes?: number;
   log: Logger;
 }
+
+/** What the prefetch of updates did (stats). */
+export interface PrefetchStats {
+  /** Contents built ahead of their first read. */
+  built: number;
+  bytes: number;
+  failed: number;
+  /** Contents queued and not done yet. */
+  pending: number;
+}
+
+const DEFAULT_PREFETCH_BYTES = 512 * 1024 * 1024;
+/** Contents built at once by a prefetch (the pool has one thread per core; reads come first). */
+const PREFETCH_CONCURRENCY = 2;
 
 interface Served {
   record: MountRecord;
@@ -70,6 +88,7 @@ export class FuseManager {
   private server?: http.Server;
   private stopping?: Promise<void>;
   private readonly startedAt = new Date().toISOString();
+  private readonly prefetched: PrefetchStats = { built: 0, bytes: 0, failed: 0, pending: 0 };
   private readonly paths: ReturnType<typeof managerPaths>;
   readonly binding: FuseBindingName;
 
@@ -139,6 +158,7 @@ export class FuseManager {
       const record: MountRecord = { mountpoint: mp, chain: [...req.chain], imageId: req.imageId, mountedAt: new Date().toISOString() };
       this.mounts.set(mp, { record, fs });
       await this.saveState();
+      this.prefetchUpdate(fs, chain);
       return record;
     });
   }
@@ -183,6 +203,7 @@ export class FuseManager {
     for (const fs of this.detached) if (!fs.serving()) this.detached.delete(fs);
     return {
       cache: this.cache.stats(),
+      prefetch: { ...this.prefetched },
       mounts: [...this.mounts.values()].map((s) => ({ mountpoint: s.record.mountpoint, imageId: s.record.imageId, ...s.fs.stats() })),
       detached: this.detached.size,
     };
@@ -214,6 +235,66 @@ export class FuseManager {
   // -------------------------------------------------------------------------
 
   /** Removes the cached contents that no mounted or detached (still referenced) image holds. */
+  /**
+   * An update was mounted: `fs` serves an image that is a delta from one a
+   * mount here has been serving. The new versions of the contents the old
+   * image's users read (the programs and libraries a service starts with)
+   * are built now, in the background, so that the updated service does not
+   * wait for its patches when it starts. Best effort: failures only count
+   * (a read builds the content again and reports the error); at most
+   * prefetchMaxBytes, PREFETCH_CONCURRENCY at a time, and it stops when the
+   * new mount goes away.
+   */
+  private prefetchUpdate(fs: ImageFileSystem, chain: ChainIndex): void {
+    const budget = this.o.prefetchMaxBytes ?? DEFAULT_PREFETCH_BYTES;
+    if (budget <= 0 || !chain.parentId) return;
+    const old = [...this.mounts.values()].find((s) => s.fs.imageId === chain.parentId && s.fs !== fs)?.fs;
+    if (!old || old.readLog.size === 0) return;
+    const todo: { hex: string; size: number }[] = [];
+    const seen = new Set<string>();
+    let bytes = 0;
+    for (const [oldHex, p] of old.readLog) {
+      const n = fs.tree.lookup(fusePath(p));
+      if (!n || n.entry.type !== FileType.REG || n.entry.size === 0) continue;
+      const hex = n.entry.digest.toString('hex');
+      if (hex === oldHex || seen.has(hex) || this.cache.has(hex)) continue;
+      if (bytes + n.entry.size > budget) break;
+      seen.add(hex);
+      bytes += n.entry.size;
+      todo.push({ hex, size: n.entry.size });
+    }
+    if (todo.length === 0) return;
+    const t0 = Date.now();
+    this.prefetched.pending += todo.length;
+    let next = 0;
+    let built = 0;
+    const worker = async (): Promise<void> => {
+      while (next < todo.length) {
+        const { hex, size } = todo[next++];
+        try {
+          if (this.stopping || ![...this.mounts.values()].some((s) => s.fs === fs)) continue;
+          const ref = await this.cache.acquire(hex, size, chain);
+          try {
+            await ref.prepare(0, size);
+          } finally {
+            ref.release();
+          }
+          built++;
+          this.prefetched.built++;
+          this.prefetched.bytes += size;
+        } catch (e) {
+          this.prefetched.failed++;
+          this.log.debug({ digest: hex, err: (e as Error).message }, 'prefetch of an updated content failed');
+        } finally {
+          this.prefetched.pending--;
+        }
+      }
+    };
+    void Promise.all(Array.from({ length: Math.min(PREFETCH_CONCURRENCY, todo.length) }, worker)).then(() =>
+      this.log.info({ mountpoint: fs.mountpoint, from: chain.parentId, contents: todo.length, built, bytes, ms: Date.now() - t0 }, 'prefetched the update of what the previous version read'),
+    );
+  }
+
   private collectCache(): void {
     for (const fs of this.detached) if (!fs.serving()) this.detached.delete(fs);
     const serving = [...[...this.mounts.values()].map((s) => s.fs), ...this.detached];

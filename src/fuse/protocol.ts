@@ -17,6 +17,7 @@ import os from 'node:os';
 import path from 'node:path';
 import type { ErrorKind } from '../errors';
 import type { CacheStats } from './cache';
+import type { PrefetchStats } from './manager';
 import type { FuseBindingName, MountStats } from './binding';
 
 export const PROTOCOL_VERSION = 1;
@@ -70,6 +71,8 @@ export interface CheckReply {
 
 export interface StatsReply {
   cache: CacheStats;
+  /** What the prefetch of updates did. */
+  prefetch: PrefetchStats;
   mounts: (MountStats & { mountpoint: string; imageId: string })[];
   /** Unmounted filesystems still referenced (e.g. by an overlay) and served. */
   detached: number;
