@@ -63,11 +63,11 @@ export class Chain {
   private readonly cache = new ContentCache(256 * 1024 * 1024);
   private constructor(readonly readers: CdimgReader[]) {}
 
-  /** Open and check a chain (full image first). */
-  static async open(paths: string[]): Promise<Chain> {
+  /** Open and check a chain (full image first); `reuse`: see CdimgReader.open (read-only users only). */
+  static async open(paths: string[], opts: { reuse?: boolean } = {}): Promise<Chain> {
     const readers: CdimgReader[] = [];
     try {
-      for (const p of paths) readers.push(await CdimgReader.open(p));
+      for (const p of paths) readers.push(await CdimgReader.open(p, opts));
       checkChain(readers);
       return new Chain(readers);
     } catch (e) {

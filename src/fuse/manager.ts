@@ -158,6 +158,8 @@ export class FuseManager {
       const record: MountRecord = { mountpoint: mp, chain: [...req.chain], imageId: req.imageId, mountedAt: new Date().toISOString() };
       this.mounts.set(mp, { record, fs });
       await this.saveState();
+      // Every worker thread opens the chain now, not at the first read of a container.
+      for (let i = 0; i < this.pool.threads; i++) this.pool.run('warmChain', { chain: [...chain.paths] }).catch(() => undefined);
       this.prefetchUpdate(fs, chain);
       return record;
     });

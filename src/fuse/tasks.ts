@@ -83,7 +83,8 @@ function chainOf(paths: string[]): Promise<Chain> {
     chains.set(key, c);
     return c;
   }
-  c = Chain.open(paths).then((chain) => {
+  // Indexes decoded once per thread: a base image's index serves every chain of its updates.
+  c = Chain.open(paths, { reuse: true }).then((chain) => {
     const rebuild = chain.content.bind(chain);
     chain.content = async (digest: Buffer, level?: number, depth?: number): Promise<Buffer> => {
       const hex = digest.toString('hex');
@@ -190,6 +191,15 @@ export async function buildChunk(a: BuildChunkArgs): Promise<number> {
     await fh.close();
   }
   return raw.length;
+}
+
+/**
+ * Opens a chain in this thread ahead of its first content (a new mount's
+ * indexes are decoded here while nothing waits on them). Returns true.
+ */
+export async function warmChain(a: { chain: string[] }): Promise<boolean> {
+  await chainOf(a.chain);
+  return true;
 }
 
 /** True when the file at `path` has `size` bytes whose sha256 is `digest`. */
