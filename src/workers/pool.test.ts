@@ -26,6 +26,23 @@ describe('WorkerPool', () => {
     }
   });
 
+  it('a lazy pool adds threads only when `growAt` tasks wait', async () => {
+    const pool = new WorkerPool(2, { growAt: 2 });
+    try {
+      expect(pool.started).toBe(1);
+      const arg = { items: [{ data: Buffer.alloc(1000, 1), size: 1000, digest: '' }], level: 3, chunkSize: 1 << 20 };
+      await Promise.all([pool.run('compressContents', arg), pool.run('compressContents', arg)]); // one running, one waiting
+      expect(pool.started).toBe(1);
+      await Promise.all([1, 2, 3].map(() => pool.run('compressContents', arg))); // two waiting
+      expect(pool.started).toBe(2);
+    } finally {
+      await pool.close();
+    }
+    const eager = new WorkerPool(3, { eager: true });
+    expect(eager.started).toBe(3);
+    await eager.close();
+  });
+
   it('moves transferred buffers and fails a task with its error, then goes on', async () => {
     const pool = new WorkerPool(1);
     try {

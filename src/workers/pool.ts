@@ -7,8 +7,8 @@
  * small image spends a good part of its time starting up, and piscina costs
  * ~12 ms of module loading in the main thread and ~5 ms more per thread.
  * What it does: one task at a time per thread, tasks queued in order; a
- * lazy pool starts one thread and adds threads while tasks wait, up to
- * `threads`; threads beyond the first stop after `idleTimeout` without work;
+ * lazy pool starts one thread and adds a thread whenever `growAt` tasks
+ * wait, up to `threads`; threads beyond the first stop after `idleTimeout` without work;
  * idle threads do not keep the process alive; a thread that dies fails its
  * task and is replaced; close() fails what is queued or running and stops
  * every thread.
@@ -43,17 +43,23 @@ export class WorkerPool {
   readonly threads: number;
   private readonly min: number;
   private readonly idleTimeout: number;
+  private readonly growAt: number;
   private readonly all = new Set<Thread>();
   private readonly idle: Thread[] = [];
   private readonly queue: Task[] = [];
   private nextId = 1;
   private closed = false;
 
-  /** `eager`: start every thread now, not one now and the others when work queues up. */
-  constructor(threads?: number, opts: { eager?: boolean; idleTimeout?: number } = {}) {
+  /**
+   * `eager`: start every thread now, not one now and the others when work
+   * queues up; `growAt`: how many tasks must wait before a lazy pool adds a
+   * thread (default 1: as soon as one waits).
+   */
+  constructor(threads?: number, opts: { eager?: boolean; idleTimeout?: number; growAt?: number } = {}) {
     this.threads = Math.max(1, threads ?? availableParallelism());
     this.min = opts.eager ? this.threads : 1;
     this.idleTimeout = opts.idleTimeout ?? 30_000;
+    this.growAt = Math.max(1, opts.growAt ?? 1);
     for (let i = 0; i < this.min; i++) this.idle.push(this.spawn());
   }
 
@@ -68,6 +74,11 @@ export class WorkerPool {
   /** Tasks waiting for a thread. */
   get queueSize(): number {
     return this.queue.length;
+  }
+
+  /** Threads started and not stopped. */
+  get started(): number {
+    return this.all.size;
   }
 
   async close(): Promise<void> {
@@ -100,7 +111,7 @@ export class WorkerPool {
   private pump(): void {
     while (this.queue.length && this.idle.length) this.start(this.idle.pop() as Thread, this.queue.shift() as Task);
     // lazy pools grow while tasks wait
-    while (this.queue.length && this.all.size < this.threads) this.start(this.spawn(), this.queue.shift() as Task);
+    while (this.queue.length >= this.growAt && this.all.size < this.threads) this.start(this.spawn(), this.queue.shift() as Task);
   }
 
   private start(th: Thread, t: Task): void {
