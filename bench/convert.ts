@@ -37,6 +37,29 @@ async function timed(cmd: string, args: string[]): Promise<{ s: number; rssKiB: 
 
 const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
+/**
+ * With NODE_EXTRA_CA_CERTS set, Node 20 parses that certificate file at every
+ * start, before any JavaScript runs (~0.4 G instructions for Debian's bundle):
+ * a fixed cost of each d4fs run that the C tools do not have. Measured here so
+ * the table says how much of d4fs's time it is (median of `node -e ""` runs).
+ */
+export async function extraCaCost(runs = 7): Promise<{ file: string; withS: number; withoutS: number } | undefined> {
+  const file = process.env.NODE_EXTRA_CA_CERTS;
+  if (!file) return undefined;
+  const without = { ...process.env };
+  delete without.NODE_EXTRA_CA_CERTS;
+  const w: number[] = [];
+  const wo: number[] = [];
+  for (let i = 0; i < runs; i++) {
+    for (const [env, into] of [[process.env, w], [without, wo]] as const) {
+      const t = process.hrtime.bigint();
+      await run(process.execPath, ['-e', ''], { env });
+      into.push(Number(process.hrtime.bigint() - t) / 1e9);
+    }
+  }
+  return { file, withS: median(w), withoutS: median(wo) };
+}
+
 function layerBlobs(layout: string, tag: string): string[] {
   const index = JSON.parse(readFileSync(join(layout, 'index.json'), 'utf8'));
   const m = index.manifests.find((x: { annotations?: Record<string, string> }) => x.annotations?.['org.opencontainers.image.ref.name'] === tag) ?? index.manifests[0];
@@ -122,11 +145,14 @@ export async function convertBench(opts: { runs?: number; images?: ImageName[]; 
   return rows;
 }
 
-export function printConvertTable(rows: Row[]): void {
+export function printConvertTable(rows: Row[], extraCa?: { file: string; withS: number; withoutS: number }): void {
   const f = (n: number, d = 2) => n.toFixed(d);
   const lines = [
     '## convert: ctr-cli convert vs tar -x + zstd -T2 (median of runs; targets: ratio <= 1.5, peak RSS < 512 MiB)',
     '',
+    ...(extraCa
+      ? [`note: NODE_EXTRA_CA_CERTS=${extraCa.file} is set: a bare \`node -e ""\` takes ${extraCa.withS.toFixed(3)} s with it, ${extraCa.withoutS.toFixed(3)} s without (every d4fs run pays the difference)`, '']
+      : []),
     '| image | layers MiB | content MiB | d4fs s | MiB/s | tar+zstd s | ratio | peak RSS MiB | .cdimg MiB | tree.tar.zst MiB |',
     '| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |',
     ...rows.map((r) => `| ${r.image} | ${f(r.layerMiB, 1)} | ${f(r.contentMiB, 1)} | ${f(r.d4fsS)} | ${f(r.contentMiB / r.d4fsS, 0)} | ${f(r.cToolsS)} | ${f(r.ratio)} ${r.ratio <= 1.5 ? 'ok' : 'MISS'} | ${f(r.rssMiB, 0)} ${r.rssMiB < 512 ? 'ok' : 'MISS'} | ${f(r.cdimgMiB, 1)} | ${f(r.zstdTreeMiB, 1)} |`),

@@ -3,7 +3,7 @@
  * Ratios are measured against baselines in the same run.
  *   node dist/bench/run.js [convert] [--runs N] [--quick]
  */
-import { convertBench, printConvertTable } from './convert';
+import { convertBench, extraCaCost, printConvertTable } from './convert';
 import { deltaBench, printDeltaTables } from './delta';
 import { snapshotterBench, printSnapshotterTable } from './snapshotter';
 import { distributionBench, printDistributionTable, updateBench, printUpdateTable } from './distribution';
@@ -18,7 +18,8 @@ async function main(): Promise<void> {
   const want = (s: string) => only.length === 0 || only.includes(s);
   process.stdout.write(`# d4fs benchmarks (${new Date().toISOString()}, ${process.version}, ${require('node:os').cpus().length} cores)\n\n`);
   if (want('convert')) {
-    printConvertTable(await convertBench({ runs, images: quick ? ['nginx-v1'] : undefined, big: !quick }));
+    const rows = await convertBench({ runs, images: quick ? ['nginx-v1'] : undefined, big: !quick });
+    printConvertTable(rows, await extraCaCost());
   }
   if (want('delta')) printDeltaTables(await deltaBench({ quick }));
   if (want('snapshotter')) printSnapshotterTable(await snapshotterBench());

@@ -19,6 +19,12 @@ export function fail(e: unknown, debug = false): never {
   process.exit(EXIT_CODES[err.kind]);
 }
 
+/** End the process once what was written to stdout and stderr has gone out (for commands that are done). */
+export async function exitNow(code: number): Promise<never> {
+  await Promise.all([process.stdout, process.stderr].map((s) => new Promise<void>((resolve) => s.write('', () => resolve()))));
+  process.exit(code);
+}
+
 /** Wrap an async action so every error becomes one line and a meaningful exit code. */
 export function action<A extends unknown[]>(fn: (...args: A) => Promise<void>): (...args: A) => Promise<void> {
   return async (...args: A) => {

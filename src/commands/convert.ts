@@ -5,7 +5,7 @@
 import { Command } from 'commander';
 import { convertImage } from '../convert/convert';
 import { invalidArgument } from '../errors';
-import { action, addRegistryOptions, humanBytes, parseIntOpt, parseLevel, parseSize, printJson, progressReporter, registryOptionsOf } from './common';
+import { action, addRegistryOptions, exitNow, humanBytes, parseIntOpt, parseLevel, parseSize, printJson, progressReporter, registryOptionsOf } from './common';
 import { takePrestartedPool } from './prestart';
 
 export function registerConvert(program: Command): void {
@@ -53,6 +53,9 @@ export function registerConvert(program: Command): void {
               `  layers       ${r.layers} (${humanBytes(r.layerBytes)} compressed)\n` +
               `  .cdimg size  ${humanBytes(r.fileSize)}\n  time         ${r.seconds.toFixed(2)} s\n`,
           );
+        // The file is in place and the result printed: end the process now instead of tearing down
+        // the worker threads and every heap one by one (the OS reclaims them at once).
+        await exitNow(0);
       } finally {
         prog.stop();
         await pool?.close();

@@ -3,6 +3,7 @@
  * only for convert, with the thread count its arguments ask for, and a pool of
  * another size is never handed out.
  */
+import { availableParallelism } from 'node:os';
 import { prestartPool, takePrestartedPool, threadsOf } from './prestart';
 
 const argv = (...a: string[]): string[] => ['node', 'ctr-cli', ...a];
@@ -38,6 +39,18 @@ describe('prestarted worker pool', () => {
     const r = await pool!.run('compressContents', { items: [{ data: Buffer.from('abc'), size: 3, digest: '' }], level: 3, chunkSize: 1 << 20 });
     expect(r.items[0].digest).toBe('ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad');
     await pool!.close();
+  });
+
+  it('starts one thread by default, every asked-for thread at once', async () => {
+    prestartPool(argv('convert', '--image', 'oci:x', '--output', 'y'));
+    const lazy = takePrestartedPool();
+    expect(lazy?.started).toBe(1);
+    expect(lazy?.threads).toBe(availableParallelism());
+    await lazy?.close();
+    prestartPool(argv('convert', '-t', '3', '--image', 'oci:x', '--output', 'y'));
+    const eager = takePrestartedPool(3);
+    expect(eager?.started).toBe(3);
+    await eager?.close();
   });
 
   it('closes a pool of another size instead of handing it out', () => {

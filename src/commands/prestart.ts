@@ -27,7 +27,11 @@ export function prestartPool(argv: string[]): void {
   const threads = threadsOf(args);
   if (Number.isNaN(threads) || (threads !== undefined && (threads < 1 || threads > 256))) return;
   const { WorkerPool: Pool } = require('../workers/pool') as typeof import('../workers/pool');
-  prestarted = new Pool(threads, { eager: true });
+  // An asked-for count starts at once. By default one thread starts and a second joins only when
+  // tasks back up behind it (two waiting): on a small image the main thread's reading and parsing
+  // set the pace and one thread keeps up, so another would only cost its start-up (~25 ms of CPU,
+  // on a machine whose cores are all busy).
+  prestarted = threads !== undefined ? new Pool(threads, { eager: true }) : new Pool(undefined, { growAt: 2 });
 }
 
 /**

@@ -12,9 +12,10 @@
  * a later layer deletes or replaces are simply never written.
  *
  * Memory stays bounded: small contents are copied once, from the tar stream
- * into a batch buffer that is transferred (not copied) to a worker; contents
- * up to `inlineMax` travel the same way in a buffer of their own; larger ones
- * go through a temp file; the bytes in flight are capped (back-pressure on the
+ * into a batch buffer in shared memory that the worker reads in place (and
+ * that is reused once the batch is done); contents up to `inlineMax` go in
+ * a buffer of their own, transferred (not copied); larger ones go through a
+ * temp file; the bytes in flight are capped (back-pressure on the
  * layer stream); and compressed blobs held in memory are capped by `memMax`.
  */
 import { promises as fsp } from 'node:fs';
@@ -72,7 +73,7 @@ interface Batch {
   tmpFiles: string[];
   bytes: number;
   /** shared buffer of the small contents, and how much of it is used */
-  shared: ArrayBuffer | null;
+  shared: SharedArrayBuffer | null;
   sharedUsed: number;
 }
 
@@ -88,6 +89,13 @@ export class BlobSink implements ContentSink {
   private tmpDirMade = false;
   private spool: fsp.FileHandle | null = null;
   private spoolPos = 0;
+  /**
+   * Batch buffers whose batch is done, for the next batches: the worker reads
+   * a batch in place (shared memory, nothing transferred), so a buffer can be
+   * filled again once its result is taken. Fresh memory costs a page fault per
+   * 4 KiB on first write; reused memory does not.
+   */
+  private readonly freeShared: SharedArrayBuffer[] = [];
 
   /** `tmpDir` (created only when needed) holds staged contents and the spool file. */
   constructor(
@@ -115,10 +123,9 @@ export class BlobSink implements ContentSink {
         const b = this.batch;
         if (!b.shared || b.sharedUsed + size > b.shared.byteLength) {
           if (b.shared) await this.submit();
-          this.batch.shared = new ArrayBuffer(Math.max(this.limits.batchBytes, size));
-          this.batch.buffers.push(this.batch.shared);
+          this.batch.shared = size <= this.limits.batchBytes ? (this.freeShared.pop() ?? new SharedArrayBuffer(this.limits.batchBytes)) : new SharedArrayBuffer(size);
         }
-        dst = new Uint8Array(this.batch.shared as ArrayBuffer, this.batch.sharedUsed, size);
+        dst = new Uint8Array(this.batch.shared as SharedArrayBuffer, this.batch.sharedUsed, size);
       } else {
         dst = new Uint8Array(size);
       }
@@ -218,6 +225,8 @@ export class BlobSink implements ContentSink {
       o += sizes[i];
     }
     await Promise.all(b.tmpFiles.map((f) => fsp.rm(f, { force: true })));
+    // the worker is done with the batch: its buffer can take the next one
+    if (b.shared && b.shared.byteLength === this.limits.batchBytes && this.freeShared.length < this.pool.threads * 3) this.freeShared.push(b.shared);
   }
 
   private async spoolWrite(data: Uint8Array): Promise<number> {
@@ -277,6 +286,7 @@ export class BlobSink implements ContentSink {
   async destroy(): Promise<void> {
     await this.window.settle();
     this.held.clear();
+    this.freeShared.length = 0;
     if (this.spool) await this.spool.close().catch(() => undefined);
     this.spool = null;
     if (this.tmpDirMade) await fsp.rm(this.tmpDir, { recursive: true, force: true });

@@ -6,7 +6,7 @@
 import { promises as fsp } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { encodeIndex, warmCodec } from './codec';
+import { encodeIndex } from './codec';
 import { HEADER_SIZE, Index, MAGIC, FORMAT_VERSION, LIMITS } from './types';
 import { sha256 } from '../util/digest';
 import { invalidArgument } from '../errors';
@@ -17,9 +17,8 @@ export const FLAG_INDEX_ZSTD = 1;
 /** Pieces per gathered write (Linux IOV_MAX). */
 const IOV_MAX = 1024;
 
-/** Load what finish() needs (protobuf schema and encoders, zstd), e.g. while waiting for workers. */
+/** Load what finish() needs (zstd's binding), e.g. while waiting for workers. */
 export function warmFinish(): void {
-  warmCodec();
   zstdFrame(Buffer.alloc(1), 1);
 }
 
