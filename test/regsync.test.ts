@@ -292,6 +292,32 @@ describe('registry diff / apply / sync', () => {
     expect(await storageFiles(dst)).toEqual(before);
     for (const f of FAMILIES) expect(await tagsOf(dst.host, `partial/gz/${f}`, CREDS_ARG)).not.toContain('v2');
     expect(await tagsOf(dst.host, 'partial/gz/redis', CREDS_ARG)).toEqual([]);
+    // an old image whose layer blob is gone from its repository (deleted through the API):
+    // push-vet names the old layer the patch takes file contents from, and uploads nothing
+    const lpatch = path.join(work, 'holes.patch');
+    await diffImageSets({
+      old: [parseSpec(`docker://${src.host}/gz/libssl:v1`, 'test')],
+      new: [parseSpec(`docker://${src.host}/gz/libssl:v2 holes/gz/libssl:v2`, 'test')],
+      out: lpatch,
+      platforms: 'all',
+      level: 'fast',
+    });
+    const lix = (await PatchReader.open(lpatch)).index;
+    expect(lix.sources.length).toBeGreaterThan(0);
+    await pushOciLayout(gz['libssl-v1'].layout, gz['libssl-v1'].tag, dst.host, 'holes/gz/libssl:v1', CREDS_ARG);
+    const holed = (await skopeoRaw(`docker://${dst.host}/holes/gz/libssl:v1`, CREDS_ARG)).doc.layers.find((l, i) => i > 0) as { digest: string };
+    expect(lix.sources.map((x) => x.digest)).toContain(holed.digest);
+    const del = await fetch(`http://${dst.host}/v2/holes/gz/libssl/blobs/${holed.digest}`, { method: 'DELETE', headers: { Authorization: `Basic ${Buffer.from(CREDS_ARG).toString('base64')}` } });
+    expect(del.status).toBe(202);
+    const beforeHoles = await storageFiles(dst);
+    const h = await cli(['registry', 'apply', lpatch, '--to', `docker://${dst.host}`, '--old', 'holes/gz/libssl:v1', '--dest-creds', CREDS_ARG, '-q']);
+    expect(h.code).toBe(5);
+    expect(h.stderr).toMatch(/push-vet: the destination lacks 1 blob/);
+    expect(h.stderr).toContain(`old layer ${holed.digest}`);
+    expect(h.stderr).toMatch(/its blob is missing/);
+    expect(await storageFiles(dst)).toEqual(beforeHoles);
+    expect(await tagsOf(dst.host, 'holes/gz/libssl', CREDS_ARG)).toEqual(['v1']);
+
     // --vet-only on the complete destination passes
     const ok = await cli(['registry', 'apply', patch, '--to', `docker://${dst.host}`, '--dest-creds', CREDS_ARG, '--vet-only', '-q']);
     expect(ok.code).toBe(0);
