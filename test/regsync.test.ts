@@ -17,6 +17,7 @@ import { existsSync, promises as fsp } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { promisify } from 'node:util';
+import { formatDiffReport } from '../src/commands/registry';
 import { compressFull } from '../src/delta/codecs';
 import { RegistryClient } from '../src/oci/registry/client';
 import { applyPatch } from '../src/regsync/apply';
@@ -38,12 +39,12 @@ const CACHE = path.join(process.env.D4FS_TEST_CACHE ?? path.join(REPO_ROOT, '.ca
 jest.setTimeout(600_000);
 
 /** `skopeo inspect --raw` digest (sha256 of the bytes) and document. */
-async function skopeoRaw(ref: string, creds?: string): Promise<{ digest: string; doc: { config: { digest: string }; layers: { digest: string; size: number }[] } }> {
+async function skopeoRaw(ref: string, creds?: string): Promise<{ digest: string; size: number; doc: { config: { digest: string; size: number }; layers: { digest: string; size: number }[] } }> {
   const args = ['inspect', '--raw', '--tls-verify=false', ...(creds ? ['--creds', creds] : []), ref];
   const { stdout } = await run('skopeo', args, { encoding: 'buffer', maxBuffer: 1 << 24 } as never);
   const bytes = stdout as unknown as Buffer;
   const { createHash } = await import('node:crypto');
-  return { digest: `sha256:${createHash('sha256').update(bytes).digest('hex')}`, doc: JSON.parse(bytes.toString('utf8')) };
+  return { digest: `sha256:${createHash('sha256').update(bytes).digest('hex')}`, size: bytes.length, doc: JSON.parse(bytes.toString('utf8')) };
 }
 
 /** `skopeo inspect --config --raw`: the config's diff_ids. */
@@ -153,6 +154,33 @@ describe('registry diff / apply / sync', () => {
     }
     expect(report.rewrittenImages).toEqual([]);
     expect(report.patchBytes).toBeLessThan(report.dedupBytes * 0.5);
+    // the savings report against the registry's own numbers: a plain pull/push moves every
+    // blob of the new set once; layer dedup skips the blobs the old set has
+    const plain = new Map<string, number>();
+    const dedup = new Map<string, number>();
+    const oldBlobs = new Set<string>();
+    for (const f of FAMILIES) {
+      const o = (await skopeoRaw(`docker://${src.host}/gz/${f}:v1`)).doc;
+      oldBlobs.add(o.config.digest);
+      for (const l of o.layers) oldBlobs.add(l.digest);
+    }
+    for (const f of FAMILIES) {
+      const n = await skopeoRaw(`docker://${src.host}/gz/${f}:v2`);
+      for (const b of [{ digest: n.digest, size: n.size }, n.doc.config, ...n.doc.layers]) {
+        plain.set(b.digest, b.size);
+        if (!oldBlobs.has(b.digest)) dedup.set(b.digest, b.size);
+      }
+    }
+    const sum = (m: Map<string, number>): number => [...m.values()].reduce((a, b) => a + b, 0);
+    expect(report.plainBytes).toBe(sum(plain));
+    expect(report.dedupBytes).toBe(sum(dedup));
+    expect(report.patchBytes).toBe((await fsp.stat(patch)).size);
+    expect(report.percentSaved).toBe(Math.round(1000 * (1 - report.patchBytes / report.plainBytes)) / 10);
+    expect(report.percentSavedVsDedup).toBe(Math.round(1000 * (1 - report.patchBytes / report.dedupBytes)) / 10);
+    const human = formatDiffReport(report);
+    expect(human).toMatch(/plain pull\/push of the new set +\S+/);
+    expect(human).toContain(`${report.percentSaved.toFixed(1)}% saved vs plain`);
+    expect(human).toContain('every manifest will be identical at the destination');
     process.stdout.write(`gzip -9n set: plain ${report.plainBytes}, dedup ${report.dedupBytes}, patch ${report.patchBytes} (${report.ratioVsDedup}x dedup)\n`);
 
     const a = await cli(['registry', 'apply', patch, '--to', `docker://${dst.host}`, '--dest-creds', CREDS_ARG, '--json', '-q']);
