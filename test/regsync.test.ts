@@ -472,6 +472,15 @@ describe('registry diff / apply / sync', () => {
       expect(second.code).toBe(0);
       const rep = JSON.parse(second.stdout) as { repos: string[]; updated: string[]; upToDate: string[]; apply: { images: { identical: boolean }[] } };
       expect(rep.repos).toEqual([...FAMILIES].sort());
+      // the catalog, in one page and one repository per page (Link pagination)
+      const pc = new RegistryClient(src.host);
+      try {
+        const all = await pc.listRepositories();
+        expect(all).toEqual(expect.arrayContaining(FAMILIES.map((f) => `gz/${f}`)));
+        expect(await pc.listRepositories(1)).toEqual(all);
+      } finally {
+        await pc.close();
+      }
       expect(rep.updated.sort()).toEqual(FAMILIES.filter((f) => !doneBeforeKill.includes(f)).map((f) => `${f}:v2`).sort());
       expect(rep.upToDate.sort()).toEqual([...FAMILIES.map((f) => `${f}:v1`), ...doneBeforeKill.map((f) => `${f}:v2`)].sort());
       expect(rep.apply.images.every((i) => i.identical)).toBe(true);
