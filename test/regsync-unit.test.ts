@@ -329,6 +329,16 @@ describe('registry CLI: --help, one-line errors, exit codes', () => {
     dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'd4fs-regcli-'));
     await buildOciLayout(path.join(dir, 'v1'), 'v1', { 'etc/app.conf': 'version=1\n'.repeat(100) });
     await buildOciLayout(path.join(dir, 'v2'), 'v2', { 'etc/app.conf': 'version=2\n'.repeat(100) });
+    // an image whose manifest is Docker schema 1 (not supported)
+    const s1 = path.join(dir, 's1');
+    await fsp.mkdir(path.join(s1, 'blobs', 'sha256'), { recursive: true });
+    const s1doc = Buffer.from(JSON.stringify({ schemaVersion: 1, mediaType: 'application/vnd.docker.distribution.manifest.v1+prettyjws', name: 'x', tag: 'v1', fsLayers: [] }));
+    await fsp.writeFile(path.join(s1, 'blobs', 'sha256', sha(s1doc).slice(7)), s1doc);
+    await fsp.writeFile(path.join(s1, 'oci-layout'), '{"imageLayoutVersion":"1.0.0"}');
+    await fsp.writeFile(
+      path.join(s1, 'index.json'),
+      JSON.stringify({ schemaVersion: 2, manifests: [{ mediaType: 'application/vnd.docker.distribution.manifest.v1+prettyjws', digest: sha(s1doc), size: s1doc.length, annotations: { 'org.opencontainers.image.ref.name': 'v1' } }] }),
+    );
     patch = path.join(dir, 'p.patch');
     const r = cli(['registry', 'diff', '--old', `oci:${path.join(dir, 'v1')}:v1`, '--new', `oci:${path.join(dir, 'v2')}:v2`, '--out', patch, '--level', 'fast', '-q']);
     expect(r.code).toBe(0);
@@ -366,6 +376,7 @@ describe('registry CLI: --help, one-line errors, exit codes', () => {
       [['registry', 'diff', '--old', 'x:1', '--new', 'y:1', '--out', 'p', '--level', 'huge'], 2, /level must be fast, default or best/],
       [['registry', 'diff', '--old', 'x:1', '--new', 'y:1', '--out', 'p', '--src-tls-verify', 'maybe'], 2, /expected true or false/],
       [['registry', 'diff', '--old', `oci:${path.join(dir, 'nowhere')}:v1`, '--new', `oci:${path.join(dir, 'v2')}:v2`, '--out', path.join(dir, 'x.patch'), '-q'], 3, /not an OCI image layout/],
+      [['registry', 'diff', '--old', `oci:${path.join(dir, 'v1')}:v1`, '--new', `oci:${path.join(dir, 's1')}:v1`, '--out', path.join(dir, 'x.patch'), '-q'], 8, /unsupported media type application\/vnd\.docker\.distribution\.manifest\.v1/],
       [['registry', 'apply', patch], 2, /required option '--to/],
       [['registry', 'apply', patch, '--to', 'docker://Bad Host', '-q'], 2, /invalid registry host|invalid registry target/],
       [['registry', 'apply', path.join(dir, 'nowhere.patch'), '--to', 'docker://127.0.0.1:1', '-q'], 3, /does not exist/],
