@@ -597,6 +597,20 @@ describe('registry diff / apply / sync', () => {
       await dstClient.close();
     }
 
+    // pull-incremental --all-platforms: the index, both manifests and configs, only the layers v1 lacks; pushed next to v1
+    const archive = path.join(work, 'mp-incr.tar');
+    const pi = await cli(['registry', 'pull-incremental', '--base', `docker://${src.host}/mp/libssl:v1`, '--final', `docker://${src.host}/mp/libssl:v2`, '--all-platforms', '--out', archive, '--json']);
+    expect(pi.code).toBe(0);
+    const pir = JSON.parse(pi.stdout) as { digest: string; layersIncluded: number; layersOmitted: number };
+    expect(pir.digest).toBe(report.images[0].root);
+    expect(pir.layersIncluded).toBe(1); // the libssl3 layer, shared by both platform manifests
+    expect(pir.layersOmitted).toBe(2); // the base layer, once per manifest
+    const pushed = await cli(['registry', 'push', archive, `docker://${dst.host}/mp-incr/libssl:v2`, '--base-repo', 'mp/libssl', '--dest-creds', CREDS_ARG, '--json']);
+    expect(pushed.stderr).toBe('');
+    expect(pushed.code).toBe(0);
+    expect((await skopeoRaw(`docker://${dst.host}/mp-incr/libssl:v2`, CREDS_ARG)).digest).toBe(report.images[0].root);
+    await run('skopeo', ['--insecure-policy', 'copy', '--quiet', '--all', '--src-tls-verify=false', '--src-creds', CREDS_ARG, `docker://${dst.host}/mp-incr/libssl:v2`, `oci:${path.join(work, 'mp-incr-copy')}:v2`]);
+
     // by default, one platform (this machine's) is taken out of the index
     const dflt = await cli(['registry', 'diff', '--old', `docker://${src.host}/mp/libssl:v1`, '--new', `docker://${src.host}/mp/libssl:v2=mp/libssl-host:v2`, '--out', path.join(work, 'mp-host.patch'), '--level', 'fast', '--json', '-q']);
     expect(dflt.code).toBe(0);
@@ -643,7 +657,8 @@ describe('registry diff / apply / sync', () => {
     // apply --old LIST REF NAME: the list (made for diff, naming the primary) is read as names at the destination
     const applyList = path.join(work, 'mixed-apply.list');
     await fsp.writeFile(applyList, `docker://${src.host}/gz/nginx:v1\ndocker://${src.host}/gz/redis:v1 gz/redis:v1\n`);
-    const a = await cli(['registry', 'apply', patch, '--to', `docker://${dst.host}`, '--old', applyList, `docker://${dst.host}/gz/libssl:v1`, '--dest-creds', CREDS_ARG, '--json', '-q']);
+    const libsslV1 = (await skopeoRaw(`docker://${dst.host}/gz/libssl:v1`, CREDS_ARG)).digest;
+    const a = await cli(['registry', 'apply', patch, '--to', `docker://${dst.host}`, '--old', applyList, `docker://${dst.host}/gz/libssl:v1`, `gz/libssl@${libsslV1}`, '--dest-creds', CREDS_ARG, '--json', '-q']);
     expect(a.stderr).toBe('');
     expect(a.code).toBe(0);
     const applied = JSON.parse(a.stdout) as { images: { identical: boolean }[]; layers: { kind: string; actions: string[] }[] };
