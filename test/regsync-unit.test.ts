@@ -296,6 +296,8 @@ describe('patch container', () => {
       ['old content nobody provides', (ix) => (ix.sources[0].extract = [])],
       ['digest syntax', (ix) => (ix.contents[0].digest = 'md5:abc')],
       ['format', (ix) => (ix.format = 'other')],
+      ['savings not a number', (ix) => (ix.stats.plainBytes = '1e99')],
+      ['negative savings', (ix) => (ix.stats.dedupBytes = -1)],
     ];
     for (const [name, f] of cases) {
       const e = mutate(f);

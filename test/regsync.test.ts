@@ -199,8 +199,10 @@ describe('registry diff / apply / sync', () => {
     const a = await cli(['registry', 'apply', patch, '--to', `docker://${dst.host}`, '--dest-creds', CREDS_ARG, '--json', '-q']);
     expect(a.stderr).toBe('');
     expect(a.code).toBe(0);
-    const applied = JSON.parse(a.stdout) as { images: { identical: boolean }[]; blobsUploaded: number };
+    const applied = JSON.parse(a.stdout) as { images: { identical: boolean }[]; blobsUploaded: number; patchBytes: number; plainBytes: number; dedupBytes: number; percentSaved: number };
     expect(applied.images.every((i) => i.identical)).toBe(true);
+    // apply's report carries the same savings (what crossed the gap against a plain pull/push)
+    expect([applied.patchBytes, applied.plainBytes, applied.dedupBytes, applied.percentSaved]).toEqual([report.patchBytes, report.plainBytes, report.dedupBytes, report.percentSaved]);
     for (const f of FAMILIES) {
       const s = await skopeoRaw(`docker://${src.host}/gz/${f}:v2`);
       const t = await skopeoRaw(`docker://${dst.host}/gz/${f}:v2`, CREDS_ARG);

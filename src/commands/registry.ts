@@ -101,6 +101,7 @@ export function formatApplyReport(r: ApplyReport): string {
     `${r.vetOnly ? 'push-vet OK for' : 'applied'} patch ${r.root} to ${r.destination}` +
       (r.vetOnly ? '' : `: ${r.blobsUploaded} blob(s) uploaded (${humanBytes(r.bytesUploaded)}), ${r.blobsMounted} mounted, ${r.blobsExisting} already there; ${humanBytes(r.bytesReadFromOldSet)} of old layers read`),
   ];
+  lines.push(`  savings: the patch moved ${humanBytes(r.patchBytes)}; a plain pull/push of the new set moves ${humanBytes(r.plainBytes)} (${pct(r.percentSaved)} saved), layer-level dedup only ${humanBytes(r.dedupBytes)}`);
   for (const i of r.images) {
     lines.push(`  ${i.target}  ${i.pushedDigest}  ${i.identical ? 'identical to the source' : `REWRITTEN (source ${i.digest}; ${i.rewrittenLayers.length} layer(s) recompressed)`}`);
   }

@@ -85,7 +85,13 @@ export interface AppliedImage {
 /** The report of an apply. */
 export interface ApplyReport {
   root: string;
+  /** Bytes of the patch (what crossed the link). */
   patchBytes: number;
+  /** From the diff: bytes a plain pull/push of the new set moves, and with layer-level dedup only. */
+  plainBytes: number;
+  dedupBytes: number;
+  /** 100 * (1 - patch / plain). */
+  percentSaved: number;
   destination: string;
   vetOnly: boolean;
   images: AppliedImage[];
@@ -258,6 +264,9 @@ export async function applyPatch(opts: ApplyOptions): Promise<ApplyReport> {
     const report: ApplyReport = {
       root: patch.root,
       patchBytes: patch.size,
+      plainBytes: ix.stats.plainBytes,
+      dedupBytes: ix.stats.dedupBytes,
+      percentSaved: ix.stats.plainBytes > 0 ? Math.round(1000 * (1 - patch.size / ix.stats.plainBytes)) / 10 : 0,
       destination: `docker://${dest.registry}${dest.prefix ? '/' + dest.prefix : ''}`,
       vetOnly: !!opts.vetOnly,
       images: [],
