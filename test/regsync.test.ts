@@ -843,4 +843,31 @@ describe('registry diff / apply / sync', () => {
       await replica.stop();
     }
   });
+  test('sync of images whose compression is not reproducible: rewritten once (same image IDs), then up to date', async () => {
+    const replica = await startRegistry();
+    try {
+      await pushOciLayout(orig['libssl-v1'].layout, orig['libssl-v1'].tag, replica.host, 'orig/libssl:v1');
+      const args = ['registry', 'sync', '--from', `docker://${src.host}/orig`, '--to', `docker://${replica.host}/orig`, '--repos', 'libssl', '--level', 'fast', '--json', '-q'];
+      const first = await cli(args);
+      expect(first.stderr).toBe('');
+      expect(first.code).toBe(0);
+      const r1 = JSON.parse(first.stdout) as { updated: string[]; diff: DiffReport; apply: { images: { identical: boolean }[] } };
+      expect(r1.updated).toEqual(['libssl:v2']);
+      expect(r1.diff.rewrittenImages).toEqual(['libssl:v2']);
+      expect(r1.apply.images[0].identical).toBe(false);
+      const s = await skopeoRaw(`docker://${src.host}/orig/libssl:v2`);
+      const t = await skopeoRaw(`docker://${replica.host}/orig/libssl:v2`);
+      expect(t.digest).not.toBe(s.digest);
+      expect(t.doc.config.digest).toBe(s.doc.config.digest);
+      // the rewritten manifest is recognised as the same image: nothing to do
+      const second = await cli(args);
+      expect(second.code).toBe(0);
+      const r2 = JSON.parse(second.stdout) as { updated: string[]; upToDate: string[]; diff?: unknown };
+      expect(r2.updated).toEqual([]);
+      expect(r2.upToDate.sort()).toEqual(['libssl:v1', 'libssl:v2']);
+      expect(r2.diff).toBeUndefined();
+    } finally {
+      await replica.stop();
+    }
+  });
 });
