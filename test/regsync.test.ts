@@ -19,7 +19,7 @@
  *    any old image as the base of another's layers;
  *  - pull-incremental (--base scratch too, --all-platforms) / push-vet / push;
  *  - --all-platforms carries an index and both platform manifests; one
- *    platform by default;
+ *    platform by default; sync carries indexes whole unless --platform;
  *  - per-side credentials (flags, docker config.json) and TLS verification
  *    (an HTTPS replica with its own CA).
  */
@@ -866,6 +866,46 @@ describe('registry diff / apply / sync', () => {
       expect(r2.updated).toEqual([]);
       expect(r2.upToDate.sort()).toEqual(['libssl:v1', 'libssl:v2']);
       expect(r2.diff).toBeUndefined();
+    } finally {
+      await replica.stop();
+    }
+  });
+  test('sync carries a two-platform index whole by default (index and both manifests), or one platform with --platform', async () => {
+    const v1 = path.join(work, 'mps-v1');
+    const v2 = path.join(work, 'mps-v2');
+    await twoPlatformIndex(gz['redis-v1'].layout, gz['redis-v1'].tag, v1, { os: 'linux', architecture: 'arm64', variant: 'v8' });
+    await twoPlatformIndex(gz['redis-v2'].layout, gz['redis-v2'].tag, v2, { os: 'linux', architecture: 'arm64', variant: 'v8' });
+    const replica = await startRegistry();
+    const copyAll = (from: string, to: string): Promise<unknown> => run('skopeo', ['--insecure-policy', 'copy', '--quiet', '--all', '--dest-tls-verify=false', from, to]);
+    try {
+      await copyAll(`oci:${v1}:redis-v1`, `docker://${src.host}/mps/redis:v1`);
+      await copyAll(`oci:${v2}:redis-v2`, `docker://${src.host}/mps/redis:v2`);
+      await copyAll(`oci:${v1}:redis-v1`, `docker://${replica.host}/mps/redis:v1`);
+      const r = await cli(['registry', 'sync', '--from', `docker://${src.host}/mps`, '--to', `docker://${replica.host}/mps`, '--repos', 'redis', '--level', 'fast', '--json', '-q']);
+      expect(r.stderr).toBe('');
+      expect(r.code).toBe(0);
+      expect((JSON.parse(r.stdout) as { updated: string[] }).updated).toEqual(['redis:v2']);
+      const sc = new RegistryClient(src.host);
+      const rc = new RegistryClient(replica.host);
+      try {
+        const want = await sc.getManifest('mps/redis', 'v2');
+        const got = await rc.getManifest('mps/redis', 'v2');
+        expect(got.digest).toBe(want.digest);
+        const index = JSON.parse(got.bytes.toString('utf8')) as { manifests: { digest: string }[] };
+        expect(index.manifests).toHaveLength(2);
+        for (const m of index.manifests) expect((await rc.getManifest('mps/redis', m.digest)).bytes.equals((await sc.getManifest('mps/redis', m.digest)).bytes)).toBe(true);
+      } finally {
+        await sc.close();
+        await rc.close();
+      }
+      await run('skopeo', ['--insecure-policy', 'copy', '--quiet', '--all', '--src-tls-verify=false', `docker://${replica.host}/mps/redis:v2`, `oci:${path.join(work, 'mps-copy')}:v2`]);
+      // one platform: the replica's tag becomes that platform's manifest
+      const one = await cli(['registry', 'sync', '--from', `docker://${src.host}/mps`, '--to', `docker://${replica.host}/mps1`, '--repos', 'redis', '--platform', 'linux/arm64/v8', '--level', 'fast', '--json', '-q']);
+      expect(one.stderr).toBe('');
+      expect(one.code).toBe(0);
+      const cfg = await run('skopeo', ['inspect', '--config', '--raw', '--tls-verify=false', `docker://${replica.host}/mps1/redis:v2`]);
+      expect((JSON.parse(cfg.stdout) as { architecture: string }).architecture).toBe('arm64');
+      expect((await skopeoRaw(`docker://${replica.host}/mps1/redis:v2`)).doc.layers.length).toBeGreaterThan(0);
     } finally {
       await replica.stop();
     }
