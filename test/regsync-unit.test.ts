@@ -4,9 +4,11 @@
  * damaged ones), compression-recipe detection, gzip files inside layers, and
  * the patch container's refusal of damaged and hostile files.
  */
-import { execFileSync, spawnSync } from 'node:child_process';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { createReadStream, promises as fsp } from 'node:fs';
+import * as http from 'node:http';
+import type { AddressInfo } from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import * as zlib from 'node:zlib';
@@ -399,6 +401,33 @@ describe('registry CLI: --help, one-line errors, exit codes', () => {
       expect(`${args.join(' ')} -> ${r.code}`).toBe(`${args.join(' ')} -> ${code}`);
       expect(lines).toHaveLength(1);
       expect(lines[0]).toMatch(msg);
+    }
+  });
+
+  test('sync without --repos against a registry that does not list its repositories: a failed precondition naming --repos', async () => {
+    // a registry answering /v2/ and nothing else (the catalog is 404, as where it is turned off)
+    const seen: string[] = [];
+    const server = http.createServer((req, res) => {
+      seen.push(req.url ?? '');
+      if (req.url === '/v2/') res.writeHead(200, { 'Content-Type': 'application/json' }).end('{}');
+      else res.writeHead(404, { 'Content-Type': 'application/json' }).end('{"errors":[{"code":"UNSUPPORTED","message":"the catalog is turned off"}]}');
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+    const host = `127.0.0.1:${(server.address() as AddressInfo).port}`;
+    try {
+      const r = await new Promise<{ code: number | null; stderr: string }>((resolve) => {
+        const child = spawn(process.execPath, [CLI, 'registry', 'sync', '--from', `docker://${host}/team`, '--to', `docker://${host}/mirror`, '-q'], { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, D4FS_TMPDIR: dir } });
+        let stderr = '';
+        child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+        child.on('exit', (code) => resolve({ code, stderr }));
+      });
+      expect(r.code).toBe(5);
+      expect(r.stderr.trim().split('\n')).toHaveLength(1);
+      expect(r.stderr).toMatch(/repository catalog not found .*name them with --repos/);
+      expect(seen).toContain('/v2/_catalog');
+    } finally {
+      server.closeAllConnections();
+      await new Promise((r) => server.close(r));
     }
   });
 });
