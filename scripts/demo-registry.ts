@@ -35,9 +35,11 @@ function run(cmd: string, args: string[], echo = true): Promise<string> {
   });
 }
 
-async function digest(ref: string, creds?: string): Promise<string> {
-  const out = await run('skopeo', ['inspect', '--tls-verify=false', ...(creds ? ['--creds', creds] : []), '--format', '{{.Digest}}', ref], false);
-  return out.trim();
+/** Manifest digest (sha256 of the bytes the registry serves) and config digest (the image ID), read with skopeo. */
+async function digests(ref: string, creds?: string): Promise<{ manifest: string; config: string }> {
+  const raw = await run('skopeo', ['inspect', '--raw', '--tls-verify=false', ...(creds ? ['--creds', creds] : []), ref], false);
+  const { createHash } = await import('node:crypto');
+  return { manifest: `sha256:${createHash('sha256').update(raw).digest('hex')}`, config: (JSON.parse(raw) as { config: { digest: string } }).config.digest };
 }
 
 async function main(): Promise<void> {
@@ -81,9 +83,14 @@ async function main(): Promise<void> {
     say('18. The rebuilt images are the real images');
     for (const n of sets.new) {
       const [repo, v] = n.split('-');
-      const a = await digest(`docker://${src.host}/release/${repo}:${v}`);
-      const b = await digest(`docker://${dst.host}/release/${repo}:${v}`, creds);
-      process.stdout.write(`release/${repo}:${v}  primary ${a}\n${' '.repeat(`release/${repo}:${v}`.length)}  site    ${b}  ${a === b ? 'identical manifest' : 'manifest rewritten (layer compression not reproducible; config and diff_ids identical)'}\n`);
+      const a = await digests(`docker://${src.host}/release/${repo}:${v}`);
+      const b = await digests(`docker://${dst.host}/release/${repo}:${v}`, creds);
+      const pad = ' '.repeat(`release/${repo}:${v}`.length);
+      process.stdout.write(
+        `release/${repo}:${v}  primary manifest ${a.manifest}\n${pad}  site    manifest ${b.manifest}  ${a.manifest === b.manifest ? 'identical' : 'rewritten (layer compression not reproducible)'}\n` +
+          `${pad}  image ID (config) ${b.config}  ${a.config === b.config ? 'identical' : `DIFFERENT from the primary's ${a.config}`}\n`,
+      );
+      if (a.config !== b.config) throw new Error(`release/${repo}:${v}: the site's image differs from the primary's`);
     }
   } finally {
     await Promise.all([src?.stop(), dst?.stop()]);

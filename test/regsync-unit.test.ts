@@ -4,9 +4,11 @@
  * damaged ones), compression-recipe detection, gzip files inside layers, and
  * the patch container's refusal of damaged and hostile files.
  */
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { createReadStream, promises as fsp } from 'node:fs';
+import * as http from 'node:http';
+import type { AddressInfo } from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import * as zlib from 'node:zlib';
@@ -296,6 +298,8 @@ describe('patch container', () => {
       ['old content nobody provides', (ix) => (ix.sources[0].extract = [])],
       ['digest syntax', (ix) => (ix.contents[0].digest = 'md5:abc')],
       ['format', (ix) => (ix.format = 'other')],
+      ['savings not a number', (ix) => (ix.stats.plainBytes = '1e99')],
+      ['negative savings', (ix) => (ix.stats.dedupBytes = -1)],
     ];
     for (const [name, f] of cases) {
       const e = mutate(f);
@@ -314,5 +318,116 @@ describe('patch container', () => {
     header.writeBigUInt64LE(0n, 32);
     createHash('sha256').update(stored).digest().copy(header, 40);
     await refuse(Buffer.concat([header, stored]), 'CORRUPT', /does not decompress/);
+  });
+});
+
+describe('registry CLI: --help, one-line errors, exit codes', () => {
+  const CLI = path.resolve(__dirname, '..', 'cli', 'ctr-cli.js');
+  let dir: string;
+  let patch: string;
+  const cli = (args: string[]): { code: number; stdout: string; stderr: string } => {
+    const r = spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', env: { ...process.env, D4FS_TMPDIR: dir } });
+    return { code: r.status ?? -1, stdout: r.stdout, stderr: r.stderr };
+  };
+  beforeAll(async () => {
+    dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'd4fs-regcli-'));
+    await buildOciLayout(path.join(dir, 'v1'), 'v1', { 'etc/app.conf': 'version=1\n'.repeat(100) });
+    await buildOciLayout(path.join(dir, 'v2'), 'v2', { 'etc/app.conf': 'version=2\n'.repeat(100) });
+    // an image whose manifest is Docker schema 1 (not supported)
+    const s1 = path.join(dir, 's1');
+    await fsp.mkdir(path.join(s1, 'blobs', 'sha256'), { recursive: true });
+    const s1doc = Buffer.from(JSON.stringify({ schemaVersion: 1, mediaType: 'application/vnd.docker.distribution.manifest.v1+prettyjws', name: 'x', tag: 'v1', fsLayers: [] }));
+    await fsp.writeFile(path.join(s1, 'blobs', 'sha256', sha(s1doc).slice(7)), s1doc);
+    await fsp.writeFile(path.join(s1, 'oci-layout'), '{"imageLayoutVersion":"1.0.0"}');
+    await fsp.writeFile(
+      path.join(s1, 'index.json'),
+      JSON.stringify({ schemaVersion: 2, manifests: [{ mediaType: 'application/vnd.docker.distribution.manifest.v1+prettyjws', digest: sha(s1doc), size: s1doc.length, annotations: { 'org.opencontainers.image.ref.name': 'v1' } }] }),
+    );
+    patch = path.join(dir, 'p.patch');
+    const r = cli(['registry', 'diff', '--old', `oci:${path.join(dir, 'v1')}:v1`, '--new', `oci:${path.join(dir, 'v2')}:v2`, '--out', patch, '--level', 'fast', '-q']);
+    expect(r.code).toBe(0);
+  });
+  afterAll(async () => {
+    await fsp.rm(dir, { recursive: true, force: true });
+  });
+
+  const FLAGS: Record<string, string[]> = {
+    diff: ['--old <ref-or-list...>', '--new <ref-or-list...>', '--out', '--src-creds', '--src-authfile', '--src-tls-verify', '--platform', '--all-platforms', '--json'],
+    apply: ['<patch>', '--to', '--old <ref-or-list...>', '--old-from', '--dest-creds', '--dest-authfile', '--dest-tls-verify', '--src-creds', '--src-tls-verify', '--vet-only', '--json'],
+    'pull-incremental': ['--base <ref|scratch>', '--final', '--out', '--src-creds', '--src-tls-verify', '--all-platforms', '--json'],
+    'push-vet': ['<archive>', '--base', '--dest-creds', '--dest-tls-verify', '--json'],
+    push: ['<archive>', '<target>', '--base-repo', '--dest-creds', '--dest-tls-verify', '--json'],
+    sync: ['--from', '--to', '--repos', '--src-creds', '--dest-creds', '--src-tls-verify', '--dest-tls-verify', '--all-platforms', '--json'],
+  };
+
+  test('every registry command has --help naming its options', () => {
+    const top = cli(['registry', '--help']);
+    expect(top.code).toBe(0);
+    for (const [cmd, flags] of Object.entries(FLAGS)) {
+      expect(top.stdout).toMatch(new RegExp(`^  ${cmd} `, 'm'));
+      const h = cli(['registry', cmd, '--help']);
+      expect(h.code).toBe(0);
+      expect(h.stdout.startsWith(`Usage: ctr-cli registry ${cmd} `)).toBe(true);
+      for (const f of flags) expect(h.stdout).toContain(f);
+    }
+  });
+
+  test('errors are one line with the exit code of their kind', async () => {
+    const bad = path.join(dir, 'short.patch');
+    await fsp.writeFile(bad, 'abc');
+    const cases: [string[], number, RegExp][] = [
+      [['registry', 'diff', '--new', 'x:1', '--out', 'p'], 2, /required option '--old/],
+      [['registry', 'diff', '--old', 'x:1', '--new', 'y:1', '--out', 'p', '--level', 'huge'], 2, /level must be fast, default or best/],
+      [['registry', 'diff', '--old', 'x:1', '--new', 'y:1', '--out', 'p', '--src-tls-verify', 'maybe'], 2, /expected true or false/],
+      [['registry', 'diff', '--old', `oci:${path.join(dir, 'nowhere')}:v1`, '--new', `oci:${path.join(dir, 'v2')}:v2`, '--out', path.join(dir, 'x.patch'), '-q'], 3, /not an OCI image layout/],
+      [['registry', 'diff', '--old', `oci:${path.join(dir, 'v1')}:v1`, '--new', `oci:${path.join(dir, 's1')}:v1`, '--out', path.join(dir, 'x.patch'), '-q'], 8, /unsupported media type application\/vnd\.docker\.distribution\.manifest\.v1/],
+      [['registry', 'apply', patch], 2, /required option '--to/],
+      [['registry', 'apply', patch, '--to', 'docker://Bad Host', '-q'], 2, /invalid registry host|invalid registry target/],
+      [['registry', 'apply', path.join(dir, 'nowhere.patch'), '--to', 'docker://127.0.0.1:1', '-q'], 3, /does not exist/],
+      [['registry', 'apply', bad, '--to', 'docker://127.0.0.1:1', '-q'], 6, /too short for a patch header/],
+      [['registry', 'apply', patch, '--to', 'docker://127.0.0.1:1', '-q'], 11, /cannot reach registry 127\.0\.0\.1:1/],
+      [['registry', 'apply', patch, '--to', 'docker://127.0.0.1:1', '--old', 'UPPER:v1', '-q'], 2, /invalid repository name/],
+      [['registry', 'pull-incremental', '--base', 'scratch', '--final', 'docker://127.0.0.1:1/UPPER:x', '--out', path.join(dir, 'x.tar')], 2, /invalid repository name/],
+      [['registry', 'push-vet', path.join(dir, 'nowhere.tar'), '--base', 'docker://127.0.0.1:1/x'], 3, /does not exist/],
+      [['registry', 'push', patch, 'oci:somewhere'], 2, /expected docker:\/\/HOST\/REPO/],
+      [['registry', 'push-vet', patch, '--base', 'somewhere'], 2, /expected docker:\/\/HOST\/REPO/],
+      [['registry', 'push', bad, 'docker://127.0.0.1:1/x:v1'], 6, /truncated/],
+      [['registry', 'sync', '--from', 'docker://127.0.0.1:1', '--to', 'docker://127.0.0.1:1', '--repos', ',', '-q'], 2, /--repos names no repository/],
+      [['registry', 'sync', '--from', 'docker://127.0.0.1:1', '--to', 'docker://127.0.0.1:1', '-q'], 11, /cannot reach registry/],
+    ];
+    for (const [args, code, msg] of cases) {
+      const r = cli(args);
+      const lines = r.stderr.trim().split('\n').filter((l) => !/^\(run with --help/.test(l));
+      expect(`${args.join(' ')} -> ${r.code}`).toBe(`${args.join(' ')} -> ${code}`);
+      expect(lines).toHaveLength(1);
+      expect(lines[0]).toMatch(msg);
+    }
+  });
+
+  test('sync without --repos against a registry that does not list its repositories: a failed precondition naming --repos', async () => {
+    // a registry answering /v2/ and nothing else (the catalog is 404, as where it is turned off)
+    const seen: string[] = [];
+    const server = http.createServer((req, res) => {
+      seen.push(req.url ?? '');
+      if (req.url === '/v2/') res.writeHead(200, { 'Content-Type': 'application/json' }).end('{}');
+      else res.writeHead(404, { 'Content-Type': 'application/json' }).end('{"errors":[{"code":"UNSUPPORTED","message":"the catalog is turned off"}]}');
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+    const host = `127.0.0.1:${(server.address() as AddressInfo).port}`;
+    try {
+      const r = await new Promise<{ code: number | null; stderr: string }>((resolve) => {
+        const child = spawn(process.execPath, [CLI, 'registry', 'sync', '--from', `docker://${host}/team`, '--to', `docker://${host}/mirror`, '-q'], { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, D4FS_TMPDIR: dir } });
+        let stderr = '';
+        child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+        child.on('exit', (code) => resolve({ code, stderr }));
+      });
+      expect(r.code).toBe(5);
+      expect(r.stderr.trim().split('\n')).toHaveLength(1);
+      expect(r.stderr).toMatch(/repository catalog not found .*name them with --repos/);
+      expect(seen).toContain('/v2/_catalog');
+    } finally {
+      server.closeAllConnections();
+      await new Promise((r) => server.close(r));
+    }
   });
 });

@@ -4,6 +4,7 @@
  * The work is done in src/regsync; this file parses options and prints
  * reports (human-readable, or JSON with --json).
  */
+import { statSync } from 'node:fs';
 import { Command, InvalidArgumentError } from 'commander';
 import { parsePlatform } from '../oci/image';
 import type { RegistryOptions } from '../oci/registry/options';
@@ -33,6 +34,7 @@ function sideOptions(o: Record<string, unknown>, side: Side): RegistryOptions {
     authFile: o[`${side}Authfile`] as string | undefined,
     tlsVerify: o[`${side}TlsVerify`] as boolean | undefined,
     registryToken: o[`${side}RegistryToken`] as string | undefined,
+    credsFlag: `--${side}-creds`,
     userAgent: 'd4fs/0.1',
   };
 }
@@ -99,6 +101,7 @@ export function formatApplyReport(r: ApplyReport): string {
     `${r.vetOnly ? 'push-vet OK for' : 'applied'} patch ${r.root} to ${r.destination}` +
       (r.vetOnly ? '' : `: ${r.blobsUploaded} blob(s) uploaded (${humanBytes(r.bytesUploaded)}), ${r.blobsMounted} mounted, ${r.blobsExisting} already there; ${humanBytes(r.bytesReadFromOldSet)} of old layers read`),
   ];
+  lines.push(`  savings: the patch moved ${humanBytes(r.patchBytes)}; a plain pull/push of the new set moves ${humanBytes(r.plainBytes)} (${pct(r.percentSaved)} saved), layer-level dedup only ${humanBytes(r.dedupBytes)}`);
   for (const i of r.images) {
     lines.push(`  ${i.target}  ${i.pushedDigest}  ${i.identical ? 'identical to the source' : `REWRITTEN (source ${i.digest}; ${i.rewrittenLayers.length} layer(s) recompressed)`}`);
   }
@@ -163,7 +166,7 @@ export function registerRegistry(program: Command): void {
           .description('rebuild the new image set of a patch and push it (after push-vet)')
           .argument('<patch>', 'patch file')
           .requiredOption('--to <docker://REGISTRY[/PREFIX]>', 'destination registry')
-          .option('--old <ref-or-list...>', 'old images at the destination (NAME[:TAG] relative to it, full references, or list files); default: the patch\'s old set')
+          .option('--old <ref-or-list...>', 'old images at the destination: NAME[:TAG] relative to it, full references, or list files in diff\'s format (each line\'s NAME[:TAG], or the name its REF defaults to, relative to it); default: the patch\'s old set')
           .option('--old-from <docker://REGISTRY[/PREFIX]>', 'read the old set there instead of at the destination')
           .option('--expect-root <digest>', 'refuse the patch unless its root digest is this')
           .option('--vet-only', 'only run push-vet')
@@ -268,7 +271,7 @@ export function registerRegistry(program: Command): void {
             .description('bring a replica up to date with a primary by patch (safe to re-run and to interrupt)')
             .requiredOption('--from <docker://PRIMARY[/PREFIX]>', 'primary registry')
             .requiredOption('--to <docker://REPLICA[/PREFIX]>', 'replica registry')
-            .requiredOption('--repos <names>', 'comma-separated repositories (relative to the prefixes)')
+            .option('--repos <names>', 'comma-separated repositories (relative to the prefixes); default: every repository under the primary\'s prefix (from its catalog)')
             .option('--keep-patch <file>', 'keep the patch that was applied')
             .option('--json', 'print the report as JSON'),
           true,
@@ -287,7 +290,7 @@ export function registerRegistry(program: Command): void {
         to: o.to as string,
         src: sideOptions(o, 'src'),
         dest: sideOptions(o, 'dest'),
-        repos: (o.repos as string).split(',').map((s) => s.trim()).filter(Boolean),
+        repos: o.repos === undefined ? undefined : (o.repos as string).split(',').map((s) => s.trim()).filter(Boolean),
         platforms,
         level: o.level as LevelPreset,
         codec: o.codec as 'auto',
@@ -306,21 +309,34 @@ export function registerRegistry(program: Command): void {
   );
 }
 
-/** Arguments that name list files become their lines (references or NAME[:TAG]). */
+/**
+ * Old-image arguments of apply. A list file (diff's format, one
+ * "REF [NAME[:TAG]]" per line) becomes the NAME[:TAG] of each line: the name
+ * that image has at the destination (REF's repository and tag when no name
+ * is given), so the list a patch was made from also names the old set at the
+ * destination. Other arguments are kept as they are.
+ */
 async function expandLists(args: string[]): Promise<string[]> {
-  const { promises: fsp } = await import('node:fs');
   const out: string[] = [];
   for (const a of args) {
-    let text: string | undefined;
-    if (!/^(docker:\/\/|oci:|oci-archive:|docker-archive:)/.test(a)) {
-      try {
-        if ((await fsp.stat(a)).isFile()) text = await fsp.readFile(a, 'utf8');
-      } catch {
-        // a name, not a file
-      }
-    }
-    if (text === undefined) out.push(a);
-    else for (const l of text.split('\n')) if (l.replace(/#.*$/, '').trim()) out.push(l.replace(/#.*$/, '').trim().split(/\s+/)[0]);
+    if (isListFile(a)) for (const spec of await readSpecs([a])) out.push(spec.tag !== undefined ? `${spec.name}:${spec.tag}` : digestName(spec.name, spec.ref));
+    else out.push(a);
   }
   return out;
+}
+
+/** "NAME@DIGEST" for a list line whose reference is by digest, else "NAME:latest". */
+function digestName(name: string, ref: string): string {
+  const m = /@(sha256:[a-f0-9]{64})$/.exec(ref);
+  return m ? `${name}@${m[1]}` : `${name}:latest`;
+}
+
+/** Whether an argument names an existing file (and carries no transport prefix). */
+function isListFile(a: string): boolean {
+  if (/^(docker:\/\/|oci:|oci-archive:|docker-archive:)/.test(a)) return false;
+  try {
+    return statSync(a).isFile();
+  } catch {
+    return false;
+  }
 }

@@ -8,8 +8,8 @@
  *     every referenced layer is found at the destination (in the target
  *     repository, or mountable from an old image's repository, or the same
  *     diff_id in another compression), and every old layer the patch takes
- *     contents from is found; otherwise FAILED_PRECONDITION lists what is
- *     missing;
+ *     contents from is named by an old image and its blob is there;
+ *     otherwise FAILED_PRECONDITION lists what is missing;
  *  3. old contents are extracted (verified by digest), new contents decoded
  *     (verified), each layer tar rebuilt (diff_id checked) and recompressed
  *     (digest checked when the recipe reproduces it; otherwise the fallback
@@ -85,7 +85,13 @@ export interface AppliedImage {
 /** The report of an apply. */
 export interface ApplyReport {
   root: string;
+  /** Bytes of the patch (what crossed the link). */
   patchBytes: number;
+  /** From the diff: bytes a plain pull/push of the new set moves, and with layer-level dedup only. */
+  plainBytes: number;
+  dedupBytes: number;
+  /** 100 * (1 - patch / plain). */
+  percentSaved: number;
   destination: string;
   vetOnly: boolean;
   images: AppliedImage[];
@@ -134,6 +140,23 @@ async function resolveOld(specs: ImageSpec[], platforms: 'all' | string[], opts:
     }
   }
   return { set, index };
+}
+
+/**
+ * Whether an old layer's blob can be read where the old set was found: a
+ * HEAD in its repository at the destination, otherwise the start of a
+ * download (closed at once).
+ */
+async function oldBlobPresentWith(client: RegistryClient, e: { layer: SetLayer; source: ImageSource; repo?: string }): Promise<boolean> {
+  if (e.repo) return client.blobExists(e.repo, e.layer.desc.digest);
+  try {
+    const s = await e.source.openBlob(e.layer.desc);
+    s.destroy();
+    return true;
+  } catch (err) {
+    if (err instanceof D4fsError && err.kind === 'NOT_FOUND') return false;
+    throw err;
+  }
 }
 
 /** Write a stream to a file, returning digest and size. */
@@ -194,6 +217,7 @@ export async function applyPatch(opts: ApplyOptions): Promise<ApplyReport> {
     oldSet = resolved.set;
     const old = resolved.index;
     const missing: string[] = [];
+    const oldBlobPresent = (e: { layer: SetLayer; source: ImageSource; repo?: string }): Promise<boolean> => oldBlobPresentWith(client, e);
     const placements = new Map<string, Map<string, Placement>>(); // layer digest -> repo -> placement
     const substitute = new Map<string, { digest: string; size: number; note: string }>(); // referenced layer -> other compression
     for (const l of ix.layers) {
@@ -218,7 +242,7 @@ export async function applyPatch(opts: ApplyOptions): Promise<ApplyReport> {
           perRepo.set(repo, twin.repo === repo ? { how: 'present' } : { how: 'mount', from: twin.repo, digest: twin.layer.desc.digest, size: twin.layer.desc.size });
           continue;
         }
-        if (same && oldBase !== dest) {
+        if (same && oldBase !== dest && (await oldBlobPresent(same))) {
           perRepo.set(repo, { how: 'copy', source: same.source, layer: same.layer });
           continue;
         }
@@ -226,7 +250,9 @@ export async function applyPatch(opts: ApplyOptions): Promise<ApplyReport> {
       }
     }
     for (const s of ix.sources) {
-      if (!old.byDiffId.has(s.diffId)) missing.push(`old layer with diff_id ${s.diffId} (was ${s.digest}), needed for file contents`);
+      const o = old.byDiffId.get(s.diffId);
+      if (!o) missing.push(`old layer with diff_id ${s.diffId} (was ${s.digest}), needed for file contents`);
+      else if (!(await oldBlobPresent(o))) missing.push(`old layer ${o.layer.desc.digest} (diff_id ${s.diffId}) of ${o.source.description}, needed for file contents: its blob is missing`);
     }
     if (ix.contents.some((c) => c.enc === 'gzip') && !gzipProgram()) {
       throw failedPrecondition('push-vet: this patch recompresses gzip files inside layers with the gzip program, which is not installed here');
@@ -238,6 +264,9 @@ export async function applyPatch(opts: ApplyOptions): Promise<ApplyReport> {
     const report: ApplyReport = {
       root: patch.root,
       patchBytes: patch.size,
+      plainBytes: ix.stats.plainBytes,
+      dedupBytes: ix.stats.dedupBytes,
+      percentSaved: ix.stats.plainBytes > 0 ? Math.round(1000 * (1 - patch.size / ix.stats.plainBytes)) / 10 : 0,
       destination: `docker://${dest.registry}${dest.prefix ? '/' + dest.prefix : ''}`,
       vetOnly: !!opts.vetOnly,
       images: [],

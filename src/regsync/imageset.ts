@@ -5,7 +5,7 @@
  */
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
-import { corrupt, invalidArgument, notFound } from '../errors';
+import { corrupt, invalidArgument, notFound, unsupported } from '../errors';
 import { formatPlatform, hostPlatform, readSmallBlob } from '../oci/image';
 import { INDEX_TYPES, layerCompression, LayerCompression, MANIFEST_TYPES, MT } from '../oci/mediatypes';
 import { parseImageRef } from '../oci/ref';
@@ -207,12 +207,12 @@ export async function resolveSetImage(spec: ImageSpec, platforms: PlatformSelect
       }
       return { spec, source, top: root, indexes: [], manifests: [m] };
     }
-    if (!INDEX_TYPES.includes(root.mediaType)) throw corrupt(`${source.description}: unsupported media type ${root.mediaType}`);
+    if (!INDEX_TYPES.includes(root.mediaType)) throw unsupported(`${source.description}: unsupported media type ${root.mediaType}`);
     const entries = Array.isArray(parsed.manifests) ? parsed.manifests : [];
     if (platforms === 'all') {
       const manifests: SetManifest[] = [];
       for (const d of entries) {
-        if (!MANIFEST_TYPES.includes(d.mediaType)) throw corrupt(`${source.description}: nested index ${d.digest} is not supported with --all-platforms`);
+        if (!MANIFEST_TYPES.includes(d.mediaType)) throw unsupported(`${source.description}: nested index ${d.digest} (${d.mediaType}) is not supported with --all-platforms`);
         const doc = await child(source, d, `${source.description}: manifest`);
         doc.mediaType = d.mediaType;
         manifests.push(await loadManifest(source, doc, `${source.description}@${d.digest.slice(0, 19)}`));

@@ -237,8 +237,14 @@ function omittedLayers(a: OpenedArchive): Descriptor[] {
  * Throws FAILED_PRECONDITION listing the missing ones.
  */
 export async function pushVet(archive: string, base: string, opts: RegistryOptions = {}): Promise<PushVetReport> {
-  const a = await openArchive(archive);
   const t = repoTarget(base, opts);
+  let a: OpenedArchive;
+  try {
+    a = await openArchive(archive);
+  } catch (e) {
+    await t.client.close();
+    throw e;
+  }
   try {
     const omitted = omittedLayers(a);
     const missing: string[] = [];
@@ -267,8 +273,14 @@ export interface PushReport {
  * blobs, configs, manifests, index, tag.
  */
 export async function pushArchive(archive: string, target: string, opts: RegistryOptions = {}, baseRepo?: string): Promise<PushReport> {
-  const a = await openArchive(archive);
   const t = repoTarget(target, opts);
+  let a: OpenedArchive;
+  try {
+    a = await openArchive(archive);
+  } catch (e) {
+    await t.client.close();
+    throw e;
+  }
   try {
     const report: PushReport = { target, digest: a.image.top.digest, uploaded: 0, existing: 0, mounted: 0, bytesUploaded: 0 };
     const omitted = omittedLayers(a);

@@ -1,6 +1,9 @@
 /**
  * `registry sync`: bring a replica up to date with a primary by patch.
  *
+ * The repositories are the ones named (--repos) or, by default, every
+ * repository under the primary's prefix in its catalog (GET /v2/_catalog).
+ *
  * For every tag of the given repositories at the primary, the replica's tag
  * is compared: same manifest digest, or the same images (same config
  * digests — a manifest rewritten because its compression could not be
@@ -15,7 +18,7 @@
 import { promises as fsp } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { D4fsError, invalidArgument } from '../errors';
+import { D4fsError, failedPrecondition, invalidArgument } from '../errors';
 import { INDEX_TYPES } from '../oci/mediatypes';
 import { RegistryClient } from '../oci/registry/client';
 import type { RegistryOptions } from '../oci/registry/options';
@@ -34,8 +37,8 @@ export interface SyncOptions {
   to: string;
   src?: RegistryOptions;
   dest?: RegistryOptions;
-  /** Repositories relative to the prefixes. */
-  repos: string[];
+  /** Repositories relative to the prefixes; default: every repository under the primary's prefix, from its catalog. */
+  repos?: string[];
   /** Default: all platforms (a replica mirrors indexes whole). */
   platforms?: PlatformSelection;
   level?: LevelPreset;
@@ -51,6 +54,8 @@ export interface SyncOptions {
 export interface SyncReport {
   from: string;
   to: string;
+  /** Repositories compared (given, or from the primary's catalog). */
+  repos: string[];
   upToDate: string[];
   updated: string[];
   diff?: DiffReport;
@@ -91,21 +96,43 @@ async function tagsOptional(client: RegistryClient, repo: string): Promise<strin
   }
 }
 
+/**
+ * Repositories of the primary under `prefix` (relative to it), from the
+ * catalog. A registry that does not offer its catalog (or not to these
+ * credentials) is a failed precondition: name the repositories with --repos.
+ */
+async function catalogUnder(client: RegistryClient, prefix: string): Promise<string[]> {
+  let all: string[];
+  try {
+    all = await client.listRepositories();
+  } catch (e) {
+    if (e instanceof D4fsError && (e.kind === 'NOT_FOUND' || e.kind === 'PERMISSION_DENIED')) {
+      throw failedPrecondition(`${e.message}; the primary does not list its repositories: name them with --repos`);
+    }
+    throw e;
+  }
+  const under = prefix ? all.filter((r) => r.startsWith(`${prefix}/`)).map((r) => r.slice(prefix.length + 1)) : all;
+  return under.sort();
+}
+
 /** Bring the replica up to date; see the module comment. */
 export async function syncRegistries(opts: SyncOptions): Promise<SyncReport> {
   const started = Date.now();
   const progress = opts.onProgress ?? (() => undefined);
-  if (opts.repos.length === 0) throw invalidArgument('sync needs --repos (the registry API offers no reliable way to list every repository)');
+  if (opts.repos !== undefined && opts.repos.length === 0) throw invalidArgument('--repos names no repository');
   const primary = parseTarget(opts.from, opts.src ?? {});
   const replica = parseTarget(opts.to, opts.dest ?? {});
   const pc = new RegistryClient(primary.registry, primary.opts);
   const rc = new RegistryClient(replica.registry, replica.opts);
-  const report: SyncReport = { from: opts.from, to: opts.to, upToDate: [], updated: [], seconds: 0 };
+  const report: SyncReport = { from: opts.from, to: opts.to, repos: [], upToDate: [], updated: [], seconds: 0 };
   const tmp = await fsp.mkdtemp(path.join(opts.workDir ?? process.env.D4FS_TMPDIR ?? os.tmpdir(), 'd4fs-regsync-'));
   try {
+    const repos = opts.repos ?? (await catalogUnder(pc, primary.prefix));
+    report.repos = repos;
+    if (repos.length === 0) progress(`${opts.from} holds no repository`);
     const newSpecs: ImageSpec[] = [];
     const oldSpecs: ImageSpec[] = [];
-    for (const name of opts.repos) {
+    for (const name of repos) {
       const prepo = repoIn(primary, name);
       const rrepo = repoIn(replica, name);
       const ptags = (await pc.listTags(prepo)).sort();

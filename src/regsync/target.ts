@@ -42,12 +42,20 @@ export function refIn(t: RegistryTarget, name: string, tag?: string, digest?: st
 
 /**
  * Old-image arguments of apply: a full reference (docker://, oci:, ...) is
- * taken as is; "NAME[:TAG]" is relative to `base` (the destination, or
- * --old-from).
+ * taken as is; "NAME[:TAG]" and "NAME@DIGEST" are relative to `base` (the
+ * destination, or --old-from).
  */
 export function relativeSpec(text: string, base: RegistryTarget, where: string): ImageSpec {
   const t = text.trim();
   if (/^(docker:\/\/|oci:|oci-archive:|docker-archive:)/.test(t)) return parseSpec(t, where);
+  const at = t.indexOf('@');
+  if (at >= 0) {
+    const name = t.slice(0, at);
+    const digest = t.slice(at + 1);
+    if (!NAME_RE.test(name)) throw invalidArgument(`${where}: invalid repository name "${name}"`);
+    if (!/^sha256:[a-f0-9]{64}$/.test(digest)) throw invalidArgument(`${where}: invalid digest "${digest}"`);
+    return { ref: refIn(base, name, undefined, digest), name };
+  }
   const colon = t.lastIndexOf(':');
   const slash = t.lastIndexOf('/');
   const name = colon > slash ? t.slice(0, colon) : t;

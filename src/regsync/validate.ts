@@ -303,7 +303,9 @@ export function validateIndex(v: unknown): PatchIndex {
     }
   });
 
-  obj(ix.stats, 'stats');
+  const stats = obj(ix.stats, 'stats');
+  int(stats.plainBytes, 'stats.plainBytes', Number.MAX_SAFE_INTEGER);
+  int(stats.dedupBytes, 'stats.dedupBytes', Number.MAX_SAFE_INTEGER);
   if (usedPayloads.size !== payloads.length) bad('payloads', `${payloads.length - usedPayloads.size} payloads are not used by anything`);
   return ix as unknown as PatchIndex;
 }

@@ -5,6 +5,7 @@
 import { ChildProcess, execFile, spawn } from 'node:child_process';
 import { promises as fsp } from 'node:fs';
 import * as http from 'node:http';
+import * as https from 'node:https';
 import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -16,7 +17,7 @@ const run = promisify(execFile);
 export interface TestRegistry {
   /** "127.0.0.1:PORT" */
   host: string;
-  /** "http://127.0.0.1:PORT" */
+  /** "http://127.0.0.1:PORT" ("https://…" with TLS) */
   url: string;
   /** Temp dir holding config, htpasswd and the storage root (data/). */
   dataDir: string;
@@ -27,6 +28,28 @@ export interface TestRegistry {
 export interface StartRegistryOptions {
   /** Turn on htpasswd auth with one user. */
   auth?: { user: string; pass: string };
+  /** Serve HTTPS with this certificate and key (PEM files); see {@link makeTestCa}. */
+  tls?: { cert: string; key: string };
+}
+
+/** A test CA and a server certificate it signed for 127.0.0.1 (PEM files in `dir`). */
+export interface TestCa {
+  /** The CA certificate (for NODE_EXTRA_CA_CERTS, or skopeo's --cert-dir as ca.crt). */
+  ca: string;
+  cert: string;
+  key: string;
+}
+
+/** Make a throw-away CA and a certificate for IP 127.0.0.1 and localhost signed by it, with openssl. */
+export async function makeTestCa(dir: string): Promise<TestCa> {
+  await fsp.mkdir(dir, { recursive: true });
+  const f = (n: string): string => path.join(dir, n);
+  const ec = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes'];
+  await run('openssl', ['req', '-x509', ...ec, '-subj', '/CN=d4fs test CA', '-days', '2', '-keyout', f('ca.key'), '-out', f('ca.pem'), '-addext', 'basicConstraints=critical,CA:TRUE', '-addext', 'keyUsage=critical,keyCertSign,cRLSign']);
+  await run('openssl', ['req', ...ec, '-subj', '/CN=127.0.0.1', '-keyout', f('server.key'), '-out', f('server.csr')]);
+  await fsp.writeFile(f('ext.cnf'), 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n');
+  await run('openssl', ['x509', '-req', '-in', f('server.csr'), '-CA', f('ca.pem'), '-CAkey', f('ca.key'), '-CAcreateserial', '-days', '2', '-extfile', f('ext.cnf'), '-out', f('server.pem')]);
+  return { ca: f('ca.pem'), cert: f('server.pem'), key: f('server.key') };
 }
 
 const REGISTRY_BIN = '/usr/bin/docker-registry';
@@ -50,7 +73,7 @@ export function freePort(): Promise<number> {
   });
 }
 
-function configYaml(dataDir: string, port: number, withAuth: boolean): string {
+function configYaml(dataDir: string, port: number, withAuth: boolean, tls?: { cert: string; key: string }): string {
   const lines = [
     'version: 0.1',
     'log:',
@@ -69,16 +92,18 @@ function configYaml(dataDir: string, port: number, withAuth: boolean): string {
     `  addr: 127.0.0.1:${port}`,
     '  secret: d4fs-test-secret',
   ];
+  if (tls) lines.push('  tls:', `    certificate: ${tls.cert}`, `    key: ${tls.key}`);
   if (withAuth) {
     lines.push('auth:', '  htpasswd:', '    realm: d4fs-test', `    path: ${path.join(dataDir, 'htpasswd')}`);
   }
   return lines.join('\n') + '\n';
 }
 
-/** HTTP status of GET url, or undefined when nothing answers. */
+/** HTTP status of GET url, or undefined when nothing answers (certificates are not checked). */
 function probe(url: string): Promise<number | undefined> {
   return new Promise((resolve) => {
-    const req = http.get(url, { timeout: 1000 }, (res) => {
+    const get = url.startsWith('https:') ? (u: string, o: https.RequestOptions, cb: (res: http.IncomingMessage) => void) => https.get(u, { ...o, rejectUnauthorized: false }, cb) : http.get;
+    const req = get(url, { timeout: 1000 }, (res) => {
       res.resume();
       resolve(res.statusCode);
     });
@@ -103,9 +128,9 @@ async function killChild(child: ChildProcess): Promise<void> {
 }
 
 /** Spawn on `port` and wait until /v2/ answers; rejects (after killing it) when it exits or hangs. */
-async function launch(dataDir: string, port: number, withAuth: boolean): Promise<ChildProcess> {
+async function launch(dataDir: string, port: number, withAuth: boolean, tls?: { cert: string; key: string }): Promise<ChildProcess> {
   const configFile = path.join(dataDir, 'config.yml');
-  await fsp.writeFile(configFile, configYaml(dataDir, port, withAuth));
+  await fsp.writeFile(configFile, configYaml(dataDir, port, withAuth, tls));
   const child = spawn(REGISTRY_BIN, ['serve', configFile], { env: registryEnv(), stdio: ['ignore', 'ignore', 'pipe'] });
   running.add(child);
   let stderr = '';
@@ -116,7 +141,7 @@ async function launch(dataDir: string, port: number, withAuth: boolean): Promise
   const want = withAuth ? [200, 401] : [200];
   while (Date.now() < deadline) {
     if (child.exitCode !== null || child.signalCode !== null) break;
-    const status = await probe(`http://127.0.0.1:${port}/v2/`);
+    const status = await probe(`${tls ? 'https' : 'http'}://127.0.0.1:${port}/v2/`);
     if (status !== undefined && want.includes(status)) return child;
     await new Promise((r) => setTimeout(r, 100));
   }
@@ -126,7 +151,7 @@ async function launch(dataDir: string, port: number, withAuth: boolean): Promise
 
 /**
  * Start Debian's docker-registry on a free 127.0.0.1 port with filesystem
- * storage in a fresh temp dir (and htpasswd auth when asked).
+ * storage in a fresh temp dir (and htpasswd auth, HTTPS when asked).
  */
 export async function startRegistry(opts: StartRegistryOptions = {}): Promise<TestRegistry> {
   const dataDir = await fsp.mkdtemp(path.join(os.tmpdir(), 'd4fs-registry-'));
@@ -139,11 +164,11 @@ export async function startRegistry(opts: StartRegistryOptions = {}): Promise<Te
     for (let i = 0; i < START_ATTEMPTS; i++) {
       const port = await freePort();
       try {
-        const child = await launch(dataDir, port, !!opts.auth);
+        const child = await launch(dataDir, port, !!opts.auth, opts.tls);
         const host = `127.0.0.1:${port}`;
         return {
           host,
-          url: `http://${host}`,
+          url: `${opts.tls ? 'https' : 'http'}://${host}`,
           dataDir,
           stop: async () => {
             await killChild(child);
@@ -195,4 +220,29 @@ export async function buildOciLayout(layoutDir: string, tag: string, files: Reco
   } finally {
     await fsp.rm(src, { recursive: true, force: true });
   }
+}
+
+/**
+ * Every file of a registry's storage (relative paths, sorted): blobs,
+ * repository links, upload sessions. Equal lists before and after a command
+ * show that it pushed nothing, not even a started upload.
+ */
+export async function storageFiles(reg: TestRegistry): Promise<string[]> {
+  const root = path.join(reg.dataDir, 'data');
+  const out: string[] = [];
+  const walk = async (dir: string): Promise<void> => {
+    let entries: import('node:fs').Dirent[];
+    try {
+      entries = await fsp.readdir(dir, { withFileTypes: true });
+    } catch {
+      return; // nothing stored yet
+    }
+    for (const e of entries) {
+      const p = path.join(dir, e.name);
+      if (e.isDirectory()) await walk(p);
+      else out.push(path.relative(root, p));
+    }
+  };
+  await walk(root);
+  return out.sort();
 }

@@ -272,10 +272,10 @@ export class Authenticator {
     const creds = await this.creds();
     if (!creds) {
       return unauthenticated(
-        `registry ${this.registry}: authentication required for ${repo} (no credentials: pass --creds or an auth file)`,
+        `registry ${this.registry}: authentication required for ${repo} (no credentials: pass ${this.opts.credsFlag ?? '--creds'} or an auth file)`,
       );
     }
-    return unauthenticated(`registry ${this.registry}: authentication failed for ${repo} (check --creds)`);
+    return unauthenticated(`registry ${this.registry}: authentication failed for ${repo} (check ${this.opts.credsFlag ?? '--creds'})`);
   }
 
   private creds(): Promise<Credentials | undefined> {

@@ -422,6 +422,39 @@ export class RegistryClient {
     return tags;
   }
 
+  /**
+   * Every repository of the registry (GET /v2/_catalog, following Link
+   * pagination). Not every registry offers the catalog: NOT_FOUND,
+   * PERMISSION_DENIED or UNAUTHENTICATED then, as for any call.
+   */
+  async listRepositories(pageSize?: number): Promise<string[]> {
+    let url: URL | undefined = await this.endpoint('/v2/_catalog');
+    if (pageSize !== undefined) url.searchParams.set('n', String(pageSize));
+    const repos: string[] = [];
+    const seen = new Set<string>();
+    for (let page = 0; url; page++) {
+      if (page >= MAX_TAG_PAGES || seen.has(url.href)) throw unavailable(`registry ${this.registry}: repository catalog does not end`);
+      seen.add(url.href);
+      const res = await this.call({ method: 'GET', url, scopes: ['registry:catalog:*'], repo: 'the repository catalog' });
+      await this.expect(res, [200], 'repository catalog', 'the repository catalog');
+      const body = await readAll(res, MAX_MANIFEST_BYTES, 'repository catalog');
+      let doc: { repositories?: unknown } | null;
+      try {
+        doc = JSON.parse(body.toString('utf8')) as { repositories?: unknown } | null;
+      } catch {
+        throw unavailable(`registry ${this.registry}: repository catalog is not JSON`);
+      }
+      const list = doc?.repositories ?? [];
+      if (!Array.isArray(list) || !list.every((r) => typeof r === 'string' && REPO_RE.test(r))) {
+        throw unavailable(`registry ${this.registry}: malformed repository catalog`);
+      }
+      repos.push(...(list as string[]));
+      const next = nextLink(firstHeader(res.headers.link));
+      url = next ? new URL(next, url) : undefined;
+    }
+    return repos;
+  }
+
   /** Close idle connections. */
   async close(): Promise<void> {
     this.httpAgent.destroy();

@@ -8,6 +8,8 @@ export interface RegistryOptions {
   tlsVerify?: boolean;
   /** Path of a docker config.json (default: $DOCKER_CONFIG/config.json, ~/.docker/config.json, $REGISTRY_AUTH_FILE). */
   authFile?: string;
+  /** The flag named in authentication errors (default "--creds"; e.g. "--dest-creds"). */
+  credsFlag?: string;
   /** User-Agent header. */
   userAgent?: string;
 }
