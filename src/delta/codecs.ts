@@ -724,7 +724,7 @@ export const BSDIFF_STREAM_BEST_LEVEL = 19;
 
 /** The `bsdiff-sa` addon (native/bsdiff-sa): libdivsufsort + a bsdiff-style scan, streams uncompressed. */
 interface BsdiffSa {
-  diff(oldData: Uint8Array, newData: Uint8Array, opts?: { deadlineMs?: number; minGain?: number }): { ctrl: Buffer; diff: Buffer; extra: Buffer };
+  diff(oldData: Uint8Array, newData: Uint8Array, opts?: { deadlineMs?: number; minGain?: number; threads?: number }): { ctrl: Buffer; diff: Buffer; extra: Buffer };
   version: string;
 }
 
@@ -754,6 +754,15 @@ export function bsdiffEngine(): { engine: 'bsdiff-sa' | 'bsdiff-node'; detail: s
 }
 
 /**
+ * Threads the native encoder scans one target with by default: the machine's, up to 4. The
+ * scan's output does not depend on it (see native/bsdiff-sa), so neither do patches; it
+ * lets one large binary, which otherwise sets the pace of a whole diff, use every core.
+ */
+export function bsdiffThreads(): number {
+  return Math.max(1, Math.min(4, os.availableParallelism()));
+}
+
+/**
  * BSDIFF40's three uncompressed streams for (base, target). The native encoder runs in
  * the calling thread: it never exits the process, reports out-of-memory as an error,
  * and stops itself at the deadline ({@link bsdiffDeadlineMs} unless
@@ -774,7 +783,7 @@ export function bsdiffStreams(base: Buffer, target: Buffer, opts: PatchOptions =
   }
   const deadline = opts.bsdiffDeadlineMs ?? bsdiffDeadlineMs(base.length, target.length);
   try {
-    const r = sa.diff(base, target, { deadlineMs: Math.max(1, deadline) });
+    const r = sa.diff(base, target, { deadlineMs: Math.max(1, deadline), threads: opts.bsdiffThreads ?? bsdiffThreads() });
     return { newSize: target.length, ctrl: r.ctrl, diff: r.diff, extra: r.extra };
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
@@ -1202,6 +1211,8 @@ export interface PatchOptions {
    * it loads) or `bsdiff-node` (the fallback; also used by tests as a cross-check).
    */
   bsdiffEngine?: 'bsdiff-sa' | 'bsdiff-node';
+  /** Threads of the native encoder's scan (default {@link bsdiffThreads}); the patch is the same for any count. */
+  bsdiffThreads?: number;
 }
 
 /**
