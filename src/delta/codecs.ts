@@ -34,7 +34,6 @@
  * recommended chunk size are in `src/delta/CODECS.md`.
  */
 
-import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -172,10 +171,6 @@ function checkExpectedSize(expectedSize: number): void {
   if (!Number.isSafeInteger(expectedSize) || expectedSize < 0 || expectedSize > bufferConstants.MAX_LENGTH) {
     throw invalidArgument(`invalid expected size ${expectedSize}`);
   }
-}
-
-function sha256(data: Uint8Array): Buffer {
-  return createHash('sha256').update(data).digest();
 }
 
 function describe(e: unknown): string {
@@ -1348,8 +1343,8 @@ const TIE_ORDER: Readonly<Record<CodecId, number>> = { zstd: 0, 'zstd-patch': 1,
  * `base` that {@link patchPlan} selects (see CODECS.md for the rule and the numbers
  * behind it). With `codec: 'auto'` and a level other than `best`, patches are skipped
  * when a cheap probe finds base and target unrelated. The result is verified before it
- * is returned: it is decoded (against `base` for patches) and its sha256 compared
- * with the target's; a mismatch throws INTERNAL.
+ * is returned: it is decoded (against `base` for patches) and compared with the
+ * target byte for byte; a mismatch throws INTERNAL.
  */
 export function chooseBest(base: Buffer, target: Buffer, opts: ChooseOptions): ChosenEncoding {
   const level = LEVELS[opts.level];
@@ -1393,8 +1388,9 @@ export function chooseBest(base: Buffer, target: Buffer, opts: ChooseOptions): C
   } catch (e) {
     throw new D4fsError('INTERNAL', `${best.codec} encoding does not decode: ${describe(e)}`, { cause: e });
   }
-  if (!sha256(decoded).equals(sha256(target))) {
-    throw new D4fsError('INTERNAL', `${best.codec} encoding does not reproduce the target (sha256 mismatch)`);
+  // byte for byte (as strong as comparing digests, and cheaper than hashing both)
+  if (!decoded.equals(target)) {
+    throw new D4fsError('INTERNAL', `${best.codec} encoding does not reproduce the target`);
   }
   return { codec: best.codec, data: best.data, tried, skipped };
 }
