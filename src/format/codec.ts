@@ -1,46 +1,35 @@
-/** Protobuf encoding of the index (protobufjs, loaded from proto/cdimg.proto on first use). */
-import type * as protobuf from 'protobufjs';
-import { join } from 'node:path';
+/**
+ * Protobuf encoding of the index (proto/cdimg.proto), by d4fs's own coder in pb.ts:
+ * the same bytes protobufjs writes, without loading protobufjs and the schema.
+ */
 import { corrupt } from '../errors';
-import { protoDir } from '../util/paths';
 import { sha256 } from '../util/digest';
+import { decodeIndexPb, encodeIndexPb, encodeTreePb } from './pb';
 import { Entry, Index } from './types';
 
-let root: protobuf.Root | undefined;
-function types(): { Index: protobuf.Type; Tree: protobuf.Type } {
-  if (!root) root = (require('protobufjs') as typeof protobuf).loadSync(join(protoDir(), 'cdimg.proto'));
-  return { Index: root.lookupType('d4fs.cdimg.v1.Index'), Tree: root.lookupType('d4fs.cdimg.v1.Tree') };
-}
-
-const TO_OBJECT: protobuf.IConversionOptions = { longs: Number, enums: Number, bytes: Buffer, defaults: true, arrays: true };
-
 export function encodeIndex(index: Index): Buffer {
-  const T = types().Index;
-  return Buffer.from(T.encode(T.fromObject(index as unknown as Record<string, unknown>)).finish());
+  return encodeIndexPb(index);
 }
 
 export function decodeIndex(raw: Buffer): Index {
-  const T = types().Index;
-  let msg: protobuf.Message;
+  let obj: Index;
   try {
-    msg = T.decode(raw);
+    obj = decodeIndexPb(raw);
   } catch (e) {
     throw corrupt(`index does not decode: ${(e as Error).message}`, e);
   }
-  const obj = T.toObject(msg, TO_OBJECT) as unknown as Index;
   if (!obj.image) throw corrupt('index has no image information');
   return obj;
 }
 
 /** The image id: sha256 over the tree (entries) and the config, independent of storage. */
 export function computeImageId(entries: Entry[], configJson: Buffer): Buffer {
-  const T = types().Tree;
-  return sha256(T.encode(T.fromObject({ entries, configJson } as unknown as Record<string, unknown>)).finish());
+  return sha256(encodeTreePb(entries, configJson));
 }
 
 /**
- * Load the schema and generate the encoders now (about 8 ms), e.g. while
- * waiting for workers, rather than on the critical path of finishing a file.
+ * Run the coders once now (compiles them), e.g. while waiting for workers,
+ * rather than on the critical path of finishing a file.
  */
 export function warmCodec(): void {
   const d = Buffer.alloc(32);
