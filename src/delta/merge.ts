@@ -15,7 +15,7 @@ import { CdimgReader } from '../format/reader';
 import { CdimgWriter } from '../format/writer';
 import { Blob, Chunk, Codec, Encoding, Index, Kind, FORMAT_VERSION } from '../format/types';
 import { failedPrecondition, invalidArgument } from '../errors';
-import { WorkerPool } from '../workers/pool';
+import type { WorkerPool } from '../workers/pool';
 import { OrderedWindow } from '../util/ordered';
 import { contentsOf, BaseFinder, deltaChunk, CodecChoice } from './diff';
 import { DeltaSummary, summarizeDelta } from './summary';
@@ -50,7 +50,8 @@ export async function mergeDeltas(o: MergeOptions): Promise<DeltaSummary> {
   const readers: CdimgReader[] = [];
   let baseR: CdimgReader | undefined;
   let writer: CdimgWriter | undefined;
-  const pool = strategy === 'rediff' ? (o.pool ?? new WorkerPool(o.threads)) : undefined;
+  // compose needs no worker threads: piscina is loaded only for rediff
+  const pool = strategy === 'rediff' ? (o.pool ?? new (require('../workers/pool') as typeof import('../workers/pool')).WorkerPool(o.threads)) : undefined;
   try {
     for (const p of o.deltas) readers.push(await CdimgReader.open(p));
     for (const r of readers) if (!r.isDelta) throw failedPrecondition(`${r.path} is a full image; merge composes deltas (use \`cdimg diff\` against a full image)`);
