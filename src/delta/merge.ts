@@ -33,6 +33,9 @@ export interface MergeOptions {
   pool?: WorkerPool;
 }
 
+/** zstd level of a merged delta's index (see mergeDeltas). */
+export const MERGE_INDEX_LEVEL = 15;
+
 /** Where a content lives in the chain of deltas, from `level` down; undefined = in A (SAME). */
 function locate(readers: CdimgReader[], digest: Buffer, level: number): { level: number; blob: Blob } | undefined {
   for (let l = level; l >= 0; l--) {
@@ -161,7 +164,9 @@ export async function mergeDeltas(o: MergeOptions): Promise<DeltaSummary> {
       blobs: order.map((k) => out.get(k) as Blob),
       chunkSize: top.index.chunkSize,
     };
-    const fin = await writer.finish(index);
+    // Index at zstd level 15, not the writer's 19: ~0.6 % larger (about 0.05 % of a merged delta),
+    // a quarter of the time, which is a good part of a merge's own work.
+    const fin = await writer.finish(index, { indexLevel: MERGE_INDEX_LEVEL });
     return summarizeDelta(index, fin.size, baseR?.index.entries, Number(process.hrtime.bigint() - t0) / 1e9, o.out);
   } catch (e) {
     await writer?.abort();

@@ -306,285 +306,293 @@ export function encodeTreePb(entries: Entry[], configJson: Uint8Array): Buffer {
 
 const utf8Strict = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
 
-class Reader {
-  pos: number;
-  constructor(readonly buf: Buffer, start: number, public end: number) {
-    this.pos = start;
-  }
-  /** A varint's low 32 bits (unsigned); the rest of a longer varint is read and dropped. */
-  u32(): number {
-    const b = this.buf;
-    let v = 0;
-    for (let shift = 0; shift < 35; shift += 7) {
-      if (this.pos >= this.end) throw new RangeError('truncated varint');
-      const c = b[this.pos++];
-      v += (c & 127) * 2 ** shift;
-      if (c < 128) return v % TWO32;
+// The decoder is a set of flat loops over one cursor (buf, pos) — no objects or closures per field —
+// because an index is decoded once per process, mostly before V8 has optimised anything.
+let buf: Buffer = Buffer.alloc(0);
+let pos = 0;
+
+function truncated(): never {
+  throw new RangeError('truncated field');
+}
+
+/** A varint's low 32 bits (unsigned); the rest of a longer varint is read and dropped. */
+function u32(end: number): number {
+  if (pos >= end) truncated();
+  let c = buf[pos++];
+  if (c < 128) return c;
+  let v = c & 127;
+  let mul = 128;
+  for (let i = 1; i < 10; i++) {
+    if (pos >= end) truncated();
+    c = buf[pos++];
+    if (i < 5) {
+      v += (c & 127) * mul;
+      mul *= 128;
     }
-    for (let i = 5; i < 10; i++) {
-      if (this.pos >= this.end) throw new RangeError('truncated varint');
-      if (b[this.pos++] < 128) return v % TWO32;
+    if (c < 128) return v % TWO32;
+  }
+  throw new RangeError('varint longer than 10 bytes');
+}
+
+let hi32 = 0;
+/** A varint's low 32 bits, its high 32 bits left in hi32. */
+function lo64(end: number): number {
+  let lo = 0;
+  let hi = 0;
+  for (let i = 0; i < 10; i++) {
+    if (pos >= end) truncated();
+    const c = buf[pos++];
+    const bits = c & 127;
+    if (i < 4) lo += bits * 2 ** (7 * i);
+    else if (i === 4) {
+      lo += (bits & 15) * 2 ** 28;
+      hi += bits >>> 4;
+    } else hi += bits * 2 ** (7 * i - 32);
+    if (c < 128) {
+      hi32 = hi % TWO32;
+      return lo;
     }
-    throw new RangeError('varint longer than 10 bytes');
   }
-  /** A varint as [lo, hi] 32-bit halves. */
-  u64(): [number, number] {
-    const b = this.buf;
-    let lo = 0;
-    let hi = 0;
-    for (let i = 0; i < 10; i++) {
-      if (this.pos >= this.end) throw new RangeError('truncated varint');
-      const c = b[this.pos++];
-      const bits = c & 127;
-      if (i < 4) lo += bits * 2 ** (7 * i);
-      else if (i === 4) {
-        lo += (bits & 15) * 2 ** 28;
-        hi += bits >>> 4;
-      } else hi += bits * 2 ** (7 * i - 32);
-      if (c < 128) return [lo >>> 0, hi % TWO32 >>> 0];
+  throw new RangeError('varint longer than 10 bytes');
+}
+
+function uint64(end: number): number {
+  if (pos < end && buf[pos] < 128) return buf[pos++];
+  const lo = lo64(end);
+  return hi32 * TWO32 + lo;
+}
+
+function int64(end: number): number {
+  if (pos < end && buf[pos] < 128) return buf[pos++];
+  const lo = lo64(end);
+  const hi = hi32;
+  if (hi >>> 31) {
+    const l = (~lo + 1) >>> 0;
+    let h = ~hi >>> 0;
+    if (l === 0) h = (h + 1) >>> 0;
+    return -(l + h * TWO32);
+  }
+  return hi * TWO32 + lo;
+}
+
+/** Length of a length-delimited field; checks it fits before `end`. */
+function len(end: number): number {
+  const n = u32(end);
+  if (n > end - pos) throw new RangeError(`length ${n} past the end of its message`);
+  return n;
+}
+
+function bytes(end: number): Buffer {
+  const n = len(end);
+  if (n === 0) return Buffer.alloc(0);
+  pos += n;
+  return buf.subarray(pos - n, pos);
+}
+
+/** Strict UTF-8, as protobufjs reads proto3 strings: invalid sequences throw; a BOM is kept. */
+function string(end: number): string {
+  const n = len(end);
+  const s = pos;
+  pos += n;
+  for (let i = s; i < pos; i++) if (buf[i] >= 0x80) return utf8Strict.decode(buf.subarray(s, pos));
+  return (buf as unknown as { latin1Slice(start: number, end: number): string }).latin1Slice(s, pos);
+}
+
+function skip(tag: number, end: number, depth = 0): void {
+  if (tag >>> 3 === 0) throw new RangeError('field number 0');
+  switch (tag & 7) {
+    case 0:
+      lo64(end);
+      return;
+    case 1:
+      if (end - pos < 8) truncated();
+      pos += 8;
+      return;
+    case 2: {
+      const n = len(end); // (not `pos += len(end)`: that would add to pos as it was before len read)
+      pos += n;
+      return;
     }
-    throw new RangeError('varint longer than 10 bytes');
-  }
-  uint64(): number {
-    const [lo, hi] = this.u64();
-    return hi * TWO32 + lo;
-  }
-  int64(): number {
-    const [lo, hi] = this.u64();
-    if (hi >>> 31) {
-      const l = (~lo + 1) >>> 0;
-      let h = ~hi >>> 0;
-      if (l === 0) h = (h + 1) >>> 0;
-      return -(l + h * TWO32);
-    }
-    return hi * TWO32 + lo;
-  }
-  int32(): number {
-    return this.u32() | 0;
-  }
-  /** Bounds of a length-delimited field's body. */
-  span(): [number, number] {
-    const len = this.u32();
-    const start = this.pos;
-    if (len > this.end - start) throw new RangeError(`length ${len} past the end of its message`);
-    this.pos = start + len;
-    return [start, start + len];
-  }
-  bytes(): Buffer {
-    const [s, e] = this.span();
-    return s === e ? Buffer.alloc(0) : this.buf.subarray(s, e);
-  }
-  /** Strict UTF-8, as protobufjs reads proto3 strings: invalid sequences throw; a BOM is kept. */
-  string(): string {
-    const [s, e] = this.span();
-    const b = this.buf;
-    for (let i = s; i < e; i++) if (b[i] >= 0x80) return utf8Strict.decode(b.subarray(s, e));
-    return b.toString('latin1', s, e);
-  }
-  skip(wireType: number, depth = 0): void {
-    switch (wireType) {
-      case 0:
-        this.u64();
-        return;
-      case 1:
-        this.advance(8);
-        return;
-      case 2:
-        this.span();
-        return;
-      case 3: {
-        if (depth > 100) throw new RangeError('groups nested too deep');
-        for (;;) {
-          const t = this.u32();
-          if ((t & 7) === 4) return;
-          this.skip(t & 7, depth + 1);
-        }
+    case 3: {
+      if (depth > 100) throw new RangeError('groups nested too deep');
+      for (;;) {
+        const t = u32(end);
+        if ((t & 7) === 4) return;
+        skip(t, end, depth + 1);
       }
-      case 5:
-        this.advance(4);
-        return;
-      default:
-        throw new RangeError(`invalid wire type ${wireType}`);
     }
-  }
-  private advance(n: number): void {
-    if (this.end - this.pos < n) throw new RangeError('truncated field');
-    this.pos += n;
+    case 5:
+      if (end - pos < 4) truncated();
+      pos += 4;
+      return;
+    default:
+      throw new RangeError(`invalid wire type ${tag & 7}`);
   }
 }
 
-/** Decode a message body [start, end) field by field; `field` returns false for fields it does not take. */
-function readFields(r: Reader, start: number, end: number, field: (no: number, wt: number) => boolean): void {
-  const outer = r.end;
-  r.pos = start;
-  r.end = end;
-  while (r.pos < end) {
-    const tag = r.u32();
-    const no = tag >>> 3;
-    const wt = tag & 7;
-    if (no === 0) throw new RangeError('field number 0');
-    if (!field(no, wt)) r.skip(wt);
-  }
-  r.end = outer;
-}
+// Tags below are (field number << 3) | wire type. A known field with another wire type is skipped,
+// as protobufjs does.
 
-function decXattr(r: Reader, s: number, e: number): Xattr {
+function decXattr(end: number): Xattr {
   const x: Xattr = { name: '', value: Buffer.alloc(0) };
-  readFields(r, s, e, (no, wt) => {
-    if (no === 1 && wt === 2) x.name = r.string();
-    else if (no === 2 && wt === 2) x.value = r.bytes();
-    else return false;
-    return true;
-  });
+  while (pos < end) {
+    const t = u32(end);
+    if (t === 10) x.name = string(end);
+    else if (t === 18) x.value = bytes(end);
+    else skip(t, end);
+  }
   return x;
 }
 
-function decEntry(r: Reader, s: number, e: number): Entry {
+function decEntry(end: number): Entry {
   const x: Entry = { xattrs: [], path: '', type: 0, mode: 0, uid: 0, gid: 0, mtimeSec: 0, mtimeNsec: 0, size: 0, digest: Buffer.alloc(0), linkTarget: '', devMajor: 0, devMinor: 0, uname: '', gname: '' };
-  readFields(r, s, e, (no, wt) => {
-    if (wt === 0) {
-      switch (no) {
-        case 2: x.type = r.int32(); return true;
-        case 3: x.mode = r.u32(); return true;
-        case 4: x.uid = r.u32(); return true;
-        case 5: x.gid = r.u32(); return true;
-        case 6: x.mtimeSec = r.int64(); return true;
-        case 7: x.mtimeNsec = r.u32(); return true;
-        case 8: x.size = r.uint64(); return true;
-        case 11: x.devMajor = r.u32(); return true;
-        case 12: x.devMinor = r.u32(); return true;
+  while (pos < end) {
+    const t = u32(end);
+    switch (t) {
+      case 10: x.path = string(end); break;
+      case 16: x.type = u32(end) | 0; break;
+      case 24: x.mode = u32(end); break;
+      case 32: x.uid = u32(end); break;
+      case 40: x.gid = u32(end); break;
+      case 48: x.mtimeSec = int64(end); break;
+      case 56: x.mtimeNsec = u32(end); break;
+      case 64: x.size = uint64(end); break;
+      case 74: x.digest = bytes(end); break;
+      case 82: x.linkTarget = string(end); break;
+      case 88: x.devMajor = u32(end); break;
+      case 96: x.devMinor = u32(end); break;
+      case 106: {
+        const n = len(end);
+        x.xattrs.push(decXattr(pos + n));
+        break;
       }
-    } else if (wt === 2) {
-      switch (no) {
-        case 1: x.path = r.string(); return true;
-        case 9: x.digest = r.bytes(); return true;
-        case 10: x.linkTarget = r.string(); return true;
-        case 13: {
-          const [a, b] = r.span();
-          const at = r.pos;
-          x.xattrs.push(decXattr(r, a, b));
-          r.pos = at;
-          return true;
-        }
-        case 14: x.uname = r.string(); return true;
-        case 15: x.gname = r.string(); return true;
-      }
+      case 114: x.uname = string(end); break;
+      case 122: x.gname = string(end); break;
+      default: skip(t, end);
     }
-    return false;
-  });
+  }
   return x;
 }
 
-function decChunk(r: Reader, s: number, e: number): Chunk {
+function decChunk(end: number): Chunk {
   const x: Chunk = { offset: 0, storedSize: 0, storedDigest: Buffer.alloc(0), rawSize: 0, rawDigest: Buffer.alloc(0), codec: 0, baseDigest: Buffer.alloc(0), baseOffset: 0, baseSize: 0 };
-  readFields(r, s, e, (no, wt) => {
-    if (wt === 0) {
-      switch (no) {
-        case 1: x.offset = r.uint64(); return true;
-        case 2: x.storedSize = r.uint64(); return true;
-        case 4: x.rawSize = r.uint64(); return true;
-        case 6: x.codec = r.int32(); return true;
-        case 8: x.baseOffset = r.uint64(); return true;
-        case 9: x.baseSize = r.uint64(); return true;
-      }
-    } else if (wt === 2) {
-      switch (no) {
-        case 3: x.storedDigest = r.bytes(); return true;
-        case 5: x.rawDigest = r.bytes(); return true;
-        case 7: x.baseDigest = r.bytes(); return true;
-      }
+  while (pos < end) {
+    const t = u32(end);
+    switch (t) {
+      case 8: x.offset = uint64(end); break;
+      case 16: x.storedSize = uint64(end); break;
+      case 26: x.storedDigest = bytes(end); break;
+      case 32: x.rawSize = uint64(end); break;
+      case 42: x.rawDigest = bytes(end); break;
+      case 48: x.codec = u32(end) | 0; break;
+      case 58: x.baseDigest = bytes(end); break;
+      case 64: x.baseOffset = uint64(end); break;
+      case 72: x.baseSize = uint64(end); break;
+      default: skip(t, end);
     }
-    return false;
-  });
+  }
   return x;
 }
 
-function decBlob(r: Reader, s: number, e: number): Blob {
+function decBlob(end: number): Blob {
   const x: Blob = { chunks: [], digest: Buffer.alloc(0), size: 0, encoding: 0 };
-  readFields(r, s, e, (no, wt) => {
-    if (no === 1 && wt === 2) x.digest = r.bytes();
-    else if (no === 2 && wt === 0) x.size = r.uint64();
-    else if (no === 3 && wt === 0) x.encoding = r.int32();
-    else if (no === 4 && wt === 2) {
-      const [a, b] = r.span();
-      const at = r.pos;
-      x.chunks.push(decChunk(r, a, b));
-      r.pos = at;
-    } else return false;
-    return true;
-  });
+  while (pos < end) {
+    const t = u32(end);
+    switch (t) {
+      case 10: x.digest = bytes(end); break;
+      case 16: x.size = uint64(end); break;
+      case 24: x.encoding = u32(end) | 0; break;
+      case 34: {
+        const n = len(end);
+        x.chunks.push(decChunk(pos + n));
+        break;
+      }
+      default: skip(t, end);
+    }
+  }
   return x;
 }
 
-function decLayer(r: Reader, s: number, e: number): Layer {
+function decLayer(end: number): Layer {
   const x: Layer = { digest: '', size: 0, mediaType: '', diffId: '' };
-  readFields(r, s, e, (no, wt) => {
-    if (no === 1 && wt === 2) x.digest = r.string();
-    else if (no === 2 && wt === 0) x.size = r.uint64();
-    else if (no === 3 && wt === 2) x.mediaType = r.string();
-    else if (no === 4 && wt === 2) x.diffId = r.string();
-    else return false;
-    return true;
-  });
+  while (pos < end) {
+    const t = u32(end);
+    switch (t) {
+      case 10: x.digest = string(end); break;
+      case 16: x.size = uint64(end); break;
+      case 26: x.mediaType = string(end); break;
+      case 34: x.diffId = string(end); break;
+      default: skip(t, end);
+    }
+  }
   return x;
 }
 
 /** An ImageInfo; a repeated occurrence of the field merges into the earlier one (protobuf's rule). */
-function decImageInfo(r: Reader, s: number, e: number, into: ImageInfo | null): ImageInfo {
+function decImageInfo(end: number, into: ImageInfo | null): ImageInfo {
   const x: ImageInfo = into ?? { layers: [], sourceRef: '', manifestDigest: '', configDigest: '', configJson: Buffer.alloc(0), platform: '', manifestMediaType: '' };
-  readFields(r, s, e, (no, wt) => {
-    if (wt !== 2) return false;
-    switch (no) {
-      case 1: x.sourceRef = r.string(); return true;
-      case 2: x.manifestDigest = r.string(); return true;
-      case 3: x.configDigest = r.string(); return true;
-      case 4: x.configJson = r.bytes(); return true;
-      case 5: {
-        const [a, b] = r.span();
-        const at = r.pos;
-        x.layers.push(decLayer(r, a, b));
-        r.pos = at;
-        return true;
+  while (pos < end) {
+    const t = u32(end);
+    switch (t) {
+      case 10: x.sourceRef = string(end); break;
+      case 18: x.manifestDigest = string(end); break;
+      case 26: x.configDigest = string(end); break;
+      case 34: x.configJson = bytes(end); break;
+      case 42: {
+        const n = len(end);
+        x.layers.push(decLayer(pos + n));
+        break;
       }
-      case 6: x.platform = r.string(); return true;
-      case 7: x.manifestMediaType = r.string(); return true;
+      case 50: x.platform = string(end); break;
+      case 58: x.manifestMediaType = string(end); break;
+      default: skip(t, end);
     }
-    return false;
-  });
+  }
   return x;
 }
 
 /** Decode an Index message. Throws RangeError on malformed input. */
-export function decodeIndexPb(buf: Buffer): Index {
-  const r = new Reader(buf, 0, buf.length);
+export function decodeIndexPb(input: Buffer): Index {
+  buf = input;
+  pos = 0;
+  const end = input.length;
   let image: ImageInfo | null = null;
   let parentImage: ImageInfo | null = null;
   const x: Omit<Index, 'image' | 'parentImage'> = { entries: [], blobs: [], formatVersion: 0, kind: 0, imageId: Buffer.alloc(0), parentId: Buffer.alloc(0), chunkSize: 0 };
-  const sub = <T>(dec: (r: Reader, s: number, e: number) => T): T => {
-    const [a, b] = r.span();
-    const at = r.pos;
-    const v = dec(r, a, b);
-    r.pos = at;
-    return v;
-  };
-  readFields(r, 0, buf.length, (no, wt) => {
-    if (wt === 0) {
-      switch (no) {
-        case 1: x.formatVersion = r.u32(); return true;
-        case 2: x.kind = r.int32(); return true;
-        case 8: x.chunkSize = r.u32(); return true;
-      }
-    } else if (wt === 2) {
-      switch (no) {
-        case 3: x.imageId = r.bytes(); return true;
-        case 4: x.parentId = r.bytes(); return true;
-        case 5: image = sub((rr, s, e) => decImageInfo(rr, s, e, image)); return true;
-        case 6: x.entries.push(sub(decEntry)); return true;
-        case 7: x.blobs.push(sub(decBlob)); return true;
-        case 9: parentImage = sub((rr, s, e) => decImageInfo(rr, s, e, parentImage)); return true;
+  try {
+    while (pos < end) {
+      const t = u32(end);
+      switch (t) {
+        case 8: x.formatVersion = u32(end); break;
+        case 16: x.kind = u32(end) | 0; break;
+        case 26: x.imageId = bytes(end); break;
+        case 34: x.parentId = bytes(end); break;
+        case 42: {
+          const n = len(end);
+          image = decImageInfo(pos + n, image);
+          break;
+        }
+        case 50: {
+          const n = len(end);
+          x.entries.push(decEntry(pos + n));
+          break;
+        }
+        case 58: {
+          const n = len(end);
+          x.blobs.push(decBlob(pos + n));
+          break;
+        }
+        case 64: x.chunkSize = u32(end); break;
+        case 74: {
+          const n = len(end);
+          parentImage = decImageInfo(pos + n, parentImage);
+          break;
+        }
+        default: skip(t, end);
       }
     }
-    return false;
-  });
+  } finally {
+    buf = Buffer.alloc(0);
+  }
   return { ...x, image: image as unknown as ImageInfo, parentImage: parentImage as unknown as ImageInfo | undefined };
 }
