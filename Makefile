@@ -10,7 +10,7 @@ all: build
 deps: $(NODE_STAMP)
 	@bash scripts/install-deps.sh
 
-$(NODE_STAMP): package.json package-lock.json $(wildcard native/*/*.c native/*/*.h native/*/binding.gyp native/*/package.json)
+$(NODE_STAMP): package.json package-lock.json $(wildcard native/*/*.c native/*/*.h native/*/src/*.c native/*/src/*.h native/*/binding.gyp native/*/package.json)
 	@bash scripts/install-deps.sh
 	npm ci --no-audit --no-fund
 	@touch $@

@@ -7,6 +7,11 @@ export interface DiffOptions {
    * alignment by more than this many bytes (bsdiff uses 8). 1..1024.
    */
   minGain?: number;
+  /**
+   * Threads that scan parts of `newData` at the same time (1..64, default 1; parts are at
+   * least 256 KiB). The output is the same for every thread count.
+   */
+  threads?: number;
 }
 
 /** BSDIFF40's three streams, uncompressed. */

@@ -1,7 +1,7 @@
 /** Shared CLI plumbing: error reporting, exit codes, progress bars, option parsing. */
 import { Command, InvalidArgumentError } from 'commander';
 import { D4fsError, EXIT_CODES, toD4fsError } from '../errors';
-import { RegistryOptions } from '../oci/registry/options';
+import type { RegistryOptions } from '../oci/registry/options';
 import { LEVELS } from '../convert/levels';
 import type { ProgressEvent } from '../convert/convert';
 
@@ -47,6 +47,7 @@ export function parseIntOpt(name: string, min: number, max: number) {
 }
 
 export function parseLevel(v: string): number {
+  // convert's module (and everything under it) loads only for commands that take a level
   if (v in LEVELS) return LEVELS[v as keyof typeof LEVELS];
   const n = Number(v);
   if (!Number.isInteger(n) || n < 1 || n > 22) throw new InvalidArgumentError('level must be fast, default, best or 1..22');

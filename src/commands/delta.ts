@@ -60,9 +60,10 @@ export function registerDelta(cd: Command): void {
       if (!newPath && !o.newImage) throw invalidArgument('give the new image: --new FILE.cdimg or --new-image REF');
       const threads = (o.threads ?? o.threadNum) as number | undefined;
       const { WorkerPool } = await import('../workers/pool');
-      const { convertImage } = await import('../convert/convert');
+      // every thread starts now, while the indexes are read (a diff keeps them all busy)
+      const pool = new WorkerPool(threads, { eager: true });
       const { diffImages } = await import('../delta/diff');
-      const pool = new WorkerPool(threads);
+      const convertImage: typeof import('../convert/convert').convertImage = async (a) => (await import('../convert/convert')).convertImage(a);
       const temps: string[] = [];
       const prog = progressReporter(o.progress !== false && !o.json);
       try {

@@ -194,6 +194,53 @@ describe('native encoder bsdiff-sa', () => {
     }
   });
 
+  // Parts of at least 256 KiB: these targets get 2 to 4 parts.
+  const splitCases: Array<[string, () => { base: Buffer; target: Buffer }]> = [
+    ['edited binary-like (the parts meet past each boundary)', () => fakeBinaries(1_200_000, 21)],
+    ['unrelated random data (the parts never meet: the first scans everything)', () => ({ base: randomBytes(300_000), target: randomBytes(600_000) })],
+    ['periodic data', () => ({ base: Buffer.alloc(700_000, 'abcabcabd'), target: Buffer.alloc(800_000, 'abcabd') })],
+    ['binary-like with a long unrelated stretch across a boundary', () => {
+      const { base, target } = fakeBinaries(1_100_000, 5);
+      randomBytes(200_000).copy(target, 450_000);
+      return { base, target };
+    }],
+    ['a second alignment that also fits just before the boundary of two parts', () => {
+      // base: random with a stretch of period 16 ending at m + 16; target: base without its 16 bytes at m,
+      // m just past the middle of the target (where a second part starts): the first part's scan and the
+      // second's emit at different places there and must not be spliced at the first later position.
+      const size = 1_000_000;
+      const base = randomBytes(size);
+      const m = Math.floor((size - 16) / 2) + 500;
+      for (let x = m - 1000 + 16; x < m + 16; x++) base[x] = base[x - 16];
+      return { base, target: Buffer.concat([base.subarray(0, m), base.subarray(m + 16)]) };
+    }],
+  ];
+
+  it.each(splitCases)('the scan split over threads gives the same streams as one thread: %s', (_name, make) => {
+    const { base, target } = make();
+    const one = sa.diff(base, target, { threads: 1 });
+    expect(bspatchRaw(base, one).equals(target)).toBe(true);
+    for (const threads of [2, 3, 4, 16]) {
+      const r = sa.diff(base, target, { threads });
+      expect([r.ctrl.equals(one.ctrl), r.diff.equals(one.diff), r.extra.equals(one.extra), threads]).toEqual([true, true, true, threads]);
+    }
+  });
+
+  it('threads: bad counts are refused; a deadline stops every part', () => {
+    expect(() => sa.diff(Buffer.alloc(1), Buffer.alloc(1), { threads: 0 })).toThrow(/threads/);
+    expect(() => sa.diff(Buffer.alloc(1), Buffer.alloc(1), { threads: 65 })).toThrow(/threads/);
+    expect(() => sa.diff(Buffer.alloc(1), Buffer.alloc(1), { threads: 'all' })).toThrow(/threads/);
+    let code: string | undefined;
+    try {
+      sa.diff(randomBytes(2 << 20), randomBytes(2 << 20), { deadlineMs: 1, threads: 4 });
+    } catch (e) {
+      code = (e as NodeJS.ErrnoException).code;
+    }
+    expect(code).toBe('ETIMEDOUT');
+    const { base, target } = fakeBinaries(600_000, 9);
+    expect(bspatchRaw(base, sa.diff(base, target, { threads: 2 })).equals(target)).toBe(true);
+  });
+
   it('refuses bad arguments with an exception, never a crash', () => {
     expect(() => sa.diff('abc', Buffer.alloc(1))).toThrow(/Uint8Array/);
     expect(() => sa.diff(Buffer.alloc(1))).toThrow(/two Uint8Arrays/);

@@ -10,7 +10,7 @@ import { CdimgReader } from '../format/reader';
 import { CdimgWriter } from '../format/writer';
 import { Blob, Chunk, Codec, Encoding, Entry, FileType, Index, Kind, FORMAT_VERSION } from '../format/types';
 import { failedPrecondition, invalidArgument } from '../errors';
-import { WorkerPool } from '../workers/pool';
+import type { WorkerPool } from '../workers/pool';
 import { OrderedWindow } from '../util/ordered';
 import { LevelPreset } from './codecs';
 import { DeltaSummary, summarizeDelta } from './summary';
@@ -123,9 +123,11 @@ export async function diffImages(o: DiffOptions): Promise<DeltaSummary> {
     await oldR.close();
     throw e;
   });
-  const pool = o.pool ?? new WorkerPool(o.threads);
+  const pool = o.pool ?? new (require('../workers/pool') as typeof import('../workers/pool')).WorkerPool(o.threads, { eager: true });
   let writer: CdimgWriter | undefined;
-  const window = new OrderedWindow<{ stored: Uint8Array; chunks: Parameters<typeof deltaChunk>[1][] }>(Math.max(2, pool.threads * 3), 256 * 1024 * 1024);
+  // Many tasks may be in flight: the largest content goes first and is consumed first, and the
+  // small ones behind it must not wait for it to start (the byte bound still caps memory).
+  const window = new OrderedWindow<{ stored: Uint8Array; chunks: Parameters<typeof deltaChunk>[1][] }>(Math.max(16, pool.threads * 8), 256 * 1024 * 1024);
   try {
     for (const r of [oldR, newR]) {
       if (r.isDelta) throw failedPrecondition(`${r.path} is a delta; diff compares full images (apply it with \`ctr-cli cdimg patch\` first, or merge deltas with \`cdimg merge\`)`);
@@ -137,6 +139,7 @@ export async function diffImages(o: DiffOptions): Promise<DeltaSummary> {
     const blobs: Blob[] = [];
     const total = contents.reduce((n, c) => n + c.size, 0);
     let done = 0;
+    const work: { c: (typeof contents)[number]; hex: string; slot: Blob }[] = [];
     for (const c of contents) {
       const hex = c.digest.toString('hex');
       if (oldHas.has(hex)) {
@@ -144,9 +147,15 @@ export async function diffImages(o: DiffOptions): Promise<DeltaSummary> {
         done += c.size;
         continue;
       }
-      const base = finder.find(c.paths, c.size);
       const slot: Blob = { digest: c.digest, size: c.size, encoding: Encoding.FULL, chunks: [] };
       blobs.push(slot);
+      work.push({ c, hex, slot });
+    }
+    // Largest first (then in index order): the longest task starts at once instead of after the small
+    // ones, which then fill the other threads. The index keeps its order; stored bytes follow this one.
+    work.sort((a, b) => b.c.size - a.c.size);
+    for (const { c, hex, slot } of work) {
+      const base = finder.find(c.paths, c.size);
       const w = writer;
       await window.push(
         () =>

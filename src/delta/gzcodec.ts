@@ -10,9 +10,8 @@
  */
 import { gunzipSync } from 'node:zlib';
 import { corrupt } from '../errors';
-import { sha256 } from '../util/digest';
 import { applyPatch, chooseBest, ChooseOptions, decompressFull } from './codecs';
-import { decodeRecipe, encodeRecipe, gzipHeaderLength, inspectGzip, rebuildGzip } from './gzmember';
+import { GzipRecipe, decodeRecipe, encodeRecipe, gzipHeaderLength, inspectGzip, rebuildGzip } from './gzmember';
 
 /** Largest decompressed content handled (bigger .gz files take the ordinary path). */
 export const GZ_MAX_CONTENT = 64 * 1024 * 1024;
@@ -44,14 +43,18 @@ export function encodeGzMember(base: Buffer, target: Buffer, opts: ChooseOptions
   if (recipe.length > 255) return undefined;
   const chosen = chooseBest(base.length ? innerBase(base) : Buffer.alloc(0), m.content, opts);
   const data = Buffer.concat([Buffer.from([recipe.length]), recipe, Buffer.from([INNER[chosen.codec]]), chosen.data]);
-  // verify: rebuild from what we store
-  const back = decodeGzMember(base, data, target.length);
-  if (!sha256(back).equals(sha256(target))) throw corrupt('gzip member does not rebuild to the original bytes');
+  // Verify what we store: it must give back this recipe and this content. inspectGzip has just
+  // rebuilt the file from them byte for byte, so they rebuild it (without running gzip again).
+  const back = decodeGzParts(base, data);
+  const r = back.recipe;
+  if (r.level !== m.level || r.engine !== m.engine || !r.header.equals(m.header) || !back.content.equals(m.content)) {
+    throw corrupt('gzip member does not rebuild to the original bytes');
+  }
   return { data, usesBase: chosen.codec !== 'zstd' };
 }
 
-/** Rebuild the .gz file from stored bytes (and the base region, for inner patches). */
-export function decodeGzMember(base: Buffer | null, stored: Buffer, expectedSize: number): Buffer {
+/** The recipe and the decompressed content stored in a GZIP_MEMBER entry. */
+function decodeGzParts(base: Buffer | null, stored: Buffer): { recipe: GzipRecipe; content: Buffer } {
   if (stored.length < 2) throw corrupt('gzip member: truncated');
   const rlen = stored[0];
   if (stored.length < 2 + rlen) throw corrupt('gzip member: truncated recipe');
@@ -67,6 +70,12 @@ export function decodeGzMember(base: Buffer | null, stored: Buffer, expectedSize
     if (!base) throw corrupt('gzip member: patch without a base');
     content = applyPatchBounded(innerBase(base), payload, inner, GZ_MAX_CONTENT);
   }
+  return { recipe, content };
+}
+
+/** Rebuild the .gz file from stored bytes (and the base region, for inner patches). */
+export function decodeGzMember(base: Buffer | null, stored: Buffer, expectedSize: number): Buffer {
+  const { recipe, content } = decodeGzParts(base, stored);
   const out = rebuildGzip(recipe, content);
   if (out.length !== expectedSize) throw corrupt(`gzip member rebuilds to ${out.length} bytes, expected ${expectedSize}`);
   return out;

@@ -36,6 +36,19 @@ describe('inspectGzip / rebuildGzip', () => {
     expect(rebuildGzip(recipe, manPage).equals(gz)).toBe(true);
   });
 
+  // Over 256 KiB: each zlib level is first checked on what it emits for a prefix of the content.
+  const bigText = Buffer.from(
+    Array.from({ length: 16_000 }, (_, i) => `${i} ${((i * 2654435761) >>> 0).toString(36)} entry ${i % 97} changed in ${(i * 7) % 1000}\n`).join(''),
+  );
+  it.each([1, 2, 3, 4, 5, 6, 7, 8, 9])('reproduces a large zlib level %i file (the prefix check never rejects a match)', (level) => {
+    expect(bigText.length).toBeGreaterThan(512 * 1024);
+    const gz = gzipWith(bigText, level, { mtime: 1, os: 3 });
+    const m = inspectGzip(gz, 4 << 20, { gnu: false });
+    if (typeof m === 'string') throw new Error(m);
+    expect(m.engine).toBe('zlib');
+    expect(rebuildGzip(m, m.content).equals(gz)).toBe(true);
+  });
+
   it('a recipe rebuilds edited content as a valid gzip file', () => {
     const gz = gzipWith(manPage, 9, { mtime: 0, os: 3 });
     const m = inspectGzip(gz, 1 << 20);

@@ -105,6 +105,7 @@ export function inspectGzip(data: Buffer, maxContent: number, opts: InspectOptio
   if (consumed !== body.length) return 'multi-member';
   if (content.length !== isize || zlib.crc32(content) !== data.readUInt32LE(data.length - 8)) return 'bad-trailer';
   for (const level of LEVEL_ORDER) {
+    if (!zlibHeadMatches(content, body, level)) continue;
     const again = zlib.deflateRawSync(content, { level, windowBits: 15, memLevel: 8, strategy: zlib.constants.Z_DEFAULT_STRATEGY });
     if (again.equals(body)) return { header: Buffer.from(data.subarray(0, hlen)), level, engine: 'zlib', content };
   }
@@ -117,6 +118,28 @@ export function inspectGzip(data: Buffer, maxContent: number, opts: InspectOptio
     }
   }
   return 'no-level-matches';
+}
+
+/**
+ * A cheap, exact rejection before compressing a large content whole at one zlib level:
+ * zlib's output does not depend on how its input is fed, so what it has emitted for a
+ * prefix of the content without flushing is a prefix of what it emits for all of it. If
+ * that differs from the file's deflate stream, this level cannot reproduce it (GNU gzip's
+ * files, nearly all of them, fail within the first block). True when undecided.
+ */
+function zlibHeadMatches(content: Buffer, body: Buffer, level: number): boolean {
+  for (let prefix = 128 * 1024; prefix * 2 <= content.length; prefix *= 4) {
+    const head = zlib.deflateRawSync(content.subarray(0, prefix), {
+      level,
+      windowBits: 15,
+      memLevel: 8,
+      strategy: zlib.constants.Z_DEFAULT_STRATEGY,
+      finishFlush: zlib.constants.Z_NO_FLUSH,
+    });
+    if (head.length === 0) continue; // no block finished yet: look further
+    return head.length <= body.length && head.equals(body.subarray(0, head.length));
+  }
+  return true;
 }
 
 let gnuChecked: boolean | undefined;

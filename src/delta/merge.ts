@@ -15,7 +15,7 @@ import { CdimgReader } from '../format/reader';
 import { CdimgWriter } from '../format/writer';
 import { Blob, Chunk, Codec, Encoding, Index, Kind, FORMAT_VERSION } from '../format/types';
 import { failedPrecondition, invalidArgument } from '../errors';
-import { WorkerPool } from '../workers/pool';
+import type { WorkerPool } from '../workers/pool';
 import { OrderedWindow } from '../util/ordered';
 import { contentsOf, BaseFinder, deltaChunk, CodecChoice } from './diff';
 import { DeltaSummary, summarizeDelta } from './summary';
@@ -32,6 +32,9 @@ export interface MergeOptions {
   threads?: number;
   pool?: WorkerPool;
 }
+
+/** zstd level of a merged delta's index (see mergeDeltas). */
+export const MERGE_INDEX_LEVEL = 15;
 
 /** Where a content lives in the chain of deltas, from `level` down; undefined = in A (SAME). */
 function locate(readers: CdimgReader[], digest: Buffer, level: number): { level: number; blob: Blob } | undefined {
@@ -50,7 +53,8 @@ export async function mergeDeltas(o: MergeOptions): Promise<DeltaSummary> {
   const readers: CdimgReader[] = [];
   let baseR: CdimgReader | undefined;
   let writer: CdimgWriter | undefined;
-  const pool = strategy === 'rediff' ? (o.pool ?? new WorkerPool(o.threads)) : undefined;
+  // compose needs no worker threads: piscina is loaded only for rediff
+  const pool = strategy === 'rediff' ? (o.pool ?? new (require('../workers/pool') as typeof import('../workers/pool')).WorkerPool(o.threads)) : undefined;
   try {
     for (const p of o.deltas) readers.push(await CdimgReader.open(p));
     for (const r of readers) if (!r.isDelta) throw failedPrecondition(`${r.path} is a full image; merge composes deltas (use \`cdimg diff\` against a full image)`);
@@ -160,7 +164,9 @@ export async function mergeDeltas(o: MergeOptions): Promise<DeltaSummary> {
       blobs: order.map((k) => out.get(k) as Blob),
       chunkSize: top.index.chunkSize,
     };
-    const fin = await writer.finish(index);
+    // Index at zstd level 15, not the writer's 19: ~0.6 % larger (about 0.05 % of a merged delta),
+    // a quarter of the time, which is a good part of a merge's own work.
+    const fin = await writer.finish(index, { indexLevel: MERGE_INDEX_LEVEL });
     return summarizeDelta(index, fin.size, baseR?.index.entries, Number(process.hrtime.bigint() - t0) / 1e9, o.out);
   } catch (e) {
     await writer?.abort();

@@ -1,40 +1,23 @@
 /**
- * Protobuf coding of the index: decoding by protobufjs (loaded from
- * proto/cdimg.proto on first use), encoding by pbencode.ts (same bytes,
- * without loading protobufjs).
+ * Protobuf encoding of the index (proto/cdimg.proto), by d4fs's own coder in pb.ts:
+ * the same bytes protobufjs writes, without loading protobufjs and the schema.
  */
-import type * as protobuf from 'protobufjs';
-import { join } from 'node:path';
 import { corrupt } from '../errors';
-import { protoDir } from '../util/paths';
 import { sha256 } from '../util/digest';
+import { decodeIndexPb, encodeIndexPb, encodeTreePb } from './pb';
 import { Entry, Index } from './types';
-import { encodeIndexPb, encodeTreePb } from './pbencode';
-
-let root: protobuf.Root | undefined;
-function types(): { Index: protobuf.Type; Tree: protobuf.Type } {
-  if (!root) root = (require('protobufjs') as typeof protobuf).loadSync(join(protoDir(), 'cdimg.proto'));
-  return { Index: root.lookupType('d4fs.cdimg.v1.Index'), Tree: root.lookupType('d4fs.cdimg.v1.Tree') };
-}
-
-/** protobufjs's types of the index (tests compare pbencode.ts's bytes with its encoder). */
-export const protobufTypes = types;
-
-const TO_OBJECT: protobuf.IConversionOptions = { longs: Number, enums: Number, bytes: Buffer, defaults: true, arrays: true };
 
 export function encodeIndex(index: Index): Buffer {
   return encodeIndexPb(index);
 }
 
 export function decodeIndex(raw: Buffer): Index {
-  const T = types().Index;
-  let msg: protobuf.Message;
+  let obj: Index;
   try {
-    msg = T.decode(raw);
+    obj = decodeIndexPb(raw);
   } catch (e) {
     throw corrupt(`index does not decode: ${(e as Error).message}`, e);
   }
-  const obj = T.toObject(msg, TO_OBJECT) as unknown as Index;
   if (!obj.image) throw corrupt('index has no image information');
   return obj;
 }
@@ -42,4 +25,17 @@ export function decodeIndex(raw: Buffer): Index {
 /** The image id: sha256 over the tree (entries) and the config, independent of storage. */
 export function computeImageId(entries: Entry[], configJson: Buffer): Buffer {
   return sha256(encodeTreePb(entries, configJson));
+}
+
+/**
+ * Run the coders once now (compiles them), e.g. while waiting for workers,
+ * rather than on the critical path of finishing a file.
+ */
+export function warmCodec(): void {
+  const d = Buffer.alloc(32);
+  const entry: Entry = { path: 'x', type: 1, mode: 0o644, uid: 0, gid: 0, mtimeSec: 0, mtimeNsec: 0, size: 1, digest: d, linkTarget: '', devMajor: 0, devMinor: 0, xattrs: [{ name: 'user.x', value: d }], uname: '', gname: '' };
+  const chunk = { offset: 0, storedSize: 1, storedDigest: d, rawSize: 1, rawDigest: d, codec: 0, baseDigest: d, baseOffset: 0, baseSize: 0 };
+  const image = { sourceRef: '', manifestDigest: '', configDigest: '', configJson: d, layers: [{ digest: '', size: 1, mediaType: '', diffId: '' }], platform: '', manifestMediaType: '' };
+  computeImageId([entry], d);
+  encodeIndex({ formatVersion: 1, kind: 0, imageId: d, parentId: d, image, entries: [entry], blobs: [{ digest: d, size: 1, encoding: 0, chunks: [chunk] }], chunkSize: 1 } as unknown as Index);
 }

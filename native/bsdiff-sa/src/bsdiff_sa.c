@@ -22,6 +22,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include "cm.h"
 
 #define MAX_INPUT ((size_t)0x7fffffff - 1)
@@ -168,7 +170,7 @@ typedef struct {
   double searches;
 } streams_t;
 
-enum { OK = 0, E_NOMEM = 1, E_DEADLINE = 2 };
+enum { OK = 0, E_NOMEM = 1, E_DEADLINE = 2, E_STOPPED = 3 };
 
 static int emit(streams_t *st, int64_t x, int64_t y, int64_t z) {
   if (bytes_reserve(&st->ctrl, 24)) return E_NOMEM;
@@ -179,12 +181,132 @@ static int emit(streams_t *st, int64_t x, int64_t y, int64_t z) {
   return OK;
 }
 
-static int scan_all(const uint8_t *old, size_t oldlen, const uint8_t *nw, size_t newlen, const saidx_t *sa, const buckets_t *bk,
-                    int64_t gain, double deadline, streams_t *st) {
+/*
+ * Splitting the scan over threads without changing its output.
+ *
+ * The scan is greedy and sequential: where it emits depends on the alignment it
+ * carries. Between two steps of its outer loop, though, its whole state is six
+ * integers (state_t); from equal states it emits the same triples. So the new data
+ * is cut into parts; part 0 scans from the start as the sequential scan does, every
+ * other part starts at its boundary with a made-up alignment and records its state
+ * after each emission (a checkpoint). When a part, running on past the next
+ * boundary, reaches a state the next part recorded (same position, same
+ * alignment), it stops there: the rest of the output is the next part's from that
+ * checkpoint on. On related inputs the states meet a few triples past the boundary;
+ * if they never meet, the part just scans to the end itself (slower, never wrong).
+ * The result is byte for byte the sequential scan's, whatever the number of parts.
+ */
+typedef struct {
+  int64_t scan, len, pos, lastscan, lastpos, lastoffset;
+} state_t;
+
+typedef struct {
+  state_t s;
+  size_t ctrl, dlen, elen; /* how much the part had written when it was in state s */
+} ckpt_t;
+
+typedef struct {
+  const uint8_t *old, *nw;
+  int64_t olen, nlen;
+  const saidx_t *sa;
+  const buckets_t *bk;
+  int64_t gain;
+  double deadline;
+  atomic_int stop; /* a part failed: the others give up */
+} scan_ctx_t;
+
+typedef struct part part_t;
+struct part {
+  scan_ctx_t *ctx;
+  int64_t start;
+  part_t *next; /* the part after this one; NULL for the last */
+  int record;   /* keep checkpoints (every part but the first) */
+  streams_t st;
+  /* guarded by mu: checkpoints, finished, join, join_at */
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  ckpt_t *ck;
+  size_t nck, ckcap;
+  int finished;
+  part_t *join;   /* this part's output ends where it reached checkpoint join_at of part join */
+  size_t join_at;
+  int rc;
+  pthread_t tid;
+  int started;
+};
+
+static int same_state(const state_t *a, const state_t *b) {
+  return a->scan == b->scan && a->len == b->len && a->pos == b->pos && a->lastscan == b->lastscan && a->lastpos == b->lastpos &&
+         a->lastoffset == b->lastoffset;
+}
+
+static int record(part_t *p, const state_t *s) {
+  pthread_mutex_lock(&p->mu);
+  if (p->nck == p->ckcap) {
+    size_t cap = p->ckcap ? p->ckcap * 2 : 256;
+    ckpt_t *q = realloc(p->ck, cap * sizeof *q);
+    if (!q) {
+      pthread_mutex_unlock(&p->mu);
+      return E_NOMEM;
+    }
+    p->ck = q;
+    p->ckcap = cap;
+  }
+  p->ck[p->nck++] = (ckpt_t){*s, p->st.ctrl.len, p->st.dlen, p->st.elen};
+  pthread_cond_broadcast(&p->cv);
+  pthread_mutex_unlock(&p->mu);
+  return OK;
+}
+
+/*
+ * Did the scan of `me`, now in state s, reach a state a later part recorded? Waits
+ * while that part has not got as far yet. `*tgt`/`*ti` remember where to look next;
+ * *tgt becomes NULL when no later part can be met any more.
+ */
+static int try_join(part_t *me, const state_t *s, part_t **tgt, size_t *ti) {
+  part_t *t = *tgt;
+  if (!t || s->scan < t->start) return 0;
+  pthread_mutex_lock(&t->mu);
+  for (;;) {
+    while (*ti < t->nck && t->ck[*ti].s.scan < s->scan) (*ti)++;
+    if (*ti < t->nck) {
+      int hit = same_state(&t->ck[*ti].s, s);
+      pthread_mutex_unlock(&t->mu);
+      if (hit) {
+        me->join = t;
+        me->join_at = *ti;
+      }
+      *tgt = t;
+      return hit;
+    }
+    if (!t->finished) {
+      if (atomic_load(&me->ctx->stop)) break;
+      pthread_cond_wait(&t->cv, &t->mu);
+      continue;
+    }
+    /* t is done and never got this far itself: it went on as a later part; look there */
+    part_t *n = t->join;
+    pthread_mutex_unlock(&t->mu);
+    t = n;
+    *ti = 0;
+    if (!t) break;
+    pthread_mutex_lock(&t->mu);
+  }
+  if (t) pthread_mutex_unlock(&t->mu);
+  *tgt = NULL;
+  return 0;
+}
+
+static int scan_part(part_t *me) {
+  scan_ctx_t *c = me->ctx;
+  const uint8_t *old = c->old, *nw = c->nw;
+  const int64_t olen = c->olen, nlen = c->nlen, gain = c->gain;
+  streams_t *st = &me->st;
+  part_t *tgt = me->next;
+  size_t ti = 0;
   /* signed arithmetic throughout: positions < 2^31 */
-  int64_t olen = (int64_t)oldlen, nlen = (int64_t)newlen;
-  int64_t scan = 0, len = 0, pos = 0;
-  int64_t lastscan = 0, lastpos = 0, lastoffset = 0;
+  int64_t scan = me->start, len = 0, pos = 0;
+  int64_t lastscan = me->start, lastpos = me->start < olen ? me->start : olen, lastoffset = lastpos - lastscan;
   unsigned tick = 0;
 
   while (scan < nlen) {
@@ -192,10 +314,13 @@ static int scan_all(const uint8_t *old, size_t oldlen, const uint8_t *nw, size_t
     int64_t scsc;
     scan += len;
     for (scsc = scan; scan < nlen; scan++) {
-      if (deadline > 0 && (++tick & 1023) == 0 && now_ms() > deadline) return E_DEADLINE;
+      if ((++tick & 1023) == 0) {
+        if (c->deadline > 0 && now_ms() > c->deadline) return E_DEADLINE;
+        if (atomic_load(&c->stop)) return E_STOPPED;
+      }
       size_t w = 0;
       st->searches++;
-      len = (int64_t)longest_match(old, oldlen, sa, bk, nw + scan, (size_t)(nlen - scan), &w);
+      len = (int64_t)longest_match(old, (size_t)olen, c->sa, c->bk, nw + scan, (size_t)(nlen - scan), &w);
       pos = (int64_t)w;
       /* bytes of [scsc, scan+len) that the current alignment already gets right */
       for (; scsc < scan + len; scsc++) {
@@ -259,9 +384,104 @@ static int scan_all(const uint8_t *old, size_t oldlen, const uint8_t *nw, size_t
       lastscan = scan - lenb;
       lastpos = pos - lenb;
       lastoffset = pos - scan;
+      state_t s = {scan, len, pos, lastscan, lastpos, lastoffset};
+      if (me->record && (r = record(me, &s))) return r;
+      if (try_join(me, &s, &tgt, &ti)) return OK;
     }
   }
   return OK;
+}
+
+static void part_done(part_t *p, int rc) {
+  p->rc = rc;
+  if (rc != OK) atomic_store(&p->ctx->stop, 1);
+  pthread_mutex_lock(&p->mu);
+  p->finished = 1;
+  pthread_cond_broadcast(&p->cv);
+  pthread_mutex_unlock(&p->mu);
+}
+
+static void *part_main(void *arg) {
+  part_t *p = arg;
+  part_done(p, scan_part(p));
+  return NULL;
+}
+
+static int append(streams_t *dst, const streams_t *src, const ckpt_t *from) {
+  size_t nc = src->ctrl.len - from->ctrl, nd = src->dlen - from->dlen, ne = src->elen - from->elen;
+  if (bytes_reserve(&dst->ctrl, nc)) return E_NOMEM;
+  memcpy(dst->ctrl.p + dst->ctrl.len, src->ctrl.p + from->ctrl, nc);
+  dst->ctrl.len += nc;
+  memcpy(dst->diff + dst->dlen, src->diff + from->dlen, nd);
+  dst->dlen += nd;
+  memcpy(dst->extra + dst->elen, src->extra + from->elen, ne);
+  dst->elen += ne;
+  return OK;
+}
+
+/* Parts shorter than this are not worth a thread. */
+#define MIN_PART ((int64_t)256 * 1024)
+#define MAX_PARTS 16
+
+/*
+ * The whole scan into `out` (diff and extra of newlen bytes each), in up to
+ * `threads` parts scanned at the same time. Same output for any thread count.
+ */
+static int scan_all(scan_ctx_t *c, int threads, streams_t *out) {
+  int n = threads < 1 ? 1 : threads > MAX_PARTS ? MAX_PARTS : threads;
+  while (n > 1 && c->nlen / n < MIN_PART) n--;
+  part_t parts[MAX_PARTS];
+  memset(parts, 0, sizeof parts);
+  int rc = OK;
+  for (int i = 0; i < n; i++) {
+    part_t *p = &parts[i];
+    p->ctx = c;
+    p->start = c->nlen * i / n;
+    p->next = i + 1 < n ? &parts[i + 1] : NULL;
+    p->record = i > 0;
+    pthread_mutex_init(&p->mu, NULL);
+    pthread_cond_init(&p->cv, NULL);
+    if (i == 0) {
+      p->st.diff = out->diff;
+      p->st.extra = out->extra;
+    } else {
+      size_t cap = (size_t)(c->nlen - p->start);
+      p->st.diff = malloc(cap ? cap : 1);
+      p->st.extra = malloc(cap ? cap : 1);
+      if (!p->st.diff || !p->st.extra) rc = E_NOMEM;
+    }
+  }
+  /* later parts first, each on its own thread; part 0 on this one */
+  for (int i = 1; i < n && rc == OK; i++) {
+    if (pthread_create(&parts[i].tid, NULL, part_main, &parts[i]) == 0) parts[i].started = 1;
+    else part_done(&parts[i], OK); /* no thread: the part before scans on through (finished, no checkpoints) */
+  }
+  if (rc != OK) atomic_store(&c->stop, 1);
+  else part_done(&parts[0], scan_part(&parts[0]));
+  for (int i = 1; i < n; i++)
+    if (parts[i].started) pthread_join(parts[i].tid, NULL);
+  for (int i = 0; i < n && rc == OK; i++)
+    if (parts[i].rc != OK && parts[i].rc != E_STOPPED) rc = parts[i].rc;
+  if (rc == OK && parts[0].rc != OK) rc = E_DEADLINE; /* stopped without a reason of its own: cannot happen */
+  /* part 0's output, then each joined part's from the checkpoint where the one before met it */
+  *out = parts[0].st;
+  for (int i = 1; i < n; i++) out->searches += parts[i].st.searches;
+  for (part_t *p = &parts[0]; rc == OK && p->join; p = p->join) rc = append(out, &p->join->st, &p->join->ck[p->join_at]);
+  if (rc != OK) {
+    free(out->ctrl.p);
+    out->ctrl.p = NULL;
+  }
+  for (int i = 0; i < n; i++) {
+    if (i > 0) {
+      free(parts[i].st.diff);
+      free(parts[i].st.extra);
+      free(parts[i].st.ctrl.p);
+    }
+    free(parts[i].ck);
+    pthread_mutex_destroy(&parts[i].mu);
+    pthread_cond_destroy(&parts[i].cv);
+  }
+  return rc;
 }
 
 /* ------------------------------------------------------------------ */
@@ -333,7 +553,7 @@ static napi_value js_diff(napi_env env, napi_callback_info info) {
   }
   if (oldlen > MAX_INPUT || newlen > MAX_INPUT) return throw_code(env, "E2BIG", "bsdiff-sa: inputs must be smaller than 2 GiB");
 
-  double deadline_ms = 0, gain = 8;
+  double deadline_ms = 0, gain = 8, threads = 1;
   if (argc >= 3) {
     napi_valuetype t;
     if (napi_typeof(env, argv[2], &t) != napi_ok) return NULL;
@@ -343,6 +563,9 @@ static napi_value js_diff(napi_env env, napi_callback_info info) {
       }
       if (get_number_prop(env, argv[2], "minGain", &gain) < 0 || !(gain >= 1 && gain <= 1024)) {
         return throw_code(env, "EINVAL", "bsdiff-sa: minGain must be a number in [1, 1024]");
+      }
+      if (get_number_prop(env, argv[2], "threads", &threads) < 0 || !(threads >= 1 && threads <= 64)) {
+        return throw_code(env, "EINVAL", "bsdiff-sa: threads must be a number in [1, 64]");
       }
     } else if (t != napi_undefined) {
       return throw_code(env, "EINVAL", "bsdiff-sa: options must be an object");
@@ -369,7 +592,10 @@ static napi_value js_diff(napi_env env, napi_callback_info info) {
     if (!bk) rc = E_NOMEM;
     else fill_buckets(bk, old, oldlen, sa);
   }
-  if (rc == OK) rc = scan_all(old, oldlen, nw, newlen, sa, bk, (int64_t)gain, deadline, &st);
+  if (rc == OK) {
+    scan_ctx_t ctx = {old, nw, (int64_t)oldlen, (int64_t)newlen, sa, bk, (int64_t)gain, deadline, 0};
+    rc = scan_all(&ctx, (int)threads, &st);
+  }
   free(bk);
   double t2 = now_ms();
   free(sa);

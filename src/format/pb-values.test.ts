@@ -1,12 +1,22 @@
 /**
- * The hand-written index encoder must give protobufjs's bytes (convert, patch
+ * The index encoder (pb.ts) must give protobufjs's bytes (convert, patch
  * and merge rely on the exact bytes: root digests, image ids), for ordinary
  * indexes and for every value protobufjs treats specially.
  */
 import { createHash } from 'node:crypto';
-import { encodeIndexPb, encodeTreePb } from './pbencode';
-import { decodeIndex, protobufTypes } from './codec';
+import { join } from 'node:path';
+import type * as protobuf from 'protobufjs';
+import { encodeIndexPb, encodeTreePb } from './pb';
+import { decodeIndex } from './codec';
+import { protoDir } from '../util/paths';
 import { Blob, Chunk, Codec, Encoding, Entry, FileType, ImageInfo, Index, Kind } from './types';
+
+let root: protobuf.Root | undefined;
+/** protobufjs's types of the index, the reference the encoder is checked against. */
+function protobufTypes(): { Index: protobuf.Type; Tree: protobuf.Type } {
+  root ??= (require('protobufjs') as typeof protobuf).loadSync(join(protoDir(), 'cdimg.proto'));
+  return { Index: root.lookupType('d4fs.cdimg.v1.Index'), Tree: root.lookupType('d4fs.cdimg.v1.Tree') };
+}
 
 const pbIndex = (x: unknown): Buffer => {
   const T = protobufTypes().Index;
@@ -99,7 +109,7 @@ function randomIndex(seed: number, n: number, delta: boolean): Index {
   };
 }
 
-describe('pbencode: same bytes as protobufjs', () => {
+describe('pb.ts encoder: same bytes as protobufjs on random indexes and special values', () => {
   it.each([
     [1, 0, false],
     [2, 1, false],
