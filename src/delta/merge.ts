@@ -56,7 +56,10 @@ export async function mergeDeltas(o: MergeOptions): Promise<DeltaSummary> {
   // compose needs no worker threads: piscina is loaded only for rediff
   const pool = strategy === 'rediff' ? (o.pool ?? new (require('../workers/pool') as typeof import('../workers/pool')).WorkerPool(o.threads)) : undefined;
   try {
-    for (const p of o.deltas) readers.push(await CdimgReader.open(p));
+    // opened together: one file's reads overlap another's decoding
+    const opened = await Promise.allSettled(o.deltas.map((p) => CdimgReader.open(p)));
+    for (const r of opened) if (r.status === 'fulfilled') readers.push(r.value);
+    for (const r of opened) if (r.status === 'rejected') throw r.reason;
     for (const r of readers) if (!r.isDelta) throw failedPrecondition(`${r.path} is a full image; merge composes deltas (use \`cdimg diff\` against a full image)`);
     for (let i = 1; i < readers.length; i++) {
       if (readers[i].parentId !== readers[i - 1].imageId) {

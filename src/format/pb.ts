@@ -314,6 +314,8 @@ const utf8Strict = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
 // because an index is decoded once per process, mostly before V8 has optimised anything.
 let buf: Buffer = Buffer.alloc(0);
 let pos = 0;
+/** Absent and empty bytes fields share one zero-length Buffer (nothing can be written into it). */
+const EMPTY = Buffer.alloc(0);
 
 function truncated(): never {
   throw new RangeError('truncated field');
@@ -388,7 +390,7 @@ function len(end: number): number {
 
 function bytes(end: number): Buffer {
   const n = len(end);
-  if (n === 0) return Buffer.alloc(0);
+  if (n === 0) return EMPTY;
   pos += n;
   return buf.subarray(pos - n, pos);
 }
@@ -438,7 +440,7 @@ function skip(tag: number, end: number, depth = 0): void {
 // as protobufjs does.
 
 function decXattr(end: number): Xattr {
-  const x: Xattr = { name: '', value: Buffer.alloc(0) };
+  const x: Xattr = { name: '', value: EMPTY };
   while (pos < end) {
     const t = u32(end);
     if (t === 10) x.name = string(end);
@@ -449,7 +451,7 @@ function decXattr(end: number): Xattr {
 }
 
 function decEntry(end: number): Entry {
-  const x: Entry = { xattrs: [], path: '', type: 0, mode: 0, uid: 0, gid: 0, mtimeSec: 0, mtimeNsec: 0, size: 0, digest: Buffer.alloc(0), linkTarget: '', devMajor: 0, devMinor: 0, uname: '', gname: '' };
+  const x: Entry = { xattrs: [], path: '', type: 0, mode: 0, uid: 0, gid: 0, mtimeSec: 0, mtimeNsec: 0, size: 0, digest: EMPTY, linkTarget: '', devMajor: 0, devMinor: 0, uname: '', gname: '' };
   while (pos < end) {
     const t = u32(end);
     switch (t) {
@@ -479,7 +481,7 @@ function decEntry(end: number): Entry {
 }
 
 function decChunk(end: number): Chunk {
-  const x: Chunk = { offset: 0, storedSize: 0, storedDigest: Buffer.alloc(0), rawSize: 0, rawDigest: Buffer.alloc(0), codec: 0, baseDigest: Buffer.alloc(0), baseOffset: 0, baseSize: 0 };
+  const x: Chunk = { offset: 0, storedSize: 0, storedDigest: EMPTY, rawSize: 0, rawDigest: EMPTY, codec: 0, baseDigest: EMPTY, baseOffset: 0, baseSize: 0 };
   while (pos < end) {
     const t = u32(end);
     switch (t) {
@@ -499,7 +501,7 @@ function decChunk(end: number): Chunk {
 }
 
 function decBlob(end: number): Blob {
-  const x: Blob = { chunks: [], digest: Buffer.alloc(0), size: 0, encoding: 0 };
+  const x: Blob = { chunks: [], digest: EMPTY, size: 0, encoding: 0 };
   while (pos < end) {
     const t = u32(end);
     switch (t) {
@@ -534,7 +536,7 @@ function decLayer(end: number): Layer {
 
 /** An ImageInfo; a repeated occurrence of the field merges into the earlier one (protobuf's rule). */
 function decImageInfo(end: number, into: ImageInfo | null): ImageInfo {
-  const x: ImageInfo = into ?? { layers: [], sourceRef: '', manifestDigest: '', configDigest: '', configJson: Buffer.alloc(0), platform: '', manifestMediaType: '' };
+  const x: ImageInfo = into ?? { layers: [], sourceRef: '', manifestDigest: '', configDigest: '', configJson: EMPTY, platform: '', manifestMediaType: '' };
   while (pos < end) {
     const t = u32(end);
     switch (t) {
@@ -562,7 +564,7 @@ export function decodeIndexPb(input: Buffer): Index {
   const end = input.length;
   let image: ImageInfo | null = null;
   let parentImage: ImageInfo | null = null;
-  const x: Omit<Index, 'image' | 'parentImage'> = { entries: [], blobs: [], formatVersion: 0, kind: 0, imageId: Buffer.alloc(0), parentId: Buffer.alloc(0), chunkSize: 0 };
+  const x: Omit<Index, 'image' | 'parentImage'> = { entries: [], blobs: [], formatVersion: 0, kind: 0, imageId: EMPTY, parentId: EMPTY, chunkSize: 0 };
   try {
     while (pos < end) {
       const t = u32(end);
@@ -596,7 +598,7 @@ export function decodeIndexPb(input: Buffer): Index {
       }
     }
   } finally {
-    buf = Buffer.alloc(0);
+    buf = EMPTY;
   }
   return { ...x, image: image as unknown as ImageInfo, parentImage: parentImage as unknown as ImageInfo | undefined };
 }
