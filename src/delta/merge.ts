@@ -115,6 +115,7 @@ export async function mergeDeltas(o: MergeOptions): Promise<DeltaSummary> {
       const finder = new BaseFinder((baseR as CdimgReader).index.entries);
       const window = new OrderedWindow<{ stored: Uint8Array; chunks: Parameters<typeof deltaChunk>[1][] }>(Math.max(2, (pool as WorkerPool).threads * 3), 256 * 1024 * 1024);
       try {
+        const work: { c: ReturnType<typeof contentsOf>[number]; key: string; slot: Blob }[] = [];
         for (const c of contentsOf(top.index.entries)) {
           const key = c.digest.toString('hex');
           if (aHas.has(key)) {
@@ -122,10 +123,15 @@ export async function mergeDeltas(o: MergeOptions): Promise<DeltaSummary> {
             order.push(key);
             continue;
           }
-          const base = finder.find(c.paths, c.size);
           const slot: Blob = { digest: c.digest, size: c.size, encoding: Encoding.FULL, chunks: [] };
           out.set(key, slot);
           order.push(key);
+          work.push({ c, key, slot });
+        }
+        // Largest first, as `cdimg diff` stores them: a rediff gives diff(A, last)'s bytes.
+        work.sort((a, b) => b.c.size - a.c.size);
+        for (const { c, key, slot } of work) {
+          const base = finder.find(c.paths, c.size);
           await window.push(
             () =>
               (pool as WorkerPool).run('diffContent', {
@@ -169,7 +175,8 @@ export async function mergeDeltas(o: MergeOptions): Promise<DeltaSummary> {
     };
     // Index at zstd level 15, not the writer's 19: ~0.6 % larger (about 0.05 % of a merged delta),
     // a quarter of the time, which is a good part of a merge's own work.
-    const fin = await writer.finish(index, { indexLevel: MERGE_INDEX_LEVEL });
+    // A rediff is diff(A, last) and keeps its bytes (the writer's level): servers and tests compare them.
+    const fin = await writer.finish(index, { indexLevel: strategy === 'compose' ? MERGE_INDEX_LEVEL : undefined });
     return summarizeDelta(index, fin.size, baseR?.index.entries, Number(process.hrtime.bigint() - t0) / 1e9, o.out);
   } catch (e) {
     await writer?.abort();
