@@ -438,9 +438,11 @@ async function makeSpecialTree(root: string): Promise<void> {
       expect(sha(await fsp.readFile(path.join(m, files[1].path)))).toBe(files[1].sha256);
 
       // Restart with a damaged cache file: it is verified, found wrong, rebuilt.
-      const victim = files.find((f) => fs.existsSync(path.join(cacheDir, hexOf(f.path))))!;
       await small.client.shutdown(); // keeps its state file: the next manager mounts again
       await eventually(() => processesMentioning(root).length === 0, 10_000, 'small manager gone');
+      // Chosen once the manager is gone: its shutdown may still evict (the cache is over its bound).
+      const victim = files.find((f) => fs.existsSync(path.join(cacheDir, hexOf(f.path))))!;
+      expect(victim).toBeDefined();
       const cached = path.join(cacheDir, hexOf(victim.path));
       const fd = fs.openSync(cached, 'r+');
       fs.writeSync(fd, Buffer.from('damaged'), 0, 7, 100);
