@@ -18,6 +18,7 @@ import {
 } from './codecs';
 import { cmDecodeDiff, cmEncodeDiff, cmNativeAvailable, oldUnderDiff } from './bsdiffcm';
 import { D4fsError } from '../errors';
+import { prng } from '../../test/helpers/prng';
 
 // eslint-disable-next-line @typescript-eslint/no-var-requires
 const sa = require('bsdiff-sa') as {
@@ -27,16 +28,6 @@ const sa = require('bsdiff-sa') as {
 
 const REPO = path.resolve(__dirname, '..', '..', '..');
 const CACHE = path.join(REPO, '.cache', 'codec-test');
-
-function prng(seed: number): () => number {
-  let s = seed >>> 0 || 1;
-  return () => {
-    s ^= s << 13;
-    s ^= s >>> 17;
-    s ^= s << 5;
-    return (s >>> 0) / 4294967296;
-  };
-}
 
 /**
  * Something like machine code between two builds: a random "program" with 4-byte

@@ -11,6 +11,7 @@ import { decodeIndex } from './codec';
 import { protoDir } from '../util/paths';
 import { D4fsError } from '../errors';
 import type { Blob, Entry, FileType, ImageInfo, Index } from './types';
+import { prng } from '../../test/helpers/prng';
 
 const root = (require('protobufjs') as typeof protobuf).loadSync(join(protoDir(), 'cdimg.proto'));
 const IndexT = root.lookupType('d4fs.cdimg.v1.Index');
@@ -19,16 +20,6 @@ const TO_OBJECT: protobuf.IConversionOptions = { longs: Number, enums: Number, b
 
 const pbjsEncode = (i: Index): Buffer => Buffer.from(IndexT.encode(IndexT.fromObject(i as unknown as Record<string, unknown>)).finish());
 const pbjsDecode = (b: Buffer): Index => IndexT.toObject(IndexT.decode(b), TO_OBJECT) as unknown as Index;
-
-function prng(seed: number): () => number {
-  let s = seed >>> 0 || 1;
-  return () => {
-    s ^= s << 13;
-    s ^= s >>> 17;
-    s ^= s << 5;
-    return (s >>> 0) / 4294967296;
-  };
-}
 
 const NAMES = ['usr', 'lib', 'x86_64-linux-gnu', 'libssl.so.3', 'ĉu-ŝi', '日本語のファイル名', 'emoji-😀', 'a b', '', 'x'.repeat(130), 'é'.repeat(60)];
 

@@ -225,6 +225,24 @@ function repoTarget(ref: string, opts: RegistryOptions): { client: RegistryClien
   return { client: new RegistryClient(r.registry, opts), repo: r.repository, tag: explicitTag, host: r.registry };
 }
 
+/**
+ * Runs `fn` with the target's client (checked first: a bad reference fails
+ * before the archive is read) and the opened archive; closes both.
+ */
+async function withTargetAndArchive<T>(ref: string, opts: RegistryOptions, archive: string, fn: (t: ReturnType<typeof repoTarget>, a: OpenedArchive) => Promise<T>): Promise<T> {
+  const t = repoTarget(ref, opts);
+  try {
+    const a = await openArchive(archive);
+    try {
+      return await fn(t, a);
+    } finally {
+      await a.close();
+    }
+  } finally {
+    await t.client.close();
+  }
+}
+
 /** Layers the archive's manifests name but it does not hold. */
 function omittedLayers(a: OpenedArchive): Descriptor[] {
   const out = new Map<string, Descriptor>();
@@ -237,24 +255,13 @@ function omittedLayers(a: OpenedArchive): Descriptor[] {
  * Throws FAILED_PRECONDITION listing the missing ones.
  */
 export async function pushVet(archive: string, base: string, opts: RegistryOptions = {}): Promise<PushVetReport> {
-  const t = repoTarget(base, opts);
-  let a: OpenedArchive;
-  try {
-    a = await openArchive(archive);
-  } catch (e) {
-    await t.client.close();
-    throw e;
-  }
-  try {
+  return withTargetAndArchive(base, opts, archive, async (t, a) => {
     const omitted = omittedLayers(a);
     const missing: string[] = [];
     for (const d of omitted) if (!(await t.client.blobExists(t.repo, d.digest))) missing.push(d.digest);
     if (missing.length) throw failedPrecondition(`push-vet: ${t.host}/${t.repo} lacks ${missing.length} layer(s) the archive omits:\n  ${missing.join('\n  ')}`);
     return { archive, base, inArchive: a.present.size, atBase: omitted.length, missing };
-  } finally {
-    await a.close();
-    await t.client.close();
-  }
+  });
 }
 
 /** Result of {@link pushArchive}. */
@@ -273,15 +280,7 @@ export interface PushReport {
  * blobs, configs, manifests, index, tag.
  */
 export async function pushArchive(archive: string, target: string, opts: RegistryOptions = {}, baseRepo?: string): Promise<PushReport> {
-  const t = repoTarget(target, opts);
-  let a: OpenedArchive;
-  try {
-    a = await openArchive(archive);
-  } catch (e) {
-    await t.client.close();
-    throw e;
-  }
-  try {
+  return withTargetAndArchive(target, opts, archive, async (t, a) => {
     const report: PushReport = { target, digest: a.image.top.digest, uploaded: 0, existing: 0, mounted: 0, bytesUploaded: 0 };
     const omitted = omittedLayers(a);
     const missing: string[] = [];
@@ -323,8 +322,5 @@ export async function pushArchive(archive: string, target: string, opts: Registr
     const tag = t.tag ?? a.tag;
     if (tag) await t.client.putManifest(t.repo, tag, top.bytes, top.mediaType);
     return report;
-  } finally {
-    await a.close();
-    await t.client.close();
-  }
+  });
 }
