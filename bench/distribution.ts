@@ -503,7 +503,7 @@ async function timedCtr(rig: Rig, args: string[]): Promise<number> {
  * the timing (the steady state of a fleet: the first machine's pull made it).
  */
 export async function updateBench(opts: UpdateBenchOptions = {}): Promise<UpdateBenchResult> {
-  const updates = opts.updates ?? [['libssl-v1', 'libssl-v2', 'libssl-v3'], ['nginx-v1', 'nginx-v2'], ['redis-v1', 'redis-v2'], ['system-nginx-v1', 'system-nginx-v2']];
+  const updates = opts.updates ?? [['libssl-v1', 'libssl-v2', 'libssl-v3'], ['nginx-v1', 'nginx-v2'], ['redis-v1', 'redis-v2'], ['system-nginx-v1', 'system-nginx-v2'], ['system-redis-v1', 'system-redis-v2']];
   const links = opts.links ?? [100, 10];
   const runs = Math.max(1, opts.runs ?? 3);
   const cli = join(packageRoot(), 'dist', 'cli', 'ctr-cli.js');
