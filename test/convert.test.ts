@@ -351,6 +351,23 @@ describe('damaged .cdimg files are refused', () => {
     await expectError(CdimgReader.open(await damaged('v.cdimg', (b) => { b.writeUInt32LE(99, 8); return b; })), 'UNSUPPORTED', /version 99/);
     await expectError(CdimgReader.open(await damaged('r.cdimg', () => Buffer.from(Array.from({ length: 4096 }, (_, i) => (i * 7919) & 0xff)))), 'CORRUPT', /not a \.cdimg/);
   });
+  it('imageInfo: ids and image information from the verified index, without the tree; damage is refused the same way', async () => {
+    forgetOpenedIndexes();
+    const info = await CdimgReader.imageInfo(path);
+    const r = await CdimgReader.open(path);
+    try {
+      expect(info).toEqual({ rootDigest: r.rootDigest, imageId: r.imageId, parentId: undefined, isDelta: false, image: r.index.image, fileSize: statSync(path).size });
+    } finally {
+      await r.close();
+    }
+    await expectError(CdimgReader.imageInfo(await damaged('ii.cdimg', (b) => { b[b.length - 20] ^= 0x10; return b; })), 'CORRUPT', /index|root digest/);
+    await expectError(CdimgReader.imageInfo(await damaged('it.cdimg', (b) => b.subarray(0, b.length - 10))), 'CORRUPT', /truncated or damaged/);
+    await expectError(CdimgReader.imageInfo(join(work, 'no-such.cdimg')), 'NOT_FOUND', /no such file/);
+    // an index this process decoded (reuse) is taken as it is
+    const a = await CdimgReader.open(path, { reuse: true });
+    await a.close();
+    expect((await CdimgReader.imageInfo(path)).image).toBe(a.index.image);
+  });
   it('the good file verifies', async () => {
     const r = await verifyCdimg(path, 2);
     expect(r.contentsVerified).toBeGreaterThan(5);

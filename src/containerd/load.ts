@@ -157,14 +157,10 @@ export async function loadImage(opts: LoadImageOptions): Promise<LoadImageResult
   const snapshotter = opts.snapshotter ?? DEFAULT_SNAPSHOTTER;
   const chain = opts.store.chainFor(imageId);
   const top = chain[chain.length - 1];
-  const reader = await CdimgReader.open(top.path, { reuse: true });
-  let built;
-  try {
-    built = buildContainerdImage({ imageId, rootDigest: reader.rootDigest, configJson: reader.index.image.configJson });
-  } finally {
-    await reader.close();
-  }
-  const { layer, config, manifest, chainId } = built;
+  // The store validated the file when it took it; the config is all a load needs of its index.
+  const info = await CdimgReader.imageInfo(top.path);
+  if (info.imageId !== imageId) throw failedPrecondition(`${top.path} holds image ${info.imageId}, not ${imageId}: the local store is damaged`);
+  const { layer, config, manifest, chainId } = buildContainerdImage({ imageId, rootDigest: info.rootDigest, configJson: info.image.configJson });
 
   const { client, owned } = await clientFor(opts);
   try {

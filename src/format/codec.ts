@@ -11,10 +11,11 @@ export function encodeIndex(index: Index): Buffer {
   return encodeIndexPb(index);
 }
 
-export function decodeIndex(raw: Buffer): Index {
+/** Decode an index; `{ tree: false }`: ids and image information only (see decodeIndexPb). */
+export function decodeIndex(raw: Buffer, opts: { tree?: boolean } = {}): Index {
   let obj: Index;
   try {
-    obj = decodeIndexPb(raw);
+    obj = decodeIndexPb(raw, opts);
   } catch (e) {
     throw corrupt(`index does not decode: ${(e as Error).message}`, e);
   }

@@ -97,6 +97,18 @@ describe('index protobuf coder (pb.ts) against protobufjs', () => {
     expect(encodeIndexPb(decodeIndexPb(ours)).equals(ours)).toBe(true);
   });
 
+  it('without the tree: everything but entries and blobs, which are skipped', () => {
+    for (const seed of [7, 8]) {
+      const ours = encodeIndexPb(madeUp(seed, 80));
+      const full = decodeIndexPb(ours);
+      expect(full.entries.length).toBeGreaterThan(0);
+      expect(decodeIndexPb(ours, { tree: false })).toEqual({ ...full, entries: [], blobs: [] });
+    }
+    // a truncated entry is still noticed (its length runs past the end)
+    const cut = encodeIndexPb({ ...madeUp(9, 3), blobs: [] });
+    expect(() => decodeIndexPb(cut.subarray(0, cut.length - 3), { tree: false })).toThrow(RangeError);
+  });
+
   it('the tree (image id input) is byte for byte the same', () => {
     const idx = madeUp(11, 200);
     const ours = encodeTreePb(idx.entries, idx.image.configJson);

@@ -557,8 +557,15 @@ function decImageInfo(end: number, into: ImageInfo | null): ImageInfo {
   return x;
 }
 
-/** Decode an Index message. Throws RangeError on malformed input. */
-export function decodeIndexPb(input: Buffer): Index {
+/**
+ * Decode an Index message. Throws RangeError on malformed input. With
+ * `{ tree: false }` the entries and blobs are skipped (checked to be well
+ * formed length-delimited fields, not decoded) and come back empty: for
+ * callers that need only the ids and the image information of a file whose
+ * index is verified by its digest.
+ */
+export function decodeIndexPb(input: Buffer, opts: { tree?: boolean } = {}): Index {
+  const tree = opts.tree ?? true;
   buf = input;
   pos = 0;
   const end = input.length;
@@ -580,12 +587,14 @@ export function decodeIndexPb(input: Buffer): Index {
         }
         case 50: {
           const n = len(end);
-          x.entries.push(decEntry(pos + n));
+          if (tree) x.entries.push(decEntry(pos + n));
+          else pos += n;
           break;
         }
         case 58: {
           const n = len(end);
-          x.blobs.push(decBlob(pos + n));
+          if (tree) x.blobs.push(decBlob(pos + n));
+          else pos += n;
           break;
         }
         case 64: x.chunkSize = u32(end); break;

@@ -77,6 +77,58 @@ export function forgetOpenedIndexes(): void {
   opened.clear();
 }
 
+/** What CdimgReader.imageInfo tells about a file. */
+export interface CdimgImageInfo {
+  rootDigest: string;
+  imageId: string;
+  parentId: string | undefined;
+  isDelta: boolean;
+  image: Index['image'];
+  fileSize: number;
+}
+
+async function openFile(path: string): Promise<fsp.FileHandle> {
+  try {
+    return await fsp.open(path, 'r');
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') throw notFound(`${path}: no such file`);
+    throw e;
+  }
+}
+
+/** Reads and checks the header; `key` identifies the index for reuse (whole header and size). */
+async function readHeader(fh: fsp.FileHandle, path: string): Promise<{ st: { size: number }; header: HeaderInfo; key: string }> {
+  const st = await fh.stat();
+  if (!st.isFile()) throw corrupt(`${path}: not a regular file`);
+  const h = Buffer.alloc(HEADER_SIZE);
+  const { bytesRead } = await fh.read(h, 0, HEADER_SIZE, 0);
+  const header = parseHeader(h.subarray(0, bytesRead), st.size, path);
+  return { st, header, key: `${st.size}:${h.toString('hex')}` };
+}
+
+/** The raw index bytes, checked against the root digest. */
+async function readVerifiedIndex(fh: fsp.FileHandle, header: HeaderInfo, path: string): Promise<Buffer> {
+  const stored = Buffer.alloc(header.indexStoredLen);
+  await readFully(fh, stored, header.indexOffset);
+  let raw: Buffer;
+  try {
+    raw = decompressFull(stored, header.indexRawLen);
+  } catch (e) {
+    throw corrupt(`${path}: index is damaged (${(e as Error).message})`, e);
+  }
+  if (!sha256(raw).equals(header.rootDigest)) throw corrupt(`${path}: index does not match the root digest (file damaged)`);
+  return raw;
+}
+
+/** An error as thrown by opening `path`: D4fsErrors keep their kind and gain the path; anything else is CORRUPT. */
+function withPath(e: unknown, path: string): D4fsError {
+  if (e instanceof D4fsError) {
+    if (!e.message.startsWith(path)) e.message = `${path}: ${e.message}`;
+    return e;
+  }
+  return corrupt(`${path}: ${(e as Error).message}`, e);
+}
+
 export class CdimgReader {
   readonly blobs: Map<string, Blob>;
   readonly byPath: Map<string, Entry>;
@@ -93,45 +145,58 @@ export class CdimgReader {
   }
 
   static async open(path: string, opts: { reuse?: boolean } = {}): Promise<CdimgReader> {
-    let fh: fsp.FileHandle;
+    const fh = await openFile(path);
     try {
-      fh = await fsp.open(path, 'r');
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code === 'ENOENT') throw notFound(`${path}: no such file`);
-      throw e;
-    }
-    try {
-      const st = await fh.stat();
-      if (!st.isFile()) throw corrupt(`${path}: not a regular file`);
-      const h = Buffer.alloc(HEADER_SIZE);
-      const { bytesRead } = await fh.read(h, 0, HEADER_SIZE, 0);
-      const header = parseHeader(h.subarray(0, bytesRead), st.size, path);
-      const key = opts.reuse ? `${st.size}:${h.toString('hex')}` : undefined;
-      const known = key !== undefined ? opened.get(key) : undefined;
+      const { st, header, key } = await readHeader(fh, path);
+      const known = opts.reuse ? opened.get(key) : undefined;
       if (known) {
-        remember(key!, known);
+        remember(key, known);
         return new CdimgReader(path, fh, known.header, known.index, known.v, st.size);
       }
-      const stored = Buffer.alloc(header.indexStoredLen);
-      await readFully(fh, stored, header.indexOffset);
-      let raw: Buffer;
-      try {
-        raw = decompressFull(stored, header.indexRawLen);
-      } catch (e) {
-        throw corrupt(`${path}: index is damaged (${(e as Error).message})`, e);
-      }
-      if (!sha256(raw).equals(header.rootDigest)) throw corrupt(`${path}: index does not match the root digest (file damaged)`);
-      const index = decodeIndex(raw);
+      const index = decodeIndex(await readVerifiedIndex(fh, header, path));
       const v = validateIndex(index, header.indexOffset, HEADER_SIZE);
-      if (key !== undefined) remember(key, { header, index, v });
+      if (opts.reuse) remember(key, { header, index, v });
       return new CdimgReader(path, fh, header, index, v, st.size);
     } catch (e) {
       await fh.close().catch(() => undefined);
-      if (e instanceof D4fsError) {
-        if (!e.message.startsWith(path)) e.message = `${path}: ${e.message}`;
-        throw e;
+      throw withPath(e, path);
+    }
+  }
+
+  /**
+   * What a file is — its ids, kind and image information — from its index,
+   * verified against the root digest, without decoding or validating the tree
+   * and the blobs: for files that were opened and validated when they entered
+   * the local store (loading an image needs only this much). Takes the index
+   * this process already decoded when there is one.
+   */
+  static async imageInfo(path: string): Promise<CdimgImageInfo> {
+    const fh = await openFile(path);
+    try {
+      const { st, header, key } = await readHeader(fh, path);
+      const known = opened.get(key);
+      let index: Index;
+      if (known) {
+        index = known.index;
+      } else {
+        index = decodeIndex(await readVerifiedIndex(fh, header, path), { tree: false });
+        if (index.imageId.length !== 32 || (index.kind !== Kind.FULL && index.kind !== Kind.DELTA) || (index.kind === Kind.DELTA && index.parentId.length !== 32)) {
+          throw corrupt('index has malformed image ids or kind');
+        }
       }
-      throw corrupt(`${path}: ${(e as Error).message}`, e);
+      const isDelta = index.kind === Kind.DELTA;
+      return {
+        rootDigest: digestFromRaw(header.rootDigest),
+        imageId: digestFromRaw(index.imageId),
+        parentId: isDelta ? digestFromRaw(index.parentId) : undefined,
+        isDelta,
+        image: index.image,
+        fileSize: st.size,
+      };
+    } catch (e) {
+      throw withPath(e, path);
+    } finally {
+      await fh.close().catch(() => undefined);
     }
   }
 
