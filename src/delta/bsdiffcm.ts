@@ -394,3 +394,309 @@ export function cmDecodeDiff(packed: Uint8Array, ou: Uint8Array, engine?: CmEngi
   });
   return { diff, consumed: dec.consumed };
 }
+
+// ---------------------------------------------------------------------------
+// Section method 4: the block model ("cmb"), twin of cmb_* in native/bsdiff-sa/src/cm.c
+// ---------------------------------------------------------------------------
+//
+// Same coder, squash/stretch and update rules as above, but most diff bytes cost no
+// decision of their own: one decision per 8-byte block ("does this block change?"), the
+// per-byte flag model only inside blocks that change (the last byte of a changing block
+// whose first seven bytes are zero is implied non-zero), and a 4-input literal model whose
+// hashed contexts are addressed by nibble (16-entry slots). Tables have at most 2^16
+// entries. The stream is cut into independent segments of at most CMB_SEGMENT bytes (own
+// tables, own coder, zero padding at the segment's edges) so that the C coder can code
+// them on several threads; this module codes them one after another, with the same bytes.
+//
+// Section layout: segment count k (u32 LE) = ceil(n / CMB_SEGMENT), k packed lengths
+// (u32 LE), the k coded segments. Segment s covers diff bytes [s*L, min(n, (s+1)*L)) with
+// L = ceil(ceil(n / k) / 8) * 8.
+
+/** Largest segment of a method-4 stream (bytes of diff). */
+export const CMB_SEGMENT = 2 << 20;
+const CMB_PAD = 16;
+const CMB_BLK = 8;
+const CMB_BI = 5;
+const CMB_FI = 5;
+const CMB_LI = 4;
+const CMB_GAP = 15;
+const CMB_ROW = 272; // 16 first-nibble nodes + 16 x 16 second-nibble nodes
+const CMB_FM = 0xffff;
+const CMB_BM = 0x7fff;
+const CMB_SM = 0xff; // hashed literal tables: 256 slots of 16
+
+/** Number of segments of a method-4 stream of `n` diff bytes. */
+export function cmbSegments(n: number): number {
+  return Math.ceil(n / CMB_SEGMENT);
+}
+
+function cmbSegLen(n: number): number {
+  const k = cmbSegments(n);
+  return k ? Math.ceil(Math.ceil(n / k) / 8) * 8 : 0;
+}
+
+/** One segment; see cm.c's run_blocks (decision for decision the same). */
+function runBlocks(ouRaw: Uint8Array, diff: Uint8Array | null, out: Uint8Array | null, coder: BitCoder): void {
+  const n = ouRaw.length;
+  const ou = new Uint8Array(n + 2 * CMB_PAD);
+  ou.set(ouRaw, CMB_PAD);
+  const b0 = new Uint16Array(65536).fill(2048);
+  const b1 = new Uint16Array(CMB_BM + 1).fill(2048);
+  const b2 = new Uint16Array(CMB_BM + 1).fill(2048);
+  const b3 = new Uint16Array(CMB_BM + 1).fill(2048);
+  const b4 = new Uint16Array(CMB_BM + 1).fill(2048);
+  const f0 = new Uint16Array(1024).fill(2048);
+  const f1 = new Uint16Array(CMB_FM + 1).fill(2048);
+  const f2 = new Uint16Array(65536).fill(2048);
+  const f3 = new Uint16Array(CMB_FM + 1).fill(2048);
+  const f4 = new Uint16Array(CMB_FM + 1).fill(2048);
+  const l0 = new Uint16Array(256 * CMB_ROW).fill(2048);
+  const l2 = new Uint16Array((CMB_SM + 1) * 16).fill(2048);
+  const l3 = new Uint16Array((CMB_SM + 1) * 16).fill(2048);
+  const l4 = new Uint16Array((CMB_GAP + 1) * 256 * CMB_ROW).fill(2048);
+  const bw = new Int32Array(4 * CMB_BI).fill(1 << 14);
+  const fw = new Int32Array(8 * CMB_FI).fill(1 << 14);
+  const lw = new Int32Array(256 * CMB_LI).fill(1 << 14);
+  const I1 = new Int32Array(CMB_BLK);
+  const I3 = new Int32Array(CMB_BLK);
+  const I4 = new Int32Array(CMB_BLK);
+  let h = 0;
+  let bh = 0;
+  let prev = 0;
+  let last = 0;
+  for (let s = 0; s < n; s += CMB_BLK) {
+    const e = s + CMB_BLK < n ? s + CMB_BLK : n;
+    const pb = s + CMB_PAD;
+    const lo = ou[pb] | (ou[pb + 1] << 8) | (ou[pb + 2] << 16) | (ou[pb + 3] << 24);
+    const hi = ou[pb + 4] | (ou[pb + 5] << 8) | (ou[pb + 6] << 16) | (ou[pb + 7] << 24);
+    const lm4 = ou[pb - 4] | (ou[pb - 3] << 8) | (ou[pb - 2] << 16) | (ou[pb - 1] << 24);
+    const k0 = (bh & 0xff) | (ou[pb] << 8);
+    const k1 = hash(lo, 21) & CMB_BM;
+    const k2 = hash(hi, 22) & CMB_BM;
+    const k3 = hash(lo ^ imul(hi, 0x2545f491), 23) & CMB_BM;
+    const k4 = hash(lm4, (lo & 0xffff) + 24) & CMB_BM;
+    const s0 = STRETCH[b0[k0]];
+    const s1 = STRETCH[b1[k1]];
+    const s2 = STRETCH[b2[k2]];
+    const s3 = STRETCH[b3[k3]];
+    const s4 = STRETCH[b4[k4]];
+    const ws = (bh & 3) * CMB_BI;
+    const p = mixOut(bw[ws] * s0 + bw[ws + 1] * s1 + bw[ws + 2] * s2 + bw[ws + 3] * s3 + bw[ws + 4] * s4);
+    let any = 0;
+    if (diff) for (let i = s; i < e; i++) any |= diff[i];
+    const B = coder.code(any !== 0 ? 1 : 0, p);
+    const err = ((B << 12) - p) * LEARN;
+    bw[ws] += (s0 * err) >> 10;
+    bw[ws + 1] += (s1 * err) >> 10;
+    bw[ws + 2] += (s2 * err) >> 10;
+    bw[ws + 3] += (s3 * err) >> 10;
+    bw[ws + 4] += (s4 * err) >> 10;
+    if (B) {
+      b0[k0] += (4096 - b0[k0]) >> RATE;
+      b1[k1] += (4096 - b1[k1]) >> RATE;
+      b2[k2] += (4096 - b2[k2]) >> RATE;
+      b3[k3] += (4096 - b3[k3]) >> RATE;
+      b4[k4] += (4096 - b4[k4]) >> RATE;
+    } else {
+      b0[k0] -= b0[k0] >> RATE;
+      b1[k1] -= b1[k1] >> RATE;
+      b2[k2] -= b2[k2] >> RATE;
+      b3[k3] -= b3[k3] >> RATE;
+      b4[k4] -= b4[k4] >> RATE;
+      bh = (bh << 1) & 0xffff;
+      h = (h << (e - s)) & 0xffff;
+      continue;
+    }
+    bh = ((bh << 1) | 1) & 0xffff;
+    for (let i = s; i < e; i++) {
+      const q = i + CMB_PAD;
+      const c = ou[q];
+      const before = (ou[q - 1] | (ou[q - 2] << 8) | (ou[q - 3] << 16) | (ou[q - 4] << 24)) >>> 0;
+      const next = ou[q + 1] | (ou[q + 2] << 8) | (ou[q + 3] << 16);
+      const k = i - s;
+      I1[k] = hash(before, 1) & CMB_FM;
+      I3[k] = hash(c | ((next & 255) << 8) | ((before & 255) << 16), 3) & CMB_FM;
+      I4[k] = hash(c | (next << 8), (before & 0xffff) + 5) & CMB_FM;
+    }
+    let seen = 0;
+    for (let i = s; i < e; i++) {
+      const q = i + CMB_PAD;
+      const c = ou[q];
+      const before = (ou[q - 1] | (ou[q - 2] << 8) | (ou[q - 3] << 16) | (ou[q - 4] << 24)) >>> 0;
+      const k = i - s;
+      let bit: number;
+      if (i === e - 1 && !seen) {
+        bit = 1; // a changing block has a non-zero byte
+      } else {
+        const i0 = (c << 2) | (h & 3);
+        const i1 = I1[k];
+        const i2 = h;
+        const i3 = I3[k];
+        const i4 = I4[k];
+        const t0 = STRETCH[f0[i0]];
+        const t1 = STRETCH[f1[i1]];
+        const t2 = STRETCH[f2[i2]];
+        const t3 = STRETCH[f3[i3]];
+        const t4 = STRETCH[f4[i4]];
+        const wf = ((h & 3) | (seen << 2)) * CMB_FI;
+        const pf = mixOut(fw[wf] * t0 + fw[wf + 1] * t1 + fw[wf + 2] * t2 + fw[wf + 3] * t3 + fw[wf + 4] * t4);
+        bit = coder.code(diff ? (diff[i] !== 0 ? 1 : 0) : 0, pf);
+        const ef = ((bit << 12) - pf) * LEARN;
+        fw[wf] += (t0 * ef) >> 10;
+        fw[wf + 1] += (t1 * ef) >> 10;
+        fw[wf + 2] += (t2 * ef) >> 10;
+        fw[wf + 3] += (t3 * ef) >> 10;
+        fw[wf + 4] += (t4 * ef) >> 10;
+        if (bit) {
+          f0[i0] += (4096 - f0[i0]) >> RATE;
+          f1[i1] += (4096 - f1[i1]) >> RATE;
+          f2[i2] += (4096 - f2[i2]) >> RATE;
+          f3[i3] += (4096 - f3[i3]) >> RATE;
+          f4[i4] += (4096 - f4[i4]) >> RATE;
+        } else {
+          f0[i0] -= f0[i0] >> RATE;
+          f1[i1] -= f1[i1] >> RATE;
+          f2[i2] -= f2[i2] >> RATE;
+          f3[i3] -= f3[i3] >> RATE;
+          f4[i4] -= f4[i4] >> RATE;
+        }
+      }
+      h = ((h << 1) | bit) & 0xffff;
+      if (!bit) continue;
+      seen = 1;
+      const value = diff ? diff[i] : 0;
+      const h2 = hash(c | ((before & 255) << 8), 12);
+      const h3 = hash(before, c + 13);
+      const r0 = prev * CMB_ROW;
+      const r4 = ((min(i - last, CMB_GAP) << 8) | prev) * CMB_ROW;
+      let node = 1;
+      for (let nib = 0; nib < 2; nib++) {
+        const kk = nib ? (node & 15) + 1 : 0;
+        const o2 = (hash(h2, kk) & CMB_SM) << 4;
+        const o3 = (hash(h3, kk) & CMB_SM) << 4;
+        const d0 = r0 + kk * 16;
+        const d4 = r4 + kk * 16;
+        let m = 1;
+        for (let b = 0; b < 4; b++) {
+          const j0 = d0 + m;
+          const j2 = o2 + m;
+          const j3 = o3 + m;
+          const j4 = d4 + m;
+          const u0 = STRETCH[l0[j0]];
+          const u2 = STRETCH[l2[j2]];
+          const u3 = STRETCH[l3[j3]];
+          const u4 = STRETCH[l4[j4]];
+          const wl = node * CMB_LI;
+          const pl = mixOut(lw[wl] * u0 + lw[wl + 1] * u2 + lw[wl + 2] * u3 + lw[wl + 3] * u4);
+          const y = coder.code((value >> (7 - 4 * nib - b)) & 1, pl);
+          const el = ((y << 12) - pl) * LEARN;
+          lw[wl] += (u0 * el) >> 10;
+          lw[wl + 1] += (u2 * el) >> 10;
+          lw[wl + 2] += (u3 * el) >> 10;
+          lw[wl + 3] += (u4 * el) >> 10;
+          if (y) {
+            l0[j0] += (4096 - l0[j0]) >> RATE;
+            l2[j2] += (4096 - l2[j2]) >> RATE;
+            l3[j3] += (4096 - l3[j3]) >> RATE;
+            l4[j4] += (4096 - l4[j4]) >> RATE;
+          } else {
+            l0[j0] -= l0[j0] >> RATE;
+            l2[j2] -= l2[j2] >> RATE;
+            l3[j3] -= l3[j3] >> RATE;
+            l4[j4] -= l4[j4] >> RATE;
+          }
+          node = (node << 1) | y;
+          m = (m << 1) | y;
+        }
+      }
+      const v = node & 255;
+      if (out) out[i] = v;
+      prev = v;
+      last = i + 1;
+    }
+  }
+}
+
+/** The C side of method 4 (same bytes), or null when the addon lacks it. */
+interface NativeCmb {
+  cmbEncode(diff: Uint8Array, oldUnder: Uint8Array, threads?: number): Buffer;
+  cmbDecode(packed: Uint8Array, oldUnder: Uint8Array, threads?: number): Buffer;
+}
+function nativeCmb(): NativeCmb | null {
+  const m = native() as unknown as Partial<NativeCmb> | null;
+  return m && typeof m.cmbEncode === 'function' && typeof m.cmbDecode === 'function' ? (m as NativeCmb) : null;
+}
+
+/** Encode a diff stream with method 4 (segment table + segments). */
+export function cmbEncodeDiff(diff: Uint8Array, ou: Uint8Array, engine?: CmEngine): Buffer {
+  if (diff.length !== ou.length) throw new Error('cmbEncodeDiff: length mismatch');
+  const nat = engine === 'typescript' ? null : nativeCmb();
+  if (nat) return nat.cmbEncode(diff, ou);
+  const n = diff.length;
+  const k = cmbSegments(n);
+  const L = cmbSegLen(n);
+  const parts: Buffer[] = [];
+  const head = Buffer.alloc(4 + 4 * k);
+  head.writeUInt32LE(k, 0);
+  for (let s = 0; s < k; s++) {
+    const a = s * L;
+    const b = min(n, a + L);
+    const enc = new Encoder((b - a) >> 4);
+    runBlocks(ou.subarray(a, b), diff.subarray(a, b), null, {
+      code(bit: number, p1: number): number {
+        enc.bit(bit, p1);
+        return bit;
+      },
+    });
+    const part = enc.finish();
+    head.writeUInt32LE(part.length, 4 + 4 * s);
+    parts.push(part);
+  }
+  return Buffer.concat([head, ...parts]);
+}
+
+/**
+ * Decode a method-4 section into `ou.length` diff bytes. The segment table must match
+ * the stream length exactly and every segment's coder must read exactly its bytes;
+ * anything else is CORRUPT. Time and memory are linear in the stream length.
+ */
+export function cmbDecodeDiff(packed: Uint8Array, ou: Uint8Array, engine?: CmEngine): Buffer {
+  const nat = engine === 'typescript' ? null : nativeCmb();
+  if (nat) {
+    try {
+      return nat.cmbDecode(packed, ou);
+    } catch (e) {
+      if ((e as { code?: string }).code === 'ECORRUPT') throw corrupt('bsdiff: damaged coded diff stream (method 4)');
+      throw e;
+    }
+  }
+  const n = ou.length;
+  const k = cmbSegments(n);
+  const L = cmbSegLen(n);
+  const buf = Buffer.from(packed.buffer, packed.byteOffset, packed.byteLength);
+  if (buf.length < 4 || buf.readUInt32LE(0) !== k || buf.length < 4 + 4 * k) throw corrupt('bsdiff: bad segment table in the coded diff stream');
+  const out = Buffer.alloc(n);
+  let pos = 4 + 4 * k;
+  const lens: number[] = [];
+  for (let s = 0; s < k; s++) {
+    const len = buf.readUInt32LE(4 + 4 * s);
+    if (len > buf.length - pos) throw corrupt('bsdiff: coded diff segment outside its section');
+    lens.push(len);
+    pos += len;
+  }
+  if (pos !== buf.length) throw corrupt('bsdiff: trailing bytes in the coded diff stream');
+  pos = 4 + 4 * k;
+  for (let s = 0; s < k; s++) {
+    const a = s * L;
+    const b = min(n, a + L);
+    const dec = new Decoder(buf.subarray(pos, pos + lens[s]));
+    runBlocks(ou.subarray(a, b), null, out.subarray(a, b), {
+      code(_bit: number, p1: number): number {
+        return dec.bit(p1);
+      },
+    });
+    if (dec.consumed !== lens[s]) throw corrupt('bsdiff: coded diff segment has the wrong length');
+    pos += lens[s];
+  }
+  return out;
+}
