@@ -399,14 +399,15 @@ export function cmDecodeDiff(packed: Uint8Array, ou: Uint8Array, engine?: CmEngi
 // Section method 4: the block model ("cmb"), twin of cmb_* in native/bsdiff-sa/src/cm.c
 // ---------------------------------------------------------------------------
 //
-// Same coder, squash/stretch and update rules as above, but most diff bytes cost no
-// decision of their own: one decision per 8-byte block ("does this block change?"), the
-// per-byte flag model only inside blocks that change (the last byte of a changing block
-// whose first seven bytes are zero is implied non-zero), and a 4-input literal model whose
-// hashed contexts are addressed by nibble (16-entry slots). Tables have at most 2^16
-// entries. The stream is cut into independent segments of at most CMB_SEGMENT bytes (own
-// tables, own coder, zero padding at the segment's edges) so that the C coder can code
-// them on several threads; this module codes them one after another, with the same bytes.
+// Codes only which diff bytes are non-zero (the non-zero bytes go to the container's
+// literals section, packed like any section). Same coder, squash/stretch and update rules
+// as above, but most diff bytes cost no decision of their own: one decision per 8-byte
+// block ("does this block change?"), the per-byte flag model of method 3 only inside
+// blocks that change (the last byte of a changing block whose first seven bytes are zero
+// is implied non-zero). Tables have at most 2^16 entries. The stream is cut into
+// independent segments of at most CMB_SEGMENT bytes (own tables, own coder, zero padding
+// at the segment's edges) so that the C coder can code them on several threads; this
+// module codes them one after another, with the same bytes.
 //
 // Section layout: segment count k (u32 LE) = ceil(n / CMB_SEGMENT), k packed lengths
 // (u32 LE), the k coded segments. Segment s covers diff bytes [s*L, min(n, (s+1)*L)) with
@@ -418,12 +419,8 @@ const CMB_PAD = 16;
 const CMB_BLK = 8;
 const CMB_BI = 5;
 const CMB_FI = 5;
-const CMB_LI = 4;
-const CMB_GAP = 15;
-const CMB_ROW = 272; // 16 first-nibble nodes + 16 x 16 second-nibble nodes
 const CMB_FM = 0xffff;
 const CMB_BM = 0x7fff;
-const CMB_SM = 0xff; // hashed literal tables: 256 slots of 16
 
 /** Number of segments of a method-4 stream of `n` diff bytes. */
 export function cmbSegments(n: number): number {
@@ -435,7 +432,7 @@ function cmbSegLen(n: number): number {
   return k ? Math.ceil(Math.ceil(n / k) / 8) * 8 : 0;
 }
 
-/** One segment; see cm.c's run_blocks (decision for decision the same). */
+/** One segment; see cm.c's run_blocks (decision for decision the same). Decoding writes 1 where a diff byte is non-zero. */
 function runBlocks(ouRaw: Uint8Array, diff: Uint8Array | null, out: Uint8Array | null, coder: BitCoder): void {
   const n = ouRaw.length;
   const ou = new Uint8Array(n + 2 * CMB_PAD);
@@ -450,20 +447,13 @@ function runBlocks(ouRaw: Uint8Array, diff: Uint8Array | null, out: Uint8Array |
   const f2 = new Uint16Array(65536).fill(2048);
   const f3 = new Uint16Array(CMB_FM + 1).fill(2048);
   const f4 = new Uint16Array(CMB_FM + 1).fill(2048);
-  const l0 = new Uint16Array(256 * CMB_ROW).fill(2048);
-  const l2 = new Uint16Array((CMB_SM + 1) * 16).fill(2048);
-  const l3 = new Uint16Array((CMB_SM + 1) * 16).fill(2048);
-  const l4 = new Uint16Array((CMB_GAP + 1) * 256 * CMB_ROW).fill(2048);
   const bw = new Int32Array(4 * CMB_BI).fill(1 << 14);
   const fw = new Int32Array(8 * CMB_FI).fill(1 << 14);
-  const lw = new Int32Array(256 * CMB_LI).fill(1 << 14);
   const I1 = new Int32Array(CMB_BLK);
   const I3 = new Int32Array(CMB_BLK);
   const I4 = new Int32Array(CMB_BLK);
   let h = 0;
   let bh = 0;
-  let prev = 0;
-  let last = 0;
   for (let s = 0; s < n; s += CMB_BLK) {
     const e = s + CMB_BLK < n ? s + CMB_BLK : n;
     const pb = s + CMB_PAD;
@@ -520,9 +510,7 @@ function runBlocks(ouRaw: Uint8Array, diff: Uint8Array | null, out: Uint8Array |
     }
     let seen = 0;
     for (let i = s; i < e; i++) {
-      const q = i + CMB_PAD;
-      const c = ou[q];
-      const before = (ou[q - 1] | (ou[q - 2] << 8) | (ou[q - 3] << 16) | (ou[q - 4] << 24)) >>> 0;
+      const c = ou[i + CMB_PAD];
       const k = i - s;
       let bit: number;
       if (i === e - 1 && !seen) {
@@ -564,55 +552,7 @@ function runBlocks(ouRaw: Uint8Array, diff: Uint8Array | null, out: Uint8Array |
       h = ((h << 1) | bit) & 0xffff;
       if (!bit) continue;
       seen = 1;
-      const value = diff ? diff[i] : 0;
-      const h2 = hash(c | ((before & 255) << 8), 12);
-      const h3 = hash(before, c + 13);
-      const r0 = prev * CMB_ROW;
-      const r4 = ((min(i - last, CMB_GAP) << 8) | prev) * CMB_ROW;
-      let node = 1;
-      for (let nib = 0; nib < 2; nib++) {
-        const kk = nib ? (node & 15) + 1 : 0;
-        const o2 = (hash(h2, kk) & CMB_SM) << 4;
-        const o3 = (hash(h3, kk) & CMB_SM) << 4;
-        const d0 = r0 + kk * 16;
-        const d4 = r4 + kk * 16;
-        let m = 1;
-        for (let b = 0; b < 4; b++) {
-          const j0 = d0 + m;
-          const j2 = o2 + m;
-          const j3 = o3 + m;
-          const j4 = d4 + m;
-          const u0 = STRETCH[l0[j0]];
-          const u2 = STRETCH[l2[j2]];
-          const u3 = STRETCH[l3[j3]];
-          const u4 = STRETCH[l4[j4]];
-          const wl = node * CMB_LI;
-          const pl = mixOut(lw[wl] * u0 + lw[wl + 1] * u2 + lw[wl + 2] * u3 + lw[wl + 3] * u4);
-          const y = coder.code((value >> (7 - 4 * nib - b)) & 1, pl);
-          const el = ((y << 12) - pl) * LEARN;
-          lw[wl] += (u0 * el) >> 10;
-          lw[wl + 1] += (u2 * el) >> 10;
-          lw[wl + 2] += (u3 * el) >> 10;
-          lw[wl + 3] += (u4 * el) >> 10;
-          if (y) {
-            l0[j0] += (4096 - l0[j0]) >> RATE;
-            l2[j2] += (4096 - l2[j2]) >> RATE;
-            l3[j3] += (4096 - l3[j3]) >> RATE;
-            l4[j4] += (4096 - l4[j4]) >> RATE;
-          } else {
-            l0[j0] -= l0[j0] >> RATE;
-            l2[j2] -= l2[j2] >> RATE;
-            l3[j3] -= l3[j3] >> RATE;
-            l4[j4] -= l4[j4] >> RATE;
-          }
-          node = (node << 1) | y;
-          m = (m << 1) | y;
-        }
-      }
-      const v = node & 255;
-      if (out) out[i] = v;
-      prev = v;
-      last = i + 1;
+      if (out) out[i] = 1;
     }
   }
 }
@@ -620,14 +560,14 @@ function runBlocks(ouRaw: Uint8Array, diff: Uint8Array | null, out: Uint8Array |
 /** The C side of method 4 (same bytes), or null when the addon lacks it. */
 interface NativeCmb {
   cmbEncode(diff: Uint8Array, oldUnder: Uint8Array, threads?: number): Buffer;
-  cmbDecode(packed: Uint8Array, oldUnder: Uint8Array, threads?: number): Buffer;
+  cmbDecode(packed: Uint8Array, oldUnder: Uint8Array, literals: Uint8Array, threads?: number): Buffer;
 }
 function nativeCmb(): NativeCmb | null {
   const m = native() as unknown as Partial<NativeCmb> | null;
   return m && typeof m.cmbEncode === 'function' && typeof m.cmbDecode === 'function' ? (m as NativeCmb) : null;
 }
 
-/** Encode a diff stream with method 4 (segment table + segments). */
+/** Code which bytes of a diff stream are non-zero with method 4 (segment table + segments); the non-zero bytes are the caller's. */
 export function cmbEncodeDiff(diff: Uint8Array, ou: Uint8Array, engine?: CmEngine): Buffer {
   if (diff.length !== ou.length) throw new Error('cmbEncodeDiff: length mismatch');
   const nat = engine === 'typescript' ? null : nativeCmb();
@@ -656,15 +596,17 @@ export function cmbEncodeDiff(diff: Uint8Array, ou: Uint8Array, engine?: CmEngin
 }
 
 /**
- * Decode a method-4 section into `ou.length` diff bytes. The segment table must match
- * the stream length exactly and every segment's coder must read exactly its bytes;
- * anything else is CORRUPT. Time and memory are linear in the stream length.
+ * Decode a method-4 section into `ou.length` diff bytes, placing the non-zero bytes
+ * `literals` in order. The segment table must match the stream length exactly, every
+ * segment's coder must read exactly its bytes, and there must be exactly one non-zero
+ * literal per flagged position; anything else is CORRUPT. Time and memory are linear in
+ * the stream length.
  */
-export function cmbDecodeDiff(packed: Uint8Array, ou: Uint8Array, engine?: CmEngine): Buffer {
+export function cmbDecodeDiff(packed: Uint8Array, ou: Uint8Array, literals: Uint8Array, engine?: CmEngine): Buffer {
   const nat = engine === 'typescript' ? null : nativeCmb();
   if (nat) {
     try {
-      return nat.cmbDecode(packed, ou);
+      return nat.cmbDecode(packed, ou, literals);
     } catch (e) {
       if ((e as { code?: string }).code === 'ECORRUPT') throw corrupt('bsdiff: damaged coded diff stream (method 4)');
       throw e;
@@ -698,5 +640,12 @@ export function cmbDecodeDiff(packed: Uint8Array, ou: Uint8Array, engine?: CmEng
     if (dec.consumed !== lens[s]) throw corrupt('bsdiff: coded diff segment has the wrong length');
     pos += lens[s];
   }
+  let j = 0;
+  for (let i = 0; i < n; i++) {
+    if (!out[i]) continue;
+    if (j === literals.length || literals[j] === 0) throw corrupt('bsdiff: literals do not match the coded diff stream');
+    out[i] = literals[j++];
+  }
+  if (j !== literals.length) throw corrupt('bsdiff: literals do not match the coded diff stream');
   return out;
 }

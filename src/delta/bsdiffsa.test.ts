@@ -24,7 +24,7 @@ import { prng } from '../../test/helpers/prng';
 const sa = require('bsdiff-sa') as {
   diff(...args: unknown[]): { ctrl: Buffer; diff: Buffer; extra: Buffer; stats: { sortMs: number; scanMs: number; searches: number } };
   cmbEncode(diff: Uint8Array, oldUnder: Uint8Array, threads?: number): Buffer;
-  cmbDecode(packed: Uint8Array, oldUnder: Uint8Array, threads?: number): Buffer;
+  cmbDecode(packed: Uint8Array, oldUnder: Uint8Array, literals: Uint8Array, threads?: number): Buffer;
   version: string;
 };
 
@@ -330,11 +330,13 @@ describe('context-mixing diff coder', () => {
 });
 
 describe('block context-mixing diff coder (section method 4)', () => {
+  /** The non-zero bytes of a diff stream (what the literals section holds). */
+  const litsOf = (d: Uint8Array): Buffer => Buffer.from(d.filter((v) => v !== 0));
   /** Both engines on the same input: C result or error === TypeScript result or error. */
-  function both(packed: Uint8Array, ou: Uint8Array): { c: string; ts: string } {
+  function both(packed: Uint8Array, ou: Uint8Array, lits: Uint8Array): { c: string; ts: string } {
     const run = (engine: 'native' | 'typescript'): string => {
       try {
-        return 'ok ' + cmbDecodeDiff(packed, ou, engine).toString('base64');
+        return 'ok ' + cmbDecodeDiff(packed, ou, lits, engine).toString('base64');
       } catch (e) {
         expect((e as D4fsError).kind).toBe('CORRUPT');
         return 'CORRUPT';
@@ -368,8 +370,8 @@ describe('block context-mixing diff coder (section method 4)', () => {
       const c = cmbEncodeDiff(diff, ou);
       const t = cmbEncodeDiff(diff, ou, 'typescript');
       expect({ what, same: c.equals(t) }).toEqual({ what, same: true });
-      const byTs = cmbDecodeDiff(c, ou, 'typescript');
-      const byC = cmbDecodeDiff(t, ou);
+      const byTs = cmbDecodeDiff(c, ou, litsOf(diff), 'typescript');
+      const byC = cmbDecodeDiff(t, ou, litsOf(diff));
       expect({ what, ts: byTs.equals(diff), c: byC.equals(diff) }).toEqual({ what, ts: true, c: true });
     }
   });
@@ -384,8 +386,8 @@ describe('block context-mixing diff coder (section method 4)', () => {
       expect(c1.readUInt32LE(0)).toBe(cmbSegments(n));
       for (const th of [2, 3, 8]) expect(sa.cmbEncode(diff, ou, th).equals(c1)).toBe(true);
       expect(cmbEncodeDiff(diff, ou, 'typescript').equals(c1)).toBe(true);
-      for (const th of [1, 2, 4]) expect(sa.cmbDecode(c1, ou, th).equals(diff)).toBe(true);
-      expect(cmbDecodeDiff(c1, ou, 'typescript').equals(diff)).toBe(true);
+      for (const th of [1, 2, 4]) expect(sa.cmbDecode(c1, ou, litsOf(diff), th).equals(diff)).toBe(true);
+      expect(cmbDecodeDiff(c1, ou, litsOf(diff), 'typescript').equals(diff)).toBe(true);
     }
   });
 
@@ -394,6 +396,8 @@ describe('block context-mixing diff coder (section method 4)', () => {
     expect(cmbEncodeDiff(real.s.diff, real.ou).equals(a)).toBe(true);
     const zero = cmbEncodeDiff(Buffer.alloc(200_000), randomBytes(200_000));
     expect(zero.length).toBeLessThan(300);
+    // only zero / non-zero is coded: any other non-zero values give the same section
+    expect(cmbEncodeDiff(real.s.diff.map((v) => (v ? 1 : 0)), real.ou).equals(a)).toBe(true);
   });
 
   it('refuses bad segment tables, truncation and trailing bytes in both engines', () => {
@@ -414,9 +418,17 @@ describe('block context-mixing diff coder (section method 4)', () => {
       ['segment length past the end', (() => { const b = Buffer.from(good); b.writeUInt32LE(0xffffffff, 4); return b; })()],
       ['first segment cut to 3 bytes', (() => { const b = Buffer.from(good); b.writeUInt32LE(3, 4); b.writeUInt32LE(b.readUInt32LE(8) + l0 - 3, 8); return b; })()],
     ];
-    for (const [what, b] of bad) expect({ what, ...both(b, ou) }).toEqual({ what, c: 'CORRUPT', ts: 'CORRUPT' });
+    const lits = litsOf(diff);
+    for (const [what, b] of bad) expect({ what, ...both(b, ou, lits) }).toEqual({ what, c: 'CORRUPT', ts: 'CORRUPT' });
     // wrong stream length for the same section: the segment count no longer matches
-    expect(both(good, ou.subarray(0, CMB_SEGMENT - 8))).toEqual({ c: 'CORRUPT', ts: 'CORRUPT' });
+    expect(both(good, ou.subarray(0, CMB_SEGMENT - 8), lits)).toEqual({ c: 'CORRUPT', ts: 'CORRUPT' });
+    // literals that do not fit the coded pattern: one too few, one too many, a zero
+    const zeroLit = Buffer.from(lits);
+    zeroLit[5] = 0;
+    for (const [what, l] of [['one too few', lits.subarray(1)], ['one too many', Buffer.concat([lits, Buffer.from([1])])], ['a zero literal', zeroLit]] as const) {
+      expect({ what, ...both(good, ou, l) }).toEqual({ what, c: 'CORRUPT', ts: 'CORRUPT' });
+    }
+    expect(both(good, ou, lits)).toEqual({ c: 'ok ' + diff.toString('base64'), ts: 'ok ' + diff.toString('base64') });
   });
 
   it('damaged coded bytes: both engines give the same refusal or the same bytes, never a crash', () => {
@@ -427,7 +439,7 @@ describe('block context-mixing diff coder (section method 4)', () => {
       const b = Buffer.from(good);
       const bit = 8 * 8 + Math.floor(rr() * (b.length - 8) * 8); // past the segment table
       b[bit >> 3] ^= 1 << (bit & 7);
-      const res = both(b, real.ou);
+      const res = both(b, real.ou, litsOf(real.s.diff));
       expect(res.c).toBe(res.ts);
       if (res.c === 'CORRUPT') corrupt++;
     }
@@ -439,7 +451,7 @@ describe('block context-mixing diff coder (section method 4)', () => {
     const ou = Buffer.alloc(n, 7);
     const garbage = Buffer.concat([Buffer.from([2, 0, 0, 0, 0x88, 0x13, 0, 0, 0x88, 0x13, 0, 0]), randomBytes(10_000)]);
     const t = Date.now();
-    expect(both(garbage, ou)).toEqual({ c: 'CORRUPT', ts: 'CORRUPT' });
+    expect(both(garbage, ou, Buffer.alloc(0))).toEqual({ c: 'CORRUPT', ts: 'CORRUPT' });
     expect(Date.now() - t).toBeLessThan(20_000);
   });
 });
@@ -460,8 +472,8 @@ describe('hostile bsdiff v2 containers', () => {
     const p4 = _internal.bsdiffPack(s, base, target, 19, false, 'cmb');
     expect(p4[24 + 12]).toBe(4);
     expect(p4.readUInt32LE(24 + 12 + 8)).toBeGreaterThan(0);
-    expect(p4[24 + 24]).toBe(0);
-    expect(p4.readUInt32LE(24 + 24 + 8)).toBe(0);
+    expect(p4[24 + 24]).toBe(1); // the non-zero bytes: zstd
+    expect(p4.readUInt32LE(24 + 24 + 8)).toBeGreaterThan(0);
     expect(applyPatch(base, p4, 'bsdiff', target.length).equals(target)).toBe(true);
     const rr = prng(123);
     let refused = 0;
@@ -551,8 +563,16 @@ describe('hostile bsdiff v2 containers', () => {
     expectCorrupt(() => applyPatch(old, v2(5, 1, [ok[0], [3, 4, Buffer.alloc(8)], empty, ok[3]]), 'bsdiff', 5)); // CM length != diff length
     expectCorrupt(() => applyPatch(old, v2(5, 1, [[4, 3, control], ok[1], ok[2], ok[3]]), 'bsdiff', 5)); // method 4 in the control section
     expectCorrupt(() => applyPatch(old, v2(5, 1, [ok[0], ok[1], ok[2], [4, 2, Buffer.alloc(8)]]), 'bsdiff', 5)); // method 4 in the extra section
-    expectCorrupt(() => applyPatch(old, v2(5, 1, [ok[0], [4, 3, Buffer.alloc(8)], ok[2], ok[3]]), 'bsdiff', 5)); // method 4 with literals present
+    expectCorrupt(() => applyPatch(old, v2(5, 1, [ok[0], [4, 3, Buffer.alloc(8)], stored(Buffer.from([1, 2, 3, 4])), ok[3]]), 'bsdiff', 5)); // method 4 with more literals than diff bytes
     expectCorrupt(() => applyPatch(old, v2(5, 1, [ok[0], [4, 4, Buffer.alloc(12)], empty, ok[3]]), 'bsdiff', 5)); // method 4 length != diff length
+    {
+      // a real method-4 section for the 3 diff bytes 1,0,0: decodes with its literal, refused without it or with two
+      const sec = cmbEncodeDiff(Buffer.from([1, 0, 0]), Buffer.from('abc'));
+      const want = Buffer.from('bbcXY');
+      expect(applyPatch(old, v2(5, 1, [ok[0], [4, 3, sec], ok[2], ok[3]], zlib.crc32(want)), 'bsdiff', 5).equals(want)).toBe(true);
+      expectCorrupt(() => applyPatch(old, v2(5, 1, [ok[0], [4, 3, sec], empty, ok[3]], zlib.crc32(want)), 'bsdiff', 5));
+      expectCorrupt(() => applyPatch(old, v2(5, 1, [ok[0], [4, 3, sec], stored(Buffer.from([1, 1])), ok[3]], zlib.crc32(want)), 'bsdiff', 5));
+    }
     expectCorrupt(() => applyPatch(old, v2(5, 1, [ok[0], [4, 3, Buffer.from([1, 0, 0, 0, 4, 0, 0, 0, 0, 0, 0, 0])], empty, ok[3]]), 'bsdiff', 5)); // method 4, garbage segment
     expectCorrupt(() => applyPatch(old, v2(5, 1, [ok[0], [5, 3, Buffer.alloc(8)], empty, ok[3]]), 'bsdiff', 5)); // unknown method 5
     expectCorrupt(() => applyPatch(old, v2(5, 1, [stored(Buffer.from([0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff])), ok[1], ok[2], ok[3]]), 'bsdiff', 5)); // varint too long

@@ -812,11 +812,12 @@ export function bsdiffStreams(base: Buffer, target: Buffer, opts: PatchOptions =
  * are), 2 brotli (decoded with the raw length as hard output limit), 3 (runs section
  * only) the whole diff stream coded by the context-mixing coder of `bsdiffcm.ts`, which
  * predicts it from the base bytes under it; its raw length is the diff stream's length and
- * the literals section is then empty and stored; 4 (runs section only, likewise) the whole
- * diff stream coded by the block model of `bsdiffcm.ts` (`cmbEncodeDiff`: segment table,
- * then independent segments of at most 2 MiB of diff; ~4x faster to decode than method 3,
- * ~7 % larger on esbuild). Every raw length is bounded by the target size before anything
- * is allocated (see {@link bsdiffApply}).
+ * the literals section is then empty and stored; 4 (runs section only) which bytes of the
+ * diff stream are non-zero, coded by the block model of `bsdiffcm.ts` (`cmbEncodeDiff`:
+ * segment table, then independent segments of at most 2 MiB of diff), its raw length the
+ * diff stream's; the literals section then holds the non-zero bytes as with split streams.
+ * Every raw length is bounded by the target size before anything is allocated (see
+ * {@link bsdiffApply}).
  */
 export const BSDIFF2_CONTAINER_MAGIC = 'D4BSDIF2';
 
@@ -828,11 +829,11 @@ const enum Method {
   BROTLI = 2,
   /** runs section only: the whole diff stream, context-mixing coded against the base (bsdiffcm.ts); literals section empty */
   CM = 3,
-  /** runs section only: the whole diff stream, block-model coded in segments (bsdiffcm.ts, cmb*); literals section empty */
+  /** runs section only: which diff bytes are non-zero, block-model coded in segments (bsdiffcm.ts, cmb*); literals section as with split streams */
   CMB = 4,
 }
 
-/** Methods that code the whole diff stream in the runs section (literals section empty). */
+/** Methods that code the diff stream's layout in the runs section against the base. */
 function isCoded(method: number): boolean {
   return method === Method.CM || method === Method.CMB;
 }
@@ -938,9 +939,10 @@ const BSDIFF_CM_ONLY_ABOVE = 1 << 20;
  * Largest diff stream (bytes) coded with method 3 (the full context-mixing model) at the
  * default levels; at `best` method 3 codes every size. Its decoder costs ~25 ns per diff
  * byte in C on an idle core (~3x that in the TypeScript fallback), paid at the first open
- * of the patched file: 2 MiB adds ~50 ms. Longer diff streams get method 4 (block model in
- * segments, decoded on several threads: esbuild's 11.3 MB of diff in ~0.1 s instead of
- * ~0.3 s, for a diff section 7 % larger than method 3's; CODECS.md).
+ * of the patched file: 2 MiB adds ~50 ms. Longer diff streams get method 4 (block model of
+ * the non-zero positions in segments, decoded on several threads, literals zstd-packed:
+ * esbuild's 11.3 MB of diff in ~60 ms instead of ~300 ms, for diff sections 1.15x the
+ * size of method 3's; CODECS.md).
  */
 export const BSDIFF_CM_DEFAULT_MAX = 2 << 20;
 
@@ -984,18 +986,23 @@ function bsdiffPack(s: BsdiffStreams, base: Buffer, target: Buffer, level: numbe
     const ou = oldUnderDiff(base, xs, zs, d.length);
     cm = coder === Method.CMB ? cmbEncodeDiff(d, ou) : cmEncodeDiff(d, ou);
   }
+  // method 4 keeps the literals section; method 3 codes the literals too
+  const cmLits = () => (coder === Method.CMB ? packSection(lits, level, tryBrotli) : { method: Method.STORED, data: Buffer.alloc(0) });
   if (cm && coder !== null && (d.length > BSDIFF_CM_ONLY_ABOVE || tryBrotli)) {
-    packed = [packSection(control, level, tryBrotli), { method: coder, data: cm }, { method: Method.STORED, data: Buffer.alloc(0) }, packSection(s.extra, level, tryBrotli)];
+    packed = [packSection(control, level, tryBrotli), { method: coder, data: cm }, cmLits(), packSection(s.extra, level, tryBrotli)];
   } else {
     packed = raws.map((r) => packSection(r, level, tryBrotli));
-  }
-  if (cm && coder !== null && cm.length < packed[1].data.length + packed[2].data.length) {
-    packed[1] = { method: coder, data: cm };
-    packed[2] = { method: Method.STORED, data: Buffer.alloc(0) };
+    if (cm && coder !== null) {
+      const l = cmLits();
+      if (cm.length + l.data.length < packed[1].data.length + packed[2].data.length) {
+        packed[1] = { method: coder, data: cm };
+        packed[2] = l;
+      }
+    }
   }
   if (isCoded(packed[1].method)) {
-    raws[1] = d; // raw length of a CM runs section: the diff stream's
-    raws[2] = Buffer.alloc(0);
+    raws[1] = d; // raw length of a coded runs section: the diff stream's
+    if (packed[1].method === Method.CM) raws[2] = Buffer.alloc(0);
   }
   const header = Buffer.alloc(BSDIFF2_HEADER_SIZE);
   header.write(BSDIFF2_CONTAINER_MAGIC, 0, 'latin1');
@@ -1124,7 +1131,7 @@ function parseBsdiffV2(patch: Buffer, expectedSize: number, base: Buffer): Bsdif
   }
   if (off !== patch.length) throw corrupt('bsdiff: trailing bytes after the last section');
   const [control, runs, lits, extra] = sections;
-  if (cmRaw >= 0 && (lits.length !== 0 || patch[24 + 2 * 12] !== Method.STORED)) throw corrupt('bsdiff: literals section must be empty with a coded diff stream');
+  if (cmMethod === Method.CM && (lits.length !== 0 || patch[24 + 2 * 12] !== Method.STORED)) throw corrupt('bsdiff: literals section must be empty with a coded diff stream');
 
   const xs = new Float64Array(n);
   const ys = new Float64Array(n);
@@ -1142,7 +1149,10 @@ function parseBsdiffV2(patch: Buffer, expectedSize: number, base: Buffer): Bsdif
   if (cmRaw >= 0) {
     if (cmRaw !== diffTotal) throw corrupt('bsdiff: coded diff stream does not match the control stream');
     const ou = oldUnderDiff(base, xs, zs, diffTotal);
-    if (cmMethod === Method.CMB) return { xs, ys, zs, diff: cmbDecodeDiff(cmPacked, ou), extra, crc };
+    if (cmMethod === Method.CMB) {
+      if (lits.length > diffTotal) throw corrupt('bsdiff: more literals than diff bytes');
+      return { xs, ys, zs, diff: cmbDecodeDiff(cmPacked, ou, lits), extra, crc };
+    }
     const r = cmDecodeDiff(cmPacked, ou);
     if (r.consumed !== cmPacked.length) throw corrupt('bsdiff: coded diff stream has the wrong length');
     return { xs, ys, zs, diff: r.diff, extra, crc };

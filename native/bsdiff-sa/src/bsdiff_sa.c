@@ -672,12 +672,12 @@ static napi_value js_cm_decode(napi_env env, napi_callback_info info) {
   return result;
 }
 
-/* optional third argument: threads (<= 0 or absent: one per processor, at most 8) */
-static int get_threads(napi_env env, size_t argc, napi_value *argv) {
+/* optional argument `at`: threads (<= 0 or absent: one per processor, at most 8) */
+static int get_threads(napi_env env, size_t argc, napi_value *argv, size_t at) {
   int32_t t = 0;
-  if (argc >= 3) {
+  if (argc > at) {
     napi_valuetype ty;
-    if (napi_typeof(env, argv[2], &ty) == napi_ok && ty == napi_number) napi_get_value_int32(env, argv[2], &t);
+    if (napi_typeof(env, argv[at], &ty) == napi_ok && ty == napi_number) napi_get_value_int32(env, argv[at], &t);
   }
   return t;
 }
@@ -693,25 +693,25 @@ static napi_value js_cmb_encode(napi_env env, napi_callback_info info) {
   if (n != on) return throw_code(env, "EINVAL", "cmbEncode: diff and old bytes differ in length");
   uint8_t *out = NULL;
   size_t len = 0;
-  int rc = cmb_encode(diff, ou, n, get_threads(env, argc, argv), &out, &len);
+  int rc = cmb_encode(diff, ou, n, get_threads(env, argc, argv, 2), &out, &len);
   if (rc) return throw_code(env, "ENOMEM", "cmbEncode: out of memory");
   napi_value buf = make_buffer(env, out, len);
   free(out);
   return buf;
 }
 
-/* cmbDecode(packed, oldUnder[, threads]) -> Buffer of oldUnder.length diff bytes; ECORRUPT on damage */
+/* cmbDecode(packed, oldUnder, literals[, threads]) -> Buffer of oldUnder.length diff bytes; ECORRUPT on damage */
 static napi_value js_cmb_decode(napi_env env, napi_callback_info info) {
-  size_t argc = 3;
-  napi_value argv[3];
-  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 2) return throw_code(env, "EINVAL", "cmbDecode(packed, oldUnder) needs two Uint8Arrays");
-  const uint8_t *packed, *ou;
-  size_t plen, n;
-  if (get_bytes(env, argv[0], &packed, &plen) || get_bytes(env, argv[1], &ou, &n)) return throw_code(env, "EINVAL", "cmbDecode: arguments must be Uint8Arrays");
+  size_t argc = 4;
+  napi_value argv[4];
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 3) return throw_code(env, "EINVAL", "cmbDecode(packed, oldUnder, literals) needs three Uint8Arrays");
+  const uint8_t *packed, *ou, *lits;
+  size_t plen, n, nlits;
+  if (get_bytes(env, argv[0], &packed, &plen) || get_bytes(env, argv[1], &ou, &n) || get_bytes(env, argv[2], &lits, &nlits)) return throw_code(env, "EINVAL", "cmbDecode: arguments must be Uint8Arrays");
   void *data;
   napi_value buf;
   if (napi_create_buffer(env, n ? n : 1, &data, &buf) != napi_ok) return throw_code(env, "ENOMEM", "cmbDecode: out of memory");
-  int rc = cmb_decode(packed, plen, ou, n, (uint8_t *)data, get_threads(env, argc, argv));
+  int rc = cmb_decode(packed, plen, ou, n, lits, nlits, (uint8_t *)data, get_threads(env, argc, argv, 3));
   if (rc == 1) return throw_code(env, "ECORRUPT", "bsdiff: damaged coded diff stream (method 4)");
   if (rc) return throw_code(env, "ENOMEM", "cmbDecode: out of memory");
   if (n == 0 && napi_create_buffer(env, 0, &data, &buf) != napi_ok) return NULL;

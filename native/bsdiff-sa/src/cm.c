@@ -206,15 +206,15 @@ int cm_encode(const uint8_t *diff, const uint8_t *ou, size_t n, uint8_t **out, s
 }
 
 /*
- * Section method 4: the block model ("cmb"). Same coder, squash/stretch and update rules
- * as method 3, but structured so that most diff bytes cost nothing: one decision per
- * 8-byte block ("does this block change?", 77–81 % of esbuild's blocks do not), the
- * per-byte flag model only inside blocks that change (the last byte of a changing block
- * whose first seven bytes are zero is implied), and the literal model with 4 inputs whose
- * hashed contexts are addressed by nibble (one 16-entry slot per nibble, so a byte's
- * eight decisions touch two cache lines per context). Tables are 2^16 entries at most
- * (L2-resident). The stream is cut into independent segments of at most CMB_SEGMENT bytes
- * (own tables, own coder, zero padding at segment edges), coded on several threads.
+ * Section method 4: the block model ("cmb") codes only which diff bytes are non-zero; the
+ * non-zero bytes themselves go to the literals section, packed like any other section
+ * (zstd), as with the split streams. Same coder, squash/stretch and update rules as
+ * method 3, but structured so that most diff bytes cost nothing: one decision per 8-byte
+ * block ("does this block change?", 68-81 % of esbuild's blocks do not), the per-byte
+ * flag model only inside blocks that change (the last byte of a changing block whose
+ * first seven bytes are zero is implied). Tables have at most 2^16 entries (L2-resident).
+ * The stream is cut into independent segments of at most CMB_SEGMENT bytes (own tables,
+ * own coder, zero padding at segment edges), coded on several threads.
  * src/delta/bsdiffcm.ts is the twin; both must produce identical bytes.
  */
 #include <stddef.h>
@@ -225,12 +225,8 @@ int cm_encode(const uint8_t *diff, const uint8_t *ou, size_t n, uint8_t **out, s
 #define CMB_BLK 8
 #define CMB_BI 5
 #define CMB_FI 5
-#define CMB_LI 4
-#define CMB_GAP 15
-#define CMB_ROW 272 /* 16 first-nibble nodes + 16 × 16 second-nibble nodes */
 #define CMB_FM 0xffffu
 #define CMB_BM 0x7fffu
-#define CMB_SM 0xffu /* hashed literal tables: 256 slots of 16 */
 
 static inline uint32_t le32(const uint8_t *p) { return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24); }
 /* bytes p[-1], p[-2], p[-3], p[-4] (the four old bytes before p, nearest in the low byte) */
@@ -239,8 +235,7 @@ static inline uint32_t before4(const uint8_t *p) { return (uint32_t)p[-1] | ((ui
 typedef struct {
   uint16_t b0[65536], b1[CMB_BM + 1], b2[CMB_BM + 1], b3[CMB_BM + 1], b4[CMB_BM + 1];
   uint16_t f0[1024], f1[CMB_FM + 1], f2[65536], f3[CMB_FM + 1], f4[CMB_FM + 1];
-  uint16_t l0[256 * CMB_ROW], l2[(CMB_SM + 1) * 16], l3[(CMB_SM + 1) * 16], l4[(CMB_GAP + 1) * 256 * CMB_ROW];
-  int32_t bw[4 * CMB_BI], fw[8 * CMB_FI], lw[256 * CMB_LI];
+  int32_t bw[4 * CMB_BI], fw[8 * CMB_FI];
 } cmb_tables_t;
 
 static void cmb_reset(cmb_tables_t *t) {
@@ -249,12 +244,12 @@ static void cmb_reset(cmb_tables_t *t) {
   for (size_t q = 0; q < m; q++) p[q] = 2048;
   for (int q = 0; q < 4 * CMB_BI; q++) t->bw[q] = 1 << 14;
   for (int q = 0; q < 8 * CMB_FI; q++) t->fw[q] = 1 << 14;
-  for (int q = 0; q < 256 * CMB_LI; q++) t->lw[q] = 1 << 14;
 }
 
 #define PF(p) __builtin_prefetch(p)
 
-/* One segment: n diff bytes over n old bytes. enc: diff given; else decodes into out (zeroed). */
+/* One segment: n diff bytes over n old bytes. enc: diff given (only zero / non-zero matters);
+ * else decodes into out (zeroed): 1 where the diff byte is non-zero. */
 static int run_blocks(cmb_tables_t *t, const uint8_t *ou_raw, size_t n, const uint8_t *diff, uint8_t *out, coder_t *cd) {
   int enc = diff != NULL;
   uint8_t *ou = calloc(n + 2 * CMB_PAD, 1);
@@ -263,11 +258,8 @@ static int run_blocks(cmb_tables_t *t, const uint8_t *ou_raw, size_t n, const ui
   cmb_reset(t);
   uint16_t *b0 = t->b0, *b1 = t->b1, *b2 = t->b2, *b3 = t->b3, *b4 = t->b4;
   uint16_t *f0 = t->f0, *f1 = t->f1, *f2 = t->f2, *f3 = t->f3, *f4 = t->f4;
-  uint16_t *l0 = t->l0, *l2 = t->l2, *l3 = t->l3, *l4 = t->l4;
-  int32_t *bw = t->bw, *fw = t->fw, *lw = t->lw;
+  int32_t *bw = t->bw, *fw = t->fw;
   uint32_t h = 0, bh = 0;
-  int prev = 0;
-  size_t last = 0;
   int rc = 0;
   for (size_t s = 0; s < n; s += CMB_BLK) {
     size_t e = s + CMB_BLK < n ? s + CMB_BLK : n;
@@ -311,7 +303,7 @@ static int run_blocks(cmb_tables_t *t, const uint8_t *ou_raw, size_t n, const ui
     int seen = 0;
     for (size_t i = s; i < e; i++) {
       const uint8_t *q = ou + CMB_PAD + i;
-      uint32_t c = q[0], before = before4(q);
+      uint32_t c = q[0];
       size_t k = i - s;
       int bit;
       if (i == e - 1 && !seen) {
@@ -330,36 +322,7 @@ static int run_blocks(cmb_tables_t *t, const uint8_t *ou_raw, size_t n, const ui
       h = ((h << 1) | (uint32_t)bit) & 0xffff;
       if (!bit) continue;
       seen = 1;
-      int value = enc ? diff[i] : 0;
-      uint32_t h2 = hash2(c | ((before & 255) << 8), 12);
-      uint32_t h3 = hash2(before, c + 13);
-      size_t gap = i - last;
-      uint32_t r0 = (uint32_t)prev * CMB_ROW;
-      uint32_t r4 = (((uint32_t)(gap < CMB_GAP ? gap : CMB_GAP) << 8) | (uint32_t)prev) * CMB_ROW;
-      uint32_t node = 1;
-      for (int nib = 0; nib < 2; nib++) {
-        uint32_t kk = nib ? (node & 15) + 1 : 0;
-        uint32_t o2 = (hash2(h2, kk) & CMB_SM) << 4, o3 = (hash2(h3, kk) & CMB_SM) << 4;
-        uint32_t d0 = r0 + kk * 16, d4 = r4 + kk * 16;
-        uint32_t m = 1;
-        for (int b = 0; b < 4; b++) {
-          uint32_t j0 = d0 + m, j2 = o2 + m, j3 = o3 + m, j4 = d4 + m;
-          int u0 = STRETCH[l0[j0]], u2 = STRETCH[l2[j2]], u3 = STRETCH[l3[j3]], u4 = STRETCH[l4[j4]];
-          int wl = (int)node * CMB_LI;
-          int pl = mix_out((int64_t)lw[wl] * u0 + (int64_t)lw[wl + 1] * u2 + (int64_t)lw[wl + 2] * u3 + (int64_t)lw[wl + 3] * u4);
-          int y = code_bit(cd, enc, (value >> (7 - 4 * nib - b)) & 1, pl);
-          if (cd->err) { rc = cd->err; goto done; }
-          int el = ((y << 12) - pl) * LEARN;
-          WUPD(lw, wl, u0, el); WUPD(lw, wl + 1, u2, el); WUPD(lw, wl + 2, u3, el); WUPD(lw, wl + 3, u4, el);
-          UPD(l0, j0, y); UPD(l2, j2, y); UPD(l3, j3, y); UPD(l4, j4, y);
-          node = (node << 1) | (uint32_t)y;
-          m = (m << 1) | (uint32_t)y;
-        }
-      }
-      int v = (int)(node & 255);
-      if (!enc) out[i] = (uint8_t)v;
-      prev = v;
-      last = i + 1;
+      if (!enc) out[i] = 1;
     }
   }
 done:
@@ -480,7 +443,7 @@ int cmb_encode(const uint8_t *diff, const uint8_t *ou, size_t n, int threads, ui
   return rc;
 }
 
-int cmb_decode(const uint8_t *packed, size_t plen, const uint8_t *ou, size_t n, uint8_t *out, int threads) {
+int cmb_decode(const uint8_t *packed, size_t plen, const uint8_t *ou, size_t n, const uint8_t *lits, size_t nlits, uint8_t *out, int threads) {
   size_t k = cmb_segments(n), L = cmb_seglen(n);
   if (plen < 4 || le32(packed) != k || k > CMB_MAX_SEGMENTS || plen < 4 + 4 * k) return 1;
   memset(out, 0, n);
@@ -499,5 +462,13 @@ int cmb_decode(const uint8_t *packed, size_t plen, const uint8_t *ou, size_t n, 
   int rc = 0;
   for (size_t s = 0; s < k; s++) if (jobs[s].rc == 2 || (jobs[s].rc && !rc)) rc = jobs[s].rc;
   free(jobs);
-  return rc;
+  if (rc) return rc;
+  /* the non-zero bytes, in order: exactly one per flagged position, none of them zero */
+  size_t j = 0;
+  for (size_t i = 0; i < n; i++) {
+    if (!out[i]) continue;
+    if (j == nlits || !lits[j]) return 1;
+    out[i] = lits[j++];
+  }
+  return j == nlits ? 0 : 1;
 }
