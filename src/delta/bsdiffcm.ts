@@ -417,7 +417,7 @@ export function cmDecodeDiff(packed: Uint8Array, ou: Uint8Array, engine?: CmEngi
 export const CMB_SEGMENT = 2 << 20;
 const CMB_PAD = 16;
 const CMB_BLK = 8;
-const CMB_BI = 5;
+const CMB_BI = 3;
 const CMB_FI = 5;
 const CMB_FM = 0xffff;
 const CMB_BM = 0x7fff;
@@ -440,8 +440,6 @@ function runBlocks(ouRaw: Uint8Array, diff: Uint8Array | null, out: Uint8Array |
   const b0 = new Uint16Array(65536).fill(2048);
   const b1 = new Uint16Array(CMB_BM + 1).fill(2048);
   const b2 = new Uint16Array(CMB_BM + 1).fill(2048);
-  const b3 = new Uint16Array(CMB_BM + 1).fill(2048);
-  const b4 = new Uint16Array(CMB_BM + 1).fill(2048);
   const f0 = new Uint16Array(1024).fill(2048);
   const f1 = new Uint16Array(CMB_FM + 1).fill(2048);
   const f2 = new Uint16Array(65536).fill(2048);
@@ -459,19 +457,14 @@ function runBlocks(ouRaw: Uint8Array, diff: Uint8Array | null, out: Uint8Array |
     const pb = s + CMB_PAD;
     const lo = ou[pb] | (ou[pb + 1] << 8) | (ou[pb + 2] << 16) | (ou[pb + 3] << 24);
     const hi = ou[pb + 4] | (ou[pb + 5] << 8) | (ou[pb + 6] << 16) | (ou[pb + 7] << 24);
-    const lm4 = ou[pb - 4] | (ou[pb - 3] << 8) | (ou[pb - 2] << 16) | (ou[pb - 1] << 24);
     const k0 = (bh & 0xff) | (ou[pb] << 8);
     const k1 = hash(lo, 21) & CMB_BM;
     const k2 = hash(hi, 22) & CMB_BM;
-    const k3 = hash(lo ^ imul(hi, 0x2545f491), 23) & CMB_BM;
-    const k4 = hash(lm4, (lo & 0xffff) + 24) & CMB_BM;
     const s0 = STRETCH[b0[k0]];
     const s1 = STRETCH[b1[k1]];
     const s2 = STRETCH[b2[k2]];
-    const s3 = STRETCH[b3[k3]];
-    const s4 = STRETCH[b4[k4]];
     const ws = (bh & 3) * CMB_BI;
-    const p = mixOut(bw[ws] * s0 + bw[ws + 1] * s1 + bw[ws + 2] * s2 + bw[ws + 3] * s3 + bw[ws + 4] * s4);
+    const p = mixOut(bw[ws] * s0 + bw[ws + 1] * s1 + bw[ws + 2] * s2);
     let any = 0;
     if (diff) for (let i = s; i < e; i++) any |= diff[i];
     const B = coder.code(any !== 0 ? 1 : 0, p);
@@ -479,20 +472,14 @@ function runBlocks(ouRaw: Uint8Array, diff: Uint8Array | null, out: Uint8Array |
     bw[ws] += (s0 * err) >> 10;
     bw[ws + 1] += (s1 * err) >> 10;
     bw[ws + 2] += (s2 * err) >> 10;
-    bw[ws + 3] += (s3 * err) >> 10;
-    bw[ws + 4] += (s4 * err) >> 10;
     if (B) {
       b0[k0] += (4096 - b0[k0]) >> RATE;
       b1[k1] += (4096 - b1[k1]) >> RATE;
       b2[k2] += (4096 - b2[k2]) >> RATE;
-      b3[k3] += (4096 - b3[k3]) >> RATE;
-      b4[k4] += (4096 - b4[k4]) >> RATE;
     } else {
       b0[k0] -= b0[k0] >> RATE;
       b1[k1] -= b1[k1] >> RATE;
       b2[k2] -= b2[k2] >> RATE;
-      b3[k3] -= b3[k3] >> RATE;
-      b4[k4] -= b4[k4] >> RATE;
       bh = (bh << 1) & 0xffff;
       h = (h << (e - s)) & 0xffff;
       continue;

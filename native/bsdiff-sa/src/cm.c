@@ -223,7 +223,7 @@ int cm_encode(const uint8_t *diff, const uint8_t *ou, size_t n, uint8_t **out, s
 #define CMB_MAX_SEGMENTS 4096
 #define CMB_PAD 16
 #define CMB_BLK 8
-#define CMB_BI 5
+#define CMB_BI 3
 #define CMB_FI 5
 #define CMB_FM 0xffffu
 #define CMB_BM 0x7fffu
@@ -233,7 +233,7 @@ static inline uint32_t le32(const uint8_t *p) { return (uint32_t)p[0] | ((uint32
 static inline uint32_t before4(const uint8_t *p) { return (uint32_t)p[-1] | ((uint32_t)p[-2] << 8) | ((uint32_t)p[-3] << 16) | ((uint32_t)p[-4] << 24); }
 
 typedef struct {
-  uint16_t b0[65536], b1[CMB_BM + 1], b2[CMB_BM + 1], b3[CMB_BM + 1], b4[CMB_BM + 1];
+  uint16_t b0[65536], b1[CMB_BM + 1], b2[CMB_BM + 1];
   uint16_t f0[1024], f1[CMB_FM + 1], f2[65536], f3[CMB_FM + 1], f4[CMB_FM + 1];
   int32_t bw[4 * CMB_BI], fw[8 * CMB_FI];
 } cmb_tables_t;
@@ -256,7 +256,7 @@ static int run_blocks(cmb_tables_t *t, const uint8_t *ou_raw, size_t n, const ui
   if (!ou) return 2;
   memcpy(ou + CMB_PAD, ou_raw, n);
   cmb_reset(t);
-  uint16_t *b0 = t->b0, *b1 = t->b1, *b2 = t->b2, *b3 = t->b3, *b4 = t->b4;
+  uint16_t *b0 = t->b0, *b1 = t->b1, *b2 = t->b2;
   uint16_t *f0 = t->f0, *f1 = t->f1, *f2 = t->f2, *f3 = t->f3, *f4 = t->f4;
   int32_t *bw = t->bw, *fw = t->fw;
   uint32_t h = 0, bh = 0;
@@ -268,25 +268,22 @@ static int run_blocks(cmb_tables_t *t, const uint8_t *ou_raw, size_t n, const ui
     uint32_t k0 = (bh & 0xff) | ((uint32_t)pb[0] << 8);
     uint32_t k1 = hash2(lo, 21) & CMB_BM;
     uint32_t k2 = hash2(hi, 22) & CMB_BM;
-    uint32_t k3 = hash2(lo ^ (hi * 0x2545f491u), 23) & CMB_BM;
-    uint32_t k4 = hash2(le32(pb - 4), (lo & 0xffff) + 24) & CMB_BM;
     {
       /* the next block's hashed entries, while this one is coded */
       const uint8_t *nb = pb + CMB_BLK;
       uint32_t nlo = le32(nb), nhi = le32(nb + 4);
       PF(b1 + (hash2(nlo, 21) & CMB_BM)); PF(b2 + (hash2(nhi, 22) & CMB_BM));
-      PF(b3 + (hash2(nlo ^ (nhi * 0x2545f491u), 23) & CMB_BM)); PF(b4 + (hash2(hi, (nlo & 0xffff) + 24) & CMB_BM));
     }
-    int s0 = STRETCH[b0[k0]], s1 = STRETCH[b1[k1]], s2 = STRETCH[b2[k2]], s3 = STRETCH[b3[k3]], s4 = STRETCH[b4[k4]];
+    int s0 = STRETCH[b0[k0]], s1 = STRETCH[b1[k1]], s2 = STRETCH[b2[k2]];
     int ws = (int)(bh & 3) * CMB_BI;
-    int p = mix_out((int64_t)bw[ws] * s0 + (int64_t)bw[ws + 1] * s1 + (int64_t)bw[ws + 2] * s2 + (int64_t)bw[ws + 3] * s3 + (int64_t)bw[ws + 4] * s4);
+    int p = mix_out((int64_t)bw[ws] * s0 + (int64_t)bw[ws + 1] * s1 + (int64_t)bw[ws + 2] * s2);
     int any = 0;
     if (enc) for (size_t i = s; i < e; i++) any |= diff[i];
     int B = code_bit(cd, enc, any != 0, p);
     if (cd->err) { rc = cd->err; goto done; }
     int err = ((B << 12) - p) * LEARN;
-    WUPD(bw, ws, s0, err); WUPD(bw, ws + 1, s1, err); WUPD(bw, ws + 2, s2, err); WUPD(bw, ws + 3, s3, err); WUPD(bw, ws + 4, s4, err);
-    UPD(b0, k0, B); UPD(b1, k1, B); UPD(b2, k2, B); UPD(b3, k3, B); UPD(b4, k4, B);
+    WUPD(bw, ws, s0, err); WUPD(bw, ws + 1, s1, err); WUPD(bw, ws + 2, s2, err);
+    UPD(b0, k0, B); UPD(b1, k1, B); UPD(b2, k2, B);
     bh = ((bh << 1) | (uint32_t)B) & 0xffff;
     if (!B) { h = (h << (e - s)) & 0xffff; continue; }
     uint32_t I1[CMB_BLK], I3[CMB_BLK], I4[CMB_BLK];
