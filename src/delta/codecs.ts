@@ -939,10 +939,10 @@ const BSDIFF_CM_ONLY_ABOVE = 1 << 20;
  * Largest diff stream (bytes) coded with method 3 (the full context-mixing model) at the
  * default levels; at `best` method 3 codes every size. Its decoder costs ~25 ns per diff
  * byte in C on an idle core (~3x that in the TypeScript fallback), paid at the first open
- * of the patched file: 2 MiB adds ~50 ms. Longer diff streams get method 4 (block model of
- * the non-zero positions in segments, decoded on several threads, literals zstd-packed:
- * esbuild's 11.3 MB of diff in ~60 ms instead of ~300 ms, for diff sections 1.15x the
- * size of method 3's; CODECS.md).
+ * of the patched file: 2 MiB adds ~50 ms. Longer diff streams get method 4 (block model
+ * of the non-zero positions in segments, decoded on several threads, literals
+ * zstd-packed: esbuild's 11.3 MB of diff in ~70 ms on two threads instead of ~300 ms,
+ * for diff coding 1.2x the size of method 3's; CODECS.md).
  */
 export const BSDIFF_CM_DEFAULT_MAX = 2 << 20;
 
