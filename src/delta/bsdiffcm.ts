@@ -394,3 +394,245 @@ export function cmDecodeDiff(packed: Uint8Array, ou: Uint8Array, engine?: CmEngi
   });
   return { diff, consumed: dec.consumed };
 }
+
+// ---------------------------------------------------------------------------
+// Section method 4: the block model ("cmb"), twin of cmb_* in native/bsdiff-sa/src/cm.c
+// ---------------------------------------------------------------------------
+//
+// Codes only which diff bytes are non-zero (the non-zero bytes go to the container's
+// literals section, packed like any section). Same coder, squash/stretch and update rules
+// as above, but most diff bytes cost no decision of their own: one decision per 8-byte
+// block ("does this block change?"), the per-byte flag model of method 3 only inside
+// blocks that change (the last byte of a changing block whose first seven bytes are zero
+// is implied non-zero). Tables have at most 2^16 entries. The stream is cut into
+// independent segments of at most CMB_SEGMENT bytes (own tables, own coder, zero padding
+// at the segment's edges) so that the C coder can code them on several threads; this
+// module codes them one after another, with the same bytes.
+//
+// Section layout: segment count k (u32 LE) = ceil(n / CMB_SEGMENT), k packed lengths
+// (u32 LE), the k coded segments. Segment s covers diff bytes [s*L, min(n, (s+1)*L)) with
+// L = ceil(ceil(n / k) / 8) * 8.
+
+/** Largest segment of a method-4 stream (bytes of diff). */
+export const CMB_SEGMENT = 2 << 20;
+const CMB_PAD = 16;
+const CMB_BLK = 8;
+const CMB_BI = 3;
+const CMB_FI = 5;
+const CMB_FM = 0xffff;
+const CMB_BM = 0x7fff;
+
+/** Number of segments of a method-4 stream of `n` diff bytes. */
+export function cmbSegments(n: number): number {
+  return Math.ceil(n / CMB_SEGMENT);
+}
+
+function cmbSegLen(n: number): number {
+  const k = cmbSegments(n);
+  return k ? Math.ceil(Math.ceil(n / k) / 8) * 8 : 0;
+}
+
+/** One segment; see cm.c's run_blocks (decision for decision the same). Decoding writes 1 where a diff byte is non-zero. */
+function runBlocks(ouRaw: Uint8Array, diff: Uint8Array | null, out: Uint8Array | null, coder: BitCoder): void {
+  const n = ouRaw.length;
+  const ou = new Uint8Array(n + 2 * CMB_PAD);
+  ou.set(ouRaw, CMB_PAD);
+  const b0 = new Uint16Array(65536).fill(2048);
+  const b1 = new Uint16Array(CMB_BM + 1).fill(2048);
+  const b2 = new Uint16Array(CMB_BM + 1).fill(2048);
+  const f0 = new Uint16Array(1024).fill(2048);
+  const f1 = new Uint16Array(CMB_FM + 1).fill(2048);
+  const f2 = new Uint16Array(65536).fill(2048);
+  const f3 = new Uint16Array(CMB_FM + 1).fill(2048);
+  const f4 = new Uint16Array(CMB_FM + 1).fill(2048);
+  const bw = new Int32Array(4 * CMB_BI).fill(1 << 14);
+  const fw = new Int32Array(8 * CMB_FI).fill(1 << 14);
+  const I1 = new Int32Array(CMB_BLK);
+  const I3 = new Int32Array(CMB_BLK);
+  const I4 = new Int32Array(CMB_BLK);
+  let h = 0;
+  let bh = 0;
+  for (let s = 0; s < n; s += CMB_BLK) {
+    const e = s + CMB_BLK < n ? s + CMB_BLK : n;
+    const pb = s + CMB_PAD;
+    const lo = ou[pb] | (ou[pb + 1] << 8) | (ou[pb + 2] << 16) | (ou[pb + 3] << 24);
+    const hi = ou[pb + 4] | (ou[pb + 5] << 8) | (ou[pb + 6] << 16) | (ou[pb + 7] << 24);
+    const k0 = (bh & 0xff) | (ou[pb] << 8);
+    const k1 = hash(lo, 21) & CMB_BM;
+    const k2 = hash(hi, 22) & CMB_BM;
+    const s0 = STRETCH[b0[k0]];
+    const s1 = STRETCH[b1[k1]];
+    const s2 = STRETCH[b2[k2]];
+    const ws = (bh & 3) * CMB_BI;
+    const p = mixOut(bw[ws] * s0 + bw[ws + 1] * s1 + bw[ws + 2] * s2);
+    let any = 0;
+    if (diff) for (let i = s; i < e; i++) any |= diff[i];
+    const B = coder.code(any !== 0 ? 1 : 0, p);
+    const err = ((B << 12) - p) * LEARN;
+    bw[ws] += (s0 * err) >> 10;
+    bw[ws + 1] += (s1 * err) >> 10;
+    bw[ws + 2] += (s2 * err) >> 10;
+    if (B) {
+      b0[k0] += (4096 - b0[k0]) >> RATE;
+      b1[k1] += (4096 - b1[k1]) >> RATE;
+      b2[k2] += (4096 - b2[k2]) >> RATE;
+    } else {
+      b0[k0] -= b0[k0] >> RATE;
+      b1[k1] -= b1[k1] >> RATE;
+      b2[k2] -= b2[k2] >> RATE;
+      bh = (bh << 1) & 0xffff;
+      h = (h << (e - s)) & 0xffff;
+      continue;
+    }
+    bh = ((bh << 1) | 1) & 0xffff;
+    for (let i = s; i < e; i++) {
+      const q = i + CMB_PAD;
+      const c = ou[q];
+      const before = (ou[q - 1] | (ou[q - 2] << 8) | (ou[q - 3] << 16) | (ou[q - 4] << 24)) >>> 0;
+      const next = ou[q + 1] | (ou[q + 2] << 8) | (ou[q + 3] << 16);
+      const k = i - s;
+      I1[k] = hash(before, 1) & CMB_FM;
+      I3[k] = hash(c | ((next & 255) << 8) | ((before & 255) << 16), 3) & CMB_FM;
+      I4[k] = hash(c | (next << 8), (before & 0xffff) + 5) & CMB_FM;
+    }
+    let seen = 0;
+    for (let i = s; i < e; i++) {
+      const c = ou[i + CMB_PAD];
+      const k = i - s;
+      let bit: number;
+      if (i === e - 1 && !seen) {
+        bit = 1; // a changing block has a non-zero byte
+      } else {
+        const i0 = (c << 2) | (h & 3);
+        const i1 = I1[k];
+        const i2 = h;
+        const i3 = I3[k];
+        const i4 = I4[k];
+        const t0 = STRETCH[f0[i0]];
+        const t1 = STRETCH[f1[i1]];
+        const t2 = STRETCH[f2[i2]];
+        const t3 = STRETCH[f3[i3]];
+        const t4 = STRETCH[f4[i4]];
+        const wf = ((h & 3) | (seen << 2)) * CMB_FI;
+        const pf = mixOut(fw[wf] * t0 + fw[wf + 1] * t1 + fw[wf + 2] * t2 + fw[wf + 3] * t3 + fw[wf + 4] * t4);
+        bit = coder.code(diff ? (diff[i] !== 0 ? 1 : 0) : 0, pf);
+        const ef = ((bit << 12) - pf) * LEARN;
+        fw[wf] += (t0 * ef) >> 10;
+        fw[wf + 1] += (t1 * ef) >> 10;
+        fw[wf + 2] += (t2 * ef) >> 10;
+        fw[wf + 3] += (t3 * ef) >> 10;
+        fw[wf + 4] += (t4 * ef) >> 10;
+        if (bit) {
+          f0[i0] += (4096 - f0[i0]) >> RATE;
+          f1[i1] += (4096 - f1[i1]) >> RATE;
+          f2[i2] += (4096 - f2[i2]) >> RATE;
+          f3[i3] += (4096 - f3[i3]) >> RATE;
+          f4[i4] += (4096 - f4[i4]) >> RATE;
+        } else {
+          f0[i0] -= f0[i0] >> RATE;
+          f1[i1] -= f1[i1] >> RATE;
+          f2[i2] -= f2[i2] >> RATE;
+          f3[i3] -= f3[i3] >> RATE;
+          f4[i4] -= f4[i4] >> RATE;
+        }
+      }
+      h = ((h << 1) | bit) & 0xffff;
+      if (!bit) continue;
+      seen = 1;
+      if (out) out[i] = 1;
+    }
+  }
+}
+
+/** The C side of method 4 (same bytes), or null when the addon lacks it. */
+interface NativeCmb {
+  cmbEncode(diff: Uint8Array, oldUnder: Uint8Array, threads?: number): Buffer;
+  cmbDecode(packed: Uint8Array, oldUnder: Uint8Array, literals: Uint8Array, threads?: number): Buffer;
+}
+function nativeCmb(): NativeCmb | null {
+  const m = native() as unknown as Partial<NativeCmb> | null;
+  return m && typeof m.cmbEncode === 'function' && typeof m.cmbDecode === 'function' ? (m as NativeCmb) : null;
+}
+
+/** Code which bytes of a diff stream are non-zero with method 4 (segment table + segments); the non-zero bytes are the caller's. */
+export function cmbEncodeDiff(diff: Uint8Array, ou: Uint8Array, engine?: CmEngine): Buffer {
+  if (diff.length !== ou.length) throw new Error('cmbEncodeDiff: length mismatch');
+  const nat = engine === 'typescript' ? null : nativeCmb();
+  if (nat) return nat.cmbEncode(diff, ou);
+  const n = diff.length;
+  const k = cmbSegments(n);
+  const L = cmbSegLen(n);
+  const parts: Buffer[] = [];
+  const head = Buffer.alloc(4 + 4 * k);
+  head.writeUInt32LE(k, 0);
+  for (let s = 0; s < k; s++) {
+    const a = s * L;
+    const b = min(n, a + L);
+    const enc = new Encoder((b - a) >> 4);
+    runBlocks(ou.subarray(a, b), diff.subarray(a, b), null, {
+      code(bit: number, p1: number): number {
+        enc.bit(bit, p1);
+        return bit;
+      },
+    });
+    const part = enc.finish();
+    head.writeUInt32LE(part.length, 4 + 4 * s);
+    parts.push(part);
+  }
+  return Buffer.concat([head, ...parts]);
+}
+
+/**
+ * Decode a method-4 section into `ou.length` diff bytes, placing the non-zero bytes
+ * `literals` in order. The segment table must match the stream length exactly, every
+ * segment's coder must read exactly its bytes, and there must be exactly one non-zero
+ * literal per flagged position; anything else is CORRUPT. Time and memory are linear in
+ * the stream length.
+ */
+export function cmbDecodeDiff(packed: Uint8Array, ou: Uint8Array, literals: Uint8Array, engine?: CmEngine): Buffer {
+  const nat = engine === 'typescript' ? null : nativeCmb();
+  if (nat) {
+    try {
+      return nat.cmbDecode(packed, ou, literals);
+    } catch (e) {
+      if ((e as { code?: string }).code === 'ECORRUPT') throw corrupt('bsdiff: damaged coded diff stream (method 4)');
+      throw e;
+    }
+  }
+  const n = ou.length;
+  const k = cmbSegments(n);
+  const L = cmbSegLen(n);
+  const buf = Buffer.from(packed.buffer, packed.byteOffset, packed.byteLength);
+  if (buf.length < 4 || buf.readUInt32LE(0) !== k || buf.length < 4 + 4 * k) throw corrupt('bsdiff: bad segment table in the coded diff stream');
+  const out = Buffer.alloc(n);
+  let pos = 4 + 4 * k;
+  const lens: number[] = [];
+  for (let s = 0; s < k; s++) {
+    const len = buf.readUInt32LE(4 + 4 * s);
+    if (len > buf.length - pos) throw corrupt('bsdiff: coded diff segment outside its section');
+    lens.push(len);
+    pos += len;
+  }
+  if (pos !== buf.length) throw corrupt('bsdiff: trailing bytes in the coded diff stream');
+  pos = 4 + 4 * k;
+  for (let s = 0; s < k; s++) {
+    const a = s * L;
+    const b = min(n, a + L);
+    const dec = new Decoder(buf.subarray(pos, pos + lens[s]));
+    runBlocks(ou.subarray(a, b), null, out.subarray(a, b), {
+      code(_bit: number, p1: number): number {
+        return dec.bit(p1);
+      },
+    });
+    if (dec.consumed !== lens[s]) throw corrupt('bsdiff: coded diff segment has the wrong length');
+    pos += lens[s];
+  }
+  let j = 0;
+  for (let i = 0; i < n; i++) {
+    if (!out[i]) continue;
+    if (j === literals.length || literals[j] === 0) throw corrupt('bsdiff: literals do not match the coded diff stream');
+    out[i] = literals[j++];
+  }
+  if (j !== literals.length) throw corrupt('bsdiff: literals do not match the coded diff stream');
+  return out;
+}

@@ -16,13 +16,15 @@ import {
   encodePatch,
   _internal,
 } from './codecs';
-import { cmDecodeDiff, cmEncodeDiff, cmNativeAvailable, oldUnderDiff } from './bsdiffcm';
+import { CMB_SEGMENT, cmbDecodeDiff, cmbEncodeDiff, cmbSegments, cmDecodeDiff, cmEncodeDiff, cmNativeAvailable, oldUnderDiff } from './bsdiffcm';
 import { D4fsError } from '../errors';
 import { prng } from '../../test/helpers/prng';
 
 // eslint-disable-next-line @typescript-eslint/no-var-requires
 const sa = require('bsdiff-sa') as {
   diff(...args: unknown[]): { ctrl: Buffer; diff: Buffer; extra: Buffer; stats: { sortMs: number; scanMs: number; searches: number } };
+  cmbEncode(diff: Uint8Array, oldUnder: Uint8Array, threads?: number): Buffer;
+  cmbDecode(packed: Uint8Array, oldUnder: Uint8Array, literals: Uint8Array, threads?: number): Buffer;
   version: string;
 };
 
@@ -327,12 +329,172 @@ describe('context-mixing diff coder', () => {
   });
 });
 
+describe('block context-mixing diff coder (section method 4)', () => {
+  /** The non-zero bytes of a diff stream (what the literals section holds). */
+  const litsOf = (d: Uint8Array): Buffer => Buffer.from(d.filter((v) => v !== 0));
+  /** Both engines on the same input: C result or error === TypeScript result or error. */
+  function both(packed: Uint8Array, ou: Uint8Array, lits: Uint8Array): { c: string; ts: string } {
+    const run = (engine: 'native' | 'typescript'): string => {
+      try {
+        return 'ok ' + cmbDecodeDiff(packed, ou, lits, engine).toString('base64');
+      } catch (e) {
+        expect((e as D4fsError).kind).toBe('CORRUPT');
+        return 'CORRUPT';
+      }
+    };
+    return { c: run('native'), ts: run('typescript') };
+  }
+
+  const r = prng(4242);
+  const sparse = (n: number, density: number): Buffer => {
+    const b = Buffer.alloc(n);
+    for (let i = 0; i < n; i++) if (r() < density) b[i] = 1 + Math.floor(r() * 255);
+    return b;
+  };
+  const real = diffWithOldUnder(300_000, 31);
+
+  it('the C coder and the TypeScript coder agree bit for bit, both ways', () => {
+    expect(cmNativeAvailable()).toBe(true);
+    const cases: [string, Buffer, Uint8Array][] = [
+      ['a real diff stream', real.s.diff, real.ou],
+      ['random bytes', randomBytes(50_000), randomBytes(50_000)],
+      ['sparse random', sparse(80_000, 0.05), randomBytes(80_000)],
+      ['every byte non-zero', Buffer.alloc(10_000, 0x33), randomBytes(10_000)],
+      ['all zero', Buffer.alloc(100_003), randomBytes(100_003)],
+      ['only the last byte of each block', Buffer.from(Array.from({ length: 4_000 }, (_, i) => (i % 8 === 7 ? 1 + (i % 200) : 0))), randomBytes(4_000)],
+      ['one byte', Buffer.from([9]), Buffer.from([1])],
+      ['nine bytes (a partial block)', Buffer.from([0, 0, 0, 0, 0, 0, 0, 0, 5]), Buffer.from([1, 2, 3, 4, 5, 6, 7, 8, 9])],
+      ['empty', Buffer.alloc(0), Buffer.alloc(0)],
+    ];
+    for (const [what, diff, ou] of cases) {
+      const c = cmbEncodeDiff(diff, ou);
+      const t = cmbEncodeDiff(diff, ou, 'typescript');
+      expect({ what, same: c.equals(t) }).toEqual({ what, same: true });
+      const byTs = cmbDecodeDiff(c, ou, litsOf(diff), 'typescript');
+      const byC = cmbDecodeDiff(t, ou, litsOf(diff));
+      expect({ what, ts: byTs.equals(diff), c: byC.equals(diff) }).toEqual({ what, ts: true, c: true });
+    }
+  });
+
+  it('several segments: same bytes from both engines and from any number of C threads', () => {
+    // 2 MiB + 3 bytes: two segments (the second one short and not a multiple of 8)
+    for (const n of [CMB_SEGMENT + 3, 2 * CMB_SEGMENT + 4097]) {
+      const diff = sparse(n, 0.03);
+      const ou = randomBytes(n);
+      const c1 = sa.cmbEncode(diff, ou, 1);
+      expect(cmbSegments(n)).toBe(n > 2 * CMB_SEGMENT ? 3 : 2);
+      expect(c1.readUInt32LE(0)).toBe(cmbSegments(n));
+      for (const th of [2, 3, 8]) expect(sa.cmbEncode(diff, ou, th).equals(c1)).toBe(true);
+      expect(cmbEncodeDiff(diff, ou, 'typescript').equals(c1)).toBe(true);
+      for (const th of [1, 2, 4]) expect(sa.cmbDecode(c1, ou, litsOf(diff), th).equals(diff)).toBe(true);
+      expect(cmbDecodeDiff(c1, ou, litsOf(diff), 'typescript').equals(diff)).toBe(true);
+    }
+  });
+
+  it('is deterministic; an all-zero stream costs next to nothing', () => {
+    const a = cmbEncodeDiff(real.s.diff, real.ou);
+    expect(cmbEncodeDiff(real.s.diff, real.ou).equals(a)).toBe(true);
+    const zero = cmbEncodeDiff(Buffer.alloc(200_000), randomBytes(200_000));
+    expect(zero.length).toBeLessThan(300);
+    // only zero / non-zero is coded: any other non-zero values give the same section
+    expect(cmbEncodeDiff(real.s.diff.map((v) => (v ? 1 : 0)), real.ou).equals(a)).toBe(true);
+  });
+
+  it('refuses bad segment tables, truncation and trailing bytes in both engines', () => {
+    const n = CMB_SEGMENT + 1000;
+    const diff = sparse(n, 0.02);
+    const ou = randomBytes(n);
+    const good = cmbEncodeDiff(diff, ou);
+    const l0 = good.readUInt32LE(4);
+    const bad: [string, Buffer][] = [
+      ['empty', Buffer.alloc(0)],
+      ['count only', good.subarray(0, 4)],
+      ['count too small', Buffer.concat([Buffer.from([1, 0, 0, 0]), good.subarray(4)])],
+      ['count too large', Buffer.concat([Buffer.from([3, 0, 0, 0]), good.subarray(4)])],
+      ['huge count', Buffer.concat([Buffer.from([0xff, 0xff, 0xff, 0xff]), good.subarray(4)])],
+      ['truncated', good.subarray(0, good.length - 1)],
+      ['trailing byte', Buffer.concat([good, Buffer.from([0])])],
+      ['segment lengths shifted', (() => { const b = Buffer.from(good); b.writeUInt32LE(l0 + 1, 4); b.writeUInt32LE(b.readUInt32LE(8) - 1, 8); return b; })()],
+      ['segment length past the end', (() => { const b = Buffer.from(good); b.writeUInt32LE(0xffffffff, 4); return b; })()],
+      ['first segment cut to 3 bytes', (() => { const b = Buffer.from(good); b.writeUInt32LE(3, 4); b.writeUInt32LE(b.readUInt32LE(8) + l0 - 3, 8); return b; })()],
+    ];
+    const lits = litsOf(diff);
+    for (const [what, b] of bad) expect({ what, ...both(b, ou, lits) }).toEqual({ what, c: 'CORRUPT', ts: 'CORRUPT' });
+    // wrong stream length for the same section: the segment count no longer matches
+    expect(both(good, ou.subarray(0, CMB_SEGMENT - 8), lits)).toEqual({ c: 'CORRUPT', ts: 'CORRUPT' });
+    // literals that do not fit the coded pattern: one too few, one too many, a zero
+    const zeroLit = Buffer.from(lits);
+    zeroLit[5] = 0;
+    for (const [what, l] of [['one too few', lits.subarray(1)], ['one too many', Buffer.concat([lits, Buffer.from([1])])], ['a zero literal', zeroLit]] as const) {
+      expect({ what, ...both(good, ou, l) }).toEqual({ what, c: 'CORRUPT', ts: 'CORRUPT' });
+    }
+    expect(both(good, ou, lits)).toEqual({ c: 'ok ' + diff.toString('base64'), ts: 'ok ' + diff.toString('base64') });
+  });
+
+  it('damaged coded bytes: both engines give the same refusal or the same bytes, never a crash', () => {
+    const good = cmbEncodeDiff(real.s.diff, real.ou);
+    const rr = prng(77);
+    let corrupt = 0;
+    for (let k = 0; k < 40; k++) {
+      const b = Buffer.from(good);
+      const bit = 8 * 8 + Math.floor(rr() * (b.length - 8) * 8); // past the segment table
+      b[bit >> 3] ^= 1 << (bit & 7);
+      const res = both(b, real.ou, litsOf(real.s.diff));
+      expect(res.c).toBe(res.ts);
+      if (res.c === 'CORRUPT') corrupt++;
+    }
+    expect(corrupt).toBeGreaterThan(0);
+  });
+
+  it('garbage is bounded work: at most one decision per block plus nine per byte', () => {
+    const n = 4 << 20;
+    const ou = Buffer.alloc(n, 7);
+    const garbage = Buffer.concat([Buffer.from([2, 0, 0, 0, 0x88, 0x13, 0, 0, 0x88, 0x13, 0, 0]), randomBytes(10_000)]);
+    const t = Date.now();
+    expect(both(garbage, ou, Buffer.alloc(0))).toEqual({ c: 'CORRUPT', ts: 'CORRUPT' });
+    expect(Date.now() - t).toBeLessThan(20_000);
+  });
+});
+
 describe('hostile bsdiff v2 containers', () => {
   const { base, target } = fakeBinaries(120_000, 23);
   const good = encodePatch(base, target, 'bsdiff', 12);
 
   it('uses the context-mixing coder for this input', () => {
     expect(good[24 + 12]).toBe(3);
+  });
+
+  it('method 4 (block model): round trip, default level above 2 MiB, flips and truncations refused', () => {
+    // diff streams above 1 MiB get the coder without the split-stream alternative
+    const { base, target } = fakeBinaries(1_100_000, 37);
+    const s = bsdiffStreams(base, target);
+    expect(s.diff.length).toBeGreaterThan(1 << 20);
+    const p4 = _internal.bsdiffPack(s, base, target, 19, false, 'cmb');
+    expect(p4[24 + 12]).toBe(4);
+    expect(p4.readUInt32LE(24 + 12 + 8)).toBeGreaterThan(0);
+    expect(p4[24 + 24]).toBe(1); // the non-zero bytes: zstd
+    expect(p4.readUInt32LE(24 + 24 + 8)).toBeGreaterThan(0);
+    expect(applyPatch(base, p4, 'bsdiff', target.length).equals(target)).toBe(true);
+    const rr = prng(123);
+    let refused = 0;
+    for (let k = 0; k < 100; k++) {
+      const bad = Buffer.from(p4);
+      const bit = Math.floor(rr() * bad.length * 8);
+      bad[bit >> 3] ^= 1 << (bit & 7);
+      try {
+        expect(applyPatch(base, bad, 'bsdiff', target.length).equals(target)).toBe(true);
+      } catch (e) {
+        expect((e as D4fsError).kind).toBe('CORRUPT');
+        refused++;
+      }
+    }
+    expect(refused).toBeGreaterThan(90);
+    for (let n = 0; n < p4.length; n += Math.max(1, Math.floor(p4.length / 200))) expectCorrupt(() => applyPatch(base, p4.subarray(0, n), 'bsdiff', target.length));
+    // the default level picks method 4 for a diff stream above 2 MiB, method 3 below
+    const big = fakeBinaries(2_400_000, 41);
+    const pb = encodePatch(big.base, big.target, 'bsdiff', 12);
+    expect(pb[24 + 12]).toBe(4);
+    expect(applyPatch(big.base, pb, 'bsdiff', big.target.length).equals(big.target)).toBe(true);
   });
 
   it('every truncation is refused', () => {
@@ -399,6 +561,20 @@ describe('hostile bsdiff v2 containers', () => {
     expectCorrupt(() => applyPatch(old, v2(5, 1, [[3, 3, control], ok[1], ok[2], ok[3]]), 'bsdiff', 5)); // CM in the control section
     expectCorrupt(() => applyPatch(old, v2(5, 1, [ok[0], [3, 3, Buffer.alloc(8)], ok[2], ok[3]]), 'bsdiff', 5)); // CM with literals present
     expectCorrupt(() => applyPatch(old, v2(5, 1, [ok[0], [3, 4, Buffer.alloc(8)], empty, ok[3]]), 'bsdiff', 5)); // CM length != diff length
+    expectCorrupt(() => applyPatch(old, v2(5, 1, [[4, 3, control], ok[1], ok[2], ok[3]]), 'bsdiff', 5)); // method 4 in the control section
+    expectCorrupt(() => applyPatch(old, v2(5, 1, [ok[0], ok[1], ok[2], [4, 2, Buffer.alloc(8)]]), 'bsdiff', 5)); // method 4 in the extra section
+    expectCorrupt(() => applyPatch(old, v2(5, 1, [ok[0], [4, 3, Buffer.alloc(8)], stored(Buffer.from([1, 2, 3, 4])), ok[3]]), 'bsdiff', 5)); // method 4 with more literals than diff bytes
+    expectCorrupt(() => applyPatch(old, v2(5, 1, [ok[0], [4, 4, Buffer.alloc(12)], empty, ok[3]]), 'bsdiff', 5)); // method 4 length != diff length
+    {
+      // a real method-4 section for the 3 diff bytes 1,0,0: decodes with its literal, refused without it or with two
+      const sec = cmbEncodeDiff(Buffer.from([1, 0, 0]), Buffer.from('abc'));
+      const want = Buffer.from('bbcXY');
+      expect(applyPatch(old, v2(5, 1, [ok[0], [4, 3, sec], ok[2], ok[3]], zlib.crc32(want)), 'bsdiff', 5).equals(want)).toBe(true);
+      expectCorrupt(() => applyPatch(old, v2(5, 1, [ok[0], [4, 3, sec], empty, ok[3]], zlib.crc32(want)), 'bsdiff', 5));
+      expectCorrupt(() => applyPatch(old, v2(5, 1, [ok[0], [4, 3, sec], stored(Buffer.from([1, 1])), ok[3]], zlib.crc32(want)), 'bsdiff', 5));
+    }
+    expectCorrupt(() => applyPatch(old, v2(5, 1, [ok[0], [4, 3, Buffer.from([1, 0, 0, 0, 4, 0, 0, 0, 0, 0, 0, 0])], empty, ok[3]]), 'bsdiff', 5)); // method 4, garbage segment
+    expectCorrupt(() => applyPatch(old, v2(5, 1, [ok[0], [5, 3, Buffer.alloc(8)], empty, ok[3]]), 'bsdiff', 5)); // unknown method 5
     expectCorrupt(() => applyPatch(old, v2(5, 1, [stored(Buffer.from([0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff])), ok[1], ok[2], ok[3]]), 'bsdiff', 5)); // varint too long
     expectCorrupt(() => applyPatch(old, v2(5, 1, [ok[0], stored(Buffer.from([9])), ok[2], ok[3]]), 'bsdiff', 5)); // literal past the diff stream
     expectCorrupt(() => applyPatch(old, v2(5, 1, [ok[0], ok[1], stored(Buffer.from([0])), ok[3]]), 'bsdiff', 5)); // zero literal
@@ -416,6 +592,7 @@ describe('hostile bsdiff v2 containers', () => {
     const control = Buffer.from([0x80, 0x80, 0x80, 0x02, 0, 0]); // x = 4 MiB, y = 0, z = 0
     const t = Date.now();
     expectCorrupt(() => applyPatch(old, v2(n, 1, [stored(control), [3, n, randomBytes(5000)], empty, empty]), 'bsdiff', n));
+    expectCorrupt(() => applyPatch(old, v2(n, 1, [stored(control), [4, n, Buffer.concat([Buffer.from([2, 0, 0, 0, 0x88, 0x13, 0, 0, 0x88, 0x13, 0, 0]), randomBytes(10_000)])], empty, empty]), 'bsdiff', n));
     expect(Date.now() - t).toBeLessThan(5_000);
   });
 });

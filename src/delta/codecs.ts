@@ -42,7 +42,7 @@ import { constants as bufferConstants } from 'node:buffer';
 import { spawnSync } from 'node:child_process';
 import * as zstd from 'zstd-napi/binding';
 import { D4fsError, corrupt, invalidArgument } from '../errors';
-import { cmDecodeDiff, cmEncodeDiff, oldUnderDiff } from './bsdiffcm';
+import { cmbDecodeDiff, cmbEncodeDiff, cmDecodeDiff, cmEncodeDiff, oldUnderDiff } from './bsdiffcm';
 
 // ---------------------------------------------------------------------------
 // Public types and constants
@@ -812,8 +812,12 @@ export function bsdiffStreams(base: Buffer, target: Buffer, opts: PatchOptions =
  * are), 2 brotli (decoded with the raw length as hard output limit), 3 (runs section
  * only) the whole diff stream coded by the context-mixing coder of `bsdiffcm.ts`, which
  * predicts it from the base bytes under it; its raw length is the diff stream's length and
- * the literals section is then empty and stored. Every raw length is bounded by the target
- * size before anything is allocated (see {@link bsdiffApply}).
+ * the literals section is then empty and stored; 4 (runs section only) which bytes of the
+ * diff stream are non-zero, coded by the block model of `bsdiffcm.ts` (`cmbEncodeDiff`:
+ * segment table, then independent segments of at most 2 MiB of diff), its raw length the
+ * diff stream's; the literals section then holds the non-zero bytes as with split streams.
+ * Every raw length is bounded by the target size before anything is allocated (see
+ * {@link bsdiffApply}).
  */
 export const BSDIFF2_CONTAINER_MAGIC = 'D4BSDIF2';
 
@@ -825,6 +829,13 @@ const enum Method {
   BROTLI = 2,
   /** runs section only: the whole diff stream, context-mixing coded against the base (bsdiffcm.ts); literals section empty */
   CM = 3,
+  /** runs section only: which diff bytes are non-zero, block-model coded in segments (bsdiffcm.ts, cmb*); literals section as with split streams */
+  CMB = 4,
+}
+
+/** Methods that code the diff stream's layout in the runs section against the base. */
+function isCoded(method: number): boolean {
+  return method === Method.CM || method === Method.CMB;
 }
 
 /** LEB128 writer into a growing buffer. */
@@ -925,18 +936,20 @@ function unpackSection(method: number, packed: Buffer, rawLen: number, what: str
 const BSDIFF_CM_ONLY_ABOVE = 1 << 20;
 
 /**
- * Largest diff stream (bytes) the context-mixing coder codes at the default levels; at
- * `best` it codes every size. Its decoder costs ~25 ns per diff byte (in C; ~3x that
- * in the TypeScript fallback), paid at the first open of the patched file and once per
- * level of a chain: 2 MiB adds ~50 ms, an 11 MB binary ~0.25 s (measured on esbuild:
- * first open 0.35 s with it against 0.10 s without, for a patch 0.69x the size).
- * Above this size the default keeps the split zstd streams, which decode at bspatch's
- * speed.
+ * Largest diff stream (bytes) coded with method 3 (the full context-mixing model) at the
+ * default levels; at `best` method 3 codes every size. Its decoder costs ~25 ns per diff
+ * byte in C on an idle core (~3x that in the TypeScript fallback), paid at the first open
+ * of the patched file: 2 MiB adds ~50 ms. Longer diff streams get method 4 (block model
+ * of the non-zero positions in segments, decoded on several threads, literals
+ * zstd-packed: esbuild's 11.3 MB of diff in ~70 ms on two threads instead of ~300 ms,
+ * for diff coding 1.2x the size of method 3's; CODECS.md).
  */
 export const BSDIFF_CM_DEFAULT_MAX = 2 << 20;
 
 /** Pack BSDIFF40 streams into container v2. */
-function bsdiffPack(s: BsdiffStreams, base: Buffer, target: Buffer, level: number, tryBrotli: boolean, useCm = true): Buffer {
+function bsdiffPack(s: BsdiffStreams, base: Buffer, target: Buffer, level: number, tryBrotli: boolean, diffCoder: boolean | 'cm' | 'cmb' = 'cm'): Buffer {
+  // false: split streams only; true / 'cm': method 3; 'cmb': method 4
+  const coder = diffCoder === false ? null : diffCoder === 'cmb' ? Method.CMB : Method.CM;
   const n = s.ctrl.length / 24;
   const cx = new VarintWriter(n * 2);
   const cy = new VarintWriter(n * 2);
@@ -968,19 +981,28 @@ function bsdiffPack(s: BsdiffStreams, base: Buffer, target: Buffer, level: numbe
   }
   const raws = [control, runs.bytes(), lits, s.extra];
   let packed: { method: Method; data: Buffer }[];
-  const cm = useCm && d.length > 0 ? cmEncodeDiff(d, oldUnderDiff(base, xs, zs, d.length)) : null;
-  if (cm && (d.length > BSDIFF_CM_ONLY_ABOVE || tryBrotli)) {
-    packed = [packSection(control, level, tryBrotli), { method: Method.CM, data: cm }, { method: Method.STORED, data: Buffer.alloc(0) }, packSection(s.extra, level, tryBrotli)];
+  let cm: Buffer | null = null;
+  if (coder !== null && d.length > 0) {
+    const ou = oldUnderDiff(base, xs, zs, d.length);
+    cm = coder === Method.CMB ? cmbEncodeDiff(d, ou) : cmEncodeDiff(d, ou);
+  }
+  // method 4 keeps the literals section; method 3 codes the literals too
+  const cmLits = () => (coder === Method.CMB ? packSection(lits, level, tryBrotli) : { method: Method.STORED, data: Buffer.alloc(0) });
+  if (cm && coder !== null && (d.length > BSDIFF_CM_ONLY_ABOVE || tryBrotli)) {
+    packed = [packSection(control, level, tryBrotli), { method: coder, data: cm }, cmLits(), packSection(s.extra, level, tryBrotli)];
   } else {
     packed = raws.map((r) => packSection(r, level, tryBrotli));
+    if (cm && coder !== null) {
+      const l = cmLits();
+      if (cm.length + l.data.length < packed[1].data.length + packed[2].data.length) {
+        packed[1] = { method: coder, data: cm };
+        packed[2] = l;
+      }
+    }
   }
-  if (cm && cm.length < packed[1].data.length + packed[2].data.length) {
-    packed[1] = { method: Method.CM, data: cm };
-    packed[2] = { method: Method.STORED, data: Buffer.alloc(0) };
-  }
-  if (packed[1].method === Method.CM) {
-    raws[1] = d; // raw length of a CM runs section: the diff stream's
-    raws[2] = Buffer.alloc(0);
+  if (isCoded(packed[1].method)) {
+    raws[1] = d; // raw length of a coded runs section: the diff stream's
+    if (packed[1].method === Method.CM) raws[2] = Buffer.alloc(0);
   }
   const header = Buffer.alloc(BSDIFF2_HEADER_SIZE);
   header.write(BSDIFF2_CONTAINER_MAGIC, 0, 'latin1');
@@ -1000,8 +1022,8 @@ function bsdiffPack(s: BsdiffStreams, base: Buffer, target: Buffer, level: numbe
 function bsdiffEncode(base: Buffer, target: Buffer, level: number, opts: PatchOptions): Buffer {
   const s = bsdiffStreams(base, target, opts);
   const best = level >= BSDIFF_STREAM_BEST_LEVEL;
-  const useCm = best || s.diff.length <= BSDIFF_CM_DEFAULT_MAX;
-  return bsdiffPack(s, base, target, best ? BSDIFF_STREAM_BEST_LEVEL : BSDIFF_STREAM_MIN_LEVEL, best, useCm);
+  const coder = best || s.diff.length <= BSDIFF_CM_DEFAULT_MAX ? 'cm' : 'cmb';
+  return bsdiffPack(s, base, target, best ? BSDIFF_STREAM_BEST_LEVEL : BSDIFF_STREAM_MIN_LEVEL, best, coder);
 }
 
 /** A decoded control stream and the diff/extra streams it consumes. */
@@ -1085,6 +1107,7 @@ function parseBsdiffV2(patch: Buffer, expectedSize: number, base: Buffer): Bsdif
   const sections: Buffer[] = [];
   let off = BSDIFF2_HEADER_SIZE;
   let cmRaw = -1;
+  let cmMethod = -1;
   let cmPacked: Buffer = Buffer.alloc(0);
   for (let i = 0; i < 4; i++) {
     const h = 24 + i * 12;
@@ -1092,12 +1115,13 @@ function parseBsdiffV2(patch: Buffer, expectedSize: number, base: Buffer): Bsdif
     const rawLen = patch.readUIntLE(h + 2, 6);
     const packedLen = patch.readUInt32LE(h + 8);
     if (patch[h + 1] !== 0) throw corrupt('bsdiff: reserved header byte set');
-    if (rawLen > (method === Method.CM ? expectedSize : limits[i])) throw corrupt(`bsdiff: ${SECTION_NAMES[i]} section too large`);
+    if (rawLen > (isCoded(method) ? expectedSize : limits[i])) throw corrupt(`bsdiff: ${SECTION_NAMES[i]} section too large`);
     if (off + packedLen > patch.length) throw corrupt('bsdiff: truncated patch');
     const packed = patch.subarray(off, off + packedLen);
-    if (method === Method.CM) {
+    if (isCoded(method)) {
       if (i !== 1) throw corrupt(`bsdiff: ${SECTION_NAMES[i]} section cannot use the context-mixing coder`);
-      cmRaw = rawLen; // decoded once the control stream (and so the base bytes under the diff) is known
+      cmRaw = rawLen;
+      cmMethod = method; // decoded once the control stream (and so the base bytes under the diff) is known
       cmPacked = packed;
       sections.push(Buffer.alloc(0));
     } else {
@@ -1107,7 +1131,7 @@ function parseBsdiffV2(patch: Buffer, expectedSize: number, base: Buffer): Bsdif
   }
   if (off !== patch.length) throw corrupt('bsdiff: trailing bytes after the last section');
   const [control, runs, lits, extra] = sections;
-  if (cmRaw >= 0 && (lits.length !== 0 || patch[24 + 2 * 12] !== Method.STORED)) throw corrupt('bsdiff: literals section must be empty with a coded diff stream');
+  if (cmMethod === Method.CM && (lits.length !== 0 || patch[24 + 2 * 12] !== Method.STORED)) throw corrupt('bsdiff: literals section must be empty with a coded diff stream');
 
   const xs = new Float64Array(n);
   const ys = new Float64Array(n);
@@ -1124,7 +1148,12 @@ function parseBsdiffV2(patch: Buffer, expectedSize: number, base: Buffer): Bsdif
   if (extra.length !== extraTotal) throw corrupt('bsdiff: extra section does not match the control stream');
   if (cmRaw >= 0) {
     if (cmRaw !== diffTotal) throw corrupt('bsdiff: coded diff stream does not match the control stream');
-    const r = cmDecodeDiff(cmPacked, oldUnderDiff(base, xs, zs, diffTotal));
+    const ou = oldUnderDiff(base, xs, zs, diffTotal);
+    if (cmMethod === Method.CMB) {
+      if (lits.length > diffTotal) throw corrupt('bsdiff: more literals than diff bytes');
+      return { xs, ys, zs, diff: cmbDecodeDiff(cmPacked, ou, lits), extra, crc };
+    }
+    const r = cmDecodeDiff(cmPacked, ou);
     if (r.consumed !== cmPacked.length) throw corrupt('bsdiff: coded diff stream has the wrong length');
     return { xs, ys, zs, diff: r.diff, extra, crc };
   }

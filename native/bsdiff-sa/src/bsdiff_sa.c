@@ -672,6 +672,52 @@ static napi_value js_cm_decode(napi_env env, napi_callback_info info) {
   return result;
 }
 
+/* optional argument `at`: threads (<= 0 or absent: one per processor, at most 8) */
+static int get_threads(napi_env env, size_t argc, napi_value *argv, size_t at) {
+  int32_t t = 0;
+  if (argc > at) {
+    napi_valuetype ty;
+    if (napi_typeof(env, argv[at], &ty) == napi_ok && ty == napi_number) napi_get_value_int32(env, argv[at], &t);
+  }
+  return t;
+}
+
+/* cmbEncode(diff, oldUnder[, threads]) -> Buffer (section method 4) */
+static napi_value js_cmb_encode(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3];
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 2) return throw_code(env, "EINVAL", "cmbEncode(diff, oldUnder) needs two Uint8Arrays");
+  const uint8_t *diff, *ou;
+  size_t n, on;
+  if (get_bytes(env, argv[0], &diff, &n) || get_bytes(env, argv[1], &ou, &on)) return throw_code(env, "EINVAL", "cmbEncode: arguments must be Uint8Arrays");
+  if (n != on) return throw_code(env, "EINVAL", "cmbEncode: diff and old bytes differ in length");
+  uint8_t *out = NULL;
+  size_t len = 0;
+  int rc = cmb_encode(diff, ou, n, get_threads(env, argc, argv, 2), &out, &len);
+  if (rc) return throw_code(env, "ENOMEM", "cmbEncode: out of memory");
+  napi_value buf = make_buffer(env, out, len);
+  free(out);
+  return buf;
+}
+
+/* cmbDecode(packed, oldUnder, literals[, threads]) -> Buffer of oldUnder.length diff bytes; ECORRUPT on damage */
+static napi_value js_cmb_decode(napi_env env, napi_callback_info info) {
+  size_t argc = 4;
+  napi_value argv[4];
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 3) return throw_code(env, "EINVAL", "cmbDecode(packed, oldUnder, literals) needs three Uint8Arrays");
+  const uint8_t *packed, *ou, *lits;
+  size_t plen, n, nlits;
+  if (get_bytes(env, argv[0], &packed, &plen) || get_bytes(env, argv[1], &ou, &n) || get_bytes(env, argv[2], &lits, &nlits)) return throw_code(env, "EINVAL", "cmbDecode: arguments must be Uint8Arrays");
+  void *data;
+  napi_value buf;
+  if (napi_create_buffer(env, n ? n : 1, &data, &buf) != napi_ok) return throw_code(env, "ENOMEM", "cmbDecode: out of memory");
+  int rc = cmb_decode(packed, plen, ou, n, lits, nlits, (uint8_t *)data, get_threads(env, argc, argv, 3));
+  if (rc == 1) return throw_code(env, "ECORRUPT", "bsdiff: damaged coded diff stream (method 4)");
+  if (rc) return throw_code(env, "ENOMEM", "cmbDecode: out of memory");
+  if (n == 0 && napi_create_buffer(env, 0, &data, &buf) != napi_ok) return NULL;
+  return buf;
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_value fn, ver;
   if (napi_create_function(env, "diff", NAPI_AUTO_LENGTH, js_diff, NULL, &fn) != napi_ok) return NULL;
@@ -680,6 +726,10 @@ static napi_value init(napi_env env, napi_value exports) {
   if (napi_set_named_property(env, exports, "cmEncode", fn) != napi_ok) return NULL;
   if (napi_create_function(env, "cmDecode", NAPI_AUTO_LENGTH, js_cm_decode, NULL, &fn) != napi_ok) return NULL;
   if (napi_set_named_property(env, exports, "cmDecode", fn) != napi_ok) return NULL;
+  if (napi_create_function(env, "cmbEncode", NAPI_AUTO_LENGTH, js_cmb_encode, NULL, &fn) != napi_ok) return NULL;
+  if (napi_set_named_property(env, exports, "cmbEncode", fn) != napi_ok) return NULL;
+  if (napi_create_function(env, "cmbDecode", NAPI_AUTO_LENGTH, js_cmb_decode, NULL, &fn) != napi_ok) return NULL;
+  if (napi_set_named_property(env, exports, "cmbDecode", fn) != napi_ok) return NULL;
   char v[96];
   snprintf(v, sizeof v, "bsdiff-sa 0.1.0, libdivsufsort %s", divsufsort_version());
   if (napi_create_string_utf8(env, v, NAPI_AUTO_LENGTH, &ver) != napi_ok) return NULL;
