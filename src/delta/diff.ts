@@ -86,14 +86,14 @@ function push<K, V>(m: Map<K, V[]>, k: K, v: V): void {
 }
 
 /** Contents referenced by entries, in first-use order, with the paths that use them. */
-export function contentsOf(entries: Entry[]): { digest: Buffer; size: number; paths: string[] }[] {
-  const out = new Map<string, { digest: Buffer; size: number; paths: string[] }>();
+export function contentsOf(entries: Entry[]): { digest: Buffer; hex: string; size: number; paths: string[] }[] {
+  const out = new Map<string, { digest: Buffer; hex: string; size: number; paths: string[] }>();
   for (const e of entries) {
     if (e.type !== FileType.REG) continue;
     const k = e.digest.toString('hex');
     const c = out.get(k);
     if (c) c.paths.push(e.path);
-    else out.set(k, { digest: e.digest, size: e.size, paths: [e.path] });
+    else out.set(k, { digest: e.digest, hex: k, size: e.size, paths: [e.path] });
   }
   return [...out.values()];
 }
