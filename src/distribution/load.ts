@@ -3,7 +3,6 @@
  * (what `ctr-cli load` does), through src/containerd/load.ts.
  */
 import { loadImage, type LoadImageResult } from '../containerd/load';
-import { containerdServices } from '../containerd/proto';
 import type { LocalStore } from '../store/store';
 
 /** Where and how to load. */
@@ -17,24 +16,11 @@ export interface LoadTarget {
 }
 
 /** The loader a pull calls (tests may pass another). */
-export type LoadImageFn = ((o: { store: LocalStore; name: string; imageId: string } & LoadTarget) => Promise<LoadImageResult>) & {
-  /** Optional: get ready (load code, parse schemas) while the pull waits for the network. */
-  warm?: () => void;
-};
+export type LoadImageFn = (o: { store: LocalStore; name: string; imageId: string } & LoadTarget) => Promise<LoadImageResult>;
 
 /** The containerd loader. */
 export function containerdLoader(): LoadImageFn {
-  const load: LoadImageFn = (o) => loadImage(o);
-  // Parsing containerd's .proto files and generating their coders takes ~50-70 ms of a
-  // CLI's start: done while the delta downloads, it is off the critical path.
-  load.warm = () => {
-    try {
-      containerdServices();
-    } catch {
-      /* the load reports it */
-    }
-  };
-  return load;
+  return (o) => loadImage(o);
 }
 
 export type { LoadImageResult };

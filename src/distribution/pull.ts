@@ -131,7 +131,6 @@ export async function pullFromServer(o: ServerPullOptions): Promise<PullResult> 
   const loader = o.noLoad ? undefined : (o.loader ?? containerdLoader());
   const { store, close } = await openStore(o.store);
   const client = new ServerClient(o.server, o);
-  let warmTimer: NodeJS.Timeout | undefined;
   try {
     const held = new Set(store.heldImageIds());
     // the server may merge a chain for this plan before it answers
@@ -142,8 +141,6 @@ export async function pullFromServer(o: ServerPullOptions): Promise<PullResult> 
     const tmpDir = dirname(store.tempPath('pull'));
     await fsp.mkdir(tmpDir, { recursive: true });
     const storedRoots = new Set(store.files().map((f) => f.rootDigest));
-    // The loader gets ready while the first download runs (or right away when there is none).
-    if (loader?.warm) warmTimer = setTimeout(loader.warm, 1);
     const files: PulledFile[] = [];
     for (const [i, f] of plan.files.entries()) {
       const base: PulledFile = { rootDigest: f.rootDigest, kind: f.kind, imageId: f.imageId, parentId: f.parentId, size: f.size, merged: !!f.merged, downloaded: false, bytes: 0, resumedFrom: 0, refetched: false };
@@ -179,7 +176,6 @@ export async function pullFromServer(o: ServerPullOptions): Promise<PullResult> 
       seconds: Number(process.hrtime.bigint() - t0) / 1e9,
     };
   } finally {
-    clearTimeout(warmTimer);
     client.close();
     close();
   }

@@ -175,7 +175,6 @@ export async function pullFromRegistry(o: RegistryPullOptions): Promise<PullResu
   const client = new RegistryClient(ref.registry, o.registry ?? {}, o.tuning);
   const repo = ref.repository;
   const where = `${ref.registry}/${repo}${ref.tag ? ':' : '@'}${reference}`;
-  let warmTimer: NodeJS.Timeout | undefined;
   try {
     const top = await client.getManifest(repo, reference);
     let target: string;
@@ -198,8 +197,6 @@ export async function pullFromRegistry(o: RegistryPullOptions): Promise<PullResu
     const tmpDir = dirname(store.tempPath('pull'));
     await fsp.mkdir(tmpDir, { recursive: true });
     const storedRoots = new Set(store.files().map((f) => f.rootDigest));
-    // The loader gets ready while the first download runs (or right away when there is none).
-    if (loader?.warm) warmTimer = setTimeout(loader.warm, 1);
     const files: PulledFile[] = [];
     for (const [i, e] of plan.files.entries()) {
       const base: PulledFile = { rootDigest: e.rootDigest, kind: e.kind, imageId: e.imageId, parentId: e.parentId, size: e.size, merged: false, downloaded: false, bytes: 0, resumedFrom: 0, refetched: false };
@@ -240,7 +237,6 @@ export async function pullFromRegistry(o: RegistryPullOptions): Promise<PullResu
       seconds: Number(process.hrtime.bigint() - t0) / 1e9,
     };
   } finally {
-    clearTimeout(warmTimer);
     await client.close();
     close();
   }
