@@ -227,16 +227,20 @@ export async function bigBinaryImages(dir: string): Promise<[string, string]> {
  * timed without it, as on a machine that does not set it (the Debian default).
  */
 export async function mergeBench(work: string): Promise<MergeRow[]> {
-  const refs = await Promise.all((['libssl-v1', 'libssl-v2', 'libssl-v3'] as ImageName[]).map(async (n) => (await buildDebImage(n)).ref));
-  const f = refs.map((_, i) => join(work, `m${i + 1}.cdimg`));
-  for (let i = 0; i < 3; i++) await cli(['convert', '--image', refs[i], '--output', f[i], '--no-progress']);
-  // a 3-step chain: v1→v2→v3→v2' is not possible with 3 versions; use v1→v2, v2→v3, v3→v2 (a rollback step)
-  const d12 = join(work, 'd12.cdimg');
-  const d23 = join(work, 'd23.cdimg');
-  const d32 = join(work, 'd32.cdimg');
-  await cli(['cdimg', 'diff', '--old', f[0], '--new', f[1], '--out', d12]);
-  await cli(['cdimg', 'diff', '--old', f[1], '--new', f[2], '--out', d23]);
-  await cli(['cdimg', 'diff', '--old', f[2], '--new', f[1], '--out', d32]);
+  const npm = async (v: string) => (await buildNpmImage('@esbuild/linux-x64', v)).ref;
+  // libssl has three versions: v1→v2, v2→v3 and a rollback v3→v2; esbuild four consecutive releases
+  const chains: { name: string; refs: () => Promise<string[]>; steps: [number, number][] }[] = [
+    {
+      name: 'libssl v1→v2→v3→v2 (3 steps)',
+      refs: async () => Promise.all((['libssl-v1', 'libssl-v2', 'libssl-v3'] as ImageName[]).map(async (n) => (await buildDebImage(n)).ref)),
+      steps: [[0, 1], [1, 2], [2, 1]],
+    },
+    {
+      name: 'esbuild 0.27.7→0.28.0→0.28.1→0.28.2 (3 steps)',
+      refs: async () => Promise.all(['0.27.7', '0.28.0', '0.28.1', '0.28.2'].map(npm)),
+      steps: [[0, 1], [1, 2], [2, 3]],
+    },
+  ];
   const envs: [string, NodeJS.ProcessEnv][] = [['as inherited', process.env]];
   if (process.env.NODE_EXTRA_CA_CERTS) {
     const clean = { ...process.env };
@@ -246,21 +250,34 @@ export async function mergeBench(work: string): Promise<MergeRow[]> {
   }
   const rows: MergeRow[] = [];
   const runs: [number, number] = [5, 3];
-  for (const [label, env] of envs) {
-    const m = await medianCli(runs[0], ['cdimg', 'merge', d12, d23, d32, '--out', join(work, 'm.cdimg'), '--json'], env);
-    const r = await medianCli(1, ['cdimg', 'merge', d12, d23, d32, '--out', join(work, 'r.cdimg'), '--strategy', 'rediff', '--base', f[0], '--json'], env);
-    const d = await medianCli(runs[1], ['cdimg', 'diff', '--old', f[0], '--new', f[1], '--out', join(work, 'direct.cdimg'), '--json', '--no-progress'], env);
-    rows.push({
-      chain: 'libssl v1→v2→v3→v2 (3 steps)',
-      env: label,
-      runs,
-      mergeS: m.s,
-      mergeBytes: JSON.parse(m.stdout).deltaBytes,
-      rediffS: r.s,
-      rediffBytes: JSON.parse(r.stdout).deltaBytes,
-      directS: d.s,
-      directBytes: JSON.parse(d.stdout).deltaBytes,
-    });
+  for (const [ci, chain] of chains.entries()) {
+    const refs = await chain.refs();
+    const f = refs.map((_, i) => join(work, `m${ci}-${i + 1}.cdimg`));
+    for (let i = 0; i < refs.length; i++) await cli(['convert', '--image', refs[i], '--output', f[i], '--no-progress']);
+    const ds: string[] = [];
+    for (const [a, b] of chain.steps) {
+      const d = join(work, `m${ci}-d${a}${b}.cdimg`);
+      await cli(['cdimg', 'diff', '--old', f[a], '--new', f[b], '--out', d]);
+      ds.push(d);
+    }
+    const first = f[chain.steps[0][0]];
+    const last = f[chain.steps[chain.steps.length - 1][1]];
+    for (const [label, env] of envs) {
+      const m = await medianCli(runs[0], ['cdimg', 'merge', ...ds, '--out', join(work, 'm.cdimg'), '--json'], env);
+      const r = await medianCli(1, ['cdimg', 'merge', ...ds, '--out', join(work, 'r.cdimg'), '--strategy', 'rediff', '--base', first, '--json'], env);
+      const d = await medianCli(runs[1], ['cdimg', 'diff', '--old', first, '--new', last, '--out', join(work, 'direct.cdimg'), '--json', '--no-progress'], env);
+      rows.push({
+        chain: chain.name,
+        env: label,
+        runs,
+        mergeS: m.s,
+        mergeBytes: JSON.parse(m.stdout).deltaBytes,
+        rediffS: r.s,
+        rediffBytes: JSON.parse(r.stdout).deltaBytes,
+        directS: d.s,
+        directBytes: JSON.parse(d.stdout).deltaBytes,
+      });
+    }
   }
   return rows;
 }
