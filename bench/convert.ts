@@ -11,6 +11,7 @@ import { promisify } from 'node:util';
 import { buildDebImage, ImageName } from '../test/fixtures/debimages';
 import { writeSimpleImage } from '../src/oci/writer';
 import { packageRoot } from '../src/util/paths';
+import { median } from './stats';
 
 const run = promisify(execFile);
 const CLI = join(packageRoot(), 'dist', 'cli', 'ctr-cli.js');
@@ -35,7 +36,6 @@ async function timed(cmd: string, args: string[]): Promise<{ s: number; rssKiB: 
   return { s, rssKiB: rss, stdout: r.stdout };
 }
 
-const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
 /**
  * With NODE_EXTRA_CA_CERTS set, Node 20 parses that certificate file at every

@@ -19,6 +19,7 @@ import { packageRoot } from '../src/util/paths';
 import { writeSimpleImage } from '../src/oci/writer';
 import { CdimgReader } from '../src/format/reader';
 import { FileType } from '../src/format/types';
+import { median } from './stats';
 
 const run = promisify(execFile);
 const CLI = join(packageRoot(), 'dist', 'cli', 'ctr-cli.js');
@@ -71,8 +72,7 @@ async function medianCli(n: number, args: string[], env: NodeJS.ProcessEnv): Pro
     ts.push(r.s);
     stdout = r.stdout;
   }
-  ts.sort((a, b) => a - b);
-  return { s: ts[Math.floor(ts.length / 2)], stdout };
+  return { s: median(ts), stdout };
 }
 
 async function timed(cmd: string, args: string[]): Promise<{ s: number; rssKiB: number; stdout: string }> {
@@ -123,11 +123,6 @@ async function perFile(oldDir: string, newDir: string, oldIdx: CdimgReader, newI
 
 async function tarTree(dir: string, out: string): Promise<void> {
   await run('tar', ['--sort=name', '-cf', out, '-C', dir, '.']);
-}
-
-function median(xs: number[]): number {
-  const a = [...xs].sort((x, y) => x - y);
-  return a[Math.floor(a.length / 2)];
 }
 
 /**

@@ -54,6 +54,7 @@ import { LocalStore } from '../src/store/store';
 import { newToken } from '../src/server/auth';
 import { packageRoot } from '../src/util/paths';
 import { type PrivateContainerd, type SnapshotterProcess, runCommand, startContainerd, startSnapshotter, unmountAllUnder } from '../test/helpers/containerd';
+import { median } from './stats';
 
 // ---------------------------------------------------------------------------
 // Fixtures: a chain of real images as .cdimg files
@@ -250,7 +251,6 @@ async function digestsOf(layout: string, tag: string): Promise<Set<string>> {
   return new Set([man.config.digest, ...man.layers.map((l) => l.digest)]);
 }
 
-const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 const secondsSince = (t0: bigint): number => Number(process.hrtime.bigint() - t0) / 1e9;
 
 /**

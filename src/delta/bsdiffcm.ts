@@ -84,7 +84,12 @@ const STRETCH = (() => {
 // Binary arithmetic coder (32-bit range, carry-less, bytes most significant first)
 // ---------------------------------------------------------------------------
 
-class Encoder {
+/** Something that codes one binary decision with P(1) = p1/4096 and returns the bit. */
+interface BitCoder {
+  code(bit: number, p1: number): number;
+}
+
+class Encoder implements BitCoder {
   private x1 = 0;
   private x2 = 0xffffffff;
   private out: Buffer;
@@ -104,6 +109,11 @@ class Encoder {
       this.x2 = ((this.x2 << 8) | 255) >>> 0;
     }
   }
+  /** BitCoder: code the model's decision as given. */
+  code(bit: number, p1: number): number {
+    this.bit(bit, p1);
+    return bit;
+  }
   private put(b: number): void {
     if (this.len === this.out.length) {
       const n = Buffer.allocUnsafe(this.out.length * 2);
@@ -122,7 +132,7 @@ class Encoder {
   }
 }
 
-class Decoder {
+class Decoder implements BitCoder {
   private x1 = 0;
   private x2 = 0xffffffff;
   private x = 0;
@@ -154,6 +164,10 @@ class Decoder {
     }
     return bit;
   }
+  /** BitCoder: the decision comes from the stream, not from the model's argument. */
+  code(_bit: number, p1: number): number {
+    return this.bit(p1);
+  }
   /** Bytes consumed (the encoder's output length when the stream is intact). */
   get consumed(): number {
     return this.pos;
@@ -175,10 +189,6 @@ function hash(a: number, b: number): number {
   return (imul(a, 0x9e3779b1) ^ imul(b + 0x7f4a7c15, 0x85ebca77)) >>> 0;
 }
 
-/** Something that codes one binary decision with P(1) = p1/4096 and returns the bit. */
-interface BitCoder {
-  code(bit: number, p1: number): number;
-}
 
 /**
  * Run the model over the diff stream: encode `diff` (when given) or decode into a new
@@ -362,12 +372,7 @@ export function cmEncodeDiff(diff: Uint8Array, ou: Uint8Array, engine?: CmEngine
   const n = engine === 'typescript' ? null : native();
   if (n) return n.cmEncode(diff, ou);
   const enc = new Encoder(diff.length >> 4);
-  runModel(ou, diff, {
-    code(bit: number, p1: number): number {
-      enc.bit(bit, p1);
-      return bit;
-    },
-  });
+  runModel(ou, diff, enc);
   return enc.finish();
 }
 
@@ -387,11 +392,7 @@ export function cmDecodeDiff(packed: Uint8Array, ou: Uint8Array, engine?: CmEngi
     }
   }
   const dec = new Decoder(packed);
-  const diff = runModel(ou, null, {
-    code(_bit: number, p1: number): number {
-      return dec.bit(p1);
-    },
-  });
+  const diff = runModel(ou, null, dec);
   return { diff, consumed: dec.consumed };
 }
 
@@ -569,12 +570,7 @@ export function cmbEncodeDiff(diff: Uint8Array, ou: Uint8Array, engine?: CmEngin
     const a = s * L;
     const b = min(n, a + L);
     const enc = new Encoder((b - a) >> 4);
-    runBlocks(ou.subarray(a, b), diff.subarray(a, b), null, {
-      code(bit: number, p1: number): number {
-        enc.bit(bit, p1);
-        return bit;
-      },
-    });
+    runBlocks(ou.subarray(a, b), diff.subarray(a, b), null, enc);
     const part = enc.finish();
     head.writeUInt32LE(part.length, 4 + 4 * s);
     parts.push(part);
@@ -619,11 +615,7 @@ export function cmbDecodeDiff(packed: Uint8Array, ou: Uint8Array, literals: Uint
     const a = s * L;
     const b = min(n, a + L);
     const dec = new Decoder(buf.subarray(pos, pos + lens[s]));
-    runBlocks(ou.subarray(a, b), null, out.subarray(a, b), {
-      code(_bit: number, p1: number): number {
-        return dec.bit(p1);
-      },
-    });
+    runBlocks(ou.subarray(a, b), null, out.subarray(a, b), dec);
     if (dec.consumed !== lens[s]) throw corrupt('bsdiff: coded diff segment has the wrong length');
     pos += lens[s];
   }

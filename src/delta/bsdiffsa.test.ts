@@ -161,8 +161,8 @@ describe('native encoder bsdiff-sa', () => {
   it('both packings (split zstd streams and the context-mixing coder) decode', () => {
     const { base, target } = fakeBinaries(400_000, 9);
     const s = bsdiffStreams(base, target);
-    const split = _internal.bsdiffPack(s, base, target, 19, false, false);
-    const cm = _internal.bsdiffPack(s, base, target, 19, false, true);
+    const split = _internal.bsdiffPack(s, base, target, 19, false, 'split');
+    const cm = _internal.bsdiffPack(s, base, target, 19, false, 'cm');
     expect(split[24 + 12]).toBe(1); // runs section: zstd
     expect(cm[24 + 12]).toBe(3); // runs section: context mixing
     for (const p of [split, cm]) expect(applyPatch(base, p, 'bsdiff', target.length).equals(target)).toBe(true);

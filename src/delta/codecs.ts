@@ -947,9 +947,9 @@ const BSDIFF_CM_ONLY_ABOVE = 1 << 20;
 export const BSDIFF_CM_DEFAULT_MAX = 2 << 20;
 
 /** Pack BSDIFF40 streams into container v2. */
-function bsdiffPack(s: BsdiffStreams, base: Buffer, target: Buffer, level: number, tryBrotli: boolean, diffCoder: boolean | 'cm' | 'cmb' = 'cm'): Buffer {
-  // false: split streams only; true / 'cm': method 3; 'cmb': method 4
-  const coder = diffCoder === false ? null : diffCoder === 'cmb' ? Method.CMB : Method.CM;
+function bsdiffPack(s: BsdiffStreams, base: Buffer, target: Buffer, level: number, tryBrotli: boolean, diffCoder: 'split' | 'cm' | 'cmb' = 'cm'): Buffer {
+  // 'split': split streams only; 'cm': method 3; 'cmb': method 4
+  const coder = diffCoder === 'split' ? null : diffCoder === 'cmb' ? Method.CMB : Method.CM;
   const n = s.ctrl.length / 24;
   const cx = new VarintWriter(n * 2);
   const cy = new VarintWriter(n * 2);
@@ -981,21 +981,21 @@ function bsdiffPack(s: BsdiffStreams, base: Buffer, target: Buffer, level: numbe
   }
   const raws = [control, runs.bytes(), lits, s.extra];
   let packed: { method: Method; data: Buffer }[];
-  let cm: Buffer | null = null;
+  let coded: { method: Method; data: Buffer } | null = null;
   if (coder !== null && d.length > 0) {
     const ou = oldUnderDiff(base, xs, zs, d.length);
-    cm = coder === Method.CMB ? cmbEncodeDiff(d, ou) : cmEncodeDiff(d, ou);
+    coded = { method: coder, data: coder === Method.CMB ? cmbEncodeDiff(d, ou) : cmEncodeDiff(d, ou) };
   }
   // method 4 keeps the literals section; method 3 codes the literals too
   const cmLits = () => (coder === Method.CMB ? packSection(lits, level, tryBrotli) : { method: Method.STORED, data: Buffer.alloc(0) });
-  if (cm && coder !== null && (d.length > BSDIFF_CM_ONLY_ABOVE || tryBrotli)) {
-    packed = [packSection(control, level, tryBrotli), { method: coder, data: cm }, cmLits(), packSection(s.extra, level, tryBrotli)];
+  if (coded && (d.length > BSDIFF_CM_ONLY_ABOVE || tryBrotli)) {
+    packed = [packSection(control, level, tryBrotli), coded, cmLits(), packSection(s.extra, level, tryBrotli)];
   } else {
     packed = raws.map((r) => packSection(r, level, tryBrotli));
-    if (cm && coder !== null) {
+    if (coded) {
       const l = cmLits();
-      if (cm.length + l.data.length < packed[1].data.length + packed[2].data.length) {
-        packed[1] = { method: coder, data: cm };
+      if (coded.data.length + l.data.length < packed[1].data.length + packed[2].data.length) {
+        packed[1] = coded;
         packed[2] = l;
       }
     }

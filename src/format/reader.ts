@@ -9,7 +9,7 @@ import { sha256, digestFromRaw } from '../util/digest';
 import { decodeIndex } from './codec';
 import { FLAG_INDEX_ZSTD } from './writer';
 import { Blob, Chunk, Codec, Encoding, Entry, HEADER_SIZE, Index, Kind, LIMITS, MAGIC, FORMAT_VERSION } from './types';
-import { validateIndex } from './validate';
+import { validateIndex, validateIndexHead } from './validate';
 import { zstdUnframe as decompressFull } from './zstd';
 
 export interface HeaderInfo {
@@ -180,9 +180,7 @@ export class CdimgReader {
         index = known.index;
       } else {
         index = decodeIndex(await readVerifiedIndex(fh, header, path), { tree: false });
-        if (index.imageId.length !== 32 || (index.kind !== Kind.FULL && index.kind !== Kind.DELTA) || (index.kind === Kind.DELTA && index.parentId.length !== 32)) {
-          throw corrupt('index has malformed image ids or kind');
-        }
+        validateIndexHead(index);
       }
       const isDelta = index.kind === Kind.DELTA;
       return {

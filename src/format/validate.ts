@@ -16,11 +16,16 @@ export interface ValidatedIndex {
   byPath: Map<string, Entry>;
 }
 
-export function validateIndex(index: Index, blobSectionEnd: number, headerSize: number): ValidatedIndex {
+/** The index's version, kind and ids: what a reader of its image information alone relies on. */
+export function validateIndexHead(index: Index): void {
   if (index.formatVersion !== FORMAT_VERSION) throw corrupt(`index says format version ${index.formatVersion}, expected ${FORMAT_VERSION}`);
   if (index.kind !== Kind.FULL && index.kind !== Kind.DELTA) throw corrupt(`unknown image kind ${index.kind}`);
   if (!isDigest(index.imageId)) throw corrupt('index has no valid image id');
   if (index.kind === Kind.DELTA && !isDigest(index.parentId)) throw corrupt('delta has no valid parent id');
+}
+
+export function validateIndex(index: Index, blobSectionEnd: number, headerSize: number): ValidatedIndex {
+  validateIndexHead(index);
   if (index.entries.length > LIMITS.maxEntries) throw hostile(`index has ${index.entries.length} entries, over the limit`);
   if (index.chunkSize <= 0 || index.chunkSize > LIMITS.maxChunkSize) throw corrupt(`invalid chunk size ${index.chunkSize}`);
 

@@ -363,7 +363,6 @@ export class FuseFileSystem implements FileSystem {
   }
 }
 
-/** The verified chain of .cdimg paths of `imageId` in the local store at `storeRoot`. */
 /**
  * The files of `imageId`'s chain in the store, full image first. They are not
  * opened here: the manager opens, verifies and checks them as a chain before

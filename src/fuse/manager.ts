@@ -236,7 +236,6 @@ export class FuseManager {
   // Internals
   // -------------------------------------------------------------------------
 
-  /** Removes the cached contents that no mounted or detached (still referenced) image holds. */
   /**
    * An update was mounted: `fs` serves an image that is a delta from one a
    * mount here has been serving. The new versions of the contents the old
@@ -297,6 +296,7 @@ export class FuseManager {
     );
   }
 
+  /** Removes the cached contents that no mounted or detached (still referenced) image holds. */
   private collectCache(): void {
     for (const fs of this.detached) if (!fs.serving()) this.detached.delete(fs);
     const serving = [...[...this.mounts.values()].map((s) => s.fs), ...this.detached];
