@@ -43,3 +43,11 @@ export function cmDecode(packed: Uint8Array, oldUnder: Uint8Array): { diff: Buff
 
 /** Version of this addon and of libdivsufsort. */
 export const version: string;
+
+/**
+ * bspatch's loop: for each control triple (x, y, z), x bytes of `diff` plus the `base`
+ * bytes under them (bytes outside the base count as zero), then y bytes of `extra`, then a
+ * seek of the base by z. Returns `size` bytes; throws (code 'ECORRUPT') when the triples
+ * do not cover diff, extra and the output exactly, or a seek leaves ±2^52.
+ */
+export function bsApply(diff: Uint8Array, extra: Uint8Array, xs: Float64Array, ys: Float64Array, zs: Float64Array, base: Uint8Array, size: number): Buffer;

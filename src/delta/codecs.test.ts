@@ -32,6 +32,7 @@ import {
   encodePatch,
   LEVELS,
   PatchCodecId,
+  setBsdiffApplyEngine,
 } from './codecs';
 import { D4fsError } from '../errors';
 
@@ -405,9 +406,13 @@ describe('patches', () => {
   });
 });
 
-describe('damaged and hostile patches', () => {
+// bspatch's loop runs in C when the addon has it, else in TypeScript: both must give the
+// same bytes and refuse the same damaged patches.
+describe.each(['auto', 'typescript'] as const)('damaged and hostile patches (bspatch loop: %s)', (engine) => {
   const base = makeText(4000, 30);
   const target = editText(base, 31);
+  beforeAll(() => setBsdiffApplyEngine(engine));
+  afterAll(() => setBsdiffApplyEngine('auto'));
 
   it.each(PATCH_CODECS)('%s: every truncation is refused', (codec) => {
     const patch = encodePatch(base, target, codec, 3);
@@ -470,6 +475,37 @@ describe('damaged and hostile patches', () => {
     // Diff region entirely outside the base: the diff bytes are copied as they are.
     const p2 = container(2, [[0, 0, 5000], [2, 0, 0]], Buffer.from('hi'), Buffer.alloc(0), zlib.crc32(Buffer.from('hi')));
     expect(applyPatch(old, p2, 'bsdiff', 2).toString()).toBe('hi');
+  });
+
+  it('bsdiff: random programs (seeks before, inside and past the base) give what a plain bspatch loop gives', () => {
+    const r = prng(4242);
+    for (let round = 0; round < 200; round++) {
+      const old = Buffer.from(Array.from({ length: r() % 300 }, () => r() & 255));
+      const triples: Array<[number, number, number]> = [];
+      const diffParts: Buffer[] = [];
+      const extraParts: Buffer[] = [];
+      const want: number[] = [];
+      let oldPos = 0;
+      for (let t = r() % 12; t >= 0; t--) {
+        const x = r() % 70;
+        const y = r() % 20;
+        const z = (r() % 3 === 0 ? -1 : 1) * (r() % (r() % 5 === 0 ? 5000 : 120));
+        const d = Buffer.from(Array.from({ length: x }, () => (r() % 4 === 0 ? r() & 255 : 0)));
+        const e = Buffer.from(Array.from({ length: y }, () => r() & 255));
+        for (let k = 0; k < x; k++) {
+          const o = oldPos + k;
+          want.push((d[k] + (o >= 0 && o < old.length ? old[o] : 0)) & 255);
+        }
+        for (const b of e) want.push(b);
+        oldPos += x + z;
+        triples.push([x, y, z]);
+        diffParts.push(d);
+        extraParts.push(e);
+      }
+      const w = Buffer.from(want);
+      const p = container(w.length, triples, Buffer.concat(diffParts), Buffer.concat(extraParts), zlib.crc32(w));
+      expect(applyPatch(old, p, 'bsdiff', w.length).equals(w)).toBe(true);
+    }
   });
 
   it('bsdiff: hostile control streams are refused', () => {

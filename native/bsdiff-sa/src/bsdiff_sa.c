@@ -718,6 +718,83 @@ static napi_value js_cmb_decode(napi_env env, napi_callback_info info) {
   return buf;
 }
 
+static int get_f64(napi_env env, napi_value v, const double **p, size_t *len) {
+  bool is;
+  if (napi_is_typedarray(env, v, &is) != napi_ok || !is) return -1;
+  napi_typedarray_type type;
+  size_t n, off;
+  void *data;
+  napi_value ab;
+  if (napi_get_typedarray_info(env, v, &type, &n, &data, &ab, &off) != napi_ok) return -1;
+  if (type != napi_float64_array) return -1;
+  *p = (const double *)data;
+  *len = n;
+  return 0;
+}
+
+/* o[k] += b[k] (mod 256) for k < n, eight bytes at a time (SWAR: the low seven bits of
+ * each byte add without carrying into the next byte; the top bits are xor-ed in) */
+static void add_bytes(uint8_t *o, const uint8_t *b, size_t n) {
+  const uint64_t lo7 = 0x7f7f7f7f7f7f7f7fULL, hi1 = 0x8080808080808080ULL;
+  size_t k = 0;
+  for (; k + 8 <= n; k += 8) {
+    uint64_t a, c;
+    memcpy(&a, o + k, 8);
+    memcpy(&c, b + k, 8);
+    uint64_t r = ((a & lo7) + (c & lo7)) ^ ((a ^ c) & hi1);
+    memcpy(o + k, &r, 8);
+  }
+  for (; k < n; k++) o[k] = (uint8_t)(o[k] + b[k]);
+}
+
+/*
+ * bsApply(diff, extra, xs, ys, zs, base, size) -> Buffer of `size` bytes: bspatch's loop
+ * (for each triple: x bytes of diff plus the base bytes under them, base bytes outside
+ * the base counting as zero; then y bytes of extra; then seek the base by z). The caller
+ * has checked that the x add up to diff's length, the y to extra's, and x + y to size;
+ * they are checked again here (ECORRUPT), as is every seek (|position| < 2^52).
+ */
+static napi_value js_bs_apply(napi_env env, napi_callback_info info) {
+  size_t argc = 7;
+  napi_value argv[7];
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 7) return throw_code(env, "EINVAL", "bsApply(diff, extra, xs, ys, zs, base, size) needs seven arguments");
+  const uint8_t *diff, *extra, *base;
+  const double *xs, *ys, *zs;
+  size_t nd, ne, nb, nx, ny, nz;
+  if (get_bytes(env, argv[0], &diff, &nd) || get_bytes(env, argv[1], &extra, &ne) || get_bytes(env, argv[5], &base, &nb)) return throw_code(env, "EINVAL", "bsApply: diff, extra and base must be Uint8Arrays");
+  if (get_f64(env, argv[2], &xs, &nx) || get_f64(env, argv[3], &ys, &ny) || get_f64(env, argv[4], &zs, &nz) || nx != ny || nx != nz) return throw_code(env, "EINVAL", "bsApply: xs, ys and zs must be Float64Arrays of one length");
+  double sized;
+  if (napi_get_value_double(env, argv[6], &sized) != napi_ok || !(sized >= 0) || sized > 281474976710655.0 || sized != (double)(size_t)sized) return throw_code(env, "EINVAL", "bsApply: size must be a non-negative integer");
+  size_t size = (size_t)sized;
+  void *data;
+  napi_value buf;
+  if (napi_create_buffer(env, size ? size : 1, &data, &buf) != napi_ok) return throw_code(env, "ENOMEM", "bsApply: out of memory");
+  uint8_t *out = data;
+  size_t np = 0, dp = 0, ep = 0;
+  int64_t op = 0;
+  const int64_t lim = (int64_t)1 << 52, blen = (int64_t)nb;
+  for (size_t t = 0; t < nx; t++) {
+    double xd = xs[t], yd = ys[t], zd = zs[t];
+    if (!(xd >= 0 && yd >= 0) || xd > (double)lim || yd > (double)lim || !(zd > -4.6e18 && zd < 4.6e18)) return throw_code(env, "ECORRUPT", "bsdiff: control triple out of range");
+    size_t x = (size_t)xd, y = (size_t)yd;
+    if (x > nd - dp || x > size - np) return throw_code(env, "ECORRUPT", "bsdiff: add section outside the diff stream");
+    memcpy(out + np, diff + dp, x);
+    /* [lo, hi): where the base has bytes under this add section */
+    int64_t lo = op < 0 ? (-op < (int64_t)x ? -op : (int64_t)x) : 0;
+    int64_t hi = blen - op < (int64_t)x ? blen - op : (int64_t)x;
+    if (hi > lo) add_bytes(out + np + lo, base + op + lo, (size_t)(hi - lo));
+    np += x; dp += x; op += (int64_t)x;
+    if (y > ne - ep || y > size - np) return throw_code(env, "ECORRUPT", "bsdiff: copy section outside the extra stream");
+    memcpy(out + np, extra + ep, y);
+    np += y; ep += y;
+    op += (int64_t)zd;
+    if (op > lim || op < -lim) return throw_code(env, "ECORRUPT", "bsdiff: seek out of range");
+  }
+  if (np != size || dp != nd || ep != ne) return throw_code(env, "ECORRUPT", "bsdiff: control stream does not cover the output");
+  if (size == 0 && napi_create_buffer(env, 0, &data, &buf) != napi_ok) return NULL;
+  return buf;
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_value fn, ver;
   if (napi_create_function(env, "diff", NAPI_AUTO_LENGTH, js_diff, NULL, &fn) != napi_ok) return NULL;
@@ -730,6 +807,8 @@ static napi_value init(napi_env env, napi_value exports) {
   if (napi_set_named_property(env, exports, "cmbEncode", fn) != napi_ok) return NULL;
   if (napi_create_function(env, "cmbDecode", NAPI_AUTO_LENGTH, js_cmb_decode, NULL, &fn) != napi_ok) return NULL;
   if (napi_set_named_property(env, exports, "cmbDecode", fn) != napi_ok) return NULL;
+  if (napi_create_function(env, "bsApply", NAPI_AUTO_LENGTH, js_bs_apply, NULL, &fn) != napi_ok) return NULL;
+  if (napi_set_named_property(env, exports, "bsApply", fn) != napi_ok) return NULL;
   char v[96];
   snprintf(v, sizeof v, "bsdiff-sa 0.1.0, libdivsufsort %s", divsufsort_version());
   if (napi_create_string_utf8(env, v, NAPI_AUTO_LENGTH, &ver) != napi_ok) return NULL;

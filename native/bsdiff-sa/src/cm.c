@@ -463,7 +463,16 @@ int cmb_decode(const uint8_t *packed, size_t plen, const uint8_t *ou, size_t n, 
   /* the non-zero bytes, in order: exactly one per flagged position, none of them zero */
   size_t j = 0;
   for (size_t i = 0; i < n; i++) {
-    if (!out[i]) continue;
+    if (!out[i]) {
+      /* most of the stream is unchanged: skip zero words */
+      while (i + 8 <= n) {
+        uint64_t w;
+        memcpy(&w, out + i, 8);
+        if (w) break;
+        i += 8;
+      }
+      if (i >= n || !out[i]) continue;
+    }
     if (j == nlits || !lits[j]) return 1;
     out[i] = lits[j++];
   }
