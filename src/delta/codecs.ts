@@ -1185,7 +1185,7 @@ function bsdiffApply(base: Buffer, patch: Buffer, expectedSize: number): Buffer 
   if (magic === BSDIFF2_CONTAINER_MAGIC) p = parseBsdiffV2(patch, expectedSize, base);
   else if (magic === BSDIFF_CONTAINER_MAGIC && patch.length >= BSDIFF_HEADER_SIZE) p = parseBsdiffV1(patch, expectedSize);
   else throw corrupt('bsdiff: not a d4fs bsdiff patch');
-  const out = assemble(p, base, expectedSize, bsdiffApplyEngine);
+  const out = assemble(p, base, expectedSize);
   if (crc32(out) !== p.crc) throw corrupt('bsdiff: result does not match the patch CRC (wrong base or damaged patch)');
   return out;
 }
@@ -1201,9 +1201,9 @@ export function setBsdiffApplyEngine(e: 'auto' | 'typescript'): void {
  * per-byte add over a 10 MiB binary takes ~35 ms in JavaScript, ~2 ms there); the
  * TypeScript loop is the fallback. Both refuse the same damaged programs.
  */
-function assemble(p: BsdiffProgram, base: Buffer, expectedSize: number, engine: 'auto' | 'typescript'): Buffer {
+function assemble(p: BsdiffProgram, base: Buffer, expectedSize: number): Buffer {
   const { xs, ys, zs, diff, extra } = p;
-  const nat = engine === 'auto' ? bsdiffSa() : null;
+  const nat = bsdiffApplyEngine === 'auto' ? bsdiffSa() : null;
   if (nat?.bsApply) {
     try {
       return nat.bsApply(diff, extra, xs, ys, zs, base, expectedSize);

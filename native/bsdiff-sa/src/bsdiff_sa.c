@@ -493,7 +493,8 @@ static napi_value throw_code(napi_env env, const char *code, const char *msg) {
   return NULL;
 }
 
-static int get_bytes(napi_env env, napi_value v, const uint8_t **p, size_t *len) {
+/* the data and element count of a typed array of `want` type; -1 for anything else */
+static int get_typed(napi_env env, napi_value v, napi_typedarray_type want, const void **p, size_t *len) {
   bool is;
   if (napi_is_typedarray(env, v, &is) != napi_ok || !is) return -1;
   napi_typedarray_type type;
@@ -501,10 +502,18 @@ static int get_bytes(napi_env env, napi_value v, const uint8_t **p, size_t *len)
   void *data;
   napi_value ab;
   if (napi_get_typedarray_info(env, v, &type, &n, &data, &ab, &off) != napi_ok) return -1;
-  if (type != napi_uint8_array) return -1;
-  *p = n ? (const uint8_t *)data : (const uint8_t *)"";
+  if (type != want) return -1;
+  *p = n ? (const void *)data : (const void *)"";
   *len = n;
   return 0;
+}
+
+static int get_bytes(napi_env env, napi_value v, const uint8_t **p, size_t *len) {
+  return get_typed(env, v, napi_uint8_array, (const void **)p, len);
+}
+
+static int get_f64(napi_env env, napi_value v, const double **p, size_t *len) {
+  return get_typed(env, v, napi_float64_array, (const void **)p, len);
 }
 
 static int get_number_prop(napi_env env, napi_value obj, const char *name, double *out) {
@@ -716,20 +725,6 @@ static napi_value js_cmb_decode(napi_env env, napi_callback_info info) {
   if (rc) return throw_code(env, "ENOMEM", "cmbDecode: out of memory");
   if (n == 0 && napi_create_buffer(env, 0, &data, &buf) != napi_ok) return NULL;
   return buf;
-}
-
-static int get_f64(napi_env env, napi_value v, const double **p, size_t *len) {
-  bool is;
-  if (napi_is_typedarray(env, v, &is) != napi_ok || !is) return -1;
-  napi_typedarray_type type;
-  size_t n, off;
-  void *data;
-  napi_value ab;
-  if (napi_get_typedarray_info(env, v, &type, &n, &data, &ab, &off) != napi_ok) return -1;
-  if (type != napi_float64_array) return -1;
-  *p = (const double *)data;
-  *len = n;
-  return 0;
 }
 
 /* o[k] += b[k] (mod 256) for k < n, eight bytes at a time (SWAR: the low seven bits of
