@@ -170,6 +170,7 @@ export async function loadImage(opts: LoadImageOptions): Promise<LoadImageResult
     const leaseId = `d4fs-load-${randomId()}`;
     await client.leases.create(leaseId, { [GC_EXPIRE]: new Date(Date.now() + LEASE_EXPIRY_MS).toISOString() });
     const leased = client.withLease(leaseId);
+    let loaded = false;
     try {
       // The lease holds all three, so they may land in any order.
       await Promise.all([
@@ -203,6 +204,7 @@ export async function loadImage(opts: LoadImageOptions): Promise<LoadImageResult
       }
 
       const image = await putImageRecord(leased, name, manifest.descriptor, { [D4FS_IMAGE_RECORD_ID]: imageId });
+      loaded = true;
       return {
         name,
         imageId,
@@ -216,8 +218,10 @@ export async function loadImage(opts: LoadImageOptions): Promise<LoadImageResult
         image,
       };
     } finally {
-      // Not sync: what the image record now holds stays, the rest is collected.
-      await client.leases.delete(leaseId).catch(() => undefined);
+      // Loaded: not sync, what the image record now holds stays and the rest is collected
+      // when containerd next collects. Failed: sync, so that what this load wrote is gone
+      // when the command reports the error, not at some later collection.
+      await client.leases.delete(leaseId, !loaded).catch(() => undefined);
     }
   } finally {
     if (owned) client.close();
