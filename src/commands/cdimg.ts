@@ -6,7 +6,7 @@ import { Codec, Encoding, Entry, FileType } from '../format/types';
 import { corrupt, invalidArgument } from '../errors';
 import { digestFromRaw } from '../util/digest';
 import { registerDelta } from './delta';
-import { action, addRegistryOptions, humanBytes, parseIntOpt, parseLevel, parseSize, printJson, progressReporter, registryOptionsOf } from './common';
+import { action, addRegistryOptions, humanBytes, parseIntOpt, parseLevel, parseSize, printJson, progressReporter, registryOptionsOf, say, sayErr } from './common';
 
 const TYPE_NAMES: Record<number, string> = {
   [FileType.REG]: 'file',
@@ -115,7 +115,7 @@ export function registerCdimg(program: Command): void {
           const t = s.types as Record<string, number>;
           const enc = s.encodings as Record<string, number>;
           const cfg = s.config as Record<string, unknown>;
-          process.stdout.write(
+          say(
             [
               `${path}: ${s.kind} image, format v${s.formatVersion}, ${humanBytes(r.fileSize)}`,
               `  image id      ${s.imageId}`,
@@ -154,7 +154,7 @@ export function registerCdimg(program: Command): void {
         const res = await verifyCdimg(path, o.threads);
         if (o.json) printJson(res);
         else
-          process.stdout.write(
+          say(
             `${path}: OK — index matches root digest ${res.rootDigest}; ${res.chunks} chunks (${humanBytes(res.storedBytes)}) verified, ${res.contentsVerified} contents decoded and verified` +
               (res.patchChunks ? `; ${res.patchChunks} patch chunks checked by stored digest (their base is not in this file)` : '') +
               '\n',
@@ -167,15 +167,17 @@ export function registerCdimg(program: Command): void {
     .argument('<file>', 'the .cdimg file')
     .argument('<dir>', 'destination (new or empty directory)')
     .option('-t, --threads <n>', 'worker threads', parseIntOpt('threads', 1, 256))
+    .option('--no-devices', 'do not create device nodes (untrusted images)')
+    .option('--no-setuid', 'clear setuid/setgid bits and drop file capabilities (untrusted images)')
     .option('--json', 'JSON output')
     .action(
-      action(async (file: string, dir: string, o: { threads?: number; json?: boolean }) => {
+      action(async (file: string, dir: string, o: { threads?: number; json?: boolean; devices: boolean; setuid: boolean }) => {
         const { unpackImage } = await import('../unpack/unpack');
-        const r = await unpackImage(file, dir, { threads: o.threads });
+        const r = await unpackImage(file, dir, { threads: o.threads, noDevices: !o.devices, noSetuid: !o.setuid });
         if (o.json) printJson(r);
         else {
-          process.stdout.write(`unpacked ${file} -> ${dir}: ${r.entries} entries, ${r.files} files, ${humanBytes(r.bytes)} in ${r.seconds.toFixed(2)} s\n`);
-          for (const w of r.warnings.slice(0, 20)) process.stderr.write(`warning: ${w}\n`);
+          say(`unpacked ${file} -> ${dir}: ${r.entries} entries, ${r.files} files, ${humanBytes(r.bytes)} in ${r.seconds.toFixed(2)} s\n`);
+          for (const w of r.warnings.slice(0, 20)) sayErr(`warning: ${w}\n`);
           if (r.warnings.length > 20) process.stderr.write(`warning: … and ${r.warnings.length - 20} more\n`);
         }
       }),

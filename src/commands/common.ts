@@ -3,6 +3,7 @@ import { Command, InvalidArgumentError } from 'commander';
 import { D4fsError, EXIT_CODES, toD4fsError } from '../errors';
 import type { RegistryOptions } from '../oci/registry/options';
 import { LEVELS } from '../convert/levels';
+import { forTerminal, linesForTerminal } from '../util/text';
 import type { ProgressEvent } from '../convert/convert';
 
 export interface GlobalFlags {
@@ -14,9 +15,19 @@ export interface GlobalFlags {
 /** Print one actionable line and exit with the code of the error's kind. */
 export function fail(e: unknown, debug = false): never {
   const err = toD4fsError(e);
-  process.stderr.write(`ctr-cli: error: ${err.message}\n`);
+  process.stderr.write(`ctr-cli: error: ${forTerminal(err.message)}\n`);
   if (debug && (e as Error)?.stack) process.stderr.write(`${(e as Error).stack}\n`);
   process.exit(EXIT_CODES[err.kind]);
+}
+
+/** Human output on stdout: text from images, servers and registries cannot drive the terminal (see util/text). */
+export function say(text: string): boolean {
+  return process.stdout.write(linesForTerminal(text));
+}
+
+/** Human output on stderr, escaped like {@link say}. */
+export function sayErr(text: string): boolean {
+  return process.stderr.write(linesForTerminal(text));
 }
 
 /** End the process once what was written to stdout and stderr has gone out (for commands that are done). */

@@ -5,7 +5,7 @@
 import { Command } from 'commander';
 import { convertImage } from '../convert/convert';
 import { invalidArgument } from '../errors';
-import { action, addRegistryOptions, exitNow, humanBytes, parseIntOpt, parseLevel, parseSize, printJson, progressReporter, registryOptionsOf } from './common';
+import { action, addRegistryOptions, exitNow, humanBytes, parseIntOpt, parseLevel, parseSize, printJson, progressReporter, registryOptionsOf, say } from './common';
 import { takePrestartedPool } from './prestart';
 
 export function registerConvert(program: Command): void {
@@ -46,7 +46,7 @@ export function registerConvert(program: Command): void {
         prog.stop();
         if (o.json) printJson(r);
         else
-          process.stdout.write(
+          say(
             `converted ${ref} -> ${r.output}\n` +
               `  image id     ${r.imageId}\n  root digest  ${r.rootDigest}\n` +
               `  entries      ${r.entries} (${r.regularFiles} files, ${r.distinctContents} distinct contents, ${humanBytes(r.contentBytes)})\n` +

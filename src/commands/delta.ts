@@ -9,7 +9,7 @@ import type { CodecChoice } from '../delta/diff';
 import type { DeltaSummary } from '../delta/summary';
 import type { LevelPreset } from '../delta/codecs';
 import { invalidArgument } from '../errors';
-import { action, addRegistryOptions, humanBytes, parseIntOpt, printJson, progressReporter, registryOptionsOf } from './common';
+import { action, addRegistryOptions, humanBytes, parseIntOpt, printJson, progressReporter, registryOptionsOf, say } from './common';
 
 function parseChoice<T extends string>(name: string, allowed: readonly T[]) {
   return (v: string): T => {
@@ -20,7 +20,7 @@ function parseChoice<T extends string>(name: string, allowed: readonly T[]) {
 
 export function printSummary(verb: string, s: DeltaSummary): void {
   const f = s.files;
-  process.stdout.write(
+  say(
     `${verb} -> ${s.output}\n` +
       `  files        ${f.same} same, ${f.patched} patched, ${f.full} full, ${f.removed} removed\n` +
       (s.contents.auxiliary ? `  auxiliary    ${s.contents.auxiliary} base contents carried for composed patches\n` : '') +
@@ -131,7 +131,7 @@ export function registerDelta(cd: Command): void {
         if (o.json) printJson(r);
         else {
           printSummary(`patch ${base} + ${deltas.length} delta(s)`, r.summary);
-          process.stdout.write(`  image id     ${r.imageId}\n  root digest  ${r.rootDigest}\n  full image   ${humanBytes(r.fileSize)}\n`);
+          say(`  image id     ${r.imageId}\n  root digest  ${r.rootDigest}\n  full image   ${humanBytes(r.fileSize)}\n`);
         }
       }),
     );
@@ -148,7 +148,7 @@ export function registerDelta(cd: Command): void {
       const { exportImage } = await import('../oci/export');
       const r = await exportImage(file, o.to as string, { threads: o.threads as number | undefined, registry: registryOptionsOf(o as never) });
       if (o.json) printJson(r);
-      else process.stdout.write(`exported ${file} -> ${r.to}\n  manifest     ${r.manifestDigest}\n  config       ${r.configDigest}\n  layer        ${r.layerDigest} (${humanBytes(r.layerBytes)})\n  time         ${r.seconds.toFixed(2)} s\n`);
+      else say(`exported ${file} -> ${r.to}\n  manifest     ${r.manifestDigest}\n  config       ${r.configDigest}\n  layer        ${r.layerDigest} (${humanBytes(r.layerBytes)})\n  time         ${r.seconds.toFixed(2)} s\n`);
     }),
   );
 }

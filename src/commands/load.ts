@@ -14,7 +14,7 @@ import { DEFAULT_CONTAINERD_ADDRESS, DEFAULT_NAMESPACE, ContainerdClient } from 
 import { DEFAULT_SNAPSHOTTER, type LoadImageResult, imagesInUse, loadImage, unloadImage } from '../containerd/load';
 import { invalidArgument, notFound } from '../errors';
 import { LocalStore, type StoredFile, checkImageName } from '../store/store';
-import { action, humanBytes, printJson } from './common';
+import { action, humanBytes, printJson, say } from './common';
 
 /** The local store's default directory (overridden by $D4FS_STORE and --store). */
 export const DEFAULT_STORE = '/var/lib/d4fs/store';
@@ -131,7 +131,7 @@ function registerLoadCommand(program: Command): void {
         } else {
           out += '  containerd   not told (--no-containerd)\n';
         }
-        process.stdout.write(out);
+        say(out);
       } finally {
         store.close();
       }
@@ -156,7 +156,7 @@ function registerImagesCommand(program: Command): void {
           }
           const lines = [['NAME', 'IMAGE ID', 'CHAIN', 'FILES', 'SIZE']];
           for (const r of rows) lines.push([r.name, shortId(r.imageId), chainText(r.chain), String(r.chain?.length ?? 0), r.chain ? humanBytes(r.chainBytes) : '-']);
-          process.stdout.write(table(lines));
+          say(table(lines));
         } finally {
           store.close();
         }
@@ -212,7 +212,7 @@ function registerRmiCommand(program: Command): void {
         out += `collected ${collected.length} file${collected.length === 1 ? '' : 's'} (${humanBytes(bytes)})\n`;
         for (const f of collected) out += `  ${f.kind.padEnd(5)}  ${f.rootDigest}  image ${shortId(f.imageId)}  ${humanBytes(f.size)}\n`;
         if (keep.length) out += `kept files of ${keep.length} image${keep.length === 1 ? '' : 's'} still mounted by containerd snapshots\n`;
-        process.stdout.write(out);
+        say(out);
       } finally {
         client?.close();
         store.close();

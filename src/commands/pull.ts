@@ -6,7 +6,7 @@
 import { Command } from 'commander';
 import { invalidArgument } from '../errors';
 import { pullFromServer, PullProgress, PullResult } from '../distribution/pull';
-import { action, addRegistryOptions, humanBytes, printJson, registryOptionsOf } from './common';
+import { action, addRegistryOptions, humanBytes, printJson, registryOptionsOf, say } from './common';
 import { addServerClientOptions, tokenOf } from './push';
 
 /** Default local store: $D4FS_STORE or /var/lib/d4fs/store. */
@@ -34,15 +34,15 @@ function progressBar(enabled: boolean): { onProgress?: (p: PullProgress) => void
 
 function printPull(r: PullResult): void {
   if (r.upToDate) {
-    process.stdout.write(`${r.name} is up to date (${r.imageId})\n`);
+    say(`${r.name} is up to date (${r.imageId})\n`);
   } else {
-    process.stdout.write(`pulled ${r.name} -> ${r.imageId} from ${r.from ?? 'nothing'}: ${humanBytes(r.bytes)} in ${r.seconds.toFixed(2)} s\n`);
+    say(`pulled ${r.name} -> ${r.imageId} from ${r.from ?? 'nothing'}: ${humanBytes(r.bytes)} in ${r.seconds.toFixed(2)} s\n`);
     for (const f of r.files) {
       const how = !f.downloaded ? 'already held' : f.resumedFrom ? `resumed at ${humanBytes(f.resumedFrom)}` : f.refetched ? 'refetched after a damaged download' : 'downloaded';
-      process.stdout.write(`  ${f.kind}${f.merged ? ' (merged chain)' : ''} ${f.rootDigest} ${humanBytes(f.size)} ${how}\n`);
+      say(`  ${f.kind}${f.merged ? ' (merged chain)' : ''} ${f.rootDigest} ${humanBytes(f.size)} ${how}\n`);
     }
   }
-  process.stdout.write(r.loaded ? `  loaded into containerd\n` : `  not loaded (--no-load): run \`ctr-cli load\` to load it\n`);
+  say(r.loaded ? `  loaded into containerd\n` : `  not loaded (--no-load): run \`ctr-cli load\` to load it\n`);
 }
 
 export function registerPull(program: Command): void {
@@ -81,7 +81,7 @@ export function registerPull(program: Command): void {
             r = await pullFromRegistry({ ...common, from: o.from as string, image: o.image as string | undefined, registry: registryOptionsOf(o as never) });
           } else {
             if (!o.image) throw invalidArgument('--image NAME:TAG is required with --server');
-            r = await pullFromServer({ ...common, image: o.image as string, server: o.server as string, token: await tokenOf(o), caFile: o.tlsCa as string | undefined, tlsVerify: o.tlsVerify as boolean | undefined });
+            r = await pullFromServer({ ...common, image: o.image as string, server: o.server as string, token: await tokenOf(o), insecureHttp: !!o.insecureHttp, caFile: o.tlsCa as string | undefined, tlsVerify: o.tlsVerify as boolean | undefined });
           }
         } finally {
           prog.stop();

@@ -4,16 +4,16 @@
  * registry as the store).
  */
 import { Command } from 'commander';
-import { promises as fsp } from 'node:fs';
 import { invalidArgument } from '../errors';
+import { parseTokenText, readTokenFile } from '../distribution/client';
 import { pushToServer } from '../distribution/push';
-import { action, addRegistryOptions, humanBytes, printJson, registryOptionsOf } from './common';
+import { action, addRegistryOptions, humanBytes, printJson, registryOptionsOf, say, sayErr } from './common';
 
-/** The token: --token, else --token-file, else $D4FS_TOKEN. */
+/** The token: --token, else --token-file (a bare token or a "rw|ro TOKEN [name]" line), else $D4FS_TOKEN. */
 export async function tokenOf(o: Record<string, unknown>): Promise<string | undefined> {
   if (o.token) return String(o.token);
-  if (o.tokenFile) return (await fsp.readFile(String(o.tokenFile), 'utf8')).trim();
-  return process.env.D4FS_TOKEN || undefined;
+  if (o.tokenFile) return readTokenFile(String(o.tokenFile));
+  return process.env.D4FS_TOKEN ? parseTokenText(process.env.D4FS_TOKEN, '$D4FS_TOKEN') : undefined;
 }
 
 /** Options for talking to d4fs-server, shared by push and pull. */
@@ -21,7 +21,8 @@ export function addServerClientOptions(c: Command): Command {
   return c
     .option('--server <url>', 'd4fs-server base URL, e.g. http://127.0.0.1:8081')
     .option('--token <token>', 'bearer token for d4fs-server (default: $D4FS_TOKEN; prefer --token-file)')
-    .option('--token-file <file>', 'read the token from this file')
+    .option('--token-file <file>', 'read the token from this file (a bare token, or the line `ctr-cli serve token` prints)')
+    .option('--insecure-http', 'send the token over plain http:// to a host that is not loopback (otherwise refused)')
     .option('--tls-ca <file>', 'PEM CA certificate to trust for an https:// server');
 }
 
@@ -49,17 +50,17 @@ export function registerPush(program: Command): void {
           const { pushToRegistry } = require('../distribution/registry') as typeof import('../distribution/registry');
           const r = await pushToRegistry({ file: o.cdimg as string, to: o.to as string, registry: registryOptionsOf(o as never) });
           if (o.json) return printJson(r);
-          process.stdout.write(
+          say(
             `pushed ${o.cdimg} (${r.kind}, ${humanBytes(r.size)}${r.uploaded ? '' : ', already there'}) -> ${r.registry}/${r.repository}:${r.tag}\n` +
               `  image ${r.imageId}${r.parentId ? `\n  from  ${r.parentId}` : ''}\n  artifact ${r.contentTag} (${r.manifestDigest}); index lists ${r.indexed} files\n`,
           );
-          for (const w of r.warnings) process.stderr.write(`ctr-cli: warning: ${w}\n`);
+          for (const w of r.warnings) sayErr(`ctr-cli: warning: ${w}\n`);
           return;
         }
         if (!o.image) throw invalidArgument('--image NAME:TAG is required with --server');
-        const r = await pushToServer({ file: o.cdimg as string, image: o.image as string, server: o.server as string, token: await tokenOf(o), caFile: o.tlsCa as string | undefined, tlsVerify: o.tlsVerify as boolean | undefined });
+        const r = await pushToServer({ file: o.cdimg as string, image: o.image as string, server: o.server as string, token: await tokenOf(o), insecureHttp: !!o.insecureHttp, caFile: o.tlsCa as string | undefined, tlsVerify: o.tlsVerify as boolean | undefined });
         if (o.json) return printJson(r);
-        process.stdout.write(
+        say(
           `pushed ${o.cdimg} (${r.kind}, ${humanBytes(r.size)}${r.uploaded ? '' : ', already on the server'}) -> ${r.repository}:${r.tag}\n` +
             `  image ${r.imageId}${r.parentId ? `\n  from  ${r.parentId}` : ''}\n  ${r.seconds.toFixed(2)} s\n`,
         );

@@ -13,7 +13,7 @@ import { diffImageSets, DiffReport } from '../regsync/diff';
 import { platformSelection, readSpecs } from '../regsync/imageset';
 import { pullIncremental, pushArchive, pushVet } from '../regsync/incremental';
 import { syncRegistries } from '../regsync/sync';
-import { action, humanBytes, parseBool, parseIntOpt, printJson } from './common';
+import { action, humanBytes, parseBool, parseIntOpt, printJson, say, sayErr } from './common';
 import type { LevelPreset } from '../delta/codecs';
 
 type Side = 'src' | 'dest';
@@ -62,7 +62,7 @@ function parseNonRepro(v: string): 'rewrite' | 'ship' {
 }
 
 /** Progress lines on stderr unless --quiet. */
-const progressOf = (o: { quiet?: boolean }) => (o.quiet ? undefined : (m: string) => process.stderr.write(`ctr-cli: ${m}\n`));
+const progressOf = (o: { quiet?: boolean }) => (o.quiet ? undefined : (m: string) => sayErr(`ctr-cli: ${m}\n`));
 
 const pct = (x: number): string => `${x.toFixed(1)}%`;
 
@@ -154,7 +154,7 @@ export function registerRegistry(program: Command): void {
         onProgress: progressOf(o),
       });
       if (o.json) printJson(report);
-      else process.stdout.write(formatDiffReport(report));
+      else say(formatDiffReport(report));
     }),
   );
 
@@ -194,7 +194,7 @@ export function registerRegistry(program: Command): void {
         onProgress: progressOf(o),
       });
       if (o.json) printJson(report);
-      else process.stdout.write(formatApplyReport(report));
+      else say(formatApplyReport(report));
     }),
   );
 
@@ -221,7 +221,7 @@ export function registerRegistry(program: Command): void {
       });
       if (o.json) printJson(r);
       else
-        process.stdout.write(
+        say(
           `${r.out}: ${r.digest}, ${r.layersIncluded} layer(s) included, ${r.layersOmitted} left to the base; ${humanBytes(r.archiveBytes)} instead of ${humanBytes(r.fullBytes)} (${pct(r.percentSaved)} saved)\n`,
         );
     }),
@@ -240,7 +240,7 @@ export function registerRegistry(program: Command): void {
     action(async (archive: string, o: Record<string, unknown>) => {
       const r = await pushVet(archive, o.base as string, sideOptions(o, 'dest'));
       if (o.json) printJson(r);
-      else process.stdout.write(`push-vet OK: ${r.atBase} omitted layer(s) present at ${r.base}; ${r.inArchive} blob(s) in the archive\n`);
+      else say(`push-vet OK: ${r.atBase} omitted layer(s) present at ${r.base}; ${r.inArchive} blob(s) in the archive\n`);
     }),
   );
 
@@ -258,7 +258,7 @@ export function registerRegistry(program: Command): void {
     action(async (archive: string, target: string, o: Record<string, unknown>) => {
       const r = await pushArchive(archive, target, sideOptions(o, 'dest'), o.baseRepo as string | undefined);
       if (o.json) printJson(r);
-      else process.stdout.write(`pushed ${r.target} (${r.digest}): ${r.uploaded} blob(s) uploaded (${humanBytes(r.bytesUploaded)}), ${r.mounted} mounted, ${r.existing} already there\n`);
+      else say(`pushed ${r.target} (${r.digest}): ${r.uploaded} blob(s) uploaded (${humanBytes(r.bytesUploaded)}), ${r.mounted} mounted, ${r.existing} already there\n`);
     }),
   );
 
@@ -302,9 +302,9 @@ export function registerRegistry(program: Command): void {
         printJson(r);
         return;
       }
-      process.stdout.write(`sync ${r.from} -> ${r.to}: ${r.updated.length} tag(s) brought over, ${r.upToDate.length} already up to date (${r.seconds} s)\n`);
-      if (r.diff) process.stdout.write(formatDiffReport(r.diff));
-      if (r.apply) process.stdout.write(formatApplyReport(r.apply));
+      say(`sync ${r.from} -> ${r.to}: ${r.updated.length} tag(s) brought over, ${r.upToDate.length} already up to date (${r.seconds} s)\n`);
+      if (r.diff) say(formatDiffReport(r.diff));
+      if (r.apply) say(formatApplyReport(r.apply));
     }),
   );
 }

@@ -116,3 +116,33 @@ export function toD4fsError(e: unknown): D4fsError {
 export const exitCodeOf = (e: unknown): number => EXIT_CODES[toD4fsError(e).kind];
 export const grpcCodeOf = (e: unknown): number => GRPC_CODES[toD4fsError(e).kind];
 export const httpCodeOf = (e: unknown): number => HTTP_CODES[toD4fsError(e).kind];
+
+const ERROR_KINDS: ReadonlySet<string> = new Set(Object.keys(EXIT_CODES));
+const WIRE_TAG = /^\[d4fs:([A-Z_]+)\] ([\s\S]*)$/;
+
+/**
+ * An error as it crosses a thread or process boundary. Structured clone (worker
+ * threads, piscina) keeps an Error's message and stack but not its class, so the
+ * kind travels in front of the message; {@link errorFromWire} restores it. The
+ * one mechanism every pool uses, so a CORRUPT in a worker is a CORRUPT (exit 6)
+ * in the command.
+ */
+export function errorToWire(e: unknown): Error {
+  const d = toD4fsError(e);
+  const out = new Error(`[d4fs:${d.kind}] ${d.message}`);
+  if (e instanceof Error && e.stack) out.stack = `${out.message}\n${e.stack.split('\n').slice(1).join('\n')}`;
+  return out;
+}
+
+/** The D4fsError an {@link errorToWire} error stands for; anything else through {@link toD4fsError}. */
+export function errorFromWire(e: unknown): D4fsError {
+  if (e instanceof D4fsError) return e;
+  const msg = e instanceof Error ? e.message : typeof e === 'object' && e && typeof (e as { message?: unknown }).message === 'string' ? (e as { message: string }).message : undefined;
+  const m = msg !== undefined ? WIRE_TAG.exec(msg) : null;
+  if (m && ERROR_KINDS.has(m[1])) {
+    const d = new D4fsError(m[1] as ErrorKind, m[2]);
+    if (e instanceof Error && e.stack) d.stack = `D4fsError: ${m[2]}\n${e.stack.split('\n').slice(1).join('\n')}`;
+    return d;
+  }
+  return toD4fsError(e);
+}

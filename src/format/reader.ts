@@ -4,7 +4,7 @@
  * chunk by chunk and every chunk is verified against its digests.
  */
 import { promises as fsp } from 'node:fs';
-import { corrupt, D4fsError, notFound, unsupported } from '../errors';
+import { corrupt, D4fsError, hostile, notFound, unsupported } from '../errors';
 import { sha256, digestFromRaw } from '../util/digest';
 import { decodeIndex } from './codec';
 import { FLAG_INDEX_ZSTD } from './writer';
@@ -41,7 +41,12 @@ export function parseHeader(h: Buffer, fileSize: number, what: string): HeaderIn
   if (indexOffset < HEADER_SIZE || indexOffset + indexStoredLen !== fileSize) {
     throw corrupt(`${what}: truncated or damaged file (index at ${indexOffset}+${indexStoredLen}, file is ${fileSize} bytes)`);
   }
-  if (indexRawLen > LIMITS.maxIndexRaw) throw corrupt(`${what}: index size ${indexRawLen} over the limit`);
+  if (indexRawLen > LIMITS.maxIndexRaw) {
+    throw hostile(`${what}: the index claims ${indexRawLen} bytes, over the limit of ${LIMITS.maxIndexRaw} (D4FS_MAX_INDEX_BYTES raises it)`);
+  }
+  if (indexRawLen > Math.max(64 * 1024, indexStoredLen * LIMITS.maxIndexRatio)) {
+    throw hostile(`${what}: the index claims ${indexRawLen} bytes from ${indexStoredLen} stored (over ${LIMITS.maxIndexRatio}x: a decompression bomb?)`);
+  }
   return { version, flags, indexOffset, indexStoredLen, indexRawLen, rootDigest: Buffer.from(h.subarray(48, 80)) };
 }
 
@@ -65,16 +70,52 @@ interface OpenedIndex {
  */
 const opened = new Map<string, OpenedIndex>();
 const OPENED_MAX = 16;
+/** Raw index bytes the reuse cache may hold (decoded indexes keep views into their raw bytes). */
+const OPENED_MAX_BYTES = 256 * 1024 * 1024;
+let openedBytes = 0;
 
 function remember(key: string, o: OpenedIndex): void {
-  opened.delete(key);
+  const had = opened.get(key);
+  if (had) {
+    opened.delete(key);
+    openedBytes -= had.header.indexRawLen;
+  }
+  if (o.header.indexRawLen > OPENED_MAX_BYTES / 4) return; // too big to keep
   opened.set(key, o);
-  while (opened.size > OPENED_MAX) opened.delete(opened.keys().next().value as string);
+  openedBytes += o.header.indexRawLen;
+  while (opened.size > OPENED_MAX || openedBytes > OPENED_MAX_BYTES) {
+    const k = opened.keys().next().value as string;
+    openedBytes -= (opened.get(k) as OpenedIndex).header.indexRawLen;
+    opened.delete(k);
+  }
+}
+
+/**
+ * Raw index bytes being decoded at once in this process: concurrent opens of
+ * big indexes (a server taking uploads, a manager mounting chains) wait for
+ * each other instead of each allocating its index and its decoded tree. One
+ * open is always let through, whatever its size.
+ */
+const DECODE_BUDGET = 512 * 1024 * 1024;
+let decoding = 0;
+const decodeWaiters: (() => void)[] = [];
+
+async function decodeSlot(bytes: number): Promise<() => void> {
+  while (decoding > 0 && decoding + bytes > DECODE_BUDGET) await new Promise<void>((r) => decodeWaiters.push(r));
+  decoding += bytes;
+  let done = false;
+  return () => {
+    if (done) return;
+    done = true;
+    decoding -= bytes;
+    for (const w of decodeWaiters.splice(0)) w();
+  };
 }
 
 /** Forget every index kept for reuse (tests; memory). */
 export function forgetOpenedIndexes(): void {
   opened.clear();
+  openedBytes = 0;
 }
 
 /** What CdimgReader.imageInfo tells about a file. */
@@ -153,10 +194,15 @@ export class CdimgReader {
         remember(key, known);
         return new CdimgReader(path, fh, known.header, known.index, known.v, st.size);
       }
-      const index = decodeIndex(await readVerifiedIndex(fh, header, path));
-      const v = validateIndex(index, header.indexOffset, HEADER_SIZE);
-      if (opts.reuse) remember(key, { header, index, v });
-      return new CdimgReader(path, fh, header, index, v, st.size);
+      const release = await decodeSlot(header.indexRawLen);
+      try {
+        const index = decodeIndex(await readVerifiedIndex(fh, header, path));
+        const v = validateIndex(index, header.indexOffset, HEADER_SIZE);
+        if (opts.reuse) remember(key, { header, index, v });
+        return new CdimgReader(path, fh, header, index, v, st.size);
+      } finally {
+        release();
+      }
     } catch (e) {
       await fh.close().catch(() => undefined);
       throw withPath(e, path);
@@ -179,7 +225,12 @@ export class CdimgReader {
       if (known) {
         index = known.index;
       } else {
-        index = decodeIndex(await readVerifiedIndex(fh, header, path), { tree: false });
+        const release = await decodeSlot(header.indexRawLen);
+        try {
+          index = decodeIndex(await readVerifiedIndex(fh, header, path), { tree: false });
+        } finally {
+          release();
+        }
         validateIndexHead(index);
       }
       const isDelta = index.kind === Kind.DELTA;

@@ -109,8 +109,34 @@ export const MAGIC = Buffer.from('D4FSCDIM', 'ascii');
 /** Default chunk size of large contents. */
 export const DEFAULT_CHUNK_SIZE = 4 * 1024 * 1024;
 /** Limits applied to untrusted files. */
+function envBytes(name: string): number | undefined {
+  const v = process.env[name];
+  if (v === undefined || v === '') return undefined;
+  const n = Number(v);
+  return Number.isSafeInteger(n) && n > 0 ? n : undefined;
+}
+
+/** Change the index bounds of this process (a server's --max-index-size). */
+export function setIndexLimits(o: { maxRaw?: number; maxRatio?: number }): void {
+  if (o.maxRaw !== undefined) LIMITS.maxIndexRaw = o.maxRaw;
+  if (o.maxRatio !== undefined) LIMITS.maxIndexRatio = o.maxRatio;
+}
+
+/**
+ * Bounds on what an untrusted file may make a reader allocate or do. The index
+ * bounds are checked on the header, before anything is allocated:
+ * - maxIndexRaw: 512 MiB of raw index. Real indexes take ~120-210 raw bytes per
+ *   entry (150,000 files: 31 MB raw), so this admits ~2.5 million entries, 10x
+ *   the largest images seen (ML/CUDA images with ~250,000 files).
+ *   `D4FS_MAX_INDEX_BYTES` or setIndexLimits() changes it (servers lower it).
+ * - maxIndexRatio: raw bytes per stored byte of index. Every regular file
+ *   carries random digests that do not compress, so real indexes shrink 1.5-4x;
+ *   a tree of only empty files or directories, the most compressible real case,
+ *   shrinks ~30x. 256x refuses a 34 KB file that claims a 1 GiB index.
+ */
 export const LIMITS = {
-  maxIndexRaw: 1024 ** 3,
+  maxIndexRaw: envBytes('D4FS_MAX_INDEX_BYTES') ?? 512 * 1024 * 1024,
+  maxIndexRatio: 256,
   maxEntries: 5_000_000,
   maxFileSize: 2 ** 44, // 16 TiB
   maxChunkSize: 64 * 1024 * 1024,

@@ -4,7 +4,9 @@
  */
 import { corrupt, hostile } from '../errors';
 import { Blob, Encoding, Entry, FileType, Index, Kind, LIMITS, Codec, FORMAT_VERSION } from './types';
-import { checkTreePath } from '../tree/paths';
+import { checkDeviceNumbers, checkLinkTarget, checkTreePath } from '../tree/paths';
+import { computeImageId } from './codec';
+
 
 const isDigest = (b: Buffer | undefined): boolean => !!b && b.length === 32;
 
@@ -86,8 +88,9 @@ export function validateIndex(index: Index, blobSectionEnd: number, headerSize: 
     if (e.mode < 0 || e.mode > 0o7777) throw corrupt(`entry "${e.path}" has an invalid mode`);
     if (!Number.isSafeInteger(e.mtimeSec) || e.mtimeNsec < 0 || e.mtimeNsec >= 1e9) throw corrupt(`entry "${e.path}" has an invalid mtime`);
     for (const x of e.xattrs) {
-      if (!x.name || x.value.length > LIMITS.maxXattrValue) throw hostile(`entry "${e.path}": invalid xattr`);
+      if (!x.name || x.name.includes('\0') || Buffer.byteLength(x.name) > 255 || x.value.length > LIMITS.maxXattrValue) throw hostile(`entry "${e.path}": invalid xattr`);
     }
+    if (e.uname.includes('\0') || e.gname.includes('\0')) throw hostile(`entry "${e.path}": owner name contains a NUL byte`);
     switch (e.type) {
       case FileType.REG: {
         if (!isDigest(e.digest)) throw corrupt(`file "${e.path}" has no valid digest`);
@@ -102,11 +105,13 @@ export function validateIndex(index: Index, blobSectionEnd: number, headerSize: 
         break;
       }
       case FileType.SYMLINK:
-        if (!e.linkTarget || Buffer.byteLength(e.linkTarget) > LIMITS.maxPathBytes) throw corrupt(`symlink "${e.path}" has an invalid target`);
+        checkLinkTarget(e.path, e.linkTarget);
         break;
-      case FileType.DIR:
       case FileType.CHAR:
       case FileType.BLOCK:
+        checkDeviceNumbers(e.path, e.devMajor, e.devMinor);
+        break;
+      case FileType.DIR:
       case FileType.FIFO:
         break;
       default:
@@ -115,5 +120,12 @@ export function validateIndex(index: Index, blobSectionEnd: number, headerSize: 
     byPath.set(e.path, e);
   }
   if (!sawRoot) throw corrupt('index has no root entry');
+  // The id is a claim until it is recomputed: it names the image in stores,
+  // servers, registries and the snapshotter, so a file that carries another
+  // image's id with a different tree or config is refused here, where every
+  // reader of an untrusted file passes.
+  if (!computeImageId(index.entries, index.image.configJson).equals(index.imageId)) {
+    throw corrupt('the image id does not match the image\'s tree and config (forged or damaged index)');
+  }
   return { index, blobs, byPath };
 }

@@ -5,23 +5,12 @@
 import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
 import { Piscina } from 'piscina';
-import { D4fsError, ErrorKind } from '../errors';
+import { errorFromWire } from '../errors';
 import type * as W from './worker';
 
-const KINDS: readonly ErrorKind[] = [
-  'INVALID_ARGUMENT', 'NOT_FOUND', 'ALREADY_EXISTS', 'FAILED_PRECONDITION', 'CORRUPT', 'HOSTILE',
-  'UNSUPPORTED', 'UNAUTHENTICATED', 'PERMISSION_DENIED', 'UNAVAILABLE', 'DEADLINE_EXCEEDED', 'INTERNAL',
-];
-
-/**
- * Errors cross the thread boundary as plain Errors (structured clone keeps
- * the message, not the class): the worker puts the kind in front of the
- * message ({@link W.tagError}) and it becomes a D4fsError again here.
- */
+/** Errors cross the thread boundary with their kind (errors.errorToWire in the worker). */
 function untag(e: unknown): never {
-  const m = e instanceof Error ? /^\[d4fs:([A-Z_]+)\] ([\s\S]*)$/.exec(e.message) : null;
-  if (m && (KINDS as string[]).includes(m[1])) throw new D4fsError(m[1] as ErrorKind, m[2], { cause: e });
-  throw e;
+  throw errorFromWire(e);
 }
 
 /** Pool of worker threads running ./worker.ts tasks. */

@@ -6,7 +6,7 @@
 import { createHash } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
 import { applyPatch, chooseBest, compressFull, decompressFull, LEVELS, LevelPreset } from '../delta/codecs';
-import { corrupt, D4fsError } from '../errors';
+import { corrupt, errorToWire } from '../errors';
 import { GzipContentRecipe, gzipRecipeOf, gzipWithRecipe, inflateSingle, looksGzip } from './gzcontent';
 import { Detection, detectRecipe } from './recipe';
 
@@ -68,8 +68,7 @@ export async function tagError<T>(fn: () => Promise<T>): Promise<T> {
   try {
     return await fn();
   } catch (e) {
-    if (e instanceof D4fsError) throw new Error(`[d4fs:${e.kind}] ${e.message}`);
-    throw e;
+    throw errorToWire(e);
   }
 }
 

@@ -83,30 +83,40 @@ export class LocalStore {
    * The file is copied (or moved with `move`) into the store. Idempotent.
    */
   async add(path: string, opts: { move?: boolean } = {}): Promise<StoredFile> {
-    const r = await CdimgReader.open(path, { reuse: true });
+    // The copy is what is checked and kept: the file the caller named may
+    // change after it was read, the store's own copy cannot.
+    const tmp = this.tempPath('add');
+    if (opts.move) {
+      await fsp.rename(path, tmp).catch(async () => fsp.copyFile(path, tmp, FS.COPYFILE_FICLONE));
+    } else {
+      await fsp.copyFile(path, tmp, FS.COPYFILE_FICLONE);
+    }
     let rec: StoredFile;
     try {
-      rec = { rootDigest: r.rootDigest, imageId: r.imageId, parentId: r.parentId ?? '', kind: r.isDelta ? 'delta' : 'full', size: r.fileSize, path: this.filePath(r.rootDigest) };
-      if (r.isDelta && !this.hasImage(rec.parentId)) {
-        throw failedPrecondition(`${path} is a delta from image ${rec.parentId}, which this machine does not hold: load that image (or a chain leading to it) first`);
+      const r = await CdimgReader.open(tmp, { reuse: true }).catch((e: unknown) => {
+        if (e instanceof Error) e.message = e.message.split(tmp).join(path);
+        throw e;
+      });
+      try {
+        rec = { rootDigest: r.rootDigest, imageId: r.imageId, parentId: r.parentId ?? '', kind: r.isDelta ? 'delta' : 'full', size: r.fileSize, path: this.filePath(r.rootDigest) };
+        if (r.isDelta && !this.hasImage(rec.parentId)) {
+          throw failedPrecondition(`${path} is a delta from image ${rec.parentId}, which this machine does not hold: load that image (or a chain leading to it) first`);
+        }
+      } finally {
+        await r.close();
       }
+      const existing = this.db.prepare('SELECT 1 FROM files WHERE root_digest = ?').get(rec.rootDigest);
+      if (!existing) {
+        await fsp.rename(tmp, rec.path);
+        this.db
+          .prepare('INSERT OR IGNORE INTO files (root_digest, image_id, parent_id, kind, size, added) VALUES (?, ?, ?, ?, ?, ?)')
+          .run(rec.rootDigest, rec.imageId, rec.parentId, rec.kind, rec.size, new Date().toISOString());
+      }
+    } catch (e) {
+      if (opts.move) await fsp.rename(tmp, path).catch(() => undefined);
+      throw e;
     } finally {
-      await r.close();
-    }
-    const existing = this.db.prepare('SELECT 1 FROM files WHERE root_digest = ?').get(rec.rootDigest);
-    if (!existing) {
-      const tmp = this.tempPath('add');
-      if (opts.move) {
-        await fsp.rename(path, tmp).catch(async () => fsp.copyFile(path, tmp, FS.COPYFILE_FICLONE));
-      } else {
-        await fsp.copyFile(path, tmp, FS.COPYFILE_FICLONE);
-      }
-      await fsp.rename(tmp, rec.path);
-      this.db
-        .prepare('INSERT OR IGNORE INTO files (root_digest, image_id, parent_id, kind, size, added) VALUES (?, ?, ?, ?, ?, ?)')
-        .run(rec.rootDigest, rec.imageId, rec.parentId, rec.kind, rec.size, new Date().toISOString());
-    } else if (opts.move) {
-      await fsp.rm(path, { force: true });
+      await fsp.rm(tmp, { force: true }).catch(() => undefined);
     }
     return rec;
   }

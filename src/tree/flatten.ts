@@ -8,7 +8,7 @@
 import { corrupt, hostile } from '../errors';
 import { TarEntry, TarHeader } from '../tar';
 import { Entry, FileType, Xattr } from '../format/types';
-import { normalizeTarPath } from './paths';
+import { checkDeviceNumbers, checkLinkTarget, normalizeTarPath } from './paths';
 
 export interface Meta {
   mode: number;
@@ -134,10 +134,12 @@ export class TreeBuilder {
       }
       case 'symlink':
         if (!h.linkname) throw corrupt(`${what}: symlink "${h.name}" has an empty target`);
+        checkLinkTarget(p, h.linkname);
         parent.children.set(name, { t: 'symlink', meta: metaOf(h), target: h.linkname, layer });
         return;
       case 'char':
       case 'block':
+        checkDeviceNumbers(p, h.devmajor, h.devminor);
         parent.children.set(name, { t: h.type, meta: metaOf(h), major: h.devmajor, minor: h.devminor, layer });
         return;
       case 'fifo':

@@ -3,6 +3,24 @@ import { hostile } from '../errors';
 const MAX_PATH_BYTES = 4096;
 const MAX_NAME_BYTES = 255;
 
+/** Largest device numbers Linux represents (kdev_t: 12 bits of major, 20 of minor). */
+export const MAX_DEV_MAJOR = 0xfff;
+export const MAX_DEV_MINOR = 0xfffff;
+
+/** A device entry's numbers, checked (HOSTILE when out of range). */
+export function checkDeviceNumbers(path: string, major: number, minor: number): void {
+  if (!Number.isInteger(major) || !Number.isInteger(minor) || major < 0 || minor < 0 || major > MAX_DEV_MAJOR || minor > MAX_DEV_MINOR) {
+    throw hostile(`device "${path}" has out-of-range numbers ${major}:${minor} (Linux allows up to ${MAX_DEV_MAJOR}:${MAX_DEV_MINOR})`);
+  }
+}
+
+/** A symlink target, checked: not empty, no NUL, not longer than PATH_MAX. */
+export function checkLinkTarget(path: string, target: string): void {
+  if (!target) throw hostile(`symlink "${path}" has an empty target`);
+  if (target.includes('\0')) throw hostile(`symlink "${path}" has a target containing a NUL byte`);
+  if (Buffer.byteLength(target) > MAX_PATH_BYTES) throw hostile(`symlink "${path}" has a target longer than ${MAX_PATH_BYTES} bytes`);
+}
+
 /** Check a normalized tree path ("" is the root; "a/b" otherwise). Throws HOSTILE. */
 export function checkTreePath(p: string): void {
   if (p === '') return;

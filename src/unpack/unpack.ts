@@ -5,14 +5,14 @@
  * tests. Every content is verified before it is written.
  */
 import { promises as fsp, constants as FS } from 'node:fs';
-import { join } from 'node:path';
+import { basename, dirname, join, resolve } from 'node:path';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { set as setAttribute } from 'fs-xattr';
 import { CdimgReader } from '../format/reader';
 import { Entry, FileType, Encoding } from '../format/types';
 import { WorkerPool } from '../workers/pool';
-import { alreadyExists, corrupt, failedPrecondition } from '../errors';
+import { alreadyExists, corrupt, failedPrecondition, permissionDenied } from '../errors';
 
 const run = promisify(execFile);
 
@@ -24,14 +24,55 @@ export interface UnpackResult {
   seconds: number;
 }
 
-async function prepareDest(dest: string): Promise<void> {
+export interface UnpackOptions {
+  pool?: WorkerPool;
+  threads?: number;
+  /** Do not create device nodes (unpacking an untrusted image). */
+  noDevices?: boolean;
+  /** Clear setuid/setgid bits on files and drop security.capability xattrs (unpacking an untrusted image). */
+  noSetuid?: boolean;
+}
+
+const myUid = (): number => process.getuid?.() ?? 0;
+
+/**
+ * A directory nobody else can change under us: owned by us or root, and not
+ * writable by others unless sticky (as /tmp), so no one can swap a path
+ * component for a symlink while we write.
+ */
+async function checkSafeDir(dir: string, what: string): Promise<void> {
+  const st = await fsp.lstat(dir);
+  if (!st.isDirectory()) throw failedPrecondition(`${what} ${dir} is not a directory (symlinks are not followed)`);
+  if (st.uid !== myUid() && st.uid !== 0) throw permissionDenied(`${what} ${dir} belongs to uid ${st.uid}, not to you: unpack only into directories you own`);
+  if ((st.mode & 0o022) !== 0 && (st.mode & 0o1000) === 0) throw permissionDenied(`${what} ${dir} is writable by other users and not sticky: someone could swap paths under the unpack`);
+}
+
+/**
+ * Where the tree is written first: a new 0700 directory beside the
+ * destination, renamed onto it when complete (a failed unpack leaves nothing).
+ * The destination must be new, or an empty directory owned by the caller.
+ */
+async function prepareDest(dest: string): Promise<{ tmp: string; replaceEmpty: boolean }> {
+  const parent = dirname(resolve(dest));
   try {
-    const names = await fsp.readdir(dest);
-    if (names.length > 0) throw alreadyExists(`${dest} is not empty: unpack writes into an empty or new directory`);
+    await checkSafeDir(parent, 'the parent directory');
   } catch (e) {
-    if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
-    await fsp.mkdir(dest, { recursive: true, mode: 0o700 });
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') throw failedPrecondition(`${parent} does not exist: create it first`);
+    throw e;
   }
+  let replaceEmpty = false;
+  const st = await fsp.lstat(dest).catch((e: NodeJS.ErrnoException) => {
+    if (e.code === 'ENOENT') return undefined;
+    throw e;
+  });
+  if (st) {
+    if (!st.isDirectory()) throw alreadyExists(`${dest} exists and is not a directory: unpack writes into an empty or new directory`);
+    if (st.uid !== myUid()) throw permissionDenied(`${dest} belongs to uid ${st.uid}, not to you: unpack only into a new directory or an empty one you own`);
+    if ((await fsp.readdir(dest)).length > 0) throw alreadyExists(`${dest} is not empty: unpack writes into an empty or new directory`);
+    replaceEmpty = true;
+  }
+  const tmp = await fsp.mkdtemp(join(parent, `.${basename(dest)}.unpack-`));
+  return { tmp, replaceEmpty };
 }
 
 async function writeContent(reader: CdimgReader, pool: WorkerPool, e: Entry, target: string): Promise<number> {
@@ -56,7 +97,7 @@ async function writeContent(reader: CdimgReader, pool: WorkerPool, e: Entry, tar
   }
 }
 
-export async function unpackImage(cdimg: string, dest: string, opts: { pool?: WorkerPool; threads?: number } = {}): Promise<UnpackResult> {
+export async function unpackImage(cdimg: string, dest: string, opts: UnpackOptions = {}): Promise<UnpackResult> {
   const t0 = process.hrtime.bigint();
   const reader = await CdimgReader.open(cdimg);
   const pool = opts.pool ?? new WorkerPool(opts.threads);
@@ -64,11 +105,17 @@ export async function unpackImage(cdimg: string, dest: string, opts: { pool?: Wo
   const isRoot = process.getuid?.() === 0;
   let bytes = 0;
   let files = 0;
+  let tmp: string | undefined;
   try {
     if (reader.isDelta) throw failedPrecondition(`${cdimg} is a delta (parent ${reader.parentId}); apply it to its base with \`ctr-cli cdimg patch\` first`);
-    await prepareDest(dest);
+    const prepared = await prepareDest(dest);
+    tmp = prepared.tmp;
+    const root = tmp;
     const entries = reader.index.entries;
-    const at = (e: Entry): string => (e.path === '' ? dest : join(dest, e.path));
+    // Every path is below our own 0700 directory and made by us from a
+    // validated tree (parents are directories listed earlier, no "..", no
+    // duplicates), so no component of it can be a symlink.
+    const at = (e: Entry): string => (e.path === '' ? root : join(root, e.path));
     // 1. directories, in order (parents first)
     for (const e of entries) if (e.type === FileType.DIR && e.path !== '') await fsp.mkdir(at(e), { mode: 0o700 });
     // 2. regular files, several at a time
@@ -87,7 +134,7 @@ export async function unpackImage(cdimg: string, dest: string, opts: { pool?: Wo
     for (const e of entries) {
       switch (e.type) {
         case FileType.HARDLINK:
-          await fsp.link(join(dest, e.linkTarget), at(e));
+          await fsp.link(join(root, e.linkTarget), at(e));
           break;
         case FileType.SYMLINK:
           await fsp.symlink(e.linkTarget, at(e));
@@ -97,6 +144,10 @@ export async function unpackImage(cdimg: string, dest: string, opts: { pool?: Wo
           break;
         case FileType.CHAR:
         case FileType.BLOCK:
+          if (opts.noDevices) {
+            warnings.push(`skipped device ${e.path} (--no-devices)`);
+            continue;
+          }
           if (!isRoot) {
             warnings.push(`skipped device ${e.path}: creating devices needs root`);
             continue;
@@ -108,13 +159,25 @@ export async function unpackImage(cdimg: string, dest: string, opts: { pool?: Wo
       }
     }
     // 4. metadata: owner before mode (chown clears setuid), xattrs, then times; directories last, deepest first
+    let stripped = 0;
     const setMeta = async (e: Entry): Promise<void> => {
       const p = at(e);
-      if (isRoot) await fsp.lchown(p, e.uid, e.gid);
-      else if (e.uid !== process.getuid?.()) warnings.push(`${e.path}: owner ${e.uid}:${e.gid} not set (needs root)`);
-      if (e.type !== FileType.SYMLINK) await fsp.chmod(p, e.mode);
+      // The destination itself stays the caller's, and never writable by others.
+      const isDest = e.path === '';
+      if (isRoot && !isDest) await fsp.lchown(p, e.uid, e.gid);
+      else if (!isDest && e.uid !== process.getuid?.()) warnings.push(`${e.path}: owner ${e.uid}:${e.gid} not set (needs root)`);
+      let mode = isDest ? e.mode & 0o755 : e.mode;
+      if (opts.noSetuid && e.type === FileType.REG && (mode & 0o6000) !== 0) {
+        mode &= ~0o6000;
+        stripped++;
+      }
+      if (e.type !== FileType.SYMLINK) await fsp.chmod(p, mode);
       if (e.type !== FileType.SYMLINK) {
         for (const x of e.xattrs) {
+          if (opts.noSetuid && x.name === 'security.capability') {
+            stripped++;
+            continue;
+          }
           try {
             await setAttribute(p, x.name, x.value);
           } catch (err) {
@@ -135,13 +198,18 @@ export async function unpackImage(cdimg: string, dest: string, opts: { pool?: Wo
     };
     // Hard links share their target's inode; devices exist only when created as root.
     const skipMeta = (e: Entry): boolean =>
-      e.type === FileType.DIR || e.type === FileType.HARDLINK || ((e.type === FileType.CHAR || e.type === FileType.BLOCK) && !isRoot);
+      e.type === FileType.DIR || e.type === FileType.HARDLINK || ((e.type === FileType.CHAR || e.type === FileType.BLOCK) && (!isRoot || !!opts.noDevices));
     for (const e of entries) if (!skipMeta(e)) await setMeta(e);
     for (let i = entries.length - 1; i >= 0; i--) if (entries[i].type === FileType.DIR) await setMeta(entries[i]);
+    if (stripped) warnings.push(`${stripped} setuid/setgid bits or file capabilities dropped (--no-setuid)`);
+    if (prepared.replaceEmpty) await fsp.rmdir(dest);
+    await fsp.rename(tmp, dest);
+    tmp = undefined;
     return { entries: entries.length, files, bytes, warnings, seconds: Number(process.hrtime.bigint() - t0) / 1e9 };
   } finally {
     await reader.close();
     if (!opts.pool) await pool.close();
+    if (tmp) await fsp.rm(tmp, { recursive: true, force: true }).catch(() => undefined);
   }
 }
 

@@ -16,6 +16,7 @@
 import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
+import { errorFromWire } from '../errors';
 import type * as W from './worker';
 import type { Reply, Request } from './thread';
 
@@ -134,7 +135,7 @@ export class WorkerPool {
     const t = th.task;
     if (!t || t.id !== m.id) return;
     th.task = null;
-    if (m.error !== undefined) t.reject(m.error);
+    if (m.error !== undefined) t.reject(errorFromWire(m.error));
     else t.resolve(m.result);
     this.release(th);
   }

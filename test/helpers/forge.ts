@@ -1,0 +1,47 @@
+/**
+ * Tools of an attacker, for tests: rewrite a .cdimg's index (a forged id, a
+ * hostile entry) and give it a valid root digest, so that only the checks
+ * that look inside the index can catch it.
+ */
+import { execFileSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { promises as fsp } from 'node:fs';
+import { computeImageId, decodeIndex, encodeIndex } from '../../src/format/codec';
+import { parseHeader } from '../../src/format/reader';
+import { encodeHeader } from '../../src/format/writer';
+import { zstdFrame } from '../../src/format/zstd';
+import { HEADER_SIZE, Index } from '../../src/format/types';
+import { sha256 } from '../../src/util/digest';
+
+/**
+ * Copy `src` to `dst` with its index changed by `mutate`. `fixId`: recompute
+ * the image id from the mutated tree and config (a self-consistent hostile
+ * file); otherwise the id stays what the original said (a forged id).
+ */
+export async function rewriteIndex(src: string, dst: string, mutate: (ix: Index) => void, opts: { fixId?: boolean } = {}): Promise<void> {
+  const buf = await fsp.readFile(src);
+  const h = parseHeader(buf.subarray(0, HEADER_SIZE), buf.length, src);
+  const { zstdUnframe } = await import('../../src/format/zstd');
+  const raw = zstdUnframe(buf.subarray(h.indexOffset), h.indexRawLen);
+  const ix = decodeIndex(raw);
+  mutate(ix);
+  if (opts.fixId) ix.imageId = computeImageId(ix.entries, ix.image.configJson);
+  const newRaw = encodeIndex(ix);
+  const stored = zstdFrame(newRaw, 3);
+  const header = encodeHeader(h.indexOffset, stored.length, newRaw.length, sha256(newRaw));
+  await fsp.writeFile(dst, Buffer.concat([header, buf.subarray(HEADER_SIZE, h.indexOffset), stored]));
+}
+
+/**
+ * A .cdimg whose header and small zstd index claim `rawLen` bytes of index
+ * (zeros, with their true sha256 as root digest): a decompression bomb.
+ * Made by the zstd CLI in a stream, so the test itself stays small.
+ */
+export function indexBomb(rawLen: number): Buffer {
+  const stored = execFileSync('bash', ['-c', `head -c ${rawLen} /dev/zero | zstd -19 -q -c`], { maxBuffer: 1 << 30 });
+  const h = createHash('sha256');
+  const zeros = Buffer.alloc(1 << 20);
+  for (let left = rawLen; left > 0; left -= zeros.length) h.update(left >= zeros.length ? zeros : zeros.subarray(0, left));
+  const header = encodeHeader(HEADER_SIZE, stored.length, rawLen, h.digest());
+  return Buffer.concat([header, stored]);
+}
