@@ -14,6 +14,7 @@ import { DEFAULT_CONTAINERD_ADDRESS, DEFAULT_NAMESPACE, ContainerdClient } from 
 import { DEFAULT_SNAPSHOTTER, type LoadImageResult, imagesInUse, loadImage, unloadImage } from '../containerd/load';
 import { invalidArgument, notFound } from '../errors';
 import { LocalStore, type StoredFile, checkImageName } from '../store/store';
+import { loadPolicy } from '../signing';
 import { action, humanBytes, printJson, say } from './common';
 
 /** The local store's default directory (overridden by $D4FS_STORE and --store). */
@@ -95,17 +96,21 @@ function registerLoadCommand(program: Command): void {
     .option('--cdimg <file>', 'the .cdimg to load (a delta needs its parent image loaded first)')
     .option('--store <dir>', `local store directory (default $D4FS_STORE or ${DEFAULT_STORE})`)
     .option('--json', 'print the result as JSON')
+    .option('--verify-key <pem>', 'require a signature by this public key (repeatable: any of them)', (v: string, prev: string[] = []) => [...prev, v])
+    .option('--policy <file>', 'signature policy file: {"verifyKeys": ["key.pub.pem", …]}')
     .addHelpText('after', '\nExamples:\n  ctr-cli load --image nginx:1 --cdimg nginx-1.cdimg\n  ctr-cli load --image nginx:2 --cdimg nginx-1-2.cdimg\n  ctr run --rm --snapshotter d4fs nginx:2 web\n');
   addContainerdOptions(c).action(
-    action(async (o: ContainerdFlags & { image?: string; imageTag?: string; cdimg?: string; store?: string; json?: boolean }) => {
+    action(async (o: ContainerdFlags & { image?: string; imageTag?: string; cdimg?: string; store?: string; json?: boolean; verifyKey?: string[]; policy?: string }) => {
       const given = o.image ?? o.imageTag;
       if (!given) throw invalidArgument('--image is required (the name to load the image as, e.g. --image nginx:1)');
       if (!o.cdimg) throw invalidArgument('--cdimg is required (the .cdimg file to load)');
       const name = checkImageName(given);
+      const policy = await loadPolicy({ verifyKeys: o.verifyKey, policyFile: o.policy });
       const store = await LocalStore.open(storeDirOf(o));
       try {
-        const file = await store.add(o.cdimg);
+        const file = await store.add(o.cdimg, { policy });
         await store.verifyChain(file.imageId);
+        await store.checkChainSignatures(file.imageId, policy);
         store.tag(name, file.imageId);
         const chain = store.chainFor(file.imageId);
         let ctr: LoadImageResult | undefined;

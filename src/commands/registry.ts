@@ -9,6 +9,8 @@ import { Command, InvalidArgumentError } from 'commander';
 import { parsePlatform } from '../oci/image';
 import type { RegistryOptions } from '../oci/registry/options';
 import { applyPatch, ApplyReport } from '../regsync/apply';
+import { enforcePolicy, loadPolicy } from '../signing';
+import { invalidArgument } from '../errors';
 import { diffImageSets, DiffReport } from '../regsync/diff';
 import { platformSelection, readSpecs } from '../regsync/imageset';
 import { pullIncremental, pushArchive, pushVet } from '../regsync/incremental';
@@ -170,6 +172,8 @@ export function registerRegistry(program: Command): void {
           .option('--old-from <docker://REGISTRY[/PREFIX]>', 'read the old set there instead of at the destination')
           .option('--expect-root <digest>', 'refuse the patch unless its root digest is this')
           .option('--vet-only', 'only run push-vet')
+          .option('--verify-key <pem>', 'require a signature (PATCH.sig) by this public key (repeatable: any of them)', (v: string, prev: string[] = []) => [...prev, v])
+          .option('--policy <file>', 'signature policy file: {"verifyKeys": ["key.pub.pem", …]}')
           .option('--json', 'print the report as JSON'),
         false,
       ),
@@ -181,6 +185,9 @@ export function registerRegistry(program: Command): void {
   ).action(
     action(async (patch: string, o: Record<string, unknown>) => {
       const oldArgs = o.old as string[] | undefined;
+      // A signed patch is applied only if the file opened is the one signed.
+      const signed = await enforcePolicy(await loadPolicy({ verifyKeys: o.verifyKey as string[] | undefined, policyFile: o.policy as string | undefined }), patch);
+      if (signed.subject && o.expectRoot && o.expectRoot !== signed.subject) throw invalidArgument(`--expect-root ${String(o.expectRoot)} is not the signed root digest ${signed.subject}`);
       const report = await applyPatch({
         patch,
         to: o.to as string,
@@ -188,7 +195,7 @@ export function registerRegistry(program: Command): void {
         old: oldArgs ? await expandLists(oldArgs) : undefined,
         oldFrom: o.oldFrom as string | undefined,
         oldFromOptions: sideOptions(o, 'src'),
-        expectRoot: o.expectRoot as string | undefined,
+        expectRoot: signed.subject ?? (o.expectRoot as string | undefined),
         vetOnly: o.vetOnly as boolean | undefined,
         threads: o.threads as number | undefined,
         onProgress: progressOf(o),

@@ -11,6 +11,7 @@ import { join } from 'node:path';
 import { CdimgReader } from '../format/reader';
 import { failedPrecondition, invalidArgument, notFound } from '../errors';
 import { checkChain } from '../format/chain';
+import { enforcePolicy, readSignatureFile, signaturePathOf, SignatureFile, SignaturePolicy, writeSignatureFile } from '../signing';
 
 export interface StoredFile {
   rootDigest: string;
@@ -81,8 +82,12 @@ export class LocalStore {
   /**
    * Add a .cdimg (verified on open; a delta needs its parent image held).
    * The file is copied (or moved with `move`) into the store. Idempotent.
+   * Its signature (`signature`, else FILE.sig beside it) is kept beside the
+   * stored file; with a `policy` that asks for signatures, a file without a
+   * trusted one is refused (UNAUTHENTICATED) and nothing is stored.
    */
-  async add(path: string, opts: { move?: boolean } = {}): Promise<StoredFile> {
+  async add(path: string, opts: { move?: boolean; signature?: SignatureFile; policy?: SignaturePolicy } = {}): Promise<StoredFile> {
+    const sig = opts.signature ?? (await readSignatureFile(path).catch(() => undefined));
     // The copy is what is checked and kept: the file the caller named may
     // change after it was read, the store's own copy cannot.
     const tmp = this.tempPath('add');
@@ -93,6 +98,10 @@ export class LocalStore {
     }
     let rec: StoredFile;
     try {
+      await enforcePolicy(opts.policy, tmp, sig).catch((e: unknown) => {
+        if (e instanceof Error) e.message = e.message.split(tmp).join(path);
+        throw e;
+      });
       const r = await CdimgReader.open(tmp, { reuse: true }).catch((e: unknown) => {
         if (e instanceof Error) e.message = e.message.split(tmp).join(path);
         throw e;
@@ -105,6 +114,7 @@ export class LocalStore {
       } finally {
         await r.close();
       }
+      if (sig && sig.subject === rec.rootDigest) await this.addSignature(rec, sig);
       const existing = this.db.prepare('SELECT 1 FROM files WHERE root_digest = ?').get(rec.rootDigest);
       if (!existing) {
         await fsp.rename(tmp, rec.path);
@@ -177,6 +187,25 @@ export class LocalStore {
     return chain;
   }
 
+  /** Keep `sig`'s signatures beside a stored file (merged with those it has). */
+  private async addSignature(rec: StoredFile, sig: SignatureFile): Promise<void> {
+    const at = signaturePathOf(rec.path);
+    const old = await readSignatureFile(rec.path).catch(() => undefined);
+    const have = old && old.subject === sig.subject ? old.signatures : [];
+    const more = sig.signatures.filter((s) => !have.some((h) => h.keyId === s.keyId && h.signature === s.signature));
+    if (more.length || !old) await writeSignatureFile(at, { ...sig, signatures: [...have, ...more] });
+  }
+
+  /** The signatures kept for a stored file. */
+  signatureOf(f: StoredFile): Promise<SignatureFile | undefined> {
+    return readSignatureFile(f.path).catch(() => undefined);
+  }
+
+  /** Check every file of an image's chain against a policy (UNAUTHENTICATED when one fails). */
+  async checkChainSignatures(imageId: string, policy: SignaturePolicy | undefined): Promise<void> {
+    for (const f of this.chainFor(imageId)) await enforcePolicy(policy, f.path);
+  }
+
   /** Open and check the chain of an image (throws if a file is damaged). */
   async verifyChain(imageId: string): Promise<string[]> {
     const chain = this.chainFor(imageId);
@@ -232,6 +261,7 @@ export class LocalStore {
       if (needed.has(f.rootDigest)) continue;
       del.run(f.rootDigest);
       await fsp.rm(f.path, { force: true });
+      await fsp.rm(signaturePathOf(f.path), { force: true });
       removed.push(f);
     }
     return removed;
