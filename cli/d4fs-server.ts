@@ -25,9 +25,10 @@
  */
 import { CommanderError } from 'commander';
 import { buildServerProgram } from '../src/commands/serve';
-import { fail } from '../src/commands/common';
+import { fail, quietOnClosedPipes } from '../src/commands/common';
 import { EXIT_CODES } from '../src/errors';
 
+quietOnClosedPipes();
 buildServerProgram()
   .exitOverride()
   .parseAsync(process.argv)

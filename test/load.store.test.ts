@@ -156,7 +156,10 @@ describe('ctr-cli load --no-containerd', () => {
 
   test('usage errors exit 2', async () => {
     expect((await cli(store, ['load', '--cdimg', v1, '--no-containerd'])).code).toBe(2);
-    expect((await cli(store, ['load', '--image', 'nginx:1', '--no-containerd'])).code).toBe(2);
+    // without --cdimg, NAME is an image the store must hold already
+    const notHeld = await cli(store, ['load', '--image', 'nginx:1', '--no-containerd']);
+    expect(notHeld.code).toBe(3);
+    expect(notHeld.stderr).toMatch(/no image named nginx:1/);
     const bad = await cli(store, ['load', '--image', 'Nginx:1', '--cdimg', v1, '--no-containerd']);
     expect(bad.code).toBe(2);
     expect(bad.stderr).toMatch(/invalid image name/);
@@ -180,6 +183,11 @@ describe('without containerd', () => {
     const r = await cli(store, ['load', '--image', 'nginx:1', '--cdimg', v1, '--address', sock]);
     expect(r.code).toBe(11);
     expect(r.stderr).toContain(`cannot reach containerd at ${sock} (is it running? --address)`);
+    // the error says what state the image is in and how to finish
+    expect(r.stderr).toContain('nginx:1 is in the local store but not in containerd: once that is fixed, `ctr-cli load nginx:1` finishes the load');
+    expect(r.stderr.trim().split('\n')).toHaveLength(1);
+    const again = await cli(store, ['load', 'nginx:1', '--address', sock]);
+    expect(again.code).toBe(11);
     const j = JSON.parse((await cli(store, ['images', '--json'])).stdout);
     expect(j.map((x: { name: string }) => x.name)).toEqual(['nginx:1']);
   });

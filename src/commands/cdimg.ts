@@ -121,7 +121,7 @@ export function registerCdimg(program: Command): void {
               `  image id      ${s.imageId}`,
               `  root digest   ${s.rootDigest}`,
               s.parentId ? `  parent id     ${s.parentId}` : '',
-              `  source        ${s.source}`,
+              s.source ? `  source        ${s.source}` : '',
               `  platform      ${s.platform}`,
               `  manifest      ${s.manifestDigest}`,
               `  config        ${s.configDigest}`,
@@ -164,14 +164,18 @@ export function registerCdimg(program: Command): void {
 
   cd.command('unpack')
     .description('write the whole tree of a full .cdimg into a directory, with all metadata')
-    .argument('<file>', 'the .cdimg file')
-    .argument('<dir>', 'destination (new or empty directory)')
+    .argument('[file]', 'the .cdimg file')
+    .argument('[dir]', 'destination (new or empty directory)')
+    .option('--cdimg <file>', 'D4C alias of the file argument')
     .option('-t, --threads <n>', 'worker threads', parseIntOpt('threads', 1, 256))
     .option('--no-devices', 'do not create device nodes (untrusted images)')
     .option('--no-setuid', 'clear setuid/setgid bits and drop file capabilities (untrusted images)')
     .option('--json', 'JSON output')
     .action(
-      action(async (file: string, dir: string, o: { threads?: number; json?: boolean; devices: boolean; setuid: boolean }) => {
+      action(async (a1: string | undefined, a2: string | undefined, o: { cdimg?: string; threads?: number; json?: boolean; devices: boolean; setuid: boolean }) => {
+        const [file, dir] = o.cdimg ? [o.cdimg, a2 ?? a1] : [a1, a2];
+        if (o.cdimg && a1 && a2) throw invalidArgument('--cdimg names the file already: give only the destination directory');
+        if (!file || !dir) throw invalidArgument('usage: cdimg unpack FILE DIR (or --cdimg FILE DIR)');
         const { unpackImage } = await import('../unpack/unpack');
         const r = await unpackImage(file, dir, { threads: o.threads, noDevices: !o.devices, noSetuid: !o.setuid });
         if (o.json) printJson(r);

@@ -20,6 +20,20 @@ export function fail(e: unknown, debug = false): never {
   process.exit(EXIT_CODES[err.kind]);
 }
 
+/**
+ * A reader that goes away (`ctr-cli … | head`) is not an error: writes to a
+ * closed stdout or stderr are dropped and the command finishes its work
+ * (cleanup included) and exits as it would have; no EPIPE stack.
+ */
+export function quietOnClosedPipes(): void {
+  for (const s of [process.stdout, process.stderr]) {
+    s.on('error', (e: NodeJS.ErrnoException) => {
+      if (e.code === 'EPIPE' || e.code === 'ERR_STREAM_DESTROYED') return;
+      throw e;
+    });
+  }
+}
+
 /** Human output on stdout: text from images, servers and registries cannot drive the terminal (see util/text). */
 export function say(text: string): boolean {
   return process.stdout.write(linesForTerminal(text));

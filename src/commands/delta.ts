@@ -139,12 +139,15 @@ export function registerDelta(cd: Command): void {
   const exp = cd
     .command('export')
     .description('turn a full .cdimg back into a standard OCI image (one layer, all metadata, the original config)')
-    .argument('<file>', 'full .cdimg')
+    .argument('[file]', 'full .cdimg')
+    .option('--cdimg <file>', 'D4C alias of the file argument')
     .requiredOption('--to <ref>', 'oci:DIR[:TAG], oci-archive:FILE[:TAG] or docker://HOST/REPO:TAG')
     .option('-t, --threads <n>', 'worker threads', parseIntOpt('threads', 1, 256))
     .option('--json', 'print the result as JSON');
   addRegistryOptions(exp).action(
-    action(async (file: string, o: Record<string, unknown>) => {
+    action(async (fileArg: string | undefined, o: Record<string, unknown>) => {
+      const file = fileArg ?? (o.cdimg as string | undefined);
+      if (!file) throw invalidArgument('name the .cdimg file to export (or --cdimg FILE)');
       const { exportImage } = await import('../oci/export');
       const r = await exportImage(file, o.to as string, { threads: o.threads as number | undefined, registry: registryOptionsOf(o as never) });
       if (o.json) printJson(r);

@@ -15,6 +15,7 @@ import { DEFAULT_SNAPSHOTTER, type LoadImageResult, imagesInUse, loadImage, unlo
 import { invalidArgument, notFound } from '../errors';
 import { LocalStore, type StoredFile, checkImageName } from '../store/store';
 import { loadPolicy } from '../signing';
+import { notLoaded } from '../distribution/load';
 import { action, humanBytes, printJson, say } from './common';
 
 /** The local store's default directory (overridden by $D4FS_STORE and --store). */
@@ -28,7 +29,7 @@ export function storeDirOf(o: { store?: string }): string {
 /** Flags naming containerd: --address (D4C alias --host), --namespace, --snapshotter. */
 function addContainerdOptions(c: Command): Command {
   return c
-    .option('--address <socket>', `containerd's socket (default ${DEFAULT_CONTAINERD_ADDRESS})`)
+    .option('--address <socket>', `containerd's socket (default $CONTAINERD_ADDRESS or ${DEFAULT_CONTAINERD_ADDRESS})`)
     .addOption(new Option('--host <socket>', 'D4C alias of --address').hideHelp())
     .option('-n, --namespace <ns>', `containerd namespace (default ${DEFAULT_NAMESPACE})`)
     .option('--snapshotter <name>', `containerd snapshotter serving d4fs images (default ${DEFAULT_SNAPSHOTTER})`)
@@ -45,7 +46,7 @@ interface ContainerdFlags {
 
 function containerdOf(o: ContainerdFlags): { address: string; namespace: string; snapshotter: string } {
   return {
-    address: o.address ?? o.host ?? DEFAULT_CONTAINERD_ADDRESS,
+    address: o.address ?? o.host ?? process.env.CONTAINERD_ADDRESS ?? DEFAULT_CONTAINERD_ADDRESS,
     namespace: o.namespace ?? DEFAULT_NAMESPACE,
     snapshotter: o.snapshotter ?? DEFAULT_SNAPSHOTTER,
   };
@@ -91,6 +92,7 @@ function registerLoadCommand(program: Command): void {
   const c = program
     .command('load')
     .description('add a .cdimg (full image or delta) to the local store, name it, and register it with containerd so that `ctr run --snapshotter d4fs NAME ID` runs it')
+    .argument('[name]', 'with no --cdimg: an image the local store holds already (after `pull --no-load`, or a failed load)')
     .option('-i, --image <name>', 'image name, REPO[:TAG] (e.g. nginx:1.22)')
     .addOption(new Option('--imageTag <name>', 'D4C alias of --image').hideHelp())
     .option('--cdimg <file>', 'the .cdimg to load (a delta needs its parent image loaded first)')
@@ -100,23 +102,35 @@ function registerLoadCommand(program: Command): void {
     .option('--policy <file>', 'signature policy file: {"verifyKeys": ["key.pub.pem", …]}')
     .addHelpText('after', '\nExamples:\n  ctr-cli load --image nginx:1 --cdimg nginx-1.cdimg\n  ctr-cli load --image nginx:2 --cdimg nginx-1-2.cdimg\n  ctr run --rm --snapshotter d4fs nginx:2 web\n');
   addContainerdOptions(c).action(
-    action(async (o: ContainerdFlags & { image?: string; imageTag?: string; cdimg?: string; store?: string; json?: boolean; verifyKey?: string[]; policy?: string }) => {
-      const given = o.image ?? o.imageTag;
-      if (!given) throw invalidArgument('--image is required (the name to load the image as, e.g. --image nginx:1)');
-      if (!o.cdimg) throw invalidArgument('--cdimg is required (the .cdimg file to load)');
+    action(async (positional: string | undefined, o: ContainerdFlags & { image?: string; imageTag?: string; cdimg?: string; store?: string; json?: boolean; verifyKey?: string[]; policy?: string }) => {
+      const given = o.image ?? o.imageTag ?? positional;
+      if (positional && (o.image ?? o.imageTag) && positional !== (o.image ?? o.imageTag)) throw invalidArgument('name the image once: NAME or --image NAME');
+      if (!given) throw invalidArgument('--image is required (the name to load the image as, e.g. --image nginx:1 --cdimg nginx-1.cdimg), or NAME of an image the store holds');
       const name = checkImageName(given);
       const policy = await loadPolicy({ verifyKeys: o.verifyKey, policyFile: o.policy });
-      const store = await LocalStore.open(storeDirOf(o));
+      const store = await LocalStore.open(storeDirOf(o), { mustExist: !o.cdimg });
       try {
-        const file = await store.add(o.cdimg, { policy });
+        let file: StoredFile;
+        if (o.cdimg) {
+          file = await store.add(o.cdimg, { policy });
+        } else {
+          // an image the store holds: its newest file is the top of its chain
+          const id = store.resolveName(name);
+          const chainNow = store.chainFor(id);
+          file = chainNow[chainNow.length - 1];
+        }
         await store.verifyChain(file.imageId);
         await store.checkChainSignatures(file.imageId, policy);
-        store.tag(name, file.imageId);
         const chain = store.chainFor(file.imageId);
         let ctr: LoadImageResult | undefined;
         if (o.containerd !== false) {
           const t = containerdOf(o);
-          ctr = await loadImage({ store, name, imageId: file.imageId, address: t.address, namespace: t.namespace, snapshotter: t.snapshotter });
+          store.tag(name, file.imageId);
+          ctr = await loadImage({ store, name, imageId: file.imageId, address: t.address, namespace: t.namespace, snapshotter: t.snapshotter }).catch((e: unknown) => {
+            throw notLoaded(e, name);
+          });
+        } else {
+          store.tag(name, file.imageId);
         }
         const chainBytes = chain.reduce((n, f) => n + f.size, 0);
         if (o.json) {
@@ -152,7 +166,7 @@ function registerImagesCommand(program: Command): void {
     .option('--json', 'print the list as JSON')
     .action(
       action(async (o: { store?: string; json?: boolean }) => {
-        const store = await LocalStore.open(storeDirOf(o));
+        const store = await LocalStore.open(storeDirOf(o), { mustExist: !!(o.store ?? process.env.D4FS_STORE) });
         try {
           const rows = imageRows(store);
           if (o.json) {
@@ -180,7 +194,7 @@ function registerRmiCommand(program: Command): void {
   addContainerdOptions(c).action(
     action(async (names: string[], o: ContainerdFlags & { store?: string; json?: boolean; async?: boolean }) => {
       const wanted = names.map(checkImageName);
-      const store = await LocalStore.open(storeDirOf(o));
+      const store = await LocalStore.open(storeDirOf(o), { mustExist: !!(o.store ?? process.env.D4FS_STORE) });
       const t = containerdOf(o);
       const client = o.containerd !== false ? await ContainerdClient.connect({ address: t.address, namespace: t.namespace }) : undefined;
       try {

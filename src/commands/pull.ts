@@ -42,7 +42,7 @@ function printPull(r: PullResult): void {
       say(`  ${f.kind}${f.merged ? ' (merged chain)' : ''} ${f.rootDigest} ${humanBytes(f.size)} ${how}\n`);
     }
   }
-  say(r.loaded ? `  loaded into containerd\n` : `  not loaded (--no-load): run \`ctr-cli load\` to load it\n`);
+  say(r.loaded ? `  loaded into containerd\n` : `  not loaded (--no-load): run \`ctr-cli load ${r.name}\` to load it\n`);
 }
 
 export function registerPull(program: Command): void {
@@ -53,8 +53,8 @@ export function registerPull(program: Command): void {
     .option('--from <docker://registry/repo:tag>', 'pull from an OCI registry instead of a d4fs-server')
     .option('--store <dir>', 'local store (default $D4FS_STORE or /var/lib/d4fs/store)')
     .option('--no-load', 'only store the image; do not load it into containerd')
-    .option('--address <socket>', 'containerd socket', '/run/containerd/containerd.sock')
-    .option('--namespace <ns>', 'containerd namespace', 'default')
+    .option('--address <socket>', 'containerd socket (default $CONTAINERD_ADDRESS or /run/containerd/containerd.sock)')
+    .option('-n, --namespace <ns>', 'containerd namespace', 'default')
     .option('--snapshotter <name>', 'snapshotter to prepare the image for', 'd4fs')
     .option('--json', 'print the result as JSON')
     .option('--no-progress', 'no progress bar');
@@ -71,7 +71,7 @@ export function registerPull(program: Command): void {
         const common = {
           store: (o.store as string | undefined) ?? defaultStoreDir(),
           noLoad: o.load === false,
-          load: { address: o.address as string, namespace: o.namespace as string, snapshotter: o.snapshotter as string },
+          load: { address: (o.address as string | undefined) ?? process.env.CONTAINERD_ADDRESS ?? '/run/containerd/containerd.sock', namespace: o.namespace as string, snapshotter: o.snapshotter as string },
           onProgress: prog.onProgress,
         };
         let r: PullResult;

@@ -189,6 +189,14 @@ export function unreachableMessage(address: string): string {
 /** Converts a gRPC error of a call to containerd into a D4fsError. */
 export function containerdError(e: unknown, address: string, method: string): D4fsError {
   const se = e as Partial<grpc.ServiceError>;
+  // containerd answered, but could not dial a proxy plugin (the d4fs snapshotter) behind it
+  const dial = se?.code === grpc.status.UNAVAILABLE ? /Error while dialing:?\s*dial unix ([^:\s]+)/.exec(`${se.details ?? ''} ${se.message ?? ''}`) : null;
+  if (dial) {
+    return unavailable(
+      `containerd cannot reach the snapshotter at ${dial[1]}: the d4fs snapshotter is not running (start it: systemctl start d4fs-snapshotter, or node dist/snapshotter/main.js --address ${dial[1]}), then \`ctr-cli load NAME\` finishes the load`,
+      e,
+    );
+  }
   if (se?.code === grpc.status.UNAVAILABLE && CONNECTION_FAILURE.test(`${se.details ?? ''} ${se.message ?? ''}`)) {
     return unavailable(`${unreachableMessage(address)}: ${se.details ?? se.message}`, e);
   }

@@ -137,7 +137,10 @@ export async function convertImage(o: ConvertOptions): Promise<ConvertResult> {
     const { entries, contents } = builder.toEntries();
     writer = await CdimgWriter.create(o.output);
     const blobs = await sink.writeTo(writer, contents);
-    const index = buildFullIndex(entries, blobs, imageInfoOf(image, source.description), chunkSize);
+    // No reference in the index: the same image gives the same bytes (and
+    // root digest, and dedup on servers and registries) whatever reference it
+    // was converted from; the manifest digest already names the source.
+    const index = buildFullIndex(entries, blobs, imageInfoOf(image, ''), chunkSize);
     o.onProgress?.({ phase: 'write', done: 1, total: 1 });
     const fin = await writer.finish(index, { indexLevel: INDEX_LEVEL });
     return {

@@ -11,7 +11,7 @@ import { corrupt, failedPrecondition } from '../errors';
 import { checkImageName, LocalStore } from '../store/store';
 import { ServerClient, ServerClientOptions } from './client';
 import { downloadBlob, sweepParts } from './download';
-import { containerdLoader, LoadImageFn, LoadImageResult, LoadTarget } from './load';
+import { containerdLoader, LoadImageFn, LoadImageResult, LoadTarget, notLoaded } from './load';
 import { FileInfo, parseImageName, PlanFileJson, PullPlanJson, repoPath } from './protocol';
 
 /** How long a pull waits for its plan (a server may merge a chain first). */
@@ -119,9 +119,16 @@ export async function checkDownloaded(path: string, f: FileInfo, what: string): 
 
 /** Tag and (unless told not to) load: the end of every pull. */
 export async function finishPull(store: LocalStore, name: string, imageId: string, loader: LoadImageFn | undefined, target: LoadTarget = {}): Promise<{ loaded: boolean; load?: LoadImageResult }> {
+  if (!loader) {
+    store.tag(name, imageId);
+    return { loaded: false };
+  }
   store.tag(name, imageId);
-  if (!loader) return { loaded: false };
-  return { loaded: true, load: await loader({ store, name, imageId, ...target }) };
+  try {
+    return { loaded: true, load: await loader({ store, name, imageId, ...target }) };
+  } catch (e) {
+    throw notLoaded(e, name);
+  }
 }
 
 export async function pullFromServer(o: ServerPullOptions): Promise<PullResult> {

@@ -4,7 +4,7 @@
  * chunk by chunk and every chunk is verified against its digests.
  */
 import { promises as fsp } from 'node:fs';
-import { corrupt, D4fsError, hostile, notFound, unsupported } from '../errors';
+import { corrupt, D4fsError, hostile, invalidArgument, notFound, unsupported } from '../errors';
 import { sha256, digestFromRaw } from '../util/digest';
 import { decodeIndex } from './codec';
 import { FLAG_INDEX_ZSTD } from './writer';
@@ -140,7 +140,8 @@ async function openFile(path: string): Promise<fsp.FileHandle> {
 /** Reads and checks the header; `key` identifies the index for reuse (whole header and size). */
 async function readHeader(fh: fsp.FileHandle, path: string): Promise<{ st: { size: number }; header: HeaderInfo; key: string }> {
   const st = await fh.stat();
-  if (!st.isFile()) throw corrupt(`${path}: not a regular file`);
+  if (st.isDirectory()) throw invalidArgument(`${path} is a directory: name a .cdimg file`);
+  if (!st.isFile()) throw invalidArgument(`${path} is not a regular file: name a .cdimg file`);
   const h = Buffer.alloc(HEADER_SIZE);
   const { bytesRead } = await fh.read(h, 0, HEADER_SIZE, 0);
   const header = parseHeader(h.subarray(0, bytesRead), st.size, path);

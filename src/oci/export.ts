@@ -123,7 +123,7 @@ export async function exportImage(file: string, to: string, opts: { threads?: nu
     config.history = [{ created: (config.created as string) ?? '1970-01-01T00:00:00Z', created_by: `d4fs cdimg export of ${reader.imageId}`, comment: 'all layers flattened into one' }];
     const configBytes = Buffer.from(JSON.stringify(config));
     const configDesc: Descriptor = { mediaType: MT.OCI_CONFIG, digest: `sha256:${createHash('sha256').update(configBytes).digest('hex')}`, size: configBytes.length };
-    const manifestBytes = Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: MT.OCI_MANIFEST, config: configDesc, layers: [layer], annotations: { 'org.opencontainers.image.base.name': reader.index.image.sourceRef } }));
+    const manifestBytes = Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: MT.OCI_MANIFEST, config: configDesc, layers: [layer], ...(reader.index.image.sourceRef ? { annotations: { 'org.opencontainers.image.base.name': reader.index.image.sourceRef } } : {}) }));
     const manifestDigest = `sha256:${createHash('sha256').update(manifestBytes).digest('hex')}`;
     // 3. the destination
     if (dest.transport === 'oci' || dest.transport === 'oci-archive') {

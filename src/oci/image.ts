@@ -130,7 +130,13 @@ export async function resolveImage(source: ImageSource, opts: { platform?: Platf
     if (!compression) throw unsupported(`${source.description}: layer ${i} has unsupported media type "${desc.mediaType}"`);
     return { desc, diffId: diffIds[i], compression };
   });
-  const platform = config.os && config.architecture ? formatPlatform({ os: config.os, architecture: config.architecture, variant: config.variant }) : formatPlatform(want);
+  const has = config.os && config.architecture ? { os: config.os, architecture: config.architecture, variant: config.variant } : undefined;
+  // A platform the user asked for by name must be what the image is: a
+  // single-platform image of another architecture is not a match.
+  if (opts.platform && has && !platformMatches(opts.platform, has)) {
+    throw notFound(`${source.description}: the image is for ${formatPlatform(has)}, not ${formatPlatform(opts.platform)} (it has no other platforms); drop --platform or choose ${formatPlatform(has)}`);
+  }
+  const platform = has ? formatPlatform(has) : formatPlatform(want);
   return { source, manifest, manifestDoc: doc, config, configBytes, configDigest: manifest.config.digest, platform, layers };
 }
 

@@ -1,3 +1,4 @@
+import { existsSync, statSync } from 'node:fs';
 import { invalidArgument } from '../errors';
 import { SHA256_RE } from '../util/digest';
 
@@ -81,7 +82,32 @@ export function parseImageRef(s: string): ImageRef {
   if (/^[a-z-]+:\/\//.test(s) || /^(dir|containers-storage|docker-daemon):/.test(s)) {
     throw invalidArgument(`unsupported transport in "${s}": use oci:, oci-archive:, docker-archive: or docker://`);
   }
+  checkNotALocalPath(s);
   return parseRegistryRef(s);
+}
+
+/**
+ * A bare reference is a registry's (REPO:TAG = docker.io/REPO:TAG), but a user
+ * who types a path means a local image: never contact a registry for
+ * something that looks like, or names, a local path; say what to type.
+ */
+function checkNotALocalPath(s: string): void {
+  const looksLikePath = /^(\.{1,2}\/|\/|~\/)/.test(s) || s === '.' || s === '..';
+  let exists = false;
+  try {
+    // the path itself, or its first directory (a file not written yet: `--to out/plain`)
+    exists = existsSync(s) || (s.includes('/') && existsSync(s.split('/')[0]) && statSync(s.split('/')[0]).isDirectory());
+  } catch {
+    /* not a path */
+  }
+  if (!looksLikePath && !exists) return;
+  let hint = `oci:${s}`;
+  try {
+    if (exists && statSync(s).isFile()) hint = `oci-archive:${s} or docker-archive:${s}`;
+  } catch {
+    /* keep the directory hint */
+  }
+  throw invalidArgument(`"${s}" looks like a local path, not a registry reference: did you mean ${hint}? (a registry image is docker://HOST/REPO:TAG)`);
 }
 
 export function formatImageRef(r: ImageRef): string {

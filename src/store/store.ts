@@ -41,7 +41,12 @@ export function checkImageName(name: string): string {
 export class LocalStore {
   private constructor(readonly root: string, private readonly db: Database.Database) {}
 
-  static async open(root: string): Promise<LocalStore> {
+  /** Open (and create) the store at `root`; `mustExist`: refuse to create one (commands that only read or remove). */
+  static async open(root: string, opts: { mustExist?: boolean } = {}): Promise<LocalStore> {
+    if (opts.mustExist) {
+      const ok = await fsp.stat(join(root, 'store.db')).then(() => true, () => false);
+      if (!ok) throw notFound(`no local store at ${root} (check --store / $D4FS_STORE; \`ctr-cli load\` or \`pull\` creates it)`);
+    }
     await fsp.mkdir(join(root, 'files'), { recursive: true, mode: 0o700 });
     await fsp.mkdir(join(root, 'tmp'), { recursive: true, mode: 0o700 });
     const db = new Database(join(root, 'store.db'));
