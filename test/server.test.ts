@@ -7,7 +7,7 @@ import { ClientStores, failure, onceAfter, partOf, rootOf, sameBytes } from './h
 import { execFile, spawn, ChildProcess } from 'node:child_process';
 import { promises as fsp } from 'node:fs';
 import * as http from 'node:http';
-import { tmpdir } from 'node:os';
+import { networkInterfaces, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { promisify } from 'node:util';
 import { CdimgChain, makeCdimgChain, startThrottlingProxy } from '../bench/distribution';
@@ -19,6 +19,8 @@ import { D4fsServer } from '../src/server/server';
 import { Catalogue } from '../src/server/catalogue';
 import { planChain } from '../src/server/planner';
 import { pushToServer } from '../src/distribution/push';
+import { isLoopbackHost, parseTokenText, ServerClient } from '../src/distribution/client';
+import { tokenOf } from '../src/commands/push';
 import { pullFromServer, PullResult } from '../src/distribution/pull';
 import { LocalStore } from '../src/store/store';
 import { newToken } from '../src/server/auth';
@@ -518,5 +520,112 @@ describe('d4fs-server', () => {
     const s = await newStore('after-gc');
     expect((await pull(s, 'libssl:v2')).imageId).toBe(V2);
     expect((await failure(pull(s, 'libssl:v3'))).kind).toBe('NOT_FOUND');
+  });
+});
+
+describe('server client: where the token may go, and where it comes from', () => {
+  const T = newToken();
+
+  test('a token goes over plain http:// only to loopback hosts, unless insecureHttp; https and token-less clients anywhere', () => {
+    for (const url of ['http://127.0.0.1:8081', 'http://127.9.8.7:1', 'http://localhost:8081', 'http://LOCALHOST.:1', 'http://[::1]:8081', 'http://[::ffff:127.0.0.1]:1', 'http://2130706433:1']) {
+      expect(() => new ServerClient(url, { token: T }).close()).not.toThrow();
+    }
+    for (const url of ['http://example.com:8081', 'http://10.0.0.1:8081', 'http://192.0.2.1', 'http://[fe80::1]:1', 'http://[::ffff:10.0.0.1]:1', 'http://127.0.0.1.nip.io:1', 'http://localhost.example.com:1']) {
+      let e: unknown;
+      try {
+        new ServerClient(url, { token: T });
+      } catch (x) {
+        e = x;
+      }
+      expect(e).toMatchObject({ kind: 'INVALID_ARGUMENT' });
+      expect((e as Error).message).toMatch(/plain http.*--insecure-http/);
+      expect((e as Error).message).not.toContain(T);
+      expect(() => new ServerClient(url, { token: T, insecureHttp: true }).close()).not.toThrow();
+      expect(() => new ServerClient(url, {}).close()).not.toThrow();
+      expect(() => new ServerClient(url.replace('http:', 'https:'), { token: T }).close()).not.toThrow();
+    }
+    expect(isLoopbackHost('127.0.0.1')).toBe(true);
+    expect(isLoopbackHost('128.0.0.1')).toBe(false);
+    expect(isLoopbackHost('[0:0:0:0:0:0:0:1]')).toBe(true);
+  });
+
+  test('refused before any request is sent (push and pull, library and CLI); sent with --insecure-http', async () => {
+    // a listener on a non-loopback address of this machine, if it has one; else an address nothing answers on
+    const ext = Object.values(networkInterfaces())
+      .flat()
+      .find((a) => a && a.family === 'IPv4' && !a.internal)?.address;
+    const seen: (string | undefined)[] = [];
+    const trap = http.createServer((req, res) => {
+      seen.push(req.headers.authorization);
+      res.writeHead(404, { 'Content-Type': 'application/json' }).end(JSON.stringify({ error: { kind: 'NOT_FOUND', message: 'trap' } }));
+    });
+    await new Promise<void>((r) => trap.listen(0, ext ?? '127.0.0.1', r));
+    const url = ext ? `http://${ext}:${(trap.address() as import('node:net').AddressInfo).port}` : 'http://192.0.2.1:9';
+    try {
+      const refusedPush = await failure(pushToServer({ file: chain.deltas[0], image: 'libssl:v2', server: url, token: T }));
+      expect(refusedPush.kind).toBe('INVALID_ARGUMENT');
+      const refusedPull = await failure(pullFromServer({ image: 'libssl:v1', server: url, store: await newStore('insecure'), token: T, noLoad: true }));
+      expect(refusedPull.kind).toBe('INVALID_ARGUMENT');
+      const cli = await run(process.execPath, [CLI, 'push', '--cdimg', chain.deltas[0], '--image', 'libssl:v2', '--server', url], { env: { ...process.env, D4FS_TOKEN: T } }).then(
+        () => ({ code: 0, stderr: '' }),
+        (e: { code: number; stderr: string }) => e,
+      );
+      expect(cli.code).toBe(2);
+      expect(cli.stderr).toMatch(/plain http.*--insecure-http/);
+      expect(cli.stderr).not.toContain(T);
+      expect(seen).toEqual([]); // nothing reached the listener
+      if (ext) {
+        // the user's explicit choice: the request goes, with the token
+        const e = await failure(pullFromServer({ image: 'libssl:v1', server: url, store: await newStore('insecure-ok'), token: T, noLoad: true, insecureHttp: true }));
+        expect(e.kind).toBe('NOT_FOUND');
+        const out = await run(process.execPath, [CLI, 'pull', '--image', 'libssl:v1', '--server', url, '--store', join(work, 'clients', 'insecure-cli'), '--no-load', '--insecure-http', '--token', T]).catch((x: { code: number }) => x);
+        expect((out as { code: number }).code).toBe(3);
+        expect(seen).toEqual([`Bearer ${T}`, `Bearer ${T}`]);
+      }
+    } finally {
+      trap.close();
+    }
+  });
+
+  test('--token-file takes the line `ctr-cli serve token` prints, or a bare token; D4FS_TOKEN works too', async () => {
+    // token text
+    expect(parseTokenText(`rw ${T} ci\n`, 'f')).toBe(T);
+    expect(parseTokenText(`${T}\n`, 'f')).toBe(T);
+    expect(parseTokenText(`# for the CI\n\n  ro   ${T}  \n`, 'f')).toBe(T);
+    for (const bad of ['', '# only a comment\n', `rw ${T}\nro ${T}\n`, `xx ${T} name`, 'ro', 'rw bad\u0001token']) {
+      expect(() => parseTokenText(bad, 'f')).toThrow(expect.objectContaining({ kind: 'INVALID_ARGUMENT' }));
+    }
+    // what push and pull read: --token, else --token-file, else $D4FS_TOKEN (bare or as a line)
+    const lineFile = join(work, 'token-line');
+    const bareFile = join(work, 'token-bare');
+    const line = (await run(process.execPath, [CLI, 'serve', 'token', '--access', 'rw', '--name', 'ci'])).stdout;
+    const minted = line.split(/\s+/)[1];
+    await fsp.writeFile(lineFile, line, { mode: 0o600 });
+    await fsp.writeFile(bareFile, `${minted}\n`, { mode: 0o600 });
+    expect(await tokenOf({ tokenFile: lineFile })).toBe(minted);
+    expect(await tokenOf({ tokenFile: bareFile })).toBe(minted);
+    expect(await tokenOf({ token: T, tokenFile: lineFile })).toBe(T);
+    expect(await failure(tokenOf({ tokenFile: join(work, 'no-such-token-file') }))).toMatchObject({ kind: 'INVALID_ARGUMENT' });
+    const saved = process.env.D4FS_TOKEN;
+    try {
+      process.env.D4FS_TOKEN = `ro ${T} x`;
+      expect(await tokenOf({})).toBe(T);
+      process.env.D4FS_TOKEN = T;
+      expect(await tokenOf({})).toBe(T);
+      delete process.env.D4FS_TOKEN;
+      expect(await tokenOf({})).toBeUndefined();
+    } finally {
+      if (saved === undefined) delete process.env.D4FS_TOKEN;
+      else process.env.D4FS_TOKEN = saved;
+    }
+    // end to end: the server learns the minted line (its tokens file, reloaded), the CLI pushes with the same line as --token-file
+    await fsp.appendFile(tokensFile, line);
+    await server.reloadTokens();
+    const pushed = await run(process.execPath, [CLI, 'push', '--cdimg', chain.full[0], '--image', 'libssl:v1', '--server', server.url, '--token-file', lineFile, '--json']);
+    expect(JSON.parse(pushed.stdout)).toMatchObject({ kind: 'full', imageId: V1, repository: 'libssl', tag: 'v1' });
+    const pulled = await run(process.execPath, [CLI, 'pull', '--image', 'libssl:v1', '--server', server.url, '--store', join(work, 'clients', 'env-token'), '--no-load', '--json'], {
+      env: { ...process.env, D4FS_TOKEN: `ro ${RO} puller` },
+    });
+    expect(JSON.parse(pulled.stdout)).toMatchObject({ imageId: V1 });
   });
 });

@@ -11,7 +11,8 @@ import { gcRoot, GcReport } from '../server/gc';
 import { newToken } from '../server/auth';
 import { invalidArgument } from '../errors';
 import { DEFAULT_STORE_TTL_MS } from '../server/regstore';
-import { action, humanBytes, parseBool, parseIntOpt, parseSize, printJson, registryOptionsOf } from './common';
+import { setIndexLimits } from '../format/types';
+import { action, humanBytes, parseBool, parseIntOpt, parseSize, printJson, registryOptionsOf, say } from './common';
 
 /** "90s", "30m", "6h", "7d" or plain seconds → milliseconds. */
 export function parseDuration(v: string): number {
@@ -19,6 +20,11 @@ export function parseDuration(v: string): number {
   if (!m) throw new InvalidArgumentError(`invalid duration "${v}" (e.g. 90s, 30m, 6h, 7d)`);
   const unit: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 };
   return Math.round(Number(m[1]) * unit[m[2] ?? 's']);
+}
+
+/** "1KiB", "64k/s", "0" → bytes per second. */
+export function parseRate(v: string): number {
+  return parseSize(v.trim().replace(/\/s$/i, ''));
 }
 
 const LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
@@ -34,6 +40,10 @@ function addServeOptions(c: Command): Command {
     .option('--tls-key <file>', 'PEM private key of --tls-cert')
     .option('--max-upload <size>', 'largest accepted upload (e.g. 8GiB)', parseSize)
     .option('--max-uploads <n>', 'uploads at once (more get 503)', parseIntOpt('--max-uploads', 1, 10_000))
+    .option('--min-upload-rate <size>', 'request bodies (uploads) must average this many bytes/s over each --upload-rate-window, else 408 and the slot is freed (0: no minimum)', parseRate, 1024)
+    .option('--upload-rate-window <duration>', 'window of --min-upload-rate', parseDuration, 30_000)
+    .option('--max-index-size <size>', 'largest raw index of an uploaded .cdimg (default 512MiB or $D4FS_MAX_INDEX_BYTES); bigger ones are refused before they are decompressed', parseSize)
+    .option('--headers-timeout <duration>', "a request's headers must arrive within this (else 408)", parseDuration, 30_000)
     .option('--gc-interval <duration>', 'run garbage collection this often (e.g. 6h); default: only `serve gc`', parseDuration)
     .option('--merge-ttl <duration>', 'drop cached merges unused this long', parseDuration)
     .option('--merge-strategy <how>', 'compose (copy patches, instant), rediff (diff against the full base: smaller, CPU) or auto (compose now, rediff in the background)', 'auto')
@@ -51,6 +61,12 @@ async function runServer(o: Record<string, unknown>): Promise<void> {
   if (!o.root) throw invalidArgument('--root is required (the directory to serve)');
   if (!!o.tlsCert !== !!o.tlsKey) throw invalidArgument('--tls-cert and --tls-key go together');
   if (!['compose', 'rediff', 'auto'].includes(String(o.mergeStrategy))) throw invalidArgument('--merge-strategy must be compose, rediff or auto');
+  if (!((o.uploadRateWindow as number) > 0)) throw invalidArgument('--upload-rate-window must be longer than 0');
+  if (!((o.headersTimeout as number) > 0)) throw invalidArgument('--headers-timeout must be longer than 0');
+  if (o.maxIndexSize !== undefined) {
+    if (!((o.maxIndexSize as number) > 0)) throw invalidArgument('--max-index-size must be over 0');
+    setIndexLimits({ maxRaw: o.maxIndexSize as number });
+  }
   const level = String(o.logLevel);
   if (!LEVELS.includes(level)) throw invalidArgument(`--log-level must be one of ${LEVELS.join(', ')}`);
   const logger = pino({ name: 'd4fs-server', level, base: { pid: process.pid } }, pino.destination({ dest: 2, sync: true }));
@@ -62,6 +78,9 @@ async function runServer(o: Record<string, unknown>): Promise<void> {
     tls: o.tlsCert ? { cert: o.tlsCert as string, key: o.tlsKey as string } : undefined,
     maxUploadBytes: o.maxUpload as number | undefined,
     maxUploads: o.maxUploads as number | undefined,
+    minUploadRate: o.minUploadRate as number,
+    uploadRateWindowMs: o.uploadRateWindow as number,
+    headersTimeoutMs: o.headersTimeout as number,
     gcIntervalMs: o.gcInterval as number | undefined,
     gc: { mergeTtlMs: o.mergeTtl as number | undefined },
     mergeStrategy: o.mergeStrategy as MergeStrategy,
@@ -91,7 +110,7 @@ async function runServer(o: Record<string, unknown>): Promise<void> {
 
 function printGc(r: GcReport): void {
   const verb = r.dryRun ? 'would remove' : 'removed';
-  process.stdout.write(
+  say(
     `${verb}: ${r.files.length} unreferenced files, ${r.merges.length} stale merges, ${r.orphanBlobs.length} orphan blobs, ${r.temps} temp files` +
       ` (${humanBytes(r.freedBytes)}); ${r.images} image versions dropped\n`,
   );
@@ -128,7 +147,7 @@ function addServerSubcommands(parent: Command): void {
       action(async (o: Record<string, unknown>) => {
         if (o.access !== 'ro' && o.access !== 'rw') throw invalidArgument('--access must be ro or rw');
         const name = String(o.name ?? '').replace(/\s+/g, '-');
-        process.stdout.write(`${o.access} ${newToken()}${name ? ` ${name}` : ''}\n`);
+        say(`${o.access} ${newToken()}${name ? ` ${name}` : ''}\n`);
       }),
     );
 }

@@ -7,6 +7,7 @@
 import { promises as fsp } from 'node:fs';
 import * as http from 'node:http';
 import * as https from 'node:https';
+import { isIPv4, isIPv6 } from 'node:net';
 import type { Readable } from 'node:stream';
 import { D4fsError, ErrorKind, EXIT_CODES, invalidArgument, unavailable } from '../errors';
 import { ErrorJson } from './protocol';
@@ -14,6 +15,11 @@ import { ErrorJson } from './protocol';
 export interface ServerClientOptions {
   /** Bearer token (read-only or read-write). */
   token?: string;
+  /**
+   * Send the token over plain http:// to a host that is not loopback
+   * (default: refused, the token would cross the network in clear text).
+   */
+  insecureHttp?: boolean;
   /** false: accept any TLS certificate (self-signed test servers). */
   tlsVerify?: boolean;
   /** PEM file of a CA to trust for the server's certificate. */
@@ -28,6 +34,52 @@ export interface ServerClientOptions {
 export type Body = Buffer | { stream: () => Readable; length: number };
 
 const MAX_ERROR_BODY = 64 * 1024;
+/** What d4fs-server accepts as a token (src/server/auth.ts). */
+const TOKEN_RE = /^[A-Za-z0-9._~+/=-]{16,512}$/;
+
+/** Whether a URL hostname is the loopback interface: localhost, 127.0.0.0/8, ::1 (and ::ffff:127.x.y.z). */
+export function isLoopbackHost(hostname: string): boolean {
+  const h = hostname.toLowerCase().replace(/^\[|\]$/g, '').replace(/\.$/, '');
+  if (h === 'localhost' || h.endsWith('.localhost')) return true;
+  if (isIPv4(h)) return h.split('.')[0] === '127';
+  if (isIPv6(h)) {
+    if (h === '::1' || /^(0{1,4}:){7}0{0,3}1$/.test(h)) return true;
+    const mapped = /^::ffff:(?:(\d+\.\d+\.\d+\.\d+)|([0-9a-f]{1,4}):[0-9a-f]{1,4})$/.exec(h); // URL writes ::ffff:127.0.0.1 as ::ffff:7f00:1
+    if (mapped) return mapped[1] ? mapped[1].split('.')[0] === '127' : parseInt(mapped[2], 16) >> 8 === 127;
+  }
+  return false;
+}
+
+/**
+ * The token in the text of a token file or of $D4FS_TOKEN: a bare token, or
+ * the line `ctr-cli serve token` prints ("rw TOKEN name"), so the line a
+ * server's tokens file holds works as it is. Blank lines and # comments are
+ * skipped; exactly one token line is expected.
+ */
+export function parseTokenText(text: string, what: string): string {
+  const lines = text
+    .split(/\r?\n/)
+    .map((l) => l.replace(/(^|\s)#.*$/, '').trim())
+    .filter((l) => l !== '');
+  if (lines.length === 0) throw invalidArgument(`${what} holds no token`);
+  if (lines.length > 1) throw invalidArgument(`${what} holds ${lines.length} lines: expected one token (or one "rw|ro TOKEN [name]" line)`);
+  const words = lines[0].split(/\s+/);
+  const access = words[0] === 'ro' || words[0] === 'rw';
+  const token = access ? words[1] : words.length === 1 ? words[0] : undefined;
+  if (!token || !TOKEN_RE.test(token)) throw invalidArgument(`${what}: expected a token, or a line "rw|ro TOKEN [name]" as \`ctr-cli serve token\` prints it`);
+  return token;
+}
+
+/** The token of a token file (see parseTokenText). */
+export async function readTokenFile(path: string): Promise<string> {
+  let text: string;
+  try {
+    text = await fsp.readFile(path, 'utf8');
+  } catch (e) {
+    throw invalidArgument(`cannot read token file ${path}: ${(e as Error).message}`);
+  }
+  return parseTokenText(text, `token file ${path}`);
+}
 const MAX_JSON_ANSWER = 64 * 1024 * 1024;
 
 /** Read a response body up to `limit` bytes. */
@@ -62,6 +114,10 @@ export class ServerClient {
     }
     if (u.protocol !== 'http:' && u.protocol !== 'https:') throw invalidArgument(`server URL must be http:// or https://, not ${u.protocol}`);
     if (u.username || u.password) throw invalidArgument('put the token in --token (or D4FS_TOKEN), not in the URL');
+    // a bearer token in clear text only over the loopback interface, unless the user says otherwise
+    if (opts.token && u.protocol === 'http:' && !opts.insecureHttp && !isLoopbackHost(u.hostname)) {
+      throw invalidArgument(`refusing to send the token to ${u.host} over plain http:// (anyone on the way could read it): use https://, or pass --insecure-http`);
+    }
     this.base = new URL(u.origin);
     this.prefix = u.pathname.replace(/\/+$/, '');
     this.agent = u.protocol === 'https:' ? new https.Agent({ keepAlive: true, maxSockets: 16 }) : new http.Agent({ keepAlive: true, maxSockets: 16 });

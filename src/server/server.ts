@@ -43,7 +43,7 @@ import { Access, Principal, TokenAuth } from './auth';
 import { BlobStore, verifyCdimg } from './blobs';
 import { Catalogue, CATALOGUE_FILE, FileRow } from './catalogue';
 import { collectGarbage, GcOptions, GcReport } from './gc';
-import { acceptBody, parseRange, readJson, sendError, sendJson } from './http';
+import { acceptBody, awaitingContinue, bodyOf, BodyPace, bodyPending, discardBody, hasBody, parseRange, readJson, sendError, sendJson } from './http';
 import { MergeCache, MergeStrategy } from './merges';
 import { ServerMetrics } from './metrics';
 import { planChain } from './planner';
@@ -72,6 +72,16 @@ export interface ServerOptions {
   rediffThreads?: number;
   /** Idle timeout of a connection in ms (default 120 000). */
   idleTimeoutMs?: number;
+  /** A request's headers must arrive within this many ms of its first byte (default 30 000; else 408). */
+  headersTimeoutMs?: number;
+  /**
+   * Request bodies (uploads, JSON) must average at least this many bytes/s
+   * over every `uploadRateWindowMs` (default 1024; 0: no minimum); a slower
+   * client gets 408 and its upload slot is free again.
+   */
+  minUploadRate?: number;
+  /** Window of `minUploadRate` in ms (default 30 000). */
+  uploadRateWindowMs?: number;
   /** Run gc every so many ms (default: never). */
   gcIntervalMs?: number;
   /** gc options of the scheduled runs. */
@@ -91,6 +101,12 @@ export interface ServerOptions {
 const DEFAULT_LISTEN = '127.0.0.1:8081';
 const DEFAULT_MAX_UPLOAD = 16 * 1024 ** 3;
 const DEFAULT_IDLE_MS = 120_000;
+const DEFAULT_HEADERS_MS = 30_000;
+const DEFAULT_MIN_UPLOAD_RATE = 1024;
+const DEFAULT_UPLOAD_RATE_WINDOW_MS = 30_000;
+/** A body the server does not want is read and dropped up to this much before the answer (see discardBody). */
+const DISCARD_MAX_BYTES = 1024 * 1024;
+const DISCARD_MAX_MS = 2_000;
 /** How long a pull may wait for a merge made for it. */
 export const MERGE_TIMEOUT_MS = 30 * 60_000;
 
@@ -107,6 +123,8 @@ interface Route {
   method: string;
   re: RegExp;
   access: Access | 'open';
+  /** The handler reads the request body. */
+  body?: boolean;
   run(c: Ctx): Promise<void>;
 }
 
@@ -157,6 +175,7 @@ export class D4fsServer {
   private gcRunning: Promise<GcReport | undefined> | undefined;
   private readonly maxUpload: number;
   private readonly maxUploads: number;
+  private readonly pace: BodyPace;
 
   private constructor(private readonly opts: ServerOptions, catalogue: Catalogue, blobs: BlobStore, auth: TokenAuth) {
     this.catalogue = catalogue;
@@ -174,7 +193,8 @@ export class D4fsServer {
     });
     this.maxUpload = opts.maxUploadBytes ?? DEFAULT_MAX_UPLOAD;
     this.maxUploads = opts.maxUploads ?? 32;
-    const R = (name: string, method: string, re: RegExp, access: Access | 'open', run: (c: Ctx) => Promise<void>): Route => ({ name, method, re, access, run });
+    this.pace = { minBytesPerSecond: opts.minUploadRate ?? DEFAULT_MIN_UPLOAD_RATE, windowMs: opts.uploadRateWindowMs ?? DEFAULT_UPLOAD_RATE_WINDOW_MS };
+    const R = (name: string, method: string, re: RegExp, access: Access | 'open', run: (c: Ctx) => Promise<void>): Route => ({ name, method, re, access, run, body: method === 'PUT' || method === 'POST' });
     const repo = '(.+)'; // validated by the handlers (400 on a bad name, not 404)
     this.routes = [
       R('healthz', 'GET', /^\/healthz$/, 'open', async (c) => this.healthz(c)),
@@ -221,27 +241,65 @@ export class D4fsServer {
   private async listen(): Promise<void> {
     const { host, port } = parseListen(this.opts.listen ?? DEFAULT_LISTEN);
     const handler = (req: http.IncomingMessage, res: http.ServerResponse): void => {
-      const p = this.handle(req, res);
+      // handle() answers every failure itself; this is the last guard: no request ends the process
+      const p = this.handle(req, res).catch((e: unknown) => {
+        this.log.error({ err: (e as Error)?.message, stack: (e as Error)?.stack }, 'request handler failed');
+        res.destroy();
+      });
       this.active.add(p);
       void p.finally(() => this.active.delete(p));
+    };
+    const headersTimeout = this.opts.headersTimeoutMs ?? DEFAULT_HEADERS_MS;
+    const serverOpts: http.ServerOptions = {
+      // long uploads over slow links: no overall deadline; request bodies must keep a minimum pace instead (bodyOf)
+      requestTimeout: 0,
+      headersTimeout,
+      // how often headers deadlines are checked (Node's default, 30 s, would let a short deadline run long)
+      connectionsCheckingInterval: Math.max(100, Math.min(30_000, Math.floor(headersTimeout / 4))),
+      keepAliveTimeout: 5_000,
     };
     let server: http.Server;
     if (this.opts.tls) {
       const [cert, key] = await Promise.all([fsp.readFile(this.opts.tls.cert), fsp.readFile(this.opts.tls.key)]);
-      server = https.createServer({ cert, key }, handler);
+      server = https.createServer({ ...serverOpts, cert, key }, handler);
+      server.on('tlsClientError', (err: Error, sock: import('node:net').Socket) => {
+        this.log.debug({ err: err.message }, 'TLS client error');
+        sock.destroy();
+      });
     } else {
-      server = http.createServer(handler);
+      server = http.createServer(serverOpts, handler);
     }
     // Uploads wait for "100 Continue": auth and validation happen before any body byte moves.
     server.on('checkContinue', handler);
-    server.requestTimeout = 0; // long uploads over slow links; idleness is bounded instead
-    server.headersTimeout = 30_000;
-    server.keepAliveTimeout = 5_000;
     server.setTimeout(this.opts.idleTimeoutMs ?? DEFAULT_IDLE_MS, (sock) => sock.destroy());
-    server.on('clientError', (err, sock) => {
-      if (sock.writable) sock.end('HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n');
-      else sock.destroy();
-      this.log.debug({ err: err.message }, 'client error');
+    server.on('connection', (sock: import('node:net').Socket) => {
+      // Node's own handler turns socket errors into clientError; this one outlives it (a socket error never throws)
+      sock.on('error', (err) => this.log.debug({ err: err.message }, 'socket error'));
+    });
+    // CONNECT is no method of this API (without a listener Node would drop the connection unanswered)
+    server.on('connect', (_req: http.IncomingMessage, sock: import('node:stream').Duplex) => {
+      sock.on('error', () => undefined);
+      sock.end('HTTP/1.1 405 Method Not Allowed\r\nConnection: close\r\nContent-Length: 0\r\n\r\n');
+      setTimeout(() => sock.destroy(), 2_000).unref();
+    });
+    server.on('clientError', (err: NodeJS.ErrnoException, sock: import('node:stream').Duplex) => {
+      this.log.debug({ err: err.message, code: err.code }, 'client error');
+      // answer only when no response is under way on this connection (else its bytes would be corrupted)
+      const inFlight = (sock as { _httpMessage?: http.ServerResponse })._httpMessage;
+      if (!sock.writable || (inFlight && inFlight.headersSent)) {
+        sock.destroy();
+        return;
+      }
+      const status =
+        err.code === 'HPE_HEADER_OVERFLOW'
+          ? '431 Request Header Fields Too Large'
+          : err.code === 'ERR_HTTP_REQUEST_TIMEOUT'
+            ? '408 Request Timeout'
+            : err.code === 'HPE_CHUNK_EXTENSIONS_OVERFLOW'
+              ? '413 Payload Too Large'
+              : '400 Bad Request';
+      sock.end(`HTTP/1.1 ${status}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n`);
+      setTimeout(() => sock.destroy(), 2_000).unref();
     });
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
@@ -347,17 +405,30 @@ export class D4fsServer {
     }
     const name = route?.name ?? 'unknown';
     let who: Principal | undefined;
+    // taken now: once the request is over, req.socket may be null
+    const remote = req.socket?.remoteAddress;
+    // errors of the body reach whoever reads it (bodyOf); these listeners only keep a stray 'error' from throwing
+    req.on('error', (err) => this.log.debug({ err: err.message, method, path }, 'request stream error'));
+    res.on('error', (err) => this.log.debug({ err: err.message, method, path }, 'response stream error'));
     this.metrics.inflight.inc({ route: name });
     res.once('close', () => {
-      const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
-      this.metrics.inflight.dec({ route: name });
-      this.metrics.requests.inc({ method, route: name, status: String(res.statusCode) });
-      this.metrics.latency.observe({ method, route: name }, seconds);
-      if (name !== 'healthz' && name !== 'metrics') {
-        this.log.info({ method, route: name, path, status: res.statusCode, ms: Math.round(seconds * 1000), who: who?.name, remote: req.socket.remoteAddress, complete: res.writableFinished }, 'request');
+      try {
+        const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
+        this.metrics.inflight.dec({ route: name });
+        // the status clients saw; a response cut before its headers counts as 499 (nginx's "client closed request")
+        const status = res.headersSent ? res.statusCode : 499;
+        this.metrics.requests.inc({ method: method.length <= 16 ? method : 'OTHER', route: name, status: String(status) });
+        this.metrics.latency.observe({ method: method.length <= 16 ? method : 'OTHER', route: name }, seconds);
+        if (name !== 'healthz' && name !== 'metrics') {
+          this.log.info({ method, route: name, path: path.slice(0, 512), status, ms: Math.round(seconds * 1000), who: who?.name, remote, complete: res.writableFinished }, 'request');
+        }
+      } catch (e) {
+        this.log.error({ err: (e as Error)?.message }, 'request accounting failed');
       }
     });
     try {
+      // a body no handler reads: taken off the wire first, so that the answer is not lost to a reset
+      if (!route?.body && hasBody(req) && !awaitingContinue(req, res)) await discardBody(req, DISCARD_MAX_BYTES, DISCARD_MAX_MS);
       if (this.draining) {
         res.setHeader('Connection', 'close');
         throw unavailable('server is shutting down');
@@ -367,11 +438,24 @@ export class D4fsServer {
       await route.run({ req, res, params, who });
     } catch (e) {
       const err = toD4fsError(e);
-      if (err.kind === 'INTERNAL') this.log.error({ err: err.message, stack: (e as Error)?.stack, method, path }, 'request failed');
+      if (err.kind === 'INTERNAL') this.log.error({ err: err.message, stack: (e as Error)?.stack, method, path: path.slice(0, 512) }, 'request failed');
+      await this.settleBody(req, res, err);
       // A body the handler did not read would otherwise be read (or waited for) in vain.
-      if (!req.complete) res.setHeader('Connection', 'close');
+      if (bodyPending(req) && !res.headersSent && !res.destroyed) res.setHeader('Connection', 'close');
       sendError(res, err);
     }
+  }
+
+  /**
+   * Before an early answer (a refusal, "already stored"): read and drop a
+   * small rest of the body (bounded) unless the client waits for "100
+   * Continue", went away, or is too slow; the connection closes after the
+   * answer when the body did not end.
+   */
+  private async settleBody(req: http.IncomingMessage, res: http.ServerResponse, err?: D4fsError): Promise<void> {
+    if (!bodyPending(req) || req.destroyed || res.headersSent || awaitingContinue(req, res)) return;
+    if (err && (err.kind === 'DEADLINE_EXCEEDED' || err.kind === 'HOSTILE')) return; // too slow, or over a limit: not worth reading
+    await discardBody(req, DISCARD_MAX_BYTES, DISCARD_MAX_MS);
   }
 
   // ----------------------------------------------------------- handlers
@@ -422,7 +506,7 @@ export class D4fsServer {
   private async putTag(c: Ctx): Promise<void> {
     const repository = checkRepoName(c.params[0]);
     const tag = checkTag(c.params[1]);
-    const body = (await readJson(c.req, c.res, MAX_JSON_BODY)) as { imageId?: unknown } | null;
+    const body = (await readJson(c.req, c.res, MAX_JSON_BODY, this.pace)) as { imageId?: unknown } | null;
     const imageId = parseDigest(String(body?.imageId ?? ''), 'imageId');
     await this.store?.putTag(repository, tag, imageId); // the registry first: it is what every replica reads
     const previous = this.catalogue.setTag(repository, tag, imageId);
@@ -456,7 +540,8 @@ export class D4fsServer {
       this.catalogue.addFile({ ...existing, repository }); // links the repository; changes nothing else
       this.metrics.uploads.inc({ result: 'exists' });
       const body: UploadResultJson = { rootDigest, fileDigest: existing.fileDigest, kind: existing.kind, imageId: existing.imageId, parentId: existing.parentId, size: existing.size, created: false };
-      if (!c.req.complete) c.res.setHeader('Connection', 'close');
+      await this.settleBody(c.req, c.res);
+      if (bodyPending(c.req)) c.res.setHeader('Connection', 'close');
       sendJson(c.res, 200, body);
       return;
     }
@@ -470,7 +555,8 @@ export class D4fsServer {
       const what = `upload of ${rootDigest}`;
       let got: { bytes: number; fileDigest: string };
       try {
-        got = await this.blobs.receive(c.req, tmp, this.maxUpload, what, (n) => this.metrics.bytesReceived.inc({ route: 'upload' }, n));
+        // bodyOf: a client under the minimum pace gets 408 and frees its slot; the request is never destroyed under the answer
+        got = await this.blobs.receive(bodyOf(c.req, what, this.pace), tmp, this.maxUpload, what, (n) => this.metrics.bytesReceived.inc({ route: 'upload' }, n));
       } catch (e) {
         if (e instanceof D4fsError) throw e;
         throw unavailable(`${what} was interrupted: ${(e as Error).message}`, e);
@@ -507,7 +593,7 @@ export class D4fsServer {
   /** POST …/pull: plan the cheapest chain, merge its deltas, answer with the files to fetch. */
   private async pull(c: Ctx): Promise<void> {
     const repository = checkRepoName(c.params[0]);
-    const body = (await readJson(c.req, c.res, MAX_JSON_BODY)) as { tag?: unknown; imageId?: unknown; have?: unknown } | null;
+    const body = (await readJson(c.req, c.res, MAX_JSON_BODY, this.pace)) as { tag?: unknown; imageId?: unknown; have?: unknown } | null;
     if (!body || typeof body !== 'object') throw invalidArgument('pull request body must be a JSON object');
     const have = body.have ?? [];
     if (!Array.isArray(have) || have.length > MAX_HAVE) throw invalidArgument(`"have" must be an array of at most ${MAX_HAVE} image ids`);
@@ -542,9 +628,9 @@ export class D4fsServer {
       shape += shape ? '+delta' : 'delta';
     } else if (deltas.length > 1) {
       // a merge made now (strategy rediff: minutes for big images) may keep this request silent for a while
-      c.req.setTimeout(MERGE_TIMEOUT_MS);
+      c.req.socket?.setTimeout(MERGE_TIMEOUT_MS);
       const { merge, outcome } = await this.merges.get(deltas);
-      c.req.setTimeout(this.opts.idleTimeoutMs ?? DEFAULT_IDLE_MS);
+      c.req.socket?.setTimeout(this.opts.idleTimeoutMs ?? DEFAULT_IDLE_MS);
       files.push({ rootDigest: merge.rootDigest, fileDigest: merge.fileDigest, kind: 'delta', imageId: merge.imageId, parentId: merge.parentId, size: merge.size, merged: true, mergedFrom: merge.inputs });
       shape += shape ? '+merged' : 'merged';
       this.log.debug({ chainKey: merge.chainKey, outcome }, 'merge');
@@ -590,6 +676,7 @@ export class D4fsServer {
         'Cache-Control': 'public, max-age=31536000, immutable',
         [FILE_DIGEST_HEADER]: fileDigest,
       };
+      if (bodyPending(c.req)) headers.Connection = 'close'; // a body nobody reads: do not keep the connection for it
       const inm = c.req.headers['if-none-match'];
       if (inm && (inm === '*' || inm.split(',').map((s) => s.trim()).includes(etag))) {
         c.res.writeHead(304, headers);
