@@ -290,7 +290,12 @@ export async function pushArchive(archive: string, target: string, opts: Registr
       if (baseRepo && (await t.client.blobExists(baseRepo, d.digest))) mounts.push(d.digest);
       else missing.push(d.digest);
     }
-    if (missing.length) throw failedPrecondition(`push-vet: ${t.host}/${t.repo} lacks ${missing.length} layer(s) the archive omits:\n  ${missing.join('\n  ')}`);
+    if (missing.length) {
+      const how = baseRepo
+        ? `neither it nor ${baseRepo} holds them`
+        : 'pass --base-repo REPO (the repository push-vet checked, e.g. the base image\'s) to mount them from there';
+      throw failedPrecondition(`push: ${t.host}/${t.repo} lacks ${missing.length} layer(s) the archive omits (${how}): ${missing.join(', ')}`);
+    }
     for (const d of mounts) {
       if (await t.client.mountBlob(t.repo, d, baseRepo as string)) report.mounted++;
       else throw failedPrecondition(`registry refused to mount ${d} from ${baseRepo}`);
