@@ -3,12 +3,16 @@
  * d4fs-snapshotter: containerd proxy snapshotter of d4fs.
  *
  *     d4fs-snapshotter --root /var/lib/d4fs --address /run/d4fs/d4fs.sock \
- *                      [--config FILE.toml|.json] [--log-level info] [--no-fuse]
+ *                      [--store /var/lib/d4fs/store]... [--config FILE.toml|.json]
+ *                      [--log-level info] [--no-fuse]
  *
- * Snapshots of d4fs images (labelled with a d4fs image id) are mounted over
- * FUSE by the FUSE manager, a process of its own under <root>/fuse that this
- * daemon starts on demand and that outlives it; --no-fuse (or `fuse = false`)
- * leaves a plain overlay snapshotter.
+ * The snapshot of a d4fs image (labelled with its image id, and named by the
+ * image's synthetic chain id) is mounted over FUSE by the FUSE manager, a
+ * process of its own under <root>/fuse that this daemon starts on demand and
+ * that outlives it; --no-fuse (or `fuse = false`) leaves a plain overlay
+ * snapshotter. Images are served from the local stores given by --store (or
+ * `store` in the config file; default $D4FS_STORE or /var/lib/d4fs/store),
+ * never from a path a label names.
  *
  * Register it in containerd's config with install_snapshotter.sh
  * ([proxy_plugins.d4fs] type = "snapshot", address = the socket).
@@ -18,14 +22,15 @@ import path from 'node:path';
 import { Command } from 'commander';
 import { exitCodeOf, toD4fsError } from '../src/errors';
 import { FuseFileSystem } from '../src/fuse/client';
-import { D4FS_IMAGE_ID } from '../src/labels';
-import { createLogger, FileSystemRemoteProvider, resolveConfig, runSnapshotter } from '../src/snapshotter';
+import { createLogger, FileSystemRemoteProvider, resolveConfig, runSnapshotter, storesOf } from '../src/snapshotter';
 
 interface Flags {
   root?: string;
   address?: string;
   config?: string;
   logLevel?: string;
+  /** --store, repeated */
+  store: string[];
   /** false with --no-fuse */
   fuse: boolean;
 }
@@ -38,18 +43,28 @@ async function main(argv: string[]): Promise<void> {
     .option('--address <socket>', 'unix socket to serve on (default /run/d4fs/d4fs.sock)')
     .option('--config <file>', 'configuration file (.toml or .json)')
     .option('--log-level <level>', 'trace, debug, info, warn, error, fatal or silent (default info)')
+    .option(
+      '--store <dir>',
+      'local store of the d4fs images to serve (repeatable; default $D4FS_STORE or /var/lib/d4fs/store)',
+      (v: string, prev: string[]) => [...prev, v],
+      [] as string[],
+    )
     .option('--no-fuse', 'do not serve d4fs images over FUSE (plain overlay snapshotter)')
     .showHelpAfterError();
   program.parse(argv);
   const flags = program.opts<Flags>();
 
-  const cfg = resolveConfig({ root: flags.root, address: flags.address, logLevel: flags.logLevel, fuse: flags.fuse ? undefined : false }, flags.config);
+  const cfg = resolveConfig(
+    { root: flags.root, address: flags.address, logLevel: flags.logLevel, fuse: flags.fuse ? undefined : false, stores: flags.store.length ? flags.store : undefined },
+    flags.config,
+  );
   const log = createLogger(cfg.logLevel);
   const fuseFs =
     cfg.fuse === false
       ? undefined
       : new FuseFileSystem({
           root: path.join(cfg.root, 'fuse'),
+          stores: storesOf(cfg),
           log,
           managerArgs: [
             ...(cfg.fuseCacheMaxBytes ? ['--cache-max-bytes', String(cfg.fuseCacheMaxBytes)] : []),
@@ -59,7 +74,7 @@ async function main(argv: string[]): Promise<void> {
   const running = await runSnapshotter(
     cfg,
     log,
-    fuseFs ? { fileSystem: fuseFs, remote: new FileSystemRemoteProvider(fuseFs, (labels) => !!labels[D4FS_IMAGE_ID]) } : {},
+    fuseFs ? { fileSystem: fuseFs, remote: new FileSystemRemoteProvider(fuseFs, (labels, target) => fuseFs.accepts(labels, target)) } : {},
   );
 
   let signals = 0;

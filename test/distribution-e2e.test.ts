@@ -123,7 +123,7 @@ const FUSE = fusePlugged();
     for (const f of chain.full.slice(1)) await fsp.rm(f);
 
     const sock = path.join(dir, 'd4fs.sock');
-    snapshotter = await startSnapshotter({ root: path.join(dir, 'snapshotter'), address: sock });
+    snapshotter = await startSnapshotter({ root: path.join(dir, 'snapshotter'), address: sock, args: ['--store', store] });
     containerd = await startContainerd({ snapshotterSocket: sock });
     client = await ContainerdClient.connect({ address: containerd.address });
     backend = new SnapshotsClient(sock);

@@ -33,6 +33,7 @@ import { Encoding, FileType } from '../src/format/types';
 import { FuseFileSystem, ManagerClient } from '../src/fuse/client';
 import { d4fsMountsAt } from '../src/fuse/mounts';
 import { managerPaths } from '../src/fuse/protocol';
+import { d4fsDiffId } from '../src/containerd/image';
 import { D4FS_IMAGE_ID, D4FS_STORE, SNAPSHOT_REF } from '../src/labels';
 import { SnapshotsClient } from '../src/snapshotter';
 import { LocalStore } from '../src/store/store';
@@ -167,7 +168,8 @@ async function makeSpecialTree(root: string): Promise<void> {
   const ref: Record<'v1' | 'v2' | 'special', Map<string, TreeNode>> = { v1: new Map(), v2: new Map(), special: new Map() };
   const mp: Record<'v1' | 'v2' | 'special' | 'corrupt', string> = { v1: '', v2: '', special: '', corrupt: '' };
 
-  const labelsOf = (imageId: string) => ({ [D4FS_IMAGE_ID]: imageId, [D4FS_STORE]: storeRoot });
+  // The snapshot of a d4fs image is named by its chain id; the store comes from the configuration (a store label is ignored).
+  const labelsOf = (imageId: string) => ({ [D4FS_IMAGE_ID]: imageId, [SNAPSHOT_REF]: d4fsDiffId(imageId), [D4FS_STORE]: '/nonexistent/ignored' });
   const compare = (a: Map<string, TreeNode>, b: Map<string, TreeNode>) =>
     compareTrees(a, b, { mtimeToleranceNs: mtimeTolerance(), ignoreMtimeOf: (p) => p === '' });
 
@@ -191,6 +193,7 @@ async function makeSpecialTree(root: string): Promise<void> {
       ids.v2 = (await convertImage({ ref: i2.ref, output: cd.v2, pool })).imageId;
       ids.special = (await convertImage({ ref: special.ref, output: cd.special, pool })).imageId;
       await diffImages({ oldPath: cd.v1, newPath: cd.v2, out: cd.delta, pool });
+      await fsp.mkdir(path.join(dir, 'unpacked'));
       for (const k of ['v1', 'v2', 'special'] as const) {
         const out = path.join(dir, 'unpacked', k);
         await unpackImage(cd[k], out, { pool });
@@ -205,7 +208,7 @@ async function makeSpecialTree(root: string): Promise<void> {
     } finally {
       store.close();
     }
-    ffs = new FuseFileSystem({ root: path.join(dir, 'fuse'), log, watchIntervalMs: 300 });
+    ffs = new FuseFileSystem({ root: path.join(dir, 'fuse'), stores: [storeRoot], log, watchIntervalMs: 300 });
   });
 
   afterAll(async () => {
@@ -401,7 +404,7 @@ async function makeSpecialTree(root: string): Promise<void> {
   test('the cache is bounded (open contents stay); a restarted manager verifies what it finds', async () => {
     const root = path.join(dir, 'fuse-small');
     const bound = 1_000_000;
-    const small = new FuseFileSystem({ root, log, watchIntervalMs: 0, managerArgs: ['--cache-max-bytes', String(bound)] });
+    const small = new FuseFileSystem({ root, stores: [storeRoot], log, watchIntervalMs: 0, managerArgs: ['--cache-max-bytes', String(bound)] });
     const m = path.join(dir, 'mnt', 'small');
     await fsp.mkdir(m);
     const cacheDir = managerPaths(root).cache;
@@ -462,19 +465,25 @@ async function makeSpecialTree(root: string): Promise<void> {
   test('the snapshotter provides a d4fs image as a remote snapshot over FUSE, across its own kill -9', async () => {
     const root = path.join(dir, 'sn');
     const sock = path.join(dir, 'sn.sock');
-    let sn: SnapshotterProcess | undefined = await startSnapshotter({ root, address: sock });
+    const args = ['--store', storeRoot];
+    let sn: SnapshotterProcess | undefined = await startSnapshotter({ root, address: sock, args });
     const client = new SnapshotsClient(sock);
     const merged = path.join(dir, 'merged');
     await fsp.mkdir(merged);
     try {
-      const labels = { ...labelsOf(ids.v1), [SNAPSHOT_REF]: 'd4fs-fuse-test/layer' };
+      const layer = d4fsDiffId(ids.v1);
+      const labels = labelsOf(ids.v1);
+      // d4fs labels on a snapshot that is not the image's own (another chain id) mount nothing.
+      await client.prepare('d4fs-fuse-test/other', '', { ...labels, [SNAPSHOT_REF]: 'd4fs-fuse-test/not-the-image' });
+      expect(mountsBelow(path.join(root, 'snapshots'))).toEqual([]);
+      await client.remove('d4fs-fuse-test/other');
       await expect(client.prepare('d4fs-fuse-test/extract', '', labels)).rejects.toMatchObject({ kind: 'ALREADY_EXISTS' });
-      const info = await client.stat('d4fs-fuse-test/layer');
+      const info = await client.stat(layer);
       expect(info.labels[D4FS_IMAGE_ID]).toBe(ids.v1);
       const fuseMounts = mountsBelow(path.join(root, 'snapshots'));
       expect(fuseMounts).toHaveLength(1);
       // A container's rootfs: overlay with the FUSE mount as lower dir.
-      const mounts = await client.prepare('d4fs-fuse-test/rootfs', 'd4fs-fuse-test/layer');
+      const mounts = await client.prepare('d4fs-fuse-test/rootfs', layer);
       await mountAll(mounts, merged);
       expect(await fsp.readFile(path.join(merged, 'etc/passwd'), 'utf8')).toMatch(/^root:/);
       await fsp.writeFile(path.join(merged, 'etc/written'), 'upper');
@@ -483,14 +492,14 @@ async function makeSpecialTree(root: string): Promise<void> {
       await sn.kill9();
       sn = undefined;
       expect(await fsp.readFile(path.join(merged, 'usr/sbin/nginx'))).toHaveLength(ref.v1.get('usr/sbin/nginx')!.size);
-      sn = await startSnapshotter({ root, address: sock });
-      expect((await client.stat('d4fs-fuse-test/layer')).name).toBe('d4fs-fuse-test/layer');
+      sn = await startSnapshotter({ root, address: sock, args });
+      expect((await client.stat(layer)).name).toBe(layer);
       expect(mountsBelow(path.join(root, 'snapshots'))).toEqual(fuseMounts);
       expect(await fsp.readFile(path.join(merged, 'etc/written'), 'utf8')).toBe('upper');
 
       execFileSync('umount', [merged]);
       await client.remove('d4fs-fuse-test/rootfs');
-      await client.remove('d4fs-fuse-test/layer');
+      await client.remove(layer);
       expect(mountsBelow(path.join(root, 'snapshots'))).toEqual([]);
     } finally {
       client.close();

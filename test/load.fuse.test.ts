@@ -118,7 +118,7 @@ const FUSE = fusePlugged();
       await pool.close();
     }
     const sock = path.join(dir, 'd4fs.sock');
-    snapshotter = await startSnapshotter({ root, address: sock });
+    snapshotter = await startSnapshotter({ root, address: sock, args: ['--store', store] });
     containerd = await startContainerd({ snapshotterSocket: sock });
     client = await ContainerdClient.connect({ address: containerd.address });
     backend = new SnapshotsClient(sock);

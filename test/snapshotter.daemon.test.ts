@@ -5,7 +5,7 @@
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
-import { Kind, SnapshotsClient, resolveConfig } from '../src/snapshotter';
+import { DEFAULT_STORE, Kind, SnapshotsClient, resolveConfig, storesOf } from '../src/snapshotter';
 import { mountsUnder, runCommand, snapshotterEntryPoint, startSnapshotter } from './helpers/containerd';
 
 jest.setTimeout(60_000);
@@ -89,6 +89,14 @@ describe('d4fs-snapshotter process', () => {
     expect(fs.existsSync(`${dir}/flag-root/snapshots/1/fs`)).toBe(true);
     expect(fs.existsSync(`${dir}/from-toml`)).toBe(false);
     expect(await p.stop()).toBe(0);
+
+    // the stores of d4fs images come from the configuration only: a path or a list, made absolute
+    await fsp.writeFile(path.join(dir, 'stores.toml'), 'store = ["/srv/d4fs/store", "rel/store"]\n');
+    expect(resolveConfig({}, path.join(dir, 'stores.toml')).stores).toEqual(['/srv/d4fs/store', path.resolve('rel/store')]);
+    expect(resolveConfig({ stores: ['/flag/store'] }, path.join(dir, 'stores.toml')).stores).toEqual(['/flag/store']);
+    expect(storesOf({})).toEqual([path.resolve(process.env.D4FS_STORE || DEFAULT_STORE)]);
+    await fsp.writeFile(path.join(dir, 'bad-store.toml'), 'store = 3\n');
+    expect(() => resolveConfig({}, path.join(dir, 'bad-store.toml'))).toThrow(/store must be a path or a list of paths/);
 
     // bad configurations are usage errors (exit code 2)
     await fsp.writeFile(path.join(dir, 'bad.toml'), 'rooot = "/x"\n');

@@ -126,7 +126,7 @@ async function findSnapshot(sn: SnapshotsApi, chainId: string): Promise<Snapshot
  * holds the committed snapshot; a snapshotter that prepares an ordinary
  * (empty) snapshot instead is an error, and that snapshot is removed.
  */
-async function provideSnapshot(sn: SnapshotsApi, chainId: string, labels: Labels, timeoutMs: number): Promise<void> {
+async function provideSnapshot(sn: SnapshotsApi, chainId: string, labels: Labels, timeoutMs: number, storeRoot: string): Promise<void> {
   const key = `d4fs-load-${randomId()}`;
   try {
     await sn.prepare(key, '', { ...labels, [SNAPSHOT_REF]: chainId }, timeoutMs);
@@ -140,6 +140,7 @@ async function provideSnapshot(sn: SnapshotsApi, chainId: string, labels: Labels
   await sn.remove(key).catch(() => undefined);
   throw failedPrecondition(
     `the ${sn.snapshotter} snapshotter is not serving delta images: is it started with FUSE support? ` +
+      `Does it serve this store (d4fs-snapshotter --store ${storeRoot}: it serves images only from the stores of its own configuration)? ` +
       `(it prepared an empty snapshot instead of mounting ${labels[D4FS_IMAGE_ID]}; its log says why)`,
   );
 }
@@ -200,6 +201,7 @@ export async function loadImage(opts: LoadImageOptions): Promise<LoadImageResult
             [D4FS_IMAGE_REF]: name,
           },
           opts.prepareTimeoutMs ?? PREPARE_TIMEOUT_MS,
+          opts.store.root,
         );
       }
 

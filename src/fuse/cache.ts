@@ -16,10 +16,25 @@
  * depth costs one patch per level, once). Concurrent requests for the same
  * content or chunk share one build.
  *
+ * Trust (decision 10 of the design): a .cdimg is untrusted, and an image may
+ * claim any content digest for bytes of its own. Only what has been checked
+ * against the content digest as a whole is shared by digest: the complete
+ * contents. A content being built chunk by chunk has so far only been checked
+ * against the chunk digests of the file that declares it, so it is shared
+ * only with readers whose image locates the content in that same file (the
+ * same blob and chunk list): it is keyed by digest, declaring file and chunk
+ * layout, never by digest alone. An image that claims another image's digest
+ * for different bytes thus serves those bytes to itself until the last chunk
+ * lands, whereupon the whole-content check fails (EIO) and the file is
+ * dropped, never shared. Builds of a whole content are likewise keyed by the
+ * file they decode, so that a hostile file cannot make another image's build
+ * of the same digest fail.
+ *
  * Size is bounded: when the cache grows past `maxBytes`, contents nobody has
  * open are removed, least recently used first. Files found at start-up are
  * verified again before they are served; leftovers of builds are removed.
  */
+import { createHash } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
@@ -71,6 +86,11 @@ export interface ContentRef {
 
 interface Item {
   hex: string;
+  /**
+   * Key in `partials` while the content is built chunk by chunk (see
+   * partialKey); undefined for complete contents, which live in `items`.
+   */
+  key?: string;
   size: number;
   path: string;
   complete: boolean;
@@ -100,7 +120,11 @@ interface PartialState {
 const EMPTY_REF: ContentRef = { size: 0, complete: true, prepare: async () => undefined, readInto: async () => 0, release: () => undefined };
 
 export class ContentCache {
+  /** Complete contents by sha256 hex: verified as a whole (or verified on first use), shared by every image. */
   private readonly items = new Map<string, Item>();
+  /** Contents being built chunk by chunk, by partialKey: private to the file that declares their chunks. */
+  private readonly partials = new Map<string, Item>();
+  /** Whole builds in flight, by wholeKey (digest and the file decoded). */
   private readonly wholeBuilds = new Map<string, Promise<void>>();
   private readonly partialOpens = new Map<string, Promise<Item>>();
   /** Files being deleted, by content: a new build of the content waits for them. */
@@ -155,12 +179,17 @@ export class ContentCache {
   }
 
   stats(): CacheStats {
-    return { ...this.counters, items: this.items.size, bytes: this.total, maxBytes: this.maxBytes };
+    return { ...this.counters, items: this.items.size + this.partials.size, bytes: this.total, maxBytes: this.maxBytes };
   }
 
   /** True when the complete content `hex` is in the cache (nothing is built). */
   has(hex: string): boolean {
     return !!this.items.get(hex)?.complete;
+  }
+
+  /** True when `item` is still the cache's entry under its key (not dropped, evicted or replaced). */
+  private live(item: Item): boolean {
+    return item.key !== undefined ? this.partials.get(item.key) === item : this.items.get(item.hex) === item;
   }
 
   /**
@@ -178,12 +207,16 @@ export class ContentCache {
       if (!loc) throw notFound(`content sha256:${hex} is not in the chain ${chain.paths.join(' → ')}`);
       if (loc.blob.size !== size) throw corrupt(`content sha256:${hex} is ${loc.blob.size} bytes in ${loc.file}, the tree says ${size}`);
       if (loc.blob.chunks.length > 1) {
-        for (let attempt = 0; attempt < 3; attempt++) {
+        // Built chunk by chunk from THIS chain's blob: its chunks are checked against the
+        // chunk digests of the file that declares them (another image's partial build of
+        // the same digest is never used), the whole against the digest at the end.
+        for (let attempt = 0; attempt < 3 && !this.items.has(hex); attempt++) {
           const item = await this.openPartial(hex, chain, loc);
           // Evicted between its creation and now? Then open another.
-          if (this.items.get(hex) === item) return this.refTo(item);
+          if (this.live(item)) return this.refTo(item);
         }
-        throw corrupt(`content sha256:${hex} keeps disappearing from the cache (cache too small?)`);
+        // Completed (verified) meanwhile: served whole below.
+        if (!this.items.has(hex)) throw corrupt(`content sha256:${hex} keeps disappearing from the cache (cache too small?)`);
       }
     }
     const item = await this.pinWhole(hex, chain, chain.topLevel, []);
@@ -311,26 +344,39 @@ export class ContentCache {
     return item.verifying;
   }
 
-  /** Builds content `hex` into the cache (one build per content at a time). */
+  /**
+   * Builds content `hex`, as stored in the chain from `level` down, into the
+   * cache (one build per content and file at a time: a build that fails
+   * because of one file's blob is not the build of another file's).
+   */
   private buildWhole(hex: string, chain: ChainIndex, level: number, stack: string[]): Promise<void> {
-    let p = this.wholeBuilds.get(hex);
+    // Checked before joining a build in flight: waiting for our own build would never end.
+    if (stack.includes(hex) || stack.length > MAX_BASE_DEPTH) {
+      return Promise.reject(corrupt(`patch bases of sha256:${hex} form a cycle or a chain deeper than ${MAX_BASE_DEPTH}`));
+    }
+    const loc = chain.locate(hex, level);
+    if (!loc) return Promise.reject(notFound(`content sha256:${hex} is not in the chain ${chain.paths.join(' → ')} (missing base?)`));
+    const key = wholeKey(hex, loc.file);
+    let p = this.wholeBuilds.get(key);
     if (!p) {
-      p = this.doBuildWhole(hex, chain, level, stack).finally(() => this.wholeBuilds.delete(hex));
-      this.wholeBuilds.set(hex, p);
+      p = this.doBuildWhole(hex, chain, loc, stack).finally(() => this.wholeBuilds.delete(key));
+      this.wholeBuilds.set(key, p);
     }
     return p;
   }
 
-  private async doBuildWhole(hex: string, chain: ChainIndex, level: number, stack: string[]): Promise<void> {
-    if (stack.includes(hex) || stack.length > MAX_BASE_DEPTH) {
-      throw corrupt(`patch bases of sha256:${hex} form a cycle or a chain deeper than ${MAX_BASE_DEPTH}`);
-    }
-    const loc = chain.locate(hex, level);
-    if (!loc) throw notFound(`content sha256:${hex} is not in the chain ${chain.paths.join(' → ')} (missing base?)`);
+  /** True while some whole build of content `hex` runs. */
+  private building(hex: string): boolean {
+    const prefix = wholeKey(hex, '');
+    for (const k of this.wholeBuilds.keys()) if (k.startsWith(prefix)) return true;
+    return false;
+  }
+
+  private async doBuildWhole(hex: string, chain: ChainIndex, loc: Location, stack: string[]): Promise<void> {
     if (loc.blob.chunks.length > 1) {
       // Large: build every chunk through the partial file, then promote it.
       const item = await this.openPartial(hex, chain, loc);
-      if (this.items.get(hex) !== item) return; // evicted meanwhile: pinWhole tries again
+      if (!this.live(item) || item.complete) return; // evicted or completed meanwhile: pinWhole looks again
       item.refs++;
       try {
         await this.ensureRange(item, 0, item.size, [...stack, hex]);
@@ -384,11 +430,16 @@ export class ContentCache {
   // Chunked contents
   // -------------------------------------------------------------------------
 
-  /** The partial item of a large content (created as a sparse file of its size). */
+  /**
+   * The partial item of a large content as `loc` declares it (created as a
+   * sparse file of its size): shared only by readers whose chain locates the
+   * content in the same file with the same chunks.
+   */
   private async openPartial(hex: string, chain: ChainIndex, loc: Location): Promise<Item> {
-    const have = this.items.get(hex);
+    const key = partialKey(hex, loc);
+    const have = this.partials.get(key);
     if (have) return have;
-    let p = this.partialOpens.get(hex);
+    let p = this.partialOpens.get(key);
     if (!p) {
       p = (async () => {
         const path = join(this.dir, 'partial', `${hex}.${++this.partialSeq}`);
@@ -407,6 +458,7 @@ export class ContentCache {
         if (off !== loc.blob.size) throw corrupt(`${loc.file}: chunks of sha256:${hex} add up to ${off} bytes, the content has ${loc.blob.size}`);
         const item: Item = {
           hex,
+          key,
           size: loc.blob.size,
           path,
           complete: false,
@@ -417,10 +469,10 @@ export class ContentCache {
           partial: { chain, loc, offsets, done: new Uint8Array(offsets.length), remaining: offsets.length, inflight: new Map() },
         };
         this.touch(item);
-        this.items.set(hex, item);
+        this.partials.set(key, item);
         return item;
-      })().finally(() => this.partialOpens.delete(hex));
-      this.partialOpens.set(hex, p);
+      })().finally(() => this.partialOpens.delete(key));
+      this.partialOpens.set(key, p);
     }
     return p;
   }
@@ -478,7 +530,12 @@ export class ContentCache {
         this.counters.failures++;
         throw e;
       }
-      if (!st.done[i] && this.items.get(item.hex) === item) {
+      if (n !== st.loc.blob.chunks[i].rawSize) {
+        // The worker checks this before writing; never count a chunk of the wrong size as built.
+        this.counters.failures++;
+        throw corrupt(`${st.loc.file}: chunk ${i} of sha256:${item.hex} is ${n} bytes, its index says ${st.loc.blob.chunks[i].rawSize}`);
+      }
+      if (!st.done[i] && this.live(item)) {
         st.done[i] = 1;
         st.remaining--;
         item.bytes += n;
@@ -490,26 +547,38 @@ export class ContentCache {
     }
   }
 
-  /** All chunks built: verify the whole content and move it into place. */
+  /**
+   * All chunks built: verify the whole content and move it into place. Only
+   * now does it become the content of its digest, shared by every image; a
+   * content whose chunks matched their (self-declared) chunk digests but whose
+   * whole does not match its digest is dropped, and every read of it fails.
+   */
   private promote(item: Item, st: PartialState): Promise<void> {
     st.promoting ??= (async () => {
       const ok = await this.pool.run('verifyFile', { path: item.path, digest: item.hex, size: item.size });
       if (!ok) {
         this.counters.failures++;
         this.drop(item);
-        throw corrupt(`content sha256:${item.hex} does not match its digest after all chunks were built`);
+        this.log.warn({ digest: item.hex, file: st.loc.file }, 'content built from its chunks does not match its digest; dropped');
+        throw corrupt(`${st.loc.file}: content sha256:${item.hex} does not match its digest after all chunks were built`);
       }
-      if (this.items.get(item.hex) !== item) {
-        // Dropped meanwhile: its file is going, whatever the chunks say.
-        throw corrupt(`content sha256:${item.hex} was evicted while it was being built`);
-      }
+      const gone = () => corrupt(`content sha256:${item.hex} was evicted while it was being built`);
+      // Dropped meanwhile: its file is going, whatever the chunks say.
+      if (!this.live(item)) throw gone();
       const final = join(this.dir, item.hex);
       await this.removals.get(item.hex);
+      if (!this.live(item)) throw gone();
       await fsp.rename(item.path, final);
+      // Another complete copy (built from another file meanwhile) had the same, verified bytes: replaced.
+      const prev = this.items.get(item.hex);
+      if (prev) this.forget(prev);
+      this.partials.delete(item.key as string);
+      item.key = undefined;
       item.path = final;
       item.complete = true;
       item.verified = true;
       item.partial = undefined;
+      this.items.set(item.hex, item);
       this.log.debug({ digest: item.hex, size: item.size }, 'content complete');
     })();
     return st.promoting;
@@ -526,7 +595,7 @@ export class ContentCache {
    */
   collect(keep: (hex: string) => boolean): number {
     let n = 0;
-    for (const item of [...this.items.values()]) {
+    for (const item of [...this.items.values(), ...this.partials.values()]) {
       if (!this.removable(item) || keep(item.hex)) continue;
       this.drop(item);
       n++;
@@ -536,7 +605,7 @@ export class ContentCache {
 
   /** True when `item` may be removed now (unreferenced, no build or verification running). */
   private removable(i: Item): boolean {
-    return i.refs === 0 && !i.verifying && !(i.partial && (i.partial.inflight.size > 0 || i.partial.promoting)) && !this.wholeBuilds.has(i.hex);
+    return i.refs === 0 && !i.verifying && !(i.partial && (i.partial.inflight.size > 0 || i.partial.promoting)) && !this.building(i.hex);
   }
 
   /** Removes unreferenced contents, least recently used first, until under the bound. */
@@ -546,7 +615,7 @@ export class ContentCache {
       return;
     }
     const target = Math.floor(this.maxBytes * 0.9);
-    const candidates = [...this.items.values()].filter((i) => this.removable(i)).sort((a, b) => a.lastUsed - b.lastUsed);
+    const candidates = [...this.items.values(), ...this.partials.values()].filter((i) => this.removable(i)).sort((a, b) => a.lastUsed - b.lastUsed);
     for (const item of candidates) {
       if (this.total <= target) break;
       this.drop(item);
@@ -558,9 +627,13 @@ export class ContentCache {
     }
   }
 
-  /** Forgets an item and deletes its file. */
+  /**
+   * Forgets an item and deletes its file. An item that is no longer the
+   * cache's (replaced by another copy of the content at the same path) only
+   * goes: the file there is the other copy's.
+   */
   private drop(item: Item): void {
-    this.forget(item);
+    if (!this.forget(item)) return;
     const prev = this.removals.get(item.hex) ?? Promise.resolve();
     const p = prev
       .then(() => fsp.rm(item.path, { force: true }))
@@ -571,11 +644,34 @@ export class ContentCache {
     this.removals.set(item.hex, p);
   }
 
-  private forget(item: Item): void {
-    if (this.items.get(item.hex) !== item) return;
-    this.items.delete(item.hex);
+  /** Removes `item` from the cache's maps (false when it was not there any more). */
+  private forget(item: Item): boolean {
+    if (!this.live(item)) return false;
+    if (item.key !== undefined) this.partials.delete(item.key);
+    else this.items.delete(item.hex);
     this.total -= item.bytes;
+    return true;
   }
+}
+
+/** Key of a whole build: the content and the file whose blob is decoded. */
+function wholeKey(hex: string, file: string): string {
+  return `${hex}\0${file}`;
+}
+
+/**
+ * Key of a content built chunk by chunk: its digest, the file declaring its
+ * blob and that blob's chunk list (raw digests and sizes). Two images share a
+ * partial build only when their chains locate the content in the same file.
+ */
+function partialKey(hex: string, loc: Location): string {
+  const h = createHash('sha256').update(loc.file).update('\0');
+  const n = Buffer.alloc(8);
+  for (const c of loc.blob.chunks) {
+    n.writeBigUInt64LE(BigInt(c.rawSize));
+    h.update(c.rawDigest).update(n);
+  }
+  return `${hex}:${h.digest('hex')}`;
 }
 
 /** Index of the chunk holding byte `pos` (offsets ascending, first 0). */

@@ -3,8 +3,19 @@
  *
  * ManagerClient speaks the manager's protocol (./protocol.ts) with a deadline
  * on every call. FuseFileSystem is the snapshot core's FileSystem for d4fs
- * images: it resolves a snapshot's labels (image id and local store) to a
- * verified chain of .cdimg files and asks the manager to mount it.
+ * images: it resolves the image a snapshot's labels name to a chain of .cdimg
+ * files in the local stores of its own configuration and asks the manager to
+ * mount it (the manager opens and verifies the files, and checks that the
+ * chain leads to that image id).
+ *
+ * Labels are untrusted (decision 10 of the design): containerd passes every
+ * layer annotation under containerd.io/snapshot/ of any image it pulls to
+ * Prepare. So a label never names a path (the store label that `ctr-cli
+ * load` writes is informational and not read here), and a snapshot is
+ * served as a d4fs image only when it is that image's own snapshot: its
+ * name (containerd.io/snapshot.ref when prepared) is the image's synthetic
+ * chain id, d4fsDiffId(image id), which only the d4fs image's config names
+ * (see ../containerd/image.ts and {@link d4fsImageOf}).
  *
  * The manager is started on demand, detached (it must outlive the
  * snapshotter), and is ready only when it answers a real call. When it dies
@@ -19,9 +30,11 @@ import fs, { promises as fsp } from 'node:fs';
 import http from 'node:http';
 import path from 'node:path';
 import type { Logger } from 'pino';
-import { D4fsError, type ErrorKind, invalidArgument, toD4fsError, unavailable } from '../errors';
-import { D4FS_IMAGE_ID, D4FS_STORE } from '../labels';
+import { d4fsDiffId } from '../containerd/image';
+import { D4fsError, type ErrorKind, failedPrecondition, notFound, toD4fsError, unavailable } from '../errors';
+import { D4FS_IMAGE_ID, D4FS_PREFIX, SNAPSHOT_REF } from '../labels';
 import type { FileSystem } from '../snapshotter/filesystem';
+import { checkSocketDir, ensureSocketDir } from '../snapshotter/sockdir';
 import type { Labels } from '../snapshotter/types';
 import { LocalStore } from '../store/store';
 import { cleanDeadMounts } from './mounts';
@@ -131,9 +144,32 @@ export class ManagerClient {
   }
 }
 
+/** A d4fs image id as labels carry it. */
+const IMAGE_ID_RE = /^sha256:[0-9a-f]{64}$/;
+
+/**
+ * The d4fs image whose snapshot `labels` describe, or undefined: the image id
+ * label must be well formed and the snapshot's name (`containerd.io/snapshot.ref`:
+ * the chain id containerd prepares) must be that image's synthetic chain id.
+ * Any image's layer annotations can carry the image id label; only the
+ * d4fs image's own config (rootfs.diff_ids = [d4fsDiffId(id)]) leads
+ * containerd to prepare that chain id.
+ */
+export function d4fsImageOf(labels: Readonly<Labels>): string | undefined {
+  const id = labels[D4FS_IMAGE_ID];
+  if (typeof id !== 'string' || !IMAGE_ID_RE.test(id)) return undefined;
+  return labels[SNAPSHOT_REF] === d4fsDiffId(id) ? id : undefined;
+}
+
 export interface FuseFileSystemOptions {
   /** The manager's state directory (socket, state, cache), e.g. <snapshotter root>/fuse. */
   root: string;
+  /**
+   * The local stores d4fs images are served from, searched in order (the
+   * snapshotter's own configuration; a store is never taken from a label and
+   * never created here).
+   */
+  stores: readonly string[];
   log: Logger;
   /** The manager's entry point (default: dist/snapshotter/fuse-manager.js next to this module). */
   managerEntry?: string;
@@ -167,15 +203,42 @@ export class FuseFileSystem implements FileSystem {
     this.log = o.log.child({ component: 'fuse-client' });
   }
 
-  /** Mounts the d4fs image named by `labels` at `mountpoint` (idempotent). */
+  /**
+   * True when the snapshot being prepared with `labels` (and `target`'s
+   * parents) is a d4fs image's own, to be provided as a FUSE mount: see
+   * {@link d4fsImageOf}; a d4fs image is one layer, so it has no parent.
+   * d4fs labels on any other snapshot are ignored (logged): it is unpacked
+   * as usual.
+   */
+  accepts(labels: Readonly<Labels>, target?: { parentIds: readonly string[] }): boolean {
+    const id = d4fsImageOf(labels);
+    if (id && (target?.parentIds.length ?? 0) === 0) return true;
+    if (Object.keys(labels).some((k) => k.startsWith(D4FS_PREFIX))) {
+      this.log.warn(
+        { ref: labels[SNAPSHOT_REF], imageId: labels[D4FS_IMAGE_ID], parents: target?.parentIds.length ?? 0 },
+        'ignoring d4fs labels: the snapshot is not the named d4fs image\'s own (chain id or parent mismatch); unpacking it as usual',
+      );
+    }
+    return false;
+  }
+
+  /**
+   * Mounts the d4fs image of the snapshot `labels` describe at `mountpoint`
+   * (idempotent). The image must be the snapshot's own (see d4fsImageOf; the
+   * snapshot core passes the committed snapshot's name as
+   * containerd.io/snapshot.ref when it mounts one again) and held by one of
+   * the configured stores.
+   */
   async mount(mountpoint: string, labels: Readonly<Labels>, signal?: AbortSignal): Promise<void> {
     const mp = path.resolve(mountpoint);
-    const req: MountRequest = { mountpoint: mp, imageId: '', chain: [] };
-    const imageId = labels[D4FS_IMAGE_ID];
-    const store = labels[D4FS_STORE];
-    if (!imageId || !store) throw invalidArgument(`a d4fs snapshot needs the labels ${D4FS_IMAGE_ID} and ${D4FS_STORE}`);
-    req.imageId = imageId;
-    req.chain = await resolveChain(store, imageId);
+    const imageId = d4fsImageOf(labels);
+    if (!imageId) {
+      throw failedPrecondition(
+        `snapshot ${JSON.stringify(labels[SNAPSHOT_REF] ?? '')} is not the snapshot of d4fs image ${JSON.stringify(labels[D4FS_IMAGE_ID] ?? '')}: ` +
+          `its name must be the image's chain id (${labels[D4FS_IMAGE_ID] && IMAGE_ID_RE.test(labels[D4FS_IMAGE_ID]) ? d4fsDiffId(labels[D4FS_IMAGE_ID]) : 'sha256:…'})`,
+      );
+    }
+    const req: MountRequest = { mountpoint: mp, imageId, chain: await resolveChain(this.o.stores, imageId) };
     this.known.set(mp, req);
     try {
       await this.withManager((c) => c.mount(req, this.t.mount, signal));
@@ -252,6 +315,8 @@ export class FuseFileSystem implements FileSystem {
   }
 
   private async startManager(): Promise<PingReply> {
+    // Only a socket in a directory nobody else can write to is the manager's.
+    await checkSocketDir(path.dirname(this.paths.socket));
     let ping: PingReply;
     try {
       ping = await this.client.ping(this.t.ping);
@@ -271,7 +336,7 @@ export class FuseFileSystem implements FileSystem {
   }
 
   private async spawnManager(): Promise<PingReply> {
-    await fsp.mkdir(this.o.root, { recursive: true, mode: 0o700 });
+    await ensureSocketDir(this.o.root, { exclusive: true });
     const entry = this.o.managerEntry ?? path.resolve(__dirname, '..', '..', 'snapshotter', 'fuse-manager.js');
     const logFd = fs.openSync(this.paths.log, 'a');
     let child: ChildProcess;
@@ -364,18 +429,27 @@ export class FuseFileSystem implements FileSystem {
 }
 
 /**
- * The files of `imageId`'s chain in the store, full image first. They are not
- * opened here: the manager opens, verifies and checks them as a chain before
- * it mounts (and its errors come back to the caller), so reading every index
- * here as well would only double the cost of a mount.
+ * The files of `imageId`'s chain in the first of `stores` that holds it, full
+ * image first. A store without a catalogue holds nothing (and is not created
+ * here). The files are not opened here: the manager opens, verifies (the image
+ * id recomputed from the index) and checks them as a chain before it mounts,
+ * and refuses a chain that does not lead to `imageId` (its errors come back to
+ * the caller), so reading every index here as well would only double the cost
+ * of a mount.
  */
-async function resolveChain(storeRoot: string, imageId: string): Promise<string[]> {
-  const store = await LocalStore.open(storeRoot);
-  try {
-    return store.chainFor(imageId).map((f) => f.path);
-  } finally {
-    store.close();
+async function resolveChain(stores: readonly string[], imageId: string): Promise<string[]> {
+  for (const root of stores) {
+    if (!fs.existsSync(path.join(root, 'store.db'))) continue;
+    const store = await LocalStore.open(root);
+    try {
+      return store.chainFor(imageId).map((f) => f.path);
+    } catch (e) {
+      if (toD4fsError(e).kind !== 'NOT_FOUND') throw e;
+    } finally {
+      store.close();
+    }
   }
+  throw notFound(`image ${imageId} is not held by the local store${stores.length === 1 ? '' : 's'} the snapshotter serves (${stores.join(', ') || 'none configured'})`);
 }
 
 async function recordedMountpoints(stateFile: string): Promise<string[]> {

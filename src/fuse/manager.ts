@@ -26,6 +26,7 @@ import { chooseBinding, createImageFileSystem, fuse3LoadFailure, type FuseBindin
 import { cleanDeadMounts, d4fsMountsAt } from './mounts';
 import { FusePool } from './pool';
 import { fusePath } from './tree';
+import { ensureSocketDir } from '../snapshotter/sockdir';
 import { FileType } from '../format/types';
 import {
   type CheckReply,
@@ -111,9 +112,16 @@ export class FuseManager {
     await fsp.access('/dev/fuse').catch(() => {
       throw failedPrecondition('/dev/fuse is missing: load the fuse kernel module (modprobe fuse) to serve d4fs images');
     });
-    await fsp.mkdir(o.root, { recursive: true, mode: 0o700 });
+    // The root holds the socket (and the state, the cache): ours alone, 0700.
+    await ensureSocketDir(o.root, { exclusive: true });
     const paths = managerPaths(o.root);
-    const socket = o.socket ?? paths.socket;
+    const socket = path.resolve(o.socket ?? paths.socket);
+    const socketDir = path.dirname(socket);
+    if (socketDir !== path.resolve(o.root)) {
+      // A long root's socket goes to a private directory under /run/d4fs, which must be ours too.
+      if (!o.socket) await ensureSocketDir(path.dirname(socketDir));
+      await ensureSocketDir(socketDir, { exclusive: !o.socket });
+    }
     await clearStaleSocket(socket);
     await fsp.writeFile(paths.pid, `${process.pid}\n`);
     await ensureFusectl(o.log);

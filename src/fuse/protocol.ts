@@ -13,9 +13,9 @@
  * (errors/index.ts), so both sides speak D4fsError.
  */
 import { createHash } from 'node:crypto';
-import os from 'node:os';
 import path from 'node:path';
 import type { ErrorKind } from '../errors';
+import { MAX_SOCKET_PATH, RUN_DIR } from '../snapshotter/sockdir';
 import type { CacheStats } from './cache';
 import type { PrefetchStats } from './manager';
 import type { FuseBindingName, MountStats } from './binding';
@@ -23,14 +23,16 @@ import type { FuseBindingName, MountStats } from './binding';
 export const PROTOCOL_VERSION = 1;
 
 /**
- * Files of a manager under its root directory. A socket path longer than a
- * unix socket address allows moves to the temporary directory, named after
- * the root.
+ * Files of a manager under its root directory (which the manager keeps 0700:
+ * its socket lives there). A socket path longer than a unix socket address
+ * allows moves to a private directory of its own, named after the root,
+ * under /run/d4fs (never to a shared directory such as /tmp, where anyone
+ * could take the name first): see ../snapshotter/sockdir.ts.
  */
 export function managerPaths(root: string): { socket: string; state: string; pid: string; cache: string; log: string } {
   let socket = path.join(root, 'manager.sock');
-  if (Buffer.byteLength(socket) > 107) {
-    socket = path.join(os.tmpdir(), `d4fs-fuse-${createHash('sha256').update(path.resolve(root)).digest('hex').slice(0, 16)}.sock`);
+  if (Buffer.byteLength(socket) > MAX_SOCKET_PATH) {
+    socket = path.join(RUN_DIR, `fuse-${createHash('sha256').update(path.resolve(root)).digest('hex').slice(0, 16)}`, 'manager.sock');
   }
   return {
     socket,

@@ -187,6 +187,8 @@ export async function buildChunk(a: BuildChunkArgs): Promise<number> {
   const c = blob.chunks[a.chunk];
   if (!c) throw notFound(`content sha256:${a.digest} has no chunk ${a.chunk}`);
   const raw = await chain.chunk(a.level, c);
+  // The chunk's digest is checked by chain.chunk; its size decides where the next chunk goes.
+  if (raw.length !== c.rawSize) throw corrupt(`${a.chain[a.level]}: chunk ${a.chunk} of sha256:${a.digest} is ${raw.length} bytes, its index says ${c.rawSize}`);
   const fh = await fsp.open(a.out, 'r+');
   try {
     await writeFully(fh, raw, a.offset);

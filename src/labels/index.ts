@@ -140,10 +140,21 @@ export const D4FS_IMAGE_REF = 'containerd.io/snapshot/d4fs.image-ref';
 /** On a snapshot (set by `ctr-cli load`): root digest of the .cdimg index the snapshot serves. */
 export const D4FS_ROOT_DIGEST = 'containerd.io/snapshot/d4fs.root-digest';
 
-/** On a snapshot (set by `ctr-cli load`): the d4fs image id (sha256 of tree + config) the FUSE mount serves. */
+/**
+ * On a snapshot (set by `ctr-cli load`): the d4fs image id (sha256 of tree +
+ * config) the FUSE mount serves. A claim: the snapshotter mounts the image
+ * only for the snapshot named by the image's synthetic chain id
+ * (d4fsDiffId in src/containerd/image.ts) and only from its own stores.
+ */
 export const D4FS_IMAGE_ID = 'containerd.io/snapshot/d4fs.image-id';
 
-/** On a snapshot (set by `ctr-cli load`): path of the local d4fs store holding the image. */
+/**
+ * On a snapshot (set by `ctr-cli load`): path of the local d4fs store the
+ * image was loaded from. Informational only: the snapshotter serves images
+ * from the stores of its own configuration and never reads a path from a
+ * label (labels are untrusted: any image's layer annotations under
+ * `containerd.io/snapshot/` reach Prepare).
+ */
 export const D4FS_STORE = 'containerd.io/snapshot/d4fs.store';
 
 /**

@@ -13,6 +13,11 @@
  *     fuse = true                       # serve d4fs images through the FUSE manager
  *     fuse_cache_max_bytes = 10737418240  # bound of the FUSE content cache
  *     fuse_binding = "fuse3"            # or "fuse-native" (libfuse2 fallback); default fuse3 when it loads
+ *     store = "/var/lib/d4fs/store"     # local store(s) of d4fs images to serve: a path or a list of paths
+ *
+ * The stores d4fs images are served from come from here only (default
+ * $D4FS_STORE, else /var/lib/d4fs/store: where `ctr-cli load` keeps them),
+ * never from a snapshot label.
  */
 import fs from 'node:fs';
 import path from 'node:path';
@@ -33,6 +38,17 @@ export interface SnapshotterConfig {
   fuseCacheMaxBytes?: number;
   /** FUSE binding of the FUSE manager (default: fuse3 when it loads, else fuse-native). */
   fuseBinding?: FuseBindingName;
+  /** Local stores holding the d4fs images to serve, searched in order (default: {@link defaultStores}). */
+  stores?: string[];
+}
+
+/** Where `ctr-cli load` keeps images unless told otherwise. */
+export const DEFAULT_STORE = '/var/lib/d4fs/store';
+
+/** The stores of a configuration: its own, else $D4FS_STORE, else /var/lib/d4fs/store. */
+export function storesOf(cfg: Pick<SnapshotterConfig, 'stores'>): string[] {
+  if (cfg.stores && cfg.stores.length > 0) return cfg.stores;
+  return [path.resolve(process.env.D4FS_STORE || DEFAULT_STORE)];
 }
 
 export const DEFAULT_CONFIG: Readonly<SnapshotterConfig> = {
@@ -102,6 +118,14 @@ export function loadConfigFile(file: string): Partial<SnapshotterConfig> {
       case 'fuse_binding':
         out.fuseBinding = parseBinding(expect<string>(file, key, value, 'string'), `${file}: fuse_binding`);
         break;
+      case 'store': {
+        const list = Array.isArray(value) ? value : [value];
+        if (list.length === 0 || !list.every((v) => typeof v === 'string' && v !== '')) {
+          throw invalidArgument(`${file}: store must be a path or a list of paths`);
+        }
+        out.stores = list as string[];
+        break;
+      }
       default:
         throw invalidArgument(`${file}: unknown key ${JSON.stringify(key)}`);
     }
@@ -116,6 +140,7 @@ export function resolveConfig(flags: Partial<SnapshotterConfig>, file?: string):
   const cfg: SnapshotterConfig = { ...DEFAULT_CONFIG, ...fromFile, ...defined };
   if (!path.isAbsolute(cfg.root)) cfg.root = path.resolve(cfg.root);
   if (!path.isAbsolute(cfg.address)) cfg.address = path.resolve(cfg.address);
+  if (cfg.stores) cfg.stores = cfg.stores.map((s) => path.resolve(s));
   if (!LOG_LEVELS.includes(cfg.logLevel)) throw invalidArgument(`log level must be one of ${LOG_LEVELS.join(', ')}`);
   // sun_path holds 108 bytes including the terminating NUL.
   if (Buffer.byteLength(cfg.address) > 107) throw invalidArgument(`socket path too long (max 107 bytes): ${cfg.address}`);

@@ -15,6 +15,7 @@ import { SnapshotsClient } from './grpc/client';
 import { serveSnapshotter, type SnapshotterServer } from './grpc/server';
 import { OverlaySnapshotter } from './overlay';
 import type { RemoteSnapshotProvider } from './remote';
+import { ensureSocketDir } from './sockdir';
 
 /** A serving snapshotter. */
 export interface RunningSnapshotter {
@@ -63,7 +64,8 @@ export async function runSnapshotter(
   plug: { fileSystem?: FileSystem; remote?: RemoteSnapshotProvider } = {},
 ): Promise<RunningSnapshotter> {
   await fsp.mkdir(cfg.root, { recursive: true, mode: 0o700 });
-  await fsp.mkdir(path.dirname(cfg.address), { recursive: true, mode: 0o711 });
+  // Created 0700 when missing; refused when another user owns it or others may write to it.
+  await ensureSocketDir(path.dirname(cfg.address));
   await clearStaleSocket(cfg.address, log);
 
   const snapshotter = await OverlaySnapshotter.open({
@@ -107,6 +109,6 @@ export async function runSnapshotter(
   } finally {
     client.close();
   }
-  log.info({ root: cfg.root, address: cfg.address }, 'ready');
+  log.info({ root: cfg.root, address: cfg.address, stores: cfg.stores }, 'ready');
   return { snapshotter, server, shutdown };
 }

@@ -396,7 +396,8 @@ export class OverlaySnapshotter {
       this.log.warn({ err: e, key: info.name, id }, 'remote snapshot check failed; mounting it again');
     }
     try {
-      await this.fileSystem.mount(mountpoint, info.labels, signal);
+      // The snapshot's name, not a label (labels can be updated), says which snapshot it is.
+      await this.fileSystem.mount(mountpoint, { ...info.labels, [SNAPSHOT_REF]: info.name }, signal);
     } catch (e) {
       throw unavailable(`remote snapshot ${JSON.stringify(info.name)} is not available: ${toD4fsError(e).message}`, e);
     }

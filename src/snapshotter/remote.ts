@@ -43,17 +43,20 @@ export class NoRemoteSnapshots implements RemoteSnapshotProvider {
 
 /**
  * A provider that mounts through a FileSystem every snapshot `accepts`
- * approves (e.g. layers whose labels name a d4fs image). This is how the FUSE
- * part plugs in: `new FileSystemRemoteProvider(fuseFs, labels => ...)`.
+ * approves (e.g. a d4fs image's own snapshot). This is how the FUSE part
+ * plugs in: `new FileSystemRemoteProvider(fuseFs, (labels, target) => ...)`.
+ * Labels come from whoever pulls an image (any layer annotation under
+ * containerd.io/snapshot/ reaches Prepare): `accepts` must treat them as
+ * untrusted claims.
  */
 export class FileSystemRemoteProvider implements RemoteSnapshotProvider {
   constructor(
     private readonly fs: FileSystem,
-    private readonly accepts: (labels: Readonly<Labels>) => boolean,
+    private readonly accepts: (labels: Readonly<Labels>, target: RemotePrepareTarget) => boolean,
   ) {}
 
   async prepare(_key: string, labels: Readonly<Labels>, target: RemotePrepareTarget): Promise<boolean> {
-    if (!this.accepts(labels)) return false;
+    if (!this.accepts(labels, target)) return false;
     await this.fs.mount(target.mountpoint, labels, target.signal);
     return true;
   }

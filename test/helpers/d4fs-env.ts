@@ -155,7 +155,8 @@ export async function startD4fsEnv(opts: D4fsEnvOptions = {}): Promise<D4fsEnv> 
   const socket = path.join(dir, 'd4fs.sock');
   const fuseRoot = path.join(root, 'fuse');
   const paths = managerPaths(fuseRoot);
-  const snapshotterOpts = { root, address: socket, logLevel: opts.logLevel ?? 'info', args: opts.snapshotterArgs };
+  // The snapshotter serves d4fs images from the store of its own configuration (never from a label).
+  const snapshotterOpts = { root, address: socket, logLevel: opts.logLevel ?? 'info', args: ['--store', store, ...(opts.snapshotterArgs ?? [])] };
 
   let snapshotter: SnapshotterProcess;
   let containerd: PrivateContainerd | undefined;
