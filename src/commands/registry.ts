@@ -68,6 +68,9 @@ const progressOf = (o: { quiet?: boolean }) => (o.quiet ? undefined : (m: string
 
 const pct = (x: number): string => `${x.toFixed(1)}%`;
 
+/** "42.0% less than plain", or "366.8% more than dedup" (a patch larger than layer dedup: tiny layers). */
+const savedText = (percentSaved: number, than: string): string => (percentSaved >= 0 ? `${pct(percentSaved)} less than ${than}` : `${pct(-percentSaved)} more than ${than}`);
+
 /** Human form of a diff report (the savings report). */
 export function formatDiffReport(r: DiffReport): string {
   const count = (k: string) => r.layers.filter((l) => l.kind === k).length;
@@ -78,7 +81,7 @@ export function formatDiffReport(r: DiffReport): string {
     `  savings:`,
     `    plain pull/push of the new set  ${humanBytes(r.plainBytes).padStart(10)}`,
     `    layer-level dedup only          ${humanBytes(r.dedupBytes).padStart(10)}`,
-    `    this patch                      ${humanBytes(r.patchBytes).padStart(10)}   ${pct(r.percentSaved)} saved vs plain, ${pct(r.percentSavedVsDedup)} vs dedup (${r.ratioVsDedup.toFixed(3)}x dedup)`,
+    `    this patch                      ${humanBytes(r.patchBytes).padStart(10)}   ${savedText(r.percentSaved, 'plain')}, ${savedText(r.percentSavedVsDedup, 'dedup')} (${r.ratioVsDedup.toFixed(3)}x dedup)`,
   ];
   for (const l of r.layers) {
     if (l.kind === 'rebuilt' && l.reproducible) lines.push(`  exact: layer ${l.digest.slice(0, 19)} (${l.images.join(', ')}) recompresses to the same digest with ${l.recipe}`);

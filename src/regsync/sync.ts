@@ -18,7 +18,7 @@
 import { promises as fsp } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { D4fsError, failedPrecondition, invalidArgument } from '../errors';
+import { D4fsError, failedPrecondition, invalidArgument, notFound } from '../errors';
 import { INDEX_TYPES } from '../oci/mediatypes';
 import { RegistryClient } from '../oci/registry/client';
 import type { RegistryOptions } from '../oci/registry/options';
@@ -129,7 +129,9 @@ export async function syncRegistries(opts: SyncOptions): Promise<SyncReport> {
   try {
     const repos = opts.repos ?? (await catalogUnder(pc, primary.prefix));
     report.repos = repos;
-    if (repos.length === 0) progress(`${opts.from} holds no repository`);
+    if (repos.length === 0) {
+      throw notFound(`${opts.from} holds no repository${primary.prefix ? ` under ${primary.prefix}/` : ''} (check the address and prefix, or name repositories with --repos)`);
+    }
     const newSpecs: ImageSpec[] = [];
     const oldSpecs: ImageSpec[] = [];
     for (const name of repos) {
