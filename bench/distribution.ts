@@ -417,7 +417,8 @@ interface Rig {
 async function startRig(dir: string): Promise<Rig> {
   await fsp.mkdir(dir, { recursive: true });
   const sock = join(dir, 'd4fs.sock');
-  const snapshotter = await startSnapshotter({ root: join(dir, 'snapshotter'), address: sock, logLevel: 'warn' });
+  // the snapshotter serves the store the bench pulls into (stores come from its config only)
+  const snapshotter = await startSnapshotter({ root: join(dir, 'snapshotter'), address: sock, logLevel: 'warn', args: ['--store', join(dir, 'store')] });
   try {
     const containerd = await startContainerd({ snapshotterSocket: sock });
     return { dir, containerd, snapshotter };

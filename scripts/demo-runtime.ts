@@ -68,7 +68,7 @@ async function main(): Promise<void> {
   let server: ChildProcess | undefined;
   try {
     say('8. Start a private containerd and the d4fs snapshotter (FUSE)');
-    snap = await startSnapshotter({ root: snapRoot, address: sock, logLevel: 'warn' });
+    snap = await startSnapshotter({ root: snapRoot, address: sock, logLevel: 'warn', args: ['--store', store, '--store', clientStore] });
     ctd = await startContainerd({ snapshotterSocket: sock });
     process.stdout.write(`containerd at ${ctd.address}, d4fs snapshotter at ${sock}\n`);
     const ca = ['--store', store, '--address', ctd.address];
