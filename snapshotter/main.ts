@@ -22,6 +22,7 @@ import path from 'node:path';
 import { Command } from 'commander';
 import { exitCodeOf, toD4fsError } from '../src/errors';
 import { FuseFileSystem } from '../src/fuse/client';
+import { loadPolicy } from '../src/signing';
 import { createLogger, FileSystemRemoteProvider, resolveConfig, runSnapshotter, storesOf } from '../src/snapshotter';
 
 interface Flags {
@@ -31,6 +32,8 @@ interface Flags {
   logLevel?: string;
   /** --store, repeated */
   store: string[];
+  /** --verify-key, repeated */
+  verifyKey: string[];
   /** false with --no-fuse */
   fuse: boolean;
 }
@@ -49,13 +52,14 @@ async function main(argv: string[]): Promise<void> {
       (v: string, prev: string[]) => [...prev, v],
       [] as string[],
     )
+    .option('--verify-key <pem>', 'mount only d4fs images whose every file is signed by one of these public keys (repeatable)', (v: string, prev: string[]) => [...prev, v], [] as string[])
     .option('--no-fuse', 'do not serve d4fs images over FUSE (plain overlay snapshotter)')
     .showHelpAfterError();
   program.parse(argv);
   const flags = program.opts<Flags>();
 
   const cfg = resolveConfig(
-    { root: flags.root, address: flags.address, logLevel: flags.logLevel, fuse: flags.fuse ? undefined : false, stores: flags.store.length ? flags.store : undefined },
+    { root: flags.root, address: flags.address, logLevel: flags.logLevel, fuse: flags.fuse ? undefined : false, stores: flags.store.length ? flags.store : undefined, verifyKeys: flags.verifyKey.length ? flags.verifyKey : undefined },
     flags.config,
   );
   const log = createLogger(cfg.logLevel);
@@ -65,6 +69,7 @@ async function main(argv: string[]): Promise<void> {
       : new FuseFileSystem({
           root: path.join(cfg.root, 'fuse'),
           stores: storesOf(cfg),
+          policy: await loadPolicy({ verifyKeys: cfg.verifyKeys }),
           log,
           managerArgs: [
             ...(cfg.fuseCacheMaxBytes ? ['--cache-max-bytes', String(cfg.fuseCacheMaxBytes)] : []),

@@ -16,7 +16,7 @@ import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
-import { D4fsError, permissionDenied, unavailable } from '../errors';
+import { D4fsError, errorFromWire, permissionDenied, unavailable } from '../errors';
 import { fromGrpcError } from '../snapshotter/grpc/client';
 import { type PbInfo, infoFromPb, mountFromPb } from '../snapshotter/grpc/wire';
 import type { Labels, Mount, SnapshotInfo } from '../snapshotter/types';
@@ -201,7 +201,15 @@ export function containerdError(e: unknown, address: string, method: string): D4
     return unavailable(`${unreachableMessage(address)}: ${se.details ?? se.message}`, e);
   }
   if (e instanceof D4fsError) return e;
-  return fromGrpcError(e, `containerd ${method}`);
+  const err = fromGrpcError(e, `containerd ${method}`);
+  // A proxy plugin's error comes through containerd as "…: unknown", with
+  // the plugin's kind in the text when the plugin tagged it (errorToWire).
+  const tagged = /\[d4fs:([A-Z_]+)\] ([\s\S]*?)(?:: unknown)?$/.exec(se?.details ?? '');
+  if (tagged) {
+    const inner = errorFromWire(new Error(`[d4fs:${tagged[1]}] ${tagged[2]}`));
+    if (inner.kind !== 'INTERNAL') return new D4fsError(inner.kind, `containerd ${method}: ${inner.message}`, { cause: e, detail: err.detail });
+  }
+  return err;
 }
 
 /** True when `e` is a D4fsError of kind `kind`. */

@@ -31,6 +31,7 @@ import http from 'node:http';
 import path from 'node:path';
 import type { Logger } from 'pino';
 import { d4fsDiffId } from '../containerd/image';
+import type { SignaturePolicy } from '../signing';
 import { D4fsError, type ErrorKind, failedPrecondition, notFound, toD4fsError, unavailable } from '../errors';
 import { D4FS_IMAGE_ID, D4FS_PREFIX, SNAPSHOT_REF } from '../labels';
 import type { FileSystem } from '../snapshotter/filesystem';
@@ -170,6 +171,8 @@ export interface FuseFileSystemOptions {
    * never created here).
    */
   stores: readonly string[];
+  /** Signatures an image's files must carry to be mounted (none: no check). */
+  policy?: SignaturePolicy;
   log: Logger;
   /** The manager's entry point (default: dist/snapshotter/fuse-manager.js next to this module). */
   managerEntry?: string;
@@ -238,7 +241,7 @@ export class FuseFileSystem implements FileSystem {
           `its name must be the image's chain id (${labels[D4FS_IMAGE_ID] && IMAGE_ID_RE.test(labels[D4FS_IMAGE_ID]) ? d4fsDiffId(labels[D4FS_IMAGE_ID]) : 'sha256:…'})`,
       );
     }
-    const req: MountRequest = { mountpoint: mp, imageId, chain: await resolveChain(this.o.stores, imageId) };
+    const req: MountRequest = { mountpoint: mp, imageId, chain: await resolveChain(this.o.stores, imageId, this.o.policy) };
     this.known.set(mp, req);
     try {
       await this.withManager((c) => c.mount(req, this.t.mount, signal));
@@ -437,12 +440,15 @@ export class FuseFileSystem implements FileSystem {
  * the caller), so reading every index here as well would only double the cost
  * of a mount.
  */
-async function resolveChain(stores: readonly string[], imageId: string): Promise<string[]> {
+async function resolveChain(stores: readonly string[], imageId: string, policy?: SignaturePolicy): Promise<string[]> {
   for (const root of stores) {
     if (!fs.existsSync(path.join(root, 'store.db'))) continue;
     const store = await LocalStore.open(root);
     try {
-      return store.chainFor(imageId).map((f) => f.path);
+      const chain = store.chainFor(imageId);
+      // with verify keys configured, every file of the chain needs a trusted signature (UNAUTHENTICATED otherwise)
+      await store.checkChainSignatures(imageId, policy);
+      return chain.map((f) => f.path);
     } catch (e) {
       if (toD4fsError(e).kind !== 'NOT_FOUND') throw e;
     } finally {

@@ -14,6 +14,7 @@
  *     fuse_cache_max_bytes = 10737418240  # bound of the FUSE content cache
  *     fuse_binding = "fuse3"            # or "fuse-native" (libfuse2 fallback); default fuse3 when it loads
  *     store = "/var/lib/d4fs/store"     # local store(s) of d4fs images to serve: a path or a list of paths
+ *     verify_keys = ["/etc/d4fs/release.pub.pem"]  # mount only images whose every file carries a signature by one of these keys
  *
  * The stores d4fs images are served from come from here only (default
  * $D4FS_STORE, else /var/lib/d4fs/store: where `ctr-cli load` keeps them),
@@ -40,6 +41,8 @@ export interface SnapshotterConfig {
   fuseBinding?: FuseBindingName;
   /** Local stores holding the d4fs images to serve, searched in order (default: {@link defaultStores}). */
   stores?: string[];
+  /** Public keys (PEM files): when set, a d4fs image is mounted only if every file of its chain is signed by one of them. */
+  verifyKeys?: string[];
 }
 
 /** Where `ctr-cli load` keeps images unless told otherwise. */
@@ -124,6 +127,12 @@ export function loadConfigFile(file: string): Partial<SnapshotterConfig> {
           throw invalidArgument(`${file}: store must be a path or a list of paths`);
         }
         out.stores = list as string[];
+        break;
+      }
+      case 'verify_keys': {
+        const list = Array.isArray(value) ? value : [value];
+        if (!list.every((v) => typeof v === 'string' && v !== '')) throw invalidArgument(`${file}: verify_keys must be a path or a list of paths of PEM public keys`);
+        out.verifyKeys = (list as string[]).map((k) => path.resolve(path.dirname(file), k));
         break;
       }
       default:

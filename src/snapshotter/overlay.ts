@@ -353,8 +353,17 @@ export class OverlaySnapshotter {
     try {
       provided = await this.remote.prepare(key, labels, { id: rec.id, mountpoint, parentIds: rec.parentIds, signal });
     } catch (e) {
-      this.log.warn({ err: e, key, target }, 'remote snapshot provider failed; falling back to unpacking');
       await this.unmountStale(mountpoint);
+      const kind = toD4fsError(e).kind;
+      if (kind === 'UNAUTHENTICATED' || kind === 'CORRUPT' || kind === 'HOSTILE') {
+        // A refusal (no trusted signature, a damaged or forged file) is the
+        // answer, not a reason to try another way: the Prepare fails with it
+        // and its active snapshot goes, so nothing is mounted or left behind.
+        this.log.warn({ err: e, key, target }, 'remote snapshot refused');
+        await this.remove(key).catch((re: unknown) => this.log.warn({ err: re, key }, 'failed to remove the refused snapshot'));
+        throw e;
+      }
+      this.log.warn({ err: e, key, target }, 'remote snapshot provider failed; falling back to unpacking');
       return false;
     }
     if (!provided) return false;

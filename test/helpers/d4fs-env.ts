@@ -174,7 +174,7 @@ export async function startD4fsEnv(opts: D4fsEnvOptions = {}): Promise<D4fsEnv> 
     `--- snapshotter log ---\n${snapshotter.logs().slice(-6000)}\n--- FUSE manager log ---\n${tailOf(paths.log, 6000)}`;
 
   const cli = (args: string[], o: { timeoutMs?: number } = {}): Promise<CommandResult> => {
-    const local = ['images'].includes(args[0]);
+    const local = ['images', 'convert', 'cdimg', 'sign', 'keygen', 'verify-signature', 'serve', 'push', 'registry'].includes(args[0]);
     const address = local ? [] : ['--address', ctrd.address];
     return runCommand(process.execPath, [CTR_CLI, ...args, ...address], { env: { ...process.env, D4FS_STORE: store }, timeoutMs: o.timeoutMs ?? 300_000 });
   };

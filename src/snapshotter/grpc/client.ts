@@ -4,7 +4,7 @@
  * back as D4fsError with the kind matching the status code.
  */
 import * as grpc from '@grpc/grpc-js';
-import { D4fsError, type ErrorKind, GRPC_CODES } from '../../errors';
+import { D4fsError, errorFromWire, type ErrorKind, GRPC_CODES } from '../../errors';
 import type { Labels, Mount, SnapshotInfo, Usage } from '../types';
 import { snapshotsService } from './proto';
 import {
@@ -33,6 +33,9 @@ export function fromGrpcError(e: unknown, method: string): D4fsError {
   const se = e as Partial<grpc.ServiceError>;
   const code = typeof se.code === 'number' ? se.code : grpc.status.UNKNOWN;
   const kind = KIND_OF_CODE.get(code) ?? (code === grpc.status.CANCELLED ? 'DEADLINE_EXCEEDED' : 'INTERNAL');
+  // a d4fs service's tagged error (see the snapshotter's toStatus): its kind and its plain message
+  const tagged = /^\[d4fs:([A-Z_]+)\] /.test(se.details ?? '') ? errorFromWire(new Error(se.details)) : undefined;
+  if (tagged && tagged.kind !== 'INTERNAL') return new D4fsError(tagged.kind, `${method}: ${tagged.message}`, { cause: e, detail: { grpcCode: code } });
   return new D4fsError(kind, `${method}: ${se.details ?? se.message ?? String(e)}`, { cause: e, detail: { grpcCode: code } });
 }
 

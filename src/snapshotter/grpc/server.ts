@@ -7,7 +7,7 @@
 import fs from 'node:fs';
 import * as grpc from '@grpc/grpc-js';
 import type { Logger } from 'pino';
-import { D4fsError, grpcCodeOf, toD4fsError } from '../../errors';
+import { D4fsError, errorToWire, grpcCodeOf, toD4fsError } from '../../errors';
 import type { OverlaySnapshotter } from '../overlay';
 import { snapshotsService } from './proto';
 import {
@@ -45,8 +45,15 @@ export interface ServiceOptions {
 /** The single translation of any error into a gRPC status. */
 export function toStatus(e: unknown): Partial<grpc.StatusObject> {
   const err = toD4fsError(e);
-  return { code: grpcCodeOf(err) as grpc.status, details: err.message, metadata: new grpc.Metadata() };
+  // containerd passes a proxy plugin's error on through its own error kinds,
+  // which have no "unauthenticated", "permission denied" or "data loss": those
+  // travel with their kind in the text ({@link errorToWire}), so that
+  // `ctr-cli load` still exits 9, 10 or 6 (errorFromWire on its side).
+  const details = TAGGED_KINDS.has(err.kind) ? errorToWire(err).message : err.message;
+  return { code: grpcCodeOf(err) as grpc.status, details, metadata: new grpc.Metadata() };
 }
+
+const TAGGED_KINDS: ReadonlySet<string> = new Set(['UNAUTHENTICATED', 'PERMISSION_DENIED', 'CORRUPT']);
 
 /** Milliseconds left before the call's deadline, capped at `capMs`. */
 function budgetMs(call: { getDeadline(): grpc.Deadline }, capMs: number): number {
