@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 NODE_STAMP := node_modules/.d4fs-installed
 
-.PHONY: all deps build test demo bench clean
+.PHONY: all deps build test test-unit demo bench clean
 
 all: build
 
@@ -22,6 +22,10 @@ test: build
 	npx jest --runInBand
 	@echo "--- the FUSE tests again with the fallback binding (fuse-native) ---"
 	D4FS_FUSE_BINDING=fuse-native npx jest --runInBand dist/test/fuse.test.js dist/test/snapshotter-acceptance.test.js
+
+# The fast loop (~2 min): unit tests and the file-level tests that need no containerd, FUSE or registry.
+test-unit: build
+	npx jest --runInBand dist/src dist/test/convert.test.js dist/test/security.test.js dist/test/signing.test.js dist/test/papercuts.test.js dist/test/regsync-unit.test.js dist/test/load.store.test.js
 
 demo: build
 	bash scripts/demo.sh

@@ -309,6 +309,37 @@ describe('patch container', () => {
     expect(() => validateIndex(JSON.parse(JSON.stringify(reader.index)))).not.toThrow();
   });
 
+  test('fuzz: 400 random flips, truncations and header changes fail as CORRUPT, HOSTILE or UNSUPPORTED', async () => {
+    let seed = 0x9e3779b9;
+    const rnd = (n: number): number => {
+      seed ^= seed << 13;
+      seed ^= seed >>> 17;
+      seed ^= seed << 5;
+      return (seed >>> 0) % n;
+    };
+    const p = path.join(dir, 'fuzz.patch');
+    const kinds: Record<string, number> = {};
+    for (let i = 0; i < 400; i++) {
+      let b = Buffer.from(bytes);
+      const what = rnd(3);
+      if (what === 0) for (let k = 0, n = 1 + rnd(3); k < n; k++) b[rnd(b.length)] ^= 1 << rnd(8);
+      else if (what === 1) b = b.subarray(0, rnd(b.length));
+      else b.writeBigUInt64LE(BigInt(rnd(2 ** 31)) * BigInt(1 + rnd(2 ** 16)), 16 + 8 * rnd(3));
+      await fsp.writeFile(p, b);
+      let kind = 'OK';
+      try {
+        const r = await PatchReader.open(p);
+        await r.verifyPayloads();
+      } catch (e) {
+        expect(e).toBeInstanceOf(D4fsError);
+        kind = (e as D4fsError).kind;
+      }
+      kinds[kind] = (kinds[kind] ?? 0) + 1;
+      expect(['CORRUPT', 'HOSTILE', 'UNSUPPORTED', ...(b.equals(bytes) ? ['OK'] : [])]).toContain(kind);
+    }
+    expect(kinds.CORRUPT).toBeGreaterThan(50);
+  });
+
   test('a zstd bomb as index is refused before it is decompressed', async () => {
     const json = Buffer.alloc(64 * 1024 * 1024, 0x20);
     const stored = compressFull(json, 1);
