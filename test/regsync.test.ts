@@ -767,7 +767,7 @@ describe('registry diff / apply / sync', () => {
     const before = await storageFiles(dst);
     const refused = await cli(['registry', 'push', incr, `docker://${dst.host}/fresh/libssl:v2`, '--dest-creds', CREDS_ARG]);
     expect(refused.code).toBe(5);
-    expect(refused.stderr).toMatch(/push-vet: .*fresh\/libssl lacks 1 layer/);
+    expect(refused.stderr).toMatch(/push: .*fresh\/libssl lacks 1 layer.*--base-repo/);
     expect(refused.stderr).toContain(m.layers[0].digest);
     expect(await storageFiles(dst)).toEqual(before);
   });

@@ -3,7 +3,7 @@ import { Command, InvalidArgumentError } from 'commander';
 import { D4fsError, EXIT_CODES, toD4fsError } from '../errors';
 import type { RegistryOptions } from '../oci/registry/options';
 import { LEVELS } from '../convert/levels';
-import { forTerminal, linesForTerminal } from '../util/text';
+import { linesForTerminal } from '../util/text';
 import type { ProgressEvent } from '../convert/convert';
 
 export interface GlobalFlags {
@@ -15,7 +15,7 @@ export interface GlobalFlags {
 /** Print one actionable line and exit with the code of the error's kind. */
 export function fail(e: unknown, debug = false): never {
   const err = toD4fsError(e);
-  process.stderr.write(`ctr-cli: error: ${forTerminal(err.message)}\n`);
+  process.stderr.write(`ctr-cli: error: ${linesForTerminal(err.message)}\n`);
   if (debug && (e as Error)?.stack) process.stderr.write(`${(e as Error).stack}\n`);
   process.exit(EXIT_CODES[err.kind]);
 }

@@ -2,12 +2,15 @@
  * `ctr-cli pull --image NAME:TAG --server URL` (d4fs-server: cheapest chain,
  * merged, resumable) or `ctr-cli pull --from docker://REGISTRY/REPO:TAG` (an
  * OCI registry as the store); then load into containerd unless --no-load.
+ * With --verify-key/--policy every file of the image's chain must be signed
+ * by a trusted key, else exit 9 and nothing is stored.
  */
 import { Command } from 'commander';
 import { invalidArgument } from '../errors';
 import { pullFromServer, PullProgress, PullResult } from '../distribution/pull';
 import { action, addRegistryOptions, humanBytes, printJson, registryOptionsOf, say } from './common';
 import { addServerClientOptions, tokenOf } from './push';
+import { addPolicyOptions, policyOf } from './sign';
 
 /** Default local store: $D4FS_STORE or /var/lib/d4fs/store. */
 export const defaultStoreDir = (): string => process.env.D4FS_STORE || '/var/lib/d4fs/store';
@@ -39,7 +42,7 @@ function printPull(r: PullResult): void {
     say(`pulled ${r.name} -> ${r.imageId} from ${r.from ?? 'nothing'}: ${humanBytes(r.bytes)} in ${r.seconds.toFixed(2)} s\n`);
     for (const f of r.files) {
       const how = !f.downloaded ? 'already held' : f.resumedFrom ? `resumed at ${humanBytes(f.resumedFrom)}` : f.refetched ? 'refetched after a damaged download' : 'downloaded';
-      say(`  ${f.kind}${f.merged ? ' (merged chain)' : ''} ${f.rootDigest} ${humanBytes(f.size)} ${how}\n`);
+      say(`  ${f.kind}${f.merged ? ' (merged chain)' : ''} ${f.rootDigest} ${humanBytes(f.size)} ${how}${f.signedBy ? `, signed by ${f.signedBy.slice(0, 19)}…` : ''}\n`);
     }
   }
   say(r.loaded ? `  loaded into containerd\n` : `  not loaded (--no-load): run \`ctr-cli load ${r.name}\` to load it\n`);
@@ -58,11 +61,12 @@ export function registerPull(program: Command): void {
     .option('--snapshotter <name>', 'snapshotter to prepare the image for', 'd4fs')
     .option('--json', 'print the result as JSON')
     .option('--no-progress', 'no progress bar');
-  addRegistryOptions(addServerClientOptions(c))
+  addPolicyOptions(addRegistryOptions(addServerClientOptions(c)))
     .addHelpText(
       'after',
       '\nExamples:\n  ctr-cli pull --image libssl:3 --server http://127.0.0.1:8081 --token-file ~/.d4fs-token\n' +
-        '  ctr-cli pull --from docker://registry.example:5000/d4fs/libssl:3 --no-load\n',
+        '  ctr-cli pull --from docker://registry.example:5000/d4fs/libssl:3 --no-load\n' +
+        '  ctr-cli pull --image libssl:3 --server http://127.0.0.1:8081 --verify-key release.pub.pem --verify-key server.pub.pem\n',
     )
     .action(
       action(async (o: Record<string, unknown>) => {
@@ -73,6 +77,7 @@ export function registerPull(program: Command): void {
           noLoad: o.load === false,
           load: { address: (o.address as string | undefined) ?? process.env.CONTAINERD_ADDRESS ?? '/run/containerd/containerd.sock', namespace: o.namespace as string, snapshotter: o.snapshotter as string },
           onProgress: prog.onProgress,
+          policy: await policyOf(o as { verifyKey?: string[]; policy?: string }),
         };
         let r: PullResult;
         try {

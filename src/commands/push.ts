@@ -1,7 +1,7 @@
 /**
  * `ctr-cli push --cdimg FILE --image NAME:TAG --server URL` (d4fs-server) or
  * `ctr-cli push --cdimg FILE --to docker://REGISTRY/REPO:TAG` (an OCI
- * registry as the store).
+ * registry as the store). FILE.sig (or --signature) goes with the file.
  */
 import { Command } from 'commander';
 import { invalidArgument } from '../errors';
@@ -26,6 +26,12 @@ export function addServerClientOptions(c: Command): Command {
     .option('--tls-ca <file>', 'PEM CA certificate to trust for an https:// server');
 }
 
+/** "signed: 1 signature sent, 2 held" / "unsigned". */
+function signedText(sent: number, held: number): string {
+  if (!sent && !held) return 'unsigned (no FILE.sig: ctr-cli sign FILE --key KEY.pem)';
+  return `signatures: ${sent} sent, ${held} held for the file`;
+}
+
 export function registerPush(program: Command): void {
   const c = program
     .command('push')
@@ -33,6 +39,7 @@ export function registerPush(program: Command): void {
     .requiredOption('--cdimg <file>', 'the .cdimg to push')
     .option('--image <name:tag>', 'with --server: the name and tag to set')
     .option('--to <docker://registry/repo:tag>', 'push to an OCI registry instead of a d4fs-server')
+    .option('--signature <file>', "the file's signatures to send with it (default: FILE.sig beside it, when there is one)")
     .option('--json', 'print the result as JSON');
   addRegistryOptions(addServerClientOptions(c))
     .addHelpText(
@@ -48,21 +55,31 @@ export function registerPush(program: Command): void {
           if (o.image) throw invalidArgument('--image goes with --server; with --to the tag is in the reference');
           // the registry client loads only for registry pushes
           const { pushToRegistry } = require('../distribution/registry') as typeof import('../distribution/registry');
-          const r = await pushToRegistry({ file: o.cdimg as string, to: o.to as string, registry: registryOptionsOf(o as never) });
+          const r = await pushToRegistry({ file: o.cdimg as string, to: o.to as string, signature: o.signature as string | undefined, registry: registryOptionsOf(o as never) });
           if (o.json) return printJson(r);
           say(
             `pushed ${o.cdimg} (${r.kind}, ${humanBytes(r.size)}${r.uploaded ? '' : ', already there'}) -> ${r.registry}/${r.repository}:${r.tag}\n` +
-              `  image ${r.imageId}${r.parentId ? `\n  from  ${r.parentId}` : ''}\n  artifact ${r.contentTag} (${r.manifestDigest}); index lists ${r.indexed} files\n`,
+              `  image ${r.imageId}${r.parentId ? `\n  from  ${r.parentId}` : ''}\n  artifact ${r.contentTag} (${r.manifestDigest}); index lists ${r.indexed} files\n` +
+              `  ${signedText(r.signaturesSent, r.signatures)}\n`,
           );
           for (const w of r.warnings) sayErr(`ctr-cli: warning: ${w}\n`);
           return;
         }
         if (!o.image) throw invalidArgument('--image NAME:TAG is required with --server');
-        const r = await pushToServer({ file: o.cdimg as string, image: o.image as string, server: o.server as string, token: await tokenOf(o), insecureHttp: !!o.insecureHttp, caFile: o.tlsCa as string | undefined, tlsVerify: o.tlsVerify as boolean | undefined });
+        const r = await pushToServer({
+          file: o.cdimg as string,
+          image: o.image as string,
+          server: o.server as string,
+          signature: o.signature as string | undefined,
+          token: await tokenOf(o),
+          insecureHttp: !!o.insecureHttp,
+          caFile: o.tlsCa as string | undefined,
+          tlsVerify: o.tlsVerify as boolean | undefined,
+        });
         if (o.json) return printJson(r);
         say(
           `pushed ${o.cdimg} (${r.kind}, ${humanBytes(r.size)}${r.uploaded ? '' : ', already on the server'}) -> ${r.repository}:${r.tag}\n` +
-            `  image ${r.imageId}${r.parentId ? `\n  from  ${r.parentId}` : ''}\n  ${r.seconds.toFixed(2)} s\n`,
+            `  image ${r.imageId}${r.parentId ? `\n  from  ${r.parentId}` : ''}\n  ${signedText(r.signaturesSent, r.signatures)}\n  ${r.seconds.toFixed(2)} s\n`,
         );
       }),
     );

@@ -12,6 +12,9 @@ import { newToken } from '../server/auth';
 import { invalidArgument } from '../errors';
 import { DEFAULT_STORE_TTL_MS } from '../server/regstore';
 import { setIndexLimits } from '../format/types';
+import { basename } from 'node:path';
+import { loadSigningKey } from '../signing';
+import { policyOf } from './sign';
 import { action, humanBytes, parseBool, parseIntOpt, parseSize, printJson, registryOptionsOf, say } from './common';
 
 /** "90s", "30m", "6h", "7d" or plain seconds → milliseconds. */
@@ -54,7 +57,11 @@ function addServeOptions(c: Command): Command {
     .option('--creds <user:pass>', 'with --store: registry credentials (default: from the docker config.json)')
     .option('--authfile <file>', 'with --store: docker config.json / containers auth.json to read credentials from')
     .option('--tls-verify <bool>', 'with --store: verify the registry\'s TLS certificate (default: yes, except loopback registries, which may also use plain HTTP)', parseBool)
-    .option('--registry-token <token>', 'with --store: bearer token for the registry');
+    .option('--registry-token <token>', 'with --store: bearer token for the registry')
+    .option('--verify-key <pem>', 'a publisher key the server trusts (repeatable): what --require-signed asks of uploads, and what merges must come from to be signed with --signing-key', (v: string, prev: string[] = []) => [...prev, v])
+    .option('--policy <file>', 'signature policy file: {"verifyKeys": ["key.pub.pem", …]} (like --verify-key)')
+    .option('--require-signed', 'refuse uploads without a signature by a trusted key (401; nothing stored)')
+    .option('--signing-key <pem>', "sign the merges the server composes with this private key (only merges of files signed by trusted keys); clients that should accept merges trust its public key");
 }
 
 async function runServer(o: Record<string, unknown>): Promise<void> {
@@ -69,6 +76,14 @@ async function runServer(o: Record<string, unknown>): Promise<void> {
   }
   const level = String(o.logLevel);
   if (!LEVELS.includes(level)) throw invalidArgument(`--log-level must be one of ${LEVELS.join(', ')}`);
+  const policy = await policyOf(o as { verifyKey?: string[]; policy?: string });
+  // refusals name keys by file name and key id, not by where they are on the server
+  for (const k of policy.keys) k.source = basename(k.source);
+  if (o.requireSigned && !policy.keys.length) throw invalidArgument('--require-signed needs the keys to trust: --verify-key KEY.pub.pem (repeatable) or --policy FILE');
+  if (o.signingKey && !policy.keys.length) {
+    throw invalidArgument('--signing-key needs the keys to trust (--verify-key KEY.pub.pem or --policy FILE): the server signs only merges of files signed by those keys');
+  }
+  const signingKey = o.signingKey ? await loadSigningKey(o.signingKey as string) : undefined;
   const logger = pino({ name: 'd4fs-server', level, base: { pid: process.pid } }, pino.destination({ dest: 2, sync: true }));
   const server = await D4fsServer.start({
     root: o.root as string,
@@ -84,6 +99,7 @@ async function runServer(o: Record<string, unknown>): Promise<void> {
     gcIntervalMs: o.gcInterval as number | undefined,
     gc: { mergeTtlMs: o.mergeTtl as number | undefined },
     mergeStrategy: o.mergeStrategy as MergeStrategy,
+    signing: policy.keys.length ? { policy, requireSigned: !!o.requireSigned, signingKey } : undefined,
     logger,
     store: o.store
       ? { url: o.store as string, ttlMs: o.storeTtl as number, registry: registryOptionsOf(o as { creds?: string; authfile?: string; tlsVerify?: boolean; registryToken?: string }) }
@@ -157,6 +173,7 @@ Examples:
   ctr-cli serve token --access rw --name ci >> /etc/d4fs/tokens && chmod 600 /etc/d4fs/tokens
   ctr-cli serve --root /var/lib/d4fs-server --listen 0.0.0.0:8081 --tokens /etc/d4fs/tokens
   ctr-cli serve gc --root /var/lib/d4fs-server
+  ctr-cli serve --root /var/lib/d4fs-server --tokens /etc/d4fs/tokens --require-signed --verify-key release.pub.pem --signing-key server.pem
   ctr-cli serve --root /var/lib/d4fs-replica --store docker://registry.example:5000/d4fs --tokens /etc/d4fs/tokens   (one of several replicas)
 
 Signals: SIGTERM/SIGINT stop gracefully (transfers finish within --shutdown-grace), SIGHUP reloads the tokens file.

@@ -8,6 +8,18 @@
  *           {"kind","imageId","parentId","rootDigest","size"}
  *   layer   application/vnd.d4fs.cdimg.v1  = the .cdimg bytes (digest = sha256 of the file)
  *   annotations io.d4fs.kind / image-id / parent-id / root-digest / size
+ *               io.d4fs.signature: the file's signature file (src/signing), JSON,
+ *               when it is signed
+ *
+ * Why the signature is an annotation and not a second layer
+ * (application/vnd.d4fs.signature.v1+json): it is a few hundred bytes that
+ * every pull needs, and it comes with the manifest a pull fetches anyway (no
+ * blob round trip); the layer list stays the one .cdimg layer that readers
+ * (and older d4fs clients, which ignore unknown annotations) expect. The
+ * manifest digest then covers the signature, and the tag index, which names
+ * file manifests by digest, pins both. Adding a signature changes the
+ * manifest under the content tag; pushes merge the signatures already there
+ * so a later push never drops one.
  *
  * Tag convention in the repository:
  *   d4fs-full-<imageId hex, 32>                    the full image of a version
@@ -26,6 +38,7 @@
  */
 import { corrupt, unsupported } from '../errors';
 import { MT } from '../oci/mediatypes';
+import { parseSignatureFile, SignatureFile } from '../signing';
 import type { Descriptor } from '../oci/types';
 import { parseDigest, digestOf } from '../util/digest';
 import { CDIMG_MEDIA_TYPE, FileInfo } from './protocol';
@@ -40,6 +53,7 @@ export const ANN = {
   parentId: 'io.d4fs.parent-id',
   rootDigest: 'io.d4fs.root-digest',
   size: 'io.d4fs.size',
+  signature: 'io.d4fs.signature',
   title: 'org.opencontainers.image.title',
 } as const;
 
@@ -47,6 +61,8 @@ export const ANN = {
 export interface ArtifactFile extends FileInfo {
   /** sha256 of the .cdimg bytes (the layer blob). */
   fileDigest: string;
+  /** The file's signatures (an annotation of its manifest). */
+  signature?: SignatureFile;
 }
 
 /** An artifact file with the manifest that carries it. */
@@ -86,7 +102,7 @@ export function fileManifest(f: ArtifactFile): { bytes: Buffer; config: Buffer }
     artifactType: ARTIFACT_TYPE,
     config: { mediaType: CONFIG_MEDIA_TYPE, digest: digestOf(config), size: config.length },
     layers: [{ mediaType: CDIMG_MEDIA_TYPE, digest: f.fileDigest, size: f.size, annotations: { [ANN.title]: `${f.rootDigest.slice(7)}.cdimg` } }],
-    annotations: annotationsOf(f),
+    annotations: f.signature?.signatures.length ? { ...annotationsOf(f), [ANN.signature]: JSON.stringify(f.signature) } : annotationsOf(f),
   };
   return { bytes: Buffer.from(JSON.stringify(doc)), config };
 }
@@ -122,7 +138,7 @@ function fileFromAnnotations(a: Record<string, unknown> | undefined, what: strin
 }
 
 /** Parse a fetched file manifest: the file it carries and its layer descriptor. */
-export function parseFileManifest(bytes: Buffer, what: string): { file: ArtifactFile; configDigest: string } {
+export function parseFileManifest(bytes: Buffer, what: string): { file: ArtifactFile; configDigest: string; signatureError?: string } {
   let doc: { config?: Descriptor; layers?: Descriptor[]; annotations?: Record<string, string> };
   try {
     doc = JSON.parse(bytes.toString('utf8')) as typeof doc;
@@ -140,7 +156,18 @@ export function parseFileManifest(bytes: Buffer, what: string): { file: Artifact
   } catch (e) {
     throw corrupt(`${what}: ${(e as Error).message}`);
   }
-  return { file: { ...info, fileDigest }, configDigest: parseDigest(String(doc.config.digest), 'config digest') };
+  const sigText = doc.annotations?.[ANN.signature];
+  let signature: SignatureFile | undefined;
+  let signatureError: string | undefined;
+  if (sigText !== undefined) {
+    // a damaged signature leaves the file unsigned (a policy then refuses it, saying why), not unreadable
+    try {
+      signature = parseSignatureFile(String(sigText), `${what}: annotation ${ANN.signature}`);
+    } catch (e) {
+      signatureError = (e as Error).message;
+    }
+  }
+  return { file: { ...info, fileDigest, ...(signature ? { signature } : {}) }, signatureError, configDigest: parseDigest(String(doc.config.digest), 'config digest') };
 }
 
 /** Parse a tag's index artifact: the target version and the files listed. */

@@ -17,8 +17,16 @@
  * NAME is a repository ("library/nginx"), TAG a docker-style tag; a blob is
  * named by the root digest of its .cdimg (ETag = that digest). No endpoint
  * takes a filesystem path.
+ *
+ * Signatures (src/signing, src/distribution/signatures.ts): an upload may
+ * carry the file's signature file in {@link SIGNATURE_HEADER}; every file of
+ * a pull plan carries the signatures the server holds for it (`signature`).
+ * A pull that says `"signed": true` (and which keys it trusts) gets a chain
+ * it can verify: merges only when the server signs them with a key the
+ * client trusts, else the unmerged chain of the original signed files.
  */
 import { invalidArgument } from '../errors';
+import type { SignatureFile } from '../signing';
 import { parseDigest } from '../util/digest';
 
 /** Version prefix of every API path. */
@@ -29,6 +37,12 @@ export const CDIMG_MEDIA_TYPE = 'application/vnd.d4fs.cdimg.v1';
 
 /** Response header carrying the sha256 of a blob's whole bytes (the .cdimg file). */
 export const FILE_DIGEST_HEADER = 'x-d4fs-file-digest';
+
+/** Upload header carrying the file's signature file (base64 of its JSON). */
+export const SIGNATURE_HEADER = 'x-d4fs-signature';
+
+/** Most key ids a pull may name as trusted. */
+export const MAX_TRUSTED_KEYS = 64;
 
 /** Largest JSON request body the server reads. */
 export const MAX_JSON_BODY = 1024 * 1024;
@@ -85,6 +99,8 @@ export interface PlanFileJson extends FileInfo {
   merged: boolean;
   /** Root digests of the stored files it was merged from (merged files only). */
   mergedFrom?: string[];
+  /** The signatures the server holds for the file (for a merge: the server's own, when it has a signing key). */
+  signature?: SignatureFile;
 }
 
 /** POST /v1/repositories/NAME/pull body. */
@@ -95,6 +111,13 @@ export interface PullRequestJson {
   imageId?: string;
   /** Image ids the client can already rebuild. */
   have: string[];
+  /**
+   * The client requires signed files: plan only files it can verify (a
+   * merge only when the server signs it with a key the client trusts).
+   */
+  signed?: boolean;
+  /** Key ids (sha256 of the public key's DER) the client trusts; with `signed`. */
+  trustedKeys?: string[];
 }
 
 /** The plan a pull gets back: at most a full image, then at most one delta. */
@@ -112,6 +135,8 @@ export interface PullPlanJson {
   chain: string[];
   /** Files to download, in the order they apply. */
   files: PlanFileJson[];
+  /** Key id of the key the server signs its merges with (when it has one). */
+  serverKeyId?: string;
 }
 
 /** Answer of a blob upload. */
@@ -119,6 +144,8 @@ export interface UploadResultJson extends FileInfo {
   fileDigest: string;
   /** False when the server already held the file. */
   created: boolean;
+  /** Signatures the server holds for the file now (0: unsigned). */
+  signatures?: number;
 }
 
 /** A tag. */

@@ -20,6 +20,7 @@ import { parseRegistryRef } from '../oci/ref';
 import { RegistryClient, ClientTuning } from '../oci/registry/client';
 import type { RegistryOptions } from '../oci/registry/options';
 import { checkImageName } from '../store/store';
+import { policyRequires } from '../signing';
 import { digestOf, VerifyingStream } from '../util/digest';
 import { fileDigestOf } from '../server/blobs';
 import { ancestorsOf, planChain } from '../server/planner';
@@ -27,7 +28,9 @@ import { ArtifactEntry, ArtifactFile, contentTag, fileManifest, INDEX_ARTIFACT_T
 import { downloadBlob, registrySource, sweepParts } from './download';
 import { containerdLoader } from './load';
 import type { FileInfo } from './protocol';
-import { checkDownloaded, checkPlanChain, finishPull, openStore, PulledFile, PullCommon, PullResult } from './pull';
+import { checkDownloaded, checkHeld, checkPlanChain, describe, Downloaded, finishPull, keepHeldSignatures, noteSignedBy, offeredImages, openStore, PulledFile, PullCommon, PullResult, storeDownloaded } from './pull';
+import { signatureToSend } from './push';
+import { mergeSignatures } from './signatures';
 
 /** "docker://HOST/REPO:TAG" (the docker:// is optional) → parts; a tag is required. */
 export function parseRegistryTarget(s: string): { registry: string; repository: string; tag?: string; digest?: string } {
@@ -37,6 +40,8 @@ export function parseRegistryTarget(s: string): { registry: string; repository: 
 
 export interface RegistryPushOptions {
   file: string;
+  /** Signature file to send (default FILE.sig when it exists). */
+  signature?: string;
   /** docker://REGISTRY/REPO:TAG */
   to: string;
   registry?: RegistryOptions;
@@ -56,6 +61,10 @@ export interface RegistryPushResult extends ArtifactEntry {
   uploaded: boolean;
   /** Content tags that could not be read (left out of the index). */
   warnings: string[];
+  /** Signatures sent with the file (0: none). */
+  signaturesSent: number;
+  /** Signatures the file's artifact carries now. */
+  signatures: number;
   seconds: number;
 }
 
@@ -123,6 +132,11 @@ export async function pushToRegistry(o: RegistryPushOptions): Promise<RegistryPu
   const info: FileInfo = { rootDigest: r.rootDigest, kind: r.isDelta ? 'delta' : 'full', imageId: r.imageId, parentId: r.parentId ?? '', size: r.fileSize };
   await r.close();
   const fileDigest = await fileDigestOf(o.file);
+  const sig = await signatureToSend(o.file, o.signature);
+  // a registry checks nothing: a signature of another file is refused here, before anything is sent
+  if (sig && (sig.kind !== 'cdimg' || sig.subject !== info.rootDigest)) {
+    throw corrupt(`${o.signature ?? `${o.file}.sig`}: the signature is for another file (${sig.kind} ${sig.subject}), ${o.file} is cdimg ${info.rootDigest}`);
+  }
   const client = new RegistryClient(ref.registry, o.registry ?? {}, o.tuning);
   try {
     const repo = ref.repository;
@@ -130,7 +144,10 @@ export async function pushToRegistry(o: RegistryPushOptions): Promise<RegistryPu
     if (info.kind === 'delta' && !entries.some((e) => e.imageId === info.parentId)) {
       throw failedPrecondition(`${o.file} is a delta from image ${info.parentId}, which ${ref.registry}/${repo} does not hold: push that image (or a chain leading to it) first`);
     }
-    const { uploaded, ...entry } = await pushFileArtifact(client, repo, { ...info, fileDigest }, o.file);
+    // the signatures the registry has for this file stay: a push adds, never drops
+    const had = entries.find((e) => e.rootDigest === info.rootDigest && e.fileDigest === fileDigest)?.signature;
+    const signature = mergeSignatures(had?.subject === info.rootDigest ? had : undefined, sig, `signatures of ${o.file}`);
+    const { uploaded, ...entry } = await pushFileArtifact(client, repo, { ...info, fileDigest, ...(signature ? { signature } : {}) }, o.file);
     const ctag = contentTag(entry);
     const all = [...entries.filter((e) => e.rootDigest !== entry.rootDigest), entry];
     const useful = ancestorsOf(all, entry.imageId);
@@ -146,6 +163,8 @@ export async function pushToRegistry(o: RegistryPushOptions): Promise<RegistryPu
       indexed: listed.length,
       uploaded,
       warnings,
+      signaturesSent: sig?.signatures.length ?? 0,
+      signatures: signature?.signatures.length ?? 0,
       seconds: Number(process.hrtime.bigint() - t0) / 1e9,
     };
   } finally {
@@ -190,23 +209,33 @@ export async function pullFromRegistry(o: RegistryPullOptions): Promise<PullResu
     } else {
       throw invalidArgument(`${where} is not a d4fs artifact (${top.mediaType}); expected an ${INDEX_ARTIFACT_TYPE} index or a d4fs file manifest`);
     }
-    const held = new Set(store.heldImageIds());
+    const policy = policyRequires(o.policy) ? o.policy : undefined;
+    const held = new Set(await offeredImages(store, policy));
     const plan = planChain(entries, held, target);
     if (!plan) throw failedPrecondition(`${where}: no chain of listed files leads to ${target}`);
     checkPlanChain(plan.files, held, target, where);
+    const storedRoots = new Set(store.files().map((f) => f.rootDigest));
+    // with a policy, what the pull builds on must be trusted too (checked before anything moves)
+    // a held file of the plan may be trusted through the signatures its artifact carries
+    const heldPlan = [];
+    for (const f of plan.files.filter((x) => storedRoots.has(x.rootDigest))) {
+      const signature = policy ? parseFileManifest((await client.getManifest(repo, f.manifestDigest)).bytes, `${ref.registry}/${repo}@${f.manifestDigest}`).file.signature : undefined;
+      heldPlan.push({ rootDigest: f.rootDigest, signature });
+    }
+    const heldSigs = await checkHeld(store, policy, plan.files.length ? plan.from : target, heldPlan);
     const tmpDir = dirname(store.tempPath('pull'));
     await fsp.mkdir(tmpDir, { recursive: true });
-    const storedRoots = new Set(store.files().map((f) => f.rootDigest));
     const files: PulledFile[] = [];
+    const pending: Downloaded[] = [];
     for (const [i, e] of plan.files.entries()) {
-      const base: PulledFile = { rootDigest: e.rootDigest, kind: e.kind, imageId: e.imageId, parentId: e.parentId, size: e.size, merged: false, downloaded: false, bytes: 0, resumedFrom: 0, refetched: false };
+      const base: PulledFile = { rootDigest: e.rootDigest, kind: e.kind, imageId: e.imageId, parentId: e.parentId, size: e.size, merged: false, downloaded: false, bytes: 0, resumedFrom: 0, refetched: false, signatures: 0 };
       if (storedRoots.has(e.rootDigest)) {
         files.push(base);
         continue;
       }
       const what = `${ref.registry}/${repo}@${e.manifestDigest}`;
       const m = await client.getManifest(repo, e.manifestDigest);
-      const { file } = parseFileManifest(m.bytes, what);
+      const { file, signatureError } = parseFileManifest(m.bytes, what);
       for (const k of ['rootDigest', 'kind', 'imageId', 'parentId', 'size'] as const) {
         if (file[k] !== e[k]) throw corrupt(`${what}: ${k} is ${file[k]}, the index says ${e[k]}`);
       }
@@ -217,13 +246,19 @@ export async function pullFromRegistry(o: RegistryPullOptions): Promise<PullResu
       });
       try {
         await checkDownloaded(d.path, file, what);
-        await store.add(d.path, { move: true });
       } catch (err) {
         await fsp.rm(d.path, { force: true });
         throw err;
       }
-      files.push({ ...base, downloaded: true, bytes: d.downloaded, resumedFrom: d.resumedFrom, refetched: d.refetched });
+      const dl: Downloaded = { path: d.path, file, signature: file.signature, signatureError, what: describe(file, `${ref.registry}/${repo}`) };
+      // no policy: stored as soon as it is here; with one, every downloaded file is checked before any is stored
+      if (policy) pending.push(dl);
+      else await storeDownloaded(store, [dl], undefined);
+      files.push({ ...base, downloaded: true, bytes: d.downloaded, resumedFrom: d.resumedFrom, refetched: d.refetched, signatures: file.signature?.signatures.length ?? 0 });
     }
+    await storeDownloaded(store, pending, policy);
+    await keepHeldSignatures(heldSigs);
+    await noteSignedBy(store, files, policy);
     await sweepParts(tmpDir);
     const loaded = await finishPull(store, name, target, loader, o.load);
     return {

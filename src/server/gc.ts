@@ -10,6 +10,9 @@
  *    landing and recording);
  *  - temp files left by crashed uploads and merges.
  *
+ * A blob's signature file (<blob>.sig) goes with the blob; one whose blob
+ * is gone (a crash between the two) goes once it is older than the grace.
+ *
  * Anything younger than `graceMs` is left alone, so a push between its upload
  * and its tag, or an upload in progress in a running server, is never taken.
  * Catalogue rows go first, then the bytes: a running server at worst answers
@@ -20,6 +23,7 @@ import { join } from 'node:path';
 import { BlobStore } from './blobs';
 import { Catalogue, CATALOGUE_FILE } from './catalogue';
 import { notFound } from '../errors';
+import { signaturePathOf } from '../signing';
 import { ancestorsOf } from './planner';
 
 export interface GcOptions {
@@ -79,7 +83,10 @@ export async function collectGarbage(catalogue: Catalogue, blobs: BlobStore, opt
   const removeBlob = async (rootDigest: string, size: number): Promise<void> => {
     if (keptFiles.has(rootDigest) || keptMergeRoots.has(rootDigest)) return;
     report.freedBytes += size;
-    if (!dry) await fsp.rm(blobs.pathOf(rootDigest), { force: true });
+    if (!dry) {
+      await fsp.rm(blobs.pathOf(rootDigest), { force: true });
+      await fsp.rm(signaturePathOf(blobs.pathOf(rootDigest)), { force: true });
+    }
   };
   for (const f of dropFiles) {
     report.files.push(f.rootDigest);
@@ -98,7 +105,19 @@ export async function collectGarbage(catalogue: Catalogue, blobs: BlobStore, opt
     if (b.mtimeMs >= now - grace || catalogue.knowsBlob(b.rootDigest)) continue;
     report.orphanBlobs.push(b.rootDigest);
     report.freedBytes += b.size;
-    if (!dry) await fsp.rm(blobs.pathOf(b.rootDigest), { force: true });
+    if (!dry) {
+      await fsp.rm(blobs.pathOf(b.rootDigest), { force: true });
+      await fsp.rm(signaturePathOf(blobs.pathOf(b.rootDigest)), { force: true });
+    }
+  }
+  // signature files whose blob is gone
+  for (const name of await fsp.readdir(blobs.blobDir).catch(() => [] as string[])) {
+    const m = /^([a-f0-9]{64})\.cdimg\.sig$/.exec(name);
+    if (!m || (await blobs.has(`sha256:${m[1]}`))) continue;
+    const st = await fsp.stat(join(blobs.blobDir, name)).catch(() => undefined);
+    if (!st || st.mtimeMs >= now - grace) continue;
+    report.freedBytes += st.size;
+    if (!dry) await fsp.rm(join(blobs.blobDir, name), { force: true });
   }
 
   // 4. temp files of crashed uploads and merges

@@ -47,6 +47,7 @@ import type { RegistryOptions } from '../oci/registry/options';
 import { VerifyingStream } from '../util/digest';
 import { ArtifactEntry, ArtifactFile, contentTag, isContentTag, parseFileManifest, parseTagIndex, tagIndex } from '../distribution/artifact';
 import { pushFileArtifact } from '../distribution/registry';
+import { addsSignatures, mergeSignatures } from '../distribution/signatures';
 import type { BlobStore } from './blobs';
 import { fileDigestOf, verifyCdimg } from './blobs';
 import type { Catalogue } from './catalogue';
@@ -218,10 +219,24 @@ export class RegistryStore {
           if (top.mediaType !== MT.OCI_INDEX) return; // not ours (an ordinary image in the same repository)
           const idx = parseTagIndex(top.bytes, `${repo}:${t}`);
           for (const e of idx.entries) {
-            if (files.has(e.rootDigest) || s.files.has(e.rootDigest)) continue;
+            const prev = files.get(e.rootDigest) ?? s.files.get(e.rootDigest);
+            if (prev?.manifestDigest === e.manifestDigest) continue;
             const file = await this.fileManifest(repo, e.manifestDigest);
             for (const k of ['rootDigest', 'kind', 'imageId', 'parentId', 'size'] as const) {
               if (file[k] !== e[k]) throw corrupt(`${repo}@${e.manifestDigest}: ${k} is ${file[k]}, the index ${t} says ${e[k]}`);
+            }
+            if (prev) {
+              // the same file under another manifest: it was pushed again with more signatures (kept: all of them)
+              if (prev.fileDigest !== file.fileDigest || !addsSignatures(prev.signature, file.signature)) continue;
+              let signature = file.signature;
+              try {
+                signature = mergeSignatures(prev.signature, file.signature, `signatures of ${file.rootDigest}`);
+              } catch {
+                /* too many: the newer manifest's */
+              }
+              const newer = !addsSignatures(file.signature, prev.signature);
+              files.set(file.rootDigest, { ...(newer ? { ...file, manifestDigest: e.manifestDigest, manifestSize: e.manifestSize } : prev), ...(signature ? { signature } : {}) });
+              continue;
             }
             files.set(file.rootDigest, { ...file, manifestDigest: e.manifestDigest, manifestSize: e.manifestSize });
           }
@@ -295,11 +310,15 @@ export class RegistryStore {
   async putFile(repository: string, file: ArtifactFile, path: string): Promise<ArtifactEntry> {
     const s = this.state(repository);
     const known = s.files.get(file.rootDigest);
-    if (known && known.fileDigest === file.fileDigest) return known;
+    // a file held already is written again only to carry new signatures (merged with those it has: none is dropped)
+    if (known && known.fileDigest === file.fileDigest && !addsSignatures(known.signature, file.signature)) return known;
     const repo = this.registryRepo(repository);
     const { rootDigest, fileDigest, kind, imageId, parentId, size } = file;
-    const { uploaded, ...entry } = await this.guard(pushFileArtifact(this.client, repo, { rootDigest, fileDigest, kind, imageId, parentId, size }, path));
-    this.manifests.set(entry.manifestDigest, { rootDigest, fileDigest, kind, imageId, parentId, size });
+    const had = known && known.fileDigest === file.fileDigest && known.signature?.subject === rootDigest ? known.signature : undefined;
+    const signature = mergeSignatures(had, file.signature?.subject === rootDigest ? file.signature : undefined, `signatures of ${rootDigest}`);
+    const f: ArtifactFile = { rootDigest, fileDigest, kind, imageId, parentId, size, ...(signature ? { signature } : {}) };
+    const { uploaded, ...entry } = await this.guard(pushFileArtifact(this.client, repo, f, path));
+    this.manifests.set(entry.manifestDigest, f);
     s.files.set(entry.rootDigest, entry);
     s.contentTags.set(contentTag(entry), entry.rootDigest);
     this.log.info({ registry: this.registry, repository: repo, rootDigest: file.rootDigest, uploaded }, 'registry store: file stored');

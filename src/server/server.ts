@@ -13,6 +13,15 @@
  * in the registry, the catalogue is a mirror of the registry's index
  * artifacts refreshed with a short TTL, blobs are fetched into the local
  * root on first use, merges stay local to each replica.
+ *
+ * Signatures (signatures.ts): an upload's signature file comes in the
+ * `x-d4fs-signature` header and is kept beside the blob; with
+ * `requireSigned` an upload without a signature trusted by the server's
+ * policy is refused (401) before its body moves. Pull plans carry each
+ * file's signatures; merges are signed with the server's key when it has
+ * one (and trusts every input). A pull that asks for signed files gets
+ * merges only when the server signs them with a key the client trusts,
+ * else the unmerged chain of the original signed files.
  */
 import { promises as fsp } from 'node:fs';
 import * as http from 'node:http';
@@ -23,7 +32,9 @@ import { pipeline } from 'node:stream/promises';
 import { Transform, TransformCallback } from 'node:stream';
 import { createHash } from 'node:crypto';
 import pino, { type Logger } from 'pino';
-import { corrupt, D4fsError, failedPrecondition, hostile, invalidArgument, notFound, toD4fsError, unavailable, unsupported } from '../errors';
+import { corrupt, D4fsError, failedPrecondition, hostile, invalidArgument, notFound, toD4fsError, unauthenticated, unavailable, unsupported } from '../errors';
+import { policyRequires, SignatureFile, SignaturePolicy, SigningKey } from '../signing';
+import { checkTrusted, decodeSignatureHeader, mergeSignatures } from '../distribution/signatures';
 import { parseDigest } from '../util/digest';
 import {
   API,
@@ -34,7 +45,9 @@ import {
   FILE_DIGEST_HEADER,
   MAX_HAVE,
   MAX_JSON_BODY,
+  MAX_TRUSTED_KEYS,
   PlanFileJson,
+  SIGNATURE_HEADER,
   PullPlanJson,
   TagJson,
   UploadResultJson,
@@ -48,6 +61,7 @@ import { MergeCache, MergeStrategy } from './merges';
 import { ServerMetrics } from './metrics';
 import { planChain } from './planner';
 import { parseStoreUrl, RegistryStore, RegistryStoreOptions } from './regstore';
+import { ServerSignatures } from './signatures';
 
 export interface ServerOptions {
   /** Directory of the blob store and catalogue (created). */
@@ -96,6 +110,18 @@ export interface ServerOptions {
    * and this replica's merges). See regstore.ts.
    */
   store?: RegistryStoreOptions;
+  /** Signatures (see signatures.ts). */
+  signing?: ServerSigningOptions;
+}
+
+/** What the server asks of signatures and signs with. */
+export interface ServerSigningOptions {
+  /** Keys the server trusts: what `requireSigned` asks of uploads, and what merges it signs must be signed by. */
+  policy?: SignaturePolicy;
+  /** Refuse uploads without a signature by a key of `policy` (401; nothing stored). */
+  requireSigned?: boolean;
+  /** Sign the merges the server composes with this key (needs `policy`: only merges of trusted files are signed). */
+  signingKey?: SigningKey;
 }
 
 const DEFAULT_LISTEN = '127.0.0.1:8081';
@@ -165,6 +191,9 @@ export class D4fsServer {
   /** The registry backing store, when configured. */
   readonly store: RegistryStore | undefined;
   private readonly merges: MergeCache;
+  /** Signatures kept beside the blobs; the server's policy and signing key. */
+  readonly signatures: ServerSignatures;
+  private readonly requireSigned: boolean;
   private readonly log: Logger;
   private readonly routes: Route[];
   private readonly uploads = new Set<Upload>();
@@ -185,6 +214,8 @@ export class D4fsServer {
     this.metrics = new ServerMetrics(() => this.catalogue.stats(), opts.processMetrics !== false);
     const store = opts.store ? new RegistryStore(opts.store, catalogue, blobs, this.log, this.metrics) : undefined;
     this.store = store;
+    this.signatures = new ServerSignatures(blobs, this.log, opts.signing?.policy, opts.signing?.signingKey, store ? (root) => store.where(root)?.file.signature : undefined);
+    this.requireSigned = !!opts.signing?.requireSigned;
     this.merges = new MergeCache(catalogue, blobs, this.metrics, this.log, {
       maxConcurrent: opts.maxMerges,
       strategy: opts.mergeStrategy,
@@ -214,6 +245,10 @@ export class D4fsServer {
   /** Open the root, load the tokens and listen. */
   static async start(opts: ServerOptions): Promise<D4fsServer> {
     if (opts.store) parseStoreUrl(opts.store.url); // refuse a bad --store before anything is opened
+    if (opts.signing?.requireSigned && !policyRequires(opts.signing.policy)) throw invalidArgument('requiring signed uploads needs the keys to trust (--verify-key KEY.pub.pem or --policy FILE)');
+    if (opts.signing?.signingKey && !policyRequires(opts.signing.policy)) {
+      throw invalidArgument('a signing key needs the keys to trust (--verify-key KEY.pub.pem or --policy FILE): the server signs only merges of files signed by those keys');
+    }
     const blobs = new BlobStore(opts.root);
     await blobs.init();
     const auth = new TokenAuth(opts.tokensFile, !!opts.readOpen);
@@ -309,7 +344,18 @@ export class D4fsServer {
       });
     });
     this.server = server;
-    this.log.info({ url: this.url, root: this.opts.root, tokens: !!this.opts.tokensFile, readOpen: !!this.opts.readOpen }, 'd4fs-server listening');
+    this.log.info(
+      {
+        url: this.url,
+        root: this.opts.root,
+        tokens: !!this.opts.tokensFile,
+        readOpen: !!this.opts.readOpen,
+        requireSigned: this.requireSigned,
+        trustedKeys: this.signatures.policy?.keys.map((k) => k.keyId),
+        signingKey: this.signatures.serverKeyId,
+      },
+      'd4fs-server listening',
+    );
   }
 
   /** The base URL ("http://127.0.0.1:8081"). */
@@ -495,12 +541,42 @@ export class D4fsServer {
    * store: the registry repository holds it, or this replica's cache does
    * (then it is copied into that registry repository from the cache).
    */
-  private async alreadyStored(repository: string, f: FileRow): Promise<boolean> {
+  private async alreadyStored(repository: string, f: FileRow, signature: SignatureFile | undefined): Promise<boolean> {
     if (!this.store) return this.blobs.has(f.rootDigest);
-    if (this.store.holds(repository, f.rootDigest)) return true;
+    if (this.store.holds(repository, f.rootDigest)) {
+      if (signature) await this.store.putFile(repository, { ...f, signature }, this.blobs.pathOf(f.rootDigest)); // new signatures reach the registry
+      return true;
+    }
     if (!(await this.blobs.has(f.rootDigest))) return false;
-    await this.store.putFile(repository, f, this.blobs.pathOf(f.rootDigest));
+    await this.store.putFile(repository, { ...f, ...(signature ? { signature } : {}) }, this.blobs.pathOf(f.rootDigest));
     return true;
+  }
+
+  /**
+   * The signature file an upload carries (header), checked against the
+   * blob it names: malformed or over another file → CORRUPT (422).
+   */
+  private uploadSignature(c: Ctx, rootDigest: string, what: string): SignatureFile | undefined {
+    const h = c.req.headers[SIGNATURE_HEADER];
+    if (h === undefined) return undefined;
+    if (typeof h !== 'string') throw invalidArgument(`${what}: one ${SIGNATURE_HEADER} header at most`);
+    const f = decodeSignatureHeader(h.trim(), `${what}: ${SIGNATURE_HEADER}`);
+    if (f.kind !== 'cdimg' || f.subject !== rootDigest) throw corrupt(`${what}: the signature sent is for another file (${f.kind} ${f.subject}), this upload is cdimg ${rootDigest}`);
+    return f;
+  }
+
+  /** With `requireSigned`: the signatures a file would have must include one by a key this server trusts (401). */
+  private checkSignedUpload(rootDigest: string, sig: SignatureFile | undefined, what: string): void {
+    if (!this.requireSigned) return;
+    try {
+      checkTrusted(this.signatures.policy, 'cdimg', rootDigest, sig, what);
+    } catch (e) {
+      if (e instanceof D4fsError && e.kind === 'UNAUTHENTICATED') {
+        this.metrics.uploads.inc({ result: 'refused' });
+        throw unauthenticated(`this server accepts only signed files: ${e.message}`);
+      }
+      throw e;
+    }
   }
 
   private async putTag(c: Ctx): Promise<void> {
@@ -535,11 +611,19 @@ export class D4fsServer {
       this.metrics.uploads.inc({ result: 'refused' });
       throw hostile(`upload of ${declared} bytes is over this server's limit of ${this.maxUpload}`);
     }
+    const sent = this.uploadSignature(c, rootDigest, `upload of ${rootDigest}`);
     const existing = this.catalogue.file(rootDigest);
-    if (existing && (await this.alreadyStored(repository, existing))) {
+    // held already: the signatures it has and those sent, together, must satisfy a server that requires them
+    const have = existing ? await this.signatures.get(rootDigest) : undefined;
+    const would = mergeSignatures(have, sent, `signatures of ${rootDigest}`);
+    // refused before a byte of the body moves (the signature names the root digest of the URL, which the file must have)
+    this.checkSignedUpload(rootDigest, would, `upload of ${rootDigest}`);
+    if (existing && (await this.alreadyStored(repository, existing, sent ? would : undefined))) {
+      const kept = sent ? await this.signatures.add(rootDigest, sent) : have;
       this.catalogue.addFile({ ...existing, repository }); // links the repository; changes nothing else
       this.metrics.uploads.inc({ result: 'exists' });
-      const body: UploadResultJson = { rootDigest, fileDigest: existing.fileDigest, kind: existing.kind, imageId: existing.imageId, parentId: existing.parentId, size: existing.size, created: false };
+      if (sent) this.log.info({ repository, rootDigest, signatures: kept?.signatures.length ?? 0, who: c.who.name }, 'signatures added');
+      const body: UploadResultJson = { rootDigest, fileDigest: existing.fileDigest, kind: existing.kind, imageId: existing.imageId, parentId: existing.parentId, size: existing.size, created: false, signatures: kept?.signatures.length ?? 0 };
       await this.settleBody(c.req, c.res);
       if (bodyPending(c.req)) c.res.setHeader('Connection', 'close');
       sendJson(c.res, 200, body);
@@ -572,13 +656,15 @@ export class D4fsServer {
           throw failedPrecondition(`${what}: a delta from image ${v.parentId}, which this server does not know: push that image (or a chain leading to it) first`);
         }
       }
+      // the signatures first (a signature file without its blob is harmless; a blob served unsigned is not what was pushed)
+      const kept = sent ? await this.signatures.add(rootDigest, sent) : await this.signatures.get(rootDigest);
       // with a registry store the file is in the registry before it counts as stored
-      await this.store?.putFile(repository, { ...v, fileDigest: got.fileDigest }, tmp);
+      await this.store?.putFile(repository, { ...v, fileDigest: got.fileDigest, ...(kept ? { signature: kept } : {}) }, tmp);
       await this.blobs.land(tmp, rootDigest);
       const created = this.catalogue.addFile({ ...v, fileDigest: got.fileDigest, repository });
       this.metrics.uploads.inc({ result: created ? 'created' : 'exists' });
-      this.log.info({ repository, rootDigest, kind: v.kind, imageId: v.imageId, parentId: v.parentId || undefined, size: v.size, who: c.who.name }, 'blob stored');
-      const body: UploadResultJson = { ...v, fileDigest: got.fileDigest, created };
+      this.log.info({ repository, rootDigest, kind: v.kind, imageId: v.imageId, parentId: v.parentId || undefined, size: v.size, signatures: kept?.signatures.length ?? 0, who: c.who.name }, 'blob stored');
+      const body: UploadResultJson = { ...v, fileDigest: got.fileDigest, created, signatures: kept?.signatures.length ?? 0 };
       sendJson(c.res, created ? 201 : 200, body);
     } catch (e) {
       this.metrics.uploads.inc({ result: 'refused' });
@@ -593,11 +679,18 @@ export class D4fsServer {
   /** POST …/pull: plan the cheapest chain, merge its deltas, answer with the files to fetch. */
   private async pull(c: Ctx): Promise<void> {
     const repository = checkRepoName(c.params[0]);
-    const body = (await readJson(c.req, c.res, MAX_JSON_BODY, this.pace)) as { tag?: unknown; imageId?: unknown; have?: unknown } | null;
+    const body = (await readJson(c.req, c.res, MAX_JSON_BODY, this.pace)) as { tag?: unknown; imageId?: unknown; have?: unknown; signed?: unknown; trustedKeys?: unknown } | null;
     if (!body || typeof body !== 'object') throw invalidArgument('pull request body must be a JSON object');
     const have = body.have ?? [];
     if (!Array.isArray(have) || have.length > MAX_HAVE) throw invalidArgument(`"have" must be an array of at most ${MAX_HAVE} image ids`);
     const held = have.map((h) => parseDigest(String(h), 'held image id'));
+    if (body.signed !== undefined && typeof body.signed !== 'boolean') throw invalidArgument('"signed" must be true or false');
+    const signed = body.signed === true;
+    let trustedKeys: string[] | undefined;
+    if (body.trustedKeys !== undefined) {
+      if (!Array.isArray(body.trustedKeys) || body.trustedKeys.length > MAX_TRUSTED_KEYS) throw invalidArgument(`"trustedKeys" must be an array of at most ${MAX_TRUSTED_KEYS} key ids`);
+      trustedKeys = body.trustedKeys.map((k) => parseDigest(String(k), 'trusted key id'));
+    }
     let tag: string | undefined;
     let target: string;
     if (body.tag !== undefined && body.imageId !== undefined) throw invalidArgument('give "tag" or "imageId", not both');
@@ -609,29 +702,55 @@ export class D4fsServer {
       tag = checkTag(String(body.tag ?? 'latest'));
       target = (await this.lookupTag(repository, tag)).imageId;
     }
-    let plan = planChain(this.catalogue.files(), held, target);
+    // a client that requires signatures: the cheapest chain of files it can verify, if there is one
+    // (else the cheapest chain: the client refuses it, and says which file is not signed)
+    const planOf = async (): Promise<ReturnType<typeof planChain<FileRow>>> => {
+      const all = this.catalogue.files();
+      if (signed) {
+        const ok = await this.signedFiles(all, trustedKeys);
+        const p = planChain(ok, held, target);
+        if (p) return p;
+      }
+      return planChain(all, held, target);
+    };
+    let plan = await planOf();
     if (!plan && this.store) {
       await this.store.sync(repository, true);
-      plan = planChain(this.catalogue.files(), held, target);
+      plan = await planOf();
     }
     if (!plan) throw failedPrecondition(`no chain of stored files leads to image ${target}`);
     const files: PlanFileJson[] = [];
     let deltas: FileRow[] = plan.files;
-    const asPlanFile = (f: FileRow): PlanFileJson => ({ rootDigest: f.rootDigest, fileDigest: f.fileDigest, kind: f.kind, imageId: f.imageId, parentId: f.parentId, size: f.size, merged: false });
+    const asPlanFile = async (f: FileRow): Promise<PlanFileJson> => {
+      const signature = await this.signatures.get(f.rootDigest);
+      return { rootDigest: f.rootDigest, fileDigest: f.fileDigest, kind: f.kind, imageId: f.imageId, parentId: f.parentId, size: f.size, merged: false, ...(signature ? { signature } : {}) };
+    };
     if (deltas.length && deltas[0].kind === 'full') {
-      files.push(asPlanFile(deltas[0]));
+      files.push(await asPlanFile(deltas[0]));
       deltas = deltas.slice(1);
     }
     let shape = files.length ? 'full' : '';
+    // A client that requires signatures can take a merge only when this server signs it with a key the
+    // client trusts; otherwise it gets the original (signed) deltas, unmerged.
+    const serverKeyId = this.signatures.serverKeyId;
+    const mergeOk =
+      !signed ||
+      deltas.length < 2 ||
+      (serverKeyId !== undefined && (!trustedKeys || trustedKeys.includes(serverKeyId)) && (await this.signatures.canSign(deltas.map((d) => d.rootDigest))));
     if (deltas.length === 1) {
-      files.push(asPlanFile(deltas[0]));
+      files.push(await asPlanFile(deltas[0]));
       shape += shape ? '+delta' : 'delta';
+    } else if (deltas.length > 1 && !mergeOk) {
+      for (const d of deltas) files.push(await asPlanFile(d));
+      shape += shape ? '+chain' : 'chain';
     } else if (deltas.length > 1) {
       // a merge made now (strategy rediff: minutes for big images) may keep this request silent for a while
       c.req.socket?.setTimeout(MERGE_TIMEOUT_MS);
       const { merge, outcome } = await this.merges.get(deltas);
       c.req.socket?.setTimeout(this.opts.idleTimeoutMs ?? DEFAULT_IDLE_MS);
-      files.push({ rootDigest: merge.rootDigest, fileDigest: merge.fileDigest, kind: 'delta', imageId: merge.imageId, parentId: merge.parentId, size: merge.size, merged: true, mergedFrom: merge.inputs });
+      // signed by this server when it has a key and trusts every input
+      const signature = await this.signatures.forMerge(merge.rootDigest, merge.inputs);
+      files.push({ rootDigest: merge.rootDigest, fileDigest: merge.fileDigest, kind: 'delta', imageId: merge.imageId, parentId: merge.parentId, size: merge.size, merged: true, mergedFrom: merge.inputs, ...(signature ? { signature } : {}) });
       shape += shape ? '+merged' : 'merged';
       this.log.debug({ chainKey: merge.chainKey, outcome }, 'merge');
     }
@@ -645,8 +764,19 @@ export class D4fsServer {
       chainBytes: plan.bytes,
       chain: plan.files.map((f) => f.rootDigest),
       files,
+      ...(serverKeyId ? { serverKeyId } : {}),
     };
     sendJson(c.res, 200, answer);
+  }
+
+  /** The files a client asking for signed files can verify: signed by one of `trustedKeys` (any key when it names none). */
+  private async signedFiles(files: FileRow[], trustedKeys: string[] | undefined): Promise<FileRow[]> {
+    const out: FileRow[] = [];
+    for (const f of files) {
+      const ids = await this.signatures.keyIds(f.rootDigest);
+      if (trustedKeys ? ids.some((k) => trustedKeys.includes(k)) : ids.length > 0) out.push(f);
+    }
+    return out;
   }
 
   /** GET/HEAD /v1/blobs/sha256:HEX with ETag, If-None-Match, Range and If-Range. */
