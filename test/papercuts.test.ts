@@ -149,10 +149,19 @@ describe('exit codes and messages (items 12-17)', () => {
     expect(e.message).not.toMatch(/cannot reach containerd/);
   });
 
+  it('serve token takes the access as an argument too, and durations show their unit', async () => {
+    const t = await cli(['serve', 'token', 'rw', 'ci']);
+    expect(t.code).toBe(0);
+    expect(t.stdout).toMatch(/^rw \S{20,} ci\n$/);
+    expect((await cli(['serve', 'token', 'xx'])).code).toBe(EXIT_CODES.INVALID_ARGUMENT);
+    const h = await cli(['serve', '--help']);
+    expect(h.stdout.replace(/\s+/g, ' ')).toMatch(/--shutdown-grace <duration> .*\(default: 30s\)/);
+  });
+
   it('every exit code is in the README\'s table', () => {
     const readme = readFileSync(join(packageRoot(), 'README.md'), 'utf8');
     const table = /Exit codes:([^\n]+(?:\n[^\n]+)*?)\. Errors are/.exec(readme);
     expect(table).not.toBeNull();
-    for (const code of new Set(Object.values(EXIT_CODES))) expect(table?.[1]).toMatch(new RegExp(`\\b${code} [a-z]`));
+    for (const code of new Set(Object.values(EXIT_CODES))) expect(table?.[1]).toMatch(new RegExp(`\\b${code}\\s+[a-z]`));
   });
 });

@@ -3,7 +3,7 @@
  * directory; `serve gc` collects garbage in a root; `serve token` makes a
  * token line for the tokens file.
  */
-import { Command, InvalidArgumentError } from 'commander';
+import { Command, InvalidArgumentError, Option } from 'commander';
 import pino from 'pino';
 import { D4fsServer } from '../server/server';
 import type { MergeStrategy } from '../server/merges';
@@ -50,10 +50,10 @@ function addServeOptions(c: Command): Command {
     .option('--gc-interval <duration>', 'run garbage collection this often (e.g. 6h); default: only `serve gc`', parseDuration)
     .option('--merge-ttl <duration>', 'drop cached merges unused this long', parseDuration)
     .option('--merge-strategy <how>', 'compose (copy patches, instant), rediff (diff against the full base: smaller, CPU) or auto (compose now, rediff in the background)', 'auto')
-    .option('--shutdown-grace <duration>', 'on SIGTERM, let transfers finish this long', parseDuration, 30_000)
+    .addOption(new Option('--shutdown-grace <duration>', 'on SIGTERM, let transfers finish this long (e.g. 30s, 2m)').argParser(parseDuration).default(30_000, '30s'))
     .option('--log-level <level>', `log level: ${LEVELS.join(', ')}`, 'info')
     .option('--store <docker://registry/prefix>', 'keep catalogue and blobs in an OCI registry shared by several replicas (--root then holds a mirror, a blob cache and the merges)')
-    .option('--store-ttl <duration>', 'with --store: how long a repository read from the registry is trusted', parseDuration, DEFAULT_STORE_TTL_MS)
+    .addOption(new Option('--store-ttl <duration>', 'with --store: how long a repository read from the registry is trusted (e.g. 5s)').argParser(parseDuration).default(DEFAULT_STORE_TTL_MS, `${DEFAULT_STORE_TTL_MS / 1000}s`))
     .option('--creds <user:pass>', 'with --store: registry credentials (default: from the docker config.json)')
     .option('--authfile <file>', 'with --store: docker config.json / containers auth.json to read credentials from')
     .option('--tls-verify <bool>', 'with --store: verify the registry\'s TLS certificate (default: yes, except loopback registries, which may also use plain HTTP)', parseBool)
@@ -157,11 +157,16 @@ function addServerSubcommands(parent: Command): void {
   parent
     .command('token')
     .description('print a new random token as a line for the tokens file')
-    .option('--access <ro|rw>', 'what the token may do', 'ro')
+    .argument('[access]', 'ro or rw (the same as --access)')
+    .argument('[name]', 'who holds it (the same as --name)')
+    .option('--access <ro|rw>', 'what the token may do (default ro)')
     .option('--name <name>', 'who holds it (shown in the logs)')
     .action(
-      action(async (o: Record<string, unknown>) => {
-        if (o.access !== 'ro' && o.access !== 'rw') throw invalidArgument('--access must be ro or rw');
+      action(async (access: string | undefined, holder: string | undefined, o: Record<string, unknown>) => {
+        if (access && o.access && access !== o.access) throw invalidArgument(`give the access once: ${access} or --access ${String(o.access)}`);
+        o.access = o.access ?? access ?? 'ro';
+        o.name = o.name ?? holder;
+        if (o.access !== 'ro' && o.access !== 'rw') throw invalidArgument('the access must be ro or rw (e.g. ctr-cli serve token rw ci >> tokens)');
         const name = String(o.name ?? '').replace(/\s+/g, '-');
         say(`${o.access} ${newToken()}${name ? ` ${name}` : ''}\n`);
       }),
