@@ -19,8 +19,8 @@ import { MT } from '../oci/mediatypes';
 import { parseRegistryRef } from '../oci/ref';
 import { RegistryClient, ClientTuning } from '../oci/registry/client';
 import type { RegistryOptions } from '../oci/registry/options';
-import { checkImageName } from '../store/store';
-import { policyRequires } from '../signing';
+import { checkImageName, LocalStore } from '../store/store';
+import { policyRequires, SignaturePolicy } from '../signing';
 import { digestOf, VerifyingStream } from '../util/digest';
 import { fileDigestOf } from '../server/blobs';
 import { ancestorsOf, planChain } from '../server/planner';
@@ -209,57 +209,8 @@ export async function pullFromRegistry(o: RegistryPullOptions): Promise<PullResu
     } else {
       throw invalidArgument(`${where} is not a d4fs artifact (${top.mediaType}); expected an ${INDEX_ARTIFACT_TYPE} index or a d4fs file manifest`);
     }
-    const policy = policyRequires(o.policy) ? o.policy : undefined;
-    const held = new Set(await offeredImages(store, policy));
-    const plan = planChain(entries, held, target);
-    if (!plan) throw failedPrecondition(`${where}: no chain of listed files leads to ${target}`);
-    checkPlanChain(plan.files, held, target, where);
-    const storedRoots = new Set(store.files().map((f) => f.rootDigest));
-    // with a policy, what the pull builds on must be trusted too (checked before anything moves)
-    // a held file of the plan may be trusted through the signatures its artifact carries
-    const heldPlan = [];
-    for (const f of plan.files.filter((x) => storedRoots.has(x.rootDigest))) {
-      const signature = policy ? parseFileManifest((await client.getManifest(repo, f.manifestDigest)).bytes, `${ref.registry}/${repo}@${f.manifestDigest}`).file.signature : undefined;
-      heldPlan.push({ rootDigest: f.rootDigest, signature });
-    }
-    const heldSigs = await checkHeld(store, policy, plan.files.length ? plan.from : target, heldPlan);
-    const tmpDir = dirname(store.tempPath('pull'));
-    await fsp.mkdir(tmpDir, { recursive: true });
-    const files: PulledFile[] = [];
-    const pending: Downloaded[] = [];
-    for (const [i, e] of plan.files.entries()) {
-      const base: PulledFile = { rootDigest: e.rootDigest, kind: e.kind, imageId: e.imageId, parentId: e.parentId, size: e.size, merged: false, downloaded: false, bytes: 0, resumedFrom: 0, refetched: false, signatures: 0 };
-      if (storedRoots.has(e.rootDigest)) {
-        files.push(base);
-        continue;
-      }
-      const what = `${ref.registry}/${repo}@${e.manifestDigest}`;
-      const m = await client.getManifest(repo, e.manifestDigest);
-      const { file, signatureError } = parseFileManifest(m.bytes, what);
-      for (const k of ['rootDigest', 'kind', 'imageId', 'parentId', 'size'] as const) {
-        if (file[k] !== e[k]) throw corrupt(`${what}: ${k} is ${file[k]}, the index says ${e[k]}`);
-      }
-      const d = await downloadBlob(registrySource(client, repo), { rootDigest: file.rootDigest, fileDigest: file.fileDigest, size: file.size }, tmpDir, {
-        retries: o.retries,
-        retryDelayMs: o.retryDelayMs,
-        onProgress: (done, total) => o.onProgress?.({ file: i + 1, files: plan.files.length, rootDigest: e.rootDigest, done, total }),
-      });
-      try {
-        await checkDownloaded(d.path, file, what);
-      } catch (err) {
-        await fsp.rm(d.path, { force: true });
-        throw err;
-      }
-      const dl: Downloaded = { path: d.path, file, signature: file.signature, signatureError, what: describe(file, `${ref.registry}/${repo}`) };
-      // no policy: stored as soon as it is here; with one, every downloaded file is checked before any is stored
-      if (policy) pending.push(dl);
-      else await storeDownloaded(store, [dl], undefined);
-      files.push({ ...base, downloaded: true, bytes: d.downloaded, resumedFrom: d.resumedFrom, refetched: d.refetched, signatures: file.signature?.signatures.length ?? 0 });
-    }
-    await storeDownloaded(store, pending, policy);
-    await keepHeldSignatures(heldSigs);
-    await noteSignedBy(store, files, policy);
-    await sweepParts(tmpDir);
+    const fetched = await fetchChain({ client, repo, registry: ref.registry, where, entries, target, store, policy: o.policy, retries: o.retries, retryDelayMs: o.retryDelayMs, onProgress: o.onProgress });
+    const { files, plan } = fetched;
     const loaded = await finishPull(store, name, target, loader, o.load);
     return {
       name,
@@ -275,4 +226,85 @@ export async function pullFromRegistry(o: RegistryPullOptions): Promise<PullResu
     await client.close();
     close();
   }
+}
+
+/** What {@link fetchChain} needs: the files a registry lists toward `target`, and where to put them. */
+export interface FetchChainOptions {
+  client: RegistryClient;
+  repo: string;
+  /** Registry host (for messages). */
+  registry: string;
+  /** What is being pulled (for messages). */
+  where: string;
+  entries: (FileInfo & { manifestDigest: string })[];
+  /** The d4fs image id to reach. */
+  target: string;
+  store: LocalStore;
+  policy?: SignaturePolicy;
+  retries?: number;
+  retryDelayMs?: number;
+  onProgress?: PullCommon['onProgress'];
+}
+
+/**
+ * Plan the cheapest chain of listed files from what the store holds to
+ * `target`, download what is missing (resumable, every byte verified, the
+ * image id recomputed on open) and store it. Shared by `ctr-cli pull --from`
+ * and the snapshotter's CRI pulls.
+ */
+export async function fetchChain(o: FetchChainOptions): Promise<{ files: PulledFile[]; plan: { from?: string | null; files: unknown[] } }> {
+  const { client, repo, where, entries, target, store } = o;
+  const ref = { registry: o.registry };
+  const policy = policyRequires(o.policy) ? o.policy : undefined;
+  const held = new Set(await offeredImages(store, policy));
+  const plan = planChain(entries, held, target);
+  if (!plan) throw failedPrecondition(`${where}: no chain of listed files leads to ${target}`);
+  checkPlanChain(plan.files, held, target, where);
+  const storedRoots = new Set(store.files().map((f) => f.rootDigest));
+  // with a policy, what the pull builds on must be trusted too (checked before anything moves)
+  // a held file of the plan may be trusted through the signatures its artifact carries
+  const heldPlan = [];
+  for (const f of plan.files.filter((x) => storedRoots.has(x.rootDigest))) {
+    const signature = policy ? parseFileManifest((await client.getManifest(repo, f.manifestDigest)).bytes, `${ref.registry}/${repo}@${f.manifestDigest}`).file.signature : undefined;
+    heldPlan.push({ rootDigest: f.rootDigest, signature });
+  }
+  const heldSigs = await checkHeld(store, policy, plan.files.length ? plan.from : target, heldPlan);
+  const tmpDir = dirname(store.tempPath('pull'));
+  await fsp.mkdir(tmpDir, { recursive: true });
+  const files: PulledFile[] = [];
+  const pending: Downloaded[] = [];
+  for (const [i, e] of plan.files.entries()) {
+    const base: PulledFile = { rootDigest: e.rootDigest, kind: e.kind, imageId: e.imageId, parentId: e.parentId, size: e.size, merged: false, downloaded: false, bytes: 0, resumedFrom: 0, refetched: false, signatures: 0 };
+    if (storedRoots.has(e.rootDigest)) {
+      files.push(base);
+      continue;
+    }
+    const what = `${ref.registry}/${repo}@${e.manifestDigest}`;
+    const m = await client.getManifest(repo, e.manifestDigest);
+    const { file, signatureError } = parseFileManifest(m.bytes, what);
+    for (const k of ['rootDigest', 'kind', 'imageId', 'parentId', 'size'] as const) {
+      if (file[k] !== e[k]) throw corrupt(`${what}: ${k} is ${file[k]}, the index says ${e[k]}`);
+    }
+    const d = await downloadBlob(registrySource(client, repo), { rootDigest: file.rootDigest, fileDigest: file.fileDigest, size: file.size }, tmpDir, {
+      retries: o.retries,
+      retryDelayMs: o.retryDelayMs,
+      onProgress: (done, total) => o.onProgress?.({ file: i + 1, files: plan.files.length, rootDigest: e.rootDigest, done, total }),
+    });
+    try {
+      await checkDownloaded(d.path, file, what);
+    } catch (err) {
+      await fsp.rm(d.path, { force: true });
+      throw err;
+    }
+    const dl: Downloaded = { path: d.path, file, signature: file.signature, signatureError, what: describe(file, `${ref.registry}/${repo}`) };
+    // no policy: stored as soon as it is here; with one, every downloaded file is checked before any is stored
+    if (policy) pending.push(dl);
+    else await storeDownloaded(store, [dl], undefined);
+    files.push({ ...base, downloaded: true, bytes: d.downloaded, resumedFrom: d.resumedFrom, refetched: d.refetched, signatures: file.signature?.signatures.length ?? 0 });
+  }
+  await storeDownloaded(store, pending, policy);
+  await keepHeldSignatures(heldSigs);
+  await noteSignedBy(store, files, policy);
+  await sweepParts(tmpDir);
+  return { files, plan };
 }
