@@ -23,6 +23,7 @@ import { Command } from 'commander';
 import { exitCodeOf, toD4fsError } from '../src/errors';
 import { FuseFileSystem } from '../src/fuse/client';
 import { loadPolicy } from '../src/signing';
+import { CriPullProvider } from '../src/cri/provider';
 import { createLogger, FileSystemRemoteProvider, resolveConfig, runSnapshotter, storesOf } from '../src/snapshotter';
 
 interface Flags {
@@ -34,6 +35,8 @@ interface Flags {
   store: string[];
   /** --verify-key, repeated */
   verifyKey: string[];
+  /** false with --no-cri */
+  cri: boolean;
   /** false with --no-fuse */
   fuse: boolean;
 }
@@ -54,32 +57,45 @@ async function main(argv: string[]): Promise<void> {
     )
     .option('--verify-key <pem>', 'mount only d4fs images whose every file is signed by one of these public keys (repeatable)', (v: string, prev: string[]) => [...prev, v], [] as string[])
     .option('--no-fuse', 'do not serve d4fs images over FUSE (plain overlay snapshotter)')
+    .option('--no-cri', 'do not turn CRI pulls of images with d4fs artifacts into delta pulls')
     .showHelpAfterError();
   program.parse(argv);
   const flags = program.opts<Flags>();
 
   const cfg = resolveConfig(
-    { root: flags.root, address: flags.address, logLevel: flags.logLevel, fuse: flags.fuse ? undefined : false, stores: flags.store.length ? flags.store : undefined, verifyKeys: flags.verifyKey.length ? flags.verifyKey : undefined },
+    { root: flags.root, address: flags.address, logLevel: flags.logLevel, fuse: flags.fuse ? undefined : false, stores: flags.store.length ? flags.store : undefined, verifyKeys: flags.verifyKey.length ? flags.verifyKey : undefined, cri: flags.cri ? undefined : false },
     flags.config,
   );
   const log = createLogger(cfg.logLevel);
+  const policy = await loadPolicy({ verifyKeys: cfg.verifyKeys });
   const fuseFs =
     cfg.fuse === false
       ? undefined
       : new FuseFileSystem({
           root: path.join(cfg.root, 'fuse'),
           stores: storesOf(cfg),
-          policy: await loadPolicy({ verifyKeys: cfg.verifyKeys }),
+          policy,
           log,
           managerArgs: [
             ...(cfg.fuseCacheMaxBytes ? ['--cache-max-bytes', String(cfg.fuseCacheMaxBytes)] : []),
             ...(cfg.fuseBinding ? ['--fuse-binding', cfg.fuseBinding] : []),
           ],
         });
+  const cri = fuseFs && cfg.cri !== false ? new CriPullProvider({ fuse: fuseFs, root: cfg.root, store: storesOf(cfg)[0], policy, log }) : undefined;
+  const loaded = fuseFs ? new FileSystemRemoteProvider(fuseFs, (labels, target) => fuseFs.accepts(labels, target)) : undefined;
   const running = await runSnapshotter(
     cfg,
     log,
-    fuseFs ? { fileSystem: fuseFs, remote: new FileSystemRemoteProvider(fuseFs, (labels, target) => fuseFs.accepts(labels, target)) } : {},
+    fuseFs && loaded
+      ? {
+          fileSystem: cri ? cri.fileSystem() : fuseFs,
+          // a loaded d4fs image's own snapshot (ctr-cli load), else a CRI pull's layers
+          remote: {
+            prepare: async (key, labels, target) => (fuseFs.accepts(labels, target) ? loaded.prepare(key, labels, target) : cri ? cri.prepare(key, labels, target) : false),
+            ensureParent: async (name) => cri?.ensureParent(name),
+          },
+        }
+      : {},
   );
 
   let signals = 0;

@@ -32,8 +32,8 @@ function env(config: string): NodeJS.ProcessEnv {
   };
 }
 
-async function install(config: string): Promise<string> {
-  const r = await runCommand('bash', [script], { env: env(config) });
+async function install(config: string, args: string[] = []): Promise<string> {
+  const r = await runCommand('bash', [script, ...args], { env: env(config) });
   if (r.code !== 0) throw new Error(`install_snapshotter.sh exited ${r.code}: ${r.stderr}`);
   return r.stdout;
 }
@@ -112,5 +112,162 @@ describe('install_snapshotter.sh', () => {
       expect(out).toMatch(/already configures proxy plugin d4fs with address \/elsewhere\.sock/);
       expect(fs.readFileSync(other, 'utf8')).toBe(variant);
     }
+  });
+});
+
+/** The CRI plugin's `containerd` table of a version 2 config. */
+function criContainerd(config: string): Record<string, unknown> | undefined {
+  const parsed = parseToml(fs.readFileSync(config, 'utf8')) as { plugins?: Record<string, { containerd?: Record<string, unknown> }> };
+  return parsed.plugins?.['io.containerd.grpc.v1.cri']?.containerd;
+}
+
+/** Lines of `after` that differ from `before` (same line count assumed up to before's length), trimmed. */
+function changedLines(before: string, after: string): string[] {
+  const a = before.split('\n');
+  const b = after.split('\n');
+  return a.map((l, i) => (l === b[i] ? '' : `${l.trim()} -> ${(b[i] ?? '').trim()}`)).filter(Boolean);
+}
+
+describe('install_snapshotter.sh --cri', () => {
+  test("containerd's default config: exactly the two CRI keys change, in place; containerd reads the result; a second run changes nothing", async () => {
+    const config = path.join(dir, 'config.toml');
+    const dflt = await runCommand('containerd', ['config', 'default']);
+    expect(dflt.code).toBe(0);
+    await fsp.writeFile(config, dflt.stdout);
+
+    const out1 = await install(config, ['--cri']);
+    expect(out1).toMatch(/set the CRI plugin's snapshotter to d4fs/);
+    const text = fs.readFileSync(config, 'utf8');
+    expect(criContainerd(config)).toMatchObject({ snapshotter: 'd4fs', disable_snapshot_annotations: false });
+    // every other setting as it was: parsed, and line by line
+    type Conf = { plugins: Record<string, Record<string, unknown>>; proxy_plugins?: unknown };
+    const expected = parseToml(dflt.stdout) as Conf;
+    Object.assign(expected.plugins['io.containerd.grpc.v1.cri'].containerd as object, { snapshotter: 'd4fs', disable_snapshot_annotations: false });
+    expect({ ...(parseToml(text) as Conf), proxy_plugins: undefined }).toEqual({ ...expected, proxy_plugins: undefined });
+    expect(changedLines(dflt.stdout, text).sort()).toEqual([
+      'disable_snapshot_annotations = true -> disable_snapshot_annotations = false',
+      'snapshotter = "overlayfs" -> snapshotter = "d4fs"',
+    ]);
+
+    const dump = await runCommand('containerd', ['--config', config, 'config', 'dump']);
+    expect(dump.code).toBe(0);
+    expect(dump.stdout).toMatch(/^\s*snapshotter = "d4fs"$/m);
+    expect(dump.stdout).toMatch(/^\s*disable_snapshot_annotations = false$/m);
+    expect(dump.stdout).toMatch(/\[proxy_plugins\.d4fs\]/);
+
+    const before = state();
+    const out2 = await install(config, ['--cri']);
+    expect(out2).toMatch(/already sends CRI pulls through d4fs with the snapshot annotations; unchanged/);
+    expect(state()).toEqual(before);
+    // and without --cri nothing is undone
+    await install(config);
+    expect(state()).toEqual(before);
+  });
+
+  test("Debian's packaged config (no containerd table): the table is appended, the rest kept byte for byte", async () => {
+    const config = path.join(dir, 'config.toml');
+    const debian = 'version = 2\n# a comment the user wrote\n[plugins]\n  [plugins."io.containerd.grpc.v1.cri"]\n    [plugins."io.containerd.grpc.v1.cri".cni]\n      bin_dir = "/usr/lib/cni"\n      conf_dir = "/etc/cni/net.d"\n  [plugins."io.containerd.internal.v1.opt"]\n    path = "/var/lib/containerd/opt"\n';
+    await fsp.writeFile(config, debian, { mode: 0o640 });
+    await install(config, ['--cri']);
+    const text = fs.readFileSync(config, 'utf8');
+    expect(text.startsWith(debian)).toBe(true);
+    expect(text.match(/\[plugins\."io\.containerd\.grpc\.v1\.cri"\.containerd\]/g)).toHaveLength(1);
+    expect(criContainerd(config)).toEqual({ snapshotter: 'd4fs', disable_snapshot_annotations: false });
+    const parsed = parseToml(text) as { plugins: Record<string, Record<string, Record<string, unknown>>> };
+    expect(parsed.plugins['io.containerd.grpc.v1.cri'].cni).toEqual({ bin_dir: '/usr/lib/cni', conf_dir: '/etc/cni/net.d' });
+    expect(fs.statSync(config).mode & 0o777).toBe(0o640);
+    const dump = await runCommand('containerd', ['--config', config, 'config', 'dump']);
+    expect(dump.code).toBe(0);
+    expect(dump.stdout).toMatch(/^\s*snapshotter = "d4fs"$/m);
+    const before = state();
+    await install(config, ['--cri']);
+    expect(state()).toEqual(before);
+  });
+
+  test('a missing config is created with the proxy plugin and the CRI settings', async () => {
+    const config = path.join(dir, 'new', 'config.toml');
+    await install(config, ['--cri']);
+    expect(fs.readFileSync(config, 'utf8')).toMatch(/^version = 2\n/);
+    expect(d4fsPlugin(config)).toMatchObject({ type: 'snapshot' });
+    expect(criContainerd(config)).toEqual({ snapshotter: 'd4fs', disable_snapshot_annotations: false });
+    const before = state();
+    await install(config, ['--cri']);
+    expect(state()).toEqual(before);
+  });
+
+  test.each([
+    [
+      'dotted keys in the plugin table',
+      'version = 2\n[plugins."io.containerd.grpc.v1.cri"]\n  containerd.snapshotter = "overlayfs"  # was\n  sandbox_image = "pause:3.6"\n',
+      'version = 2\n[plugins."io.containerd.grpc.v1.cri"]\n  containerd.snapshotter = "d4fs"\n  containerd.disable_snapshot_annotations = false\n  sandbox_image = "pause:3.6"\n',
+    ],
+    [
+      'single-quoted table name, only one key present',
+      "version = 2\n[plugins.'io.containerd.grpc.v1.cri'.containerd]\n  disable_snapshot_annotations = false\n  default_runtime_name = 'runc'\n",
+      "version = 2\n[plugins.'io.containerd.grpc.v1.cri'.containerd]\n  snapshotter = \"d4fs\"\n  disable_snapshot_annotations = false\n  default_runtime_name = 'runc'\n",
+    ],
+    [
+      'only a sub-table of it (runtimes), no final newline',
+      'version = 2\n[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]\n  runtime_type = "io.containerd.runc.v2"',
+      'version = 2\n[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]\n  runtime_type = "io.containerd.runc.v2"\n',
+    ],
+  ])('%s', async (_name, original, expectedStart) => {
+    const config = path.join(dir, 'config.toml');
+    await fsp.writeFile(config, original);
+    await install(config, ['--cri']);
+    const text = fs.readFileSync(config, 'utf8');
+    expect(text.startsWith(expectedStart)).toBe(true);
+    expect(criContainerd(config)).toMatchObject({ snapshotter: 'd4fs', disable_snapshot_annotations: false });
+    const dump = await runCommand('containerd', ['--config', config, 'config', 'dump']);
+    expect(dump.code).toBe(0);
+    expect(dump.stdout).toMatch(/^\s*snapshotter = "d4fs"$/m);
+    expect(dump.stdout).toMatch(/^\s*disable_snapshot_annotations = false$/m);
+    const before = state();
+    await install(config, ['--cri']);
+    expect(state()).toEqual(before);
+  });
+
+  test('version 1 and version 3 configs get the table of their version', async () => {
+    const v1 = path.join(dir, 'v1.toml');
+    await fsp.writeFile(v1, '[plugins.cri.containerd]\n  snapshotter = "native"\n');
+    await install(v1, ['--cri']);
+    expect((parseToml(fs.readFileSync(v1, 'utf8')) as { plugins: { cri: { containerd: unknown } } }).plugins.cri.containerd).toEqual({
+      snapshotter: 'd4fs',
+      disable_snapshot_annotations: false,
+    });
+    const dump = await runCommand('containerd', ['--config', v1, 'config', 'dump']);
+    expect(dump.code).toBe(0);
+    expect(dump.stdout).toMatch(/^\s*snapshotter = "d4fs"$/m);
+
+    const v3 = path.join(dir, 'v3.toml');
+    await fsp.writeFile(v3, "version = 3\n[plugins.'io.containerd.cri.v1.images']\n  snapshotter = 'overlayfs'\n");
+    await install(v3, ['--cri']);
+    expect((parseToml(fs.readFileSync(v3, 'utf8')) as { plugins: Record<string, unknown> }).plugins['io.containerd.cri.v1.images']).toEqual({
+      snapshotter: 'd4fs',
+      disable_snapshot_annotations: false,
+    });
+  });
+
+  test('an inline table is refused before anything changes; unknown arguments are refused', async () => {
+    const config = path.join(dir, 'config.toml');
+    const inline = 'version = 2\n[plugins]\n  "io.containerd.grpc.v1.cri" = { sandbox_image = "pause:3.6" }\n';
+    await fsp.writeFile(config, inline);
+    const r = await runCommand('bash', [script, '--cri'], { env: env(config) });
+    expect(r.code).not.toBe(0);
+    expect(r.stderr).toMatch(/inline table.*by hand; nothing changed/);
+    expect(fs.readFileSync(config, 'utf8')).toBe(inline);
+    expect(fs.existsSync(path.join(dir, 'systemd'))).toBe(false);
+
+    const bad = await runCommand('bash', [script, '--crii'], { env: env(config) });
+    expect(bad.code).not.toBe(0);
+    expect(bad.stderr).toMatch(/unknown argument: --crii/);
+  });
+
+  test('warns when the CRI plugin is disabled', async () => {
+    const config = path.join(dir, 'config.toml');
+    await fsp.writeFile(config, 'version = 2\ndisabled_plugins = ["io.containerd.grpc.v1.cri"]\n');
+    const out = await install(config, ['--cri']);
+    expect(out).toMatch(/warning: .* lists the CRI plugin in disabled_plugins/);
+    expect(criContainerd(config)).toEqual({ snapshotter: 'd4fs', disable_snapshot_annotations: false });
   });
 });

@@ -15,6 +15,7 @@ const GROUPS: { names: string[]; load: () => Registrar }[] = [
   { names: ['serve'], load: () => (require('./serve') as typeof import('./serve')).registerServe },
   { names: ['push'], load: () => (require('./push') as typeof import('./push')).registerPush },
   { names: ['pull'], load: () => (require('./pull') as typeof import('./pull')).registerPull },
+  { names: ['publish'], load: () => (require('./publish') as typeof import('./publish')).registerPublish },
   { names: ['keygen', 'sign', 'verify-signature'], load: () => (require('./sign') as typeof import('./sign')).registerSign },
   { names: ['load', 'images', 'rmi'], load: () => (require('./load') as typeof import('./load')).registerLoad },
 ];

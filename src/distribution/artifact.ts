@@ -35,8 +35,19 @@
  * The content tags are named by content (re-pushing is idempotent); only the
  * user's tag moves. Every field read back is validated, and every file is
  * checked against its digests after download.
+ *
+ * Attached to an ordinary image (`ctr-cli publish`, for CRI pulls): the same
+ * file manifests, plus an OCI 1.1 `subject` = the image's (platform)
+ * manifest, pushed by digest only (no content tag: the content tags keep the
+ * manifests the tag indexes above name). They are found through the
+ * registry's referrers API, or, on registries without it, through the
+ * referrers tag schema: the tag `sha256-<hex of the subject digest>` is an
+ * OCI image index listing every referrer of the subject (d4fs files and
+ * anyone else's: signatures, SBOMs), each descriptor carrying its
+ * artifactType and its manifest's annotations. Publishers merge into it,
+ * keeping other tools' entries (see referrers.ts and publish.ts).
  */
-import { corrupt, unsupported } from '../errors';
+import { corrupt, invalidArgument, unsupported } from '../errors';
 import { MT } from '../oci/mediatypes';
 import { parseSignatureFile, SignatureFile } from '../signing';
 import type { Descriptor } from '../oci/types';
@@ -93,8 +104,19 @@ export function configBytes(f: ArtifactFile): Buffer {
   return Buffer.from(JSON.stringify({ kind: f.kind, imageId: f.imageId, parentId: f.parentId, rootDigest: f.rootDigest, size: f.size }));
 }
 
-/** The artifact manifest of a file (deterministic bytes: pushing twice gives the same digest). */
-export function fileManifest(f: ArtifactFile): { bytes: Buffer; config: Buffer } {
+/** The manifest an artifact is attached to (OCI 1.1 `subject`): an image's (platform) manifest. */
+export interface Subject {
+  mediaType: string;
+  digest: string;
+  size: number;
+}
+
+/**
+ * The artifact manifest of a file (deterministic bytes: pushing twice gives
+ * the same digest). With `subject`, the manifest is attached to that image
+ * manifest (found through the referrers API or tag schema).
+ */
+export function fileManifest(f: ArtifactFile, subject?: Subject): { bytes: Buffer; config: Buffer } {
   const config = configBytes(f);
   const doc = {
     schemaVersion: 2,
@@ -102,6 +124,7 @@ export function fileManifest(f: ArtifactFile): { bytes: Buffer; config: Buffer }
     artifactType: ARTIFACT_TYPE,
     config: { mediaType: CONFIG_MEDIA_TYPE, digest: digestOf(config), size: config.length },
     layers: [{ mediaType: CDIMG_MEDIA_TYPE, digest: f.fileDigest, size: f.size, annotations: { [ANN.title]: `${f.rootDigest.slice(7)}.cdimg` } }],
+    ...(subject ? { subject: { mediaType: subject.mediaType, digest: subject.digest, size: subject.size } } : {}),
     annotations: f.signature?.signatures.length ? { ...annotationsOf(f), [ANN.signature]: JSON.stringify(f.signature) } : annotationsOf(f),
   };
   return { bytes: Buffer.from(JSON.stringify(doc)), config };
@@ -137,9 +160,9 @@ function fileFromAnnotations(a: Record<string, unknown> | undefined, what: strin
   return { kind, imageId: d(ANN.imageId), parentId: kind === 'delta' ? d(ANN.parentId) : '', rootDigest: d(ANN.rootDigest), size };
 }
 
-/** Parse a fetched file manifest: the file it carries and its layer descriptor. */
-export function parseFileManifest(bytes: Buffer, what: string): { file: ArtifactFile; configDigest: string; signatureError?: string } {
-  let doc: { config?: Descriptor; layers?: Descriptor[]; annotations?: Record<string, string> };
+/** Parse a fetched file manifest: the file it carries and its layer descriptor (and the subject it is attached to, if any). */
+export function parseFileManifest(bytes: Buffer, what: string): { file: ArtifactFile; configDigest: string; signatureError?: string; subject?: Subject } {
+  let doc: { config?: Descriptor; layers?: Descriptor[]; annotations?: Record<string, string>; subject?: unknown };
   try {
     doc = JSON.parse(bytes.toString('utf8')) as typeof doc;
   } catch {
@@ -167,7 +190,35 @@ export function parseFileManifest(bytes: Buffer, what: string): { file: Artifact
       signatureError = (e as Error).message;
     }
   }
-  return { file: { ...info, fileDigest, ...(signature ? { signature } : {}) }, signatureError, configDigest: parseDigest(String(doc.config.digest), 'config digest') };
+  const subject = doc.subject === undefined ? undefined : parseSubject(doc.subject, what);
+  return { file: { ...info, fileDigest, ...(signature ? { signature } : {}) }, signatureError, configDigest: parseDigest(String(doc.config.digest), 'config digest'), ...(subject ? { subject } : {}) };
+}
+
+/** A manifest's `subject` descriptor, validated. */
+function parseSubject(v: unknown, what: string): Subject {
+  const s = v as Partial<Subject> | null;
+  if (!s || typeof s !== 'object' || typeof s.mediaType !== 'string' || !s.mediaType || !Number.isSafeInteger(s.size) || (s.size as number) <= 0) throw corrupt(`${what}: invalid subject`);
+  return { mediaType: s.mediaType, digest: corruptDigest(s.digest, 'subject digest', what), size: s.size as number };
+}
+
+/** parseDigest for untrusted documents: a bad digest is CORRUPT. */
+function corruptDigest(v: unknown, name: string, what: string): string {
+  try {
+    return parseDigest(String(v ?? ''), name);
+  } catch (e) {
+    throw corrupt(`${what}: ${(e as Error).message}`);
+  }
+}
+
+/** A d4fs file as an index lists it (tag index or referrers list): its description and the manifest that carries it. */
+export type ListedFile = FileInfo & { manifestDigest: string; manifestSize: number };
+
+/** One descriptor of a d4fs index (tag index or referrers list), validated: the file its annotations describe and its manifest. */
+export function listedFile(m: Descriptor | undefined, what: string): ListedFile {
+  if (!m || typeof m !== 'object') throw corrupt(`${what}: not a descriptor`);
+  const f = fileFromAnnotations(m.annotations, what);
+  if (!Number.isSafeInteger(m.size) || m.size <= 0) throw corrupt(`${what}: invalid size`);
+  return { ...f, manifestDigest: corruptDigest(m.digest, 'manifest digest', what), manifestSize: m.size };
 }
 
 /** Parse a tag's index artifact: the target version and the files listed. */
@@ -185,10 +236,75 @@ export function parseTagIndex(bytes: Buffer, what: string): { target: string; en
   } catch (e) {
     throw corrupt(`${what}: ${(e as Error).message}`);
   }
-  const entries = doc.manifests.map((m, i) => {
-    const f = fileFromAnnotations(m.annotations, `${what}: entry ${i}`);
-    if (!Number.isSafeInteger(m.size) || m.size <= 0) throw corrupt(`${what}: entry ${i}: invalid size`);
-    return { ...f, manifestDigest: parseDigest(String(m.digest), 'manifest digest'), manifestSize: m.size };
-  });
+  const entries = doc.manifests.map((m, i) => listedFile(m, `${what}: entry ${i}`));
   return { target, entries };
+}
+
+// ---------------------------------------------------------------------------
+// Referrers (OCI 1.1): files attached to an image manifest
+
+/** Largest referrers list read or written (the registry's manifest limit is 4 MiB too). */
+const MAX_REFERRERS = 10_000;
+
+/** The referrers tag of a manifest digest (distribution spec 1.1, referrers tag schema): `sha256-<hex>`. */
+export function referrersTag(subjectDigest: string): string {
+  return parseDigest(subjectDigest, 'subject digest').replace(':', '-');
+}
+
+/** A descriptor of a referrers list (what the referrers API answers, and what the tag schema's index holds). */
+export interface ReferrerDescriptor extends Descriptor {
+  artifactType?: string;
+}
+
+/**
+ * The descriptor a referrers list holds for a pushed manifest: its media
+ * type, digest and size, its artifactType (else its config's media type) and
+ * all its annotations, as the spec asks.
+ */
+export function referrerDescriptor(manifest: Buffer): ReferrerDescriptor {
+  let doc: { mediaType?: unknown; artifactType?: unknown; config?: { mediaType?: unknown }; annotations?: unknown };
+  try {
+    doc = JSON.parse(manifest.toString('utf8')) as typeof doc;
+  } catch {
+    throw invalidArgument('referrer manifest is not JSON');
+  }
+  const artifactType = typeof doc.artifactType === 'string' && doc.artifactType ? doc.artifactType : typeof doc.config?.mediaType === 'string' ? doc.config.mediaType : undefined;
+  const annotations = doc.annotations && typeof doc.annotations === 'object' ? (doc.annotations as Record<string, string>) : undefined;
+  return {
+    mediaType: typeof doc.mediaType === 'string' ? doc.mediaType : MT.OCI_MANIFEST,
+    ...(artifactType ? { artifactType } : {}),
+    digest: digestOf(manifest),
+    size: manifest.length,
+    ...(annotations ? { annotations } : {}),
+  };
+}
+
+/** Whether a referrers-list descriptor names a d4fs file artifact (others are other tools' and left alone). */
+export const isD4fsReferrer = (d: { artifactType?: unknown } | null | undefined): boolean => !!d && typeof d === 'object' && d.artifactType === ARTIFACT_TYPE;
+
+/**
+ * The descriptors of a referrers list (an OCI image index, from the
+ * referrers API or the referrers tag), checked for shape only. Entries that
+ * are not objects are CORRUPT; their meaning is checked by the reader.
+ */
+export function parseReferrersIndex(bytes: Buffer, what: string): ReferrerDescriptor[] {
+  let doc: { schemaVersion?: unknown; mediaType?: unknown; manifests?: unknown };
+  try {
+    doc = JSON.parse(bytes.toString('utf8')) as typeof doc;
+  } catch {
+    throw corrupt(`${what}: referrers list is not JSON`);
+  }
+  if (!doc || typeof doc !== 'object' || !Array.isArray(doc.manifests)) throw corrupt(`${what}: a referrers list is an OCI image index with a manifests array`);
+  if (doc.mediaType !== undefined && doc.mediaType !== MT.OCI_INDEX) throw corrupt(`${what}: referrers list has media type ${String(doc.mediaType)}, not ${MT.OCI_INDEX}`);
+  if (doc.manifests.length > MAX_REFERRERS) throw corrupt(`${what}: more than ${MAX_REFERRERS} referrers`);
+  doc.manifests.forEach((m, i) => {
+    if (!m || typeof m !== 'object' || Array.isArray(m)) throw corrupt(`${what}: referrer ${i} is not a descriptor`);
+  });
+  return doc.manifests as ReferrerDescriptor[];
+}
+
+/** The bytes of a referrers tag index (an OCI image index) listing `manifests`, in order. */
+export function referrersIndex(manifests: readonly ReferrerDescriptor[]): Buffer {
+  if (manifests.length > MAX_REFERRERS) throw invalidArgument(`more than ${MAX_REFERRERS} referrers`);
+  return Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: MT.OCI_INDEX, manifests }));
 }

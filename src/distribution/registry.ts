@@ -30,6 +30,7 @@ import { containerdLoader } from './load';
 import type { FileInfo } from './protocol';
 import { checkDownloaded, checkHeld, checkPlanChain, describe, Downloaded, finishPull, keepHeldSignatures, noteSignedBy, offeredImages, openStore, PulledFile, PullCommon, PullResult, storeDownloaded } from './pull';
 import { signatureToSend } from './push';
+import { attachedImage, checkAttachedImage } from './referrers';
 import { mergeSignatures } from './signatures';
 
 /** "docker://HOST/REPO:TAG" (the docker:// is optional) → parts; a tag is required. */
@@ -198,7 +199,12 @@ export async function pullFromRegistry(o: RegistryPullOptions): Promise<PullResu
     const top = await client.getManifest(repo, reference);
     let target: string;
     let entries: (FileInfo & { manifestDigest: string })[];
-    if (top.mediaType === MT.OCI_INDEX) {
+    // an ordinary image: the d4fs files attached to its manifest (`ctr-cli publish`, referrers.ts)
+    const attached = await attachedImage(client, repo, top, where);
+    if (attached) {
+      target = attached.target;
+      entries = attached.entries;
+    } else if (top.mediaType === MT.OCI_INDEX) {
       const idx = parseTagIndex(top.bytes, where);
       target = idx.target;
       entries = idx.entries;
@@ -211,6 +217,7 @@ export async function pullFromRegistry(o: RegistryPullOptions): Promise<PullResu
     }
     const fetched = await fetchChain({ client, repo, registry: ref.registry, where, entries, target, store, policy: o.policy, retries: o.retries, retryDelayMs: o.retryDelayMs, onProgress: o.onProgress });
     const { files, plan } = fetched;
+    if (attached) await checkAttachedImage(store, target, attached.manifest, where);
     const loaded = await finishPull(store, name, target, loader, o.load);
     return {
       name,

@@ -32,7 +32,7 @@ import path from 'node:path';
 import type { Logger } from 'pino';
 import { d4fsDiffId } from '../containerd/image';
 import type { SignaturePolicy } from '../signing';
-import { D4fsError, type ErrorKind, failedPrecondition, notFound, toD4fsError, unavailable } from '../errors';
+import { D4fsError, type ErrorKind, failedPrecondition, invalidArgument, notFound, toD4fsError, unavailable } from '../errors';
 import { D4FS_IMAGE_ID, D4FS_PREFIX, SNAPSHOT_REF } from '../labels';
 import type { FileSystem } from '../snapshotter/filesystem';
 import { checkSocketDir, ensureSocketDir } from '../snapshotter/sockdir';
@@ -241,6 +241,18 @@ export class FuseFileSystem implements FileSystem {
           `its name must be the image's chain id (${labels[D4FS_IMAGE_ID] && IMAGE_ID_RE.test(labels[D4FS_IMAGE_ID]) ? d4fsDiffId(labels[D4FS_IMAGE_ID]) : 'sha256:…'})`,
       );
     }
+    await this.mountImage(mp, imageId, signal);
+  }
+
+  /**
+   * Mounts d4fs image `imageId`, held by one of the configured stores, at
+   * `mountpoint` (idempotent): for callers that established which image a
+   * snapshot is themselves (the CRI pull, from the manifest it verified),
+   * never from labels.
+   */
+  async mountImage(mountpoint: string, imageId: string, signal?: AbortSignal): Promise<void> {
+    const mp = path.resolve(mountpoint);
+    if (!IMAGE_ID_RE.test(imageId)) throw invalidArgument(`invalid d4fs image id ${JSON.stringify(imageId.slice(0, 80))}`);
     const req: MountRequest = { mountpoint: mp, imageId, chain: await resolveChain(this.o.stores, imageId, this.o.policy) };
     this.known.set(mp, req);
     try {

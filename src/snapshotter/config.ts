@@ -15,6 +15,7 @@
  *     fuse_binding = "fuse3"            # or "fuse-native" (libfuse2 fallback); default fuse3 when it loads
  *     store = "/var/lib/d4fs/store"     # local store(s) of d4fs images to serve: a path or a list of paths
  *     verify_keys = ["/etc/d4fs/release.pub.pem"]  # mount only images whose every file carries a signature by one of these keys
+ *     cri = true                        # CRI pulls of images with d4fs artifacts become delta pulls (needs fuse)
  *
  * The stores d4fs images are served from come from here only (default
  * $D4FS_STORE, else /var/lib/d4fs/store: where `ctr-cli load` keeps them),
@@ -43,6 +44,8 @@ export interface SnapshotterConfig {
   stores?: string[];
   /** Public keys (PEM files): when set, a d4fs image is mounted only if every file of its chain is signed by one of them. */
   verifyKeys?: string[];
+  /** CRI pulls of images with d4fs artifacts attached become delta pulls (default true; needs fuse). */
+  cri?: boolean;
 }
 
 /** Where `ctr-cli load` keeps images unless told otherwise. */
@@ -129,6 +132,9 @@ export function loadConfigFile(file: string): Partial<SnapshotterConfig> {
         out.stores = list as string[];
         break;
       }
+      case 'cri':
+        out.cri = expect<boolean>(file, key, value, 'boolean');
+        break;
       case 'verify_keys': {
         const list = Array.isArray(value) ? value : [value];
         if (!list.every((v) => typeof v === 'string' && v !== '')) throw invalidArgument(`${file}: verify_keys must be a path or a list of paths of PEM public keys`);

@@ -351,7 +351,9 @@ export class OverlaySnapshotter {
     const mountpoint = this.upperPath(rec.id);
     let provided = false;
     try {
-      provided = await this.remote.prepare(key, labels, { id: rec.id, mountpoint, parentIds: rec.parentIds, signal });
+      const answer = await this.remote.prepare(key, labels, { id: rec.id, mountpoint, parentIds: rec.parentIds, signal });
+      provided = !!answer;
+      if (typeof answer === 'object' && answer.standalone) this.ms.detachParent(key);
     } catch (e) {
       await this.unmountStale(mountpoint);
       const kind = toD4fsError(e).kind;
@@ -389,7 +391,9 @@ export class OverlaySnapshotter {
   private async mountsFor(rec: SnapshotRecord, signal?: AbortSignal): Promise<Mount[]> {
     if (rec.parentIds.length > 0) {
       for (const [id, info] of this.ms.infosById(rec.parentIds)) {
-        if (isRemote(info.labels)) await this.ensureRemoteMounted(id, info, signal);
+        if (!isRemote(info.labels)) continue;
+        await this.remote.ensureParent?.(info.name, signal);
+        await this.ensureRemoteMounted(id, info, signal);
       }
     }
     return this.buildMounts(rec);

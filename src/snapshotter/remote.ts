@@ -31,7 +31,23 @@ export interface RemoteSnapshotProvider {
    * containerd.io/snapshot/d4fs.remote) and answers ALREADY_EXISTS. Resolves
    * false (or rejects) to let containerd unpack the layer normally.
    */
-  prepare(key: string, labels: Readonly<Labels>, target: RemotePrepareTarget): Promise<boolean>;
+  prepare(key: string, labels: Readonly<Labels>, target: RemotePrepareTarget): Promise<boolean | RemoteProvided>;
+  /**
+   * Called before the committed remote snapshot `name` becomes a base of
+   * another snapshot's mounts: a provider that gave it without contents (a
+   * CRI image's lower layer, empty because its top layer holds the whole
+   * tree) gives it its contents now, or throws. Optional.
+   */
+  ensureParent?(name: string, signal?: AbortSignal): Promise<void>;
+}
+
+/**
+ * What a provider may answer instead of `true`: `standalone` when the
+ * snapshot holds the whole image tree by itself (a CRI pull's top layer over
+ * FUSE), so its mounts must not stack the layers below it.
+ */
+export interface RemoteProvided {
+  standalone: boolean;
 }
 
 /** The default provider: never provides anything (plain overlay snapshotter). */

@@ -184,6 +184,13 @@ export interface PrivateContainerd {
   state: string;
   /** The directory holding everything (config, root, state, sockets, log). */
   dir: string;
+  /** The config file containerd runs with. */
+  configFile: string;
+  /**
+   * With the CRI plugin: its registry hosts directory (`registry.config_path`),
+   * where certs.d/HOST/hosts.toml files go (read by containerd at each pull).
+   */
+  certsDir?: string;
   /**
    * Runs `ctr --address <address> ...args`. For `run`, --fifo-dir and
    * --runc-root pointing into the private directory are added.
@@ -200,6 +207,82 @@ export interface StartContainerdOptions {
   snapshotterSocket?: string;
   /** Name of the proxy snapshotter (default "d4fs"). */
   snapshotterName?: string;
+  /**
+   * Enables containerd's CRI plugin (disabled by default) with this
+   * configuration; its gRPC services answer on `address` too.
+   */
+  cri?: CriPluginOptions;
+  /**
+   * Called with the config file once written, before containerd starts
+   * (e.g. to let install_snapshotter.sh edit it).
+   */
+  configHook?: (configFile: string) => Promise<void>;
+  /** containerd's log level (default "info"). */
+  logLevel?: string;
+}
+
+/**
+ * The CRI plugin's settings for a private containerd. What this machine
+ * needs is fixed: `restrict_oom_score_adj = true` (runc cannot set the
+ * sandbox's oom_score_adj of -998 without CAP_SYS_RESOURCE), no CNI (its
+ * conf and bin dirs are empty private directories: host-network pods only),
+ * runc's state, the pods' network namespace mounts and the registry hosts
+ * directory inside the private directory.
+ */
+export interface CriPluginOptions {
+  /** `sandbox_image`: a pause image containerd can pull (see test/helpers/pause.ts). */
+  sandboxImage: string;
+  /** `containerd.snapshotter` (default: the proxy snapshotter's name, or "overlayfs" without one). */
+  snapshotter?: string;
+  /** `containerd.disable_snapshot_annotations` (default false: Prepare carries the cri.* labels). */
+  disableSnapshotAnnotations?: boolean;
+  /**
+   * `registry.config_path`, the certs.d directory of hosts.toml files
+   * (default <dir>/certs.d, created empty: loopback registries are then
+   * reached over plain http, other hosts need a certs.d/HOST/hosts.toml).
+   */
+  registryConfigPath?: string;
+  /** `restrict_oom_score_adj` (default true; false makes every pod fail on this machine). */
+  restrictOomScoreAdj?: boolean;
+  /** More TOML lines inside [plugins."io.containerd.grpc.v1.cri"] (key = value lines only). */
+  extraLines?: string[];
+}
+
+/** Name of the CRI plugin in containerd's config. */
+const CRI_PLUGIN = 'plugins."io.containerd.grpc.v1.cri"';
+
+function criConfig(dir: string, opts: StartContainerdOptions, cri: CriPluginOptions): string[] {
+  const q = (s: string) => JSON.stringify(s);
+  const snapshotter = cri.snapshotter ?? (opts.snapshotterSocket ? (opts.snapshotterName ?? 'd4fs') : 'overlayfs');
+  return [
+    '',
+    `[${CRI_PLUGIN}]`,
+    `  sandbox_image = ${q(cri.sandboxImage)}`,
+    `  restrict_oom_score_adj = ${cri.restrictOomScoreAdj ?? true}`,
+    '  disable_tcp_service = true',
+    '  stream_server_address = "127.0.0.1"',
+    '  stream_server_port = "0"',
+    '  netns_mounts_under_state_dir = true',
+    ...(cri.extraLines ?? []).map((l) => `  ${l}`),
+    '',
+    `[${CRI_PLUGIN}.containerd]`,
+    `  snapshotter = ${q(snapshotter)}`,
+    `  disable_snapshot_annotations = ${cri.disableSnapshotAnnotations ?? false}`,
+    '  default_runtime_name = "runc"',
+    '',
+    `[${CRI_PLUGIN}.containerd.runtimes.runc]`,
+    '  runtime_type = "io.containerd.runc.v2"',
+    '',
+    `[${CRI_PLUGIN}.containerd.runtimes.runc.options]`,
+    `  Root = ${q(path.join(dir, 'runc'))}`,
+    '',
+    `[${CRI_PLUGIN}.cni]`,
+    `  bin_dir = ${q(path.join(dir, 'cni', 'bin'))}`,
+    `  conf_dir = ${q(path.join(dir, 'cni', 'net.d'))}`,
+    '',
+    `[${CRI_PLUGIN}.registry]`,
+    `  config_path = ${q(cri.registryConfigPath ?? path.join(dir, 'certs.d'))}`,
+  ];
 }
 
 function containerdConfig(dir: string, opts: StartContainerdOptions): string {
@@ -208,7 +291,7 @@ function containerdConfig(dir: string, opts: StartContainerdOptions): string {
     'version = 2',
     `root = ${q(path.join(dir, 'root'))}`,
     `state = ${q(path.join(dir, 'state'))}`,
-    'disabled_plugins = ["io.containerd.grpc.v1.cri"]',
+    ...(opts.cri ? [] : ['disabled_plugins = ["io.containerd.grpc.v1.cri"]']),
     '',
     '[grpc]',
     `  address = ${q(path.join(dir, 'c.sock'))}`,
@@ -217,7 +300,7 @@ function containerdConfig(dir: string, opts: StartContainerdOptions): string {
     `  address = ${q(path.join(dir, 'c.sock.ttrpc'))}`,
     '',
     '[debug]',
-    '  level = "info"',
+    `  level = ${q(opts.logLevel ?? 'info')}`,
     '',
     '[plugins."io.containerd.internal.v1.opt"]',
     `  path = ${q(path.join(dir, 'opt'))}`,
@@ -225,6 +308,7 @@ function containerdConfig(dir: string, opts: StartContainerdOptions): string {
   if (opts.snapshotterSocket) {
     lines.push('', `[proxy_plugins.${opts.snapshotterName ?? 'd4fs'}]`, '  type = "snapshot"', `  address = ${q(opts.snapshotterSocket)}`);
   }
+  if (opts.cri) lines.push(...criConfig(dir, opts, opts.cri));
   return lines.join('\n') + '\n';
 }
 
@@ -242,6 +326,18 @@ export async function startContainerd(opts: StartContainerdOptions = {}): Promis
   const address = path.join(dir, 'c.sock');
   const configFile = path.join(dir, 'config.toml');
   await fsp.writeFile(configFile, containerdConfig(dir, opts));
+  const certsDir = opts.cri ? (opts.cri.registryConfigPath ?? path.join(dir, 'certs.d')) : undefined;
+  if (opts.cri) {
+    for (const d of [certsDir!, path.join(dir, 'cni', 'bin'), path.join(dir, 'cni', 'net.d')]) await fsp.mkdir(d, { recursive: true });
+  }
+  if (opts.configHook) {
+    try {
+      await opts.configHook(configFile);
+    } catch (e) {
+      await fsp.rm(dir, { recursive: true, force: true });
+      throw e;
+    }
+  }
   const logFile = path.join(dir, 'containerd.log');
   const logFd = fs.openSync(logFile, 'a');
   const child = spawn('containerd', ['--config', configFile], { stdio: ['ignore', logFd, logFd], detached: false });
@@ -293,7 +389,7 @@ export async function startContainerd(opts: StartContainerdOptions = {}): Promis
     }
     await new Promise((r2) => setTimeout(r2, 200));
   }
-  return { address, root, state, dir, ctr, log, stop };
+  return { address, root, state, dir, configFile, certsDir, ctr, log, stop };
 }
 
 // ---------------------------------------------------------------------------
@@ -318,6 +414,11 @@ export interface StartSnapshotterOptions {
   args?: string[];
   /** Log level (default "debug"). */
   logLevel?: string;
+  /**
+   * Also append everything the process writes to stderr (its JSON log
+   * lines) to this file, unabridged (see snapshotterCalls in cri.ts).
+   */
+  logFile?: string;
 }
 
 /** Path of the compiled entry point: <package root>/dist/snapshotter/main.js. */
@@ -336,6 +437,7 @@ export async function startSnapshotter(opts: StartSnapshotterOptions): Promise<S
   let stderr = '';
   child.stderr!.on('data', (d: Buffer) => {
     stderr = (stderr + d.toString()).slice(-64_000);
+    if (opts.logFile) fs.appendFileSync(opts.logFile, d);
   });
   const proc: SnapshotterProcess = {
     pid: child.pid!,

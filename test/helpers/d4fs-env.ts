@@ -26,6 +26,7 @@ import {
   type CommandResult,
   type PrivateContainerd,
   type SnapshotterProcess,
+  type StartContainerdOptions,
   runCommand,
   startContainerd,
   startSnapshotter,
@@ -52,6 +53,8 @@ export interface D4fsEnv {
   readonly fuseRoot: string;
   /** The FUSE manager's content cache directory. */
   readonly cacheDir: string;
+  /** The snapshotter's whole log, with keepSnapshotterLog. */
+  readonly snapshotterLogFile?: string;
   readonly containerd: PrivateContainerd;
   /** The current snapshotter process (replaced by restartSnapshotter). */
   readonly snapshotter: SnapshotterProcess;
@@ -82,6 +85,16 @@ export interface D4fsEnvOptions {
   logLevel?: string;
   /** More arguments for d4fs-snapshotter. */
   snapshotterArgs?: string[];
+  /**
+   * More options for the private containerd (e.g. `cri` to enable the CRI
+   * plugin); the d4fs proxy plugin is registered as always.
+   */
+  containerd?: Omit<StartContainerdOptions, 'snapshotterSocket'>;
+  /**
+   * Keep the snapshotter's whole log (every start of it) in
+   * <dir>/snapshotter.log (`snapshotterLogFile`), not only the tail.
+   */
+  keepSnapshotterLog?: boolean;
 }
 
 /** Decodes the octal escapes of /proc/mounts fields. */
@@ -156,13 +169,27 @@ export async function startD4fsEnv(opts: D4fsEnvOptions = {}): Promise<D4fsEnv> 
   const fuseRoot = path.join(root, 'fuse');
   const paths = managerPaths(fuseRoot);
   // The snapshotter serves d4fs images from the store of its own configuration (never from a label).
-  const snapshotterOpts = { root, address: socket, logLevel: opts.logLevel ?? 'info', args: ['--store', store, ...(opts.snapshotterArgs ?? [])] };
+  const snapshotterLogFile = opts.keepSnapshotterLog ? path.join(dir, 'snapshotter.log') : undefined;
+  const snapshotterOpts = {
+    root,
+    address: socket,
+    logLevel: opts.logLevel ?? 'info',
+    args: ['--store', store, ...(opts.snapshotterArgs ?? [])],
+    logFile: snapshotterLogFile,
+  };
 
   let snapshotter: SnapshotterProcess;
   let containerd: PrivateContainerd | undefined;
   try {
+    // as install_snapshotter.sh does on a node (mkdir -m 0700 $D4FS_ROOT)
+    await fsp.mkdir(root, { recursive: true, mode: 0o700 });
     snapshotter = await startSnapshotter(snapshotterOpts);
-    containerd = await startContainerd({ snapshotterSocket: socket });
+    try {
+      containerd = await startContainerd({ ...opts.containerd, snapshotterSocket: socket });
+    } catch (e) {
+      await snapshotter.stop().catch(() => undefined);
+      throw e;
+    }
   } catch (e) {
     await fsp.rm(dir, { recursive: true, force: true }).catch(() => undefined);
     throw e;
@@ -208,6 +235,7 @@ export async function startD4fsEnv(opts: D4fsEnvOptions = {}): Promise<D4fsEnv> 
     socket,
     fuseRoot,
     cacheDir: paths.cache,
+    snapshotterLogFile,
     containerd: ctrd,
     get snapshotter() {
       return snapshotter;

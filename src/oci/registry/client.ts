@@ -32,6 +32,10 @@ const MAX_ERROR_BODY = 64 * 1024;
 const MAX_TOKEN_BODY = 1024 * 1024;
 const MAX_REDIRECTS = 5;
 const MAX_TAG_PAGES = 10_000;
+const MAX_REFERRER_PAGES = 1000;
+const MAX_REFERRERS = 10_000;
+/** Answers of a registry without the referrers API (distribution spec 1.1: clients fall back to the referrers tag). */
+const NO_REFERRERS_API = new Set([404, 405, 501]);
 const DEFAULT_USER_AGENT = 'd4fs/0.1';
 
 const HOST_RE = /^(?:[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\])(?::\d{1,5})?$/;
@@ -379,6 +383,16 @@ export class RegistryClient {
    * `bytes`).
    */
   async putManifest(repo: string, reference: string, bytes: Buffer, mediaType: string): Promise<string> {
+    return (await this.putManifestInfo(repo, reference, bytes, mediaType)).digest;
+  }
+
+  /**
+   * {@link putManifest}, also returning the registry's `OCI-Subject` header
+   * (OCI distribution 1.1): the subject digest of a manifest with a `subject`,
+   * when the registry indexed it for its referrers API. Without it the pusher
+   * maintains the referrers tag itself.
+   */
+  async putManifestInfo(repo: string, reference: string, bytes: Buffer, mediaType: string): Promise<{ digest: string; ociSubject?: string }> {
     checkRepository(repo);
     const byDigest = isDigestReference(reference);
     const digest = digestOf(bytes);
@@ -400,7 +414,57 @@ export class RegistryClient {
     if (claimed && SHA256_RE.test(claimed) && claimed !== digest) {
       throw corrupt(`registry ${this.registry}: stored ${what} as ${claimed}, expected ${digest}`);
     }
-    return digest;
+    const subject = firstHeader(res.headers['oci-subject']);
+    return { digest, ...(subject && SHA256_RE.test(subject) ? { ociSubject: subject } : {}) };
+  }
+
+  /**
+   * The referrers of a manifest (OCI distribution 1.1: GET
+   * /v2/<repo>/referrers/<digest>[?artifactType=…], following Link
+   * pagination): the descriptors of every page, as sent (unvalidated beyond
+   * being objects of an index's `manifests` array), and whether the registry
+   * applied the artifactType filter (`OCI-Filters-Applied`; when it did not,
+   * the caller filters). Undefined when the registry has no referrers API
+   * (404, 405 or 501: fall back to the referrers tag schema).
+   */
+  async referrers(repo: string, digest: string, artifactType?: string): Promise<{ manifests: Record<string, unknown>[]; filtered: boolean } | undefined> {
+    checkRepository(repo);
+    parseDigest(digest, 'subject digest');
+    const what = `referrers of ${repo}@${digest}`;
+    let url: URL | undefined = await this.endpoint(`/v2/${repo}/referrers/${digest}`);
+    if (artifactType) url.searchParams.set('artifactType', artifactType);
+    const manifests: Record<string, unknown>[] = [];
+    let filtered = !!artifactType;
+    const seen = new Set<string>();
+    for (let page = 0; url; page++) {
+      if (page >= MAX_REFERRER_PAGES || seen.has(url.href)) throw unavailable(`registry ${this.registry}: ${what} do not end`);
+      seen.add(url.href);
+      const res = await this.call({ method: 'GET', url, headers: { Accept: MT.OCI_INDEX }, scopes: [repoScope(repo, 'pull')], repo });
+      if (page === 0 && NO_REFERRERS_API.has(res.statusCode ?? 0)) {
+        discard(res);
+        return undefined;
+      }
+      await this.expect(res, [200], what, repo);
+      const body = await readAll(res, MAX_MANIFEST_BYTES, `registry ${this.registry}: ${what}`);
+      let doc: { manifests?: unknown } | null;
+      try {
+        doc = JSON.parse(body.toString('utf8')) as { manifests?: unknown } | null;
+      } catch {
+        throw corrupt(`registry ${this.registry}: ${what}: the answer is not JSON`);
+      }
+      const list = doc?.manifests ?? [];
+      if (!Array.isArray(list) || !list.every((m) => !!m && typeof m === 'object' && !Array.isArray(m))) {
+        throw corrupt(`registry ${this.registry}: ${what}: the answer is not an image index of descriptors`);
+      }
+      manifests.push(...(list as Record<string, unknown>[]));
+      if (manifests.length > MAX_REFERRERS) throw corrupt(`registry ${this.registry}: ${what}: more than ${MAX_REFERRERS} referrers`);
+      // every page must say it filtered; one that did not makes the caller filter all
+      const applied = (firstHeader(res.headers['oci-filters-applied']) ?? '').split(',').map((x) => x.trim());
+      if (!applied.includes('artifactType')) filtered = false;
+      const next = nextLink(firstHeader(res.headers.link));
+      url = next ? new URL(next, url) : undefined;
+    }
+    return { manifests, filtered };
   }
 
   /** All tags of a repository, following Link pagination. `pageSize` sets n= (default: the registry's). */
