@@ -81,6 +81,9 @@ export function chainIdsOf(diffIds: readonly string[]): string[] {
   return out;
 }
 
+/** How long a pulled image's facts serve the Prepares of its other layers. */
+const DONE_TTL_MS = 10 * 60_000;
+
 /** The store name a CRI-pulled image is kept under (so that `ctr-cli rmi`'s collection keeps it). */
 export const criStoreName = (manifest: string): string => `cri/${manifest.replace(/^sha256:/, '')}:latest`;
 
@@ -89,6 +92,7 @@ export class CriPullProvider implements RemoteSnapshotProvider {
   private readonly inflight = new Map<string, Promise<CriImage | undefined>>();
   private readonly negative = new Map<string, number>();
   private readonly filling = new Map<string, Promise<void>>();
+  private readonly done = new Map<string, { image: CriImage; until: number }>();
   private readonly log: Logger;
 
   constructor(private readonly o: CriPullOptions) {
@@ -174,9 +178,17 @@ export class CriPullProvider implements RemoteSnapshotProvider {
   image(ref: string, manifest: string): Promise<CriImage | undefined> {
     const until = this.negative.get(manifest);
     if (until !== undefined && until > Date.now()) return Promise.resolve(undefined);
+    // the layers of one image are prepared one after the other: the pull of the first serves them all
+    const done = this.done.get(manifest);
+    if (done && done.until > Date.now()) return Promise.resolve(done.image);
     let p = this.inflight.get(manifest);
     if (!p) {
-      p = this.pull(ref, manifest).finally(() => this.inflight.delete(manifest));
+      p = this.pull(ref, manifest)
+        .then((image) => {
+          if (image) this.done.set(manifest, { image, until: Date.now() + DONE_TTL_MS });
+          return image;
+        })
+        .finally(() => this.inflight.delete(manifest));
       this.inflight.set(manifest, p);
     }
     return p;
@@ -264,6 +276,7 @@ export class CriPullProvider implements RemoteSnapshotProvider {
 
   /** An image's top layer is gone: its store name goes, and the files no image needs are collected. */
   private async release(manifest: string, imageId: string): Promise<void> {
+    this.done.delete(manifest);
     try {
       const store = await LocalStore.open(this.o.store);
       try {

@@ -134,6 +134,13 @@ export const D4FS_PREFIX = 'containerd.io/snapshot/d4fs.';
  */
 export const D4FS_REMOTE = 'containerd.io/snapshot/d4fs.remote';
 
+/**
+ * On a remote snapshot that holds its whole image tree by itself (a CRI
+ * pull's top layer over FUSE): mounts built on it do not stack the layers
+ * below it. Set by the snapshotter only (reserved: never taken from a caller).
+ */
+export const D4FS_STANDALONE = 'containerd.io/snapshot/d4fs.standalone';
+
 /** On a snapshot (set by `ctr-cli load`): the image reference the .cdimg was loaded as. */
 export const D4FS_IMAGE_REF = 'containerd.io/snapshot/d4fs.image-ref';
 

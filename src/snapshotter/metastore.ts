@@ -243,18 +243,6 @@ export class MetaStore {
   }
 
   /**
-   * Drops the parent of the active snapshot `key`: its contents stand on their
-   * own (a remote snapshot of a whole image tree). containerd keeps its own
-   * record of the parent; only the mounts this snapshotter builds change.
-   */
-  detachParent(key: string): void {
-    const row = this.row(key);
-    if (!row) throw notFound(`snapshot ${JSON.stringify(key)}: not found`, { key });
-    if (row.kind !== Kind.Active) throw failedPrecondition(`snapshot ${JSON.stringify(key)} is not active`);
-    this.db.prepare('UPDATE snapshots SET parent_id = NULL WHERE id = ?').run(row.id);
-  }
-
-  /**
    * Commits the active snapshot `key` as `name`: same id, kind Committed,
    * labels replaced by `labels`, fresh timestamps, `usage` recorded.
    * With `expectId`, FAILED_PRECONDITION unless `key` still has that id.

@@ -21,7 +21,7 @@ import fsp from 'node:fs/promises';
 import path from 'node:path';
 import pino, { type Logger } from 'pino';
 import { alreadyExists, failedPrecondition, toD4fsError, unavailable } from '../errors';
-import { D4FS_REMOTE, LABEL_TRUE, SNAPSHOT_OVERLAY_UPPERDIR, SNAPSHOT_REF } from '../labels';
+import { D4FS_REMOTE, D4FS_STANDALONE, LABEL_TRUE, SNAPSHOT_OVERLAY_UPPERDIR, SNAPSHOT_REF } from '../labels';
 import { type FileSystem, NoopFileSystem } from './filesystem';
 import { parseFilters } from './filters';
 import { MetaStore } from './metastore';
@@ -61,7 +61,7 @@ const ZERO_USAGE: Usage = { inodes: 0, size: 0 };
  * Labels callers may not set: the remote marker is the snapshot core's own
  * bookkeeping, and the upperdir label is computed when reported, never stored.
  */
-const RESERVED_LABELS = [D4FS_REMOTE, SNAPSHOT_OVERLAY_UPPERDIR];
+const RESERVED_LABELS = [D4FS_REMOTE, D4FS_STANDALONE, SNAPSHOT_OVERLAY_UPPERDIR];
 
 function withoutReserved(labels: Labels | undefined): Labels {
   const out: Labels = { ...(labels ?? {}) };
@@ -350,10 +350,11 @@ export class OverlaySnapshotter {
   private async provideRemote(key: string, rec: SnapshotRecord, labels: Labels, target: string, signal?: AbortSignal): Promise<boolean> {
     const mountpoint = this.upperPath(rec.id);
     let provided = false;
+    let standalone = false;
     try {
       const answer = await this.remote.prepare(key, labels, { id: rec.id, mountpoint, parentIds: rec.parentIds, signal });
       provided = !!answer;
-      if (typeof answer === 'object' && answer.standalone) this.ms.detachParent(key);
+      standalone = typeof answer === 'object' && answer.standalone;
     } catch (e) {
       await this.unmountStale(mountpoint);
       const kind = toD4fsError(e).kind;
@@ -370,7 +371,8 @@ export class OverlaySnapshotter {
     }
     if (!provided) return false;
     try {
-      this.ms.commit(key, target, ZERO_USAGE, { ...labels, [D4FS_REMOTE]: LABEL_TRUE }, rec.id);
+      // containerd finds the target by its label and its parent: the parent stays recorded even for a standalone snapshot
+      this.ms.commit(key, target, ZERO_USAGE, { ...labels, [D4FS_REMOTE]: LABEL_TRUE, ...(standalone ? { [D4FS_STANDALONE]: LABEL_TRUE } : {}) }, rec.id);
       this.log.info({ key, target, id: rec.id }, 'remote snapshot prepared and committed');
       return true;
     } catch (e) {
@@ -389,14 +391,21 @@ export class OverlaySnapshotter {
 
   /** Checks remote parents, then builds the mounts of `rec`. */
   private async mountsFor(rec: SnapshotRecord, signal?: AbortSignal): Promise<Mount[]> {
-    if (rec.parentIds.length > 0) {
-      for (const [id, info] of this.ms.infosById(rec.parentIds)) {
-        if (!isRemote(info.labels)) continue;
-        await this.remote.ensureParent?.(info.name, signal);
-        await this.ensureRemoteMounted(id, info, signal);
-      }
+    if (rec.parentIds.length === 0) return this.buildMounts(rec);
+    const infos = this.ms.infosById(rec.parentIds);
+    // a standalone parent holds the whole tree: the layers below it are not stacked
+    const parentIds: string[] = [];
+    for (const id of rec.parentIds) {
+      parentIds.push(id);
+      if (infos.get(id)?.labels[D4FS_STANDALONE] === LABEL_TRUE) break;
     }
-    return this.buildMounts(rec);
+    for (const id of parentIds) {
+      const info = infos.get(id);
+      if (!info || !isRemote(info.labels)) continue;
+      await this.remote.ensureParent?.(info.name, signal);
+      await this.ensureRemoteMounted(id, info, signal);
+    }
+    return this.buildMounts({ ...rec, parentIds });
   }
 
   /** Resolves when remote snapshot `id` is served; mounts it again if its check fails. */
