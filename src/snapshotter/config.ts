@@ -16,6 +16,8 @@
  *     store = "/var/lib/d4fs/store"     # local store(s) of d4fs images to serve: a path or a list of paths
  *     verify_keys = ["/etc/d4fs/release.pub.pem"]  # mount only images whose every file carries a signature by one of these keys
  *     cri = true                        # CRI pulls of images with d4fs artifacts become delta pulls (needs fuse)
+ *     registry_auth_file = "/root/.docker/config.json"  # credentials of CRI pulls (default: docker's config.json, $REGISTRY_AUTH_FILE)
+ *     registry_tls_verify = true        # false: accept self-signed certificates and plain HTTP (loopback registries use HTTP anyway)
  *
  * The stores d4fs images are served from come from here only (default
  * $D4FS_STORE, else /var/lib/d4fs/store: where `ctr-cli load` keeps them),
@@ -46,6 +48,10 @@ export interface SnapshotterConfig {
   verifyKeys?: string[];
   /** CRI pulls of images with d4fs artifacts attached become delta pulls (default true; needs fuse). */
   cri?: boolean;
+  /** docker config.json with the credentials of CRI pulls (default: docker's own lookup). */
+  registryAuthFile?: string;
+  /** false: accept self-signed certificates and plain HTTP for CRI pulls. */
+  registryTlsVerify?: boolean;
 }
 
 /** Where `ctr-cli load` keeps images unless told otherwise. */
@@ -134,6 +140,12 @@ export function loadConfigFile(file: string): Partial<SnapshotterConfig> {
       }
       case 'cri':
         out.cri = expect<boolean>(file, key, value, 'boolean');
+        break;
+      case 'registry_auth_file':
+        out.registryAuthFile = path.resolve(path.dirname(file), expect<string>(file, key, value, 'string'));
+        break;
+      case 'registry_tls_verify':
+        out.registryTlsVerify = expect<boolean>(file, key, value, 'boolean');
         break;
       case 'verify_keys': {
         const list = Array.isArray(value) ? value : [value];
