@@ -95,6 +95,9 @@ describe('references', () => {
       expect(r.stderr).toMatch(/looks like a local path.*did you mean oci:/);
       expect(r.stderr).not.toMatch(/ENOTFOUND|getaddrinfo/);
     }
+    const typo = await cli(['convert', '--image', 'new-set.txt', '--output', at('x.cdimg')], { cwd: work });
+    expect(typo.code).toBe(EXIT_CODES.INVALID_ARGUMENT);
+    expect(typo.stderr).toMatch(/looks like a file name, and there is no such file/);
     await fsp.mkdir(at('out'));
     const e = await cli(['cdimg', 'export', cdimg, '--to', 'out/plain'], { cwd: work });
     expect(e.code).toBe(EXIT_CODES.INVALID_ARGUMENT);

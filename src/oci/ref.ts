@@ -100,6 +100,11 @@ function checkNotALocalPath(s: string): void {
   } catch {
     /* not a path */
   }
+  // a file that is not there (a mistyped list or archive name) is not a repository either
+  const fileName = /\.(txt|list|lst|json|ya?ml|tar|tgz|gz|cdimg|patch)(:[^/]*)?$/i.test(s) && !s.includes('@');
+  if (!looksLikePath && !exists && fileName) {
+    throw invalidArgument(`"${s}" looks like a file name, and there is no such file (a registry image is docker://HOST/REPO:TAG)`);
+  }
   if (!looksLikePath && !exists) return;
   let hint = `oci:${s}`;
   try {
