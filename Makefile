@@ -30,8 +30,17 @@ test-unit: build
 demo: build
 	bash scripts/demo.sh
 
+# `make bench` runs every section; `make bench cri` (or any of BENCH_SECTIONS) only those named.
+BENCH_SECTIONS := convert delta snapshotter regsync update distribution cri
 bench: build
-	node dist/bench/run.js
+	node dist/bench/run.js $(filter $(BENCH_SECTIONS),$(MAKECMDGOALS))
+
+# the section names are goals of their own: nothing to make for them
+ifneq ($(filter bench,$(MAKECMDGOALS)),)
+.PHONY: $(BENCH_SECTIONS)
+$(BENCH_SECTIONS):
+	@:
+endif
 
 clean:
 	rm -rf dist

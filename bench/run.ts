@@ -1,13 +1,14 @@
 /**
  * `make bench`: every benchmark, each printing a table with its targets.
  * Ratios are measured against baselines in the same run.
- *   node dist/bench/run.js [convert] [--runs N] [--quick]
+ *   node dist/bench/run.js [convert|delta|snapshotter|regsync|update|distribution|cri …] [--runs N] [--quick]
  */
 import { convertBench, extraCaCost, printConvertTable } from './convert';
 import { deltaBench, printDeltaTables } from './delta';
 import { snapshotterBench, printSnapshotterTable } from './snapshotter';
 import { distributionBench, printDistributionTable, updateBench, printUpdateTable } from './distribution';
 import { regsyncBench, formatRegsyncTable } from './regsync';
+import { criBench, printCriTable, QUICK_CRI } from './cri';
 
 async function main(): Promise<void> {
   const args = process.argv.slice(2);
@@ -26,6 +27,7 @@ async function main(): Promise<void> {
   if (want('regsync')) process.stdout.write(formatRegsyncTable(await regsyncBench({ pairs: quick ? ['libssl v1'] : undefined })) + '\n');
   if (want('update')) printUpdateTable(await updateBench(quick ? { updates: [['libssl-v1', 'libssl-v2', 'libssl-v3']], links: [100], runs: 1 } : {}));
   if (want('distribution')) printDistributionTable(await distributionBench(quick ? { updates: [['libssl-v1', 'libssl-v3']], links: [100] } : {}));
+  if (want('cri')) printCriTable(await criBench(quick ? QUICK_CRI : { runs }));
 }
 
 main().catch((e) => {
