@@ -12,7 +12,7 @@ import { promisify } from 'node:util';
 import { buildDebImage, BuiltDebImage } from './fixtures/debimages';
 import { startCriRig, CriRig, CriPod } from './helpers/cri';
 import { buildBusyboxImage } from './helpers/containerd';
-import { startRegistry, TestRegistry } from './helpers/registry';
+import { makeTestCa, startRegistry, TestCa, TestRegistry } from './helpers/registry';
 import { RegistryClient } from '../src/oci/registry/client';
 import { packageRoot } from '../src/util/paths';
 
@@ -22,8 +22,12 @@ const AUTH = { user: 'd4fs', pass: 'secret-pass' };
 
 let rig: CriRig | undefined;
 let authReg: TestRegistry | undefined;
+let tlsReg: TestRegistry | undefined;
+let ca: TestCa;
+let savedCaEnv: string | undefined;
 let work: string;
 let v1: BuiltDebImage;
+let v2: BuiltDebImage;
 const pods: CriPod[] = [];
 
 const logSince = (mark: number): string => fs.readFileSync(rig?.env.snapshotterLogFile as string, 'utf8').slice(mark);
@@ -38,7 +42,13 @@ async function digestOf(ref: string, creds?: string): Promise<string> {
 beforeAll(async () => {
   work = await fsp.mkdtemp(path.join('/tmp', 'd4fs-cri-trust-'));
   v1 = await buildDebImage('nginx-v1');
+  v2 = await buildDebImage('nginx-v2');
   authReg = await startRegistry({ auth: AUTH });
+  // an HTTPS registry with its own CA: the snapshotter (and ctr-cli) trust it through NODE_EXTRA_CA_CERTS, containerd through hosts.toml
+  ca = await makeTestCa(path.join(work, 'ca'));
+  tlsReg = await startRegistry({ tls: { cert: ca.cert, key: ca.key } });
+  savedCaEnv = process.env.NODE_EXTRA_CA_CERTS;
+  process.env.NODE_EXTRA_CA_CERTS = ca.ca; // the rig's snapshotter inherits it
   // the snapshotter's credentials: a docker config.json named in its config
   const authFile = path.join(work, 'auth.json');
   await fsp.writeFile(authFile, JSON.stringify({ auths: { [authReg.host]: { auth: Buffer.from(`${AUTH.user}:${AUTH.pass}`).toString('base64') } } }), { mode: 0o600 });
@@ -51,6 +61,10 @@ afterAll(async () => {
   if (rig) for (const p of pods) await rig.removePod(p).catch(() => undefined);
   await rig?.stop();
   await authReg?.stop();
+  await tlsReg?.stop();
+  // jest runs every file in this process: later files' child processes must not inherit the test CA
+  if (savedCaEnv === undefined) delete process.env.NODE_EXTRA_CA_CERTS;
+  else process.env.NODE_EXTRA_CA_CERTS = savedCaEnv;
   await fsp.rm(work, { recursive: true, force: true });
 });
 
@@ -95,6 +109,22 @@ describe('CRI pulls: what is not trusted, what is not needed', () => {
     await r.cri.pullImage(`${reg.host}/app:v1`, { auth: { username: AUTH.user, password: AUTH.pass } });
     expect(logSince(mark)).toContain('"pulled through d4fs"');
     const pod = await r.runPod(`${reg.host}/app:v1`, sleeper);
+    pods.push(pod);
+    const out = await r.cri.execSync(pod.containerId, ['/bin/ls', '/usr/sbin/nginx'], 30);
+    expect(out.stdout.toString()).toBe('/usr/sbin/nginx\n');
+  }, 600_000);
+
+  it('a registry over HTTPS with its own CA', async () => {
+    const r = rig as CriRig;
+    const reg = tlsReg as TestRegistry;
+    await r.trustRegistry(reg.host, { ca: ca.ca });
+    // v2 here (v1, the same manifest, was pulled from the auth registry already)
+    await run('skopeo', ['copy', '--quiet', '--dest-tls-verify=false', `oci:${v2.layout}:${v2.tag}`, `docker://${reg.host}/app:v2`]);
+    await run(process.execPath, [CLI, 'publish', `docker://${reg.host}/app:v2`, '--no-progress'], { env: { ...process.env, NODE_EXTRA_CA_CERTS: ca.ca } });
+    const mark = logSize();
+    await r.cri.pullImage(`${reg.host}/app:v2`);
+    expect(logSince(mark)).toContain('"pulled through d4fs"');
+    const pod = await r.runPod(`${reg.host}/app:v2`, sleeper);
     pods.push(pod);
     const out = await r.cri.execSync(pod.containerId, ['/bin/ls', '/usr/sbin/nginx'], 30);
     expect(out.stdout.toString()).toBe('/usr/sbin/nginx\n');
