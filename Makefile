@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 NODE_STAMP := node_modules/.d4fs-installed
 
-.PHONY: all deps build test test-unit demo bench clean
+.PHONY: all deps build lint test test-unit demo bench clean
 
 all: build
 
@@ -18,7 +18,10 @@ $(NODE_STAMP): package.json package-lock.json $(wildcard native/*/*.c native/*/*
 build: deps
 	npx tsc -p tsconfig.json
 
-test: build
+lint: deps
+	npm run --silent lint
+
+test: build lint
 	npx jest --runInBand
 	@echo "--- the FUSE tests again with the fallback binding (fuse-native) ---"
 	D4FS_FUSE_BINDING=fuse-native npx jest --runInBand dist/test/fuse.test.js dist/test/snapshotter-acceptance.test.js

@@ -7,12 +7,11 @@
  *  (d) zstd -19 --long=31 --patch-from of the old tree's tar against the new tree's tar.
  * Plus merge of a 3-step chain vs the direct diff, and a 100 MB binary for RSS.
  */
-import { promises as fsp, readFileSync } from 'node:fs';
+import { promises as fsp } from 'node:fs';
 import { join } from 'node:path';
 import { tmpdir } from 'node:os';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
-import { createHash } from 'node:crypto';
 import { buildDebImage, ImageName } from '../test/fixtures/debimages';
 import { buildNpmImage } from '../test/fixtures/npmimages';
 import { packageRoot } from '../src/util/paths';
@@ -84,8 +83,6 @@ async function timed(cmd: string, args: string[]): Promise<{ s: number; rssKiB: 
 async function cli(args: string[]): Promise<void> {
   await run('node', [CLI, ...args], { maxBuffer: 64 << 20 });
 }
-
-const sha = (p: string) => createHash('sha256').update(readFileSync(p)).digest('hex');
 
 /** Per-file baselines over two unpacked trees (same path → delta tool; new path → zstd -19). */
 async function perFile(oldDir: string, newDir: string, oldIdx: CdimgReader, newIdx: CdimgReader, work: string, runs: number): Promise<{ bsdiff: number; bsdiffS: number; xdelta: number; changed: number }> {

@@ -79,7 +79,6 @@ describe('CRI through the d4fs snapshotter (ordinary image)', () => {
     const commits = pullCalls.filter((c) => c.method === 'Commit' && c.labels[CRI_LABELS.imageRef] === image);
     expect(commits.map((c) => c.name.replace(/^.*\//, ''))).toEqual(facts.chainIds);
     for (const c of commits) expect(c.labels[CRI_LABELS.manifestDigest]).toBe(facts.manifestDigest);
-    // eslint-disable-next-line no-console
     console.log(
       'snapshotter calls of the CRI pull:\n' +
         pullCalls

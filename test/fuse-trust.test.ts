@@ -39,7 +39,6 @@ jest.setTimeout(180_000);
 
 const HAVE_FUSE = fs.existsSync('/dev/fuse');
 if (!HAVE_FUSE) {
-  // eslint-disable-next-line no-console
   console.warn('\n\n  !!! /dev/fuse is absent: the FUSE trust tests (test/fuse-trust.test.ts) are SKIPPED !!!\n\n');
 }
 

@@ -47,7 +47,6 @@ jest.setTimeout(120_000);
 
 const HAVE_FUSE = fs.existsSync('/dev/fuse');
 if (!HAVE_FUSE) {
-  // eslint-disable-next-line no-console
   console.warn('\n\n  !!! /dev/fuse is absent: the FUSE tests (test/fuse.test.ts) are SKIPPED !!!\n\n');
 }
 
@@ -330,7 +329,6 @@ async function makeSpecialTree(root: string): Promise<void> {
     const b1 = (await ffs.client.stats()).cache;
     expect(b1.wholeBuilds + b1.chunkBuilds).toBe(b0.wholeBuilds + b0.chunkBuilds);
     expect(b1.hits).toBeGreaterThan(b0.hits);
-    // eslint-disable-next-line no-console
     console.log(`first open+read of patched /${patched!.path} (${patched!.size} bytes, prefetched): ${first.toFixed(1)} ms`);
 
     // /shared has the same digest in v1 and v2; the v1 walk built it: a hit here.

@@ -41,7 +41,7 @@ async function readLayout(dir: string): Promise<LocalImage> {
 /** Read a stream through a VerifyingStream. */
 async function readVerified(stream: Readable, desc: Descriptor): Promise<Buffer> {
   const parts: Buffer[] = [];
-  await pipeline(stream, new VerifyingStream(desc.digest, `blob ${desc.digest}`, desc.size), async function* (src) {
+  await pipeline(stream, new VerifyingStream(desc.digest, `blob ${desc.digest}`, desc.size), async (src: AsyncIterable<unknown>) => {
     for await (const c of src) parts.push(c as Buffer);
   });
   return Buffer.concat(parts);

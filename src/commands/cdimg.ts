@@ -6,7 +6,7 @@ import { Codec, Encoding, Entry, FileType } from '../format/types';
 import { corrupt, invalidArgument } from '../errors';
 import { digestFromRaw } from '../util/digest';
 import { registerDelta } from './delta';
-import { action, addRegistryOptions, humanBytes, parseIntOpt, parseLevel, parseSize, printJson, progressReporter, registryOptionsOf, say, sayErr } from './common';
+import { action, humanBytes, parseIntOpt, printJson, say, sayErr } from './common';
 
 const TYPE_NAMES: Record<number, string> = {
   [FileType.REG]: 'file',

@@ -20,7 +20,6 @@ import { CMB_SEGMENT, cmbDecodeDiff, cmbEncodeDiff, cmbSegments, cmDecodeDiff, c
 import { D4fsError } from '../errors';
 import { prng } from '../../test/helpers/prng';
 
-// eslint-disable-next-line @typescript-eslint/no-var-requires
 const sa = require('bsdiff-sa') as {
   diff(...args: unknown[]): { ctrl: Buffer; diff: Buffer; extra: Buffer; stats: { sortMs: number; scanMs: number; searches: number } };
   cmbEncode(diff: Uint8Array, oldUnder: Uint8Array, threads?: number): Buffer;

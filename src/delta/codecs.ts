@@ -598,7 +598,7 @@ let bsdiffModule: BsdiffNode | undefined;
 
 /** bsdiff-node, loaded on first use (decoding never needs it). */
 function bsdiffNode(): BsdiffNode {
-  // eslint-disable-next-line @typescript-eslint/no-require-imports
+   
   if (!bsdiffModule) bsdiffModule = require('bsdiff-node') as BsdiffNode;
   return bsdiffModule;
 }

@@ -9,10 +9,9 @@
  * the cheapest chain from the versions the local store holds (the planner the
  * server uses), fetches those artifacts by digest, verifies and stores them.
  */
-import { createReadStream, createWriteStream, promises as fsp } from 'node:fs';
+import { createReadStream, promises as fsp } from 'node:fs';
 import { dirname } from 'node:path';
 import { Readable } from 'node:stream';
-import { pipeline } from 'node:stream/promises';
 import { CdimgReader } from '../format/reader';
 import { corrupt, D4fsError, failedPrecondition, invalidArgument } from '../errors';
 import { MT } from '../oci/mediatypes';
@@ -21,7 +20,7 @@ import { RegistryClient, ClientTuning } from '../oci/registry/client';
 import type { RegistryOptions } from '../oci/registry/options';
 import { checkImageName, LocalStore } from '../store/store';
 import { policyRequires, SignaturePolicy } from '../signing';
-import { digestOf, VerifyingStream } from '../util/digest';
+import { digestOf } from '../util/digest';
 import { fileDigestOf } from '../server/blobs';
 import { ancestorsOf, planChain } from '../server/planner';
 import { ArtifactEntry, ArtifactFile, contentTag, fileManifest, INDEX_ARTIFACT_TYPE, isContentTag, parseFileManifest, parseTagIndex, tagIndex } from './artifact';

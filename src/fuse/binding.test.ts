@@ -17,7 +17,7 @@ describe('FUSE binding choice', () => {
     expect(fuse3Available()).toBe(true);
     delete process.env.D4FS_FUSE_BINDING;
     expect(chooseBinding()).toBe('fuse3');
-    // eslint-disable-next-line @typescript-eslint/no-require-imports
+     
     expect((require('d4fs-fuse3') as { fuseVersion(): number }).fuseVersion()).toBeGreaterThanOrEqual(312);
   });
 

@@ -162,11 +162,11 @@ export function chooseBinding(wanted?: FuseBindingName): FuseBindingName {
 /** A filesystem of `binding` for one image (not mounted yet). */
 export function createImageFileSystem(binding: FuseBindingName, o: ImageFileSystemOptions): ImageFileSystem {
   if (binding === 'fuse3') {
-    // eslint-disable-next-line @typescript-eslint/no-require-imports
+     
     const { Fuse3FileSystem } = require('./fuse3') as typeof import('./fuse3');
     return new Fuse3FileSystem(o);
   }
-  // eslint-disable-next-line @typescript-eslint/no-require-imports
+   
   const { DeltaFileSystem } = require('./filesystem') as typeof import('./filesystem');
   return new DeltaFileSystem(o);
 }

@@ -319,7 +319,7 @@ export class Fuse3FileSystem extends ImageFileSystemBase implements ImageFileSys
 
   /** The held reference to `n`'s content (acquired on first use; released HOLD_MS after the last). */
   private hold(n: TreeNode): Held {
-    let h = this.held.get(n.ino);
+    const h = this.held.get(n.ino);
     if (h) {
       h.lastUse = Date.now();
       return h;
