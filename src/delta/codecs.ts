@@ -598,7 +598,6 @@ let bsdiffModule: BsdiffNode | undefined;
 
 /** bsdiff-node, loaded on first use (decoding never needs it). */
 function bsdiffNode(): BsdiffNode {
-   
   if (!bsdiffModule) bsdiffModule = require('bsdiff-node') as BsdiffNode;
   return bsdiffModule;
 }

@@ -17,7 +17,6 @@ describe('FUSE binding choice', () => {
     expect(fuse3Available()).toBe(true);
     delete process.env.D4FS_FUSE_BINDING;
     expect(chooseBinding()).toBe('fuse3');
-     
     expect((require('d4fs-fuse3') as { fuseVersion(): number }).fuseVersion()).toBeGreaterThanOrEqual(312);
   });
 

@@ -162,11 +162,9 @@ export function chooseBinding(wanted?: FuseBindingName): FuseBindingName {
 /** A filesystem of `binding` for one image (not mounted yet). */
 export function createImageFileSystem(binding: FuseBindingName, o: ImageFileSystemOptions): ImageFileSystem {
   if (binding === 'fuse3') {
-     
     const { Fuse3FileSystem } = require('./fuse3') as typeof import('./fuse3');
     return new Fuse3FileSystem(o);
   }
-   
   const { DeltaFileSystem } = require('./filesystem') as typeof import('./filesystem');
   return new DeltaFileSystem(o);
 }
