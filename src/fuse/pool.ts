@@ -6,6 +6,7 @@
 import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
 import { Piscina } from 'piscina';
+import { errorFromWire } from '../errors';
 import type * as T from './tasks';
 
 type Tasks = typeof T;
@@ -28,7 +29,10 @@ export class FusePool {
 
   /** Runs task `name` with `arg` in a worker. */
   run<K extends FuseTaskName>(name: K, arg: Parameters<Tasks[K]>[0]): Promise<Awaited<ReturnType<Tasks[K]>>> {
-    return this.pool.run(arg, { name }) as Promise<Awaited<ReturnType<Tasks[K]>>>;
+    // errors come back with their kind (the tasks send them through errors.errorToWire)
+    return (this.pool.run(arg, { name }) as Promise<Awaited<ReturnType<Tasks[K]>>>).catch((e: unknown) => {
+      throw errorFromWire(e);
+    });
   }
 
   async close(): Promise<void> {
