@@ -2,32 +2,23 @@
  * Issue 17: what a new user trips over, each with the message and exit code
  * it must give now.
  */
+import { runCli } from './helpers/cli';
 import { promises as fsp, existsSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { execFile, spawn } from 'node:child_process';
-import { promisify } from 'node:util';
+import { spawn } from 'node:child_process';
 import { buildTar } from '../src/tar';
 import { writeSimpleImage } from '../src/oci/writer';
 import { EXIT_CODES } from '../src/errors';
 import { containerdError } from '../src/containerd/client';
 import { packageRoot } from '../src/util/paths';
 
-const run = promisify(execFile);
 const CLI = join(packageRoot(), 'dist', 'cli', 'ctr-cli.js');
 
 let work: string;
 const at = (n: string) => join(work, n);
 
-async function cli(args: string[], opts: { cwd?: string; env?: NodeJS.ProcessEnv } = {}): Promise<{ code: number; stdout: string; stderr: string }> {
-  try {
-    const r = await run(process.execPath, [CLI, ...args], { maxBuffer: 64 << 20, cwd: opts.cwd, env: opts.env ?? process.env });
-    return { code: 0, stdout: r.stdout, stderr: r.stderr };
-  } catch (e) {
-    const x = e as { code: number; stdout: string; stderr: string };
-    return { code: typeof x.code === 'number' ? x.code : -1, stdout: x.stdout, stderr: x.stderr };
-  }
-}
+const cli = runCli;
 
 /** Run ctr-cli with its stdout into `head -1`; the exit code of ctr-cli and its stderr. */
 function intoHead(args: string[]): Promise<{ code: number; stderr: string }> {

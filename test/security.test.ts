@@ -5,6 +5,7 @@
  * terminal escapes, and a fuzz of damaged .cdimg files whose errors must carry
  * the documented codes.
  */
+import { CliResult, runCli } from './helpers/cli';
 import { promises as fsp, readFileSync, statSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -24,17 +25,7 @@ import { WorkerPool } from '../src/workers/pool';
 import { forTerminal } from '../src/util/text';
 import { packageRoot } from '../src/util/paths';
 import { indexBomb, rewriteIndex } from './helpers/forge';
-import { prng } from './helpers/prng';
-
-class Prng {
-  private readonly next: () => number;
-  constructor(seed: number) {
-    this.next = prng(seed);
-  }
-  int(n: number): number {
-    return Math.floor(this.next() * n);
-  }
-}
+import { Prng } from './helpers/prng';
 
 const run = promisify(execFile);
 const CLI = join(packageRoot(), 'dist', 'cli', 'ctr-cli.js');
@@ -43,15 +34,7 @@ let work: string;
 let pool: WorkerPool;
 const at = (n: string) => join(work, n);
 
-async function cli(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  try {
-    const r = await run(process.execPath, [CLI, ...args], { maxBuffer: 64 << 20 });
-    return { code: 0, stdout: r.stdout, stderr: r.stderr };
-  } catch (e) {
-    const x = e as { code: number; stdout: string; stderr: string };
-    return { code: typeof x.code === 'number' ? x.code : -1, stdout: x.stdout, stderr: x.stderr };
-  }
-}
+const cli = (...args: string[]): Promise<CliResult> => runCli(args);
 
 async function expectKind(p: Promise<unknown>, kind: string, re?: RegExp): Promise<void> {
   const err = await p.then(() => undefined, (e) => e);

@@ -8,12 +8,12 @@
  * (clients that trust the server key get merges, the others the unmerged
  * chain of the publisher's signed files).
  */
-import { ChildProcess, execFile, spawn } from 'node:child_process';
+import { CliResult, runCli } from './helpers/cli';
+import { ChildProcess, spawn } from 'node:child_process';
 import { existsSync, promises as fsp, readFileSync } from 'node:fs';
 import * as http from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { promisify } from 'node:util';
 import { buildTar } from '../src/tar';
 import { writeSimpleImage } from '../src/oci/writer';
 import { convertImage } from '../src/convert/convert';
@@ -31,7 +31,6 @@ import { packageRoot } from '../src/util/paths';
 import { freePort, startRegistry, TestRegistry } from './helpers/registry';
 import { failure, rootOf } from './helpers/pulls';
 
-const run = promisify(execFile);
 const CLI = join(packageRoot(), 'dist', 'cli', 'ctr-cli.js');
 
 let work: string;
@@ -41,15 +40,7 @@ const RW = newToken();
 const RO = newToken();
 let tokensFile: string;
 
-async function cli(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  try {
-    const r = await run(process.execPath, [CLI, ...args], { maxBuffer: 64 << 20 });
-    return { code: 0, stdout: r.stdout, stderr: r.stderr };
-  } catch (e) {
-    const x = e as { code: number; stdout: string; stderr: string };
-    return { code: typeof x.code === 'number' ? x.code : -1, stdout: x.stdout, stderr: x.stderr };
-  }
-}
+const cli = (...args: string[]): Promise<CliResult> => runCli(args);
 
 /** One raw HTTP exchange. */
 function raw(base: string, method: string, path: string, o: { headers?: Record<string, string>; body?: Buffer } = {}): Promise<{ status: number; body: Buffer }> {

@@ -3,6 +3,7 @@
  * plain openssl; policies on load and registry apply refuse unsigned, wrongly
  * signed and foreign-signed files before anything is stored.
  */
+import { CliResult, runCli } from './helpers/cli';
 import { promises as fsp, existsSync, readFileSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -16,24 +17,14 @@ import { WorkerPool } from '../src/workers/pool';
 import { EXIT_CODES } from '../src/errors';
 import { loadVerifyKey, signaturePayload, parseSignatureFile } from '../src/signing';
 import { LocalStore } from '../src/store/store';
-import { packageRoot } from '../src/util/paths';
 
 const run = promisify(execFile);
-const CLI = join(packageRoot(), 'dist', 'cli', 'ctr-cli.js');
 
 let work: string;
 let pool: WorkerPool;
 const at = (n: string) => join(work, n);
 
-async function cli(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  try {
-    const r = await run(process.execPath, [CLI, ...args], { maxBuffer: 64 << 20 });
-    return { code: 0, stdout: r.stdout, stderr: r.stderr };
-  } catch (e) {
-    const x = e as { code: number; stdout: string; stderr: string };
-    return { code: typeof x.code === 'number' ? x.code : -1, stdout: x.stdout, stderr: x.stderr };
-  }
-}
+const cli = (...args: string[]): Promise<CliResult> => runCli(args);
 
 async function image(name: string, text: string): Promise<string> {
   const dir = at(`oci-${name}`);

@@ -20,6 +20,7 @@
  */
 import { createHash, createPrivateKey, createPublicKey, generateKeyPairSync, KeyObject, sign as cryptoSign, verify as cryptoVerify } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
+import { dirname, resolve } from 'node:path';
 import { corrupt, D4fsError, invalidArgument, notFound, unauthenticated } from '../errors';
 
 export const SIGNATURE_MEDIA_TYPE = 'application/vnd.d4fs.signature.v1+json';
@@ -250,7 +251,6 @@ export async function loadPolicy(o: { verifyKeys?: string[]; policyFile?: string
       throw invalidArgument(`${o.policyFile}: not JSON (${(e as Error).message})`);
     }
     if (!Array.isArray(j.verifyKeys) || !j.verifyKeys.every((x) => typeof x === 'string')) throw invalidArgument(`${o.policyFile}: "verifyKeys" must be a list of PEM file paths`);
-    const { dirname, resolve } = await import('node:path');
     for (const p of j.verifyKeys as string[]) paths.push(resolve(dirname(o.policyFile), p));
   }
   return { keys: await Promise.all(paths.map(loadVerifyKey)) };

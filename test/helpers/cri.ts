@@ -557,14 +557,8 @@ export interface RegistryImageFacts {
   configDigest: string;
 }
 
-/** Chain ids of a list of diff_ids (OCI image spec). */
-export function chainIdsOf(diffIds: string[]): string[] {
-  const out: string[] = [];
-  for (const d of diffIds) {
-    out.push(out.length === 0 ? d : `sha256:${crypto.createHash('sha256').update(`${out[out.length - 1]} ${d}`).digest('hex')}`);
-  }
-  return out;
-}
+export { chainIdsOf } from '../../src/cri/provider';
+import { chainIdsOf as productChainIds } from '../../src/cri/provider';
 
 /**
  * Reads REPO:REF's manifest (OCI or Docker schema 2, not an index) and
@@ -584,7 +578,7 @@ export async function registryImageFacts(registryUrl: string, repo: string, ref:
     manifestDigest: `sha256:${crypto.createHash('sha256').update(raw).digest('hex')}`,
     layers: manifest.layers.map((l) => l.digest),
     diffIds: config.rootfs.diff_ids,
-    chainIds: chainIdsOf(config.rootfs.diff_ids),
+    chainIds: productChainIds(config.rootfs.diff_ids),
     configDigest: manifest.config.digest,
   };
 }

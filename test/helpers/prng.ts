@@ -8,3 +8,14 @@ export function prng(seed: number): () => number {
     return (s >>> 0) / 4294967296;
   };
 }
+
+/** Integers in [0, n) from a {@link prng}. */
+export class Prng {
+  private readonly next: () => number;
+  constructor(seed: number) {
+    this.next = prng(seed);
+  }
+  int(n: number): number {
+    return Math.floor(this.next() * n);
+  }
+}
