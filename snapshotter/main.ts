@@ -81,7 +81,7 @@ async function main(argv: string[]): Promise<void> {
             ...(cfg.fuseBinding ? ['--fuse-binding', cfg.fuseBinding] : []),
           ],
         });
-  const cri = fuseFs && cfg.cri !== false ? new CriPullProvider({ fuse: fuseFs, root: cfg.root, store: storesOf(cfg)[0], policy, log, registry: { authFile: cfg.registryAuthFile, tlsVerify: cfg.registryTlsVerify } }) : undefined;
+  const cri = fuseFs && cfg.cri !== false ? new CriPullProvider({ fuse: fuseFs, root: cfg.root, store: storesOf(cfg)[0], policy, log, registry: { authFile: cfg.registryAuthFile, tlsVerify: cfg.registryTlsVerify, mirror: cfg.peer } }) : undefined;
   const loaded = fuseFs ? new FileSystemRemoteProvider(fuseFs, (labels, target) => fuseFs.accepts(labels, target)) : undefined;
   const running = await runSnapshotter(
     cfg,

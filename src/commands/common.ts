@@ -1,6 +1,6 @@
 /** Shared CLI plumbing: error reporting, exit codes, progress bars, option parsing. */
 import { Command, InvalidArgumentError } from 'commander';
-import { D4fsError, EXIT_CODES, toD4fsError } from '../errors';
+import { D4fsError, EXIT_CODES, invalidArgument, toD4fsError } from '../errors';
 import type { RegistryOptions } from '../oci/registry/options';
 import { LEVELS } from '../convert/levels';
 import { linesForTerminal } from '../util/text';
@@ -98,11 +98,23 @@ export function addRegistryOptions(c: Command): Command {
     .option('--creds <user:pass>', 'registry credentials (default: from the docker config.json)')
     .option('--authfile <file>', 'docker config.json / containers auth.json to read credentials from')
     .option('--tls-verify <bool>', 'verify TLS certificates (default: yes, except loopback registries, which may also use plain HTTP); false also allows plain HTTP', parseBool)
-    .option('--registry-token <token>', 'bearer token for the registry');
+    .option('--registry-token <token>', 'bearer token for the registry')
+    .option('--peer <url>', "read through the node's d4fs-peer (its mirror URL, e.g. http://127.0.0.1:5050; default $D4FS_PEER; none: off); the origin is used when the peer is down");
 }
 
-export function registryOptionsOf(o: { creds?: string; authfile?: string; tlsVerify?: boolean; registryToken?: string }): RegistryOptions {
-  return { creds: o.creds, authFile: o.authfile, tlsVerify: o.tlsVerify, registryToken: o.registryToken, userAgent: 'd4fs/0.1' };
+export function registryOptionsOf(o: { creds?: string; authfile?: string; tlsVerify?: boolean; registryToken?: string; peer?: string }): RegistryOptions {
+  return { creds: o.creds, authFile: o.authfile, tlsVerify: o.tlsVerify, registryToken: o.registryToken, mirror: peerOf(o), userAgent: 'd4fs/0.1' };
+}
+
+/** The node's d4fs-peer to read through: --peer, else $D4FS_PEER; "none" turns it off. */
+export function peerOf(o: { peer?: string }): string | undefined {
+  const v = o.peer ?? process.env.D4FS_PEER;
+  if (!v || v === 'none') return undefined;
+  try {
+    return new URL(v).toString();
+  } catch {
+    throw invalidArgument(`--peer ${JSON.stringify(v.slice(0, 100))} is not a URL (e.g. http://127.0.0.1:5050)`);
+  }
 }
 
 /** A progress reporter on stderr when it is a terminal and not disabled. */

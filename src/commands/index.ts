@@ -17,6 +17,7 @@ const GROUPS: { names: string[]; load: () => Registrar }[] = [
   { names: ['pull'], load: () => (require('./pull') as typeof import('./pull')).registerPull },
   { names: ['publish'], load: () => (require('./publish') as typeof import('./publish')).registerPublish },
   { names: ['keygen', 'sign', 'verify-signature'], load: () => (require('./sign') as typeof import('./sign')).registerSign },
+  { names: ['peer', 'tracker'], load: () => (require('./peer') as typeof import('./peer')).registerPeer },
   { names: ['load', 'images', 'rmi'], load: () => (require('./load') as typeof import('./load')).registerLoad },
 ];
 

@@ -8,7 +8,7 @@
 import { Command } from 'commander';
 import { invalidArgument } from '../errors';
 import { pullFromServer, PullProgress, PullResult } from '../distribution/pull';
-import { action, addRegistryOptions, humanBytes, printJson, registryOptionsOf, say } from './common';
+import { action, addRegistryOptions, humanBytes, peerOf, printJson, registryOptionsOf, say } from './common';
 import { addServerClientOptions, tokenOf } from './push';
 import { addPolicyOptions, policyOf } from './sign';
 
@@ -86,7 +86,7 @@ export function registerPull(program: Command): void {
             r = await pullFromRegistry({ ...common, from: o.from as string, image: o.image as string | undefined, registry: registryOptionsOf(o as never) });
           } else {
             if (!o.image) throw invalidArgument('--image NAME:TAG is required with --server');
-            r = await pullFromServer({ ...common, image: o.image as string, server: o.server as string, token: await tokenOf(o), insecureHttp: !!o.insecureHttp, caFile: o.tlsCa as string | undefined, tlsVerify: o.tlsVerify as boolean | undefined });
+            r = await pullFromServer({ ...common, image: o.image as string, server: o.server as string, token: await tokenOf(o), insecureHttp: !!o.insecureHttp, caFile: o.tlsCa as string | undefined, tlsVerify: o.tlsVerify as boolean | undefined, peer: peerOf(o as { peer?: string }) });
           }
         } finally {
           prog.stop();

@@ -9,10 +9,10 @@ import { D4fsServer } from '../server/server';
 import type { MergeStrategy } from '../server/merges';
 import { gcRoot, GcReport } from '../server/gc';
 import { newToken } from '../server/auth';
-import { invalidArgument } from '../errors';
+import { invalidArgument, unavailable } from '../errors';
 import { DEFAULT_STORE_TTL_MS } from '../server/regstore';
 import { setIndexLimits } from '../format/types';
-import { basename } from 'node:path';
+import { basename, join } from 'node:path';
 import { loadSigningKey } from '../signing';
 import { policyOf } from './sign';
 import { action, humanBytes, parseBool, parseIntOpt, parseSize, printJson, registryOptionsOf, say } from './common';
@@ -61,7 +61,8 @@ function addServeOptions(c: Command): Command {
     .option('--verify-key <pem>', 'a publisher key the server trusts (repeatable): what --require-signed asks of uploads, and what merges must come from to be signed with --signing-key', (v: string, prev: string[] = []) => [...prev, v])
     .option('--policy <file>', 'signature policy file: {"verifyKeys": ["key.pub.pem", …]} (like --verify-key)')
     .option('--require-signed', 'refuse uploads without a signature by a trusted key (401; nothing stored)')
-    .option('--signing-key <pem>', "sign the merges the server composes with this private key (only merges of files signed by trusted keys); clients that should accept merges trust its public key");
+    .option('--signing-key <pem>', "sign the merges the server composes with this private key (only merges of files signed by trusted keys); clients that should accept merges trust its public key")
+    .option('--tracker', 'also be the fleet\'s BitTorrent tracker and blob metadata store (/announce; nodes\' d4fs-peers join with their tokens; metadata of the server\'s own files is made here)');
 }
 
 async function runServer(o: Record<string, unknown>): Promise<void> {
@@ -85,7 +86,27 @@ async function runServer(o: Record<string, unknown>): Promise<void> {
   }
   const signingKey = o.signingKey ? await loadSigningKey(o.signingKey as string) : undefined;
   const logger = pino({ name: 'd4fs-server', level, base: { pid: process.pid } }, pino.destination({ dest: 2, sync: true }));
+  // the embedded tracker: its routes come before the server's, its tokens are the server's
+  const ref: { server?: D4fsServer } = {};
+  let tracker: import('../p2p/tracker').TrackerService | undefined;
+  if (o.tracker) {
+    const { TrackerService } = require('../p2p/tracker') as typeof import('../p2p/tracker');
+    const { makeTorrent } = require('../p2p/torrent') as typeof import('../p2p/torrent');
+    tracker = await TrackerService.create({
+      dir: join(o.root as string, 'tracker'),
+      log: logger.child({ part: 'tracker' }),
+      authorize: (token) => {
+        if (!ref.server) throw unavailable('server starting');
+        ref.server.auth.check(token ? `Bearer ${token}` : undefined, 'ro');
+      },
+      ownTorrent: async (digest, root) => {
+        const local = root && ref.server ? await ref.server.localBlob(root).catch(() => undefined) : undefined;
+        return local && local.fileDigest === digest ? (await makeTorrent(local.path, digest)).bytes : undefined;
+      },
+    });
+  }
   const server = await D4fsServer.start({
+    extraHandler: tracker ? (req, res) => tracker!.handle(req, res) : undefined,
     root: o.root as string,
     listen: o.listen as string,
     tokensFile: o.tokens as string | undefined,
@@ -105,6 +126,8 @@ async function runServer(o: Record<string, unknown>): Promise<void> {
       ? { url: o.store as string, ttlMs: o.storeTtl as number, registry: registryOptionsOf(o as { creds?: string; authfile?: string; tlsVerify?: boolean; registryToken?: string }) }
       : undefined,
   });
+  ref.server = server;
+  if (tracker) logger.info({ announce: `${o.tlsCert ? 'https' : 'http'}://${String(o.listen)}/announce` }, 'BitTorrent tracker enabled');
   process.on('SIGHUP', () => void server.reloadTokens());
   let stopping = false;
   const stop = (signal: string): void => {

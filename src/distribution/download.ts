@@ -15,6 +15,7 @@
  * on one machine from writing the same part file.
  */
 import { createHash, Hash } from 'node:crypto';
+import * as http from 'node:http';
 import { createReadStream, createWriteStream, promises as fsp } from 'node:fs';
 import { join } from 'node:path';
 import { Readable, Transform, TransformCallback } from 'node:stream';
@@ -55,8 +56,9 @@ function rangeStart(contentRange: string | undefined, from: number, size: number
 }
 
 /** d4fs-server: `GET /v1/blobs/…` with Range and If-Range on the blob's ETag. */
-export function serverSource(client: ServerClient): BlobSource {
+export function serverSource(client: ServerClient): BlobSource & { base: URL } {
   return {
+    base: client.base,
     origin: client.base.origin,
     async open(t, from) {
       const etag = etagOf(t.rootDigest);
@@ -71,6 +73,53 @@ export function serverSource(client: ServerClient): BlobSource {
       }
       try {
         const start = res.statusCode === 206 ? rangeStart(res.headers['content-range'], from, t.size, what) : 0;
+        return { start, body: res };
+      } catch (e) {
+        res.resume();
+        throw e;
+      }
+    },
+  };
+}
+
+/**
+ * The node's d4fs-peer in front of a d4fs-server (`--peer`): the same blob by
+ * its file digest through the peer's cache and swarm
+ * (`/d4fs/blobs/<file digest>?server=…&root=…`); the caller's token goes
+ * along for the peer to use at the server. A peer that cannot be reached or
+ * fails is left for this download and the server asked directly.
+ */
+export function peerSource(peer: string, server: BlobSource & { base: URL }, token?: string): BlobSource {
+  let down = false;
+  return {
+    origin: `${server.origin} via peer ${new URL(peer).origin}`,
+    async open(t, from) {
+      if (down) return server.open(t, from);
+      const url = new URL(`/d4fs/blobs/${t.fileDigest}`, peer);
+      url.searchParams.set('server', server.base.origin);
+      url.searchParams.set('root', t.rootDigest);
+      url.searchParams.set('size', String(t.size));
+      const headers: Record<string, string> = {};
+      if (token) headers.Authorization = `Bearer ${token}`;
+      if (from > 0) headers.Range = `bytes=${from}-`;
+      let res: http.IncomingMessage;
+      try {
+        res = await new Promise<http.IncomingMessage>((resolve, reject) => {
+          const req = http.get(url, { headers, timeout: 30 * 60_000 }, resolve);
+          req.on('timeout', () => req.destroy(new Error('no answer')));
+          req.on('error', reject);
+        });
+      } catch {
+        down = true;
+        return server.open(t, from);
+      }
+      if (res.statusCode !== 200 && res.statusCode !== 206) {
+        res.resume();
+        down = true;
+        return server.open(t, from);
+      }
+      try {
+        const start = res.statusCode === 206 ? rangeStart(res.headers['content-range'], from, t.size, `download of ${t.rootDigest} through the peer`) : 0;
         return { start, body: res };
       } catch (e) {
         res.resume();

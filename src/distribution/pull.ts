@@ -18,7 +18,7 @@ import { corrupt, D4fsError, failedPrecondition } from '../errors';
 import { enforcePolicy, policyRequires, readSignatureFile, signaturePathOf, SignatureFile, SignaturePolicy, writeSignatureFile } from '../signing';
 import { checkImageName, LocalStore } from '../store/store';
 import { ServerClient, ServerClientOptions } from './client';
-import { downloadBlob, sweepParts } from './download';
+import { downloadBlob, peerSource, serverSource, sweepParts } from './download';
 import { containerdLoader, LoadImageFn, LoadImageResult, LoadTarget, notLoaded } from './load';
 import { FileInfo, parseImageName, PlanFileJson, PullPlanJson, PullRequestJson, repoPath } from './protocol';
 import { addsSignatures, mergeSignatures, signatureFromWire } from './signatures';
@@ -62,6 +62,8 @@ export interface ServerPullOptions extends ServerClientOptions, PullCommon {
   /** Network failures retried (resuming) per file within this run (default 2). */
   retries?: number;
   retryDelayMs?: number;
+  /** The node's d4fs-peer (its mirror URL): files come through its cache and swarm. */
+  peer?: string;
 }
 
 /** One file of a finished pull. */
@@ -312,7 +314,7 @@ export async function pullFromServer(o: ServerPullOptions): Promise<PullResult> 
         files.push(base);
         continue;
       }
-      const d = await downloadBlob(client, f as PlanFileJson, tmpDir, {
+      const d = await downloadBlob(o.peer ? peerSource(o.peer, serverSource(client), o.token) : client, f as PlanFileJson, tmpDir, {
         retries: o.retries,
         retryDelayMs: o.retryDelayMs,
         onProgress: (done, total) => o.onProgress?.({ file: i + 1, files: plan.files.length, rootDigest: f.rootDigest, done, total }),

@@ -66,6 +66,12 @@ import { ServerSignatures } from './signatures';
 export interface ServerOptions {
   /** Directory of the blob store and catalogue (created). */
   root: string;
+  /**
+   * More endpoints served on the same port (the embedded BitTorrent tracker,
+   * `serve --tracker`): answers and returns true for its own paths, false
+   * for the others. It checks its own tokens (`server.auth`).
+   */
+  extraHandler?: (req: http.IncomingMessage, res: http.ServerResponse) => Promise<boolean>;
   /** "HOST:PORT" to listen on (default 127.0.0.1:8081; port 0 picks one). */
   listen?: string;
   /** Tokens file (see auth.ts); without it the server is read-only. */
@@ -436,6 +442,11 @@ export class D4fsServer {
   // ------------------------------------------------------------ dispatch
 
   private async handle(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
+    if (this.opts.extraHandler && !this.draining) {
+      req.on('error', () => undefined);
+      res.on('error', () => undefined);
+      if (await this.opts.extraHandler(req, res)) return;
+    }
     const t0 = process.hrtime.bigint();
     const method = req.method ?? 'GET';
     const path = (req.url ?? '/').split('?')[0];
@@ -780,6 +791,14 @@ export class D4fsServer {
   }
 
   /** GET/HEAD /v1/blobs/sha256:HEX with ETag, If-None-Match, Range and If-Range. */
+  /** The local file of a blob this server serves and its sha256 (brought into the local cache first with a registry store). */
+  async localBlob(rootDigest: string): Promise<{ path: string; fileDigest: string } | undefined> {
+    const fileDigest = this.catalogue.file(rootDigest)?.fileDigest ?? this.catalogue.mergeByRoot(rootDigest)?.fileDigest;
+    if (!fileDigest) return undefined;
+    if (this.store && !(await this.blobs.has(rootDigest))) await this.store.ensureLocal(rootDigest);
+    return (await this.blobs.has(rootDigest)) ? { path: this.blobs.pathOf(rootDigest), fileDigest } : undefined;
+  }
+
   private async getBlob(c: Ctx, head: boolean): Promise<void> {
     const rootDigest = parseDigest(c.params[0], 'blob digest');
     const file = this.catalogue.file(rootDigest);

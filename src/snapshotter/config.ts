@@ -18,6 +18,7 @@
  *     cri = true                        # CRI pulls of images with d4fs artifacts become delta pulls (needs fuse)
  *     registry_auth_file = "/root/.docker/config.json"  # credentials of CRI pulls (default: docker's config.json, $REGISTRY_AUTH_FILE)
  *     registry_tls_verify = true        # false: accept self-signed certificates and plain HTTP (loopback registries use HTTP anyway)
+ *     peer = "http://127.0.0.1:5050"    # the node's d4fs-peer: CRI pulls read manifests, artifacts and blobs through its cache and swarm
  *
  * The stores d4fs images are served from come from here only (default
  * $D4FS_STORE, else /var/lib/d4fs/store: where `ctr-cli load` keeps them),
@@ -52,6 +53,8 @@ export interface SnapshotterConfig {
   registryAuthFile?: string;
   /** false: accept self-signed certificates and plain HTTP for CRI pulls. */
   registryTlsVerify?: boolean;
+  /** The node's d4fs-peer (mirror URL): CRI pulls read through it, the registry when it is down. */
+  peer?: string;
 }
 
 /** Where `ctr-cli load` keeps images unless told otherwise. */
@@ -147,6 +150,17 @@ export function loadConfigFile(file: string): Partial<SnapshotterConfig> {
       case 'registry_tls_verify':
         out.registryTlsVerify = expect<boolean>(file, key, value, 'boolean');
         break;
+      case 'peer': {
+        const v = expect<string>(file, key, value, 'string');
+        try {
+          const u = new URL(v);
+          if (u.protocol !== 'http:' && u.protocol !== 'https:') throw new Error('scheme');
+        } catch {
+          throw invalidArgument(`${file}: peer must be the URL of the node's d4fs-peer, e.g. "http://127.0.0.1:5050"`);
+        }
+        out.peer = v;
+        break;
+      }
       case 'verify_keys': {
         const list = Array.isArray(value) ? value : [value];
         if (!list.every((v) => typeof v === 'string' && v !== '')) throw invalidArgument(`${file}: verify_keys must be a path or a list of paths of PEM public keys`);

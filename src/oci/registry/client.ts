@@ -6,7 +6,7 @@
 import { createHash } from 'node:crypto';
 import * as http from 'node:http';
 import * as https from 'node:https';
-import { PassThrough, Readable } from 'node:stream';
+import { PassThrough, Readable, Transform, TransformCallback } from 'node:stream';
 import { corrupt, D4fsError, hostile, invalidArgument, notFound, permissionDenied, unavailable } from '../../errors';
 import { digestOf, parseDigest, SHA256_RE } from '../../util/digest';
 import { MANIFEST_ACCEPT, MT } from '../mediatypes';
@@ -188,6 +188,27 @@ interface ApiCall {
 }
 
 /** Thrown by the wire layer when a request stays silent too long. */
+/** Passes `length` bytes from offset `skip` of what flows through it, then ends. */
+class Slice extends Transform {
+  private pos = 0;
+  private ended = false;
+  constructor(private readonly skip: number, private readonly length: number) {
+    super();
+  }
+  override _transform(chunk: Buffer, _enc: BufferEncoding, cb: TransformCallback): void {
+    if (this.ended) return cb(); // the rest of a whole-blob answer: read and dropped
+    const from = Math.max(0, this.skip - this.pos);
+    const to = Math.min(chunk.length, this.skip + this.length - this.pos);
+    this.pos += chunk.length;
+    if (to > from) this.push(chunk.subarray(from, to));
+    if (this.pos >= this.skip + this.length) {
+      this.ended = true;
+      this.push(null);
+    }
+    cb();
+  }
+}
+
 class TimeoutError extends Error {
   readonly code = 'ETIMEDOUT';
 }
@@ -209,6 +230,7 @@ export class RegistryClient {
   private readonly chunkSize: number;
   private base: URL | undefined;
   private pinging: Promise<URL> | undefined;
+  private mirrorDownUntil = 0;
 
   /**
    * @param registryHost "host[:port]" of the registry ("docker.io" maps to registry-1.docker.io)
@@ -237,13 +259,15 @@ export class RegistryClient {
     checkRepository(repo);
     const byDigest = isDigestReference(reference);
     const what = `manifest ${repo}${byDigest ? '@' : ':'}${reference}`;
-    const res = await this.call({
-      method: 'GET',
-      url: await this.endpoint(`/v2/${repo}/manifests/${reference}`),
-      headers: { Accept: MANIFEST_ACCEPT },
-      scopes: [repoScope(repo, 'pull')],
-      repo,
-    });
+    const res =
+      (await this.viaMirror('GET', `/v2/${repo}/manifests/${reference}`, { Accept: MANIFEST_ACCEPT }, [200])) ??
+      (await this.call({
+        method: 'GET',
+        url: await this.endpoint(`/v2/${repo}/manifests/${reference}`),
+        headers: { Accept: MANIFEST_ACCEPT },
+        scopes: [repoScope(repo, 'pull')],
+        repo,
+      }));
     await this.expect(res, [200], what, repo);
     const bytes = await readAll(res, MAX_MANIFEST_BYTES, `registry ${this.registry}: ${what}`);
     const digest = digestOf(bytes);
@@ -273,7 +297,7 @@ export class RegistryClient {
     checkRepository(repo);
     parseDigest(digest, 'blob digest');
     const what = `blob ${digest} in ${repo}`;
-    const res = await this.blobRequest('GET', repo, digest);
+    const res = (await this.viaMirror('GET', `/v2/${repo}/blobs/${digest}`, {}, [200])) ?? (await this.blobRequest('GET', repo, digest));
     await this.expect(res, [200], what, repo);
     const length = Number(firstHeader(res.headers['content-length']) ?? NaN);
     if (size !== undefined && Number.isFinite(length) && length !== size) {
@@ -293,7 +317,7 @@ export class RegistryClient {
     checkRepository(repo);
     parseDigest(digest, 'blob digest');
     const what = `blob ${digest} in ${repo}`;
-    const res = await this.blobRequest('GET', repo, digest, { Range: `bytes=${from}-` });
+    const res = (await this.viaMirror('GET', `/v2/${repo}/blobs/${digest}`, { Range: `bytes=${from}-` }, [200, 206])) ?? (await this.blobRequest('GET', repo, digest, { Range: `bytes=${from}-` }));
     await this.expect(res, [200, 206], what, repo);
     if (res.statusCode === 200) {
       const length = Number(firstHeader(res.headers['content-length']) ?? NaN);
@@ -312,11 +336,36 @@ export class RegistryClient {
     return { start: from, body: this.guardBody(res, what) };
   }
 
+  /**
+   * Bytes `start`..`end` (inclusive) of a blob, asked with `Range` from the
+   * registry itself (never the mirror: the d4fs-peer uses it to fill what
+   * its swarm did not deliver). A registry that answers 200 with the whole
+   * blob has the bytes outside the range dropped here. Not verified.
+   */
+  async openBlobRange(repo: string, digest: string, start: number, end: number): Promise<Readable> {
+    checkRepository(repo);
+    parseDigest(digest, 'blob digest');
+    if (!Number.isSafeInteger(start) || !Number.isSafeInteger(end) || start < 0 || end < start) throw invalidArgument(`bad byte range ${start}-${end}`);
+    const what = `blob ${digest} in ${repo} (bytes ${start}-${end})`;
+    const res = await this.blobRequest('GET', repo, digest, { Range: `bytes=${start}-${end}` });
+    await this.expect(res, [200, 206], what, repo);
+    if (res.statusCode === 206) {
+      const range = firstHeader(res.headers['content-range']) ?? '';
+      const m = /^bytes (\d+)-(\d+)\/(\d+|\*)$/.exec(range);
+      if (!m || Number(m[1]) !== start || Number(m[2]) !== end) {
+        discard(res);
+        throw corrupt(`registry ${this.registry}: ${what}: answered Content-Range "${range}"`);
+      }
+      return this.guardBody(res, what);
+    }
+    return this.guardBody(res, what).pipe(new Slice(start, end - start + 1));
+  }
+
   /** Size of a blob in the repository, or undefined when the registry does not have it. */
   async statBlob(repo: string, digest: string): Promise<number | undefined> {
     checkRepository(repo);
     parseDigest(digest, 'blob digest');
-    const res = await this.blobRequest('HEAD', repo, digest);
+    const res = (await this.viaMirror('HEAD', `/v2/${repo}/blobs/${digest}`, {}, [200])) ?? (await this.blobRequest('HEAD', repo, digest));
     if (res.statusCode === 404) {
       discard(res);
       return undefined;
@@ -613,6 +662,33 @@ export class RegistryClient {
 
   // -------------------------------------------------------------------------
   // Requests with authentication and error mapping
+
+  /**
+   * A read through the node's d4fs-peer when one is configured: the answer
+   * when its status is in `ok`, undefined (ask the registry itself) when
+   * the mirror is unreachable, fails or does not have it. A mirror that
+   * cannot be reached is left alone for 30 s.
+   */
+  private async viaMirror(method: 'GET' | 'HEAD', path: string, headers: Record<string, string>, ok: number[]): Promise<http.IncomingMessage | undefined> {
+    const mirror = this.opts.mirror;
+    if (!mirror || Date.now() < this.mirrorDownUntil) return undefined;
+    let url: URL;
+    try {
+      url = new URL(`${path}?ns=${encodeURIComponent(this.registry)}`, mirror);
+    } catch {
+      return undefined;
+    }
+    let res: http.IncomingMessage;
+    try {
+      res = await this.wire({ method, url, headers });
+    } catch {
+      this.mirrorDownUntil = Date.now() + 30_000;
+      return undefined;
+    }
+    if (ok.includes(res.statusCode ?? 0)) return res;
+    discard(res);
+    return undefined;
+  }
 
   /** GET or HEAD a blob, following redirects. */
   private async blobRequest(method: 'GET' | 'HEAD', repo: string, digest: string, headers?: Record<string, string>): Promise<http.IncomingMessage> {

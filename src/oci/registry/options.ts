@@ -10,6 +10,13 @@ export interface RegistryOptions {
   authFile?: string;
   /** The flag named in authentication errors (default "--creds"; e.g. "--dest-creds"). */
   credsFlag?: string;
+  /**
+   * Base URL of the node's d4fs-peer (pull-through mirror, e.g.
+   * http://127.0.0.1:5050): manifests and blobs are read through it first
+   * (`?ns=<registry>`, as containerd asks mirrors), the registry itself
+   * when the mirror is unreachable or fails. Writes always go to the registry.
+   */
+  mirror?: string;
   /** User-Agent header. */
   userAgent?: string;
 }
