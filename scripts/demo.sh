@@ -61,4 +61,6 @@ fi
 
 node dist/scripts/demo-registry.js "$OUT"
 
+node dist/scripts/demo-fleet.js "$OUT"
+
 step "Done. Outputs are in $OUT/"

@@ -10,6 +10,7 @@ import pino from 'pino';
 import * as http from 'node:http';
 import { invalidArgument, unauthenticated, unavailable } from '../errors';
 import { parseListen } from '../server/server';
+import { isLoopbackHost } from '../oci/registry/auth';
 import { TokenAuth } from '../server/auth';
 import type { PeerStatus } from '../p2p/peer';
 import { action, humanBytes, parseBool, parseIntOpt, parseSize, printJson, registryOptionsOf, say } from './common';
@@ -89,6 +90,7 @@ async function runPeer(o: Record<string, unknown>): Promise<void> {
     node: o.node as string | undefined,
     log,
   });
+  if (!isLoopbackHost(listen.host)) log.warn({ listen: String(o.listen) }, 'the mirror listens beyond loopback: it has no authentication of its own, so whoever reaches it reads through this node\'s registry credentials and token');
   say(`d4fs-peer ${peer.node}: mirror ${peer.url}${o.tracker ? `, tracker ${String(o.tracker)}` : ' (no tracker: cache only)'}\n`);
   // hosts.toml must not outlive the peer: containerd 1.6 would stall on a dead mirror
   process.on('exit', () => peer.removeHostsNow());

@@ -71,13 +71,14 @@ function ociError(e: D4fsError, what: 'manifest' | 'blob' | 'other'): { status: 
 
 function sendOciError(res: http.ServerResponse, e: unknown, what: 'manifest' | 'blob' | 'other'): number {
   const err = toD4fsError(e);
-  const { status, code } = ociError(err, what);
+  const precise = err.detail?.httpStatus;
+  const { status, code } = typeof precise === 'number' ? { status: precise, code: 'UNSUPPORTED' } : ociError(err, what);
   if (res.headersSent || res.destroyed) {
     res.destroy();
     return status;
   }
   const body = Buffer.from(JSON.stringify({ errors: [{ code, message: err.kind === 'INTERNAL' ? 'internal error (see the peer log)' : err.message }] }));
-  res.writeHead(status, { 'Content-Type': 'application/json', 'Content-Length': String(body.length), 'Docker-Distribution-API-Version': 'registry/2.0' });
+  res.writeHead(status, { 'Content-Type': 'application/json', 'Content-Length': String(body.length), 'Docker-Distribution-API-Version': 'registry/2.0', ...(status === 405 ? { Allow: 'GET, HEAD' } : {}) });
   res.end(res.req?.method === 'HEAD' ? undefined : body);
   return status;
 }
