@@ -152,6 +152,7 @@ describe('d4fs-peer mirror (cache only, no swarm)', () => {
     expect(sha(Buffer.concat(parts))).toBe(layerDigest);
     const metrics = (await get(`${peer.url}/metrics`)).body.toString();
     expect(metrics).toMatch(/d4fs_peer_http_requests_total\{route="blob",status="200"\} [1-9]/);
+    expect(metrics).toContain(`d4fs_peer_cached_blob_received_bytes{digest="${layerDigest}",source="origin"} ${layerBytes.length}`);
     await via.close();
     const deadPort = await freePort();
     const around = new RegistryClient(reg.host, { mirror: `http://127.0.0.1:${deadPort}` });

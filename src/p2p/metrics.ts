@@ -22,7 +22,11 @@ export class PeerMetrics {
   readonly fallbacks: Counter<'reason'>;
   readonly requests: Counter<'route' | 'status'>;
 
-  constructor(gauges: () => PeerGauges, defaults = true) {
+  /**
+   * @param gauges read at scrape time
+   * @param blobs the cache's blobs at scrape time: bytes received per blob and source (as many series as blobs held)
+   */
+  constructor(gauges: () => PeerGauges, blobs: () => Array<{ digest: string; fromOrigin: number; fromPeers: number }> = () => [], defaults = true) {
     const registers = [this.registry];
     if (defaults) collectDefaultMetrics({ register: this.registry, prefix: 'd4fs_peer_' });
     this.bytes = new Counter({ name: 'd4fs_peer_blob_bytes_total', help: 'Blob bytes received, by source (origin or peers)', labelNames: ['source'], registers });
@@ -40,6 +44,19 @@ export class PeerMetrics {
         },
       });
     };
+    new Gauge({
+      name: 'd4fs_peer_cached_blob_received_bytes',
+      help: 'Bytes received for each blob the cache holds, by source (origin or peers)',
+      labelNames: ['digest', 'source'],
+      registers,
+      collect() {
+        this.reset();
+        for (const b of blobs()) {
+          this.set({ digest: b.digest, source: 'origin' }, b.fromOrigin);
+          this.set({ digest: b.digest, source: 'peers' }, b.fromPeers);
+        }
+      },
+    });
     gauge('d4fs_peer_peers', 'Peers connected, over all swarms', (g) => g.peers);
     gauge('d4fs_peer_seeding_blobs', 'Blobs being seeded', (g) => g.seeding);
     gauge('d4fs_peer_downloading_blobs', 'Blobs being downloaded from the swarm', (g) => g.downloading);

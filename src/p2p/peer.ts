@@ -98,7 +98,7 @@ export class PeerDaemon {
     const metrics = new PeerMetrics(() => {
       const s = swarm?.stats();
       return { peers: s?.peers ?? 0, seeding: s?.seeding ?? 0, downloading: s?.downloading ?? 0, cacheBytes: cache.usedBytes(), cacheBlobs: cache.all().length, uploadedToPeers: s?.uploaded ?? 0 };
-    });
+    }, () => cache.all());
     try {
       if (tracker) swarm = await Swarm.start({ torrentPort: o.torrentPort, announce: [tracker.announceUrl()], stallMs: o.stallMs ?? 5000, lsd: o.lsd, uploadLimit: o.uploadLimit, log: o.log });
       const fetcher = new Fetcher({ cache, origins, swarm, tracker, metrics, log: o.log, stallMs: o.stallMs ?? 5000, minSwarmBytes: o.minSwarmBytes ?? 64 * 1024 });
