@@ -5,10 +5,11 @@
  *   1. torrent metadata from the tracker (never from a peer) → swarm
  *      download; if the swarm stalls (no progress for `stallMs`), the
  *      missing pieces come from the origin with `Range`;
- *   2. no metadata yet → claim the blob at the tracker: the first node
- *      fetches it from the origin, verifies it, makes its torrent, publishes
- *      the metadata and seeds; the others wait for the metadata (or for the
- *      claim to lapse, if that node died) and take the swarm;
+ *   2. no metadata yet, or metadata no node seeds yet (a d4fs-server's own
+ *      file) → claim the blob at the tracker: the first node fetches it from
+ *      the origin, verifies it, makes its torrent, publishes the metadata
+ *      and seeds; the others wait for the metadata (or for the claim to
+ *      lapse, if that node died) and take the swarm;
  *   3. no tracker, a tracker error, or a small blob → the origin.
  *
  * Whatever the path, the whole blob's sha256 is checked before it is
@@ -129,10 +130,12 @@ export class Fetcher {
     try {
       for (;;) {
         const meta = await tracker.getTorrent(r.digest, root);
-        if (meta) {
+        // metadata nobody seeds yet (a d4fs-server's own file): one node claims the origin fetch, the others wait for its seed
+        const c = meta?.seeded ? undefined : await tracker.claim(r.digest);
+        if (meta && (!c || (!c.granted && c.ready))) {
           let t: BlobTorrent | undefined;
           try {
-            t = await checkTorrent(meta, r.digest, size);
+            t = await checkTorrent(meta.bytes, r.digest, size);
           } catch (e) {
             this.o.log.warn({ digest: r.digest, err: (e as Error).message }, 'the tracker holds bad metadata for this blob: fetching from the origin');
             this.o.metrics.fallbacks.inc({ reason: 'corrupt' });
@@ -140,7 +143,7 @@ export class Fetcher {
           }
           return await this.fromSwarm({ ...r, size: t.size }, t, tr);
         }
-        const c = await tracker.claim(r.digest);
+        if (!c) continue;
         if (c.granted) return await this.fromOrigin({ ...r, size }, tr, true);
         if (c.ready) continue;
         if (Date.now() > deadline) {

@@ -176,13 +176,20 @@ export class Swarm {
         }
         resolve({ status, fromPeers: torrent.downloaded, missing, dropped: this.droppedPeers - droppedBefore });
       };
+      // progress is piece data held, not bytes on the wire: the engine's 'download' event counts every byte
+      // received (handshakes, bitfields, keep-alives), so a peer reconnecting after it was dropped, or one
+      // sending anything but pieces, would keep a dead download from ever stalling
+      let held = 0;
       const timer = setInterval(() => {
-        if (!settled && Date.now() - last > this.opts.stallMs) void finish('stalled');
+        if (settled) return;
+        const now = torrent.downloaded;
+        if (now > held) {
+          held = now;
+          last = Date.now();
+        }
+        if (Date.now() - last > this.opts.stallMs) void finish('stalled');
       }, Math.min(500, this.opts.stallMs));
-      torrent.on('download', () => {
-        last = Date.now();
-        onProgress?.(Math.min(t.size, Math.round(torrent.progress * t.size)), t.size);
-      });
+      torrent.on('download', () => onProgress?.(Math.min(t.size, Math.round(torrent.progress * t.size)), t.size));
       torrent.on('verified', () => (last = Date.now()));
       torrent.once('ready', () => (last = Date.now()));
       torrent.once('done', () => void finish('done'));

@@ -23,7 +23,7 @@ export class TrackerClient {
     return u.toString();
   }
 
-  private request(method: string, path: string, body?: Buffer): Promise<{ status: number; body: Buffer; type: string }> {
+  private request(method: string, path: string, body?: Buffer): Promise<{ status: number; body: Buffer; type: string; seeded: string }> {
     const url = new URL(path, this.base);
     return new Promise((resolve, reject) => {
       const headers: Record<string, string> = { 'User-Agent': 'd4fs-peer/0.1' };
@@ -34,7 +34,7 @@ export class TrackerClient {
       req.once('error', (e) => reject(unavailable(`tracker ${this.base.origin}: ${e.message}`, e)));
       req.once('response', (res) => {
         readBodyLimited(res, MAX_TORRENT_BYTES + 65536, `answer of tracker ${this.base.origin}`).then(
-          (b) => resolve({ status: res.statusCode ?? 0, body: b, type: String(res.headers['content-type'] ?? '') }),
+          (b) => resolve({ status: res.statusCode ?? 0, body: b, type: String(res.headers['content-type'] ?? ''), seeded: String(res.headers['x-d4fs-seeded'] ?? '') }),
           (e: unknown) => reject(toD4fsError(e)),
         );
       });
@@ -55,12 +55,16 @@ export class TrackerClient {
     return unavailable(text);
   }
 
-  /** Torrent metadata of a blob, undefined when the tracker has none yet. */
-  async getTorrent(digest: string, root?: string): Promise<Buffer | undefined> {
+  /**
+   * Torrent metadata of a blob, undefined when the tracker has none yet;
+   * `seeded` is false when no node holds the blob yet (metadata a d4fs-server
+   * made of its own file): the blob is then claimed like an unknown one.
+   */
+  async getTorrent(digest: string, root?: string): Promise<{ bytes: Buffer; seeded: boolean } | undefined> {
     const r = await this.request('GET', `/v1/p2p/torrents/${digest}${root ? `?root=${encodeURIComponent(root)}` : ''}`);
     if (r.status === 404) return undefined;
     if (r.status !== 200) throw this.fail(r.status, r.body, `metadata of ${digest}`);
-    return r.body;
+    return { bytes: r.body, seeded: r.seeded !== 'no' };
   }
 
   async putTorrent(digest: string, bytes: Buffer): Promise<void> {

@@ -15,7 +15,14 @@
  * token cannot join a swarm, learn a peer or read metadata. Metadata is
  * first-writer-wins and checked to be a d4fs torrent of that digest; when
  * the tracker runs inside d4fs-server, the server makes the metadata of its
- * own files itself (`ownTorrent`).
+ * own files itself (`ownTorrent`, kept in memory, not in the store).
+ *
+ * Metadata answers say whether the swarm can deliver (`X-D4fs-Seeded`):
+ * `yes` when a node published it (it fetched the blob and seeds it) or a
+ * seeder is announced; `no` for metadata the server made of its own file
+ * while no node holds it yet. A node then claims the origin fetch as for an
+ * unknown blob, so that one node, not every node, reads the file from the
+ * server, and the others wait for its seed.
  */
 import { promises as fsp } from 'node:fs';
 import fs from 'node:fs';
@@ -60,6 +67,8 @@ export interface TrackerStats {
 }
 
 const TORRENT_TYPE = 'application/x-bittorrent';
+/** Own metadata kept in memory (a 4 GiB file's is 320 KiB). */
+const OWN_CACHE_ENTRIES = 64;
 const ROUTE = /^\/v1\/p2p\/torrents\/(sha256:[a-f0-9]{64})(\/claim)?$/;
 
 /** The token of a request: `?token=` or `Authorization: Bearer`. */
@@ -75,6 +84,8 @@ export function tokenOf(req: http.IncomingMessage, query?: URLSearchParams): str
 
 export class TrackerService {
   private readonly claims = new Map<string, Claim>();
+  /** Metadata the host made of its own blobs, with its info hash (most recent last). */
+  private readonly own = new Map<string, { bytes: Buffer; infoHash: string }>();
   private readonly leaseMs: number;
   private constructor(private readonly opts: TrackerOptions, private readonly server: TrackerServer, private readonly counters: { announces: number; refused: number }) {
     this.leaseMs = opts.leaseMs ?? 15_000;
@@ -116,11 +127,27 @@ export class TrackerService {
 
   /** Stored (or own) metadata of a blob. */
   async torrentOf(digest: string, root?: string): Promise<Buffer | undefined> {
+    return (await this.lookup(digest, root))?.bytes;
+  }
+
+  /**
+   * Metadata of a blob and whether the swarm can deliver it: `seeded` when a
+   * node published it (stored) or a seeder of its info hash is announced.
+   */
+  private async lookup(digest: string, root?: string): Promise<{ bytes: Buffer; seeded: boolean } | undefined> {
     const stored = await fsp.readFile(this.file(digest)).catch(() => undefined);
-    if (stored) return stored;
-    const own = await this.opts.ownTorrent?.(digest, root);
-    if (own) await this.store(digest, own);
-    return own;
+    if (stored) return { bytes: stored, seeded: true };
+    let own = this.own.get(digest);
+    if (!own && root && this.opts.ownTorrent) {
+      const bytes = await this.opts.ownTorrent(digest, root);
+      if (bytes) {
+        own = { bytes, infoHash: (await checkTorrent(bytes, digest)).infoHash };
+        this.own.set(digest, own);
+        if (this.own.size > OWN_CACHE_ENTRIES) this.own.delete(this.own.keys().next().value!);
+      }
+    }
+    if (!own) return undefined;
+    return { bytes: own.bytes, seeded: (this.server.torrents?.[own.infoHash]?.complete ?? 0) > 0 };
   }
 
   private async store(digest: string, bytes: Buffer): Promise<boolean> {
@@ -168,10 +195,10 @@ export class TrackerService {
 
   private async torrentRoute(req: http.IncomingMessage, res: http.ServerResponse, digest: string, root: string | undefined): Promise<void> {
     if (req.method === 'GET' || req.method === 'HEAD') {
-      const bytes = await this.torrentOf(digest, root && /^sha256:[a-f0-9]{64}$/.test(root) ? root : undefined);
-      if (!bytes) throw notFound(`no torrent metadata for ${digest} yet`);
-      res.writeHead(200, { 'Content-Type': TORRENT_TYPE, 'Content-Length': String(bytes.length), 'Cache-Control': 'no-store' });
-      res.end(req.method === 'HEAD' ? undefined : bytes);
+      const found = await this.lookup(digest, root && /^sha256:[a-f0-9]{64}$/.test(root) ? root : undefined);
+      if (!found) throw notFound(`no torrent metadata for ${digest} yet`);
+      res.writeHead(200, { 'Content-Type': TORRENT_TYPE, 'Content-Length': String(found.bytes.length), 'Cache-Control': 'no-store', 'X-D4fs-Seeded': found.seeded ? 'yes' : 'no' });
+      res.end(req.method === 'HEAD' ? undefined : found.bytes);
       return;
     }
     if (req.method === 'PUT') {
@@ -204,7 +231,7 @@ export class TrackerService {
       return;
     }
     if (req.method !== 'POST') throw invalidArgument(`${req.method} is not a method of claims`);
-    if (await this.torrentOf(digest)) {
+    if ((await this.lookup(digest))?.seeded) {
       sendJson(res, 200, { granted: false, ready: true });
       return;
     }
