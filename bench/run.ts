@@ -1,7 +1,7 @@
 /**
  * `make bench`: every benchmark, each printing a table with its targets.
  * Ratios are measured against baselines in the same run.
- *   node dist/bench/run.js [convert|delta|snapshotter|regsync|update|distribution|cri …] [--runs N] [--quick]
+ *   node dist/bench/run.js [convert|delta|snapshotter|regsync|update|distribution|cri|p2p …] [--runs N] [--quick]
  */
 import { convertBench, extraCaCost, printConvertTable } from './convert';
 import { deltaBench, printDeltaTables } from './delta';
@@ -9,6 +9,7 @@ import { snapshotterBench, printSnapshotterTable } from './snapshotter';
 import { distributionBench, printDistributionTable, updateBench, printUpdateTable } from './distribution';
 import { regsyncBench, formatRegsyncTable } from './regsync';
 import { criBench, printCriTable, QUICK_CRI } from './cri';
+import { p2pBench, printP2pTable } from './p2p';
 
 async function main(): Promise<void> {
   const args = process.argv.slice(2);
@@ -28,6 +29,8 @@ async function main(): Promise<void> {
   if (want('update')) printUpdateTable(await updateBench(quick ? { updates: [['libssl-v1', 'libssl-v2', 'libssl-v3']], links: [100], runs: 1 } : {}));
   if (want('distribution')) printDistributionTable(await distributionBench(quick ? { updates: [['libssl-v1', 'libssl-v3']], links: [100] } : {}));
   if (want('cri')) printCriTable(await criBench(quick ? QUICK_CRI : { runs }));
+  // one run by default (8 nodes × 3 cases take ~3 min); --runs N asks for more
+  if (want('p2p')) printP2pTable(await p2pBench({ quick, runs: runsArg >= 0 ? runs : 1 }));
 }
 
 main().catch((e) => {

@@ -12,7 +12,7 @@ import { join, resolve } from 'node:path';
 import { startRegistry, pushOciLayout, TestRegistry } from '../test/helpers/registry';
 import { buildDebImage, ImageName } from '../test/fixtures/debimages';
 import { packageRoot } from '../src/util/paths';
-import { recompressLayout } from '../src/regsync/testing';
+import { recompressLayout } from '../test/fixtures/recompress';
 
 const CLI = join(packageRoot(), 'dist', 'cli', 'ctr-cli.js');
 

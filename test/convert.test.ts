@@ -14,13 +14,13 @@ import { writeSimpleImage, OciLayoutWriter } from '../src/oci/writer';
 import { convertImage } from '../src/convert/convert';
 import { CdimgReader, forgetOpenedIndexes } from '../src/format/reader';
 import { FileType } from '../src/format/types';
-import { D4fsError } from '../src/errors';
 import { unpackImage } from '../src/unpack/unpack';
 import { verifyCdimg } from '../src/commands/cdimg';
 import { WorkerPool } from '../src/workers/pool';
 import { digestOf } from '../src/util/digest';
 import { MT } from '../src/oci/mediatypes';
 import { packageRoot } from '../src/util/paths';
+import { expectError } from './helpers/errors';
 
 const run = promisify(execFile);
 const CLI = join(packageRoot(), 'dist', 'cli', 'ctr-cli.js');
@@ -86,13 +86,6 @@ async function makeImage(name: string, layers: Buffer[], compression: ('gzip' | 
   const dir = join(work, name);
   await writeSimpleImage(dir, 'v1', { layers, compression, config: { Env: ['PATH=/usr/bin:/bin', 'A=1'], Entrypoint: ['/usr/bin/su'], Cmd: ['-c', 'id'], User: '1000:1000', WorkingDir: '/tmp', Labels: { 'org.test': 'yes' } } });
   return `oci:${dir}:v1`;
-}
-
-async function expectError(p: Promise<unknown>, kind: string, re: RegExp): Promise<void> {
-  const err = await p.then(() => undefined, (e) => e);
-  expect(err).toBeInstanceOf(D4fsError);
-  expect((err as D4fsError).kind).toBe(kind);
-  expect((err as Error).message).toMatch(re);
 }
 
 async function dirHasNoLeftovers(dir: string, allowed: string[]): Promise<void> {

@@ -10,7 +10,7 @@ import { promisify } from 'node:util';
 import { startThrottlingProxy, ThrottlingProxy } from '../bench/distribution';
 import { buildDebImage, BuiltDebImage } from './fixtures/debimages';
 import { startCriRig, CriRig, CriPod } from './helpers/cri';
-import { eventually } from './helpers/d4fs-env';
+import { eventually } from './helpers/wait';
 import { LocalStore } from '../src/store/store';
 import { packageRoot } from '../src/util/paths';
 

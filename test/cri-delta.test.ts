@@ -16,7 +16,7 @@ import { buildDebImage, BuiltDebImage } from './fixtures/debimages';
 import { compareTrees, umociUnpack, walkTree } from './fixtures/treewalk';
 import { startCriRig, CriRig, CriPod } from './helpers/cri';
 import { buildBusyboxImage } from './helpers/containerd';
-import { eventually } from './helpers/d4fs-env';
+import { eventually } from './helpers/wait';
 import { LocalStore } from '../src/store/store';
 import { packageRoot } from '../src/util/paths';
 

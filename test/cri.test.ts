@@ -13,10 +13,10 @@ import fsp from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { parse as parseToml } from 'smol-toml';
-import { findPackageRoot } from '../src/snapshotter';
-import { buildBusyboxImage, mountsUnder, runCommand } from './helpers/containerd';
+import { packageRoot } from '../src/util/paths';
+import { buildBusyboxImage, mountsUnder, pidsMentioning, runCommand } from './helpers/containerd';
 import { CRI_LABELS, type CriRig, type RegistryImageFacts, type SnapshotterCall, containerLogLines, execOk, registryImageFacts, startCriRig } from './helpers/cri';
-import { eventually, pidsMentioning } from './helpers/d4fs-env';
+import { eventually } from './helpers/wait';
 import { pushOciLayout } from './helpers/registry';
 
 jest.setTimeout(600_000);
@@ -166,7 +166,7 @@ describe('CRI through the d4fs snapshotter (ordinary image)', () => {
 
 describe('a node set up with install_snapshotter.sh --cri', () => {
   test('containerd whose CRI plugin used overlayfs without annotations pulls through d4fs with the cri.* labels once the script edited its config', async () => {
-    const script = path.join(findPackageRoot(__dirname), 'install_snapshotter.sh');
+    const script = path.join(packageRoot(), 'install_snapshotter.sh');
     const scratch = await fsp.mkdtemp('/tmp/d4inst-cri-');
     let edited = '';
     let out = '';

@@ -27,6 +27,7 @@ import { WorkerPool } from '../src/workers/pool';
 import { buildTar } from '../src/tar';
 import { writeSimpleImage } from '../src/oci/writer';
 import { packageRoot } from '../src/util/paths';
+import { expectError } from './helpers/errors';
 
 const run = promisify(execFile);
 const CLI = join(packageRoot(), 'dist', 'cli', 'ctr-cli.js');
@@ -54,13 +55,6 @@ async function convertDeb(name: ImageName): Promise<string> {
 }
 
 const same = (a: string, b: string) => readFileSync(a).equals(readFileSync(b));
-
-async function expectError(p: Promise<unknown>, kind: string, re: RegExp): Promise<void> {
-  const err = await p.then(() => undefined, (e) => e);
-  expect(err).toBeInstanceOf(D4fsError);
-  expect((err as D4fsError).kind).toBe(kind);
-  expect((err as Error).message).toMatch(re);
-}
 
 describe('round trips on real images', () => {
   it.each([

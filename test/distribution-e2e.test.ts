@@ -7,25 +7,19 @@
  * `ctr run --rm --snapshotter d4fs libssl:v3` shows the v3 library. At the
  * end `ctr-cli rmi` leaves no image, snapshot, FUSE mount or process behind.
  *
- * Runs when the compiled snapshotter plugs the FUSE filesystem in (as
- * test/load.fuse.test.ts decides; D4FS_TEST_FUSE=1 forces, =0 skips).
+ * Needs root, /dev/fuse and containerd (test/helpers/capabilities.ts): on a
+ * machine without them the suite is skipped, loudly.
  */
-import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { CdimgChain, makeCdimgChain } from '../bench/distribution';
-import {
-  type PrivateContainerd,
-  type SnapshotterProcess,
-  mountsUnder,
-  runCommand,
-  snapshotterEntryPoint,
-  startContainerd,
-  startSnapshotter,
-  unmountAllUnder, fuseMountsUnder, processesMentioning, runCaptured } from './helpers/containerd';
+import { type PrivateContainerd, type SnapshotterProcess, endProcessesMentioning, fuseMountsUnder, mountsUnder, processesMentioning, runCaptured, runCommand, startContainerd, startSnapshotter, unmountAllUnder } from './helpers/containerd';
+import { describeIfCapable } from './helpers/capabilities';
+import { fileDigestIn } from './helpers/cdimg';
+import { CTR_CLI_JS } from './helpers/cli';
+import { eventually } from './helpers/wait';
 import { ContainerdClient, d4fsDiffId } from '../src/containerd';
-import { CdimgReader } from '../src/format/reader';
-import { SnapshotsClient, findPackageRoot } from '../src/snapshotter';
+import { SnapshotsClient } from '../src/snapshotter';
 import { D4fsServer } from '../src/server/server';
 import { newToken } from '../src/server/auth';
 import { pushToServer } from '../src/distribution/push';
@@ -34,48 +28,11 @@ import { LocalStore } from '../src/store/store';
 
 jest.setTimeout(600_000);
 
-const CLI = path.join(findPackageRoot(__dirname), 'dist', 'cli', 'ctr-cli.js');
+const CLI = CTR_CLI_JS;
 /** The file that changes between the libssl versions (a regular file in libssl3). */
 const LIBSSL = 'usr/lib/x86_64-linux-gnu/libssl.so.3';
 
-/** True when the compiled snapshotter (entry point or daemon) loads the FUSE filesystem. */
-function fusePlugged(): boolean {
-  if (process.env.D4FS_TEST_FUSE === '1') return true;
-  if (process.env.D4FS_TEST_FUSE === '0') return false;
-  const entry = snapshotterEntryPoint();
-  const daemon = path.join(path.dirname(path.dirname(entry)), 'src', 'snapshotter', 'daemon.js');
-  return [entry, daemon].some((f) => {
-    try {
-      return /require\("(\.\.\/src\/fuse|\.\.\/fuse)[/"]/.test(fs.readFileSync(f, 'utf8'));
-    } catch {
-      return false;
-    }
-  });
-}
-
-/** sha256 hex of the regular file at `rel` in a full .cdimg. */
-async function digestInImage(cdimg: string, rel: string): Promise<string> {
-  const r = await CdimgReader.open(cdimg);
-  try {
-    const e = r.byPath.get(rel);
-    if (!e?.digest) throw new Error(`${rel} is not a regular file in ${cdimg}`);
-    return e.digest.toString('hex');
-  } finally {
-    await r.close();
-  }
-}
-
-async function eventually(fn: () => Promise<boolean> | boolean, ms = 30_000): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!(await fn())) {
-    if (Date.now() > deadline) throw new Error('condition not reached in time');
-    await new Promise((r) => setTimeout(r, 200));
-  }
-}
-
-const FUSE = fusePlugged();
-
-(FUSE ? describe : describe.skip)('d4fs-server → ctr-cli pull → containerd (FUSE snapshotter) → ctr run', () => {
+describeIfCapable('test/distribution-e2e.test.ts', ['root', 'fuse', 'containerd'])('d4fs-server → ctr-cli pull → containerd (FUSE snapshotter) → ctr run', () => {
   let dir: string;
   let store: string;
   let chain: CdimgChain;
@@ -97,21 +54,17 @@ const FUSE = fusePlugged();
     return JSON.parse(r.stdout) as PullResult;
   }
 
-  async function ctr(args: string[]): Promise<string> {
-    const r = await containerd!.ctr(args, { timeoutMs: 300_000 });
-    if (r.code !== 0) {
-      throw new Error(`ctr ${args.join(' ')} exited ${r.code}: ${r.stderr}\n--- containerd log ---\n${containerd!.log()}\n--- snapshotter log ---\n${snapshotter!.logs().slice(-6000)}`);
-    }
-    return r.stdout;
-  }
+  /** ctr must succeed; returns stdout. */
+  const ctr = (args: string[]): Promise<string> =>
+    containerd!.ctrOk(args, { timeoutMs: 300_000, logs: () => `--- snapshotter log ---\n${snapshotter!.logs().slice(-6000)}` });
 
   beforeAll(async () => {
     dir = await fsp.mkdtemp('/tmp/d4e2e-');
     store = path.join(dir, 'store');
     chain = await makeCdimgChain(dir, ['libssl-v1', 'libssl-v2', 'libssl-v3']);
     [V1, V2, V3] = chain.imageIds;
-    hex.v1 = await digestInImage(chain.full[0], LIBSSL);
-    hex.v3 = await digestInImage(chain.full[2], LIBSSL);
+    hex.v1 = await fileDigestIn(chain.full[0], LIBSSL);
+    hex.v3 = await fileDigestIn(chain.full[2], LIBSSL);
 
     const token = newToken();
     await fsp.writeFile(path.join(dir, 'tokens'), `rw ${token} e2e\n`, { mode: 0o600 });
@@ -140,16 +93,7 @@ const FUSE = fusePlugged();
       await unmountAllUnder(dir);
       // A FUSE manager may outlive the snapshotter by design (it serves
       // running containers across restarts): end what this test started.
-      for (const pid of processesMentioning(dir)) {
-        try {
-          process.kill(pid, 'SIGTERM');
-        } catch {
-          /* gone */
-        }
-      }
-      await eventually(() => processesMentioning(dir).length === 0, 10_000).catch(() => {
-        for (const pid of processesMentioning(dir)) process.kill(pid, 'SIGKILL');
-      });
+      await endProcessesMentioning(dir);
       await unmountAllUnder(dir);
       await fsp.rm(dir, { recursive: true, force: true });
       expect(left).toEqual([]);
@@ -214,7 +158,3 @@ const FUSE = fusePlugged();
     expect((await ctr(['containers', 'list', '-q'])).trim()).toBe('');
   });
 });
-
-if (!FUSE) {
-  test.todo('distribution end to end over FUSE: waiting for the snapshotter to plug the FUSE filesystem in (D4FS_TEST_FUSE=1 forces the test)');
-}

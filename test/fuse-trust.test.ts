@@ -14,7 +14,8 @@
  *    predictable name in /tmp), and a socket directory someone else owns or
  *    may write to is refused, by the manager, its client and the snapshotter.
  *
- * Needs root and /dev/fuse; without /dev/fuse the suite is skipped (loudly).
+ * Needs root and /dev/fuse; without them the suite is skipped, loudly
+ * (test/helpers/capabilities.ts).
  */
 import { createHash, randomBytes } from 'node:crypto';
 import fs from 'node:fs';
@@ -33,35 +34,15 @@ import { d4fsMountsAt } from '../src/fuse/mounts';
 import { managerPaths } from '../src/fuse/protocol';
 import { RUN_DIR } from '../src/snapshotter/sockdir';
 import { buildDirImage } from './fixtures/debimages';
+import { describeIfCapable } from './helpers/capabilities';
 import { processesMentioning, runCommand, snapshotterEntryPoint } from './helpers/containerd';
+import { readError } from './helpers/fuse';
+import { eventually } from './helpers/wait';
 
 jest.setTimeout(180_000);
 
-const HAVE_FUSE = fs.existsSync('/dev/fuse');
-if (!HAVE_FUSE) {
-  console.warn('\n\n  !!! /dev/fuse is absent: the FUSE trust tests (test/fuse-trust.test.ts) are SKIPPED !!!\n\n');
-}
-
 const MiB = 1024 * 1024;
 const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
-
-async function eventually(fn: () => Promise<boolean> | boolean, ms = 20_000, what = 'condition'): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!(await fn())) {
-    if (Date.now() > deadline) throw new Error(`${what}: not reached within ${ms} ms`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
-
-/** The code of the error reading `file` fails with ('' when it reads). */
-async function readError(file: string): Promise<string> {
-  try {
-    await fsp.readFile(file);
-    return '';
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code ?? String(e);
-  }
-}
 
 /** Reads `len` bytes at `pos` of an open file: the bytes, or the error code. */
 async function readAt(fh: fsp.FileHandle, pos: number, len: number): Promise<Buffer | string> {
@@ -113,7 +94,7 @@ async function claimDigests(src: string, dst: string, claims: Map<string, Buffer
   return `sha256:${index.imageId.toString('hex')}`;
 }
 
-(HAVE_FUSE ? describe : describe.skip)('FUSE trust boundaries', () => {
+describeIfCapable('test/fuse-trust.test.ts', ['root', 'fuse'])('FUSE trust boundaries', () => {
   let dir: string;
   let log: Logger;
   let ffs: FuseFileSystem;

@@ -18,7 +18,8 @@
  *    snapshotter;
  *  - at the end nothing is mounted and no manager runs.
  *
- * Needs root and /dev/fuse; without /dev/fuse the suite is skipped (loudly).
+ * Needs root and /dev/fuse; without them the suite is skipped, loudly
+ * (test/helpers/capabilities.ts).
  */
 import { execFileSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
@@ -41,14 +42,12 @@ import { unpackImage } from '../src/unpack/unpack';
 import { WorkerPool } from '../src/workers/pool';
 import { buildDebImage, buildDirImage } from './fixtures/debimages';
 import { compareTrees, type TreeNode, walkTree } from './fixtures/treewalk';
-import { mountAll, startSnapshotter, type SnapshotterProcess, processesMentioning } from './helpers/containerd';
+import { describeIfCapable } from './helpers/capabilities';
+import { mountAll, mountsUnder, startSnapshotter, type SnapshotterProcess, processesMentioning } from './helpers/containerd';
+import { readError } from './helpers/fuse';
+import { eventually } from './helpers/wait';
 
 jest.setTimeout(120_000);
-
-const HAVE_FUSE = fs.existsSync('/dev/fuse');
-if (!HAVE_FUSE) {
-  console.warn('\n\n  !!! /dev/fuse is absent: the FUSE tests (test/fuse.test.ts) are SKIPPED !!!\n\n');
-}
 
 /**
  * The fuse3 binding (the default) carries nanoseconds; fuse-native (the
@@ -57,16 +56,6 @@ if (!HAVE_FUSE) {
  */
 let binding: 'fuse3' | 'fuse-native' = 'fuse3';
 const mtimeTolerance = (): bigint => (binding === 'fuse3' ? 0n : 999_999n);
-
-/** Everything mounted at or below `dir` (from this process's mountinfo). */
-function mountsBelow(dir: string): string[] {
-  const base = path.resolve(dir);
-  return fs
-    .readFileSync('/proc/self/mountinfo', 'utf8')
-    .split('\n')
-    .map((l) => l.split(' ')[4])
-    .filter((mp): mp is string => !!mp && (mp === base || mp.startsWith(`${base}/`)));
-}
 
 /** Tasks in uninterruptible sleep inside FUSE (a request nobody will answer). */
 function tasksStuckInFuse(): string[] {
@@ -91,26 +80,6 @@ function tasksStuckInFuse(): string[] {
     }
   }
   return out;
-}
-
-async function eventually<T>(fn: () => Promise<T | undefined | false> | T | undefined | false, ms = 20_000, what = 'condition'): Promise<T> {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    const v = await fn();
-    if (v) return v;
-    if (Date.now() > deadline) throw new Error(`${what}: not reached within ${ms} ms`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
-
-/** The code of the error reading `file` fails with ('' when it reads). */
-async function readError(file: string): Promise<string> {
-  try {
-    await fsp.readFile(file);
-    return '';
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code ?? String(e);
-  }
 }
 
 /** Directory entries as readdir(3) returns them (d_ino, d_type), without stat. */
@@ -157,7 +126,7 @@ async function makeSpecialTree(root: string): Promise<void> {
   sh('touch', '-d', '@1400000000.5', 'data/deep/er', 'data/deep', 'data', 'bin', 'dev', 'run', 'tmp');
 }
 
-(HAVE_FUSE ? describe : describe.skip)('d4fs FUSE filesystem and manager', () => {
+describeIfCapable('test/fuse.test.ts', ['root', 'fuse'])('d4fs FUSE filesystem and manager', () => {
   let dir: string;
   let storeRoot: string;
   let log: Logger;
@@ -221,7 +190,7 @@ async function makeSpecialTree(root: string): Promise<void> {
         /* gone */
       }
     }
-    for (const m of mountsBelow(dir).reverse()) execFileSync('umount', ['-l', '-c', m]);
+    for (const m of mountsUnder(dir)) execFileSync('umount', ['-l', '-c', m]);
     await fsp.rm(dir, { recursive: true, force: true });
   });
 
@@ -473,12 +442,12 @@ async function makeSpecialTree(root: string): Promise<void> {
       const labels = labelsOf(ids.v1);
       // d4fs labels on a snapshot that is not the image's own (another chain id) mount nothing.
       await client.prepare('d4fs-fuse-test/other', '', { ...labels, [SNAPSHOT_REF]: 'd4fs-fuse-test/not-the-image' });
-      expect(mountsBelow(path.join(root, 'snapshots'))).toEqual([]);
+      expect(mountsUnder(path.join(root, 'snapshots'))).toEqual([]);
       await client.remove('d4fs-fuse-test/other');
       await expect(client.prepare('d4fs-fuse-test/extract', '', labels)).rejects.toMatchObject({ kind: 'ALREADY_EXISTS' });
       const info = await client.stat(layer);
       expect(info.labels[D4FS_IMAGE_ID]).toBe(ids.v1);
-      const fuseMounts = mountsBelow(path.join(root, 'snapshots'));
+      const fuseMounts = mountsUnder(path.join(root, 'snapshots'));
       expect(fuseMounts).toHaveLength(1);
       // A container's rootfs: overlay with the FUSE mount as lower dir.
       const mounts = await client.prepare('d4fs-fuse-test/rootfs', layer);
@@ -492,16 +461,16 @@ async function makeSpecialTree(root: string): Promise<void> {
       expect(await fsp.readFile(path.join(merged, 'usr/sbin/nginx'))).toHaveLength(ref.v1.get('usr/sbin/nginx')!.size);
       sn = await startSnapshotter({ root, address: sock, args });
       expect((await client.stat(layer)).name).toBe(layer);
-      expect(mountsBelow(path.join(root, 'snapshots'))).toEqual(fuseMounts);
+      expect(mountsUnder(path.join(root, 'snapshots'))).toEqual(fuseMounts);
       expect(await fsp.readFile(path.join(merged, 'etc/written'), 'utf8')).toBe('upper');
 
       execFileSync('umount', [merged]);
       await client.remove('d4fs-fuse-test/rootfs');
       await client.remove(layer);
-      expect(mountsBelow(path.join(root, 'snapshots'))).toEqual([]);
+      expect(mountsUnder(path.join(root, 'snapshots'))).toEqual([]);
     } finally {
       client.close();
-      if (mountsBelow(merged).length) execFileSync('umount', ['-l', merged]);
+      if (mountsUnder(merged).length) execFileSync('umount', ['-l', merged]);
       expect(await sn?.stop()).toBe(0);
       // The snapshotter's manager outlives it by design: stop it here.
       await new ManagerClient(managerPaths(path.join(root, 'fuse')).socket).shutdown({ forget: true }).catch(() => undefined);
@@ -515,7 +484,7 @@ async function makeSpecialTree(root: string): Promise<void> {
     await ffs.client.shutdown({ forget: true });
     ffs.close();
     await eventually(() => processesMentioning(dir).length === 0, 10_000, 'managers gone');
-    expect(mountsBelow(dir)).toEqual([]);
+    expect(mountsUnder(dir)).toEqual([]);
     expect(fs.readFileSync('/proc/mounts', 'utf8')).not.toContain(dir);
     expect(tasksStuckInFuse()).toEqual([]);
   });

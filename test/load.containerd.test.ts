@@ -15,43 +15,27 @@ import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import pino from 'pino';
-import { buildDebImage } from './fixtures/debimages';
-import { type PrivateContainerd, mountsUnder, runCaptured, runCommand, startContainerd, unmountAllUnder } from './helpers/containerd';
-import { convertImage } from '../src/convert/convert';
-import { diffImages } from '../src/delta/diff';
+import { makeCdimgChain } from '../bench/distribution';
+import { fileDigestIn } from './helpers/cdimg';
+import { eventually } from './helpers/wait';
+import { type PrivateContainerd, mountsUnder, runCaptured, runCommand, runCtrCli, startContainerd, unmountAllUnder } from './helpers/containerd';
 import { patchImage } from '../src/delta/patch';
 import { unpackImage } from '../src/unpack/unpack';
 import { WorkerPool } from '../src/workers/pool';
 import { LocalStore } from '../src/store/store';
-import { CdimgReader } from '../src/format/reader';
 import {
   type FileSystem,
   FileSystemRemoteProvider,
   type Labels,
   type RunningSnapshotter,
   SnapshotsClient,
-  findPackageRoot,
   resolveConfig,
   runSnapshotter,
 } from '../src/snapshotter';
 import { ContainerdClient, D4FS_LAYER_MEDIA_TYPE, d4fsDiffId, loadImage, sha256Digest, unloadImage } from '../src/containerd';
-import { D4FS_IMAGE_ID, D4FS_IMAGE_RECORD_ID, D4FS_IMAGE_REF, D4FS_ROOT_DIGEST, D4FS_STORE, SNAPSHOT_REF } from '../src/labels';
+import { D4FS_ANNOTATIONS, D4FS_IMAGE_ID, D4FS_IMAGE_REF, D4FS_ROOT_DIGEST, D4FS_STORE, SNAPSHOT_REF } from '../src/labels';
 
 jest.setTimeout(300_000);
-
-const CLI = path.join(findPackageRoot(__dirname), 'dist', 'cli', 'ctr-cli.js');
-
-/** sha256 hex of the file at `rel` in a full .cdimg. */
-async function fileDigest(cdimg: string, rel: string): Promise<string> {
-  const r = await CdimgReader.open(cdimg);
-  try {
-    const e = r.byPath.get(rel);
-    if (!e) throw new Error(`${rel} not in ${cdimg}`);
-    return e.digest.toString('hex');
-  } finally {
-    await r.close();
-  }
-}
 
 /**
  * Stand-in for the FUSE filesystem: "mounting" image D4FS_IMAGE_ID of store
@@ -117,40 +101,21 @@ describe('ctr-cli load into a private containerd (d4fs snapshot core, unpacking 
   const hex: Record<string, string> = {};
 
   /** ctr-cli with our store; load and rmi talk to our containerd. */
-  async function cli(args: string[]) {
-    const address = args[0] === 'images' ? [] : ['--address', containerd!.address];
-    return runCommand(process.execPath, [CLI, ...args, ...address], { env: { ...process.env, D4FS_STORE: store }, timeoutMs: 300_000 });
-  }
+  const cli = (args: string[]) => runCtrCli(args, { store, containerd: containerd! });
 
-  async function ctr(args: string[]): Promise<string> {
-    const r = await containerd!.ctr(args);
-    if (r.code !== 0) throw new Error(`ctr ${args.join(' ')} exited ${r.code}: ${r.stderr}\n--- containerd log ---\n${containerd!.log()}\n--- snapshotter log ---\n${logs.slice(-30).join('')}`);
-    return r.stdout;
-  }
-
-  /** Polls `fn` until it returns true (up to `ms`). */
-  async function eventually(fn: () => Promise<boolean>, ms = 20_000): Promise<void> {
-    const deadline = Date.now() + ms;
-    while (!(await fn())) {
-      if (Date.now() > deadline) throw new Error('condition not reached in time');
-      await new Promise((r) => setTimeout(r, 200));
-    }
-  }
+  const ctr = (args: string[]): Promise<string> => containerd!.ctrOk(args, { logs: () => `--- snapshotter log ---\n${logs.slice(-30).join('')}` });
 
   beforeAll(async () => {
     dir = await fsp.mkdtemp('/tmp/d4ld-');
     store = path.join(dir, 'store');
     pool = new WorkerPool(2);
-    const [i1, i2] = [await buildDebImage('nginx-v1'), await buildDebImage('nginx-v2')];
-    v1 = path.join(dir, 'nginx-1.cdimg');
-    v2 = path.join(dir, 'nginx-2.cdimg');
-    delta = path.join(dir, 'nginx-1-2.cdimg');
-    v1Id = (await convertImage({ ref: i1.ref, output: v1, pool })).imageId;
-    v2Id = (await convertImage({ ref: i2.ref, output: v2, pool })).imageId;
-    await diffImages({ oldPath: v1, newPath: v2, out: delta, pool });
-    hex.conf1 = await fileDigest(v1, 'etc/nginx/nginx.conf');
-    hex.nginx1 = await fileDigest(v1, 'usr/sbin/nginx');
-    hex.nginx2 = await fileDigest(v2, 'usr/sbin/nginx');
+    const chain = await makeCdimgChain(dir, ['nginx-v1', 'nginx-v2'], pool);
+    [v1, v2] = chain.full;
+    [delta] = chain.deltas;
+    [v1Id, v2Id] = chain.imageIds;
+    hex.conf1 = await fileDigestIn(v1, 'etc/nginx/nginx.conf');
+    hex.nginx1 = await fileDigestIn(v1, 'usr/sbin/nginx');
+    hex.nginx2 = await fileDigestIn(v2, 'usr/sbin/nginx');
 
     fake = new UnpackFileSystem(pool, dir);
     const sock = path.join(dir, 'd4fs.sock');
@@ -249,7 +214,7 @@ describe('ctr-cli load into a private containerd (d4fs snapshot core, unpacking 
     // The image record, and no lease left behind.
     const img = await client.images.get('nginx:1');
     expect(img.target).toEqual(out.containerd.manifest);
-    expect(img.labels[D4FS_IMAGE_RECORD_ID]).toBe(v1Id);
+    expect(img.labels[D4FS_ANNOTATIONS.imageId]).toBe(v1Id);
     expect((await client.leases.list()).filter((l) => l.id.startsWith('d4fs-load-'))).toEqual([]);
   });
 

@@ -4,65 +4,26 @@
  * v1 and of the v1→v2 delta, `ctr run --snapshotter d4fs` of both, and
  * `ctr-cli rmi` leaving no image, snapshot, FUSE mount or process behind.
  *
- * Runs once the snapshotter plugs the FUSE filesystem in (detected from its
- * compiled entry point; D4FS_TEST_FUSE=1 forces it, D4FS_TEST_FUSE=0 skips).
+ * Needs root, /dev/fuse and containerd (test/helpers/capabilities.ts): on a
+ * machine without them the suite is skipped, loudly.
  * test/load.containerd.test.ts covers the same containerd side with a
  * stand-in for FUSE.
  */
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
-import { buildDebImage } from './fixtures/debimages';
-import {
-  type PrivateContainerd,
-  type SnapshotterProcess,
-  mountsUnder,
-  runCommand,
-  snapshotterEntryPoint,
-  startContainerd,
-  startSnapshotter,
-  unmountAllUnder, fuseMountsUnder, processesMentioning, runCaptured } from './helpers/containerd';
-import { convertImage } from '../src/convert/convert';
-import { diffImages } from '../src/delta/diff';
+import { makeCdimgChain } from '../bench/distribution';
+import { describeIfCapable } from './helpers/capabilities';
+import { fileDigestIn } from './helpers/cdimg';
+import { eventually } from './helpers/wait';
+import { type PrivateContainerd, type SnapshotterProcess, endProcessesMentioning, fuseMountsUnder, mountsUnder, runCaptured, runCtrCli, startContainerd, startSnapshotter, unmountAllUnder } from './helpers/containerd';
 import { WorkerPool } from '../src/workers/pool';
-import { CdimgReader } from '../src/format/reader';
-import { SnapshotsClient, findPackageRoot } from '../src/snapshotter';
+import { SnapshotsClient } from '../src/snapshotter';
 import { ContainerdClient, d4fsDiffId } from '../src/containerd';
 
 jest.setTimeout(600_000);
 
-const CLI = path.join(findPackageRoot(__dirname), 'dist', 'cli', 'ctr-cli.js');
-
-/** True when the compiled snapshotter (entry point or daemon) loads the FUSE filesystem. */
-function fusePlugged(): boolean {
-  if (process.env.D4FS_TEST_FUSE === '1') return true;
-  if (process.env.D4FS_TEST_FUSE === '0') return false;
-  const entry = snapshotterEntryPoint();
-  const daemon = path.join(path.dirname(path.dirname(entry)), 'src', 'snapshotter', 'daemon.js');
-  return [entry, daemon].some((f) => {
-    try {
-      return /require\("(\.\.\/src\/fuse|\.\.\/fuse)[/"]/.test(fs.readFileSync(f, 'utf8'));
-    } catch {
-      return false;
-    }
-  });
-}
-
-/** sha256 hex of the file at `rel` in a full .cdimg. */
-async function fileDigest(cdimg: string, rel: string): Promise<string> {
-  const r = await CdimgReader.open(cdimg);
-  try {
-    const e = r.byPath.get(rel);
-    if (!e) throw new Error(`${rel} not in ${cdimg}`);
-    return e.digest.toString('hex');
-  } finally {
-    await r.close();
-  }
-}
-
-const FUSE = fusePlugged();
-
-(FUSE ? describe : describe.skip)('ctr-cli load + ctr run over the d4fs FUSE snapshotter', () => {
+describeIfCapable('test/load.fuse.test.ts', ['root', 'fuse', 'containerd'])('ctr-cli load + ctr run over the d4fs FUSE snapshotter', () => {
   let dir: string;
   let root: string;
   let store: string;
@@ -76,26 +37,11 @@ const FUSE = fusePlugged();
   let v2Id: string;
   const hex: Record<string, string> = {};
 
-  async function cli(args: string[]) {
-    const address = args[0] === 'images' ? [] : ['--address', containerd!.address];
-    return runCommand(process.execPath, [CLI, ...args, ...address], { env: { ...process.env, D4FS_STORE: store }, timeoutMs: 300_000 });
-  }
+  const cli = (args: string[]) => runCtrCli(args, { store, containerd: containerd! });
 
-  async function ctr(args: string[]): Promise<string> {
-    const r = await containerd!.ctr(args, { timeoutMs: 300_000 });
-    if (r.code !== 0) {
-      throw new Error(`ctr ${args.join(' ')} exited ${r.code}: ${r.stderr}\n--- containerd log ---\n${containerd!.log()}\n--- snapshotter log ---\n${snapshotter!.logs().slice(-6000)}`);
-    }
-    return r.stdout;
-  }
-
-  async function eventually(fn: () => Promise<boolean> | boolean, ms = 30_000): Promise<void> {
-    const deadline = Date.now() + ms;
-    while (!(await fn())) {
-      if (Date.now() > deadline) throw new Error('condition not reached in time');
-      await new Promise((r) => setTimeout(r, 200));
-    }
-  }
+  /** ctr must succeed; returns stdout. */
+  const ctr = (args: string[]): Promise<string> =>
+    containerd!.ctrOk(args, { timeoutMs: 300_000, logs: () => `--- snapshotter log ---\n${snapshotter!.logs().slice(-6000)}` });
 
   beforeAll(async () => {
     dir = await fsp.mkdtemp('/tmp/d4lf-');
@@ -103,16 +49,14 @@ const FUSE = fusePlugged();
     store = path.join(dir, 'store');
     const pool = new WorkerPool(2);
     try {
-      const [i1, i2] = [await buildDebImage('nginx-v1'), await buildDebImage('nginx-v2')];
-      v1 = path.join(dir, 'nginx-1.cdimg');
-      const v2 = path.join(dir, 'nginx-2.cdimg');
-      delta = path.join(dir, 'nginx-1-2.cdimg');
-      v1Id = (await convertImage({ ref: i1.ref, output: v1, pool })).imageId;
-      v2Id = (await convertImage({ ref: i2.ref, output: v2, pool })).imageId;
-      await diffImages({ oldPath: v1, newPath: v2, out: delta, pool });
-      hex.conf1 = await fileDigest(v1, 'etc/nginx/nginx.conf');
-      hex.nginx1 = await fileDigest(v1, 'usr/sbin/nginx');
-      hex.nginx2 = await fileDigest(v2, 'usr/sbin/nginx');
+      const chain = await makeCdimgChain(dir, ['nginx-v1', 'nginx-v2'], pool);
+      [v1] = chain.full;
+      const v2 = chain.full[1];
+      [delta] = chain.deltas;
+      [v1Id, v2Id] = chain.imageIds;
+      hex.conf1 = await fileDigestIn(v1, 'etc/nginx/nginx.conf');
+      hex.nginx1 = await fileDigestIn(v1, 'usr/sbin/nginx');
+      hex.nginx2 = await fileDigestIn(v2, 'usr/sbin/nginx');
       await fsp.rm(v2); // only the delta leads to v2
     } finally {
       await pool.close();
@@ -134,16 +78,7 @@ const FUSE = fusePlugged();
       await unmountAllUnder(dir);
       // A FUSE manager may outlive the snapshotter by design (it serves
       // running containers across restarts): end what this test started.
-      for (const pid of processesMentioning(dir)) {
-        try {
-          process.kill(pid, 'SIGTERM');
-        } catch {
-          /* gone */
-        }
-      }
-      await eventually(() => processesMentioning(dir).length === 0, 10_000).catch(() => {
-        for (const pid of processesMentioning(dir)) process.kill(pid, 'SIGKILL');
-      });
+      await endProcessesMentioning(dir);
       await unmountAllUnder(dir);
       await fsp.rm(dir, { recursive: true, force: true });
       expect(left).toEqual([]);
@@ -190,7 +125,3 @@ const FUSE = fusePlugged();
     expect(await client.content.list()).toEqual([]);
   });
 });
-
-if (!FUSE) {
-  test.todo('ctr-cli load over FUSE: waiting for the snapshotter to plug the FUSE filesystem in (D4FS_TEST_FUSE=1 forces the test)');
-}

@@ -10,10 +10,8 @@ import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { buildDebImage } from './fixtures/debimages';
+import { makeCdimgChain } from '../bench/distribution';
 import { runCommand } from './helpers/containerd';
-import { convertImage } from '../src/convert/convert';
-import { diffImages } from '../src/delta/diff';
 import { WorkerPool } from '../src/workers/pool';
 import { LocalStore } from '../src/store/store';
 import { CdimgReader } from '../src/format/reader';
@@ -27,15 +25,14 @@ import {
   rewriteConfig,
   sha256Digest,
 } from '../src/containerd';
-import { findPackageRoot } from '../src/snapshotter';
+import { CTR_CLI_JS } from './helpers/cli';
 
 jest.setTimeout(300_000);
 
-const CLI = path.join(findPackageRoot(__dirname), 'dist', 'cli', 'ctr-cli.js');
+const CLI = CTR_CLI_JS;
 
 let work: string;
 let v1: string;
-let v2: string;
 let delta: string;
 let v1Id: string;
 let v2Id: string;
@@ -49,13 +46,10 @@ beforeAll(async () => {
   work = await fsp.mkdtemp(path.join(os.tmpdir(), 'd4fs-load-'));
   const pool = new WorkerPool(2);
   try {
-    const [i1, i2] = [await buildDebImage('nginx-v1'), await buildDebImage('nginx-v2')];
-    v1 = path.join(work, 'nginx-1.cdimg');
-    v2 = path.join(work, 'nginx-2.cdimg');
-    delta = path.join(work, 'nginx-1-2.cdimg');
-    v1Id = (await convertImage({ ref: i1.ref, output: v1, pool })).imageId;
-    v2Id = (await convertImage({ ref: i2.ref, output: v2, pool })).imageId;
-    await diffImages({ oldPath: v1, newPath: v2, out: delta, pool });
+    const chain = await makeCdimgChain(work, ['nginx-v1', 'nginx-v2'], pool);
+    [v1] = chain.full;
+    [delta] = chain.deltas;
+    [v1Id, v2Id] = chain.imageIds;
   } finally {
     await pool.close();
   }

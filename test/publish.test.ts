@@ -31,7 +31,7 @@ import { WorkerPool } from '../src/workers/pool';
 import { digestOf } from '../src/util/digest';
 import { packageRoot } from '../src/util/paths';
 import type { Descriptor } from '../src/oci/types';
-import { fileDigestOf } from '../src/server/blobs';
+import { fileDigestOf } from '../src/util/digest';
 
 const run = promisify(execFile);
 const CLI = join(packageRoot(), 'dist', 'cli', 'ctr-cli.js');

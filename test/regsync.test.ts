@@ -37,7 +37,7 @@ import { applyPatch } from '../src/regsync/apply';
 import { HEADER_SIZE, PatchReader } from '../src/regsync/container';
 import { diffImageSets, DiffReport } from '../src/regsync/diff';
 import { parseSpec } from '../src/regsync/imageset';
-import { recompressLayout, twoPlatformIndex } from '../src/regsync/testing';
+import { recompressLayout, twoPlatformIndex } from './fixtures/recompress';
 import { buildDebImage, ImageName } from './fixtures/debimages';
 import { makeTestCa, pushOciLayout, startRegistry, storageFiles, TestRegistry } from './helpers/registry';
 

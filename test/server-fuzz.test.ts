@@ -34,7 +34,8 @@ import { HEADER_SIZE } from '../src/format/types';
 import { CdimgReader } from '../src/format/reader';
 import { pushToServer } from '../src/distribution/push';
 import { pullFromServer } from '../src/distribution/pull';
-import { fileDigestOf, verifyCdimg } from '../src/server/blobs';
+import { verifyStoredChunks } from '../src/server/blobs';
+import { fileDigestOf } from '../src/util/digest';
 import { newToken } from '../src/server/auth';
 import { LocalStore } from '../src/store/store';
 import { packageRoot } from '../src/util/paths';
@@ -623,7 +624,7 @@ describe('fuzz', () => {
       for (const f of stored) {
         const p = join(s.root, 'blobs', 'sha256', f);
         expect(await fileDigestOf(p)).toBe(digests.get(f));
-        await verifyCdimg(p, f);
+        await verifyStoredChunks(p, f);
       }
       const store = await LocalStore.open(join(work, `client-${readOpen}`));
       try {

@@ -17,7 +17,7 @@ import { diffImages } from '../src/delta/diff';
 import { patchImage } from '../src/delta/patch';
 import { D4fsServer } from '../src/server/server';
 import { Catalogue } from '../src/server/catalogue';
-import { planChain } from '../src/server/planner';
+import { planChain } from '../src/distribution/planner';
 import { pushToServer } from '../src/distribution/push';
 import { isLoopbackHost, parseTokenText, ServerClient } from '../src/distribution/client';
 import { tokenOf } from '../src/commands/push';

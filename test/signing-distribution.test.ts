@@ -8,15 +8,13 @@
  * (clients that trust the server key get merges, the others the unmerged
  * chain of the publisher's signed files).
  */
+import { convertAppImage } from './fixtures/appimage';
 import { CliResult, runCli } from './helpers/cli';
 import { ChildProcess, spawn } from 'node:child_process';
 import { existsSync, promises as fsp, readFileSync } from 'node:fs';
 import * as http from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { buildTar } from '../src/tar';
-import { writeSimpleImage } from '../src/oci/writer';
-import { convertImage } from '../src/convert/convert';
 import { diffImages } from '../src/delta/diff';
 import { WorkerPool } from '../src/workers/pool';
 import { EXIT_CODES } from '../src/errors';
@@ -57,17 +55,7 @@ function raw(base: string, method: string, path: string, o: { headers?: Record<s
   });
 }
 
-async function image(name: string, text: string): Promise<string> {
-  const dir = at(`oci-${name}`);
-  await writeSimpleImage(dir, 'v1', {
-    layers: [buildTar([{ header: { name: './', type: 'dir' } }, { header: { name: 'app', type: 'file', mode: 0o755 }, data: Buffer.from(text.repeat(500)) }])],
-    compression: 'gzip',
-    config: { Cmd: ['/app'] },
-  });
-  const out = at(`${name}.cdimg`);
-  await convertImage({ ref: `oci:${dir}:v1`, output: out, pool });
-  return out;
-}
+const image = (name: string, text: string): Promise<string> => convertAppImage(work, name, text, pool);
 
 /** Copies of `files` in `dir`, signed by `keys` (none: unsigned). */
 async function copies(dir: string, files: Record<string, string>, keys: string[]): Promise<Record<string, string>> {

@@ -3,15 +3,13 @@
  * plain openssl; policies on load and registry apply refuse unsigned, wrongly
  * signed and foreign-signed files before anything is stored.
  */
+import { convertAppImage } from './fixtures/appimage';
 import { CliResult, runCli } from './helpers/cli';
 import { promises as fsp, existsSync, readFileSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
-import { buildTar } from '../src/tar';
-import { writeSimpleImage } from '../src/oci/writer';
-import { convertImage } from '../src/convert/convert';
 import { diffImages } from '../src/delta/diff';
 import { WorkerPool } from '../src/workers/pool';
 import { EXIT_CODES } from '../src/errors';
@@ -26,17 +24,7 @@ const at = (n: string) => join(work, n);
 
 const cli = (...args: string[]): Promise<CliResult> => runCli(args);
 
-async function image(name: string, text: string): Promise<string> {
-  const dir = at(`oci-${name}`);
-  await writeSimpleImage(dir, 'v1', {
-    layers: [buildTar([{ header: { name: './', type: 'dir' } }, { header: { name: 'app', type: 'file', mode: 0o755 }, data: Buffer.from(text.repeat(500)) }])],
-    compression: 'gzip',
-    config: { Cmd: ['/app'] },
-  });
-  const out = at(`${name}.cdimg`);
-  await convertImage({ ref: `oci:${dir}:v1`, output: out, pool });
-  return out;
-}
+const image = (name: string, text: string): Promise<string> => convertAppImage(work, name, text, pool);
 
 let v1: string;
 let v2: string;

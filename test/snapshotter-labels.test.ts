@@ -39,12 +39,11 @@ import { SnapshotsClient } from '../src/snapshotter';
 import { LocalStore } from '../src/store/store';
 import { buildDirImage } from './fixtures/debimages';
 import { mountAll, unmount } from './helpers/containerd';
+import { describeIfCapable } from './helpers/capabilities';
 import { type D4fsEnv, startD4fsEnv } from './helpers/d4fs-env';
 import { buildOciLayout, pushOciLayout, startRegistry, type TestRegistry } from './helpers/registry';
 
 jest.setTimeout(300_000);
-
-const HAVE_FUSE = fs.existsSync('/dev/fuse');
 
 interface Layout {
   layout: string;
@@ -74,7 +73,7 @@ async function annotateLayers(layout: string, tag: string, annotations: Record<s
   return { layout, tag, layer: { digest: l.digest, annotations: l.annotations!, blob: blob(l.digest) }, chainId: config.rootfs.diff_ids[0] };
 }
 
-(HAVE_FUSE ? describe : describe.skip)('snapshot labels are untrusted', () => {
+describeIfCapable('test/snapshotter-labels.test.ts', ['root', 'fuse', 'containerd', 'registry'])('snapshot labels are untrusted', () => {
   let env: D4fsEnv;
   let registry: TestRegistry;
   let work: string;

@@ -33,13 +33,7 @@ describe('d4fs-snapshotter with a private containerd', () => {
   let image: string;
 
   /** ctr must succeed; returns stdout. */
-  async function ctr(args: string[]): Promise<string> {
-    const r = await containerd!.ctr(args);
-    if (r.code !== 0) {
-      throw new Error(`ctr ${args.join(' ')} exited ${r.code}: ${r.stderr}\n--- containerd log ---\n${containerd!.log()}\n--- snapshotter log ---\n${snapshotter!.logs().slice(-4000)}`);
-    }
-    return r.stdout;
-  }
+  const ctr = (args: string[]): Promise<string> => containerd!.ctrOk(args, { logs: () => `--- snapshotter log ---\n${snapshotter!.logs().slice(-4000)}` });
 
   beforeAll(async () => {
     dir = await fsp.mkdtemp('/tmp/d4e2e-');

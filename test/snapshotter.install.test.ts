@@ -7,12 +7,12 @@ import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { parse as parseToml } from 'smol-toml';
-import { findPackageRoot } from '../src/snapshotter';
+import { packageRoot } from '../src/util/paths';
 import { runCommand } from './helpers/containerd';
 
 jest.setTimeout(60_000);
 
-const script = path.join(findPackageRoot(__dirname), 'install_snapshotter.sh');
+const script = path.join(packageRoot(), 'install_snapshotter.sh');
 
 let dir: string;
 beforeEach(async () => {

@@ -1,3 +1,9 @@
+/**
+ * The bsdiff-sa addon: everything `init()` of src/bsdiff_sa.c exports (diff, cmEncode,
+ * cmDecode, cmbEncode, cmbDecode, bsApply, version). The one declaration of its shape:
+ * d4fs loads the addon in one module, src/delta/codecs/native.ts.
+ */
+
 /** Options of {@link diff}. */
 export interface DiffOptions {
   /** Give up (throw an Error with code 'ETIMEDOUT') after this many milliseconds; 0 or absent: no deadline. */
@@ -30,16 +36,32 @@ export interface DiffStreams {
 export function diff(oldData: Uint8Array, newData: Uint8Array, opts?: DiffOptions): DiffStreams;
 
 /**
- * The context-mixing coder of the diff stream (src/delta/bsdiffcm.ts), in C: encode `diff`
- * given the old bytes under it (same length). Output is identical to the TypeScript coder's.
+ * The context-mixing coder of the diff stream (src/delta/codecs/bsdiff-cm.ts, section
+ * method 3), in C: encode `diff` given the old bytes under it (same length). Output is
+ * identical to the TypeScript coder's.
  */
 export function cmEncode(diff: Uint8Array, oldUnder: Uint8Array): Buffer;
 
 /**
- * Decode `oldUnder.length` diff bytes; `consumed` is how many bytes of `packed` the coder
+ * Decode `oldUnder.length` diff bytes of method 3; `consumed` is how many bytes of `packed` the coder
  * read. Throws (code 'ECORRUPT') when the coded stream ends early.
  */
 export function cmDecode(packed: Uint8Array, oldUnder: Uint8Array): { diff: Buffer; consumed: number };
+
+/**
+ * Section method 4 of the container (src/delta/codecs/bsdiff-cm.ts, `cmbEncodeDiff`): which
+ * bytes of `diff` are non-zero, coded by the block model in independent segments given the
+ * old bytes under them (same length). `threads`: segments coded at once (absent or <= 0:
+ * the machine's cores; at most 8); the output is the same for every count.
+ */
+export function cmbEncode(diff: Uint8Array, oldUnder: Uint8Array, threads?: number): Buffer;
+
+/**
+ * Decode a method-4 section into `oldUnder.length` diff bytes, placing the non-zero bytes
+ * `literals` in order; `threads` as for {@link cmbEncode}. Throws (code 'ECORRUPT') on a
+ * damaged segment table or segment, or literals that do not match the flagged positions.
+ */
+export function cmbDecode(packed: Uint8Array, oldUnder: Uint8Array, literals: Uint8Array, threads?: number): Buffer;
 
 /** Version of this addon and of libdivsufsort. */
 export const version: string;

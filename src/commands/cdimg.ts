@@ -5,6 +5,7 @@ import { CdimgReader } from '../format/reader';
 import { Codec, Encoding, Entry, FileType } from '../format/types';
 import { corrupt, invalidArgument } from '../errors';
 import { digestFromRaw } from '../util/digest';
+import { mapLimit } from '../util/ordered';
 import { registerDelta } from './delta';
 import { action, humanBytes, parseIntOpt, printJson, say, sayErr } from './common';
 
@@ -198,7 +199,12 @@ export interface VerifyResult {
   patchChunks: number;
 }
 
-/** Verify every stored chunk; decode FULL contents and check chunk and content digests. */
+/**
+ * `cdimg verify`: every stored chunk against its digest, and every FULL
+ * content decoded and checked against its chunk and content digests (the
+ * server's cheaper check of uploads, without decoding, is verifyStoredChunks
+ * in src/server/blobs.ts).
+ */
 export async function verifyCdimg(path: string, threads?: number): Promise<VerifyResult> {
   const { WorkerPool } = await import('../workers/pool');
   const r = await CdimgReader.open(path);
@@ -209,31 +215,26 @@ export async function verifyCdimg(path: string, threads?: number): Promise<Verif
   let patchChunks = 0;
   try {
     const blobs = r.index.blobs.filter((b) => b.encoding !== Encoding.SAME);
-    let next = 0;
-    const one = async (): Promise<void> => {
-      while (next < blobs.length) {
-        const b = blobs[next++];
-        const whole = createHash('sha256');
-        let decodable = true;
-        for (const c of b.chunks) {
-          const stored = await r.readStored(c);
-          chunks++;
-          storedBytes += c.storedSize;
-          if (c.codec !== Codec.ZSTD) {
-            decodable = false;
-            patchChunks++;
-            continue;
-          }
-          const raw = await pool.run('decodeChunk', { stored, rawSize: c.rawSize, rawDigest: c.rawDigest.toString('hex') });
-          whole.update(raw);
+    await mapLimit(blobs, pool.threads * 2, async (b) => {
+      const whole = createHash('sha256');
+      let decodable = true;
+      for (const c of b.chunks) {
+        const stored = await r.readStored(c);
+        chunks++;
+        storedBytes += c.storedSize;
+        if (c.codec !== Codec.ZSTD) {
+          decodable = false;
+          patchChunks++;
+          continue;
         }
-        if (decodable) {
-          if (!whole.digest().equals(b.digest)) throw corrupt(`${path}: content ${digestFromRaw(b.digest)} does not match its digest`);
-          contentsVerified++;
-        }
+        const raw = await pool.run('decodeChunk', { stored, rawSize: c.rawSize, rawDigest: c.rawDigest.toString('hex') });
+        whole.update(raw);
       }
-    };
-    await Promise.all(Array.from({ length: pool.threads * 2 }, one));
+      if (decodable) {
+        if (!whole.digest().equals(b.digest)) throw corrupt(`${path}: content ${digestFromRaw(b.digest)} does not match its digest`);
+        contentsVerified++;
+      }
+    });
     return { file: path, rootDigest: r.rootDigest, imageId: r.imageId, chunks, storedBytes, contentsVerified, patchChunks };
   } catch (e) {
     const err = e as Error;

@@ -4,10 +4,11 @@ import { promises as fsp } from 'node:fs';
 import { dirname, join, basename } from 'node:path';
 import { randomBytes } from 'node:crypto';
 // The work modules load when a command runs: `cdimg show` or `merge` need not pay for
-// the differ, the converter or the registry client.
-import type { CodecChoice } from '../delta/diff';
+// the differ, the converter or the registry client (the table of codecs, for the values of
+// --codec, is small: the codecs' implementations load on first use).
 import type { DeltaSummary } from '../delta/summary';
-import type { LevelPreset } from '../delta/codecs';
+import { CODEC_CHOICES, CodecChoice, wordList } from '../delta/codecs/registry';
+import { LEVEL_PRESETS, LevelPreset } from '../delta/codecs/types';
 import { invalidArgument } from '../errors';
 import { action, addRegistryOptions, humanBytes, parseIntOpt, printJson, progressReporter, registryOptionsOf, say } from './common';
 
@@ -45,8 +46,8 @@ export function registerDelta(cd: Command): void {
     .option('--outCdimg <file>', 'D4C alias of --out')
     .option('-t, --threads <n>', 'worker threads (default: all cores)', parseIntOpt('threads', 1, 256))
     .option('--threadNum <n>', 'D4C alias of --threads', parseIntOpt('threadNum', 1, 256))
-    .option('--codec <codec>', 'auto, bsdiff or zstd (zstd with the base as dictionary)', parseChoice('--codec', ['auto', 'bsdiff', 'zstd'] as const), 'auto')
-    .option('--level <level>', 'fast, default or best (best tries every codec)', parseChoice('--level', ['fast', 'default', 'best'] as const), 'default')
+    .option('--codec <codec>', `${wordList(CODEC_CHOICES)} (zstd with the base as dictionary)`, parseChoice('--codec', CODEC_CHOICES), 'auto')
+    .option('--level <level>', `${wordList(LEVEL_PRESETS)} (best tries every codec)`, parseChoice('--level', LEVEL_PRESETS), 'default')
     .option('--platform <os/arch>', 'with --old-image/--new-image: platform to pick')
     .option('--json', 'print the summary as JSON')
     .option('--no-progress', 'no progress bar');
@@ -99,8 +100,8 @@ export function registerDelta(cd: Command): void {
     .option('--outCdimg <file>', 'D4C alias of --out')
     .option('--strategy <s>', 'compose (copy patches, keep intermediate bases) or rediff (rebuild and diff against --base)', parseChoice('--strategy', ['compose', 'rediff'] as const), 'compose')
     .option('--base <file>', 'the full image the first delta applies to (for --strategy rediff)')
-    .option('--codec <codec>', 'rediff: auto, bsdiff or zstd', parseChoice('--codec', ['auto', 'bsdiff', 'zstd'] as const), 'auto')
-    .option('--level <level>', 'rediff: fast, default or best', parseChoice('--level', ['fast', 'default', 'best'] as const), 'default')
+    .option('--codec <codec>', `rediff: ${wordList(CODEC_CHOICES)}`, parseChoice('--codec', CODEC_CHOICES), 'auto')
+    .option('--level <level>', `rediff: ${wordList(LEVEL_PRESETS)}`, parseChoice('--level', LEVEL_PRESETS), 'default')
     .option('-t, --threads <n>', 'worker threads', parseIntOpt('threads', 1, 256))
     .option('--json', 'print the summary as JSON')
     .action(

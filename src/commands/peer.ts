@@ -16,8 +16,8 @@ import type { PeerStatus } from '../p2p/peer';
 import { action, humanBytes, parseBool, parseIntOpt, parseSize, printJson, registryOptionsOf, say } from './common';
 import { tokenOf } from './push';
 import { parseDuration, parseRate } from './serve';
+import { checkLogLevel, LOG_LEVELS } from '../util/loglevel';
 
-const LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
 const collect = (v: string, prev: string[] = []): string[] => [...prev, v];
 
 /** Default mirror address of the node's peer. */
@@ -44,12 +44,12 @@ function addPeerOptions(c: Command): Command {
     .option('--creds <user:pass>', 'registry credentials (default: from the docker config.json)')
     .option('--authfile <file>', 'docker config.json / containers auth.json to read registry credentials from')
     .option('--tls-verify <bool>', 'verify registries\' TLS certificates (default: yes, except loopback registries)', parseBool)
-    .option('--log-level <level>', `log level: ${LEVELS.join(', ')}`, 'info');
+    .option('--log-level <level>', `log level: ${LOG_LEVELS.join(', ')}`, 'info');
 }
 
 async function runPeer(o: Record<string, unknown>): Promise<void> {
   const level = String(o.logLevel);
-  if (!LEVELS.includes(level)) throw invalidArgument(`--log-level must be one of ${LEVELS.join(', ')}`);
+  checkLogLevel(level);
   const listen = parseListen(String(o.listen));
   const registries = o.mirror as string[];
   const insecure = new Set(o.insecureRegistry as string[]);
@@ -71,6 +71,7 @@ async function runPeer(o: Record<string, unknown>): Promise<void> {
   const base = registryOptionsOf(o as { creds?: string; authfile?: string; tlsVerify?: boolean });
   const token = await tokenOf(o);
   const log = pino({ name: 'd4fs-peer', level, base: { pid: process.pid } }, pino.destination({ dest: 2, sync: true }));
+  // lazy on purpose: the peer daemon (and its BitTorrent engine) loads only for `peer`
   const { PeerDaemon } = require('../p2p/peer') as typeof import('../p2p/peer');
   const peer = await PeerDaemon.start({
     cacheDir: String(o.cache),
@@ -164,17 +165,18 @@ function trackerCommand(program: Command): void {
     .option('--dir <dir>', 'directory of the metadata store', '/var/lib/d4fs-tracker')
     .option('--tokens <file>', 'tokens file ("rw|ro TOKEN [name]" lines, as d4fs-server\'s): a node needs one of them to join a swarm')
     .option('--open', 'no token needed (a closed network only: anyone who reaches the port joins the swarms)')
-    .option('--log-level <level>', `log level: ${LEVELS.join(', ')}`, 'info')
+    .option('--log-level <level>', `log level: ${LOG_LEVELS.join(', ')}`, 'info')
     .addHelpText('after', '\nExamples:\n  ctr-cli tracker --listen 0.0.0.0:8090 --tokens /etc/d4fs/tokens --dir /var/lib/d4fs-tracker\n')
     .action(
       action(async (o: Record<string, unknown>) => {
         const level = String(o.logLevel);
-        if (!LEVELS.includes(level)) throw invalidArgument(`--log-level must be one of ${LEVELS.join(', ')}`);
+        checkLogLevel(level);
         if (!o.tokens && !o.open) throw invalidArgument('give --tokens FILE (nodes need a token to join a swarm) or --open');
         const { host, port } = parseListen(String(o.listen));
         const auth = new TokenAuth(o.tokens as string | undefined, false);
         const log = pino({ name: 'd4fs-tracker', level, base: { pid: process.pid } }, pino.destination({ dest: 2, sync: true }));
         for (const w of (await auth.load()).warnings) log.warn(w);
+        // lazy on purpose: the tracker loads only for `tracker`
         const { TrackerService } = require('../p2p/tracker') as typeof import('../p2p/tracker');
         const svc = await TrackerService.create({ dir: String(o.dir), log, authorize: trackerAuthorize(auth, !!o.open) });
         const server = http.createServer({ headersTimeout: 30_000, requestTimeout: 60_000 }, (req, res) => {

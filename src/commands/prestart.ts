@@ -26,6 +26,7 @@ export function prestartPool(argv: string[]): void {
   if (args.some((a) => a === '-h' || a === '--help')) return;
   const threads = threadsOf(args);
   if (Number.isNaN(threads) || (threads !== undefined && (threads < 1 || threads > 256))) return;
+  // lazy on purpose: only `convert` loads the worker pool here
   const { WorkerPool: Pool } = require('../workers/pool') as typeof import('../workers/pool');
   // An asked-for count starts at once. By default one thread starts and a second joins only when
   // tasks back up behind it (two waiting): on a small image the main thread's reading and parsing

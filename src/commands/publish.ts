@@ -63,6 +63,7 @@ export function registerPublish(program: Command): void {
     )
     .action(
       action(async (image: string, o: Record<string, unknown>) => {
+        // lazy on purpose: the publish client (registry, referrers) loads only for this command
         const { publishImage } = require('../distribution/publish') as typeof import('../distribution/publish');
         const prog = progressReporter(o.progress !== false && !o.json);
         let r: PublishResult;

@@ -18,7 +18,7 @@ export const defaultStoreDir = (): string => process.env.D4FS_STORE || '/var/lib
 /** A byte progress bar on stderr (terminals only). */
 function progressBar(enabled: boolean): { onProgress?: (p: PullProgress) => void; stop(): void } {
   if (!enabled || !process.stderr.isTTY) return { stop() {} };
-  const { SingleBar, Presets } = require('cli-progress') as typeof import('cli-progress');
+  const { SingleBar, Presets } = require('cli-progress') as typeof import('cli-progress'); // lazy on purpose: only with a terminal
   const bar = new SingleBar({ format: 'file {file}/{files} [{bar}] {percentage}% | {value}/{total} bytes', stream: process.stderr, hideCursor: true }, Presets.shades_classic);
   let current = '';
   return {
@@ -82,6 +82,7 @@ export function registerPull(program: Command): void {
         let r: PullResult;
         try {
           if (o.from) {
+            // lazy on purpose: the registry client loads only for registry pulls
             const { pullFromRegistry } = require('../distribution/registry') as typeof import('../distribution/registry');
             r = await pullFromRegistry({ ...common, from: o.from as string, image: o.image as string | undefined, registry: registryOptionsOf(o as never) });
           } else {

@@ -16,7 +16,8 @@ import { platformSelection, readSpecs } from '../regsync/imageset';
 import { pullIncremental, pushArchive, pushVet } from '../regsync/incremental';
 import { syncRegistries } from '../regsync/sync';
 import { action, humanBytes, parseBool, parseIntOpt, printJson, say, sayErr } from './common';
-import type { LevelPreset } from '../delta/codecs';
+import { CODEC_CHOICES, CodecChoice, isCodecChoice, wordList } from '../delta/codecs/registry';
+import { LEVEL_PRESETS, LevelPreset } from '../delta/codecs/types';
 
 type Side = 'src' | 'dest';
 
@@ -49,13 +50,13 @@ function addPlatforms(c: Command): Command {
 }
 
 function parseLevelPreset(v: string): LevelPreset {
-  if (v === 'fast' || v === 'default' || v === 'best') return v;
-  throw new InvalidArgumentError('level must be fast, default or best');
+  if ((LEVEL_PRESETS as readonly string[]).includes(v)) return v as LevelPreset;
+  throw new InvalidArgumentError(`level must be ${wordList(LEVEL_PRESETS)}`);
 }
 
-function parseCodec(v: string): 'auto' | 'bsdiff' | 'zstd' {
-  if (v === 'auto' || v === 'bsdiff' || v === 'zstd') return v;
-  throw new InvalidArgumentError('codec must be auto, bsdiff or zstd');
+function parseCodec(v: string): CodecChoice {
+  if (isCodecChoice(v)) return v;
+  throw new InvalidArgumentError(`codec must be ${wordList(CODEC_CHOICES)}`);
 }
 
 function parseNonRepro(v: string): 'rewrite' | 'ship' {
@@ -117,7 +118,7 @@ export function formatApplyReport(r: ApplyReport): string {
 /** --threads and --quiet of the long-running subcommands; with `codecs`, also --level and --codec. */
 function addWorkOptions(c: Command, codecs: boolean): Command {
   if (codecs) {
-    c.option('--level <fast|default|best>', 'effort of the file codecs', parseLevelPreset, 'default').option('--codec <auto|bsdiff|zstd>', 'patch codecs', parseCodec, 'auto');
+    c.option(`--level <${LEVEL_PRESETS.join('|')}>`, 'effort of the file codecs', parseLevelPreset, 'default').option(`--codec <${CODEC_CHOICES.join('|')}>`, 'patch codecs', parseCodec, 'auto');
   }
   return c.option('-t, --threads <n>', 'worker threads', parseIntOpt('threads', 1, 256)).option('-q, --quiet', 'no progress lines');
 }
@@ -152,7 +153,7 @@ export function registerRegistry(program: Command): void {
         platforms: platformSelection(o.platform as string[] | undefined, o.allPlatforms as boolean | undefined, parsePlatform),
         registry: sideOptions(o, 'src'),
         level: o.level as LevelPreset,
-        codec: o.codec as 'auto',
+        codec: o.codec as CodecChoice,
         nonReproducible: o.nonReproducible as 'rewrite',
         gzipProgram: o.gzipProgram as boolean,
         threads: o.threads as number | undefined,
@@ -303,7 +304,7 @@ export function registerRegistry(program: Command): void {
         repos: o.repos === undefined ? undefined : (o.repos as string).split(',').map((s) => s.trim()).filter(Boolean),
         platforms,
         level: o.level as LevelPreset,
-        codec: o.codec as 'auto',
+        codec: o.codec as CodecChoice,
         keepPatch: o.keepPatch as string | undefined,
         threads: o.threads as number | undefined,
         onProgress: progressOf(o),

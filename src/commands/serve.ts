@@ -14,6 +14,7 @@ import { DEFAULT_STORE_TTL_MS } from '../server/regstore';
 import { setIndexLimits } from '../format/types';
 import { basename, join } from 'node:path';
 import { loadSigningKey } from '../signing';
+import { checkLogLevel, LOG_LEVELS } from '../util/loglevel';
 import { policyOf } from './sign';
 import { action, humanBytes, parseBool, parseIntOpt, parseSize, printJson, registryOptionsOf, say } from './common';
 
@@ -30,7 +31,6 @@ export function parseRate(v: string): number {
   return parseSize(v.trim().replace(/\/s$/i, ''));
 }
 
-const LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
 
 /** The server's options on a command. */
 function addServeOptions(c: Command): Command {
@@ -51,7 +51,7 @@ function addServeOptions(c: Command): Command {
     .option('--merge-ttl <duration>', 'drop cached merges unused this long', parseDuration)
     .option('--merge-strategy <how>', 'compose (copy patches, instant), rediff (diff against the full base: smaller, CPU) or auto (compose now, rediff in the background)', 'auto')
     .addOption(new Option('--shutdown-grace <duration>', 'on SIGTERM, let transfers finish this long (e.g. 30s, 2m)').argParser(parseDuration).default(30_000, '30s'))
-    .option('--log-level <level>', `log level: ${LEVELS.join(', ')}`, 'info')
+    .option('--log-level <level>', `log level: ${LOG_LEVELS.join(', ')}`, 'info')
     .option('--store <docker://registry/prefix>', 'keep catalogue and blobs in an OCI registry shared by several replicas (--root then holds a mirror, a blob cache and the merges)')
     .addOption(new Option('--store-ttl <duration>', 'with --store: how long a repository read from the registry is trusted (e.g. 5s)').argParser(parseDuration).default(DEFAULT_STORE_TTL_MS, `${DEFAULT_STORE_TTL_MS / 1000}s`))
     .option('--creds <user:pass>', 'with --store: registry credentials (default: from the docker config.json)')
@@ -76,7 +76,7 @@ async function runServer(o: Record<string, unknown>): Promise<void> {
     setIndexLimits({ maxRaw: o.maxIndexSize as number });
   }
   const level = String(o.logLevel);
-  if (!LEVELS.includes(level)) throw invalidArgument(`--log-level must be one of ${LEVELS.join(', ')}`);
+  checkLogLevel(level);
   const policy = await policyOf(o as { verifyKey?: string[]; policy?: string });
   // refusals name keys by file name and key id, not by where they are on the server
   for (const k of policy.keys) k.source = basename(k.source);
@@ -90,6 +90,7 @@ async function runServer(o: Record<string, unknown>): Promise<void> {
   const ref: { server?: D4fsServer } = {};
   let tracker: import('../p2p/tracker').TrackerService | undefined;
   if (o.tracker) {
+    // lazy on purpose: the tracker and torrent modules load only with --tracker
     const { TrackerService } = require('../p2p/tracker') as typeof import('../p2p/tracker');
     const { makeTorrent } = require('../p2p/torrent') as typeof import('../p2p/torrent');
     tracker = await TrackerService.create({

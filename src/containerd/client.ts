@@ -17,9 +17,9 @@ import net from 'node:net';
 import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { D4fsError, errorFromWire, permissionDenied, unavailable } from '../errors';
-import { fromGrpcError } from '../snapshotter/grpc/client';
-import { type PbInfo, infoFromPb, mountFromPb } from '../snapshotter/grpc/wire';
-import type { Labels, Mount, SnapshotInfo } from '../snapshotter/types';
+import { fromGrpcError } from './snapshots-client';
+import { type PbInfo, infoFromPb, mountFromPb } from './snapshots-wire';
+import type { Labels, Mount, SnapshotInfo } from './snapshots';
 import { containerdServices } from './proto';
 
 /** containerd's default gRPC socket. */

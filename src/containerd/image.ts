@@ -10,6 +10,7 @@
  */
 import { createHash } from 'node:crypto';
 import { corrupt } from '../errors';
+import { D4FS_ANNOTATIONS } from '../labels';
 import type { Descriptor } from './client';
 
 /** Media type of the d4fs pointer layer (defined here only). */
@@ -18,10 +19,6 @@ export const D4FS_LAYER_MEDIA_TYPE = 'application/vnd.d4fs.image.layer.v1+json';
 /** OCI media types of the manifest and config this module writes. */
 export const OCI_MANIFEST_MEDIA_TYPE = 'application/vnd.oci.image.manifest.v1+json';
 export const OCI_CONFIG_MEDIA_TYPE = 'application/vnd.oci.image.config.v1+json';
-
-/** Annotations on the pointer layer's descriptor. */
-export const ANNOTATION_IMAGE_ID = 'io.d4fs.image.id';
-export const ANNOTATION_ROOT_DIGEST = 'io.d4fs.image.root-digest';
 
 /** A blob to write into the content store, with its descriptor. */
 export interface ContentBlob {
@@ -108,7 +105,7 @@ export function buildContainerdImage(input: ContainerdImageInput): ContainerdIma
   if (!/^sha256:[0-9a-f]{64}$/.test(imageId)) throw corrupt(`invalid d4fs image id "${imageId.slice(0, 80)}"`);
   if (input.configJson.length === 0) throw corrupt(`image ${imageId}: the .cdimg carries no image config`);
   const diffId = d4fsDiffId(imageId);
-  const layer = jsonBlob(D4FS_LAYER_MEDIA_TYPE, { mediaType: D4FS_LAYER_MEDIA_TYPE, imageId, rootDigest }, { [ANNOTATION_IMAGE_ID]: imageId, [ANNOTATION_ROOT_DIGEST]: rootDigest });
+  const layer = jsonBlob(D4FS_LAYER_MEDIA_TYPE, { mediaType: D4FS_LAYER_MEDIA_TYPE, imageId, rootDigest }, { [D4FS_ANNOTATIONS.imageId]: imageId, [D4FS_ANNOTATIONS.rootDigest]: rootDigest });
   const config = jsonBlob(OCI_CONFIG_MEDIA_TYPE, rewriteConfig(input.configJson, imageId, diffId));
   const manifest = jsonBlob(OCI_MANIFEST_MEDIA_TYPE, {
     schemaVersion: 2,

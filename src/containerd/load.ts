@@ -23,8 +23,8 @@ import { randomBytes } from 'node:crypto';
 import { D4fsError, failedPrecondition, toD4fsError } from '../errors';
 import { CdimgReader } from '../format/reader';
 import {
+  D4FS_ANNOTATIONS,
   D4FS_IMAGE_ID,
-  D4FS_IMAGE_RECORD_ID,
   D4FS_IMAGE_REF,
   D4FS_ROOT_DIGEST,
   D4FS_STORE,
@@ -34,8 +34,8 @@ import {
   gcRefContentLayer,
   gcRefSnapshot,
 } from '../labels';
-import type { Labels, SnapshotInfo } from '../snapshotter/types';
-import { Kind } from '../snapshotter/types';
+import type { Labels, SnapshotInfo } from './snapshots';
+import { Kind } from './snapshots';
 import { type LocalStore, checkImageName } from '../store/store';
 import { ContainerdClient, type Descriptor, type SnapshotsApi, isKind } from './client';
 import { buildContainerdImage } from './image';
@@ -205,7 +205,7 @@ export async function loadImage(opts: LoadImageOptions): Promise<LoadImageResult
         );
       }
 
-      const image = await putImageRecord(leased, name, manifest.descriptor, { [D4FS_IMAGE_RECORD_ID]: imageId });
+      const image = await putImageRecord(leased, name, manifest.descriptor, { [D4FS_ANNOTATIONS.imageId]: imageId });
       loaded = true;
       return {
         name,

@@ -1,18 +1,18 @@
 /**
- * Loading the definitions of containerd's content, images and leases services
- * from <package root>/proto (written for d4fs from containerd 1.6's API). The
- * snapshots service comes from the snapshotter's loader, which reads the same
- * tree.
+ * Loading the definitions of containerd's services (content, images, leases
+ * and snapshots) from <package root>/proto (written for d4fs from containerd
+ * 1.6's API): the one proto loader of d4fs (the containerd client, the
+ * snapshotter's gRPC server, and the tests' CRI client).
  */
-import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
-import { findPackageRoot, snapshotsService } from '../snapshotter/grpc/proto';
+import { protoDir } from '../util/paths';
 
-/** Full names of the containerd services this client calls. */
+/** Full names of the containerd services d4fs calls or serves. */
 export const CONTENT_SERVICE = 'containerd.services.content.v1.Content';
 export const IMAGES_SERVICE = 'containerd.services.images.v1.Images';
 export const LEASES_SERVICE = 'containerd.services.leases.v1.Leases';
+export const SNAPSHOTS_SERVICE = 'containerd.services.snapshots.v1.Snapshots';
 
 /**
  * Loader options: field names as written in the .proto files (snake_case),
@@ -35,30 +35,38 @@ export interface ContainerdServices {
   Snapshots: grpc.ServiceClientConstructor;
 }
 
-let cached: ContainerdServices | undefined;
+/** Packages loaded so far, by .proto file. */
+const loaded = new Map<string, grpc.GrpcObject>();
 
-/** Looks up `fullName` (a dotted service name) in a loaded package tree. */
-function lookup(pkg: grpc.GrpcObject, fullName: string, protoDir: string): grpc.ServiceClientConstructor {
+/**
+ * Service `fullName` (a dotted name) of `file` (a path under proto/, e.g.
+ * "containerd/snapshots.proto"): its definition and client constructor. Each
+ * file is loaded once per process.
+ */
+export function loadService(file: string, fullName: string): grpc.ServiceClientConstructor {
+  const dir = protoDir();
+  let pkg = loaded.get(file);
+  if (!pkg) {
+    pkg = grpc.loadPackageDefinition(protoLoader.loadSync(file, { ...LOADER_OPTIONS, includeDirs: [dir] }));
+    loaded.set(file, pkg);
+  }
   let node: unknown = pkg;
   for (const part of fullName.split('.')) node = (node as Record<string, unknown> | undefined)?.[part];
-  if (typeof node !== 'function') throw new Error(`${fullName} not found in ${protoDir}`);
+  if (typeof node !== 'function') throw new Error(`${fullName} not found in ${dir}/${file}`);
   return node as grpc.ServiceClientConstructor;
+}
+
+/** The Snapshots service (definition and client constructor), loaded once. */
+export function snapshotsService(): grpc.ServiceClientConstructor {
+  return loadService('containerd/snapshots.proto', SNAPSHOTS_SERVICE);
 }
 
 /** The service constructors, loaded once per process. */
 export function containerdServices(): ContainerdServices {
-  if (cached) return cached;
-  const protoDir = path.join(findPackageRoot(__dirname), 'proto');
-  const def = protoLoader.loadSync(['containerd/content.proto', 'containerd/images.proto', 'containerd/leases.proto'], {
-    ...LOADER_OPTIONS,
-    includeDirs: [protoDir],
-  });
-  const pkg = grpc.loadPackageDefinition(def);
-  cached = {
-    Content: lookup(pkg, CONTENT_SERVICE, protoDir),
-    Images: lookup(pkg, IMAGES_SERVICE, protoDir),
-    Leases: lookup(pkg, LEASES_SERVICE, protoDir),
+  return {
+    Content: loadService('containerd/content.proto', CONTENT_SERVICE),
+    Images: loadService('containerd/images.proto', IMAGES_SERVICE),
+    Leases: loadService('containerd/leases.proto', LEASES_SERVICE),
     Snapshots: snapshotsService(),
   };
-  return cached;
 }

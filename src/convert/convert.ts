@@ -12,7 +12,7 @@ import { openSource } from '../oci/source';
 import { classifyLayerError, openLayer, parsePlatform, resolveImage, ResolvedImage } from '../oci/image';
 import { RegistryOptions } from '../oci/registry/options';
 import { readTar } from '../tar';
-import { ContentSink, TreeBuilder } from '../tree/flatten';
+import { ContentSink, TreeBuilder } from './flatten';
 import { BlobSink, SinkLimits } from './sink';
 import { CdimgWriter, warmFinish } from '../format/writer';
 import { computeImageId } from '../format/codec';

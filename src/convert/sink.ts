@@ -21,7 +21,7 @@
 import { promises as fsp } from 'node:fs';
 import { join } from 'node:path';
 import { corrupt } from '../errors';
-import { ContentRef, ContentSink } from '../tree/flatten';
+import { ContentRef, ContentSink } from './flatten';
 import { WorkerPool } from '../workers/pool';
 import type { CompressResult, ContentItem, StoredChunkInfo } from '../workers/worker';
 import { CdimgWriter } from '../format/writer';

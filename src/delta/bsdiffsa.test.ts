@@ -16,16 +16,14 @@ import {
   encodePatch,
   _internal,
 } from './codecs';
-import { CMB_SEGMENT, cmbDecodeDiff, cmbEncodeDiff, cmbSegments, cmDecodeDiff, cmEncodeDiff, cmNativeAvailable, oldUnderDiff } from './bsdiffcm';
+import { CMB_SEGMENT, cmbDecodeDiff, cmbEncodeDiff, cmbSegments, cmDecodeDiff, cmEncodeDiff, cmNativeAvailable, oldUnderDiff } from './codecs/bsdiff-cm';
+import { BsdiffSa, bsdiffSa } from './codecs/native';
 import { D4fsError } from '../errors';
 import { prng } from '../../test/helpers/prng';
 
-const sa = require('bsdiff-sa') as {
-  diff(...args: unknown[]): { ctrl: Buffer; diff: Buffer; extra: Buffer; stats: { sortMs: number; scanMs: number; searches: number } };
-  cmbEncode(diff: Uint8Array, oldUnder: Uint8Array, threads?: number): Buffer;
-  cmbDecode(packed: Uint8Array, oldUnder: Uint8Array, literals: Uint8Array, threads?: number): Buffer;
-  version: string;
-};
+// The addon as its one declaration types it (native/bsdiff-sa/index.d.ts), with `diff`
+// loosened: the tests below also call it with arguments of the wrong types.
+const sa = bsdiffSa() as Omit<BsdiffSa, 'diff'> & { diff(...args: unknown[]): ReturnType<BsdiffSa['diff']> };
 
 const REPO = path.resolve(__dirname, '..', '..', '..');
 const CACHE = path.join(REPO, '.cache', 'codec-test');

@@ -4,34 +4,19 @@
  * A content is looked up from the top: FULL → decompress; PATCH → apply each
  * chunk's patch to a region of its base content, resolved the same way (in
  * the same file first — merged deltas carry auxiliary bases — then in the
- * parent); SAME → the parent. Every chunk and every content is verified.
+ * parent); SAME → the parent. Each chunk is decoded by its codec's row of the
+ * registry (./codecs/registry.ts). Every chunk and every content is verified.
  * CPU-heavy: run it in worker threads (see workers/worker.ts).
  */
 import { CdimgReader } from '../format/reader';
-import { Blob, Chunk, Codec, Encoding } from '../format/types';
+import { checkChain } from '../format/chain';
+import { Blob, Chunk, Encoding } from '../format/types';
 import { corrupt, failedPrecondition, notFound } from '../errors';
 import { sha256 } from '../util/digest';
-import { applyPatch, decompressFull } from './codecs';
-import { decodeGzMember } from './gzcodec';
+import { codecByProto, decodeWith } from './codecs';
 
 const MAX_DEPTH = 64;
 
-export function codecName(c: Codec): 'zstd' | 'zstd-patch' | 'bsdiff' | 'gzip-member' {
-  switch (c) {
-    case Codec.ZSTD:
-      return 'zstd';
-    case Codec.ZSTD_PATCH:
-      return 'zstd-patch';
-    case Codec.BSDIFF:
-      return 'bsdiff';
-    case Codec.GZIP_MEMBER:
-      return 'gzip-member';
-    default:
-      throw corrupt(`unknown codec ${c}`);
-  }
-}
-
-import { checkChain } from '../format/chain';
 export { checkChain };
 
 /** A small LRU of materialised contents (bases used by several patches). */
@@ -128,16 +113,10 @@ export class Chain {
   async chunk(level: number, c: Chunk, depth = 0): Promise<Buffer> {
     const r = this.readers[level];
     const stored = await r.readStored(c);
-    let raw: Buffer;
-    if (c.codec === Codec.ZSTD) {
-      raw = decompressFull(stored, c.rawSize);
-    } else if (c.codec === Codec.GZIP_MEMBER) {
-      const base = c.baseDigest.length ? await this.baseRegion(level, c, depth) : null;
-      raw = decodeGzMember(base, stored, c.rawSize);
-    } else {
-      // A patch base is looked up in the same file first (auxiliary bases of merged deltas), then below.
-      raw = applyPatch(await this.baseRegion(level, c, depth), stored, codecName(c.codec) as 'zstd-patch' | 'bsdiff', c.rawSize);
-    }
+    const codec = codecByProto(c.codec);
+    // A base is looked up in the same file first (auxiliary bases of merged deltas), then below.
+    const needsBase = codec.base === 'required' || (codec.base === 'optional' && c.baseDigest.length > 0);
+    const raw = decodeWith(codec, stored, needsBase ? await this.baseRegion(level, c, depth) : null, c.rawSize);
     if (!sha256(raw).equals(c.rawDigest)) throw corrupt(`${r.path}: chunk at ${c.offset} decodes to the wrong content`);
     return raw;
   }

@@ -12,11 +12,12 @@ import { Blob, Chunk, Codec, Encoding, Entry, FileType, Index, Kind, FORMAT_VERS
 import { failedPrecondition, invalidArgument } from '../errors';
 import type { WorkerPool } from '../workers/pool';
 import { OrderedWindow } from '../util/ordered';
-import { LevelPreset } from './codecs';
+import { CODEC_CHOICES, CodecChoice, isCodecChoice, wordList } from './codecs/registry';
+import { LEVEL_PRESETS, LevelPreset } from './codecs/types';
 import { DeltaSummary, summarizeDelta } from './summary';
 import type { ProgressEvent } from '../convert/convert';
 
-export type CodecChoice = 'auto' | 'bsdiff' | 'zstd';
+export type { CodecChoice };
 
 export interface DiffOptions {
   oldPath: string;
@@ -116,8 +117,8 @@ export async function diffImages(o: DiffOptions): Promise<DeltaSummary> {
   const t0 = process.hrtime.bigint();
   const codec = o.codec ?? 'auto';
   const level = o.level ?? 'default';
-  if (!['auto', 'bsdiff', 'zstd'].includes(codec)) throw invalidArgument(`unknown codec "${codec}": use auto, bsdiff or zstd`);
-  if (!['fast', 'default', 'best'].includes(level)) throw invalidArgument(`unknown level "${level}": use fast, default or best`);
+  if (!isCodecChoice(codec)) throw invalidArgument(`unknown codec "${codec}": use ${wordList(CODEC_CHOICES)}`);
+  if (!LEVEL_PRESETS.includes(level)) throw invalidArgument(`unknown level "${level}": use ${wordList(LEVEL_PRESETS)}`);
   const oldR = await CdimgReader.open(o.oldPath);
   const newR = await CdimgReader.open(o.newPath).catch(async (e) => {
     await oldR.close();

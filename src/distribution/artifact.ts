@@ -48,6 +48,7 @@
  * keeping other tools' entries (see referrers.ts and publish.ts).
  */
 import { corrupt, invalidArgument, unsupported } from '../errors';
+import { D4FS_ANNOTATIONS } from '../labels';
 import { MT } from '../oci/mediatypes';
 import { parseSignatureFile, SignatureFile } from '../signing';
 import type { Descriptor } from '../oci/types';
@@ -58,13 +59,9 @@ export const ARTIFACT_TYPE = CDIMG_MEDIA_TYPE;
 export const CONFIG_MEDIA_TYPE = 'application/vnd.d4fs.cdimg.config.v1+json';
 export const INDEX_ARTIFACT_TYPE = 'application/vnd.d4fs.cdimg.index.v1';
 
+/** The annotations of artifacts: d4fs's (src/labels) and the OCI title. */
 export const ANN = {
-  kind: 'io.d4fs.kind',
-  imageId: 'io.d4fs.image-id',
-  parentId: 'io.d4fs.parent-id',
-  rootDigest: 'io.d4fs.root-digest',
-  size: 'io.d4fs.size',
-  signature: 'io.d4fs.signature',
+  ...D4FS_ANNOTATIONS,
   title: 'org.opencontainers.image.title',
 } as const;
 

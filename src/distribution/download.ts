@@ -22,6 +22,7 @@ import { Readable, Transform, TransformCallback } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { corrupt, D4fsError, unavailable } from '../errors';
 import { hexOfDigest } from '../util/digest';
+import { processExists } from '../util/process';
 import type { RegistryClient } from '../oci/registry/client';
 import { ServerClient } from './client';
 import { blobPath, etagOf } from './protocol';
@@ -172,15 +173,6 @@ export interface DownloadResult {
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
-
 /** Take DIR/<name>.lock (waiting while a live process holds it); returns the release function. */
 async function lock(path: string, waitMs: number): Promise<() => Promise<void>> {
   const deadline = Date.now() + waitMs;
@@ -194,7 +186,7 @@ async function lock(path: string, waitMs: number): Promise<() => Promise<void>> 
       if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
     }
     const pid = Number((await fsp.readFile(path, 'utf8').catch(() => '')).trim());
-    if (!Number.isInteger(pid) || pid <= 0 || !alive(pid)) {
+    if (!Number.isInteger(pid) || pid <= 0 || !processExists(pid)) {
       await fsp.rm(path, { force: true }); // left by a process that is gone
       continue;
     }
@@ -234,7 +226,7 @@ export async function sweepParts(dir: string, keep: Iterable<string> = []): Prom
     const m = /^pull-([a-f0-9]{64})\.part$/.exec(name);
     if (!m || kept.has(m[1])) continue;
     const pid = Number((await fsp.readFile(join(dir, `pull-${m[1]}.lock`), 'utf8').catch(() => '')).trim());
-    if (Number.isInteger(pid) && pid > 0 && alive(pid)) continue;
+    if (Number.isInteger(pid) && pid > 0 && processExists(pid)) continue;
     await fsp.rm(join(dir, name), { force: true });
     n++;
   }

@@ -37,12 +37,11 @@ import { INDEX_TYPES, MANIFEST_TYPES, MT } from '../oci/mediatypes';
 import { ClientTuning, RegistryClient } from '../oci/registry/client';
 import type { RegistryOptions } from '../oci/registry/options';
 import type { Platform } from '../oci/types';
-import { fileDigestOf } from '../server/blobs';
-import { ancestorsOf } from '../server/planner';
+import { ancestorsOf } from './planner';
 import { loadSigningKey, SIGNATURE_MEDIA_TYPE, SignatureFile, SigningKey, signRoot, signaturePathOf, writeSignatureFile } from '../signing';
-import { digestOf } from '../util/digest';
+import { digestOf, fileDigestOf } from '../util/digest';
 import { WorkerPool } from '../workers/pool';
-import { ArtifactFile, contentTag, fileManifest, isContentTag, isD4fsReferrer, listedFile, parseFileManifest, ReferrerDescriptor, referrerDescriptor, referrersIndex, referrersTag, Subject } from './artifact';
+import { ANN, ArtifactFile, contentTag, fileManifest, isContentTag, isD4fsReferrer, listedFile, parseFileManifest, ReferrerDescriptor, referrerDescriptor, referrersIndex, referrersTag, Subject } from './artifact';
 import { isD4fsDocument, platformManifest, readReferrersTag } from './referrers';
 import { parseRegistryTarget } from './registry';
 import { mergeSignatures } from './signatures';
@@ -220,7 +219,7 @@ export async function updateReferrersTag(client: RegistryClient, repo: string, s
     for (const k of kept.filter((x) => !useful.has(x.e.imageId))) dropped.push(k.e.manifestDigest);
     const d4 = [...kept.filter((x) => useful.has(x.e.imageId)).map((x) => x.d), ...ours];
     const seen = new Set<string>();
-    const rootOf = (d: ReferrerDescriptor): string => String(d.annotations?.['io.d4fs.root-digest'] ?? '');
+    const rootOf = (d: ReferrerDescriptor): string => String(d.annotations?.[ANN.rootDigest] ?? '');
     const sorted = d4
       .filter((d) => !seen.has(d.digest) && !!seen.add(d.digest))
       .sort((a, b) => (rootOf(a) < rootOf(b) ? -1 : rootOf(a) > rootOf(b) ? 1 : a.digest < b.digest ? -1 : a.digest > b.digest ? 1 : 0));

@@ -25,7 +25,7 @@ import { hostPlatform, formatPlatform } from '../oci/image';
 import { INDEX_TYPES, MANIFEST_TYPES, MT } from '../oci/mediatypes';
 import type { RegistryClient } from '../oci/registry/client';
 import type { Platform, RawDocument } from '../oci/types';
-import { ancestorsOf } from '../server/planner';
+import { ancestorsOf } from './planner';
 import { parseSignatureFile } from '../signing';
 import type { LocalStore } from '../store/store';
 import { digestOf, parseDigest } from '../util/digest';

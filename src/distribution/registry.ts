@@ -20,9 +20,9 @@ import { RegistryClient, ClientTuning } from '../oci/registry/client';
 import type { RegistryOptions } from '../oci/registry/options';
 import { checkImageName, LocalStore } from '../store/store';
 import { policyRequires, SignaturePolicy } from '../signing';
-import { digestOf } from '../util/digest';
-import { fileDigestOf } from '../server/blobs';
-import { ancestorsOf, planChain } from '../server/planner';
+import { digestOf, fileDigestOf } from '../util/digest';
+import { mapLimit } from '../util/ordered';
+import { ancestorsOf, planChain } from './planner';
 import { ArtifactEntry, ArtifactFile, contentTag, fileManifest, INDEX_ARTIFACT_TYPE, isContentTag, parseFileManifest, parseTagIndex, tagIndex } from './artifact';
 import { downloadBlob, registrySource, sweepParts } from './download';
 import { containerdLoader } from './load';
@@ -66,20 +66,6 @@ export interface RegistryPushResult extends ArtifactEntry {
   /** Signatures the file's artifact carries now. */
   signatures: number;
   seconds: number;
-}
-
-/** Run `fn` over `items`, `limit` at a time. */
-async function mapLimit<T, R>(items: readonly T[], limit: number, fn: (x: T) => Promise<R>): Promise<R[]> {
-  const out: R[] = new Array(items.length);
-  let next = 0;
-  const worker = async (): Promise<void> => {
-    while (next < items.length) {
-      const i = next++;
-      out[i] = await fn(items[i]);
-    }
-  };
-  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
-  return out;
 }
 
 /** Every d4fs file artifact of a repository, from its content tags. */

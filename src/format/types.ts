@@ -32,6 +32,33 @@ export enum Codec {
   GZIP_MEMBER = 4,
 }
 
+/**
+ * What a chunk of a codec refers to: `none`, nothing (self-contained; its base fields
+ * are ignored); `required`, a patch against the region [baseOffset, baseOffset +
+ * baseSize) of the content `baseDigest`; `optional`, that region when `baseDigest` is set.
+ */
+export type CodecBase = 'none' | 'required' | 'optional';
+
+/**
+ * The format's columns of the codec registry (src/delta/codecs/registry.ts adds how each
+ * codec encodes, decodes and is chosen): its name and what its chunks refer to, which
+ * validate.ts checks. Every {@link Codec} but UNSPECIFIED has a row (the compiler checks).
+ */
+export const CODEC_FORMATS = {
+  [Codec.ZSTD]: { name: 'zstd', base: 'none' },
+  [Codec.ZSTD_PATCH]: { name: 'zstd-patch', base: 'required' },
+  [Codec.BSDIFF]: { name: 'bsdiff', base: 'required' },
+  [Codec.GZIP_MEMBER]: { name: 'gzip-member', base: 'optional' },
+} as const satisfies Record<Exclude<Codec, Codec.UNSPECIFIED>, { name: string; base: CodecBase }>;
+
+/** A codec value that has a row in {@link CODEC_FORMATS}. */
+export type KnownCodec = keyof typeof CODEC_FORMATS;
+
+/** The row of codec `c`, or undefined for UNSPECIFIED and values this version does not know. */
+export function codecFormat(c: number): { name: string; base: CodecBase } | undefined {
+  return Object.prototype.hasOwnProperty.call(CODEC_FORMATS, c) ? CODEC_FORMATS[c as KnownCodec] : undefined;
+}
+
 export interface Xattr {
   name: string;
   value: Buffer;

@@ -3,7 +3,7 @@
  * consumer (unpack, FUSE, diff) relies on is made here, once.
  */
 import { corrupt, hostile } from '../errors';
-import { Blob, Encoding, Entry, FileType, Index, Kind, LIMITS, Codec, FORMAT_VERSION } from './types';
+import { Blob, Encoding, Entry, FileType, Index, Kind, LIMITS, FORMAT_VERSION, codecFormat } from './types';
 import { checkDeviceNumbers, checkLinkTarget, checkTreePath } from '../tree/paths';
 import { computeImageId } from './codec';
 
@@ -49,16 +49,16 @@ export function validateIndex(index: Index, blobSectionEnd: number, headerSize: 
         }
         if (!Number.isSafeInteger(c.rawSize) || c.rawSize < 0 || c.rawSize > LIMITS.maxChunkSize) throw hostile(`blob sha256:${key}: absurd chunk size ${c.rawSize}`);
         if (!isDigest(c.storedDigest) || !isDigest(c.rawDigest)) throw corrupt(`blob sha256:${key}: chunk without digests`);
-        if (c.codec === Codec.ZSTD_PATCH || c.codec === Codec.BSDIFF) {
-          if (index.kind === Kind.FULL) throw corrupt(`full image holds a patch chunk for sha256:${key}`);
-          if (!isDigest(c.baseDigest)) throw corrupt(`blob sha256:${key}: patch chunk without a base digest`);
+        // what the chunk may refer to: the codec's row of CODEC_FORMATS
+        const codec = codecFormat(c.codec);
+        if (!codec) throw corrupt(`blob sha256:${key}: unknown codec ${c.codec}`);
+        if (codec.base !== 'none') {
+          // a patch (required base), or a codec whose chunks may refer to a base (optional)
+          const what = codec.base === 'required' ? 'patch' : codec.name;
+          if (index.kind === Kind.FULL) throw corrupt(`full image holds a ${what} chunk for sha256:${key}`);
+          if (codec.base === 'required' && !isDigest(c.baseDigest)) throw corrupt(`blob sha256:${key}: patch chunk without a base digest`);
+          if (codec.base === 'optional' && c.baseDigest.length !== 0 && !isDigest(c.baseDigest)) throw corrupt(`blob sha256:${key}: ${what} chunk with an invalid base digest`);
           if (!Number.isSafeInteger(c.baseOffset) || !Number.isSafeInteger(c.baseSize) || c.baseSize > LIMITS.maxFileSize) throw hostile(`blob sha256:${key}: absurd base region`);
-        } else if (c.codec === Codec.GZIP_MEMBER) {
-          if (index.kind === Kind.FULL) throw corrupt(`full image holds a gzip-member chunk for sha256:${key}`);
-          if (c.baseDigest.length !== 0 && !isDigest(c.baseDigest)) throw corrupt(`blob sha256:${key}: gzip-member chunk with an invalid base digest`);
-          if (!Number.isSafeInteger(c.baseOffset) || !Number.isSafeInteger(c.baseSize) || c.baseSize > LIMITS.maxFileSize) throw hostile(`blob sha256:${key}: absurd base region`);
-        } else if (c.codec !== Codec.ZSTD) {
-          throw corrupt(`blob sha256:${key}: unknown codec ${c.codec}`);
         }
         total += c.rawSize;
       }

@@ -1,6 +1,6 @@
 /**
- * The one small interface between the FUSE manager and the filesystem of one
- * image, and the choice of the FUSE binding that serves it:
+ * The choice of the FUSE binding that serves an image (the interface both
+ * implement is ./imagefs.ts):
  *
  *  - `fuse3` (default when it loads): d4fs's own Node-API binding of
  *    libfuse3's low-level API (native/fuse3). Inode-based; tells the kernel
@@ -14,112 +14,12 @@
  * `fuse_binding`), else $D4FS_FUSE_BINDING, else fuse3 when its addon loads,
  * else fuse-native.
  */
-import type { Logger } from 'pino';
 import { invalidArgument } from '../errors';
-import type { ContentCache } from './cache';
-import type { ChainIndex } from './chain-index';
-import { ImageTree } from './tree';
+import { type FuseBindingName, parseBinding } from '../snapshotter/fuse-binding';
+import type { ImageFileSystem, ImageFileSystemOptions } from './imagefs';
 
-export type FuseBindingName = 'fuse3' | 'fuse-native';
-export const FUSE_BINDINGS: readonly FuseBindingName[] = ['fuse3', 'fuse-native'];
-
-/** Deadlines of operations that may build contents. */
-export interface OpTimeouts {
-  /** open (fuse-native) or first read (fuse3) of a file whose content must be built first (default 300 s). */
-  openMs: number;
-  /** read that must build chunks first (default 300 s). */
-  readMs: number;
-}
-
-export const DEFAULT_OP_TIMEOUTS: Readonly<OpTimeouts> = { openMs: 300_000, readMs: 300_000 };
-
-/** How long the kernel may keep attributes and entries, in seconds (images are immutable). */
-export const KERNEL_CACHE_SECONDS = 3600;
-
-/** How many contents a mount remembers having served (for the prefetch of its updates). */
-export const READ_LOG_MAX = 4096;
-
-export interface ImageFileSystemOptions {
-  mountpoint: string;
-  chain: ChainIndex;
-  cache: ContentCache;
-  log: Logger;
-  timeouts?: Partial<OpTimeouts>;
-}
-
-/** Counters of one mount. */
-export interface MountStats {
-  binding: FuseBindingName;
-  /** OPEN requests the kernel sent (fuse3: one at most, answered "no open needed"). */
-  opens: number;
-  /** READ requests. */
-  reads: number;
-  errors: number;
-  /** Contents held open for the mount (fuse-native: open files; fuse3: contents read in the last moments). */
-  openFiles: number;
-  /** Every request kind the kernel sent (fuse3 only). */
-  requests?: Record<string, number>;
-}
-
-/** What both bindings keep of their options: the image's tree, chain, cache, log and deadlines. */
-export abstract class ImageFileSystemBase {
-  readonly tree: ImageTree;
-  readonly mountpoint: string;
-  protected readonly chain: ChainIndex;
-  protected readonly cache: ContentCache;
-  protected readonly log: Logger;
-  protected readonly timeouts: OpTimeouts;
-
-  constructor(o: ImageFileSystemOptions) {
-    this.mountpoint = o.mountpoint;
-    this.chain = o.chain;
-    this.cache = o.cache;
-    this.log = o.log.child({ mountpoint: o.mountpoint });
-    this.timeouts = { ...DEFAULT_OP_TIMEOUTS, ...o.timeouts };
-    this.tree = ImageTree.fromIndex(o.chain.top);
-  }
-
-  get imageId(): string {
-    return this.chain.imageId;
-  }
-
-  /**
-   * Contents this mount was asked for (digest hex → the first path read),
-   * in the order of first use, at most {@link READ_LOG_MAX}: what an update
-   * of this image prefetches (see FuseManager.prefetchUpdate).
-   */
-  readonly readLog = new Map<string, string>();
-
-  /** Records the first use of a node's content. */
-  protected noteRead(path: string, hex: string): void {
-    if (this.readLog.size < READ_LOG_MAX && !this.readLog.has(hex)) this.readLog.set(hex, path);
-  }
-
-  /** True when the image's chain stores content `hex` (sha256 hex), itself or as a patch base. */
-  holds(hex: string): boolean {
-    return this.chain.locate(hex) !== undefined;
-  }
-}
-
-/** The filesystem of one image, as the FUSE manager uses it. */
-export interface ImageFileSystem {
-  readonly mountpoint: string;
-  readonly imageId: string;
-  readonly binding: FuseBindingName;
-  /** The image's tree. */
-  readonly tree: ImageTree;
-  /** Contents served so far (digest hex → first path), in the order of first use. */
-  readonly readLog: ReadonlyMap<string, string>;
-  /** Mounts; resolves once the kernel has initialised the connection. */
-  mount(timeoutMs?: number): Promise<void>;
-  /** Detaches the mount lazily: whatever still uses it (an overlay's lower dir) keeps being served. */
-  unmount(timeoutMs?: number): Promise<void>;
-  /** True while the kernel may still send requests (mounted, or detached but in use). */
-  serving(): boolean;
-  /** True when the image's chain stores content `hex` (sha256 hex), itself or as a patch base. */
-  holds(hex: string): boolean;
-  stats(): MountStats;
-}
+// The names are the snapshotter's contract (its `fuse_binding`); re-exported for the manager's side.
+export { type FuseBindingName, FUSE_BINDINGS, parseBinding } from '../snapshotter/fuse-binding';
 
 let fuse3LoadError: Error | undefined;
 let fuse3Loaded: boolean | undefined;
@@ -128,7 +28,7 @@ let fuse3Loaded: boolean | undefined;
 export function fuse3Available(): boolean {
   if (fuse3Loaded === undefined) {
     try {
-      require('d4fs-fuse3');
+      require('d4fs-fuse3'); // lazy on purpose: an optional native addon, probed without failing
       fuse3Loaded = true;
     } catch (e) {
       fuse3LoadError = e as Error;
@@ -143,12 +43,6 @@ export function fuse3LoadFailure(): string | undefined {
   return fuse3LoadError?.message;
 }
 
-/** Parses a binding name (from a flag, a config file or the environment). */
-export function parseBinding(v: string, what = 'FUSE binding'): FuseBindingName {
-  if ((FUSE_BINDINGS as readonly string[]).includes(v)) return v as FuseBindingName;
-  throw invalidArgument(`${what} must be one of ${FUSE_BINDINGS.join(', ')}, got ${JSON.stringify(v)}`);
-}
-
 /** The binding to use: `wanted`, else $D4FS_FUSE_BINDING, else fuse3 when it loads, else fuse-native. */
 export function chooseBinding(wanted?: FuseBindingName): FuseBindingName {
   const env = process.env.D4FS_FUSE_BINDING;
@@ -161,6 +55,7 @@ export function chooseBinding(wanted?: FuseBindingName): FuseBindingName {
 
 /** A filesystem of `binding` for one image (not mounted yet). */
 export function createImageFileSystem(binding: FuseBindingName, o: ImageFileSystemOptions): ImageFileSystem {
+  // Lazy on purpose: each binding loads its native addon (d4fs-fuse3, fuse-native) only when chosen.
   if (binding === 'fuse3') {
     const { Fuse3FileSystem } = require('./fuse3') as typeof import('./fuse3');
     return new Fuse3FileSystem(o);

@@ -30,9 +30,9 @@ import {
   type ImageFileSystemOptions,
   KERNEL_CACHE_SECONDS,
   type MountStats,
-} from './binding';
+} from './imagefs';
 
-export { DEFAULT_OP_TIMEOUTS, type MountStats, type OpTimeouts } from './binding';
+export { DEFAULT_OP_TIMEOUTS, type MountStats, type OpTimeouts } from './imagefs';
 export type DeltaFileSystemOptions = ImageFileSystemOptions;
 
 const O_ACCMODE = 0o3;

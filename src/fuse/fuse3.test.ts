@@ -9,7 +9,7 @@
  */
 import { execFile } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { promises as fsp, readFileSync } from 'node:fs';
+import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import pino from 'pino';
@@ -17,10 +17,14 @@ import { convertImage } from '../convert/convert';
 import { CdimgReader } from '../format/reader';
 import { WorkerPool } from '../workers/pool';
 import { buildDirImage } from '../../test/fixtures/debimages';
+import { errorCodeOf } from '../../test/helpers/errors';
+import { eventually } from '../../test/helpers/wait';
 import { ContentCache } from './cache';
 import { ChainIndex } from './chain-index';
 import { Fuse3FileSystem } from './fuse3';
+import { D4FS_FSTYPE } from './mounts';
 import { FusePool } from './pool';
+import { type MountInfo, readMountInfoSync } from '../util/mountinfo';
 
 jest.setTimeout(120_000);
 const run = promisify(execFile);
@@ -29,27 +33,8 @@ const BIG = 9 * 1024 * 1024 + 4321;
 const NS_FILE = 1_600_000_000_123_456_789n;
 const NS_DIR = 1_400_000_000_500_000_000n;
 
-function fuseMountsAt(mp: string): string[] {
-  return readFileSync('/proc/self/mountinfo', 'utf8')
-    .split('\n')
-    .filter((l) => l.split(' ')[4] === mp && l.includes(' - fuse.d4fs '));
-}
-
-async function errCode(p: Promise<unknown>): Promise<string> {
-  try {
-    await p;
-    return '';
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code ?? String(e);
-  }
-}
-
-async function eventually(fn: () => boolean | Promise<boolean>, ms: number, what: string): Promise<void> {
-  const end = Date.now() + ms;
-  while (!(await fn())) {
-    if (Date.now() > end) throw new Error(`${what}: not within ${ms} ms`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
+function fuseMountsAt(mp: string): MountInfo[] {
+  return readMountInfoSync().filter((m) => m.mountpoint === mp && m.fstype === D4FS_FSTYPE);
 }
 
 describe('fuse3 binding: a small image mounted in this process', () => {
@@ -104,24 +89,23 @@ describe('fuse3 binding: a small image mounted in this process', () => {
     await fs3?.destroy().catch(() => undefined);
     await pool?.close();
     if (dir) {
-      for (const line of readFileSync('/proc/self/mountinfo', 'utf8').split('\n')) {
-        const m = line.split(' ')[4];
-        if (m && m.startsWith(dir)) await run('umount', ['-l', '-c', m]).catch(() => undefined);
+      for (const { mountpoint } of readMountInfoSync()) {
+        if (mountpoint.startsWith(dir)) await run('umount', ['-l', '-c', mountpoint]).catch(() => undefined);
       }
       await fsp.rm(dir, { recursive: true, force: true });
     }
   });
 
   test('mounted as fuse.d4fs, read-only, allow_other, suid and dev kept', () => {
-    const lines = fuseMountsAt(mp);
-    expect(lines).toHaveLength(1);
-    const [pre, post] = lines[0].split(' - ');
-    const mountOpts = pre.split(' ')[5].split(',');
+    const mounts = fuseMountsAt(mp);
+    expect(mounts).toHaveLength(1);
+    const [m] = mounts;
+    const mountOpts = m.mountOptions.split(',');
     expect(mountOpts).toContain('ro');
     expect(mountOpts).not.toContain('nosuid');
     expect(mountOpts).not.toContain('nodev');
-    expect(post).toMatch(/^fuse\.d4fs d4fs .*allow_other/);
-    expect(post).toMatch(/default_permissions/);
+    expect(`${m.fstype} ${m.source} ${m.superOptions}`).toMatch(/^fuse\.d4fs d4fs .*allow_other/);
+    expect(m.superOptions).toMatch(/default_permissions/);
   });
 
   test('lookup and stat: modes, owners, nanosecond mtimes, device numbers, sizes', async () => {
@@ -145,11 +129,11 @@ describe('fuse3 binding: a small image mounted in this process', () => {
   });
 
   test('ENOENT for missing names (also cached negative entries), ENOTDIR below a file', async () => {
-    expect(await errCode(fsp.stat(at('data/nope')))).toBe('ENOENT');
+    expect(await errorCodeOf(fsp.stat(at('data/nope')))).toBe('ENOENT');
     const before = fs3.stats().requests!.lookup;
-    expect(await errCode(fsp.stat(at('data/nope')))).toBe('ENOENT');
+    expect(await errorCodeOf(fsp.stat(at('data/nope')))).toBe('ENOENT');
     expect(fs3.stats().requests!.lookup).toBe(before); // the kernel kept the negative entry
-    expect(await errCode(fsp.stat(at('data/hello/x')))).toBe('ENOTDIR');
+    expect(await errorCodeOf(fsp.stat(at('data/hello/x')))).toBe('ENOTDIR');
   });
 
   test('hard links share one inode and its link count', async () => {
@@ -181,7 +165,7 @@ describe('fuse3 binding: a small image mounted in this process', () => {
   test('symlinks: readlink and following', async () => {
     expect(await fsp.readlink(at('bin/link'))).toBe('../data/hello');
     expect(await fsp.readFile(at('bin/link'), 'utf8')).toBe('hello, fuse3\n');
-    expect(await errCode(fsp.readlink(at('data/hello')))).toBe('EINVAL');
+    expect(await errorCodeOf(fsp.readlink(at('data/hello')))).toBe('EINVAL');
   });
 
   test('xattrs: values, lists, capabilities; overlayfs names answered ENODATA without a round trip', async () => {
@@ -241,12 +225,12 @@ describe('fuse3 binding: a small image mounted in this process', () => {
   });
 
   test('writes are refused with EROFS', async () => {
-    expect(await errCode(fsp.writeFile(at('data/hello'), 'x'))).toBe('EROFS');
-    expect(await errCode(fsp.writeFile(at('data/new'), 'x'))).toBe('EROFS');
-    expect(await errCode(fsp.mkdir(at('newdir')))).toBe('EROFS');
-    expect(await errCode(fsp.unlink(at('data/hello')))).toBe('EROFS');
-    expect(await errCode(fsp.chmod(at('data/hello'), 0o600))).toBe('EROFS');
-    expect(await errCode(fsp.rename(at('data/hello'), at('data/h2')))).toBe('EROFS');
+    expect(await errorCodeOf(fsp.writeFile(at('data/hello'), 'x'))).toBe('EROFS');
+    expect(await errorCodeOf(fsp.writeFile(at('data/new'), 'x'))).toBe('EROFS');
+    expect(await errorCodeOf(fsp.mkdir(at('newdir')))).toBe('EROFS');
+    expect(await errorCodeOf(fsp.unlink(at('data/hello')))).toBe('EROFS');
+    expect(await errorCodeOf(fsp.chmod(at('data/hello'), 0o600))).toBe('EROFS');
+    expect(await errorCodeOf(fsp.rename(at('data/hello'), at('data/h2')))).toBe('EROFS');
   });
 
   test('statfs: a full read-only filesystem', async () => {
@@ -262,7 +246,7 @@ describe('fuse3 binding: a small image mounted in this process', () => {
     const slow = new Fuse3FileSystem({ mountpoint: mp2, chain, cache: cache2, log, timeouts: { openMs: 1, readMs: 1 } });
     await slow.mount();
     try {
-      expect(await errCode(fsp.readFile(path.join(mp2, 'data/big.bin')))).toBe('ETIMEDOUT');
+      expect(await errorCodeOf(fsp.readFile(path.join(mp2, 'data/big.bin')))).toBe('ETIMEDOUT');
       expect(slow.stats().errors).toBeGreaterThanOrEqual(1);
     } finally {
       await slow.unmount();
@@ -285,7 +269,7 @@ describe('fuse3 binding: a small image mounted in this process', () => {
     const damaged = new Fuse3FileSystem({ mountpoint: mp3, chain: await ChainIndex.open([bad]), cache: cache3, log });
     await damaged.mount();
     try {
-      expect(await errCode(fsp.readFile(path.join(mp3, 'data/big.bin')))).toBe('EIO');
+      expect(await errorCodeOf(fsp.readFile(path.join(mp3, 'data/big.bin')))).toBe('EIO');
       expect(await fsp.readFile(path.join(mp3, 'data/hello'), 'utf8')).toBe('hello, fuse3\n');
     } finally {
       await damaged.unmount();
@@ -308,7 +292,7 @@ describe('fuse3 binding: a small image mounted in this process', () => {
     await fh.close();
     await eventually(() => !fs3.serving(), 10_000, 'the session ends once the last user closed');
     expect(fs3.stats().openFiles).toBe(0);
-    const left = readFileSync('/proc/self/mountinfo', 'utf8').split('\n').filter((l) => l.includes(dir));
+    const left = readMountInfoSync().filter((m) => m.mountpoint.includes(dir));
     expect(left).toEqual([]);
   });
 });

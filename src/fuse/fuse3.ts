@@ -37,7 +37,7 @@ import {
   type ImageFileSystem,
   ImageFileSystemBase,
   type MountStats,
-} from './binding';
+} from './imagefs';
 import type { ContentRef } from './cache';
 import { lazyUnmount } from './mounts';
 import type { TreeNode } from './tree';

@@ -22,7 +22,8 @@ import type { Logger } from 'pino';
 import { D4fsError, failedPrecondition, httpCodeOf, invalidArgument, notFound, toD4fsError, unavailable } from '../errors';
 import { ContentCache } from './cache';
 import { ChainIndex } from './chain-index';
-import { chooseBinding, createImageFileSystem, fuse3LoadFailure, type FuseBindingName, type ImageFileSystem, type OpTimeouts } from './binding';
+import { chooseBinding, createImageFileSystem, fuse3LoadFailure, type FuseBindingName } from './binding';
+import type { ImageFileSystem, OpTimeouts } from './imagefs';
 import { cleanDeadMounts, d4fsMountsAt } from './mounts';
 import { FusePool } from './pool';
 import { fusePath } from './tree';
@@ -35,6 +36,7 @@ import {
   type MountRecord,
   type MountRequest,
   type PingReply,
+  type PrefetchStats,
   PROTOCOL_VERSION,
   type StatsReply,
 } from './protocol';
@@ -56,16 +58,6 @@ export interface FuseManagerOptions {
   /** Bytes an update's prefetch may build (default 512 MiB; 0: no prefetch). */
   prefetchMaxBytes?: number;
   log: Logger;
-}
-
-/** What the prefetch of updates did (stats). */
-export interface PrefetchStats {
-  /** Contents built ahead of their first read. */
-  built: number;
-  bytes: number;
-  failed: number;
-  /** Contents queued and not done yet. */
-  pending: number;
 }
 
 const DEFAULT_PREFETCH_BYTES = 512 * 1024 * 1024;

@@ -10,39 +10,11 @@ import { execFile } from 'node:child_process';
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { D4fsError } from '../errors';
+import { type MountInfo, readMountInfo } from '../util/mountinfo';
 
 /** Filesystem type of d4fs mounts ("fuse." + subtype, with either binding). */
 export const D4FS_FSTYPE = 'fuse.d4fs';
 const FUSECTL = '/sys/fs/fuse/connections';
-
-/** One line of mountinfo. */
-export interface MountInfo {
-  mountId: number;
-  /** "major:minor" of the filesystem (for FUSE, minor is the connection number). */
-  device: string;
-  mountpoint: string;
-  fstype: string;
-  source: string;
-}
-
-function unescape(s: string): string {
-  return s.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
-}
-
-/** Every mount of this process's mount namespace. */
-export async function readMountInfo(): Promise<MountInfo[]> {
-  const text = await fsp.readFile('/proc/self/mountinfo', 'utf8');
-  const out: MountInfo[] = [];
-  for (const line of text.split('\n')) {
-    if (!line) continue;
-    const sep = line.indexOf(' - ');
-    if (sep < 0) continue;
-    const a = line.slice(0, sep).split(' ');
-    const b = line.slice(sep + 3).split(' ');
-    out.push({ mountId: Number(a[0]), device: a[2], mountpoint: unescape(a[4]), fstype: b[0], source: unescape(b[1] ?? '') });
-  }
-  return out;
-}
 
 /** d4fs mounts at exactly `mountpoint`, last mounted (topmost) last. */
 export async function d4fsMountsAt(mountpoint: string): Promise<MountInfo[]> {

@@ -16,9 +16,9 @@ import { createHash } from 'node:crypto';
 import path from 'node:path';
 import type { ErrorKind } from '../errors';
 import { MAX_SOCKET_PATH, RUN_DIR } from '../snapshotter/sockdir';
+import type { FuseBindingName } from '../snapshotter/fuse-binding';
 import type { CacheStats } from './cache';
-import type { PrefetchStats } from './manager';
-import type { FuseBindingName, MountStats } from './binding';
+import type { MountStats } from './imagefs';
 
 export const PROTOCOL_VERSION = 1;
 
@@ -69,6 +69,16 @@ export interface CheckReply {
   imageId: string;
   /** FUSE requests the kernel is waiting on (when fusectl is mounted). */
   waiting?: number;
+}
+
+/** What the prefetch of updates did (stats). */
+export interface PrefetchStats {
+  /** Contents built ahead of their first read. */
+  built: number;
+  bytes: number;
+  failed: number;
+  /** Contents queued and not done yet. */
+  pending: number;
 }
 
 export interface StatsReply {

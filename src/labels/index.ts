@@ -2,7 +2,8 @@
  * Every label key d4fs reads or writes, in one module.
  *
  * Labels are containerd's key/value metadata on images, content blobs,
- * leases and snapshots. Two families live here:
+ * leases and snapshots; annotations are the OCI descriptors' (d4fs's are at
+ * the end). Two families of labels live here:
  *
  *  - containerd's own keys (garbage-collection references, snapshot
  *    inheritance, unpack bookkeeping), whose spelling is fixed by containerd;
@@ -164,13 +165,6 @@ export const D4FS_IMAGE_ID = 'containerd.io/snapshot/d4fs.image-id';
  */
 export const D4FS_STORE = 'containerd.io/snapshot/d4fs.store';
 
-/**
- * On a containerd image record (set by `ctr-cli load`): the d4fs image id the
- * record's manifest points at. An image label, not a snapshot label, so it
- * lives outside the `containerd.io/` namespace.
- */
-export const D4FS_IMAGE_RECORD_ID = 'io.d4fs.image.id';
-
 /** Value of boolean labels. */
 export const LABEL_TRUE = 'true';
 
@@ -179,3 +173,38 @@ export const LABEL_TRUE = 'true';
  * labels.Validate); longer labels are refused with INVALID_ARGUMENT.
  */
 export const MAX_LABEL_SIZE = 4096;
+
+// ---------------------------------------------------------------------------
+// d4fs: annotations (io.d4fs.*)
+// ---------------------------------------------------------------------------
+
+/**
+ * d4fs's OCI annotations, outside the `containerd.io/` namespace:
+ *
+ *  - on the manifests of .cdimg artifacts in registries and on the
+ *    descriptors of tag indexes and referrers (src/distribution/artifact.ts,
+ *    written by push and publish, read by every pull: registries in the wild
+ *    hold them, so their spelling is fixed);
+ *  - `imageId` and `rootDigest` also on the pointer layer's descriptor of an
+ *    image `ctr-cli load` registers with containerd (src/containerd/image.ts),
+ *    and `imageId` as a label of its containerd image record.
+ *
+ * Loads before this table wrote the spellings `io.d4fs.image.id` and
+ * `io.d4fs.image.root-digest` there. Nothing in d4fs reads either back (the
+ * snapshotter goes by the snapshot labels above), so no reader needs them;
+ * records written so carry them until the image is loaded again.
+ */
+export const D4FS_ANNOTATIONS = {
+  /** "full" or "delta". */
+  kind: 'io.d4fs.kind',
+  /** The d4fs image id (sha256 of tree + config) a file leads to. */
+  imageId: 'io.d4fs.image-id',
+  /** The image id a delta applies to. */
+  parentId: 'io.d4fs.parent-id',
+  /** Root digest of the .cdimg index. */
+  rootDigest: 'io.d4fs.root-digest',
+  /** Size of the .cdimg in bytes. */
+  size: 'io.d4fs.size',
+  /** The file's signature file (src/signing), JSON. */
+  signature: 'io.d4fs.signature',
+} as const;

@@ -6,6 +6,7 @@
 import { Readable, pipeline, PassThrough } from 'node:stream';
 import { createGunzip } from 'node:zlib';
 import { corrupt, invalidArgument, notFound, unsupported } from '../errors';
+import { zstdDecompressStream } from '../format/zstd';
 import { digestOf, parseDigest, VerifyingStream } from '../util/digest';
 import { INDEX_TYPES, layerCompression, MANIFEST_TYPES, MT, LayerCompression } from './mediatypes';
 import { Descriptor, ImageConfig, ImageSource, OciIndex, OciManifest, Platform, RawDocument } from './types';
@@ -152,7 +153,7 @@ export async function openLayer(image: ResolvedImage, i: number): Promise<Readab
   const out = new PassThrough({ highWaterMark: 1 << 20 });
   const stages: NodeJS.ReadWriteStream[] = [new VerifyingStream(desc.digest, `${what}`, desc.size)];
   if (compression === 'gzip') stages.push(createGunzip({ chunkSize: 1 << 20 }));
-  else if (compression === 'zstd') stages.push(new (require('zstd-napi') as typeof import('zstd-napi')).DecompressStream());
+  else if (compression === 'zstd') stages.push(zstdDecompressStream()); // lazy on purpose: a native addon, for zstd layers only
   if (compression !== 'none') stages.push(new VerifyingStream(diffId, `${what}: uncompressed content (diff_id)`));
   else if (diffId !== desc.digest) throw corrupt(`${what}: uncompressed layer digest ${desc.digest} differs from its diff_id ${diffId}`);
   pipeline([raw, ...stages, out] as unknown as [Readable, ...NodeJS.ReadWriteStream[]], (err) => {

@@ -14,7 +14,7 @@ export async function openSource(ref: string | ImageRef, opts: RegistryOptions =
     case 'docker-archive':
       return openDockerArchive(r.path, r.name);
     case 'docker':
-      // loaded on demand: local transports do not pay for the HTTP client
+      // lazy on purpose: local transports do not pay for the HTTP client (no cycle: registry/ imports only ref and types)
       return new (require('./registry/source') as typeof import('./registry/source')).RegistrySource(r, opts);
   }
 }

@@ -6,7 +6,7 @@
 import { promises as fsp } from 'node:fs';
 import { join } from 'node:path';
 import { gzipSync } from 'node:zlib';
-import { compress as zstdCompress } from 'zstd-napi';
+import { zstdCompressOneShot } from '../format/zstd';
 import { digestOf } from '../util/digest';
 import { MT, LayerCompression } from './mediatypes';
 import { Descriptor, OciIndex, OciManifest } from './types';
@@ -65,7 +65,7 @@ export function compressLayer(tar: Buffer, c: LayerCompression): { data: Buffer;
     case 'gzip':
       return { data: gzipSync(tar), mediaType: MT.OCI_LAYER_GZIP };
     case 'zstd':
-      return { data: zstdCompress(tar, { compressionLevel: 3 }), mediaType: MT.OCI_LAYER_ZSTD };
+      return { data: zstdCompressOneShot(tar, { compressionLevel: 3 }), mediaType: MT.OCI_LAYER_ZSTD };
     case 'none':
       return { data: tar, mediaType: MT.OCI_LAYER_TAR };
   }

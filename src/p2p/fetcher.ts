@@ -237,7 +237,7 @@ export class Fetcher {
         return await this.fromOrigin(r, tr, false);
       }
       this.o.metrics.fetches.inc({ how: dl.status === 'done' ? 'swarm' : 'swarm+origin' });
-      this.o.log.info({ digest: r.digest, fromPeers: tr.fromPeers, fromOrigin: tr.fromOrigin }, 'blob fetched from the swarm');
+      this.o.log.info({ digest: r.digest, fromPeers: tr.fromPeers, fromOrigin: tr.fromOrigin }, dl.status === 'done' ? 'blob fetched from the swarm' : 'blob fetched from the swarm and, for what it did not deliver, the origin');
       await swarm!.seed(t, cache.blobsDir).catch((e: Error) => this.o.log.warn({ digest: r.digest, err: e.message }, 'could not seed'));
       return blob;
     } finally {

@@ -240,7 +240,7 @@ export class TrackerService {
       sendJson(res, 200, { granted: true, leaseMs: this.leaseMs });
       return;
     }
-    sendJson(res, 200, { granted: false, ready: false, retryMs: Math.min(1000, Math.max(100, held.expires - now)) });
+    sendJson(res, 200, { granted: false, ready: false, retryMs: Math.min(200, Math.max(50, held.expires - now)) });
   }
 
   stats(): TrackerStats {

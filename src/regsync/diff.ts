@@ -22,14 +22,15 @@ import { promises as fsp, createReadStream } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { createHash } from 'node:crypto';
-import { LevelPreset } from '../delta/codecs';
+import type { CodecChoice, CodecId, LevelPreset, PatchCodecId } from '../delta/codecs';
 import { invalidArgument } from '../errors';
 import type { RegistryOptions } from '../oci/registry/options';
 import type { ImageSource } from '../oci/types';
 import { PatchWriter } from './container';
 import { closeSet, ImageSpec, PlatformSelection, resolveSet, SetImage, SetLayer } from './imageset';
 import { decompressFile, spoolBlob } from './layerio';
-import { mapLimit, RegsyncPool } from './pool';
+import { RegsyncPool } from './pool';
+import { mapLimit } from '../util/ordered';
 import type { GzipEncoding } from './worker';
 import { describeRecipe, Detection, fallbackRecipe, produceBlob } from './recipe';
 import { splitTar, SplitResult } from './tarsplit';
@@ -61,7 +62,7 @@ export interface DiffOptions {
   /** Effort of the content codecs (default "default"). */
   level?: LevelPreset;
   /** Patch codecs (default "auto"). */
-  codec?: 'auto' | 'bsdiff' | 'zstd';
+  codec?: CodecChoice;
   /** Layers whose compression cannot be reproduced: rebuilt and rewritten (default), or shipped whole. */
   nonReproducible?: 'rewrite' | 'ship';
   /** Worker threads (default: available parallelism). */
@@ -164,7 +165,7 @@ interface PlannedContent {
   at: { path: string; offset: number };
   old?: OldFile;
   base?: OldFile;
-  encoded?: { codec: 'zstd' | 'zstd-patch' | 'bsdiff' | 'gzip'; data: Buffer; gzip?: GzipEncoding };
+  encoded?: { codec: CodecId | 'gzip'; data: Buffer; gzip?: GzipEncoding };
 }
 
 /**
@@ -378,7 +379,7 @@ export async function diffImageSets(opts: DiffOptions): Promise<DiffReport> {
         codec: 'zstd',
         level: level === 'fast' ? 'default' : level,
       });
-      const skCodec = r.codec as 'zstd' | 'zstd-patch' | 'bsdiff';
+      const skCodec = r.codec as CodecId;
       return { base: skCodec === 'zstd' ? undefined : b, codec: skCodec, data: Buffer.from(r.data.buffer, r.data.byteOffset, r.data.byteLength) };
     });
 
@@ -551,7 +552,7 @@ export async function diffImageSets(opts: DiffOptions): Promise<DiffReport> {
       } else {
         stats.contents.patched++;
         stats.contents.patchedBytes += p.size;
-        contents.push({ digest: p.digest, size: p.size, enc: enc.codec as 'zstd-patch' | 'bsdiff', base: contentIndex.get((p.base as OldFile).digest) as number, payload });
+        contents.push({ digest: p.digest, size: p.size, enc: enc.codec as PatchCodecId, base: contentIndex.get((p.base as OldFile).digest) as number, payload });
       }
     }
 

@@ -152,6 +152,22 @@ function serialise(v: unknown, original: Buffer): Buffer {
 }
 
 /**
+ * Document `b` (JSON) with the descriptors of its `field` list that `moved`
+ * names pointed at their new digest and size, written in the original's style.
+ */
+function repoint(b: Buffer, field: 'layers' | 'manifests', moved: Map<string, { digest: string; size: number }>): Buffer {
+  const doc = JSON.parse(b.toString('utf8')) as Record<typeof field, Desc[]>;
+  for (const d of doc[field]) {
+    const n = moved.get(d.digest as string);
+    if (n) {
+      d.digest = n.digest;
+      d.size = n.size;
+    }
+  }
+  return serialise(doc, b);
+}
+
+/**
  * The documents to push: the originals, except manifests naming a layer in
  * `layerMap` (new digest and size) and indexes naming such a manifest, which
  * are rewritten consistently. Keyed by the original digest.
@@ -162,32 +178,14 @@ export function rewriteDocs(plan: DocPlan, bytes: Map<string, Buffer>, layerMap:
   const manifestMap = new Map<string, { digest: string; size: number }>();
   for (const [m, ls] of plan.manifestLayers) {
     if (!ls.some((l) => layerMap.has(l))) continue;
-    const b = bytes.get(m) as Buffer;
-    const doc = JSON.parse(b.toString('utf8')) as { layers: Desc[] };
-    for (const l of doc.layers) {
-      const n = layerMap.get(l.digest as string);
-      if (n) {
-        l.digest = n.digest;
-        l.size = n.size;
-      }
-    }
-    const nb = serialise(doc, b);
+    const nb = repoint(bytes.get(m) as Buffer, 'layers', layerMap);
     const nd = digestOf(nb);
     out.set(m, { bytes: nb, digest: nd, mediaType: plan.mediaTypes.get(m) as string });
     manifestMap.set(m, { digest: nd, size: nb.length });
   }
   for (const [ix, children] of plan.indexChildren) {
     if (!children.some((c) => manifestMap.has(c))) continue;
-    const b = bytes.get(ix) as Buffer;
-    const doc = JSON.parse(b.toString('utf8')) as { manifests: Desc[] };
-    for (const m of doc.manifests) {
-      const n = manifestMap.get(m.digest as string);
-      if (n) {
-        m.digest = n.digest;
-        m.size = n.size;
-      }
-    }
-    const nb = serialise(doc, b);
+    const nb = repoint(bytes.get(ix) as Buffer, 'manifests', manifestMap);
     out.set(ix, { bytes: nb, digest: digestOf(nb), mediaType: plan.mediaTypes.get(ix) as string });
   }
   return out;

@@ -7,7 +7,7 @@ import { createReadStream, createWriteStream } from 'node:fs';
 import { PassThrough, Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { createGunzip } from 'node:zlib';
-import { DecompressStream } from 'zstd-napi';
+import { zstdDecompressStream } from '../format/zstd';
 import { classifyLayerError } from '../oci/image';
 import type { LayerCompression } from '../oci/mediatypes';
 import type { Descriptor, ImageSource } from '../oci/types';
@@ -22,7 +22,7 @@ export async function spoolBlob(source: ImageSource, desc: Descriptor, path: str
 /** Decompressor for a layer compression (a pass-through for uncompressed layers). */
 function decompressor(c: LayerCompression): NodeJS.ReadWriteStream {
   if (c === 'gzip') return createGunzip({ chunkSize: 1 << 20 });
-  if (c === 'zstd') return new DecompressStream();
+  if (c === 'zstd') return zstdDecompressStream();
   return new PassThrough();
 }
 

@@ -29,7 +29,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import { promises as fsp } from 'node:fs';
 import { Readable } from 'node:stream';
 import * as zlib from 'node:zlib';
-import { CompressStream } from 'zstd-napi';
+import { zstdCompressStream } from '../format/zstd';
 import { corrupt, invalidArgument } from '../errors';
 import { gzipHeaderLength } from '../delta/gzmember';
 
@@ -240,7 +240,7 @@ function recipeBody(r: Recipe, tarPath: string): AsyncIterable<Buffer> {
     case 'none':
       return fileChunks(tarPath);
     case 'zstd':
-      return transformFile(new CompressStream({ compressionLevel: r.level, checksumFlag: true }), tarPath);
+      return transformFile(zstdCompressStream({ compressionLevel: r.level, checksumFlag: true }), tarPath);
     case 'gzip':
       return r.engine === 'gzip' ? gzipProgramBody(r.level, r.rsyncable, tarPath) : nodeDeflateBody(r, tarPath);
   }

@@ -23,7 +23,7 @@ import { INDEX_TYPES } from '../oci/mediatypes';
 import { RegistryClient } from '../oci/registry/client';
 import type { RegistryOptions } from '../oci/registry/options';
 import type { RawDocument } from '../oci/types';
-import type { LevelPreset } from '../delta/codecs';
+import type { CodecChoice, LevelPreset } from '../delta/codecs';
 import { applyPatch, ApplyReport } from './apply';
 import { diffImageSets, DiffReport } from './diff';
 import { ImageSpec, PlatformSelection } from './imageset';
@@ -42,7 +42,7 @@ export interface SyncOptions {
   /** Default: all platforms (a replica mirrors indexes whole). */
   platforms?: PlatformSelection;
   level?: LevelPreset;
-  codec?: 'auto' | 'bsdiff' | 'zstd';
+  codec?: CodecChoice;
   threads?: number;
   workDir?: string;
   /** Keep the patch here (default: a temp file, removed). */

@@ -17,6 +17,7 @@
  * are part of the patch format (see FORMAT.md, "skeleton").
  */
 import { createHash, Hash } from 'node:crypto';
+import { headerChecksumMatches } from '../tar';
 
 const BLOCK = 512;
 
@@ -77,15 +78,7 @@ export function numericField(b: Buffer, off: number, len: number): number {
 /** Whether the block's checksum field matches (unsigned or historic signed sum). */
 export function checksumOk(b: Buffer): boolean {
   const stored = numericField(b, 148, 8);
-  if (!Number.isFinite(stored)) return false;
-  let unsigned = 0;
-  let signed = 0;
-  for (let i = 0; i < BLOCK; i++) {
-    const c = i >= 148 && i < 156 ? 0x20 : b[i];
-    unsigned += c;
-    signed += c > 127 ? c - 256 : c;
-  }
-  return stored === unsigned || stored === signed;
+  return Number.isFinite(stored) && headerChecksumMatches(b, stored);
 }
 
 /** Records of a pax extended header ("LEN key=value\n"...); malformed input yields what parsed before it. */

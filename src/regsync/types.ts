@@ -3,6 +3,7 @@
  * description of the file format is in ./FORMAT.md; the rules checked on read
  * are in ./validate.ts.
  */
+import type { CodecId, PatchCodecId } from '../delta/codecs';
 import type { GzipContentRecipe } from './gzcontent';
 import type { Recipe } from './recipe';
 
@@ -74,8 +75,8 @@ export interface RebuiltLayer extends LayerBase {
   skeleton: {
     size: number;
     digest: string;
-    /** zstd: whole frame; zstd-patch / bsdiff: against the skeleton of source `base`. */
-    codec: 'zstd' | 'zstd-patch' | 'bsdiff';
+    /** A codec of bytes (src/delta/codecs): zstd, a whole frame; a patch codec, against the skeleton of source `base`. */
+    codec: CodecId;
     base?: number;
     payload: number;
   };
@@ -98,8 +99,8 @@ export type ContentEntry =
   | { digest: string; size: number; enc: 'old' }
   /** Shipped as a whole zstd frame. */
   | { digest: string; size: number; enc: 'zstd'; payload: number }
-  /** Shipped as a patch against content `base` (an `old` content). */
-  | { digest: string; size: number; enc: 'zstd-patch' | 'bsdiff'; base: number; payload: number }
+  /** Shipped as a patch (a patch codec of src/delta/codecs) against content `base` (an `old` content). */
+  | { digest: string; size: number; enc: PatchCodecId; base: number; payload: number }
   /**
    * A gzip file shipped as its decompressed content (`inner`, encoded whole or
    * against `base` — decompressed first when `baseInflate`), recompressed by
@@ -110,7 +111,7 @@ export type ContentEntry =
       size: number;
       enc: 'gzip';
       gzip: GzipContentRecipe;
-      inner: { size: number; digest: string; codec: 'zstd' | 'zstd-patch' | 'bsdiff' };
+      inner: { size: number; digest: string; codec: CodecId };
       base?: number;
       baseInflate?: boolean;
       payload: number;

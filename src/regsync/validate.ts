@@ -6,6 +6,7 @@
  * rebuilt tar). The documents' own contents (manifests naming the right
  * config and layers) are checked by ./docs.ts once the payloads are verified.
  */
+import { BYTES_CODECS, bytesCodec, isCodecId, wordList } from '../delta/codecs/registry';
 import { hostile } from '../errors';
 import { SHA256_RE } from '../util/digest';
 import { GZ_MAX_INNER } from './gzcontent';
@@ -34,6 +35,9 @@ export const LIMITS = {
   /** Largest skeleton (held in memory). */
   skeleton: 2 ** 30,
 };
+
+/** The codecs of bytes a content or skeleton may name: "zstd, zstd-patch or bsdiff". */
+const CODEC_NAMES = wordList(BYTES_CODECS.map((c) => c.name));
 
 /** Throw HOSTILE with a path into the index. */
 function bad(where: string, what: string): never {
@@ -187,12 +191,10 @@ export function validateIndex(v: unknown): PatchIndex {
     const size = int(e.size, `${w}.size`, LIMITS.content, 1);
     digest(e.digest, `${w}.digest`);
     if (e.enc === 'old') return { size, enc: 'old' as const };
-    if (e.enc === 'zstd') {
+    // a codec of bytes of the registry (src/delta/codecs): a patch names its base
+    if (isCodecId(e.enc)) {
       payloadRef(e.payload, `${w}.payload`);
-      return { size, enc: 'zstd' as const };
-    }
-    if (e.enc === 'zstd-patch' || e.enc === 'bsdiff') {
-      payloadRef(e.payload, `${w}.payload`);
+      if (bytesCodec(e.enc).base === 'none') return { size, enc: e.enc };
       const base = int(e.base, `${w}.base`, i - 1);
       return { size, enc: e.enc, base };
     }
@@ -204,16 +206,16 @@ export function validateIndex(v: unknown): PatchIndex {
       const inner = obj(e.inner, `${w}.inner`);
       int(inner.size, `${w}.inner.size`, GZ_MAX_INNER);
       digest(inner.digest, `${w}.inner.digest`);
-      if (inner.codec !== 'zstd' && inner.codec !== 'zstd-patch' && inner.codec !== 'bsdiff') bad(`${w}.inner.codec`, 'expected zstd, zstd-patch or bsdiff');
+      if (!isCodecId(inner.codec)) return bad(`${w}.inner.codec`, `expected ${CODEC_NAMES}`);
       if (e.baseInflate !== undefined && typeof e.baseInflate !== 'boolean') bad(`${w}.baseInflate`, 'expected a boolean');
-      if (inner.codec === 'zstd') {
+      if (bytesCodec(inner.codec).base === 'none') {
         if (e.base !== undefined || e.baseInflate) bad(`${w}.base`, 'a whole inner content has no base');
         return { size, enc: 'gzip' as const };
       }
       const base = int(e.base, `${w}.base`, i - 1);
       return { size, enc: 'gzip' as const, base };
     }
-    return bad(`${w}.enc`, 'expected old, zstd, zstd-patch, bsdiff or gzip');
+    return bad(`${w}.enc`, `expected ${wordList(['old', ...BYTES_CODECS.map((c) => c.name), 'gzip'])}`);
   });
   const seenDigests = new Set<string>();
   (ix.contents as Obj[]).forEach((c, i) => {
@@ -268,13 +270,13 @@ export function validateIndex(v: unknown): PatchIndex {
         const skSize = int(sk.size, `${w}.skeleton.size`, Math.min(LIMITS.skeleton, tarSize));
         digest(sk.digest, `${w}.skeleton.digest`);
         payloadRef(sk.payload, `${w}.skeleton.payload`);
-        if (sk.codec === 'zstd') {
-          if (sk.base !== undefined) bad(`${w}.skeleton.base`, 'a zstd skeleton has no base');
-        } else if (sk.codec === 'zstd-patch' || sk.codec === 'bsdiff') {
+        if (!isCodecId(sk.codec)) {
+          bad(`${w}.skeleton.codec`, `expected ${CODEC_NAMES}`);
+        } else if (bytesCodec(sk.codec).base === 'none') {
+          if (sk.base !== undefined) bad(`${w}.skeleton.base`, `a ${sk.codec} skeleton has no base`);
+        } else {
           const b = int(sk.base, `${w}.skeleton.base`, sources.length - 1);
           if (!sources[b].hasSkeleton) bad(`${w}.skeleton.base`, 'source without a skeleton digest');
-        } else {
-          bad(`${w}.skeleton.codec`, 'expected zstd, zstd-patch or bsdiff');
         }
         const files = arr(e.files, `${w}.files`, LIMITS.contents).map((f, k) => int(f, `${w}.files[${k}]`, contents.length - 1));
         const runs = arr(e.runs, `${w}.runs`, LIMITS.contents + 1).map((r, k) => int(r, `${w}.runs[${k}]`, skSize));

@@ -5,7 +5,7 @@
  */
 import { createHash } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
-import { applyPatch, chooseBest, compressFull, decompressFull, LEVELS, LevelPreset } from '../delta/codecs';
+import { bytesCodec, chooseBest, CodecChoice, CodecId, compressFull, LEVELS, LevelPreset } from '../delta/codecs';
 import { corrupt, errorToWire } from '../errors';
 import { GzipContentRecipe, gzipRecipeOf, gzipWithRecipe, inflateSingle, looksGzip } from './gzcontent';
 import { Detection, detectRecipe } from './recipe';
@@ -34,7 +34,7 @@ async function load(b: Bytes): Promise<Buffer> {
 export interface EncodeArgs {
   target: Bytes;
   base?: Bytes;
-  codec: 'auto' | 'bsdiff' | 'zstd';
+  codec: CodecChoice;
   level: LevelPreset;
   /** Try encoding a gzip target as its decompressed content (see ./gzcontent.ts). */
   gzip?: boolean;
@@ -43,7 +43,7 @@ export interface EncodeArgs {
 /** A gzip target encoded through its content. */
 export interface GzipEncoding {
   recipe: GzipContentRecipe;
-  inner: { size: number; digest: string; codec: 'zstd' | 'zstd-patch' | 'bsdiff' };
+  inner: { size: number; digest: string; codec: CodecId };
   /** The inner content is a patch against the base … decompressed first. */
   usesBase: boolean;
   baseInflate: boolean;
@@ -51,7 +51,7 @@ export interface GzipEncoding {
 
 /** Result of {@link encode}. */
 export interface EncodeResult {
-  codec: 'zstd' | 'zstd-patch' | 'bsdiff' | 'gzip';
+  codec: CodecId | 'gzip';
   data: Uint8Array;
   gzip?: GzipEncoding;
 }
@@ -92,7 +92,7 @@ async function encodeTask(a: EncodeArgs): Promise<EncodeResult> {
     ? chooseBest(innerBase, g.inner, { codec: a.codec, level: a.level })
     : { codec: 'zstd' as const, data: compressFull(g.inner, LEVELS[a.level]) };
   if (inner.data.length + GZIP_OVERHEAD >= plain.data.length) return plain;
-  const usesBase = inner.codec !== 'zstd';
+  const usesBase = bytesCodec(inner.codec).base !== 'none';
   return {
     codec: 'gzip',
     data: inner.data,
@@ -107,9 +107,9 @@ async function encodeTask(a: EncodeArgs): Promise<EncodeResult> {
 
 /** Arguments of {@link decode}. */
 export interface DecodeArgs {
-  codec: 'zstd' | 'zstd-patch' | 'bsdiff' | 'gzip';
+  codec: CodecId | 'gzip';
   /** For codec gzip: the recipe and the inner content's encoding. */
-  gzip?: { recipe: GzipContentRecipe; inner: { size: number; digest: string; codec: 'zstd' | 'zstd-patch' | 'bsdiff' }; baseInflate: boolean };
+  gzip?: { recipe: GzipContentRecipe; inner: { size: number; digest: string; codec: CodecId }; baseInflate: boolean };
   payload: Bytes;
   base?: Bytes;
   size: number;
@@ -135,19 +135,17 @@ async function decodeTask(a: DecodeArgs): Promise<Uint8Array | null> {
       base = inflateSingle(base);
       if (!base) throw corrupt(`gzip content ${a.digest}: its base does not decompress`);
     }
-    let inner: Buffer;
-    if (g.inner.codec === 'zstd') inner = decompressFull(payload, g.inner.size);
-    else {
-      if (!base) throw corrupt(`gzip content ${a.digest} without a base`);
-      inner = applyPatch(base, payload, g.inner.codec, g.inner.size);
-    }
+    const innerCodec = bytesCodec(g.inner.codec);
+    if (innerCodec.base !== 'none' && !base) throw corrupt(`gzip content ${a.digest} without a base`);
+    const inner = innerCodec.decode(payload, innerCodec.base !== 'none' ? (base ?? null) : null, g.inner.size);
     if (sha256(inner) !== g.inner.digest) throw corrupt(`gzip content ${a.digest}: decompressed content does not match its digest`);
     out = gzipWithRecipe(inner, g.recipe);
     if (out.length !== a.size) throw corrupt(`gzip content ${a.digest}: gzip -${g.recipe.level} here gives ${out.length} bytes, not ${a.size} (another gzip version?)`);
-  } else if (a.codec === 'zstd') out = decompressFull(payload, a.size);
-  else {
-    if (!a.base) throw corrupt(`${a.codec} content ${a.digest} without a base`);
-    out = applyPatch(await load(a.base), payload, a.codec, a.size);
+  } else {
+    // a codec of bytes of the registry (src/delta/codecs)
+    const codec = bytesCodec(a.codec);
+    if (codec.base !== 'none' && !a.base) throw corrupt(`${a.codec} content ${a.digest} without a base`);
+    out = codec.decode(payload, codec.base !== 'none' && a.base ? await load(a.base) : null, a.size);
   }
   const got = sha256(out);
   if (got !== a.digest) throw corrupt(`decoded content hashes to ${got}, expected ${a.digest}`);

@@ -10,7 +10,7 @@
  * an atomic rename, so a blob path holds a complete, verified file or nothing.
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { createReadStream, createWriteStream, promises as fsp } from 'node:fs';
+import { createWriteStream, promises as fsp } from 'node:fs';
 import { join } from 'node:path';
 import { Readable, Transform, TransformCallback } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -18,6 +18,7 @@ import { CdimgReader } from '../format/reader';
 import { Encoding } from '../format/types';
 import { corrupt, D4fsError, hostile } from '../errors';
 import { hexOfDigest } from '../util/digest';
+import { processExists } from '../util/process';
 import type { FileInfo } from '../distribution/protocol';
 
 /** What a verified temp file holds. */
@@ -44,29 +45,17 @@ class LimitedHasher extends Transform {
   }
 }
 
-/** Whether a process with this pid exists. */
-function processAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
-
-/** sha256 ("sha256:…") of a whole file. */
-export async function fileDigestOf(path: string): Promise<string> {
-  const h = createHash('sha256');
-  for await (const c of createReadStream(path, { highWaterMark: 1 << 20 })) h.update(c as Buffer);
-  return `sha256:${h.digest('hex')}`;
-}
-
 /**
- * Open a .cdimg and check it completely: the index against the root digest
- * (CdimgReader.open) and every stored chunk against its digest, so that a
- * file with a damaged byte anywhere is refused.
+ * Open a .cdimg and check every byte of it: the index against the root digest
+ * (CdimgReader.open) and every stored chunk against its stored digest, so
+ * that a file with a damaged byte anywhere is refused; no content is
+ * decompressed (the server's check of an upload or a merge before it lands:
+ * its cost is one read of the file). Error messages name the file
+ * `what`, not its temp path. `ctr-cli cdimg verify` (verifyCdimg in
+ * src/commands/cdimg.ts) goes further: it also decodes every full content and
+ * checks it against its digest.
  */
-export async function verifyCdimg(path: string, what: string): Promise<Omit<VerifiedFile, 'fileDigest'>> {
+export async function verifyStoredChunks(path: string, what: string): Promise<Omit<VerifiedFile, 'fileDigest'>> {
   const r = await CdimgReader.open(path).catch((e: unknown) => {
     if (e instanceof D4fsError) e.message = e.message.replace(path, what);
     throw e;
@@ -170,7 +159,7 @@ export class BlobStore {
     let n = 0;
     for (const name of await fsp.readdir(this.tmpDir).catch(() => [] as string[])) {
       const m = /^\.?(?:upload|merge)-(\d+)-/.exec(name);
-      if (!m || Number(m[1]) === process.pid || processAlive(Number(m[1]))) continue;
+      if (!m || Number(m[1]) === process.pid || processExists(Number(m[1]))) continue;
       await fsp.rm(join(this.tmpDir, name), { force: true, recursive: true });
       n++;
     }

@@ -24,7 +24,7 @@ import { BlobStore } from './blobs';
 import { Catalogue, CATALOGUE_FILE } from './catalogue';
 import { notFound } from '../errors';
 import { signaturePathOf } from '../signing';
-import { ancestorsOf } from './planner';
+import { ancestorsOf } from '../distribution/planner';
 
 export interface GcOptions {
   /** Merges unused this long are dropped (default 7 days). */

@@ -25,7 +25,8 @@ import { mergeDeltas } from '../delta/merge';
 import { corrupt, invalidArgument, notFound, toD4fsError } from '../errors';
 import { WorkerPool } from '../workers/pool';
 import type { BlobStore } from './blobs';
-import { fileDigestOf, verifyCdimg } from './blobs';
+import { verifyStoredChunks } from './blobs';
+import { fileDigestOf } from '../util/digest';
 import type { Catalogue, FileRow, MergeRow } from './catalogue';
 import type { ServerMetrics } from './metrics';
 
@@ -184,7 +185,7 @@ export class MergeCache {
       } else {
         await mergeDeltas({ deltas, out: tmp });
       }
-      const v = await verifyCdimg(tmp, 'merged delta');
+      const v = await verifyStoredChunks(tmp, 'merged delta');
       const first = chain[0];
       const last = chain[chain.length - 1];
       if (v.kind !== 'delta' || v.parentId !== first.parentId || v.imageId !== last.imageId) {

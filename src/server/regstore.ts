@@ -44,15 +44,16 @@ import { corrupt, D4fsError, failedPrecondition, invalidArgument, toD4fsError, u
 import { MT } from '../oci/mediatypes';
 import { ClientTuning, RegistryClient } from '../oci/registry/client';
 import type { RegistryOptions } from '../oci/registry/options';
-import { VerifyingStream } from '../util/digest';
+import { fileDigestOf, VerifyingStream } from '../util/digest';
+import { mapLimit } from '../util/ordered';
 import { ArtifactEntry, ArtifactFile, contentTag, isContentTag, parseFileManifest, parseTagIndex, tagIndex } from '../distribution/artifact';
 import { pushFileArtifact } from '../distribution/registry';
 import { addsSignatures, mergeSignatures } from '../distribution/signatures';
 import type { BlobStore } from './blobs';
-import { fileDigestOf, verifyCdimg } from './blobs';
+import { verifyStoredChunks } from './blobs';
 import type { Catalogue } from './catalogue';
 import type { ServerMetrics } from './metrics';
-import { ancestorsOf } from './planner';
+import { ancestorsOf } from '../distribution/planner';
 
 /** Default time a repository's catalogue read from the registry is trusted. */
 export const DEFAULT_STORE_TTL_MS = 5_000;
@@ -409,7 +410,7 @@ export class RegistryStore {
     try {
       const body = await this.client.openBlob(repo, f.fileDigest, f.size);
       await pipeline(body, new VerifyingStream(f.fileDigest, what, f.size), createWriteStream(tmp, { flags: 'wx', mode: 0o644 }));
-      const v = await verifyCdimg(tmp, what);
+      const v = await verifyStoredChunks(tmp, what);
       if (v.rootDigest !== f.rootDigest || v.kind !== f.kind || v.imageId !== f.imageId || v.parentId !== f.parentId) {
         throw corrupt(`${what}: the file is ${v.kind} ${v.parentId || '∅'} → ${v.imageId} (${v.rootDigest}), the registry's manifest says otherwise`);
       }
@@ -426,13 +427,4 @@ export class RegistryStore {
 /** Failures that make one artifact unusable without making the whole read fail. */
 function skippable(e: unknown): boolean {
   return e instanceof D4fsError && (e.kind === 'CORRUPT' || e.kind === 'UNSUPPORTED' || e.kind === 'NOT_FOUND');
-}
-
-/** Run `fn` over `items`, `limit` at a time. */
-async function mapLimit<T>(items: readonly T[], limit: number, fn: (x: T) => Promise<void>): Promise<void> {
-  let next = 0;
-  const worker = async (): Promise<void> => {
-    while (next < items.length) await fn(items[next++]);
-  };
-  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
 }

@@ -53,13 +53,13 @@ import {
   UploadResultJson,
 } from '../distribution/protocol';
 import { Access, Principal, TokenAuth } from './auth';
-import { BlobStore, verifyCdimg } from './blobs';
+import { BlobStore, verifyStoredChunks } from './blobs';
 import { Catalogue, CATALOGUE_FILE, FileRow } from './catalogue';
 import { collectGarbage, GcOptions, GcReport } from './gc';
 import { acceptBody, awaitingContinue, bodyOf, BodyPace, bodyPending, discardBody, hasBody, parseRange, readJson, sendError, sendJson } from './http';
 import { MergeCache, MergeStrategy } from './merges';
 import { ServerMetrics } from './metrics';
-import { planChain } from './planner';
+import { planChain } from '../distribution/planner';
 import { parseStoreUrl, RegistryStore, RegistryStoreOptions } from './regstore';
 import { ServerSignatures } from './signatures';
 
@@ -657,7 +657,7 @@ export class D4fsServer {
         throw unavailable(`${what} was interrupted: ${(e as Error).message}`, e);
       }
       if (declared !== undefined && got.bytes !== declared) throw corrupt(`${what}: received ${got.bytes} bytes, Content-Length said ${declared}`);
-      const v = await verifyCdimg(tmp, what);
+      const v = await verifyStoredChunks(tmp, what);
       if (v.rootDigest !== rootDigest) throw corrupt(`${what}: the file's root digest is ${v.rootDigest}, not the one named in the URL`);
       const claimed = c.req.headers[FILE_DIGEST_HEADER];
       if (typeof claimed === 'string' && claimed !== got.fileDigest) throw corrupt(`${what}: the bytes hash to ${got.fileDigest}, the client said ${claimed}`);

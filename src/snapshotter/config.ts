@@ -27,8 +27,9 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { parse as parseToml } from 'smol-toml';
-import { type FuseBindingName, parseBinding } from '../fuse/binding';
+import { type FuseBindingName, parseBinding } from './fuse-binding';
 import { invalidArgument } from '../errors';
+import { checkLogLevel } from '../util/loglevel';
 
 export interface SnapshotterConfig {
   root: string;
@@ -74,8 +75,6 @@ export const DEFAULT_CONFIG: Readonly<SnapshotterConfig> = {
   asyncRemove: false,
   upperdirLabel: false,
 };
-
-const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'];
 
 function expect<T>(file: string, key: string, value: unknown, type: 'string' | 'number' | 'boolean'): T {
   if (typeof value !== type) throw invalidArgument(`${file}: ${key} must be a ${type}`);
@@ -182,7 +181,7 @@ export function resolveConfig(flags: Partial<SnapshotterConfig>, file?: string):
   if (!path.isAbsolute(cfg.root)) cfg.root = path.resolve(cfg.root);
   if (!path.isAbsolute(cfg.address)) cfg.address = path.resolve(cfg.address);
   if (cfg.stores) cfg.stores = cfg.stores.map((s) => path.resolve(s));
-  if (!LOG_LEVELS.includes(cfg.logLevel)) throw invalidArgument(`log level must be one of ${LOG_LEVELS.join(', ')}`);
+  checkLogLevel(cfg.logLevel, 'log level');
   // sun_path holds 108 bytes including the terminating NUL.
   if (Buffer.byteLength(cfg.address) > 107) throw invalidArgument(`socket path too long (max 107 bytes): ${cfg.address}`);
   return cfg;

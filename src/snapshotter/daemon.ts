@@ -11,7 +11,7 @@ import type { Logger } from 'pino';
 import { D4fsError, failedPrecondition, toD4fsError } from '../errors';
 import type { SnapshotterConfig } from './config';
 import type { FileSystem } from './filesystem';
-import { SnapshotsClient } from './grpc/client';
+import { SnapshotsClient } from '../containerd/snapshots-client';
 import { serveSnapshotter, type SnapshotterServer } from './grpc/server';
 import { OverlaySnapshotter } from './overlay';
 import type { RemoteSnapshotProvider } from './remote';

@@ -15,6 +15,6 @@ export { DEFAULT_CONFIG, DEFAULT_STORE, loadConfigFile, resolveConfig, storesOf,
 export { checkSocketDir, ensureSocketDir } from './sockdir';
 export { createLogger } from './log';
 export { serveSnapshotter, createSnapshotsService, toStatus, DEFAULT_REQUEST_TIMEOUT_MS, type SnapshotterServer } from './grpc/server';
-export { SnapshotsClient, fromGrpcError } from './grpc/client';
-export { findPackageRoot, snapshotsService, SNAPSHOTS_SERVICE } from './grpc/proto';
+export { SnapshotsClient, fromGrpcError } from '../containerd/snapshots-client';
+export { snapshotsService, SNAPSHOTS_SERVICE } from '../containerd/proto';
 export { runSnapshotter, type RunningSnapshotter } from './daemon';

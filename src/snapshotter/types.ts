@@ -1,68 +1,10 @@
 /**
- * The snapshot model of containerd, as d4fs's snapshot core sees it.
+ * The snapshot model of containerd (src/containerd/snapshots.ts), as d4fs's
+ * snapshot core sees it, and the core's own record of a snapshot.
  */
+import type { Kind } from '../containerd/snapshots';
 
-/** Kind of a snapshot; the numbers are those of containerd's API enum. */
-export enum Kind {
-  Unknown = 0,
-  /** Read-only snapshot of a committed parent. */
-  View = 1,
-  /** Writable snapshot, to be committed or removed. */
-  Active = 2,
-  /** Immutable snapshot; the only kind that can be a parent. */
-  Committed = 3,
-}
-
-/** Lower-case name of a kind, as containerd's filters spell it ("active", ...). */
-export function kindName(kind: Kind): string {
-  switch (kind) {
-    case Kind.View:
-      return 'view';
-    case Kind.Active:
-      return 'active';
-    case Kind.Committed:
-      return 'committed';
-    default:
-      return 'unknown';
-  }
-}
-
-/** A point in time with nanosecond precision (google.protobuf.Timestamp). */
-export interface Timestamp {
-  seconds: number;
-  nanos: number;
-}
-
-/** Snapshot labels: string keys to string values. */
-export type Labels = Record<string, string>;
-
-/** What Stat, Update and List report about a snapshot. */
-export interface SnapshotInfo {
-  /** Key (active, view) or name (committed). */
-  name: string;
-  /** Name of the parent snapshot; '' for none. */
-  parent: string;
-  kind: Kind;
-  labels: Labels;
-  created: Timestamp;
-  updated: Timestamp;
-}
-
-/** Disk resources a snapshot uses by itself (not counting its parents). */
-export interface Usage {
-  /** Distinct inodes. */
-  inodes: number;
-  /** Bytes allocated on disk (st_blocks * 512). */
-  size: number;
-}
-
-/** One mount for the caller to perform (containerd.types.Mount). */
-export interface Mount {
-  type: string;
-  source: string;
-  target?: string;
-  options: string[];
-}
+export * from '../containerd/snapshots';
 
 /**
  * Internal view of an active or view snapshot: its id (directory name) and
@@ -72,21 +14,4 @@ export interface SnapshotRecord {
   id: string;
   kind: Kind;
   parentIds: string[];
-}
-
-/** Milliseconds-with-fraction wall clock → Timestamp. */
-export function timestampFromMs(ms: number): Timestamp {
-  const seconds = Math.floor(ms / 1000);
-  const nanos = Math.min(999_999_999, Math.max(0, Math.round((ms - seconds * 1000) * 1e6)));
-  return { seconds, nanos };
-}
-
-/** The current wall-clock time with sub-millisecond resolution. */
-export function now(): Timestamp {
-  return timestampFromMs(performance.timeOrigin + performance.now());
-}
-
-/** Comparison of two timestamps: negative, zero or positive. */
-export function compareTimestamps(a: Timestamp, b: Timestamp): number {
-  return a.seconds !== b.seconds ? a.seconds - b.seconds : a.nanos - b.nanos;
 }

@@ -1,3 +1,3 @@
 export * from './types';
-export { readTar, TarEntry, TarReadOptions, parsePaxTime } from './reader';
+export { readTar, TarEntry, TarReadOptions, parsePaxTime, headerChecksumMatches } from './reader';
 export { encodeTarHeader, tarPadding, TAR_END, buildTar } from './writer';

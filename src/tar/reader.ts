@@ -67,8 +67,12 @@ function parseNumber(b: Buffer, start: number, len: number, field: string, what:
   return v;
 }
 
-function checksumOk(b: Buffer, what: string): boolean {
-  const stored = parseNumber(b, 148, 8, 'checksum', what);
+/**
+ * Whether `stored` (the header's checksum field, parsed by the caller's own
+ * rules) is the checksum of header block `b`: the sum of its bytes with the
+ * field itself counted as spaces, unsigned or (historic tars) signed.
+ */
+export function headerChecksumMatches(b: Buffer, stored: number): boolean {
   let unsigned = 0;
   let signed = 0;
   for (let i = 0; i < BLOCK; i++) {
@@ -77,6 +81,10 @@ function checksumOk(b: Buffer, what: string): boolean {
     signed += c > 127 ? c - 256 : c;
   }
   return stored === unsigned || stored === signed;
+}
+
+function checksumOk(b: Buffer, what: string): boolean {
+  return headerChecksumMatches(b, parseNumber(b, 148, 8, 'checksum', what));
 }
 
 interface PaxRecords {

@@ -1,4 +1,5 @@
 import { createHash, Hash } from 'node:crypto';
+import { createReadStream } from 'node:fs';
 import { Transform, TransformCallback } from 'node:stream';
 import { corrupt, invalidArgument } from '../errors';
 
@@ -23,6 +24,13 @@ export function parseDigest(d: string, what = 'digest'): string {
     throw invalidArgument(`invalid ${what} ${JSON.stringify(String(d).slice(0, 100))}: expected sha256:<64 hex>`);
   }
   return d;
+}
+
+/** sha256 ("sha256:…") of a whole file. */
+export async function fileDigestOf(path: string): Promise<string> {
+  const h = createHash('sha256');
+  for await (const c of createReadStream(path, { highWaterMark: 1 << 20 })) h.update(c as Buffer);
+  return `sha256:${h.digest('hex')}`;
 }
 
 export const hexOfDigest = (d: string): string => parseDigest(d).slice(7);

@@ -7,8 +7,8 @@ import { createHash } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
 import { zstdBound, zstdFrame, zstdFrameInto, zstdUnframe } from '../format/zstd';
 import type { Chain } from '../delta/chain';
-import type { LevelPreset } from '../delta/codecs';
-import { Codec } from '../format/types';
+import type { CodecChoice, LevelPreset } from '../delta/codecs';
+import type { Codec } from '../format/types';
 
 const sha = (b: Uint8Array): string => createHash('sha256').update(b).digest('hex');
 
@@ -193,7 +193,7 @@ export interface DiffContentArgs {
   target: string;
   /** sha256 hex of the base content in the old image, '' for none */
   base: string;
-  codec: 'auto' | 'bsdiff' | 'zstd';
+  codec: CodecChoice;
   level: LevelPreset;
   chunkSize: number;
 }
@@ -202,8 +202,7 @@ export interface DiffContentArgs {
 export async function diffContent(a: DiffContentArgs): Promise<{ stored: Uint8Array; chunks: DeltaChunkInfo[] }> {
   const target = await (await chainOf(a.newChain)).content(Buffer.from(a.target, 'hex'));
   const base = a.base ? await (await chainOf(a.oldChain)).content(Buffer.from(a.base, 'hex')) : Buffer.alloc(0);
-  const { chooseBest, contentKind, chunkBaseRange, BSDIFF_MAX_INPUT } = delta().codecs;
-  const { encodeGzMember } = require('../delta/gzcodec') as typeof import('../delta/gzcodec');
+  const { encodeChunk, contentKind, chunkBaseRange, BSDIFF_MAX_INPUT } = delta().codecs;
   // Whole contents up to bsdiff's input limit are one unit (cutting a binary loses matches across the cut);
   // larger ones go in chunks, each against a window of the base around the same relative offset.
   const whole = base.length > 0 && target.length <= BSDIFF_MAX_INPUT;
@@ -225,19 +224,9 @@ export async function diffContent(a: DiffContentArgs): Promise<{ stored: Uint8Ar
       }
     }
     const region = base.subarray(bo, bo + bs);
-    const chosen = chooseBest(region, raw, { codec: a.codec, level: a.level, kind });
-    let codec = chosen.codec === 'zstd' ? Codec.ZSTD : chosen.codec === 'zstd-patch' ? Codec.ZSTD_PATCH : Codec.BSDIFF;
-    let data = chosen.data;
-    let usesBase = codec !== Codec.ZSTD;
-    if (whole || (!base.length && raw.length === target.length)) {
-      // .gz files: encode the decompressed content when the file rebuilds byte for byte
-      const gz = encodeGzMember(region, raw, { codec: a.codec, level: a.level });
-      if (gz && gz.data.length < data.length) {
-        codec = Codec.GZIP_MEMBER;
-        data = gz.data;
-        usesBase = gz.usesBase;
-      }
-    }
+    // the smallest of the codecs (the registry, src/delta/codecs); on a whole content also the
+    // wrapper codecs (.gz files: their decompressed content, when the file rebuilds byte for byte)
+    const { codec, data, usesBase } = encodeChunk(region, raw, { codec: a.codec, level: a.level, kind }, whole || (!base.length && raw.length === target.length));
     frames.push(data);
     chunks.push({
       storedSize: data.length,

@@ -16,7 +16,11 @@ import fsp from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
-import { SnapshotsClient, findPackageRoot, type Mount } from '../../src/snapshotter';
+import { SnapshotsClient, type Mount } from '../../src/snapshotter';
+import { isAtOrBelow, readMountInfoSync } from '../../src/util/mountinfo';
+import { packageRoot } from '../../src/util/paths';
+import { CTR_CLI_JS } from './cli';
+import { eventually } from './wait';
 
 const execFileP = promisify(execFile);
 
@@ -51,6 +55,18 @@ export async function runCommand(
   }
 }
 
+/** ctr-cli commands that never talk to containerd (they take no --address). */
+const LOCAL_CLI_COMMANDS = ['images', 'convert', 'cdimg', 'sign', 'keygen', 'verify-signature', 'serve', 'push', 'registry'];
+
+/**
+ * Runs the compiled ctr-cli with `store` as $D4FS_STORE; the commands that
+ * talk to containerd get `--address` of the private `containerd`.
+ */
+export function runCtrCli(args: string[], o: { store: string; containerd: { address: string }; timeoutMs?: number }): Promise<CommandResult> {
+  const address = LOCAL_CLI_COMMANDS.includes(args[0]) ? [] : ['--address', o.containerd.address];
+  return runCommand(process.execPath, [CTR_CLI_JS, ...args, ...address], { env: { ...process.env, D4FS_STORE: o.store }, timeoutMs: o.timeoutMs ?? 300_000 });
+}
+
 /** Runs a command; rejects with its stderr when it fails. */
 export async function mustRun(file: string, args: string[], opts: { cwd?: string; timeoutMs?: number } = {}): Promise<string> {
   const r = await runCommand(file, args, opts);
@@ -65,14 +81,10 @@ export async function mustRun(file: string, args: string[], opts: { cwd?: string
 /** Mount points at or below `dir`, deepest (last mounted) first. */
 export function mountsUnder(dir: string): string[] {
   const base = path.resolve(dir);
-  const out: string[] = [];
-  for (const line of fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n')) {
-    const f = line.split(' ');
-    if (f.length < 5) continue;
-    const mp = f[4].replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
-    if (mp === base || mp.startsWith(`${base}/`)) out.push(mp);
-  }
-  return out.reverse();
+  return readMountInfoSync()
+    .map((m) => m.mountpoint)
+    .filter((mp) => isAtOrBelow(mp, base))
+    .reverse();
 }
 
 /** Lazily unmounts everything at or below `dir`. */
@@ -131,8 +143,8 @@ async function waitExit(child: ChildProcess, ms: number): Promise<number | null>
   });
 }
 
-/** PIDs whose command line contains `needle`. */
-function pidsWithCmdline(needle: string): number[] {
+/** PIDs (other than ours, zombies included) whose command line mentions `needle`. */
+export function pidsMentioning(needle: string): number[] {
   const out: number[] = [];
   for (const name of fs.readdirSync('/proc')) {
     if (!/^\d+$/.test(name) || Number(name) === process.pid) continue;
@@ -196,6 +208,11 @@ export interface PrivateContainerd {
    * --runc-root pointing into the private directory are added.
    */
   ctr(args: string[], opts?: { timeoutMs?: number }): Promise<CommandResult>;
+  /**
+   * Like ctr, but rejects on a non-zero exit, with containerd's log and
+   * `logs()` (e.g. the snapshotter's) in the message; resolves with stdout.
+   */
+  ctrOk(args: string[], opts?: { timeoutMs?: number; logs?: () => string }): Promise<string>;
   /** The tail of containerd's log. */
   log(): string;
   /** Kills containerd and its shims, unmounts what is left under its dirs, removes them. */
@@ -358,13 +375,18 @@ export async function startContainerd(opts: StartContainerdOptions = {}): Promis
       return '';
     }
   };
+  const ctrOk = async (args: string[], o: { timeoutMs?: number; logs?: () => string } = {}): Promise<string> => {
+    const r = await ctr(args, o);
+    if (r.code !== 0) throw new Error(`ctr ${args.join(' ')} exited ${r.code}: ${r.stderr}\n--- containerd log ---\n${log()}\n${o.logs?.() ?? ''}`);
+    return r.stdout;
+  };
 
   let stopped = false;
   const stop = async () => {
     if (stopped) return;
     stopped = true;
     // Shims (and anything they run) outlive containerd: end them first.
-    for (const shim of pidsWithCmdline(`-address ${address}`)) for (const pid of processTree(shim).reverse()) killQuietly(pid, 'SIGKILL');
+    for (const shim of pidsMentioning(`-address ${address}`)) for (const pid of processTree(shim).reverse()) killQuietly(pid, 'SIGKILL');
     child.kill('SIGTERM');
     await waitExit(child, 10_000);
     children.delete(child);
@@ -389,7 +411,7 @@ export async function startContainerd(opts: StartContainerdOptions = {}): Promis
     }
     await new Promise((r2) => setTimeout(r2, 200));
   }
-  return { address, root, state, dir, configFile, certsDir, ctr, log, stop };
+  return { address, root, state, dir, configFile, certsDir, ctr, ctrOk, log, stop };
 }
 
 // ---------------------------------------------------------------------------
@@ -423,7 +445,7 @@ export interface StartSnapshotterOptions {
 
 /** Path of the compiled entry point: <package root>/dist/snapshotter/main.js. */
 export function snapshotterEntryPoint(): string {
-  return path.join(findPackageRoot(__dirname), 'dist', 'snapshotter', 'main.js');
+  return path.join(packageRoot(), 'dist', 'snapshotter', 'main.js');
 }
 
 /**
@@ -486,7 +508,7 @@ export async function startSnapshotter(opts: StartSnapshotterOptions): Promise<S
 
 /** Cache of downloaded packages: <package root>/.cache/snapshotter-test. */
 function cacheDir(): string {
-  return path.join(findPackageRoot(__dirname), '.cache', 'snapshotter-test');
+  return path.join(packageRoot(), '.cache', 'snapshotter-test');
 }
 
 /** Path of a downloaded busybox-static .deb (downloaded once with apt-get download). */
@@ -558,31 +580,36 @@ export async function buildBusyboxImage(layout: string, tag: string): Promise<vo
 /** FUSE mount points at or below `dir` (from /proc/self/mountinfo). */
 export function fuseMountsUnder(dir: string): string[] {
   const base = path.resolve(dir);
-  const out: string[] = [];
-  for (const line of fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n')) {
-    const [left, right] = line.split(' - ');
-    if (!right) continue;
-    const mp = left.split(' ')[4].replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
-    const fstype = right.split(' ')[0];
-    if ((fstype === 'fuse' || fstype.startsWith('fuse.')) && (mp === base || mp.startsWith(`${base}/`))) out.push(mp);
-  }
-  return out;
+  return readMountInfoSync()
+    .filter((m) => (m.fstype === 'fuse' || m.fstype.startsWith('fuse.')) && isAtOrBelow(m.mountpoint, base))
+    .map((m) => m.mountpoint);
 }
 
 /** PIDs (other than this one, zombies excluded) whose command line mentions `needle`. */
 export function processesMentioning(needle: string): number[] {
-  const out: number[] = [];
-  for (const name of fs.readdirSync('/proc')) {
-    if (!/^\d+$/.test(name) || Number(name) === process.pid) continue;
-    try {
-      const cmd = fs.readFileSync(`/proc/${name}/cmdline`, 'utf8');
-      const stat = fs.readFileSync(`/proc/${name}/stat`, 'utf8');
-      if (cmd.includes(needle) && stat[stat.lastIndexOf(')') + 2] !== 'Z') out.push(Number(name));
-    } catch {
-      /* gone */
-    }
+  return pidsMentioning(needle).filter(isAlive);
+}
+
+/** True when `pid` exists and is not a zombie. */
+export function isAlive(pid: number): boolean {
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat[stat.lastIndexOf(')') + 2] !== 'Z';
+  } catch {
+    return false;
   }
-  return out;
+}
+
+/**
+ * Ends the processes whose command line mentions `needle` (e.g. a FUSE
+ * manager, which outlives its snapshotter by design): SIGTERM, then SIGKILL
+ * for those still there after `ms`.
+ */
+export async function endProcessesMentioning(needle: string, ms = 10_000): Promise<void> {
+  for (const pid of processesMentioning(needle)) killQuietly(pid, 'SIGTERM');
+  await eventually(() => processesMentioning(needle).length === 0, ms, `the processes mentioning ${needle} to end`).catch(() => {
+    for (const pid of processesMentioning(needle)) killQuietly(pid, 'SIGKILL');
+  });
 }
 
 /**

@@ -23,8 +23,7 @@ import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
-import * as protoLoader from '@grpc/proto-loader';
-import { findPackageRoot } from '../../src/snapshotter';
+import { loadService } from '../../src/containerd/proto';
 import { type CriPluginOptions, mountsUnder } from './containerd';
 import { type D4fsEnv, startD4fsEnv } from './d4fs-env';
 import { pushPauseImage } from './pause';
@@ -167,22 +166,9 @@ export interface ExecSyncResult {
 const RUNTIME_SERVICE = 'runtime.v1.RuntimeService';
 const IMAGE_SERVICE = 'runtime.v1.ImageService';
 
-let services: { runtime: grpc.ServiceClientConstructor; image: grpc.ServiceClientConstructor } | undefined;
-
-/** The two CRI services from <package root>/proto/cri/api.proto, loaded once. */
+/** The two CRI services from <package root>/proto/cri/api.proto. */
 function criServices(): { runtime: grpc.ServiceClientConstructor; image: grpc.ServiceClientConstructor } {
-  if (services) return services;
-  const protoDir = path.join(findPackageRoot(__dirname), 'proto');
-  const def = protoLoader.loadSync('cri/api.proto', { keepCase: true, longs: String, enums: String, defaults: true, oneofs: true, includeDirs: [protoDir] });
-  const pkg = grpc.loadPackageDefinition(def);
-  const find = (name: string): grpc.ServiceClientConstructor => {
-    let node: unknown = pkg;
-    for (const part of name.split('.')) node = (node as Record<string, unknown>)[part];
-    if (typeof node !== 'function') throw new Error(`${name} not found in ${protoDir}/cri/api.proto`);
-    return node as grpc.ServiceClientConstructor;
-  };
-  services = { runtime: find(RUNTIME_SERVICE), image: find(IMAGE_SERVICE) };
-  return services;
+  return { runtime: loadService('cri/api.proto', RUNTIME_SERVICE), image: loadService('cri/api.proto', IMAGE_SERVICE) };
 }
 
 /** A failed CRI call: the method, the gRPC status code and containerd's message. */

@@ -20,24 +20,25 @@ import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { ManagerClient } from '../../src/fuse/client';
+import { D4FS_FSTYPE } from '../../src/fuse/mounts';
 import { managerPaths } from '../../src/fuse/protocol';
-import { findPackageRoot } from '../../src/snapshotter';
+import { isAtOrBelow, readMountInfoSync } from '../../src/util/mountinfo';
 import {
   type CommandResult,
   type PrivateContainerd,
   type SnapshotterProcess,
   type StartContainerdOptions,
-  runCommand,
+  isAlive,
+  pidsMentioning,
+  runCtrCli,
   startContainerd,
   startSnapshotter,
   unmountAllUnder,
 } from './containerd';
+import { eventually } from './wait';
 
-/** The compiled ctr-cli entry point. */
-export const CTR_CLI = path.join(findPackageRoot(__dirname), 'dist', 'cli', 'ctr-cli.js');
-
-/** Filesystem type of d4fs FUSE mounts in /proc/mounts. */
-export const D4FS_FSTYPE = 'fuse.d4fs';
+/** Re-exported for bench/snapshotter.ts and test/cri-peer.test.ts, which import it from here. */
+export { eventually };
 
 /** A running private environment. */
 export interface D4fsEnv {
@@ -72,7 +73,7 @@ export interface D4fsEnv {
   restartSnapshotter(): Promise<SnapshotterProcess>;
   /** The FUSE manager's pid from its pid file, when that process is alive. */
   managerPid(): number | undefined;
-  /** d4fs FUSE mounts at or below `dir` (default: the environment's directory), from /proc/mounts. */
+  /** d4fs FUSE mounts at or below `dir` (default: the environment's directory). */
   d4fsMounts(dir?: string): string[];
   /** Tails of the snapshotter's and the FUSE manager's logs, for failure messages. */
   logs(): string;
@@ -97,55 +98,12 @@ export interface D4fsEnvOptions {
   keepSnapshotterLog?: boolean;
 }
 
-/** Decodes the octal escapes of /proc/mounts fields. */
-function unescapeMountField(s: string): string {
-  return s.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
-}
-
-/** d4fs FUSE mounts at or below `dir`, from /proc/mounts. */
+/** d4fs FUSE mounts at or below `dir`, in mount order. */
 export function d4fsMountsUnder(dir: string): string[] {
   const base = path.resolve(dir);
-  const out: string[] = [];
-  for (const line of fs.readFileSync('/proc/mounts', 'utf8').split('\n')) {
-    const f = line.split(' ');
-    if (f.length < 3 || f[2] !== D4FS_FSTYPE) continue;
-    const mp = unescapeMountField(f[1]);
-    if (mp === base || mp.startsWith(`${base}/`)) out.push(mp);
-  }
-  return out;
-}
-
-/** PIDs (other than ours) whose command line mentions `needle`. */
-export function pidsMentioning(needle: string): number[] {
-  const out: number[] = [];
-  for (const name of fs.readdirSync('/proc')) {
-    if (!/^\d+$/.test(name) || Number(name) === process.pid) continue;
-    try {
-      if (fs.readFileSync(`/proc/${name}/cmdline`, 'utf8').split('\0').join(' ').includes(needle)) out.push(Number(name));
-    } catch {
-      /* gone */
-    }
-  }
-  return out;
-}
-
-/** True when `pid` exists and is not a zombie. */
-export function isAlive(pid: number): boolean {
-  try {
-    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
-    return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) !== 'Z';
-  } catch {
-    return false;
-  }
-}
-
-/** Polls `fn` every 100 ms until it is true; rejects with `what` after `ms`. */
-export async function eventually(fn: () => Promise<boolean> | boolean, ms = 30_000, what = 'condition'): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!(await fn())) {
-    if (Date.now() > deadline) throw new Error(`${what} not reached within ${ms} ms`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
+  return readMountInfoSync()
+    .filter((m) => m.fstype === D4FS_FSTYPE && isAtOrBelow(m.mountpoint, base))
+    .map((m) => m.mountpoint);
 }
 
 function tailOf(file: string, bytes: number): string {
@@ -200,24 +158,14 @@ export async function startD4fsEnv(opts: D4fsEnvOptions = {}): Promise<D4fsEnv> 
   const logs = (): string =>
     `--- snapshotter log ---\n${snapshotter.logs().slice(-6000)}\n--- FUSE manager log ---\n${tailOf(paths.log, 6000)}`;
 
-  const cli = (args: string[], o: { timeoutMs?: number } = {}): Promise<CommandResult> => {
-    const local = ['images', 'convert', 'cdimg', 'sign', 'keygen', 'verify-signature', 'serve', 'push', 'registry'].includes(args[0]);
-    const address = local ? [] : ['--address', ctrd.address];
-    return runCommand(process.execPath, [CTR_CLI, ...args, ...address], { env: { ...process.env, D4FS_STORE: store }, timeoutMs: o.timeoutMs ?? 300_000 });
-  };
+  const cli = (args: string[], o: { timeoutMs?: number } = {}): Promise<CommandResult> => runCtrCli(args, { store, containerd: ctrd, timeoutMs: o.timeoutMs });
   const cliOk = async (args: string[], o: { timeoutMs?: number } = {}): Promise<string> => {
     const r = await cli(args, o);
     if (r.code !== 0) throw new Error(`ctr-cli ${args.join(' ')} exited ${r.code}: ${r.stderr}\n${logs()}`);
     return r.stdout;
   };
   const ctr = (args: string[], o: { timeoutMs?: number } = {}): Promise<CommandResult> => ctrd.ctr(args, { timeoutMs: o.timeoutMs ?? 300_000 });
-  const ctrOk = async (args: string[], o: { timeoutMs?: number } = {}): Promise<string> => {
-    const r = await ctr(args, o);
-    if (r.code !== 0) {
-      throw new Error(`ctr ${args.join(' ')} exited ${r.code}: ${r.stderr}\n--- containerd log ---\n${ctrd.log()}\n${logs()}`);
-    }
-    return r.stdout;
-  };
+  const ctrOk = (args: string[], o: { timeoutMs?: number } = {}): Promise<string> => ctrd.ctrOk(args, { timeoutMs: o.timeoutMs ?? 300_000, logs });
   const managerPid = (): number | undefined => {
     try {
       const pid = Number(fs.readFileSync(paths.pid, 'utf8').trim());

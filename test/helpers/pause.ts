@@ -10,7 +10,7 @@ import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { findPackageRoot } from '../../src/snapshotter';
+import { packageRoot } from '../../src/util/paths';
 import { mustRun } from './containerd';
 import { pushOciLayout } from './registry';
 
@@ -79,7 +79,7 @@ export async function buildPauseImage(layout: string, tag = '1'): Promise<void> 
 /** The pause image's OCI layout, built once per checkout (and version of PAUSE_C) under <package root>/.cache. */
 async function cachedPauseLayout(): Promise<string> {
   const version = crypto.createHash('sha256').update(PAUSE_C).digest('hex').slice(0, 12);
-  const layout = path.join(findPackageRoot(__dirname), '.cache', 'cri-test', `pause-oci-${version}`);
+  const layout = path.join(packageRoot(), '.cache', 'cri-test', `pause-oci-${version}`);
   if (fs.existsSync(path.join(layout, 'index.json'))) return layout;
   await fsp.mkdir(path.dirname(layout), { recursive: true });
   // build next to it and rename, so that a concurrent or interrupted build never leaves half a layout

@@ -52,7 +52,8 @@ export async function makeTestCa(dir: string): Promise<TestCa> {
   return { ca: f('ca.pem'), cert: f('server.pem'), key: f('server.key') };
 }
 
-const REGISTRY_BIN = '/usr/bin/docker-registry';
+/** The Debian docker-registry binary the private registries run. */
+export const REGISTRY_BIN = '/usr/bin/docker-registry';
 const START_TIMEOUT_MS = 15_000;
 const START_ATTEMPTS = 3;
 const running = new Set<ChildProcess>();

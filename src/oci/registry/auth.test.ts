@@ -12,17 +12,9 @@ import {
   resolveCredentials,
   TokenHttp,
 } from './auth';
+import { kindOf } from '../../../test/helpers/errors';
 
 const b64 = (s: string) => Buffer.from(s).toString('base64');
-
-async function kindOf(p: Promise<unknown>): Promise<string> {
-  try {
-    await p;
-  } catch (e) {
-    return e instanceof D4fsError ? e.kind : `non-D4fsError: ${String(e)}`;
-  }
-  return 'resolved';
-}
 
 describe('parseChallenges', () => {
   test('bearer with quoted parameters', () => {

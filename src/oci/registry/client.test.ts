@@ -10,17 +10,9 @@ import { D4fsError } from '../../errors';
 import { digestOf } from '../../util/digest';
 import { MT } from '../mediatypes';
 import { apiHostOf, checkRepository, isDigestReference, manifestMediaType, nextLink, RegistryClient } from './client';
+import { kindOf } from '../../../test/helpers/errors';
 
 const MANIFEST = Buffer.from(JSON.stringify({ schemaVersion: 2, config: {}, layers: [] }));
-
-async function kindOf(p: Promise<unknown>): Promise<string> {
-  try {
-    await p;
-  } catch (e) {
-    return e instanceof D4fsError ? e.kind : `non-D4fsError: ${String(e)}`;
-  }
-  return 'resolved';
-}
 
 describe('helpers', () => {
   test('docker.io is served by registry-1.docker.io', () => {

@@ -9,7 +9,7 @@ import * as grpc from '@grpc/grpc-js';
 import type { Logger } from 'pino';
 import { D4fsError, errorToWire, grpcCodeOf, toD4fsError } from '../../errors';
 import type { OverlaySnapshotter } from '../overlay';
-import { snapshotsService } from './proto';
+import { snapshotsService } from '../../containerd/proto';
 import {
   type CleanupRequest,
   type CommitRequest,
@@ -27,7 +27,7 @@ import {
   infoToPb,
   mountToPb,
   required,
-} from './wire';
+} from '../../containerd/snapshots-wire';
 
 /** Default cap on the time one request may take. */
 export const DEFAULT_REQUEST_TIMEOUT_MS = 120_000;

@@ -8,7 +8,7 @@
 import { corrupt, hostile } from '../errors';
 import { TarEntry, TarHeader } from '../tar';
 import { Entry, FileType, Xattr } from '../format/types';
-import { checkDeviceNumbers, checkLinkTarget, normalizeTarPath } from './paths';
+import { checkDeviceNumbers, checkLinkTarget, normalizeTarPath } from '../tree/paths';
 
 export interface Meta {
   mode: number;

@@ -4,8 +4,8 @@
  * back as D4fsError with the kind matching the status code.
  */
 import * as grpc from '@grpc/grpc-js';
-import { D4fsError, errorFromWire, type ErrorKind, GRPC_CODES } from '../../errors';
-import type { Labels, Mount, SnapshotInfo, Usage } from '../types';
+import { D4fsError, errorFromWire, type ErrorKind, GRPC_CODES } from '../errors';
+import type { Labels, Mount, SnapshotInfo, Usage } from './snapshots';
 import { snapshotsService } from './proto';
 import {
   type CommitRequest,
@@ -20,7 +20,7 @@ import {
   infoFromPb,
   infoToPb,
   mountFromPb,
-} from './wire';
+} from './snapshots-wire';
 
 /** gRPC status code → error kind (the first kind mapping to that code). */
 const KIND_OF_CODE = new Map<number, ErrorKind>();

@@ -1,6 +1,8 @@
 /**
  * The chain planner: which stored files take a client from what it holds to
- * the image it wants, for the fewest bytes.
+ * the image it wants, for the fewest bytes. Shared by d4fs-server (the plans
+ * it hands out) and the registry clients (which plan for themselves), so it
+ * lives with the protocol both sides import.
  *
  * The graph has one node per image id plus a virtual "nothing" node. A full
  * image X is an edge nothing → X, a delta P→C an edge P → C; an edge costs the
@@ -14,7 +16,7 @@
  * same catalogue and the same held set always give the same plan, which is
  * what lets an interrupted download resume against the same file.
  */
-import type { FileInfo } from '../distribution/protocol';
+import type { FileInfo } from './protocol';
 
 /** The result: files in the order they apply, and what they cost. */
 export interface ChainPlan<F extends FileInfo> {

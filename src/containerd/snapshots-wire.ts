@@ -1,10 +1,11 @@
 /**
- * The service's messages as @grpc/proto-loader presents them (snake_case
- * fields, enum names, int64 as strings), and conversions to the snapshot
- * core's types.
+ * The Snapshots service's messages as @grpc/proto-loader presents them
+ * (snake_case fields, enum names, int64 as strings), and conversions to the
+ * snapshot model (./snapshots.ts): shared by the snapshotter's gRPC server
+ * and the clients.
  */
-import { invalidArgument } from '../../errors';
-import { Kind, type Labels, type Mount, type SnapshotInfo, type Timestamp } from '../types';
+import { invalidArgument } from '../errors';
+import { Kind, type Labels, type Mount, type SnapshotInfo, type Timestamp } from './snapshots';
 
 export type PbKind = 'UNKNOWN' | 'VIEW' | 'ACTIVE' | 'COMMITTED';
 

@@ -28,7 +28,8 @@
  * for the same information as split streams with brotli -q 11 (see CODECS.md).
  */
 
-import { corrupt } from '../errors';
+import { corrupt } from '../../errors';
+import { bsdiffSaWith } from './native';
 
 // Module-level aliases: the hot loops below must not look up the global `Math` on every
 // call (under a vm context such as jest's, each global lookup is ~20x slower).
@@ -319,22 +320,7 @@ export function oldUnderDiff(base: Uint8Array, xs: ArrayLike<number>, zs: ArrayL
 }
 
 /** The C coder of the bsdiff-sa addon (same output, about 3x faster), or null when it is not built. */
-interface NativeCm {
-  cmEncode(diff: Uint8Array, oldUnder: Uint8Array): Buffer;
-  cmDecode(packed: Uint8Array, oldUnder: Uint8Array): { diff: Buffer; consumed: number };
-}
-let nativeCm: NativeCm | null | undefined;
-function native(): NativeCm | null {
-  if (nativeCm === undefined) {
-    try {
-      const m = require('bsdiff-sa') as Partial<NativeCm>;
-      nativeCm = typeof m.cmEncode === 'function' && typeof m.cmDecode === 'function' ? (m as NativeCm) : null;
-    } catch {
-      nativeCm = null;
-    }
-  }
-  return nativeCm;
-}
+const native = () => bsdiffSaWith('cmEncode', 'cmDecode');
 
 /** Which implementation codes here ('typescript' forces this module's own; for tests). */
 export type CmEngine = 'native' | 'typescript';
@@ -500,14 +486,7 @@ function runBlocks(ouRaw: Uint8Array, diff: Uint8Array | null, out: Uint8Array |
 }
 
 /** The C side of method 4 (same bytes), or null when the addon lacks it. */
-interface NativeCmb {
-  cmbEncode(diff: Uint8Array, oldUnder: Uint8Array, threads?: number): Buffer;
-  cmbDecode(packed: Uint8Array, oldUnder: Uint8Array, literals: Uint8Array, threads?: number): Buffer;
-}
-function nativeCmb(): NativeCmb | null {
-  const m = native() as unknown as Partial<NativeCmb> | null;
-  return m && typeof m.cmbEncode === 'function' && typeof m.cmbDecode === 'function' ? (m as NativeCmb) : null;
-}
+const nativeCmb = () => bsdiffSaWith('cmEncode', 'cmDecode', 'cmbEncode', 'cmbDecode');
 
 /** Code which bytes of a diff stream are non-zero with method 4 (segment table + segments); the non-zero bytes are the caller's. */
 export function cmbEncodeDiff(diff: Uint8Array, ou: Uint8Array, engine?: CmEngine): Buffer {
