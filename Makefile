@@ -17,6 +17,7 @@ $(NODE_STAMP): package.json package-lock.json $(wildcard native/*/*.c native/*/*
 
 build: deps
 	npx tsc -p tsconfig.json
+	npx tsc -p tsconfig.lib.json   # the library's type declarations (package.json "types")
 
 lint: deps
 	npm run --silent lint

@@ -1,12 +1,11 @@
 /** `ctr-cli cdimg show|verify|unpack` (convert is in ./convert). */
 import { Command } from 'commander';
-import { createHash } from 'node:crypto';
 import { CdimgReader } from '../format/reader';
-import { Codec, Encoding, Entry, FileType } from '../format/types';
-import { corrupt, invalidArgument } from '../errors';
+import { Encoding, Entry, FileType } from '../format/types';
+import { invalidArgument } from '../errors';
 import { digestFromRaw } from '../util/digest';
-import { mapLimit } from '../util/ordered';
 import { registerDelta } from './delta';
+import { verifyCdimg, type VerifyResult } from '../unpack/verify';
 import { action, humanBytes, parseIntOpt, printJson, say, sayErr } from './common';
 
 const TYPE_NAMES: Record<number, string> = {
@@ -189,59 +188,4 @@ export function registerCdimg(program: Command): void {
     );
 }
 
-export interface VerifyResult {
-  file: string;
-  rootDigest: string;
-  imageId: string;
-  chunks: number;
-  storedBytes: number;
-  contentsVerified: number;
-  patchChunks: number;
-}
-
-/**
- * `cdimg verify`: every stored chunk against its digest, and every FULL
- * content decoded and checked against its chunk and content digests (the
- * server's cheaper check of uploads, without decoding, is verifyStoredChunks
- * in src/server/blobs.ts).
- */
-export async function verifyCdimg(path: string, threads?: number): Promise<VerifyResult> {
-  const { WorkerPool } = await import('../workers/pool');
-  const r = await CdimgReader.open(path);
-  const pool = new WorkerPool(threads);
-  let chunks = 0;
-  let storedBytes = 0;
-  let contentsVerified = 0;
-  let patchChunks = 0;
-  try {
-    const blobs = r.index.blobs.filter((b) => b.encoding !== Encoding.SAME);
-    await mapLimit(blobs, pool.threads * 2, async (b) => {
-      const whole = createHash('sha256');
-      let decodable = true;
-      for (const c of b.chunks) {
-        const stored = await r.readStored(c);
-        chunks++;
-        storedBytes += c.storedSize;
-        if (c.codec !== Codec.ZSTD) {
-          decodable = false;
-          patchChunks++;
-          continue;
-        }
-        const raw = await pool.run('decodeChunk', { stored, rawSize: c.rawSize, rawDigest: c.rawDigest.toString('hex') });
-        whole.update(raw);
-      }
-      if (decodable) {
-        if (!whole.digest().equals(b.digest)) throw corrupt(`${path}: content ${digestFromRaw(b.digest)} does not match its digest`);
-        contentsVerified++;
-      }
-    });
-    return { file: path, rootDigest: r.rootDigest, imageId: r.imageId, chunks, storedBytes, contentsVerified, patchChunks };
-  } catch (e) {
-    const err = e as Error;
-    if (!(err as { kind?: string }).kind) throw corrupt(`${path}: ${err.message}`, e);
-    throw e;
-  } finally {
-    await r.close();
-    await pool.close();
-  }
-}
+export { verifyCdimg, type VerifyResult };
