@@ -16,6 +16,18 @@ export default tseslint.config(
     },
   },
   {
+    // type-aware rules where they catch real bugs: a promise nobody awaits or handles, a promise
+    // where a callback's result is ignored (event handlers, forEach); product code only (tests
+    // and benches would double the lint time)
+    files: ['src/**/*.ts', 'cli/**/*.ts', 'snapshotter/**/*.ts'],
+    ignores: ['**/*.test.ts'],
+    languageOptions: { parserOptions: { projectService: true, tsconfigRootDir: import.meta.dirname } },
+    rules: {
+      '@typescript-eslint/no-floating-promises': 'error',
+      '@typescript-eslint/no-misused-promises': 'error',
+    },
+  },
+  {
     // tests mutate parsed JSON freely and match terminal escape sequences
     files: ['test/**/*.ts', 'src/**/*.test.ts'],
     rules: { '@typescript-eslint/no-explicit-any': 'off', 'no-control-regex': 'off' },

@@ -405,7 +405,11 @@ export class FuseManager {
         case 'POST /v1/shutdown':
           reply(200, {});
           setImmediate(() => {
-            this.stop({ forget: !!(body as { forget?: unknown }).forget }).finally(() => process.exit(0));
+            // exit whether or not the stop went cleanly (its failures are logged by stop)
+            void this.stop({ forget: !!(body as { forget?: unknown }).forget }).then(
+              () => process.exit(0),
+              () => process.exit(0),
+            );
           });
           return;
         default:

@@ -70,7 +70,8 @@ export function treeTar(reader: CdimgReader, pool: WorkerPool): Readable {
       if (!blob) throw failedPrecondition(`content of ${e.path} is missing`);
       // decode the chunks of this file in parallel, write them in order
       const decoded = blob.chunks.map(async (c) => pool.run('decodeChunk', { stored: await reader.readStored(c), rawSize: c.rawSize, rawDigest: c.rawDigest.toString('hex') }));
-      decoded.forEach((p) => p.catch(() => undefined));
+      // failures surface when awaited below, in order; these handlers only keep the others from being unhandled
+      for (const p of decoded) p.catch(() => undefined);
       for (const p of decoded) {
         const raw = await p;
         await write(Buffer.from(raw.buffer, raw.byteOffset, raw.byteLength));
