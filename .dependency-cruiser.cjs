@@ -51,13 +51,7 @@ function layers() {
  * exempted file by file (the rest of its folder is checked), with its reason.
  * Remove an entry when its import is gone.
  */
-const PENDING = [
-  {
-    from: '^src/workers/worker\\.ts$',
-    to: '^src/delta/(chain\\.ts|codecs/index\\.ts)$',
-    why: 'the worker runs delta tasks (lazy requires, the folder cycle delta <-> workers): issue 15 items 1-2 move task code to src/delta',
-  },
-];
+const PENDING = [];
 
 const order = layers();
 

@@ -17,6 +17,7 @@ import { convertImage } from '../src/convert/convert';
 import { diffImages } from '../src/delta/diff';
 import { patchImage } from '../src/delta/patch';
 import { CdimgReader, forgetOpenedIndexes } from '../src/format/reader';
+import { FORMAT_TASKS } from '../src/format/tasks';
 import { FileType, HEADER_SIZE } from '../src/format/types';
 import { D4fsError, EXIT_CODES } from '../src/errors';
 import { verifyCdimg } from '../src/commands/cdimg';
@@ -219,7 +220,7 @@ describe('errors keep their kind across worker threads (finding 7)', () => {
     expect(existsSync(at('dd.cdimg'))).toBe(false);
   });
   it('the pool restores the kind of a D4fsError thrown in a thread', async () => {
-    const err = await pool.run('decodeChunk', { stored: Buffer.from('not zstd'), rawSize: 4, rawDigest: '00'.repeat(32) }).catch((e) => e);
+    const err = await pool.run(FORMAT_TASKS, 'decodeChunk', { stored: Buffer.from('not zstd'), rawSize: 4, rawDigest: '00'.repeat(32) }).catch((e) => e);
     expect(err).toBeInstanceOf(D4fsError);
     expect((err as D4fsError).kind).toBe('CORRUPT');
   });

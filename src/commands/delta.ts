@@ -32,7 +32,8 @@ export function printSummary(verb: string, s: DeltaSummary): void {
   );
 }
 
-export function registerDelta(cd: Command): void {
+/** `cdimg diff`: a delta from an old image (file, or converted on the fly) to a new one. */
+function registerDeltaDiff(cd: Command): void {
   const diff = cd
     .command('diff')
     .description('make a delta from an old image to a new one')
@@ -92,7 +93,10 @@ export function registerDelta(cd: Command): void {
       }
     }),
   );
+}
 
+/** `cdimg merge`: a chain of deltas composed into one. */
+function registerMerge(cd: Command): void {
   cd.command('merge')
     .description('compose a chain of deltas (A-B B-C …) into one delta from the first base to the last target')
     .argument('<deltas...>', 'deltas in chain order')
@@ -114,7 +118,10 @@ export function registerDelta(cd: Command): void {
         else printSummary('merge', s);
       }),
     );
+}
 
+/** `cdimg patch`: deltas applied to a full image. */
+function registerPatch(cd: Command): void {
   cd.command('patch')
     .description('apply deltas to a full image, writing the full new image')
     .argument('<base>', 'full .cdimg')
@@ -136,7 +143,10 @@ export function registerDelta(cd: Command): void {
         }
       }),
     );
+}
 
+/** `cdimg export`: a full .cdimg back to a standard OCI image. */
+function registerExport(cd: Command): void {
   const exp = cd
     .command('export')
     .description('turn a full .cdimg back into a standard OCI image (one layer, all metadata, the original config)')
@@ -155,4 +165,11 @@ export function registerDelta(cd: Command): void {
       else say(`exported ${file} -> ${r.to}\n  manifest     ${r.manifestDigest}\n  config       ${r.configDigest}\n  layer        ${r.layerDigest} (${humanBytes(r.layerBytes)})\n  time         ${r.seconds.toFixed(2)} s\n`);
     }),
   );
+}
+
+export function registerDelta(cd: Command): void {
+  registerDeltaDiff(cd);
+  registerMerge(cd);
+  registerPatch(cd);
+  registerExport(cd);
 }

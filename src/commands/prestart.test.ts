@@ -4,6 +4,7 @@
  * another size is never handed out.
  */
 import { availableParallelism } from 'node:os';
+import { CONVERT_TASKS } from '../convert/sink';
 import { prestartPool, takePrestartedPool, threadsOf } from './prestart';
 
 const argv = (...a: string[]): string[] => ['node', 'ctr-cli', ...a];
@@ -36,7 +37,7 @@ describe('prestarted worker pool', () => {
     const pool = takePrestartedPool(2);
     expect(pool?.threads).toBe(2);
     expect(takePrestartedPool(2)).toBeUndefined();
-    const r = await pool!.run('compressContents', { items: [{ data: Buffer.from('abc'), size: 3, digest: '' }], level: 3, chunkSize: 1 << 20 });
+    const r = await pool!.run(CONVERT_TASKS, 'compressContents', { items: [{ data: Buffer.from('abc'), size: 3, digest: '' }], level: 3, chunkSize: 1 << 20 });
     expect(r.items[0].digest).toBe('ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad');
     await pool!.close();
   });

@@ -123,10 +123,8 @@ function addWorkOptions(c: Command, codecs: boolean): Command {
   return c.option('-t, --threads <n>', 'worker threads', parseIntOpt('threads', 1, 256)).option('-q, --quiet', 'no progress lines');
 }
 
-/** Register `registry` and its subcommands. */
-export function registerRegistry(program: Command): void {
-  const reg = program.command('registry').description('registry-to-registry updates by patch, incremental archives, replica sync');
-
+/** `registry diff`: one patch from an old image set to a new one. */
+function registerDiff(reg: Command): void {
   addPlatforms(
     addSide(
       addWorkOptions(
@@ -163,7 +161,10 @@ export function registerRegistry(program: Command): void {
       else say(formatDiffReport(report));
     }),
   );
+}
 
+/** `registry apply`: push-vet, rebuild and push a patch's new set. */
+function registerApply(reg: Command): void {
   addSide(
     addSide(
       addWorkOptions(
@@ -208,7 +209,10 @@ export function registerRegistry(program: Command): void {
       else say(formatApplyReport(report));
     }),
   );
+}
 
+/** `registry pull-incremental`: an OCI archive without the layers a base holds. */
+function registerPullIncremental(reg: Command): void {
   addPlatforms(
     addSide(
       reg
@@ -237,7 +241,10 @@ export function registerRegistry(program: Command): void {
         );
     }),
   );
+}
 
+/** `registry push-vet`: the omitted layers of an incremental archive are at the base. */
+function registerPushVet(reg: Command): void {
   addSide(
     reg
       .command('push-vet')
@@ -254,7 +261,10 @@ export function registerRegistry(program: Command): void {
       else say(`push-vet OK: ${r.atBase} omitted layer(s) present at ${r.base}; ${r.inArchive} blob(s) in the archive\n`);
     }),
   );
+}
 
+/** `registry push`: an (incremental) OCI archive into a repository. */
+function registerPush(reg: Command): void {
   addSide(
     reg
       .command('push')
@@ -272,7 +282,10 @@ export function registerRegistry(program: Command): void {
       else say(`pushed ${r.target} (${r.digest}): ${r.uploaded} blob(s) uploaded (${humanBytes(r.bytesUploaded)}), ${r.mounted} mounted, ${r.existing} already there\n`);
     }),
   );
+}
 
+/** `registry sync`: a replica brought up to date by patch. */
+function registerSync(reg: Command): void {
   addSide(
     addSide(
       addPlatforms(
@@ -318,6 +331,18 @@ export function registerRegistry(program: Command): void {
       if (r.apply) say(formatApplyReport(r.apply));
     }),
   );
+}
+
+/** Register `registry` and its subcommands. */
+export function registerRegistry(program: Command): void {
+  const reg = program.command('registry').description('registry-to-registry updates by patch, incremental archives, replica sync');
+
+  registerDiff(reg);
+  registerApply(reg);
+  registerPullIncremental(reg);
+  registerPushVet(reg);
+  registerPush(reg);
+  registerSync(reg);
 }
 
 /**

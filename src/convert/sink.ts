@@ -22,13 +22,17 @@ import { promises as fsp } from 'node:fs';
 import { join } from 'node:path';
 import { corrupt } from '../errors';
 import { ContentRef, ContentSink } from './flatten';
-import { WorkerPool } from '../workers/pool';
-import type { CompressResult, ContentItem, StoredChunkInfo } from '../workers/worker';
+import { taskModule, WorkerPool } from '../workers/pool';
+import type * as ConvertTasks from './tasks';
+import type { CompressResult, ContentItem, StoredChunkInfo } from './tasks';
 import { CdimgWriter } from '../format/writer';
 import { Blob, Encoding, zstdChunksAt } from '../format/types';
 import { OrderedWindow } from '../util/ordered';
 import { writeFully } from '../util/fileio';
 import { readFully } from '../format/reader';
+
+/** convert's task module (./tasks.ts), run by the worker pool. */
+export const CONVERT_TASKS = taskModule<typeof ConvertTasks>(join(__dirname, 'tasks.js'));
 
 export interface SinkLimits {
   /** contents up to this size share a batch buffer */
@@ -191,7 +195,7 @@ export class BlobSink implements ContentSink {
     this.batch = newBatch();
     if (!b.items.length) return;
     await this.window.push(
-      () => this.pool.run('compressContents', { items: b.items, level: this.level, chunkSize: this.chunkSize }, b.buffers),
+      () => this.pool.run(CONVERT_TASKS, 'compressContents', { items: b.items, level: this.level, chunkSize: this.chunkSize }, b.buffers),
       (r) => this.consume(b, r),
       b.bytes,
     );

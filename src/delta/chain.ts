@@ -6,7 +6,7 @@
  * the same file first — merged deltas carry auxiliary bases — then in the
  * parent); SAME → the parent. Each chunk is decoded by its codec's row of the
  * registry (./codecs/registry.ts). Every chunk and every content is verified.
- * CPU-heavy: run it in worker threads (see workers/worker.ts).
+ * CPU-heavy: run it in worker threads (see ./tasks.ts).
  */
 import { CdimgReader } from '../format/reader';
 import { checkChain } from '../format/chain';

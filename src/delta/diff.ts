@@ -6,11 +6,13 @@
  * libssl.so.1.1) — or stored full, whichever is smaller, chunk by chunk, in
  * the worker pool. Every patch is verified when it is made.
  */
+import { join } from 'node:path';
 import { CdimgReader } from '../format/reader';
 import { CdimgWriter } from '../format/writer';
 import { Blob, Chunk, Codec, Encoding, Entry, FileType, Index, Kind, FORMAT_VERSION } from '../format/types';
 import { failedPrecondition, invalidArgument } from '../errors';
-import type { WorkerPool } from '../workers/pool';
+import type { TaskModule, WorkerPool } from '../workers/pool';
+import type * as DeltaTasks from './tasks';
 import { OrderedWindow } from '../util/ordered';
 import { CODEC_CHOICES, CodecChoice, isCodecChoice, wordList } from './codecs/registry';
 import { LEVEL_PRESETS, LevelPreset } from './codecs/types';
@@ -18,6 +20,13 @@ import { DeltaSummary, summarizeDelta } from './summary';
 import type { ProgressEvent } from '../convert/convert';
 
 export type { CodecChoice };
+
+/**
+ * delta's task module (./tasks.ts), run by the worker pool (diff, merge by
+ * rediff, patch). Named by path: the pool and ./tasks.ts load only in the
+ * threads, on the first delta task.
+ */
+export const DELTA_TASKS: TaskModule<typeof DeltaTasks> = { file: join(__dirname, 'tasks.js') };
 
 export interface DiffOptions {
   oldPath: string;
@@ -160,7 +169,7 @@ export async function diffImages(o: DiffOptions): Promise<DeltaSummary> {
       const w = writer;
       await window.push(
         () =>
-          pool.run('diffContent', {
+          pool.run(DELTA_TASKS, 'diffContent', {
             oldChain: [o.oldPath],
             newChain: [o.newPath],
             target: hex,

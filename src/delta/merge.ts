@@ -17,7 +17,7 @@ import { Blob, Chunk, Codec, Encoding, Index, Kind, FORMAT_VERSION } from '../fo
 import { failedPrecondition, invalidArgument } from '../errors';
 import type { WorkerPool } from '../workers/pool';
 import { OrderedWindow } from '../util/ordered';
-import { contentsOf, BaseFinder, deltaChunk, CodecChoice } from './diff';
+import { contentsOf, BaseFinder, deltaChunk, CodecChoice, DELTA_TASKS } from './diff';
 import { DeltaSummary, summarizeDelta } from './summary';
 import { LevelPreset } from './codecs';
 
@@ -57,7 +57,7 @@ export async function mergeDeltas(o: MergeOptions): Promise<DeltaSummary> {
   const readers: CdimgReader[] = [];
   let baseR: CdimgReader | undefined;
   let writer: CdimgWriter | undefined;
-  // compose needs no worker threads: piscina is loaded only for rediff
+  // compose needs no worker threads: the pool is loaded only for rediff
   const pool = strategy === 'rediff' ? (o.pool ?? new (require('../workers/pool') as typeof import('../workers/pool')).WorkerPool(o.threads)) : undefined;
   try {
     // opened together: one file's reads overlap another's decoding
@@ -138,7 +138,7 @@ export async function mergeDeltas(o: MergeOptions): Promise<DeltaSummary> {
           const base = finder.find(c.paths, c.size);
           await window.push(
             () =>
-              (pool as WorkerPool).run('diffContent', {
+              (pool as WorkerPool).run(DELTA_TASKS, 'diffContent', {
                 oldChain: [o.base as string],
                 newChain: chain,
                 target: key,

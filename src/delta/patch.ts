@@ -10,9 +10,9 @@ import { Blob, Encoding, FileType, Index, Kind, FORMAT_VERSION, zstdChunksAt } f
 import { WorkerPool } from '../workers/pool';
 import { OrderedWindow } from '../util/ordered';
 import { checkChain } from './chain';
-import { contentsOf } from './diff';
+import { contentsOf, DELTA_TASKS } from './diff';
 import { INDEX_LEVEL, LEVELS } from '../convert/convert';
-import type { CompressResult } from '../workers/worker';
+import type { CompressResult } from '../convert/tasks';
 import { invalidArgument } from '../errors';
 import { DeltaSummary, summarizeDelta } from './summary';
 
@@ -54,7 +54,7 @@ export async function patchImage(o: PatchOptions): Promise<PatchResult> {
       blobs.push(slot);
       const w = writer;
       await window.push(
-        () => pool.run('materializeFull', { chain: paths, digest: c.digest.toString('hex'), level: LEVELS.default, chunkSize: top.chunkSize }),
+        () => pool.run(DELTA_TASKS, 'materializeFull', { chain: paths, digest: c.digest.toString('hex'), level: LEVELS.default, chunkSize: top.chunkSize }),
         async (r) => {
           const at = await w.append(Buffer.from(r.stored.buffer, r.stored.byteOffset, r.stored.byteLength));
           slot.chunks = zstdChunksAt(at, r.items[0].chunks);

@@ -122,9 +122,9 @@ const WIRE_TAG = /^\[d4fs:([A-Z_]+)\] ([\s\S]*)$/;
 
 /**
  * An error as it crosses a thread or process boundary. Structured clone (worker
- * threads, piscina) keeps an Error's message and stack but not its class, so the
+ * threads) keeps an Error's message and stack but not its class, so the
  * kind travels in front of the message; {@link errorFromWire} restores it. The
- * one mechanism every pool uses, so a CORRUPT in a worker is a CORRUPT (exit 6)
+ * one mechanism of the worker pool (src/workers), so a CORRUPT in a worker is a CORRUPT (exit 6)
  * in the command.
  */
 export function errorToWire(e: unknown): Error {

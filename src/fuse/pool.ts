@@ -1,41 +1,40 @@
 /**
- * The worker-thread pool of the FUSE manager: every decompression, patch and
- * hash of a content being materialised runs here (tasks in ./tasks.ts), so
- * the thread that answers FUSE requests only dispatches.
+ * The FUSE manager's front of the worker pool (src/workers/pool.ts): every
+ * decompression, patch and hash of a content being materialised runs in its
+ * threads (tasks in ./tasks.ts), so the thread that answers FUSE requests
+ * only dispatches. Errors come back with their kind.
  */
 import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
-import { Piscina } from 'piscina';
-import { errorFromWire } from '../errors';
+import { TaskArg, TaskModule, TaskName, TaskResult, WorkerPool } from '../workers/pool';
 import type * as T from './tasks';
 
 type Tasks = typeof T;
 /** Names of the task functions of ./tasks.ts. */
-export type FuseTaskName = { [K in keyof Tasks]: Tasks[K] extends (a: never) => unknown ? K : never }[keyof Tasks];
+export type FuseTaskName = TaskName<Tasks>;
+
+/** The FUSE manager's task module (./tasks.ts). */
+export const FUSE_TASKS: TaskModule<Tasks> = { file: join(__dirname, 'tasks.js') };
 
 export class FusePool {
-  private readonly pool: Piscina;
+  private readonly pool: WorkerPool;
   readonly threads: number;
 
+  /**
+   * `threads` (default: available parallelism): one starts now, more while
+   * tasks wait; those beyond the first stop after a minute without work.
+   */
   constructor(threads?: number) {
     this.threads = Math.max(1, threads ?? availableParallelism());
-    this.pool = new Piscina({
-      filename: join(__dirname, 'tasks.js'),
-      minThreads: 1,
-      maxThreads: this.threads,
-      idleTimeout: 60_000,
-    });
+    this.pool = new WorkerPool(this.threads, { idleTimeout: 60_000 });
   }
 
   /** Runs task `name` with `arg` in a worker. */
-  run<K extends FuseTaskName>(name: K, arg: Parameters<Tasks[K]>[0]): Promise<Awaited<ReturnType<Tasks[K]>>> {
-    // errors come back with their kind (the tasks send them through errors.errorToWire)
-    return (this.pool.run(arg, { name }) as Promise<Awaited<ReturnType<Tasks[K]>>>).catch((e: unknown) => {
-      throw errorFromWire(e);
-    });
+  run<K extends FuseTaskName>(name: K, arg: TaskArg<Tasks, K>): Promise<TaskResult<Tasks, K>> {
+    return this.pool.run(FUSE_TASKS, name, arg);
   }
 
   async close(): Promise<void> {
-    await this.pool.destroy();
+    await this.pool.close();
   }
 }

@@ -1,6 +1,7 @@
 /**
- * Worker-thread tasks of the FUSE content cache (run through FusePool, never
- * on the JavaScript thread that serves FUSE requests).
+ * Worker-thread tasks of the FUSE content cache (run through FusePool, a
+ * front of the worker pool of src/workers, never on the JavaScript thread
+ * that serves FUSE requests; errors come back with their kind).
  *
  * The main thread plans: it finds where a content is stored in the chain and
  * makes sure every base a patch needs is already materialised, whole and
@@ -17,7 +18,7 @@ import { createHash } from 'node:crypto';
 import { createReadStream, promises as fsp } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { Chain } from '../delta/chain';
-import { corrupt, errorToWire, notFound } from '../errors';
+import { corrupt, notFound } from '../errors';
 import type { Blob } from '../format/types';
 import { writeFully } from '../util/fileio';
 
@@ -152,7 +153,7 @@ function tempName(out: string): string {
 // ---------------------------------------------------------------------------
 
 /** Materialises a whole content into `out` (temp file, verified, renamed). Returns its size. */
-async function buildContentTask(a: BuildContentArgs): Promise<number> {
+export async function buildContent(a: BuildContentArgs): Promise<number> {
   const { chain, blob } = await open(a);
   const tmp = tempName(a.out);
   const fh = await fsp.open(tmp, 'wx', 0o600);
@@ -182,7 +183,7 @@ async function buildContentTask(a: BuildContentArgs): Promise<number> {
 }
 
 /** Materialises one chunk of a content into `out` at `offset`. Returns the chunk's size. */
-async function buildChunkTask(a: BuildChunkArgs): Promise<number> {
+export async function buildChunk(a: BuildChunkArgs): Promise<number> {
   const { chain, blob } = await open(a);
   const c = blob.chunks[a.chunk];
   if (!c) throw notFound(`content sha256:${a.digest} has no chunk ${a.chunk}`);
@@ -202,13 +203,13 @@ async function buildChunkTask(a: BuildChunkArgs): Promise<number> {
  * Opens a chain in this thread ahead of its first content (a new mount's
  * indexes are decoded here while nothing waits on them). Returns true.
  */
-async function warmChainTask(a: { chain: string[] }): Promise<boolean> {
+export async function warmChain(a: { chain: string[] }): Promise<boolean> {
   await chainOf(a.chain);
   return true;
 }
 
 /** True when the file at `path` has `size` bytes whose sha256 is `digest`. */
-async function verifyFileTask(a: VerifyFileArgs): Promise<boolean> {
+export async function verifyFile(a: VerifyFileArgs): Promise<boolean> {
   const st = await fsp.stat(a.path);
   if (st.size !== a.size) return false;
   const h = createHash('sha256');
@@ -228,17 +229,3 @@ export function dropBases(): number {
   baseBytes = 0;
   return n;
 }
-
-/** A task's errors leave the thread with their kind (errors.errorToWire); FusePool restores it. */
-async function onWire<R>(fn: () => Promise<R>): Promise<R> {
-  try {
-    return await fn();
-  } catch (e) {
-    throw errorToWire(e);
-  }
-}
-
-export const buildContent = (a: BuildContentArgs): Promise<number> => onWire(() => buildContentTask(a));
-export const buildChunk = (a: BuildChunkArgs): Promise<number> => onWire(() => buildChunkTask(a));
-export const warmChain = (a: { chain: string[] }): Promise<boolean> => onWire(() => warmChainTask(a));
-export const verifyFile = (a: VerifyFileArgs): Promise<boolean> => onWire(() => verifyFileTask(a));

@@ -13,6 +13,7 @@ import { PassThrough, Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { createGzip } from 'node:zlib';
 import { CdimgReader } from '../format/reader';
+import { FORMAT_TASKS } from '../format/tasks';
 import { Entry, FileType } from '../format/types';
 import { encodeTarHeader, tarPadding, TAR_END, TarHeader, TarType } from '../tar';
 import { WorkerPool } from '../workers/pool';
@@ -69,7 +70,7 @@ export function treeTar(reader: CdimgReader, pool: WorkerPool): Readable {
       const blob = reader.blob(e.digest);
       if (!blob) throw failedPrecondition(`content of ${e.path} is missing`);
       // decode the chunks of this file in parallel, write them in order
-      const decoded = blob.chunks.map(async (c) => pool.run('decodeChunk', { stored: await reader.readStored(c), rawSize: c.rawSize, rawDigest: c.rawDigest.toString('hex') }));
+      const decoded = blob.chunks.map(async (c) => pool.run(FORMAT_TASKS, 'decodeChunk', { stored: await reader.readStored(c), rawSize: c.rawSize, rawDigest: c.rawDigest.toString('hex') }));
       // failures surface when awaited below, in order; these handlers only keep the others from being unhandled
       for (const p of decoded) p.catch(() => undefined);
       for (const p of decoded) {

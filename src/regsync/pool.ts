@@ -1,49 +1,46 @@
 /**
- * regsync's own worker-thread pool (piscina over ./worker.ts): content
- * encoding and decoding and recipe detection run off the event loop.
+ * regsync's front of the worker pool (src/workers/pool.ts): content encoding
+ * and decoding and recipe detection (tasks in ./worker.ts) run off the
+ * event loop. Errors come back with their kind.
  */
 import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
-import { Piscina } from 'piscina';
-import { errorFromWire } from '../errors';
+import { TaskModule, WorkerPool } from '../workers/pool';
 import type * as W from './worker';
 
-/** Errors cross the thread boundary with their kind (errors.errorToWire in the worker). */
-function untag(e: unknown): never {
-  throw errorFromWire(e);
-}
+/** regsync's task module (./worker.ts). */
+export const REGSYNC_TASKS: TaskModule<typeof W> = { file: join(__dirname, 'worker.js') };
 
-/** Pool of worker threads running ./worker.ts tasks. */
+/** The worker pool running ./worker.ts tasks. */
 export class RegsyncPool {
-  private readonly pool: Piscina;
+  private readonly pool: WorkerPool;
 
-  /** @param threads worker threads (default: available parallelism) */
+  /**
+   * @param threads worker threads (default: available parallelism): one
+   * starts now, more while tasks wait; those beyond the first stop after 5 s
+   * without work
+   */
   constructor(readonly threads: number = availableParallelism()) {
-    this.pool = new Piscina({
-      filename: join(__dirname, 'worker.js'),
-      minThreads: 0,
-      maxThreads: Math.max(1, threads),
-      idleTimeout: 5_000,
-    });
+    this.pool = new WorkerPool(Math.max(1, threads), { idleTimeout: 5_000 });
   }
 
   /** Encode a content (see worker.encode). */
   encode(a: W.EncodeArgs): Promise<W.EncodeResult> {
-    return (this.pool.run(a, { name: 'encode' }) as Promise<W.EncodeResult>).catch(untag);
+    return this.pool.run(REGSYNC_TASKS, 'encode', a);
   }
 
   /** Decode and verify a content (see worker.decode). */
   decode(a: W.DecodeArgs): Promise<Uint8Array | null> {
-    return (this.pool.run(a, { name: 'decode' }) as Promise<Uint8Array | null>).catch(untag);
+    return this.pool.run(REGSYNC_TASKS, 'decode', a);
   }
 
   /** Detect a compression recipe (see worker.detect). */
   detect(a: W.DetectArgs): ReturnType<typeof W.detect> {
-    return (this.pool.run(a, { name: 'detect' }) as ReturnType<typeof W.detect>).catch(untag);
+    return this.pool.run(REGSYNC_TASKS, 'detect', a);
   }
 
   /** Stop the threads. */
   async close(): Promise<void> {
-    await this.pool.destroy();
+    await this.pool.close();
   }
 }

@@ -88,12 +88,33 @@ function mediaType(v: unknown, where: string): string {
   return v;
 }
 
-/**
- * Check a parsed index and return it typed. Throws HOSTILE (with where and
- * what) on the first violation.
- */
-export function validateIndex(v: unknown): PatchIndex {
-  const ix = obj(v, 'index');
+/** The payload table and which payloads something uses (each at most once). */
+interface Payloads {
+  list: { length: number; digest: string }[];
+  used: Set<number>;
+}
+
+/** A checked source (old layer read by apply). */
+interface CheckedSource {
+  diffId: string;
+  tarSize: number;
+  extract: unknown[];
+  hasSkeleton: boolean;
+}
+
+/** A checked content: its size, encoding and, for a patch, its base. */
+type CheckedContent = { size: number; enc: string; base?: number };
+
+/** A reference to a payload, used at most once. */
+function payloadRef(p: Payloads, v: unknown, where: string): number {
+  const i = int(v, where, p.list.length - 1);
+  if (p.used.has(i)) bad(where, `payload ${i} is used twice`);
+  p.used.add(i);
+  return i;
+}
+
+/** Format, version, creation time and platforms. */
+function checkHeader(ix: Obj): void {
   if (ix.format !== PATCH_FORMAT) bad('format', `not "${PATCH_FORMAT}"`);
   if (ix.version !== PATCH_VERSION) bad('version', `unsupported version ${String(ix.version)}`);
   str(ix.created, 'created', 64);
@@ -103,21 +124,19 @@ export function validateIndex(v: unknown): PatchIndex {
       if (typeof p !== 'string' || !PLATFORM_RE.test(p)) bad(`platforms[${i}]`, 'invalid platform');
     });
   }
+}
 
-  // payloads
-  const payloads = arr(ix.payloads, 'payloads', LIMITS.payloads).map((p, i) => {
+/** The payload table. */
+function checkPayloads(ix: Obj): Payloads {
+  const list = arr(ix.payloads, 'payloads', LIMITS.payloads).map((p, i) => {
     const o = obj(p, `payloads[${i}]`);
     return { length: int(o.length, `payloads[${i}].length`, LIMITS.blob), digest: digest(o.digest, `payloads[${i}].digest`) };
   });
-  const usedPayloads = new Set<number>();
-  const payloadRef = (v: unknown, where: string): number => {
-    const i = int(v, where, payloads.length - 1);
-    if (usedPayloads.has(i)) bad(where, `payload ${i} is used twice`);
-    usedPayloads.add(i);
-    return i;
-  };
+  return { list, used: new Set<number>() };
+}
 
-  // old and new images
+/** The old set's images. */
+function checkOldImages(ix: Obj): void {
   arr(ix.old, 'old', LIMITS.images).forEach((o, i) => {
     const w = `old[${i}]`;
     const e = obj(o, w);
@@ -126,8 +145,10 @@ export function validateIndex(v: unknown): PatchIndex {
     str(e.ref, `${w}.ref`);
     digest(e.digest, `${w}.digest`);
   });
+}
 
-  // documents
+/** The shipped documents, each matching its payload; returns their roles by digest. */
+function checkDocs(ix: Obj, payloads: Payloads): Map<string, string> {
   const docs = new Map<string, string>();
   arr(ix.docs, 'docs', LIMITS.docs).forEach((d, i) => {
     const w = `docs[${i}]`;
@@ -136,12 +157,16 @@ export function validateIndex(v: unknown): PatchIndex {
     const dg = digest(e.digest, `${w}.digest`);
     mediaType(e.mediaType, `${w}.mediaType`);
     const size = int(e.size, `${w}.size`, LIMITS.doc);
-    const p = payloadRef(e.payload, `${w}.payload`);
-    if (payloads[p].length !== size || payloads[p].digest !== dg) bad(w, 'payload does not match the document digest and size');
+    const p = payloadRef(payloads, e.payload, `${w}.payload`);
+    if (payloads.list[p].length !== size || payloads.list[p].digest !== dg) bad(w, 'payload does not match the document digest and size');
     if (docs.has(dg)) bad(w, `document ${dg} listed twice`);
     docs.set(dg, e.role as string);
   });
+  return docs;
+}
 
+/** The new set's images: at least one, each rooted in a shipped index or manifest, no target twice. */
+function checkNewImages(ix: Obj, docs: Map<string, string>): void {
   const images = arr(ix.images, 'images', LIMITS.images);
   if (images.length === 0) bad('images', 'no image');
   const targets = new Set<string>();
@@ -158,8 +183,10 @@ export function validateIndex(v: unknown): PatchIndex {
     if (targets.has(key)) bad(w, `${key} listed twice`);
     targets.add(key);
   });
+}
 
-  // sources (old layers read by apply)
+/** The sources (old layers read by apply), each diff_id once; their extract lists are checked later. */
+function checkSources(ix: Obj): CheckedSource[] {
   const sources = arr(ix.sources, 'sources', LIMITS.sources).map((s, i) => {
     const w = `sources[${i}]`;
     const e = obj(s, w);
@@ -183,40 +210,46 @@ export function validateIndex(v: unknown): PatchIndex {
     if (diffIds.has(s.diffId)) bad(`sources[${i}]`, `layer ${s.diffId} listed twice`);
     diffIds.add(s.diffId);
   }
+  return sources;
+}
 
-  // contents
-  const contents = arr(ix.contents, 'contents', LIMITS.contents).map((c, i) => {
-    const w = `contents[${i}]`;
-    const e = obj(c, w);
-    const size = int(e.size, `${w}.size`, LIMITS.content, 1);
-    digest(e.digest, `${w}.digest`);
-    if (e.enc === 'old') return { size, enc: 'old' as const };
-    // a codec of bytes of the registry (src/delta/codecs): a patch names its base
-    if (isCodecId(e.enc)) {
-      payloadRef(e.payload, `${w}.payload`);
-      if (bytesCodec(e.enc).base === 'none') return { size, enc: e.enc };
-      const base = int(e.base, `${w}.base`, i - 1);
-      return { size, enc: e.enc, base };
+/** One content: its encoding, payload and base (an earlier content). */
+function checkContent(c: unknown, i: number, payloads: Payloads): CheckedContent {
+  const w = `contents[${i}]`;
+  const e = obj(c, w);
+  const size = int(e.size, `${w}.size`, LIMITS.content, 1);
+  digest(e.digest, `${w}.digest`);
+  if (e.enc === 'old') return { size, enc: 'old' as const };
+  // a codec of bytes of the registry (src/delta/codecs): a patch names its base
+  if (isCodecId(e.enc)) {
+    payloadRef(payloads, e.payload, `${w}.payload`);
+    if (bytesCodec(e.enc).base === 'none') return { size, enc: e.enc };
+    const base = int(e.base, `${w}.base`, i - 1);
+    return { size, enc: e.enc, base };
+  }
+  if (e.enc === 'gzip') {
+    payloadRef(payloads, e.payload, `${w}.payload`);
+    const g = obj(e.gzip, `${w}.gzip`);
+    int(g.level, `${w}.gzip.level`, 9, 1);
+    str(g.header, `${w}.gzip.header`, 4096);
+    const inner = obj(e.inner, `${w}.inner`);
+    int(inner.size, `${w}.inner.size`, GZ_MAX_INNER);
+    digest(inner.digest, `${w}.inner.digest`);
+    if (!isCodecId(inner.codec)) return bad(`${w}.inner.codec`, `expected ${CODEC_NAMES}`);
+    if (e.baseInflate !== undefined && typeof e.baseInflate !== 'boolean') bad(`${w}.baseInflate`, 'expected a boolean');
+    if (bytesCodec(inner.codec).base === 'none') {
+      if (e.base !== undefined || e.baseInflate) bad(`${w}.base`, 'a whole inner content has no base');
+      return { size, enc: 'gzip' as const };
     }
-    if (e.enc === 'gzip') {
-      payloadRef(e.payload, `${w}.payload`);
-      const g = obj(e.gzip, `${w}.gzip`);
-      int(g.level, `${w}.gzip.level`, 9, 1);
-      str(g.header, `${w}.gzip.header`, 4096);
-      const inner = obj(e.inner, `${w}.inner`);
-      int(inner.size, `${w}.inner.size`, GZ_MAX_INNER);
-      digest(inner.digest, `${w}.inner.digest`);
-      if (!isCodecId(inner.codec)) return bad(`${w}.inner.codec`, `expected ${CODEC_NAMES}`);
-      if (e.baseInflate !== undefined && typeof e.baseInflate !== 'boolean') bad(`${w}.baseInflate`, 'expected a boolean');
-      if (bytesCodec(inner.codec).base === 'none') {
-        if (e.base !== undefined || e.baseInflate) bad(`${w}.base`, 'a whole inner content has no base');
-        return { size, enc: 'gzip' as const };
-      }
-      const base = int(e.base, `${w}.base`, i - 1);
-      return { size, enc: 'gzip' as const, base };
-    }
-    return bad(`${w}.enc`, `expected ${wordList(['old', ...BYTES_CODECS.map((c) => c.name), 'gzip'])}`);
-  });
+    const base = int(e.base, `${w}.base`, i - 1);
+    return { size, enc: 'gzip' as const, base };
+  }
+  return bad(`${w}.enc`, `expected ${wordList(['old', ...BYTES_CODECS.map((c) => c.name), 'gzip'])}`);
+}
+
+/** The contents: each once, patch bases old contents. */
+function checkContents(ix: Obj, payloads: Payloads): CheckedContent[] {
+  const contents = arr(ix.contents, 'contents', LIMITS.contents).map((c, i) => checkContent(c, i, payloads));
   const seenDigests = new Set<string>();
   (ix.contents as Obj[]).forEach((c, i) => {
     if (seenDigests.has(c.digest as string)) bad(`contents[${i}]`, 'content listed twice');
@@ -225,6 +258,11 @@ export function validateIndex(v: unknown): PatchIndex {
   for (const [i, c] of contents.entries()) {
     if ('base' in c && c.base !== undefined && contents[c.base].enc !== 'old') bad(`contents[${i}].base`, 'a patch base must be an old content');
   }
+  return contents;
+}
+
+/** The sources' extract lists: old contents only, in order, inside the layer; every old content provided. */
+function checkExtracts(sources: CheckedSource[], contents: CheckedContent[]): void {
   const extracted = new Set<number>();
   sources.forEach((s, i) => {
     let last = -1;
@@ -244,8 +282,47 @@ export function validateIndex(v: unknown): PatchIndex {
   contents.forEach((c, i) => {
     if (c.enc === 'old' && !extracted.has(i)) bad(`contents[${i}]`, 'old content that no source provides');
   });
+}
 
-  // layers
+/** A rebuilt layer: skeleton, runs and files adding up to its tar, exactly one of recipe and fallback. */
+function checkRebuiltLayer(e: Obj, w: string, payloads: Payloads, sources: CheckedSource[], contents: CheckedContent[]): void {
+  const tarSize = int(e.tarSize, `${w}.tarSize`, LIMITS.blob);
+  const sk = obj(e.skeleton, `${w}.skeleton`);
+  const skSize = int(sk.size, `${w}.skeleton.size`, Math.min(LIMITS.skeleton, tarSize));
+  digest(sk.digest, `${w}.skeleton.digest`);
+  payloadRef(payloads, sk.payload, `${w}.skeleton.payload`);
+  if (!isCodecId(sk.codec)) {
+    bad(`${w}.skeleton.codec`, `expected ${CODEC_NAMES}`);
+  } else if (bytesCodec(sk.codec).base === 'none') {
+    if (sk.base !== undefined) bad(`${w}.skeleton.base`, `a ${sk.codec} skeleton has no base`);
+  } else {
+    const b = int(sk.base, `${w}.skeleton.base`, sources.length - 1);
+    if (!sources[b].hasSkeleton) bad(`${w}.skeleton.base`, 'source without a skeleton digest');
+  }
+  const files = arr(e.files, `${w}.files`, LIMITS.contents).map((f, k) => int(f, `${w}.files[${k}]`, contents.length - 1));
+  const runs = arr(e.runs, `${w}.runs`, LIMITS.contents + 1).map((r, k) => int(r, `${w}.runs[${k}]`, skSize));
+  if (runs.length !== files.length + 1) bad(`${w}.runs`, 'must have one more item than files');
+  const rawTotal = runs.reduce((a, b) => a + b, 0);
+  if (rawTotal !== skSize) bad(`${w}.runs`, `add up to ${rawTotal}, the skeleton has ${skSize} bytes`);
+  const contentTotal = files.reduce((a, f) => a + contents[f].size, 0);
+  if (rawTotal + contentTotal !== tarSize) bad(w, `skeleton and contents make ${rawTotal + contentTotal} bytes, the tar has ${tarSize}`);
+  if ((e.recipe === undefined) === (e.fallback === undefined)) bad(w, 'needs exactly one of recipe and fallback');
+  try {
+    if (e.recipe !== undefined) validateRecipe(e.recipe as never);
+    else {
+      const fb = obj(e.fallback, `${w}.fallback`);
+      validateRecipe(fb.recipe as never);
+      digest(fb.digest, `${w}.fallback.digest`);
+      int(fb.size, `${w}.fallback.size`, LIMITS.blob);
+      str(fb.reason, `${w}.fallback.reason`);
+    }
+  } catch (err) {
+    bad(w, (err as Error).message);
+  }
+}
+
+/** The layers of the new set: each once, referenced, a blob matching its payload, or rebuilt. */
+function checkLayers(ix: Obj, payloads: Payloads, sources: CheckedSource[], contents: CheckedContent[]): void {
   const layerDigests = new Set<string>();
   arr(ix.layers, 'layers', LIMITS.layers).forEach((l, i) => {
     const w = `layers[${i}]`;
@@ -260,54 +337,39 @@ export function validateIndex(v: unknown): PatchIndex {
       case 'referenced':
         return;
       case 'blob': {
-        const p = payloadRef(e.payload, `${w}.payload`);
-        if (payloads[p].length !== size || payloads[p].digest !== dg) bad(w, 'payload does not match the layer digest and size');
+        const p = payloadRef(payloads, e.payload, `${w}.payload`);
+        if (payloads.list[p].length !== size || payloads.list[p].digest !== dg) bad(w, 'payload does not match the layer digest and size');
         return;
       }
       case 'rebuilt': {
-        const tarSize = int(e.tarSize, `${w}.tarSize`, LIMITS.blob);
-        const sk = obj(e.skeleton, `${w}.skeleton`);
-        const skSize = int(sk.size, `${w}.skeleton.size`, Math.min(LIMITS.skeleton, tarSize));
-        digest(sk.digest, `${w}.skeleton.digest`);
-        payloadRef(sk.payload, `${w}.skeleton.payload`);
-        if (!isCodecId(sk.codec)) {
-          bad(`${w}.skeleton.codec`, `expected ${CODEC_NAMES}`);
-        } else if (bytesCodec(sk.codec).base === 'none') {
-          if (sk.base !== undefined) bad(`${w}.skeleton.base`, `a ${sk.codec} skeleton has no base`);
-        } else {
-          const b = int(sk.base, `${w}.skeleton.base`, sources.length - 1);
-          if (!sources[b].hasSkeleton) bad(`${w}.skeleton.base`, 'source without a skeleton digest');
-        }
-        const files = arr(e.files, `${w}.files`, LIMITS.contents).map((f, k) => int(f, `${w}.files[${k}]`, contents.length - 1));
-        const runs = arr(e.runs, `${w}.runs`, LIMITS.contents + 1).map((r, k) => int(r, `${w}.runs[${k}]`, skSize));
-        if (runs.length !== files.length + 1) bad(`${w}.runs`, 'must have one more item than files');
-        const rawTotal = runs.reduce((a, b) => a + b, 0);
-        if (rawTotal !== skSize) bad(`${w}.runs`, `add up to ${rawTotal}, the skeleton has ${skSize} bytes`);
-        const contentTotal = files.reduce((a, f) => a + contents[f].size, 0);
-        if (rawTotal + contentTotal !== tarSize) bad(w, `skeleton and contents make ${rawTotal + contentTotal} bytes, the tar has ${tarSize}`);
-        if ((e.recipe === undefined) === (e.fallback === undefined)) bad(w, 'needs exactly one of recipe and fallback');
-        try {
-          if (e.recipe !== undefined) validateRecipe(e.recipe as never);
-          else {
-            const fb = obj(e.fallback, `${w}.fallback`);
-            validateRecipe(fb.recipe as never);
-            digest(fb.digest, `${w}.fallback.digest`);
-            int(fb.size, `${w}.fallback.size`, LIMITS.blob);
-            str(fb.reason, `${w}.fallback.reason`);
-          }
-        } catch (err) {
-          bad(w, (err as Error).message);
-        }
+        checkRebuiltLayer(e, w, payloads, sources, contents);
         return;
       }
       default:
         bad(`${w}.kind`, 'expected referenced, blob or rebuilt');
     }
   });
+}
+
+/**
+ * Check a parsed index and return it typed. Throws HOSTILE (with where and
+ * what) on the first violation.
+ */
+export function validateIndex(v: unknown): PatchIndex {
+  const ix = obj(v, 'index');
+  checkHeader(ix);
+  const payloads = checkPayloads(ix);
+  checkOldImages(ix);
+  const docs = checkDocs(ix, payloads);
+  checkNewImages(ix, docs);
+  const sources = checkSources(ix);
+  const contents = checkContents(ix, payloads);
+  checkExtracts(sources, contents);
+  checkLayers(ix, payloads, sources, contents);
 
   const stats = obj(ix.stats, 'stats');
   int(stats.plainBytes, 'stats.plainBytes', Number.MAX_SAFE_INTEGER);
   int(stats.dedupBytes, 'stats.dedupBytes', Number.MAX_SAFE_INTEGER);
-  if (usedPayloads.size !== payloads.length) bad('payloads', `${payloads.length - usedPayloads.size} payloads are not used by anything`);
+  if (payloads.used.size !== payloads.list.length) bad('payloads', `${payloads.list.length - payloads.used.size} payloads are not used by anything`);
   return ix as unknown as PatchIndex;
 }

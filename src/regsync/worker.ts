@@ -1,12 +1,13 @@
 /**
- * Worker-thread tasks of regsync (run by ./pool.ts through piscina): content
- * encoding and decoding, and compression-recipe detection. Inputs are file
+ * Worker-thread tasks of regsync (run through ./pool.ts, a front of the worker
+ * pool of src/workers, which loads this file in its threads by path):
+ * content encoding and decoding, and compression-recipe detection. Inputs are file
  * ranges or small inline buffers; outputs are plain data.
  */
 import { createHash } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
 import { bytesCodec, chooseBest, CodecChoice, CodecId, compressFull, LEVELS, LevelPreset } from '../delta/codecs';
-import { corrupt, errorToWire } from '../errors';
+import { corrupt } from '../errors';
 import { GzipContentRecipe, gzipRecipeOf, gzipWithRecipe, inflateSingle, looksGzip } from './gzcontent';
 import { Detection, detectRecipe } from './recipe';
 
@@ -63,21 +64,8 @@ const GZIP_OVERHEAD = 160;
 
 const sha256 = (b: Uint8Array): string => `sha256:${createHash('sha256').update(b).digest('hex')}`;
 
-/** Run a task, putting a D4fsError's kind in front of its message so that the pool can restore it. */
-export async function tagError<T>(fn: () => Promise<T>): Promise<T> {
-  try {
-    return await fn();
-  } catch (e) {
-    throw errorToWire(e);
-  }
-}
-
 /** Smallest verified encoding of the target: a zstd frame, a patch against the base, or (gzip files) either of those of its content. */
-export function encode(a: EncodeArgs): Promise<EncodeResult> {
-  return tagError(() => encodeTask(a));
-}
-
-async function encodeTask(a: EncodeArgs): Promise<EncodeResult> {
+export async function encode(a: EncodeArgs): Promise<EncodeResult> {
   const target = await load(a.target);
   const base = a.base ? await load(a.base) : undefined;
   const plain: EncodeResult = base
@@ -120,11 +108,7 @@ export interface DecodeArgs {
 }
 
 /** Decode and verify a content; writes it to outPath or returns it. */
-export function decode(a: DecodeArgs): Promise<Uint8Array | null> {
-  return tagError(() => decodeTask(a));
-}
-
-async function decodeTask(a: DecodeArgs): Promise<Uint8Array | null> {
+export async function decode(a: DecodeArgs): Promise<Uint8Array | null> {
   const payload = await load(a.payload);
   let out: Buffer;
   if (a.codec === 'gzip') {
@@ -166,5 +150,5 @@ export interface DetectArgs {
 
 /** Recipe detection (see ./recipe.ts). */
 export function detect(a: DetectArgs): Promise<Detection> {
-  return tagError(() => detectRecipe(a.blobPath, a.tarPath, a.compression, { gzipProgram: a.gzipProgram }));
+  return detectRecipe(a.blobPath, a.tarPath, a.compression, { gzipProgram: a.gzipProgram });
 }

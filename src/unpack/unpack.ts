@@ -10,6 +10,7 @@ import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { set as setAttribute } from 'fs-xattr';
 import { CdimgReader } from '../format/reader';
+import { FORMAT_TASKS } from '../format/tasks';
 import { Entry, FileType, Encoding } from '../format/types';
 import { WorkerPool } from '../workers/pool';
 import { alreadyExists, corrupt, failedPrecondition, permissionDenied } from '../errors';
@@ -83,7 +84,7 @@ async function writeContent(reader: CdimgReader, pool: WorkerPool, e: Entry, tar
     let pos = 0;
     for (const c of b.chunks) {
       const stored = await reader.readStored(c);
-      const raw = await pool.run('decodeChunk', { stored, rawSize: c.rawSize, rawDigest: c.rawDigest.toString('hex') });
+      const raw = await pool.run(FORMAT_TASKS, 'decodeChunk', { stored, rawSize: c.rawSize, rawDigest: c.rawDigest.toString('hex') });
       let w = 0;
       while (w < raw.length) {
         const { bytesWritten } = await fh.write(raw, w, raw.length - w, pos + w);

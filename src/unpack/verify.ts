@@ -9,6 +9,7 @@
 import { createHash } from 'node:crypto';
 import { corrupt } from '../errors';
 import { CdimgReader } from '../format/reader';
+import { FORMAT_TASKS } from '../format/tasks';
 import { Codec, Encoding } from '../format/types';
 import { digestFromRaw } from '../util/digest';
 import { mapLimit } from '../util/ordered';
@@ -46,7 +47,7 @@ export async function verifyCdimg(path: string, threads?: number): Promise<Verif
           patchChunks++;
           continue;
         }
-        const raw = await pool.run('decodeChunk', { stored, rawSize: c.rawSize, rawDigest: c.rawDigest.toString('hex') });
+        const raw = await pool.run(FORMAT_TASKS, 'decodeChunk', { stored, rawSize: c.rawSize, rawDigest: c.rawDigest.toString('hex') });
         whole.update(raw);
       }
       if (decodable) {

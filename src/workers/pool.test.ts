@@ -1,15 +1,44 @@
 /**
- * The worker pool: results and errors come back to the right caller, many
- * tasks share few threads, close() fails what is left, idle threads do not
- * keep a process alive.
+ * The worker pool: results and errors (with their kind) come back to the
+ * right caller, task modules load by path, many tasks share few threads,
+ * close() fails what is left, idle threads do not keep a process alive.
  */
 import { createHash } from 'node:crypto';
 import { execFile } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { WorkerPool } from './pool';
+import { TaskModule, taskModule, WorkerPool } from './pool';
+import { D4fsError } from '../errors';
+import { FORMAT_TASKS } from '../format/tasks';
 import { zstdFrame } from '../format/zstd';
 
 const sha = (b: Uint8Array): string => createHash('sha256').update(b).digest('hex');
+
+/** The task module of these tests, written as a JavaScript file. */
+interface TestTasks {
+  digest(a: { data: Uint8Array }): string;
+  sleep(a: { ms: number; value: number }): Promise<number>;
+  fail(a: { kind: 'corrupt' | 'notFound' | 'plain'; message: string }): never;
+  loads(a: Record<string, never>): number;
+}
+
+const dir = mkdtempSync(join(tmpdir(), 'd4fs-pool-test-'));
+const file = join(dir, 'tasks.js');
+writeFileSync(
+  file,
+  `const { createHash } = require('node:crypto');
+   const errors = require(${JSON.stringify(require.resolve('../errors'))});
+   globalThis.__d4fsTestLoads = (globalThis.__d4fsTestLoads ?? 0) + 1;
+   exports.digest = (a) => createHash('sha256').update(a.data).digest('hex');
+   exports.sleep = (a) => new Promise((r) => setTimeout(() => r(a.value), a.ms));
+   exports.fail = (a) => { throw a.kind === 'plain' ? new Error(a.message) : errors[a.kind](a.message); };
+   exports.loads = () => globalThis.__d4fsTestLoads;
+   exports.notATask = 42;`,
+);
+const TASKS: TaskModule<TestTasks> = taskModule<TestTasks>(file);
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
 describe('WorkerPool', () => {
   it('runs many tasks on few threads, each result to its caller', async () => {
@@ -17,8 +46,8 @@ describe('WorkerPool', () => {
       const pool = new WorkerPool(2, { eager });
       try {
         const inputs = Array.from({ length: 40 }, (_, i) => Buffer.alloc(1000 + i, i));
-        const results = await Promise.all(inputs.map((b) => pool.run('compressContents', { items: [{ data: new Uint8Array(b), size: b.length, digest: '' }], level: 3, chunkSize: 1 << 20 })));
-        expect(results.map((r) => r.items[0].digest)).toEqual(inputs.map(sha));
+        const results = await Promise.all(inputs.map((b) => pool.run(TASKS, 'digest', { data: new Uint8Array(b) })));
+        expect(results).toEqual(inputs.map(sha));
         expect(pool.queueSize).toBe(0);
       } finally {
         await pool.close();
@@ -30,10 +59,10 @@ describe('WorkerPool', () => {
     const pool = new WorkerPool(2, { growAt: 2 });
     try {
       expect(pool.started).toBe(1);
-      const arg = { items: [{ data: Buffer.alloc(1000, 1), size: 1000, digest: '' }], level: 3, chunkSize: 1 << 20 };
-      await Promise.all([pool.run('compressContents', arg), pool.run('compressContents', arg)]); // one running, one waiting
+      const arg = { ms: 50, value: 1 };
+      await Promise.all([pool.run(TASKS, 'sleep', arg), pool.run(TASKS, 'sleep', arg)]); // one running, one waiting
       expect(pool.started).toBe(1);
-      await Promise.all([1, 2, 3].map(() => pool.run('compressContents', arg))); // two waiting
+      await Promise.all([1, 2, 3].map(() => pool.run(TASKS, 'sleep', arg))); // two waiting
       expect(pool.started).toBe(2);
     } finally {
       await pool.close();
@@ -43,18 +72,40 @@ describe('WorkerPool', () => {
     await eager.close();
   });
 
-  it('moves transferred buffers and fails a task with its error, then goes on', async () => {
+  it('loads a task module once per thread and runs tasks of several modules', async () => {
+    const pool = new WorkerPool(1);
+    try {
+      expect(await pool.run(TASKS, 'loads', {})).toBe(1);
+      const frame = zstdFrame(Buffer.from('hello'), 3);
+      expect(Buffer.from(await pool.run(FORMAT_TASKS, 'decodeChunk', { stored: frame, rawSize: 5, rawDigest: sha(Buffer.from('hello')) })).toString()).toBe('hello');
+      expect(await pool.run(TASKS, 'loads', {})).toBe(1);
+    } finally {
+      await pool.close();
+    }
+  });
+
+  it('moves transferred buffers and fails a task with its error and kind, then goes on', async () => {
     const pool = new WorkerPool(1);
     try {
       const data = new Uint8Array(4096).fill(7);
-      const r = pool.run('compressContents', { items: [{ data, size: data.length, digest: '' }], level: 1, chunkSize: 1 << 20 }, [data.buffer as ArrayBuffer]);
+      const r = pool.run(TASKS, 'digest', { data }, [data.buffer as ArrayBuffer]);
       expect(data.byteLength).toBe(0); // moved, not copied
-      expect((await r).items[0].digest).toBe(sha(new Uint8Array(4096).fill(7)));
+      expect(await r).toBe(sha(new Uint8Array(4096).fill(7)));
+      const corrupt = await pool.run(TASKS, 'fail', { kind: 'corrupt', message: 'bad bytes' }).catch((e: unknown) => e);
+      expect(corrupt).toBeInstanceOf(D4fsError);
+      expect((corrupt as D4fsError).kind).toBe('CORRUPT');
+      expect((corrupt as D4fsError).message).toBe('bad bytes');
+      const missing = await pool.run(TASKS, 'fail', { kind: 'notFound', message: 'gone' }).catch((e: unknown) => e);
+      expect((missing as D4fsError).kind).toBe('NOT_FOUND');
+      const plain = await pool.run(TASKS, 'fail', { kind: 'plain', message: 'oops' }).catch((e: unknown) => e);
+      expect(plain).toBeInstanceOf(D4fsError);
+      expect((plain as Error).message).toMatch(/oops/);
       const frame = zstdFrame(Buffer.from('hello'), 3);
-      await expect(pool.run('decodeChunk', { stored: frame, rawSize: 5, rawDigest: '00'.repeat(32) })).rejects.toThrow(/wrong content/);
-      await expect(pool.run('compressContents', { items: [{ data: Buffer.from('abc'), size: 3, digest: 'ff'.repeat(32) }], level: 3, chunkSize: 1 << 20 })).rejects.toThrow(/content changed/);
-      await expect(pool.run('nope' as 'decodeChunk', {} as never)).rejects.toThrow(/no worker task named "nope"/);
-      expect(Buffer.from(await pool.run('decodeChunk', { stored: frame, rawSize: 5, rawDigest: sha(Buffer.from('hello')) })).toString()).toBe('hello');
+      await expect(pool.run(FORMAT_TASKS, 'decodeChunk', { stored: frame, rawSize: 5, rawDigest: '00'.repeat(32) })).rejects.toThrow(/wrong content/);
+      await expect(pool.run(TASKS, 'nope' as 'digest', {} as never)).rejects.toThrow(/no worker task named "nope"/);
+      await expect(pool.run(TASKS, 'notATask' as 'digest', {} as never)).rejects.toThrow(/no worker task named "notATask"/);
+      await expect(pool.run(taskModule<TestTasks>(join(dir, 'missing.js')), 'digest', { data: new Uint8Array(1) })).rejects.toThrow(/Cannot find module/);
+      expect(await pool.run(TASKS, 'sleep', { ms: 1, value: 5 })).toBe(5);
     } finally {
       await pool.close();
     }
@@ -62,20 +113,19 @@ describe('WorkerPool', () => {
 
   it('close() fails queued tasks and later runs', async () => {
     const pool = new WorkerPool(1);
-    const big = Buffer.alloc(8 << 20, 1);
-    const tasks = Array.from({ length: 5 }, () => pool.run('compressContents', { items: [{ data: big, size: big.length, digest: '' }], level: 19, chunkSize: 1 << 20 }));
+    const tasks = Array.from({ length: 5 }, (_, i) => pool.run(TASKS, 'sleep', { ms: 200, value: i }));
     const settled = Promise.allSettled(tasks);
     await pool.close();
     const s = await settled;
     expect(s.some((x) => x.status === 'rejected')).toBe(true);
     for (const x of s) if (x.status === 'rejected') expect(String(x.reason)).toMatch(/worker pool closed/);
-    await expect(pool.run('compressContents', { items: [], level: 3, chunkSize: 1 << 20 })).rejects.toThrow(/closed/);
+    await expect(pool.run(TASKS, 'sleep', { ms: 1, value: 1 })).rejects.toThrow(/closed/);
   });
 
   it('idle threads do not keep the process alive', async () => {
     const script = `const { WorkerPool } = require(${JSON.stringify(require.resolve('./pool'))});
       const p = new WorkerPool(2, { eager: true });
-      p.run('compressContents', { items: [{ data: Buffer.from('x'), size: 1, digest: '' }], level: 3, chunkSize: 1 << 20 }).then((r) => console.log(r.items[0].digest));`;
+      p.run({ file: ${JSON.stringify(file)} }, 'digest', { data: Buffer.from('x') }).then((r) => console.log(r));`;
     const t0 = Date.now();
     const r = await promisify(execFile)(process.execPath, ['-e', script], { timeout: 20_000 });
     expect(r.stdout.trim()).toBe(sha(Buffer.from('x')));

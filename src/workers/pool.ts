@@ -1,7 +1,15 @@
 /**
- * The worker-thread pool that does d4fs's CPU work: compression, hashing,
- * patching. The JavaScript thread of a command or daemon only dispatches.
- * Task functions live in ./worker.ts; ./thread.ts runs them in each thread.
+ * The one worker-thread pool of d4fs: every CPU-heavy job (compression,
+ * hashing, patching, the FUSE manager's content builds, regsync's encoding)
+ * runs here; the JavaScript thread of a command or daemon only dispatches.
+ *
+ * The pool is generic: it runs a named function of a task module, a file
+ * that each concern keeps with its code (`src/convert/tasks.ts`,
+ * `src/delta/tasks.ts`, …) and names by path with {@link taskModule}.
+ * ./thread.ts loads that file in the worker thread on the task's first use,
+ * so this folder imports no concern above it, and a thread loads only the
+ * task modules it has run. A task's error comes back with its kind
+ * (errors.errorToWire in the thread, errors.errorFromWire here).
  *
  * A small pool of our own rather than piscina: a command that converts a
  * small image spends a good part of its time starting up, and piscina costs
@@ -17,14 +25,35 @@ import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { errorFromWire } from '../errors';
-import type * as W from './worker';
 import type { Reply, Request } from './thread';
 
-type Tasks = typeof W;
-export type TaskName = { [K in keyof Tasks]: Tasks[K] extends (...a: never[]) => unknown ? K : never }[keyof Tasks];
+/**
+ * A task module: the compiled file the worker threads load (by path, with
+ * `require`) and, as a type only, the module's exports (`M`, e.g.
+ * `typeof import('./tasks')`). Each exported function of one plain-data
+ * argument is a task.
+ */
+export interface TaskModule<M> {
+  readonly file: string;
+  /** never set: carries the module's type */
+  readonly tasks?: M;
+}
+
+/** The task module in compiled file `file` (absolute, e.g. `join(__dirname, 'tasks.js')`). */
+export function taskModule<M>(file: string): TaskModule<M> {
+  return { file };
+}
+
+/** Names of the task functions of a task module's exports. */
+export type TaskName<M> = { [K in keyof M]: M[K] extends (a: never) => unknown ? K : never }[keyof M] & string;
+/** The argument of task `K`. */
+export type TaskArg<M, K extends keyof M> = M[K] extends (a: infer A) => unknown ? A : never;
+/** What task `K` resolves to. */
+export type TaskResult<M, K extends keyof M> = M[K] extends (a: never) => infer R ? Awaited<R> : never;
 
 interface Task {
   id: number;
+  file: string;
   name: string;
   arg: unknown;
   transferList?: ArrayBuffer[];
@@ -64,10 +93,11 @@ export class WorkerPool {
     for (let i = 0; i < this.min; i++) this.idle.push(this.spawn());
   }
 
-  run<K extends TaskName>(name: K, arg: Parameters<Tasks[K]>[0], transferList?: ArrayBuffer[]): Promise<Awaited<ReturnType<Tasks[K]>>> {
+  /** Runs task `name` of task module `mod` with `arg` in a thread (`transferList`: buffers moved, not copied). */
+  run<M, K extends TaskName<M>>(mod: TaskModule<M>, name: K, arg: TaskArg<M, K>, transferList?: ArrayBuffer[]): Promise<TaskResult<M, K>> {
     if (this.closed) return Promise.reject(new Error('worker pool is closed'));
     return new Promise((resolve, reject) => {
-      this.queue.push({ id: this.nextId++, name, arg, transferList, resolve: resolve as (v: unknown) => void, reject });
+      this.queue.push({ id: this.nextId++, file: mod.file, name, arg, transferList, resolve: resolve as (v: unknown) => void, reject });
       this.pump();
     });
   }
@@ -120,7 +150,7 @@ export class WorkerPool {
     th.idleTimer = null;
     th.task = t;
     th.worker.ref();
-    const msg: Request = { id: t.id, name: t.name, arg: t.arg };
+    const msg: Request = { id: t.id, file: t.file, name: t.name, arg: t.arg };
     try {
       th.worker.postMessage(msg, t.transferList);
     } catch (e) {

@@ -1,14 +1,16 @@
 /**
- * Entry point of each thread of the WorkerPool (pool.ts): runs the task
- * functions of ./worker.ts one request at a time and posts back the result
- * or the error (with its kind: errors.errorToWire).
+ * Entry point of each thread of the WorkerPool (pool.ts): loads a request's
+ * task module by path on its first use (kept for the thread's life), runs
+ * the named task one request at a time and posts back the result or the
+ * error (with its kind: errors.errorToWire).
  */
 import { parentPort } from 'node:worker_threads';
 import { errorToWire } from '../errors';
-import * as tasks from './worker';
 
 export interface Request {
   id: number;
+  /** compiled task module (absolute path) */
+  file: string;
   name: string;
   arg: unknown;
 }
@@ -21,12 +23,24 @@ export interface Reply {
 
 type AnyTask = (arg: unknown) => unknown;
 
+const modules = new Map<string, Record<string, unknown>>();
+
+function taskOf(file: string, name: string): AnyTask {
+  let mod = modules.get(file);
+  if (!mod) {
+    // a task module is named by the concern that owns it (pool.ts: taskModule), never imported here
+    mod = require(file) as Record<string, unknown>;
+    modules.set(file, mod);
+  }
+  const fn = mod[name];
+  if (typeof fn !== 'function') throw new Error(`no worker task named ${JSON.stringify(name)} in ${file}`);
+  return fn as AnyTask;
+}
+
 async function handle(port: NonNullable<typeof parentPort>, m: Request): Promise<void> {
   let reply: Reply;
   try {
-    const fn = (tasks as unknown as Record<string, AnyTask | undefined>)[m.name];
-    if (typeof fn !== 'function') throw new Error(`no worker task named ${JSON.stringify(m.name)}`);
-    reply = { id: m.id, result: await fn(m.arg) };
+    reply = { id: m.id, result: await taskOf(m.file, m.name)(m.arg) };
   } catch (e) {
     reply = { id: m.id, error: errorToWire(e) };
   }
