@@ -14,7 +14,7 @@ import { gzipSync } from 'node:zlib';
 import { buildTar } from '../src/tar';
 import { buildDebImage, BuiltDebImage } from './fixtures/debimages';
 import { compareTrees, umociUnpack, walkTree } from './fixtures/treewalk';
-import { startCriRig, CriRig, CriPod } from './helpers/cri';
+import { startCriRig, CriRig, CriPod, d4fsPulls, logSize } from './helpers/cri';
 import { buildBusyboxImage } from './helpers/containerd';
 import { eventually } from './helpers/wait';
 import { LocalStore } from '../src/store/store';
@@ -39,15 +39,8 @@ async function cliJson(args: string[]): Promise<Record<string, unknown>> {
   return JSON.parse(r.stdout) as Record<string, unknown>;
 }
 
-/** "pulled through d4fs" lines of the snapshotter's log since `from` bytes. */
-function d4fsPulls(from = 0): { ref: string; bytes: number; files: number }[] {
-  const log = fs.readFileSync(rig?.env.snapshotterLogFile as string, 'utf8').slice(from);
-  return log
-    .split('\n')
-    .filter((l) => l.includes('"pulled through d4fs"'))
-    .map((l) => JSON.parse(l) as { ref: string; bytes: number; files: number });
-}
-const logSize = (): number => fs.statSync(rig?.env.snapshotterLogFile as string).size;
+/** The d4fs-snapshotter's log file (d4fsPulls, logSize). */
+const snapshotterLog = (): string => rig?.env.snapshotterLogFile as string;
 
 /** The container's root filesystem as containerd mounted it (host mount namespace). */
 const rootfsOf = (containerId: string): string => path.join(rig?.env.containerd.state as string, 'io.containerd.runtime.v2.task', 'k8s.io', containerId, 'rootfs');
@@ -130,9 +123,9 @@ const sleeper = { command: ['/bin/sh', '-c', 'sleep 600'] };
 describe('CRI pulls through d4fs', () => {
   it('a node holding nothing pulls v1 as the full .cdimg; no layer reaches containerd; the pod sees the image file by file', async () => {
     const r = rig as CriRig;
-    const mark = logSize();
+    const mark = logSize(snapshotterLog());
     await r.cri.pullImage(`${host}/app:v1`);
-    const pulls = d4fsPulls(mark);
+    const pulls = d4fsPulls(snapshotterLog(), mark);
     expect(pulls).toHaveLength(1);
     expect(pulls[0].files).toBe(1);
     const m = await manifestOf(`${host}/app:v1`);
@@ -145,9 +138,9 @@ describe('CRI pulls through d4fs', () => {
 
   it('a node holding v1 pulls v2 as the delta only; the pod sees v2 file by file', async () => {
     const r = rig as CriRig;
-    const mark = logSize();
+    const mark = logSize(snapshotterLog());
     await r.cri.pullImage(`${host}/app:v2`);
-    const pulls = d4fsPulls(mark);
+    const pulls = d4fsPulls(snapshotterLog(), mark);
     expect(pulls).toHaveLength(1);
     // the bytes moved are the delta's: far less than v2's layers
     const m = await manifestOf(`${host}/app:v2`);
@@ -163,9 +156,9 @@ describe('CRI pulls through d4fs', () => {
 
   it('the same image in a repository without d4fs data reuses the snapshots d4fs provided (same chain ids)', async () => {
     const r = rig as CriRig;
-    const mark = logSize();
+    const mark = logSize(snapshotterLog());
     await r.cri.pullImage(`${host}/plain:v2`);
-    expect(d4fsPulls(mark)).toEqual([]);
+    expect(d4fsPulls(snapshotterLog(), mark)).toEqual([]);
     const pod = await r.runPod(`${host}/plain:v2`, sleeper);
     pods.push(pod);
     await expectSameAsImage(pod, v2, 'plain-v2');
@@ -177,10 +170,10 @@ describe('CRI pulls through d4fs', () => {
     const layout = path.join(work, 'sibling');
     await siblingImage(v1, layout, 'v1', buildTar([{ header: { name: 'etc/sibling', type: 'file', mode: 0o644 }, data: Buffer.from('sibling\n') }]));
     await skopeoCopy(layout, 'v1', `${host}/sibling:v1`);
-    const mark = logSize();
+    const mark = logSize(snapshotterLog());
     await r.cri.pullImage(`${host}/sibling:v1`);
     const log = fs.readFileSync(r.env.snapshotterLogFile as string, 'utf8').slice(mark);
-    expect(d4fsPulls(mark)).toEqual([]);
+    expect(d4fsPulls(snapshotterLog(), mark)).toEqual([]);
     expect(log).toContain('lower layer given its files');
     const pod = await r.runPod(`${host}/sibling:v1`, sleeper);
     pods.push(pod);
@@ -197,9 +190,9 @@ describe('CRI pulls through d4fs', () => {
     const layout = path.join(work, 'bb');
     await buildBusyboxImage(layout, 'v1');
     await skopeoCopy(layout, 'v1', `${host}/busybox:v1`);
-    const mark = logSize();
+    const mark = logSize(snapshotterLog());
     await r.cri.pullImage(`${host}/busybox:v1`);
-    expect(d4fsPulls(mark)).toEqual([]);
+    expect(d4fsPulls(snapshotterLog(), mark)).toEqual([]);
     const pod = await r.runPod(`${host}/busybox:v1`, sleeper);
     pods.push(pod);
     const out = await r.cri.execSync(pod.containerId, ['/bin/cat', '/etc/d4fs-release'], 30);

@@ -23,7 +23,7 @@ import * as http from 'node:http';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { buildDebImage, BuiltDebImage } from './fixtures/debimages';
-import { startCriRig, CriRig, CriPod, registryImageFacts, RegistryImageFacts } from './helpers/cri';
+import { startCriRig, CriRig, CriPod, d4fsPulls, logSize, registryImageFacts, RegistryImageFacts } from './helpers/cri';
 import { buildBusyboxImage } from './helpers/containerd';
 import { eventually } from './helpers/d4fs-env';
 import { freePort } from './helpers/registry';
@@ -77,15 +77,8 @@ async function cliJson<T>(args: string[]): Promise<T> {
   return JSON.parse(r.stdout) as T;
 }
 
-/** "pulled through d4fs" lines of the snapshotter's log since `from` bytes. */
-function d4fsPulls(from = 0): { ref: string; bytes: number; files: number }[] {
-  const log = fs.readFileSync(rig?.env.snapshotterLogFile as string, 'utf8').slice(from);
-  return log
-    .split('\n')
-    .filter((l) => l.includes('"pulled through d4fs"'))
-    .map((l) => JSON.parse(l) as { ref: string; bytes: number; files: number });
-}
-const logSize = (): number => fs.statSync(rig?.env.snapshotterLogFile as string).size;
+/** The d4fs-snapshotter's log file (d4fsPulls, logSize). */
+const snapshotterLog = (): string => rig?.env.snapshotterLogFile as string;
 
 /** The blobs of `digests` that containerd's content store (k8s.io) holds. */
 async function inContentStore(digests: string[]): Promise<string[]> {
@@ -246,11 +239,11 @@ describe('CRI pulls through the node\'s d4fs-peer', () => {
     const facts = await registryImageFacts(r.registry.url, 'app', 'v1');
     expect(facts.manifestDigest).toBe(pubV1.manifestDigest);
     const servedBefore = await servedBytes('blob');
-    const mark = logSize();
+    const mark = logSize(snapshotterLog());
     const t0 = Date.now();
     await r.cri.pullImage(`${host}/app:v1`);
     const pullMs = Date.now() - t0;
-    const pulls = d4fsPulls(mark);
+    const pulls = d4fsPulls(snapshotterLog(), mark);
     expect(pulls).toHaveLength(1);
     expect(pulls[0].files).toBe(1);
     expect(pulls[0].bytes).toBe(full.size);
@@ -275,9 +268,9 @@ describe('CRI pulls through the node\'s d4fs-peer', () => {
     const r = rig as CriRig;
     const facts: RegistryImageFacts = await registryImageFacts(r.registry.url, 'plain', 'v1');
     expect(await inContentStore(facts.layers)).toEqual([]);
-    const mark = logSize();
+    const mark = logSize(snapshotterLog());
     await r.cri.pullImage(`${host}/plain:v1`);
-    expect(d4fsPulls(mark)).toEqual([]);
+    expect(d4fsPulls(snapshotterLog(), mark)).toEqual([]);
     // the snapshotter reads an ordinary image's manifest and config only (no layer of its own fetching)
     expect(fs.readFileSync(r.env.snapshotterLogFile as string, 'utf8').slice(mark)).not.toContain('lower layer given its files');
     const status = await peerStatus();
@@ -317,11 +310,11 @@ describe('CRI pulls through the node\'s d4fs-peer', () => {
     // a published image, the snapshotter's `peer` dead: pulled through d4fs from the registry (v1 held: the delta)
     const delta = pubV2.images[0].files.find((f) => f.kind === 'delta') as PublishedFile;
     expect(delta).toBeDefined();
-    const mark = logSize();
+    const mark = logSize(snapshotterLog());
     const t1 = Date.now();
     await r.cri.pullImage(`${host}/app:v2`);
     const v2Ms = Date.now() - t1;
-    const pulls = d4fsPulls(mark);
+    const pulls = d4fsPulls(snapshotterLog(), mark);
     expect(pulls).toHaveLength(1);
     expect(pulls[0].files).toBe(1);
     expect(pulls[0].bytes).toBe(delta.size);

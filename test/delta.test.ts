@@ -28,6 +28,7 @@ import { buildTar } from '../src/tar';
 import { writeSimpleImage } from '../src/oci/writer';
 import { packageRoot } from '../src/util/paths';
 import { expectError } from './helpers/errors';
+import { openTop } from './helpers/cdimg';
 
 const run = promisify(execFile);
 const CLI = join(packageRoot(), 'dist', 'cli', 'ctr-cli.js');
@@ -98,7 +99,7 @@ describe('round trips on real images', () => {
     await convertImage({ ref: b.ref, output: cd('esb2.cdimg'), pool });
     const s = await diffImages({ oldPath: cd('esb1.cdimg'), newPath: cd('esb2.cdimg'), out: cd('esb12.cdimg'), pool });
     expect(s.files.patched).toBeGreaterThanOrEqual(1);
-    const r = await CdimgReader.open(cd('esb12.cdimg'));
+    const r = await openTop([cd('esb1.cdimg'), cd('esb12.cdimg')]);
     try {
       const bin = r.byPath.get('opt/esbuild-linux-x64/bin/esbuild');
       expect(bin?.size).toBeGreaterThan(4 * 1024 * 1024);
@@ -157,7 +158,7 @@ describe('content addressing in the differ', () => {
     await convertImage({ ref: `oci:${cd('ca')}:v2`, output: cd('ca2.cdimg'), pool });
     const s = await diffImages({ oldPath: cd('ca1.cdimg'), newPath: cd('ca2.cdimg'), out: cd('ca12.cdimg'), pool });
     expect(s.files).toEqual({ same: 2, patched: 1, full: 0, removed: 3 }); // libfoo.so.1, data/big, gone
-    const r = await CdimgReader.open(cd('ca12.cdimg'));
+    const r = await openTop([cd('ca1.cdimg'), cd('ca12.cdimg')]);
     try {
       expect(r.blob(r.byPath.get('moved/big-renamed')!.digest)!.encoding).toBe(Encoding.SAME);
       const lib = r.blob(r.byPath.get('usr/lib/libfoo.so.2')!.digest)!;

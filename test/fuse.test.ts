@@ -45,6 +45,7 @@ import { compareTrees, type TreeNode, walkTree } from './fixtures/treewalk';
 import { describeIfCapable } from './helpers/capabilities';
 import { mountAll, mountsUnder, startSnapshotter, type SnapshotterProcess, processesMentioning } from './helpers/containerd';
 import { readError } from './helpers/fuse';
+import { openTop } from './helpers/cdimg';
 import { eventually } from './helpers/wait';
 
 jest.setTimeout(120_000);
@@ -275,7 +276,7 @@ describeIfCapable('test/fuse.test.ts', ['root', 'fuse'])('d4fs FUSE filesystem a
     expect(pf.failed).toBe(pf0.failed);
 
     // First open of a patched file (its base and patch built now) vs. a cached one.
-    const r = await CdimgReader.open(cd.delta);
+    const r = await openTop([cd.v1, cd.delta]);
     let patched: { path: string; size: number } | undefined;
     let shared: string | undefined;
     try {

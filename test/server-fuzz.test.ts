@@ -30,7 +30,7 @@ import { convertImage } from '../src/convert/convert';
 import { diffImages } from '../src/delta/diff';
 import { encodeHeader } from '../src/format/writer';
 import { zstdUnframe } from '../src/format/zstd';
-import { HEADER_SIZE } from '../src/format/types';
+import { FORMAT_VERSION, HEADER_SIZE } from '../src/format/types';
 import { CdimgReader } from '../src/format/reader';
 import { pushToServer } from '../src/distribution/push';
 import { pullFromServer } from '../src/distribution/pull';
@@ -750,7 +750,7 @@ function sha256OfZeros(size: number): Buffer {
 function bomb(rawSize: number): { bytes: Buffer; rootDigest: string } {
   const frame = zeroFrame(rawSize);
   const root = sha256OfZeros(rawSize);
-  return { bytes: Buffer.concat([encodeHeader(HEADER_SIZE, frame.length, rawSize, root), frame]), rootDigest: `sha256:${root.toString('hex')}` };
+  return { bytes: Buffer.concat([encodeHeader(HEADER_SIZE, frame.length, rawSize, root, FORMAT_VERSION), frame]), rootDigest: `sha256:${root.toString('hex')}` };
 }
 
 describe('decompression bombs', () => {

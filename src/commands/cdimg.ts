@@ -40,7 +40,15 @@ function entryJson(e: Entry): Record<string, unknown> {
 export function summarize(r: CdimgReader): Record<string, unknown> {
   const idx = r.index;
   const types: Record<string, number> = {};
-  for (const e of idx.entries) types[TYPE_NAMES[e.type]] = (types[TYPE_NAMES[e.type]] ?? 0) + 1;
+  // a version 2 delta opened alone: its edit script (entries kept and dropped from the parent, the ones it inserts)
+  const edit = idx.treeEdit;
+  for (const e of edit?.inserted ?? idx.entries) types[TYPE_NAMES[e.type]] = (types[TYPE_NAMES[e.type]] ?? 0) + 1;
+  let kept = 0;
+  let dropped = 0;
+  for (let k = 0; edit && k + 2 < edit.ops.length; k += 3) {
+    kept += edit.ops[k];
+    dropped += edit.ops[k + 1];
+  }
   const enc = { same: 0, full: 0, patch: 0 };
   let contentBytes = 0;
   let storedBytes = 0;
@@ -72,7 +80,8 @@ export function summarize(r: CdimgReader): Record<string, unknown> {
     configDigest: idx.image.configDigest,
     layers: idx.image.layers.length,
     layerBytes: idx.image.layers.reduce((n, l) => n + l.size, 0),
-    entries: idx.entries.length,
+    entries: edit ? kept + edit.inserted.length : idx.entries.length,
+    ...(edit ? { treeEdit: { kept, dropped, inserted: edit.inserted.length } } : {}),
     types,
     contents: idx.blobs.length,
     encodings: enc,
@@ -108,7 +117,10 @@ export function registerCdimg(program: Command): void {
         try {
           const s = summarize(r);
           if (o.json) {
-            if (o.entries !== false) s.entryList = r.index.entries.map(entryJson);
+            if (o.entries !== false) {
+              r.requireTree();
+              s.entryList = r.index.entries.map(entryJson);
+            }
             printJson(s);
             return;
           }
@@ -126,7 +138,9 @@ export function registerCdimg(program: Command): void {
               `  manifest      ${s.manifestDigest}`,
               `  config        ${s.configDigest}`,
               `  layers        ${s.layers} (${humanBytes(s.layerBytes as number)} compressed)`,
-              `  entries       ${s.entries}: ${Object.entries(t).map(([k, v]) => `${v} ${k}`).join(', ')}`,
+              s.treeEdit
+                ? `  entries       ${s.entries}: ${(s.treeEdit as { kept: number }).kept} kept from the parent, ${(s.treeEdit as { dropped: number }).dropped} dropped, ${(s.treeEdit as { inserted: number }).inserted} new or changed (${Object.entries(t).map(([k, v]) => `${v} ${k}`).join(', ')})`
+                : `  entries       ${s.entries}: ${Object.entries(t).map(([k, v]) => `${v} ${k}`).join(', ')}`,
               `  contents      ${s.contents} (${enc.full} full, ${enc.patch} patch, ${enc.same} same), ${humanBytes(s.contentBytes as number)} -> ${humanBytes(s.storedBytes as number)} stored`,
               `  entrypoint    ${JSON.stringify(cfg.entrypoint)}  cmd ${JSON.stringify(cfg.cmd)}`,
               `  user          ${JSON.stringify(cfg.user)}  workdir ${JSON.stringify(cfg.workingDir)}`,
@@ -146,17 +160,19 @@ export function registerCdimg(program: Command): void {
     .argument('[file]', 'the .cdimg file')
     .option('--cdimg <file>', 'D4C alias of the file argument')
     .option('-t, --threads <n>', 'worker threads', parseIntOpt('threads', 1, 256))
+    .option('--chain <files...>', 'for a delta: the files below it, full image first (its tree is rebuilt and its image id checked)')
     .option('--json', 'JSON output')
     .action(
-      action(async (file: string | undefined, o: { cdimg?: string; threads?: number; json?: boolean }) => {
+      action(async (file: string | undefined, o: { cdimg?: string; threads?: number; json?: boolean; chain?: string[] }) => {
         const path = file ?? o.cdimg;
         if (!path) throw invalidArgument('name the .cdimg file to verify');
-        const res = await verifyCdimg(path, o.threads);
+        const res = await verifyCdimg(path, o.threads, o.chain ?? []);
         if (o.json) printJson(res);
         else
           say(
             `${path}: OK — index matches root digest ${res.rootDigest}; ${res.chunks} chunks (${humanBytes(res.storedBytes)}) verified, ${res.contentsVerified} contents decoded and verified` +
               (res.patchChunks ? `; ${res.patchChunks} patch chunks checked by stored digest (their base is not in this file)` : '') +
+              (res.treeChecked ? '' : `; its tree is written against its parent's: name the files below it with --chain to check the tree and the image id`) +
               '\n',
           );
       }),

@@ -16,6 +16,7 @@ import type * as DeltaTasks from './tasks';
 import { OrderedWindow } from '../util/ordered';
 import { CODEC_CHOICES, CodecChoice, isCodecChoice, wordList } from './codecs/registry';
 import { LEVEL_PRESETS, LevelPreset } from './codecs/types';
+import { BSDIFF_MAX_INPUT } from './codecs/bsdiff-engine';
 import { DeltaSummary, summarizeDelta } from './summary';
 import type { ProgressEvent } from '../convert/convert';
 
@@ -27,6 +28,15 @@ export type { CodecChoice };
  * threads, on the first delta task.
  */
 export const DELTA_TASKS: TaskModule<typeof DeltaTasks> = { file: join(__dirname, 'tasks.js') };
+
+/** Chunks per part of a large content coded by one task (4 x 4 MiB: parts big enough to amortise a task, small enough to spread). */
+const PART_CHUNKS = 4;
+
+/** A FULL content of zstd chunks as a task argument (the thread then reads it without decoding the index); undefined otherwise. */
+function fullBlobArg(b: Blob | undefined): DeltaTasks.FullBlobArg | undefined {
+  if (!b || b.encoding !== Encoding.FULL || b.chunks.some((c) => c.codec !== Codec.ZSTD)) return undefined;
+  return { size: b.size, chunks: b.chunks.map((c) => ({ offset: c.offset, storedSize: c.storedSize, rawSize: c.rawSize, rawDigest: c.rawDigest.toString('hex') })) };
+}
 
 export interface DiffOptions {
   oldPath: string;
@@ -143,6 +153,8 @@ export async function diffImages(o: DiffOptions): Promise<DeltaSummary> {
       if (r.isDelta) throw failedPrecondition(`${r.path} is a delta; diff compares full images (apply it with \`ctr-cli cdimg patch\` first, or merge deltas with \`cdimg merge\`)`);
     }
     const oldHas = new Set(oldR.index.blobs.map((b) => b.digest.toString('hex')));
+    oldR.requireTree();
+    newR.requireTree();
     const finder = new BaseFinder(oldR.index.entries);
     const contents = contentsOf(newR.index.entries);
     writer = await CdimgWriter.create(o.out);
@@ -164,33 +176,43 @@ export async function diffImages(o: DiffOptions): Promise<DeltaSummary> {
     // Largest first (then in index order): the longest task starts at once instead of after the small
     // ones, which then fill the other threads. The index keeps its order; stored bytes follow this one.
     work.sort((a, b) => b.c.size - a.c.size);
+    const chunkSize = newR.index.chunkSize;
     for (const { c, hex, slot } of work) {
       const base = finder.find(c.paths, c.size);
       const w = writer;
-      await window.push(
-        () =>
-          pool.run(DELTA_TASKS, 'diffContent', {
-            oldChain: [o.oldPath],
-            newChain: [o.newPath],
-            target: hex,
-            base: base ? base.digest.toString('hex') : '',
-            codec,
-            level,
-            chunkSize: newR.index.chunkSize,
-          }),
-        async (r) => {
-          let off = await w.append(Buffer.from(r.stored.buffer, r.stored.byteOffset, r.stored.byteLength));
-          slot.chunks = r.chunks.map((ch) => {
-            const chunk = deltaChunk(off, ch, base ? base.digest : Buffer.alloc(0));
-            off += ch.storedSize;
-            return chunk;
-          });
-          slot.encoding = slot.chunks.some((ch) => ch.codec !== Codec.ZSTD) ? Encoding.PATCH : Encoding.FULL;
-          done += c.size;
-          o.onProgress?.({ phase: 'compress', done, total });
-        },
-        c.size,
-      );
+      // A content coded in chunks (over bsdiff's whole-file limit, or without a base) goes in parts of
+      // PART_CHUNKS chunks that threads code at once: one 256 MiB file is not one thread's minute.
+      const chunked = c.size > chunkSize && (!base || c.size > BSDIFF_MAX_INPUT);
+      const part = chunked ? PART_CHUNKS * chunkSize : Math.max(c.size, 1);
+      for (let start = 0; start < Math.max(c.size, 1); start += part) {
+        const end = Math.min(start + part, c.size);
+        await window.push(
+          () =>
+            pool.run(DELTA_TASKS, 'diffContent', {
+              oldChain: [o.oldPath],
+              newChain: [o.newPath],
+              target: hex,
+              base: base ? base.digest.toString('hex') : '',
+              codec,
+              level,
+              chunkSize,
+              ...(chunked ? { start, end } : {}),
+              targetBlob: fullBlobArg(newR.blob(hex)),
+              ...(base ? { baseBlob: fullBlobArg(oldR.blob(base.digest)) } : {}),
+            }),
+          async (r) => {
+            let off = await w.append(Buffer.from(r.stored.buffer, r.stored.byteOffset, r.stored.byteLength));
+            for (const ch of r.chunks) {
+              slot.chunks.push(deltaChunk(off, ch, base ? base.digest : Buffer.alloc(0)));
+              off += ch.storedSize;
+            }
+            if (slot.chunks.some((ch) => ch.codec !== Codec.ZSTD)) slot.encoding = Encoding.PATCH;
+            done += end - start;
+            o.onProgress?.({ phase: 'compress', done, total });
+          },
+          end - start,
+        );
+      }
     }
     await window.flush();
     const index: Index = {
@@ -204,7 +226,7 @@ export async function diffImages(o: DiffOptions): Promise<DeltaSummary> {
       blobs,
       chunkSize: newR.index.chunkSize,
     };
-    const fin = await writer.finish(index);
+    const fin = await writer.finish(index, { parentEntries: oldR.index.entries });
     return summarizeDelta(index, fin.size, oldR.index.entries, Number(process.hrtime.bigint() - t0) / 1e9, o.out);
   } catch (e) {
     await window.settle();

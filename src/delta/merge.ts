@@ -13,7 +13,8 @@
  */
 import { CdimgReader } from '../format/reader';
 import { CdimgWriter } from '../format/writer';
-import { Blob, Chunk, Codec, Encoding, Index, Kind, FORMAT_VERSION } from '../format/types';
+import { Blob, Chunk, Codec, Encoding, Index, Kind, FORMAT_VERSION, type TreeEdit } from '../format/types';
+import { composeEdits } from '../format/compact';
 import { failedPrecondition, invalidArgument } from '../errors';
 import type { WorkerPool } from '../workers/pool';
 import { OrderedWindow } from '../util/ordered';
@@ -49,6 +50,20 @@ function locate(readers: CdimgReader[], hex: string, level: number): { level: nu
   return undefined;
 }
 
+/**
+ * Give each delta its tree where the one below has one (the base, a version 1
+ * delta): a version 2 delta opened alone has only its edit script.
+ */
+async function giveTrees(readers: CdimgReader[], base: CdimgReader | undefined): Promise<void> {
+  for (let i = 0; i < readers.length; i++) {
+    const below = i === 0 ? base : readers[i - 1];
+    if (readers[i].hasTree || !below?.hasTree) continue;
+    const again = await CdimgReader.open(readers[i].path, { parent: below });
+    await readers[i].close();
+    readers[i] = again;
+  }
+}
+
 export async function mergeDeltas(o: MergeOptions): Promise<DeltaSummary> {
   const t0 = process.hrtime.bigint();
   if (o.deltas.length < 2) throw invalidArgument('merge needs at least two deltas (A-B B-C …)');
@@ -74,6 +89,9 @@ export async function mergeDeltas(o: MergeOptions): Promise<DeltaSummary> {
       baseR = await CdimgReader.open(o.base);
       if (baseR.isDelta || baseR.imageId !== readers[0].parentId) throw failedPrecondition(`${o.base} is not the full image ${readers[0].parentId} the first delta applies to`);
     }
+    await giveTrees(readers, baseR);
+    // stored bytes are copied as they are: a version 2 file's are checked against its section digest first
+    for (const r of readers) if (r.index.formatVersion >= 2) await r.verifySection();
     const top = readers[readers.length - 1];
     const topLevel = readers.length - 1;
     writer = await CdimgWriter.create(o.out);
@@ -99,8 +117,11 @@ export async function mergeDeltas(o: MergeOptions): Promise<DeltaSummary> {
       }
     };
 
+    // without the trees (version 2 deltas and no base) the merged tree is the composed edit script:
+    // the contents to look at are those of the entries it inserts (the others are A's)
+    const treeEdit = top.hasTree ? undefined : composeEdits(readers.map((r) => r.index.treeEdit as TreeEdit));
     if (strategy === 'compose') {
-      for (const c of contentsOf(top.index.entries)) {
+      for (const c of contentsOf(treeEdit ? treeEdit.inserted : top.index.entries)) {
         const where = locate(readers, c.hex, topLevel);
         if (!where) {
           const key = c.hex;
@@ -173,13 +194,14 @@ export async function mergeDeltas(o: MergeOptions): Promise<DeltaSummary> {
       parentId: readers[0].index.parentId,
       image: top.index.image,
       parentImage: readers[0].index.parentImage,
-      entries: top.index.entries,
+      entries: treeEdit ? [] : top.index.entries,
       blobs: order.map((k) => out.get(k) as Blob),
       chunkSize: top.index.chunkSize,
+      treeEdit,
     };
     // Index at MERGE_INDEX_LEVEL, not the writer's 19: a good part of a merge's own work otherwise.
     // A rediff is diff(A, last) and keeps its bytes (the writer's level): servers and tests compare them.
-    const fin = await writer.finish(index, { indexLevel: strategy === 'compose' ? MERGE_INDEX_LEVEL : undefined });
+    const fin = await writer.finish(index, { indexLevel: strategy === 'compose' ? MERGE_INDEX_LEVEL : undefined, parentEntries: baseR?.index.entries });
     return summarizeDelta(index, fin.size, baseR?.index.entries, Number(process.hrtime.bigint() - t0) / 1e9, o.out);
   } catch (e) {
     await writer?.abort();

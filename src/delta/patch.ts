@@ -44,7 +44,7 @@ export async function patchImage(o: PatchOptions): Promise<PatchResult> {
   let writer: CdimgWriter | undefined;
   const window = new OrderedWindow<CompressResult>(Math.max(2, pool.threads * 3), 256 * 1024 * 1024);
   try {
-    for (const p of paths) readers.push(await CdimgReader.open(p));
+    readers.push(...(await CdimgReader.openChain(paths)));
     checkChain(readers);
     const top = readers[readers.length - 1].index;
     writer = await CdimgWriter.create(o.out);

@@ -31,7 +31,8 @@ export function summarizeDelta(index: Index, fileSize: number, parentEntries: En
   const used = new Set<string>();
   const files = { same: 0, patched: 0, full: 0, removed: 0 };
   const paths = new Set<string>();
-  for (const e of index.entries) {
+  // a merge of version 2 deltas without their base knows only the entries its edit script inserts
+  for (const e of index.treeEdit?.inserted ?? index.entries) {
     paths.add(e.path);
     if (e.type !== FileType.REG) continue;
     const k = e.digest.toString('hex');

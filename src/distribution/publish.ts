@@ -234,6 +234,125 @@ export async function updateReferrersTag(client: RegistryClient, repo: string, s
   throw unavailable(`${where}: the referrers list keeps changing under this publish (concurrent publishers?); run it again`);
 }
 
+/** What publishing each platform image of one reference shares. */
+interface PublishCtx {
+  o: PublishOptions;
+  client: RegistryClient;
+  /** Registry host of the image. */
+  registry: string;
+  repo: string;
+  /** The image as the user named it, for messages. */
+  where: string;
+  level: LevelPreset;
+  pool: WorkerPool;
+  key: SigningKey | undefined;
+  /** A temporary .cdimg path in the work directory (removed at the end unless moved). */
+  temp: (name: string) => string;
+}
+
+/** A file made for a subject: the full image, or a delta from a base. */
+interface MadeFile {
+  path: string;
+  file: ArtifactFile;
+  base?: string;
+  plainPullBytes?: number;
+}
+
+/** Convert the image by its manifest's digest: the files describe exactly the manifest they are attached to. */
+async function convertSubject(c: PublishCtx, subject: Subject): Promise<{ path: string; platform: string; full: ArtifactFile }> {
+  const { o, where } = c;
+  const fullTmp = c.temp('full');
+  await convertImage({ ref: `docker://${c.registry}/${c.repo}@${subject.digest}`, output: fullTmp, level: LEVELS[c.level], pool: c.pool, registry: o.registry, onProgress: o.onProgress });
+  const r = await CdimgReader.open(fullTmp);
+  const platform = r.index.image.platform;
+  const manifestDigest = r.index.image.manifestDigest;
+  await r.close();
+  if (manifestDigest !== subject.digest) throw corrupt(`${where}: converted manifest ${manifestDigest}, expected ${subject.digest}`);
+  return { path: fullTmp, platform, full: await describeFile(fullTmp) };
+}
+
+/** The deltas from each base of `o.bases` (converted first unless a full .cdimg) to the full image; a base that is the image itself, or repeats one, is skipped. */
+async function makeDeltas(c: PublishCtx, fullPath: string, full: ArtifactFile, platform: string): Promise<{ deltas: MadeFile[]; bases: PublishedBase[] }> {
+  const { o, level, pool } = c;
+  const deltas: MadeFile[] = [];
+  const bases: PublishedBase[] = [];
+  for (const [i, base] of (o.bases ?? []).entries()) {
+    let basePath: string;
+    if (base.endsWith('.cdimg') && (await exists(base))) basePath = base;
+    else {
+      basePath = c.temp(`base-${i}`);
+      await convertImage({ ref: base, output: basePath, platform, level: LEVELS[level], pool, registry: o.registry, onProgress: o.onProgress });
+    }
+    const b = await describeFile(basePath);
+    if (b.kind !== 'full') throw invalidArgument(`base ${base} is a delta; a base is a full image`);
+    const already = bases.find((x) => x.imageId === b.imageId);
+    if (b.imageId === full.imageId || already) {
+      bases.push({ base, imageId: b.imageId, deltaBytes: null, fullBytes: full.size, skipped: already ? `same image as base ${already.base}` : 'the image itself' });
+      continue;
+    }
+    const out = c.temp(`delta-${i}`);
+    const s = await diffImages({ oldPath: basePath, newPath: fullPath, out, level, pool, onProgress: o.onProgress });
+    const file = await describeFile(out);
+    deltas.push({ path: out, file, base, plainPullBytes: s.plainPullBytes });
+    bases.push({ base, imageId: b.imageId, deltaBytes: file.size, fullBytes: full.size });
+  }
+  return { deltas, bases };
+}
+
+/** Signatures of each file: those on the artifacts already, plus the key's unless it signed the file already. */
+async function attachSignatures(c: PublishCtx, subject: Subject, made: MadeFile[]): Promise<void> {
+  const { client, repo, key } = c;
+  const api = await client.referrers(repo, subject.digest);
+  const tagNow = await readReferrersTag(client, repo, subject.digest);
+  const listed = [...((api?.manifests ?? []) as unknown as ReferrerDescriptor[]), ...(tagNow && tagNow !== 'other' ? tagNow.manifests : [])].filter(isD4fsReferrer);
+  for (const m of made) {
+    const held = await signaturesHeld(client, repo, listed, m.file.rootDigest);
+    const mineToo: SignatureFile | undefined = key && !held?.signatures.some((s) => s.keyId === key.keyId) ? { mediaType: SIGNATURE_MEDIA_TYPE, kind: 'cdimg', subject: m.file.rootDigest, signatures: [signRoot(key, 'cdimg', m.file.rootDigest)] } : undefined;
+    const signature = mergeSignatures(held, mineToo, `signatures of ${m.file.rootDigest}`);
+    if (signature) m.file.signature = signature;
+  }
+}
+
+/**
+ * Push the files, their configs and manifests (by digest: no tag moves);
+ * with `o.outDir` keep each file there. `indexed`: the registry indexed the
+ * subject of every manifest (it answered OCI-Subject).
+ */
+async function pushFiles(c: PublishCtx, subject: Subject, made: MadeFile[]): Promise<{ files: PublishedFile[]; descriptors: ReferrerDescriptor[]; indexed: boolean }> {
+  const { o, client, repo } = c;
+  const files: PublishedFile[] = [];
+  const descriptors: ReferrerDescriptor[] = [];
+  let indexed = true;
+  for (const m of made) {
+    const uploaded = (await client.pushBlob(repo, m.file.fileDigest, m.file.size, () => createReadStream(m.path))) === 'uploaded';
+    const doc = fileManifest(m.file, subject);
+    await client.pushBlob(repo, digestOf(doc.config), doc.config.length, () => Readable.from([doc.config]));
+    const put = await client.putManifestInfo(repo, digestOf(doc.bytes), doc.bytes, MT.OCI_MANIFEST);
+    if (put.ociSubject !== subject.digest) indexed = false;
+    descriptors.push(referrerDescriptor(doc.bytes));
+    let kept: string | undefined;
+    if (o.outDir) {
+      kept = join(o.outDir, `${contentTag(m.file)}.cdimg`);
+      if (m.path !== kept) await fsp.rename(m.path, kept);
+      if (m.file.signature) await writeSignatureFile(signaturePathOf(kept), m.file.signature);
+    }
+    const { signature, ...info } = m.file;
+    files.push({ ...info, manifestDigest: put.digest, manifestSize: doc.bytes.length, uploaded, signatures: signature?.signatures.length ?? 0, ...(kept ? { path: kept } : {}), ...(m.base ? { base: m.base, plainPullBytes: m.plainPullBytes } : {}) });
+  }
+  return { files, descriptors, indexed };
+}
+
+/** Publish one platform image: convert it, diff it from the bases, sign, push, and keep the referrers tag when the registry has no referrers API. */
+async function publishSubject(c: PublishCtx, subject: Subject): Promise<PublishedImage> {
+  const { path, platform, full } = await convertSubject(c, subject);
+  const { deltas, bases } = await makeDeltas(c, path, full, platform);
+  const made: MadeFile[] = [{ path, file: full }, ...deltas];
+  await attachSignatures(c, subject, made);
+  const { files, descriptors, indexed } = await pushFiles(c, subject, made);
+  const referrers = indexed ? undefined : await updateReferrersTag(c.client, c.repo, subject.digest, descriptors, full.imageId);
+  return { platform, subject, imageId: full.imageId, files, bases, referrersApi: indexed, ...(referrers ? { referrersTag: referrers } : {}) };
+}
+
 /**
  * Publish the d4fs files of the image `o.image` names as artifacts attached
  * to its manifest(s) in its own repository (see the module comment).
@@ -258,78 +377,13 @@ export async function publishImage(o: PublishOptions): Promise<PublishResult> {
     temps.push(p);
     return p;
   };
+  const c: PublishCtx = { o, client, registry: ref.registry, repo, where, level, pool, key, temp };
   try {
     const top = await client.getManifest(repo, reference);
     if (isD4fsDocument(top)) throw invalidArgument(`${where} is a d4fs artifact (pushed with \`ctr-cli push --to\`), not an image: publish the image's own tag`);
     const subjects = await subjectsOf(client, repo, top, where, o);
     const images: PublishedImage[] = [];
-    for (const subject of subjects) {
-      // the image by its manifest's digest: the files describe exactly the manifest they are attached to
-      const fullTmp = temp('full');
-      await convertImage({ ref: `docker://${ref.registry}/${repo}@${subject.digest}`, output: fullTmp, level: LEVELS[level], pool, registry: o.registry, onProgress: o.onProgress });
-      const r = await CdimgReader.open(fullTmp);
-      const platform = r.index.image.platform;
-      const manifestDigest = r.index.image.manifestDigest;
-      await r.close();
-      if (manifestDigest !== subject.digest) throw corrupt(`${where}: converted manifest ${manifestDigest}, expected ${subject.digest}`);
-      const full = await describeFile(fullTmp);
-      const made: { path: string; file: ArtifactFile; base?: string; plainPullBytes?: number }[] = [{ path: fullTmp, file: full }];
-      const bases: PublishedBase[] = [];
-      for (const [i, base] of (o.bases ?? []).entries()) {
-        let basePath: string;
-        if (base.endsWith('.cdimg') && (await exists(base))) basePath = base;
-        else {
-          basePath = temp(`base-${i}`);
-          await convertImage({ ref: base, output: basePath, platform, level: LEVELS[level], pool, registry: o.registry, onProgress: o.onProgress });
-        }
-        const b = await describeFile(basePath);
-        if (b.kind !== 'full') throw invalidArgument(`base ${base} is a delta; a base is a full image`);
-        const already = bases.find((x) => x.imageId === b.imageId);
-        if (b.imageId === full.imageId || already) {
-          bases.push({ base, imageId: b.imageId, deltaBytes: null, fullBytes: full.size, skipped: already ? `same image as base ${already.base}` : 'the image itself' });
-          continue;
-        }
-        const out = temp(`delta-${i}`);
-        const s = await diffImages({ oldPath: basePath, newPath: fullTmp, out, level, pool, onProgress: o.onProgress });
-        const file = await describeFile(out);
-        made.push({ path: out, file, base, plainPullBytes: s.plainPullBytes });
-        bases.push({ base, imageId: b.imageId, deltaBytes: file.size, fullBytes: full.size });
-      }
-
-      // signatures: those on the artifacts already, plus the key's unless it signed the file already
-      const api = await client.referrers(repo, subject.digest);
-      const tagNow = await readReferrersTag(client, repo, subject.digest);
-      const listed = [...((api?.manifests ?? []) as unknown as ReferrerDescriptor[]), ...(tagNow && tagNow !== 'other' ? tagNow.manifests : [])].filter(isD4fsReferrer);
-      for (const m of made) {
-        const held = await signaturesHeld(client, repo, listed, m.file.rootDigest);
-        const mineToo: SignatureFile | undefined = key && !held?.signatures.some((s) => s.keyId === key.keyId) ? { mediaType: SIGNATURE_MEDIA_TYPE, kind: 'cdimg', subject: m.file.rootDigest, signatures: [signRoot(key, 'cdimg', m.file.rootDigest)] } : undefined;
-        const signature = mergeSignatures(held, mineToo, `signatures of ${m.file.rootDigest}`);
-        if (signature) m.file.signature = signature;
-      }
-
-      // files, configs and manifests (by digest: no tag moves)
-      const files: PublishedFile[] = [];
-      const descriptors: ReferrerDescriptor[] = [];
-      let indexed = true;
-      for (const m of made) {
-        const uploaded = (await client.pushBlob(repo, m.file.fileDigest, m.file.size, () => createReadStream(m.path))) === 'uploaded';
-        const doc = fileManifest(m.file, subject);
-        await client.pushBlob(repo, digestOf(doc.config), doc.config.length, () => Readable.from([doc.config]));
-        const put = await client.putManifestInfo(repo, digestOf(doc.bytes), doc.bytes, MT.OCI_MANIFEST);
-        if (put.ociSubject !== subject.digest) indexed = false;
-        descriptors.push(referrerDescriptor(doc.bytes));
-        let kept: string | undefined;
-        if (o.outDir) {
-          kept = join(o.outDir, `${contentTag(m.file)}.cdimg`);
-          if (m.path !== kept) await fsp.rename(m.path, kept);
-          if (m.file.signature) await writeSignatureFile(signaturePathOf(kept), m.file.signature);
-        }
-        const { signature, ...info } = m.file;
-        files.push({ ...info, manifestDigest: put.digest, manifestSize: doc.bytes.length, uploaded, signatures: signature?.signatures.length ?? 0, ...(kept ? { path: kept } : {}), ...(m.base ? { base: m.base, plainPullBytes: m.plainPullBytes } : {}) });
-      }
-      const referrers = indexed ? undefined : await updateReferrersTag(client, repo, subject.digest, descriptors, full.imageId);
-      images.push({ platform, subject, imageId: full.imageId, files, bases, referrersApi: indexed, ...(referrers ? { referrersTag: referrers } : {}) });
-    }
+    for (const subject of subjects) images.push(await publishSubject(c, subject));
     // the user's tag is not touched: say so if it moved under us (another push), rather than attach to a stale manifest silently
     const now = await client.getManifest(repo, reference);
     if (now.digest !== top.digest) throw failedPrecondition(`${where} moved to ${now.digest} during the publish (it was ${top.digest}): the files are attached to the old manifest; publish again`);

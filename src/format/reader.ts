@@ -3,13 +3,14 @@
  * index (verified against the root digest, then validated); contents are read
  * chunk by chunk and every chunk is verified against its digests.
  */
+import { createHash } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
-import { corrupt, D4fsError, hostile, invalidArgument, notFound, unsupported } from '../errors';
+import { corrupt, D4fsError, failedPrecondition, hostile, invalidArgument, notFound, unsupported } from '../errors';
 import { sha256, digestFromRaw } from '../util/digest';
-import { decodeIndex } from './codec';
+import { decodeIndex, resolveDeltaTree } from './codec';
 import { FLAG_INDEX_ZSTD } from './writer';
-import { Blob, Chunk, Codec, Encoding, Entry, HEADER_SIZE, Index, Kind, LIMITS, MAGIC, FORMAT_VERSION } from './types';
-import { validateIndex, validateIndexHead } from './validate';
+import { Blob, Chunk, Codec, Encoding, Entry, HEADER_SIZE, Index, Kind, LIMITS, MAGIC, READ_VERSIONS } from './types';
+import { validateIndex, validateIndexContents, validateIndexHead } from './validate';
 import { zstdUnframe as decompressFull } from './zstd';
 
 export interface HeaderInfo {
@@ -25,7 +26,7 @@ export function parseHeader(h: Buffer, fileSize: number, what: string): HeaderIn
   if (h.length < HEADER_SIZE) throw corrupt(`${what}: file too short to be a .cdimg (${fileSize} bytes)`);
   if (!h.subarray(0, 8).equals(MAGIC)) throw corrupt(`${what}: not a .cdimg file (bad magic)`);
   const version = h.readUInt32LE(8);
-  if (version !== FORMAT_VERSION) throw unsupported(`${what}: .cdimg format version ${version} is not supported (this d4fs reads version ${FORMAT_VERSION})`);
+  if (!READ_VERSIONS.includes(version)) throw unsupported(`${what}: .cdimg format version ${version} is not supported (this d4fs reads versions ${READ_VERSIONS.join(' and ')})`);
   const flags = h.readUInt32LE(12);
   if (flags !== FLAG_INDEX_ZSTD) throw unsupported(`${what}: unknown header flags ${flags}`);
   const big = (o: number): number => {
@@ -118,6 +119,14 @@ export function forgetOpenedIndexes(): void {
   openedBytes = 0;
 }
 
+/** The parent's entries for a delta that names it as its parent (FAILED_PRECONDITION otherwise). */
+function parentTree(parent: CdimgReader, index: Index): Entry[] {
+  const want = digestFromRaw(index.parentId);
+  if (parent.imageId !== want) throw failedPrecondition(`does not apply to ${parent.path}: it needs parent ${want}, that image is ${parent.imageId}`);
+  parent.requireTree();
+  return parent.index.entries;
+}
+
 /** What CdimgReader.imageInfo tells about a file. */
 export interface CdimgImageInfo {
   rootDigest: string;
@@ -181,23 +190,49 @@ export class CdimgReader {
     readonly index: Index,
     v: { blobs: Map<string, Blob>; byPath: Map<string, Entry> },
     readonly fileSize: number,
+    /** Opened with `contentsOnly`: the stored contents without the tree. */
+    private readonly treeless = false,
   ) {
     this.blobs = v.blobs;
     this.byPath = v.byPath;
   }
 
-  static async open(path: string, opts: { reuse?: boolean } = {}): Promise<CdimgReader> {
+  /**
+   * Open a file: header, index verified against the root digest, decoded and
+   * validated. A delta of format version 2 writes its tree as an edit script
+   * against its parent's: given `parent` (the reader of its parent image, or
+   * of the top of a chain leading to it) it gets its whole tree and its image
+   * id is checked; without one only its contents are validated and
+   * `hasTree` is false (ids, image information and chunks can be read;
+   * `requireTree` throws).
+   */
+  static async open(path: string, opts: { reuse?: boolean; parent?: CdimgReader; contentsOnly?: boolean } = {}): Promise<CdimgReader> {
     const fh = await openFile(path);
     try {
       const { st, header, key } = await readHeader(fh, path);
-      const known = opts.reuse ? opened.get(key) : undefined;
+      const known = opts.reuse ? (opened.get(key) ?? (opts.contentsOnly ? opened.get(`${key}:contents`) : undefined)) : undefined;
       if (known) {
-        remember(key, known);
-        return new CdimgReader(path, fh, known.header, known.index, known.v, st.size);
+        remember(known.v.byPath.size || !opts.contentsOnly ? key : `${key}:contents`, known);
+        return new CdimgReader(path, fh, known.header, known.index, known.v, st.size, !known.v.byPath.size && !!opts.contentsOnly);
       }
       const release = await decodeSlot(header.indexRawLen);
       try {
-        const index = decodeIndex(await readVerifiedIndex(fh, header, path));
+        let index = decodeIndex(await readVerifiedIndex(fh, header, path), { contentsOnly: opts.contentsOnly });
+        if (index.formatVersion !== header.version) throw corrupt(`the header says format version ${header.version}, the index ${index.formatVersion}`);
+        if (opts.contentsOnly && index.formatVersion >= 2) {
+          // the contents alone (a worker building contents of a chain the main thread opened whole)
+          const blobs = validateIndexContents(index, header.indexOffset, HEADER_SIZE);
+          const v = { blobs, byPath: new Map<string, Entry>() };
+          if (opts.reuse) remember(`${key}:contents`, { header, index, v });
+          return new CdimgReader(path, fh, header, index, v, st.size, true);
+        }
+        if (index.treeEdit) {
+          if (!opts.parent) {
+            const blobs = validateIndexContents(index, header.indexOffset, HEADER_SIZE);
+            return new CdimgReader(path, fh, header, index, { blobs, byPath: new Map() }, st.size);
+          }
+          index = resolveDeltaTree(index, parentTree(opts.parent, index));
+        }
         const v = validateIndex(index, header.indexOffset, HEADER_SIZE);
         if (opts.reuse) remember(key, { header, index, v });
         return new CdimgReader(path, fh, header, index, v, st.size);
@@ -207,6 +242,31 @@ export class CdimgReader {
     } catch (e) {
       await fh.close().catch(() => undefined);
       throw withPath(e, path);
+    }
+  }
+
+  /** Open a chain (a full image first, then each delta on the one before it): every file gets its tree. */
+  static async openChain(paths: readonly string[], opts: { reuse?: boolean } = {}): Promise<CdimgReader[]> {
+    const readers: CdimgReader[] = [];
+    try {
+      for (const p of paths) readers.push(await CdimgReader.open(p, { ...opts, parent: readers.at(-1) }));
+      return readers;
+    } catch (e) {
+      await Promise.all(readers.map((r) => r.close()));
+      throw e;
+    }
+  }
+
+  /** Whether the whole tree of the image is known (false only for a version 2 delta opened without its parent). */
+  get hasTree(): boolean {
+    return !this.index.treeEdit && !this.treeless;
+  }
+
+  /** Throws FAILED_PRECONDITION unless the tree is known: for commands that need a delta's whole tree. */
+  requireTree(): void {
+    if (this.treeless) throw failedPrecondition(`${this.path} was opened for its contents only`);
+    if (this.index.treeEdit) {
+      throw failedPrecondition(`${this.path} is a delta whose tree is written against its parent image ${digestFromRaw(this.index.parentId)}: name its chain (the full image and the deltas before it) or load it into the store first`);
     }
   }
 
@@ -268,18 +328,67 @@ export class CdimgReader {
     return this.blobs.get(key);
   }
 
-  /** Read a chunk's stored bytes and verify them against the stored digest. */
+  /**
+   * Read a chunk's stored bytes, verified against its stored digest when it
+   * has one. A zstd chunk of format version 2 has none: the caller checks the
+   * decoded bytes against `rawDigest` (every decoder here does), or uses
+   * readStoredVerified to copy stored bytes as they are.
+   */
   async readStored(c: Chunk): Promise<Buffer> {
     const buf = Buffer.alloc(c.storedSize);
     await readFully(this.fh, buf, c.offset);
+    if (c.storedDigest.length === 0 && c.codec === Codec.ZSTD && this.index.formatVersion >= 2) return buf;
     if (!sha256(buf).equals(c.storedDigest)) throw corrupt(`${this.path}: stored chunk at ${c.offset} is damaged (digest mismatch)`);
     return buf;
+  }
+
+  /** A chunk's stored bytes, checked even when they have no stored digest (a zstd chunk is decoded and its content checked). */
+  async readStoredVerified(c: Chunk): Promise<Buffer> {
+    const stored = await this.readStored(c);
+    if (c.storedDigest.length === 0) {
+      let data: Buffer;
+      try {
+        data = decompressFull(stored, c.rawSize);
+      } catch (e) {
+        throw corrupt(`${this.path}: stored chunk at ${c.offset} is damaged (${(e as Error).message})`, e);
+      }
+      if (!sha256(data).equals(c.rawDigest)) throw corrupt(`${this.path}: stored chunk at ${c.offset} is damaged (decodes to the wrong content)`);
+    }
+    return stored;
+  }
+
+  /**
+   * Check every stored byte of the file: version 2, the blob section against
+   * its digest (one sequential read); version 1, every stored chunk against
+   * its stored digest. Nothing is decompressed.
+   */
+  async verifySection(): Promise<void> {
+    if (this.index.formatVersion === 1) {
+      for (const b of this.index.blobs) for (const c of b.chunks) await this.readStored(c);
+      return;
+    }
+    const h = createHash('sha256');
+    const piece = Buffer.alloc(4 * 1024 * 1024);
+    for (let at = HEADER_SIZE; at < this.header.indexOffset; ) {
+      const n = Math.min(piece.length, this.header.indexOffset - at);
+      await readFully(this.fh, piece.subarray(0, n), at);
+      h.update(piece.subarray(0, n));
+      at += n;
+    }
+    if (!h.digest().equals(this.index.sectionDigest ?? Buffer.alloc(0))) throw corrupt(`${this.path}: the blob section does not match its digest (file damaged)`);
   }
 
   /** Decode a ZSTD chunk and verify it. Patch chunks need a base: see the delta module. */
   async readFullChunk(c: Chunk): Promise<Buffer> {
     if (c.codec !== Codec.ZSTD) throw unsupported(`chunk at ${c.offset} is a patch; it needs its base content`);
-    const data = decompressFull(await this.readStored(c), c.rawSize);
+    const stored = await this.readStored(c);
+    let data: Buffer;
+    try {
+      data = decompressFull(stored, c.rawSize);
+    } catch (e) {
+      if (e instanceof D4fsError && e.kind !== 'CORRUPT') throw e;
+      throw corrupt(`${this.path}: stored chunk at ${c.offset} is damaged (${(e as Error).message})`, e);
+    }
     if (!sha256(data).equals(c.rawDigest)) throw corrupt(`${this.path}: chunk at ${c.offset} decodes to the wrong content`);
     return data;
   }

@@ -128,9 +128,36 @@ export interface Index {
   blobs: Blob[];
   chunkSize: number;
   parentImage?: ImageInfo;
+  /** Version 2: sha256 of the blob section [HEADER_SIZE, index offset), for whole-file checks. */
+  sectionDigest?: Buffer;
+  /**
+   * Version 2 delta opened without its parent: the edit script of its tree,
+   * `entries` is empty until the parent's tree is applied (CdimgReader.open with `parent`).
+   */
+  treeEdit?: TreeEdit;
 }
 
-export const FORMAT_VERSION = 1;
+/** An entry of a version 2 delta's edit script before its path is known (the parent's tree gives the directories). */
+export interface InsertedEntry extends Entry {
+  depth: number;
+  name: string;
+}
+
+/** What a version 2 delta says about its tree: the edit script against its parent's entries and the entries it inserts. */
+export interface TreeEdit {
+  /** Triples (keep, drop, insert): copy `keep` entries of the parent, skip `drop`, insert the next `insert` of `inserted`. */
+  ops: number[];
+  inserted: InsertedEntry[];
+}
+
+/**
+ * The version this d4fs writes. Version 2 (issue 18): the index in columns,
+ * a delta's tree as an edit script against its parent's, a blob-section
+ * digest instead of per-chunk stored digests of zstd frames.
+ */
+export const FORMAT_VERSION = 2;
+/** Versions this d4fs reads: 1 (every file written before version 2) and 2. */
+export const READ_VERSIONS: readonly number[] = [1, 2];
 export const HEADER_SIZE = 128;
 export const MAGIC = Buffer.from('D4FSCDIM', 'ascii');
 /** Default chunk size of large contents. */

@@ -3,7 +3,7 @@
  * consumer (unpack, FUSE, diff) relies on is made here, once.
  */
 import { corrupt, hostile } from '../errors';
-import { Blob, Encoding, Entry, FileType, Index, Kind, LIMITS, FORMAT_VERSION, codecFormat } from './types';
+import { Blob, Codec, Encoding, Entry, FileType, Index, Kind, LIMITS, READ_VERSIONS, codecFormat } from './types';
 import { checkDeviceNumbers, checkLinkTarget, checkTreePath } from '../tree/paths';
 import { computeImageId } from './codec';
 
@@ -20,17 +20,22 @@ export interface ValidatedIndex {
 
 /** The index's version, kind and ids: what a reader of its image information alone relies on. */
 export function validateIndexHead(index: Index): void {
-  if (index.formatVersion !== FORMAT_VERSION) throw corrupt(`index says format version ${index.formatVersion}, expected ${FORMAT_VERSION}`);
+  if (!READ_VERSIONS.includes(index.formatVersion)) throw corrupt(`index says format version ${index.formatVersion}, expected one of ${READ_VERSIONS.join(', ')}`);
   if (index.kind !== Kind.FULL && index.kind !== Kind.DELTA) throw corrupt(`unknown image kind ${index.kind}`);
   if (!isDigest(index.imageId)) throw corrupt('index has no valid image id');
   if (index.kind === Kind.DELTA && !isDigest(index.parentId)) throw corrupt('delta has no valid parent id');
 }
 
-export function validateIndex(index: Index, blobSectionEnd: number, headerSize: number): ValidatedIndex {
+/**
+ * The checks of a version 2 delta opened without its parent: its head and its
+ * stored contents. Its tree (and so its image id) is checked when it is
+ * opened with its parent (CdimgReader.open with `parent`).
+ */
+export function validateIndexContents(index: Index, blobSectionEnd: number, headerSize: number): Map<string, Blob> {
   validateIndexHead(index);
-  if (index.entries.length > LIMITS.maxEntries) throw hostile(`index has ${index.entries.length} entries, over the limit`);
+  if (index.formatVersion === 2 && index.sectionDigest?.length !== 32) throw corrupt('index has no blob section digest');
+  if ((index.treeEdit?.inserted.length ?? index.entries.length) > LIMITS.maxEntries) throw hostile('index has too many entries, over the limit');
   if (index.chunkSize <= 0 || index.chunkSize > LIMITS.maxChunkSize) throw corrupt(`invalid chunk size ${index.chunkSize}`);
-
   const blobs = new Map<string, Blob>();
   for (const b of index.blobs) {
     if (!isDigest(b.digest)) throw corrupt('blob with an invalid digest');
@@ -48,7 +53,7 @@ export function validateIndex(index: Index, blobSectionEnd: number, headerSize: 
           throw hostile(`blob sha256:${key}: chunk offset ${c.offset}+${c.storedSize} lies outside the blob section`);
         }
         if (!Number.isSafeInteger(c.rawSize) || c.rawSize < 0 || c.rawSize > LIMITS.maxChunkSize) throw hostile(`blob sha256:${key}: absurd chunk size ${c.rawSize}`);
-        if (!isDigest(c.storedDigest) || !isDigest(c.rawDigest)) throw corrupt(`blob sha256:${key}: chunk without digests`);
+        if (!(isDigest(c.storedDigest) || (index.formatVersion === 2 && c.codec === Codec.ZSTD && c.storedDigest.length === 0)) || !isDigest(c.rawDigest)) throw corrupt(`blob sha256:${key}: chunk without digests`);
         // what the chunk may refer to: the codec's row of CODEC_FORMATS
         const codec = codecFormat(c.codec);
         if (!codec) throw corrupt(`blob sha256:${key}: unknown codec ${c.codec}`);
@@ -70,6 +75,13 @@ export function validateIndex(index: Index, blobSectionEnd: number, headerSize: 
     blobs.set(key, b);
   }
 
+  return blobs;
+}
+
+export function validateIndex(index: Index, blobSectionEnd: number, headerSize: number): ValidatedIndex {
+  if (index.treeEdit) throw corrupt('a version 2 delta needs its parent to be validated');
+  const blobs = validateIndexContents(index, blobSectionEnd, headerSize);
+  if (index.entries.length > LIMITS.maxEntries) throw hostile(`index has ${index.entries.length} entries, over the limit`);
   const byPath = new Map<string, Entry>();
   let sawRoot = false;
   for (const e of index.entries) {

@@ -5,9 +5,9 @@
  */
 import { promises as fsp } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes, type Hash } from 'node:crypto';
 import { encodeIndex } from './codec';
-import { HEADER_SIZE, Index, MAGIC, FORMAT_VERSION, LIMITS } from './types';
+import { type Entry, HEADER_SIZE, Index, MAGIC, LIMITS } from './types';
 import { sha256 } from '../util/digest';
 import { invalidArgument } from '../errors';
 import { writeFully } from '../util/fileio';
@@ -22,10 +22,10 @@ export function warmFinish(): void {
   zstdFrame(Buffer.alloc(1), 1);
 }
 
-export function encodeHeader(indexOffset: number, storedLen: number, rawLen: number, rootDigest: Buffer): Buffer {
+export function encodeHeader(indexOffset: number, storedLen: number, rawLen: number, rootDigest: Buffer, version: number): Buffer {
   const h = Buffer.alloc(HEADER_SIZE);
   MAGIC.copy(h, 0);
-  h.writeUInt32LE(FORMAT_VERSION, 8);
+  h.writeUInt32LE(version, 8);
   h.writeUInt32LE(FLAG_INDEX_ZSTD, 12);
   h.writeBigUInt64LE(BigInt(indexOffset), 16);
   h.writeBigUInt64LE(BigInt(storedLen), 24);
@@ -44,6 +44,8 @@ export class CdimgWriter {
   private pos = HEADER_SIZE;
   private readonly tmp: string;
   private closed = false;
+  /** sha256 of the blob section as it is appended (format version 2 records it). */
+  private readonly section: Hash = createHash('sha256');
 
   private constructor(private readonly out: string) {
     this.tmp = tempPathFor(out);
@@ -67,6 +69,7 @@ export class CdimgWriter {
     if (!this.fh) throw new Error('writer closed');
     const at = this.pos;
     await writeFully(this.fh, data, at);
+    this.section.update(data);
     this.pos += data.length;
     return at;
   }
@@ -95,6 +98,7 @@ export class CdimgWriter {
           skip = 0;
         }
       }
+      for (const piece of group) this.section.update(piece);
       pos += total;
       i += group.length;
     }
@@ -106,22 +110,24 @@ export class CdimgWriter {
    * Write the index and header, fsync, rename into place. Returns root digest and total size.
    * `indexLevel` is the zstd level of the index (19 by default: a delta is small and its index a
    * large part of it; full images use convert's INDEX_LEVEL, see convert.ts).
+   * A delta in format version 2 is written against its parent's tree: `parentEntries`.
    */
-  async finish(index: Index, opts: { indexLevel?: number } = {}): Promise<{ rootDigest: string; size: number; indexRaw: number }> {
+  async finish(index: Index, opts: { indexLevel?: number; parentEntries?: Entry[] } = {}): Promise<{ rootDigest: string; size: number; indexRaw: number; indexStored: number }> {
     if (!this.fh) throw new Error('writer closed');
-    const raw = encodeIndex(index);
+    const raw = encodeIndex(index, { sectionDigest: this.section.digest(), parentEntries: opts.parentEntries });
     if (raw.length > LIMITS.maxIndexRaw) throw invalidArgument(`index of ${raw.length} bytes exceeds the format limit`);
     const stored = zstdFrame(raw, opts.indexLevel ?? 19);
     const root = sha256(raw);
     const indexOffset = this.pos;
-    await this.append(stored);
-    await this.fh.write(encodeHeader(indexOffset, stored.length, raw.length, root), 0, HEADER_SIZE, 0);
+    await writeFully(this.fh, stored, indexOffset);
+    this.pos += stored.length;
+    await this.fh.write(encodeHeader(indexOffset, stored.length, raw.length, root, index.formatVersion), 0, HEADER_SIZE, 0);
     await this.fh.sync();
     await this.fh.close();
     this.fh = null;
     await fsp.rename(this.tmp, this.out);
     this.closed = true;
-    return { rootDigest: `sha256:${root.toString('hex')}`, size: this.pos, indexRaw: raw.length };
+    return { rootDigest: `sha256:${root.toString('hex')}`, size: this.pos, indexRaw: raw.length, indexStored: stored.length };
   }
 
   /** Drop the temp file (on error). Safe to call twice. */

@@ -32,10 +32,10 @@ export class ChainIndex {
   /** Opens and checks the chain `paths` (full image first). */
   static async open(paths: readonly string[]): Promise<ChainIndex> {
     if (paths.length === 0) throw failedPrecondition('empty chain');
-    const readers: CdimgReader[] = [];
+    let readers: CdimgReader[] = [];
     try {
       // The files are immutable and usually shared by several chains (a base image under its updates).
-      for (const p of paths) readers.push(await CdimgReader.open(p, { reuse: true }));
+      readers = await CdimgReader.openChain(paths, { reuse: true });
       checkChain(readers);
       const top = readers[readers.length - 1];
       return new ChainIndex([...paths], readers.map((r) => r.blobs), top.index, top.imageId, top.parentId);

@@ -85,7 +85,8 @@ function chainOf(paths: string[]): Promise<Chain> {
     return c;
   }
   // Indexes decoded once per thread: a base image's index serves every chain of its updates.
-  c = Chain.open(paths, { reuse: true }).then((chain) => {
+  // the manager's main thread opened and checked these chains whole: a build thread needs their stored contents only
+  c = Chain.open(paths, { reuse: true, contentsOnly: true }).then((chain) => {
     const rebuild = chain.content.bind(chain);
     chain.content = async (digest: Buffer, level?: number, depth?: number): Promise<Buffer> => {
       const hex = digest.toString('hex');

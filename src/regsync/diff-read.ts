@@ -14,7 +14,7 @@ import type { SetImage, SetLayer } from './imageset';
 import { decompressFile, spoolBlob } from './layerio';
 import { RegsyncPool } from './pool';
 import { mapLimit } from '../util/ordered';
-import type { GzipEncoding } from './worker';
+import type { GzipEncoding } from './tasks';
 import { Detection, fallbackRecipe, produceBlob } from './recipe';
 import { splitTar, SplitResult } from './tarsplit';
 

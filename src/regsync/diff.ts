@@ -29,7 +29,7 @@ import { PatchWriter } from './container';
 import { closeSet, ImageSpec, PlatformSelection, resolveSet, SetImage } from './imageset';
 import { spoolBlob } from './layerio';
 import { RegsyncPool } from './pool';
-import type { GzipEncoding } from './worker';
+import type { GzipEncoding } from './tasks';
 import { describeRecipe, Detection, fallbackRecipe } from './recipe';
 import {
   collectLayers,

@@ -1,17 +1,17 @@
 /**
  * regsync's front of the worker pool (src/workers/pool.ts): content encoding
- * and decoding and recipe detection (tasks in ./worker.ts) run off the
+ * and decoding and recipe detection (tasks in ./tasks.ts) run off the
  * event loop. Errors come back with their kind.
  */
 import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
-import { TaskModule, WorkerPool } from '../workers/pool';
-import type * as W from './worker';
+import { taskModule, WorkerPool } from '../workers/pool';
+import type * as W from './tasks';
 
-/** regsync's task module (./worker.ts). */
-export const REGSYNC_TASKS: TaskModule<typeof W> = { file: join(__dirname, 'worker.js') };
+/** regsync's task module (./tasks.ts). */
+export const REGSYNC_TASKS = taskModule<typeof W>(join(__dirname, 'tasks.js'));
 
-/** The worker pool running ./worker.ts tasks. */
+/** The worker pool running ./tasks.ts tasks. */
 export class RegsyncPool {
   private readonly pool: WorkerPool;
 
@@ -24,17 +24,17 @@ export class RegsyncPool {
     this.pool = new WorkerPool(Math.max(1, threads), { idleTimeout: 5_000 });
   }
 
-  /** Encode a content (see worker.encode). */
+  /** Encode a content (see tasks.encode). */
   encode(a: W.EncodeArgs): Promise<W.EncodeResult> {
     return this.pool.run(REGSYNC_TASKS, 'encode', a);
   }
 
-  /** Decode and verify a content (see worker.decode). */
+  /** Decode and verify a content (see tasks.decode). */
   decode(a: W.DecodeArgs): Promise<Uint8Array | null> {
     return this.pool.run(REGSYNC_TASKS, 'decode', a);
   }
 
-  /** Detect a compression recipe (see worker.detect). */
+  /** Detect a compression recipe (see tasks.detect). */
   detect(a: W.DetectArgs): ReturnType<typeof W.detect> {
     return this.pool.run(REGSYNC_TASKS, 'detect', a);
   }

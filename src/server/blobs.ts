@@ -15,8 +15,7 @@ import { join } from 'node:path';
 import { Readable, Transform, TransformCallback } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { CdimgReader } from '../format/reader';
-import { Encoding } from '../format/types';
-import { corrupt, D4fsError, hostile } from '../errors';
+import { corrupt, D4fsError, failedPrecondition, hostile } from '../errors';
 import { hexOfDigest } from '../util/digest';
 import { processExists } from '../util/process';
 import type { FileInfo } from '../distribution/protocol';
@@ -61,10 +60,7 @@ export async function verifyStoredChunks(path: string, what: string): Promise<Om
     throw e;
   });
   try {
-    for (const b of r.index.blobs) {
-      if (b.encoding === Encoding.SAME) continue;
-      for (const c of b.chunks) await r.readStored(c);
-    }
+    await r.verifySection();
     return { rootDigest: r.rootDigest, kind: r.isDelta ? 'delta' : 'full', imageId: r.imageId, parentId: r.parentId ?? '', size: r.fileSize };
   } catch (e) {
     if (e instanceof D4fsError) {
@@ -74,6 +70,39 @@ export async function verifyStoredChunks(path: string, what: string): Promise<Om
     throw corrupt(`${what}: ${(e as Error).message}`, e);
   } finally {
     await r.close();
+  }
+}
+
+/**
+ * A delta of format version 2 writes its tree against its parent's: open it
+ * on `parentChain` (the paths of a chain leading to its parent, full image
+ * first) so that its tree is rebuilt and its image id recomputed: a forged id
+ * is CORRUPT. A file that carries its whole tree was checked when it was
+ * opened alone (verifyStoredChunks). `parentChain` undefined: the server has
+ * no chain to the parent from a full image, so the delta cannot be checked
+ * and is refused (FAILED_PRECONDITION).
+ */
+export async function verifyDeltaTree(path: string, parentChain: string[] | undefined, what: string): Promise<void> {
+  const alone = await CdimgReader.open(path);
+  const needs = !alone.hasTree;
+  const parentId = alone.parentId;
+  await alone.close();
+  if (!needs) return;
+  if (!parentChain) {
+    throw failedPrecondition(`${what}: a delta whose tree is written against image ${parentId}, and no chain of files on this server leads to that image from a full image: push the full image first`);
+  }
+  const below = await CdimgReader.openChain(parentChain, { reuse: true });
+  try {
+    const r = await CdimgReader.open(path, { parent: below.at(-1) });
+    await r.close();
+  } catch (e) {
+    if (e instanceof D4fsError) {
+      e.message = e.message.replace(path, what);
+      throw e;
+    }
+    throw corrupt(`${what}: ${(e as Error).message}`, e);
+  } finally {
+    await Promise.all(below.map((b) => b.close()));
   }
 }
 

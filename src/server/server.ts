@@ -24,24 +24,18 @@
  * else the unmerged chain of the original signed files.
  */
 import { promises as fsp } from 'node:fs';
-import * as http from 'node:http';
-import * as https from 'node:https';
+import type * as http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
-import { pipeline } from 'node:stream/promises';
-import { Transform, TransformCallback } from 'node:stream';
-import { createHash } from 'node:crypto';
 import pino, { type Logger } from 'pino';
 import { corrupt, D4fsError, failedPrecondition, hostile, invalidArgument, notFound, toD4fsError, unauthenticated, unavailable, unsupported } from '../errors';
-import { policyRequires, SignatureFile, SignaturePolicy, SigningKey } from '../signing';
+import { policyRequires, SignatureFile } from '../signing';
 import { checkTrusted, decodeSignatureHeader, mergeSignatures } from '../distribution/signatures';
 import { parseDigest } from '../util/digest';
 import {
   API,
-  CDIMG_MEDIA_TYPE,
   checkRepoName,
   checkTag,
-  etagOf,
   FILE_DIGEST_HEADER,
   MAX_HAVE,
   MAX_JSON_BODY,
@@ -53,94 +47,30 @@ import {
   UploadResultJson,
 } from '../distribution/protocol';
 import { Access, Principal, TokenAuth } from './auth';
-import { BlobStore, verifyStoredChunks } from './blobs';
+import { sendBlob } from './blob-response';
+import { BlobStore, verifyDeltaTree, verifyStoredChunks } from './blobs';
 import { Catalogue, CATALOGUE_FILE, FileRow } from './catalogue';
 import { collectGarbage, GcOptions, GcReport } from './gc';
-import { acceptBody, awaitingContinue, bodyOf, BodyPace, bodyPending, discardBody, hasBody, parseRange, readJson, sendError, sendJson } from './http';
-import { MergeCache, MergeStrategy } from './merges';
+import { acceptBody, awaitingContinue, bodyOf, BodyPace, bodyPending, discardBody, hasBody, readJson, sendError, sendJson } from './http';
+import { createListener } from './listener';
+import { MergeCache } from './merges';
 import { ServerMetrics } from './metrics';
+import {
+  DEFAULT_IDLE_MS,
+  DEFAULT_MAX_UPLOAD,
+  DEFAULT_MIN_UPLOAD_RATE,
+  DEFAULT_UPLOAD_RATE_WINDOW_MS,
+  DISCARD_MAX_BYTES,
+  DISCARD_MAX_MS,
+  MERGE_TIMEOUT_MS,
+  ServerOptions,
+} from './options';
 import { planChain } from '../distribution/planner';
-import { parseStoreUrl, RegistryStore, RegistryStoreOptions } from './regstore';
+import { parseStoreUrl, RegistryStore } from './regstore';
 import { ServerSignatures } from './signatures';
 
-export interface ServerOptions {
-  /** Directory of the blob store and catalogue (created). */
-  root: string;
-  /**
-   * More endpoints served on the same port (the embedded BitTorrent tracker,
-   * `serve --tracker`): answers and returns true for its own paths, false
-   * for the others. It checks its own tokens (`server.auth`).
-   */
-  extraHandler?: (req: http.IncomingMessage, res: http.ServerResponse) => Promise<boolean>;
-  /** "HOST:PORT" to listen on (default 127.0.0.1:8081; port 0 picks one). */
-  listen?: string;
-  /** Tokens file (see auth.ts); without it the server is read-only. */
-  tokensFile?: string;
-  /** Reads need no token. */
-  readOpen?: boolean;
-  /** TLS certificate and key (PEM files): serve HTTPS. */
-  tls?: { cert: string; key: string };
-  /** Largest upload in bytes (default 16 GiB). */
-  maxUploadBytes?: number;
-  /** Uploads at once (default 32); more get 503. */
-  maxUploads?: number;
-  /** Merges at once (default 2). */
-  maxMerges?: number;
-  /** compose, rediff or auto (default: compose now, rediff in the background; see merges.ts). */
-  mergeStrategy?: MergeStrategy;
-  /** Worker threads of rediff merges (default 1). */
-  rediffThreads?: number;
-  /** Idle timeout of a connection in ms (default 120 000). */
-  idleTimeoutMs?: number;
-  /** A request's headers must arrive within this many ms of its first byte (default 30 000; else 408). */
-  headersTimeoutMs?: number;
-  /**
-   * Request bodies (uploads, JSON) must average at least this many bytes/s
-   * over every `uploadRateWindowMs` (default 1024; 0: no minimum); a slower
-   * client gets 408 and its upload slot is free again.
-   */
-  minUploadRate?: number;
-  /** Window of `minUploadRate` in ms (default 30 000). */
-  uploadRateWindowMs?: number;
-  /** Run gc every so many ms (default: never). */
-  gcIntervalMs?: number;
-  /** gc options of the scheduled runs. */
-  gc?: GcOptions;
-  /** Structured logger (default: silent). */
-  logger?: Logger;
-  /** Collect Node process metrics too (default true). */
-  processMetrics?: boolean;
-  /**
-   * An OCI registry as the backing store shared by several replicas
-   * (catalogue and blobs live there; `root` keeps the mirror, a blob cache
-   * and this replica's merges). See regstore.ts.
-   */
-  store?: RegistryStoreOptions;
-  /** Signatures (see signatures.ts). */
-  signing?: ServerSigningOptions;
-}
-
-/** What the server asks of signatures and signs with. */
-export interface ServerSigningOptions {
-  /** Keys the server trusts: what `requireSigned` asks of uploads, and what merges it signs must be signed by. */
-  policy?: SignaturePolicy;
-  /** Refuse uploads without a signature by a key of `policy` (401; nothing stored). */
-  requireSigned?: boolean;
-  /** Sign the merges the server composes with this key (needs `policy`: only merges of trusted files are signed). */
-  signingKey?: SigningKey;
-}
-
-const DEFAULT_LISTEN = '127.0.0.1:8081';
-const DEFAULT_MAX_UPLOAD = 16 * 1024 ** 3;
-const DEFAULT_IDLE_MS = 120_000;
-const DEFAULT_HEADERS_MS = 30_000;
-const DEFAULT_MIN_UPLOAD_RATE = 1024;
-const DEFAULT_UPLOAD_RATE_WINDOW_MS = 30_000;
-/** A body the server does not want is read and dropped up to this much before the answer (see discardBody). */
-const DISCARD_MAX_BYTES = 1024 * 1024;
-const DISCARD_MAX_MS = 2_000;
-/** How long a pull may wait for a merge made for it. */
-export const MERGE_TIMEOUT_MS = 30 * 60_000;
+export { MERGE_TIMEOUT_MS, parseListen } from './options';
+export type { ServerOptions, ServerSigningOptions } from './options';
 
 /** What a route handler gets. */
 interface Ctx {
@@ -164,29 +94,6 @@ interface Route {
 interface Upload {
   req: http.IncomingMessage;
   done: Promise<unknown>;
-}
-
-/** Split "host:port" / "[v6]:port". */
-export function parseListen(s: string): { host: string; port: number } {
-  const m = /^(?:\[([0-9a-fA-F:.]+)\]|([^:[\]]+)):(\d{1,5})$/.exec(s);
-  const port = m ? Number(m[3]) : NaN;
-  if (!m || port > 65535) throw invalidArgument(`invalid listen address ${JSON.stringify(s)}: expected HOST:PORT, e.g. 127.0.0.1:8081`);
-  return { host: m[1] ?? m[2], port };
-}
-
-/** Counts body bytes into a metric as they pass. */
-class ByteMeter extends Transform {
-  readonly hash = createHash('sha256');
-  bytes = 0;
-  constructor(private readonly onBytes: (n: number) => void, private readonly hashing: boolean) {
-    super();
-  }
-  override _transform(chunk: Buffer, _enc: BufferEncoding, cb: TransformCallback): void {
-    this.bytes += chunk.length;
-    this.onBytes(chunk.length);
-    if (this.hashing) this.hash.update(chunk);
-    cb(null, chunk);
-  }
 }
 
 export class D4fsServer {
@@ -280,7 +187,6 @@ export class D4fsServer {
   }
 
   private async listen(): Promise<void> {
-    const { host, port } = parseListen(this.opts.listen ?? DEFAULT_LISTEN);
     const handler = (req: http.IncomingMessage, res: http.ServerResponse): void => {
       // handle() answers every failure itself; this is the last guard: no request ends the process
       const p = this.handle(req, res).catch((e: unknown) => {
@@ -290,65 +196,7 @@ export class D4fsServer {
       this.active.add(p);
       void p.finally(() => this.active.delete(p));
     };
-    const headersTimeout = this.opts.headersTimeoutMs ?? DEFAULT_HEADERS_MS;
-    const serverOpts: http.ServerOptions = {
-      // long uploads over slow links: no overall deadline; request bodies must keep a minimum pace instead (bodyOf)
-      requestTimeout: 0,
-      headersTimeout,
-      // how often headers deadlines are checked (Node's default, 30 s, would let a short deadline run long)
-      connectionsCheckingInterval: Math.max(100, Math.min(30_000, Math.floor(headersTimeout / 4))),
-      keepAliveTimeout: 5_000,
-    };
-    let server: http.Server;
-    if (this.opts.tls) {
-      const [cert, key] = await Promise.all([fsp.readFile(this.opts.tls.cert), fsp.readFile(this.opts.tls.key)]);
-      server = https.createServer({ ...serverOpts, cert, key }, handler);
-      server.on('tlsClientError', (err: Error, sock: import('node:net').Socket) => {
-        this.log.debug({ err: err.message }, 'TLS client error');
-        sock.destroy();
-      });
-    } else {
-      server = http.createServer(serverOpts, handler);
-    }
-    // Uploads wait for "100 Continue": auth and validation happen before any body byte moves.
-    server.on('checkContinue', handler);
-    server.setTimeout(this.opts.idleTimeoutMs ?? DEFAULT_IDLE_MS, (sock) => sock.destroy());
-    server.on('connection', (sock: import('node:net').Socket) => {
-      // Node's own handler turns socket errors into clientError; this one outlives it (a socket error never throws)
-      sock.on('error', (err) => this.log.debug({ err: err.message }, 'socket error'));
-    });
-    // CONNECT is no method of this API (without a listener Node would drop the connection unanswered)
-    server.on('connect', (_req: http.IncomingMessage, sock: import('node:stream').Duplex) => {
-      sock.on('error', () => undefined);
-      sock.end('HTTP/1.1 405 Method Not Allowed\r\nConnection: close\r\nContent-Length: 0\r\n\r\n');
-      setTimeout(() => sock.destroy(), 2_000).unref();
-    });
-    server.on('clientError', (err: NodeJS.ErrnoException, sock: import('node:stream').Duplex) => {
-      this.log.debug({ err: err.message, code: err.code }, 'client error');
-      // answer only when no response is under way on this connection (else its bytes would be corrupted)
-      const inFlight = (sock as { _httpMessage?: http.ServerResponse })._httpMessage;
-      if (!sock.writable || (inFlight && inFlight.headersSent)) {
-        sock.destroy();
-        return;
-      }
-      const status =
-        err.code === 'HPE_HEADER_OVERFLOW'
-          ? '431 Request Header Fields Too Large'
-          : err.code === 'ERR_HTTP_REQUEST_TIMEOUT'
-            ? '408 Request Timeout'
-            : err.code === 'HPE_CHUNK_EXTENSIONS_OVERFLOW'
-              ? '413 Payload Too Large'
-              : '400 Bad Request';
-      sock.end(`HTTP/1.1 ${status}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n`);
-      setTimeout(() => sock.destroy(), 2_000).unref();
-    });
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', reject);
-      server.listen(port, host, () => {
-        server.off('error', reject);
-        resolve();
-      });
-    });
+    const server = await createListener(this.opts, handler, this.log);
     this.server = server;
     this.log.info(
       {
@@ -667,6 +515,7 @@ export class D4fsServer {
           throw failedPrecondition(`${what}: a delta from image ${v.parentId}, which this server does not know: push that image (or a chain leading to it) first`);
         }
       }
+      if (v.kind === 'delta') await verifyDeltaTree(tmp, await this.localChainTo(v.parentId), what);
       // the signatures first (a signature file without its blob is harmless; a blob served unsigned is not what was pushed)
       const kept = sent ? await this.signatures.add(rootDigest, sent) : await this.signatures.get(rootDigest);
       // with a registry store the file is in the registry before it counts as stored
@@ -685,6 +534,16 @@ export class D4fsServer {
       this.uploads.delete(entry);
       finish();
     }
+  }
+
+  /** Local paths of a chain of stored files leading to `imageId` from a full image (fetched from the registry store when needed); undefined when there is none. */
+  private async localChainTo(imageId: string): Promise<string[] | undefined> {
+    const plan = planChain(this.catalogue.files(), [], imageId);
+    if (!plan) return undefined;
+    for (const f of plan.files) {
+      if (this.store && !(await this.blobs.has(f.rootDigest)) && !(await this.store.ensureLocal(f.rootDigest))) return undefined;
+    }
+    return plan.files.map((f) => this.blobs.pathOf(f.rootDigest));
   }
 
   /** POST …/pull: plan the cheapest chain, merge its deltas, answer with the files to fetch. */
@@ -814,55 +673,6 @@ export class D4fsServer {
       this.log.error({ rootDigest, err: (e as Error).message }, 'the catalogue names a blob that is not on disk');
       throw notFound(`blob ${rootDigest} is missing on this server`);
     }
-    let owned = true;
-    try {
-      const size = (await fh.stat()).size;
-      const etag = etagOf(rootDigest);
-      const headers: Record<string, string> = {
-        ETag: etag,
-        'Accept-Ranges': 'bytes',
-        'Content-Type': CDIMG_MEDIA_TYPE,
-        'Cache-Control': 'public, max-age=31536000, immutable',
-        [FILE_DIGEST_HEADER]: fileDigest,
-      };
-      if (bodyPending(c.req)) headers.Connection = 'close'; // a body nobody reads: do not keep the connection for it
-      const inm = c.req.headers['if-none-match'];
-      if (inm && (inm === '*' || inm.split(',').map((s) => s.trim()).includes(etag))) {
-        c.res.writeHead(304, headers);
-        c.res.end();
-        return;
-      }
-      const ifRange = c.req.headers['if-range'];
-      const range = ifRange === undefined || ifRange === etag ? parseRange(c.req.headers.range, size) : undefined;
-      if (range === 'unsatisfiable') {
-        c.res.writeHead(416, { ...headers, 'Content-Range': `bytes */${size}`, 'Content-Length': '0' });
-        c.res.end();
-        return;
-      }
-      const start = range?.start ?? 0;
-      const end = range?.end ?? size - 1;
-      if (range) headers['Content-Range'] = `bytes ${start}-${end}/${size}`;
-      headers['Content-Length'] = String(Math.max(0, end - start + 1));
-      c.res.writeHead(range ? 206 : 200, headers);
-      if (head || size === 0) {
-        c.res.end();
-        return;
-      }
-      const whole = !range;
-      const meter = new ByteMeter((n) => this.metrics.bytesSent.inc({ route: 'blob' }, n), whole);
-      owned = false;
-      const stream = fh.createReadStream({ start, end, highWaterMark: 256 * 1024, autoClose: true });
-      try {
-        await pipeline(stream, meter, c.res);
-      } catch {
-        return; // the client went away; it resumes with Range
-      }
-      if (whole && `sha256:${meter.hash.digest('hex')}` !== fileDigest) {
-        // Too late to change the status: the client's digest check refuses the file; make it loud here.
-        this.log.error({ rootDigest, fileDigest }, 'stored blob does not match its recorded digest (damaged on disk): remove it and push it again');
-      }
-    } finally {
-      if (owned) await fh.close();
-    }
+    await sendBlob(c.req, c.res, fh, { rootDigest, fileDigest, head }, this.metrics, this.log);
   }
 }

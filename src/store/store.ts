@@ -116,6 +116,11 @@ export class LocalStore {
         if (r.isDelta && !this.hasImage(rec.parentId)) {
           throw failedPrecondition(`${path} is a delta from image ${rec.parentId}, which this machine does not hold: load that image (or a chain leading to it) first`);
         }
+        // a version 2 delta's tree (and so its image id) is checked against its parent's
+        if (!r.hasTree) await this.checkDeltaTree(tmp, rec.parentId).catch((e: unknown) => {
+          if (e instanceof Error) e.message = e.message.split(tmp).join(path);
+          throw e;
+        });
       } finally {
         await r.close();
       }
@@ -211,12 +216,23 @@ export class LocalStore {
     for (const f of this.chainFor(imageId)) await enforcePolicy(policy, f.path);
   }
 
+  /** Open a delta on the chain of its parent image: its tree is rebuilt and its image id checked (CORRUPT when forged). */
+  private async checkDeltaTree(path: string, parentId: string): Promise<void> {
+    const below = await CdimgReader.openChain(this.chainFor(parentId).map((f) => f.path), { reuse: true });
+    try {
+      const r = await CdimgReader.open(path, { reuse: true, parent: below.at(-1) });
+      await r.close();
+    } finally {
+      await Promise.all(below.map((b) => b.close()));
+    }
+  }
+
   /** Open and check the chain of an image (throws if a file is damaged). */
   async verifyChain(imageId: string): Promise<string[]> {
     const chain = this.chainFor(imageId);
     const readers: CdimgReader[] = [];
     try {
-      for (const f of chain) readers.push(await CdimgReader.open(f.path));
+      readers.push(...(await CdimgReader.openChain(chain.map((f) => f.path))));
       checkChain(readers);
     } finally {
       await Promise.all(readers.map((r) => r.close()));

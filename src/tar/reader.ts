@@ -143,6 +143,97 @@ const TYPE_MAP: Record<string, TarType> = {
   '6': 'fifo',
 };
 
+/** Metadata records read so far: pax, GNU long name and long link apply to the next entry, global pax to every entry after it. */
+interface PendingMeta {
+  globalPax: PaxRecords;
+  pax: PaxRecords | null;
+  longName: string | null;
+  longLink: string | null;
+}
+
+/**
+ * Take the metadata record or skipped entry (`V`, a volume label) of type
+ * `typeflag`: true when it was one (the loop goes on to the next header),
+ * false for an entry of its own.
+ */
+async function takeMetaRecord(typeflag: string, size: number, meta: PendingMeta, readMeta: (size: number, kind: string) => Promise<Buffer>, r: ByteReader, what: string): Promise<boolean> {
+  switch (typeflag) {
+    case 'x':
+      meta.pax = { ...(meta.pax ?? {}), ...parsePax(await readMeta(size, 'pax header'), what) };
+      return true;
+    case 'g':
+      meta.globalPax = { ...meta.globalPax, ...parsePax(await readMeta(size, 'global pax header'), what) };
+      return true;
+    case 'L':
+      meta.longName = cstring(await readMeta(size, 'GNU long name'), 0, size);
+      return true;
+    case 'K':
+      meta.longLink = cstring(await readMeta(size, 'GNU long link'), 0, size);
+      return true;
+    case 'S':
+      throw unsupported(`${what}: GNU sparse files are not supported`);
+    case 'V':
+      await r.skipExact(size + pad(size), `${what}: truncated archive`);
+      return true;
+    default:
+      return false;
+  }
+}
+
+/**
+ * The header of an entry from its header block and the metadata that
+ * applies to it (`rec`: global and own pax records; GNU long name and
+ * link), and the size of its data as the archive declares it.
+ */
+function headerOf(block: Buffer, type: TarType, size: number, rec: PaxRecords, meta: PendingMeta, what: string): { header: TarHeader; entrySize: number } {
+  const magic = block.toString('latin1', 257, 263);
+  let name = cstring(block, 0, 100);
+  if (magic === 'ustar\0') {
+    const prefix = cstring(block, 345, 155);
+    if (prefix) name = `${prefix}/${name}`;
+  }
+  if (meta.longName !== null) name = meta.longName;
+  if (rec.path) name = rec.path.toString('utf8');
+  let linkname = cstring(block, 157, 100);
+  if (meta.longLink !== null) linkname = meta.longLink;
+  if (rec.linkpath) linkname = rec.linkpath.toString('utf8');
+  let entrySize = size;
+  if (rec.size) {
+    entrySize = Number(rec.size.toString('ascii'));
+    if (!Number.isSafeInteger(entrySize) || entrySize < 0) throw hostile(`${what}: absurd size in pax header of "${name}"`);
+  }
+  let [mtimeSec, mtimeNsec] = [parseNumber(block, 136, 12, 'mtime', what), 0];
+  if (rec.mtime) [mtimeSec, mtimeNsec] = parsePaxTime(rec.mtime.toString('ascii'), what);
+  const num = (k: string, dflt: number): number => {
+    if (!rec[k]) return dflt;
+    const v = Number(rec[k].toString('ascii'));
+    if (!Number.isSafeInteger(v) || v < 0) throw hostile(`${what}: invalid ${k} in pax header of "${name}"`);
+    return v;
+  };
+  const xattrs = new Map<string, Buffer>();
+  for (const [k, v] of Object.entries(rec)) {
+    if (k.startsWith('SCHILY.xattr.')) xattrs.set(k.slice(13), v);
+    else if (k.startsWith('LIBARCHIVE.xattr.')) xattrs.set(decodeURIComponent(k.slice(17)), Buffer.from(v.toString('ascii'), 'base64'));
+  }
+  const header: TarHeader = {
+    name,
+    type,
+    mode: parseNumber(block, 100, 8, 'mode', what) & 0o7777,
+    uid: num('uid', parseNumber(block, 108, 8, 'uid', what)),
+    gid: num('gid', parseNumber(block, 116, 8, 'gid', what)),
+    uname: rec.uname ? rec.uname.toString('utf8') : cstring(block, 265, 32),
+    gname: rec.gname ? rec.gname.toString('utf8') : cstring(block, 297, 32),
+    size: type === 'file' ? entrySize : 0,
+    mtimeSec,
+    mtimeNsec,
+    linkname,
+    devmajor: num('SCHILY.devmajor', magic.startsWith('ustar') ? parseNumber(block, 329, 8, 'devmajor', what) : 0),
+    devminor: num('SCHILY.devminor', magic.startsWith('ustar') ? parseNumber(block, 337, 8, 'devminor', what) : 0),
+    xattrs,
+  };
+  return { header, entrySize };
+}
+
 /**
  * Iterate over the entries of a tar stream. The source yields Buffers (any
  * Readable works). Errors are D4fsError; a truncated archive is CORRUPT.
@@ -152,10 +243,7 @@ export async function* readTar(source: AsyncIterable<Buffer>, opts: TarReadOptio
   const maxEntry = opts.maxEntrySize ?? DEFAULT_MAX_ENTRY;
   const maxMeta = opts.maxMetaSize ?? DEFAULT_MAX_META;
   const r = new ByteReader(source);
-  let globalPax: PaxRecords = {};
-  let pax: PaxRecords | null = null;
-  let longName: string | null = null;
-  let longLink: string | null = null;
+  const meta: PendingMeta = { globalPax: {}, pax: null, longName: null, longLink: null };
 
   const readMeta = async (size: number, kind: string): Promise<Buffer> => {
     if (size > maxMeta) throw hostile(`${what}: ${kind} record of ${size} bytes exceeds the ${maxMeta}-byte limit`);
@@ -168,7 +256,7 @@ export async function* readTar(source: AsyncIterable<Buffer>, opts: TarReadOptio
   for (;;) {
     const block = await r.readExact(BLOCK);
     if (block === null) {
-      if (pax || longName || longLink) throw corrupt(`${what}: truncated archive (metadata record without its entry)`);
+      if (meta.pax || meta.longName || meta.longLink) throw corrupt(`${what}: truncated archive (metadata record without its entry)`);
       return; // clean end without trailer blocks
     }
     if (isZeroBlock(block)) {
@@ -180,79 +268,16 @@ export async function* readTar(source: AsyncIterable<Buffer>, opts: TarReadOptio
     if (!checksumOk(block, what)) throw corrupt(`${what}: tar header checksum mismatch at byte ${r.position - BLOCK} (not a tar, or corrupt)`);
     const typeflag = String.fromCharCode(block[156]);
     const size = parseNumber(block, 124, 12, 'size', what);
-    switch (typeflag) {
-      case 'x':
-        pax = { ...(pax ?? {}), ...parsePax(await readMeta(size, 'pax header'), what) };
-        continue;
-      case 'g':
-        globalPax = { ...globalPax, ...parsePax(await readMeta(size, 'global pax header'), what) };
-        continue;
-      case 'L':
-        longName = cstring(await readMeta(size, 'GNU long name'), 0, size);
-        continue;
-      case 'K':
-        longLink = cstring(await readMeta(size, 'GNU long link'), 0, size);
-        continue;
-      case 'S':
-        throw unsupported(`${what}: GNU sparse files are not supported`);
-      case 'V':
-        await r.skipExact(size + pad(size), `${what}: truncated archive`);
-        continue;
-      default:
-        break;
-    }
+    if (await takeMetaRecord(typeflag, size, meta, readMeta, r, what)) continue;
     const type = TYPE_MAP[typeflag];
     if (!type) throw unsupported(`${what}: unsupported tar entry type "${typeflag.replace(/[^\x20-\x7e]/g, '?')}"`);
-    const rec: PaxRecords = { ...globalPax, ...(pax ?? {}) };
+    const rec: PaxRecords = { ...meta.globalPax, ...(meta.pax ?? {}) };
     if (Object.keys(rec).some((k) => k.startsWith('GNU.sparse'))) throw unsupported(`${what}: pax sparse files are not supported`);
-    const magic = block.toString('latin1', 257, 263);
-    let name = cstring(block, 0, 100);
-    if (magic === 'ustar\0') {
-      const prefix = cstring(block, 345, 155);
-      if (prefix) name = `${prefix}/${name}`;
-    }
-    if (longName !== null) name = longName;
-    if (rec.path) name = rec.path.toString('utf8');
-    let linkname = cstring(block, 157, 100);
-    if (longLink !== null) linkname = longLink;
-    if (rec.linkpath) linkname = rec.linkpath.toString('utf8');
-    let entrySize = size;
-    if (rec.size) {
-      entrySize = Number(rec.size.toString('ascii'));
-      if (!Number.isSafeInteger(entrySize) || entrySize < 0) throw hostile(`${what}: absurd size in pax header of "${name}"`);
-    }
-    let [mtimeSec, mtimeNsec] = [parseNumber(block, 136, 12, 'mtime', what), 0];
-    if (rec.mtime) [mtimeSec, mtimeNsec] = parsePaxTime(rec.mtime.toString('ascii'), what);
-    const num = (k: string, dflt: number): number => {
-      if (!rec[k]) return dflt;
-      const v = Number(rec[k].toString('ascii'));
-      if (!Number.isSafeInteger(v) || v < 0) throw hostile(`${what}: invalid ${k} in pax header of "${name}"`);
-      return v;
-    };
-    const xattrs = new Map<string, Buffer>();
-    for (const [k, v] of Object.entries(rec)) {
-      if (k.startsWith('SCHILY.xattr.')) xattrs.set(k.slice(13), v);
-      else if (k.startsWith('LIBARCHIVE.xattr.')) xattrs.set(decodeURIComponent(k.slice(17)), Buffer.from(v.toString('ascii'), 'base64'));
-    }
-    const header: TarHeader = {
-      name,
-      type,
-      mode: parseNumber(block, 100, 8, 'mode', what) & 0o7777,
-      uid: num('uid', parseNumber(block, 108, 8, 'uid', what)),
-      gid: num('gid', parseNumber(block, 116, 8, 'gid', what)),
-      uname: rec.uname ? rec.uname.toString('utf8') : cstring(block, 265, 32),
-      gname: rec.gname ? rec.gname.toString('utf8') : cstring(block, 297, 32),
-      size: type === 'file' ? entrySize : 0,
-      mtimeSec,
-      mtimeNsec,
-      linkname,
-      devmajor: num('SCHILY.devmajor', magic.startsWith('ustar') ? parseNumber(block, 329, 8, 'devmajor', what) : 0),
-      devminor: num('SCHILY.devminor', magic.startsWith('ustar') ? parseNumber(block, 337, 8, 'devminor', what) : 0),
-      xattrs,
-    };
-    pax = null;
-    longName = null;
-    longLink = null;
+    const { header, entrySize } = headerOf(block, type, size, rec, meta, what);
+    const name = header.name;
+    meta.pax = null;
+    meta.longName = null;
+    meta.longLink = null;
     if (header.size > maxEntry) throw hostile(`${what}: entry "${name}" declares ${header.size} bytes, over the ${maxEntry}-byte limit`);
     // Non-file entries may still carry data (e.g. hard links with size): skip it.
     const dataSize = type === 'file' ? header.size : entrySize;

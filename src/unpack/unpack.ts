@@ -98,14 +98,128 @@ async function writeContent(reader: CdimgReader, pool: WorkerPool, e: Entry, tar
   }
 }
 
+/** What the phases of one unpack share: where each entry goes, the options, whether we are root, the warnings so far. */
+interface UnpackCtx {
+  /** The temporary root being filled. */
+  root: string;
+  /** Where an entry goes below `root`. */
+  at: (e: Entry) => string;
+  opts: UnpackOptions;
+  isRoot: boolean;
+  warnings: string[];
+}
+
+/** Write the regular files' contents, several at a time. */
+async function writeRegularFiles(reader: CdimgReader, pool: WorkerPool, entries: Entry[], at: (e: Entry) => string): Promise<{ files: number; bytes: number }> {
+  let bytes = 0;
+  let files = 0;
+  const regs = entries.filter((e) => e.type === FileType.REG);
+  let next = 0;
+  const workers = Array.from({ length: Math.max(1, pool.threads * 2) }, async () => {
+    while (next < regs.length) {
+      const e = regs[next++];
+      const written = await writeContent(reader, pool, e, at(e)); // not `bytes += await …`: loops run concurrently
+      bytes += written;
+      files++;
+    }
+  });
+  await Promise.all(workers);
+  return { files, bytes };
+}
+
+/** Make the hard links, symlinks, FIFOs and (as root, unless --no-devices) devices. */
+async function makeLinksAndSpecials(entries: Entry[], c: UnpackCtx): Promise<void> {
+  for (const e of entries) {
+    switch (e.type) {
+      case FileType.HARDLINK:
+        await fsp.link(join(c.root, e.linkTarget), c.at(e));
+        break;
+      case FileType.SYMLINK:
+        await fsp.symlink(e.linkTarget, c.at(e));
+        break;
+      case FileType.FIFO:
+        await run('mkfifo', ['-m', '600', c.at(e)]);
+        break;
+      case FileType.CHAR:
+      case FileType.BLOCK:
+        if (c.opts.noDevices) {
+          c.warnings.push(`skipped device ${e.path} (--no-devices)`);
+          continue;
+        }
+        if (!c.isRoot) {
+          c.warnings.push(`skipped device ${e.path}: creating devices needs root`);
+          continue;
+        }
+        await run('mknod', ['-m', '600', c.at(e), e.type === FileType.CHAR ? 'c' : 'b', String(e.devMajor), String(e.devMinor)]);
+        break;
+      default:
+        break;
+    }
+  }
+}
+
+/**
+ * Set one entry's metadata: owner before mode (chown clears setuid), xattrs,
+ * then times. Returns how many setuid/setgid bits or capabilities it dropped
+ * (--no-setuid).
+ */
+async function setMeta(e: Entry, c: UnpackCtx): Promise<number> {
+  const { opts, isRoot, warnings } = c;
+  let stripped = 0;
+  const p = c.at(e);
+  // The destination itself stays the caller's, and never writable by others.
+  const isDest = e.path === '';
+  if (isRoot && !isDest) await fsp.lchown(p, e.uid, e.gid);
+  else if (!isDest && e.uid !== process.getuid?.()) warnings.push(`${e.path}: owner ${e.uid}:${e.gid} not set (needs root)`);
+  let mode = isDest ? e.mode & 0o755 : e.mode;
+  if (opts.noSetuid && e.type === FileType.REG && (mode & 0o6000) !== 0) {
+    mode &= ~0o6000;
+    stripped++;
+  }
+  if (e.type !== FileType.SYMLINK) await fsp.chmod(p, mode);
+  if (e.type !== FileType.SYMLINK) {
+    for (const x of e.xattrs) {
+      if (opts.noSetuid && x.name === 'security.capability') {
+        stripped++;
+        continue;
+      }
+      try {
+        await setAttribute(p, x.name, x.value);
+      } catch (err) {
+        warnings.push(`${e.path}: xattr ${x.name} not set (${(err as Error).message})`);
+      }
+    }
+  } else if (e.xattrs.length) {
+    warnings.push(`${e.path}: xattrs on symlinks are not set`);
+  }
+  if (e.mtimeNsec % 1000 === 0) {
+    const t = e.mtimeSec + e.mtimeNsec / 1e9;
+    await fsp.lutimes(p, t, t);
+  } else {
+    // Node's utimes keeps microseconds at best; touch sets nanoseconds.
+    const stamp = `@${e.mtimeSec}.${String(e.mtimeNsec).padStart(9, '0')}`;
+    await run('touch', ['-h', '-d', stamp, '--', p]);
+  }
+  return stripped;
+}
+
+/** Set every entry's metadata, directories last, deepest first; warns of what --no-setuid dropped. */
+async function setAllMeta(entries: Entry[], c: UnpackCtx): Promise<void> {
+  let stripped = 0;
+  // Hard links share their target's inode; devices exist only when created as root.
+  const skipMeta = (e: Entry): boolean =>
+    e.type === FileType.DIR || e.type === FileType.HARDLINK || ((e.type === FileType.CHAR || e.type === FileType.BLOCK) && (!c.isRoot || !!c.opts.noDevices));
+  for (const e of entries) if (!skipMeta(e)) stripped += await setMeta(e, c);
+  for (let i = entries.length - 1; i >= 0; i--) if (entries[i].type === FileType.DIR) stripped += await setMeta(entries[i], c);
+  if (stripped) c.warnings.push(`${stripped} setuid/setgid bits or file capabilities dropped (--no-setuid)`);
+}
+
 export async function unpackImage(cdimg: string, dest: string, opts: UnpackOptions = {}): Promise<UnpackResult> {
   const t0 = process.hrtime.bigint();
   const reader = await CdimgReader.open(cdimg);
   const pool = opts.pool ?? new WorkerPool(opts.threads);
   const warnings: string[] = [];
   const isRoot = process.getuid?.() === 0;
-  let bytes = 0;
-  let files = 0;
   let tmp: string | undefined;
   try {
     if (reader.isDelta) throw failedPrecondition(`${cdimg} is a delta (parent ${reader.parentId}); apply it to its base with \`ctr-cli cdimg patch\` first`);
@@ -117,92 +231,15 @@ export async function unpackImage(cdimg: string, dest: string, opts: UnpackOptio
     // validated tree (parents are directories listed earlier, no "..", no
     // duplicates), so no component of it can be a symlink.
     const at = (e: Entry): string => (e.path === '' ? root : join(root, e.path));
+    const c: UnpackCtx = { root, at, opts, isRoot, warnings };
     // 1. directories, in order (parents first)
     for (const e of entries) if (e.type === FileType.DIR && e.path !== '') await fsp.mkdir(at(e), { mode: 0o700 });
     // 2. regular files, several at a time
-    const regs = entries.filter((e) => e.type === FileType.REG);
-    let next = 0;
-    const workers = Array.from({ length: Math.max(1, pool.threads * 2) }, async () => {
-      while (next < regs.length) {
-        const e = regs[next++];
-        const written = await writeContent(reader, pool, e, at(e)); // not `bytes += await …`: loops run concurrently
-        bytes += written;
-        files++;
-      }
-    });
-    await Promise.all(workers);
+    const { files, bytes } = await writeRegularFiles(reader, pool, entries, at);
     // 3. links and special files
-    for (const e of entries) {
-      switch (e.type) {
-        case FileType.HARDLINK:
-          await fsp.link(join(root, e.linkTarget), at(e));
-          break;
-        case FileType.SYMLINK:
-          await fsp.symlink(e.linkTarget, at(e));
-          break;
-        case FileType.FIFO:
-          await run('mkfifo', ['-m', '600', at(e)]);
-          break;
-        case FileType.CHAR:
-        case FileType.BLOCK:
-          if (opts.noDevices) {
-            warnings.push(`skipped device ${e.path} (--no-devices)`);
-            continue;
-          }
-          if (!isRoot) {
-            warnings.push(`skipped device ${e.path}: creating devices needs root`);
-            continue;
-          }
-          await run('mknod', ['-m', '600', at(e), e.type === FileType.CHAR ? 'c' : 'b', String(e.devMajor), String(e.devMinor)]);
-          break;
-        default:
-          break;
-      }
-    }
+    await makeLinksAndSpecials(entries, c);
     // 4. metadata: owner before mode (chown clears setuid), xattrs, then times; directories last, deepest first
-    let stripped = 0;
-    const setMeta = async (e: Entry): Promise<void> => {
-      const p = at(e);
-      // The destination itself stays the caller's, and never writable by others.
-      const isDest = e.path === '';
-      if (isRoot && !isDest) await fsp.lchown(p, e.uid, e.gid);
-      else if (!isDest && e.uid !== process.getuid?.()) warnings.push(`${e.path}: owner ${e.uid}:${e.gid} not set (needs root)`);
-      let mode = isDest ? e.mode & 0o755 : e.mode;
-      if (opts.noSetuid && e.type === FileType.REG && (mode & 0o6000) !== 0) {
-        mode &= ~0o6000;
-        stripped++;
-      }
-      if (e.type !== FileType.SYMLINK) await fsp.chmod(p, mode);
-      if (e.type !== FileType.SYMLINK) {
-        for (const x of e.xattrs) {
-          if (opts.noSetuid && x.name === 'security.capability') {
-            stripped++;
-            continue;
-          }
-          try {
-            await setAttribute(p, x.name, x.value);
-          } catch (err) {
-            warnings.push(`${e.path}: xattr ${x.name} not set (${(err as Error).message})`);
-          }
-        }
-      } else if (e.xattrs.length) {
-        warnings.push(`${e.path}: xattrs on symlinks are not set`);
-      }
-      if (e.mtimeNsec % 1000 === 0) {
-        const t = e.mtimeSec + e.mtimeNsec / 1e9;
-        await fsp.lutimes(p, t, t);
-      } else {
-        // Node's utimes keeps microseconds at best; touch sets nanoseconds.
-        const stamp = `@${e.mtimeSec}.${String(e.mtimeNsec).padStart(9, '0')}`;
-        await run('touch', ['-h', '-d', stamp, '--', p]);
-      }
-    };
-    // Hard links share their target's inode; devices exist only when created as root.
-    const skipMeta = (e: Entry): boolean =>
-      e.type === FileType.DIR || e.type === FileType.HARDLINK || ((e.type === FileType.CHAR || e.type === FileType.BLOCK) && (!isRoot || !!opts.noDevices));
-    for (const e of entries) if (!skipMeta(e)) await setMeta(e);
-    for (let i = entries.length - 1; i >= 0; i--) if (entries[i].type === FileType.DIR) await setMeta(entries[i]);
-    if (stripped) warnings.push(`${stripped} setuid/setgid bits or file capabilities dropped (--no-setuid)`);
+    await setAllMeta(entries, c);
     if (prepared.replaceEmpty) await fsp.rmdir(dest);
     await fsp.rename(tmp, dest);
     tmp = undefined;

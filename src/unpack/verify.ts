@@ -23,17 +23,27 @@ export interface VerifyResult {
   storedBytes: number;
   contentsVerified: number;
   patchChunks: number;
+  /**
+   * Whether the tree was rebuilt and the image id recomputed: false only for
+   * a version 2 delta verified without its chain (its tree is an edit script
+   * against its parent's; the store, the server and the FUSE manager check
+   * it against the parent's before use).
+   */
+  treeChecked: boolean;
 }
 
 /** Verify a .cdimg file (see the module comment); CORRUPT when anything does not match. */
-export async function verifyCdimg(path: string, threads?: number): Promise<VerifyResult> {
-  const r = await CdimgReader.open(path);
+export async function verifyCdimg(path: string, threads?: number, chain: string[] = []): Promise<VerifyResult> {
+  // the files below it (full image first): a version 2 delta gets its tree and its image id is checked
+  const below = await CdimgReader.openChain(chain);
+  const r = await CdimgReader.open(path, { parent: below.at(-1) }).finally(async () => Promise.all(below.map((b) => b.close())));
   const pool = new WorkerPool(threads);
   let chunks = 0;
   let storedBytes = 0;
   let contentsVerified = 0;
   let patchChunks = 0;
   try {
+    await r.verifySection(); // every stored byte, before anything is decoded
     const blobs = r.index.blobs.filter((b) => b.encoding !== Encoding.SAME);
     await mapLimit(blobs, pool.threads * 2, async (b) => {
       const whole = createHash('sha256');
@@ -55,7 +65,7 @@ export async function verifyCdimg(path: string, threads?: number): Promise<Verif
         contentsVerified++;
       }
     });
-    return { file: path, rootDigest: r.rootDigest, imageId: r.imageId, chunks, storedBytes, contentsVerified, patchChunks };
+    return { file: path, rootDigest: r.rootDigest, imageId: r.imageId, chunks, storedBytes, contentsVerified, patchChunks, treeChecked: r.hasTree };
   } catch (e) {
     const err = e as Error;
     if (!(err as { kind?: string }).kind) throw corrupt(`${path}: ${err.message}`, e);

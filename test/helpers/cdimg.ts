@@ -12,3 +12,19 @@ export async function fileDigestIn(cdimg: string, rel: string): Promise<string> 
     await r.close();
   }
 }
+
+/**
+ * The reader of the last file of a chain (full image first), its tree known
+ * (a version 2 delta opened alone has only its edit script); closing it
+ * closes the whole chain.
+ */
+export async function openTop(paths: string[]): Promise<CdimgReader> {
+  const readers = await CdimgReader.openChain(paths);
+  const top = readers[readers.length - 1];
+  const close = top.close.bind(top);
+  top.close = async () => {
+    await Promise.all(readers.slice(0, -1).map((r) => r.close()));
+    await close();
+  };
+  return top;
+}

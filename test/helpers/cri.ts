@@ -516,6 +516,25 @@ export function snapshotterCalls(logFile: string): SnapshotterCall[] {
   return out;
 }
 
+/** One "pulled through d4fs" line of the d4fs-snapshotter's log. */
+export interface D4fsPull {
+  ref: string;
+  bytes: number;
+  files: number;
+}
+
+/** "pulled through d4fs" lines of a d4fs-snapshotter log file since `from` bytes. */
+export function d4fsPulls(logFile: string, from = 0): D4fsPull[] {
+  const log = fs.readFileSync(logFile, 'utf8').slice(from);
+  return log
+    .split('\n')
+    .filter((l) => l.includes('"pulled through d4fs"'))
+    .map((l) => JSON.parse(l) as D4fsPull);
+}
+
+/** The size of a log file now: a mark for d4fsPulls(logFile, mark). */
+export const logSize = (logFile: string): number => fs.statSync(logFile).size;
+
 /** Label keys containerd's CRI plugin puts on each layer's Prepare (disable_snapshot_annotations = false). */
 export const CRI_LABELS = {
   ref: 'containerd.io/snapshot.ref',

@@ -10,7 +10,7 @@ import { computeImageId, decodeIndex, encodeIndex } from '../../src/format/codec
 import { parseHeader } from '../../src/format/reader';
 import { encodeHeader } from '../../src/format/writer';
 import { zstdFrame } from '../../src/format/zstd';
-import { HEADER_SIZE, Index } from '../../src/format/types';
+import { FORMAT_VERSION, HEADER_SIZE, Index } from '../../src/format/types';
 import { sha256 } from '../../src/util/digest';
 
 /**
@@ -18,7 +18,7 @@ import { sha256 } from '../../src/util/digest';
  * the image id from the mutated tree and config (a self-consistent hostile
  * file); otherwise the id stays what the original said (a forged id).
  */
-export async function rewriteIndex(src: string, dst: string, mutate: (ix: Index) => void, opts: { fixId?: boolean } = {}): Promise<void> {
+export async function rewriteIndex(src: string, dst: string, mutate: (ix: Index) => void, opts: { fixId?: boolean; version?: 1 } = {}): Promise<void> {
   const buf = await fsp.readFile(src);
   const h = parseHeader(buf.subarray(0, HEADER_SIZE), buf.length, src);
   const { zstdUnframe } = await import('../../src/format/zstd');
@@ -26,9 +26,14 @@ export async function rewriteIndex(src: string, dst: string, mutate: (ix: Index)
   const ix = decodeIndex(raw);
   mutate(ix);
   if (opts.fixId) ix.imageId = computeImageId(ix.entries, ix.image.configJson);
-  const newRaw = encodeIndex(ix);
+  if (opts.version === 1 && ix.formatVersion !== 1) {
+    // format version 1 can say what version 2 cannot (a NUL in a link target): every chunk gets its stored digest back
+    ix.formatVersion = 1;
+    for (const b of ix.blobs) for (const c of b.chunks) if (c.storedDigest.length === 0) c.storedDigest = sha256(buf.subarray(c.offset, c.offset + c.storedSize));
+  }
+  const newRaw = encodeIndex(ix, { sectionDigest: ix.sectionDigest ?? Buffer.alloc(0) });
   const stored = zstdFrame(newRaw, 3);
-  const header = encodeHeader(h.indexOffset, stored.length, newRaw.length, sha256(newRaw));
+  const header = encodeHeader(h.indexOffset, stored.length, newRaw.length, sha256(newRaw), ix.formatVersion);
   await fsp.writeFile(dst, Buffer.concat([header, buf.subarray(HEADER_SIZE, h.indexOffset), stored]));
 }
 
@@ -42,6 +47,6 @@ export function indexBomb(rawLen: number): Buffer {
   const h = createHash('sha256');
   const zeros = Buffer.alloc(1 << 20);
   for (let left = rawLen; left > 0; left -= zeros.length) h.update(left >= zeros.length ? zeros : zeros.subarray(0, left));
-  const header = encodeHeader(HEADER_SIZE, stored.length, rawLen, h.digest());
+  const header = encodeHeader(HEADER_SIZE, stored.length, rawLen, h.digest(), FORMAT_VERSION);
   return Buffer.concat([header, stored]);
 }

@@ -14,6 +14,7 @@ import * as net from 'node:net';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import type { PeerStatus } from '../../src/p2p/peer';
+import type { TrackerStats } from '../../src/p2p/tracker';
 import { CTR_CLI_JS } from './cli';
 import { freePort } from './registry';
 
@@ -270,16 +271,6 @@ async function waitHealthy(proc: Proc, url: string, ms = 30_000): Promise<void> 
 // ---------------------------------------------------------------------------
 // The fleet's processes
 // ---------------------------------------------------------------------------
-
-/** Tracker statistics (GET /stats of `ctr-cli tracker`). */
-export interface TrackerStats {
-  torrents: number;
-  swarms: number;
-  peers: number;
-  announces: number;
-  refused: number;
-  claims: number;
-}
 
 export interface TrackerProc extends Proc {
   url: string;

@@ -78,10 +78,8 @@ function decodeSymbol(br: BitReader, t: HuffTable): number {
   throw corrupt('bzip2: invalid Huffman code');
 }
 
-/** Decode one bzip2 block (after its magic and CRC) into the BWT-inverted, RLE1-decoded bytes. */
-function bzDecodeBlock(br: BitReader, maxBlock: number, tt: Uint32Array, block: Uint8Array): Buffer {
-  if (br.bit()) throw corrupt('bzip2: randomised blocks are not supported');
-  const origPtr = br.bits(24);
+/** The symbol map of a block: the bytes it uses, in order (seqToUnseq[0..nInUse)). */
+function readSymbolMap(br: BitReader): { seqToUnseq: Uint8Array; nInUse: number } {
   const used = br.bits(16);
   const seqToUnseq = new Uint8Array(256);
   let nInUse = 0;
@@ -92,7 +90,11 @@ function bzDecodeBlock(br: BitReader, maxBlock: number, tt: Uint32Array, block: 
     }
   }
   if (nInUse === 0) throw corrupt('bzip2: empty symbol map');
-  const alphaSize = nInUse + 2;
+  return { seqToUnseq, nInUse };
+}
+
+/** The number of Huffman groups and the block's selectors (which group codes each 50 symbols), move-to-front decoded. */
+function readSelectors(br: BitReader): { nGroups: number; selectors: Uint8Array } {
   const nGroups = br.bits(3);
   if (nGroups < 2 || nGroups > 6) throw corrupt('bzip2: bad number of Huffman groups');
   const nSelectors = br.bits(15);
@@ -107,6 +109,11 @@ function bzDecodeBlock(br: BitReader, maxBlock: number, tt: Uint32Array, block: 
     groupMtf.unshift(g);
     selectors[i] = g;
   }
+  return { nGroups, selectors };
+}
+
+/** The Huffman table of each group: code lengths delta-coded from a 5-bit start. */
+function readHuffTables(br: BitReader, nGroups: number, alphaSize: number): HuffTable[] {
   const tables: HuffTable[] = [];
   for (let g = 0; g < nGroups; g++) {
     const lengths = new Uint8Array(alphaSize);
@@ -121,8 +128,23 @@ function bzDecodeBlock(br: BitReader, maxBlock: number, tt: Uint32Array, block: 
     }
     tables.push(buildHuffTable(lengths));
   }
+  return tables;
+}
 
-  // Huffman -> RUNA/RUNB + move-to-front -> the BWT's last column.
+/**
+ * Huffman -> RUNA/RUNB + move-to-front -> the BWT's last column, written to
+ * `block`; returns its length and the count of each byte value in it.
+ */
+function decodeLastColumn(
+  br: BitReader,
+  symbols: { seqToUnseq: Uint8Array; nInUse: number },
+  huffman: { tables: HuffTable[]; selectors: Uint8Array },
+  maxBlock: number,
+  block: Uint8Array,
+): { n: number; counts: Uint32Array } {
+  const { seqToUnseq, nInUse } = symbols;
+  const { tables, selectors } = huffman;
+  const nSelectors = selectors.length;
   const eob = nInUse + 1;
   const mtf = new Uint8Array(256);
   for (let i = 0; i < 256; i++) mtf[i] = i;
@@ -167,9 +189,11 @@ function bzDecodeBlock(br: BitReader, maxBlock: number, tt: Uint32Array, block: 
     block[n++] = b;
     counts[b]++;
   }
-  if (origPtr >= n) throw corrupt('bzip2: bad BWT origin');
+  return { n, counts };
+}
 
-  // Inverse Burrows-Wheeler transform: tt[j] is the row that follows row j.
+/** Inverse Burrows-Wheeler transform of the last column `block[0..n)`: the rows walked from `origPtr` (tt[j] is the row that follows row j). */
+function inverseBwt(block: Uint8Array, n: number, counts: Uint32Array, tt: Uint32Array, origPtr: number): Uint8Array {
   let sum = 0;
   const start = new Uint32Array(256);
   for (let b = 0; b < 256; b++) {
@@ -177,14 +201,18 @@ function bzDecodeBlock(br: BitReader, maxBlock: number, tt: Uint32Array, block: 
     sum += counts[b];
   }
   for (let i = 0; i < n; i++) tt[start[block[i]]++] = i;
-
-  // Walk the rows and undo the initial run-length encoding (4 equal bytes + count) in two passes.
   const walk = new Uint8Array(n);
   let pos = tt[origPtr];
   for (let k = 0; k < n; k++) {
     walk[k] = block[pos];
     pos = tt[pos];
   }
+  return walk;
+}
+
+/** Undo the initial run-length encoding (4 equal bytes + count) in two passes: the output's length, then its bytes. */
+function undoInitialRle(walk: Uint8Array): Buffer {
+  const n = walk.length;
   let outLen = 0;
   for (let k = 0, last = -1, same = 0; k < n; k++) {
     const b = walk[k];
@@ -220,6 +248,18 @@ function bzDecodeBlock(br: BitReader, maxBlock: number, tt: Uint32Array, block: 
     }
   }
   return out;
+}
+
+/** Decode one bzip2 block (after its magic and CRC) into the BWT-inverted, RLE1-decoded bytes. */
+function bzDecodeBlock(br: BitReader, maxBlock: number, tt: Uint32Array, block: Uint8Array): Buffer {
+  if (br.bit()) throw corrupt('bzip2: randomised blocks are not supported');
+  const origPtr = br.bits(24);
+  const symbols = readSymbolMap(br);
+  const { nGroups, selectors } = readSelectors(br);
+  const tables = readHuffTables(br, nGroups, symbols.nInUse + 2);
+  const { n, counts } = decodeLastColumn(br, symbols, { tables, selectors }, maxBlock, block);
+  if (origPtr >= n) throw corrupt('bzip2: bad BWT origin');
+  return undoInitialRle(inverseBwt(block, n, counts, tt, origPtr));
 }
 
 /**

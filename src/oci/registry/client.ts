@@ -4,15 +4,18 @@
  * connections, scheme (https, or http for insecure registries) and tokens.
  */
 import { createHash } from 'node:crypto';
-import * as http from 'node:http';
-import * as https from 'node:https';
-import { PassThrough, Readable, Transform, TransformCallback } from 'node:stream';
-import { corrupt, D4fsError, hostile, invalidArgument, notFound, permissionDenied, unavailable } from '../../errors';
+import type * as http from 'node:http';
+import { PassThrough, Readable } from 'node:stream';
+import { corrupt, D4fsError, invalidArgument, notFound, permissionDenied, unavailable } from '../../errors';
 import { digestOf, parseDigest, SHA256_RE } from '../../util/digest';
 import { MANIFEST_ACCEPT, MT } from '../mediatypes';
 import type { RawDocument } from '../types';
 import { Authenticator, isLoopbackHost, repoScope, TokenHttp } from './auth';
+import { apiHostOf, checkRepository, HOST_RE, isDigestReference, manifestMediaType, nextLink, REPO_RE } from './names';
 import type { RegistryOptions } from './options';
+import { chunksOf, discard, firstHeader, readAll, RegistryWire, registryMessage, Slice } from './wire';
+
+export { apiHostOf, checkRepository, isDigestReference, manifestMediaType, nextLink } from './names';
 
 /** Knobs that are not user options (tests shrink them). */
 export interface ClientTuning {
@@ -34,146 +37,9 @@ const MAX_REDIRECTS = 5;
 const MAX_TAG_PAGES = 10_000;
 const MAX_REFERRER_PAGES = 1000;
 const MAX_REFERRERS = 10_000;
+const REDIRECTS = new Set([301, 302, 303, 307, 308]);
 /** Answers of a registry without the referrers API (distribution spec 1.1: clients fall back to the referrers tag). */
 const NO_REFERRERS_API = new Set([404, 405, 501]);
-const DEFAULT_USER_AGENT = 'd4fs/0.1';
-
-const HOST_RE = /^(?:[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\])(?::\d{1,5})?$/;
-const REPO_RE = /^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:\/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*$/;
-const TAG_RE = /^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$/;
-const REDIRECTS = new Set([301, 302, 303, 307, 308]);
-const GENERIC_TYPES = new Set(['', 'application/json', 'text/plain', 'application/octet-stream']);
-
-/** Host actually contacted for a registry name: docker.io is served by registry-1.docker.io. */
-export function apiHostOf(registry: string): string {
-  const r = registry.toLowerCase();
-  return r === 'docker.io' || r === 'index.docker.io' ? 'registry-1.docker.io' : registry;
-}
-
-/** Validate a repository name ("library/nginx"); it ends up in URL paths. */
-export function checkRepository(repo: string): string {
-  if (typeof repo !== 'string' || repo.length > 255 || !REPO_RE.test(repo)) {
-    throw invalidArgument(`invalid repository name ${JSON.stringify(String(repo).slice(0, 100))}`);
-  }
-  return repo;
-}
-
-/** Validate a tag or digest reference; returns true when it is a digest. */
-export function isDigestReference(reference: string): boolean {
-  if (typeof reference === 'string' && reference.includes(':')) {
-    parseDigest(reference, 'manifest digest');
-    return true;
-  }
-  if (typeof reference !== 'string' || !TAG_RE.test(reference)) {
-    throw invalidArgument(`invalid tag ${JSON.stringify(String(reference).slice(0, 100))}`);
-  }
-  return false;
-}
-
-/** The "next" target of an RFC 8288 Link header, if any. */
-export function nextLink(header: string | undefined): string | undefined {
-  if (!header) return undefined;
-  for (const part of header.split(/,(?=\s*<)/)) {
-    const m = /^\s*<([^>]*)>\s*;(.*)$/.exec(part);
-    if (m && /(?:^|;)\s*rel\s*=\s*"?(?:[^";]*\s)?next(?:\s[^";]*)?"?\s*(?:;|$)/i.test(m[2])) return m[1];
-  }
-  return undefined;
-}
-
-/** The fields that tell an index from a manifest. */
-interface ManifestShape {
-  mediaType?: unknown;
-  manifests?: unknown;
-  config?: unknown;
-  layers?: unknown;
-}
-
-/** Media type of a fetched manifest: the Content-Type, or what the document says when that is generic. */
-export function manifestMediaType(contentType: string | undefined, bytes: Buffer): string {
-  const ct = (contentType ?? '').split(';')[0].trim().toLowerCase();
-  if (!GENERIC_TYPES.has(ct)) return ct;
-  let doc: ManifestShape | null;
-  try {
-    doc = JSON.parse(bytes.toString('utf8')) as ManifestShape | null;
-  } catch {
-    throw corrupt('registry returned a manifest that is not JSON');
-  }
-  if (typeof doc?.mediaType === 'string' && doc.mediaType) return doc.mediaType;
-  if (Array.isArray(doc?.manifests)) return MT.OCI_INDEX;
-  if (doc?.config && Array.isArray(doc?.layers)) return MT.OCI_MANIFEST;
-  throw corrupt('registry returned a manifest without a media type');
-}
-
-/** Read a whole response body, refusing more than `limit` bytes. */
-function readAll(stream: Readable, limit: number, what: string): Promise<Buffer> {
-  return new Promise((resolve, reject) => {
-    const parts: Buffer[] = [];
-    let total = 0;
-    stream.on('data', (chunk: Buffer) => {
-      total += chunk.length;
-      if (total > limit) {
-        stream.destroy();
-        reject(hostile(`${what} is larger than ${limit} bytes`));
-        return;
-      }
-      parts.push(chunk);
-    });
-    stream.once('end', () => resolve(Buffer.concat(parts)));
-    stream.once('error', reject);
-  });
-}
-
-/** Let a response go without reading it (frees the socket). */
-function discard(res: http.IncomingMessage): void {
-  res.resume();
-  res.on('error', () => undefined);
-}
-
-/** The registry's error text from a JSON body `{"errors":[{code,message}]}` (or the raw text). */
-function registryMessage(body: Buffer): string {
-  const text = body.toString('utf8').trim();
-  try {
-    const doc = JSON.parse(text) as { errors?: Array<{ code?: unknown; message?: unknown }> };
-    if (Array.isArray(doc.errors) && doc.errors.length) {
-      return doc.errors.map((e) => [e.code, e.message].filter((x) => typeof x === 'string' && x).join(': ')).join('; ');
-    }
-  } catch {
-    // not JSON: fall through to the raw text
-  }
-  return text.replace(/\s+/g, ' ').slice(0, 300);
-}
-
-/** Yield the stream's bytes in buffers of exactly `size` bytes (the last may be shorter). */
-async function* chunksOf(src: Readable, size: number): AsyncGenerator<Buffer> {
-  let parts: Buffer[] = [];
-  let held = 0;
-  for await (const data of src) {
-    let buf: Buffer = Buffer.isBuffer(data) ? data : typeof data === 'string' ? Buffer.from(data, 'utf8') : Buffer.from(data as Uint8Array);
-    while (held + buf.length >= size) {
-      const take = size - held;
-      parts.push(buf.subarray(0, take));
-      yield Buffer.concat(parts);
-      buf = buf.subarray(take);
-      parts = [];
-      held = 0;
-    }
-    if (buf.length) {
-      parts.push(buf);
-      held += buf.length;
-    }
-  }
-  if (held) yield Buffer.concat(parts);
-}
-
-const firstHeader = (v: string | string[] | undefined): string | undefined => (Array.isArray(v) ? v[0] : v);
-
-/** One HTTP exchange as the wire layer sends it. */
-interface WireRequest {
-  method: string;
-  url: URL;
-  headers: Record<string, string>;
-  body?: Buffer;
-}
 
 /** An API call: the wire request plus what auth and error messages need. */
 interface ApiCall {
@@ -187,32 +53,6 @@ interface ApiCall {
   repo: string;
 }
 
-/** Thrown by the wire layer when a request stays silent too long. */
-/** Passes `length` bytes from offset `skip` of what flows through it, then ends. */
-class Slice extends Transform {
-  private pos = 0;
-  private ended = false;
-  constructor(private readonly skip: number, private readonly length: number) {
-    super();
-  }
-  override _transform(chunk: Buffer, _enc: BufferEncoding, cb: TransformCallback): void {
-    if (this.ended) return cb(); // the rest of a whole-blob answer: read and dropped
-    const from = Math.max(0, this.skip - this.pos);
-    const to = Math.min(chunk.length, this.skip + this.length - this.pos);
-    this.pos += chunk.length;
-    if (to > from) this.push(chunk.subarray(from, to));
-    if (this.pos >= this.skip + this.length) {
-      this.ended = true;
-      this.push(null);
-    }
-    cb();
-  }
-}
-
-class TimeoutError extends Error {
-  readonly code = 'ETIMEDOUT';
-}
-
 /**
  * Client of one registry. All methods take the repository name
  * ("library/nginx") and validate it, and map failures to D4fsError kinds:
@@ -224,9 +64,7 @@ export class RegistryClient {
   /** The host contacted ("registry-1.docker.io"). */
   readonly apiHost: string;
   private readonly auth: Authenticator;
-  private readonly httpAgent = new http.Agent({ keepAlive: true });
-  private readonly httpsAgent = new https.Agent({ keepAlive: true });
-  private readonly timeoutMs: number;
+  private readonly io: RegistryWire;
   private readonly chunkSize: number;
   private base: URL | undefined;
   private pinging: Promise<URL> | undefined;
@@ -243,7 +81,7 @@ export class RegistryClient {
     }
     this.registry = registryHost;
     this.apiHost = apiHostOf(registryHost);
-    this.timeoutMs = tuning.timeoutMs ?? DEFAULT_TIMEOUT_MS;
+    this.io = new RegistryWire(opts, tuning.timeoutMs ?? DEFAULT_TIMEOUT_MS);
     this.chunkSize = Math.max(1, tuning.chunkSize ?? DEFAULT_CHUNK);
     this.auth = new Authenticator(registryHost, opts, this.tokenHttp);
   }
@@ -570,8 +408,7 @@ export class RegistryClient {
 
   /** Close idle connections. */
   async close(): Promise<void> {
-    this.httpAgent.destroy();
-    this.httpsAgent.destroy();
+    this.io.close();
   }
 
   // -------------------------------------------------------------------------
@@ -680,7 +517,7 @@ export class RegistryClient {
     }
     let res: http.IncomingMessage;
     try {
-      res = await this.wire({ method, url, headers });
+      res = await this.io.wire({ method, url, headers });
     } catch {
       this.mirrorDownUntil = Date.now() + 30_000;
       return undefined;
@@ -718,7 +555,7 @@ export class RegistryClient {
     const attempt = async (): Promise<http.IncomingMessage> => {
       const authz = own ? await this.auth.authorization(c.scopes, c.repo) : undefined;
       const headers = { ...(c.headers ?? {}), ...(authz ? { Authorization: authz } : {}) };
-      return this.send({ method: c.method, url: c.url, headers, body: c.body });
+      return this.io.send({ method: c.method, url: c.url, headers, body: c.body });
     };
     let res = await attempt();
     if (res.statusCode !== 401 || !own) return res;
@@ -795,7 +632,7 @@ export class RegistryClient {
   }
 
   private async probeAt(base: URL): Promise<URL> {
-    const res = await this.wire({ method: 'GET', url: new URL('/v2/', base), headers: {} });
+    const res = await this.io.wire({ method: 'GET', url: new URL('/v2/', base), headers: {} });
     discard(res);
     if (res.statusCode === 401) this.auth.learn(res.headers['www-authenticate']);
     return base;
@@ -812,54 +649,9 @@ export class RegistryClient {
     return this.opts.tlsVerify !== true && isLoopbackHost(new URL(`http://${this.apiHost}/`).hostname);
   }
 
-  /** Whether TLS certificates of `hostname` are checked (not with --tls-verify=false, nor by default on loopback). */
-  private verifiesTls(hostname: string): boolean {
-    if (this.opts.tlsVerify === false) return false;
-    return this.opts.tlsVerify === true || !isLoopbackHost(hostname);
-  }
-
-  // -------------------------------------------------------------------------
-  // Wire
-
-  /** Send and map connection-level failures to UNAVAILABLE. */
-  private async send(r: WireRequest): Promise<http.IncomingMessage> {
-    try {
-      return await this.wire(r);
-    } catch (e) {
-      if (e instanceof TimeoutError) throw unavailable(`registry ${r.url.host}: ${e.message}`, e);
-      throw unavailable(`cannot reach registry ${r.url.host}: ${(e as Error).message}`, e);
-    }
-  }
-
-  /** One HTTP exchange; retried once when a reused keep-alive connection was closed under us. */
-  private async wire(r: WireRequest): Promise<http.IncomingMessage> {
-    try {
-      return await this.wireOnce(r);
-    } catch (e) {
-      const err = e as NodeJS.ErrnoException & { reusedSocket?: boolean };
-      if (err.reusedSocket && (err.code === 'ECONNRESET' || err.code === 'EPIPE')) return this.wireOnce(r);
-      throw e;
-    }
-  }
-
-  private wireOnce(r: WireRequest): Promise<http.IncomingMessage> {
-    return new Promise((resolve, reject) => {
-      const secure = r.url.protocol === 'https:';
-      const headers: Record<string, string> = { 'User-Agent': this.opts.userAgent ?? DEFAULT_USER_AGENT, ...r.headers };
-      if (r.body !== undefined || !['GET', 'HEAD', 'DELETE'].includes(r.method)) headers['Content-Length'] = String(r.body?.length ?? 0);
-      const options: https.RequestOptions = { method: r.method, headers, agent: secure ? this.httpsAgent : this.httpAgent };
-      if (secure) options.rejectUnauthorized = this.verifiesTls(r.url.hostname);
-      const req = (secure ? https : http).request(r.url, options);
-      req.setTimeout(this.timeoutMs, () => req.destroy(new TimeoutError(`no answer within ${this.timeoutMs / 1000} s`)));
-      req.once('response', resolve);
-      req.once('error', (e: Error) => reject(Object.assign(e, { reusedSocket: req.reusedSocket })));
-      req.end(r.body);
-    });
-  }
-
   /** Token requests go through the same wire (TLS options, timeouts). */
   private readonly tokenHttp: TokenHttp = async (url, init) => {
-    const res = await this.send({ method: init.method, url, headers: init.headers, body: init.body });
+    const res = await this.io.send({ method: init.method, url, headers: init.headers, body: init.body });
     const body = await readAll(res, MAX_TOKEN_BODY, `token answer of ${url.origin}`);
     return { status: res.statusCode ?? 0, body };
   };

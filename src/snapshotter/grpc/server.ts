@@ -63,64 +63,97 @@ function budgetMs(call: { getDeadline(): grpc.Deadline }, capMs: number): number
   return Math.max(0, Math.min(capMs, at - Date.now()));
 }
 
+/** What every handler of the service needs: the log and the cap on a request's duration. */
+interface HandlerCtx {
+  log: Logger;
+  /** Cap on each request's duration, ms. */
+  cap: number;
+}
+
+/**
+ * Runs `fn` with an AbortSignal that fires at the deadline (the call's,
+ * capped at `cap` ms) or when the client cancels; the result is
+ * DEADLINE_EXCEEDED then, even if `fn` does not stop by itself.
+ */
+async function withDeadline<T>(
+  method: string,
+  call: grpc.ServerUnaryCall<unknown, unknown> | grpc.ServerWritableStream<unknown, unknown>,
+  cap: number,
+  fn: (signal: AbortSignal) => Promise<T>,
+): Promise<T> {
+  const ms = budgetMs(call, cap);
+  const ac = new AbortController();
+  let timer: NodeJS.Timeout | undefined;
+  const expired = new Promise<never>((_, reject) => {
+    const fail = (why: string) => {
+      const err = new D4fsError('DEADLINE_EXCEEDED', `${method}: ${why}`);
+      ac.abort(err);
+      reject(err);
+    };
+    timer = setTimeout(() => fail(`deadline of ${ms} ms exceeded`), ms);
+    call.on('cancelled', () => fail('cancelled by the client'));
+  });
+  expired.catch(() => undefined);
+  try {
+    return await Promise.race([fn(ac.signal), expired]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** A unary handler: `fn` under the deadline, logged, its error answered through toStatus. */
+function unaryHandler<Req, Res>(h: HandlerCtx, method: string, fn: (req: Req, signal: AbortSignal) => Promise<Res>): grpc.handleUnaryCall<Req, Res> {
+  const { log, cap } = h;
+  return (call, callback) => {
+    const t0 = process.hrtime.bigint();
+    withDeadline(method, call as grpc.ServerUnaryCall<unknown, unknown>, cap, (signal) => fn(call.request, signal)).then(
+      (res) => {
+        log.debug({ method, req: call.request, ms: Number(process.hrtime.bigint() - t0) / 1e6 }, 'ok');
+        callback(null, res);
+      },
+      (e: unknown) => {
+        const status = toStatus(e);
+        const code = grpc.status[status.code ?? grpc.status.UNKNOWN];
+        if (status.code === grpc.status.INTERNAL || status.code === grpc.status.DATA_LOSS) {
+          log.error({ method, req: call.request, code, err: e }, 'failed');
+        } else {
+          log.debug({ method, req: call.request, code, error: status.details }, 'failed');
+        }
+        callback(status);
+      },
+    );
+  };
+}
+
+/** The List handler: the snapshots matching the filters, LIST_BATCH infos a message. */
+function listHandler(sn: OverlaySnapshotter, h: HandlerCtx): grpc.handleServerStreamingCall<ListRequest, ListResponse> {
+  const { log, cap } = h;
+  return (call: grpc.ServerWritableStream<ListRequest, ListResponse>) => {
+    withDeadline('List', call as grpc.ServerWritableStream<unknown, unknown>, cap, async () => {
+      const infos = await sn.list(call.request.filters ?? []);
+      for (let i = 0; i < infos.length; i += LIST_BATCH) {
+        call.write({ info: infos.slice(i, i + LIST_BATCH).map(infoToPb) });
+      }
+      return infos.length;
+    }).then(
+      (n) => {
+        log.debug({ method: 'List', filters: call.request.filters, count: n }, 'ok');
+        call.end();
+      },
+      (e: unknown) => {
+        const status = toStatus(e);
+        log.debug({ method: 'List', filters: call.request.filters, code: grpc.status[status.code ?? grpc.status.UNKNOWN], error: status.details }, 'failed');
+        call.emit('error', status);
+      },
+    );
+  };
+}
+
 /** The Snapshots service implementation for grpc.Server.addService. */
 export function createSnapshotsService(opts: ServiceOptions): grpc.UntypedServiceImplementation {
   const sn = opts.snapshotter;
-  const log = opts.logger;
-  const cap = opts.requestTimeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MS;
-
-  /**
-   * Runs `fn` with an AbortSignal that fires at the deadline or when the
-   * client cancels; the result is DEADLINE_EXCEEDED then, even if `fn`
-   * does not stop by itself.
-   */
-  async function withDeadline<T>(
-    method: string,
-    call: grpc.ServerUnaryCall<unknown, unknown> | grpc.ServerWritableStream<unknown, unknown>,
-    fn: (signal: AbortSignal) => Promise<T>,
-  ): Promise<T> {
-    const ms = budgetMs(call, cap);
-    const ac = new AbortController();
-    let timer: NodeJS.Timeout | undefined;
-    const expired = new Promise<never>((_, reject) => {
-      const fail = (why: string) => {
-        const err = new D4fsError('DEADLINE_EXCEEDED', `${method}: ${why}`);
-        ac.abort(err);
-        reject(err);
-      };
-      timer = setTimeout(() => fail(`deadline of ${ms} ms exceeded`), ms);
-      call.on('cancelled', () => fail('cancelled by the client'));
-    });
-    expired.catch(() => undefined);
-    try {
-      return await Promise.race([fn(ac.signal), expired]);
-    } finally {
-      clearTimeout(timer);
-    }
-  }
-
-  function unary<Req, Res>(method: string, fn: (req: Req, signal: AbortSignal) => Promise<Res>): grpc.handleUnaryCall<Req, Res> {
-    return (call, callback) => {
-      const t0 = process.hrtime.bigint();
-      withDeadline(method, call as grpc.ServerUnaryCall<unknown, unknown>, (signal) => fn(call.request, signal)).then(
-        (res) => {
-          log.debug({ method, req: call.request, ms: Number(process.hrtime.bigint() - t0) / 1e6 }, 'ok');
-          callback(null, res);
-        },
-        (e: unknown) => {
-          const status = toStatus(e);
-          const code = grpc.status[status.code ?? grpc.status.UNKNOWN];
-          if (status.code === grpc.status.INTERNAL || status.code === grpc.status.DATA_LOSS) {
-            log.error({ method, req: call.request, code, err: e }, 'failed');
-          } else {
-            log.debug({ method, req: call.request, code, error: status.details }, 'failed');
-          }
-          callback(status);
-        },
-      );
-    };
-  }
-
+  const h: HandlerCtx = { log: opts.logger, cap: opts.requestTimeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MS };
+  const unary = <Req, Res>(method: string, fn: (req: Req, signal: AbortSignal) => Promise<Res>): grpc.handleUnaryCall<Req, Res> => unaryHandler(h, method, fn);
   const empty = (): Empty => ({});
 
   return {
@@ -156,25 +189,7 @@ export function createSnapshotsService(opts: ServiceOptions): grpc.UntypedServic
       await sn.cleanup();
       return empty();
     }),
-    List: (call: grpc.ServerWritableStream<ListRequest, ListResponse>) => {
-      withDeadline('List', call as grpc.ServerWritableStream<unknown, unknown>, async () => {
-        const infos = await sn.list(call.request.filters ?? []);
-        for (let i = 0; i < infos.length; i += LIST_BATCH) {
-          call.write({ info: infos.slice(i, i + LIST_BATCH).map(infoToPb) });
-        }
-        return infos.length;
-      }).then(
-        (n) => {
-          log.debug({ method: 'List', filters: call.request.filters, count: n }, 'ok');
-          call.end();
-        },
-        (e: unknown) => {
-          const status = toStatus(e);
-          log.debug({ method: 'List', filters: call.request.filters, code: grpc.status[status.code ?? grpc.status.UNKNOWN], error: status.details }, 'failed');
-          call.emit('error', status);
-        },
-      );
-    },
+    List: listHandler(sn, h),
   };
 }
 

@@ -1,0 +1,157 @@
+/**
+ * Format versions 1 and 2 side by side (issue 18): files written by d4fs
+ * before version 2 (test/fixtures/v1: a full image and two deltas, made by
+ * make-trees.sh and the version 1 writer) keep reading everywhere, chains
+ * mix versions, and a version 2 delta's tree — an edit script against its
+ * parent's — is rebuilt and its image id checked wherever it is stored: a
+ * forged id is CORRUPT at the store and at the server.
+ */
+import { randomBytes } from 'node:crypto';
+import fsp from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { CdimgReader } from '../src/format/reader';
+import { diffImages } from '../src/delta/diff';
+import { mergeDeltas } from '../src/delta/merge';
+import { patchImage } from '../src/delta/patch';
+import { unpackImage } from '../src/unpack/unpack';
+import { verifyCdimg } from '../src/unpack/verify';
+import { LocalStore } from '../src/store/store';
+import { D4fsError } from '../src/errors';
+import { verifyDeltaTree } from '../src/server/blobs';
+import { packageRoot } from '../src/util/paths';
+import { rewriteIndex } from './helpers/forge';
+import { runCli } from './helpers/cli';
+import { compareTrees, walkTree } from './fixtures/treewalk';
+
+jest.setTimeout(180_000);
+
+const FIX = path.join(packageRoot(), 'test', 'fixtures', 'v1');
+const v1 = path.join(FIX, 'v1.cdimg');
+const d12 = path.join(FIX, 'v1-v2.cdimg');
+const d23 = path.join(FIX, 'v2-v3.cdimg');
+const v3 = path.join(FIX, 'v3.cdimg');
+let work: string;
+const at = (f: string): string => path.join(work, f);
+
+async function versionOf(p: string): Promise<number> {
+  const fh = await fsp.open(p, 'r');
+  try {
+    const b = Buffer.alloc(12);
+    await fh.read(b, 0, 12, 0);
+    return b.readUInt32LE(8);
+  } finally {
+    await fh.close();
+  }
+}
+
+async function idOf(paths: string[]): Promise<string> {
+  const rs = await CdimgReader.openChain(paths);
+  const id = rs[rs.length - 1].imageId;
+  await Promise.all(rs.map((r) => r.close()));
+  return id;
+}
+
+async function expectKind(p: Promise<unknown>, kind: string, re?: RegExp): Promise<void> {
+  const err = await p.then(() => undefined, (e: unknown) => e);
+  expect(err).toBeInstanceOf(D4fsError);
+  expect((err as D4fsError).kind).toBe(kind);
+  if (re) expect((err as Error).message).toMatch(re);
+}
+
+let v3Id: string;
+
+beforeAll(async () => {
+  work = await fsp.mkdtemp(path.join(os.tmpdir(), 'd4fs-versions-'));
+  v3Id = await idOf([v3]);
+});
+
+afterAll(async () => {
+  if (work) await fsp.rm(work, { recursive: true, force: true });
+});
+
+describe('format version 1 files', () => {
+  it('are version 1 and still read: the chain v1 → v2 → v3 patches to the image of v3.cdimg, unpacked byte for byte alike', async () => {
+    for (const f of [v1, d12, d23, v3]) expect(await versionOf(f)).toBe(1);
+    expect(await idOf([v1, d12, d23])).toBe(v3Id);
+    const r = await patchImage({ base: v1, deltas: [d12, d23], out: at('p3.cdimg') });
+    expect(r.imageId).toBe(v3Id);
+    expect(await versionOf(at('p3.cdimg'))).toBe(2); // what d4fs writes now
+    await unpackImage(at('p3.cdimg'), at('u-patched'));
+    await unpackImage(v3, at('u-v3'));
+    expect(compareTrees(await walkTree(at('u-v3')), await walkTree(at('u-patched')))).toEqual([]);
+    const v = await verifyCdimg(d23, 1);
+    expect(v.treeChecked).toBe(true); // version 1 deltas carry their whole tree
+  });
+
+  it('mix with version 2 in chains, diffs and merges (both directions, with and without the base)', async () => {
+    const p2 = at('p2.cdimg');
+    await patchImage({ base: v1, deltas: [d12], out: p2 }); // version 2 full image of v2
+    await diffImages({ oldPath: p2, newPath: v3, out: at('n23.cdimg') }); // v2 delta on a v2 full
+    await diffImages({ oldPath: v1, newPath: p2, out: at('n12.cdimg') }); // v2 delta on a v1 full
+    expect(await versionOf(at('n23.cdimg'))).toBe(2);
+    expect(await idOf([v1, d12, at('n23.cdimg')])).toBe(v3Id); // v1, v1 delta, v2 delta
+    expect(await idOf([v1, at('n12.cdimg'), d23])).toBe(v3Id); // v1, v2 delta, v1 delta
+    expect(await idOf([p2, d23])).toBe(v3Id); // v2 full, v1 delta
+    for (const [name, deltas, base] of [
+      ['m-v1v2', [d12, at('n23.cdimg')], undefined],
+      ['m-v2v1', [at('n12.cdimg'), d23], undefined],
+      ['m-v2v2', [at('n12.cdimg'), at('n23.cdimg')], undefined],
+      ['m-base', [at('n12.cdimg'), at('n23.cdimg')], v1],
+    ] as const) {
+      await mergeDeltas({ deltas: [...deltas], out: at(`${name}.cdimg`), base });
+      expect(await idOf([v1, at(`${name}.cdimg`)])).toBe(v3Id);
+    }
+    // merged version 2 deltas without their base: the composed edit script, not the whole tree
+    const alone = await CdimgReader.open(at('m-v2v2.cdimg'));
+    expect(alone.hasTree).toBe(false);
+    await alone.close();
+  });
+});
+
+describe('a version 2 delta', () => {
+  it('opened alone has no tree; the commands that need one say how to give it', async () => {
+    const d = at('n23.cdimg');
+    const alone = await CdimgReader.open(d);
+    expect(alone.hasTree).toBe(false);
+    expect(alone.index.treeEdit?.inserted.length).toBeGreaterThan(0);
+    expect(() => alone.requireTree()).toThrow(/--chain|chain/);
+    await alone.close();
+    const v = await verifyCdimg(d, 1);
+    expect(v.treeChecked).toBe(false);
+    const withChain = await verifyCdimg(d, 1, [at('p2.cdimg')]);
+    expect(withChain.treeChecked).toBe(true);
+    const show = await runCli(['cdimg', 'show', d]);
+    expect(show.code).toBe(0);
+    expect(show.stdout).toMatch(/kept from the parent/);
+    const verify = await runCli(['cdimg', 'verify', d, '--chain', at('p2.cdimg')]);
+    expect(verify.code).toBe(0);
+    const wrong = await runCli(['cdimg', 'verify', d, '--chain', v1]);
+    expect(wrong.code).toBe(5); // FAILED_PRECONDITION: v1 is not its parent
+    expect(wrong.stderr).toMatch(/does not apply/);
+  });
+
+  it('with a forged image id is refused where it is stored: the local store and the server check it against the parent', async () => {
+    const forged = at('forged.cdimg');
+    await rewriteIndex(at('n23.cdimg'), forged, (ix) => {
+      ix.imageId = randomBytes(32);
+    });
+    // alone it is well formed: only its tree, rebuilt on its parent's, gives it away
+    const alone = await CdimgReader.open(forged);
+    expect(alone.hasTree).toBe(false);
+    await alone.close();
+    const store = await LocalStore.open(at('store'));
+    try {
+      await store.add(v1);
+      await store.add(d12);
+      await expectKind(store.add(forged), 'CORRUPT', /image id/);
+      await store.add(at('n23.cdimg'));
+      expect(store.hasImage(v3Id)).toBe(true);
+    } finally {
+      store.close();
+    }
+    await expectKind(verifyDeltaTree(forged, [v1, d12], 'upload of forged'), 'CORRUPT', /upload of forged.*image id/);
+    await verifyDeltaTree(at('n23.cdimg'), [v1, d12], 'upload');
+    await expectKind(verifyDeltaTree(at('n23.cdimg'), undefined, 'upload'), 'FAILED_PRECONDITION', /full image first/);
+  });
+});
