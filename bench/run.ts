@@ -1,7 +1,7 @@
 /**
  * `make bench`: every benchmark, each printing a table with its targets.
  * Ratios are measured against baselines in the same run.
- *   node dist/bench/run.js [convert|delta|snapshotter|regsync|update|distribution|cri|p2p …] [--runs N] [--quick]
+ *   node dist/bench/run.js [convert|delta|snapshotter|regsync|update|distribution|cri|p2p|scale …] [--runs N] [--quick] [--scale-gib N]
  */
 import { convertBench, extraCaCost, printConvertTable } from './convert';
 import { deltaBench, printDeltaTables } from './delta';
@@ -10,13 +10,15 @@ import { distributionBench, printDistributionTable, updateBench, printUpdateTabl
 import { regsyncBench, formatRegsyncTable } from './regsync';
 import { criBench, printCriTable, QUICK_CRI } from './cri';
 import { p2pBench, printP2pTable } from './p2p';
+import { scaleBench, printScaleTable } from './scale';
 
 async function main(): Promise<void> {
   const args = process.argv.slice(2);
   const runsArg = args.indexOf('--runs');
   const runs = runsArg >= 0 ? Number(args[runsArg + 1]) : 3;
   const quick = args.includes('--quick');
-  const only = args.filter((a, i) => !a.startsWith('--') && args[i - 1] !== '--runs');
+  const gibArg = args.indexOf('--scale-gib');
+  const only = args.filter((a, i) => !a.startsWith('--') && args[i - 1] !== '--runs' && args[i - 1] !== '--scale-gib');
   const want = (s: string) => only.length === 0 || only.includes(s);
   process.stdout.write(`# d4fs benchmarks (${new Date().toISOString()}, ${process.version}, ${require('node:os').cpus().length} cores)\n\n`);
   if (want('convert')) {
@@ -31,6 +33,8 @@ async function main(): Promise<void> {
   if (want('cri')) printCriTable(await criBench(quick ? QUICK_CRI : { runs }));
   // one run by default (8 nodes × 3 cases take ~3 min); --runs N asks for more
   if (want('p2p')) printP2pTable(await p2pBench({ quick, runs: runsArg >= 0 ? runs : 1 }));
+  // ~1 GiB image (generated once, cached under .cache/bench/scale); --scale-gib N (or D4FS_BENCH_SCALE_GIB) makes it ~N GiB
+  if (want('scale')) printScaleTable(await scaleBench({ quick, gib: gibArg >= 0 ? Number(args[gibArg + 1]) : undefined }));
 }
 
 main().catch((e) => {

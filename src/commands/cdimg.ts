@@ -118,8 +118,9 @@ export function registerCdimg(program: Command): void {
           const s = summarize(r);
           if (o.json) {
             if (o.entries !== false) {
-              r.requireTree();
-              s.entryList = r.index.entries.map(entryJson);
+              // a version 2 delta alone: the entries its edit script inserts (a name under a depth; their paths come from the parent's tree)
+              if (r.index.treeEdit) s.insertedEntries = r.index.treeEdit.inserted.map((e) => ({ depth: e.depth, name: e.name, ...entryJson(e) }));
+              else s.entryList = r.index.entries.map(entryJson);
             }
             printJson(s);
             return;

@@ -66,8 +66,10 @@ interface Held {
   chunks: StoredChunkInfo[];
   /** the stored chunks back to back, when held in memory … */
   data?: Uint8Array;
-  /** … or their offset in the spool file */
+  /** … or their offset in the spool file … */
   spoolOffset: number;
+  /** … or a file of their own (a large content's frames, written by the worker) */
+  file?: string;
 }
 
 interface Batch {
@@ -82,6 +84,22 @@ interface Batch {
 }
 
 const newBatch = (): Batch => ({ items: [], refs: [], buffers: [], tmpFiles: [], bytes: 0, shared: null, sharedUsed: 0 });
+
+/** Append `size` bytes of `file` to the writer, WRITE_GROUP_BYTES at a time. */
+async function copyInPieces(file: string, size: number, writer: CdimgWriter): Promise<void> {
+  const fh = await fsp.open(file, 'r');
+  try {
+    const buf = Buffer.allocUnsafe(Math.min(size, WRITE_GROUP_BYTES));
+    for (let pos = 0; pos < size; ) {
+      const n = Math.min(buf.length, size - pos);
+      await readFully(fh, buf.subarray(0, n), pos);
+      await writer.append(buf.subarray(0, n));
+      pos += n;
+    }
+  } finally {
+    await fh.close();
+  }
+}
 
 export class BlobSink implements ContentSink {
   /** digest → its stored chunks (first copy only) */
@@ -161,7 +179,7 @@ export class BlobSink implements ContentSink {
       await fh.close();
     }
     if (n !== size) throw corrupt(`file content is ${n} bytes, header said ${size}`);
-    await this.submitAlone({ path: tmp, size, digest: '' }, ref, undefined, tmp);
+    await this.submitAlone({ path: tmp, outPath: `${tmp}.z`, size, digest: '' }, ref, undefined, tmp);
     return ref;
   }
 
@@ -210,7 +228,7 @@ export class BlobSink implements ContentSink {
   private async consume(b: Batch, r: CompressResult): Promise<void> {
     if (r.items.length !== b.refs.length) throw new Error(`worker returned ${r.items.length} results for ${b.refs.length} contents`);
     const sizes = r.items.map((it) => it.chunks.reduce((n, c) => n + c.storedSize, 0));
-    const total = sizes.reduce((n, x) => n + x, 0);
+    const total = sizes.reduce((n, x, i) => n + (r.items[i].outPath ? 0 : x), 0);
     if (total !== r.stored.byteLength) throw new Error(`worker returned ${r.stored.byteLength} stored bytes, its chunks say ${total}`);
     const fresh = r.items.some((it) => !this.held.has(it.digest));
     let spoolBase = -1;
@@ -220,8 +238,13 @@ export class BlobSink implements ContentSink {
     }
     let o = 0;
     for (let i = 0; i < b.refs.length; i++) {
-      const { digest, chunks } = r.items[i];
+      const { digest, chunks, outPath } = r.items[i];
       b.refs[i].digest = digest;
+      if (outPath) {
+        if (this.held.has(digest)) await fsp.rm(outPath, { force: true });
+        else this.held.set(digest, { size: sizes[i], chunks, spoolOffset: -1, file: outPath });
+        continue;
+      }
       if (!this.held.has(digest)) {
         if (spoolBase < 0) this.held.set(digest, { size: sizes[i], chunks, data: r.stored.subarray(o, o + sizes[i]), spoolOffset: -1 });
         else this.held.set(digest, { size: sizes[i], chunks, spoolOffset: spoolBase + o });
@@ -269,6 +292,14 @@ export class BlobSink implements ContentSink {
     for (const c of contents) {
       const h = this.held.get(c.digest);
       if (!h) throw new Error(`content ${c.digest} was never stored`);
+      blobs.push({ digest: Buffer.from(c.digest, 'hex'), size: c.size, encoding: Encoding.FULL, chunks: zstdChunksAt(at, h.chunks) });
+      at += h.size;
+      if (h.file) {
+        // a large content's frames: copied from their file in pieces
+        await write();
+        await copyInPieces(h.file, h.size, writer);
+        continue;
+      }
       let data = h.data;
       if (!data) {
         const buf = Buffer.allocUnsafe(h.size);
@@ -278,8 +309,6 @@ export class BlobSink implements ContentSink {
       if (groupBytes + data.length > WRITE_GROUP_BYTES) await write();
       group.push(data);
       groupBytes += data.length;
-      blobs.push({ digest: Buffer.from(c.digest, 'hex'), size: c.size, encoding: Encoding.FULL, chunks: zstdChunksAt(at, h.chunks) });
-      at += h.size;
     }
     await write();
     if (writer.offset !== at) throw new Error('blob section out of step');

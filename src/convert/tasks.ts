@@ -8,6 +8,7 @@
 import { createHash } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
 import { zstdBound, zstdFrame, zstdFrameInto } from '../format/zstd';
+import { writeFully } from '../util/fileio';
 
 const sha = (b: Uint8Array): string => createHash('sha256').update(b).digest('hex');
 
@@ -16,6 +17,11 @@ export interface ContentItem {
   data?: Uint8Array;
   /** … or a file holding it */
   path?: string;
+  /**
+   * With `path`: write the frames to this file instead of returning them (a
+   * 256 MiB content otherwise comes back as one 256 MiB buffer).
+   */
+  outPath?: string;
   size: number;
   /** expected sha256 hex of the whole content; '' to compute it */
   digest: string;
@@ -37,8 +43,8 @@ export interface StoredChunkInfo {
 export interface CompressResult {
   /** all stored chunks of all items back to back */
   stored: Uint8Array;
-  /** per item: its content digest and its chunks in order */
-  items: { digest: string; chunks: StoredChunkInfo[] }[];
+  /** per item: its content digest and its chunks in order; `outPath` when its frames went to that file */
+  items: { digest: string; chunks: StoredChunkInfo[]; outPath?: string }[];
 }
 
 async function* chunksOf(item: ContentItem, chunkSize: number): AsyncGenerator<Buffer> {
@@ -99,10 +105,17 @@ export async function compressContents(a: CompressArgs): Promise<CompressResult>
     const chunks: StoredChunkInfo[] = [];
     // A content of one chunk is that chunk: its digest is the chunk's raw digest (hashed once).
     const single = item.size <= a.chunkSize;
+    const toFile = item.path && item.outPath ? await fsp.open(item.outPath, 'w', 0o600) : undefined;
+    let filePos = 0;
+    try {
     for await (const raw of chunksOf(item, a.chunkSize)) {
       whole.update(raw);
       let frame: Uint8Array;
-      if (item.data) {
+      if (toFile) {
+        frame = zstdFrame(raw, a.level);
+        await writeFully(toFile, frame, filePos);
+        filePos += frame.length;
+      } else if (item.data) {
         const n = zstdFrameInto(out.subarray(pos), raw, a.level);
         frame = out.subarray(pos, pos + n);
         pos += n;
@@ -112,7 +125,11 @@ export async function compressContents(a: CompressArgs): Promise<CompressResult>
         parts.push(frame);
         runStart = pos;
       }
-      chunks.push({ storedSize: frame.length, storedDigest: sha(frame), rawSize: raw.length, rawDigest: single ? '' : sha(raw) });
+      // no stored digest: format version 2 checks zstd chunks by their raw digest and the whole section by its digest
+      chunks.push({ storedSize: frame.length, storedDigest: '', rawSize: raw.length, rawDigest: single ? '' : sha(raw) });
+    }
+    } finally {
+      await toFile?.close();
     }
     const got = whole.digest('hex');
     if (item.digest && got !== item.digest) throw new Error(`content changed: expected ${item.digest}, got ${got}`);
@@ -120,7 +137,7 @@ export async function compressContents(a: CompressArgs): Promise<CompressResult>
       if (chunks.length !== 1 || chunks[0].rawSize !== item.size) throw new Error(`content ${got}: expected one chunk of ${item.size} bytes`);
       chunks[0].rawDigest = got;
     }
-    items.push({ digest: got, chunks });
+    items.push(toFile ? { digest: got, chunks, outPath: item.outPath } : { digest: got, chunks });
   }
   if (pos > runStart) parts.push(out.subarray(runStart, pos));
   // One copy, into shared memory: posting it back to the caller then copies nothing.
