@@ -131,7 +131,7 @@ export class DeltaFileSystem extends ImageFileSystemBase implements ImageFileSys
       init: (cb) => cb(0),
       getattr: (path, cb) => {
         const n = tree.lookup(path);
-        if (n) cb(0, n.stat);
+        if (n) cb(0, tree.stat(n));
         else cb(Errno.ENOENT);
       },
       readdir: (path, cb) => {

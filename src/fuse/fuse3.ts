@@ -48,6 +48,8 @@ const KERNEL_TIMEOUT_S = 365 * 24 * 3600;
 const HOLD_MS = 2000;
 /** At most this many contents are held (each keeps a file descriptor of the cache open). */
 const MAX_HELD = 256;
+/** Bytes of encoded directory listings a mount keeps (a listing is ~144 bytes per entry). */
+const LISTING_BYTES = 4 * 1024 * 1024;
 const MOUNT_OPTIONS = 'ro,allow_other,default_permissions,suid,dev,fsname=d4fs,subtype=d4fs';
 
 const E = { ENOENT: 2, EIO: 5, ENOTDIR: 20, EISDIR: 21, EINVAL: 22, ENODATA: 61, ETIMEDOUT: 110 } as const;
@@ -72,7 +74,9 @@ export class Fuse3FileSystem extends ImageFileSystemBase implements ImageFileSys
   private mountWaiter?: { resolve: () => void; reject: (e: Error) => void };
   private readonly held = new Map<number, Held>();
   private sweeper?: NodeJS.Timeout;
+  /** Encoded listings of directories being read (a listing is read in several requests), least recently used first. */
   private readonly listings = new Map<number, Buffer>();
+  private listingBytes = 0;
   private statfs64?: Float64Array;
   private readonly counters = { reads: 0, errors: 0 };
 
@@ -171,7 +175,7 @@ export class Fuse3FileSystem extends ImageFileSystemBase implements ImageFileSys
         case RQ.LOOKUP: {
           const dir = this.tree.node(ino);
           if (!dir) return void fuse3.replyErr(s, id, E.ENOENT);
-          if (!dir.children) return void fuse3.replyErr(s, id, E.ENOTDIR);
+          if (!dir.isDir) return void fuse3.replyErr(s, id, E.ENOTDIR);
           const n = this.tree.child(dir, name ?? '');
           // Absent: a negative entry, cached by the kernel like the others.
           fuse3.replyEntry(s, id, n ? this.tree.stat64(n) : null);
@@ -189,12 +193,8 @@ export class Fuse3FileSystem extends ImageFileSystemBase implements ImageFileSys
         case RQ.READDIRPLUS: {
           const n = this.tree.node(ino);
           if (!n) return void fuse3.replyErr(s, id, E.ENOENT);
-          if (!n.children) return void fuse3.replyErr(s, id, E.ENOTDIR);
-          let l = this.listings.get(ino);
-          if (!l) {
-            l = this.tree.encodeListing(n);
-            this.listings.set(ino, l);
-          }
+          if (!n.isDir) return void fuse3.replyErr(s, id, E.ENOTDIR);
+          const l = this.listing(n);
           fuse3.replyDir(s, id, l, b, a, op === RQ.READDIRPLUS);
           return;
         }
@@ -255,6 +255,25 @@ export class Fuse3FileSystem extends ImageFileSystemBase implements ImageFileSys
       if (id) fuse3.replyErr(s, id, E.EIO);
     }
   };
+
+  /** The encoded listing of directory `n`, kept while LISTING_BYTES allow (the kernel caches listings itself). */
+  private listing(n: TreeNode): Buffer {
+    let l = this.listings.get(n.ino);
+    if (l) {
+      this.listings.delete(n.ino);
+      this.listings.set(n.ino, l);
+      return l;
+    }
+    l = this.tree.encodeListing(n);
+    this.listings.set(n.ino, l);
+    this.listingBytes += l.length;
+    for (const [ino, old] of this.listings) {
+      if (this.listingBytes <= LISTING_BYTES || ino === n.ino) break;
+      this.listings.delete(ino);
+      this.listingBytes -= old.length;
+    }
+    return l;
+  }
 
   private onClosed(): void {
     this.alive = false;

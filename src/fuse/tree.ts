@@ -1,6 +1,6 @@
 /**
  * The in-memory directory tree a FUSE mount serves, built once from the
- * index of the top .cdimg of a chain (which always describes the complete
+ * entries of the top .cdimg of a chain (which always describe the complete
  * flattened image).
  *
  * Inode numbers are stable: the entry's position in the index plus one (the
@@ -8,10 +8,21 @@
  * every attribute, of the regular file it names; that file's link count is
  * one plus the number of hard links to it. A directory's link count is two
  * plus its subdirectories, as on ext4.
+ *
+ * Memory is bounded by design (issue 18: a 150,000-entry image in a manager
+ * of 256 MiB): the tree keeps the index's own Entry objects (not copies) and,
+ * per inode, a few numbers in typed arrays (parent, link count, where its
+ * children are listed); stats, xattr maps and nodes are made when asked for
+ * (nothing per inode is cached: the kernel caches attributes itself).
+ * Lookups by name use per-directory maps built on first use for directories
+ * with many children, held in a bounded LRU (dropped ones are rebuilt), and
+ * a scan of the children for small directories; there is no map of every
+ * path. Measured on a synthetic index of 151,412 entries (test/fuse-memory
+ * .test.ts): the tree adds ~20 bytes per entry to the entries themselves.
  */
 import type Fuse from 'fuse-native';
 import { corrupt } from '../errors';
-import { type Entry, FileType, type Index } from '../format/types';
+import { type Entry, FileType } from '../format/types';
 
 type FuseStat = Fuse.FuseStat;
 type FuseStatfs = Fuse.FuseStatfs;
@@ -32,24 +43,34 @@ const TYPE_BITS: Record<FileType, number> = {
 const DIR_SIZE = 4096;
 const BLOCK_SIZE = 4096;
 
+/** Directories with more children than this get a name → inode map on first lookup. */
+const SCAN_MAX = 32;
+/** Names the lookup maps of directories may hold together (least recently used dropped first). */
+const CHILD_MAP_NAMES = 64 * 1024;
+/** Stat records for the fuse3 binding made per allocation (see ImageTree.stat64). */
+const STAT_SLAB = 512;
+
 /** Linux's dev_t encoding (glibc gnu_dev_makedev), truncated to the 32 bits FUSE carries. */
 export function makeDev(major: number, minor: number): number {
   const v = (minor & 0xff) | ((major & 0xfff) << 8) | ((minor & ~0xff) << 12);
   return v >>> 0;
 }
 
-/** One inode of the tree. Hard links are separate paths pointing at the same node. */
+/**
+ * One inode of the tree, made on demand (cheap; not kept). Hard links are
+ * separate paths resolving to the same inode.
+ */
 export interface TreeNode {
   readonly ino: number;
   /** The entry holding the node's metadata (for hard links: the regular file they name). */
   readonly entry: Entry;
-  /** What getattr and readdir report. */
-  readonly stat: FuseStat;
-  /** Names of the children of a directory, in index order. */
-  readonly children?: string[];
-  /** Extended attributes by name. */
+  /** True for a directory. */
+  readonly isDir: boolean;
+  /** Extended attributes by name (one shared empty map for the many inodes without any). */
   readonly xattrs: ReadonlyMap<string, Buffer>;
 }
+
+const NO_XATTRS: ReadonlyMap<string, Buffer> = new Map();
 
 /**
  * Layout of the stat record the fuse3 binding takes (a Float64Array; every
@@ -59,62 +80,116 @@ export const STAT_FIELDS = 15;
 
 /** A read-only tree addressed by FUSE paths ("/", "/usr/bin/env") or by inode number. */
 export class ImageTree {
-  /** Nodes by inode number (hard links' own index slots stay empty). */
-  private readonly byIno: (TreeNode | undefined)[] = [];
-  /** Parent directory of each directory, by inode (the root is its own parent). */
-  private readonly parentOf = new Map<number, TreeNode>();
-  /** Children by name of each directory, built on first lookup. */
-  private readonly childMaps = new Map<number, Map<string, TreeNode>>();
-  private readonly stats64 = new Map<number, Float64Array>();
+  /** Slot (position + 1) → the directory inode holding it (the root's is itself). */
+  private readonly parentOf: Int32Array;
+  /** Inode → link count (0 for hard links' own slots). */
+  private readonly nlink: Uint32Array;
+  /** Hard link's own slot (its position + 1) → the inode it names; 0 for every other slot. */
+  private readonly linkTo: Int32Array;
+  /** Directory inode → [childStart[ino], childStart[ino + 1]) in `childSlots`. */
+  private readonly childStart: Int32Array;
+  /** Children of every directory, grouped by directory, each group in index order: slots (position + 1), hard links' own. */
+  private readonly childSlots: Int32Array;
+  /** Lookup maps of large directories (name → slot), least recently used first. */
+  private readonly childMaps = new Map<number, Map<string, number>>();
+  private childMapNames = 0;
+  /** Where stat64 records are made (see stat64). */
+  private slab = new Float64Array(0);
+  private slabUsed = 0;
   /** Every extended attribute name some inode carries. */
   readonly xattrNames: string[];
 
   private constructor(
-    private readonly byPath: Map<string, TreeNode>,
+    private readonly entries: readonly Entry[],
+    t: { parentOf: Int32Array; nlink: Uint32Array; linkTo: Int32Array; childStart: Int32Array; childSlots: Int32Array; xattrNames: string[] },
     /** Totals for statfs. */
     readonly totals: { entries: number; bytes: number },
   ) {
-    const names = new Set<string>();
-    for (const [p, node] of byPath) {
-      this.byIno[node.ino] = node;
-      for (const n of node.xattrs.keys()) names.add(n);
-      if (node.children) {
-        const parent = p === '/' ? node : byPath.get(p.slice(0, p.lastIndexOf('/')) || '/');
-        if (parent) this.parentOf.set(node.ino, parent);
-      }
-    }
-    this.xattrNames = [...names].sort();
+    this.parentOf = t.parentOf;
+    this.nlink = t.nlink;
+    this.linkTo = t.linkTo;
+    this.childStart = t.childStart;
+    this.childSlots = t.childSlots;
+    this.xattrNames = t.xattrNames;
   }
 
-  /** The node of inode `ino`, or undefined. */
+  /** The node of inode `ino`, or undefined (hard links' own slots have none: they are their target's). */
   node(ino: number): TreeNode | undefined {
-    return this.byIno[ino];
+    if (!Number.isInteger(ino) || ino < 1 || ino > this.entries.length || this.linkTo[ino] !== 0) return undefined;
+    const entry = this.entries[ino - 1];
+    return { ino, entry, isDir: entry.type === FileType.DIR, xattrs: entry.xattrs.length ? new Map(entry.xattrs.map((x) => [x.name, x.value])) : NO_XATTRS };
   }
 
-  /** The child `name` of directory inode `dir`; undefined when absent (or `dir` is not a directory). */
+  /** The inode a slot (position + 1) stands for: itself, or the file a hard link names. */
+  private inoOf(slot: number): number {
+    return this.linkTo[slot] || slot;
+  }
+
+  /** The child `name` of directory `dir`; undefined when absent (or `dir` is not a directory). */
   child(dir: TreeNode, name: string): TreeNode | undefined {
-    if (!dir.children) return undefined;
-    let m = this.childMaps.get(dir.ino);
-    if (!m) {
-      m = new Map();
-      const prefix = this.pathOf(dir);
-      for (const c of dir.children) {
-        const n = this.byPath.get(prefix + c);
-        if (n) m.set(c, n);
+    const slot = this.childSlot(dir.ino, name);
+    return slot ? this.node(this.inoOf(slot)) : undefined;
+  }
+
+  /** The slot of child `name` of directory inode `dir`, or 0. */
+  private childSlot(dir: number, name: string): number {
+    if (this.entries[dir - 1]?.type !== FileType.DIR || name === '' || name.includes('/')) return 0;
+    const from = this.childStart[dir];
+    const to = this.childStart[dir + 1];
+    if (to - from <= SCAN_MAX) {
+      // The children's paths are "<dir>/<name>" (or "<name>" under the root): compare their ends.
+      const want = (dir === 1 ? 0 : this.entries[dir - 1].path.length + 1) + name.length;
+      for (let i = from; i < to; i++) {
+        const p = this.entries[this.childSlots[i] - 1].path;
+        if (p.length === want && p.endsWith(name)) return this.childSlots[i];
       }
-      this.childMaps.set(dir.ino, m);
+      return 0;
     }
-    return m.get(name);
+    let m = this.childMaps.get(dir);
+    if (m) {
+      this.childMaps.delete(dir);
+      this.childMaps.set(dir, m);
+    } else {
+      m = new Map();
+      for (let i = from; i < to; i++) {
+        const slot = this.childSlots[i];
+        m.set(nameOf(this.entries[slot - 1].path), slot);
+      }
+      this.childMaps.set(dir, m);
+      this.childMapNames += m.size;
+      for (const [d, old] of this.childMaps) {
+        if (this.childMapNames <= CHILD_MAP_NAMES || d === dir) break;
+        this.childMaps.delete(d);
+        this.childMapNames -= old.size;
+      }
+    }
+    return m.get(name) ?? 0;
   }
 
   /** The parent of directory `dir` (the root's is itself). */
   parent(dir: TreeNode): TreeNode {
-    return this.parentOf.get(dir.ino) ?? dir;
+    return this.node(this.parentOf[dir.ino] || dir.ino) ?? dir;
   }
 
-  /** The FUSE path prefix of a directory's children ("/" or "/usr/"). */
-  private pathOf(dir: TreeNode): string {
-    return dir.entry.path === '' ? '/' : `/${dir.entry.path}/`;
+  /** What getattr and readdir report (fuse-native: times in ms, the precision it carries). */
+  stat(node: TreeNode): FuseStat {
+    const e = node.entry;
+    const ms = e.mtimeSec * 1000 + Math.floor(e.mtimeNsec / 1e6);
+    const size = sizeOf(e);
+    return {
+      mode: TYPE_BITS[e.type] | (e.mode & 0o7777),
+      uid: e.uid,
+      gid: e.gid,
+      size,
+      nlink: this.nlink[node.ino],
+      ino: node.ino,
+      rdev: rdevOf(e),
+      blksize: BLOCK_SIZE,
+      blocks: Math.ceil(size / 512),
+      atime: ms,
+      mtime: ms,
+      ctime: ms,
+    };
   }
 
   /**
@@ -123,15 +198,44 @@ export class ImageTree {
    * nanoseconds (all the entry's mtime, as the image records one time).
    */
   stat64(node: TreeNode): Float64Array {
-    let a = this.stats64.get(node.ino);
-    if (!a) {
-      const s = node.stat;
-      const e = node.entry;
-      a = new Float64Array([s.ino, s.mode, s.nlink, s.uid, s.gid, s.rdev ?? 0, s.size, s.blocks ?? 0, s.blksize ?? BLOCK_SIZE,
-        e.mtimeSec, e.mtimeNsec, e.mtimeSec, e.mtimeNsec, e.mtimeSec, e.mtimeNsec]);
-      this.stats64.set(node.ino, a);
+    // Views into shared slabs: one allocation per STAT_SLAB records, not one per record (a walk
+    // of a big tree otherwise leaves the allocator with many small freed blocks).
+    if (this.slabUsed + STAT_FIELDS > this.slab.length) {
+      this.slab = new Float64Array(STAT_SLAB * STAT_FIELDS);
+      this.slabUsed = 0;
     }
+    const a = this.slab.subarray(this.slabUsed, this.slabUsed + STAT_FIELDS);
+    this.slabUsed += STAT_FIELDS;
+    this.fillStat64(node, a);
     return a;
+  }
+
+  private fillStat64(node: TreeNode, a: Float64Array): void {
+    const e = node.entry;
+    const size = sizeOf(e);
+    a[0] = node.ino;
+    a[1] = TYPE_BITS[e.type] | (e.mode & 0o7777);
+    a[2] = this.nlink[node.ino];
+    a[3] = e.uid;
+    a[4] = e.gid;
+    a[5] = rdevOf(e);
+    a[6] = size;
+    a[7] = Math.ceil(size / 512);
+    a[8] = BLOCK_SIZE;
+    a[9] = a[11] = a[13] = e.mtimeSec;
+    a[10] = a[12] = a[14] = e.mtimeNsec;
+  }
+
+  /** Children of directory `dir` in index order: name and node (hard links as their target's). */
+  private children(dir: TreeNode): { name: string; node: TreeNode }[] {
+    const out: { name: string; node: TreeNode }[] = [];
+    if (!dir.isDir) return out;
+    for (let i = this.childStart[dir.ino]; i < this.childStart[dir.ino + 1]; i++) {
+      const slot = this.childSlots[i];
+      const node = this.node(this.inoOf(slot));
+      if (node) out.push({ name: nameOf(this.entries[slot - 1].path), node });
+    }
+    return out;
   }
 
   /**
@@ -142,21 +246,20 @@ export class ImageTree {
   encodeListing(dir: TreeNode): Buffer {
     const names = ['.', '..'];
     const nodes = [dir, this.parent(dir)];
-    for (const c of dir.children ?? []) {
-      const n = this.child(dir, c);
-      if (!n) continue;
-      names.push(c);
-      nodes.push(n);
+    for (const c of this.children(dir)) {
+      names.push(c.name);
+      nodes.push(c.node);
     }
     const head = 8 + 8 * STAT_FIELDS;
     const encoded = names.map((n) => Buffer.from(n, 'utf8'));
     const lens = encoded.map((b) => (head + b.length + 1 + 7) & ~7);
     const out = Buffer.alloc(lens.reduce((a, b) => a + b, 0));
+    const st = new Float64Array(STAT_FIELDS);
     let off = 0;
     encoded.forEach((name, i) => {
       out.writeUInt32LE(lens[i], off);
       out.writeUInt32LE(name.length, off + 4);
-      const st = this.stat64(nodes[i]);
+      this.fillStat64(nodes[i], st);
       for (let f = 0; f < STAT_FIELDS; f++) out.writeDoubleLE(st[f], off + 8 + 8 * f);
       name.copy(out, off + head);
       off += lens[i];
@@ -164,79 +267,93 @@ export class ImageTree {
     return out;
   }
 
-  /** Builds the tree of `index` (already validated by the reader). */
-  static fromIndex(index: Index): ImageTree {
+  /** Builds the tree of an index's `entries` (already validated by the reader); keeps the array and its entries. */
+  static fromIndex(index: { readonly entries: readonly Entry[] }): ImageTree {
     const entries = index.entries;
-    if (entries.length === 0 || entries[0].path !== '' || entries[0].type !== FileType.DIR) {
+    const n = entries.length;
+    if (n === 0 || entries[0].path !== '' || entries[0].type !== FileType.DIR) {
       throw corrupt('index has no root directory as its first entry');
     }
-    // First pass: link counts.
+    // Directories by path (while building only), link targets, xattr names.
+    const dirs = new Map<string, number>();
     const linksTo = new Map<string, number>();
-    const subdirs = new Map<string, number>();
-    for (const e of entries) {
-      if (e.type === FileType.HARDLINK) linksTo.set(e.linkTarget, (linksTo.get(e.linkTarget) ?? 0) + 1);
-      if (e.type === FileType.DIR && e.path !== '') {
-        const parent = parentOf(e.path);
-        subdirs.set(parent, (subdirs.get(parent) ?? 0) + 1);
-      }
-    }
-
-    const byPath = new Map<string, TreeNode>();
-    const byEntryPath = new Map<string, TreeNode>();
-    const hardlinks: { entry: Entry; index: number }[] = [];
+    const names = new Set<string>();
     let bytes = 0;
-    entries.forEach((e, i) => {
-      if (e.type === FileType.HARDLINK) {
-        hardlinks.push({ entry: e, index: i });
-        return;
-      }
-      const nlink = e.type === FileType.DIR ? 2 + (subdirs.get(e.path) ?? 0) : 1 + (linksTo.get(e.path) ?? 0);
-      const node: TreeNode = {
-        ino: i + 1,
-        entry: e,
-        stat: statOf(e, i + 1, nlink),
-        children: e.type === FileType.DIR ? [] : undefined,
-        xattrs: new Map(e.xattrs.map((x) => [x.name, x.value])),
-      };
-      if (e.type === FileType.REG) bytes += e.size;
-      byEntryPath.set(e.path, node);
-      byPath.set(fusePath(e.path), node);
-    });
-    for (const { entry } of hardlinks) {
-      const target = byEntryPath.get(entry.linkTarget);
-      if (!target || target.entry.type !== FileType.REG) {
-        throw corrupt(`hard link ${entry.path} names ${entry.linkTarget}, which is not a regular file of the image`);
-      }
-      byPath.set(fusePath(entry.path), target);
+    for (let i = 0; i < n; i++) {
+      const e = entries[i];
+      if (e.type === FileType.DIR) dirs.set(e.path, i + 1);
+      else if (e.type === FileType.HARDLINK) linksTo.set(e.linkTarget, 0);
+      else if (e.type === FileType.REG) bytes += e.size;
+      for (const x of e.xattrs) names.add(x.name);
     }
-    // Children lists, in index order (hard links included).
-    for (const e of entries) {
-      if (e.path === '') continue;
-      const parent = byPath.get(fusePath(parentOf(e.path)));
-      if (!parent?.children) throw corrupt(`${e.path}: its parent directory is not in the index`);
-      parent.children.push(nameOf(e.path));
+    const parentOf = new Int32Array(n + 1);
+    const nlink = new Uint32Array(n + 1);
+    const linkTo = new Int32Array(n + 1);
+    const childStart = new Int32Array(n + 2);
+    parentOf[1] = 1;
+    // Parents, child counts, link counts.
+    for (let i = 0; i < n; i++) {
+      const e = entries[i];
+      const slot = i + 1;
+      if (e.type === FileType.DIR) nlink[slot] += 2;
+      else if (e.type !== FileType.HARDLINK) nlink[slot] += 1;
+      if (e.type === FileType.REG && linksTo.has(e.path)) linksTo.set(e.path, slot);
+      if (i === 0) continue;
+      const parent = dirs.get(parentPathOf(e.path));
+      if (!parent) throw corrupt(`${e.path}: its parent directory is not in the index`);
+      parentOf[slot] = parent;
+      childStart[parent]++;
+      if (e.type === FileType.DIR) nlink[parent]++;
     }
-    return new ImageTree(byPath, { entries: entries.length, bytes });
+    for (let i = 0; i < n; i++) {
+      const e = entries[i];
+      if (e.type !== FileType.HARDLINK) continue;
+      const target = linksTo.get(e.linkTarget) ?? 0;
+      if (target === 0) {
+        throw corrupt(`hard link ${e.path} names ${e.linkTarget}, which is not a regular file of the image`);
+      }
+      linkTo[i + 1] = target;
+      nlink[target]++;
+    }
+    // Counts → start offsets; then every child in index order.
+    let total = 0;
+    for (let d = 0; d <= n + 1; d++) {
+      const c = childStart[d];
+      childStart[d] = total;
+      total += c;
+    }
+    const childSlots = new Int32Array(Math.max(0, n - 1));
+    const fill = childStart.slice(0, n + 1);
+    for (let slot = 2; slot <= n; slot++) childSlots[fill[parentOf[slot]]++] = slot;
+    return new ImageTree(entries, { parentOf, nlink, linkTo, childStart, childSlots, xattrNames: [...names].sort() }, { entries: n, bytes });
   }
 
-  /** The node at a FUSE path, or undefined. */
+  /** The node at a FUSE path ("/", "/usr/bin"), or undefined. */
   lookup(path: string): TreeNode | undefined {
-    return this.byPath.get(path);
+    // Paths as the kernel passes them: absolute, no empty component, no trailing slash.
+    if (!path.startsWith('/') || (path.length > 1 && path.endsWith('/'))) return undefined;
+    let ino = 1;
+    let from = 1;
+    while (from < path.length) {
+      let to = path.indexOf('/', from);
+      if (to < 0) to = path.length;
+      const slot = this.childSlot(ino, path.slice(from, to));
+      if (!slot) return undefined;
+      ino = this.inoOf(slot);
+      from = to + 1;
+    }
+    return this.node(ino);
   }
 
   /** Names (with "." and "..") and their stats, for readdir. */
   list(path: string): { names: string[]; stats: FuseStat[] } | undefined {
-    const dir = this.byPath.get(path);
-    if (!dir?.children) return undefined;
-    const parent = path === '/' ? dir : this.byPath.get(path.slice(0, path.lastIndexOf('/')) || '/') ?? dir;
+    const dir = this.lookup(path);
+    if (!dir?.isDir) return undefined;
     const names = ['.', '..'];
-    const stats = [dir.stat, parent.stat];
-    const prefix = path === '/' ? '/' : `${path}/`;
-    for (const name of dir.children) {
-      const child = this.byPath.get(prefix + name);
-      if (!child) continue;
-      names.push(name);
-      stats.push(child.stat);
+    const stats = [this.stat(dir), this.stat(this.parent(dir))];
+    for (const c of this.children(dir)) {
+      names.push(c.name);
+      stats.push(this.stat(c.node));
     }
     return { names, stats };
   }
@@ -265,7 +382,7 @@ export function fusePath(indexPath: string): string {
   return `/${indexPath}`;
 }
 
-function parentOf(p: string): string {
+function parentPathOf(p: string): string {
   const i = p.lastIndexOf('/');
   return i < 0 ? '' : p.slice(0, i);
 }
@@ -274,26 +391,13 @@ function nameOf(p: string): string {
   return p.slice(p.lastIndexOf('/') + 1);
 }
 
-/** The stat of an entry (times in ms: the precision fuse-native carries). */
-function statOf(e: Entry, ino: number, nlink: number): FuseStat {
-  const ms = e.mtimeSec * 1000 + Math.floor(e.mtimeNsec / 1e6);
-  let size = 0;
-  if (e.type === FileType.REG) size = e.size;
-  else if (e.type === FileType.SYMLINK) size = Buffer.byteLength(e.linkTarget);
-  else if (e.type === FileType.DIR) size = DIR_SIZE;
-  const dev = e.type === FileType.CHAR || e.type === FileType.BLOCK;
-  return {
-    mode: TYPE_BITS[e.type] | (e.mode & 0o7777),
-    uid: e.uid,
-    gid: e.gid,
-    size,
-    nlink,
-    ino,
-    rdev: dev ? makeDev(e.devMajor, e.devMinor) : 0,
-    blksize: BLOCK_SIZE,
-    blocks: Math.ceil(size / 512),
-    atime: ms,
-    mtime: ms,
-    ctime: ms,
-  };
+function sizeOf(e: Entry): number {
+  if (e.type === FileType.REG) return e.size;
+  if (e.type === FileType.SYMLINK) return Buffer.byteLength(e.linkTarget);
+  if (e.type === FileType.DIR) return DIR_SIZE;
+  return 0;
+}
+
+function rdevOf(e: Entry): number {
+  return e.type === FileType.CHAR || e.type === FileType.BLOCK ? makeDev(e.devMajor, e.devMinor) : 0;
 }

@@ -232,7 +232,8 @@ export class LocalStore {
     const chain = this.chainFor(imageId);
     const readers: CdimgReader[] = [];
     try {
-      readers.push(...(await CdimgReader.openChain(chain.map((f) => f.path))));
+      // reuse: a file this process just added (or opened) is not decoded and checked a second time
+      readers.push(...(await CdimgReader.openChain(chain.map((f) => f.path), { reuse: true })));
       checkChain(readers);
     } finally {
       await Promise.all(readers.map((r) => r.close()));
