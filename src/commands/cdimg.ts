@@ -99,10 +99,8 @@ export function summarize(r: CdimgReader): Record<string, unknown> {
   };
 }
 
-export function registerCdimg(program: Command): void {
-  const cd = program.command('cdimg').description('inspect, verify, unpack, diff, merge, patch and export .cdimg files');
-  registerDelta(cd);
-
+/** `cdimg show`: the summary of a file (and its entries with --json). */
+function registerShow(cd: Command): void {
   cd.command('show')
     .description('summary of a .cdimg (--json adds every entry)')
     .argument('[file]', 'the .cdimg file')
@@ -155,6 +153,13 @@ export function registerCdimg(program: Command): void {
         }
       }),
     );
+}
+
+export function registerCdimg(program: Command): void {
+  const cd = program.command('cdimg').description('inspect, verify, unpack, diff, merge, patch and export .cdimg files');
+  registerDelta(cd);
+
+  registerShow(cd);
 
   cd.command('verify')
     .description('check the root digest, the index and every blob of a .cdimg')

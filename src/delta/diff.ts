@@ -132,6 +132,25 @@ export function deltaChunk(offset: number, ch: { storedSize: number; storedDiges
   };
 }
 
+/** The blob slots of the new image's contents: SAME for those the old image holds, the others to code (and their bytes already done). */
+function planContents<C extends { digest: Buffer; size: number }>(contents: C[], oldHas: Set<string>): { blobs: Blob[]; work: { c: C; hex: string; slot: Blob }[]; same: number } {
+  const blobs: Blob[] = [];
+  const work: { c: C; hex: string; slot: Blob }[] = [];
+  let same = 0;
+  for (const c of contents) {
+    const hex = c.digest.toString('hex');
+    if (oldHas.has(hex)) {
+      blobs.push({ digest: c.digest, size: c.size, encoding: Encoding.SAME, chunks: [] });
+      same += c.size;
+      continue;
+    }
+    const slot: Blob = { digest: c.digest, size: c.size, encoding: Encoding.FULL, chunks: [] };
+    blobs.push(slot);
+    work.push({ c, hex, slot });
+  }
+  return { blobs, work, same };
+}
+
 export async function diffImages(o: DiffOptions): Promise<DeltaSummary> {
   const t0 = process.hrtime.bigint();
   const codec = o.codec ?? 'auto';
@@ -158,21 +177,9 @@ export async function diffImages(o: DiffOptions): Promise<DeltaSummary> {
     const finder = new BaseFinder(oldR.index.entries);
     const contents = contentsOf(newR.index.entries);
     writer = await CdimgWriter.create(o.out);
-    const blobs: Blob[] = [];
     const total = contents.reduce((n, c) => n + c.size, 0);
-    let done = 0;
-    const work: { c: (typeof contents)[number]; hex: string; slot: Blob }[] = [];
-    for (const c of contents) {
-      const hex = c.digest.toString('hex');
-      if (oldHas.has(hex)) {
-        blobs.push({ digest: c.digest, size: c.size, encoding: Encoding.SAME, chunks: [] });
-        done += c.size;
-        continue;
-      }
-      const slot: Blob = { digest: c.digest, size: c.size, encoding: Encoding.FULL, chunks: [] };
-      blobs.push(slot);
-      work.push({ c, hex, slot });
-    }
+    const { blobs, work, same } = planContents(contents, oldHas);
+    let done = same;
     // Largest first (then in index order): the longest task starts at once instead of after the small
     // ones, which then fill the other threads. The index keeps its order; stored bytes follow this one.
     work.sort((a, b) => b.c.size - a.c.size);

@@ -64,6 +64,99 @@ async function giveTrees(readers: CdimgReader[], base: CdimgReader | undefined):
   }
 }
 
+/** The merged delta's contents as they are decided: by digest, in the order they were first met. */
+interface Merged {
+  out: Map<string, Blob>;
+  order: string[];
+}
+
+/**
+ * compose: every content of the top image from the newest delta that stores
+ * it, as stored bytes (and, recursively, the bases those patches need that A
+ * lacks); a content no delta stores is SAME.
+ */
+async function composeContents(readers: CdimgReader[], contents: ReturnType<typeof contentsOf>, w: CdimgWriter, m: Merged): Promise<void> {
+  const copyStored = async (level: number, blob: Blob): Promise<void> => {
+    const key = blob.digest.toString('hex');
+    if (m.out.has(key)) return;
+    const slot: Blob = { digest: blob.digest, size: blob.size, encoding: blob.encoding, chunks: [] };
+    m.out.set(key, slot);
+    m.order.push(key);
+    for (const c of blob.chunks) {
+      const stored = await readers[level].readStored(c);
+      const off = await w.append(stored);
+      slot.chunks.push({ ...c, offset: off });
+      if (c.baseDigest.length > 0) {
+        const b = locate(readers, c.baseDigest.toString('hex'), level);
+        if (b) await copyStored(b.level, b.blob);
+      }
+    }
+  };
+  for (const c of contents) {
+    const where = locate(readers, c.hex, readers.length - 1);
+    if (where) {
+      await copyStored(where.level, where.blob);
+    } else if (!m.out.has(c.hex)) {
+      m.out.set(c.hex, { digest: c.digest, size: c.size, encoding: Encoding.SAME, chunks: [] });
+      m.order.push(c.hex);
+    }
+  }
+}
+
+/** rediff: contents A holds are SAME; every other content is rebuilt through A+deltas and diffed against A. */
+async function rediffContents(o: MergeOptions, top: CdimgReader, baseR: CdimgReader, pool: WorkerPool, w: CdimgWriter, m: Merged): Promise<void> {
+  const chain = [o.base as string, ...o.deltas];
+  const aHas = new Set(baseR.index.blobs.map((b) => b.digest.toString('hex')));
+  const finder = new BaseFinder(baseR.index.entries);
+  const window = new OrderedWindow<{ stored: Uint8Array; chunks: Parameters<typeof deltaChunk>[1][] }>(Math.max(2, pool.threads * 3), 256 * 1024 * 1024);
+  try {
+    const work: { c: ReturnType<typeof contentsOf>[number]; key: string; slot: Blob }[] = [];
+    for (const c of contentsOf(top.index.entries)) {
+      const key = c.digest.toString('hex');
+      if (aHas.has(key)) {
+        m.out.set(key, { digest: c.digest, size: c.size, encoding: Encoding.SAME, chunks: [] });
+        m.order.push(key);
+        continue;
+      }
+      const slot: Blob = { digest: c.digest, size: c.size, encoding: Encoding.FULL, chunks: [] };
+      m.out.set(key, slot);
+      m.order.push(key);
+      work.push({ c, key, slot });
+    }
+    // Largest first, as `cdimg diff` stores them: a rediff gives diff(A, last)'s bytes.
+    work.sort((a, b) => b.c.size - a.c.size);
+    for (const { c, key, slot } of work) {
+      const base = finder.find(c.paths, c.size);
+      await window.push(
+        () =>
+          pool.run(DELTA_TASKS, 'diffContent', {
+            oldChain: [o.base as string],
+            newChain: chain,
+            target: key,
+            base: base ? base.digest.toString('hex') : '',
+            codec: o.codec ?? 'auto',
+            level: o.level ?? 'default',
+            chunkSize: top.index.chunkSize,
+          }),
+        async (r) => {
+          let off = await w.append(Buffer.from(r.stored.buffer, r.stored.byteOffset, r.stored.byteLength));
+          slot.chunks = r.chunks.map((ch): Chunk => {
+            const chunk = deltaChunk(off, ch, base ? base.digest : Buffer.alloc(0));
+            off += ch.storedSize;
+            return chunk;
+          });
+          slot.encoding = slot.chunks.some((ch) => ch.codec !== Codec.ZSTD) ? Encoding.PATCH : Encoding.FULL;
+        },
+        c.size,
+      );
+    }
+    await window.flush();
+  } catch (e) {
+    await window.settle();
+    throw e;
+  }
+}
+
 export async function mergeDeltas(o: MergeOptions): Promise<DeltaSummary> {
   const t0 = process.hrtime.bigint();
   if (o.deltas.length < 2) throw invalidArgument('merge needs at least two deltas (A-B B-C …)');
@@ -93,99 +186,16 @@ export async function mergeDeltas(o: MergeOptions): Promise<DeltaSummary> {
     // stored bytes are copied as they are: a version 2 file's are checked against its section digest first
     for (const r of readers) if (r.index.formatVersion >= 2) await r.verifySection();
     const top = readers[readers.length - 1];
-    const topLevel = readers.length - 1;
     writer = await CdimgWriter.create(o.out);
     const w = writer;
-    const out = new Map<string, Blob>();
-    const order: string[] = [];
-
-    /** Copy a stored blob (and, recursively, the bases it needs that A lacks). */
-    const copyStored = async (level: number, blob: Blob): Promise<void> => {
-      const key = blob.digest.toString('hex');
-      if (out.has(key)) return;
-      const slot: Blob = { digest: blob.digest, size: blob.size, encoding: blob.encoding, chunks: [] };
-      out.set(key, slot);
-      order.push(key);
-      for (const c of blob.chunks) {
-        const stored = await readers[level].readStored(c);
-        const off = await w.append(stored);
-        slot.chunks.push({ ...c, offset: off });
-        if (c.baseDigest.length > 0) {
-          const b = locate(readers, c.baseDigest.toString('hex'), level);
-          if (b) await copyStored(b.level, b.blob);
-        }
-      }
-    };
+    const merged: Merged = { out: new Map<string, Blob>(), order: [] };
 
     // without the trees (version 2 deltas and no base) the merged tree is the composed edit script:
     // the contents to look at are those of the entries it inserts (the others are A's)
     const treeEdit = top.hasTree ? undefined : composeEdits(readers.map((r) => r.index.treeEdit as TreeEdit));
-    if (strategy === 'compose') {
-      for (const c of contentsOf(treeEdit ? treeEdit.inserted : top.index.entries)) {
-        const where = locate(readers, c.hex, topLevel);
-        if (!where) {
-          const key = c.hex;
-          if (!out.has(key)) {
-            out.set(key, { digest: c.digest, size: c.size, encoding: Encoding.SAME, chunks: [] });
-            order.push(key);
-          }
-          continue;
-        }
-        await copyStored(where.level, where.blob);
-      }
-    } else {
-      // rediff: contents A holds are SAME; every other content is rebuilt through A+deltas and diffed against A.
-      const chain = [o.base as string, ...o.deltas];
-      const aHas = new Set((baseR as CdimgReader).index.blobs.map((b) => b.digest.toString('hex')));
-      const finder = new BaseFinder((baseR as CdimgReader).index.entries);
-      const window = new OrderedWindow<{ stored: Uint8Array; chunks: Parameters<typeof deltaChunk>[1][] }>(Math.max(2, (pool as WorkerPool).threads * 3), 256 * 1024 * 1024);
-      try {
-        const work: { c: ReturnType<typeof contentsOf>[number]; key: string; slot: Blob }[] = [];
-        for (const c of contentsOf(top.index.entries)) {
-          const key = c.digest.toString('hex');
-          if (aHas.has(key)) {
-            out.set(key, { digest: c.digest, size: c.size, encoding: Encoding.SAME, chunks: [] });
-            order.push(key);
-            continue;
-          }
-          const slot: Blob = { digest: c.digest, size: c.size, encoding: Encoding.FULL, chunks: [] };
-          out.set(key, slot);
-          order.push(key);
-          work.push({ c, key, slot });
-        }
-        // Largest first, as `cdimg diff` stores them: a rediff gives diff(A, last)'s bytes.
-        work.sort((a, b) => b.c.size - a.c.size);
-        for (const { c, key, slot } of work) {
-          const base = finder.find(c.paths, c.size);
-          await window.push(
-            () =>
-              (pool as WorkerPool).run(DELTA_TASKS, 'diffContent', {
-                oldChain: [o.base as string],
-                newChain: chain,
-                target: key,
-                base: base ? base.digest.toString('hex') : '',
-                codec: o.codec ?? 'auto',
-                level: o.level ?? 'default',
-                chunkSize: top.index.chunkSize,
-              }),
-            async (r) => {
-              let off = await w.append(Buffer.from(r.stored.buffer, r.stored.byteOffset, r.stored.byteLength));
-              slot.chunks = r.chunks.map((ch): Chunk => {
-                const chunk = deltaChunk(off, ch, base ? base.digest : Buffer.alloc(0));
-                off += ch.storedSize;
-                return chunk;
-              });
-              slot.encoding = slot.chunks.some((ch) => ch.codec !== Codec.ZSTD) ? Encoding.PATCH : Encoding.FULL;
-            },
-            c.size,
-          );
-        }
-        await window.flush();
-      } catch (e) {
-        await window.settle();
-        throw e;
-      }
-    }
+    if (strategy === 'compose') await composeContents(readers, contentsOf(treeEdit ? treeEdit.inserted : top.index.entries), w, merged);
+    else await rediffContents(o, top, baseR as CdimgReader, pool as WorkerPool, w, merged);
+    const { out, order } = merged;
 
     const index: Index = {
       formatVersion: FORMAT_VERSION,

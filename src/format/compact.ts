@@ -18,7 +18,7 @@
  * image has the same id whichever version wrote it.
  */
 import { corrupt } from '../errors';
-import { PbWriter, readPbFields } from './pb';
+import { PbWriter, readPbFields } from './columns-pb';
 import { type Blob, type Chunk, Codec, Encoding, type Entry, FileType, type Index, type InsertedEntry, Kind, LIMITS, type TreeEdit } from './types';
 
 const EMPTY = Buffer.alloc(0);
