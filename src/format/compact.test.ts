@@ -169,7 +169,7 @@ describe('format version 2 columns', () => {
       const v = validateIndex(resolved, END, HEADER_SIZE);
       for (const e of child) if (e.type === FileType.REG) expect(v.blobs.has(e.digest.toString('hex'))).toBe(true);
       expect(resolved.blobs.filter((b) => b.encoding === Encoding.SAME).length).toBeGreaterThan(0);
-      // a wrong parent builds another tree, and the image id check refuses it
+      // a wrong parent builds another tree, or none: refused
       const other = mutate(new Prng(seed + 100), parent, 'v9');
       let err: unknown;
       try {
@@ -178,7 +178,8 @@ describe('format version 2 columns', () => {
         err = e;
       }
       expect(err).toBeInstanceOf(D4fsError);
-      expect((err as D4fsError).kind).toBe('CORRUPT');
+      // a directory the script expects is not there (HOSTILE), or the tree it builds is another (CORRUPT: the id)
+      expect(['CORRUPT', 'HOSTILE']).toContain((err as D4fsError).kind);
     }
   });
 
@@ -197,6 +198,26 @@ describe('format version 2 columns', () => {
     expect(composed.inserted.length).toBeLessThanOrEqual(editScript(trees[0], trees[4]).inserted.length + edits.reduce((n, e) => n + e.inserted.length, 0));
     // scripts that do not fit each other are refused
     expect(() => composeEdits([edits[0], edits[2]])).toThrow(D4fsError);
+  });
+
+  it('refuses hostile names and entries under a non-directory when it decodes (HOSTILE)', () => {
+    const cases: Entry[][] = [
+      [entry('', FileType.DIR), entry('a', FileType.DIR), entry('a/..', FileType.FIFO)],
+      [entry('', FileType.DIR), entry('.', FileType.FIFO)],
+      [entry('', FileType.DIR), entry('f', FileType.FIFO), entry('f/x', FileType.FIFO)],
+      [entry('', FileType.DIR), entry('d', FileType.DIR), entry(`d/${'n'.repeat(256)}`, FileType.FIFO)],
+    ];
+    for (const t of cases) {
+      const raw = encodeIndex(index(Kind.FULL, t, []), { sectionDigest: SECTION });
+      let err: unknown;
+      try {
+        validateIndex(decodeIndex(raw), END, HEADER_SIZE);
+      } catch (e) {
+        err = e;
+      }
+      expect(err).toBeInstanceOf(D4fsError);
+      expect((err as D4fsError).kind).toBe('HOSTILE');
+    }
   });
 
   it('refuses a tree that is not in depth-first order instead of writing a wrong one', () => {

@@ -17,8 +17,9 @@
  * The image id stays the sha256 of version 1's Tree encoding (codec.ts), so an
  * image has the same id whichever version wrote it.
  */
-import { corrupt } from '../errors';
+import { corrupt, hostile } from '../errors';
 import { PbWriter, readPbFields } from './columns-pb';
+import { checkTreeName, MAX_PATH_BYTES } from '../tree/paths';
 import { type Blob, type Chunk, Codec, Encoding, type Entry, FileType, type Index, type InsertedEntry, Kind, LIMITS, type TreeEdit } from './types';
 
 const EMPTY = Buffer.alloc(0);
@@ -200,6 +201,8 @@ function decodeColumns(body: Buffer, digests: Buffer[]): InsertedEntry[] {
   const n = depth.length;
   const names = splitNul(concat(f.get(2)), 'name');
   if (names.length !== n) throw corrupt(`name column has ${names.length} names for ${n} entries`);
+  // every name as checkTreePath checks a path's components (validate.ts relies on it for version 2)
+  for (let i = 0; i < n; i++) if (depth[i] !== 0) checkTreeName(names[i]);
   const type = column(f, 3, n, 'type');
   const mode = column(f, 4, n, 'mode');
   const uid = column(f, 5, n, 'uid', true);
@@ -385,7 +388,9 @@ class ScriptBuilder {
  */
 export function applyTreeEdit(parent: Entry[], edit: TreeEdit): Entry[] {
   const out: Entry[] = [];
+  // the path and type of the last entry at each depth: an entry's directory is the one at depth - 1
   const stack: string[] = [];
+  const types: number[] = [];
   let cursor = 0;
   let next = 0;
   const { ops, inserted } = edit;
@@ -396,8 +401,16 @@ export function applyTreeEdit(parent: Entry[], edit: TreeEdit): Entry[] {
     for (let i = 0; i < keep; i++) {
       const e = parent[cursor++];
       const d = depthOf(e.path);
+      // a kept entry's directory must still be there, before it, and still a directory
+      if (d > 0) {
+        const dir = d <= stack.length ? stack[d - 1] : undefined;
+        const under = dir !== undefined && (d === 1 ? dir === '' : e.path.length > dir.length && e.path.charCodeAt(dir.length) === 47 && e.path.startsWith(dir));
+        if (!under || types[d - 1] !== FileType.DIR) throw hostile(`entry "${e.path}": parent is missing or not a directory (entries must come after their directory)`);
+      }
       stack.length = d;
+      types.length = d;
       stack.push(e.path);
+      types.push(e.type);
       out.push(e);
     }
     cursor += drop;
@@ -406,9 +419,13 @@ export function applyTreeEdit(parent: Entry[], edit: TreeEdit): Entry[] {
       const x = inserted[next++];
       const d = x.depth;
       if (d > stack.length || (d === 0) !== (x.name === '')) throw corrupt(`inserted entry "${x.name}" at depth ${d} has no directory before it`);
+      if (d > 0 && types[d - 1] !== FileType.DIR) throw hostile(`entry "${x.name}": parent is missing or not a directory (entries must come after their directory)`);
       const path = d === 0 ? '' : d === 1 ? x.name : `${stack[d - 1]}/${x.name}`;
+      if (path.length > MAX_PATH_BYTES / 3 && Buffer.byteLength(path) > MAX_PATH_BYTES) throw hostile(`path longer than ${MAX_PATH_BYTES} bytes: "${path.slice(0, 80)}…"`);
       stack.length = d;
+      types.length = d;
       stack.push(path);
+      types.push(x.type);
       out.push(plainEntry(x, path));
     }
   }

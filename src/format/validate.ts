@@ -81,6 +81,12 @@ export function validateIndexContents(index: Index, blobSectionEnd: number, head
 export function validateIndex(index: Index, blobSectionEnd: number, headerSize: number): ValidatedIndex {
   if (index.treeEdit) throw corrupt('a version 2 delta needs its parent to be validated');
   const blobs = validateIndexContents(index, blobSectionEnd, headerSize);
+  // Version 2 builds entries from names under depths (compact.ts): each name is checked as a path
+  // component there, and each entry's directory found before it and checked to be a directory.
+  const pathsChecked = index.formatVersion === 2;
+  // version 2 shares one Buffer per digest between entries and blobs: found by identity, not by hex key
+  const byObject = new Map<Buffer, Blob>();
+  for (const b of blobs.values()) byObject.set(b.digest, b);
   if (index.entries.length > LIMITS.maxEntries) throw hostile(`index has ${index.entries.length} entries, over the limit`);
   const byPath = new Map<string, Entry>();
   let sawRoot = false;
@@ -88,7 +94,7 @@ export function validateIndex(index: Index, blobSectionEnd: number, headerSize: 
     if (e.path === '') {
       if (e.type !== FileType.DIR) throw corrupt('root entry is not a directory');
       sawRoot = true;
-    } else {
+    } else if (!pathsChecked) {
       checkTreePath(e.path);
       const slash = e.path.lastIndexOf('/');
       const parent = slash < 0 ? '' : e.path.slice(0, slash);
@@ -106,7 +112,7 @@ export function validateIndex(index: Index, blobSectionEnd: number, headerSize: 
     switch (e.type) {
       case FileType.REG: {
         if (!isDigest(e.digest)) throw corrupt(`file "${e.path}" has no valid digest`);
-        const b = blobs.get(e.digest.toString('hex'));
+        const b = byObject.get(e.digest) ?? blobs.get(e.digest.toString('hex'));
         if (!b) throw corrupt(`file "${e.path}": its content sha256:${e.digest.toString('hex')} is not described`);
         if (b.size !== e.size) throw corrupt(`file "${e.path}": size ${e.size} differs from its content's ${b.size}`);
         break;

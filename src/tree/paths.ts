@@ -1,7 +1,18 @@
 import { hostile } from '../errors';
 
-const MAX_PATH_BYTES = 4096;
-const MAX_NAME_BYTES = 255;
+export const MAX_PATH_BYTES = 4096;
+export const MAX_NAME_BYTES = 255;
+
+/**
+ * Check one name of a path (what checkTreePath checks of each component):
+ * for readers that build paths from names (format version 2's columns).
+ */
+export function checkTreeName(name: string): void {
+  if (name === '' || name === '.') throw hostile(`an entry with the name "${name}" (paths must be normalized)`);
+  if (name === '..') throw hostile('an entry named "..": refusing to write outside the image root');
+  if (name.includes('/')) throw hostile(`an entry name "${name.slice(0, 80)}" holds a slash`);
+  if (name.length > MAX_NAME_BYTES / 3 && Buffer.byteLength(name) > MAX_NAME_BYTES) throw hostile(`path component longer than ${MAX_NAME_BYTES} bytes ("${name.slice(0, 80)}…")`);
+}
 
 /** Largest device numbers Linux represents (kdev_t: 12 bits of major, 20 of minor). */
 export const MAX_DEV_MAJOR = 0xfff;
