@@ -42,7 +42,7 @@ import { MT } from '../src/oci/mediatypes';
 import { OciLayoutWriter } from '../src/oci/writer';
 import type { OciManifest } from '../src/oci/types';
 import { packageRoot } from '../src/util/paths';
-import { median } from './stats';
+import { median, type TargetRow } from './stats';
 
 const execFileP = promisify(execFile);
 const KiB = 1024;
@@ -50,22 +50,7 @@ const MiB = 1024 * KiB;
 const GiB = 1024 * MiB;
 
 /** One line of the table. */
-export interface ScaleRow {
-  /** What is measured. */
-  measurement: string;
-  /** d4fs's number, formatted. */
-  d4fs: string;
-  /** The baseline's number, formatted ('' when there is none). */
-  baseline: string;
-  /** d4fs ÷ baseline as the target states it (time or throughput); null without a baseline. */
-  ratio: number | null;
-  /** The target, e.g. "≤ 1.5×" ('' for information only). */
-  target: string;
-  /** Whether the target is met; null for information only. */
-  met: boolean | null;
-  /** How it was measured, caveats. */
-  note: string;
-}
+export type ScaleRow = TargetRow;
 
 export interface ScaleBenchOptions {
   /** 1/10 of the size: 150 directories, 25 MiB big files. */

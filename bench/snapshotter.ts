@@ -42,26 +42,12 @@ import { CdimgReader } from '../src/format/reader';
 import { Codec } from '../src/format/types';
 import { packageRoot } from '../src/util/paths';
 import { WorkerPool } from '../src/workers/pool';
+import type { TargetRow } from './stats';
 
 const execFileP = promisify(execFile);
 
 /** One line of the table. */
-export interface SnapshotterRow {
-  /** What is measured. */
-  measurement: string;
-  /** d4fs's number, formatted. */
-  d4fs: string;
-  /** The baseline's number, formatted ('' when there is none). */
-  baseline: string;
-  /** d4fs ÷ baseline as the target states it (time or throughput); null without a baseline. */
-  ratio: number | null;
-  /** The target, e.g. "≤ 1.3×" ('' for information only). */
-  target: string;
-  /** Whether the target is met; null for information only. */
-  met: boolean | null;
-  /** How it was measured, caveats. */
-  note: string;
-}
+export type SnapshotterRow = TargetRow;
 
 export interface SnapshotterBenchOptions {
   /** Container starts per snapshotter (default 10). */

@@ -63,14 +63,19 @@ export async function verifyStoredChunks(path: string, what: string): Promise<Om
     await r.verifySection();
     return { rootDigest: r.rootDigest, kind: r.isDelta ? 'delta' : 'full', imageId: r.imageId, parentId: r.parentId ?? '', size: r.fileSize };
   } catch (e) {
-    if (e instanceof D4fsError) {
-      e.message = e.message.replace(path, what);
-      throw e;
-    }
-    throw corrupt(`${what}: ${(e as Error).message}`, e);
+    throw named(e, path, what);
   } finally {
     await r.close();
   }
+}
+
+/** An error about the temp file `path` as the user knows it (`what`); anything but a D4fsError is CORRUPT. */
+function named(e: unknown, path: string, what: string): D4fsError {
+  if (e instanceof D4fsError) {
+    e.message = e.message.replace(path, what);
+    return e;
+  }
+  return corrupt(`${what}: ${(e as Error).message}`, e);
 }
 
 /**
@@ -96,11 +101,7 @@ export async function verifyDeltaTree(path: string, parentChain: string[] | unde
     const r = await CdimgReader.open(path, { parent: below.at(-1) });
     await r.close();
   } catch (e) {
-    if (e instanceof D4fsError) {
-      e.message = e.message.replace(path, what);
-      throw e;
-    }
-    throw corrupt(`${what}: ${(e as Error).message}`, e);
+    throw named(e, path, what);
   } finally {
     await Promise.all(below.map((b) => b.close()));
   }
