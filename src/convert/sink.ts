@@ -302,7 +302,8 @@ export class BlobSink implements ContentSink {
       }
       let data = h.data;
       if (!data) {
-        const buf = Buffer.allocUnsafe(h.size);
+        // not from Buffer's shared 8 KiB pool: the digests allocated beside would pin each slab (~2 KB per entry of a 150k-file image)
+        const buf = Buffer.allocUnsafeSlow(h.size);
         await readFully(this.spool as fsp.FileHandle, buf, h.spoolOffset);
         data = buf;
       }
