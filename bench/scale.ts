@@ -615,7 +615,7 @@ export async function scaleBench(opts: ScaleBenchOptions = {}): Promise<ScaleRow
         fr.smallS / er.smallS,
         '≤ 1.5×',
         fr.smallS / er.smallS <= 1.5,
-        `time ratio; after drop_caches; seeded selection across the directories, ${kib(fr.smallBytes)}; d4fs builds each content into its cache; per file d4fs ${dist(fr.per)}; ext4 ${dist(er.per)}`,
+        `time ratio; after drop_caches; seeded selection across the directories, ${kib(fr.smallBytes)}; small contents are decoded in memory by the serving thread, larger ones built by the workers into the content cache; per file d4fs ${dist(fr.per)}; ext4 ${dist(er.per)}`,
       ),
     );
     rows.push(row('cold find of the whole tree', secs(fr.findS), `${secs(er.findS)} ext4`, fr.findS / er.findS, '≤ 2×', fr.findS / er.findS <= 2, `time ratio; after drop_caches; ${fr.findEntries} entries through the mount, ${er.findEntries} on ext4`));

@@ -130,11 +130,12 @@ export async function convertImage(o: ConvertOptions): Promise<ConvertResult> {
   try {
     sink = new BlobSink(pool, level, chunkSize, join(dirname(o.output), `.${basename(o.output)}.spool-${process.pid}-${randomBytes(4).toString('hex')}`), o.sinkLimits);
     const image = await resolveImage(source, { platform });
-    const builder = await flattenImage(image, sink, o.onProgress);
+    let builder: TreeBuilder | undefined = await flattenImage(image, sink, o.onProgress);
     const flushed = sink.flush();
     warmFinish(); // while the workers finish the last batches
     await flushed;
     const { entries, contents } = builder.toEntries();
+    builder = undefined; // its tree of nodes is not needed any more (~1 KB per entry of a big image)
     writer = await CdimgWriter.create(o.output);
     const blobs = await sink.writeTo(writer, contents);
     // No reference in the index: the same image gives the same bytes (and

@@ -292,6 +292,7 @@ export class BlobSink implements ContentSink {
     for (const c of contents) {
       const h = this.held.get(c.digest);
       if (!h) throw new Error(`content ${c.digest} was never stored`);
+      this.held.delete(c.digest); // written once: its record (and in-memory bytes) can go before the index is built
       blobs.push({ digest: Buffer.from(c.digest, 'hex'), size: c.size, encoding: Encoding.FULL, chunks: zstdChunksAt(at, h.chunks) });
       at += h.size;
       if (h.file) {

@@ -225,6 +225,7 @@ export class FuseManager {
       }
       await this.saveState(opts.forget ? [] : records);
       await this.pool.close().catch(() => undefined);
+      this.cache.close(); // the .cdimg handles its in-memory path keeps open
       await fsp.rm(this.paths.socket, { force: true });
       await fsp.rm(this.paths.pid, { force: true });
       this.log.info({ forget: !!opts.forget }, 'fuse manager stopped');
