@@ -14,7 +14,7 @@
 import { CdimgReader } from '../format/reader';
 import { CdimgWriter } from '../format/writer';
 import { Blob, Chunk, Codec, Encoding, Index, Kind, FORMAT_VERSION, type TreeEdit } from '../format/types';
-import { composeEdits } from '../format/compact';
+import { composeEdits } from '../format/tree-edit';
 import { failedPrecondition, invalidArgument } from '../errors';
 import type { WorkerPool } from '../workers/pool';
 import { OrderedWindow } from '../util/ordered';

@@ -5,7 +5,8 @@
 import { corrupt, D4fsError } from '../errors';
 import { sha256 } from '../util/digest';
 import { decodeIndexPb, encodeIndexHeadPb, encodeIndexPb, encodeTreePb } from './pb';
-import { applyTreeEdit, decodeIndexV2, encodeIndexV2, treeOfFull } from './compact';
+import { decodeIndexV2, encodeIndexV2, treeOfFull } from './compact';
+import { applyTreeEdit } from './tree-edit';
 import { Blob, Encoding, Entry, FileType, Index, Kind } from './types';
 
 /**

@@ -7,7 +7,7 @@
 import { join } from 'node:path';
 import { createHash } from 'node:crypto';
 import type * as protobuf from 'protobufjs';
-import { applyTreeEdit, composeEdits, editScript } from './compact';
+import { applyTreeEdit, composeEdits, editScript } from './tree-edit';
 import { computeImageId, decodeIndex, encodeIndex, resolveDeltaTree } from './codec';
 import { validateIndex, validateIndexContents } from './validate';
 import { protoDir } from '../util/paths';
