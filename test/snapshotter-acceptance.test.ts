@@ -585,12 +585,24 @@ describe('d4fs snapshotter acceptance (containerd + runc + FUSE)', () => {
     await r.close();
     const blobSection = (await fsp.readFile(v1)).subarray(HEADER_SIZE, blobEnd);
 
-    /** A copy of v1 (same blob section and offsets) with a mutated index. */
-    const craft = async (name: string, mutate: (ix: Index) => void): Promise<string> => {
+    /**
+     * A copy of v1 (same blob section and offsets) with a mutated index. `version1`: written in
+     * format version 1, which can say what version 2's columns cannot (a path with "..", an
+     * absolute path) and which readers still accept: every chunk gets its stored digest back.
+     */
+    const craft = async (name: string, mutate: (ix: Index) => void, version1 = false): Promise<string> => {
       const fresh = await CdimgReader.open(v1);
       const ix = fresh.index;
       await fresh.close();
       mutate(ix);
+      if (version1) {
+        ix.formatVersion = 1;
+        for (const b of ix.blobs) {
+          for (const c of b.chunks) {
+            if (c.storedDigest.length === 0) c.storedDigest = createHash('sha256').update(blobSection.subarray(c.offset - HEADER_SIZE, c.offset - HEADER_SIZE + c.storedSize)).digest();
+          }
+        }
+      }
       const out = path.join(work, name);
       const w = await CdimgWriter.create(out);
       expect(await w.append(blobSection)).toBe(HEADER_SIZE);
@@ -606,14 +618,18 @@ describe('d4fs snapshotter acceptance (containerd + runc + FUSE)', () => {
     const random = path.join(work, 'random.cdimg');
     await fsp.writeFile(random, randomBytes(1 << 20));
     const cases: [string, string, RegExp][] = [
-      ['dot-dot path', await craft('dotdot.cdimg', (ix) => void (confEntry(ix).path = 'etc/../../evil')), /contains "\.\."/],
-      ['absolute path', await craft('absolute.cdimg', (ix) => void (confEntry(ix).path = '/etc/evil')), /absolute path/],
+      ['dot-dot path', await craft('dotdot.cdimg', (ix) => void (confEntry(ix).path = 'etc/../../evil'), true), /contains "\.\."/],
+      ['absolute path', await craft('absolute.cdimg', (ix) => void (confEntry(ix).path = '/etc/evil'), true), /absolute path/],
       [
         'size 2^63',
-        await craft('size63.cdimg', (ix) => {
-          confEntry(ix).size = 2 ** 63;
-          confBlob(ix).size = 2 ** 63;
-        }),
+        await craft(
+          'size63.cdimg',
+          (ix) => {
+            confEntry(ix).size = 2 ** 63;
+            confBlob(ix).size = 2 ** 63;
+          },
+          true,
+        ),
         /absurd size/,
       ],
       [
