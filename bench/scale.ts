@@ -42,7 +42,7 @@ import { MT } from '../src/oci/mediatypes';
 import { OciLayoutWriter } from '../src/oci/writer';
 import type { OciManifest } from '../src/oci/types';
 import { packageRoot } from '../src/util/paths';
-import { median, type TargetRow } from './stats';
+import { median, printTargetTable, type TargetRow } from './stats';
 
 const execFileP = promisify(execFile);
 const KiB = 1024;
@@ -665,16 +665,9 @@ export async function scaleBench(opts: ScaleBenchOptions = {}): Promise<ScaleRow
 
 /** Prints the rows as a markdown table with targets. */
 export function printScaleTable(rows: ScaleRow[]): void {
-  const lines = [
+  printTargetTable(
     '## scale: a big synthetic image (1,500 × 100 small text files + 256 MiB random and text files; --quick: 1/10; --scale-gib N: more big files), same-run baselines',
     'targets: convert ≤ 1.5× tar -x + zstd -T2, RSS ≤ 512 MiB; index ≤ 60 B/entry; diff ≤ 0.5× convert, delta ≤ 0.5 MiB, RSS ≤ 1 GiB; load ≤ 1 s, ≤ 256 MiB; FUSE manager ≤ 256 MiB, +≤ 64 MiB per image; cold reads vs ext4',
-    '',
-    '| measurement | d4fs | baseline | ratio | target | met | notes |',
-    '| --- | --- | --- | --- | --- | --- | --- |',
-    ...rows.map(
-      (r) =>
-        `| ${r.measurement} | ${r.d4fs} | ${r.baseline || '-'} | ${r.ratio === null ? '-' : `${r.ratio.toFixed(2)}×`} | ${r.target || '-'} | ${r.met === null ? '-' : r.met ? 'ok' : 'MISS'} | ${r.note} |`,
-    ),
-  ];
-  process.stdout.write(lines.join('\n') + '\n\n');
+    rows,
+  );
 }

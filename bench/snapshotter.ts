@@ -42,7 +42,7 @@ import { CdimgReader } from '../src/format/reader';
 import { Codec } from '../src/format/types';
 import { packageRoot } from '../src/util/paths';
 import { WorkerPool } from '../src/workers/pool';
-import type { TargetRow } from './stats';
+import { printTargetTable, type TargetRow } from './stats';
 
 const execFileP = promisify(execFile);
 
@@ -471,16 +471,9 @@ async function timedRead(root: string, skip: Set<string>): Promise<{ bytes: numb
 
 /** Prints the rows as a markdown table with targets. */
 export function printSnapshotterTable(rows: SnapshotterRow[]): void {
-  const lines = [
+  printTargetTable(
     '## snapshotter: d4fs (FUSE + overlay) vs containerd overlayfs and the C decoders, same run',
     'targets: container start ≤ 1.3×; warm tree read ≥ 0.6× overlayfs throughput; first open of a patched ~10 MB file ≤ 1.5× the C decoder',
-    '',
-    '| measurement | d4fs | baseline | ratio | target | met | notes |',
-    '| --- | --- | --- | --- | --- | --- | --- |',
-    ...rows.map(
-      (r) =>
-        `| ${r.measurement} | ${r.d4fs} | ${r.baseline || '-'} | ${r.ratio === null ? '-' : `${r.ratio.toFixed(2)}×`} | ${r.target || '-'} | ${r.met === null ? '-' : r.met ? 'ok' : 'MISS'} | ${r.note} |`,
-    ),
-  ];
-  process.stdout.write(lines.join('\n') + '\n\n');
+    rows,
+  );
 }

@@ -20,3 +20,19 @@ export interface TargetRow {
   /** How it was measured, caveats. */
   note: string;
 }
+
+/** Print `rows` as a markdown table under `title` and a `targets` line (the same output for every target table). */
+export function printTargetTable(title: string, targets: string, rows: TargetRow[]): void {
+  const lines = [
+    title,
+    targets,
+    '',
+    '| measurement | d4fs | baseline | ratio | target | met | notes |',
+    '| --- | --- | --- | --- | --- | --- | --- |',
+    ...rows.map(
+      (r) =>
+        `| ${r.measurement} | ${r.d4fs} | ${r.baseline || '-'} | ${r.ratio === null ? '-' : `${r.ratio.toFixed(2)}×`} | ${r.target || '-'} | ${r.met === null ? '-' : r.met ? 'ok' : 'MISS'} | ${r.note} |`,
+    ),
+  ];
+  process.stdout.write(lines.join('\n') + '\n\n');
+}
