@@ -174,6 +174,20 @@ describe('ctr-cli tracker against strangers and hostile nodes', () => {
     expect((await req(`${base}/v1/p2p/torrents/${d}/claim?node=${'x'.repeat(300)}`, { method: 'POST', token })).status).toBe(400);
   });
 
+  test('claims that arrive together: exactly one node is granted the origin fetch', async () => {
+    // the handler awaits the metadata lookup; a claim read before that await
+    // let every concurrent claim through (seen in CI: two and three nodes
+    // fetched the same layer from the origin at once)
+    for (let round = 0; round < 5; round++) {
+      const d = `sha256:${round.toString(16).padStart(2, '0').repeat(32)}`;
+      const answers = await Promise.all(
+        Array.from({ length: 12 }, (_, i) => req(`${base}/v1/p2p/torrents/${d}/claim?node=n${i}`, { method: 'POST', token }).then((r) => JSON.parse(r.body.toString()) as { granted: boolean; ready: boolean })),
+      );
+      expect(answers.filter((a) => a.granted)).toHaveLength(1);
+      expect(answers.filter((a) => !a.granted && !a.ready)).toHaveLength(11);
+    }
+  });
+
   test('garbage on the socket and abrupt disconnects leave it up', async () => {
     for (let i = 0; i < 20; i++) {
       await new Promise<void>((resolve) => {

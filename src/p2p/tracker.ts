@@ -223,10 +223,8 @@ export class TrackerService {
   private async claim(req: http.IncomingMessage, res: http.ServerResponse, digest: string): Promise<void> {
     const node = String(new URL(req.url ?? '/', 'http://x').searchParams.get('node') ?? '');
     if (!/^[A-Za-z0-9._-]{1,128}$/.test(node)) throw invalidArgument('a claim names its node: ?node=<id> (1-128 of [A-Za-z0-9._-])');
-    const now = Date.now();
-    const held = this.claims.get(digest);
     if (req.method === 'DELETE') {
-      if (held?.node === node) this.claims.delete(digest);
+      if (this.claims.get(digest)?.node === node) this.claims.delete(digest);
       sendJson(res, 200, { released: true });
       return;
     }
@@ -235,6 +233,10 @@ export class TrackerService {
       sendJson(res, 200, { granted: false, ready: true });
       return;
     }
+    // read the claim after the await, and decide and record it with no await
+    // in between: claims that arrive together must not all see "no claim"
+    const now = Date.now();
+    const held = this.claims.get(digest);
     if (!held || held.expires < now || held.node === node) {
       this.claims.set(digest, { node, expires: now + this.leaseMs });
       sendJson(res, 200, { granted: true, leaseMs: this.leaseMs });
