@@ -587,8 +587,8 @@ export async function scaleBench(opts: ScaleBenchOptions = {}): Promise<ScaleRow
     const small: string[] = [];
     for (let i = 0; i < reads; i++) small.push(smallRel(s, Math.floor(sel() * s.dirs), Math.floor(sel() * s.filesPerDir)));
     const bigText = bigRel('text', 0);
-    // The first reads after a mount wait for the worker threads to open the chain (decode its
-    // indexes): timed on their own, 8 small files outside the selection, 2 at a time.
+    // The first reads after a mount wait for the worker threads to start: timed on their own,
+    // 8 small files outside the selection, 2 at a time.
     const chosen = new Set(small);
     const warm: string[] = [];
     for (let k = 0; warm.length < 8; k += 7919) {
@@ -598,7 +598,7 @@ export async function scaleBench(opts: ScaleBenchOptions = {}): Promise<ScaleRow
     const t0 = now();
     for (let i = 0; i < warm.length; i += 2) await Promise.all(warm.slice(i, i + 2).map((r) => readFiles([path.join(mp1, r)])));
     const warmS = now() - t0;
-    rows.push(row('first reads after the mount (8 small files, 2 at a time)', secs(warmS), '', null, '', null, `the worker threads open the chain (decode its index) before their first content; not part of the cold reads below`));
+    rows.push(row('first reads after the mount (8 small files, 2 at a time)', secs(warmS), '', null, '', null, `the first contents after the mount (worker threads start); not part of the cold reads below`));
     log('cold reads through the mount');
     const fr = await coldReads(mp1, small, bigText);
     const afterReads = rssOf(mgr);

@@ -63,3 +63,15 @@ export function createImageFileSystem(binding: FuseBindingName, o: ImageFileSyst
   const { DeltaFileSystem } = require('./filesystem') as typeof import('./filesystem');
   return new DeltaFileSystem(o);
 }
+
+/**
+ * Gives the C heap's free memory back to the system (glibc's malloc_trim,
+ * through d4fs-fuse3). Decoding a 151k-entry index frees ~50 MiB that glibc
+ * otherwise keeps, counted in the manager's RSS (256 -> 205 MiB after the
+ * mount, issue 18). False when nothing was released or the addon is absent.
+ */
+export function trimMemory(): boolean {
+  if (!fuse3Available()) return false;
+  const addon = require('d4fs-fuse3') as { trimMemory?: () => boolean }; // loaded above
+  return addon.trimMemory?.() ?? false;
+}

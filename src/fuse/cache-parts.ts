@@ -8,6 +8,7 @@ import type { promises as fsp } from 'node:fs';
 import type { Logger } from 'pino';
 import type { ChainIndex, Location } from './chain-index';
 import type { FusePool } from './pool';
+import type { DirectSource } from './tasks';
 
 /** Longest chain of patch bases followed (a longer one is taken for a cycle). */
 export const MAX_BASE_DEPTH = 64;
@@ -141,4 +142,24 @@ export function chunkAt(offsets: number[], pos: number): number {
     else hi = mid - 1;
   }
   return lo;
+}
+
+/** The stored chunks of `loc` (all, or chunk `only`) as a build thread reads them without an index (./tasks.ts DirectSource). */
+export function directSource(loc: Location, only?: number): DirectSource {
+  const chunks = only === undefined ? loc.blob.chunks : [loc.blob.chunks[only]];
+  return {
+    file: loc.file,
+    formatVersion: loc.formatVersion,
+    chunks: chunks.map((c) => ({
+      offset: c.offset,
+      storedSize: c.storedSize,
+      storedDigest: c.storedDigest.toString('hex'),
+      rawSize: c.rawSize,
+      rawDigest: c.rawDigest.toString('hex'),
+      codec: c.codec,
+      baseDigest: c.baseDigest.toString('hex'),
+      baseOffset: c.baseOffset,
+      baseSize: c.baseSize,
+    })),
+  };
 }

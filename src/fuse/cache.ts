@@ -49,7 +49,7 @@ import type { ChainIndex, Location } from './chain-index';
 import type { FusePool } from './pool';
 import { SMALL_CACHE_BYTES, SmallContents, servedFromMemory } from './small';
 import type { BasePaths } from './tasks';
-import { chunkAt, EMPTY_REF, HASH_PIECE, HEX_RE, MAX_BASE_DEPTH, memoryRef, partialKey, wholeKey, type CacheStats, type ContentCacheOptions, type ContentRef, type Item, type PartialState } from './cache-parts';
+import { chunkAt, directSource, EMPTY_REF, HASH_PIECE, HEX_RE, MAX_BASE_DEPTH, memoryRef, partialKey, wholeKey, type CacheStats, type ContentCacheOptions, type ContentRef, type Item, type PartialState } from './cache-parts';
 
 export type { CacheStats, ContentCacheOptions, ContentRef } from './cache-parts';
 
@@ -361,7 +361,7 @@ export class ContentCache {
       const t0 = process.hrtime.bigint();
       let size: number;
       try {
-        size = await this.pool.run('buildContent', { chain: [...chain.paths], level: loc.level, digest: hex, bases, out });
+        size = await this.pool.run('buildContent', { chain: [...chain.paths], level: loc.level, digest: hex, bases, out, direct: directSource(loc) });
       } catch (e) {
         this.counters.failures++;
         throw e;
@@ -502,6 +502,7 @@ export class ContentCache {
           offset: st.offsets[i],
           bases,
           out: item.path,
+          direct: directSource(st.loc, i),
         });
       } catch (e) {
         this.counters.failures++;

@@ -25,6 +25,8 @@ export interface Location {
   file: string;
   level: number;
   blob: Blob;
+  /** Format version of `file` (how its stored chunks are checked). */
+  formatVersion: number;
 }
 
 /** The blobs one file stores (FULL or PATCH), sorted by digest. */
@@ -114,6 +116,8 @@ function shareEntries(readers: readonly CdimgReader[], entries: Entry[]): number
   return swapped;
 }
 
+const versionsOf = (readers: readonly CdimgReader[]): number[] => readers.map((r) => r.index.formatVersion);
+
 export class ChainIndex {
   private constructor(
     readonly paths: readonly string[],
@@ -124,6 +128,8 @@ export class ChainIndex {
     readonly imageId: string,
     /** The image the top file is a delta from (undefined for a full image). */
     readonly parentId: string | undefined,
+    /** Format version of each file. */
+    private readonly versions: readonly number[],
   ) {}
 
   /** Opens and checks the chain `paths` (full image first). */
@@ -140,12 +146,12 @@ export class ChainIndex {
       const known = topEntries.get(key)?.deref();
       if (known && known.length === entries.length) {
         // The same top file is open already (the same image at another mountpoint).
-        return new ChainIndex([...paths], readers.map(storedBlobsOf), { entries: known }, top.imageId, top.parentId);
+        return new ChainIndex([...paths], readers.map(storedBlobsOf), { entries: known }, top.imageId, top.parentId, versionsOf(readers));
       }
       shareEntries(readers, entries);
       topEntries.set(key, new WeakRef(entries));
       topEntriesGone.register(entries, key);
-      return new ChainIndex([...paths], readers.map(storedBlobsOf), { entries }, top.imageId, top.parentId);
+      return new ChainIndex([...paths], readers.map(storedBlobsOf), { entries }, top.imageId, top.parentId, versionsOf(readers));
     } finally {
       await Promise.all(readers.map((r) => r.close()));
     }
@@ -170,7 +176,7 @@ export class ChainIndex {
     if (digest.length !== 32) return undefined;
     for (let l = Math.min(fromLevel, this.topLevel); l >= 0; l--) {
       const b = this.levels[l].find(digest);
-      if (b) return { file: this.paths[l], level: l, blob: b };
+      if (b) return { file: this.paths[l], level: l, blob: b, formatVersion: this.versions[l] };
     }
     return undefined;
   }

@@ -356,7 +356,8 @@ export class FuseFileSystem implements FileSystem {
     const logFd = fs.openSync(this.paths.log, 'a');
     let child: ChildProcess;
     try {
-      child = spawn(process.execPath, [entry, '--root', this.o.root, '--log-level', this.o.log.level, ...(this.o.managerArgs ?? [])], {
+      // --expose-gc: the manager collects once after each mount (FuseManager.reclaimSoon)
+      child = spawn(process.execPath, ['--expose-gc', entry, '--root', this.o.root, '--log-level', this.o.log.level, ...(this.o.managerArgs ?? [])], {
         detached: true,
         stdio: ['ignore', logFd, logFd],
       });

@@ -31,6 +31,8 @@ declare module 'd4fs-fuse3' {
     release: number;
     writeOps: number;
     access: number;
+    /** readdir/readdirplus requests past the end of a listing sent in full, answered natively (counted in readdir/readdirplus too). */
+    readdirEnd: number;
     /** Requests JavaScript has not answered yet. */
     outstanding: number;
     /** The connection ended and the session is gone. */
@@ -48,7 +50,9 @@ declare module 'd4fs-fuse3' {
   export function replyReadlink(s: Session, id: number, target: Uint8Array): boolean;
   export function replyXattr(s: Session, id: number, value: Uint8Array, requestedSize: number): boolean;
   export function replyStatfs(s: Session, id: number, st: Float64Array): boolean;
-  export function replyDir(s: Session, id: number, listing: Uint8Array, offset: number, size: number, plus: boolean): boolean;
+  export function replyDir(s: Session, id: number, listing: Uint8Array, offset: number, size: number, plus: boolean, ino: number): boolean;
+  /** malloc_trim(0): the C heap's free memory back to the system; true when some was released. */
+  export function trimMemory(): boolean;
   export function fuseVersion(): number;
   export const EV: { readonly MOUNTED: 1; readonly INIT: 2; readonly CLOSED: 3 };
   export const RQ: {

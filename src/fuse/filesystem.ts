@@ -23,7 +23,7 @@ import { D4fsError, toD4fsError } from '../errors';
 import { FileType } from '../format/types';
 import type { ContentRef } from './cache';
 import { Errno } from './errno';
-import { lazyUnmount } from './mounts';
+import { lazyUnmount, READAHEAD_KB, setReadahead } from './mounts';
 import {
   type ImageFileSystem,
   ImageFileSystemBase,
@@ -88,8 +88,11 @@ export class DeltaFileSystem extends ImageFileSystemBase implements ImageFileSys
           this.fuse = undefined;
           reject(new D4fsError('INTERNAL', `cannot mount ${this.mountpoint}: ${err.message}`, { cause: err }));
         } else {
-          this.log.info({ imageId: this.imageId, entries: this.tree.totals.entries }, 'mounted');
-          resolve();
+          // larger kernel read-ahead before the first read (./mounts.ts READAHEAD_KB)
+          void setReadahead(this.mountpoint).then((readahead) => {
+            this.log.info({ imageId: this.imageId, entries: this.tree.totals.entries, readaheadKiB: readahead ? READAHEAD_KB : undefined }, 'mounted');
+            resolve();
+          });
         }
       });
     });

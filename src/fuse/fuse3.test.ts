@@ -22,7 +22,7 @@ import { eventually } from '../../test/helpers/wait';
 import { ContentCache } from './cache';
 import { ChainIndex } from './chain-index';
 import { Fuse3FileSystem } from './fuse3';
-import { D4FS_FSTYPE } from './mounts';
+import { D4FS_FSTYPE, READAHEAD_KB } from './mounts';
 import { FusePool } from './pool';
 import { type MountInfo, readMountInfoSync } from '../util/mountinfo';
 
@@ -108,6 +108,11 @@ describe('fuse3 binding: a small image mounted in this process', () => {
     expect(m.superOptions).toMatch(/default_permissions/);
   });
 
+  test('the kernel reads ahead READAHEAD_KB of a file (set on the backing device of the mount once mounted)', async () => {
+    const [m] = fuseMountsAt(mp);
+    expect(Number((await fsp.readFile(`/sys/class/bdi/${m.device}/read_ahead_kb`, 'utf8')).trim())).toBe(READAHEAD_KB);
+  });
+
   test('lookup and stat: modes, owners, nanosecond mtimes, device numbers, sizes', async () => {
     const st = await fsp.stat(at('data/hello'), { bigint: true });
     expect(st.isFile()).toBe(true);
@@ -151,6 +156,9 @@ describe('fuse3 binding: a small image mounted in this process', () => {
     const req0 = fs3.stats().requests!;
     expect(req0.readdirplus).toBeGreaterThanOrEqual(2); // 301 long names do not fit one 4 KiB buffer
     expect(req0.readdir).toBe(0);
+    // the request past the end, once the listing was sent in full, was answered natively
+    expect(req0.readdirEnd).toBeGreaterThanOrEqual(1);
+    expect(req0.readdirEnd).toBeLessThan(req0.readdirplus);
     // Readdirplus handed the kernel every child's attributes: stat needs no lookup or getattr.
     const sts = await Promise.all(names.map((n) => fsp.stat(path.join(at('data/deep'), n))));
     expect(sts.filter((s) => s.isFile())).toHaveLength(301);
@@ -160,6 +168,11 @@ describe('fuse3 binding: a small image mounted in this process', () => {
     const root = await fsp.readdir(mp, { withFileTypes: true });
     expect(root.map((d) => `${d.name}:${d.isDirectory()}`).sort()).toEqual(['bin:true', 'data:true', 'dev:true', 'empty-dir:true']);
     expect(await fsp.readdir(at('empty-dir'))).toEqual([]);
+    // listed again (the kernel dropped its cached entries): the same names, the end answered natively again
+    await run('sh', ['-c', 'echo 2 > /proc/sys/vm/drop_caches']);
+    const again = fs3.stats().requests!.readdirEnd;
+    expect((await fsp.readdir(at('data/deep'))).sort()).toEqual([...names].sort());
+    expect(fs3.stats().requests!.readdirEnd).toBeGreaterThan(again);
   });
 
   test('symlinks: readlink and following', async () => {

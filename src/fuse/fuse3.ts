@@ -39,7 +39,7 @@ import {
   type MountStats,
 } from './imagefs';
 import type { ContentRef } from './cache';
-import { lazyUnmount } from './mounts';
+import { lazyUnmount, READAHEAD_KB, setReadahead } from './mounts';
 import type { TreeNode } from './tree';
 
 /** Kernel cache lifetime of entries and attributes, in seconds. */
@@ -195,7 +195,7 @@ export class Fuse3FileSystem extends ImageFileSystemBase implements ImageFileSys
           if (!n) return void fuse3.replyErr(s, id, E.ENOENT);
           if (!n.isDir) return void fuse3.replyErr(s, id, E.ENOTDIR);
           const l = this.listing(n);
-          fuse3.replyDir(s, id, l, b, a, op === RQ.READDIRPLUS);
+          fuse3.replyDir(s, id, l, b, a, op === RQ.READDIRPLUS, ino);
           return;
         }
         case RQ.READLINK: {
@@ -238,10 +238,13 @@ export class Fuse3FileSystem extends ImageFileSystemBase implements ImageFileSys
           }
           return;
         case EV.INIT: {
-          this.log.info({ imageId: this.imageId, entries: this.tree.totals.entries, capable: a, want: b }, 'mounted');
           const w = this.mountWaiter;
           this.mountWaiter = undefined;
-          w?.resolve();
+          // larger kernel read-ahead before the first read (./mounts.ts READAHEAD_KB)
+          void setReadahead(this.mountpoint).then((readahead) => {
+            this.log.info({ imageId: this.imageId, entries: this.tree.totals.entries, capable: a, want: b, readaheadKiB: readahead ? READAHEAD_KB : undefined }, 'mounted');
+            w?.resolve();
+          });
           return;
         }
         case EV.CLOSED:

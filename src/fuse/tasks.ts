@@ -18,8 +18,11 @@ import { createHash } from 'node:crypto';
 import { createReadStream, promises as fsp } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { Chain } from '../delta/chain';
+import { codecByProto, decodeWith } from '../delta/codecs/registry';
 import { corrupt, notFound } from '../errors';
-import type { Blob } from '../format/types';
+import { readFully } from '../format/reader';
+import { type Blob, Codec } from '../format/types';
+import { sha256 } from '../util/digest';
 import { writeFully } from '../util/fileio';
 
 /** Where the bases of a content's patches are: sha256 hex → path of the verified cache file. */
@@ -32,6 +35,35 @@ export interface ContentSource {
   /** sha256 hex of the content. */
   digest: string;
   bases: BasePaths;
+  /**
+   * The stored chunks this task decodes, as the main thread's index has them.
+   * With them the thread reads the file directly and opens no chain: no index
+   * is decoded per thread (a 151k-entry image's content table cost each build
+   * thread ~0.3 s and tens of MiB; issue 18). The chain remains the fallback
+   * when a patch's base is not among `bases`.
+   */
+  direct?: DirectSource;
+}
+
+/** A stored chunk, its digests as hex ('' for none). */
+export interface DirectChunk {
+  offset: number;
+  storedSize: number;
+  storedDigest: string;
+  rawSize: number;
+  rawDigest: string;
+  codec: number;
+  baseDigest: string;
+  baseOffset: number;
+  baseSize: number;
+}
+
+export interface DirectSource {
+  /** The .cdimg file storing the chunks (the chain's file at `level`). */
+  file: string;
+  formatVersion: number;
+  /** The chunks to decode, in content order (all of the content's for buildContent, the one for buildChunk). */
+  chunks: DirectChunk[];
 }
 
 export interface BuildContentArgs extends ContentSource {
@@ -134,6 +166,92 @@ async function loadBase(hex: string): Promise<Buffer | undefined> {
   return data;
 }
 
+/** Files read by direct builds, kept open (least recently used closed first). */
+const MAX_FILES = 32;
+const files = new Map<string, Promise<fsp.FileHandle>>();
+
+function fileOf(path: string): Promise<fsp.FileHandle> {
+  let f = files.get(path);
+  if (f) {
+    files.delete(path);
+    files.set(path, f);
+    return f;
+  }
+  f = fsp.open(path, 'r');
+  f.catch(() => files.delete(path));
+  files.set(path, f);
+  while (files.size > MAX_FILES) {
+    const [oldest, old] = files.entries().next().value as [string, Promise<fsp.FileHandle>];
+    files.delete(oldest);
+    old.then((h) => h.close()).catch(() => undefined);
+  }
+  return f;
+}
+
+/** `size` bytes at `offset` of base content `hex` (a verified cache file), or undefined when it is not at hand. */
+async function baseRegion(hex: string, offset: number, size: number): Promise<Buffer | undefined> {
+  const held = bases.get(hex);
+  const p = basePaths.get(hex);
+  if (!held && p) {
+    // Small bases are read whole and kept (several chunks and contents patch against them);
+    // of a large one only the region is read.
+    const st = await fsp.stat(p).catch(() => undefined);
+    if (!st) return undefined;
+    if (offset + size > st.size) throw corrupt(`patch base region ${offset}+${size} outside its base sha256:${hex} (${st.size} bytes)`);
+    if (st.size <= BASE_BUDGET / 2) return (await loadBase(hex))?.subarray(offset, offset + size);
+    const fh = await fsp.open(p, 'r');
+    try {
+      const out = Buffer.allocUnsafe(size);
+      await readFully(fh, out, offset);
+      return out;
+    } finally {
+      await fh.close();
+    }
+  }
+  if (!held) return undefined;
+  if (offset + size > held.length) throw corrupt(`patch base region ${offset}+${size} outside its base sha256:${hex} (${held.length} bytes)`);
+  return held.subarray(offset, offset + size);
+}
+
+/**
+ * One chunk decoded straight from its file, verified as the chain verifies
+ * it (stored digest when it has one, decoded bytes against the chunk digest);
+ * undefined when it patches a base that is not at hand.
+ */
+async function directChunk(d: DirectSource, c: DirectChunk): Promise<Buffer | undefined> {
+  const codec = codecByProto(c.codec);
+  const needsBase = codec.base === 'required' || (codec.base === 'optional' && c.baseDigest.length > 0);
+  let base: Buffer | null = null;
+  if (needsBase) {
+    const region = await baseRegion(c.baseDigest, c.baseOffset, c.baseSize);
+    if (!region) return undefined;
+    base = region;
+  }
+  const stored = Buffer.allocUnsafe(c.storedSize);
+  await readFully(await fileOf(d.file), stored, c.offset);
+  if (c.storedDigest) {
+    if (sha256(stored).toString('hex') !== c.storedDigest) throw corrupt(`${d.file}: stored chunk at ${c.offset} is damaged (digest mismatch)`);
+  } else if (c.codec !== Codec.ZSTD || d.formatVersion < 2) {
+    throw corrupt(`${d.file}: stored chunk at ${c.offset} has no digest`);
+  }
+  const raw = decodeWith(codec, stored, base, c.rawSize);
+  if (sha256(raw).toString('hex') !== c.rawDigest) throw corrupt(`${d.file}: chunk at ${c.offset} decodes to the wrong content`);
+  return raw;
+}
+
+/** The chunks of `a.direct` decoded directly, or undefined when one needs the chain (its base is not at hand). */
+async function directChunks(a: ContentSource): Promise<Buffer[] | undefined> {
+  if (!a.direct) return undefined;
+  for (const [hex, p] of Object.entries(a.bases)) basePaths.set(hex, p);
+  const out: Buffer[] = [];
+  for (const c of a.direct.chunks) {
+    const raw = await directChunk(a.direct, c);
+    if (!raw) return undefined;
+    out.push(raw);
+  }
+  return out;
+}
+
 /** The chain and blob of a content source (bases registered). */
 async function open(a: ContentSource): Promise<{ chain: Chain; blob: Blob }> {
   for (const [hex, p] of Object.entries(a.bases)) basePaths.set(hex, p);
@@ -155,22 +273,25 @@ function tempName(out: string): string {
 
 /** Materialises a whole content into `out` (temp file, verified, renamed). Returns its size. */
 export async function buildContent(a: BuildContentArgs): Promise<number> {
-  const { chain, blob } = await open(a);
+  const direct = await directChunks(a);
+  const source = direct ? undefined : await open(a);
+  const digests = direct ? a.direct!.chunks.map((c) => c.rawDigest) : source!.blob.chunks.map((c) => c.rawDigest.toString('hex'));
+  const size = direct ? direct.reduce((n, b) => n + b.length, 0) : source!.blob.size;
   const tmp = tempName(a.out);
   const fh = await fsp.open(tmp, 'wx', 0o600);
   try {
-    // chain.chunk verifies each chunk against its own digest; a content of one chunk whose
+    // every chunk is verified against its own digest; a content of one chunk whose
     // digest is the content's is thereby verified, and is not hashed a second time.
-    const once = blob.chunks.length === 1 && blob.chunks[0].rawDigest.toString('hex') === a.digest;
+    const once = digests.length === 1 && digests[0] === a.digest;
     const h = once ? undefined : createHash('sha256');
     let pos = 0;
-    for (const c of blob.chunks) {
-      const raw = await chain.chunk(a.level, c);
+    for (let i = 0; i < digests.length; i++) {
+      const raw = direct ? direct[i] : await source!.chain.chunk(a.level, source!.blob.chunks[i]);
       h?.update(raw);
       await writeFully(fh, raw, pos);
       pos += raw.length;
     }
-    if (pos !== blob.size || (h ? h.digest('hex') : a.digest) !== a.digest) {
+    if (pos !== size || (h ? h.digest('hex') : a.digest) !== a.digest) {
       throw corrupt(`${a.chain[a.level]}: content sha256:${a.digest} does not match its digest after decoding`);
     }
     await fh.close();
@@ -185,12 +306,21 @@ export async function buildContent(a: BuildContentArgs): Promise<number> {
 
 /** Materialises one chunk of a content into `out` at `offset`. Returns the chunk's size. */
 export async function buildChunk(a: BuildChunkArgs): Promise<number> {
-  const { chain, blob } = await open(a);
-  const c = blob.chunks[a.chunk];
-  if (!c) throw notFound(`content sha256:${a.digest} has no chunk ${a.chunk}`);
-  const raw = await chain.chunk(a.level, c);
-  // The chunk's digest is checked by chain.chunk; its size decides where the next chunk goes.
-  if (raw.length !== c.rawSize) throw corrupt(`${a.chain[a.level]}: chunk ${a.chunk} of sha256:${a.digest} is ${raw.length} bytes, its index says ${c.rawSize}`);
+  let raw: Buffer;
+  let rawSize: number;
+  const direct = a.direct?.chunks.length === 1 ? await directChunks(a) : undefined;
+  if (direct) {
+    raw = direct[0];
+    rawSize = a.direct!.chunks[0].rawSize;
+  } else {
+    const { chain, blob } = await open(a);
+    const c = blob.chunks[a.chunk];
+    if (!c) throw notFound(`content sha256:${a.digest} has no chunk ${a.chunk}`);
+    raw = await chain.chunk(a.level, c);
+    rawSize = c.rawSize;
+  }
+  // The chunk's digest is checked when it is decoded; its size decides where the next chunk goes.
+  if (raw.length !== rawSize) throw corrupt(`${a.chain[a.level]}: chunk ${a.chunk} of sha256:${a.digest} is ${raw.length} bytes, its index says ${rawSize}`);
   const fh = await fsp.open(a.out, 'r+');
   try {
     await writeFully(fh, raw, a.offset);
@@ -198,15 +328,6 @@ export async function buildChunk(a: BuildChunkArgs): Promise<number> {
     await fh.close();
   }
   return raw.length;
-}
-
-/**
- * Opens a chain in this thread ahead of its first content (a new mount's
- * indexes are decoded here while nothing waits on them). Returns true.
- */
-export async function warmChain(a: { chain: string[] }): Promise<boolean> {
-  await chainOf(a.chain);
-  return true;
 }
 
 /** True when the file at `path` has `size` bytes whose sha256 is `digest`. */
