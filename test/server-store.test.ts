@@ -20,7 +20,9 @@ import { isContentTag } from '../src/distribution/artifact';
 import { readBody, ServerClient } from '../src/distribution/client';
 import { pushToServer } from '../src/distribution/push';
 import { pullFromServer, PullResult } from '../src/distribution/pull';
-import { pullFromRegistry } from '../src/distribution/registry';
+import { pullFromRegistry, pushToRegistry } from '../src/distribution/registry';
+import { rewriteIndex } from './helpers/forge';
+import { randomBytes } from 'node:crypto';
 import { blobPath, PullPlanJson, TagJson } from '../src/distribution/protocol';
 import { D4fsServer, ServerOptions } from '../src/server/server';
 import { parseStoreUrl } from '../src/server/regstore';
@@ -146,8 +148,10 @@ describe('--store docker://REGISTRY/PREFIX', () => {
     await patchImage({ base: chain.full[0], deltas: [store.filePath(r.files[0].rootDigest)], out: rebuilt });
     expect(await sameBytes(rebuilt, chain.full[2])).toBe(true);
     await store.verifyChain(V3);
-    // B fetched the two deltas it merged into its cache (verified), not the full image nobody asked it for
-    expect(await cachedBlobs(B)).toEqual([...(await Promise.all(chain.deltas.map(rootOf))), r.files[0].rootDigest].sort());
+    // B fetched the two deltas it merged into its cache, and the full image below them: a delta of
+    // format version 2 is verified (its tree rebuilt on its parent's, its image id recomputed)
+    // before it is used, as an upload is, and that needs the chain from a full image
+    expect(await cachedBlobs(B)).toEqual([...(await Promise.all([chain.full[0], ...chain.deltas].map(rootOf))), r.files[0].rootDigest].sort());
   });
 
   test('a fresh client pulls v2 through B: the full image and the delta, byte for byte what was pushed through A', async () => {
@@ -225,6 +229,29 @@ describe('--store docker://REGISTRY/PREFIX', () => {
     }
     const store = await newStore('d-after', [chain.full[0], chain.deltas[0]]);
     expect((await pull(D, store, 'libssl:v3')).imageId).toBe(V3);
+  });
+
+  test('a delta with a forged image id, pushed straight into the registry, is refused by the replica that fetches it (its tree is rebuilt on its parent)', async () => {
+    const forged = join(work, 'forged-v3.cdimg');
+    const fakeId = randomBytes(32);
+    await rewriteIndex(chain.deltas[1], forged, (ix) => {
+      ix.imageId = fakeId;
+    });
+    // well formed alone (chunks, root digest): only the tree rebuilt on v2's gives it away
+    const alone = await CdimgReader.open(forged);
+    expect(alone.hasTree).toBe(false);
+    await alone.close();
+    // `ctr-cli push --to` checks nothing against the parent: the registry holds it under a tag
+    await pushToRegistry({ file: forged, to: `docker://${registry.host}/${REPO}:forged` });
+    const F = await replica('f');
+    const store = await newStore('f-victim', [chain.full[0], chain.deltas[0]]);
+    const e = await failure(pull(F, store, 'libssl:forged'));
+    expect(e.kind).toBe('CORRUPT');
+    expect(e.message).toMatch(/image id/);
+    expect(store.hasImage(`sha256:${fakeId.toString('hex')}`)).toBe(false);
+    expect(await cachedBlobs(F)).not.toContain(await rootOf(forged));
+    // the genuine v3 still comes through that replica
+    expect((await pull(F, store, 'libssl:v3')).imageId).toBe(V3);
   });
 
   test('a restarted replica serves a blob its mirror names before any new read; /metrics counts reads and fetched bytes', async () => {

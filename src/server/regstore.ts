@@ -16,7 +16,9 @@
  *    (refreshed per repository when older than a short TTL, and at once when
  *    a request names something the mirror does not know);
  *  - a cache of blobs, fetched from the registry on first use and verified
- *    (sha256 of the bytes and the .cdimg's own digests) before they are used;
+ *    (sha256 of the bytes and the .cdimg's own digests; a version 2 delta's
+ *    tree rebuilt on its parent's, which brings the chain below it from a
+ *    full image into the cache too) before they are used;
  *  - its own merges of delta chains (never written to the registry).
  *
  * Writes go to the registry first and then to the mirror: a push to any
@@ -50,7 +52,7 @@ import { ArtifactEntry, ArtifactFile, contentTag, isContentTag, parseFileManifes
 import { pushFileArtifact } from '../distribution/registry';
 import { addsSignatures, mergeSignatures } from '../distribution/signatures';
 import type { BlobStore } from './blobs';
-import { verifyStoredChunks } from './blobs';
+import { verifyDeltaTree, verifyStoredChunks } from './blobs';
 import type { Catalogue } from './catalogue';
 import type { ServerMetrics } from './metrics';
 import { ancestorsOf } from '../distribution/planner';
@@ -109,6 +111,15 @@ export class RegistryStore {
   private readonly fetching = new Map<string, Promise<void>>();
   /** File manifests read by digest (immutable): manifest digest → file. */
   private readonly manifests = new Map<string, ArtifactFile>();
+
+  /**
+   * Local paths of a chain leading to an image from a full image (the
+   * server's, fetching from this store as needed): a version 2 delta read
+   * from the registry is opened on its parent's chain, so that its tree is
+   * rebuilt and its image id checked, as an upload's is (server/blobs.ts
+   * verifyDeltaTree). Without it such a delta is refused.
+   */
+  chainTo?: (imageId: string) => Promise<string[] | undefined>;
 
   constructor(
     opts: RegistryStoreOptions,
@@ -414,6 +425,8 @@ export class RegistryStore {
       if (v.rootDigest !== f.rootDigest || v.kind !== f.kind || v.imageId !== f.imageId || v.parentId !== f.parentId) {
         throw corrupt(`${what}: the file is ${v.kind} ${v.parentId || '∅'} → ${v.imageId} (${v.rootDigest}), the registry's manifest says otherwise`);
       }
+      // the image id a version 2 delta claims is that of the tree it rebuilds on its parent's
+      if (v.kind === 'delta') await verifyDeltaTree(tmp, this.chainTo ? await this.chainTo(v.parentId) : undefined, what);
       if ((await fileDigestOf(tmp)) !== f.fileDigest) throw corrupt(`${what}: changed while it was verified`);
       await this.blobs.land(tmp, f.rootDigest);
       this.metrics?.storeFetchedBytes.inc(f.size);

@@ -127,6 +127,7 @@ export class D4fsServer {
     this.metrics = new ServerMetrics(() => this.catalogue.stats(), opts.processMetrics !== false);
     const store = opts.store ? new RegistryStore(opts.store, catalogue, blobs, this.log, this.metrics) : undefined;
     this.store = store;
+    if (store) store.chainTo = (imageId) => this.localChainTo(imageId);
     this.signatures = new ServerSignatures(blobs, this.log, opts.signing?.policy, opts.signing?.signingKey, store ? (root) => store.where(root)?.file.signature : undefined);
     this.requireSigned = !!opts.signing?.requireSigned;
     this.merges = new MergeCache(catalogue, blobs, this.metrics, this.log, {
