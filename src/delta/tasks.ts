@@ -10,8 +10,7 @@ import { compressContents, CompressResult, StoredChunkInfo } from '../convert/ta
 import type { Codec } from '../format/types';
 import { promises as fsp } from 'node:fs';
 import { corrupt } from '../errors';
-import { readFully } from '../format/reader';
-import { zstdUnframe } from '../format/zstd';
+import { readZstdChunk } from '../format/reader';
 import { Chain } from './chain';
 import { BSDIFF_MAX_INPUT, chunkBaseRange, CodecChoice, contentKind, encodeChunk, LevelPreset } from './codecs';
 
@@ -80,6 +79,8 @@ export interface FullBlobArg {
   chunks: { offset: number; storedSize: number; rawSize: number; rawDigest: string }[];
 }
 
+const NO_DIGEST = Buffer.alloc(0);
+
 /** A FULL content read straight from its file, chunk by chunk, each chunk checked against its digest. */
 class FullBlob {
   constructor(
@@ -103,15 +104,8 @@ class FullBlob {
       for (const c of this.blob.chunks) {
         const next = pos + c.rawSize;
         if (next > start && pos < end) {
-          const stored = Buffer.alloc(c.storedSize);
-          await readFully(fh, stored, c.offset);
-          let raw: Buffer;
-          try {
-            raw = zstdUnframe(stored, c.rawSize);
-          } catch (e) {
-            throw corrupt(`${this.path}: stored chunk at ${c.offset} is damaged (${(e as Error).message})`, e);
-          }
-          if (sha(raw) !== c.rawDigest) throw corrupt(`${this.path}: chunk at ${c.offset} decodes to the wrong content`);
+          // version 2 zstd chunks carry no stored digest: the decoded bytes are checked
+          const raw = await readZstdChunk(fh, this.path, { ...c, storedDigest: NO_DIGEST, rawDigest: Buffer.from(c.rawDigest, 'hex') });
           parts.push(raw.subarray(Math.max(0, start - pos), Math.min(c.rawSize, end - pos)));
         }
         pos = next;

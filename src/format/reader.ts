@@ -180,6 +180,25 @@ function withPath(e: unknown, path: string): D4fsError {
   return corrupt(`${path}: ${(e as Error).message}`, e);
 }
 
+/**
+ * The header and size of a file whose index is checked against its root
+ * digest (read and decompressed, never taken from the reuse cache) and not
+ * decoded: a copy of a file that was opened and validated is the same file
+ * when this holds and its header and size are the validated file's.
+ */
+export async function verifyIndexBytes(path: string): Promise<{ header: HeaderInfo; size: number }> {
+  const fh = await openFile(path);
+  try {
+    const { st, header } = await readHeader(fh, path);
+    await readVerifiedIndex(fh, header, path);
+    return { header, size: st.size };
+  } catch (e) {
+    throw withPath(e, path);
+  } finally {
+    await fh.close().catch(() => undefined);
+  }
+}
+
 export class CdimgReader {
   readonly blobs: Map<string, Blob>;
   readonly byPath: Map<string, Entry>;
@@ -381,16 +400,8 @@ export class CdimgReader {
   /** Decode a ZSTD chunk and verify it. Patch chunks need a base: see the delta module. */
   async readFullChunk(c: Chunk): Promise<Buffer> {
     if (c.codec !== Codec.ZSTD) throw unsupported(`chunk at ${c.offset} is a patch; it needs its base content`);
-    const stored = await this.readStored(c);
-    let data: Buffer;
-    try {
-      data = decompressFull(stored, c.rawSize);
-    } catch (e) {
-      if (e instanceof D4fsError && e.kind !== 'CORRUPT') throw e;
-      throw corrupt(`${this.path}: stored chunk at ${c.offset} is damaged (${(e as Error).message})`, e);
-    }
-    if (!sha256(data).equals(c.rawDigest)) throw corrupt(`${this.path}: chunk at ${c.offset} decodes to the wrong content`);
-    return data;
+    if (c.storedDigest.length === 0 && this.index.formatVersion < 2) throw corrupt(`${this.path}: stored chunk at ${c.offset} has no digest`);
+    return readZstdChunk(this.fh, this.path, c);
   }
 
   /** Whole content of a FULL blob (small files; large ones should go chunk by chunk). */
@@ -408,6 +419,33 @@ export class CdimgReader {
   async close(): Promise<void> {
     await this.fh.close().catch(() => undefined);
   }
+}
+
+
+/** What reading one stored zstd chunk needs: a Chunk, or these of its fields. */
+export type ZstdChunkRef = Pick<Chunk, 'offset' | 'storedSize' | 'storedDigest' | 'rawSize' | 'rawDigest'>;
+
+/**
+ * One zstd chunk of `path`, read through `fh`, decoded and verified: its
+ * stored bytes against its stored digest when it has one (format version 1),
+ * the decoded bytes against its chunk digest; damage is CORRUPT naming the
+ * file and the offset. The one read-decode-verify of a stored chunk: the
+ * reader, the FUSE cache (small contents, build threads) and diff's threads
+ * use it.
+ */
+export async function readZstdChunk(fh: fsp.FileHandle, path: string, c: ZstdChunkRef): Promise<Buffer> {
+  const stored = Buffer.allocUnsafe(c.storedSize);
+  await readFully(fh, stored, c.offset);
+  if (c.storedDigest.length > 0 && !sha256(stored).equals(c.storedDigest)) throw corrupt(`${path}: stored chunk at ${c.offset} is damaged (digest mismatch)`);
+  let raw: Buffer;
+  try {
+    raw = decompressFull(stored, c.rawSize);
+  } catch (e) {
+    if (e instanceof D4fsError && e.kind !== 'CORRUPT') throw e;
+    throw corrupt(`${path}: stored chunk at ${c.offset} is damaged (${(e as Error).message})`, e);
+  }
+  if (!sha256(raw).equals(c.rawDigest)) throw corrupt(`${path}: chunk at ${c.offset} decodes to the wrong content`);
+  return raw;
 }
 
 export async function readFully(fh: fsp.FileHandle, buf: Buffer, pos: number): Promise<void> {

@@ -22,9 +22,8 @@
 import { createHash } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
 import { corrupt } from '../errors';
-import { readFully } from '../format/reader';
+import { readZstdChunk } from '../format/reader';
 import { Codec, Encoding } from '../format/types';
-import { zstdUnframe } from '../format/zstd';
 import type { Location } from './chain-index';
 
 /** Largest content served from memory. */
@@ -105,19 +104,9 @@ export class SmallContents {
 
   private async decode(hex: string, loc: Location): Promise<Buffer> {
     const c = loc.blob.chunks[0];
-    const stored = Buffer.allocUnsafe(c.storedSize);
-    await this.withFile(loc.file, (fh) => readFully(fh, stored, c.offset));
-    if (c.storedDigest.length > 0 && !createHash('sha256').update(stored).digest().equals(c.storedDigest)) {
-      throw corrupt(`${loc.file}: stored chunk at ${c.offset} is damaged (digest mismatch)`);
-    }
-    let raw: Buffer;
-    try {
-      raw = zstdUnframe(stored, c.rawSize);
-    } catch (e) {
-      throw corrupt(`${loc.file}: stored chunk at ${c.offset} of sha256:${hex} is damaged (${(e as Error).message})`, e);
-    }
-    // The whole content against its digest (and so its one chunk against the chunk's).
-    if (raw.length !== loc.blob.size || createHash('sha256').update(raw).digest('hex') !== hex) {
+    const raw = await this.withFile(loc.file, (fh) => readZstdChunk(fh, loc.file, c));
+    // The whole content against its digest (its one chunk's digest is usually that digest: checked already).
+    if (raw.length !== loc.blob.size || (!c.rawDigest.equals(loc.blob.digest) && createHash('sha256').update(raw).digest('hex') !== hex)) {
       throw corrupt(`${loc.file}: content sha256:${hex} does not match its digest after decoding`);
     }
     this.decodes++;

@@ -20,7 +20,7 @@ import { dirname, join } from 'node:path';
 import { Chain } from '../delta/chain';
 import { codecByProto, decodeWith } from '../delta/codecs/registry';
 import { corrupt, notFound } from '../errors';
-import { readFully } from '../format/reader';
+import { readFully, readZstdChunk } from '../format/reader';
 import { type Blob, Codec } from '../format/types';
 import { sha256 } from '../util/digest';
 import { writeFully } from '../util/fileio';
@@ -219,6 +219,10 @@ async function baseRegion(hex: string, offset: number, size: number): Promise<Bu
  * undefined when it patches a base that is not at hand.
  */
 async function directChunk(d: DirectSource, c: DirectChunk): Promise<Buffer | undefined> {
+  if (!c.storedDigest && (c.codec !== Codec.ZSTD || d.formatVersion < 2)) throw corrupt(`${d.file}: stored chunk at ${c.offset} has no digest`);
+  const storedDigest = Buffer.from(c.storedDigest, 'hex');
+  const rawDigest = Buffer.from(c.rawDigest, 'hex');
+  if (c.codec === Codec.ZSTD) return readZstdChunk(await fileOf(d.file), d.file, { ...c, storedDigest, rawDigest });
   const codec = codecByProto(c.codec);
   const needsBase = codec.base === 'required' || (codec.base === 'optional' && c.baseDigest.length > 0);
   let base: Buffer | null = null;
@@ -229,13 +233,9 @@ async function directChunk(d: DirectSource, c: DirectChunk): Promise<Buffer | un
   }
   const stored = Buffer.allocUnsafe(c.storedSize);
   await readFully(await fileOf(d.file), stored, c.offset);
-  if (c.storedDigest) {
-    if (sha256(stored).toString('hex') !== c.storedDigest) throw corrupt(`${d.file}: stored chunk at ${c.offset} is damaged (digest mismatch)`);
-  } else if (c.codec !== Codec.ZSTD || d.formatVersion < 2) {
-    throw corrupt(`${d.file}: stored chunk at ${c.offset} has no digest`);
-  }
+  if (c.storedDigest && !sha256(stored).equals(storedDigest)) throw corrupt(`${d.file}: stored chunk at ${c.offset} is damaged (digest mismatch)`);
   const raw = decodeWith(codec, stored, base, c.rawSize);
-  if (sha256(raw).toString('hex') !== c.rawDigest) throw corrupt(`${d.file}: chunk at ${c.offset} decodes to the wrong content`);
+  if (!sha256(raw).equals(rawDigest)) throw corrupt(`${d.file}: chunk at ${c.offset} decodes to the wrong content`);
   return raw;
 }
 
