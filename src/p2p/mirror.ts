@@ -23,7 +23,7 @@ import type { Logger } from 'pino';
 import { D4fsError, invalidArgument, notFound, toD4fsError } from '../errors';
 import { checkRepository, isDigestReference } from '../oci/registry/client';
 import { INDEX_TYPES, MANIFEST_TYPES } from '../oci/mediatypes';
-import { parseRange } from '../server/http';
+import { parseRange, startRangeAnswer } from '../server/http';
 import { parseDigest } from '../util/digest';
 import type { BlobCache } from './cache';
 import type { Fetcher } from './fetcher';
@@ -255,16 +255,9 @@ export class Mirror {
     try {
       const headers: Record<string, string> = { 'Content-Type': 'application/octet-stream', 'Docker-Content-Digest': digest, 'Accept-Ranges': 'bytes', 'Docker-Distribution-API-Version': 'registry/2.0', ...extra };
       const range = parseRange(typeof req.headers.range === 'string' ? req.headers.range : undefined, size);
-      if (range === 'unsatisfiable') {
-        res.writeHead(416, { ...headers, 'Content-Range': `bytes */${size}`, 'Content-Length': '0' });
-        res.end();
-        return;
-      }
-      const start = range?.start ?? 0;
-      const end = range?.end ?? size - 1;
-      if (range) headers['Content-Range'] = `bytes ${start}-${end}/${size}`;
-      headers['Content-Length'] = String(Math.max(0, end - start + 1));
-      res.writeHead(range ? 206 : 200, headers);
+      const part = startRangeAnswer(res, headers, range, size);
+      if (!part) return;
+      const { start, end } = part;
       if (req.method === 'HEAD' || size === 0) {
         res.end();
         return;

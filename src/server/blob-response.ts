@@ -6,7 +6,7 @@ import { Transform, TransformCallback } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import type { Logger } from 'pino';
 import { CDIMG_MEDIA_TYPE, etagOf, FILE_DIGEST_HEADER } from '../distribution/protocol';
-import { bodyPending, parseRange } from './http';
+import { bodyPending, parseRange, startRangeAnswer } from './http';
 import type { ServerMetrics } from './metrics';
 
 /** Counts body bytes into a metric as they pass. */
@@ -58,16 +58,9 @@ export async function sendBlob(
     }
     const ifRange = req.headers['if-range'];
     const range = ifRange === undefined || ifRange === etag ? parseRange(req.headers.range, size) : undefined;
-    if (range === 'unsatisfiable') {
-      res.writeHead(416, { ...headers, 'Content-Range': `bytes */${size}`, 'Content-Length': '0' });
-      res.end();
-      return;
-    }
-    const start = range?.start ?? 0;
-    const end = range?.end ?? size - 1;
-    if (range) headers['Content-Range'] = `bytes ${start}-${end}/${size}`;
-    headers['Content-Length'] = String(Math.max(0, end - start + 1));
-    res.writeHead(range ? 206 : 200, headers);
+    const part = startRangeAnswer(res, headers, range, size);
+    if (!part) return;
+    const { start, end } = part;
     if (head || size === 0) {
       res.end();
       return;

@@ -223,3 +223,23 @@ export function parseRange(header: string | undefined, size: number): ByteRange 
   end = Math.min(end, size - 1);
   return { start, end };
 }
+
+/**
+ * Starts the answer to a GET or HEAD of `size` bytes with `range` (from
+ * parseRange): 416 with its Content-Range, ended here (undefined returned);
+ * else 206 with Content-Range, or 200, with Content-Length, and the bytes to
+ * send. The d4fs-server's blobs and the peer's mirror answer through it.
+ */
+export function startRangeAnswer(res: ServerResponse, headers: Record<string, string>, range: ByteRange | 'unsatisfiable' | undefined, size: number): ByteRange | undefined {
+  if (range === 'unsatisfiable') {
+    res.writeHead(416, { ...headers, 'Content-Range': `bytes */${size}`, 'Content-Length': '0' });
+    res.end();
+    return undefined;
+  }
+  const start = range?.start ?? 0;
+  const end = range?.end ?? size - 1;
+  if (range) headers['Content-Range'] = `bytes ${start}-${end}/${size}`;
+  headers['Content-Length'] = String(Math.max(0, end - start + 1));
+  res.writeHead(range ? 206 : 200, headers);
+  return { start, end };
+}
