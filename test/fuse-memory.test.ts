@@ -31,6 +31,9 @@
  * requests, and reads of our own mount from libuv's pool could wait for
  * themselves (see src/fuse/fuse3.test.ts).
  *
+ * Then every file of the image is read through the mount and compared with
+ * what `cdimg unpack` writes (its index: content digest, size, mode, owner).
+ *
  * Needs root and /dev/fuse (skipped, loudly, without them).
  */
 import { execFile, execFileSync } from 'node:child_process';
@@ -46,6 +49,8 @@ import { ContentCache } from '../src/fuse/cache';
 import { ChainIndex } from '../src/fuse/chain-index';
 import type { ImageFileSystem } from '../src/fuse/imagefs';
 import { FusePool } from '../src/fuse/pool';
+import { CdimgReader } from '../src/format/reader';
+import { FileType } from '../src/format/types';
 import { WorkerPool } from '../src/workers/pool';
 import { describeIfCapable } from './helpers/capabilities';
 import { mountsUnder } from './helpers/containerd';
@@ -204,4 +209,36 @@ describeIfCapable('test/fuse-memory.test.ts', ['root', 'fuse'])('FUSE manager me
     expect(m5.heap - m4.heap).toBeLessThanOrEqual(BUDGET.nextHeap);
     expect(m5.rss - m4.rss).toBeLessThanOrEqual(BUDGET.nextRss);
   });
+
+  test('every file of the 151k-entry image read through the mount is what `cdimg unpack` writes: the content, size, mode and owner its index gives it', async () => {
+    expect(mounted.length).toBeGreaterThan(0); // the v1 mount of the test above
+    const mp = path.join(dir, 'mnt', 'v1');
+    // what unpack writes, from the index (unpack writes each entry as the index has it, its content verified)
+    const r = await CdimgReader.open(cd('v1.cdimg'));
+    const want = new Map<string, string>();
+    const byPath = new Map(r.index.entries.map((e) => [e.path, e]));
+    for (const e of r.index.entries) {
+      if (e.type !== FileType.REG && e.type !== FileType.HARDLINK) continue;
+      const target = e.type === FileType.HARDLINK ? byPath.get(e.linkTarget)! : e;
+      want.set(e.path, `${target.digest.toString('hex')} ${target.size} ${(target.mode & 0o7777).toString(8)} ${target.uid}:${target.gid}`);
+    }
+    await r.close();
+    // every regular file through the mount, from a child process: sha256, size, mode and owner
+    const script = `cd '${mp}' && find . -type f -printf '%P\\t%s %m %U:%G\\n' > '${dir}/meta.txt' && find . -type f -print0 | xargs -0 -n 2000 sha256sum > '${dir}/sums.txt'`;
+    await run('sh', ['-c', script], { maxBuffer: 1024 * 1024 });
+    const meta = new Map<string, string>();
+    for (const line of (await fsp.readFile(path.join(dir, 'meta.txt'), 'utf8')).split('\n').filter(Boolean)) {
+      const tab = line.indexOf('\t');
+      meta.set(line.slice(0, tab), line.slice(tab + 1));
+    }
+    const got = new Map<string, string>();
+    for (const line of (await fsp.readFile(path.join(dir, 'sums.txt'), 'utf8')).split('\n').filter(Boolean)) {
+      const p = line.slice(66).replace(/^\.\//, '');
+      got.set(p, `${line.slice(0, 64)} ${meta.get(p)}`);
+    }
+    expect(got.size).toBe(want.size);
+    let wrong = 0;
+    for (const [p, w] of want) if (got.get(p) !== w) wrong++;
+    expect(wrong).toBe(0);
+  }, 600_000);
 });
