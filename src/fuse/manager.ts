@@ -72,6 +72,9 @@ interface Served {
 const MAX_BODY = 1024 * 1024;
 const FUSECTL = '/sys/fs/fuse/connections';
 
+/** Builds after which the manager reclaims memory once the pool is idle (FuseManager.reclaimSoon). */
+const RECLAIM_AFTER_BUILDS = 32;
+
 export class FuseManager {
   private readonly mounts = new Map<string, Served>();
   /** Unmounted filesystems: kept serving whatever still references them (an overlay's lower dir). */
@@ -95,6 +98,14 @@ export class FuseManager {
     this.paths = managerPaths(o.root);
     if (o.socket) this.paths.socket = o.socket;
     this.binding = chooseBinding(o.binding);
+    // After a burst of builds (a big file read cold: 64 chunk builds of 4 MiB), what they
+    // freed is given back too: ~360 -> ~280 MiB RSS after 1,000 small files and the 256 MiB
+    // file of the 151k-entry image read cold (issue 18). Small bursts are left alone (a
+    // collection pauses this thread).
+    pool.onIdle = (tasks) => {
+      this.buildsSinceReclaim += tasks;
+      if (this.buildsSinceReclaim >= RECLAIM_AFTER_BUILDS) this.reclaimSoon();
+    };
   }
 
   /**
@@ -327,10 +338,14 @@ export class FuseManager {
    * MiB RSS right after the mount of that image (issue 18). The collection
    * pauses this thread once per mount (~0.1 s at that size).
    */
+  /** Builds since the last reclamation (see the constructor's onIdle). */
+  private buildsSinceReclaim = 0;
+
   private reclaimSoon(): void {
     if (this.reclaimTimer) clearTimeout(this.reclaimTimer);
     this.reclaimTimer = setTimeout(() => {
       this.reclaimTimer = undefined;
+      this.buildsSinceReclaim = 0;
       const before = process.memoryUsage.rss();
       (globalThis as { gc?: () => void }).gc?.();
       trimMemory();

@@ -13,6 +13,20 @@ describe('FusePool', () => {
     expect((err as Error).message).toMatch(/nonexistent\/d4fs-file/);
   });
 
+  it('onIdle: called when the last running task ends, with the tasks since the last call', async () => {
+    const calls: number[] = [];
+    pool.onIdle = (n) => calls.push(n);
+    try {
+      const arg = { path: __filename, digest: '00'.repeat(32), size: 1 };
+      await Promise.all([pool.run('verifyFile', arg), pool.run('verifyFile', arg), pool.run('verifyFile', arg).catch(() => undefined)]);
+      expect(calls).toEqual([3]);
+      await pool.run('verifyFile', { ...arg, path: '/nonexistent/d4fs-file' }).catch(() => undefined);
+      expect(calls).toEqual([3, 1]);
+    } finally {
+      pool.onIdle = undefined;
+    }
+  });
+
   it('a task that succeeds still returns its result', async () => {
     expect(await pool.run('verifyFile', { path: __filename, digest: '00'.repeat(32), size: 1 })).toBe(false);
   });

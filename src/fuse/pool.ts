@@ -19,6 +19,11 @@ export const FUSE_TASKS: TaskModule<Tasks> = { file: join(__dirname, 'tasks.js')
 export class FusePool {
   private readonly pool: WorkerPool;
   readonly threads: number;
+  private running = 0;
+  /** Tasks finished since the pool was last idle. */
+  private finished = 0;
+  /** Called when the last running task ends, with the number of tasks that ran since the pool was last idle (the manager reclaims memory after bursts). */
+  onIdle?: (tasks: number) => void;
 
   /**
    * `threads` (default: available parallelism): one starts now, more while
@@ -31,7 +36,14 @@ export class FusePool {
 
   /** Runs task `name` with `arg` in a worker. */
   run<K extends FuseTaskName>(name: K, arg: TaskArg<Tasks, K>): Promise<TaskResult<Tasks, K>> {
-    return this.pool.run(FUSE_TASKS, name, arg);
+    this.running++;
+    return this.pool.run(FUSE_TASKS, name, arg).finally(() => {
+      this.finished++;
+      if (--this.running > 0) return;
+      const n = this.finished;
+      this.finished = 0;
+      this.onIdle?.(n);
+    });
   }
 
   async close(): Promise<void> {
