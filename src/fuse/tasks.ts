@@ -166,26 +166,57 @@ async function loadBase(hex: string): Promise<Buffer | undefined> {
   return data;
 }
 
-/** Files read by direct builds, kept open (least recently used closed first). */
+/**
+ * Files read by direct builds, kept open (least recently used closed first,
+ * and any unused for FILE_IDLE_MS: a file removed from the store must not
+ * stay allocated on disk because a thread still holds it). A file is closed
+ * only once no read uses it.
+ */
 const MAX_FILES = 32;
-const files = new Map<string, Promise<fsp.FileHandle>>();
+const FILE_IDLE_MS = 30_000;
+interface OpenFile {
+  fh: Promise<fsp.FileHandle>;
+  used: number;
+  users: number;
+  closing: boolean;
+}
+const files = new Map<string, OpenFile>();
+let fileSweeper: NodeJS.Timeout | undefined;
 
-function fileOf(path: string): Promise<fsp.FileHandle> {
+function retire(path: string, f: OpenFile): void {
+  if (files.get(path) === f) files.delete(path);
+  f.closing = true;
+  if (f.users === 0) f.fh.then((h) => h.close()).catch(() => undefined);
+}
+
+/** Runs `use` with a kept read handle of `path`. */
+async function withFile<T>(path: string, use: (fh: fsp.FileHandle) => Promise<T>): Promise<T> {
   let f = files.get(path);
   if (f) {
     files.delete(path);
     files.set(path, f);
-    return f;
+  } else {
+    f = { fh: fsp.open(path, 'r'), used: 0, users: 0, closing: false };
+    const opened = f;
+    opened.fh.catch(() => files.get(path) === opened && files.delete(path));
+    files.set(path, f);
+    while (files.size > MAX_FILES) {
+      const [oldest, old] = files.entries().next().value as [string, OpenFile];
+      retire(oldest, old);
+    }
+    fileSweeper ??= setInterval(() => {
+      for (const [p, o] of files) if (o.users === 0 && Date.now() - o.used > FILE_IDLE_MS) retire(p, o);
+    }, FILE_IDLE_MS / 2).unref();
   }
-  f = fsp.open(path, 'r');
-  f.catch(() => files.delete(path));
-  files.set(path, f);
-  while (files.size > MAX_FILES) {
-    const [oldest, old] = files.entries().next().value as [string, Promise<fsp.FileHandle>];
-    files.delete(oldest);
-    old.then((h) => h.close()).catch(() => undefined);
+  f.users++;
+  f.used = Date.now();
+  try {
+    return await use(await f.fh);
+  } finally {
+    f.users--;
+    f.used = Date.now();
+    if (f.closing && f.users === 0) f.fh.then((h) => h.close()).catch(() => undefined);
   }
-  return f;
 }
 
 /** `size` bytes at `offset` of base content `hex` (a verified cache file), or undefined when it is not at hand. */
@@ -222,7 +253,7 @@ async function directChunk(d: DirectSource, c: DirectChunk): Promise<Buffer | un
   if (!c.storedDigest && (c.codec !== Codec.ZSTD || d.formatVersion < 2)) throw corrupt(`${d.file}: stored chunk at ${c.offset} has no digest`);
   const storedDigest = Buffer.from(c.storedDigest, 'hex');
   const rawDigest = Buffer.from(c.rawDigest, 'hex');
-  if (c.codec === Codec.ZSTD) return readZstdChunk(await fileOf(d.file), d.file, { ...c, storedDigest, rawDigest });
+  if (c.codec === Codec.ZSTD) return withFile(d.file, (fh) => readZstdChunk(fh, d.file, { ...c, storedDigest, rawDigest }));
   const codec = codecByProto(c.codec);
   const needsBase = codec.base === 'required' || (codec.base === 'optional' && c.baseDigest.length > 0);
   let base: Buffer | null = null;
@@ -232,7 +263,7 @@ async function directChunk(d: DirectSource, c: DirectChunk): Promise<Buffer | un
     base = region;
   }
   const stored = Buffer.allocUnsafe(c.storedSize);
-  await readFully(await fileOf(d.file), stored, c.offset);
+  await withFile(d.file, (fh) => readFully(fh, stored, c.offset));
   if (c.storedDigest && !sha256(stored).equals(storedDigest)) throw corrupt(`${d.file}: stored chunk at ${c.offset} is damaged (digest mismatch)`);
   const raw = decodeWith(codec, stored, base, c.rawSize);
   if (!sha256(raw).equals(rawDigest)) throw corrupt(`${d.file}: chunk at ${c.offset} decodes to the wrong content`);
