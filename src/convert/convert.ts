@@ -134,10 +134,17 @@ export async function convertImage(o: ConvertOptions): Promise<ConvertResult> {
     const flushed = sink.flush();
     warmFinish(); // while the workers finish the last batches
     await flushed;
-    const { entries, contents } = builder.toEntries();
+    // Every content is compressed: the threads (their heaps, buffers and zstd contexts, ~15–25 MB each)
+    // need not live on through the index, which is where the peak RSS of a big image is.
+    if (!o.pool) await pool.close();
+    const tree = builder.toEntries();
     builder = undefined; // its tree of nodes is not needed any more (~1 KB per entry of a big image)
+    const { entries } = tree;
+    const distinctContents = tree.contents.length;
+    const contentBytes = tree.contents.reduce((n, c) => n + c.size, 0);
     writer = await CdimgWriter.create(o.output);
-    const blobs = await sink.writeTo(writer, contents);
+    const blobs = await sink.writeTo(writer, tree.contents);
+    tree.contents = []; // the blobs have what the index needs (its digest strings: ~100 bytes per content)
     // No reference in the index: the same image gives the same bytes (and
     // root digest, and dedup on servers and registries) whatever reference it
     // was converted from; the manifest digest already names the source.
@@ -151,8 +158,8 @@ export async function convertImage(o: ConvertOptions): Promise<ConvertResult> {
       fileSize: fin.size,
       entries: entries.length,
       regularFiles: entries.filter((e) => e.type === FileType.REG).length,
-      distinctContents: contents.length,
-      contentBytes: contents.reduce((n, c) => n + c.size, 0),
+      distinctContents,
+      contentBytes,
       layers: image.layers.length,
       layerBytes: image.layers.reduce((n, l) => n + l.desc.size, 0),
       seconds: Number(process.hrtime.bigint() - t0) / 1e9,

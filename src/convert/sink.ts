@@ -1,9 +1,10 @@
 /**
  * The content sink of convert. File contents handed over while layers stream
  * in are gathered into batches and sent to the worker pool, which hashes them
- * and compresses them into zstd chunks. Results are taken in submission order,
- * deduplicated by digest and held (in memory up to `memMax` compressed bytes,
- * beyond that in a spool file) until the tree is known; writeTo() then writes
+ * and compresses them into zstd chunks. Results are taken as they come (their
+ * order does not matter: see TaskWindow), deduplicated by digest and held (in
+ * memory up to `memMax` compressed bytes, beyond that in a spool file) until
+ * the tree is known; writeTo() then writes
  * the live ones into the .cdimg in tree order with gathered writes.
  *
  * Tree order is what makes the file a function of the tree alone: `cdimg
@@ -21,13 +22,12 @@
 import { promises as fsp } from 'node:fs';
 import { join } from 'node:path';
 import { corrupt } from '../errors';
-import { ContentRef, ContentSink } from './flatten';
+import { ContentRef, ContentSink, TreeContent } from './flatten';
 import { taskModule, WorkerPool } from '../workers/pool';
 import type * as ConvertTasks from './tasks';
 import type { CompressResult, ContentItem, StoredChunkInfo } from './tasks';
 import { CdimgWriter } from '../format/writer';
-import { Blob, Encoding, zstdChunksAt } from '../format/types';
-import { OrderedWindow } from '../util/ordered';
+import { Blob, Chunk, Codec, Encoding, zstdChunksAt } from '../format/types';
 import { writeFully } from '../util/fileio';
 import { readFully } from '../format/reader';
 
@@ -49,27 +49,108 @@ export interface SinkLimits {
   memMax: number;
 }
 
+/**
+ * Measured on the 150k-file image of issue 18 (2 threads; peak RSS of the
+ * whole process, /usr/bin/time): batches of 1 MiB instead of 2 MiB (a batch
+ * buffer, its result and the thread's output buffer each; up to threads × 3
+ * of each) and 8 MiB of compressed contents held in memory instead of 32 MiB
+ * (the rest is read back from the spool file, in runs, at no measurable
+ * cost) took peak RSS from 537–614 MiB to 478–510 MiB (3 runs each), time
+ * unchanged within the noise of the machine.
+ */
 export const DEFAULT_SINK_LIMITS: SinkLimits = {
   smallMax: 1 << 20,
   inlineMax: 16 << 20,
-  batchBytes: 2 << 20,
+  batchBytes: 1 << 20,
   batchItems: 512,
   maxBytesInFlight: 48 << 20,
-  memMax: 32 << 20,
+  memMax: 8 << 20,
 };
 
-/** A gathered write takes at most this many bytes. */
-const WRITE_GROUP_BYTES = 16 << 20;
+const EMPTY = Buffer.alloc(0);
 
-interface Held {
-  size: number;
-  chunks: StoredChunkInfo[];
-  /** the stored chunks back to back, when held in memory … */
-  data?: Uint8Array;
-  /** … or their offset in the spool file … */
-  spoolOffset: number;
-  /** … or a file of their own (a large content's frames, written by the worker) */
-  file?: string;
+/**
+ * A gathered write takes at most this many bytes (4 MiB: large enough that
+ * the writes cost nothing measurable, and the buffers of a group, garbage
+ * once written, stay small at the end of a conversion, where the peak RSS is).
+ */
+const WRITE_GROUP_BYTES = 4 << 20;
+/** A read of neighbouring spooled contents takes at most this many bytes (or one content). */
+const SPOOL_RUN_BYTES = 1 << 20;
+
+/** `Held.where` of a content held in memory (`Held.data`) or in a file of its own (`Held.files`). */
+const IN_MEMORY = -1;
+const IN_FILE = -2;
+
+/**
+ * The contents held until the tree is known, one slot each (first copy of a
+ * digest only), as columns rather than an object per content: on the
+ * 150k-file image of issue 18 a record object with its chunk list and digest
+ * strings cost ~300 bytes per content; this ~40 (the Map's slot, two numbers).
+ */
+class Held {
+  /** digest → slot */
+  readonly slots = new Map<string, number>();
+  /** stored bytes of each slot (its chunks back to back) */
+  private stored: Float64Array<ArrayBuffer> = new Float64Array(1024);
+  /** offset in the spool file, or IN_MEMORY, or IN_FILE */
+  private whereAt: Float64Array<ArrayBuffer> = new Float64Array(1024);
+  private n = 0;
+  /** slots held in memory: their stored chunks back to back */
+  readonly data = new Map<number, Uint8Array>();
+  /** slots held in a file of their own (a large content's frames, written by the worker) */
+  readonly files = new Map<number, string>();
+  /**
+   * the chunk list of the slots whose content is not one chunk with the
+   * content's own digest (the worker's answer for every content up to the
+   * chunk size: nothing to keep)
+   */
+  readonly chunks = new Map<number, StoredChunkInfo[]>();
+
+  has(digest: string): boolean {
+    return this.slots.has(digest);
+  }
+
+  add(digest: string, size: number, where: number, chunks: StoredChunkInfo[]): number {
+    if (this.n === this.stored.length) {
+      const grow = (a: Float64Array<ArrayBuffer>): Float64Array<ArrayBuffer> => {
+        const b = new Float64Array(a.length * 2);
+        b.set(a);
+        return b;
+      };
+      this.stored = grow(this.stored);
+      this.whereAt = grow(this.whereAt);
+    }
+    const slot = this.n++;
+    this.stored[slot] = size;
+    this.whereAt[slot] = where;
+    if (chunks.length !== 1 || chunks[0].rawDigest !== digest || chunks[0].storedSize !== size) this.chunks.set(slot, chunks);
+    this.slots.set(digest, slot);
+    return slot;
+  }
+
+  size(slot: number): number {
+    return this.stored[slot];
+  }
+
+  where(slot: number): number {
+    return this.whereAt[slot];
+  }
+
+  /** Forget a slot's bytes once written (its number stays taken). */
+  drop(digest: string, slot: number): void {
+    this.slots.delete(digest);
+    this.data.delete(slot);
+    this.files.delete(slot);
+    this.chunks.delete(slot);
+  }
+
+  clear(): void {
+    this.slots.clear();
+    this.data.clear();
+    this.files.clear();
+    this.chunks.clear();
+  }
 }
 
 interface Batch {
@@ -84,6 +165,81 @@ interface Batch {
 }
 
 const newBatch = (): Batch => ({ items: [], refs: [], buffers: [], tmpFiles: [], bytes: 0, shared: null, sharedUsed: 0 });
+
+/**
+ * Tasks started as they come and consumed as they finish, one consume at a
+ * time, with a bounded number (and weight) of tasks not yet consumed.
+ *
+ * Not in submission order (util/ordered's OrderedWindow): the sink's output
+ * does not depend on the order results are taken in (a content's stored bytes
+ * are a function of its bytes, and writeTo lays contents out in tree order),
+ * and in order, one long task (a 256 MiB content staged in a file) held back
+ * every result behind it, so the main thread stopped reading the layer and
+ * the other threads ran dry until it was done.
+ */
+class TaskWindow<T> {
+  private running = 0;
+  private weight = 0;
+  private failure: { error: unknown } | undefined;
+  /** consumes run one after the other */
+  private consuming: Promise<void> = Promise.resolve();
+  private waiters: (() => void)[] = [];
+
+  constructor(private readonly maxTasks: number, private readonly maxWeight: number) {}
+
+  private wait(): Promise<void> {
+    return new Promise((resolve) => this.waiters.push(resolve));
+  }
+
+  private wake(): void {
+    for (const w of this.waiters.splice(0)) w();
+  }
+
+  private fail(e: unknown): void {
+    this.failure ??= { error: e };
+  }
+
+  /** Start `start()` once there is room; `consume` runs with its result when it is done. Throws the first failure. */
+  async push(start: () => Promise<T>, consume: (r: T) => Promise<void>, weight: number): Promise<void> {
+    while (!this.failure && (this.running >= this.maxTasks || (this.running > 0 && this.weight + weight > this.maxWeight))) await this.wait();
+    if (this.failure) throw this.failure.error;
+    this.running++;
+    this.weight += weight;
+    const done = (): void => {
+      this.running--;
+      this.weight -= weight;
+      this.wake();
+    };
+    start().then(
+      (r) => {
+        this.consuming = this.consuming.then(async () => {
+          try {
+            if (!this.failure) await consume(r);
+          } catch (e) {
+            this.fail(e);
+          } finally {
+            done();
+          }
+        });
+      },
+      (e) => {
+        this.fail(e);
+        done();
+      },
+    );
+  }
+
+  /** Wait until every task is consumed; throws the first failure. */
+  async flush(): Promise<void> {
+    while (this.running > 0) await this.wait();
+    if (this.failure) throw this.failure.error;
+  }
+
+  /** After an error: wait for the tasks still running, ignoring their results. */
+  async settle(): Promise<void> {
+    while (this.running > 0) await this.wait();
+  }
+}
 
 /** Append `size` bytes of `file` to the writer, WRITE_GROUP_BYTES at a time. */
 async function copyInPieces(file: string, size: number, writer: CdimgWriter): Promise<void> {
@@ -102,9 +258,9 @@ async function copyInPieces(file: string, size: number, writer: CdimgWriter): Pr
 }
 
 export class BlobSink implements ContentSink {
-  /** digest → its stored chunks (first copy only) */
-  private readonly held = new Map<string, Held>();
-  private readonly window: OrderedWindow<CompressResult>;
+  /** the stored contents by digest (first copy only) */
+  private readonly held = new Held();
+  private readonly window: TaskWindow<CompressResult>;
   private batch: Batch = newBatch();
   private seq = 0;
   private heldInMemory = 0;
@@ -127,7 +283,7 @@ export class BlobSink implements ContentSink {
     private readonly tmpDir: string,
     private readonly limits: SinkLimits = DEFAULT_SINK_LIMITS,
   ) {
-    this.window = new OrderedWindow(Math.max(2, pool.threads * 3), limits.maxBytesInFlight);
+    this.window = new TaskWindow(Math.max(2, pool.threads * 3), limits.maxBytesInFlight);
   }
 
   private async makeTmpDir(): Promise<void> {
@@ -212,10 +368,12 @@ export class BlobSink implements ContentSink {
     const b = this.batch;
     this.batch = newBatch();
     if (!b.items.length) return;
+    // a staged content weighs nothing here: it is on disk, and the thread reads it a chunk at a time
+    const weight = b.items.reduce((n, it) => n + (it.data ? it.size : 0), 0);
     await this.window.push(
       () => this.pool.run(CONVERT_TASKS, 'compressContents', { items: b.items, level: this.level, chunkSize: this.chunkSize }, b.buffers),
       (r) => this.consume(b, r),
-      b.bytes,
+      weight,
     );
   }
 
@@ -242,12 +400,12 @@ export class BlobSink implements ContentSink {
       b.refs[i].digest = digest;
       if (outPath) {
         if (this.held.has(digest)) await fsp.rm(outPath, { force: true });
-        else this.held.set(digest, { size: sizes[i], chunks, spoolOffset: -1, file: outPath });
+        else this.held.files.set(this.held.add(digest, sizes[i], IN_FILE, chunks), outPath);
         continue;
       }
       if (!this.held.has(digest)) {
-        if (spoolBase < 0) this.held.set(digest, { size: sizes[i], chunks, data: r.stored.subarray(o, o + sizes[i]), spoolOffset: -1 });
-        else this.held.set(digest, { size: sizes[i], chunks, spoolOffset: spoolBase + o });
+        if (spoolBase < 0) this.held.data.set(this.held.add(digest, sizes[i], IN_MEMORY, chunks), r.stored.subarray(o, o + sizes[i]));
+        else this.held.add(digest, sizes[i], spoolBase + o, chunks);
       }
       o += sizes[i];
     }
@@ -271,6 +429,8 @@ export class BlobSink implements ContentSink {
   async flush(): Promise<void> {
     await this.submit();
     await this.window.flush();
+    // no batch comes any more: their buffers (threads × 3 × batchBytes, 12 MiB) need not wait for destroy()
+    this.freeShared.length = 0;
   }
 
   /**
@@ -278,40 +438,89 @@ export class BlobSink implements ContentSink {
    * gathered writes; returns their blob records. Contents not listed (deleted
    * or replaced by a later layer) are not written.
    */
-  async writeTo(writer: CdimgWriter, contents: { digest: string; size: number }[]): Promise<Blob[]> {
+  async writeTo(writer: CdimgWriter, contents: TreeContent[]): Promise<Blob[]> {
     await this.flush();
     const blobs: Blob[] = [];
     let group: Uint8Array[] = [];
     let groupBytes = 0;
+    /**
+     * Spooled contents are read into this one buffer (the group's spooled
+     * part; reused once the group is written): a buffer per read, garbage
+     * until V8 collected it, was main-thread malloc memory at the peak.
+     */
+    let area: Buffer | undefined;
+    let areaUsed = 0;
     const write = async (): Promise<void> => {
       if (group.length) await writer.appendv(group);
       group = [];
       groupBytes = 0;
+      areaUsed = 0;
     };
-    let at = writer.offset;
-    for (const c of contents) {
-      const h = this.held.get(c.digest);
-      if (!h) throw new Error(`content ${c.digest} was never stored`);
-      this.held.delete(c.digest); // written once: its record (and in-memory bytes) can go before the index is built
-      blobs.push({ digest: Buffer.from(c.digest, 'hex'), size: c.size, encoding: Encoding.FULL, chunks: zstdChunksAt(at, h.chunks) });
-      at += h.size;
-      if (h.file) {
-        // a large content's frames: copied from their file in pieces
-        await write();
-        await copyInPieces(h.file, h.size, writer);
-        continue;
-      }
-      let data = h.data;
-      if (!data) {
-        // not from Buffer's shared 8 KiB pool: the digests allocated beside would pin each slab (~2 KB per entry of a 150k-file image)
-        const buf = Buffer.allocUnsafeSlow(h.size);
-        await readFully(this.spool as fsp.FileHandle, buf, h.spoolOffset);
-        data = buf;
-      }
+    const add = async (data: Uint8Array): Promise<void> => {
       if (groupBytes + data.length > WRITE_GROUP_BYTES) await write();
       group.push(data);
       groupBytes += data.length;
+    };
+    // Spooled contents next to each other in the spool file are read with one
+    // read: a read per content (151k reads of ~1.5 KB, each awaited) took 12.6
+    // of the 28.6 s of the 150k-file image of issue 18. The spool holds each
+    // batch's contents back to back and batches mostly in layer order, which is
+    // mostly tree order, so the runs are long.
+    let run: { at: number; len: number } | null = null;
+    const readRun = async (): Promise<void> => {
+      if (!run) return;
+      const { at: from, len } = run;
+      run = null;
+      if (groupBytes + len > WRITE_GROUP_BYTES) await write();
+      let buf: Buffer;
+      if (len > WRITE_GROUP_BYTES) buf = Buffer.allocUnsafeSlow(len); // one content larger than a group: alone
+      else {
+        // not from Buffer's shared 8 KiB pool: allocUnsafeSlow
+        area ??= Buffer.allocUnsafeSlow(WRITE_GROUP_BYTES);
+        buf = area.subarray(areaUsed, areaUsed + len);
+        areaUsed += len;
+      }
+      await readFully(this.spool as fsp.FileHandle, buf, from);
+      group.push(buf);
+      groupBytes += len;
+    };
+    let at = writer.offset;
+    for (const c of contents) {
+      const slot = this.held.slots.get(c.digest);
+      if (slot === undefined) throw new Error(`content ${c.digest} was never stored`);
+      const size = this.held.size(slot);
+      const where = this.held.where(slot);
+      const file = this.held.files.get(slot);
+      const data = this.held.data.get(slot);
+      const infos = this.held.chunks.get(slot);
+      this.held.drop(c.digest, slot); // written once: its record (and in-memory bytes) can go before the index is built
+      const digest = c.raw ?? Buffer.from(c.digest, 'hex');
+      // One chunk (every content up to the chunk size): its raw digest is the content's, the same Buffer; the
+      // empty digests are one shared Buffer. An own Buffer each (and its ArrayBuffer) cost ~500 bytes per content.
+      const chunks: Chunk[] = infos
+        ? zstdChunksAt(at, infos)
+        : [{ offset: at, storedSize: size, storedDigest: EMPTY, rawSize: c.size, rawDigest: digest, codec: Codec.ZSTD, baseDigest: EMPTY, baseOffset: 0, baseSize: 0 }];
+      blobs.push({ digest, size: c.size, encoding: Encoding.FULL, chunks });
+      at += size;
+      if (where === IN_FILE) {
+        // a large content's frames: copied from their file in pieces
+        await readRun();
+        await write();
+        await copyInPieces(file as string, size, writer);
+        continue;
+      }
+      if (data) {
+        await readRun();
+        await add(data);
+        continue;
+      }
+      if (run && run.at + run.len === where && run.len + size <= SPOOL_RUN_BYTES) run.len += size;
+      else {
+        await readRun();
+        run = { at: where, len: size };
+      }
     }
+    await readRun();
     await write();
     if (writer.offset !== at) throw new Error('blob section out of step');
     return blobs;
