@@ -170,6 +170,74 @@ describe('ctr-cli load --no-containerd', () => {
   });
 });
 
+describe('LocalStore.add: the store keeps its own checked copy', () => {
+  const copyOf = async (name: string, damage?: (b: Buffer) => void): Promise<string> => {
+    const at = path.join(work, name);
+    const buf = await fsp.readFile(v1);
+    damage?.(buf);
+    await fsp.writeFile(at, buf);
+    return at;
+  };
+  const leftovers = (root: string): string[] => fs.readdirSync(path.join(root, 'tmp'));
+
+  test('a damaged file is refused (CORRUPT) and nothing is stored or left; moved, it goes back where it was; the stored copy is a file of its own', async () => {
+    const root = path.join(work, 'store-damaged');
+    const store = await LocalStore.open(root);
+    try {
+      const bad = await copyOf('damaged.cdimg', (b) => {
+        b[b.length - 100] ^= 0xff; // inside the index
+      });
+      const e = await store.add(bad).then(() => undefined, (x: unknown) => x as D4fsError);
+      expect(e?.kind).toBe('CORRUPT');
+      expect(e?.message).toContain(bad);
+      expect(fs.readdirSync(path.join(root, 'files'))).toEqual([]);
+      expect(leftovers(root)).toEqual([]);
+      const ino = fs.statSync(bad).ino;
+      const e2 = await store.add(bad, { move: true }).then(() => undefined, (x: unknown) => x as D4fsError);
+      expect(e2?.kind).toBe('CORRUPT');
+      expect(e2?.message).toContain(bad);
+      expect(fs.statSync(bad).ino).toBe(ino);
+      expect(fs.readdirSync(path.join(root, 'files'))).toEqual([]);
+      expect(leftovers(root)).toEqual([]);
+      // a good file: the stored copy is a file of its own, equal to it
+      const good = await copyOf('good.cdimg');
+      const f = await store.add(good);
+      expect(fs.statSync(f.path).ino).not.toBe(fs.statSync(good).ino);
+      expect(fs.readFileSync(f.path).equals(fs.readFileSync(v1))).toBe(true);
+      expect(leftovers(root)).toEqual([]);
+    } finally {
+      store.close();
+    }
+  });
+
+  test('move renames a file only the caller names; a hard-linked file is copied, and its other name keeps its bytes', async () => {
+    const root = path.join(work, 'store-move');
+    const store = await LocalStore.open(root);
+    try {
+      const mine = await copyOf('mine.cdimg');
+      const ino = fs.statSync(mine).ino;
+      const f = await store.add(mine, { move: true });
+      expect(fs.existsSync(mine)).toBe(false);
+      expect(fs.statSync(f.path).ino).toBe(ino);
+      expect(fs.readFileSync(f.path).equals(fs.readFileSync(v1))).toBe(true);
+      await store.gc([]); // no name holds it: collected
+
+      const linked = await copyOf('linked.cdimg');
+      const other = path.join(work, 'linked-too.cdimg');
+      await fsp.link(linked, other);
+      const g = await store.add(linked, { move: true });
+      expect(fs.existsSync(linked)).toBe(false); // moved: gone from where it was
+      expect(fs.statSync(g.path).ino).not.toBe(fs.statSync(other).ino); // a copy: writing through the other name cannot change it
+      const was = fs.readFileSync(other);
+      fs.writeFileSync(other, Buffer.alloc(16));
+      expect(fs.readFileSync(g.path).equals(was)).toBe(true);
+      expect(leftovers(root)).toEqual([]);
+    } finally {
+      store.close();
+    }
+  });
+});
+
 describe('without containerd', () => {
   test('load says containerd cannot be reached (exit 11) and keeps the image in the store', async () => {
     const store = path.join(work, 'store-nc');

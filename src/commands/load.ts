@@ -97,12 +97,13 @@ function registerLoadCommand(program: Command): void {
     .addOption(new Option('--imageTag <name>', 'D4C alias of --image').hideHelp())
     .option('--cdimg <file>', 'the .cdimg to load (a delta needs its parent image loaded first)')
     .option('--store <dir>', `local store directory (default $D4FS_STORE or ${DEFAULT_STORE})`)
+    .option('--move', 'move the .cdimg into the store instead of copying it (a rename when it is on the same filesystem; the file is gone from where it was once loaded)')
     .option('--json', 'print the result as JSON')
     .option('--verify-key <pem>', 'require a signature by this public key (repeatable: any of them)', (v: string, prev: string[] = []) => [...prev, v])
     .option('--policy <file>', 'signature policy file: {"verifyKeys": ["key.pub.pem", …]}')
     .addHelpText('after', '\nExamples:\n  ctr-cli load --image nginx:1 --cdimg nginx-1.cdimg\n  ctr-cli load --image nginx:2 --cdimg nginx-1-2.cdimg\n  ctr run --rm --snapshotter d4fs nginx:2 web\n');
   addContainerdOptions(c).action(
-    action(async (positional: string | undefined, o: ContainerdFlags & { image?: string; imageTag?: string; cdimg?: string; store?: string; json?: boolean; verifyKey?: string[]; policy?: string }) => {
+    action(async (positional: string | undefined, o: ContainerdFlags & { image?: string; imageTag?: string; cdimg?: string; store?: string; move?: boolean; json?: boolean; verifyKey?: string[]; policy?: string }) => {
       const given = o.image ?? o.imageTag ?? positional;
       if (positional && (o.image ?? o.imageTag) && positional !== (o.image ?? o.imageTag)) throw invalidArgument('name the image once: NAME or --image NAME');
       if (!given) throw invalidArgument('--image is required (the name to load the image as, e.g. --image nginx:1 --cdimg nginx-1.cdimg), or NAME of an image the store holds');
@@ -112,14 +113,15 @@ function registerLoadCommand(program: Command): void {
       try {
         let file: StoredFile;
         if (o.cdimg) {
-          file = await store.add(o.cdimg, { policy });
+          // add verifies the file whole (and a delta's tree on the chain of its parent)
+          file = await store.add(o.cdimg, { policy, move: o.move });
         } else {
           // an image the store holds: its newest file is the top of its chain
           const id = store.resolveName(name);
           const chainNow = store.chainFor(id);
           file = chainNow[chainNow.length - 1];
+          await store.verifyChain(file.imageId);
         }
-        await store.verifyChain(file.imageId);
         await store.checkChainSignatures(file.imageId, policy);
         const chain = store.chainFor(file.imageId);
         let ctr: LoadImageResult | undefined;

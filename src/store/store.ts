@@ -8,8 +8,8 @@
 import Database from 'better-sqlite3';
 import { promises as fsp, constants as FS } from 'node:fs';
 import { join } from 'node:path';
-import { CdimgReader } from '../format/reader';
-import { failedPrecondition, invalidArgument, notFound } from '../errors';
+import { CdimgReader, type HeaderInfo, verifyIndexBytes } from '../format/reader';
+import { corrupt, failedPrecondition, invalidArgument, notFound } from '../errors';
 import { checkChain } from '../format/chain';
 import { enforcePolicy, readSignatureFile, signaturePathOf, SignatureFile, SignaturePolicy, writeSignatureFile } from '../signing';
 
@@ -36,6 +36,36 @@ export function checkImageName(name: string): string {
     throw invalidArgument(`invalid image name "${String(name).slice(0, 80)}": expected REPO[:TAG] in lower case, e.g. nginx:1.22`);
   }
   return name.includes(':') ? name : `${name}:latest`;
+}
+
+/** Whether two checked headers are the same (every field). */
+function sameHeader(a: HeaderInfo, b: HeaderInfo): boolean {
+  return (
+    a.version === b.version &&
+    a.flags === b.flags &&
+    a.indexOffset === b.indexOffset &&
+    a.indexStoredLen === b.indexStoredLen &&
+    a.indexRawLen === b.indexRawLen &&
+    a.rootDigest.equals(b.rootDigest)
+  );
+}
+
+/**
+ * Renames `path` to `tmp` when the store may keep that very file: a regular
+ * file on the store's filesystem, with no other name (a hard link would let
+ * whoever writes through it change the stored file) and owned by this
+ * process's user. Otherwise (or when the rename fails) nothing moves and
+ * false comes back: the caller copies.
+ */
+async function moveIn(path: string, tmp: string): Promise<boolean> {
+  const uid = process.getuid?.();
+  const st = await fsp.lstat(path).catch(() => undefined);
+  if (!st || !st.isFile() || st.nlink !== 1 || (uid !== undefined && st.uid !== uid)) return false;
+  if (!(await fsp.rename(path, tmp).then(() => true, () => false))) return false;
+  const now = await fsp.lstat(tmp).catch(() => undefined);
+  if (now && now.isFile() && now.nlink === 1 && now.ino === st.ino && now.dev === st.dev) return true;
+  await fsp.rename(tmp, path).catch(() => undefined);
+  return false;
 }
 
 export class LocalStore {
@@ -86,41 +116,61 @@ export class LocalStore {
 
   /**
    * Add a .cdimg (verified on open; a delta needs its parent image held).
-   * The file is copied (or moved with `move`) into the store. Idempotent.
-   * Its signature (`signature`, else FILE.sig beside it) is kept beside the
-   * stored file; with a `policy` that asks for signatures, a file without a
-   * trusted one is refused (UNAUTHENTICATED) and nothing is stored.
+   * Idempotent. The store keeps a copy of its own, and the copy is what is
+   * checked and kept (the file the caller named may change afterwards): the
+   * kernel copies the file into the store while this thread opens it where
+   * it is (index verified against the root digest, decoded and validated,
+   * image id recomputed); then the copy's header and size must be the ones
+   * checked and its index must match its root digest, which makes it the
+   * file that was validated. With `move` the file is renamed into the store
+   * instead when that is safe (same filesystem, a regular file with no other
+   * name, owned by this process's user) and opened there; otherwise it is
+   * copied, and removed once stored. Its signature (`signature`, else
+   * FILE.sig beside it) is kept beside the stored file; with a `policy` that
+   * asks for signatures, a file without a trusted one is refused
+   * (UNAUTHENTICATED) and nothing is stored.
    */
   async add(path: string, opts: { move?: boolean; signature?: SignatureFile; policy?: SignaturePolicy } = {}): Promise<StoredFile> {
     const sig = opts.signature ?? (await readSignatureFile(path).catch(() => undefined));
-    // The copy is what is checked and kept: the file the caller named may
-    // change after it was read, the store's own copy cannot.
     const tmp = this.tempPath('add');
-    if (opts.move) {
-      await fsp.rename(path, tmp).catch(async () => fsp.copyFile(path, tmp, FS.COPYFILE_FICLONE));
-    } else {
-      await fsp.copyFile(path, tmp, FS.COPYFILE_FICLONE);
-    }
+    const named = (e: unknown): unknown => {
+      if (e instanceof Error) e.message = e.message.split(tmp).join(path);
+      return e;
+    };
+    let moved = false;
+    let copy: Promise<void> | undefined;
     let rec: StoredFile;
     try {
-      await enforcePolicy(opts.policy, tmp, sig).catch((e: unknown) => {
-        if (e instanceof Error) e.message = e.message.split(tmp).join(path);
-        throw e;
+      moved = !!opts.move && (await moveIn(path, tmp));
+      if (!moved) {
+        copy = fsp.copyFile(path, tmp, FS.COPYFILE_FICLONE);
+        copy.catch(() => undefined); // awaited below, unless the checks fail first
+      }
+      const at = moved ? tmp : path;
+      const signed = await enforcePolicy(opts.policy, at, sig).catch((e: unknown) => {
+        throw named(e);
       });
-      const r = await CdimgReader.open(tmp, { reuse: true }).catch((e: unknown) => {
-        if (e instanceof Error) e.message = e.message.split(tmp).join(path);
-        throw e;
+      const r = await CdimgReader.open(at, { reuse: true }).catch((e: unknown) => {
+        throw named(e);
       });
       try {
         rec = { rootDigest: r.rootDigest, imageId: r.imageId, parentId: r.parentId ?? '', kind: r.isDelta ? 'delta' : 'full', size: r.fileSize, path: this.filePath(r.rootDigest) };
+        if (signed.subject !== undefined && signed.subject !== rec.rootDigest) throw corrupt(`${path} changed while it was loaded`);
         if (r.isDelta && !this.hasImage(rec.parentId)) {
           throw failedPrecondition(`${path} is a delta from image ${rec.parentId}, which this machine does not hold: load that image (or a chain leading to it) first`);
         }
         // a version 2 delta's tree (and so its image id) is checked against its parent's
-        if (!r.hasTree) await this.checkDeltaTree(tmp, rec.parentId).catch((e: unknown) => {
-          if (e instanceof Error) e.message = e.message.split(tmp).join(path);
-          throw e;
+        if (!r.hasTree) await this.checkDeltaTree(at, rec.parentId).catch((e: unknown) => {
+          throw named(e);
         });
+        if (copy) {
+          // the store's copy is the file just checked: same header and size, an index that matches its root digest
+          await copy;
+          const c = await verifyIndexBytes(tmp).catch((e: unknown) => {
+            throw named(e);
+          });
+          if (c.size !== r.fileSize || !sameHeader(c.header, r.header)) throw corrupt(`${path} changed while it was copied into the store`);
+        }
       } finally {
         await r.close();
       }
@@ -132,10 +182,13 @@ export class LocalStore {
           .prepare('INSERT OR IGNORE INTO files (root_digest, image_id, parent_id, kind, size, added) VALUES (?, ?, ?, ?, ?, ?)')
           .run(rec.rootDigest, rec.imageId, rec.parentId, rec.kind, rec.size, new Date().toISOString());
       }
+      // moved: the caller's name is gone (renamed, or copied and now removed)
+      if (opts.move && !moved) await fsp.rm(path, { force: true }).catch(() => undefined);
     } catch (e) {
-      if (opts.move) await fsp.rename(tmp, path).catch(() => undefined);
+      if (moved) await fsp.rename(tmp, path).catch(() => undefined);
       throw e;
     } finally {
+      await copy?.catch(() => undefined); // a copy still running ends before its file is removed
       await fsp.rm(tmp, { force: true }).catch(() => undefined);
     }
     return rec;
