@@ -1,8 +1,16 @@
 /**
  * Scale benchmark (issue 18, "Scale: big images"): a synthetic image of
- * ~1 GiB in one gzip layer, every number next to its baseline of the same run.
+ * ~1 GiB in one gzip layer and a real one with many files (a Node
+ * application's node_modules), every number next to its baseline of the same run.
  *
- * The image (seeded, cached under <repo>/.cache/bench/scale/<variant>):
+ * Running it: `make bench scale` (both images), or
+ *   node dist/bench/run.js scale [--quick] [--scale-gib N]
+ * with D4FS_BENCH_SCALE_ONLY=synthetic or =node_modules for one image only
+ * (e.g. `D4FS_BENCH_SCALE_ONLY=node_modules make bench scale`, a few minutes
+ * once its corpus is cached; --quick and --scale-gib change only the synthetic
+ * image).
+ *
+ * The synthetic image (seeded, cached under <repo>/.cache/bench/scale/<variant>):
  *   v1: 1,500 directories × 100 text files of 0.5–6 KiB of word-like text,
  *       plus one 256 MiB random file and one 256 MiB text file;
  *   v2: v1 with 1% of the small files edited (a few words each) and 50 small
@@ -14,7 +22,30 @@
  * `gib` (D4FS_BENCH_SCALE_GIB=5) adds 256 MiB big files until the image
  * holds about that many GiB (memory must not grow with size).
  *
- * Measured, one step at a time (the machine is small):
+ * The node_modules image (cached under <repo>/.cache/bench/scale/node_modules,
+ * made once with the npm registry; without it this image is skipped with the
+ * reason in its table, the synthetic one still runs):
+ *   v1: /app with a package.json of NODE_APP_V1 (21 packages, exact versions:
+ *       React + MUI with its icons, Babel, webpack, eslint, jest, TypeScript,
+ *       aws-sdk v2, …) and `npm install --ignore-scripts --no-audit --no-fund
+ *       --prefix /app`: ~64,000 files, ~610 packages, 243 MiB;
+ *   v2: NODE_APP_UPDATES (5 of them to their next patch/minor release) installed
+ *       from v1's package-lock.json, as an `npm update` would (the rest of the
+ *       tree stays as v1 resolved it). Only the named packages are pinned: the
+ *       versions npm picks for their dependencies may differ on another day, so
+ *       v1's tree can drift over time (v1 → v2 stays "these five updated").
+ * Measured (medians of 3 runs, as the image is small): files and entries;
+ * convert of v1 and v2 vs the same baseline as the synthetic image's; .cdimg
+ * size vs the gzip layer; index bytes per entry; `cdimg diff` (time vs
+ * convert of v2, RSS) and the delta's size against the sum of its
+ * changed contents' patches: for each regular file of v2 whose bytes differ
+ * from v1's at its path, the smaller of `zstd -19 --patch-from=old` and
+ * `xdelta3 -9 -e -s old` (zstd only without xdelta3), `zstd -19` of a file
+ * new at its path; removed files cost nothing. That baseline is a function
+ * of the trees and the tools' versions: measured once (a minute or two), then
+ * read from .cache/bench/scale/node_modules/baseline.json (the note says so).
+ *
+ * Measured for the synthetic image, one step at a time (the machine is small):
  *  1. `ctr-cli convert` of v1 and v2 (time, peak RSS by /usr/bin/time) vs
  *     `tar -x` of the layer + `tar -c | zstd -T2 -3` of the tree;
  *  2. .cdimg size vs the gzip layer, stored index bytes per entry (header);
@@ -50,7 +81,10 @@ const MiB = 1024 * KiB;
 const GiB = 1024 * MiB;
 
 /** One line of the table. */
-export type ScaleRow = TargetRow;
+export type ScaleRow = TargetRow & {
+  /** The image of the row: the synthetic one when absent. */
+  image?: 'node_modules';
+};
 
 export interface ScaleBenchOptions {
   /** 1/10 of the size: 150 directories, 25 MiB big files. */
@@ -61,6 +95,8 @@ export interface ScaleBenchOptions {
   reads?: number;
   /** Runs of each convert and its baseline, median reported (default 3 with quick, else 1). */
   runs?: number;
+  /** Only this image (default: $D4FS_BENCH_SCALE_ONLY, else both): 'synthetic' or 'node_modules'. */
+  only?: string;
 }
 
 /** The shape of a generated image. */
@@ -329,43 +365,66 @@ interface Version {
   contentBytes: number;
 }
 
-/** The two versions of `s`, generated once and cached (a marker file says a version is complete). */
+/**
+ * One version of an image, made once by `make` into DIR/v/tree with its OCI layout in DIR/v/layout, and
+ * cached: the marker DIR/v.done.json (written last) says the version is complete for `key`.
+ */
+async function cachedVersion(
+  dir: string,
+  key: string,
+  v: 'v1' | 'v2',
+  make: (tree: string) => Promise<{ entries: number; contentBytes: number }>,
+  log: (m: string) => void,
+): Promise<Version> {
+  await fsp.mkdir(dir, { recursive: true });
+  const marker = path.join(dir, `${v}.done.json`);
+  try {
+    const m = JSON.parse(await fsp.readFile(marker, 'utf8')) as Version & { key: string };
+    if (m.key === key) return m;
+  } catch {
+    /* make it */
+  }
+  await fsp.rm(marker, { force: true });
+  const tree = path.join(dir, v, 'tree');
+  await fsp.rm(path.join(dir, v), { recursive: true, force: true });
+  await fsp.mkdir(path.dirname(tree), { recursive: true });
+  log(`generating ${path.basename(dir)} ${v} in ${tree}`);
+  let t0 = now();
+  const { entries, contentBytes } = await make(tree);
+  log(`  tree: ${(now() - t0).toFixed(1)} s; layer (tar | gzip)`);
+  t0 = now();
+  const layout = path.join(dir, v, 'layout');
+  const l = await writeLayout(tree, layout, v);
+  log(`  layer: ${(l.layerBytes / MiB).toFixed(0)} MiB gzip of ${(l.tarBytes / MiB).toFixed(0)} MiB tar, ${(now() - t0).toFixed(1)} s`);
+  const ver: Version = { tree, ref: `oci:${layout}:${v}`, layerFile: l.layerFile, layerBytes: l.layerBytes, tarBytes: l.tarBytes, entries, contentBytes };
+  await fsp.writeFile(marker, JSON.stringify({ ...ver, key }));
+  return ver;
+}
+
+/** The two versions of `s`, generated once and cached. */
 async function scaleImages(s: Shape, log: (m: string) => void): Promise<{ v1: Version; v2: Version }> {
   const dir = path.join(packageRoot(), '.cache', 'bench', 'scale', s.name);
-  await fsp.mkdir(dir, { recursive: true });
   const key = JSON.stringify({ GENERATOR_VERSION, ...s });
-  const get = async (v: 'v1' | 'v2', make: (tree: string) => Promise<{ entries: number; contentBytes: number }>): Promise<Version> => {
-    const marker = path.join(dir, `${v}.done.json`);
-    try {
-      const m = JSON.parse(await fsp.readFile(marker, 'utf8')) as Version & { key: string };
-      if (m.key === key) return m;
-    } catch {
-      /* make it */
-    }
-    await fsp.rm(marker, { force: true });
-    const tree = path.join(dir, v, 'tree');
-    await fsp.rm(path.join(dir, v), { recursive: true, force: true });
-    await fsp.mkdir(path.dirname(tree), { recursive: true });
-    log(`generating ${s.name} ${v} in ${tree}`);
-    let t0 = now();
-    const { entries, contentBytes } = await make(tree);
-    log(`  tree: ${(now() - t0).toFixed(1)} s; layer (tar | gzip)`);
-    t0 = now();
-    const layout = path.join(dir, v, 'layout');
-    const l = await writeLayout(tree, layout, v);
-    log(`  layer: ${(l.layerBytes / MiB).toFixed(0)} MiB gzip of ${(l.tarBytes / MiB).toFixed(0)} MiB tar, ${(now() - t0).toFixed(1)} s`);
-    const ver: Version = { tree, ref: `oci:${layout}:${v}`, layerFile: l.layerFile, layerBytes: l.layerBytes, tarBytes: l.tarBytes, entries, contentBytes };
-    await fsp.writeFile(marker, JSON.stringify({ ...ver, key }));
-    return ver;
-  };
-  const v1 = await get('v1', async (tree) => {
-    await fsp.mkdir(tree);
-    return generateV1(s, tree);
-  });
-  const v2 = await get('v2', async (tree) => {
-    await generateV2(s, v1.tree, tree);
-    return { entries: v1.entries, contentBytes: v1.contentBytes };
-  });
+  const v1 = await cachedVersion(
+    dir,
+    key,
+    'v1',
+    async (tree) => {
+      await fsp.mkdir(tree);
+      return generateV1(s, tree);
+    },
+    log,
+  );
+  const v2 = await cachedVersion(
+    dir,
+    key,
+    'v2',
+    async (tree) => {
+      await generateV2(s, v1.tree, tree);
+      return { entries: v1.entries, contentBytes: v1.contentBytes };
+    },
+    log,
+  );
   return { v1, v2 };
 }
 
@@ -473,12 +532,77 @@ const row = (measurement: string, d4fs: string, baseline: string, ratio: number 
   note,
 });
 
-/** Runs the benchmark; resolves with the table's rows. */
-export async function scaleBench(opts: ScaleBenchOptions = {}): Promise<ScaleRow[]> {
+/** One version's convert as measured: d4fs's median seconds, peak RSS, the baseline's median, the entries convert counted. */
+interface Converted {
+  s: number;
+  rss: number;
+  base: number;
+  entries: number;
+  /** d4fs's and the baseline's seconds of each run. */
+  ours: number[];
+  bases: number[];
+}
+
+/**
+ * `ctr-cli convert` of `ver` into `out` (time, peak RSS), `runs` times interleaved with its baseline
+ * `tar -x` of the layer + `tar -c | zstd -T2 -3` of the tree; a failed convert is noted in `failures`
+ * and tried once more.
+ */
+async function measureConvert(v: string, ver: Version, out: string, work: string, runs: number, failures: string[], log: (m: string) => void): Promise<Converted> {
+  const tree = path.join(work, `${v}-baseline`);
+  const bases: number[] = [];
+  const ours: { s: number; rss: number; stdout: string }[] = [];
+  // the layer in the page cache for both (an earlier drop_caches may have dropped it)
+  await readFiles([ver.layerFile]);
+  for (let i = 0; i < runs; i++) {
+    await fsp.mkdir(tree);
+    // each timed step starts with nothing dirty: the previous one's writes (and the removal of its
+    // tens of thousands of files) are not left to be written back during the next
+    await execFileP('sync');
+    log(`baseline of ${v}: tar -x + tar -c | zstd -T2 -3`);
+    bases.push((await timedRun('bash', ['-c', `set -e -o pipefail; tar -xf '${ver.layerFile}' -C '${tree}'; tar -cf - -C '${tree}' . | zstd -T2 -3 -q -f -o '${tree}.tar.zst'`])).s);
+    await fsp.rm(tree, { recursive: true, force: true });
+    await fsp.rm(`${tree}.tar.zst`, { force: true });
+    await fsp.rm(out, { force: true });
+    await execFileP('sync');
+    log(`convert ${v}`);
+    const args = [CTR_CLI_JS, 'convert', '--image', ver.ref, '--output', out, '--json', '--no-progress'];
+    ours.push(
+      await timedRun(process.execPath, args).catch(async (e: unknown) => {
+        // seen once at full size ("Digest already called"): reported, and tried once more
+        const msg = (e as Error).message.split('\n')[0];
+        log(`convert ${v} failed, once more: ${msg}`);
+        failures.push(`convert ${v}: ${msg}`);
+        await fsp.rm(out, { force: true });
+        return timedRun(process.execPath, args);
+      }),
+    );
+  }
+  const j = JSON.parse(ours[0].stdout) as { entries: number };
+  return {
+    s: median(ours.map((o) => o.s)),
+    rss: Math.max(...ours.map((o) => o.rss)),
+    base: median(bases),
+    entries: j.entries,
+    ours: ours.map((o) => o.s),
+    bases,
+  };
+}
+
+/** The two rows of one convert: time against the baseline, peak RSS. */
+function convertRows(v: string, ver: Version, c: Converted, size: string, runs: number): ScaleRow[] {
+  const each = runs > 1 ? `median of ${runs} interleaved runs (d4fs ${c.ours.map((o) => o.toFixed(2)).join(', ')} s; baseline ${c.bases.map((b) => b.toFixed(2)).join(', ')} s)` : 'one run each';
+  return [
+    row(`convert ${v} (${size})`, secs(c.s), secs(c.base), c.s / c.base, '≤ 1.5×', c.s / c.base <= 1.5, `time ratio; baseline: tar -x of the ${mib(ver.layerBytes, 0)} gzip layer + tar -c | zstd -T2 -3 of the tree; ${each}`),
+    row(`convert ${v}: peak RSS`, mib(c.rss, 0), '', null, '≤ 512 MiB', c.rss <= 512 * MiB, '/usr/bin/time %M'),
+  ];
+}
+
+/** The synthetic image's part of the benchmark; resolves with its rows. */
+async function syntheticBench(opts: ScaleBenchOptions, log: (m: string) => void): Promise<ScaleRow[]> {
   const s = shapeOf(opts);
   const reads = opts.reads ?? 1000;
   const runs = opts.runs ?? (opts.quick ? 3 : 1);
-  const log = (m: string): void => void process.stderr.write(`scale: ${m}\n`);
   const { v1, v2 } = await scaleImages(s, log);
   const rows: ScaleRow[] = [];
   const size = `${s.name}: ${v1.entries.toLocaleString('en')} entries, ${mib(v1.contentBytes, 0)} of files`;
@@ -487,41 +611,11 @@ export async function scaleBench(opts: ScaleBenchOptions = {}): Promise<ScaleRow
   try {
     // -- 1. convert vs tar -x + zstd -T2 -3 --------------------------------------
     const cdimg: Record<'v1' | 'v2', string> = { v1: path.join(work, 'v1.cdimg'), v2: path.join(work, 'v2.cdimg') };
-    const conv: Record<string, { s: number; rss: number; base: number; entries: number }> = {};
+    const conv: Record<string, Converted> = {};
     const failures: string[] = [];
     for (const [v, ver] of [['v1', v1], ['v2', v2]] as const) {
-      const tree = path.join(work, `${v}-baseline`);
-      const bases: number[] = [];
-      const ours: { s: number; rss: number; stdout: string }[] = [];
-      // the layer in the page cache for both (an earlier drop_caches may have dropped it)
-      await readFiles([ver.layerFile]);
-      for (let i = 0; i < runs; i++) {
-        await fsp.mkdir(tree);
-        log(`baseline of ${v}: tar -x + tar -c | zstd -T2 -3`);
-        bases.push((await timedRun('bash', ['-c', `set -e -o pipefail; tar -xf '${ver.layerFile}' -C '${tree}'; tar -cf - -C '${tree}' . | zstd -T2 -3 -q -f -o '${tree}.tar.zst'`])).s);
-        await fsp.rm(tree, { recursive: true, force: true });
-        await fsp.rm(`${tree}.tar.zst`, { force: true });
-        log(`convert ${v}`);
-        await fsp.rm(cdimg[v], { force: true });
-        const args = [CTR_CLI_JS, 'convert', '--image', ver.ref, '--output', cdimg[v], '--json', '--no-progress'];
-        ours.push(
-          await timedRun(process.execPath, args).catch(async (e: unknown) => {
-            // seen once at full size ("Digest already called"): reported, and tried once more
-            const msg = (e as Error).message.split('\n')[0];
-            log(`convert ${v} failed, once more: ${msg}`);
-            failures.push(`convert ${v}: ${msg}`);
-            await fsp.rm(cdimg[v], { force: true });
-            return timedRun(process.execPath, args);
-          }),
-        );
-      }
-      const base = median(bases);
-      const r = { s: median(ours.map((o) => o.s)), rss: Math.max(...ours.map((o) => o.rss)) };
-      const j = JSON.parse(ours[0].stdout) as { entries: number };
-      conv[v] = { s: r.s, rss: r.rss, base, entries: j.entries };
-      const each = runs > 1 ? `median of ${runs} interleaved runs (d4fs ${ours.map((o) => o.s.toFixed(2)).join(', ')} s; baseline ${bases.map((b) => b.toFixed(2)).join(', ')} s)` : 'one run each';
-      rows.push(row(`convert ${v} (${size})`, secs(r.s), secs(base), r.s / base, '≤ 1.5×', r.s / base <= 1.5, `time ratio; baseline: tar -x of the ${mib(ver.layerBytes, 0)} gzip layer + tar -c | zstd -T2 -3 of the tree; ${each}`));
-      rows.push(row(`convert ${v}: peak RSS`, mib(r.rss, 0), '', null, '≤ 512 MiB', r.rss <= 512 * MiB, '/usr/bin/time %M'));
+      conv[v] = await measureConvert(v, ver, cdimg[v], work, runs, failures, log);
+      rows.push(...convertRows(v, ver, conv[v], size, runs));
     }
 
     // -- 2. sizes ------------------------------------------------------------------
@@ -663,11 +757,441 @@ export async function scaleBench(opts: ScaleBenchOptions = {}): Promise<ScaleRow
   }
 }
 
-/** Prints the rows as a markdown table with targets. */
-export function printScaleTable(rows: ScaleRow[]): void {
-  printTargetTable(
-    '## scale: a big synthetic image (1,500 × 100 small text files + 256 MiB random and text files; --quick: 1/10; --scale-gib N: more big files), same-run baselines',
-    'targets: convert ≤ 1.5× tar -x + zstd -T2, RSS ≤ 512 MiB; index ≤ 60 B/entry; diff ≤ 0.5× convert, delta ≤ 0.5 MiB, RSS ≤ 1 GiB; load ≤ 1 s, ≤ 256 MiB; FUSE manager ≤ 256 MiB, +≤ 64 MiB per image; cold reads vs ext4',
-    rows,
+// --- the real image: a Node application's node_modules --------------------------
+
+/** Bumped when the corpus or how it is made changes, so cached trees are made again. */
+const NODE_MODULES_VERSION = 1;
+/**
+ * v1's dependencies, exact versions: a React + MUI front end with its build, lint and test tools
+ * and a back end on aws-sdk v2 (about 610 packages with what they need, ~64,000 files, ~470 MiB).
+ */
+const NODE_APP_V1: Record<string, string> = {
+  react: '18.3.1',
+  'react-dom': '18.3.1',
+  '@mui/material': '5.15.19',
+  '@mui/icons-material': '5.15.19',
+  '@emotion/react': '11.11.4',
+  '@emotion/styled': '11.11.5',
+  'aws-sdk': '2.1630.0',
+  typescript: '5.4.4',
+  '@babel/core': '7.24.6',
+  '@babel/preset-env': '7.24.6',
+  '@babel/preset-react': '7.24.6',
+  '@babel/preset-typescript': '7.24.6',
+  webpack: '5.91.0',
+  'webpack-cli': '5.1.4',
+  eslint: '8.57.0',
+  rxjs: '7.8.1',
+  lodash: '4.17.21',
+  'date-fns': '2.30.0',
+  'core-js': '3.37.1',
+  jest: '29.7.0',
+  moment: '2.30.1',
+};
+/** v2: an `npm update` of five of them to their next patch or minor release, installed from v1's lockfile. */
+const NODE_APP_UPDATES: Record<string, string> = {
+  '@mui/material': '5.15.20',
+  '@mui/icons-material': '5.15.20',
+  'aws-sdk': '2.1631.0',
+  typescript: '5.4.5',
+  webpack: '5.92.0',
+};
+/** Where the application lives in the image. */
+const NODE_APP_DIR = 'app';
+
+/** The corpus could not be made (no registry, npm failed): this image is skipped, the others run. */
+class CorpusError extends Error {}
+
+/** Runs npm with `args`; a CorpusError with the end of its output when it fails. */
+async function npm(args: string[], cwd: string, timeoutMs: number): Promise<string> {
+  // what a calling npm (npm run …) says of its own package and prefix is not for this npm (its registry and cache settings are)
+  const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !/^npm_(package_|lifecycle_|config_(local_|global_)?prefix$)/i.test(k)));
+  try {
+    return (await execFileP('npm', args, { cwd, env, timeout: timeoutMs, maxBuffer: 64 * MiB })).stdout;
+  } catch (e) {
+    const x = e as { stderr?: string; message: string; killed?: boolean };
+    const lines = (x.stderr || x.message).trim().split('\n');
+    // npm's "npm error code …" and "… failed, reason: …" lines say why; else the last lines
+    const why = lines.filter((l) => /^npm (error|ERR!) code |reason: |^npm (error|ERR!) 40\d/.test(l));
+    throw new CorpusError(`npm ${args.join(' ')}${x.killed ? ` (timed out after ${timeoutMs / 1000} s)` : ''}: ${(why.length ? why : lines.slice(-4)).join(' / ')}`);
+  }
+}
+
+/**
+ * Installs `deps` (exact versions) into DIR/app of `tree` with `npm install --ignore-scripts`; with
+ * `lockfile`, starting from that package-lock.json (as `npm update` would: only what the new versions
+ * need changes). Checks that the named packages got their versions.
+ */
+async function npmApp(tree: string, deps: Record<string, string>, lockfile?: string): Promise<{ entries: number; contentBytes: number }> {
+  const app = path.join(tree, NODE_APP_DIR);
+  await fsp.mkdir(app, { recursive: true });
+  const pkg = { name: 'scale-app', version: '1.0.0', private: true, dependencies: Object.fromEntries(Object.entries(deps).sort(([a], [b]) => (a < b ? -1 : 1))) };
+  await fsp.writeFile(path.join(app, 'package.json'), JSON.stringify(pkg, null, 2) + '\n');
+  if (lockfile) await fsp.copyFile(lockfile, path.join(app, 'package-lock.json'));
+  await npm(['ping', '--fetch-retries=0', '--fetch-timeout=20000'], app, 60_000).catch((e: unknown) => {
+    throw new CorpusError(`the npm registry is not reachable (${(e as Error).message})`);
+  });
+  await npm(['install', '--ignore-scripts', '--no-audit', '--no-fund', '--no-update-notifier', '--prefix', app], app, 1_800_000);
+  for (const [name, version] of Object.entries(deps)) {
+    const got = (JSON.parse(await fsp.readFile(path.join(app, 'node_modules', name, 'package.json'), 'utf8')) as { version: string }).version;
+    if (got !== version) throw new CorpusError(`npm installed ${name}@${got}, not ${version}`);
+  }
+  const t = await listTree(tree);
+  return { entries: t.entries, contentBytes: t.contentBytes };
+}
+
+/** One entry of a listed tree. */
+interface TreeEntry {
+  type: 'file' | 'dir' | 'symlink' | 'other';
+  size: number;
+}
+
+/** Every entry of `root` by relative path (root excluded from the map), with counts; entries count the root. */
+async function listTree(root: string): Promise<{ map: Map<string, TreeEntry>; entries: number; files: number; dirs: number; symlinks: number; contentBytes: number }> {
+  const map = new Map<string, TreeEntry>();
+  let files = 0;
+  let dirs = 1;
+  let symlinks = 0;
+  let contentBytes = 0;
+  const stack = [''];
+  while (stack.length) {
+    const d = stack.pop()!;
+    for (const e of await fsp.readdir(path.join(root, d), { withFileTypes: true })) {
+      const rel = d ? `${d}/${e.name}` : e.name;
+      if (e.isDirectory()) {
+        dirs++;
+        stack.push(rel);
+        map.set(rel, { type: 'dir', size: 0 });
+      } else if (e.isFile()) {
+        const { size } = await fsp.lstat(path.join(root, rel));
+        files++;
+        contentBytes += size;
+        map.set(rel, { type: 'file', size });
+      } else if (e.isSymbolicLink()) {
+        symlinks++;
+        map.set(rel, { type: 'symlink', size: 0 });
+      } else map.set(rel, { type: 'other', size: 0 });
+    }
+  }
+  return { map, entries: map.size + 1, files, dirs, symlinks, contentBytes };
+}
+
+/** Whether two files hold the same bytes (sizes already equal). */
+async function sameContent(a: string, b: string): Promise<boolean> {
+  const [x, y] = await Promise.all([fsp.readFile(a), fsp.readFile(b)]);
+  return x.equals(y);
+}
+
+/** Runs `fn` over `items`, `limit` at a time. */
+async function eachLimit<T>(items: T[], limit: number, fn: (x: T) => Promise<void>): Promise<void> {
+  let next = 0;
+  await Promise.all(
+    Array.from({ length: Math.min(limit, items.length) }, async () => {
+      while (next < items.length) await fn(items[next++]);
+    }),
   );
+}
+
+/** The package a path under node_modules belongs to ("@scope/name" or "name"; the innermost one). */
+function packageOf(rel: string): string {
+  const parts = rel.split('/');
+  const at = parts.lastIndexOf('node_modules');
+  if (at < 0 || at === parts.length - 1) return rel;
+  const rest = parts.slice(at + 1);
+  return rest[0].startsWith('@') && rest.length > 2 ? `${rest[0]}/${rest[1]}` : rest.length > 1 ? rest[0] : `node_modules/${rest[0]}`;
+}
+
+/** The baseline of the node_modules delta, and what changed between the versions. */
+interface Baseline {
+  /** Sum over the changed and new files of their smallest patch (bytes). */
+  sum: number;
+  /** The same with zstd only, with xdelta3 only (zstd for new files). */
+  zstdSum: number;
+  xdeltaSum: number;
+  /** Regular files changed (same path), their bytes in v2; new; gone. */
+  changed: number;
+  changedBytes: number;
+  added: number;
+  addedBytes: number;
+  removed: number;
+  /** Changed or new files by package. */
+  byPackage: [string, number][];
+  /** Whether xdelta3 was there. */
+  xdelta: boolean;
+  /** Seconds to compare the trees, to make the patches. */
+  compareS: number;
+  patchS: number;
+  /** When it was measured, when read from the cache. */
+  cached?: string;
+}
+
+/**
+ * The baseline of the delta: for every regular file of v2 whose content differs from v1's at the same
+ * path, the smaller of `zstd -19 --patch-from=old` and `xdelta3 -9 -e -s old` (zstd only without
+ * xdelta3); for a regular file with no regular file at its path in v1, its `zstd -19` size. Two at a time.
+ */
+async function patchBaseline(
+  t1: Map<string, TreeEntry>,
+  t2: Map<string, TreeEntry>,
+  root1: string,
+  root2: string,
+  work: string,
+): Promise<Baseline> {
+  const t0 = now();
+  const changed: string[] = [];
+  const added: string[] = [];
+  let changedBytes = 0;
+  let addedBytes = 0;
+  const same: string[] = [];
+  for (const [rel, e] of t2) {
+    if (e.type !== 'file') continue;
+    const o = t1.get(rel);
+    if (o?.type !== 'file') {
+      added.push(rel);
+      addedBytes += e.size;
+    } else if (o.size !== e.size) {
+      changed.push(rel);
+      changedBytes += e.size;
+    } else same.push(rel);
+  }
+  // files of the same size: compared byte for byte, 8 at a time (the reads overlap)
+  await eachLimit(same, 8, async (rel) => {
+    if (await sameContent(path.join(root1, rel), path.join(root2, rel))) return;
+    changed.push(rel);
+    changedBytes += t2.get(rel)!.size;
+  });
+  changed.sort();
+  let removed = 0;
+  for (const [rel, e] of t1) if (e.type === 'file' && t2.get(rel)?.type !== 'file') removed++;
+  const byPackage = new Map<string, number>();
+  for (const rel of [...changed, ...added]) byPackage.set(packageOf(rel), (byPackage.get(packageOf(rel)) ?? 0) + 1);
+  const compareS = now() - t0;
+  const xdelta = await have('xdelta3');
+  const tmp = path.join(work, 'patches');
+  await fsp.mkdir(tmp, { recursive: true });
+  let sum = 0;
+  let zstdSum = 0;
+  let xdeltaSum = 0;
+  let n = 0;
+  const sizeOf = async (f: string): Promise<number> => (await fsp.stat(f)).size;
+  await eachLimit([...changed.map((rel) => ({ rel, old: true })), ...added.map((rel) => ({ rel, old: false }))], 2, async ({ rel, old }) => {
+    const k = n++;
+    const nw = path.join(root2, rel);
+    const zOut = path.join(tmp, `${k}.zst`);
+    if (!old) {
+      await execFileP('zstd', ['-19', '-q', '-f', nw, '-o', zOut]);
+      const z = await sizeOf(zOut);
+      sum += z;
+      zstdSum += z;
+      xdeltaSum += z;
+    } else {
+      const od = path.join(root1, rel);
+      await execFileP('zstd', ['-19', '-q', '-f', `--patch-from=${od}`, nw, '-o', zOut]);
+      const z = await sizeOf(zOut);
+      let x = Infinity;
+      if (xdelta) {
+        const xOut = path.join(tmp, `${k}.xd`);
+        const oldSize = t1.get(rel)!.size;
+        await execFileP('xdelta3', ['-9', '-e', '-f', ...(oldSize > 64 * MiB ? ['-B', String(oldSize)] : []), '-s', od, nw, xOut]);
+        x = await sizeOf(xOut);
+        await fsp.rm(xOut, { force: true });
+      }
+      sum += Math.min(z, x);
+      zstdSum += z;
+      xdeltaSum += Number.isFinite(x) ? x : z;
+    }
+    await fsp.rm(zOut, { force: true });
+  });
+  await fsp.rm(tmp, { recursive: true, force: true });
+  return { sum, zstdSum, xdeltaSum, changed: changed.length, changedBytes, added: added.length, addedBytes, removed, byPackage: [...byPackage.entries()], xdelta, compareS, patchS: now() - t0 - compareS };
+}
+
+/** Bumped when the baseline's method changes. */
+const BASELINE_VERSION = 1;
+
+/**
+ * The baseline, measured once per corpus and tool versions and cached next to the trees (it is a
+ * function of them; the patches of the big changed files take a minute on a busy machine).
+ */
+async function cachedBaseline(measure: () => Promise<Baseline>, log: (m: string) => void): Promise<Baseline> {
+  const file = path.join(packageRoot(), '.cache', 'bench', 'scale', 'node_modules', 'baseline.json');
+  const version = async (cmd: string, arg: string): Promise<string> =>
+    execFileP(cmd, [arg]).then(
+      (r) => (r.stdout + r.stderr).trim().split('\n')[0],
+      () => 'absent',
+    );
+  const key = JSON.stringify({ BASELINE_VERSION, NODE_MODULES_VERSION, NODE_APP_V1, NODE_APP_UPDATES, zstd: await version('zstd', '--version'), xdelta3: await version('xdelta3', '-V') });
+  try {
+    const c = JSON.parse(await fsp.readFile(file, 'utf8')) as { key: string; at: string; b: Baseline };
+    if (c.key === key) {
+      log('node_modules: the baseline from the cache');
+      return { ...c.b, cached: c.at };
+    }
+  } catch {
+    /* measure it */
+  }
+  log('node_modules: per-file patches of the changed contents (zstd -19 --patch-from, xdelta3 -9)');
+  const b = await measure();
+  await fsp.writeFile(file, JSON.stringify({ key, at: new Date().toISOString(), b }));
+  return b;
+}
+
+/** The two versions of the node_modules image, installed once and cached under .cache/bench/scale/node_modules. */
+async function nodeModulesImages(log: (m: string) => void): Promise<{ v1: Version; v2: Version }> {
+  const dir = path.join(packageRoot(), '.cache', 'bench', 'scale', 'node_modules');
+  const key = JSON.stringify({ NODE_MODULES_VERSION, NODE_APP_V1, NODE_APP_UPDATES });
+  const v1 = await cachedVersion(dir, key, 'v1', (tree) => npmApp(tree, NODE_APP_V1), log);
+  const v2 = await cachedVersion(dir, key, 'v2', (tree) => npmApp(tree, { ...NODE_APP_V1, ...NODE_APP_UPDATES }, path.join(v1.tree, NODE_APP_DIR, 'package-lock.json')), log);
+  return { v1, v2 };
+}
+
+/** The node_modules image's part of the benchmark: corpus, convert, sizes, diff against the sum of per-file patches. */
+async function nodeModulesBench(opts: ScaleBenchOptions, log: (m: string) => void): Promise<ScaleRow[]> {
+  const tag = (r: ScaleRow): ScaleRow => ({ ...r, image: 'node_modules' });
+  let images: { v1: Version; v2: Version };
+  try {
+    images = await nodeModulesImages(log);
+  } catch (e) {
+    if (!(e instanceof CorpusError)) throw e;
+    log(`node_modules image skipped: ${e.message}`);
+    return [tag(row('node_modules image', 'skipped', '', null, '', null, `could not be installed, so not measured: ${e.message.replace(/\|/g, '\\|')}`))];
+  }
+  const { v1, v2 } = images;
+  // the image is small enough for medians of 3 (the machine is shared: single runs are noisy)
+  const runs = opts.runs ?? 3;
+  const rows: ScaleRow[] = [];
+  const work = await fsp.mkdtemp(path.join(packageRoot(), '.cache', 'bench', 'scale', 'run-nm-'));
+  try {
+    log('node_modules: listing both trees');
+    const [t1, t2] = await Promise.all([listTree(v1.tree), listTree(v2.tree)]);
+    for (const [v, t, deps] of [
+      ['v1', t1, NODE_APP_V1],
+      ['v2', t2, { ...NODE_APP_V1, ...NODE_APP_UPDATES }],
+    ] as const) {
+      // a package: a directory node_modules/NAME or node_modules/@SCOPE/NAME with a package.json
+      const pkgs = [...t.map.entries()].filter(([r, e]) => e.type === 'dir' && /(^|\/)node_modules\/(@[^/]+\/)?[^/@.][^/]*$/.test(r) && t.map.get(`${r}/package.json`)?.type === 'file').length;
+      rows.push(
+        row(
+          `${v}: files`,
+          t.files.toLocaleString('en'),
+          '',
+          null,
+          '≥ 50,000',
+          t.files >= 50_000,
+          `${t.entries.toLocaleString('en')} entries (${t.dirs.toLocaleString('en')} directories, ${t.symlinks} symlinks) in /${NODE_APP_DIR}, ${mib(t.contentBytes, 0)} of files, ${pkgs} installed packages from ${Object.keys(deps).length} dependencies`,
+        ),
+      );
+    }
+    const size = `node_modules: ${t2.entries.toLocaleString('en')} entries, ${mib(t2.contentBytes, 0)} of files`;
+    // -- convert ---------------------------------------------------------------------
+    const cdimg = { v1: path.join(work, 'v1.cdimg'), v2: path.join(work, 'v2.cdimg') };
+    const failures: string[] = [];
+    const conv: Record<string, Converted> = {};
+    for (const [v, ver] of [['v1', v1], ['v2', v2]] as const) {
+      conv[v] = await measureConvert(`node_modules-${v}`, ver, cdimg[v], work, runs, failures, log);
+      rows.push(...convertRows(v, ver, conv[v], v === 'v2' ? size : 'node_modules', runs));
+    }
+    // -- sizes -----------------------------------------------------------------------
+    const i2 = await indexLens(cdimg.v2);
+    rows.push(row('full .cdimg size (v2)', mib(i2.fileSize), `${mib(v2.layerBytes)} gzip layer`, i2.fileSize / v2.layerBytes, '', null, `size ratio; tar ${mib(v2.tarBytes, 0)}`));
+    const perEntry = i2.stored / t2.entries;
+    rows.push(
+      row(
+        'index bytes per entry (v2)',
+        `${perEntry.toFixed(1)} B`,
+        '',
+        null,
+        '≤ 60 B',
+        perEntry <= 60,
+        `stored (zstd) index ${kib(i2.stored)} (raw ${kib(i2.raw)}, ${(i2.raw / t2.entries).toFixed(1)} B/entry) / ${t2.entries} entries of the tree${conv.v2.entries !== t2.entries ? ` (convert counted ${conv.v2.entries})` : ''}`,
+      ),
+    );
+    // -- diff ------------------------------------------------------------------------
+    const delta = path.join(work, 'v1-v2.cdimg');
+    const diffs: { s: number; rss: number }[] = [];
+    for (let i = 0; i < runs; i++) {
+      log('node_modules: cdimg diff v1 → v2');
+      await fsp.rm(delta, { force: true });
+      diffs.push(await timedRun(process.execPath, [CTR_CLI_JS, 'cdimg', 'diff', '--old', cdimg.v1, '--new', cdimg.v2, '--out', delta, '--json', '--no-progress']));
+    }
+    const d = { s: median(diffs.map((x) => x.s)), rss: Math.max(...diffs.map((x) => x.rss)) };
+    const di = await indexLens(delta);
+    const b = await cachedBaseline(() => patchBaseline(t1.map, t2.map, v1.tree, v2.tree, work), log);
+    const updates = Object.entries(NODE_APP_UPDATES)
+      .map(([n, ver]) => `${n} ${NODE_APP_V1[n]} → ${ver}`)
+      .join(', ');
+    rows.push(row('cdimg diff v1 → v2: time', secs(d.s), `${secs(conv.v2.s)} convert v2`, d.s / conv.v2.s, '≤ 0.5×', d.s / conv.v2.s <= 0.5, `time ratio${runs > 1 ? `, medians of ${runs} runs (diff ${diffs.map((x) => x.s.toFixed(2)).join(', ')} s)` : ''}; npm update of ${updates}`));
+    rows.push(row('cdimg diff: peak RSS', mib(d.rss, 0), '', null, '≤ 1 GiB', d.rss <= GiB, '/usr/bin/time %M'));
+    rows.push(
+      row(
+        'delta size',
+        kib(di.fileSize),
+        `${kib(b.sum)} sum of the changed contents' patches`,
+        di.fileSize / b.sum,
+        '≤ 1.2×',
+        di.fileSize <= 1.2 * b.sum,
+        `size ratio; delta's index ${kib(di.stored)} stored (raw ${kib(di.raw)}); baseline per file: min(zstd -19 --patch-from, ${b.xdelta ? 'xdelta3 -9' : 'no xdelta3 on this machine: zstd only'}), zstd -19 for new files; zstd alone ${kib(b.zstdSum)}${b.xdelta ? `, xdelta3 alone ${kib(b.xdeltaSum)}` : ''}; ${mib(v2.layerBytes)} gzip layer of v2`,
+      ),
+    );
+    const top = [...b.byPackage]
+      .sort((x, y) => y[1] - x[1])
+      .map(([p, c]) => `${p} ${c}`)
+      .join(', ');
+    rows.push(
+      row(
+        'regular files changed / added / removed',
+        `${b.changed} / ${b.added} / ${b.removed}`,
+        '',
+        null,
+        '',
+        null,
+        `${mib(b.changedBytes, 1)} changed and ${kib(b.addedBytes)} new contents; changed or new by package: ${top}; baseline: trees compared in ${secs(b.compareS)}, patches made in ${secs(b.patchS)} (2 at a time)${b.cached ? `, cached: measured ${b.cached}` : ''}`,
+      ),
+    );
+    if (failures.length) rows.push(row('failed attempts (tried again)', String(failures.length), '', null, '', null, failures.join('; ')));
+    return rows.map(tag);
+  } finally {
+    await fsp.rm(work, { recursive: true, force: true });
+  }
+}
+
+/**
+ * Runs the benchmark; resolves with the table's rows (the node_modules image's with `image` set).
+ * `opts.only` (default $D4FS_BENCH_SCALE_ONLY) runs one image: 'synthetic' or 'node_modules'.
+ */
+export async function scaleBench(opts: ScaleBenchOptions = {}): Promise<ScaleRow[]> {
+  const log = (m: string): void => void process.stderr.write(`scale: ${m}\n`);
+  const only = opts.only ?? process.env.D4FS_BENCH_SCALE_ONLY ?? '';
+  if (only && only !== 'synthetic' && only !== 'node_modules') throw new Error(`D4FS_BENCH_SCALE_ONLY=${only}: synthetic or node_modules`);
+  const rows: ScaleRow[] = [];
+  if (only !== 'node_modules') rows.push(...(await syntheticBench(opts, log)));
+  if (only !== 'synthetic') {
+    // a failure here must not lose the synthetic image's table (it took long): a MISS row with the error
+    const nm = await nodeModulesBench(opts, log).catch((e: unknown): ScaleRow[] => {
+      if (only === 'node_modules') throw e;
+      const msg = ((e as Error).stack ?? String(e)).split('\n').slice(0, 3).join(' / ');
+      log(`node_modules image failed: ${msg}`);
+      return [{ ...row('node_modules image', 'failed', '', null, 'measured', false, msg.replace(/\|/g, '\\|')), image: 'node_modules' }];
+    });
+    rows.push(...nm);
+  }
+  return rows;
+}
+
+/** Prints the rows as markdown tables with targets: the synthetic image's, then the node_modules image's. */
+export function printScaleTable(rows: ScaleRow[]): void {
+  const synthetic = rows.filter((r) => !r.image);
+  const nm = rows.filter((r) => r.image === 'node_modules');
+  if (synthetic.length)
+    printTargetTable(
+      '## scale: a big synthetic image (1,500 × 100 small text files + 256 MiB random and text files; --quick: 1/10; --scale-gib N: more big files), same-run baselines',
+      'targets: convert ≤ 1.5× tar -x + zstd -T2, RSS ≤ 512 MiB; index ≤ 60 B/entry; diff ≤ 0.5× convert, delta ≤ 0.5 MiB, RSS ≤ 1 GiB; load ≤ 1 s, ≤ 256 MiB; FUSE manager ≤ 256 MiB, +≤ 64 MiB per image; cold reads vs ext4',
+      synthetic,
+    );
+  if (nm.length)
+    printTargetTable(
+      `## scale: a real image with many files (/${NODE_APP_DIR}: npm install of ${Object.keys(NODE_APP_V1).length} pinned packages; v2 = npm update of ${Object.keys(NODE_APP_UPDATES).length} of them), same-run baselines`,
+      "targets: ≥ 50,000 files; convert ≤ 1.5× tar -x + zstd -T2, RSS ≤ 512 MiB; index ≤ 60 B/entry; diff ≤ 0.5× convert, RSS ≤ 1 GiB; delta ≤ 1.2× the sum of its changed contents' patches",
+      nm,
+    );
 }
