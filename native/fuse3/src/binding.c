@@ -307,28 +307,26 @@ static int dir_at_end(struct session *s, fuse_ino_t ino, off_t off) {
   return at_end;
 }
 
-static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi) {
-  (void)fi;
+/* readdir and readdirplus: the end of a listing sent in full is answered here, the rest by JavaScript. */
+static void readdir_either(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, int plus) {
   struct session *s = fuse_req_userdata(req);
-  COUNT(s, C_READDIR);
+  COUNT(s, plus ? C_READDIRPLUS : C_READDIR);
   if (dir_at_end(s, ino, off)) {
     COUNT(s, C_READDIR_END);
     fuse_reply_buf(req, NULL, 0);
     return;
   }
-  forward(req, RQ_READDIR, ino, size, (uint64_t)off, NULL);
+  forward(req, plus ? RQ_READDIRPLUS : RQ_READDIR, ino, size, (uint64_t)off, NULL);
+}
+
+static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi) {
+  (void)fi;
+  readdir_either(req, ino, size, off, 0);
 }
 
 static void op_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi) {
   (void)fi;
-  struct session *s = fuse_req_userdata(req);
-  COUNT(s, C_READDIRPLUS);
-  if (dir_at_end(s, ino, off)) {
-    COUNT(s, C_READDIR_END);
-    fuse_reply_buf(req, NULL, 0);
-    return;
-  }
-  forward(req, RQ_READDIRPLUS, ino, size, (uint64_t)off, NULL);
+  readdir_either(req, ino, size, off, 1);
 }
 
 static void op_statfs(fuse_req_t req, fuse_ino_t ino) {
