@@ -31,8 +31,14 @@ declare module 'd4fs-fuse3' {
     release: number;
     writeOps: number;
     access: number;
-    /** readdir/readdirplus requests past the end of a listing sent in full, answered natively (counted in readdir/readdirplus too). */
+    /** readdir/readdirplus requests past the end of a kept listing, answered natively (counted in readdir/readdirplus too). */
     readdirEnd: number;
+    /** Other readdir/readdirplus requests answered natively from a kept listing (counted in readdir/readdirplus too). */
+    readdirNative: number;
+    /** Lookups answered natively from the parent's kept listing (counted in lookup too). */
+    lookupNative: number;
+    /** Bytes of listings the binding keeps (bounded per session). */
+    listingBytes: number;
     /** Requests JavaScript has not answered yet. */
     outstanding: number;
     /** The connection ended and the session is gone. */
@@ -50,7 +56,13 @@ declare module 'd4fs-fuse3' {
   export function replyReadlink(s: Session, id: number, target: Uint8Array): boolean;
   export function replyXattr(s: Session, id: number, value: Uint8Array, requestedSize: number): boolean;
   export function replyStatfs(s: Session, id: number, st: Float64Array): boolean;
+  /**
+   * Answers a readdir(plus) with entries of the whole encoded `listing` of directory `ino` from `offset`;
+   * the binding keeps the listing and answers the rest of it, and lookups in the directory, natively.
+   */
   export function replyDir(s: Session, id: number, listing: Uint8Array, offset: number, size: number, plus: boolean, ino: number): boolean;
+  /** Hands the binding the encoded listing of directory `ino`: lookups in it are answered natively from then on; false when not kept. */
+  export function keepListing(s: Session, ino: number, listing: Uint8Array): boolean;
   /** malloc_trim(0): the C heap's free memory back to the system; true when some was released. */
   export function trimMemory(): boolean;
   export function fuseVersion(): number;

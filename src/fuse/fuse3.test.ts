@@ -52,10 +52,11 @@ describe('fuse3 binding: a small image mounted in this process', () => {
   beforeAll(async () => {
     dir = await fsp.mkdtemp('/tmp/d4fs-fuse3-');
     const src = path.join(dir, 'src');
-    for (const d of ['bin', 'data/deep', 'dev', 'empty-dir']) await fsp.mkdir(path.join(src, d), { recursive: true });
+    for (const d of ['bin', 'data/deep', 'data/walk', 'dev', 'empty-dir']) await fsp.mkdir(path.join(src, d), { recursive: true });
     await fsp.writeFile(path.join(src, 'data/hello'), 'hello, fuse3\n');
     await fsp.link(path.join(src, 'data/hello'), path.join(src, 'data/deep/hello-again'));
     await fsp.writeFile(path.join(src, 'data/empty'), '');
+    for (const f of ['a', 'b', 'c', 'd']) await fsp.writeFile(path.join(src, 'data/walk', f), `${f}\n`);
     big = randomBytes(BIG);
     await fsp.writeFile(path.join(src, 'data/big.bin'), big);
     await fsp.writeFile(path.join(src, 'bin/tool'), randomBytes(5000), { mode: 0o4755 });
@@ -149,7 +150,28 @@ describe('fuse3 binding: a small image mounted in this process', () => {
     expect(await fsp.readFile(at('data/deep/hello-again'), 'utf8')).toBe('hello, fuse3\n');
   });
 
+  test('lookups: from the second that reaches JavaScript in a directory on, the binding answers them from its listing', async () => {
+    expect((await fsp.stat(at('data/walk'))).isDirectory()).toBe(true);
+    const jsLookups = (): number => fs3.stats().requests!.lookup - fs3.stats().requests!.lookupNative;
+    const js0 = jsLookups();
+    const native0 = fs3.stats().requests!.lookupNative;
+    expect((await fsp.stat(at('data/walk/a'))).size).toBe(2);
+    expect(await fsp.readFile(at('data/walk/b'), 'utf8')).toBe('b\n');
+    expect(jsLookups() - js0).toBe(2); // the second handed the listing to the binding
+    const [c, d] = [await fsp.stat(at('data/walk/c')), await fsp.stat(at('data/walk/d'))];
+    expect(await errorCodeOf(fsp.stat(at('data/walk/e')))).toBe('ENOENT');
+    expect(jsLookups() - js0).toBe(2);
+    expect(fs3.stats().requests!.lookupNative - native0).toBe(3);
+    // the native answers are the tree's
+    expect([c.isFile(), c.size, c.mode & 0o777, d.nlink]).toEqual([true, 2, 0o644, 1]);
+    expect(c.ino).not.toBe(d.ino);
+    expect(await fsp.readFile(at('data/walk/d'), 'utf8')).toBe('d\n');
+    expect((await fsp.readdir(at('data/walk'))).sort()).toEqual(['a', 'b', 'c', 'd']);
+  });
+
   test('readdir lists every entry with its stats (readdirplus), continuing across buffers', async () => {
+    await run('sh', ['-c', 'echo 2 > /proc/sys/vm/drop_caches']);
+    const pre = fs3.stats().requests!;
     const names = await fsp.readdir(at('data/deep'));
     expect(names).toHaveLength(301);
     expect(names).toContain('hello-again');
@@ -159,12 +181,26 @@ describe('fuse3 binding: a small image mounted in this process', () => {
     // the request past the end, once the listing was sent in full, was answered natively
     expect(req0.readdirEnd).toBeGreaterThanOrEqual(1);
     expect(req0.readdirEnd).toBeLessThan(req0.readdirplus);
-    // Readdirplus handed the kernel every child's attributes: stat needs no lookup or getattr.
+    // Only the first request of the listing went to JavaScript: its continuations were answered
+    // natively from the listing kept by that first reply, and so was the request past its end.
+    const listed = (k: 'readdirplus' | 'readdirEnd' | 'readdirNative'): number => req0[k] - pre[k];
+    expect(listed('readdirplus')).toBeGreaterThanOrEqual(3);
+    expect(listed('readdirEnd')).toBe(1);
+    expect(listed('readdirNative')).toBe(listed('readdirplus') - 2);
+    // Readdirplus entries of files carry no node id (the kernel instantiates no inode while listing);
+    // a stat of each is a lookup answered natively from the kept listing, with the same attributes.
     const sts = await Promise.all(names.map((n) => fsp.stat(path.join(at('data/deep'), n))));
     expect(sts.filter((s) => s.isFile())).toHaveLength(301);
     const req1 = fs3.stats().requests!;
-    expect(req1.lookup - req0.lookup).toBe(0);
+    expect(req1.lookup - req0.lookup).toBe(301);
+    expect(req1.lookupNative - req0.lookupNative).toBe(301);
     expect(req1.getattr - req0.getattr).toBe(0);
+    expect(req1.listingBytes).toBeGreaterThan(301 * 128);
+    // absent names in a kept directory: negative entries, natively
+    expect(await errorCodeOf(fsp.stat(at('data/deep/no-such-name')))).toBe('ENOENT');
+    expect(fs3.stats().requests!.lookupNative).toBe(req1.lookupNative + 1);
+    const hello = sts[names.indexOf('hello-again')];
+    expect([hello.ino, hello.nlink, hello.size]).toEqual([(await fsp.stat(at('data/hello'))).ino, 2, 13]);
     const root = await fsp.readdir(mp, { withFileTypes: true });
     expect(root.map((d) => `${d.name}:${d.isDirectory()}`).sort()).toEqual(['bin:true', 'data:true', 'dev:true', 'empty-dir:true']);
     expect(await fsp.readdir(at('empty-dir'))).toEqual([]);
@@ -173,6 +209,7 @@ describe('fuse3 binding: a small image mounted in this process', () => {
     const again = fs3.stats().requests!.readdirEnd;
     expect((await fsp.readdir(at('data/deep'))).sort()).toEqual([...names].sort());
     expect(fs3.stats().requests!.readdirEnd).toBeGreaterThan(again);
+    expect(fs3.stats().requests!.readdirNative).toBeGreaterThan(req1.readdirNative);
   });
 
   test('symlinks: readlink and following', async () => {

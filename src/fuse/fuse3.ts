@@ -13,7 +13,11 @@
  * for directories) — so a warm read of a cached file never leaves the
  * kernel; forget (inodes live as long as the mount); writes (EROFS; the
  * mount is also `ro`); getxattr of a name no inode has (ENODATA; overlayfs
- * asks for trusted.overlay.* on every lookup).
+ * asks for trusted.overlay.* on every lookup). It also keeps the listings
+ * this thread encodes (bounded) and answers from them the rest of a listing
+ * and the lookups in that directory (see native/fuse3's struct listing):
+ * one round trip per directory, and a cold walk of the tree instantiates no
+ * kernel inode for the files it does not look at.
  *
  * Entries (negative ones too), attributes and symlink targets are cached by
  * the kernel for a year: the image never changes. Times carry nanoseconds.
@@ -50,6 +54,8 @@ const HOLD_MS = 2000;
 const MAX_HELD = 256;
 /** Bytes of encoded directory listings a mount keeps (a listing is ~144 bytes per entry). */
 const LISTING_BYTES = 4 * 1024 * 1024;
+/** Directories remembered by noteLookup (forgotten all at once past this). */
+const LOOKED_UP_MAX = 65_536;
 const MOUNT_OPTIONS = 'ro,allow_other,default_permissions,suid,dev,fsname=d4fs,subtype=d4fs';
 
 const E = { ENOENT: 2, EIO: 5, ENOTDIR: 20, EISDIR: 21, EINVAL: 22, ENODATA: 61, ETIMEDOUT: 110 } as const;
@@ -76,6 +82,8 @@ export class Fuse3FileSystem extends ImageFileSystemBase implements ImageFileSys
   private sweeper?: NodeJS.Timeout;
   /** Encoded listings of directories being read (a listing is read in several requests), least recently used first. */
   private readonly listings = new Map<number, Buffer>();
+  /** Directories with one lookup answered here (see noteLookup). */
+  private readonly lookedUp = new Set<number>();
   private listingBytes = 0;
   private statfs64?: Float64Array;
   private readonly counters = { reads: 0, errors: 0 };
@@ -179,6 +187,7 @@ export class Fuse3FileSystem extends ImageFileSystemBase implements ImageFileSys
           const n = this.tree.child(dir, name ?? '');
           // Absent: a negative entry, cached by the kernel like the others.
           fuse3.replyEntry(s, id, n ? this.tree.stat64(n) : null);
+          this.noteLookup(s, dir);
           return;
         }
         case RQ.GETATTR: {
@@ -194,7 +203,8 @@ export class Fuse3FileSystem extends ImageFileSystemBase implements ImageFileSys
           const n = this.tree.node(ino);
           if (!n) return void fuse3.replyErr(s, id, E.ENOENT);
           if (!n.isDir) return void fuse3.replyErr(s, id, E.ENOTDIR);
-          const l = this.listing(n);
+          // A continuation reaching here: the binding did not keep the listing (too big), so this thread does.
+          const l = this.listing(n, b > 0);
           fuse3.replyDir(s, id, l, b, a, op === RQ.READDIRPLUS, ino);
           return;
         }
@@ -259,8 +269,28 @@ export class Fuse3FileSystem extends ImageFileSystemBase implements ImageFileSys
     }
   };
 
-  /** The encoded listing of directory `n`, kept while LISTING_BYTES allow (the kernel caches listings itself). */
-  private listing(n: TreeNode): Buffer {
+  /**
+   * A lookup in directory `dir` came here (the binding does not keep its
+   * listing): at the second one, the listing is handed to the binding, which
+   * answers the directory's further lookups natively. Not at the first: a
+   * path walk touches one name of most directories it crosses, and encoding
+   * a listing costs more than the round trip it saves.
+   */
+  private noteLookup(s: fuse3.Session, dir: TreeNode): void {
+    if (!this.lookedUp.delete(dir.ino)) {
+      if (this.lookedUp.size >= LOOKED_UP_MAX) this.lookedUp.clear();
+      this.lookedUp.add(dir.ino);
+      return;
+    }
+    fuse3.keepListing(s, dir.ino, this.listing(dir, false));
+  }
+
+  /**
+   * The encoded listing of directory `n`. The binding keeps listings itself
+   * (bounded); this thread keeps those it is asked to (`keep`, while
+   * LISTING_BYTES allow), so that one read in many requests is encoded once.
+   */
+  private listing(n: TreeNode, keep: boolean): Buffer {
     let l = this.listings.get(n.ino);
     if (l) {
       this.listings.delete(n.ino);
@@ -268,6 +298,7 @@ export class Fuse3FileSystem extends ImageFileSystemBase implements ImageFileSys
       return l;
     }
     l = this.tree.encodeListing(n);
+    if (!keep) return l;
     this.listings.set(n.ino, l);
     this.listingBytes += l.length;
     for (const [ino, old] of this.listings) {
