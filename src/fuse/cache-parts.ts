@@ -43,6 +43,8 @@ export interface CacheStats {
   memoryDecodes: number;
   /** Opens served by a small content already in memory (counted in hits too). */
   memoryHits: number;
+  /** Small-content decodes started ahead of a read (ContentCache.prefetchSmall). */
+  prefetches: number;
   memoryItems: number;
   memoryBytes: number;
 }

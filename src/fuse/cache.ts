@@ -47,11 +47,14 @@ import { readFully } from '../format/reader';
 import { Codec } from '../format/types';
 import type { ChainIndex, Location } from './chain-index';
 import type { FusePool } from './pool';
-import { SMALL_CACHE_BYTES, SmallContents, servedFromMemory } from './small';
+import { SMALL_CACHE_BYTES, SMALL_MAX_BYTES, SmallContents, servedFromMemory } from './small';
 import type { BasePaths } from './tasks';
 import { chunkAt, directSource, EMPTY_REF, HASH_PIECE, HEX_RE, MAX_BASE_DEPTH, memoryRef, partialKey, wholeKey, type CacheStats, type ContentCacheOptions, type ContentRef, type Item, type PartialState } from './cache-parts';
 
 export type { CacheStats, ContentCacheOptions, ContentRef } from './cache-parts';
+
+/** Small-content decodes prefetchSmall starts at most at once. */
+const PREFETCH_MAX = 8;
 
 export class ContentCache {
   /** Complete contents by sha256 hex: verified as a whole (or verified on first use), shared by every image. */
@@ -67,7 +70,8 @@ export class ContentCache {
   private clock = 0;
   private total = 0;
   private overBudgetLogged = false;
-  private readonly counters = { hits: 0, misses: 0, wholeBuilds: 0, chunkBuilds: 0, failures: 0, evictions: 0, memoryHits: 0 };
+  private readonly counters = { hits: 0, misses: 0, wholeBuilds: 0, chunkBuilds: 0, failures: 0, evictions: 0, memoryHits: 0, prefetches: 0 };
+  private prefetching = 0;
   readonly maxBytes: number;
   /** Small contents, verified, in memory (undefined: disabled). */
   private readonly small?: SmallContents;
@@ -141,6 +145,26 @@ export class ContentCache {
   /** True when `item` is still the cache's entry under its key (not dropped, evicted or replaced). */
   private live(item: Item): boolean {
     return item.key !== undefined ? this.partials.get(item.key) === item : this.items.get(item.hex) === item;
+  }
+
+  /**
+   * Starts decoding small content `hex` (`size` bytes) of `chain` into memory
+   * when it would be served from memory and is not there yet, so that a read
+   * soon after finds it (see Fuse3FileSystem's lookups). Never fails: a
+   * content that cannot be decoded fails its read, as before. At most
+   * PREFETCH_MAX decodes are started at once; past that it does nothing.
+   */
+  prefetchSmall(hex: string, size: number, chain: ChainIndex): void {
+    const small = this.small;
+    if (!small || size === 0 || size > SMALL_MAX_BYTES || this.prefetching >= PREFETCH_MAX || small.has(hex)) return;
+    const loc = chain.locate(hex);
+    if (!loc || loc.blob.size !== size || !servedFromMemory(loc)) return;
+    this.prefetching++;
+    this.counters.prefetches++;
+    small
+      .load(hex, loc)
+      .catch(() => undefined)
+      .finally(() => this.prefetching--);
   }
 
   /**

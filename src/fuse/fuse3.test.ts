@@ -52,11 +52,12 @@ describe('fuse3 binding: a small image mounted in this process', () => {
   beforeAll(async () => {
     dir = await fsp.mkdtemp('/tmp/d4fs-fuse3-');
     const src = path.join(dir, 'src');
-    for (const d of ['bin', 'data/deep', 'data/walk', 'dev', 'empty-dir']) await fsp.mkdir(path.join(src, d), { recursive: true });
+    for (const d of ['bin', 'data/deep', 'data/walk', 'data/wide', 'dev', 'empty-dir']) await fsp.mkdir(path.join(src, d), { recursive: true });
     await fsp.writeFile(path.join(src, 'data/hello'), 'hello, fuse3\n');
     await fsp.link(path.join(src, 'data/hello'), path.join(src, 'data/deep/hello-again'));
     await fsp.writeFile(path.join(src, 'data/empty'), '');
     for (const f of ['a', 'b', 'c', 'd']) await fsp.writeFile(path.join(src, 'data/walk', f), `${f}\n`);
+    for (let i = 0; i < 300; i++) await fsp.writeFile(path.join(src, 'data/wide', `w${i}`), `${i}\n`);
     big = randomBytes(BIG);
     await fsp.writeFile(path.join(src, 'data/big.bin'), big);
     await fsp.writeFile(path.join(src, 'bin/tool'), randomBytes(5000), { mode: 0o4755 });
@@ -150,23 +151,33 @@ describe('fuse3 binding: a small image mounted in this process', () => {
     expect(await fsp.readFile(at('data/deep/hello-again'), 'utf8')).toBe('hello, fuse3\n');
   });
 
-  test('lookups: from the second that reaches JavaScript in a directory on, the binding answers them from its listing', async () => {
+  test('lookups: a small directory is handed to the binding at its first lookup, a big one at its second; then lookups in it are native', async () => {
     expect((await fsp.stat(at('data/walk'))).isDirectory()).toBe(true);
+    expect((await fsp.stat(at('data/wide'))).isDirectory()).toBe(true);
     const jsLookups = (): number => fs3.stats().requests!.lookup - fs3.stats().requests!.lookupNative;
     const js0 = jsLookups();
     const native0 = fs3.stats().requests!.lookupNative;
+    // data/walk: 4 children
     expect((await fsp.stat(at('data/walk/a'))).size).toBe(2);
+    expect(jsLookups() - js0).toBe(1);
     expect(await fsp.readFile(at('data/walk/b'), 'utf8')).toBe('b\n');
-    expect(jsLookups() - js0).toBe(2); // the second handed the listing to the binding
     const [c, d] = [await fsp.stat(at('data/walk/c')), await fsp.stat(at('data/walk/d'))];
     expect(await errorCodeOf(fsp.stat(at('data/walk/e')))).toBe('ENOENT');
-    expect(jsLookups() - js0).toBe(2);
-    expect(fs3.stats().requests!.lookupNative - native0).toBe(3);
+    expect(jsLookups() - js0).toBe(1);
+    expect(fs3.stats().requests!.lookupNative - native0).toBe(4);
     // the native answers are the tree's
     expect([c.isFile(), c.size, c.mode & 0o777, d.nlink]).toEqual([true, 2, 0o644, 1]);
     expect(c.ino).not.toBe(d.ino);
     expect(await fsp.readFile(at('data/walk/d'), 'utf8')).toBe('d\n');
     expect((await fsp.readdir(at('data/walk'))).sort()).toEqual(['a', 'b', 'c', 'd']);
+    // data/wide: 300 children, more than a listing encoded at the first lookup
+    const js1 = jsLookups();
+    expect(await fsp.readFile(at('data/wide/w0'), 'utf8')).toBe('0\n');
+    expect(await fsp.readFile(at('data/wide/w1'), 'utf8')).toBe('1\n');
+    expect(jsLookups() - js1).toBe(2);
+    expect(await fsp.readFile(at('data/wide/w299'), 'utf8')).toBe('299\n');
+    expect(await errorCodeOf(fsp.stat(at('data/wide/w300')))).toBe('ENOENT');
+    expect(jsLookups() - js1).toBe(2);
   });
 
   test('readdir lists every entry with its stats (readdirplus), continuing across buffers', async () => {

@@ -125,6 +125,11 @@ export class ImageTree {
     return this.linkTo[slot] || slot;
   }
 
+  /** Number of children of directory `dir` (0 for other nodes). */
+  childCount(dir: TreeNode): number {
+    return dir.isDir ? this.childStart[dir.ino + 1] - this.childStart[dir.ino] : 0;
+  }
+
   /** The child `name` of directory `dir`; undefined when absent (or `dir` is not a directory). */
   child(dir: TreeNode, name: string): TreeNode | undefined {
     const slot = this.childSlot(dir.ino, name);
