@@ -94,8 +94,9 @@ struct event {
  * round trip to JavaScript: the continuations of the listing (the kernel asks
  * for a few KiB at a time), the request past its end, and lookups of names in
  * that directory (also absent ones: negative entries). Listings live in a
- * direct-mapped table by inode, bounded by DIR_KEPT_MAX bytes per session
- * (a clock evicts the least recently used); JavaScript answers whatever a
+ * direct-mapped table by inode, bounded by DIR_KEPT_TOTAL bytes shared by
+ * the sessions of the process (each may keep its share, at least
+ * DIR_KEPT_MIN; a clock evicts the least recently used); JavaScript answers whatever a
  * listing no longer kept would have answered, identically.
  *
  * Lite listings. A readdirplus entry hands the kernel the entry's
@@ -123,7 +124,8 @@ struct event {
 #define LITE_WINDOW 4096
 #define PLUS_HOLD_S 30
 #define DIR_SLOTS 16384
-#define DIR_KEPT_MAX (16u << 20)
+#define DIR_KEPT_TOTAL (16u << 20)
+#define DIR_KEPT_MIN (1u << 20)
 #define LISTING_MAX (64u << 20)
 struct listing {
   uint64_t ino;
@@ -171,6 +173,7 @@ struct session {
   uint64_t lite_sent;
   uint64_t lite_hits;
   double plus_until;
+  int counted; /* in g_sessions */
 };
 
 /* ------------------------------------------------------------------------ */
@@ -489,6 +492,15 @@ static void lite_hit(struct session *s, const struct listing *l, const char *rec
   }
 }
 
+/* Sessions serving now (mounted and not closed): they share DIR_KEPT_TOTAL. */
+static uint32_t g_sessions;
+
+static size_t dir_budget(void) {
+  uint32_t n = __atomic_load_n(&g_sessions, __ATOMIC_RELAXED);
+  size_t b = DIR_KEPT_TOTAL / (n ? n : 1);
+  return b < DIR_KEPT_MIN ? DIR_KEPT_MIN : b;
+}
+
 static uint32_t dir_slot(uint64_t ino) {
   return (uint32_t)((ino * 0x9E3779B97F4A7C15ull) >> 50) & (DIR_SLOTS - 1);
 }
@@ -530,13 +542,14 @@ static struct listing *dir_keep(struct session *s, uint64_t ino, const char *dat
   uint32_t slot = dir_slot(ino);
   dir_free_slot(s, slot);
   /* The clock: a listing looked at since the hand last passed gets another round. */
-  for (uint32_t step = 0; s->dir_kept + bytes > DIR_KEPT_MAX && step < 2 * DIR_SLOTS; step++) {
+  size_t budget = dir_budget();
+  for (uint32_t step = 0; s->dir_kept + bytes > budget && step < 2 * DIR_SLOTS; step++) {
     uint32_t i = s->dir_hand++ & (DIR_SLOTS - 1);
     if (!s->dirs[i]) continue;
     if (s->dirs[i]->used) s->dirs[i]->used = 0;
     else dir_free_slot(s, i);
   }
-  if (s->dir_kept + bytes > DIR_KEPT_MAX) return NULL;
+  if (s->dir_kept + bytes > budget) return NULL;
   l = malloc(bytes);
   if (!l) return NULL;
   l->ino = ino;
@@ -826,6 +839,14 @@ static void session_teardown(struct session *s) {
     fuse_session_destroy(s->se); /* closes /dev/fuse: the kernel aborts what is left */
     s->se = NULL;
   }
+  /* the kept listings go now (the session object may live on until collected) */
+  pthread_mutex_lock(&s->lock);
+  for (uint32_t i = 0; i < DIR_SLOTS; i++) dir_free_slot(s, i);
+  pthread_mutex_unlock(&s->lock);
+  if (s->counted) {
+    s->counted = 0;
+    __atomic_sub_fetch(&g_sessions, 1, __ATOMIC_RELAXED);
+  }
   s->closed = 1;
 }
 
@@ -983,6 +1004,8 @@ static napi_value js_mount(napi_env env, napi_callback_info info) {
     return NULL;
   }
   s->thread_started = 1;
+  s->counted = 1;
+  __atomic_add_fetch(&g_sessions, 1, __ATOMIC_RELAXED);
   return handle;
 }
 
