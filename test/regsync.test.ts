@@ -81,7 +81,7 @@ function cli(args: string[], env: NodeJS.ProcessEnv = {}): Promise<{ code: numbe
 }
 
 /** A recompressed variant of a Debian image, cached by source manifest digest. */
-async function variant(name: ImageName, how: 'gzip-9n'): Promise<{ layout: string; tag: string }> {
+async function variant(name: ImageName, how: 'gzip-9n' | 'go-stdlib-6'): Promise<{ layout: string; tag: string }> {
   const img = await buildDebImage(name);
   const dir = path.join(CACHE, `${name}-${how}-${img.manifestDigest.slice(7, 23)}`);
   if (!existsSync(path.join(dir, 'index.json'))) {
@@ -113,6 +113,8 @@ describe('registry diff / apply / sync', () => {
   let work: string;
   const orig: Record<string, { layout: string; tag: string }> = {};
   const gz: Record<string, { layout: string; tag: string }> = {};
+  /** Layers compressed by Go's compress/gzip (one family: redis). */
+  const go: Record<string, { layout: string; tag: string }> = {};
 
   beforeAll(async () => {
     work = await fsp.mkdtemp(path.join(os.tmpdir(), 'd4fs-regsync-test-'));
@@ -125,6 +127,7 @@ describe('registry diff / apply / sync', () => {
         const img = await buildDebImage(name);
         orig[name] = { layout: img.layout, tag: img.tag };
         gz[name] = await variant(name, 'gzip-9n');
+        if (f === 'redis') go[name] = await variant(name, 'go-stdlib-6');
       }
     }
     // Pushes start when their turn comes (a few at a time: skopeo is I/O bound), all v1 images
@@ -136,6 +139,8 @@ describe('registry diff / apply / sync', () => {
         const n = `${f}-${v}`;
         pushes.push(() => pushOciLayout(orig[n].layout, orig[n].tag, src.host, `orig/${f}:${v}`));
         pushes.push(() => pushOciLayout(gz[n].layout, gz[n].tag, src.host, `gz/${f}:${v}`));
+        if (go[n]) pushes.push(() => pushOciLayout(go[n].layout, go[n].tag, src.host, `go/${f}:${v}`));
+        if (go[n] && v === 'v1') pushes.push(() => pushOciLayout(go[n].layout, go[n].tag, dst.host, `go/${f}:v1`, CREDS_ARG));
         if (v === 'v1') {
           // the destination holds the old set (both variants)
           pushes.push(() => pushOciLayout(orig[n].layout, orig[n].tag, dst.host, `orig/${f}:v1`, CREDS_ARG));
@@ -221,6 +226,34 @@ describe('registry diff / apply / sync', () => {
     const again = await applyPatch({ patch, to: `docker://${dst.host}`, dest: { creds: CREDS_ARG } });
     expect(again.blobsUploaded).toBe(0);
     expect(again.images.every((i) => i.identical)).toBe(true);
+  });
+
+  test("Go's compress/gzip layers: diff -> apply rebuilds them with Go's encoder, every manifest digest identical", async () => {
+    const oldList = path.join(work, 'go-old.list');
+    const newList = path.join(work, 'go-new.list');
+    await fsp.writeFile(oldList, `docker://${src.host}/go/redis:v1  go/redis:v1\n`);
+    await fsp.writeFile(newList, `docker://${src.host}/go/redis:v2  go/redis:v2\n`);
+    const patch = path.join(work, 'go.patch');
+    const d = await cli(['registry', 'diff', '--old', oldList, '--new', newList, '--out', patch, '--level', 'fast', '--json', '-q']);
+    expect(d.stderr).toBe('');
+    expect(d.code).toBe(0);
+    const report = JSON.parse(d.stdout) as DiffReport;
+    const rebuilt = report.layers.filter((l) => l.kind === 'rebuilt');
+    expect(rebuilt.length).toBeGreaterThanOrEqual(1);
+    for (const l of rebuilt) {
+      expect(l.reproducible).toBe(true);
+      expect(l.recipe).toBe('Go compress/flate level 6');
+    }
+    expect(report.rewrittenImages).toEqual([]);
+    const a = await cli(['registry', 'apply', patch, '--to', `docker://${dst.host}`, '--dest-creds', CREDS_ARG, '--json', '-q']);
+    expect(a.stderr).toBe('');
+    expect(a.code).toBe(0);
+    const applied = JSON.parse(a.stdout) as { images: { identical: boolean }[] };
+    expect(applied.images.map((i) => i.identical)).toEqual([true]);
+    const s = await skopeoRaw(`docker://${src.host}/go/redis:v2`);
+    const t = await skopeoRaw(`docker://${dst.host}/go/redis:v2`, CREDS_ARG);
+    expect(t.digest).toBe(s.digest);
+    expect(t.doc.layers.map((l) => l.digest)).toEqual(s.doc.layers.map((l) => l.digest));
   });
 
   test('not reproducible (umoci/pgzip layers): configs and diff_ids identical, manifests rewritten consistently, and the reports say so', async () => {

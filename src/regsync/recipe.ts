@@ -17,10 +17,14 @@
  *    run with -n; its 10-byte header and its trailer are replaced. A run is
  *    killed at the first byte that differs.
  *
- * Layers that no candidate reproduces (Go's compress/flate and klauspost's
- * pgzip — what docker, containerd, skopeo and umoci write — and pigz) are "not
- * reproducible": the apply side recompresses them with a deterministic
- * fallback recipe and rewrites the manifest.
+ *  - `go-flate`: Go's compress/flate (levels -2 to 9), what Go's
+ *    compress/gzip writes (docker, BuildKit, containerd, skopeo, umoci):
+ *    d4fs's own reimplementation of Go's encoder (./goflate.ts). Tried first
+ *    when the header says a Go writer made it (OS 255), pruned on a prefix.
+ *
+ * Layers that no candidate reproduces (klauspost's compress and pgzip, pigz)
+ * are "not reproducible": the apply side recompresses them with a
+ * deterministic fallback recipe and rewrites the manifest.
  *
  * Everything here works on files (the tar and the original blob) and runs in a
  * worker thread or the main thread alike.
@@ -32,6 +36,7 @@ import * as zlib from 'node:zlib';
 import { zstdCompressStream } from '../format/zstd';
 import { corrupt, invalidArgument } from '../errors';
 import { gzipHeaderLength } from '../delta/gzmember';
+import { GO_LEVELS, goDeflate, goDeflatePrefix } from './goflate';
 
 /** Node's zlib strategies by number (zlib.h). */
 const STRATEGIES = [
@@ -64,6 +69,14 @@ export type Recipe =
       tool: string;
       level: number;
       rsyncable: boolean;
+      /** gzip header bytes, base64. */
+      header: string;
+    }
+  | {
+      kind: 'gzip';
+      engine: 'go-flate';
+      /** Go's compress/flate level: -2 (Huffman only), 0-9 (-1, the default, recorded as 6). */
+      level: number;
       /** gzip header bytes, base64. */
       header: string;
     }
@@ -101,6 +114,7 @@ export function describeRecipe(r: Recipe): string {
     case 'zstd':
       return `zstd level ${r.level} (zstd-napi)`;
     case 'gzip':
+      if (r.engine === 'go-flate') return `Go compress/flate level ${r.level}`;
       return r.engine === 'gzip'
         ? `${r.tool.split(' ').slice(0, 2).join(' ')} -n -${r.level}${r.rsyncable ? ' --rsyncable' : ''}`
         : `node zlib ${r.zlib} level ${r.level} memLevel ${r.memLevel} strategy ${r.strategy}`;
@@ -242,6 +256,7 @@ function recipeBody(r: Recipe, tarPath: string): AsyncIterable<Buffer> {
     case 'zstd':
       return transformFile(zstdCompressStream({ compressionLevel: r.level, checksumFlag: true }), tarPath);
     case 'gzip':
+      if (r.engine === 'go-flate') return goDeflate(r.level, fileChunks(tarPath));
       return r.engine === 'gzip' ? gzipProgramBody(r.level, r.rsyncable, tarPath) : nodeDeflateBody(r, tarPath);
   }
 }
@@ -279,6 +294,8 @@ export function validateRecipe(r: Recipe): void {
         if (!int(r.level, 0, 9) || !int(r.memLevel, 1, 9) || !STRATEGIES.includes(r.strategy) || !int(r.windowBits, 9, 15)) bad('zlib parameters');
       } else if (r.engine === 'gzip') {
         if (!int(r.level, 1, 9) || typeof r.rsyncable !== 'boolean' || typeof r.tool !== 'string') bad('gzip parameters');
+      } else if (r.engine === 'go-flate') {
+        if (!GO_LEVELS.includes(r.level)) bad('Go compress/flate level');
       } else {
         bad(`unknown gzip engine ${String((r as { engine?: unknown }).engine)}`);
       }
@@ -329,6 +346,13 @@ function zlibCandidates(xfl: number): { level: number; memLevel: number; strateg
   return out;
 }
 
+/** Go's levels to try, most likely first: Go records XFL 2 for level 9 and 4 for level 1 only. */
+function goCandidates(xfl: number): number[] {
+  if (xfl === 2) return [9];
+  if (xfl === 4) return [1];
+  return [6, 5, 2, 3, 4, 7, 8, 0, -2];
+}
+
 /** Options of {@link detectRecipe}. */
 export interface DetectOptions {
   /** Try the gzip program too (default: when it is on PATH). */
@@ -363,7 +387,6 @@ export async function detectRecipe(blobPath: string, tarPath: string, compressio
     const xfl = header[8];
     const os = header[9];
 
-    // 1. Node's zlib, pruned on growing prefixes of the tar.
     const prefixMax = Math.min(tarSize, 4 << 20);
     const prefix = Buffer.alloc(prefixMax);
     const tfh = await fsp.open(tarPath, 'r');
@@ -374,6 +397,31 @@ export async function detectRecipe(blobPath: string, tarPath: string, compressio
     }
     const bodyHead = Buffer.alloc(Math.min(bodyLen, 4 << 20));
     await fh.read(bodyHead, 0, bodyHead.length, hlen);
+
+    // Go's compress/flate: first when the header says Go wrote it (OS 255), else after zlib and gzip.
+    const tryGo = async (): Promise<Detection | undefined> => {
+      for (const level of goCandidates(xfl)) {
+        tried++;
+        // Go writes whole blocks (16k tokens, or 64 KiB at level 1): the first ones, from a growing
+        // prefix until one is out, tell a wrong level at ~10 ms (a level-6 block is ~20-200 KiB of tar).
+        let ok = true;
+        for (const n of [256 << 10, 1 << 20, 4 << 20]) {
+          const out = goDeflatePrefix(level, prefix.subarray(0, Math.min(n, prefixMax)));
+          ok = bodyHead.subarray(0, out.length).equals(out);
+          if (!ok || out.length > 0 || n >= prefixMax) break;
+        }
+        if (!ok) continue;
+        const recipe: Recipe = { kind: 'gzip', engine: 'go-flate', level, header: header.toString('base64') };
+        if (await sameAsFile(recipeBody(recipe, tarPath), fh, hlen, bodyLen)) return { reproducible: true, recipe, tried };
+      }
+      return undefined;
+    };
+    if (os === 255) {
+      const go = await tryGo();
+      if (go) return go;
+    }
+
+    // 1. Node's zlib, pruned on growing prefixes of the tar.
     let alive = zlibCandidates(xfl);
     for (const n of [64 << 10, 512 << 10, 4 << 20]) {
       const len = Math.min(n, prefixMax);
@@ -410,10 +458,14 @@ export async function detectRecipe(blobPath: string, tarPath: string, compressio
         }
       }
     }
+    if (os !== 255) {
+      const go = await tryGo();
+      if (go) return go;
+    }
     const who =
       os === 255
-        ? 'the gzip header (OS 255) points to a Go compressor (compress/gzip, pgzip: docker, containerd, skopeo, umoci), whose deflate output zlib and gzip do not reproduce'
-        : 'no zlib or gzip setting reproduces the deflate stream (pigz, another deflate implementation, or another zlib version)';
+        ? "the gzip header (OS 255) points to a Go compressor other than Go's own compress/flate (klauspost's compress or pgzip), whose deflate output is not reproduced yet"
+        : "no zlib, gzip or Go compress/flate setting reproduces the deflate stream (pigz, another deflate implementation, or another zlib version)";
     return { reproducible: false, reason: `${tried} candidate compressors tried: ${who}`, tried };
   } finally {
     await fh.close();

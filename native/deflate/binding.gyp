@@ -1,0 +1,10 @@
+{
+  "targets": [
+    {
+      "target_name": "d4fs_deflate",
+      "sources": ["src/binding.c", "src/goflate.c"],
+      "defines": ["NAPI_VERSION=8"],
+      "cflags_c": ["-std=gnu11", "-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"]
+    }
+  ]
+}

@@ -1,0 +1,144 @@
+/*
+ * d4fs-deflate: Node-API binding of goflate (Go's compress/flate encoder,
+ * reproduced; see goflate.h).
+ *
+ *   goNew(level) → encoder     level -2..9 (-1: 6); throws RangeError otherwise
+ *   goWrite(encoder, bytes) → Buffer   the compressed bytes produced so far
+ *   goFlush(encoder) → Buffer          Go's Writer.Flush
+ *   goClose(encoder) → Buffer          Go's Writer.Close: the rest; the encoder is freed
+ *
+ * Calls are synchronous (CPU-bound: run them in a worker thread). An
+ * encoder not closed is freed when collected.
+ */
+#include <node_api.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "goflate.h"
+
+typedef struct {
+  gf *e;
+} handle;
+
+static void finalize(napi_env env, void *data, void *hint) {
+  (void)env;
+  (void)hint;
+  handle *h = data;
+  gf_free(h->e);
+  free(h);
+}
+
+static handle *get_handle(napi_env env, napi_value v) {
+  handle *h = NULL;
+  if (napi_get_value_external(env, v, (void **)&h) != napi_ok || !h || !h->e) {
+    napi_throw_type_error(env, NULL, "d4fs-deflate: not an open encoder");
+    return NULL;
+  }
+  return h;
+}
+
+static napi_value take(napi_env env, handle *h) {
+  size_t len;
+  const uint8_t *p = gf_take(h->e, &len);
+  napi_value out;
+  void *data;
+  if (napi_create_buffer(env, len, &data, &out) != napi_ok) {
+    napi_throw_error(env, NULL, "d4fs-deflate: cannot allocate the output");
+    return NULL;
+  }
+  if (len) memcpy(data, p, len);
+  return out;
+}
+
+static napi_value js_new(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  int32_t level = 99;
+  if (argc < 1 || napi_get_value_int32(env, argv[0], &level) != napi_ok || level < -2 || level > 9) {
+    napi_throw_range_error(env, NULL, "d4fs-deflate: goNew(level): level must be an integer from -2 to 9");
+    return NULL;
+  }
+  handle *h = calloc(1, sizeof(*h));
+  if (!h || !(h->e = gf_new(level))) {
+    free(h);
+    napi_throw_error(env, NULL, "d4fs-deflate: out of memory");
+    return NULL;
+  }
+  napi_value ext;
+  if (napi_create_external(env, h, finalize, NULL, &ext) != napi_ok) {
+    gf_free(h->e);
+    free(h);
+    napi_throw_error(env, NULL, "d4fs-deflate: cannot create the encoder");
+    return NULL;
+  }
+  return ext;
+}
+
+static napi_value js_write(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  handle *h = argc >= 1 ? get_handle(env, argv[0]) : NULL;
+  if (!h) return NULL;
+  void *data = NULL;
+  size_t len = 0;
+  bool is;
+  if (argc < 2 || napi_is_typedarray(env, argv[1], &is) != napi_ok || !is) {
+    napi_throw_type_error(env, NULL, "d4fs-deflate: goWrite(encoder, bytes): bytes must be a Uint8Array");
+    return NULL;
+  }
+  napi_typedarray_type type;
+  napi_get_typedarray_info(env, argv[1], &type, &len, &data, NULL, NULL);
+  if (type != napi_uint8_array) {
+    napi_throw_type_error(env, NULL, "d4fs-deflate: goWrite(encoder, bytes): bytes must be a Uint8Array");
+    return NULL;
+  }
+  if (gf_write(h->e, data, len) != 0) {
+    napi_throw_error(env, NULL, "d4fs-deflate: out of memory");
+    return NULL;
+  }
+  return take(env, h);
+}
+
+static napi_value js_flush(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  handle *h = argc >= 1 ? get_handle(env, argv[0]) : NULL;
+  if (!h) return NULL;
+  if (gf_flush(h->e) != 0) {
+    napi_throw_error(env, NULL, "d4fs-deflate: out of memory");
+    return NULL;
+  }
+  return take(env, h);
+}
+
+static napi_value js_close(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  handle *h = argc >= 1 ? get_handle(env, argv[0]) : NULL;
+  if (!h) return NULL;
+  if (gf_close(h->e) != 0) {
+    napi_throw_error(env, NULL, "d4fs-deflate: out of memory");
+    return NULL;
+  }
+  napi_value out = take(env, h);
+  gf_free(h->e);
+  h->e = NULL;
+  return out;
+}
+
+static napi_value init(napi_env env, napi_value exports) {
+  napi_property_descriptor props[] = {
+      {"goNew", NULL, js_new, NULL, NULL, NULL, napi_default, NULL},
+      {"goWrite", NULL, js_write, NULL, NULL, NULL, napi_default, NULL},
+      {"goFlush", NULL, js_flush, NULL, NULL, NULL, napi_default, NULL},
+      {"goClose", NULL, js_close, NULL, NULL, NULL, napi_default, NULL},
+  };
+  napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props);
+  return exports;
+}
+
+NAPI_MODULE(NODE_GYP_MODULE_NAME, init)
