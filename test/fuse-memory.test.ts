@@ -22,6 +22,10 @@
  *   ~1.1 KiB/entry in a fresh process (before: ~2.3 KiB);
  * - after the reads: RSS ~1.7-1.9 KiB/entry while each build thread decoded
  *   the chain's index for itself; ~890 B/entry since they decode none;
+ * - since the stored blobs of one zstd frame are columns (chain-index.ts):
+ *   heap ~380 B/entry after the walk and the reads, RSS ~420 B/entry after
+ *   mounting and walking (fuse3, its listings kept natively included), ~680
+ *   after the reads;
  * - the next version mounted beside it (chain v1 → delta, 1% of the files
  *   edited): heap +13-17 MiB, RSS -14 to +44 MiB (what the garbage of its
  *   decoding leaves; it shares v1's entries and stored blobs with the first
@@ -73,11 +77,11 @@ const EDITED = 100;
 /** Budgets, bytes per entry (see the measurements above), and of a further version. */
 const BUDGET = {
   /** This thread's heap: the tree, the chain's stored blobs, the entries. */
-  heap: 768,
-  /** The process's RSS after mounting and walking everything (no worker has the chain yet). */
-  rssServing: 1280,
+  heap: 512,
+  /** The process's RSS after mounting and walking everything (no worker has the chain yet; fuse-native's walk costs more). */
+  rssServing: 1024,
   /** The process's RSS at the end (build threads running, holding no index). */
-  rssTotal: 1536,
+  rssTotal: 1024,
   /** What mounting the next version (the chain v1 → delta) beside the first adds: this thread's heap, the process's RSS. */
   nextHeap: 32 * MiB,
   nextRss: 64 * MiB,
