@@ -37,6 +37,8 @@ declare module 'd4fs-fuse3' {
     readdirNative: number;
     /** Lookups answered natively from the parent's kept listing (counted in lookup too). */
     lookupNative: number;
+    /** Times the mount switched to sending files' attributes with listings (see native/fuse3 struct listing). */
+    plusSwitch: number;
     /** Bytes of listings the binding keeps (bounded per session). */
     listingBytes: number;
     /** Requests JavaScript has not answered yet. */

@@ -210,6 +210,14 @@ describe('fuse3 binding: a small image mounted in this process', () => {
     // absent names in a kept directory: negative entries, natively
     expect(await errorCodeOf(fsp.stat(at('data/deep/no-such-name')))).toBe('ENOENT');
     expect(fs3.stats().requests!.lookupNative).toBe(req1.lookupNative + 1);
+    // Those lookups of names sent without attributes made the mount send attributes from now
+    // on (the reader stats what it lists): another directory listed, then statted, needs none.
+    expect(req1.plusSwitch).toBe(1);
+    await run('sh', ['-c', 'echo 2 > /proc/sys/vm/drop_caches']);
+    const wide = await fsp.readdir(at('data/wide'));
+    const req2 = fs3.stats().requests!;
+    await Promise.all(wide.map((n) => fsp.stat(path.join(at('data/wide'), n))));
+    expect(fs3.stats().requests!.lookup - req2.lookup).toBe(0);
     const hello = sts[names.indexOf('hello-again')];
     expect([hello.ino, hello.nlink, hello.size]).toEqual([(await fsp.stat(at('data/hello'))).ino, 2, 13]);
     const root = await fsp.readdir(mp, { withFileTypes: true });
