@@ -31,7 +31,8 @@ const utf8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
 // ---------------------------------------------------------------------------
 
 const zz = (n: number): number => (n >= 0 ? n * 2 : -n * 2 - 1);
-const unzz = (z: number): number => (z % 2 === 0 ? z / 2 : -(z + 1) / 2);
+/** The value of a zigzag-encoded varint (exported for format/check.ts). */
+export const unzz = (z: number): number => (z % 2 === 0 ? z / 2 : -(z + 1) / 2);
 
 /** An entry's fields that its type does not use must be empty: the columns do not store them. */
 function checkUnused(e: Entry): void {
@@ -264,7 +265,8 @@ function bad(what: string): never {
   throw corrupt(`tree columns: ${what} refers to nothing`);
 }
 
-function concat(parts: Buffer[] | undefined): Buffer {
+/** The parts of a bytes column as one Buffer (exported for format/check.ts). */
+export function concat(parts: Buffer[] | undefined): Buffer {
   if (!parts || parts.length === 0) return EMPTY;
   return parts.length === 1 ? parts[0] : Buffer.concat(parts);
 }

@@ -30,7 +30,8 @@ export class Writer {
   constructor(capacity: number) {
     this.buf = Buffer.allocUnsafe(Math.max(64, capacity));
   }
-  private reserve(n: number): void {
+  /** Room for `n` more bytes at `pos` (format/check.ts writes into `buf` directly after it). */
+  reserve(n: number): void {
     if (this.pos + n <= this.buf.length) return;
     let cap = this.buf.length * 2;
     while (cap < this.pos + n) cap *= 2;
@@ -63,6 +64,19 @@ export class Writer {
     this.reserve(b.length);
     this.buf.set(b, this.pos);
     this.pos += b.length;
+  }
+  /** Bytes [start, end) of `src` as a bytes field's length and body (no view of `src` made: format/check.ts writes ~150,000 digests and paths so). */
+  bytesFrom(src: Buffer, start: number, end: number): void {
+    const n = end - start;
+    this.u32(n);
+    this.reserve(n);
+    // short runs byte by byte: Buffer#copy's argument handling cost more than the copy (~60 ms for 300,000 names and digests)
+    if (n <= 64) {
+      const b = this.buf;
+      let p = this.pos;
+      for (let i = start; i < end; i++) b[p++] = src[i];
+    } else src.copy(this.buf, this.pos, start, end);
+    this.pos += n;
   }
   /** Raw bytes, no length. */
   bytesRaw(b: Uint8Array, n: number): void {
@@ -145,7 +159,7 @@ function wtf8(s: string): Buffer {
 
 // Field writers: each leaves out the proto3 default, as protobufjs does (after its fromObject coercions).
 
-function wU32(w: Writer, tag: number, v: number | null | undefined): void {
+export function wU32(w: Writer, tag: number, v: number | null | undefined): void {
   if (v == null) return;
   const u = v >>> 0;
   if (u === 0) return;
@@ -154,7 +168,7 @@ function wU32(w: Writer, tag: number, v: number | null | undefined): void {
 }
 
 /** int32 (enums): integers in int32 range only; negatives take ten bytes. */
-function wI32(w: Writer, tag: number, v: number | null | undefined): void {
+export function wI32(w: Writer, tag: number, v: number | null | undefined): void {
   if (typeof v !== 'number' || v === 0 || (v | 0) !== v) return;
   w.u32(tag);
   if (v >= 0) w.u32(v);
@@ -162,7 +176,7 @@ function wI32(w: Writer, tag: number, v: number | null | undefined): void {
 }
 
 /** uint64 from a number (Long.fromNumber unsigned: negatives and NaN are 0, fractions truncated, saturating). */
-function wU64(w: Writer, tag: number, v: number | null | undefined): void {
+export function wU64(w: Writer, tag: number, v: number | null | undefined): void {
   if (v == null) return;
   const n = Number(v);
   if (!(n >= 1)) return;
@@ -173,7 +187,7 @@ function wU64(w: Writer, tag: number, v: number | null | undefined): void {
 }
 
 /** int64 from a number (Long.fromNumber signed: NaN is 0, fractions truncated toward zero, saturating). */
-function wI64(w: Writer, tag: number, v: number | null | undefined): void {
+export function wI64(w: Writer, tag: number, v: number | null | undefined): void {
   if (v == null) return;
   const n = Number(v);
   if (Number.isNaN(n) || n === 0) return;
@@ -196,7 +210,7 @@ function wI64(w: Writer, tag: number, v: number | null | undefined): void {
   w.u64(lo, hi);
 }
 
-function wBytes(w: Writer, tag: number, v: Uint8Array | null | undefined): void {
+export function wBytes(w: Writer, tag: number, v: Uint8Array | null | undefined): void {
   if (v == null || v.length === 0) return;
   w.u32(tag);
   w.bytes(v);

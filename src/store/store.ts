@@ -8,7 +8,7 @@
 import Database from 'better-sqlite3';
 import { promises as fsp, constants as FS } from 'node:fs';
 import { join } from 'node:path';
-import { CdimgReader, type HeaderInfo, verifyIndexBytes } from '../format/reader';
+import { CdimgReader, sameHeader, sameStoredIndex, verifyIndexBytes } from '../format/reader';
 import { corrupt, failedPrecondition, invalidArgument, notFound } from '../errors';
 import { checkChain } from '../format/chain';
 import { enforcePolicy, readSignatureFile, signaturePathOf, SignatureFile, SignaturePolicy, writeSignatureFile } from '../signing';
@@ -36,18 +36,6 @@ export function checkImageName(name: string): string {
     throw invalidArgument(`invalid image name "${String(name).slice(0, 80)}": expected REPO[:TAG] in lower case, e.g. nginx:1.22`);
   }
   return name.includes(':') ? name : `${name}:latest`;
-}
-
-/** Whether two checked headers are the same (every field). */
-function sameHeader(a: HeaderInfo, b: HeaderInfo): boolean {
-  return (
-    a.version === b.version &&
-    a.flags === b.flags &&
-    a.indexOffset === b.indexOffset &&
-    a.indexStoredLen === b.indexStoredLen &&
-    a.indexRawLen === b.indexRawLen &&
-    a.rootDigest.equals(b.rootDigest)
-  );
 }
 
 /**
@@ -118,11 +106,11 @@ export class LocalStore {
    * Add a .cdimg (verified on open; a delta needs its parent image held).
    * Idempotent. The store keeps a copy of its own, and the copy is what is
    * checked and kept (the file the caller named may change afterwards): the
-   * kernel copies the file into the store while this thread opens it where
-   * it is (index verified against the root digest, decoded and validated,
-   * image id recomputed); then the copy's header and size must be the ones
-   * checked and its index must match its root digest, which makes it the
-   * file that was validated. With `move` the file is renamed into the store
+   * kernel copies the file into the store while this thread checks it where
+   * it is (CdimgReader.check: index verified against the root digest and
+   * validated, image id recomputed); then the copy's header and size must be
+   * the ones checked and its stored index the bytes checked, which makes it
+   * the file that was validated. With `move` the file is renamed into the store
    * instead when that is safe (same filesystem, a regular file with no other
    * name, owned by this process's user) and opened there; otherwise it is
    * copied, and removed once stored. Its signature (`signature`, else
@@ -150,29 +138,33 @@ export class LocalStore {
       const signed = await enforcePolicy(opts.policy, at, sig).catch((e: unknown) => {
         throw named(e);
       });
-      const r = await CdimgReader.open(at, { reuse: true }).catch((e: unknown) => {
+      // checked as CdimgReader.open checks it, without keeping a decoded index (nothing here reads one)
+      const r = await CdimgReader.check(at, { reuse: true }).catch((e: unknown) => {
         throw named(e);
       });
-      try {
-        rec = { rootDigest: r.rootDigest, imageId: r.imageId, parentId: r.parentId ?? '', kind: r.isDelta ? 'delta' : 'full', size: r.fileSize, path: this.filePath(r.rootDigest) };
-        if (signed.subject !== undefined && signed.subject !== rec.rootDigest) throw corrupt(`${path} changed while it was loaded`);
-        if (r.isDelta && !this.hasImage(rec.parentId)) {
-          throw failedPrecondition(`${path} is a delta from image ${rec.parentId}, which this machine does not hold: load that image (or a chain leading to it) first`);
-        }
-        // a version 2 delta's tree (and so its image id) is checked against its parent's
-        if (!r.hasTree) await this.checkDeltaTree(at, rec.parentId).catch((e: unknown) => {
+      rec = { rootDigest: r.rootDigest, imageId: r.imageId, parentId: r.parentId ?? '', kind: r.isDelta ? 'delta' : 'full', size: r.fileSize, path: this.filePath(r.rootDigest) };
+      if (signed.subject !== undefined && signed.subject !== rec.rootDigest) throw corrupt(`${path} changed while it was loaded`);
+      if (r.isDelta && !this.hasImage(rec.parentId)) {
+        throw failedPrecondition(`${path} is a delta from image ${rec.parentId}, which this machine does not hold: load that image (or a chain leading to it) first`);
+      }
+      // a version 2 delta's tree (and so its image id) is checked against its parent's
+      if (!r.hasTree) await this.checkDeltaTree(at, rec.parentId).catch((e: unknown) => {
+        throw named(e);
+      });
+      if (copy) {
+        // the store's copy is the file just checked: same header and size, and the index the
+        // check read, byte for byte (or, when the check took a decoded index from this process's
+        // reuse cache, an index that matches its root digest)
+        await copy;
+        const same = await sameStoredIndex(tmp, r).catch((e: unknown) => {
           throw named(e);
         });
-        if (copy) {
-          // the store's copy is the file just checked: same header and size, an index that matches its root digest
-          await copy;
+        if (same === undefined) {
           const c = await verifyIndexBytes(tmp).catch((e: unknown) => {
             throw named(e);
           });
           if (c.size !== r.fileSize || !sameHeader(c.header, r.header)) throw corrupt(`${path} changed while it was copied into the store`);
-        }
-      } finally {
-        await r.close();
+        } else if (!same) throw corrupt(`${path} changed while it was copied into the store`);
       }
       if (sig && sig.subject === rec.rootDigest) await this.addSignature(rec, sig);
       const existing = this.db.prepare('SELECT 1 FROM files WHERE root_digest = ?').get(rec.rootDigest);
@@ -283,6 +275,12 @@ export class LocalStore {
   /** Open and check the chain of an image (throws if a file is damaged). */
   async verifyChain(imageId: string): Promise<string[]> {
     const chain = this.chainFor(imageId);
+    if (chain.length === 1 && chain[0].kind === 'full') {
+      // a full image alone: checked as open checks it, without keeping its decoded index
+      const c = await CdimgReader.check(chain[0].path, { reuse: true });
+      if (c.isDelta) throw failedPrecondition(`${chain[0].path} is a delta (parent ${c.parentId}); the chain must start with a full image`);
+      return [chain[0].path];
+    }
     const readers: CdimgReader[] = [];
     try {
       // reuse: a file this process just added (or opened) is not decoded and checked a second time
