@@ -55,7 +55,7 @@ async function main(): Promise<void> {
     for (const n of [...sets.old, ...sets.new]) {
       const img = await buildDebImage(n);
       const [repo, v] = n.split('-');
-      // nginx's layers as `gzip -9n` writes them (reproducible); redis's as umoci (Go's gzip) wrote them
+      // nginx's layers as `gzip -9n` writes them; redis's as umoci wrote them (pgzip, 256 KiB blocks): both reproduced
       let layout = img.layout;
       if (repo === 'nginx') {
         layout = join(out, `gzip9n-${n}`);

@@ -3,10 +3,11 @@
  * instances on 127.0.0.1 (the destination with htpasswd auth) and real
  * Debian-package images of two versions (nginx, redis, libssl3):
  *
- *  - reproducible compression (layers by `gzip -9n` and by Node's zlib):
- *    diff → apply gives byte-identical manifests, configs and layers;
- *  - umoci's layers (pgzip, not reproducible): configs and diff_ids
- *    identical, manifests rewritten consistently, and the reports say so;
+ *  - reproducible compression (layers by `gzip -9n`, Node's zlib, Go's
+ *    compress/gzip, and umoci's own: pgzip with 256 KiB blocks): diff →
+ *    apply gives byte-identical manifests, configs and layers;
+ *  - pigz's layers (not reproducible): configs and diff_ids identical,
+ *    manifests rewritten consistently, and the reports say so;
  *  - the savings report against the registry's own blob sizes;
  *  - push-vet refuses a destination lacking a base layer (or an old layer's
  *    blob), listing exactly what is missing, before any upload (the
@@ -81,7 +82,7 @@ function cli(args: string[], env: NodeJS.ProcessEnv = {}): Promise<{ code: numbe
 }
 
 /** A recompressed variant of a Debian image, cached by source manifest digest. */
-async function variant(name: ImageName, how: 'gzip-9n' | 'go-stdlib-6'): Promise<{ layout: string; tag: string }> {
+async function variant(name: ImageName, how: 'gzip-9n' | 'go-stdlib-6' | 'pigz'): Promise<{ layout: string; tag: string }> {
   const img = await buildDebImage(name);
   const dir = path.join(CACHE, `${name}-${how}-${img.manifestDigest.slice(7, 23)}`);
   if (!existsSync(path.join(dir, 'index.json'))) {
@@ -115,6 +116,8 @@ describe('registry diff / apply / sync', () => {
   const gz: Record<string, { layout: string; tag: string }> = {};
   /** Layers compressed by Go's compress/gzip (one family: redis). */
   const go: Record<string, { layout: string; tag: string }> = {};
+  /** Layers compressed by pigz, which nothing reproduces (libssl and nginx). */
+  const pz: Record<string, { layout: string; tag: string }> = {};
 
   beforeAll(async () => {
     work = await fsp.mkdtemp(path.join(os.tmpdir(), 'd4fs-regsync-test-'));
@@ -128,6 +131,7 @@ describe('registry diff / apply / sync', () => {
         orig[name] = { layout: img.layout, tag: img.tag };
         gz[name] = await variant(name, 'gzip-9n');
         if (f === 'redis') go[name] = await variant(name, 'go-stdlib-6');
+        else pz[name] = await variant(name, 'pigz');
       }
     }
     // Pushes start when their turn comes (a few at a time: skopeo is I/O bound), all v1 images
@@ -141,6 +145,8 @@ describe('registry diff / apply / sync', () => {
         pushes.push(() => pushOciLayout(gz[n].layout, gz[n].tag, src.host, `gz/${f}:${v}`));
         if (go[n]) pushes.push(() => pushOciLayout(go[n].layout, go[n].tag, src.host, `go/${f}:${v}`));
         if (go[n] && v === 'v1') pushes.push(() => pushOciLayout(go[n].layout, go[n].tag, dst.host, `go/${f}:v1`, CREDS_ARG));
+        if (pz[n]) pushes.push(() => pushOciLayout(pz[n].layout, pz[n].tag, src.host, `pz/${f}:${v}`));
+        if (pz[n] && v === 'v1') pushes.push(() => pushOciLayout(pz[n].layout, pz[n].tag, dst.host, `pz/${f}:v1`, CREDS_ARG));
         if (v === 'v1') {
           // the destination holds the old set (both variants)
           pushes.push(() => pushOciLayout(orig[n].layout, orig[n].tag, dst.host, `orig/${f}:v1`, CREDS_ARG));
@@ -256,7 +262,7 @@ describe('registry diff / apply / sync', () => {
     expect(t.doc.layers.map((l) => l.digest)).toEqual(s.doc.layers.map((l) => l.digest));
   });
 
-  test('not reproducible (umoci/pgzip layers): configs and diff_ids identical, manifests rewritten consistently, and the reports say so', async () => {
+  test("umoci's layers (pgzip, 256 KiB blocks): diff -> apply rebuilds them byte for byte, every manifest digest identical", async () => {
     const patch = path.join(work, 'orig.patch');
     const report = await diffImageSets({
       old: ['libssl', 'nginx'].map((f) => parseSpec(`docker://${src.host}/orig/${f}:v1`, 'test')),
@@ -268,28 +274,53 @@ describe('registry diff / apply / sync', () => {
     const rebuilt = report.layers.filter((l) => l.kind === 'rebuilt');
     expect(rebuilt.length).toBeGreaterThanOrEqual(2);
     for (const l of rebuilt) {
+      expect(l.reproducible).toBe(true);
+      expect(l.recipe).toBe('pgzip level 5, 256 KiB blocks (klauspost/compress v1.15.12)');
+    }
+    expect(report.rewrittenImages).toEqual([]);
+    const applied = await applyPatch({ patch, to: `docker://${dst.host}`, dest: { creds: CREDS_ARG } });
+    expect(applied.images.map((i) => i.identical)).toEqual([true, true]);
+    for (const f of ['libssl', 'nginx']) {
+      const s = await skopeoRaw(`docker://${src.host}/orig/${f}:v2`);
+      const t = await skopeoRaw(`docker://${dst.host}/orig/${f}:v2`, CREDS_ARG);
+      expect(t.digest).toBe(s.digest);
+    }
+  });
+
+  test('not reproducible (pigz layers): configs and diff_ids identical, manifests rewritten consistently, and the reports say so', async () => {
+    const patch = path.join(work, 'pz.patch');
+    const report = await diffImageSets({
+      old: ['libssl', 'nginx'].map((f) => parseSpec(`docker://${src.host}/pz/${f}:v1`, 'test')),
+      new: ['libssl', 'nginx'].map((f) => parseSpec(`docker://${src.host}/pz/${f}:v2`, 'test')),
+      out: patch,
+      platforms: 'all',
+      level: 'fast',
+    });
+    const rebuilt = report.layers.filter((l) => l.kind === 'rebuilt');
+    expect(rebuilt.length).toBeGreaterThanOrEqual(2);
+    for (const l of rebuilt) {
       expect(l.reproducible).toBe(false);
-      expect(l.reason).toMatch(/Go compressor/);
+      expect(l.reason).toMatch(/no zlib, gzip or Go encoder reproduces/);
       expect(l.rewrittenDigest).toMatch(/^sha256:/);
     }
-    expect(report.rewrittenImages.sort()).toEqual(['orig/libssl:v2', 'orig/nginx:v2']);
+    expect(report.rewrittenImages.sort()).toEqual(['pz/libssl:v2', 'pz/nginx:v2']);
     const applied = await applyPatch({ patch, to: `docker://${dst.host}`, dest: { creds: CREDS_ARG } });
     for (const img of applied.images) {
       expect(img.identical).toBe(false);
       expect(img.rewrittenLayers.length).toBeGreaterThan(0);
     }
     for (const f of ['libssl', 'nginx']) {
-      const s = await skopeoRaw(`docker://${src.host}/orig/${f}:v2`);
-      const t = await skopeoRaw(`docker://${dst.host}/orig/${f}:v2`, CREDS_ARG);
+      const s = await skopeoRaw(`docker://${src.host}/pz/${f}:v2`);
+      const t = await skopeoRaw(`docker://${dst.host}/pz/${f}:v2`, CREDS_ARG);
       expect(t.digest).not.toBe(s.digest);
       expect(t.doc.config.digest).toBe(s.doc.config.digest); // same image ID
-      expect(await skopeoDiffIds(`docker://${dst.host}/orig/${f}:v2`, CREDS_ARG)).toEqual(await skopeoDiffIds(`docker://${src.host}/orig/${f}:v2`));
+      expect(await skopeoDiffIds(`docker://${dst.host}/pz/${f}:v2`, CREDS_ARG)).toEqual(await skopeoDiffIds(`docker://${src.host}/pz/${f}:v2`));
       // the rewritten layers are the ones the diff announced
       for (const l of t.doc.layers) {
         if (s.doc.layers.some((x) => x.digest === l.digest)) continue;
         expect(rebuilt.map((r) => r.rewrittenDigest)).toContain(l.digest);
       }
-      await run('skopeo', ['--insecure-policy', 'copy', '--quiet', '--src-tls-verify=false', '--src-creds', CREDS_ARG, `docker://${dst.host}/orig/${f}:v2`, `oci:${path.join(work, `${f}-orig-copy`)}:v2`]);
+      await run('skopeo', ['--insecure-policy', 'copy', '--quiet', '--src-tls-verify=false', '--src-creds', CREDS_ARG, `docker://${dst.host}/pz/${f}:v2`, `oci:${path.join(work, `${f}-pz-copy`)}:v2`]);
     }
     // the human report says so too
     const shown = await cli(['registry', 'apply', patch, '--to', `docker://${dst.host}`, '--dest-creds', CREDS_ARG, '-q']);
@@ -301,23 +332,23 @@ describe('registry diff / apply / sync', () => {
     // which the destination holds under another compression; it is found by diff_id
     const later = path.join(work, 'later.patch');
     await diffImageSets({
-      old: [parseSpec(`docker://${src.host}/orig/libssl:v2`, 'test')],
-      new: [parseSpec(`docker://${src.host}/orig/nginx:v2 orig/nginx-later:v2`, 'test')],
+      old: [parseSpec(`docker://${src.host}/pz/libssl:v2`, 'test')],
+      new: [parseSpec(`docker://${src.host}/pz/nginx:v2 pz/nginx-later:v2`, 'test')],
       out: later,
       platforms: 'all',
       level: 'fast',
     });
     const laterApplied = await applyPatch({ patch: later, to: `docker://${dst.host}`, dest: { creds: CREDS_ARG } });
     expect(laterApplied.layers.some((l) => l.kind === 'referenced' && l.note?.includes('other compression'))).toBe(true);
-    const laterDst = await skopeoRaw(`docker://${dst.host}/orig/nginx-later:v2`, CREDS_ARG);
-    expect(laterDst.doc.config.digest).toBe((await skopeoRaw(`docker://${src.host}/orig/nginx:v2`)).doc.config.digest);
-    await run('skopeo', ['--insecure-policy', 'copy', '--quiet', '--src-tls-verify=false', '--src-creds', CREDS_ARG, `docker://${dst.host}/orig/nginx-later:v2`, `oci:${path.join(work, 'nginx-later')}:v2`]);
+    const laterDst = await skopeoRaw(`docker://${dst.host}/pz/nginx-later:v2`, CREDS_ARG);
+    expect(laterDst.doc.config.digest).toBe((await skopeoRaw(`docker://${src.host}/pz/nginx:v2`)).doc.config.digest);
+    await run('skopeo', ['--insecure-policy', 'copy', '--quiet', '--src-tls-verify=false', '--src-creds', CREDS_ARG, `docker://${dst.host}/pz/nginx-later:v2`, `oci:${path.join(work, 'nginx-later')}:v2`]);
 
     // --non-reproducible ship: such layers travel whole and the manifests stay identical
     const ship = path.join(work, 'ship.patch');
     const shipped = await diffImageSets({
-      old: [parseSpec(`docker://${src.host}/orig/libssl:v1 orig/libssl-ship:v1`, 'test')],
-      new: [parseSpec(`docker://${src.host}/orig/libssl:v2 orig/libssl-ship:v2`, 'test')],
+      old: [parseSpec(`docker://${src.host}/pz/libssl:v1 pz/libssl-ship:v1`, 'test')],
+      new: [parseSpec(`docker://${src.host}/pz/libssl:v2 pz/libssl-ship:v2`, 'test')],
       out: ship,
       platforms: 'all',
       level: 'fast',
@@ -325,9 +356,9 @@ describe('registry diff / apply / sync', () => {
     });
     expect(shipped.layers.filter((l) => l.kind === 'blob').length).toBe(1);
     expect(shipped.rewrittenImages).toEqual([]);
-    const shipApplied = await applyPatch({ patch: ship, to: `docker://${dst.host}`, dest: { creds: CREDS_ARG }, old: [`orig/libssl:v1`] });
+    const shipApplied = await applyPatch({ patch: ship, to: `docker://${dst.host}`, dest: { creds: CREDS_ARG }, old: [`pz/libssl:v1`] });
     expect(shipApplied.images[0].identical).toBe(true);
-    expect((await skopeoRaw(`docker://${dst.host}/orig/libssl-ship:v2`, CREDS_ARG)).digest).toBe((await skopeoRaw(`docker://${src.host}/orig/libssl:v2`)).digest);
+    expect((await skopeoRaw(`docker://${dst.host}/pz/libssl-ship:v2`, CREDS_ARG)).digest).toBe((await skopeoRaw(`docker://${src.host}/pz/libssl:v2`)).digest);
   });
 
   test('push-vet refuses a destination lacking a base layer, before any upload', async () => {
@@ -883,8 +914,8 @@ describe('registry diff / apply / sync', () => {
   test('sync of images whose compression is not reproducible: rewritten once (same image IDs), then up to date', async () => {
     const replica = await startRegistry();
     try {
-      await pushOciLayout(orig['libssl-v1'].layout, orig['libssl-v1'].tag, replica.host, 'orig/libssl:v1');
-      const args = ['registry', 'sync', '--from', `docker://${src.host}/orig`, '--to', `docker://${replica.host}/orig`, '--repos', 'libssl', '--level', 'fast', '--json', '-q'];
+      await pushOciLayout(pz['libssl-v1'].layout, pz['libssl-v1'].tag, replica.host, 'pz/libssl:v1');
+      const args = ['registry', 'sync', '--from', `docker://${src.host}/pz`, '--to', `docker://${replica.host}/pz`, '--repos', 'libssl', '--level', 'fast', '--json', '-q'];
       const first = await cli(args);
       expect(first.stderr).toBe('');
       expect(first.code).toBe(0);
@@ -892,8 +923,8 @@ describe('registry diff / apply / sync', () => {
       expect(r1.updated).toEqual(['libssl:v2']);
       expect(r1.diff.rewrittenImages).toEqual(['libssl:v2']);
       expect(r1.apply.images[0].identical).toBe(false);
-      const s = await skopeoRaw(`docker://${src.host}/orig/libssl:v2`);
-      const t = await skopeoRaw(`docker://${replica.host}/orig/libssl:v2`);
+      const s = await skopeoRaw(`docker://${src.host}/pz/libssl:v2`);
+      const t = await skopeoRaw(`docker://${replica.host}/pz/libssl:v2`);
       expect(t.digest).not.toBe(s.digest);
       expect(t.doc.config.digest).toBe(s.doc.config.digest);
       // the rewritten manifest is recognised as the same image: nothing to do

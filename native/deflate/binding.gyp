@@ -2,9 +2,10 @@
   "targets": [
     {
       "target_name": "d4fs_deflate",
-      "sources": ["src/binding.c", "src/goflate.c"],
+      "sources": ["src/binding.c", "src/goflate.c", "src/kpflate.c"],
       "defines": ["NAPI_VERSION=8"],
-      "cflags_c": ["-std=gnu11", "-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"]
+      "cflags_c": ["-std=gnu11", "-O2", "-ffp-contract=off", "-Wall", "-Wextra", "-Wno-unused-parameter"],
+      "libraries": ["-lm"]
     }
   ]
 }

@@ -1,6 +1,7 @@
 /**
  * The d4fs-deflate addon: deflate encoders whose output is byte for byte another
- * implementation's. d4fs loads it in one module, src/regsync/goflate.ts.
+ * implementation's (Go's compress/flate; klauspost's flate and pgzip). d4fs loads it in one
+ * module, src/regsync/goflate.ts.
  */
 
 /** An open encoder (opaque). */
@@ -16,3 +17,18 @@ export function goWrite(e: GoEncoder, bytes: Uint8Array): Buffer;
 export function goFlush(e: GoEncoder): Buffer;
 /** Go's Writer.Close: the rest of the stream, final block included; the encoder cannot be used again. */
 export function goClose(e: GoEncoder): Buffer;
+
+/** An open klauspost encoder (opaque). */
+export interface KpEncoder {
+  readonly __kpEncoder: unique symbol;
+}
+
+/**
+ * A new encoder of klauspost/compress's flate (v1.15.12) at `level` (5, its default; -1 is 5): one
+ * stream (`pgzipBlock` 0, what klauspost's gzip writes) or pgzip's blocks of `pgzipBlock` bytes (> 16384).
+ */
+export function kpNew(level: number, pgzipBlock: number): KpEncoder;
+/** Compresses `bytes`; returns the compressed bytes produced so far. */
+export function kpWrite(e: KpEncoder, bytes: Uint8Array): Buffer;
+/** Ends the stream: the rest of it; the encoder cannot be used again. */
+export function kpClose(e: KpEncoder): Buffer;

@@ -1,11 +1,13 @@
 /**
- * Go's compress/flate, reproduced (issue 16): the deflate stream Go's
- * compress/gzip writes — docker, BuildKit, containerd, skopeo and umoci
- * compress layers with it — byte for byte, so that `registry apply` rebuilds
- * such layers with their original digests. The encoder is C
- * (native/deflate, package d4fs-deflate: a reimplementation of Go 1.19's
- * encoder, whose algorithm has not changed since Go 1.7, at every level);
- * this is the one module that loads it.
+ * Go tools' gzip, reproduced (issue 16): the deflate streams that Go's
+ * compress/gzip (docker, BuildKit, containerd), klauspost/compress's gzip
+ * and klauspost/pgzip (umoci, with 256 KiB blocks) write, byte for byte, so
+ * that `registry apply` rebuilds such layers with their original digests.
+ * The encoders are C (native/deflate, package d4fs-deflate): a
+ * reimplementation of Go 1.19's compress/flate at every level (its
+ * algorithm has not changed since Go 1.7), and of klauspost/compress
+ * v1.15.12's flate at level 5, its default, alone or in pgzip's blocks
+ * (v1.2.5); this is the one module that loads them.
  *
  * Calls are synchronous and CPU-bound (level 6 runs at ~20-30 MB/s of input
  * here, as fast as Go itself): the input goes in pieces of GO_PIECE bytes so
@@ -72,5 +74,36 @@ export function goDeflateSync(level: number, input: Buffer): Buffer {
   const parts: Buffer[] = [];
   for (let at = 0; at < input.length; at += GO_PIECE) parts.push(a.goWrite(e, input.subarray(at, at + GO_PIECE)));
   parts.push(a.goClose(e));
+  return Buffer.concat(parts);
+}
+
+/** klauspost/compress's levels reproduced: 5, its default (what pgzip and umoci use). */
+export const KP_LEVELS: readonly number[] = [5];
+/** pgzip's block sizes tried at detection, most likely first: umoci's 256 KiB, pgzip's default 1 MiB. */
+export const PGZIP_BLOCKS: readonly number[] = [256 * 1024, 1024 * 1024];
+
+/**
+ * Deflate body klauspost/compress's flate writes at `level` for `input`: one stream (`pgzipBlock` 0,
+ * klauspost's gzip) or pgzip's blocks of `pgzipBlock` bytes.
+ */
+export async function* kpDeflate(level: number, pgzipBlock: number, input: AsyncIterable<Buffer>): AsyncGenerator<Buffer> {
+  const a = load();
+  const e = a.kpNew(level, pgzipBlock);
+  for await (const chunk of input) {
+    for (let at = 0; at < chunk.length; at += GO_PIECE) {
+      const out = a.kpWrite(e, chunk.subarray(at, at + GO_PIECE));
+      if (out.length) yield out;
+    }
+  }
+  const tail = a.kpClose(e);
+  if (tail.length) yield tail;
+}
+
+/** What kpDeflate writes for `prefix` before the input ends (a prefix of the body of any input starting with it). */
+export function kpDeflatePrefix(level: number, pgzipBlock: number, prefix: Buffer): Buffer {
+  const a = load();
+  const e = a.kpNew(level, pgzipBlock);
+  const parts: Buffer[] = [];
+  for (let at = 0; at < prefix.length; at += GO_PIECE) parts.push(a.kpWrite(e, prefix.subarray(at, at + GO_PIECE)));
   return Buffer.concat(parts);
 }

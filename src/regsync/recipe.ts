@@ -18,13 +18,16 @@
  *    killed at the first byte that differs.
  *
  *  - `go-flate`: Go's compress/flate (levels -2 to 9), what Go's
- *    compress/gzip writes (docker, BuildKit, containerd, skopeo, umoci):
- *    d4fs's own reimplementation of Go's encoder (./goflate.ts). Tried first
- *    when the header says a Go writer made it (OS 255), pruned on a prefix.
+ *    compress/gzip writes (docker, BuildKit, containerd at their defaults);
+ *    `klauspost-flate` and `pgzip`: klauspost/compress v1.15.12's flate at
+ *    level 5, alone (klauspost's gzip) or in pgzip's blocks (umoci): d4fs's
+ *    own reimplementations of those encoders (./goflate.ts). Tried first when
+ *    the header says a Go writer made it (OS 255; klauspost's writers also
+ *    record the zero time as mtime 0x886e0900), pruned on a prefix.
  *
- * Layers that no candidate reproduces (klauspost's compress and pgzip, pigz)
- * are "not reproducible": the apply side recompresses them with a
- * deterministic fallback recipe and rewrites the manifest.
+ * Layers that no candidate reproduces (klauspost's other levels or
+ * versions, pigz) are "not reproducible": the apply side recompresses them
+ * with a deterministic fallback recipe and rewrites the manifest.
  *
  * Everything here works on files (the tar and the original blob) and runs in a
  * worker thread or the main thread alike.
@@ -36,7 +39,7 @@ import * as zlib from 'node:zlib';
 import { zstdCompressStream } from '../format/zstd';
 import { corrupt, invalidArgument } from '../errors';
 import { gzipHeaderLength } from '../delta/gzmember';
-import { GO_LEVELS, goDeflate, goDeflatePrefix } from './goflate';
+import { GO_LEVELS, goDeflate, goDeflatePrefix, KP_LEVELS, kpDeflate, kpDeflatePrefix, PGZIP_BLOCKS } from './goflate';
 
 /** Node's zlib strategies by number (zlib.h). */
 const STRATEGIES = [
@@ -80,6 +83,26 @@ export type Recipe =
       /** gzip header bytes, base64. */
       header: string;
     }
+  | {
+      kind: 'gzip';
+      /** klauspost/compress v1.15.12's flate, one stream (what its gzip writes). */
+      engine: 'klauspost-flate';
+      /** klauspost's level (5, its default). */
+      level: number;
+      /** gzip header bytes, base64. */
+      header: string;
+    }
+  | {
+      kind: 'gzip';
+      /** klauspost/pgzip v1.2.5: klauspost/compress v1.15.12's flate in blocks (see ./goflate.ts). */
+      engine: 'pgzip';
+      /** klauspost's level (5, its default). */
+      level: number;
+      /** pgzip's block size in bytes. */
+      blockSize: number;
+      /** gzip header bytes, base64. */
+      header: string;
+    }
   | { kind: 'zstd'; engine: 'zstd-napi'; level: number };
 
 /** Outcome of {@link detectRecipe}. */
@@ -115,6 +138,8 @@ export function describeRecipe(r: Recipe): string {
       return `zstd level ${r.level} (zstd-napi)`;
     case 'gzip':
       if (r.engine === 'go-flate') return `Go compress/flate level ${r.level}`;
+      if (r.engine === 'klauspost-flate') return `klauspost/compress flate level ${r.level} (v1.15.12)`;
+      if (r.engine === 'pgzip') return `pgzip level ${r.level}, ${r.blockSize / 1024} KiB blocks (klauspost/compress v1.15.12)`;
       return r.engine === 'gzip'
         ? `${r.tool.split(' ').slice(0, 2).join(' ')} -n -${r.level}${r.rsyncable ? ' --rsyncable' : ''}`
         : `node zlib ${r.zlib} level ${r.level} memLevel ${r.memLevel} strategy ${r.strategy}`;
@@ -257,6 +282,8 @@ function recipeBody(r: Recipe, tarPath: string): AsyncIterable<Buffer> {
       return transformFile(zstdCompressStream({ compressionLevel: r.level, checksumFlag: true }), tarPath);
     case 'gzip':
       if (r.engine === 'go-flate') return goDeflate(r.level, fileChunks(tarPath));
+      if (r.engine === 'klauspost-flate') return kpDeflate(r.level, 0, fileChunks(tarPath));
+      if (r.engine === 'pgzip') return kpDeflate(r.level, r.blockSize, fileChunks(tarPath));
       return r.engine === 'gzip' ? gzipProgramBody(r.level, r.rsyncable, tarPath) : nodeDeflateBody(r, tarPath);
   }
 }
@@ -296,6 +323,11 @@ export function validateRecipe(r: Recipe): void {
         if (!int(r.level, 1, 9) || typeof r.rsyncable !== 'boolean' || typeof r.tool !== 'string') bad('gzip parameters');
       } else if (r.engine === 'go-flate') {
         if (!GO_LEVELS.includes(r.level)) bad('Go compress/flate level');
+      } else if (r.engine === 'klauspost-flate') {
+        if (!KP_LEVELS.includes(r.level)) bad('klauspost/compress level');
+      } else if (r.engine === 'pgzip') {
+        if (!KP_LEVELS.includes(r.level)) bad('klauspost/compress level');
+        if (!int(r.blockSize, 16385, 64 << 20)) bad('pgzip block size');
       } else {
         bad(`unknown gzip engine ${String((r as { engine?: unknown }).engine)}`);
       }
@@ -345,6 +377,9 @@ function zlibCandidates(xfl: number): { level: number; memLevel: number; strateg
   }
   return out;
 }
+
+/** The mtime klauspost's gzip writers record for a zero time (Go's time.Time{}.Unix() as a uint32); Go's own records 0. */
+const KLAUSPOST_ZERO_MTIME = 0x886e0900;
 
 /** Go's levels to try, most likely first: Go records XFL 2 for level 9 and 4 for level 1 only. */
 function goCandidates(xfl: number): number[] {
@@ -398,21 +433,34 @@ export async function detectRecipe(blobPath: string, tarPath: string, compressio
     const bodyHead = Buffer.alloc(Math.min(bodyLen, 4 << 20));
     await fh.read(bodyHead, 0, bodyHead.length, hlen);
 
-    // Go's compress/flate: first when the header says Go wrote it (OS 255), else after zlib and gzip.
+    // Go's encoders: first when the header says a Go writer made it (OS 255), else after zlib and gzip.
+    // They write whole blocks (Go's: 16k tokens, 64 KiB at level 1; pgzip's: its block size): the
+    // first ones, from a growing prefix until one is out, tell a wrong candidate at ~10-100 ms.
+    const prefixMatches = (deflatePrefix: (p: Buffer) => Buffer): boolean => {
+      for (const n of [256 << 10, 1 << 20, 4 << 20]) {
+        const out = deflatePrefix(prefix.subarray(0, Math.min(n, prefixMax)));
+        if (!bodyHead.subarray(0, out.length).equals(out)) return false;
+        if (out.length > 0 || n >= prefixMax) return true;
+      }
+      return true;
+    };
+    const h64 = header.toString('base64');
+    const candidates: { recipe: Recipe; prefix: (p: Buffer) => Buffer }[] = [];
+    const goFirst = header.readUInt32LE(4) !== KLAUSPOST_ZERO_MTIME;
+    const goCands = goCandidates(xfl).map((level) => ({ recipe: { kind: 'gzip', engine: 'go-flate', level, header: h64 } as Recipe, prefix: (p: Buffer) => goDeflatePrefix(level, p) }));
+    const kpCands =
+      xfl === 0
+        ? KP_LEVELS.flatMap((level) => [
+            ...PGZIP_BLOCKS.map((blockSize) => ({ recipe: { kind: 'gzip', engine: 'pgzip', level, blockSize, header: h64 } as Recipe, prefix: (p: Buffer) => kpDeflatePrefix(level, blockSize, p) })),
+            { recipe: { kind: 'gzip', engine: 'klauspost-flate', level, header: h64 } as Recipe, prefix: (p: Buffer) => kpDeflatePrefix(level, 0, p) },
+          ])
+        : [];
+    candidates.push(...(goFirst ? [...goCands, ...kpCands] : [...kpCands, ...goCands]));
     const tryGo = async (): Promise<Detection | undefined> => {
-      for (const level of goCandidates(xfl)) {
+      for (const c of candidates) {
         tried++;
-        // Go writes whole blocks (16k tokens, or 64 KiB at level 1): the first ones, from a growing
-        // prefix until one is out, tell a wrong level at ~10 ms (a level-6 block is ~20-200 KiB of tar).
-        let ok = true;
-        for (const n of [256 << 10, 1 << 20, 4 << 20]) {
-          const out = goDeflatePrefix(level, prefix.subarray(0, Math.min(n, prefixMax)));
-          ok = bodyHead.subarray(0, out.length).equals(out);
-          if (!ok || out.length > 0 || n >= prefixMax) break;
-        }
-        if (!ok) continue;
-        const recipe: Recipe = { kind: 'gzip', engine: 'go-flate', level, header: header.toString('base64') };
-        if (await sameAsFile(recipeBody(recipe, tarPath), fh, hlen, bodyLen)) return { reproducible: true, recipe, tried };
+        if (!prefixMatches(c.prefix)) continue;
+        if (await sameAsFile(recipeBody(c.recipe, tarPath), fh, hlen, bodyLen)) return { reproducible: true, recipe: c.recipe, tried };
       }
       return undefined;
     };
@@ -464,8 +512,8 @@ export async function detectRecipe(blobPath: string, tarPath: string, compressio
     }
     const who =
       os === 255
-        ? "the gzip header (OS 255) points to a Go compressor other than Go's own compress/flate (klauspost's compress or pgzip), whose deflate output is not reproduced yet"
-        : "no zlib, gzip or Go compress/flate setting reproduces the deflate stream (pigz, another deflate implementation, or another zlib version)";
+        ? "the gzip header (OS 255) points to a Go compressor, but neither Go's compress/flate at any level nor klauspost/compress v1.15.12 at level 5 (alone or in pgzip's blocks) reproduces it (another level or version of klauspost's)"
+        : 'no zlib, gzip or Go encoder reproduces the deflate stream (pigz, another deflate implementation, or another zlib version)';
     return { reproducible: false, reason: `${tried} candidate compressors tried: ${who}`, tried };
   } finally {
     await fh.close();

@@ -43,9 +43,10 @@ export function gzipperBinary(): string {
   return bin;
 }
 
-/** `input` gzipped by Go's `engine` at `level` (a header name and fixed mtime when `name` is given). */
-export function goGzip(engine: GoGzipEngine, level: number, input: Buffer, name?: string): Buffer {
+/** `input` gzipped by Go's `engine` at `level` (a header name and fixed mtime when `name` is given; pgzip's block size when `pgzipBlock` is). */
+export function goGzip(engine: GoGzipEngine, level: number, input: Buffer, name?: string, pgzipBlock?: number): Buffer {
   const args = [engine, String(level)];
   if (name !== undefined) args.push(name);
-  return execFileSync(gzipperBinary(), args, { input, maxBuffer: 1 << 30 });
+  const env = { ...process.env, PGZIP_BLOCK: pgzipBlock ? String(pgzipBlock) : '' };
+  return execFileSync(gzipperBinary(), args, { input, maxBuffer: 1 << 30, env });
 }

@@ -1,11 +1,14 @@
 /*
- * d4fs-deflate: Node-API binding of goflate (Go's compress/flate encoder,
- * reproduced; see goflate.h).
+ * d4fs-deflate: Node-API binding of the deflate encoders that reproduce
+ * Go tools' output (goflate.h: Go's compress/flate; kpflate.h:
+ * klauspost/compress's flate and pgzip).
  *
  *   goNew(level) → encoder     level -2..9 (-1: 6); throws RangeError otherwise
  *   goWrite(encoder, bytes) → Buffer   the compressed bytes produced so far
  *   goFlush(encoder) → Buffer          Go's Writer.Flush
  *   goClose(encoder) → Buffer          Go's Writer.Close: the rest; the encoder is freed
+ *   kpNew(level, pgzipBlock) → encoder  level 5 (-1: 5); pgzipBlock 0 (one stream) or > 16384
+ *   kpWrite(encoder, bytes) → Buffer, kpClose(encoder) → Buffer   as above
  *
  * Calls are synchronous (CPU-bound: run them in a worker thread). An
  * encoder not closed is freed when collected.
@@ -15,9 +18,11 @@
 #include <string.h>
 
 #include "goflate.h"
+#include "kpflate.h"
 
 typedef struct {
   gf *e;
+  kp *k;
 } handle;
 
 static void finalize(napi_env env, void *data, void *hint) {
@@ -25,6 +30,7 @@ static void finalize(napi_env env, void *data, void *hint) {
   (void)hint;
   handle *h = data;
   gf_free(h->e);
+  kp_free(h->k);
   free(h);
 }
 
@@ -130,12 +136,105 @@ static napi_value js_close(napi_env env, napi_callback_info info) {
   return out;
 }
 
+static handle *get_kp(napi_env env, napi_value v) {
+  handle *h = NULL;
+  if (napi_get_value_external(env, v, (void **)&h) != napi_ok || !h || !h->k) {
+    napi_throw_type_error(env, NULL, "d4fs-deflate: not an open klauspost encoder");
+    return NULL;
+  }
+  return h;
+}
+
+static napi_value take_kp(napi_env env, handle *h) {
+  size_t len;
+  const uint8_t *p = kp_take(h->k, &len);
+  napi_value out;
+  void *data;
+  if (napi_create_buffer(env, len, &data, &out) != napi_ok) {
+    napi_throw_error(env, NULL, "d4fs-deflate: cannot allocate the output");
+    return NULL;
+  }
+  if (len) memcpy(data, p, len);
+  return out;
+}
+
+static napi_value js_kp_new(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  int32_t level = 99, block = -1;
+  if (argc < 2 || napi_get_value_int32(env, argv[0], &level) != napi_ok || napi_get_value_int32(env, argv[1], &block) != napi_ok) {
+    napi_throw_type_error(env, NULL, "d4fs-deflate: kpNew(level, pgzipBlock)");
+    return NULL;
+  }
+  handle *h = calloc(1, sizeof(*h));
+  if (!h) {
+    napi_throw_error(env, NULL, "d4fs-deflate: out of memory");
+    return NULL;
+  }
+  h->k = kp_new(level, block);
+  if (!h->k) {
+    free(h);
+    napi_throw_range_error(env, NULL, "d4fs-deflate: kpNew(level, pgzipBlock): level must be 5 (or -1) and pgzipBlock 0 or 16385..64 MiB");
+    return NULL;
+  }
+  napi_value ext;
+  if (napi_create_external(env, h, finalize, NULL, &ext) != napi_ok) {
+    kp_free(h->k);
+    free(h);
+    napi_throw_error(env, NULL, "d4fs-deflate: cannot create the encoder");
+    return NULL;
+  }
+  return ext;
+}
+
+static napi_value js_kp_write(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  handle *h = argc >= 1 ? get_kp(env, argv[0]) : NULL;
+  if (!h) return NULL;
+  void *data = NULL;
+  size_t len = 0;
+  bool is;
+  napi_typedarray_type type;
+  if (argc < 2 || napi_is_typedarray(env, argv[1], &is) != napi_ok || !is ||
+      napi_get_typedarray_info(env, argv[1], &type, &len, &data, NULL, NULL) != napi_ok || type != napi_uint8_array) {
+    napi_throw_type_error(env, NULL, "d4fs-deflate: kpWrite(encoder, bytes): bytes must be a Uint8Array");
+    return NULL;
+  }
+  if (kp_write(h->k, data, len) != 0) {
+    napi_throw_error(env, NULL, "d4fs-deflate: out of memory");
+    return NULL;
+  }
+  return take_kp(env, h);
+}
+
+static napi_value js_kp_close(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  handle *h = argc >= 1 ? get_kp(env, argv[0]) : NULL;
+  if (!h) return NULL;
+  if (kp_close(h->k) != 0) {
+    napi_throw_error(env, NULL, "d4fs-deflate: out of memory");
+    return NULL;
+  }
+  napi_value out = take_kp(env, h);
+  kp_free(h->k);
+  h->k = NULL;
+  return out;
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
       {"goNew", NULL, js_new, NULL, NULL, NULL, napi_default, NULL},
       {"goWrite", NULL, js_write, NULL, NULL, NULL, napi_default, NULL},
       {"goFlush", NULL, js_flush, NULL, NULL, NULL, napi_default, NULL},
       {"goClose", NULL, js_close, NULL, NULL, NULL, napi_default, NULL},
+      {"kpNew", NULL, js_kp_new, NULL, NULL, NULL, napi_default, NULL},
+      {"kpWrite", NULL, js_kp_write, NULL, NULL, NULL, napi_default, NULL},
+      {"kpClose", NULL, js_kp_close, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props);
   return exports;
