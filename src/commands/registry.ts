@@ -136,6 +136,7 @@ function registerDiff(reg: Command): void {
           .requiredOption('--out <patch>', 'patch file to write')
           .option('--non-reproducible <rewrite|ship>', 'layers whose compression cannot be reproduced: rebuild and rewrite the manifests, or ship the blob', parseNonRepro, 'rewrite')
           .option('--no-gzip-program', 'do not use the gzip program (recipes, gzip files inside layers)')
+          .option('--no-go-encoders', "do not try Go's and klauspost's gzip encoders on layers (a faster diff; layers they wrote are then rewritten)")
           .option('--json', 'print the report as JSON'),
         true,
       ),
@@ -154,6 +155,7 @@ function registerDiff(reg: Command): void {
         codec: o.codec as CodecChoice,
         nonReproducible: o.nonReproducible as 'rewrite',
         gzipProgram: o.gzipProgram as boolean,
+        goEncoders: o.goEncoders as boolean,
         threads: o.threads as number | undefined,
         onProgress: progressOf(o),
       });

@@ -194,8 +194,13 @@ export async function readOldLayers(oldLayers: Map<string, OldSetLayer>, tmp: st
 }
 
 /** Phase: new layers spooled into tmp/new and split; recipe detection started on the pool. */
-export async function readNewLayers(toRebuild: NewLayer[], tmp: string, pool: RegsyncPool, gzipProgram: boolean | undefined, progress: (message: string) => void): Promise<Rebuild[]> {
-  const opts = { gzipProgram };
+export async function readNewLayers(
+  toRebuild: NewLayer[],
+  tmp: string,
+  pool: RegsyncPool,
+  opts: { gzipProgram?: boolean; goEncoders?: boolean },
+  progress: (message: string) => void,
+): Promise<Rebuild[]> {
   await fsp.mkdir(path.join(tmp, 'new'));
   const rebuilds: Rebuild[] = [];
   for (const [i, nl] of toRebuild.entries()) {
@@ -207,7 +212,7 @@ export async function readNewLayers(toRebuild: NewLayer[], tmp: string, pool: Re
     await decompressFile(`${base}.blob`, l.compression as 'gzip', l.diffId, `${base}.tar`, what);
     const split = await splitTar(createReadStream(`${base}.tar`, { highWaterMark: 1 << 20 }));
     await fsp.writeFile(`${base}.skel`, split.skeleton);
-    const detection = pool.detect({ blobPath: `${base}.blob`, tarPath: `${base}.tar`, compression: l.compression as 'gzip', gzipProgram: opts.gzipProgram });
+    const detection = pool.detect({ blobPath: `${base}.blob`, tarPath: `${base}.tar`, compression: l.compression as 'gzip', gzipProgram: opts.gzipProgram, goEncoders: opts.goEncoders });
     detection.catch(() => undefined); // awaited below
     rebuilds.push({ nl, blobPath: `${base}.blob`, tarPath: `${base}.tar`, split, skeletonPath: `${base}.skel`, detection, contentIds: [] });
   }

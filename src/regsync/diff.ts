@@ -90,6 +90,8 @@ export interface DiffOptions {
   workDir?: string;
   /** Try the gzip program when detecting recipes (default true). */
   gzipProgram?: boolean;
+  /** Try Go's and klauspost's encoders when detecting recipes (default true). */
+  goEncoders?: boolean;
   /** Progress lines. */
   onProgress?: (message: string) => void;
 }
@@ -456,7 +458,7 @@ export async function diffImageSets(opts: DiffOptions): Promise<DiffReport> {
     const { oldLayers, newLayers, toRebuild } = collectLayers(oldSet, newSet);
     const oldIndex = emptyOldIndex();
     if (toRebuild.length > 0) await readOldLayers(oldLayers, tmp, progress, oldIndex);
-    const rebuilds = await readNewLayers(toRebuild, tmp, pool, opts.gzipProgram, progress);
+    const rebuilds = await readNewLayers(toRebuild, tmp, pool, { gzipProgram: opts.gzipProgram, goEncoders: opts.goEncoders }, progress);
     const planned = planContents(rebuilds, oldIndex);
     await encodeContents(planned, oldIndex.olds, pool, { codec, level, gzipProgram: opts.gzipProgram }, progress);
     const skeletons = await encodeSkeletons(rebuilds, oldIndex.olds, pool, level);

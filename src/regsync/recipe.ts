@@ -392,6 +392,8 @@ function goCandidates(xfl: number): number[] {
 export interface DetectOptions {
   /** Try the gzip program too (default: when it is on PATH). */
   gzipProgram?: boolean;
+  /** Try Go's and klauspost's encoders (default true). */
+  goEncoders?: boolean;
 }
 
 /**
@@ -455,7 +457,7 @@ export async function detectRecipe(blobPath: string, tarPath: string, compressio
             { recipe: { kind: 'gzip', engine: 'klauspost-flate', level, header: h64 } as Recipe, prefix: (p: Buffer) => kpDeflatePrefix(level, 0, p) },
           ])
         : [];
-    candidates.push(...(goFirst ? [...goCands, ...kpCands] : [...kpCands, ...goCands]));
+    if (opts.goEncoders !== false) candidates.push(...(goFirst ? [...goCands, ...kpCands] : [...kpCands, ...goCands]));
     const tryGo = async (): Promise<Detection | undefined> => {
       for (const c of candidates) {
         tried++;

@@ -146,9 +146,10 @@ export interface DetectArgs {
   tarPath: string;
   compression: 'gzip' | 'zstd' | 'none';
   gzipProgram?: boolean;
+  goEncoders?: boolean;
 }
 
 /** Recipe detection (see ./recipe.ts). */
 export function detect(a: DetectArgs): Promise<Detection> {
-  return detectRecipe(a.blobPath, a.tarPath, a.compression, { gzipProgram: a.gzipProgram });
+  return detectRecipe(a.blobPath, a.tarPath, a.compression, { gzipProgram: a.gzipProgram, goEncoders: a.goEncoders });
 }
