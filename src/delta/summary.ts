@@ -50,6 +50,11 @@ export function summarizeDelta(index: Index, fileSize: number, parentEntries: En
     else if (b.encoding === Encoding.PATCH) contents.patched++;
     else contents.full++;
   }
+  return deltaSummaryOf(index, fileSize, files, contents, seconds, output);
+}
+
+/** The report of a delta whose file and content counts are known (`cdimg diff` counts them from its plan, without a pass over the entries). */
+export function deltaSummaryOf(index: Pick<Index, 'image' | 'parentImage' | 'imageId' | 'parentId'>, fileSize: number, files: DeltaSummary['files'], contents: DeltaSummary['contents'], seconds: number, output: string): DeltaSummary {
   const plainPullBytes = layerBytesNotIn(index.image, index.parentImage);
   return {
     output,

@@ -1,0 +1,198 @@
+/**
+ * Tests of the differ's thread tasks on contents read straight from their chunks
+ * (`targetBlob`/`baseBlob`, what `cdimg diff` sends): the bytes do not depend on how a
+ * content is cut into parts or batched, chunks are taken from the base only when their
+ * digest says they are the same bytes, and damage is still CORRUPT.
+ */
+import { createHash } from 'node:crypto';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { zstdFrame } from '../format/zstd';
+import { FileType, type Entry } from '../format/types';
+import { D4fsError } from '../errors';
+import { chunkBaseRange, contentKind, encodeChunk } from './codecs';
+import { BaseFinder, partChunks } from './diff';
+import { diffContent, diffContents, type DeltaChunkInfo, type DiffContentArgs, type FullBlobArg } from './tasks';
+
+const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
+
+/** Deterministic text: words from a small vocabulary, a seeded generator. */
+function text(bytes: number, seed: number): Buffer {
+  const words = ['alpha', 'beta', 'gamma', 'delta', 'server', 'option', 'value', 'return', 'const', 'the', 'of', 'file', 'image', 'chunk'];
+  let x = seed >>> 0 || 1;
+  const out: string[] = [];
+  let n = 0;
+  while (n < bytes) {
+    x = (Math.imul(x, 1103515245) + 12345) >>> 0;
+    const w = words[x % words.length] + ((x >>> 8) % 7 === 0 ? '\n' : ' ');
+    out.push(w);
+    n += w.length;
+  }
+  return Buffer.from(out.join('')).subarray(0, bytes);
+}
+
+/** A file of zstd frames, one per chunk of `content`, and its record; `damage` replaces the stored bytes of those chunks. */
+function storeChunks(path: string, content: Buffer, chunkSize: number, damage: number[] = []): FullBlobArg {
+  const frames: Buffer[] = [];
+  const chunks: FullBlobArg['chunks'] = [];
+  let offset = 64; // as in a .cdimg, chunks do not start at 0
+  for (let pos = 0, i = 0; pos < content.length; pos += chunkSize, i++) {
+    const raw = content.subarray(pos, pos + chunkSize);
+    let frame = zstdFrame(raw, 3);
+    if (damage.includes(i)) frame = Buffer.alloc(frame.length, 0x5a);
+    chunks.push({ offset, storedSize: frame.length, rawSize: raw.length, rawDigest: sha(raw) });
+    frames.push(frame);
+    offset += frame.length;
+  }
+  writeFileSync(path, Buffer.concat([Buffer.alloc(64), ...frames]));
+  return { size: content.length, chunks };
+}
+
+/** What diffContent must give for a content coded in chunks against its base: each unit coded as encodeChunk does. */
+function expected(base: Buffer, target: Buffer, chunkSize: number): { stored: Buffer; chunks: DeltaChunkInfo[] } {
+  const kind = contentKind(target.subarray(0, 65536));
+  const frames: Buffer[] = [];
+  const chunks: DeltaChunkInfo[] = [];
+  for (let pos = 0; pos < target.length; pos += chunkSize) {
+    const raw = target.subarray(pos, pos + chunkSize);
+    const r = chunkBaseRange(base.length, target.length, pos, raw.length);
+    const { codec, data, usesBase } = encodeChunk(base.subarray(r.start, r.end), raw, { codec: 'auto', level: 'default', kind }, false);
+    frames.push(data);
+    chunks.push({ storedSize: data.length, storedDigest: sha(data), rawSize: raw.length, rawDigest: sha(raw), codec, baseOffset: usesBase ? r.start : 0, baseSize: usesBase ? r.end - r.start : 0, usesBase });
+  }
+  return { stored: Buffer.concat(frames), chunks };
+}
+
+describe('diffContent on chunks read straight from the files', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'd4fs-tasks-'));
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+  // over bsdiff's whole-content limit (16 MiB), so coded unit by unit against base windows
+  const chunkSize = 1 << 20;
+  const base = text(18 * chunkSize + 12345, 7);
+  const target = Buffer.from(base);
+  // edits in chunks 3 and 11 (same length: the other chunks stay equal to the base's, at the same offsets)
+  target.write('EDITED-EDITED', 3 * chunkSize + 1000);
+  target.write('changed here too', 11 * chunkSize + 77);
+  const oldPath = join(dir, 'old.bin');
+  const newPath = join(dir, 'new.bin');
+  const baseBlob = storeChunks(oldPath, base, chunkSize);
+  const targetBlob = storeChunks(newPath, target, chunkSize);
+  const args = (o: Partial<DiffContentArgs> = {}): DiffContentArgs => ({
+    oldChain: [oldPath],
+    newChain: [newPath],
+    target: sha(target),
+    base: sha(base),
+    codec: 'auto',
+    level: 'default',
+    chunkSize,
+    targetBlob,
+    baseBlob,
+    ...o,
+  });
+  const want = expected(base, target, chunkSize);
+
+  /** The content coded in parts of `chunks` chunks, put back together. */
+  async function inParts(chunks: number, a: DiffContentArgs = args()): Promise<{ stored: Buffer; chunks: DeltaChunkInfo[] }> {
+    const frames: Buffer[] = [];
+    const all: DeltaChunkInfo[] = [];
+    for (let start = 0; start < target.length; start += chunks * chunkSize) {
+      const r = await diffContent({ ...a, start, end: Math.min(start + chunks * chunkSize, target.length) });
+      frames.push(Buffer.from(r.stored));
+      all.push(...r.chunks);
+    }
+    return { stored: Buffer.concat(frames), chunks: all };
+  }
+
+  it('gives the same bytes whole and in parts of any size, each unit as encodeChunk codes it', async () => {
+    const whole = await diffContent(args());
+    expect(Buffer.from(whole.stored).equals(want.stored)).toBe(true);
+    expect(whole.chunks).toEqual(want.chunks);
+    for (const n of [1, 4, 16]) {
+      const r = await inParts(n);
+      expect(r.stored.equals(want.stored)).toBe(true);
+      expect(r.chunks).toEqual(want.chunks);
+    }
+  });
+
+  it('takes a chunk whose digest is a base chunk\'s from the base, and refuses a damaged chunk that differs', async () => {
+    // chunk 5 equals the base's chunk 5: its stored bytes are not needed (the base chunk is checked against the same digest)
+    const samePath = join(dir, 'new-damaged-same.bin');
+    const sameBlob = storeChunks(samePath, target, chunkSize, [5]);
+    const r = await diffContent(args({ newChain: [samePath], targetBlob: sameBlob }));
+    expect(Buffer.from(r.stored).equals(want.stored)).toBe(true);
+    // chunk 3 holds an edit: it must be decoded, and its damage is found
+    const editedPath = join(dir, 'new-damaged-edited.bin');
+    const editedBlob = storeChunks(editedPath, target, chunkSize, [3]);
+    await expect(inParts(4, args({ newChain: [editedPath], targetBlob: editedBlob }))).rejects.toThrow(D4fsError);
+    await expect(diffContent(args({ newChain: [editedPath], targetBlob: editedBlob }))).rejects.toMatchObject({ kind: 'CORRUPT' });
+    // a damaged base chunk is found too
+    const badBasePath = join(dir, 'old-damaged.bin');
+    const badBase = storeChunks(badBasePath, base, chunkSize, [8]);
+    await expect(diffContent(args({ oldChain: [badBasePath], baseBlob: badBase }))).rejects.toMatchObject({ kind: 'CORRUPT' });
+  });
+
+  it('codes a batch of small contents as it codes each alone, back to back', async () => {
+    const items: DiffContentArgs[] = [];
+    for (let i = 0; i < 6; i++) {
+      const b = text(20000 + i * 3000, 100 + i);
+      const t = Buffer.concat([b.subarray(0, 5000), Buffer.from(`edit ${i}\n`), b.subarray(5000)]);
+      const bp = join(dir, `small-old-${i}.bin`);
+      const tp = join(dir, `small-new-${i}.bin`);
+      // one item without a base: stored whole
+      const withBase = i !== 2;
+      items.push({
+        oldChain: [bp],
+        newChain: [tp],
+        target: sha(t),
+        base: withBase ? sha(b) : '',
+        codec: 'auto',
+        level: 'default',
+        chunkSize,
+        targetBlob: storeChunks(tp, t, chunkSize),
+        ...(withBase ? { baseBlob: storeChunks(bp, b, chunkSize) } : {}),
+      });
+    }
+    const batch = await diffContents({ items });
+    const alone = await Promise.all(items.map((a) => diffContent(a)));
+    expect(Buffer.from(batch.stored).equals(Buffer.concat(alone.map((r) => Buffer.from(r.stored))))).toBe(true);
+    expect(batch.items).toEqual(alone.map((r) => r.chunks));
+    expect(batch.items[2][0].usesBase).toBe(false);
+    expect(batch.items[0][0].usesBase).toBe(true);
+  });
+});
+
+describe('partChunks', () => {
+  it('makes two parts per thread, of 4 to 16 chunks', () => {
+    expect(partChunks(64, 2)).toBe(16);
+    expect(partChunks(64, 8)).toBe(4);
+    expect(partChunks(16, 2)).toBe(4);
+    expect(partChunks(1000, 2)).toBe(16);
+    expect(partChunks(5, 1)).toBe(4);
+  });
+});
+
+describe('BaseFinder', () => {
+  const digest = Buffer.alloc(32, 1);
+  const file = (path: string, size: number, type = FileType.REG): Entry => ({ path, type, mode: 0o644, uid: 0, gid: 0, mtimeSec: 0, mtimeNsec: 0, size: type === FileType.REG ? size : 0, digest: type === FileType.REG ? digest : Buffer.alloc(0), linkTarget: '', devMajor: 0, devMinor: 0, xattrs: [], uname: '', gname: '' });
+  const old = [file('', 0, FileType.DIR), file('usr', 0, FileType.DIR), file('usr/lib', 0, FileType.DIR), file('usr/lib/libssl.so.3', 1000), file('etc', 0, FileType.DIR), file('etc/app.conf', 500), file('opt', 0, FileType.DIR), file('opt/app.conf', 520), file('usr/lib/empty', 0)];
+  const byPath = new Map(old.map((e) => [e.path, e]));
+
+  it('finds the same bases with the reader\'s path map (every type) as with its own', () => {
+    const own = new BaseFinder(old);
+    const shared = new BaseFinder(old, byPath);
+    const asks: [string[], number][] = [
+      [['etc/app.conf'], 510],
+      [['srv/app.conf'], 515],
+      [['usr/lib/libssl.so.4'], 990],
+      [['usr/lib'], 100], // a directory there: no base by path, none by name
+      [['usr/lib/empty'], 10], // an empty file is never a base
+      [['nothing/here'], 10],
+      [['etc/app.conf'], 1 << 20], // implausible sizes
+    ];
+    for (const [paths, size] of asks) expect(shared.find(paths, size)?.path).toBe(own.find(paths, size)?.path);
+    expect(shared.find(['srv/app.conf'], 515)?.path).toBe('opt/app.conf');
+    expect(shared.find(['usr/lib/libssl.so.4'], 990)?.path).toBe('usr/lib/libssl.so.3');
+    expect(shared.find(['usr/lib'], 100)).toBeUndefined();
+  });
+});
