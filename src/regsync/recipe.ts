@@ -20,7 +20,7 @@
  *  - `go-flate`: Go's compress/flate (levels -2 to 9), what Go's
  *    compress/gzip writes (docker, BuildKit, containerd at their defaults);
  *    `klauspost-flate` and `pgzip`: klauspost/compress v1.15.12's flate at
- *    level 5, alone (klauspost's gzip) or in pgzip's blocks (umoci): d4fs's
+ *    levels -2 to 6, alone (klauspost's gzip) or in pgzip's blocks (umoci): d4fs's
  *    own reimplementations of those encoders (./goflate.ts). Tried first when
  *    the header says a Go writer made it (OS 255; klauspost's writers also
  *    record the zero time as mtime 0x886e0900), pruned on a prefix.
@@ -87,7 +87,7 @@ export type Recipe =
       kind: 'gzip';
       /** klauspost/compress v1.15.12's flate, one stream (what its gzip writes). */
       engine: 'klauspost-flate';
-      /** klauspost's level (5, its default). */
+      /** klauspost's level (-2 to 6; 5 is its default). */
       level: number;
       /** gzip header bytes, base64. */
       header: string;
@@ -96,7 +96,7 @@ export type Recipe =
       kind: 'gzip';
       /** klauspost/pgzip v1.2.5: klauspost/compress v1.15.12's flate in blocks (see ./goflate.ts). */
       engine: 'pgzip';
-      /** klauspost's level (5, its default). */
+      /** klauspost's level (-2 to 6; 5 is its default). */
       level: number;
       /** pgzip's block size in bytes. */
       blockSize: number;
@@ -388,6 +388,13 @@ function goCandidates(xfl: number): number[] {
   return [6, 5, 2, 3, 4, 7, 8, 0, -2];
 }
 
+/** klauspost's levels to try, most likely first (its default 5 first; XFL as Go's; levels 7-9 are not reproduced yet). */
+function kpCandidates(xfl: number): number[] {
+  if (xfl === 2) return [];
+  if (xfl === 4) return [1];
+  return [5, 6, 4, 3, 2, 0, -2].filter((l) => KP_LEVELS.includes(l));
+}
+
 /** Options of {@link detectRecipe}. */
 export interface DetectOptions {
   /** Try the gzip program too (default: when it is on PATH). */
@@ -450,13 +457,10 @@ export async function detectRecipe(blobPath: string, tarPath: string, compressio
     const candidates: { recipe: Recipe; prefix: (p: Buffer) => Buffer }[] = [];
     const goFirst = header.readUInt32LE(4) !== KLAUSPOST_ZERO_MTIME;
     const goCands = goCandidates(xfl).map((level) => ({ recipe: { kind: 'gzip', engine: 'go-flate', level, header: h64 } as Recipe, prefix: (p: Buffer) => goDeflatePrefix(level, p) }));
-    const kpCands =
-      xfl === 0
-        ? KP_LEVELS.flatMap((level) => [
+    const kpCands = kpCandidates(xfl).flatMap((level) => [
             ...PGZIP_BLOCKS.map((blockSize) => ({ recipe: { kind: 'gzip', engine: 'pgzip', level, blockSize, header: h64 } as Recipe, prefix: (p: Buffer) => kpDeflatePrefix(level, blockSize, p) })),
             { recipe: { kind: 'gzip', engine: 'klauspost-flate', level, header: h64 } as Recipe, prefix: (p: Buffer) => kpDeflatePrefix(level, 0, p) },
-          ])
-        : [];
+          ]);
     if (opts.goEncoders !== false) candidates.push(...(goFirst ? [...goCands, ...kpCands] : [...kpCands, ...goCands]));
     const tryGo = async (): Promise<Detection | undefined> => {
       for (const c of candidates) {
@@ -514,7 +518,7 @@ export async function detectRecipe(blobPath: string, tarPath: string, compressio
     }
     const who =
       os === 255
-        ? "the gzip header (OS 255) points to a Go compressor, but neither Go's compress/flate at any level nor klauspost/compress v1.15.12 at level 5 (alone or in pgzip's blocks) reproduces it (another level or version of klauspost's)"
+        ? "the gzip header (OS 255) points to a Go compressor, but neither Go's compress/flate at any level nor klauspost/compress v1.15.12 at levels -2 to 6 (alone or in pgzip's blocks) reproduces it (klauspost's levels 7-9, or another version of it)"
         : 'no zlib, gzip or Go encoder reproduces the deflate stream (pigz, another deflate implementation, or another zlib version)';
     return { reproducible: false, reason: `${tried} candidate compressors tried: ${who}`, tried };
   } finally {

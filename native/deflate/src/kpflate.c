@@ -1,11 +1,12 @@
 /*
  * kpflate: the deflate encoder of klauspost/compress's flate package
- * (version 1.15.12, the one Debian 12 packages), level 5 (its default), and
+ * (version 1.15.12, the one Debian 12 packages), levels -2 to 6 (5 is its
+ * default; levels 7-9, its lazy matcher, are not reproduced yet), and
  * pgzip's block scheme on top of it (see kpflate.h).
  *
  * Written from the encoder's behaviour, as goflate.c: klauspost's encoder
- * differs from Go's in every part that shows in the output: a two-table
- * matcher over a 64 KiB window with history (level 5), dynamic blocks that
+ * differs from Go's in every part that shows in the output: one fast
+ * matcher per level over a 64 KiB window with history (levels 1-6), dynamic blocks that
  * span several windows while their Huffman tables can be reused (chosen by
  * an entropy estimate in float32), literal-only blocks with their own reuse
  * rule, and an empty fixed block to end the stream.
@@ -379,16 +380,18 @@ struct kp {
 
   /* compressor */
   uint8_t window[MAX_STORE_BLOCK_SIZE];
+  int window_size; /* 64 KiB - 1; 32 KiB for Huffman only */
   int window_end;
   int sync;
   tokens_t tokens;
 
-  /* level 5 */
+  /* the fast levels' matcher state (tables sized for the largest level's) */
   uint8_t *hist;
   int32_t hist_len;
   int32_t cur;
-  int32_t table[TABLE_SIZE];
-  int32_t btable_cur[TABLE_SIZE], btable_prev[TABLE_SIZE];
+  int32_t table[1 << 17];
+  int32_t bt_single[TABLE_SIZE];                 /* level 4's long table */
+  int32_t btable_cur[1 << 16], btable_prev[1 << 16]; /* levels 5-6's long table; level 3's table */
 
   /* pgzip */
   int pg_block;
@@ -843,6 +846,228 @@ static void fast_reset(kp *e) {
   e->hist_len = 0;
 }
 
+/*
+ * The encoders' `for e.cur >= bufferReset` preamble: offsets rebased (or
+ * the tables cleared when there is no history) before cur overflows.
+ * `n` entries of the table; `prev`: the level has the two-entry long table.
+ */
+static void shift_single(int32_t *t, int n, int32_t min_off, int32_t cur) {
+  for (int i = 0; i < n; i++) t[i] = t[i] <= min_off ? 0 : t[i] - cur + MAX_MATCH_OFFSET;
+}
+
+static void shift_offsets(kp *e, int n, int prev) {
+  int single = e->level == 4;
+  int nprev = e->level == 3 ? 1 << 16 : TABLE_SIZE;
+  while (e->cur >= BUFFER_RESET) {
+    if (e->hist_len == 0) {
+      memset(e->table, 0, sizeof(int32_t) * (size_t)n);
+      if (single) memset(e->bt_single, 0, sizeof(e->bt_single));
+      if (prev) {
+        memset(e->btable_cur, 0, sizeof(e->btable_cur));
+        memset(e->btable_prev, 0, sizeof(e->btable_prev));
+      }
+      e->cur = MAX_MATCH_OFFSET;
+      break;
+    }
+    int32_t min_off = e->cur + e->hist_len - MAX_MATCH_OFFSET;
+    shift_single(e->table, n, min_off, e->cur);
+    if (single) shift_single(e->bt_single, TABLE_SIZE, min_off, e->cur);
+    if (prev) {
+      for (int i = 0; i < nprev; i++) {
+        int32_t c = e->btable_cur[i], p = e->btable_prev[i];
+        if (c <= min_off) {
+          c = 0;
+          p = 0;
+        } else {
+          c = c - e->cur + MAX_MATCH_OFFSET;
+          p = p <= min_off ? 0 : p - e->cur + MAX_MATCH_OFFSET;
+        }
+        e->btable_cur[i] = c;
+        e->btable_prev[i] = p;
+      }
+    }
+    e->cur = MAX_MATCH_OFFSET;
+  }
+}
+
+static uint32_t hash5(uint64_t u, unsigned bits) { return (uint32_t)(((u << (64 - 40)) * 889523592379ull) >> (64 - bits)); }
+
+static void emit_range(tokens_t *dst, const uint8_t *src, int32_t from, int32_t to) {
+  for (int32_t i = from; i < to; i++) add_literal(dst, src[i]);
+}
+
+/* Level 1: one table of 5-byte hashes, two probes per step. */
+static void l1_encode(kp *e, tokens_t *dst, const uint8_t *in, int32_t in_len) {
+  const int32_t input_margin = 12 - 1;
+  const int32_t min_non_literal = 1 + 1 + input_margin;
+  shift_offsets(e, TABLE_SIZE, 0);
+  int32_t s = add_block(e, in, in_len);
+  if (in_len < min_non_literal) {
+    dst->n = (uint16_t)in_len;
+    return;
+  }
+  const uint8_t *src = e->hist;
+  int32_t next_emit = s;
+  int32_t s_limit = e->hist_len - input_margin;
+  uint64_t cv = load6432(src, s);
+  for (;;) {
+    int32_t next_s = s;
+    int32_t cand;
+    for (;;) {
+      uint32_t next_hash = hash5(cv, TABLE_BITS);
+      cand = e->table[next_hash];
+      next_s = s + 2 + ((s - next_emit) >> 5);
+      if (next_s > s_limit) goto remainder;
+      uint64_t now = load6432(src, next_s);
+      e->table[next_hash] = s + e->cur;
+      next_hash = hash5(now, TABLE_BITS);
+      int32_t offset = s - (cand - e->cur);
+      if (offset < MAX_MATCH_OFFSET && (uint32_t)cv == load3232(src, cand - e->cur)) {
+        e->table[next_hash] = next_s + e->cur;
+        break;
+      }
+      cv = now;
+      s = next_s;
+      next_s++;
+      cand = e->table[next_hash];
+      now >>= 8;
+      e->table[next_hash] = s + e->cur;
+      offset = s - (cand - e->cur);
+      if (offset < MAX_MATCH_OFFSET && (uint32_t)cv == load3232(src, cand - e->cur)) {
+        e->table[next_hash] = next_s + e->cur;
+        break;
+      }
+      cv = now;
+      s = next_s;
+    }
+    for (;;) {
+      int32_t t = cand - e->cur;
+      int32_t l = 4 + mlen_long(e, s + 4, t + 4);
+      while (t > 0 && s > next_emit && src[t - 1] == src[s - 1]) {
+        s--;
+        t--;
+        l++;
+      }
+      emit_range(dst, src, next_emit, s);
+      add_match_long(dst, l, (uint32_t)(s - t - BASE_MATCH_OFFSET));
+      s += l;
+      next_emit = s;
+      if (next_s >= s) s = next_s + 1;
+      if (s >= s_limit) {
+        if (s + l + 8 < e->hist_len) e->table[hash5(load6432(src, s), TABLE_BITS)] = s + e->cur;
+        goto remainder;
+      }
+      uint64_t x = load6432(src, s - 2);
+      int32_t o = e->cur + s - 2;
+      e->table[hash5(x, TABLE_BITS)] = o;
+      x >>= 16;
+      uint32_t curr = hash5(x, TABLE_BITS);
+      cand = e->table[curr];
+      e->table[curr] = o + 2;
+      int32_t offset = s - (cand - e->cur);
+      if (offset > MAX_MATCH_OFFSET || (uint32_t)x != load3232(src, cand - e->cur)) {
+        cv = x >> 8;
+        s++;
+        break;
+      }
+    }
+  }
+remainder:
+  if (next_emit < e->hist_len) {
+    if (dst->n == 0) return;
+    emit_range(dst, src, next_emit, e->hist_len);
+  }
+}
+
+/* Level 2: level 1 with a table of 2^17 entries and more positions indexed after a match. */
+static void l2_encode(kp *e, tokens_t *dst, const uint8_t *in, int32_t in_len) {
+  const int32_t input_margin = 12 - 1;
+  const int32_t min_non_literal = 1 + 1 + input_margin;
+  const unsigned bits = 17;
+  shift_offsets(e, 1 << 17, 0);
+  int32_t s = add_block(e, in, in_len);
+  if (in_len < min_non_literal) {
+    dst->n = (uint16_t)in_len;
+    return;
+  }
+  const uint8_t *src = e->hist;
+  int32_t next_emit = s;
+  int32_t s_limit = e->hist_len - input_margin;
+  uint64_t cv = load6432(src, s);
+  for (;;) {
+    int32_t next_s = s;
+    int32_t cand;
+    for (;;) {
+      uint32_t next_hash = hash5(cv, bits);
+      s = next_s;
+      next_s = s + 2 + ((s - next_emit) >> 5);
+      if (next_s > s_limit) goto remainder;
+      cand = e->table[next_hash];
+      uint64_t now = load6432(src, next_s);
+      e->table[next_hash] = s + e->cur;
+      next_hash = hash5(now, bits);
+      int32_t offset = s - (cand - e->cur);
+      if (offset < MAX_MATCH_OFFSET && (uint32_t)cv == load3232(src, cand - e->cur)) {
+        e->table[next_hash] = next_s + e->cur;
+        break;
+      }
+      cv = now;
+      s = next_s;
+      next_s++;
+      cand = e->table[next_hash];
+      now >>= 8;
+      e->table[next_hash] = s + e->cur;
+      offset = s - (cand - e->cur);
+      if (offset < MAX_MATCH_OFFSET && (uint32_t)cv == load3232(src, cand - e->cur)) break;
+      cv = now;
+    }
+    for (;;) {
+      int32_t t = cand - e->cur;
+      int32_t l = mlen_long(e, s + 4, t + 4) + 4;
+      while (t > 0 && s > next_emit && src[t - 1] == src[s - 1]) {
+        s--;
+        t--;
+        l++;
+      }
+      emit_range(dst, src, next_emit, s);
+      add_match_long(dst, l, (uint32_t)(s - t - BASE_MATCH_OFFSET));
+      s += l;
+      next_emit = s;
+      if (next_s >= s) s = next_s + 1;
+      if (s >= s_limit) {
+        if (s + l + 8 < e->hist_len) e->table[hash5(load6432(src, s), bits)] = s + e->cur;
+        goto remainder;
+      }
+      for (int32_t i = s - l + 2; i < s - 5; i += 7) {
+        uint64_t x = load6432(src, i);
+        e->table[hash5(x, bits)] = e->cur + i;
+        x >>= 16;
+        e->table[hash5(x, bits)] = e->cur + i + 2;
+        x >>= 16;
+        e->table[hash5(x, bits)] = e->cur + i + 4;
+      }
+      uint64_t x = load6432(src, s - 2);
+      int32_t o = e->cur + s - 2;
+      e->table[hash5(x, bits)] = o;
+      e->table[hash5(x >> 8, bits)] = o + 1;
+      uint32_t curr = hash5(x >> 16, bits);
+      cand = e->table[curr];
+      e->table[curr] = o + 2;
+      int32_t offset = s - (cand - e->cur);
+      if (offset > MAX_MATCH_OFFSET || (uint32_t)(x >> 16) != load3232(src, cand - e->cur)) {
+        cv = x >> 24;
+        s++;
+        break;
+      }
+    }
+  }
+remainder:
+  if (next_emit < e->hist_len) {
+    if (dst->n == 0) return;
+    emit_range(dst, src, next_emit, e->hist_len);
+  }
+}
+
 static void bt_push(kp *e, uint32_t h, int32_t off) {
   e->btable_prev[h] = e->btable_cur[h];
   e->btable_cur[h] = off;
@@ -851,33 +1076,7 @@ static void bt_push(kp *e, uint32_t h, int32_t off) {
 static void l5_encode(kp *e, tokens_t *dst, const uint8_t *in, int32_t in_len) {
   const int32_t input_margin = 12 - 1;
   const int32_t min_non_literal = 1 + 1 + input_margin;
-  while (e->cur >= BUFFER_RESET) {
-    if (e->hist_len == 0) {
-      memset(e->table, 0, sizeof(e->table));
-      memset(e->btable_cur, 0, sizeof(e->btable_cur));
-      memset(e->btable_prev, 0, sizeof(e->btable_prev));
-      e->cur = MAX_MATCH_OFFSET;
-      break;
-    }
-    int32_t min_off = e->cur + e->hist_len - MAX_MATCH_OFFSET;
-    for (int i = 0; i < TABLE_SIZE; i++) {
-      int32_t v = e->table[i];
-      e->table[i] = v <= min_off ? 0 : v - e->cur + MAX_MATCH_OFFSET;
-    }
-    for (int i = 0; i < TABLE_SIZE; i++) {
-      int32_t c = e->btable_cur[i], p = e->btable_prev[i];
-      if (c <= min_off) {
-        c = 0;
-        p = 0;
-      } else {
-        c = c - e->cur + MAX_MATCH_OFFSET;
-        p = p <= min_off ? 0 : p - e->cur + MAX_MATCH_OFFSET;
-      }
-      e->btable_cur[i] = c;
-      e->btable_prev[i] = p;
-    }
-    e->cur = MAX_MATCH_OFFSET;
-  }
+  shift_offsets(e, TABLE_SIZE, 1);
   int32_t s = add_block(e, in, in_len);
   if (in_len < min_non_literal) {
     dst->n = (uint16_t)in_len;
@@ -1028,6 +1227,367 @@ remainder:
   }
 }
 
+static void prev_push(kp *e, uint32_t h, int32_t off) {
+  e->btable_prev[h] = e->btable_cur[h];
+  e->btable_cur[h] = off;
+}
+
+/* Level 3: one table of 2^16 two-entry buckets of 5-byte hashes. */
+static void l3_encode(kp *e, tokens_t *dst, const uint8_t *in, int32_t in_len) {
+  const int32_t input_margin = 12 - 1;
+  const int32_t min_non_literal = 1 + 1 + input_margin;
+  const unsigned bits = 16;
+  shift_offsets(e, 0, 1);
+  int32_t s = add_block(e, in, in_len);
+  if (in_len < min_non_literal) {
+    dst->n = (uint16_t)in_len;
+    return;
+  }
+  const uint8_t *src = e->hist;
+  int32_t next_emit = s;
+  int32_t s_limit = e->hist_len - input_margin;
+  uint64_t cv = load6432(src, s);
+  for (;;) {
+    int32_t next_s = s;
+    int32_t cand;
+    for (;;) {
+      uint32_t next_hash = hash5(cv, bits);
+      s = next_s;
+      next_s = s + 1 + ((s - next_emit) >> 7);
+      if (next_s > s_limit) goto remainder;
+      int32_t c_cur = e->btable_cur[next_hash], c_prev = e->btable_prev[next_hash];
+      uint64_t now = load6432(src, next_s);
+      int32_t min_offset = e->cur + s - (MAX_MATCH_OFFSET - 4);
+      e->btable_prev[next_hash] = c_cur;
+      e->btable_cur[next_hash] = s + e->cur;
+      cand = c_cur;
+      if (cand < min_offset) {
+        cv = now;
+        continue;
+      }
+      if ((uint32_t)cv == load3232(src, cand - e->cur)) {
+        if (c_prev < min_offset || (uint32_t)cv != load3232(src, c_prev - e->cur)) break;
+        int32_t offset = s - (cand - e->cur);
+        int32_t o2 = s - (c_prev - e->cur);
+        int32_t l1 = mlen_long(e, s + 4, s - offset + 4), l2 = mlen_long(e, s + 4, s - o2 + 4);
+        if (l2 > l1) cand = c_prev;
+        break;
+      } else {
+        cand = c_prev;
+        if (cand > min_offset && (uint32_t)cv == load3232(src, cand - e->cur)) break;
+      }
+      cv = now;
+    }
+    for (;;) {
+      int32_t t = cand - e->cur;
+      int32_t l = mlen_long(e, s + 4, t + 4) + 4;
+      while (t > 0 && s > next_emit && src[t - 1] == src[s - 1]) {
+        s--;
+        t--;
+        l++;
+      }
+      emit_range(dst, src, next_emit, s);
+      add_match_long(dst, l, (uint32_t)(s - t - BASE_MATCH_OFFSET));
+      s += l;
+      next_emit = s;
+      if (next_s >= s) s = next_s + 1;
+      if (s >= s_limit) {
+        t += l;
+        if (t + 8 < e->hist_len && t > 0) prev_push(e, hash5(load6432(src, t), bits), e->cur + t);
+        goto remainder;
+      }
+      for (int32_t i = s - l + 2; i < s - 5; i += 6) prev_push(e, hash5(load6432(src, i), bits), e->cur + i);
+      uint64_t x = load6432(src, s - 2);
+      prev_push(e, hash5(x, bits), e->cur + s - 2);
+      x >>= 8;
+      prev_push(e, hash5(x, bits), e->cur + s - 1);
+      x >>= 8;
+      uint32_t curr = hash5(x, bits);
+      int32_t c_cur = e->btable_cur[curr], c_prev = e->btable_prev[curr];
+      cv = x;
+      e->btable_prev[curr] = c_cur;
+      e->btable_cur[curr] = s + e->cur;
+      cand = c_cur;
+      int32_t min_offset = e->cur + s - (MAX_MATCH_OFFSET - 4);
+      if (cand > min_offset) {
+        if ((uint32_t)cv == load3232(src, cand - e->cur)) continue;
+        cand = c_prev;
+        if (cand > min_offset && (uint32_t)cv == load3232(src, cand - e->cur)) continue;
+      }
+      cv = x >> 8;
+      s++;
+      break;
+    }
+  }
+remainder:
+  if (next_emit < e->hist_len) {
+    if (dst->n == 0) return;
+    emit_range(dst, src, next_emit, e->hist_len);
+  }
+}
+
+/* Level 4: a table of 4-byte hashes and one of 7-byte hashes, one entry each. */
+static void l4_encode(kp *e, tokens_t *dst, const uint8_t *in, int32_t in_len) {
+  const int32_t input_margin = 12 - 1;
+  const int32_t min_non_literal = 1 + 1 + input_margin;
+  shift_offsets(e, TABLE_SIZE, 0);
+  int32_t s = add_block(e, in, in_len);
+  if (in_len < min_non_literal) {
+    dst->n = (uint16_t)in_len;
+    return;
+  }
+  const uint8_t *src = e->hist;
+  int32_t next_emit = s;
+  int32_t s_limit = e->hist_len - input_margin;
+  uint64_t cv = load6432(src, s);
+  int32_t *bt = e->bt_single;
+  for (;;) {
+    int32_t next_s = s;
+    int32_t t;
+    for (;;) {
+      uint32_t next_hash_s = hash4(cv);
+      uint32_t next_hash_l = hash7(cv);
+      s = next_s;
+      next_s = s + 1 + ((s - next_emit) >> 6);
+      if (next_s > s_limit) goto remainder;
+      int32_t s_cand = e->table[next_hash_s];
+      int32_t l_cand = bt[next_hash_l];
+      uint64_t next = load6432(src, next_s);
+      int32_t entry = s + e->cur;
+      e->table[next_hash_s] = entry;
+      bt[next_hash_l] = entry;
+      t = l_cand - e->cur;
+      if (s - t < MAX_MATCH_OFFSET && (uint32_t)cv == load3232(src, l_cand - e->cur)) break;
+      t = s_cand - e->cur;
+      if (s - t < MAX_MATCH_OFFSET && (uint32_t)cv == load3232(src, s_cand - e->cur)) {
+        l_cand = bt[hash7(next)];
+        int32_t l_off = next_s - (l_cand - e->cur);
+        if (l_off < MAX_MATCH_OFFSET && load3232(src, l_cand - e->cur) == (uint32_t)next) {
+          int32_t l1 = mlen_long(e, s + 4, t + 4), l2 = mlen_long(e, next_s + 4, next_s - l_off + 4);
+          if (l2 > l1) {
+            s = next_s;
+            t = l_cand - e->cur;
+          }
+        }
+        break;
+      }
+      cv = next;
+    }
+    int32_t l = mlen_long(e, s + 4, t + 4) + 4;
+    while (t > 0 && s > next_emit && src[t - 1] == src[s - 1]) {
+      s--;
+      t--;
+      l++;
+    }
+    emit_range(dst, src, next_emit, s);
+    add_match_long(dst, l, (uint32_t)(s - t - BASE_MATCH_OFFSET));
+    s += l;
+    next_emit = s;
+    if (next_s >= s) s = next_s + 1;
+    if (s >= s_limit) {
+      if (s + 8 < e->hist_len) {
+        uint64_t c = load6432(src, s);
+        e->table[hash4(c)] = s + e->cur;
+        bt[hash7(c)] = s + e->cur;
+      }
+      goto remainder;
+    }
+    for (int32_t i = next_s; i < s - 1; i += 3) {
+      uint64_t c = load6432(src, i);
+      int32_t t1 = i + e->cur;
+      bt[hash7(c)] = t1;
+      bt[hash7(c >> 8)] = t1 + 1;
+      e->table[hash4(c >> 8)] = t1 + 1;
+    }
+    uint64_t x = load6432(src, s - 1);
+    int32_t o = e->cur + s - 1;
+    e->table[hash4(x)] = o;
+    bt[hash7(x)] = o;
+    cv = x >> 8;
+  }
+remainder:
+  if (next_emit < e->hist_len) {
+    if (dst->n == 0) return;
+    emit_range(dst, src, next_emit, e->hist_len);
+  }
+}
+
+/* Level 6: level 5 with a repeat offset, the long table's both entries tried after a match, and denser indexing. */
+static void l6_encode(kp *e, tokens_t *dst, const uint8_t *in, int32_t in_len) {
+  const int32_t input_margin = 12 - 1;
+  const int32_t min_non_literal = 1 + 1 + input_margin;
+  shift_offsets(e, TABLE_SIZE, 1);
+  int32_t s = add_block(e, in, in_len);
+  if (in_len < min_non_literal) {
+    dst->n = (uint16_t)in_len;
+    return;
+  }
+  const uint8_t *src = e->hist;
+  int32_t next_emit = s;
+  int32_t s_limit = e->hist_len - input_margin;
+  uint64_t cv = load6432(src, s);
+  int32_t repeat = 1;
+  for (;;) {
+    int32_t next_s = s;
+    int32_t l = 0, t = 0;
+    for (;;) {
+      uint32_t next_hash_s = hash4(cv);
+      uint32_t next_hash_l = hash7(cv);
+      s = next_s;
+      next_s = s + 1 + ((s - next_emit) >> 7);
+      if (next_s > s_limit) goto remainder;
+      int32_t s_cand = e->table[next_hash_s];
+      int32_t l_cur = e->btable_cur[next_hash_l], l_prev = e->btable_prev[next_hash_l];
+      uint64_t next = load6432(src, next_s);
+      int32_t entry = s + e->cur;
+      e->table[next_hash_s] = entry;
+      bt_push(e, next_hash_l, entry);
+      next_hash_s = hash4(next);
+      next_hash_l = hash7(next);
+      t = l_cur - e->cur;
+      if (s - t < MAX_MATCH_OFFSET) {
+        if ((uint32_t)cv == load3232(src, l_cur - e->cur)) {
+          e->table[next_hash_s] = next_s + e->cur;
+          bt_push(e, next_hash_l, next_s + e->cur);
+          int32_t t2 = l_prev - e->cur;
+          if (s - t2 < MAX_MATCH_OFFSET && (uint32_t)cv == load3232(src, l_prev - e->cur)) {
+            l = mlen(e, s + 4, t + 4) + 4;
+            int32_t ml1 = mlen(e, s + 4, t2 + 4) + 4;
+            if (ml1 > l) {
+              t = t2;
+              l = ml1;
+              break;
+            }
+          }
+          break;
+        }
+        t = l_prev - e->cur;
+        if (s - t < MAX_MATCH_OFFSET && (uint32_t)cv == load3232(src, l_prev - e->cur)) {
+          e->table[next_hash_s] = next_s + e->cur;
+          bt_push(e, next_hash_l, next_s + e->cur);
+          break;
+        }
+      }
+      t = s_cand - e->cur;
+      if (s - t < MAX_MATCH_OFFSET && (uint32_t)cv == load3232(src, s_cand - e->cur)) {
+        l = mlen(e, s + 4, t + 4) + 4;
+        int32_t lc_cur = e->btable_cur[next_hash_l], lc_prev = e->btable_prev[next_hash_l];
+        e->table[next_hash_s] = next_s + e->cur;
+        bt_push(e, next_hash_l, next_s + e->cur);
+        int32_t t2 = s - repeat + 1;
+        if (load3232(src, t2) == (uint32_t)(cv >> 8)) {
+          int32_t ml = mlen(e, s + 4 + 1, t2 + 4) + 4;
+          if (ml > l) {
+            t = t2;
+            l = ml;
+            s += 1;
+            break;
+          }
+        }
+        t2 = lc_cur - e->cur;
+        if (next_s - t2 < MAX_MATCH_OFFSET) {
+          if (load3232(src, lc_cur - e->cur) == (uint32_t)next) {
+            int32_t ml = mlen(e, next_s + 4, t2 + 4) + 4;
+            if (ml > l) {
+              t = t2;
+              s = next_s;
+              l = ml;
+            }
+          }
+          t2 = lc_prev - e->cur;
+          if (next_s - t2 < MAX_MATCH_OFFSET && load3232(src, lc_prev - e->cur) == (uint32_t)next) {
+            int32_t ml = mlen(e, next_s + 4, t2 + 4) + 4;
+            if (ml > l) {
+              t = t2;
+              s = next_s;
+              l = ml;
+              break;
+            }
+          }
+        }
+        break;
+      }
+      cv = next;
+    }
+    if (l == 0) l = mlen_long(e, s + 4, t + 4) + 4;
+    else if (l == MAX_MATCH_LENGTH) l += mlen_long(e, s + l, t + l);
+    {
+      int32_t s_at = s + l;
+      if (s_at < s_limit) {
+        const int32_t skip_beginning = 2;
+        uint32_t h = hash7(load6432(src, s_at));
+        int32_t t2 = e->btable_cur[h] - e->cur - l + skip_beginning;
+        int32_t s2 = s + skip_beginning;
+        int32_t off = s2 - t2;
+        if (off < MAX_MATCH_OFFSET) {
+          if (off > 0 && t2 >= 0) {
+            int32_t l2 = mlen_long(e, s2, t2);
+            if (l2 > l) {
+              t = t2;
+              l = l2;
+              s = s2;
+            }
+          }
+          t2 = e->btable_prev[h] - e->cur - l + skip_beginning;
+          off = s2 - t2;
+          if (off > 0 && off < MAX_MATCH_OFFSET && t2 >= 0) {
+            int32_t l2 = mlen_long(e, s2, t2);
+            if (l2 > l) {
+              t = t2;
+              l = l2;
+              s = s2;
+            }
+          }
+        }
+      }
+    }
+    while (t > 0 && s > next_emit && src[t - 1] == src[s - 1]) {
+      s--;
+      t--;
+      l++;
+    }
+    emit_range(dst, src, next_emit, s);
+    add_match_long(dst, l, (uint32_t)(s - t - BASE_MATCH_OFFSET));
+    repeat = s - t;
+    s += l;
+    next_emit = s;
+    if (next_s >= s) s = next_s + 1;
+    if (s >= s_limit) {
+      for (int32_t i = next_s + 1; i < e->hist_len - 8; i += 2) {
+        uint64_t c = load6432(src, i);
+        e->table[hash4(c)] = i + e->cur;
+        bt_push(e, hash7(c), i + e->cur);
+      }
+      goto remainder;
+    }
+    for (int32_t i = next_s + 1; i < s - 1; i += 2) {
+      uint64_t c = load6432(src, i);
+      int32_t t1 = i + e->cur;
+      uint32_t h1 = hash7(c), h2 = hash7(c >> 8);
+      e->table[hash4(c)] = t1;
+      bt_push(e, h1, t1);
+      bt_push(e, h2, t1 + 1);
+    }
+    cv = load6432(src, s);
+  }
+remainder:
+  if (next_emit < e->hist_len) {
+    if (dst->n == 0) return;
+    emit_range(dst, src, next_emit, e->hist_len);
+  }
+}
+
+static void fast_encode(kp *e, tokens_t *dst, const uint8_t *in, int32_t n) {
+  switch (e->level) {
+    case 1: l1_encode(e, dst, in, n); break;
+    case 2: l2_encode(e, dst, in, n); break;
+    case 3: l3_encode(e, dst, in, n); break;
+    case 4: l4_encode(e, dst, in, n); break;
+    case 6: l6_encode(e, dst, in, n); break;
+    default: l5_encode(e, dst, in, n); break;
+  }
+}
+
 /* ------------------------------------------------------------------------ */
 /* The compressor (levels 1-6 path: storeFast)                               */
 /* ------------------------------------------------------------------------ */
@@ -1050,7 +1610,7 @@ static void store_fast(kp *e) {
       return;
     }
   }
-  l5_encode(e, &e->tokens, e->window, e->window_end);
+  fast_encode(e, &e->tokens, e->window, e->window_end);
   if (e->tokens.n == 0) write_stored_block(e, e->window, e->window_end);
   else if ((int)e->tokens.n > e->window_end - (e->window_end >> 4)) write_block_huff(e, 0, e->window, e->window_end, e->sync);
   else write_block_dynamic(e, &e->tokens, 0, e->window, e->window_end, e->sync);
@@ -1058,10 +1618,31 @@ static void store_fast(kp *e) {
   e->window_end = 0;
 }
 
+/* Level 0: stored blocks. */
+static void store(kp *e) {
+  if (e->window_end > 0 && (e->window_end == MAX_STORE_BLOCK_SIZE || e->sync)) {
+    write_stored_block(e, e->window, e->window_end);
+    e->window_end = 0;
+  }
+}
+
+/* Level -2: literal-only blocks of 32 KiB windows. */
+static void store_huff(kp *e) {
+  if ((e->window_end < e->window_size && !e->sync) || e->window_end == 0) return;
+  write_block_huff(e, 0, e->window, e->window_end, e->sync);
+  e->window_end = 0;
+}
+
+static void step(kp *e) {
+  if (e->level >= 1) store_fast(e);
+  else if (e->level == 0) store(e);
+  else store_huff(e);
+}
+
 static void c_write(kp *e, const uint8_t *b, size_t n) {
   while (n > 0) {
-    if (e->window_end == MAX_STORE_BLOCK_SIZE || e->sync) store_fast(e);
-    size_t room = (size_t)(MAX_STORE_BLOCK_SIZE - e->window_end);
+    if (e->window_end == e->window_size || e->sync) step(e);
+    size_t room = (size_t)(e->window_size - e->window_end);
     size_t k = n < room ? n : room;
     memcpy(e->window + e->window_end, b, k);
     e->window_end += (int)k;
@@ -1072,7 +1653,7 @@ static void c_write(kp *e, const uint8_t *b, size_t n) {
 
 static void c_sync_flush(kp *e) {
   e->sync = 1;
-  store_fast(e);
+  step(e);
   write_stored_header(e, 0, 0);
   bw_flush(e);
   e->sync = 0;
@@ -1080,7 +1661,7 @@ static void c_sync_flush(kp *e) {
 
 static void c_close(kp *e) {
   e->sync = 1;
-  store_fast(e);
+  step(e);
   write_stored_header(e, 0, 1);
   bw_flush(e);
   bw_reset(e);
@@ -1090,6 +1671,10 @@ static void c_close(kp *e) {
 static void c_reset_dict(kp *e, const uint8_t *dict, int n) {
   bw_reset(e);
   e->sync = 0;
+  if (e->level <= 0) {
+    e->window_end = 0; /* no matcher, no dictionary */
+    return;
+  }
   fast_reset(e);
   e->window_end = 0;
   tokens_reset(&e->tokens);
@@ -1097,7 +1682,7 @@ static void c_reset_dict(kp *e, const uint8_t *dict, int n) {
     dict += n - MAX_MATCH_OFFSET;
     n = MAX_MATCH_OFFSET;
   }
-  l5_encode(e, &e->tokens, dict, n);
+  fast_encode(e, &e->tokens, dict, n);
   tokens_reset(&e->tokens);
 }
 
@@ -1107,12 +1692,13 @@ static void c_reset_dict(kp *e, const uint8_t *dict, int n) {
 
 kp *kp_new(int level, int pgzip_block) {
   if (level == -1) level = 5;
-  if (level != 5 || pgzip_block < 0 || (pgzip_block > 0 && pgzip_block <= TAIL_SIZE) || pgzip_block > (64 << 20)) return NULL;
+  if (level < -2 || level > 6 || pgzip_block < 0 || (pgzip_block > 0 && pgzip_block <= TAIL_SIZE) || pgzip_block > (64 << 20)) return NULL;
   init_tables();
   kp *e = calloc(1, sizeof(*e));
   if (!e) return NULL;
   e->level = level;
-  e->log_new_table_penalty = 7;
+  e->log_new_table_penalty = level == -2 ? 10 : 7;
+  e->window_size = level == -2 ? 32 << 10 : MAX_STORE_BLOCK_SIZE;
   e->lit_enc = e->enc_a;
   e->tmp_lit_enc = e->enc_b;
   e->cur = MAX_STORE_BLOCK_SIZE;
