@@ -24,7 +24,7 @@ export interface KpEncoder {
 }
 
 /**
- * A new encoder of klauspost/compress's flate (v1.15.12) at `level` (-2..6; -1 is 5, its default): one
+ * A new encoder of klauspost/compress's flate (v1.15.12) at `level` (-2..9; -1 is 5, its default): one
  * stream (`pgzipBlock` 0, what klauspost's gzip writes) or pgzip's blocks of `pgzipBlock` bytes (> 16384).
  */
 export function kpNew(level: number, pgzipBlock: number): KpEncoder;

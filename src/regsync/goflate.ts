@@ -6,7 +6,7 @@
  * The encoders are C (native/deflate, package d4fs-deflate): a
  * reimplementation of Go 1.19's compress/flate at every level (its
  * algorithm has not changed since Go 1.7), and of klauspost/compress
- * v1.15.12's flate at levels -2 to 6 (5 is its default), alone or in
+ * v1.15.12's flate at every level (5 is its default), alone or in
  * pgzip's blocks (v1.2.5); this is the one module that loads them.
  *
  * Calls are synchronous and CPU-bound (level 6 runs at ~20-30 MB/s of input
@@ -77,8 +77,8 @@ export function goDeflateSync(level: number, input: Buffer): Buffer {
   return Buffer.concat(parts);
 }
 
-/** klauspost/compress's levels reproduced: -2 (Huffman only), 0 (stored), 1-6 (its fast encoders; 5 is its default, what pgzip and umoci use). Not yet 7-9. */
-export const KP_LEVELS: readonly number[] = [-2, 0, 1, 2, 3, 4, 5, 6];
+/** klauspost/compress's levels reproduced: -2 (Huffman only), 0 (stored), 1-6 (its fast encoders; 5 is its default, what pgzip and umoci use), 7-9 (its lazy matcher). */
+export const KP_LEVELS: readonly number[] = [-2, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9];
 /** pgzip's block sizes tried at detection, most likely first: umoci's 256 KiB, pgzip's default 1 MiB. */
 export const PGZIP_BLOCKS: readonly number[] = [256 * 1024, 1024 * 1024];
 

@@ -20,14 +20,15 @@
  *  - `go-flate`: Go's compress/flate (levels -2 to 9), what Go's
  *    compress/gzip writes (docker, BuildKit, containerd at their defaults);
  *    `klauspost-flate` and `pgzip`: klauspost/compress v1.15.12's flate at
- *    levels -2 to 6, alone (klauspost's gzip) or in pgzip's blocks (umoci): d4fs's
+ *    every level, alone (klauspost's gzip) or in pgzip's blocks (umoci): d4fs's
  *    own reimplementations of those encoders (./goflate.ts). Tried first when
  *    the header says a Go writer made it (OS 255; klauspost's writers also
  *    record the zero time as mtime 0x886e0900), pruned on a prefix.
  *
- * Layers that no candidate reproduces (klauspost's other levels or
- * versions, pigz) are "not reproducible": the apply side recompresses them
- * with a deterministic fallback recipe and rewrites the manifest.
+ * Layers that no candidate reproduces (another klauspost version, pgzip
+ * blocks of another size, pigz) are "not reproducible": the apply side
+ * recompresses them with a deterministic fallback recipe and rewrites the
+ * manifest.
  *
  * Everything here works on files (the tar and the original blob) and runs in a
  * worker thread or the main thread alike.
@@ -87,7 +88,7 @@ export type Recipe =
       kind: 'gzip';
       /** klauspost/compress v1.15.12's flate, one stream (what its gzip writes). */
       engine: 'klauspost-flate';
-      /** klauspost's level (-2 to 6; 5 is its default). */
+      /** klauspost's level (-2 to 9; 5 is its default). */
       level: number;
       /** gzip header bytes, base64. */
       header: string;
@@ -96,7 +97,7 @@ export type Recipe =
       kind: 'gzip';
       /** klauspost/pgzip v1.2.5: klauspost/compress v1.15.12's flate in blocks (see ./goflate.ts). */
       engine: 'pgzip';
-      /** klauspost's level (-2 to 6; 5 is its default). */
+      /** klauspost's level (-2 to 9; 5 is its default). */
       level: number;
       /** pgzip's block size in bytes. */
       blockSize: number;
@@ -388,11 +389,11 @@ function goCandidates(xfl: number): number[] {
   return [6, 5, 2, 3, 4, 7, 8, 0, -2];
 }
 
-/** klauspost's levels to try, most likely first (its default 5 first; XFL as Go's; levels 7-9 are not reproduced yet). */
+/** klauspost's levels to try, most likely first (its default 5 first; XFL 2 and 4 as Go's: level 9 and 1). */
 function kpCandidates(xfl: number): number[] {
-  if (xfl === 2) return [];
+  if (xfl === 2) return [9];
   if (xfl === 4) return [1];
-  return [5, 6, 4, 3, 2, 0, -2].filter((l) => KP_LEVELS.includes(l));
+  return [5, 6, 4, 3, 2, 7, 8, 0, -2].filter((l) => KP_LEVELS.includes(l));
 }
 
 /** Options of {@link detectRecipe}. */
@@ -518,7 +519,7 @@ export async function detectRecipe(blobPath: string, tarPath: string, compressio
     }
     const who =
       os === 255
-        ? "the gzip header (OS 255) points to a Go compressor, but neither Go's compress/flate at any level nor klauspost/compress v1.15.12 at levels -2 to 6 (alone or in pgzip's blocks) reproduces it (klauspost's levels 7-9, or another version of it)"
+        ? "the gzip header (OS 255) points to a Go compressor, but neither Go's compress/flate nor klauspost/compress v1.15.12 at any level (alone, or in pgzip's blocks of 256 KiB or 1 MiB) reproduces it (another version of klauspost's, or pgzip blocks of another size)"
         : 'no zlib, gzip or Go encoder reproduces the deflate stream (pigz, another deflate implementation, or another zlib version)';
     return { reproducible: false, reason: `${tried} candidate compressors tried: ${who}`, tried };
   } finally {

@@ -7,7 +7,7 @@
  *   goWrite(encoder, bytes) → Buffer   the compressed bytes produced so far
  *   goFlush(encoder) → Buffer          Go's Writer.Flush
  *   goClose(encoder) → Buffer          Go's Writer.Close: the rest; the encoder is freed
- *   kpNew(level, pgzipBlock) → encoder  level -2..6 (-1: 5); pgzipBlock 0 (one stream) or > 16384
+ *   kpNew(level, pgzipBlock) → encoder  level -2..9 (-1: 5); pgzipBlock 0 (one stream) or > 16384
  *   kpWrite(encoder, bytes) → Buffer, kpClose(encoder) → Buffer   as above
  *
  * Calls are synchronous (CPU-bound: run them in a worker thread). An
@@ -175,7 +175,7 @@ static napi_value js_kp_new(napi_env env, napi_callback_info info) {
   h->k = kp_new(level, block);
   if (!h->k) {
     free(h);
-    napi_throw_range_error(env, NULL, "d4fs-deflate: kpNew(level, pgzipBlock): level must be -2..6 and pgzipBlock 0 or 16385..64 MiB");
+    napi_throw_range_error(env, NULL, "d4fs-deflate: kpNew(level, pgzipBlock): level must be -2..9 and pgzipBlock 0 or 16385..64 MiB");
     return NULL;
   }
   napi_value ext;

@@ -1,7 +1,7 @@
 /*
  * kpflate: the deflate encoder of klauspost/compress's flate package
- * (version 1.15.12, the one Debian 12 packages), levels -2 to 6 (5 is its
- * default; levels 7-9, its lazy matcher, are not reproduced yet), and
+ * (version 1.15.12, the one Debian 12 packages), at every level (-2 to 9;
+ * 5 is its default: levels 1-6 are its fast matchers, 7-9 its lazy one), and
  * pgzip's block scheme on top of it (see kpflate.h).
  *
  * Written from the encoder's behaviour, as goflate.c: klauspost's encoder
@@ -379,8 +379,8 @@ struct kp {
   uint8_t codegen[LITERAL_COUNT + OFFSET_CODE_COUNT + 1];
 
   /* compressor */
-  uint8_t window[MAX_STORE_BLOCK_SIZE];
-  int window_size; /* 64 KiB - 1; 32 KiB for Huffman only */
+  uint8_t window[2 * 32768];
+  int window_size; /* 64 KiB - 1; 32 KiB for Huffman only; 64 KiB for the lazy levels */
   int window_end;
   int sync;
   tokens_t tokens;
@@ -392,6 +392,14 @@ struct kp {
   int32_t table[1 << 17];
   int32_t bt_single[TABLE_SIZE];                 /* level 4's long table */
   int32_t btable_cur[1 << 16], btable_prev[1 << 16]; /* levels 5-6's long table; level 3's table */
+
+  /* levels 7-9 (deflateLazy) */
+  int good, lazy, nice, chain;
+  uint32_t *hash_head, *hash_prev;
+  int lz_index, lz_length, lz_offset, lz_max_insert, lz_chain_head, lz_hash_offset;
+  int block_start, byte_available;
+  uint16_t ii;
+  hcode est[256]; /* level 9: code lengths of the bytes ahead, for a match's gain */
 
   /* pgzip */
   int pg_block;
@@ -1577,6 +1585,277 @@ remainder:
   }
 }
 
+/* ------------------------------------------------------------------------ */
+/* Levels 7-9: klauspost's deflateLazy                                       */
+/* ------------------------------------------------------------------------ */
+
+#define LZ_WINDOW 32768
+#define LZ_MASK (LZ_WINDOW - 1)
+#define LZ_HASH_BITS 17
+#define LZ_HASH_MASK ((1u << LZ_HASH_BITS) - 1)
+#define LZ_MAX_HASH_OFFSET (1 << 28)
+#define LZ_MIN_MATCH 4
+#define LZ_MAX_TOKENS (1 << 15)
+
+static uint32_t lz_hash4(const uint8_t *b) { return (load3232(b, 0) * PRIME4BYTES) >> (32 - LZ_HASH_BITS); }
+
+static int lz_fill(kp *e, const uint8_t *b, size_t n) {
+  if (e->lz_index >= 2 * LZ_WINDOW - (LZ_MIN_MATCH + MAX_MATCH_LENGTH)) {
+    memcpy(e->window, e->window + LZ_WINDOW, LZ_WINDOW);
+    e->lz_index -= LZ_WINDOW;
+    e->window_end -= LZ_WINDOW;
+    if (e->block_start >= LZ_WINDOW) e->block_start -= LZ_WINDOW;
+    else e->block_start = INT_MAX;
+    e->lz_hash_offset += LZ_WINDOW;
+    if (e->lz_hash_offset > LZ_MAX_HASH_OFFSET) {
+      int delta = e->lz_hash_offset - 1;
+      e->lz_hash_offset -= delta;
+      e->lz_chain_head -= delta;
+      for (int i = 0; i < LZ_WINDOW; i++) e->hash_prev[i] = (int)e->hash_prev[i] > delta ? (uint32_t)((int)e->hash_prev[i] - delta) : 0;
+      for (int i = 0; i < (1 << LZ_HASH_BITS); i++) e->hash_head[i] = (int)e->hash_head[i] > delta ? (uint32_t)((int)e->hash_head[i] - delta) : 0;
+    }
+  }
+  size_t room = (size_t)(2 * LZ_WINDOW - e->window_end);
+  if (n > room) n = room;
+  memcpy(e->window + e->window_end, b, n);
+  e->window_end += (int)n;
+  return (int)n;
+}
+
+static void lz_write_block(kp *e, int index, int eof) {
+  if (index > 0 || eof) {
+    const uint8_t *win = NULL;
+    int len = 0;
+    if (e->block_start <= index) {
+      win = e->window + e->block_start;
+      len = index - e->block_start;
+    }
+    e->block_start = index;
+    write_block_dynamic(e, &e->tokens, eof, win, len, e->sync);
+  }
+}
+
+static int lz_find_match(kp *e, int pos, int prev_head, int lookahead, int *out_len, int *out_off) {
+  int min_match_look = MAX_MATCH_LENGTH;
+  if (lookahead < min_match_look) min_match_look = lookahead;
+  const uint8_t *win = e->window;
+  int win_len = pos + min_match_look;
+  int nice = win_len - pos;
+  if (e->nice < nice) nice = e->nice;
+  int tries = e->chain;
+  int length = LZ_MIN_MATCH - 1;
+  uint8_t w_end = win[pos + length];
+  const uint8_t *w_pos = win + pos;
+  int min_index = pos - LZ_WINDOW;
+  if (min_index < 0) min_index = 0;
+  int offset = 0, ok = 0;
+  if (e->chain < 100) {
+    for (long i = prev_head; tries > 0; tries--) {
+      if (w_end == win[i + length]) {
+        int n = match_len(win + i, w_pos, min_match_look);
+        if (n > length) {
+          length = n;
+          offset = pos - (int)i;
+          ok = 1;
+          if (n >= nice) break;
+          w_end = win[pos + n];
+        }
+      }
+      if (i <= min_index) break;
+      i = (long)e->hash_prev[i & LZ_MASK] - e->lz_hash_offset;
+      if (i < min_index) break;
+    }
+  } else {
+    const int base_cost = 6;
+    int c_gain = 0;
+    for (long i = prev_head; tries > 0; tries--) {
+      if (w_end == win[i + length]) {
+        int n = match_len(win + i, w_pos, min_match_look);
+        if (n > length) {
+          int raw = 0;
+          for (int k = 0; k < n; k++) raw += HLEN(e->est[w_pos[k]]);
+          int new_gain = raw - OFFSET_EXTRA_BITS[offset_code((uint32_t)(pos - (int)i))] - base_cost - LENGTH_EXTRA_BITS[LENGTH_CODES[(n - 3) & 255]];
+          if (new_gain > c_gain) {
+            length = n;
+            offset = pos - (int)i;
+            c_gain = new_gain;
+            ok = 1;
+            if (n >= nice) break;
+            w_end = win[pos + n];
+          }
+        }
+      }
+      if (i <= min_index) break;
+      i = (long)e->hash_prev[i & LZ_MASK] - e->lz_hash_offset;
+      if (i < min_index) break;
+    }
+  }
+  *out_len = length;
+  *out_off = offset;
+  return ok;
+}
+
+static void lz_add_literal_flush(kp *e, int index) {
+  if (e->tokens.n == LZ_MAX_TOKENS) {
+    lz_write_block(e, index, 0);
+    tokens_reset(&e->tokens);
+  }
+}
+
+static void deflate_lazy(kp *e) {
+  if (e->window_end - e->lz_index < LZ_MIN_MATCH + MAX_MATCH_LENGTH && !e->sync) return;
+  if (e->window_end != e->lz_index && e->chain > 100) {
+    uint16_t tmp[256];
+    memset(tmp, 0, sizeof(tmp));
+    for (int i = e->lz_index; i < e->window_end; i++) tmp[e->window[i]]++;
+    generate(e->est, tmp, 256, 15);
+  }
+  e->lz_max_insert = e->window_end - (LZ_MIN_MATCH - 1);
+  for (;;) {
+    int lookahead = e->window_end - e->lz_index;
+    if (lookahead < LZ_MIN_MATCH + MAX_MATCH_LENGTH) {
+      if (!e->sync) return;
+      if (lookahead == 0) {
+        if (e->byte_available) {
+          add_literal(&e->tokens, e->window[e->lz_index - 1]);
+          e->byte_available = 0;
+        }
+        if (e->tokens.n > 0) {
+          lz_write_block(e, e->lz_index, 0);
+          tokens_reset(&e->tokens);
+        }
+        return;
+      }
+    }
+    if (e->lz_index < e->lz_max_insert) {
+      uint32_t h = lz_hash4(e->window + e->lz_index);
+      uint32_t ch = e->hash_head[h];
+      e->lz_chain_head = (int)ch;
+      e->hash_prev[e->lz_index & LZ_MASK] = ch;
+      e->hash_head[h] = (uint32_t)(e->lz_index + e->lz_hash_offset);
+    }
+    int prev_length = e->lz_length;
+    int prev_offset = e->lz_offset;
+    e->lz_length = LZ_MIN_MATCH - 1;
+    e->lz_offset = 0;
+    int min_index = e->lz_index - LZ_WINDOW;
+    if (min_index < 0) min_index = 0;
+    if (e->lz_chain_head - e->lz_hash_offset >= min_index && lookahead > prev_length && prev_length < e->lazy) {
+      int nl, no;
+      if (lz_find_match(e, e->lz_index, e->lz_chain_head - e->lz_hash_offset, lookahead, &nl, &no)) {
+        e->lz_length = nl;
+        e->lz_offset = no;
+      }
+    }
+    if (prev_length >= LZ_MIN_MATCH && e->lz_length <= prev_length) {
+      const int check_off = 2;
+      int prev_index = e->lz_index - 1;
+      if (prev_index + prev_length + check_off < e->lz_max_insert) {
+        int end = lookahead;
+        if (lookahead > MAX_MATCH_LENGTH) end = MAX_MATCH_LENGTH;
+        end += prev_index;
+        int idx = prev_index + prev_length - (4 - check_off);
+        uint32_t h = lz_hash4(e->window + idx);
+        int ch2 = (int)e->hash_head[h] - e->lz_hash_offset - prev_length + (4 - check_off);
+        if (ch2 > min_index) {
+          int length = match_len(e->window + prev_index, e->window + ch2, end - prev_index);
+          if (length > prev_length) {
+            prev_length = length;
+            prev_offset = prev_index - ch2;
+          }
+        }
+      }
+      add_match_long(&e->tokens, prev_length, (uint32_t)(prev_offset - 1));
+      int new_index = e->lz_index + prev_length - 1;
+      int end = new_index;
+      if (end > e->lz_max_insert) end = e->lz_max_insert;
+      end += LZ_MIN_MATCH - 1;
+      int start = e->lz_index + 1;
+      if (start > e->lz_max_insert) start = e->lz_max_insert;
+      for (int di = start; di + LZ_MIN_MATCH <= end; di++) {
+        uint32_t h = lz_hash4(e->window + di) & LZ_HASH_MASK;
+        e->hash_prev[di & LZ_MASK] = e->hash_head[h];
+        e->hash_head[h] = (uint32_t)(di + e->lz_hash_offset);
+      }
+      e->lz_index = new_index;
+      e->byte_available = 0;
+      e->lz_length = LZ_MIN_MATCH - 1;
+      if (e->tokens.n == LZ_MAX_TOKENS) {
+        lz_write_block(e, e->lz_index, 0);
+        tokens_reset(&e->tokens);
+      }
+      e->ii = 0;
+    } else {
+      if (e->lz_length >= LZ_MIN_MATCH) e->ii = 0;
+      if (e->byte_available) {
+        e->ii++;
+        add_literal(&e->tokens, e->window[e->lz_index - 1]);
+        lz_add_literal_flush(e, e->lz_index);
+        e->lz_index++;
+        int n = (int)e->ii - e->chain;
+        if (n > 0) {
+          n = 1 + (n >> 6);
+          for (int j = 0; j < n; j++) {
+            if (e->lz_index >= e->window_end - 1) break;
+            add_literal(&e->tokens, e->window[e->lz_index - 1]);
+            lz_add_literal_flush(e, e->lz_index);
+            if (e->lz_index < e->lz_max_insert) {
+              uint32_t h = lz_hash4(e->window + e->lz_index);
+              uint32_t ch = e->hash_head[h];
+              e->lz_chain_head = (int)ch;
+              e->hash_prev[e->lz_index & LZ_MASK] = ch;
+              e->hash_head[h] = (uint32_t)(e->lz_index + e->lz_hash_offset);
+            }
+            e->lz_index++;
+          }
+          add_literal(&e->tokens, e->window[e->lz_index - 1]);
+          e->byte_available = 0;
+          lz_add_literal_flush(e, e->lz_index);
+        }
+      } else {
+        e->lz_index++;
+        e->byte_available = 1;
+      }
+    }
+  }
+}
+
+/* klauspost's reset and fillWindow for the lazy levels. */
+static void lz_reset_dict(kp *e, const uint8_t *dict, int n) {
+  memset(e->hash_head, 0, sizeof(uint32_t) << LZ_HASH_BITS);
+  memset(e->hash_prev, 0, sizeof(uint32_t) * LZ_WINDOW);
+  e->lz_chain_head = -1;
+  e->lz_hash_offset = 1;
+  e->lz_index = 0;
+  e->window_end = 0;
+  e->block_start = 0;
+  e->byte_available = 0;
+  tokens_reset(&e->tokens);
+  e->lz_length = LZ_MIN_MATCH - 1;
+  e->lz_offset = 0;
+  e->ii = 0;
+  e->lz_max_insert = 0;
+  if (n <= 0) return;
+  if (n > LZ_WINDOW) {
+    dict += n - LZ_WINDOW;
+    n = LZ_WINDOW;
+  }
+  memcpy(e->window, dict, (size_t)n);
+  int loops = (n + 256 - LZ_MIN_MATCH) / 256;
+  for (int j = 0; j < loops; j++) {
+    int start = j * 256;
+    int end = start + 256 + LZ_MIN_MATCH - 1;
+    if (end > n) end = n;
+    for (int di = start; di + LZ_MIN_MATCH <= end; di++) {
+      uint32_t h = lz_hash4(e->window + di) & LZ_HASH_MASK;
+      e->hash_prev[di & LZ_MASK] = e->hash_head[h];
+      e->hash_head[h] = (uint32_t)(di + e->lz_hash_offset);
+    }
+  }
+  e->window_end += n;
+  e->lz_index = n;
+}
+
 static void fast_encode(kp *e, tokens_t *dst, const uint8_t *in, int32_t n) {
   switch (e->level) {
     case 1: l1_encode(e, dst, in, n); break;
@@ -1634,7 +1913,8 @@ static void store_huff(kp *e) {
 }
 
 static void step(kp *e) {
-  if (e->level >= 1) store_fast(e);
+  if (e->level >= 7) deflate_lazy(e);
+  else if (e->level >= 1) store_fast(e);
   else if (e->level == 0) store(e);
   else store_huff(e);
 }
@@ -1642,10 +1922,15 @@ static void step(kp *e) {
 static void c_write(kp *e, const uint8_t *b, size_t n) {
   while (n > 0) {
     if (e->window_end == e->window_size || e->sync) step(e);
-    size_t room = (size_t)(e->window_size - e->window_end);
-    size_t k = n < room ? n : room;
-    memcpy(e->window + e->window_end, b, k);
-    e->window_end += (int)k;
+    size_t k;
+    if (e->level >= 7) {
+      k = (size_t)lz_fill(e, b, n);
+    } else {
+      size_t room = (size_t)(e->window_size - e->window_end);
+      k = n < room ? n : room;
+      memcpy(e->window + e->window_end, b, k);
+      e->window_end += (int)k;
+    }
     b += k;
     n -= k;
   }
@@ -1675,6 +1960,10 @@ static void c_reset_dict(kp *e, const uint8_t *dict, int n) {
     e->window_end = 0; /* no matcher, no dictionary */
     return;
   }
+  if (e->level >= 7) {
+    lz_reset_dict(e, dict, n);
+    return;
+  }
   fast_reset(e);
   e->window_end = 0;
   tokens_reset(&e->tokens);
@@ -1692,13 +1981,26 @@ static void c_reset_dict(kp *e, const uint8_t *dict, int n) {
 
 kp *kp_new(int level, int pgzip_block) {
   if (level == -1) level = 5;
-  if (level < -2 || level > 6 || pgzip_block < 0 || (pgzip_block > 0 && pgzip_block <= TAIL_SIZE) || pgzip_block > (64 << 20)) return NULL;
+  if (level < -2 || level > 9 || pgzip_block < 0 || (pgzip_block > 0 && pgzip_block <= TAIL_SIZE) || pgzip_block > (64 << 20)) return NULL;
   init_tables();
   kp *e = calloc(1, sizeof(*e));
   if (!e) return NULL;
   e->level = level;
-  e->log_new_table_penalty = level == -2 ? 10 : 7;
-  e->window_size = level == -2 ? 32 << 10 : MAX_STORE_BLOCK_SIZE;
+  e->log_new_table_penalty = level == -2 ? 10 : level >= 7 ? 8 : 7;
+  e->window_size = level == -2 ? 32 << 10 : level >= 7 ? 2 * LZ_WINDOW : MAX_STORE_BLOCK_SIZE;
+  if (level >= 7) {
+    static const int P[3][4] = {{8, 12, 16, 24}, {16, 30, 40, 64}, {32, 258, 258, 1024}};
+    e->good = P[level - 7][0];
+    e->lazy = P[level - 7][1];
+    e->nice = P[level - 7][2];
+    e->chain = P[level - 7][3];
+    e->hash_head = calloc((size_t)1 << LZ_HASH_BITS, sizeof(uint32_t));
+    e->hash_prev = calloc(LZ_WINDOW, sizeof(uint32_t));
+    if (!e->hash_head || !e->hash_prev) {
+      kp_free(e);
+      return NULL;
+    }
+  }
   e->lit_enc = e->enc_a;
   e->tmp_lit_enc = e->enc_b;
   e->cur = MAX_STORE_BLOCK_SIZE;
@@ -1719,6 +2021,8 @@ void kp_free(kp *e) {
   free(e->out);
   free(e->hist);
   free(e->pg_buf);
+  free(e->hash_head);
+  free(e->hash_prev);
   free(e);
 }
 

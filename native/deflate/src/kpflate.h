@@ -1,7 +1,7 @@
 /*
  * kpflate: deflate streams byte for byte as klauspost/compress's flate
  * (v1.15.12, Debian 12's golang-github-klauspost-compress-dev) writes them
- * at levels -2 to 6 (5 is its default; not yet 7-9), and as klauspost/pgzip (v1.2.5) writes them on
+ * at every level (-2 to 9; 5 is its default), and as klauspost/pgzip (v1.2.5) writes them on
  * top of it: the input cut in blocks, each compressed with the previous
  * block's last 16 KiB as dictionary and ended by a sync flush (umoci writes
  * layers so, with 256 KiB blocks). For issue 16: `registry apply` rebuilding
@@ -14,7 +14,7 @@
 
 typedef struct kp kp;
 
-/* An encoder at `level` (-2..6, -1 for 5; NULL for others); pgzip_block > 16384: pgzip's scheme with blocks of that size, 0: one stream. */
+/* An encoder at `level` (-2..9, -1 for 5; NULL for others); pgzip_block > 16384: pgzip's scheme with blocks of that size, 0: one stream. */
 kp *kp_new(int level, int pgzip_block);
 void kp_free(kp *e);
 int kp_write(kp *e, const uint8_t *p, size_t n);
