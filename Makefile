@@ -35,7 +35,7 @@ demo: build
 	bash scripts/demo.sh
 
 # `make bench` runs every section; `make bench cri` (or any of BENCH_SECTIONS) only those named.
-BENCH_SECTIONS := convert delta snapshotter regsync update distribution cri p2p scale
+BENCH_SECTIONS := convert delta snapshotter regsync gzip update distribution cri p2p scale
 bench: build
 	node dist/bench/run.js $(filter $(BENCH_SECTIONS),$(MAKECMDGOALS))
 

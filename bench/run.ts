@@ -1,13 +1,14 @@
 /**
  * `make bench`: every benchmark, each printing a table with its targets.
  * Ratios are measured against baselines in the same run.
- *   node dist/bench/run.js [convert|delta|snapshotter|regsync|update|distribution|cri|p2p|scale …] [--runs N] [--quick] [--scale-gib N]
+ *   node dist/bench/run.js [convert|delta|snapshotter|regsync|gzip|update|distribution|cri|p2p|scale …] [--runs N] [--quick] [--scale-gib N]
  */
 import { convertBench, extraCaCost, printConvertTable } from './convert';
 import { deltaBench, printDeltaTables } from './delta';
 import { snapshotterBench, printSnapshotterTable } from './snapshotter';
 import { distributionBench, printDistributionTable, updateBench, printUpdateTable } from './distribution';
 import { regsyncBench, formatRegsyncTable } from './regsync';
+import { gzipBench, printGzipTable } from './gzip';
 import { criBench, printCriTable, QUICK_CRI } from './cri';
 import { p2pBench, printP2pTable } from './p2p';
 import { scaleBench, printScaleTable } from './scale';
@@ -28,6 +29,7 @@ async function main(): Promise<void> {
   if (want('delta')) printDeltaTables(await deltaBench({ quick }));
   if (want('snapshotter')) printSnapshotterTable(await snapshotterBench());
   if (want('regsync')) process.stdout.write(formatRegsyncTable(await regsyncBench({ pairs: quick ? ['libssl v1'] : undefined })) + '\n');
+  if (want('gzip')) printGzipTable(await gzipBench({ quick }));
   if (want('update')) printUpdateTable(await updateBench(quick ? { updates: [['libssl-v1', 'libssl-v2', 'libssl-v3']], links: [100], runs: 1 } : {}));
   if (want('distribution')) printDistributionTable(await distributionBench(quick ? { updates: [['libssl-v1', 'libssl-v3']], links: [100] } : {}));
   if (want('cri')) printCriTable(await criBench(quick ? QUICK_CRI : { runs }));
