@@ -396,6 +396,37 @@ function kpCandidates(xfl: number): number[] {
   return [5, 6, 4, 3, 2, 7, 8, 0, -2].filter((l) => KP_LEVELS.includes(l));
 }
 
+/** Sync-flush markers (an empty stored block: 00 00 ff ff) looked at for pgzip's block size. */
+const PGZIP_MARKERS = 3;
+/** Bytes inflated at most to read a block size (bounds what a hostile layer can make detection allocate; blocks of pgzip are ~0.1-4 MiB). */
+const PGZIP_MAX_PROBE = 16 << 20;
+
+/**
+ * pgzip block sizes to try for a body starting with `bodyHead`: the sizes
+ * seen in practice (PGZIP_BLOCKS), then any the body itself shows. pgzip ends
+ * every block with a sync flush, so the input inflated up to one of the first
+ * markers is a block's size (a marker's bytes may also occur inside
+ * compressed data: such a size is simply one more candidate the prefix check
+ * refuses).
+ */
+function pgzipBlocks(bodyHead: Buffer): number[] {
+  const out = [...PGZIP_BLOCKS];
+  const marker = Buffer.from([0, 0, 0xff, 0xff]);
+  for (let at = bodyHead.indexOf(marker), n = 0; at >= 0 && n < PGZIP_MARKERS; at = bodyHead.indexOf(marker, at + 1), n++) {
+    try {
+      const size = zlib.inflateRawSync(bodyHead.subarray(0, at + 4), { finishFlush: zlib.constants.Z_SYNC_FLUSH, maxOutputLength: PGZIP_MAX_PROBE }).length;
+      // the first block, or the first two or three when it is found at a later marker
+      for (const k of [1, 2, 3]) {
+        const b = size / k;
+        if (Number.isInteger(b) && b > 16384 && !out.includes(b)) out.push(b);
+      }
+    } catch {
+      // not a marker: compressed bytes that look like one
+    }
+  }
+  return out;
+}
+
 /** Options of {@link detectRecipe}. */
 export interface DetectOptions {
   /** Try the gzip program too (default: when it is on PATH). */
@@ -459,7 +490,7 @@ export async function detectRecipe(blobPath: string, tarPath: string, compressio
     const goFirst = header.readUInt32LE(4) !== KLAUSPOST_ZERO_MTIME;
     const goCands = goCandidates(xfl).map((level) => ({ recipe: { kind: 'gzip', engine: 'go-flate', level, header: h64 } as Recipe, prefix: (p: Buffer) => goDeflatePrefix(level, p) }));
     const kpCands = kpCandidates(xfl).flatMap((level) => [
-            ...PGZIP_BLOCKS.map((blockSize) => ({ recipe: { kind: 'gzip', engine: 'pgzip', level, blockSize, header: h64 } as Recipe, prefix: (p: Buffer) => kpDeflatePrefix(level, blockSize, p) })),
+            ...pgzipBlocks(bodyHead).map((blockSize) => ({ recipe: { kind: 'gzip', engine: 'pgzip', level, blockSize, header: h64 } as Recipe, prefix: (p: Buffer) => kpDeflatePrefix(level, blockSize, p) })),
             { recipe: { kind: 'gzip', engine: 'klauspost-flate', level, header: h64 } as Recipe, prefix: (p: Buffer) => kpDeflatePrefix(level, 0, p) },
           ]);
     if (opts.goEncoders !== false) candidates.push(...(goFirst ? [...goCands, ...kpCands] : [...kpCands, ...goCands]));
@@ -519,7 +550,7 @@ export async function detectRecipe(blobPath: string, tarPath: string, compressio
     }
     const who =
       os === 255
-        ? "the gzip header (OS 255) points to a Go compressor, but neither Go's compress/flate nor klauspost/compress v1.15.12 at any level (alone, or in pgzip's blocks of 256 KiB or 1 MiB) reproduces it (another version of klauspost's, or pgzip blocks of another size)"
+        ? "the gzip header (OS 255) points to a Go compressor, but neither Go's compress/flate nor klauspost/compress v1.15.12 at any level (alone, or in pgzip's blocks of any size its sync flushes show) reproduces it (another version of klauspost's, or another encoder)"
         : 'no zlib, gzip or Go encoder reproduces the deflate stream (pigz, another deflate implementation, or another zlib version)';
     return { reproducible: false, reason: `${tried} candidate compressors tried: ${who}`, tried };
   } finally {
