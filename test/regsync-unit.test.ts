@@ -250,6 +250,16 @@ describe('compression recipes', () => {
     const p = path.join(dir, 'l.tar');
     const gen = produceBlob({ kind: 'gzip', engine: 'go-flate', level: 11, header: Buffer.from([0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff]).toString('base64') }, p);
     await expect(gen.next()).rejects.toThrow(/Go compress\/flate level/);
+    // klauspost's and pgzip's: a level out of range, a block size the encoder would not take
+    const header = Buffer.from([0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff]).toString('base64');
+    for (const bad of [
+      { kind: 'gzip', engine: 'klauspost-flate', level: 10, header },
+      { kind: 'gzip', engine: 'pgzip', level: 5, blockSize: 16384, header },
+      { kind: 'gzip', engine: 'pgzip', level: 5, blockSize: 2 ** 40, header },
+      { kind: 'gzip', engine: 'pgzip', level: 5, header },
+    ]) {
+      await expect(produceBlob(bad as never, p).next()).rejects.toMatchObject({ kind: 'INVALID_ARGUMENT' });
+    }
   });
 
   test('several gzip members are not reproducible, with a reason', async () => {
