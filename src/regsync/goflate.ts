@@ -38,43 +38,63 @@ export const GO_LEVELS: readonly number[] = [-2, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9];
 /** Input bytes per call into the encoder. */
 const GO_PIECE = 256 * 1024;
 
-/** Deflate body Go's compress/flate writes at `level` for `input` (chunks of the tar, in order). */
-export async function* goDeflate(level: number, input: AsyncIterable<Buffer>): AsyncGenerator<Buffer> {
+/** One open encoder of the addon: bytes in, the compressed bytes produced so far out. */
+interface Encoder {
+  write(b: Buffer): Buffer;
+  close(): Buffer;
+}
+
+function goEncoder(level: number): Encoder {
   const a = load();
   const e = a.goNew(level);
+  return { write: (b) => a.goWrite(e, b), close: () => a.goClose(e) };
+}
+
+function kpEncoder(level: number, pgzipBlock: number): Encoder {
+  const a = load();
+  const e = a.kpNew(level, pgzipBlock);
+  return { write: (b) => a.kpWrite(e, b), close: () => a.kpClose(e) };
+}
+
+/** The whole body `enc` writes for `input`, GO_PIECE bytes per call. */
+async function* deflateStream(enc: Encoder, input: AsyncIterable<Buffer>): AsyncGenerator<Buffer> {
   for await (const chunk of input) {
     for (let at = 0; at < chunk.length; at += GO_PIECE) {
-      const out = a.goWrite(e, chunk.subarray(at, at + GO_PIECE));
+      const out = enc.write(chunk.subarray(at, at + GO_PIECE));
       if (out.length) yield out;
     }
   }
-  const tail = a.goClose(e);
+  const tail = enc.close();
   if (tail.length) yield tail;
 }
 
 /**
- * What Go's encoder at `level` writes for `prefix`, the first bytes of the
- * input, before it is closed: whole blocks only, so a prefix of the body
- * it writes for any input that starts with `prefix` (empty when no block
- * was complete yet).
+ * What `enc` writes for `prefix`, the first bytes of the input, before it is
+ * closed: whole blocks only, so a prefix of the body it writes for any input
+ * that starts with `prefix` (empty when no block was complete yet). Not
+ * closed: the rest depends on input not seen here; the encoder is freed when
+ * collected.
  */
-export function goDeflatePrefix(level: number, prefix: Buffer): Buffer {
-  const a = load();
-  const e = a.goNew(level);
+function deflatePrefix(enc: Encoder, prefix: Buffer): Buffer {
   const parts: Buffer[] = [];
-  for (let at = 0; at < prefix.length; at += GO_PIECE) parts.push(a.goWrite(e, prefix.subarray(at, at + GO_PIECE)));
-  // Not closed: the rest of the stream depends on input not seen here. The encoder is freed when collected.
+  for (let at = 0; at < prefix.length; at += GO_PIECE) parts.push(enc.write(prefix.subarray(at, at + GO_PIECE)));
   return Buffer.concat(parts);
+}
+
+/** Deflate body Go's compress/flate writes at `level` for `input` (chunks of the tar, in order). */
+export function goDeflate(level: number, input: AsyncIterable<Buffer>): AsyncGenerator<Buffer> {
+  return deflateStream(goEncoder(level), input);
+}
+
+/** What Go's encoder at `level` writes for `prefix` before the input ends (see deflatePrefix). */
+export function goDeflatePrefix(level: number, prefix: Buffer): Buffer {
+  return deflatePrefix(goEncoder(level), prefix);
 }
 
 /** The whole deflate body for `input` (tests, small data). */
 export function goDeflateSync(level: number, input: Buffer): Buffer {
-  const a = load();
-  const e = a.goNew(level);
-  const parts: Buffer[] = [];
-  for (let at = 0; at < input.length; at += GO_PIECE) parts.push(a.goWrite(e, input.subarray(at, at + GO_PIECE)));
-  parts.push(a.goClose(e));
-  return Buffer.concat(parts);
+  const enc = goEncoder(level);
+  return Buffer.concat([deflatePrefix(enc, input), enc.close()]);
 }
 
 /** klauspost/compress's levels reproduced: -2 (Huffman only), 0 (stored), 1-6 (its fast encoders; 5 is its default, what pgzip and umoci use), 7-9 (its lazy matcher). */
@@ -86,24 +106,11 @@ export const PGZIP_BLOCKS: readonly number[] = [256 * 1024, 1024 * 1024];
  * Deflate body klauspost/compress's flate writes at `level` for `input`: one stream (`pgzipBlock` 0,
  * klauspost's gzip) or pgzip's blocks of `pgzipBlock` bytes.
  */
-export async function* kpDeflate(level: number, pgzipBlock: number, input: AsyncIterable<Buffer>): AsyncGenerator<Buffer> {
-  const a = load();
-  const e = a.kpNew(level, pgzipBlock);
-  for await (const chunk of input) {
-    for (let at = 0; at < chunk.length; at += GO_PIECE) {
-      const out = a.kpWrite(e, chunk.subarray(at, at + GO_PIECE));
-      if (out.length) yield out;
-    }
-  }
-  const tail = a.kpClose(e);
-  if (tail.length) yield tail;
+export function kpDeflate(level: number, pgzipBlock: number, input: AsyncIterable<Buffer>): AsyncGenerator<Buffer> {
+  return deflateStream(kpEncoder(level, pgzipBlock), input);
 }
 
-/** What kpDeflate writes for `prefix` before the input ends (a prefix of the body of any input starting with it). */
+/** What kpDeflate writes for `prefix` before the input ends (see deflatePrefix). */
 export function kpDeflatePrefix(level: number, pgzipBlock: number, prefix: Buffer): Buffer {
-  const a = load();
-  const e = a.kpNew(level, pgzipBlock);
-  const parts: Buffer[] = [];
-  for (let at = 0; at < prefix.length; at += GO_PIECE) parts.push(a.kpWrite(e, prefix.subarray(at, at + GO_PIECE)));
-  return Buffer.concat(parts);
+  return deflatePrefix(kpEncoder(level, pgzipBlock), prefix);
 }

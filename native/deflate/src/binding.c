@@ -43,9 +43,8 @@ static handle *get_handle(napi_env env, napi_value v) {
   return h;
 }
 
-static napi_value take(napi_env env, handle *h) {
-  size_t len;
-  const uint8_t *p = gf_take(h->e, &len);
+/* A new Buffer holding `len` bytes at `p` (an encoder's output, valid until its next call). */
+static napi_value bytes_out(napi_env env, const uint8_t *p, size_t len) {
   napi_value out;
   void *data;
   if (napi_create_buffer(env, len, &data, &out) != napi_ok) {
@@ -54,6 +53,12 @@ static napi_value take(napi_env env, handle *h) {
   }
   if (len) memcpy(data, p, len);
   return out;
+}
+
+static napi_value take(napi_env env, handle *h) {
+  size_t len;
+  const uint8_t *p = gf_take(h->e, &len);
+  return bytes_out(env, p, len);
 }
 
 static napi_value js_new(napi_env env, napi_callback_info info) {
@@ -148,14 +153,7 @@ static handle *get_kp(napi_env env, napi_value v) {
 static napi_value take_kp(napi_env env, handle *h) {
   size_t len;
   const uint8_t *p = kp_take(h->k, &len);
-  napi_value out;
-  void *data;
-  if (napi_create_buffer(env, len, &data, &out) != napi_ok) {
-    napi_throw_error(env, NULL, "d4fs-deflate: cannot allocate the output");
-    return NULL;
-  }
-  if (len) memcpy(data, p, len);
-  return out;
+  return bytes_out(env, p, len);
 }
 
 static napi_value js_kp_new(napi_env env, napi_callback_info info) {

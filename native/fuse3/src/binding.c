@@ -385,10 +385,8 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, stru
   forward(req, RQ_READ, ino, size, (uint64_t)off, NULL);
 }
 
-/* The stat of the listing record at `rec` (see encode_dir for the layout). */
-static void record_stat(const char *rec, struct stat *st) {
-  double f[SF_FIELDS];
-  memcpy(f, rec + 8, sizeof(f));
+/* A stat from its SF_FIELDS doubles (the layout JavaScript writes: ImageTree.stat64). */
+static void stat_from_fields(const double *f, struct stat *st) {
   memset(st, 0, sizeof(*st));
   st->st_ino = (ino_t)f[SF_INO];
   st->st_mode = (mode_t)f[SF_MODE];
@@ -405,6 +403,13 @@ static void record_stat(const char *rec, struct stat *st) {
   st->st_mtim.tv_nsec = (long)f[SF_MTIME_NS];
   st->st_ctim.tv_sec = (time_t)f[SF_CTIME];
   st->st_ctim.tv_nsec = (long)f[SF_CTIME_NS];
+}
+
+/* The stat of the listing record at `rec` (see encode_dir for the layout; the doubles may be unaligned). */
+static void record_stat(const char *rec, struct stat *st) {
+  double f[SF_FIELDS];
+  memcpy(f, rec + 8, sizeof(f));
+  stat_from_fields(f, st);
 }
 
 #define REC_HEAD (8 + 8 * SF_FIELDS)
@@ -1076,23 +1081,7 @@ static int read_stat(napi_env env, napi_value v, struct stat *st) {
   size_t len;
   void *data;
   if (napi_get_typedarray_info(env, v, &type, &len, &data, NULL, NULL) != napi_ok || type != napi_float64_array || len < SF_FIELDS) return -1;
-  const double *f = data;
-  memset(st, 0, sizeof(*st));
-  st->st_ino = (ino_t)f[SF_INO];
-  st->st_mode = (mode_t)f[SF_MODE];
-  st->st_nlink = (nlink_t)f[SF_NLINK];
-  st->st_uid = (uid_t)f[SF_UID];
-  st->st_gid = (gid_t)f[SF_GID];
-  st->st_rdev = (dev_t)f[SF_RDEV];
-  st->st_size = (off_t)f[SF_SIZE];
-  st->st_blocks = (blkcnt_t)f[SF_BLOCKS];
-  st->st_blksize = (blksize_t)f[SF_BLKSIZE];
-  st->st_atim.tv_sec = (time_t)f[SF_ATIME];
-  st->st_atim.tv_nsec = (long)f[SF_ATIME_NS];
-  st->st_mtim.tv_sec = (time_t)f[SF_MTIME];
-  st->st_mtim.tv_nsec = (long)f[SF_MTIME_NS];
-  st->st_ctim.tv_sec = (time_t)f[SF_CTIME];
-  st->st_ctim.tv_nsec = (long)f[SF_CTIME_NS];
+  stat_from_fields(data, st);
   return 0;
 }
 
