@@ -29,7 +29,7 @@ test: build lint
 
 # The fast loop (~2 min): unit tests and the file-level tests that need no containerd, FUSE or registry.
 test-unit: build
-	npx jest --runInBand --testPathIgnorePatterns "/dist/src/fuse/fuse3\.test\.js" -- dist/src dist/test/convert.test.js dist/test/security.test.js dist/test/signing.test.js dist/test/papercuts.test.js dist/test/regsync-unit.test.js dist/test/load.store.test.js dist/test/format-versions.test.js
+	npx jest --runInBand --testPathIgnorePatterns "/dist/src/fuse/fuse3\.test\.js" -- dist/src dist/test/convert.test.js dist/test/security.test.js dist/test/signing.test.js dist/test/papercuts.test.js dist/test/regsync-unit.test.js dist/test/load.store.test.js dist/test/format-versions.test.js dist/test/groups.test.js
 
 demo: build
 	bash scripts/demo.sh

@@ -30,6 +30,8 @@ import { CdimgWriter } from '../format/writer';
 import { Blob, Chunk, Codec, Encoding, zstdChunksAt } from '../format/types';
 import { writeFully } from '../util/fileio';
 import { readFully } from '../format/reader';
+import { planGroups } from '../format/group';
+import { OrderedWindow } from '../util/ordered';
 
 /** convert's task module (./tasks.ts), run by the worker pool. */
 export const CONVERT_TASKS = taskModule<typeof ConvertTasks>(join(__dirname, 'tasks.js'));
@@ -75,8 +77,6 @@ const EMPTY = Buffer.alloc(0);
  * once written, stay small at the end of a conversion, where the peak RSS is).
  */
 const WRITE_GROUP_BYTES = 4 << 20;
-/** A read of neighbouring spooled contents takes at most this many bytes (or one content). */
-const SPOOL_RUN_BYTES = 1 << 20;
 
 /** `Held.where` of a content held in memory (`Held.data`) or in a file of its own (`Held.files`). */
 const IN_MEMORY = -1;
@@ -257,6 +257,39 @@ async function copyInPieces(file: string, size: number, writer: CdimgWriter): Pr
   }
 }
 
+/** A held content taken for writing (see BlobSink.take). */
+interface TakenContent {
+  /** stored bytes (its frames) */
+  stored: number;
+  /** content bytes */
+  size: number;
+  where: number;
+  file?: string;
+  data?: Uint8Array;
+  infos?: StoredChunkInfo[];
+  digest: Buffer;
+}
+
+/** Appends to a writer in gathered writes of up to WRITE_GROUP_BYTES; `offset` is where the next byte added lands. */
+class GatheredWrites {
+  private parts: Uint8Array[] = [];
+  private bytes = 0;
+  constructor(private readonly writer: CdimgWriter) {}
+  get offset(): number {
+    return this.writer.offset + this.bytes;
+  }
+  async add(data: Uint8Array): Promise<void> {
+    if (this.bytes + data.length > WRITE_GROUP_BYTES) await this.flush();
+    this.parts.push(data);
+    this.bytes += data.length;
+  }
+  async flush(): Promise<void> {
+    if (this.parts.length) await this.writer.appendv(this.parts);
+    this.parts = [];
+    this.bytes = 0;
+  }
+}
+
 export class BlobSink implements ContentSink {
   /** the stored contents by digest (first copy only) */
   private readonly held = new Held();
@@ -433,96 +466,127 @@ export class BlobSink implements ContentSink {
     this.freeShared.length = 0;
   }
 
+  /** A held content's record, taken out of `held` (written once: its record and in-memory bytes can go before the index is built). */
+  private take(c: TreeContent): TakenContent {
+    const slot = this.held.slots.get(c.digest);
+    if (slot === undefined) throw new Error(`content ${c.digest} was never stored`);
+    const t: TakenContent = {
+      stored: this.held.size(slot),
+      size: c.size,
+      where: this.held.where(slot),
+      file: this.held.files.get(slot),
+      data: this.held.data.get(slot),
+      infos: this.held.chunks.get(slot),
+      // One chunk (every content up to the chunk size): its raw digest is the content's, the same Buffer; the
+      // empty digests are one shared Buffer. An own Buffer each (and its ArrayBuffer) cost ~500 bytes per content.
+      digest: c.raw ?? Buffer.from(c.digest, 'hex'),
+    };
+    this.held.drop(c.digest, slot);
+    return t;
+  }
+
+  /**
+   * The stored bytes of contents held in memory or in the spool file, back to
+   * back in this order. Spooled contents next to each other in the spool file
+   * are read with one read: a read per content (151k reads of ~1.5 KB, each
+   * awaited) took 12.6 of the 28.6 s of the 150k-file image of issue 18. The
+   * spool holds each batch's contents back to back and batches mostly in layer
+   * order, which is mostly tree order, so the runs are long.
+   */
+  private async storedOf(list: TakenContent[]): Promise<Uint8Array> {
+    if (list.length === 1 && list[0].data) return list[0].data;
+    const total = list.reduce((n, t) => n + t.stored, 0);
+    const out = Buffer.allocUnsafeSlow(total);
+    let o = 0;
+    for (let k = 0; k < list.length; ) {
+      const t = list[k];
+      if (t.data) {
+        out.set(t.data, o);
+        o += t.stored;
+        k++;
+        continue;
+      }
+      if (t.where < 0) throw new Error('a content held in a file of its own cannot be read with others');
+      let len = t.stored;
+      let m = k + 1;
+      while (m < list.length && !list[m].data && list[m].where === t.where + len) len += list[m++].stored;
+      await readFully(this.spool as fsp.FileHandle, out.subarray(o, o + len), t.where);
+      o += len;
+      k = m;
+    }
+    return out;
+  }
+
   /**
    * Append the listed contents (the tree's, in its order) to the writer with
    * gathered writes; returns their blob records. Contents not listed (deleted
-   * or replaced by a later layer) are not written.
+   * or replaced by a later layer) are not written. Runs of small contents are
+   * stored as solid groups (format/group.ts: planGroups decides from the
+   * sizes in tree order alone, so `cdimg patch` lays out the same groups):
+   * their frames, compressed one by one while the layers streamed in, are
+   * decoded and the group encoded by a worker thread, several at once.
    */
   async writeTo(writer: CdimgWriter, contents: TreeContent[]): Promise<Blob[]> {
     await this.flush();
+    const sizes = new Float64Array(contents.length);
+    for (let i = 0; i < contents.length; i++) sizes[i] = contents[i].size;
+    const plan = planGroups(sizes, this.chunkSize);
     const blobs: Blob[] = [];
-    let group: Uint8Array[] = [];
-    let groupBytes = 0;
-    /**
-     * Spooled contents are read into this one buffer (the group's spooled
-     * part; reused once the group is written): a buffer per read, garbage
-     * until V8 collected it, was main-thread malloc memory at the peak.
-     */
-    let area: Buffer | undefined;
-    let areaUsed = 0;
-    const write = async (): Promise<void> => {
-      if (group.length) await writer.appendv(group);
-      group = [];
-      groupBytes = 0;
-      areaUsed = 0;
-    };
-    const add = async (data: Uint8Array): Promise<void> => {
-      if (groupBytes + data.length > WRITE_GROUP_BYTES) await write();
-      group.push(data);
-      groupBytes += data.length;
-    };
-    // Spooled contents next to each other in the spool file are read with one
-    // read: a read per content (151k reads of ~1.5 KB, each awaited) took 12.6
-    // of the 28.6 s of the 150k-file image of issue 18. The spool holds each
-    // batch's contents back to back and batches mostly in layer order, which is
-    // mostly tree order, so the runs are long.
-    let run: { at: number; len: number } | null = null;
-    const readRun = async (): Promise<void> => {
-      if (!run) return;
-      const { at: from, len } = run;
-      run = null;
-      if (groupBytes + len > WRITE_GROUP_BYTES) await write();
-      let buf: Buffer;
-      if (len > WRITE_GROUP_BYTES) buf = Buffer.allocUnsafeSlow(len); // one content larger than a group: alone
-      else {
-        // not from Buffer's shared 8 KiB pool: allocUnsafeSlow
-        area ??= Buffer.allocUnsafeSlow(WRITE_GROUP_BYTES);
-        buf = area.subarray(areaUsed, areaUsed + len);
-        areaUsed += len;
+    const out = new GatheredWrites(writer);
+    const window = new OrderedWindow<Uint8Array>(Math.max(2, this.pool.threads * 3), 32 << 20);
+    try {
+      for (let i = 0; i < contents.length; ) {
+        if (plan[i] < 0) {
+          const t = this.take(contents[i++]);
+          await window.push(
+            async () => (t.where === IN_FILE ? EMPTY : await this.storedOf([t])),
+            async (bytes) => {
+              const at = out.offset;
+              const chunks: Chunk[] = t.infos
+                ? zstdChunksAt(at, t.infos)
+                : [{ offset: at, storedSize: t.stored, storedDigest: EMPTY, rawSize: t.size, rawDigest: t.digest, codec: Codec.ZSTD, baseDigest: EMPTY, baseOffset: 0, baseSize: 0 }];
+              blobs.push({ digest: t.digest, size: t.size, encoding: Encoding.FULL, chunks });
+              if (t.where === IN_FILE) {
+                // a large content's frames: copied from their file in pieces
+                await out.flush();
+                await copyInPieces(t.file as string, t.stored, writer);
+              } else await out.add(bytes);
+            },
+            t.where === IN_FILE ? 0 : t.stored,
+          );
+          continue;
+        }
+        let j = i + 1;
+        while (j < contents.length && plan[j] === plan[i]) j++;
+        const members: TakenContent[] = [];
+        for (; i < j; i++) members.push(this.take(contents[i]));
+        if (members.some((m) => m.infos || m.where === IN_FILE)) throw new Error('a grouped content is not one chunk');
+        const weight = members.reduce((n, m) => n + m.size, 0);
+        await window.push(
+          async () => {
+            const frames = await this.storedOf(members);
+            const r = await this.pool.run(CONVERT_TASKS, 'regroup', { frames, storedSizes: members.map((m) => m.stored), rawSizes: members.map((m) => m.size), level: this.level });
+            return r.frame;
+          },
+          async (frame) => {
+            const at = out.offset;
+            let g = 0;
+            for (const m of members) {
+              const chunk: Chunk = { offset: at, storedSize: frame.length, storedDigest: EMPTY, rawSize: m.size, rawDigest: m.digest, codec: Codec.GROUP, baseDigest: EMPTY, baseOffset: 0, baseSize: 0, groupOffset: g };
+              blobs.push({ digest: m.digest, size: m.size, encoding: Encoding.FULL, chunks: [chunk] });
+              g += m.size;
+            }
+            await out.add(frame);
+          },
+          weight,
+        );
       }
-      await readFully(this.spool as fsp.FileHandle, buf, from);
-      group.push(buf);
-      groupBytes += len;
-    };
-    let at = writer.offset;
-    for (const c of contents) {
-      const slot = this.held.slots.get(c.digest);
-      if (slot === undefined) throw new Error(`content ${c.digest} was never stored`);
-      const size = this.held.size(slot);
-      const where = this.held.where(slot);
-      const file = this.held.files.get(slot);
-      const data = this.held.data.get(slot);
-      const infos = this.held.chunks.get(slot);
-      this.held.drop(c.digest, slot); // written once: its record (and in-memory bytes) can go before the index is built
-      const digest = c.raw ?? Buffer.from(c.digest, 'hex');
-      // One chunk (every content up to the chunk size): its raw digest is the content's, the same Buffer; the
-      // empty digests are one shared Buffer. An own Buffer each (and its ArrayBuffer) cost ~500 bytes per content.
-      const chunks: Chunk[] = infos
-        ? zstdChunksAt(at, infos)
-        : [{ offset: at, storedSize: size, storedDigest: EMPTY, rawSize: c.size, rawDigest: digest, codec: Codec.ZSTD, baseDigest: EMPTY, baseOffset: 0, baseSize: 0 }];
-      blobs.push({ digest, size: c.size, encoding: Encoding.FULL, chunks });
-      at += size;
-      if (where === IN_FILE) {
-        // a large content's frames: copied from their file in pieces
-        await readRun();
-        await write();
-        await copyInPieces(file as string, size, writer);
-        continue;
-      }
-      if (data) {
-        await readRun();
-        await add(data);
-        continue;
-      }
-      if (run && run.at + run.len === where && run.len + size <= SPOOL_RUN_BYTES) run.len += size;
-      else {
-        await readRun();
-        run = { at: where, len: size };
-      }
+      await window.flush();
+      await out.flush();
+    } catch (e) {
+      await window.settle();
+      throw e;
     }
-    await readRun();
-    await write();
-    if (writer.offset !== at) throw new Error('blob section out of step');
     return blobs;
   }
 

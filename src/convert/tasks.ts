@@ -7,7 +7,8 @@
  */
 import { createHash } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
-import { zstdBound, zstdFrame, zstdFrameInto } from '../format/zstd';
+import { zstdBound, zstdFrame, zstdFrameInto, zstdUnframe } from '../format/zstd';
+import { encodeGroup } from '../format/group';
 import { writeFully } from '../util/fileio';
 
 const sha = (b: Uint8Array): string => createHash('sha256').update(b).digest('hex');
@@ -161,4 +162,29 @@ export async function compressContents(a: CompressArgs): Promise<CompressResult>
     at += p.length;
   }
   return { stored, items };
+}
+
+export interface RegroupArgs {
+  /** the members' zstd frames back to back, in group order */
+  frames: Uint8Array;
+  storedSizes: number[];
+  rawSizes: number[];
+  level: number;
+}
+
+/**
+ * The solid group (format/group.ts) of contents compressed one by one: each
+ * member's frame decoded (its zstd checksum checked), then the group encoded
+ * as `cdimg patch` encodes it from the same bytes.
+ */
+export function regroup(a: RegroupArgs): { frame: Uint8Array } {
+  const frames = Buffer.from(a.frames.buffer, a.frames.byteOffset, a.frames.byteLength);
+  const members: Buffer[] = [];
+  let o = 0;
+  for (let k = 0; k < a.storedSizes.length; k++) {
+    members.push(zstdUnframe(frames.subarray(o, o + a.storedSizes[k]), a.rawSizes[k]));
+    o += a.storedSizes[k];
+  }
+  if (o !== frames.length) throw new Error(`regroup: ${frames.length} bytes of frames, their sizes say ${o}`);
+  return { frame: encodeGroup(members, a.level) };
 }

@@ -10,10 +10,12 @@
  */
 import { CdimgReader } from '../format/reader';
 import { checkChain } from '../format/chain';
-import { Blob, Chunk, Encoding } from '../format/types';
+import { Blob, Chunk, Codec, Encoding } from '../format/types';
 import { corrupt, failedPrecondition, notFound } from '../errors';
 import { sha256 } from '../util/digest';
 import { codecByProto, decodeWith } from './codecs';
+import { zstdPatch } from './codecs/zstd-patch';
+import { GROUP_MAX_DICT, GroupCache, groupMember, groupRawSize } from '../format/group';
 
 const MAX_DEPTH = 64;
 
@@ -57,6 +59,8 @@ async function openEach(paths: string[], opts: { reuse?: boolean; contentsOnly?:
 
 export class Chain {
   private readonly cache = new ContentCache(256 * 1024 * 1024);
+  /** Groups coded against bases, decoded (each member checked when taken). */
+  private readonly groups = new GroupCache(16 * 1024 * 1024);
   private constructor(readonly readers: CdimgReader[]) {}
 
   /**
@@ -166,6 +170,12 @@ export class Chain {
   /** One chunk of a content stored at `level`, verified. */
   async chunk(level: number, c: Chunk, depth = 0): Promise<Buffer> {
     const r = this.readers[level];
+    if (c.codec === Codec.GROUP) {
+      // a member of a solid group: decoded and checked by the reader (its group kept for the neighbours),
+      // or, in a group coded against bases (its blob PATCH), here against its members' base regions
+      if (r.blob(c.rawDigest)?.encoding !== Encoding.PATCH) return r.readFullChunk(c);
+      return this.groupMemberAgainstBases(level, c, depth);
+    }
     const stored = await r.readStored(c);
     const codec = codecByProto(c.codec);
     // A base is looked up in the same file first (auxiliary bases of merged deltas), then below.
@@ -173,6 +183,29 @@ export class Chain {
     const raw = decodeWith(codec, stored, needsBase ? await this.baseRegion(level, c, depth) : null, c.rawSize);
     if (!sha256(raw).equals(c.rawDigest)) throw corrupt(`${r.path}: chunk at ${c.offset} decodes to the wrong content`);
     return raw;
+  }
+
+  /** Member `c` of a group coded against the base regions of its members (format/group.ts), verified. */
+  private async groupMemberAgainstBases(level: number, c: Chunk, depth: number): Promise<Buffer> {
+    const r = this.readers[level];
+    const key = `${level}:${c.offset}:${c.storedSize}`;
+    let group = this.groups.get(key);
+    if (!group) {
+      const what = `${r.path}: group at ${c.offset}`;
+      const stored = await r.readStored(c);
+      const size = groupRawSize(stored, what);
+      const parts: Buffer[] = [];
+      let dict = 0;
+      for (const m of r.groupMembers(c)) {
+        if (m.baseDigest.length === 0) continue;
+        dict += m.baseSize;
+        if (dict > GROUP_MAX_DICT) throw corrupt(`${what}: its members' bases exceed ${GROUP_MAX_DICT} bytes`);
+        parts.push(await this.baseRegion(level, m, depth));
+      }
+      group = decodeWith(zstdPatch, stored, Buffer.concat(parts), size);
+      this.groups.set(key, group);
+    }
+    return Buffer.from(groupMember(group, c, r.path));
   }
 
   /** The base region a patch chunk stored at `level` applies to. */

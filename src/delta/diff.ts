@@ -53,8 +53,18 @@ const yieldToLoop = (): Promise<void> => new Promise((r) => setImmediate(r));
 
 /** A FULL content of zstd chunks as a task argument (the thread then reads it without decoding the index); undefined otherwise. */
 function fullBlobArg(b: Blob | undefined): DeltaTasks.FullBlobArg | undefined {
-  if (!b || b.encoding !== Encoding.FULL || b.chunks.some((c) => c.codec !== Codec.ZSTD)) return undefined;
-  return { size: b.size, chunks: b.chunks.map((c) => ({ offset: c.offset, storedSize: c.storedSize, rawSize: c.rawSize, rawDigest: c.rawDigest.toString('hex') })) };
+  if (!b || b.encoding !== Encoding.FULL || b.chunks.some((c) => c.codec !== Codec.ZSTD && c.codec !== Codec.GROUP)) return undefined;
+  return {
+    size: b.size,
+    chunks: b.chunks.map((c) => ({
+      offset: c.offset,
+      storedSize: c.storedSize,
+      rawSize: c.rawSize,
+      rawDigest: c.rawDigest.toString('hex'),
+      // a member of a solid group (read through the thread's decoded groups: format/reader.ts readZstdChunk)
+      ...(c.codec === Codec.GROUP ? { codec: c.codec, groupOffset: c.groupOffset } : {}),
+    })),
+  };
 }
 
 export interface DiffOptions {

@@ -76,6 +76,8 @@ interface Merged {
  * lacks); a content no delta stores is SAME.
  */
 async function composeContents(readers: CdimgReader[], contents: ReturnType<typeof contentsOf>, w: CdimgWriter, m: Merged): Promise<void> {
+  // a solid group's frame is copied once, where its first member is met; its other members point at the copy
+  const groupsCopied = new Map<string, number>();
   const copyStored = async (level: number, blob: Blob): Promise<void> => {
     const key = blob.digest.toString('hex');
     if (m.out.has(key)) return;
@@ -83,12 +85,23 @@ async function composeContents(readers: CdimgReader[], contents: ReturnType<type
     m.out.set(key, slot);
     m.order.push(key);
     for (const c of blob.chunks) {
-      const stored = await readers[level].readStored(c);
-      const off = await w.append(stored);
+      const groupKey = c.codec === Codec.GROUP ? `${level}:${c.offset}:${c.storedSize}` : undefined;
+      let off = groupKey === undefined ? undefined : groupsCopied.get(groupKey);
+      if (off === undefined) {
+        off = await w.append(await readers[level].readStored(c));
+        if (groupKey !== undefined) groupsCopied.set(groupKey, off);
+      }
       slot.chunks.push({ ...c, offset: off });
       if (c.baseDigest.length > 0) {
         const b = locate(readers, c.baseDigest.toString('hex'), level);
         if (b) await copyStored(b.level, b.blob);
+      }
+      // a group coded against bases decodes with every member's record and base: all come along
+      if (groupKey !== undefined && blob.encoding === Encoding.PATCH) {
+        for (const m of readers[level].groupMembers(c)) {
+          const mb = readers[level].blob(m.rawDigest);
+          if (mb) await copyStored(level, mb);
+        }
       }
     }
   };

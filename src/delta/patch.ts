@@ -6,7 +6,8 @@
  */
 import { CdimgReader } from '../format/reader';
 import { CdimgWriter } from '../format/writer';
-import { Blob, Encoding, FileType, Index, Kind, FORMAT_VERSION, zstdChunksAt } from '../format/types';
+import { Blob, Codec, Encoding, FileType, Index, Kind, FORMAT_VERSION, zstdChunksAt } from '../format/types';
+import { planGroups } from '../format/group';
 import { WorkerPool } from '../workers/pool';
 import { OrderedWindow } from '../util/ordered';
 import { checkChain } from './chain';
@@ -15,6 +16,8 @@ import { INDEX_LEVEL, LEVELS } from '../convert/convert';
 import type { CompressResult } from '../convert/tasks';
 import { invalidArgument } from '../errors';
 import { DeltaSummary, summarizeDelta } from './summary';
+
+const EMPTY = Buffer.alloc(0);
 
 export interface PatchOptions {
   base: string;
@@ -42,20 +45,48 @@ export async function patchImage(o: PatchOptions): Promise<PatchResult> {
   const readers: CdimgReader[] = [];
   const pool = o.pool ?? new WorkerPool(o.threads);
   let writer: CdimgWriter | undefined;
-  const window = new OrderedWindow<CompressResult>(Math.max(2, pool.threads * 3), 256 * 1024 * 1024);
+  const window = new OrderedWindow<CompressResult | { frame: Uint8Array }>(Math.max(2, pool.threads * 3), 256 * 1024 * 1024);
   try {
     readers.push(...(await CdimgReader.openChain(paths)));
     checkChain(readers);
     const top = readers[readers.length - 1].index;
     writer = await CdimgWriter.create(o.out);
     const blobs: Blob[] = [];
-    for (const c of contentsOf(top.entries)) {
+    const contents = contentsOf(top.entries);
+    // the solid groups convert makes of the same contents in the same order (format/group.ts)
+    const plan = planGroups(contents.map((c) => c.size), top.chunkSize);
+    const w = writer;
+    for (let i = 0; i < contents.length; ) {
+      if (plan[i] >= 0) {
+        let j = i + 1;
+        while (j < contents.length && plan[j] === plan[i]) j++;
+        const members = contents.slice(i, j);
+        i = j;
+        const slots = members.map((m): Blob => ({ digest: m.digest, size: m.size, encoding: Encoding.FULL, chunks: [] }));
+        blobs.push(...slots);
+        await window.push(
+          () => pool.run(DELTA_TASKS, 'materializeGroup', { chain: paths, digests: members.map((m) => m.digest.toString('hex')), level: LEVELS.default }),
+          async (r) => {
+            if (!('frame' in r)) throw new Error('materializeGroup returned no frame');
+            const frame = Buffer.from(r.frame.buffer, r.frame.byteOffset, r.frame.byteLength);
+            const at = await w.append(frame);
+            let g = 0;
+            for (const slot of slots) {
+              slot.chunks = [{ offset: at, storedSize: frame.length, storedDigest: EMPTY, rawSize: slot.size, rawDigest: slot.digest, codec: Codec.GROUP, baseDigest: EMPTY, baseOffset: 0, baseSize: 0, groupOffset: g }];
+              g += slot.size;
+            }
+          },
+          members.reduce((n, m) => n + m.size, 0),
+        );
+        continue;
+      }
+      const c = contents[i++];
       const slot: Blob = { digest: c.digest, size: c.size, encoding: Encoding.FULL, chunks: [] };
       blobs.push(slot);
-      const w = writer;
       await window.push(
         () => pool.run(DELTA_TASKS, 'materializeFull', { chain: paths, digest: c.digest.toString('hex'), level: LEVELS.default, chunkSize: top.chunkSize }),
         async (r) => {
+          if (!('items' in r)) throw new Error('materializeFull returned no chunks');
           const at = await w.append(Buffer.from(r.stored.buffer, r.stored.byteOffset, r.stored.byteLength));
           slot.chunks = zstdChunksAt(at, r.items[0].chunks);
         },

@@ -11,6 +11,7 @@ import type { Codec } from '../format/types';
 import { promises as fsp } from 'node:fs';
 import { corrupt } from '../errors';
 import { readZstdChunk } from '../format/reader';
+import { encodeGroup } from '../format/group';
 import { Chain } from './chain';
 import { BSDIFF_MAX_INPUT, chunkBaseRange, CodecChoice, contentKind, ContentKind, encodeChunk, LevelPreset, MIN_PATCH_TARGET } from './codecs';
 import { mapLimit } from '../util/ordered';
@@ -77,7 +78,7 @@ export interface DiffContentArgs {
 /** A FULL content of a full image as a task argument: its zstd chunks. */
 export interface FullBlobArg {
   size: number;
-  chunks: { offset: number; storedSize: number; rawSize: number; rawDigest: string }[];
+  chunks: { offset: number; storedSize: number; rawSize: number; rawDigest: string; codec?: number; groupOffset?: number }[];
 }
 
 const NO_DIGEST = Buffer.alloc(0);
@@ -361,4 +362,19 @@ export interface MaterializeArgs {
 export async function materializeFull(a: MaterializeArgs): Promise<CompressResult> {
   const data = await (await chainOf(a.chain)).content(Buffer.from(a.digest, 'hex'));
   return compressContents({ items: [{ data, size: data.length, digest: a.digest }], level: a.level, chunkSize: a.chunkSize });
+}
+
+export interface MaterializeGroupArgs {
+  chain: string[];
+  /** sha256 hex of the members, in group order */
+  digests: string[];
+  level: number;
+}
+
+/** Build the members of a solid group through their chain and encode the group (as convert does: format/group.ts). */
+export async function materializeGroup(a: MaterializeGroupArgs): Promise<{ frame: Uint8Array }> {
+  const chain = await chainOf(a.chain);
+  const members: Buffer[] = [];
+  for (const d of a.digests) members.push(await chain.content(Buffer.from(d, 'hex')));
+  return { frame: encodeGroup(members, a.level) };
 }

@@ -18,7 +18,7 @@ import { checkIndexLean } from './check';
 import { readPbFields } from './columns-pb';
 import { computeImageId, decodeIndex, encodeIndex } from './codec';
 import { validateIndex, validateIndexContents } from './validate';
-import { type Blob, Codec, Encoding, type Entry, FileType, type Index, Kind, HEADER_SIZE } from './types';
+import { type Blob, Codec, Encoding, type Entry, FileType, GROUP_MAX_RAW, GROUP_MAX_STORED, type Index, Kind, HEADER_SIZE } from './types';
 import { Prng } from '../../test/helpers/prng';
 
 const sha = (s: string): Buffer => createHash('sha256').update(s).digest();
@@ -82,10 +82,10 @@ function blobsOf(entries: Entry[]): Blob[] {
   return [...seen.values()];
 }
 
-function indexOf(kind: Kind, entries: Entry[], blobs: Blob[], parentId: Buffer = Buffer.alloc(0)): Index {
+function indexOf(kind: Kind, entries: Entry[], blobs: Blob[], parentId: Buffer = Buffer.alloc(0), formatVersion = 2): Index {
   const configJson = Buffer.from('{"architecture":"amd64","os":"linux"}');
   return {
-    formatVersion: 2,
+    formatVersion,
     kind,
     imageId: computeImageId(entries, configJson),
     parentId,
@@ -100,7 +100,7 @@ function indexOf(kind: Kind, entries: Entry[], blobs: Blob[], parentId: Buffer =
 function full(raw: Buffer): { ok: true; index: Index } | { ok: false; error: unknown } {
   try {
     const index = decodeIndex(raw);
-    if (index.formatVersion !== 2) throw new Error('version');
+    if (index.formatVersion !== 2 && index.formatVersion !== 3) throw new Error('version');
     if (index.treeEdit) validateIndexContents(index, END, HEADER_SIZE);
     else validateIndex(index, END, HEADER_SIZE);
     return { ok: true, index };
@@ -318,6 +318,49 @@ describe('lean check of version 2 indexes', () => {
     } finally {
       forgetOpenedIndexes();
       await fsp.rm(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe('lean check of version 3 indexes (solid groups)', () => {
+  /** The blobs of blobsOf with the one-chunk contents in groups of 5 members sharing a frame. */
+  function grouped(entries: Entry[]): Blob[] {
+    const blobs = blobsOf(entries);
+    let n = 0;
+    let frame = HEADER_SIZE;
+    let g = 0;
+    for (const b of blobs) {
+      if (b.chunks.length !== 1) continue;
+      if (n % 5 === 0) {
+        frame = b.chunks[0].offset;
+        g = 0;
+      }
+      b.chunks[0] = { ...b.chunks[0], codec: Codec.GROUP, offset: frame, storedSize: 300, groupOffset: g };
+      g += b.size;
+      n++;
+    }
+    return blobs;
+  }
+  const encode3 = (entries: Entry[], blobs: Blob[]): Buffer => encodeIndex(indexOf(Kind.FULL, entries, blobs, undefined, 3), { sectionDigest: SECTION });
+  const lean3 = (raw: Buffer, header = 3) => checkIndexLean(raw, header, END, HEADER_SIZE);
+
+  it('accepts what the full path accepts, and nothing it refuses', () => {
+    const base = tree(new Prng(31), 3, 12);
+    const ok = encode3(base, grouped(base));
+    expect(full(ok).ok).toBe(true);
+    expect(lean3(ok)?.hasTree).toBe(true);
+    expect(lean3(ok, 2)).toBeUndefined(); // the header's version must be the index's
+    const member = (bs: Blob[]): Blob => bs.find((b) => b.chunks[0]?.codec === Codec.GROUP) as Blob;
+    const cases: [string, () => Buffer][] = [
+      ['a group in a version 2 index', () => encodeIndex(indexOf(Kind.FULL, base, grouped(base)), { sectionDigest: SECTION })],
+      ['a member past the group bound', () => { const bs = grouped(base); member(bs).chunks[0].groupOffset = GROUP_MAX_RAW; return encode3(base, bs); }],
+      ['a group frame over the bound', () => { const bs = grouped(base); member(bs).chunks[0].storedSize = GROUP_MAX_STORED + 1; return encode3(base, bs); }],
+      ['a member of several chunks', () => { const bs = grouped(base); const b = bs.find((x) => x.chunks.length === 2) as Blob; b.chunks[1] = { ...b.chunks[1], codec: Codec.GROUP, groupOffset: 0 }; return encode3(base, bs); }],
+    ];
+    for (const [what, make] of cases) {
+      const raw = make();
+      expect([what, full(raw).ok]).toEqual([what, false]);
+      expect([what, lean3(raw), lean3(raw, 2)]).toEqual([what, undefined, undefined]);
     }
   });
 });

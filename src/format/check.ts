@@ -26,7 +26,7 @@ import { createHash } from 'node:crypto';
 import { readPbFields } from './columns-pb';
 import { concat, unzz } from './compact';
 import { decodeIndexPb, wI64, wU64, Writer } from './pb';
-import { Codec, Encoding, FileType, type Index, Kind, LIMITS, codecFormat } from './types';
+import { Codec, Encoding, FileType, GROUP_MAX_RAW, GROUP_MAX_STORED, type Index, Kind, LIMITS, codecFormat } from './types';
 import { MAX_DEV_MAJOR, MAX_DEV_MINOR, MAX_NAME_BYTES, MAX_PATH_BYTES } from '../tree/paths';
 
 /** Thrown inside the check when the full path must decide; never escapes. */
@@ -195,7 +195,7 @@ export function checkIndexLean(raw: Buffer, headerVersion: number, blobSectionEn
 function check(raw: Buffer, headerVersion: number, blobSectionEnd: number, headerSize: number): { head: Index; hasTree: boolean } {
   // ---- the head, as decodeIndex reads it
   const head = decodeIndexPb(raw);
-  if (head.formatVersion !== 2 || headerVersion !== 2) no();
+  if ((head.formatVersion !== 2 && head.formatVersion !== 3) || headerVersion !== head.formatVersion) no();
   if (head.entries.length || head.blobs.length || !head.image) no();
   // validateIndexHead
   if (head.kind !== Kind.FULL && head.kind !== Kind.DELTA) no();
@@ -216,7 +216,7 @@ function check(raw: Buffer, headerVersion: number, blobSectionEnd: number, heade
   if (sectionDigest.length !== 32) no();
   if (head.chunkSize <= 0 || head.chunkSize > LIMITS.maxChunkSize) no();
   const canon = canonicalDigests(table, nd);
-  const blobOf = checkContents(contentFields, canon, nd, delta, blobSectionEnd, headerSize);
+  const blobOf = checkContents(contentFields, canon, nd, delta, blobSectionEnd, headerSize, head.formatVersion);
   // ---- the tree: decodeColumns; for a full image fullTree, validateIndex and the image id
   checkTree(treeFields, table, nd, canon, blobOf, delta ? undefined : head);
   head.sectionDigest = sectionDigest;
@@ -228,7 +228,7 @@ function check(raw: Buffer, headerVersion: number, blobSectionEnd: number, heade
  * columns. Returns, per canonical digest, the size of the content described
  * by it (NaN where none is).
  */
-function checkContents(cf: Map<number, Buffer[]>, canon: Int32Array, nd: number, delta: boolean, blobSectionEnd: number, headerSize: number): Float64Array {
+function checkContents(cf: Map<number, Buffer[]>, canon: Int32Array, nd: number, delta: boolean, blobSectionEnd: number, headerSize: number, version: number): Float64Array {
   const content = new Varints(cf.get(1));
   const n = content.length;
   const encoding = column(cf.get(2), n, true);
@@ -244,6 +244,8 @@ function checkContents(cf: Map<number, Buffer[]>, canon: Int32Array, nd: number,
   const baseDigests = digestCount(concat(cf.get(11)));
   const baseOffset = new Varints(cf.get(12));
   const baseSize = new Varints(cf.get(13));
+  const groupOffset = new Varints(cf.get(14));
+  let gi = 0;
   const sizeOf = new Float64Array(nd).fill(NaN);
   let k = 0;
   let sd = 0;
@@ -270,8 +272,13 @@ function checkContents(cf: Map<number, Buffer[]>, canon: Int32Array, nd: number,
       const off = end + unzz(offset.next());
       const ss = storedSize.next();
       end = off + ss;
-      if (cd !== Codec.ZSTD && sd++ >= storedDigests) no();
       const rs = rawSize.next();
+      if (cd === Codec.GROUP) {
+        // validate.ts's checks of a group member
+        if (version < 3 || m !== 1 || gi++ >= groupOffset.length) no();
+        const g = groupOffset.next();
+        if (g + rs > GROUP_MAX_RAW || ss > GROUP_MAX_STORED) no();
+      } else if (cd !== Codec.ZSTD && sd++ >= storedDigests) no();
       if (m !== 1 && rd++ >= rawDigests) no();
       const bk = base.next();
       let bSize = 0;
@@ -289,7 +296,7 @@ function checkContents(cf: Map<number, Buffer[]>, canon: Int32Array, nd: number,
       if (!Number.isSafeInteger(rs) || rs < 0 || rs > LIMITS.maxChunkSize) no();
       const format = codecFormat(cd);
       if (!format) no();
-      if (format.base !== 'none') {
+      if (format.base !== 'none' && !(cd === Codec.GROUP && bk === 0)) {
         if (!delta) no();
         if (format.base === 'required' && bk === 0) no();
         if (!Number.isSafeInteger(bOff) || !Number.isSafeInteger(bSize) || bSize > LIMITS.maxFileSize) no();
@@ -300,7 +307,7 @@ function checkContents(cf: Map<number, Buffer[]>, canon: Int32Array, nd: number,
     if (!Number.isNaN(sizeOf[cc])) no(); // listed twice
     sizeOf[cc] = size;
   }
-  if (k !== chunks || sd !== storedDigests || rd !== rawDigests || bi !== baseOffset.length || bi !== baseSize.length) no();
+  if (k !== chunks || sd !== storedDigests || rd !== rawDigests || bi !== baseOffset.length || bi !== baseSize.length || gi !== groupOffset.length) no();
   return sizeOf;
 }
 

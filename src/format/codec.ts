@@ -31,7 +31,7 @@ export function decodeIndex(raw: Buffer, opts: { tree?: boolean; contentsOnly?: 
   let obj: Index;
   try {
     obj = decodeIndexPb(raw, { tree: opts.tree });
-    if (obj.formatVersion === 2 && (opts.tree ?? true)) {
+    if (obj.formatVersion >= 2 && (opts.tree ?? true)) {
       if (obj.entries.length || obj.blobs.length) throw new Error('a version 2 index with version 1 entries or blobs');
       const body = decodeIndexV2(raw, obj.kind, { tree: !opts.contentsOnly });
       if (opts.contentsOnly) {

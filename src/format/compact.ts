@@ -313,6 +313,7 @@ function encodeContents(w: PbWriter, blobs: Blob[], digests: DigestTable): void 
   const baseTable = new DigestTable();
   const baseOffset: number[] = [];
   const baseSize: number[] = [];
+  const groupOffset: number[] = [];
   let end = 0;
   for (const b of stored) {
     content.push(digests.add(b.digest));
@@ -324,7 +325,8 @@ function encodeContents(w: PbWriter, blobs: Blob[], digests: DigestTable): void 
       storedSize.push(c.storedSize);
       rawSize.push(c.rawSize);
       codec.push(c.codec === Codec.ZSTD ? 0 : c.codec);
-      if (c.codec !== Codec.ZSTD) storedDigests.push(c.storedDigest);
+      if (c.codec === Codec.GROUP) groupOffset.push(c.groupOffset ?? bad('group offset'));
+      else if (c.codec !== Codec.ZSTD) storedDigests.push(c.storedDigest);
       if (b.chunks.length !== 1) rawDigests.push(c.rawDigest);
       if (c.baseDigest.length > 0) {
         base.push(baseTable.add(c.baseDigest) + 1);
@@ -346,6 +348,7 @@ function encodeContents(w: PbWriter, blobs: Blob[], digests: DigestTable): void 
   w.bytesField(11, concatDigests(baseTable.list));
   w.packed(12, baseOffset);
   w.packed(13, baseSize);
+  w.packed(14, groupOffset);
 }
 
 function concatDigests(list: Buffer[]): Buffer {
@@ -370,8 +373,10 @@ function decodeContents(body: Buffer, digests: Buffer[]): Blob[] {
   const baseDigests = digestList(concat(f.get(11)), 'base digests');
   const baseOffset = unpackAll(f.get(12), 'base offset');
   const baseSize = unpackAll(f.get(13), 'base size');
+  const groupOffset = unpackAll(f.get(14), 'group offset');
   const out: Blob[] = new Array<Blob>(n);
   let k = 0;
+  let gi = 0;
   let sd = 0;
   let rd = 0;
   let bi = 0;
@@ -389,7 +394,7 @@ function decodeContents(body: Buffer, digests: Buffer[]): Blob[] {
       const c: Chunk = {
         offset: off,
         storedSize: storedSize[k],
-        storedDigest: cd === Codec.ZSTD ? EMPTY : (storedDigests[sd++] ?? bad('stored digest')),
+        storedDigest: cd === Codec.ZSTD || cd === Codec.GROUP ? EMPTY : (storedDigests[sd++] ?? bad('stored digest')),
         rawSize: rawSize[k],
         rawDigest: m === 1 ? digest : (rawDigests[rd++] ?? bad('raw digest')),
         codec: cd,
@@ -397,6 +402,7 @@ function decodeContents(body: Buffer, digests: Buffer[]): Blob[] {
         baseOffset: 0,
         baseSize: 0,
       };
+      if (cd === Codec.GROUP) c.groupOffset = groupOffset[gi++] ?? bad('group offset');
       if (base[k] !== 0) {
         c.baseDigest = baseDigests[base[k] - 1] ?? bad('base');
         if (bi >= baseOffset.length || bi >= baseSize.length) bad('base region');
@@ -408,7 +414,7 @@ function decodeContents(body: Buffer, digests: Buffer[]): Blob[] {
     }
     out[i] = { digest, size, encoding: encoding[i] === 0 ? Encoding.FULL : encoding[i], chunks: list };
   }
-  if (k !== chunks || sd !== storedDigests.length || rd !== rawDigests.length || bi !== baseOffset.length || bi !== baseSize.length) {
+  if (k !== chunks || sd !== storedDigests.length || rd !== rawDigests.length || bi !== baseOffset.length || bi !== baseSize.length || gi !== groupOffset.length) {
     throw corrupt('content columns hold values for chunks that do not exist');
   }
   return out;

@@ -9,10 +9,11 @@ import { corrupt, D4fsError, failedPrecondition, hostile, invalidArgument, notFo
 import { sha256, digestFromRaw } from '../util/digest';
 import { decodeIndex, resolveDeltaTree } from './codec';
 import { FLAG_INDEX_ZSTD } from './writer';
-import { Blob, Chunk, Codec, Encoding, Entry, HEADER_SIZE, Index, Kind, LIMITS, MAGIC, READ_VERSIONS } from './types';
+import { Blob, Chunk, Codec, Encoding, Entry, HEADER_SIZE, Index, Kind, LIMITS, MAGIC, READ_VERSIONS, checkedByRawDigest } from './types';
 import { validateIndex, validateIndexContents, validateIndexHead } from './validate';
 import { checkIndexLean } from './check';
 import { zstdUnframe as decompressFull } from './zstd';
+import { GroupCache, groupMember } from './group';
 
 export interface HeaderInfo {
   version: number;
@@ -482,6 +483,31 @@ export class CdimgReader {
     return this.index.kind === Kind.DELTA;
   }
 
+  private groupIndex?: Map<string, Chunk[]>;
+
+  /**
+   * The members of the solid group coded against bases (their blobs PATCH: see
+   * ./group.ts) whose frame `c` names, in group order; built on first use.
+   */
+  groupMembers(c: Pick<Chunk, 'offset' | 'storedSize'>): Chunk[] {
+    if (!this.groupIndex) {
+      const m = new Map<string, Chunk[]>();
+      for (const b of this.index.blobs) {
+        if (b.encoding !== Encoding.PATCH) continue;
+        for (const ch of b.chunks) {
+          if (ch.codec !== Codec.GROUP) continue;
+          const key = `${ch.offset}:${ch.storedSize}`;
+          const list = m.get(key);
+          if (list) list.push(ch);
+          else m.set(key, [ch]);
+        }
+      }
+      for (const list of m.values()) list.sort((x, y) => (x.groupOffset ?? 0) - (y.groupOffset ?? 0));
+      this.groupIndex = m;
+    }
+    return this.groupIndex.get(`${c.offset}:${c.storedSize}`) ?? [];
+  }
+
   blob(digest: Buffer | string): Blob | undefined {
     const key = typeof digest === 'string' ? digest.replace(/^sha256:/, '') : digest.toString('hex');
     return this.blobs.get(key);
@@ -496,7 +522,7 @@ export class CdimgReader {
   async readStored(c: Chunk): Promise<Buffer> {
     const buf = Buffer.alloc(c.storedSize);
     await readFully(this.fh, buf, c.offset);
-    if (c.storedDigest.length === 0 && c.codec === Codec.ZSTD && this.index.formatVersion >= 2) return buf;
+    if (c.storedDigest.length === 0 && checkedByRawDigest(c.codec, this.index.formatVersion)) return buf;
     if (!sha256(buf).equals(c.storedDigest)) throw corrupt(`${this.path}: stored chunk at ${c.offset} is damaged (digest mismatch)`);
     return buf;
   }
@@ -504,6 +530,10 @@ export class CdimgReader {
   /** A chunk's stored bytes, checked even when they have no stored digest (a zstd chunk is decoded and its content checked). */
   async readStoredVerified(c: Chunk): Promise<Buffer> {
     const stored = await this.readStored(c);
+    if (c.codec === Codec.GROUP) {
+      await readZstdChunk(this.fh, this.path, c);
+      return stored;
+    }
     if (c.storedDigest.length === 0) {
       let data: Buffer;
       try {
@@ -537,9 +567,9 @@ export class CdimgReader {
     if (!h.digest().equals(this.index.sectionDigest ?? Buffer.alloc(0))) throw corrupt(`${this.path}: the blob section does not match its digest (file damaged)`);
   }
 
-  /** Decode a ZSTD chunk and verify it. Patch chunks need a base: see the delta module. */
+  /** Decode a ZSTD or GROUP chunk and verify it. Patch chunks need a base: see the delta module. */
   async readFullChunk(c: Chunk): Promise<Buffer> {
-    if (c.codec !== Codec.ZSTD) throw unsupported(`chunk at ${c.offset} is a patch; it needs its base content`);
+    if (c.codec !== Codec.ZSTD && c.codec !== Codec.GROUP) throw unsupported(`chunk at ${c.offset} is a patch; it needs its base content`);
     if (c.storedDigest.length === 0 && this.index.formatVersion < 2) throw corrupt(`${this.path}: stored chunk at ${c.offset} has no digest`);
     return readZstdChunk(this.fh, this.path, c);
   }
@@ -562,8 +592,48 @@ export class CdimgReader {
 }
 
 
-/** What reading one stored zstd chunk needs: a Chunk, or these of its fields. */
-export type ZstdChunkRef = Pick<Chunk, 'offset' | 'storedSize' | 'storedDigest' | 'rawSize' | 'rawDigest'>;
+/**
+ * What reading one stored zstd chunk needs: a Chunk, or these of its fields
+ * (`codec` and `groupOffset` for a member of a solid group: see ./group.ts).
+ */
+export type ZstdChunkRef = Pick<Chunk, 'offset' | 'storedSize' | 'storedDigest' | 'rawSize' | 'rawDigest'> & { codec?: number; groupOffset?: number };
+
+/**
+ * Groups decoded by readZstdChunk in this thread, by file handle and offset (a
+ * handle names one open file: a file replaced at the same path is another
+ * handle). 16 MiB: 128 groups of 128 KiB.
+ */
+const groups = new GroupCache(16 * 1024 * 1024);
+const handleIds = new WeakMap<fsp.FileHandle, number>();
+let lastHandleId = 0;
+
+/** Member `c` of a solid group of `path`: the group decoded once (kept in `groups`), the member copied out and checked. */
+async function readGroupMember(fh: fsp.FileHandle, path: string, c: ZstdChunkRef): Promise<Buffer> {
+  let id = handleIds.get(fh);
+  if (id === undefined) {
+    id = ++lastHandleId;
+    handleIds.set(fh, id);
+  }
+  const read = async (): Promise<Buffer> => {
+    const stored = Buffer.allocUnsafe(c.storedSize);
+    await readFully(fh, stored, c.offset);
+    return stored;
+  };
+  let group: Buffer;
+  try {
+    group = await groups.group(`${id}:${c.offset}:${c.storedSize}`, read, `${path}: group at ${c.offset}`);
+  } catch (e) {
+    if (e instanceof D4fsError && e.kind !== 'CORRUPT') throw e;
+    throw corrupt(`${path}: stored group at ${c.offset} is damaged (${(e as Error).message})`, e);
+  }
+  // a copy: the member outlives the group in callers' caches
+  return Buffer.from(groupMember(group, c, path));
+}
+
+/** Drops the groups readZstdChunk keeps decoded in this thread. */
+export function forgetDecodedGroups(): void {
+  groups.clear();
+}
 
 /**
  * One zstd chunk of `path`, read through `fh`, decoded and verified: its
@@ -574,6 +644,7 @@ export type ZstdChunkRef = Pick<Chunk, 'offset' | 'storedSize' | 'storedDigest' 
  * use it.
  */
 export async function readZstdChunk(fh: fsp.FileHandle, path: string, c: ZstdChunkRef): Promise<Buffer> {
+  if (c.codec === Codec.GROUP) return readGroupMember(fh, path, c);
   const stored = Buffer.allocUnsafe(c.storedSize);
   await readFully(fh, stored, c.offset);
   if (c.storedDigest.length > 0 && !sha256(stored).equals(c.storedDigest)) throw corrupt(`${path}: stored chunk at ${c.offset} is damaged (digest mismatch)`);

@@ -30,6 +30,15 @@ export enum Codec {
   ZSTD_PATCH = 2,
   BSDIFF = 3,
   GZIP_MEMBER = 4,
+  /**
+   * Format version 3: a member of a solid group. The chunk's stored bytes are one zstd
+   * frame shared by every member of the group (the same offset and stored size); the
+   * member is bytes [groupOffset, groupOffset + rawSize) of the frame's content. In a
+   * delta, members may have a base region: the frame is then compressed as zstd-patch
+   * does, against the concatenation of the base regions of all the group's members in
+   * group order, and every member's blob is PATCH (see src/format/group.ts).
+   */
+  GROUP = 5,
 }
 
 /**
@@ -49,6 +58,7 @@ export const CODEC_FORMATS = {
   [Codec.ZSTD_PATCH]: { name: 'zstd-patch', base: 'required' },
   [Codec.BSDIFF]: { name: 'bsdiff', base: 'required' },
   [Codec.GZIP_MEMBER]: { name: 'gzip-member', base: 'optional' },
+  [Codec.GROUP]: { name: 'group', base: 'optional' },
 } as const satisfies Record<Exclude<Codec, Codec.UNSPECIFIED>, { name: string; base: CodecBase }>;
 
 /** A codec value that has a row in {@link CODEC_FORMATS}. */
@@ -92,6 +102,8 @@ export interface Chunk {
   baseDigest: Buffer;
   baseOffset: number;
   baseSize: number;
+  /** GROUP chunks: where the member starts in its group's decoded bytes. */
+  groupOffset?: number;
 }
 
 export interface Blob {
@@ -153,11 +165,22 @@ export interface TreeEdit {
 /**
  * The version this d4fs writes. Version 2 (issue 18): the index in columns,
  * a delta's tree as an edit script against its parent's, a blob-section
- * digest instead of per-chunk stored digests of zstd frames.
+ * digest instead of per-chunk stored digests of zstd frames. Version 3
+ * (issues 14 and 18): version 2 plus solid groups of small contents
+ * (Codec.GROUP, the content column `group_offset`; see ./group.ts).
  */
-export const FORMAT_VERSION = 2;
-/** Versions this d4fs reads: 1 (every file written before version 2) and 2. */
-export const READ_VERSIONS: readonly number[] = [1, 2];
+export const FORMAT_VERSION = 3;
+/** Versions this d4fs reads: 1 (every file written before version 2), 2 and 3. */
+export const READ_VERSIONS: readonly number[] = [1, 2, 3];
+
+/**
+ * True when a chunk of a file of format `version` is checked by its decoded bytes
+ * (its raw digest, and the file by its section digest) and carries no stored digest:
+ * zstd frames from version 2 on, group members (version 3).
+ */
+export function checkedByRawDigest(codec: number, version: number): boolean {
+  return (codec === Codec.ZSTD && version >= 2) || (codec === Codec.GROUP && version >= 3);
+}
 export const HEADER_SIZE = 128;
 export const MAGIC = Buffer.from('D4FSCDIM', 'ascii');
 /** Default chunk size of large contents. */
@@ -197,6 +220,13 @@ export const LIMITS = {
   maxPathBytes: 4096,
   maxXattrValue: 64 * 1024,
 };
+
+/**
+ * Bounds on a solid group (format version 3) that a reader enforces: the decoded group
+ * (4 MiB, 16x what the writer makes: see GROUP_TARGET_RAW in ./group.ts) and its frame.
+ */
+export const GROUP_MAX_RAW = 4 * 1024 * 1024;
+export const GROUP_MAX_STORED = GROUP_MAX_RAW + 64 * 1024;
 
 export const emptyImageInfo = (): ImageInfo => ({
   sourceRef: '',

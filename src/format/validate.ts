@@ -3,7 +3,7 @@
  * consumer (unpack, FUSE, diff) relies on is made here, once.
  */
 import { corrupt, hostile } from '../errors';
-import { Blob, Codec, Encoding, Entry, FileType, Index, Kind, LIMITS, READ_VERSIONS, codecFormat } from './types';
+import { Blob, Codec, Encoding, Entry, FileType, GROUP_MAX_RAW, GROUP_MAX_STORED, Index, Kind, LIMITS, READ_VERSIONS, checkedByRawDigest, codecFormat } from './types';
 import { checkDeviceNumbers, checkLinkTarget, checkTreePath } from '../tree/paths';
 import { computeImageId } from './codec';
 
@@ -33,7 +33,7 @@ export function validateIndexHead(index: Index): void {
  */
 export function validateIndexContents(index: Index, blobSectionEnd: number, headerSize: number): Map<string, Blob> {
   validateIndexHead(index);
-  if (index.formatVersion === 2 && index.sectionDigest?.length !== 32) throw corrupt('index has no blob section digest');
+  if (index.formatVersion >= 2 && index.sectionDigest?.length !== 32) throw corrupt('index has no blob section digest');
   if ((index.treeEdit?.inserted.length ?? index.entries.length) > LIMITS.maxEntries) throw hostile('index has too many entries, over the limit');
   if (index.chunkSize <= 0 || index.chunkSize > LIMITS.maxChunkSize) throw corrupt(`invalid chunk size ${index.chunkSize}`);
   const blobs = new Map<string, Blob>();
@@ -53,11 +53,20 @@ export function validateIndexContents(index: Index, blobSectionEnd: number, head
           throw hostile(`blob sha256:${key}: chunk offset ${c.offset}+${c.storedSize} lies outside the blob section`);
         }
         if (!Number.isSafeInteger(c.rawSize) || c.rawSize < 0 || c.rawSize > LIMITS.maxChunkSize) throw hostile(`blob sha256:${key}: absurd chunk size ${c.rawSize}`);
-        if (!(isDigest(c.storedDigest) || (index.formatVersion === 2 && c.codec === Codec.ZSTD && c.storedDigest.length === 0)) || !isDigest(c.rawDigest)) throw corrupt(`blob sha256:${key}: chunk without digests`);
+        if (!(isDigest(c.storedDigest) || (checkedByRawDigest(c.codec, index.formatVersion) && c.storedDigest.length === 0)) || !isDigest(c.rawDigest)) throw corrupt(`blob sha256:${key}: chunk without digests`);
+        if (c.codec === Codec.GROUP) {
+          // a member of a solid group: version 3, the whole (small) content, inside its group's bound
+          if (index.formatVersion < 3) throw corrupt(`blob sha256:${key}: a group member in a version ${index.formatVersion} file`);
+          if (b.chunks.length !== 1) throw corrupt(`blob sha256:${key}: a group member must be the whole content`);
+          if (b.encoding === Encoding.PATCH && index.kind !== Kind.DELTA) throw corrupt(`blob sha256:${key}: a group coded against bases in a full image`);
+          const g = c.groupOffset;
+          if (g === undefined || !Number.isSafeInteger(g) || g < 0 || g + c.rawSize > GROUP_MAX_RAW || c.storedSize > GROUP_MAX_STORED) throw hostile(`blob sha256:${key}: group member outside its group's bounds`);
+        }
         // what the chunk may refer to: the codec's row of CODEC_FORMATS
         const codec = codecFormat(c.codec);
         if (!codec) throw corrupt(`blob sha256:${key}: unknown codec ${c.codec}`);
-        if (codec.base !== 'none') {
+        // a group member without a base is self-contained as far as this chunk says (its blob's encoding says whether its group has a dictionary)
+        if (codec.base !== 'none' && !(c.codec === Codec.GROUP && c.baseDigest.length === 0)) {
           // a patch (required base), or a codec whose chunks may refer to a base (optional)
           const what = codec.base === 'required' ? 'patch' : codec.name;
           if (index.kind === Kind.FULL) throw corrupt(`full image holds a ${what} chunk for sha256:${key}`);
@@ -83,7 +92,7 @@ export function validateIndex(index: Index, blobSectionEnd: number, headerSize: 
   const blobs = validateIndexContents(index, blobSectionEnd, headerSize);
   // Version 2 builds entries from names under depths (compact.ts): each name is checked as a path
   // component there, and each entry's directory found before it and checked to be a directory.
-  const pathsChecked = index.formatVersion === 2;
+  const pathsChecked = index.formatVersion >= 2;
   // version 2 shares one Buffer per digest between entries and blobs: found by identity, not by hex key
   const byObject = new Map<Buffer, Blob>();
   for (const b of blobs.values()) byObject.set(b.digest, b);

@@ -9,6 +9,7 @@ import type { Logger } from 'pino';
 import type { ChainIndex, Location } from './chain-index';
 import type { FusePool } from './pool';
 import type { DirectSource } from './tasks';
+import { Codec, Encoding } from '../format/types';
 
 /** Longest chain of patch bases followed (a longer one is taken for a cycle). */
 export const MAX_BASE_DEPTH = 64;
@@ -146,8 +147,13 @@ export function chunkAt(offsets: number[], pos: number): number {
   return lo;
 }
 
-/** The stored chunks of `loc` (all, or chunk `only`) as a build thread reads them without an index (./tasks.ts DirectSource). */
-export function directSource(loc: Location, only?: number): DirectSource {
+/**
+ * The stored chunks of `loc` (all, or chunk `only`) as a build thread reads them without an
+ * index (./tasks.ts DirectSource); undefined for a member of a group coded against bases, which
+ * needs the other members' records (the thread's chain has them: format/group.ts).
+ */
+export function directSource(loc: Location, only?: number): DirectSource | undefined {
+  if (loc.blob.encoding === Encoding.PATCH && loc.blob.chunks.some((c) => c.codec === Codec.GROUP)) return undefined;
   const chunks = only === undefined ? loc.blob.chunks : [loc.blob.chunks[only]];
   return {
     file: loc.file,
@@ -162,6 +168,7 @@ export function directSource(loc: Location, only?: number): DirectSource {
       baseDigest: c.baseDigest.toString('hex'),
       baseOffset: c.baseOffset,
       baseSize: c.baseSize,
+      ...(c.groupOffset !== undefined ? { groupOffset: c.groupOffset } : {}),
     })),
   };
 }

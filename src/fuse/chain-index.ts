@@ -18,7 +18,7 @@
 import { checkChain } from '../delta/chain';
 import { failedPrecondition } from '../errors';
 import { CdimgReader } from '../format/reader';
-import { type Blob, Codec, Encoding, type Entry } from '../format/types';
+import { type Blob, type Chunk, Codec, Encoding, type Entry } from '../format/types';
 
 /** Where a content is stored: the file, its level in the chain, its blob. */
 export interface Location {
@@ -29,12 +29,12 @@ export interface Location {
   formatVersion: number;
 }
 
-/** True for the common blob kept in columns by StoredBlobs: one self-contained zstd chunk holding the whole content. */
+/** True for the common blob kept in columns by StoredBlobs: one self-contained zstd chunk (or group member) holding the whole content. */
 function isSimple(b: Blob): boolean {
   if (b.encoding !== Encoding.FULL || b.chunks.length !== 1) return false;
   const c = b.chunks[0];
   return (
-    c.codec === Codec.ZSTD &&
+    (c.codec === Codec.ZSTD || (c.codec === Codec.GROUP && c.groupOffset !== undefined && c.groupOffset <= 0x7fffffff)) &&
     c.rawSize === b.size &&
     c.storedDigest.length === 0 &&
     c.baseDigest.length === 0 &&
@@ -62,6 +62,8 @@ class StoredBlobs {
     private readonly offsets: Float64Array,
     private readonly storedSizes: Uint32Array,
     private readonly sizes: Float64Array,
+    /** A group member's offset in its group (format/group.ts), -1 for a zstd chunk of its own. */
+    private readonly groupOffsets: Int32Array,
     /** The other stored blobs, sorted by digest. */
     private readonly others: readonly Blob[],
   ) {}
@@ -83,14 +85,17 @@ class StoredBlobs {
     const offsets = new Float64Array(n);
     const storedSizes = new Uint32Array(n);
     const sizes = new Float64Array(n);
+    const groupOffsets = new Int32Array(n);
     for (let i = 0; i < n; i++) {
       const { b } = simple[i];
+      const c = b.chunks[0];
       b.digest.copy(digests, i * 32);
-      offsets[i] = b.chunks[0].offset;
-      storedSizes[i] = b.chunks[0].storedSize;
+      offsets[i] = c.offset;
+      storedSizes[i] = c.storedSize;
       sizes[i] = b.size;
+      groupOffsets[i] = c.codec === Codec.GROUP ? (c.groupOffset as number) : -1;
     }
-    return new StoredBlobs(digests, offsets, storedSizes, sizes, others.map((x) => x.b));
+    return new StoredBlobs(digests, offsets, storedSizes, sizes, groupOffsets, others.map((x) => x.b));
   }
 
   get size(): number {
@@ -122,12 +127,10 @@ class StoredBlobs {
   private simpleBlob(i: number): Blob {
     const digest = this.digests.subarray(i * 32, i * 32 + 32);
     const size = this.sizes[i];
-    return {
-      digest,
-      size,
-      encoding: Encoding.FULL,
-      chunks: [{ offset: this.offsets[i], storedSize: this.storedSizes[i], storedDigest: NO_DIGEST, rawSize: size, rawDigest: digest, codec: Codec.ZSTD, baseDigest: NO_DIGEST, baseOffset: 0, baseSize: 0 }],
-    };
+    const g = this.groupOffsets[i];
+    const chunk: Chunk = { offset: this.offsets[i], storedSize: this.storedSizes[i], storedDigest: NO_DIGEST, rawSize: size, rawDigest: digest, codec: g < 0 ? Codec.ZSTD : Codec.GROUP, baseDigest: NO_DIGEST, baseOffset: 0, baseSize: 0 };
+    if (g >= 0) chunk.groupOffset = g;
+    return { digest, size, encoding: Encoding.FULL, chunks: [chunk] };
   }
 }
 

@@ -21,7 +21,7 @@ import { Chain } from '../delta/chain';
 import { codecByProto, decodeWith } from '../delta/codecs/registry';
 import { corrupt, notFound } from '../errors';
 import { readFully, readZstdChunk } from '../format/reader';
-import { type Blob, Codec } from '../format/types';
+import { type Blob, Codec, checkedByRawDigest } from '../format/types';
 import { sha256 } from '../util/digest';
 import { writeFully } from '../util/fileio';
 
@@ -56,6 +56,8 @@ export interface DirectChunk {
   baseDigest: string;
   baseOffset: number;
   baseSize: number;
+  /** GROUP chunks: the member's offset in its group. */
+  groupOffset?: number;
 }
 
 export interface DirectSource {
@@ -250,10 +252,11 @@ async function baseRegion(hex: string, offset: number, size: number): Promise<Bu
  * undefined when it patches a base that is not at hand.
  */
 async function directChunk(d: DirectSource, c: DirectChunk): Promise<Buffer | undefined> {
-  if (!c.storedDigest && (c.codec !== Codec.ZSTD || d.formatVersion < 2)) throw corrupt(`${d.file}: stored chunk at ${c.offset} has no digest`);
+  if (!c.storedDigest && !checkedByRawDigest(c.codec, d.formatVersion)) throw corrupt(`${d.file}: stored chunk at ${c.offset} has no digest`);
   const storedDigest = Buffer.from(c.storedDigest, 'hex');
   const rawDigest = Buffer.from(c.rawDigest, 'hex');
-  if (c.codec === Codec.ZSTD) return withFile(d.file, (fh) => readZstdChunk(fh, d.file, { ...c, storedDigest, rawDigest }));
+  // zstd frames and members of solid groups (the group decoded once per thread: format/reader.ts)
+  if (c.codec === Codec.ZSTD || c.codec === Codec.GROUP) return withFile(d.file, (fh) => readZstdChunk(fh, d.file, { ...c, storedDigest, rawDigest }));
   const codec = codecByProto(c.codec);
   const needsBase = codec.base === 'required' || (codec.base === 'optional' && c.baseDigest.length > 0);
   let base: Buffer | null = null;

@@ -14,7 +14,7 @@ import { pipeline } from 'node:stream/promises';
 import { createGzip } from 'node:zlib';
 import { CdimgReader } from '../format/reader';
 import { FORMAT_TASKS } from '../format/tasks';
-import { Entry, FileType } from '../format/types';
+import { Codec, Entry, FileType } from '../format/types';
 import { encodeTarHeader, tarPadding, TAR_END, TarHeader, TarType } from '../tar';
 import { WorkerPool } from '../workers/pool';
 import { failedPrecondition, invalidArgument } from '../errors';
@@ -70,7 +70,10 @@ export function treeTar(reader: CdimgReader, pool: WorkerPool): Readable {
       const blob = reader.blob(e.digest);
       if (!blob) throw failedPrecondition(`content of ${e.path} is missing`);
       // decode the chunks of this file in parallel, write them in order
-      const decoded = blob.chunks.map(async (c) => pool.run(FORMAT_TASKS, 'decodeChunk', { stored: await reader.readStored(c), rawSize: c.rawSize, rawDigest: c.rawDigest.toString('hex') }));
+      // (a member of a solid group: its group decoded once on this thread, kept for its neighbours)
+      const decoded = blob.chunks.map(async (c) =>
+        c.codec === Codec.GROUP ? reader.readFullChunk(c) : pool.run(FORMAT_TASKS, 'decodeChunk', { stored: await reader.readStored(c), rawSize: c.rawSize, rawDigest: c.rawDigest.toString('hex') }),
+      );
       // failures surface when awaited below, in order; these handlers only keep the others from being unhandled
       for (const p of decoded) p.catch(() => undefined);
       for (const p of decoded) {

@@ -11,7 +11,7 @@ import { promisify } from 'node:util';
 import { set as setAttribute } from 'fs-xattr';
 import { CdimgReader } from '../format/reader';
 import { FORMAT_TASKS } from '../format/tasks';
-import { Entry, FileType, Encoding } from '../format/types';
+import { Codec, Entry, FileType, Encoding } from '../format/types';
 import { WorkerPool } from '../workers/pool';
 import { alreadyExists, corrupt, failedPrecondition, permissionDenied } from '../errors';
 
@@ -83,8 +83,11 @@ async function writeContent(reader: CdimgReader, pool: WorkerPool, e: Entry, tar
   try {
     let pos = 0;
     for (const c of b.chunks) {
-      const stored = await reader.readStored(c);
-      const raw = await pool.run(FORMAT_TASKS, 'decodeChunk', { stored, rawSize: c.rawSize, rawDigest: c.rawDigest.toString('hex') });
+      // a member of a solid group: its group is decoded once here and kept for its neighbours (format/group.ts)
+      const raw =
+        c.codec === Codec.GROUP
+          ? await reader.readFullChunk(c)
+          : await pool.run(FORMAT_TASKS, 'decodeChunk', { stored: await reader.readStored(c), rawSize: c.rawSize, rawDigest: c.rawDigest.toString('hex') });
       let w = 0;
       while (w < raw.length) {
         const { bytesWritten } = await fh.write(raw, w, raw.length - w, pos + w);

@@ -52,6 +52,10 @@ export async function verifyCdimg(path: string, threads?: number, chain: string[
         const stored = await r.readStored(c);
         chunks++;
         storedBytes += c.storedSize;
+        if (c.codec === Codec.GROUP && b.encoding === Encoding.FULL) {
+          whole.update(await r.readFullChunk(c));
+          continue;
+        }
         if (c.codec !== Codec.ZSTD) {
           decodable = false;
           patchChunks++;

@@ -9,8 +9,8 @@ import { promises as fsp } from 'node:fs';
 import { computeImageId, decodeIndex, encodeIndex } from '../../src/format/codec';
 import { parseHeader } from '../../src/format/reader';
 import { encodeHeader } from '../../src/format/writer';
-import { zstdFrame } from '../../src/format/zstd';
-import { FORMAT_VERSION, HEADER_SIZE, Index } from '../../src/format/types';
+import { zstdContentSize, zstdFrame, zstdUnframe } from '../../src/format/zstd';
+import { Codec, FORMAT_VERSION, HEADER_SIZE, Index } from '../../src/format/types';
 import { sha256 } from '../../src/util/digest';
 
 /**
@@ -21,20 +21,35 @@ import { sha256 } from '../../src/util/digest';
 export async function rewriteIndex(src: string, dst: string, mutate: (ix: Index) => void, opts: { fixId?: boolean; version?: 1 } = {}): Promise<void> {
   const buf = await fsp.readFile(src);
   const h = parseHeader(buf.subarray(0, HEADER_SIZE), buf.length, src);
-  const { zstdUnframe } = await import('../../src/format/zstd');
   const raw = zstdUnframe(buf.subarray(h.indexOffset), h.indexRawLen);
   const ix = decodeIndex(raw);
   mutate(ix);
   if (opts.fixId) ix.imageId = computeImageId(ix.entries, ix.image.configJson);
+  let section = buf.subarray(HEADER_SIZE, h.indexOffset);
   if (opts.version === 1 && ix.formatVersion !== 1) {
-    // format version 1 can say what version 2 cannot (a NUL in a link target): every chunk gets its stored digest back
+    // format version 1 can say what version 2 cannot (a NUL in a link target): every chunk gets its stored digest back,
+    // and a member of a solid group (version 3) becomes a zstd frame of its own, appended to the blob section
     ix.formatVersion = 1;
-    for (const b of ix.blobs) for (const c of b.chunks) if (c.storedDigest.length === 0) c.storedDigest = sha256(buf.subarray(c.offset, c.offset + c.storedSize));
+    const extra: Buffer[] = [];
+    let end = h.indexOffset;
+    for (const b of ix.blobs) {
+      for (const c of b.chunks) {
+        if (c.codec === Codec.GROUP) {
+          const group = zstdUnframe(buf.subarray(c.offset, c.offset + c.storedSize), zstdContentSize(buf.subarray(c.offset, c.offset + c.storedSize)) as number);
+          const frame = zstdFrame(group.subarray(c.groupOffset as number, (c.groupOffset as number) + c.rawSize), 3);
+          Object.assign(c, { codec: Codec.ZSTD, offset: end, storedSize: frame.length, storedDigest: sha256(frame), groupOffset: undefined });
+          extra.push(frame);
+          end += frame.length;
+        }
+        if (c.storedDigest.length === 0) c.storedDigest = sha256(buf.subarray(c.offset, c.offset + c.storedSize));
+      }
+    }
+    section = Buffer.concat([section, ...extra]);
   }
   const newRaw = encodeIndex(ix, { sectionDigest: ix.sectionDigest ?? Buffer.alloc(0) });
   const stored = zstdFrame(newRaw, 3);
-  const header = encodeHeader(h.indexOffset, stored.length, newRaw.length, sha256(newRaw), ix.formatVersion);
-  await fsp.writeFile(dst, Buffer.concat([header, buf.subarray(HEADER_SIZE, h.indexOffset), stored]));
+  const header = encodeHeader(HEADER_SIZE + section.length, stored.length, newRaw.length, sha256(newRaw), ix.formatVersion);
+  await fsp.writeFile(dst, Buffer.concat([header, section, stored]));
 }
 
 /**
