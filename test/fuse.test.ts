@@ -30,7 +30,7 @@ import pino, { type Logger } from 'pino';
 import { convertImage } from '../src/convert/convert';
 import { diffImages } from '../src/delta/diff';
 import { CdimgReader } from '../src/format/reader';
-import { Encoding, FileType } from '../src/format/types';
+import { Codec, Encoding, FileType } from '../src/format/types';
 import { FuseFileSystem, ManagerClient } from '../src/fuse/client';
 import { d4fsMountsAt } from '../src/fuse/mounts';
 import { managerPaths } from '../src/fuse/protocol';
@@ -343,6 +343,52 @@ describeIfCapable('test/fuse.test.ts', ['root', 'fuse'])('d4fs FUSE filesystem a
     expect(fs.readFileSync(managerPaths(path.join(dir, 'fuse')).log, 'utf8')).toMatch(binding === 'fuse3' ? /"path":"\/bad.bin".*read failed: EIO/ : /"path":"\/bad.bin".*open failed: EIO/);
     await ffs.client.unmount(mp.corrupt);
     expect(await d4fsMountsAt(mp.corrupt)).toEqual([]);
+  });
+
+  test('solid groups: members of a full image\'s groups and of a delta\'s groups coded against bases read as `cdimg unpack` writes them', async () => {
+    // two versions of a tree of small texts that share their words; v2 edits a tenth of them
+    const trees = [path.join(dir, 'grp-v1'), path.join(dir, 'grp-v2')];
+    for (const [v, t] of trees.entries()) {
+      for (let d = 0; d < 4; d++) {
+        await fsp.mkdir(path.join(t, `m${d}`), { recursive: true });
+        for (let i = 0; i < 50; i++) {
+          let s = `module ${d}/${i}\n`;
+          for (let k = 0; k < 20 + ((i * 7) % 40); k++) s += `export const value${(k * 13 + i) % 97} = "setting ${(k * d + i) % 31}";\n`;
+          if (v === 1 && i % 10 === 3) s += `// edited in version 2 (${d})\n`;
+          await fsp.writeFile(path.join(t, `m${d}`, `f${i}.js`), s);
+        }
+      }
+    }
+    const cdg = [path.join(dir, 'grp-v1.cdimg'), path.join(dir, 'grp-v2.cdimg'), path.join(dir, 'grp-d.cdimg')];
+    const gids: string[] = [];
+    for (const [v, t] of trees.entries()) {
+      const img = await buildDirImage([t], { layout: path.join(dir, 'layout'), tag: `grp-v${v + 1}` });
+      gids.push((await convertImage({ ref: img.ref, output: cdg[v] })).imageId);
+    }
+    await diffImages({ oldPath: cdg[0], newPath: cdg[1], out: cdg[2] });
+    const r = await openTop([cdg[0], cdg[2]]);
+    try {
+      const members = [...r.blobs.values()].filter((b) => b.chunks[0]?.codec === Codec.GROUP);
+      expect(members.filter((b) => b.encoding === Encoding.PATCH).length).toBeGreaterThanOrEqual(20);
+    } finally {
+      await r.close();
+    }
+    const r1 = await CdimgReader.open(cdg[0]);
+    expect([...r1.blobs.values()].filter((b) => b.chunks[0]?.codec === Codec.GROUP).length).toBeGreaterThan(150);
+    await r1.close();
+    await unpackImage(cdg[1], path.join(dir, 'unpacked', 'grp-v2'));
+    const want = await walkTree(path.join(dir, 'unpacked', 'grp-v2'));
+    const mps = [path.join(dir, 'mnt', 'grp-v1'), path.join(dir, 'mnt', 'grp-v2')];
+    for (const m of mps) await fsp.mkdir(m, { recursive: true });
+    await ffs.client.mount({ mountpoint: mps[0], chain: [cdg[0]], imageId: gids[0] });
+    await ffs.client.mount({ mountpoint: mps[1], chain: [cdg[0], cdg[2]], imageId: gids[1] });
+    try {
+      expect(compare(await walkTree(mps[1]), want)).toEqual([]);
+      const walk1 = await walkTree(mps[0]);
+      expect([...walk1.values()].filter((n) => n.type === 'file').length).toBe(200);
+    } finally {
+      for (const m of mps) await ffs.client.unmount(m);
+    }
   });
 
   test('kill -9 of the manager: the client detaches the dead mount and mounts again', async () => {

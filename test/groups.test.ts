@@ -14,7 +14,7 @@ import { buildTar } from '../src/tar';
 import { writeSimpleImage } from '../src/oci/writer';
 import { convertImage } from '../src/convert/convert';
 import { CdimgReader } from '../src/format/reader';
-import { Codec, GROUP_MAX_RAW } from '../src/format/types';
+import { Codec, Encoding, GROUP_MAX_RAW } from '../src/format/types';
 import { GROUP_SMALL_MAX, GROUP_TARGET_RAW, planGroups } from '../src/format/group';
 import { diffImages } from '../src/delta/diff';
 import { patchImage } from '../src/delta/patch';
@@ -50,13 +50,14 @@ function files(version: number): { name: string; data: Buffer }[] {
       const n = 200 + rnd.int(3000);
       let s = `// file ${d}/${i}\n`;
       while (s.length < n) s += `${words[rnd.int(words.length)]} ${words[rnd.int(words.length)]} = ${rnd.int(1000)};\n`;
-      if (version === 2 && i % 17 === 0) s += 'changed in version 2\n';
+      if (version >= 2 && i % 17 === 0) s += 'changed in version 2\n';
+      if (version >= 3 && i % 13 === 0) s += 'changed in version 3\n';
       out.push({ name: `pkg${d}/lib/f${String(i).padStart(3, '0')}.js`, data: Buffer.from(s) });
     }
     out.push({ name: `pkg${d}/bin/tool`, data: Buffer.from(Array.from({ length: d === 0 ? 40_000 : 70_000 }, () => rnd.int(256))) });
   }
   out.push({ name: 'data/big.bin', data: Buffer.from(Array.from({ length: 300_000 }, (_, i) => (i * 7 + version) & 0xff)) });
-  if (version === 2) out.push({ name: 'pkg0/lib/new.js', data: Buffer.from('a new file\n') });
+  if (version >= 2) out.push({ name: 'pkg0/lib/new.js', data: Buffer.from('a new file\n') });
   return out;
 }
 
@@ -75,6 +76,7 @@ beforeAll(async () => {
   work = await fsp.mkdtemp(path.join(os.tmpdir(), 'd4fs-groups-'));
   await convertImage({ ref: await image(1), output: at('v1.cdimg') });
   await convertImage({ ref: await image(2), output: at('v2.cdimg') });
+  await convertImage({ ref: await image(3), output: at('v3.cdimg') });
 });
 afterAll(async () => {
   await fsp.rm(work, { recursive: true, force: true });
@@ -145,6 +147,60 @@ describe('convert writes solid groups', () => {
     await diffImages({ oldPath: at('v1.cdimg'), newPath: at('v2.cdimg'), out: at('d12.cdimg') });
     await patchImage({ base: at('v1.cdimg'), deltas: [at('d12.cdimg')], out: at('p2.cdimg') });
     expect(sha(readFileSync(at('p2.cdimg')))).toBe(sha(readFileSync(at('v2.cdimg'))));
+  });
+});
+
+describe('a delta codes small changed contents in groups', () => {
+  it('against the concatenation of their bases, smaller than coded alone; chains, merges and patch decode them', async () => {
+    await diffImages({ oldPath: at('v1.cdimg'), newPath: at('v2.cdimg'), out: at('g12.cdimg') });
+    await diffImages({ oldPath: at('v1.cdimg'), newPath: at('v2.cdimg'), out: at('a12.cdimg'), groups: false });
+    const [g, a] = [(await fsp.stat(at('g12.cdimg'))).size, (await fsp.stat(at('a12.cdimg'))).size];
+    expect(g).toBeLessThan(a);
+    const r = await CdimgReader.open(at('g12.cdimg'), { parent: await CdimgReader.open(at('v1.cdimg')) });
+    try {
+      const members = r.index.blobs.filter((b) => b.chunks[0]?.codec === Codec.GROUP);
+      // the 21 edited .js files against their old versions (and the new one, no base): one group, every member PATCH
+      expect(members.length).toBeGreaterThanOrEqual(20);
+      expect(members.every((b) => b.encoding === Encoding.PATCH)).toBe(true);
+      expect(members.filter((b) => b.chunks[0].baseDigest.length === 32).length).toBeGreaterThanOrEqual(20);
+      expect(new Set(members.map((b) => b.chunks[0].offset)).size).toBe(1);
+      // a member cannot be read without its bases
+      await expect(r.readFullChunk(members[0].chunks[0])).rejects.toThrow();
+    } finally {
+      await r.close();
+    }
+    // v2 back from v1 and either delta, through the chain decoder: the same bytes as converting v2
+    for (const d of ['g12', 'a12']) {
+      await patchImage({ base: at('v1.cdimg'), deltas: [at(`${d}.cdimg`)], out: at(`${d}-p.cdimg`) });
+      expect(sha(readFileSync(at(`${d}-p.cdimg`)))).toBe(sha(readFileSync(at('v2.cdimg'))));
+    }
+    // v1 → v2 → v3, merged by composition (group frames and all their members' bases copied) and by rediff
+    await diffImages({ oldPath: at('v2.cdimg'), newPath: at('v3.cdimg'), out: at('g23.cdimg') });
+    for (const strategy of ['compose', 'rediff'] as const) {
+      await mergeDeltas({ deltas: [at('g12.cdimg'), at('g23.cdimg')], out: at(`gm-${strategy}.cdimg`), strategy, base: at('v1.cdimg') });
+      await patchImage({ base: at('v1.cdimg'), deltas: [at(`gm-${strategy}.cdimg`)], out: at(`gm-${strategy}-p.cdimg`) });
+      expect(sha(readFileSync(at(`gm-${strategy}-p.cdimg`)))).toBe(sha(readFileSync(at('v3.cdimg'))));
+    }
+    // and the chain of both deltas
+    await patchImage({ base: at('v1.cdimg'), deltas: [at('g12.cdimg'), at('g23.cdimg')], out: at('g123-p.cdimg') });
+    expect(sha(readFileSync(at('g123-p.cdimg')))).toBe(sha(readFileSync(at('v3.cdimg'))));
+    // verify checks what it can decode alone and counts group members coded against bases as patches
+    const v = await verifyCdimg(at('g12.cdimg'), undefined, [at('v1.cdimg')]);
+    expect(v.patchChunks).toBeGreaterThanOrEqual(20);
+  });
+
+  it('damaged: CORRUPT when a member is built, never wrong bytes', async () => {
+    const r = await CdimgReader.open(at('g12.cdimg'), { parent: await CdimgReader.open(at('v1.cdimg')) });
+    const c = r.index.blobs.find((b) => b.chunks[0]?.codec === Codec.GROUP)!.chunks[0];
+    await r.close();
+    const good = readFileSync(at('g12.cdimg'));
+    const rnd = new Prng(9);
+    for (let k = 0; k < 6; k++) {
+      const bad = Buffer.from(good);
+      bad[c.offset + rnd.int(c.storedSize)] ^= 1 << rnd.int(8);
+      await fsp.writeFile(at(`gflip${k}.cdimg`), bad);
+      await expectKind(patchImage({ base: at('v1.cdimg'), deltas: [at(`gflip${k}.cdimg`)], out: at(`gflip${k}-p.cdimg`) }), ['CORRUPT']);
+    }
   });
 });
 

@@ -50,6 +50,7 @@ function registerDeltaDiff(cd: Command): void {
     .option('--codec <codec>', `${wordList(CODEC_CHOICES)} (zstd with the base as dictionary)`, parseChoice('--codec', CODEC_CHOICES), 'auto')
     .option('--level <level>', `${wordList(LEVEL_PRESETS)} (best tries every codec)`, parseChoice('--level', LEVEL_PRESETS), 'default')
     .option('--platform <os/arch>', 'with --old-image/--new-image: platform to pick')
+    .option('--no-groups', 'code every small content alone (default: small changed contents are also coded together and kept so when smaller)')
     .option('--json', 'print the summary as JSON')
     .option('--no-progress', 'no progress bar');
   addRegistryOptions(diff).action(
@@ -82,7 +83,7 @@ function registerDeltaDiff(cd: Command): void {
           newPath = tmpFor('new');
           await convertImage({ ref: o.newImage as string, output: newPath, platform: o.platform as string, registry: registryOptionsOf(o as never), pool });
         }
-        const s = await diffImages({ oldPath, newPath, out, codec: o.codec as CodecChoice, level: o.level as LevelPreset, pool, onProgress: prog.onProgress });
+        const s = await diffImages({ oldPath, newPath, out, codec: o.codec as CodecChoice, level: o.level as LevelPreset, groups: o.groups !== false, pool, onProgress: prog.onProgress });
         prog.stop();
         if (o.json) printJson(s);
         else printSummary('diff', s);

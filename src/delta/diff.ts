@@ -73,6 +73,8 @@ export interface DiffOptions {
   out: string;
   codec?: CodecChoice;
   level?: LevelPreset;
+  /** Code small changed contents in groups too, keeping a group when smaller (default true; see deltaGroups). */
+  groups?: boolean;
   threads?: number;
   pool?: WorkerPool;
   onProgress?: (e: ProgressEvent) => void;
@@ -166,8 +168,8 @@ export function contentsOf(entries: Entry[]): { digest: Buffer; hex: string; siz
   return [...out.values()];
 }
 
-export function deltaChunk(offset: number, ch: { storedSize: number; storedDigest: string; rawSize: number; rawDigest: string; codec: Codec; baseOffset: number; baseSize: number; usesBase: boolean }, base: Buffer): Chunk {
-  return {
+export function deltaChunk(offset: number, ch: { storedSize: number; storedDigest: string; rawSize: number; rawDigest: string; codec: Codec; baseOffset: number; baseSize: number; usesBase: boolean; groupOffset?: number }, base: Buffer): Chunk {
+  const c: Chunk = {
     offset,
     storedSize: ch.storedSize,
     storedDigest: Buffer.from(ch.storedDigest, 'hex'),
@@ -178,6 +180,46 @@ export function deltaChunk(offset: number, ch: { storedSize: number; storedDiges
     baseOffset: ch.baseOffset,
     baseSize: ch.baseSize,
   };
+  if (ch.groupOffset !== undefined) c.groupOffset = ch.groupOffset;
+  return c;
+}
+
+/**
+ * Small changed or new contents are coded in groups (issue 14, tasks.ts diffGroup): members
+ * of at most DELTA_GROUP_MEMBER_MAX bytes, a group closed at DELTA_GROUP_RAW bytes of members
+ * or DELTA_GROUP_ITEMS of them. Members are ordered by extension, then file name, then path,
+ * so that the same file of other locales or other packages' copies of a module are coded
+ * together: what repeats across them is paid once.
+ */
+export const DELTA_GROUP_MEMBER_MAX = 64 * 1024;
+export const DELTA_GROUP_RAW = 1024 * 1024;
+export const DELTA_GROUP_ITEMS = 512;
+
+/** The order of contents in delta groups: extension, file name, path (of a content's first path). */
+function groupKey(path: string): string {
+  const name = path.slice(path.lastIndexOf('/') + 1);
+  const dot = name.lastIndexOf('.');
+  return `${dot > 0 ? name.slice(dot + 1) : ''}\0${name}\0${path}`;
+}
+
+/** Contents cut into delta groups (see DELTA_GROUP_RAW), in group order. */
+export function deltaGroups<T extends { c: { size: number; paths: string[] } }>(work: T[]): T[][] {
+  const keyed = work.map((x) => ({ x, k: groupKey(x.c.paths[0] ?? '') }));
+  keyed.sort((a, b) => (a.k < b.k ? -1 : a.k > b.k ? 1 : 0));
+  const out: T[][] = [];
+  let cur: T[] = [];
+  let raw = 0;
+  for (const { x } of keyed) {
+    if (cur.length && (raw + x.c.size > DELTA_GROUP_RAW || cur.length >= DELTA_GROUP_ITEMS)) {
+      out.push(cur);
+      cur = [];
+      raw = 0;
+    }
+    cur.push(x);
+    raw += x.c.size;
+  }
+  if (cur.length) out.push(cur);
+  return out;
 }
 
 type Work = { c: ReturnType<typeof contentsOf>[number]; hex: string; slot: Blob };
@@ -260,7 +302,10 @@ export async function diffImages(o: DiffOptions): Promise<DeltaSummary> {
 
 async function diffReaders(o: DiffOptions, oldR: CdimgReader, newR: CdimgReader, pool: WorkerPool, codec: CodecChoice, level: LevelPreset, t0: bigint): Promise<DeltaSummary> {
   let writer: CdimgWriter | undefined;
-  type Coded = { stored: Uint8Array; chunks: DeltaTasks.DeltaChunkInfo[] } | { stored: Uint8Array; items: DeltaTasks.DeltaChunkInfo[][] };
+  type Coded =
+    | { stored: Uint8Array; chunks: DeltaTasks.DeltaChunkInfo[] }
+    | { stored: Uint8Array; items: DeltaTasks.DeltaChunkInfo[][] }
+    | { stored: Uint8Array; items: DeltaTasks.DeltaChunkInfo[][]; grouped: boolean };
   // Many tasks may be in flight: the largest content goes first and is consumed first, and the
   // small ones behind it must not wait for it to start (the byte bound still caps memory).
   const window = new OrderedWindow<Coded>(Math.max(16, pool.threads * 8), 256 * 1024 * 1024);
@@ -383,7 +428,37 @@ async function diffReaders(o: DiffOptions, oldR: CdimgReader, newR: CdimgReader,
     const small = plan.work.filter((x) => x.c.size <= BATCH_MAX_CONTENT).sort(bySize);
     warming = warmSmallContents(oldR, newR, finder, small, stopWarming);
     for (const x of large.work.slice(sent)) await code(x);
-    for (const x of small) await code(x);
+    const grouping = (x: Work): boolean => o.groups !== false && x.c.size > 0 && x.c.size <= DELTA_GROUP_MEMBER_MAX;
+    const groupable = small.filter(grouping);
+    for (const x of small) if (!grouping(x)) await code(x);
+    await sendBatch();
+    for (const g of deltaGroups(groupable)) {
+      if (g.length === 1) {
+        await code(g[0]);
+        continue;
+      }
+      await sendBatch();
+      const items = g.map((x) => ({ ...x, base: finder.find(x.c.paths, x.c.size) }));
+      const bytes = items.reduce((n, x) => n + x.c.size, 0);
+      await window.push(
+        () => pool.run(DELTA_TASKS, 'diffGroup', { items: items.map((x) => argsOf(x.hex, x.base)) }),
+        async (r) => {
+          if (!('grouped' in r) || r.items.length !== items.length) throw new Error('diffGroup answered for another group');
+          let off = await w.append(Buffer.from(r.stored.buffer, r.stored.byteOffset, r.stored.byteLength));
+          if (!r.grouped) items.forEach((x, k) => (off = record(x.slot, x.base, r.items[k], off)));
+          else {
+            // one frame for all: members coded against bases make every member's blob PATCH (format/group.ts)
+            const encoding = r.items.some((ch) => ch[0].usesBase) ? Encoding.PATCH : Encoding.FULL;
+            items.forEach((x, k) => {
+              x.slot.chunks = [deltaChunk(off, r.items[k][0], x.base ? x.base.digest : Buffer.alloc(0))];
+              x.slot.encoding = encoding;
+            });
+          }
+          progress(bytes);
+        },
+        bytes,
+      );
+    }
     await sendBatch();
     const { treeEdit, removed } = await prepare();
     await window.flush();

@@ -7,13 +7,13 @@
  */
 import { createHash } from 'node:crypto';
 import { compressContents, CompressResult, StoredChunkInfo } from '../convert/tasks';
-import type { Codec } from '../format/types';
+import { Codec } from '../format/types';
 import { promises as fsp } from 'node:fs';
 import { corrupt } from '../errors';
 import { readZstdChunk } from '../format/reader';
-import { encodeGroup } from '../format/group';
+import { decodeGroup, encodeGroup } from '../format/group';
 import { Chain } from './chain';
-import { BSDIFF_MAX_INPUT, chunkBaseRange, CodecChoice, contentKind, ContentKind, encodeChunk, LevelPreset, MIN_PATCH_TARGET } from './codecs';
+import { applyPatch, BSDIFF_MAX_INPUT, chunkBaseRange, CodecChoice, contentKind, ContentKind, encodeChunk, encodePatch, LevelPreset, MIN_PATCH_TARGET } from './codecs';
 import { mapLimit } from '../util/ordered';
 
 const sha = (b: Uint8Array): string => createHash('sha256').update(b).digest('hex');
@@ -42,6 +42,8 @@ export interface DeltaChunkInfo extends StoredChunkInfo {
   codec: Codec;
   baseOffset: number;
   baseSize: number;
+  /** GROUP chunks: the member's offset in its group (every member's stored bytes are the one frame) */
+  groupOffset?: number;
   /** false when the chunk decodes without its base (full frames, self-contained gzip members) */
   usesBase: boolean;
 }
@@ -377,4 +379,52 @@ export async function materializeGroup(a: MaterializeGroupArgs): Promise<{ frame
   const members: Buffer[] = [];
   for (const d of a.digests) members.push(await chain.content(Buffer.from(d, 'hex')));
   return { frame: encodeGroup(members, a.level) };
+}
+
+/**
+ * zstd level of a group of small contents coded together in a delta, per preset: the
+ * members are small (a group holds at most DELTA_GROUP_RAW of them, src/delta/diff.ts),
+ * so the strongest level costs little; `fast` stays fast.
+ */
+export const GROUP_LEVELS: Readonly<Record<LevelPreset, number>> = Object.freeze({ fast: 3, default: 19, best: 19 });
+
+/**
+ * Small changed or new contents coded together (issue 14): each is coded alone as
+ * diffContents codes it, and all of them as one solid group (format/group.ts): a zstd
+ * frame of their bytes back to back, against the concatenation of their bases (the
+ * members that have one, in this order) as zstd-patch does. The group is kept when it
+ * is smaller than the members coded alone: repetition across files (the same strings
+ * changed in 40 translations, the same code in several modules) is then paid once.
+ */
+export async function diffGroup(a: DiffContentsArgs): Promise<{ stored: Uint8Array; items: DeltaChunkInfo[][]; grouped: boolean }> {
+  const alone = await diffContents(a);
+  const files = new Files();
+  const targets: Buffer[] = [];
+  const bases: (Buffer | undefined)[] = [];
+  try {
+    for (const it of a.items) {
+      const oldSource = it.base ? await sourceOf(it.oldChain, it.base, it.baseBlob, files) : undefined;
+      bases.push(oldSource ? await oldSource.content() : undefined);
+      targets.push(await (await sourceOf(it.newChain, it.target, it.targetBlob, files, oldSource)).content());
+    }
+  } finally {
+    await files.close();
+  }
+  const level = GROUP_LEVELS[a.items[0]?.level ?? 'default'];
+  const target = Buffer.concat(targets);
+  const withBases = bases.some((b) => b !== undefined);
+  const dict = Buffer.concat(bases.filter((b): b is Buffer => b !== undefined));
+  const frame = withBases ? encodePatch(dict, target, 'zstd-patch', level) : encodeGroup(targets, level);
+  if (frame.length >= alone.stored.byteLength) return { ...alone, grouped: false };
+  // decoded as a reader decodes it before it is kept
+  const back = withBases ? applyPatch(dict, frame, 'zstd-patch', target.length) : decodeGroup(frame, 'group');
+  if (!back.equals(target)) throw new Error('a coded group does not decode to its members');
+  let at = 0;
+  const items = a.items.map((it, k): DeltaChunkInfo[] => {
+    const b = bases[k];
+    const info: DeltaChunkInfo = { storedSize: frame.length, storedDigest: '', rawSize: targets[k].length, rawDigest: it.target, codec: Codec.GROUP, baseOffset: 0, baseSize: b ? b.length : 0, usesBase: b !== undefined, groupOffset: at };
+    at += targets[k].length;
+    return [info];
+  });
+  return { stored: frame, items, grouped: true };
 }
