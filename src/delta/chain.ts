@@ -13,6 +13,7 @@ import { checkChain } from '../format/chain';
 import { Blob, Chunk, Codec, Encoding } from '../format/types';
 import { corrupt, failedPrecondition, notFound } from '../errors';
 import { sha256 } from '../util/digest';
+import { ByteLru } from '../util/lru';
 import { codecByProto, decodeWith } from './codecs';
 import { zstdPatch } from './codecs/zstd-patch';
 import { GROUP_MAX_DICT, GroupCache, groupMember, groupRawSize } from '../format/group';
@@ -20,31 +21,6 @@ import { GROUP_MAX_DICT, GroupCache, groupMember, groupRawSize } from '../format
 const MAX_DEPTH = 64;
 
 export { checkChain };
-
-/** A small LRU of materialised contents (bases used by several patches). */
-class ContentCache {
-  private readonly map = new Map<string, Buffer>();
-  private bytes = 0;
-  constructor(private readonly maxBytes: number) {}
-  get(k: string): Buffer | undefined {
-    const v = this.map.get(k);
-    if (v) {
-      this.map.delete(k);
-      this.map.set(k, v);
-    }
-    return v;
-  }
-  set(k: string, v: Buffer): void {
-    if (v.length > this.maxBytes / 4 || this.map.has(k)) return;
-    this.map.set(k, v);
-    this.bytes += v.length;
-    for (const [key, val] of this.map) {
-      if (this.bytes <= this.maxBytes) break;
-      this.map.delete(key);
-      this.bytes -= val.length;
-    }
-  }
-}
 
 async function openEach(paths: string[], opts: { reuse?: boolean; contentsOnly?: boolean }): Promise<CdimgReader[]> {
   const readers: CdimgReader[] = [];
@@ -58,7 +34,8 @@ async function openEach(paths: string[], opts: { reuse?: boolean; contentsOnly?:
 }
 
 export class Chain {
-  private readonly cache = new ContentCache(256 * 1024 * 1024);
+  /** Materialised contents (bases used by several patches). */
+  private readonly cache = new ByteLru(256 * 1024 * 1024, 64 * 1024 * 1024);
   /** Groups coded against bases, decoded (each member checked when taken). */
   private readonly groups = new GroupCache(16 * 1024 * 1024);
   private constructor(readonly readers: CdimgReader[]) {}

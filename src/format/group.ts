@@ -17,6 +17,7 @@
  */
 import { corrupt } from '../errors';
 import { sha256 } from '../util/digest';
+import { ByteLru } from '../util/lru';
 import { GROUP_MAX_RAW, GROUP_MAX_STORED } from './types';
 import { zstdDeclaredSize, zstdDecompressChecked, zstdFrame } from './zstd';
 
@@ -116,29 +117,18 @@ export function groupMember(group: Buffer, c: GroupMemberRef, what: string): Buf
  * each member is checked when it is taken (groupMember).
  */
 export class GroupCache {
-  private readonly map = new Map<string, Buffer>();
+  private readonly lru: ByteLru;
   private readonly decoding = new Map<string, Promise<Buffer>>();
-  private bytes = 0;
-  constructor(private readonly maxBytes = 8 * 1024 * 1024) {}
+  constructor(maxBytes = 8 * 1024 * 1024) {
+    this.lru = new ByteLru(maxBytes);
+  }
 
   get(key: string): Buffer | undefined {
-    const v = this.map.get(key);
-    if (v) {
-      this.map.delete(key);
-      this.map.set(key, v);
-    }
-    return v;
+    return this.lru.get(key);
   }
 
   set(key: string, v: Buffer): void {
-    if (v.length > this.maxBytes || this.map.has(key)) return;
-    this.map.set(key, v);
-    this.bytes += v.length;
-    for (const [k, old] of this.map) {
-      if (this.bytes <= this.maxBytes) break;
-      this.map.delete(k);
-      this.bytes -= old.length;
-    }
+    this.lru.set(key, v);
   }
 
   /** The decoded group under `key`, decoding `read()`'s frame when it is not held. */
@@ -160,7 +150,6 @@ export class GroupCache {
   }
 
   clear(): void {
-    this.map.clear();
-    this.bytes = 0;
+    this.lru.clear();
   }
 }
