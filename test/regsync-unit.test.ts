@@ -12,14 +12,14 @@ import type { AddressInfo } from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import * as zlib from 'node:zlib';
-import { compressFull } from '../src/delta/codecs';
+import { compressFull, decompressFull } from '../src/delta/codecs';
 import { D4fsError } from '../src/errors';
 import { HEADER_SIZE, PatchReader } from '../src/regsync/container';
 import { diffImageSets } from '../src/regsync/diff';
 import { gzipRecipeOf, gzipWithRecipe } from '../src/regsync/gzcontent';
 import { parseSpec } from '../src/regsync/imageset';
-import { goDeflate, goDeflateSync, kpDeflate } from '../src/regsync/goflate';
-import { detectRecipe, produceBlob } from '../src/regsync/recipe';
+import { goDeflate, goDeflateSync, kpDeflate, kpDeflatePrefix } from '../src/regsync/goflate';
+import { detectRecipe, FALLBACK_GZIP_HEADER, produceBlob, readRecipe, Recipe, storedRecipe } from '../src/regsync/recipe';
 import { splitTar, SplitResult } from '../src/regsync/tarsplit';
 import { validateIndex } from '../src/regsync/validate';
 import { kindOf } from './helpers/errors';
@@ -186,6 +186,13 @@ describe('compression recipes', () => {
       const d = await check(`go-${level}`, blob);
       expect({ level, engine: d.reproducible && d.recipe.kind === 'gzip' ? d.recipe.engine : d }).toEqual({ level, engine: 'go-flate' });
       if (d.reproducible && d.recipe.kind === 'gzip' && d.recipe.engine === 'go-flate') expect(d.recipe.level).toBe(level === -1 ? 6 : level);
+      // stored in the patch as "go LEVEL" (Go's own header left out); level 7's header has a name and a time: kept, still short
+      if (d.reproducible) {
+        const stored = storedRecipe(d.recipe);
+        if (level !== 7) expect(stored).toBe(`go ${level === -1 ? 6 : level}`);
+        expect(JSON.stringify(stored).length).toBeLessThanOrEqual(64);
+        expect(readRecipe(stored)).toEqual(d.recipe);
+      }
       // the encoder's output does not depend on how its input is split
       const body = blob.subarray(level === 7 ? 10 + 'layer.tar'.length + 1 : 10, blob.length - 8);
       const parts: Buffer[] = [];
@@ -212,6 +219,10 @@ describe('compression recipes', () => {
       const r = d.reproducible && d.recipe.kind === 'gzip' ? d.recipe : undefined;
       expect({ name: c.name, engine: r?.engine, level: r && 'level' in r ? r.level : undefined }).toEqual({ name: c.name, engine: c.engine, level: 5 });
       if (r?.engine === 'pgzip') expect(r.blockSize).toBe(c.blockSize);
+      // stored without klauspost's header (mtime 0x886e0900), at most 64 bytes of JSON
+      const stored = d.reproducible ? storedRecipe(d.recipe) : '';
+      expect(stored).toBe(c.engine === 'pgzip' ? `pgzip 5 ${c.blockSize}` : 'kp 5');
+      expect(d.reproducible && readRecipe(stored)).toEqual(d.reproducible && d.recipe);
     }
     // empty, tiny and incompressible inputs through the raw encoder, fed in odd pieces
     for (const input of [Buffer.alloc(0), Buffer.from('x'), randomBytes(300_000), tar.subarray(0, 70_000)]) {
@@ -260,6 +271,95 @@ describe('compression recipes', () => {
     ]) {
       await expect(produceBlob(bad as never, p).next()).rejects.toMatchObject({ kind: 'INVALID_ARGUMENT' });
     }
+  });
+
+  test('recipes are stored as short strings (header left out when it is the default one) and read back exactly; version 1 objects are still read', () => {
+    const b64 = (b: number[]): string => Buffer.from(b).toString('base64');
+    const goHeader = (xfl: number, mtime = 0): string => {
+      const h = Buffer.from([0x1f, 0x8b, 8, 0, 0, 0, 0, 0, xfl, 0xff]);
+      h.writeUInt32LE(mtime, 4);
+      return h.toString('base64');
+    };
+    const named = Buffer.concat([Buffer.from([0x1f, 0x8b, 8, 8, 0, 0xf1, 0x53, 0x65, 0, 0xff]), Buffer.from('layer.tar\0')]);
+    const cases: [Recipe, string][] = [
+      [{ kind: 'none' }, 'none'],
+      [{ kind: 'zstd', engine: 'zstd-napi', level: 3 }, 'zstd 3'],
+      [{ kind: 'gzip', engine: 'go-flate', level: 6, header: goHeader(0) }, 'go 6'],
+      [{ kind: 'gzip', engine: 'go-flate', level: 9, header: goHeader(2) }, 'go 9'],
+      [{ kind: 'gzip', engine: 'go-flate', level: 1, header: goHeader(4) }, 'go 1'],
+      [{ kind: 'gzip', engine: 'go-flate', level: -2, header: goHeader(0) }, 'go -2'],
+      [{ kind: 'gzip', engine: 'go-flate', level: 6, header: goHeader(2) }, `go 6 @${goHeader(2).replace(/=+$/, '')}`],
+      [{ kind: 'gzip', engine: 'go-flate', level: 7, header: named.toString('base64') }, `go 7 @${named.toString('base64').replace(/=+$/, '')}`],
+      [{ kind: 'gzip', engine: 'klauspost-flate', level: 5, header: goHeader(0, 0x886e0900) }, 'kp 5'],
+      [{ kind: 'gzip', engine: 'klauspost-flate', level: 9, header: goHeader(2, 0x886e0900) }, 'kp 9'],
+      [{ kind: 'gzip', engine: 'klauspost-flate', level: 5, header: goHeader(0) }, `kp 5 @${goHeader(0).replace(/=+$/, '')}`],
+      [{ kind: 'gzip', engine: 'pgzip', level: 5, blockSize: 262144, header: goHeader(0, 0x886e0900) }, 'pgzip 5 262144'],
+      [{ kind: 'gzip', engine: 'node-zlib', zlib: '1.3.0.1-motley', level: 6, memLevel: 8, strategy: 0, windowBits: 15, header: FALLBACK_GZIP_HEADER.toString('base64') }, 'zlib 6 8 0 15 ~1.3.0.1-motley'],
+      [{ kind: 'gzip', engine: 'node-zlib', zlib: 'x', level: 9, memLevel: 9, strategy: 1, windowBits: 15, header: b64([0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 2, 3]) }, 'zlib 9 9 1 15 @H4sIAAAAAAACAw ~x'],
+      [{ kind: 'gzip', engine: 'gzip', tool: 'gzip 1.12', level: 6, rsyncable: true, header: b64([0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3]) }, 'gzip 6 1 ~gzip 1.12'],
+      [{ kind: 'gzip', engine: 'gzip', tool: 'gzip 1.12', level: 9, rsyncable: false, header: b64([0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 2, 3]) }, 'gzip 9 0 ~gzip 1.12'],
+    ];
+    for (const [r, s] of cases) {
+      expect(storedRecipe(r)).toBe(s);
+      expect(readRecipe(s)).toEqual(r);
+      // no stored form is longer than version 1's object
+      expect(JSON.stringify(s).length).toBeLessThan(JSON.stringify(r).length);
+      // version 1's objects are read as they are
+      expect(readRecipe(JSON.parse(JSON.stringify(r)))).toEqual(r);
+    }
+    // informational text outside printable ASCII is replaced, never stored raw
+    expect(storedRecipe({ ...(cases[12][0] as Extract<Recipe, { engine: 'node-zlib' }>), zlib: 'a\u001b[31mb' })).toBe('zlib 6 8 0 15 ~a?[31mb');
+  });
+
+  test('hostile stored recipes are refused with INVALID_ARGUMENT', () => {
+    const hostileRecipes: unknown[] = [
+      'go 11', 'go 06', 'go -0', 'go +6', 'go 6 7', 'go', 'go 6 ', ' go 6', 'go  6', 'GO 6', 'go 6\n', 'go 99999999999',
+      'kp 10', 'kp -3', 'pgzip 5', 'pgzip 5 16384', 'pgzip 5 999999999', 'pgzip 5 262144 1',
+      'zlib 6 8 0', 'zlib 6 0 0 15', 'zlib 6 8 5 15', 'zlib 6 8 0 16', 'zlib 10 8 0 15', 'gzip 6 2', 'gzip 0 0', 'gzip 6',
+      'zstd 0', 'zstd 20', 'zstd 3 @H4sIAAAAAAAA/w', 'none 1', 'brotli 5', 'go 6 ~go1.19', 'none ~x',
+      'go 6 @H4sIAAAAAAAA/x', // not canonical base64 (stray bits)
+      'go 6 @H4sIAAAAAAAA/w==', // padding is not part of the form
+      'go 6 @AAAAAAAAAAAAAA', // not a gzip header
+      'go 6 @H4sIAAAAAAAA/wAA', // a header and a byte more
+      'go 6 @H4sICAAAAAAA/w', // FNAME without its name
+      `go 6 @${'A'.repeat(4100)}`, `zlib 6 8 0 15 ~${'x'.repeat(201)}`, 'gzip 6 0 ~\u0007', 'x'.repeat(100_000),
+      42, null, [], true, {}, { kind: 'gzip' }, { kind: 'gzip', engine: 'go-flate', level: 6 }, { kind: 'gzip', engine: 'go-flate', level: '6', header: 'H4sIAAAAAAAA/w==' },
+    ];
+    for (const v of hostileRecipes) {
+      let kind = 'accepted';
+      try {
+        readRecipe(v);
+      } catch (e) {
+        kind = e instanceof D4fsError ? e.kind : String(e);
+      }
+      expect({ v, kind }).toEqual({ v, kind: 'INVALID_ARGUMENT' });
+    }
+  });
+
+  test("pgzip's blocks compressed in native threads give the same bytes as one thread, for any number of threads and any input length", async () => {
+    const block = 20_000; // small blocks: many batches, tails of full and short blocks
+    const inputs = [
+      Buffer.alloc(0),
+      tar.subarray(0, 10_000), // one short block (no tail after it)
+      tar.subarray(0, block), // exactly one block: an empty last block with its tail as dictionary
+      tar.subarray(0, 3 * block), // exactly three
+      tar.subarray(0, 5 * block + 16_384), // a last block of exactly the tail's size
+      tar.subarray(0, 7 * block + 16_385),
+      tar.subarray(0, 400_123),
+    ];
+    for (const level of [-2, 0, 1, 5, 7, 9]) {
+      for (const input of inputs) {
+        const blob = goGzip('pgzip', level, input, undefined, block);
+        const want = blob.subarray(10, blob.length - 8);
+        for (const threads of [1, 2, 3, 16]) {
+          const parts: Buffer[] = [];
+          for await (const p of kpDeflate(level, block, chunked(input, [7_000, 50_001, 1]), threads)) parts.push(p);
+          expect({ level, n: input.length, threads, same: Buffer.concat(parts).equals(want) }).toEqual({ level, n: input.length, threads, same: true });
+        }
+      }
+    }
+    // the thread count is checked like the rest
+    expect(() => kpDeflatePrefix(5, block, Buffer.alloc(1), 17)).toThrow(/threads 0..16/);
   });
 
   test('several gzip members are not reproducible, with a reason', async () => {
@@ -379,6 +479,17 @@ describe('patch container', () => {
         const l = ix.layers.find((x: any) => x.kind === 'rebuilt');
         (l.recipe ?? l.fallback.recipe).level = 42;
       }],
+      ['stored recipe', (ix) => {
+        const l = ix.layers.find((x: any) => x.kind === 'rebuilt');
+        if (l.recipe) l.recipe = 'go 42';
+        else l.fallback.recipe = 'zlib 6 8 0 15 @AAAAAAAAAAAAAA';
+      }],
+      ['recipe of another kind', (ix) => {
+        const l = ix.layers.find((x: any) => x.kind === 'rebuilt');
+        if (l.recipe) l.recipe = ['go 6'];
+        else l.fallback.recipe = 7;
+      }],
+      ['version', (ix) => (ix.version = 3)],
       ['extract past the end', (ix) => (ix.sources[0].extract[0][0] = ix.sources[0].tarSize)],
       ['old content nobody provides', (ix) => (ix.sources[0].extract = [])],
       ['digest syntax', (ix) => (ix.contents[0].digest = 'md5:abc')],
@@ -392,6 +503,44 @@ describe('patch container', () => {
     }
     // and the writer's own output passes
     expect(() => validateIndex(JSON.parse(JSON.stringify(reader.index)))).not.toThrow();
+  });
+
+  test('the index stores each recipe in its short string form; a version 1 index (object recipes) is still read', async () => {
+    const storedLen = Number(bytes.readBigUInt64LE(16));
+    const raw = JSON.parse(decompressFull(bytes.subarray(HEADER_SIZE, HEADER_SIZE + storedLen), Number(bytes.readBigUInt64LE(24))).toString('utf8')) as Record<string, any>;
+    expect(raw.version).toBe(2);
+    const rebuilt = (raw.layers as any[]).filter((l) => l.kind === 'rebuilt');
+    expect(rebuilt.length).toBeGreaterThan(0);
+    for (const l of rebuilt) {
+      const stored = l.recipe ?? l.fallback.recipe;
+      expect(typeof stored).toBe('string');
+      expect(JSON.stringify(stored).length).toBeLessThanOrEqual(64);
+    }
+    // the reader gives objects back, the same as the writer had
+    const readBack = reader.index.layers.filter((l) => l.kind === 'rebuilt');
+    readBack.forEach((l, i) => {
+      const r = l.kind === 'rebuilt' ? (l.recipe ?? l.fallback!.recipe) : undefined;
+      expect(storedRecipe(r!)).toBe(rebuilt[i].recipe ?? rebuilt[i].fallback.recipe);
+    });
+    // version 1: the same index with the recipes as objects
+    const v1 = JSON.parse(JSON.stringify(raw)) as Record<string, any>;
+    v1.version = 1;
+    for (const l of v1.layers as any[]) {
+      if (l.kind !== 'rebuilt') continue;
+      if (l.recipe) l.recipe = readRecipe(l.recipe);
+      else l.fallback.recipe = readRecipe(l.fallback.recipe);
+    }
+    const stored = compressFull(Buffer.from(JSON.stringify(v1)), 3);
+    const header = Buffer.from(bytes.subarray(0, HEADER_SIZE));
+    header.writeBigUInt64LE(BigInt(stored.length), 16);
+    header.writeBigUInt64LE(BigInt(Buffer.byteLength(JSON.stringify(v1))), 24);
+    createHash('sha256').update(stored).digest().copy(header, 40);
+    const p = path.join(dir, 'v1.patch');
+    await fsp.writeFile(p, Buffer.concat([header, stored, bytes.subarray(HEADER_SIZE + storedLen)]));
+    const old = await PatchReader.open(p);
+    await old.verifyPayloads();
+    expect(old.index.version).toBe(1);
+    expect(old.index.layers).toEqual(reader.index.layers);
   });
 
   test('fuzz: 400 random flips, truncations and header changes fail as CORRUPT, HOSTILE or UNSUPPORTED', async () => {

@@ -26,8 +26,10 @@ export interface KpEncoder {
 /**
  * A new encoder of klauspost/compress's flate (v1.15.12) at `level` (-2..9; -1 is 5, its default): one
  * stream (`pgzipBlock` 0, what klauspost's gzip writes) or pgzip's blocks of `pgzipBlock` bytes (> 16384).
+ * `threads` (pgzip): how many blocks are compressed at once, each in a native thread (0 or absent: one per
+ * processor online, at most 16, no more than 64 MiB of blocks held); the output is the same for any number.
  */
-export function kpNew(level: number, pgzipBlock: number): KpEncoder;
+export function kpNew(level: number, pgzipBlock: number, threads?: number): KpEncoder;
 /** Compresses `bytes`; returns the compressed bytes produced so far. */
 export function kpWrite(e: KpEncoder, bytes: Uint8Array): Buffer;
 /** Ends the stream: the rest of it; the encoder cannot be used again. */

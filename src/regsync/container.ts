@@ -27,7 +27,8 @@ import { createReadStream, createWriteStream, promises as fsp, WriteStream } fro
 import { finished } from 'node:stream/promises';
 import { compressFull, decompressFull } from '../delta/codecs';
 import { corrupt, hostile, notFound, unsupported } from '../errors';
-import type { PatchIndex, PayloadEntry } from './types';
+import { storedRecipe } from './recipe';
+import type { LayerEntry, PatchIndex, PayloadEntry } from './types';
 import { validateIndex } from './validate';
 
 /** File magic. */
@@ -44,6 +45,15 @@ export const MAX_INDEX = 256 * 1024 * 1024;
 export const MAX_PAYLOAD_REGION = 2 ** 40;
 
 const sha256hex = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
+
+/** A layer entry as the index stores it: its recipe (or fallback's) in the short string form of ./recipe.ts. */
+function storedLayer(l: LayerEntry): LayerEntry {
+  if (l.kind !== 'rebuilt') return l;
+  const out: Record<string, unknown> = { ...l };
+  if (l.recipe) out.recipe = storedRecipe(l.recipe);
+  if (l.fallback) out.fallback = { ...l.fallback, recipe: storedRecipe(l.fallback.recipe) };
+  return out as unknown as LayerEntry;
+}
 
 /**
  * Writes a patch: payloads are appended to a spool file as they are produced,
@@ -100,8 +110,9 @@ export class PatchWriter {
     this.spool.end();
     await finished(this.spool);
     const full: PatchIndex = { ...index, payloads: this.payloads } as PatchIndex;
-    validateIndex(full); // never write what a reader would refuse
-    const json = Buffer.from(JSON.stringify(full), 'utf8');
+    const written = { ...full, layers: full.layers.map(storedLayer) };
+    const json = Buffer.from(JSON.stringify(written), 'utf8');
+    validateIndex(written); // never write what a reader would refuse (it reads written's recipes back into objects)
     if (json.length > MAX_INDEX) throw unsupported(`patch index of ${json.length} bytes exceeds ${MAX_INDEX}`);
     const stored = compressFull(json, 19);
     const rootHex = sha256hex(stored);

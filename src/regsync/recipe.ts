@@ -274,17 +274,38 @@ async function* gzipProgramBody(level: number, rsyncable: boolean, tarPath: stri
   }
 }
 
-/** Compressed body (between header and trailer for gzip) of the recipe applied to a tar file. */
-function recipeBody(r: Recipe, tarPath: string): AsyncIterable<Buffer> {
+/** CRC-32 and size of what went through {@link countedChunks}: the gzip trailer, once the input is read to its end. */
+interface Tally {
+  crc: number;
+  size: number;
+  done: boolean;
+}
+
+/** fileChunks, tallying CRC-32 and size as the chunks go by (one read of the tar for both the body and the trailer). */
+async function* countedChunks(path: string, t: Tally): AsyncGenerator<Buffer> {
+  for await (const c of fileChunks(path)) {
+    t.crc = zlib.crc32(c, t.crc);
+    t.size += c.length;
+    yield c;
+  }
+  t.done = true;
+}
+
+/**
+ * Compressed body (between header and trailer for gzip) of the recipe applied
+ * to a tar file; Go's and klauspost's encoders fill `tally` as they read it.
+ */
+function recipeBody(r: Recipe, tarPath: string, tally?: Tally): AsyncIterable<Buffer> {
+  const input = (): AsyncIterable<Buffer> => (tally ? countedChunks(tarPath, tally) : fileChunks(tarPath));
   switch (r.kind) {
     case 'none':
       return fileChunks(tarPath);
     case 'zstd':
       return transformFile(zstdCompressStream({ compressionLevel: r.level, checksumFlag: true }), tarPath);
     case 'gzip':
-      if (r.engine === 'go-flate') return goDeflate(r.level, fileChunks(tarPath));
-      if (r.engine === 'klauspost-flate') return kpDeflate(r.level, 0, fileChunks(tarPath));
-      if (r.engine === 'pgzip') return kpDeflate(r.level, r.blockSize, fileChunks(tarPath));
+      if (r.engine === 'go-flate') return goDeflate(r.level, input());
+      if (r.engine === 'klauspost-flate') return kpDeflate(r.level, 0, input());
+      if (r.engine === 'pgzip') return kpDeflate(r.level, r.blockSize, input());
       return r.engine === 'gzip' ? gzipProgramBody(r.level, r.rsyncable, tarPath) : nodeDeflateBody(r, tarPath);
   }
 }
@@ -296,8 +317,17 @@ function recipeBody(r: Recipe, tarPath: string): AsyncIterable<Buffer> {
 export async function* produceBlob(r: Recipe, tarPath: string): AsyncGenerator<Buffer> {
   validateRecipe(r);
   if (r.kind === 'gzip') yield Buffer.from(r.header, 'base64');
-  for await (const c of recipeBody(r, tarPath)) yield c;
-  if (r.kind === 'gzip') yield await gzipTrailerOf(tarPath);
+  const tally: Tally = { crc: 0, size: 0, done: false };
+  for await (const c of recipeBody(r, tarPath, tally)) yield c;
+  if (r.kind !== 'gzip') return;
+  if (!tally.done) {
+    yield await gzipTrailerOf(tarPath); // engines that read the tar themselves
+    return;
+  }
+  const t = Buffer.alloc(8);
+  t.writeUInt32LE(tally.crc >>> 0, 0);
+  t.writeUInt32LE(tally.size % 2 ** 32, 4);
+  yield t;
 }
 
 /** Refuse recipes with values outside what the engines accept (they come from patch files). */
@@ -340,6 +370,140 @@ export function validateRecipe(r: Recipe): void {
 }
 
 // ---------------------------------------------------------------------------
+// Stored form
+
+/*
+ * How a recipe is stored in a patch index (FORMAT.md, "Recipes"): one short
+ * string of space-separated fields instead of a JSON object,
+ *
+ *   ENGINE [INT ...] [@HEADER] [~INFO]
+ *
+ *   none | zstd LEVEL | go LEVEL | kp LEVEL | pgzip LEVEL BLOCKSIZE
+ *   | zlib LEVEL MEMLEVEL STRATEGY WINDOWBITS | gzip LEVEL RSYNCABLE(0|1)
+ *
+ * HEADER is the gzip header in base64 without padding, left out when it is
+ * the one the engine writes by default (defaultGzipHeader: Go's and
+ * klauspost's writers with no name and a zero time, GNU gzip -n, d4fs's
+ * fallback header for zlib); INFO, the rest of the string, is the zlib
+ * version or the gzip program's version line (node-zlib and gzip only). A Go
+ * layer's recipe is thus "go 6" (6 bytes of JSON). Readers also accept the
+ * object form earlier patches stored ({@link readRecipe}).
+ */
+
+/** The mtime klauspost's gzip writers record for a zero time (Go's time.Time{}.Unix() as a uint32); Go's own records 0. */
+const KLAUSPOST_ZERO_MTIME = 0x886e0900;
+
+const STORED_ENGINES = { 'go-flate': 'go', 'klauspost-flate': 'kp', pgzip: 'pgzip', 'node-zlib': 'zlib', gzip: 'gzip' } as const;
+/** The stored form's syntax: engine, integers (canonical: no leading zeros, no "-0"), header, info. */
+const STORED_RE = /^(none|zstd|go|kp|pgzip|zlib|gzip)((?: (?:0|-?[1-9][0-9]{0,8}))*)(?: @([A-Za-z0-9+/]{14,4096}))?(?: ~([\x20-\x7e]{1,200}))?$/;
+/** Longest stored recipe read (the header's 4096 characters of base64 and the info's 200 bound it anyway). */
+const STORED_MAX = 4400;
+
+/** The gzip header `engine` writes at `level` when nothing is set (no name, zero time): the header a stored recipe leaves out. */
+export function defaultGzipHeader(engine: Extract<Recipe, { kind: 'gzip' }>['engine'], level: number): Buffer {
+  if (engine === 'node-zlib') return FALLBACK_GZIP_HEADER;
+  // XFL: 2 for the best compression (9), 4 for the fastest (1), as Go's, klauspost's and GNU gzip's writers record it
+  const xfl = level === 9 ? 2 : level === 1 ? 4 : 0;
+  const h = Buffer.from([0x1f, 0x8b, 8, 0, 0, 0, 0, 0, xfl, 0xff]);
+  if (engine === 'klauspost-flate' || engine === 'pgzip') h.writeUInt32LE(KLAUSPOST_ZERO_MTIME, 4);
+  if (engine === 'gzip') h[9] = 3; // Unix
+  return h;
+}
+
+/** The stored form of a recipe (see above); {@link readRecipe} gives it back. */
+export function storedRecipe(r: Recipe): string {
+  validateRecipe(r);
+  switch (r.kind) {
+    case 'none':
+      return 'none';
+    case 'zstd':
+      return `zstd ${r.level}`;
+    case 'gzip': {
+      const ints =
+        r.engine === 'pgzip'
+          ? [r.level, r.blockSize]
+          : r.engine === 'node-zlib'
+            ? [r.level, r.memLevel, r.strategy, r.windowBits]
+            : r.engine === 'gzip'
+              ? [r.level, r.rsyncable ? 1 : 0]
+              : [r.level];
+      let s = [STORED_ENGINES[r.engine], ...ints].join(' ');
+      const header = Buffer.from(r.header, 'base64');
+      if (!header.equals(defaultGzipHeader(r.engine, r.level))) s += ` @${header.toString('base64').replace(/=+$/, '')}`;
+      const info = r.engine === 'node-zlib' ? r.zlib : r.engine === 'gzip' ? r.tool : undefined;
+      // informational only: anything outside printable ASCII or too long is cut, never refused
+      if (info !== undefined) s += ` ~${info.replace(/[^\x20-\x7e]/g, '?').slice(0, 200) || '?'}`;
+      return s;
+    }
+  }
+}
+
+/**
+ * A recipe as a patch index stores it (untrusted): the stored string or the
+ * object form of earlier patches, checked strictly; throws INVALID_ARGUMENT
+ * on anything else.
+ */
+export function readRecipe(v: unknown): Recipe {
+  if (typeof v !== 'string') {
+    validateRecipe(v as Recipe);
+    return v as Recipe;
+  }
+  const bad = (m: string): never => {
+    throw invalidArgument(`invalid compression recipe: ${m}`);
+  };
+  const m = v.length <= STORED_MAX ? STORED_RE.exec(v) : null;
+  if (!m) return bad(`not a recipe: ${JSON.stringify(v.slice(0, 40))}${v.length > 40 ? '…' : ''}`);
+  const [, engine, intText, headerText, info] = m;
+  const ints = intText ? intText.slice(1).split(' ').map(Number) : [];
+  const arity = (n: number): void => {
+    if (ints.length !== n) bad(`${engine} takes ${n} numbers, not ${ints.length}`);
+  };
+  if (info !== undefined && engine !== 'zlib' && engine !== 'gzip') bad(`${engine} takes no version text`);
+  if (headerText !== undefined && (engine === 'none' || engine === 'zstd')) bad(`${engine} takes no gzip header`);
+  let header: Buffer | undefined;
+  if (headerText !== undefined) {
+    header = Buffer.from(headerText, 'base64');
+    // canonical base64 only: what re-encodes to the same text (no stray trailing bits, no length that is not one)
+    if (header.toString('base64').replace(/=+$/, '') !== headerText) bad('gzip header is not canonical base64');
+  }
+  let r: Recipe;
+  const level = ints[0];
+  const h = (e: Extract<Recipe, { kind: 'gzip' }>['engine']): string => (header ?? defaultGzipHeader(e, level)).toString('base64');
+  switch (engine) {
+    case 'none':
+      arity(0);
+      r = { kind: 'none' };
+      break;
+    case 'zstd':
+      arity(1);
+      r = { kind: 'zstd', engine: 'zstd-napi', level };
+      break;
+    case 'go':
+      arity(1);
+      r = { kind: 'gzip', engine: 'go-flate', level, header: h('go-flate') };
+      break;
+    case 'kp':
+      arity(1);
+      r = { kind: 'gzip', engine: 'klauspost-flate', level, header: h('klauspost-flate') };
+      break;
+    case 'pgzip':
+      arity(2);
+      r = { kind: 'gzip', engine: 'pgzip', level, blockSize: ints[1], header: h('pgzip') };
+      break;
+    case 'zlib':
+      arity(4);
+      r = { kind: 'gzip', engine: 'node-zlib', zlib: info ?? 'unknown', level, memLevel: ints[1], strategy: ints[2], windowBits: ints[3], header: h('node-zlib') };
+      break;
+    default: // gzip
+      arity(2);
+      if (ints[1] !== 0 && ints[1] !== 1) bad('gzip --rsyncable is 0 or 1');
+      r = { kind: 'gzip', engine: 'gzip', tool: info ?? 'gzip', level, rsyncable: ints[1] === 1, header: h('gzip') };
+  }
+  validateRecipe(r);
+  return r;
+}
+
+// ---------------------------------------------------------------------------
 // Detecting
 
 /** Compare a produced stream with `length` bytes of a file from `offset`; stops at the first difference. */
@@ -379,8 +543,6 @@ function zlibCandidates(xfl: number): { level: number; memLevel: number; strateg
   return out;
 }
 
-/** The mtime klauspost's gzip writers record for a zero time (Go's time.Time{}.Unix() as a uint32); Go's own records 0. */
-const KLAUSPOST_ZERO_MTIME = 0x886e0900;
 
 /** Go's levels to try, most likely first: Go records XFL 2 for level 9 and 4 for level 1 only. */
 function goCandidates(xfl: number): number[] {
@@ -476,7 +638,8 @@ export async function detectRecipe(blobPath: string, tarPath: string, compressio
 
     // Go's encoders: first when the header says a Go writer made it (OS 255), else after zlib and gzip.
     // They write whole blocks (Go's: 16k tokens, 64 KiB at level 1; pgzip's: its block size): the
-    // first ones, from a growing prefix until one is out, tell a wrong candidate at ~10-100 ms.
+    // first ones, from a growing prefix until one is out, tell a wrong candidate at ~10-100 ms (pgzip's
+    // prefix in one thread: with several, blocks come out in batches, later).
     const prefixMatches = (deflatePrefix: (p: Buffer) => Buffer): boolean => {
       for (const n of [256 << 10, 1 << 20, 4 << 20]) {
         const out = deflatePrefix(prefix.subarray(0, Math.min(n, prefixMax)));
@@ -490,7 +653,7 @@ export async function detectRecipe(blobPath: string, tarPath: string, compressio
     const goFirst = header.readUInt32LE(4) !== KLAUSPOST_ZERO_MTIME;
     const goCands = goCandidates(xfl).map((level) => ({ recipe: { kind: 'gzip', engine: 'go-flate', level, header: h64 } as Recipe, prefix: (p: Buffer) => goDeflatePrefix(level, p) }));
     const kpCands = kpCandidates(xfl).flatMap((level) => [
-            ...pgzipBlocks(bodyHead).map((blockSize) => ({ recipe: { kind: 'gzip', engine: 'pgzip', level, blockSize, header: h64 } as Recipe, prefix: (p: Buffer) => kpDeflatePrefix(level, blockSize, p) })),
+            ...pgzipBlocks(bodyHead).map((blockSize) => ({ recipe: { kind: 'gzip', engine: 'pgzip', level, blockSize, header: h64 } as Recipe, prefix: (p: Buffer) => kpDeflatePrefix(level, blockSize, p, 1) })),
             { recipe: { kind: 'gzip', engine: 'klauspost-flate', level, header: h64 } as Recipe, prefix: (p: Buffer) => kpDeflatePrefix(level, 0, p) },
           ]);
     if (opts.goEncoders !== false) candidates.push(...(goFirst ? [...goCands, ...kpCands] : [...kpCands, ...goCands]));

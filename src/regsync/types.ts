@@ -9,8 +9,14 @@ import type { Recipe } from './recipe';
 
 /** Value of {@link PatchIndex.format}. */
 export const PATCH_FORMAT = 'd4fs-registry-patch';
-/** Version of the index this code writes and reads. */
-export const PATCH_VERSION = 1;
+/**
+ * Version of the index this code writes. 2 stores recipes in their short
+ * string form (./recipe.ts, storedRecipe); version 1's object recipes are
+ * still read ({@link PATCH_VERSIONS_READ}).
+ */
+export const PATCH_VERSION = 2;
+/** Versions of the index this code reads. */
+export const PATCH_VERSIONS_READ: readonly number[] = [1, 2];
 
 /** An image of the old set, as the patch was made against it. */
 export interface OldImage {
@@ -84,7 +90,11 @@ export interface RebuiltLayer extends LayerBase {
   runs: number[];
   /** Content (index into {@link PatchIndex.contents}) of each file, in tar order. */
   files: number[];
-  /** Recipe that reproduces the original blob (`digest`), when one was found. */
+  /**
+   * Recipe that reproduces the original blob (`digest`), when one was found. In
+   * the file: its short string form (./recipe.ts, storedRecipe); read back into
+   * this object by validateIndex.
+   */
   recipe?: Recipe;
   /** When no recipe was found: how apply recompresses and what it is expected to get. */
   fallback?: { recipe: Recipe; digest: string; size: number; reason: string };
@@ -150,7 +160,8 @@ export interface DiffStats {
 /** The index of a patch file. */
 export interface PatchIndex {
   format: typeof PATCH_FORMAT;
-  version: typeof PATCH_VERSION;
+  /** What the writer writes; a reader also takes the older versions of PATCH_VERSIONS_READ. */
+  version: number;
   created: string;
   /** "os/arch[/variant]" selected, or "all". */
   platforms: string[] | 'all';

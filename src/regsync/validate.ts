@@ -10,8 +10,8 @@ import { BYTES_CODECS, bytesCodec, isCodecId, wordList } from '../delta/codecs/r
 import { hostile } from '../errors';
 import { SHA256_RE } from '../util/digest';
 import { GZ_MAX_INNER } from './gzcontent';
-import { validateRecipe } from './recipe';
-import { PATCH_FORMAT, PATCH_VERSION, PatchIndex } from './types';
+import { readRecipe } from './recipe';
+import { PATCH_FORMAT, PATCH_VERSIONS_READ, PatchIndex } from './types';
 
 const REPO_RE = /^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:\/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*$/;
 const TAG_RE = /^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$/;
@@ -116,7 +116,7 @@ function payloadRef(p: Payloads, v: unknown, where: string): number {
 /** Format, version, creation time and platforms. */
 function checkHeader(ix: Obj): void {
   if (ix.format !== PATCH_FORMAT) bad('format', `not "${PATCH_FORMAT}"`);
-  if (ix.version !== PATCH_VERSION) bad('version', `unsupported version ${String(ix.version)}`);
+  if (!PATCH_VERSIONS_READ.includes(ix.version as number)) bad('version', `unsupported version ${String(ix.version)}`);
   str(ix.created, 'created', 64);
   if (ix.platforms !== 'all') {
     const ps = arr(ix.platforms, 'platforms', 256);
@@ -308,10 +308,11 @@ function checkRebuiltLayer(e: Obj, w: string, payloads: Payloads, sources: Check
   if (rawTotal + contentTotal !== tarSize) bad(w, `skeleton and contents make ${rawTotal + contentTotal} bytes, the tar has ${tarSize}`);
   if ((e.recipe === undefined) === (e.fallback === undefined)) bad(w, 'needs exactly one of recipe and fallback');
   try {
-    if (e.recipe !== undefined) validateRecipe(e.recipe as never);
+    // a recipe is read into its object (either stored form: the string or version 1's object), in place
+    if (e.recipe !== undefined) e.recipe = readRecipe(e.recipe);
     else {
       const fb = obj(e.fallback, `${w}.fallback`);
-      validateRecipe(fb.recipe as never);
+      fb.recipe = readRecipe(fb.recipe);
       digest(fb.digest, `${w}.fallback.digest`);
       int(fb.size, `${w}.fallback.size`, LIMITS.blob);
       str(fb.reason, `${w}.fallback.reason`);
@@ -353,7 +354,8 @@ function checkLayers(ix: Obj, payloads: Payloads, sources: CheckedSource[], cont
 
 /**
  * Check a parsed index and return it typed. Throws HOSTILE (with where and
- * what) on the first violation.
+ * what) on the first violation. The recipes of its rebuilt layers are
+ * replaced, in place, by their objects (see ./recipe.ts, readRecipe).
  */
 export function validateIndex(v: unknown): PatchIndex {
   const ix = obj(v, 'index');

@@ -7,10 +7,12 @@
  *   goWrite(encoder, bytes) → Buffer   the compressed bytes produced so far
  *   goFlush(encoder) → Buffer          Go's Writer.Flush
  *   goClose(encoder) → Buffer          Go's Writer.Close: the rest; the encoder is freed
- *   kpNew(level, pgzipBlock) → encoder  level -2..9 (-1: 5); pgzipBlock 0 (one stream) or > 16384
+ *   kpNew(level, pgzipBlock, threads?) → encoder  level -2..9 (-1: 5); pgzipBlock 0 (one stream) or > 16384;
+ *                                       threads: pgzip's blocks compressed at once (0 or absent: one per processor)
  *   kpWrite(encoder, bytes) → Buffer, kpClose(encoder) → Buffer   as above
  *
- * Calls are synchronous (CPU-bound: run them in a worker thread). An
+ * Calls are synchronous (CPU-bound: run them in a worker thread); a pgzip
+ * encoder's calls use threads of their own for the blocks they compress. An
  * encoder not closed is freed when collected.
  */
 #include <node_api.h>
@@ -157,12 +159,15 @@ static napi_value take_kp(napi_env env, handle *h) {
 }
 
 static napi_value js_kp_new(napi_env env, napi_callback_info info) {
-  size_t argc = 2;
-  napi_value argv[2];
+  size_t argc = 3;
+  napi_value argv[3];
   napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  int32_t level = 99, block = -1;
-  if (argc < 2 || napi_get_value_int32(env, argv[0], &level) != napi_ok || napi_get_value_int32(env, argv[1], &block) != napi_ok) {
-    napi_throw_type_error(env, NULL, "d4fs-deflate: kpNew(level, pgzipBlock)");
+  int32_t level = 99, block = -1, threads = 0;
+  napi_valuetype t3 = napi_undefined;
+  if (argc >= 3) napi_typeof(env, argv[2], &t3);
+  if (argc < 2 || napi_get_value_int32(env, argv[0], &level) != napi_ok || napi_get_value_int32(env, argv[1], &block) != napi_ok ||
+      (t3 != napi_undefined && napi_get_value_int32(env, argv[2], &threads) != napi_ok)) {
+    napi_throw_type_error(env, NULL, "d4fs-deflate: kpNew(level, pgzipBlock, threads?)");
     return NULL;
   }
   handle *h = calloc(1, sizeof(*h));
@@ -170,10 +175,10 @@ static napi_value js_kp_new(napi_env env, napi_callback_info info) {
     napi_throw_error(env, NULL, "d4fs-deflate: out of memory");
     return NULL;
   }
-  h->k = kp_new(level, block);
+  h->k = kp_new(level, block, threads);
   if (!h->k) {
     free(h);
-    napi_throw_range_error(env, NULL, "d4fs-deflate: kpNew(level, pgzipBlock): level must be -2..9 and pgzipBlock 0 or 16385..64 MiB");
+    napi_throw_range_error(env, NULL, "d4fs-deflate: kpNew(level, pgzipBlock, threads?): level must be -2..9, pgzipBlock 0 or 16385..64 MiB, threads 0..16");
     return NULL;
   }
   napi_value ext;

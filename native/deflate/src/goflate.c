@@ -12,6 +12,7 @@
  * buffer.
  */
 #include "goflate.h"
+#include "dfutil.h"
 
 #include <limits.h>
 #include <stdlib.h>
@@ -314,7 +315,16 @@ struct gf {
   /* levels 2-9 */
   int length, offset, max_insert_index, chain_head, hash_offset;
   uint32_t *hash_head;
-  uint32_t *hash_prev;
+  /*
+   * Go's hashPrev, as distances: the position before `p` in p's chain is
+   * p - hash_prev[p & WINDOW_MASK] (Go stores it absolute, index +
+   * hashOffset). A distance over 0xffff is stored as 0xffff: such a
+   * position is more than a window behind any search that reaches p, so
+   * the walk stops there as Go's does (i < minIndex), and a position
+   * before the window (Go's i < 0) keeps its exact, negative value. Half
+   * the memory of Go's, and nothing to rebase when hashOffset is.
+   */
+  uint16_t *hash_prev;
 
   /* level 1 */
   table_entry *table;
@@ -340,15 +350,33 @@ static void put_bytes(gf *e, const uint8_t *p, size_t n) {
   e->out_len += n;
 }
 
+/* Room for `n` more output bytes (0 when out of memory: e->oom is set). */
+static int reserve(gf *e, size_t n) {
+  if (e->out_cap - e->out_len >= n) return 1;
+  if (e->oom) return 0;
+  size_t cap = e->out_cap ? e->out_cap : 65536;
+  while (cap < e->out_len + n) cap *= 2;
+  uint8_t *b = realloc(e->out, cap);
+  if (!b) {
+    e->oom = 1;
+    return 0;
+  }
+  e->out = b;
+  e->out_cap = cap;
+  return 1;
+}
+
 static void write_bits(gf *e, uint64_t b, unsigned nb) {
   e->bits |= b << e->nbits;
   e->nbits += nb;
   if (e->nbits >= 48) {
-    uint8_t by[6];
-    for (int i = 0; i < 6; i++) by[i] = (uint8_t)(e->bits >> (8 * i));
+    /* Go's writeBits: the low 6 bytes out (stored as 8, of which the last 2 are overwritten later) */
+    if (reserve(e, 8)) {
+      df_store64le(e->out + e->out_len, e->bits);
+      e->out_len += 6;
+    }
     e->bits >>= 48;
     e->nbits -= 48;
-    put_bytes(e, by, 6);
   }
 }
 
@@ -500,7 +528,53 @@ static void index_tokens(gf *e, const uint32_t *tokens, int n, int *num_literals
   *num_offsets = no;
 }
 
+/*
+ * Go's writeTokens. The bit stream is what writing each code and extra bits
+ * in turn gives; only when whole bytes leave the bit buffer differs (after
+ * every token here, not 6 at a time), which changes no byte: the buffer is
+ * kept in locals and at most 7 bits stay in it, so a token (at most 48
+ * bits) always fits.
+ */
 static void write_tokens(gf *e, const uint32_t *tokens, int n, const hcode *le, const hcode *oe) {
+  if (reserve(e, (size_t)n * 7 + 16)) {
+    uint64_t bits = e->bits;
+    unsigned nbits = e->nbits;
+    uint8_t *out = e->out + e->out_len;
+    df_store64le(out, bits);
+    out += nbits >> 3;
+    bits >>= nbits & ~7u; /* nbits < 48 on entry */
+    nbits &= 7;
+    for (int i = 0; i < n; i++) {
+      uint32_t t = tokens[i];
+      if (t < MATCH_TYPE) {
+        bits |= (uint64_t)le[t].code << nbits;
+        nbits += le[t].len;
+      } else {
+        uint32_t length = TOKEN_LENGTH(t);
+        uint32_t lc = LENGTH_CODES[length];
+        hcode c = le[lc + LENGTH_CODES_START];
+        bits |= (uint64_t)c.code << nbits;
+        nbits += c.len;
+        bits |= (uint64_t)(length - LENGTH_BASE[lc]) << nbits;
+        nbits += (unsigned)LENGTH_EXTRA_BITS[lc];
+        uint32_t offset = TOKEN_OFFSET(t);
+        uint32_t oc = offset_code(offset);
+        c = oe[oc];
+        bits |= (uint64_t)c.code << nbits;
+        nbits += c.len;
+        bits |= (uint64_t)(offset - OFFSET_BASE[oc]) << nbits;
+        nbits += (unsigned)OFFSET_EXTRA_BITS[oc];
+      }
+      df_store64le(out, bits);
+      out += nbits >> 3;
+      bits >>= nbits & ~7u;
+      nbits &= 7;
+    }
+    e->out_len = (size_t)(out - e->out);
+    e->bits = bits;
+    e->nbits = nbits;
+    return;
+  }
   for (int i = 0; i < n; i++) {
     uint32_t t = tokens[i];
     if (t < MATCH_TYPE) {
@@ -600,6 +674,12 @@ static uint32_t hash4(const uint8_t *b) {
   return ((uint32_t)b[3] | (uint32_t)b[2] << 8 | (uint32_t)b[1] << 16 | (uint32_t)b[0] << 24) * HASHMUL >> (32 - HASH_BITS);
 }
 
+/* What hash_prev holds for position `index` whose chain continues at `head` (a hash_head value: position + hash_offset). */
+static inline uint16_t prev_distance(const gf *e, int index, int head) {
+  long d = (long)index - ((long)head - e->hash_offset); /* > 0: head is an earlier position, or none (before the window) */
+  return d > 0xffff ? 0xffff : (uint16_t)d;
+}
+
 static int fill_deflate(gf *e, const uint8_t *b, size_t n) {
   if (e->index >= 2 * WINDOW_SIZE - (MIN_MATCH_LENGTH + MAX_MATCH_LENGTH)) {
     memmove(e->window, e->window + WINDOW_SIZE, WINDOW_SIZE);
@@ -612,7 +692,6 @@ static int fill_deflate(gf *e, const uint8_t *b, size_t n) {
       int delta = e->hash_offset - 1;
       e->hash_offset -= delta;
       e->chain_head -= delta;
-      for (int i = 0; i < WINDOW_SIZE; i++) e->hash_prev[i] = (int)e->hash_prev[i] > delta ? (uint32_t)((int)e->hash_prev[i] - delta) : 0;
       for (int i = 0; i < HASH_SIZE; i++) e->hash_head[i] = (int)e->hash_head[i] > delta ? (uint32_t)((int)e->hash_head[i] - delta) : 0;
     }
   }
@@ -636,11 +715,7 @@ static void write_block_at(gf *e, int index) {
   }
 }
 
-static int match_len(const uint8_t *a, const uint8_t *b, int max) {
-  for (int i = 0; i < max; i++)
-    if (a[i] != b[i]) return i;
-  return max;
-}
+static int match_len(const uint8_t *a, const uint8_t *b, int max) { return df_match_len(a, b, max); }
 
 static int find_match(gf *e, int pos, int prev_head, int prev_length, int lookahead, int *out_len, int *out_off) {
   int min_match_look = MAX_MATCH_LENGTH;
@@ -668,7 +743,7 @@ static int find_match(gf *e, int pos, int prev_head, int prev_length, int lookah
       }
     }
     if (i == min_index) break;
-    i = (long)e->hash_prev[i & WINDOW_MASK] - e->hash_offset;
+    i -= (long)e->hash_prev[i & WINDOW_MASK];
     if (i < min_index || i < 0) break;
   }
   *out_len = length;
@@ -699,7 +774,7 @@ static void deflate_step(gf *e) {
       uint32_t h = hash4(e->window + e->index);
       uint32_t *hh = &e->hash_head[h & HASH_MASK];
       e->chain_head = (int)*hh;
-      e->hash_prev[e->index & WINDOW_MASK] = (uint32_t)e->chain_head;
+      e->hash_prev[e->index & WINDOW_MASK] = prev_distance(e, e->index, e->chain_head);
       *hh = (uint32_t)(e->index + e->hash_offset);
     }
     int prev_length = e->length;
@@ -730,7 +805,7 @@ static void deflate_step(gf *e) {
           if (index < e->max_insert_index) {
             uint32_t h = hash4(e->window + index);
             uint32_t *hh = &e->hash_head[h & HASH_MASK];
-            e->hash_prev[index & WINDOW_MASK] = *hh;
+            e->hash_prev[index & WINDOW_MASK] = prev_distance(e, index, (int)*hh);
             *hh = (uint32_t)(index + e->hash_offset);
           }
         }
@@ -765,11 +840,9 @@ static void deflate_step(gf *e) {
 /* Level 1: Go's deflatefast                                                 */
 /* ------------------------------------------------------------------------ */
 
-static uint32_t load32(const uint8_t *b, int32_t i) {
-  return (uint32_t)b[i] | (uint32_t)b[i + 1] << 8 | (uint32_t)b[i + 2] << 16 | (uint32_t)b[i + 3] << 24;
-}
+static inline uint32_t load32(const uint8_t *b, int32_t i) { return df_load32le(b + i); }
 
-static uint64_t load64(const uint8_t *b, int32_t i) { return (uint64_t)load32(b, i) | (uint64_t)load32(b, i + 4) << 32; }
+static inline uint64_t load64(const uint8_t *b, int32_t i) { return df_load64le(b + i); }
 
 static uint32_t fhash(uint32_t u) { return (u * HASHMUL) >> TABLE_SHIFT; }
 
@@ -796,24 +869,21 @@ static void fast_reset(gf *e) {
 static int32_t fast_match_len(gf *e, int32_t s, int32_t t, const uint8_t *src, int32_t src_len) {
   int32_t s1 = s + MAX_MATCH_LENGTH - 4;
   if (s1 > src_len) s1 = src_len;
-  if (t >= 0) {
-    for (int32_t i = 0; i < s1 - s; i++)
-      if (src[s + i] != src[t + i]) return i;
-    return s1 - s;
-  }
+  if (t >= 0) return df_match_len(src + s, src + t, s1 - s);
   int32_t tp = e->prev_len + t;
   if (tp < 0) return 0;
   int32_t alen = s1 - s;
   int32_t blen = e->prev_len - tp;
   if (blen > alen) blen = alen;
-  for (int32_t i = 0; i < blen; i++)
-    if (src[s + i] != e->prev[tp + i]) return i;
+  if (blen > 0) {
+    int32_t k = df_match_len(src + s, e->prev + tp, blen);
+    if (k < blen) return k;
+  }
   int32_t n = blen;
   if (s + n == s1) return n;
   int32_t rest = s1 - (s + n);
-  for (int32_t i = 0; i < rest; i++)
-    if (src[s + n + i] != src[i]) return i + n;
-  return rest + n;
+  if (rest <= 0) return rest + n;
+  return df_match_len(src + s + n, src, rest) + n;
 }
 
 static void emit_literals(gf *e, const uint8_t *lit, int32_t n) {
@@ -971,7 +1041,7 @@ gf *gf_new(int level) {
     e->window = malloc((size_t)e->window_len);
     e->tokens = malloc(sizeof(uint32_t) * (MAX_FLATE_BLOCK_TOKENS + 1));
     e->hash_head = calloc(HASH_SIZE, sizeof(uint32_t));
-    e->hash_prev = calloc(WINDOW_SIZE, sizeof(uint32_t));
+    e->hash_prev = calloc(WINDOW_SIZE, sizeof(uint16_t));
     e->hash_offset = 1;
     e->length = MIN_MATCH_LENGTH - 1;
     e->chain_head = -1;

@@ -12,11 +12,14 @@
  * rule, and an empty fixed block to end the stream.
  */
 #include "kpflate.h"
+#include "dfutil.h"
 
 #include <limits.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <pthread.h>
+#include <unistd.h>
 
 #define MAX_STORE_BLOCK_SIZE 65535
 #define MAX_MATCH_OFFSET (1 << 15)
@@ -401,10 +404,13 @@ struct kp {
   uint16_t ii;
   hcode est[256]; /* level 9: code lengths of the bytes ahead, for a match's gain */
 
-  /* pgzip */
+  /* pgzip: up to pg_threads blocks are collected (pg_buf, pg_full whole ones, then pg_len bytes of the next) and compressed at once, one worker encoder each */
   int pg_block;
   uint8_t *pg_buf;
   int pg_len;
+  int pg_full;
+  int pg_threads;
+  kp **pg_workers;
   uint8_t pg_tail[TAIL_SIZE];
   int pg_tail_len;
 };
@@ -426,13 +432,32 @@ static void put_bytes(kp *e, const uint8_t *p, size_t n) {
   e->out_len += n;
 }
 
-static void emit_full_bytes(kp *e) {
-  while (e->nbits >= 8) {
-    uint8_t b = (uint8_t)e->bits;
-    put_bytes(e, &b, 1);
-    e->bits >>= 8;
-    e->nbits -= 8;
+/* Room for `n` more output bytes (0 when out of memory: e->oom is set). */
+static int reserve(kp *e, size_t n) {
+  if (e->out_cap - e->out_len >= n) return 1;
+  if (e->oom) return 0;
+  size_t cap = e->out_cap ? e->out_cap : 65536;
+  while (cap < e->out_len + n) cap *= 2;
+  uint8_t *b = realloc(e->out, cap);
+  if (!b) {
+    e->oom = 1;
+    return 0;
   }
+  e->out = b;
+  e->out_cap = cap;
+  return 1;
+}
+
+/* The whole bytes of the bit buffer out (stored as one 8-byte word: bytes past them are overwritten later). */
+static void emit_full_bytes(kp *e) {
+  unsigned k = e->nbits >> 3; /* at most 7: nbits < 64 */
+  if (k == 0) return;
+  if (reserve(e, 8)) {
+    df_store64le(e->out + e->out_len, e->bits);
+    e->out_len += k;
+  }
+  e->bits >>= 8 * k;
+  e->nbits -= 8 * k;
 }
 
 static void write_bits(kp *e, uint64_t b, unsigned nb) {
@@ -638,6 +663,56 @@ static void write_tokens(kp *e, const uint32_t *tokens, int n, const hcode *le, 
     n--;
     defer_eob = 1;
   }
+  /*
+   * The same bits as writing each code and extra bits in turn; only when
+   * whole bytes leave the bit buffer differs (after every token, from
+   * locals), which changes no byte: at most 7 bits stay, so a token (at
+   * most 48 bits) always fits.
+   */
+  if (reserve(e, (size_t)n * 7 + 16)) {
+    uint64_t bits = e->bits;
+    unsigned nbits = e->nbits;
+    uint8_t *out = e->out + e->out_len;
+    df_store64le(out, bits);
+    out += nbits >> 3;
+    bits >>= nbits & ~7u; /* nbits < 48 on entry */
+    nbits &= 7;
+    for (int i = 0; i < n; i++) {
+      uint32_t t = tokens[i];
+      if (t < 256) {
+        bits |= HCODE64(le[t]) << nbits;
+        nbits += HLEN(le[t]);
+      } else {
+        uint8_t length = (uint8_t)(t >> LENGTH_SHIFT);
+        uint8_t lc = LENGTH_CODES[length] & 31;
+        hcode c = le[LENGTH_CODES_START + lc];
+        bits |= HCODE64(c) << nbits;
+        nbits += HLEN(c);
+        if (lc >= 8) {
+          bits |= (uint64_t)(uint32_t)(length - LENGTH_BASE[lc]) << nbits;
+          nbits += LENGTH_EXTRA_BITS[lc];
+        }
+        uint32_t offset = t & OFFSET_MASK;
+        uint32_t oc = (offset >> 16) & 31;
+        c = oe[oc];
+        bits |= HCODE64(c) << nbits;
+        nbits += HLEN(c);
+        if (oc >= 4) {
+          bits |= (uint64_t)((offset - OFFSET_BASE[oc]) & MATCH_OFFSET_ONLY_MASK) << nbits;
+          nbits += (unsigned)OFFSET_EXTRA_BITS[oc];
+        }
+      }
+      df_store64le(out, bits);
+      out += nbits >> 3;
+      bits >>= nbits & ~7u;
+      nbits &= 7;
+    }
+    e->out_len = (size_t)(out - e->out);
+    e->bits = bits;
+    e->nbits = nbits;
+    if (defer_eob) write_code(e, le[END_BLOCK_MARKER]);
+    return;
+  }
   for (int i = 0; i < n; i++) {
     uint32_t t = tokens[i];
     if (t < 256) {
@@ -811,21 +886,15 @@ static void bw_reset(kp *e) {
 /* Level 5                                                                   */
 /* ------------------------------------------------------------------------ */
 
-static uint32_t load3232(const uint8_t *b, int32_t i) {
-  return (uint32_t)b[i] | (uint32_t)b[i + 1] << 8 | (uint32_t)b[i + 2] << 16 | (uint32_t)b[i + 3] << 24;
-}
+static inline uint32_t load3232(const uint8_t *b, int32_t i) { return df_load32le(b + i); }
 
-static uint64_t load6432(const uint8_t *b, int32_t i) { return (uint64_t)load3232(b, i) | (uint64_t)load3232(b, i + 4) << 32; }
+static inline uint64_t load6432(const uint8_t *b, int32_t i) { return df_load64le(b + i); }
 
 static uint32_t hash4(uint64_t u) { return ((uint32_t)u * PRIME4BYTES) >> (32 - TABLE_BITS); }
 
 static uint32_t hash7(uint64_t u) { return (uint32_t)(((u << 8) * PRIME7BYTES) >> ((64 - TABLE_BITS) & 63)); }
 
-static int32_t match_len(const uint8_t *a, const uint8_t *b, int32_t max) {
-  for (int32_t i = 0; i < max; i++)
-    if (a[i] != b[i]) return i;
-  return max;
-}
+static int32_t match_len(const uint8_t *a, const uint8_t *b, int32_t max) { return df_match_len(a, b, max); }
 
 /* matchlen: up to 254 bytes from s (src has hist_len bytes). */
 static int32_t mlen(kp *e, int32_t s, int32_t t) {
@@ -1979,15 +2048,41 @@ static void c_reset_dict(kp *e, const uint8_t *dict, int n) {
 /* API                                                                       */
 /* ------------------------------------------------------------------------ */
 
-kp *kp_new(int level, int pgzip_block) {
+/* Most blocks compressed at once, and the most bytes they may hold together. */
+#define PG_MAX_THREADS 16
+#define PG_MAX_BATCH_BYTES (64 << 20)
+
+/* Threads for pgzip's blocks when the caller leaves it to us: the processors online. */
+static int pg_auto_threads(void) {
+  long n = sysconf(_SC_NPROCESSORS_ONLN);
+  return n < 1 ? 1 : n > PG_MAX_THREADS ? PG_MAX_THREADS : (int)n;
+}
+
+kp *kp_new(int level, int pgzip_block, int threads) {
   if (level == -1) level = 5;
   if (level < -2 || level > 9 || pgzip_block < 0 || (pgzip_block > 0 && pgzip_block <= TAIL_SIZE) || pgzip_block > (64 << 20)) return NULL;
+  if (threads < 0 || threads > PG_MAX_THREADS) return NULL;
   init_tables();
   kp *e = calloc(1, sizeof(*e));
   if (!e) return NULL;
   e->level = level;
   e->log_new_table_penalty = level == -2 ? 10 : level >= 7 ? 8 : 7;
   e->window_size = level == -2 ? 32 << 10 : level >= 7 ? 2 * LZ_WINDOW : MAX_STORE_BLOCK_SIZE;
+  e->pg_block = pgzip_block;
+  if (pgzip_block) {
+    /* the blocks are compressed by worker encoders (one stream each); this one only collects them and their output */
+    int t = threads ? threads : pg_auto_threads();
+    if (t > PG_MAX_BATCH_BYTES / pgzip_block) t = PG_MAX_BATCH_BYTES / pgzip_block;
+    if (t < 1) t = 1;
+    e->pg_threads = t;
+    e->pg_buf = malloc((size_t)pgzip_block * (size_t)t);
+    e->pg_workers = calloc((size_t)t, sizeof(kp *));
+    if (!e->pg_buf || !e->pg_workers) {
+      kp_free(e);
+      return NULL;
+    }
+    return e;
+  }
   if (level >= 7) {
     static const int P[3][4] = {{8, 12, 16, 24}, {16, 30, 40, 64}, {32, 258, 258, 1024}};
     e->good = P[level - 7][0];
@@ -2005,19 +2100,19 @@ kp *kp_new(int level, int pgzip_block) {
   e->tmp_lit_enc = e->enc_b;
   e->cur = MAX_STORE_BLOCK_SIZE;
   e->hist = malloc(ALLOC_HISTORY);
-  e->pg_block = pgzip_block;
-  if (pgzip_block) e->pg_buf = malloc((size_t)pgzip_block);
-  if (!e->hist || (pgzip_block && !e->pg_buf)) {
+  if (!e->hist) {
     kp_free(e);
     return NULL;
   }
-  if (!pgzip_block) c_reset_dict(e, NULL, 0); /* klauspost's NewWriter: no dictionary */
-  else e->hist_len = 0;
+  c_reset_dict(e, NULL, 0); /* klauspost's NewWriter: no dictionary */
   return e;
 }
 
 void kp_free(kp *e) {
   if (!e) return;
+  if (e->pg_workers)
+    for (int i = 0; i < e->pg_threads; i++) kp_free(e->pg_workers[i]);
+  free(e->pg_workers);
   free(e->out);
   free(e->hist);
   free(e->pg_buf);
@@ -2026,18 +2121,69 @@ void kp_free(kp *e) {
   free(e);
 }
 
-/* pgzip's compressBlock: a fresh stream with the previous block's tail as dictionary, flushed; closed at the end. */
-static void pg_block(kp *e, int closed) {
-  c_reset_dict(e, e->pg_tail_len ? e->pg_tail : NULL, e->pg_tail_len);
-  c_write(e, e->pg_buf, (size_t)e->pg_len);
-  c_sync_flush(e);
-  if (closed) c_close(e);
-  if (e->pg_len > TAIL_SIZE) {
-    memcpy(e->pg_tail, e->pg_buf + e->pg_len - TAIL_SIZE, TAIL_SIZE);
+/*
+ * One of pgzip's blocks (its compressBlock): a fresh stream with the previous
+ * block's last 16 KiB of input as dictionary, ended by a sync flush, closed
+ * after the last block. klauspost's Reset gives an encoder that writes what a
+ * new one does (pgzip takes its encoders from a pool in any order), so each
+ * block's output depends on its input and dictionary only: the blocks of a
+ * batch are compressed at once, each by its own worker encoder.
+ */
+typedef struct {
+  kp *w;
+  const uint8_t *dict, *in;
+  int dict_len, len, closed;
+} pg_job;
+
+static void *pg_run(void *arg) {
+  pg_job *j = arg;
+  c_reset_dict(j->w, j->dict_len ? j->dict : NULL, j->dict_len);
+  c_write(j->w, j->in, (size_t)j->len);
+  c_sync_flush(j->w);
+  if (j->closed) c_close(j->w);
+  return NULL;
+}
+
+/* Compresses the collected blocks (pg_full whole ones, and the pg_len bytes after them when `closed`, the last block), in order. */
+static void pg_batch(kp *e, int closed) {
+  int n = e->pg_full + (closed ? 1 : 0);
+  pg_job jobs[PG_MAX_THREADS + 1];
+  pthread_t tids[PG_MAX_THREADS + 1];
+  int started[PG_MAX_THREADS + 1];
+  for (int i = 0; i < n; i++) {
+    if (!e->pg_workers[i]) e->pg_workers[i] = kp_new(e->level, 0, 1);
+    if (!e->pg_workers[i]) {
+      e->oom = 1;
+      return;
+    }
+    int len = i < e->pg_full ? e->pg_block : e->pg_len;
+    const uint8_t *in = e->pg_buf + (size_t)i * (size_t)e->pg_block;
+    /* the previous block's tail (pgzip's: none when that block had no more than 16 KiB) */
+    const uint8_t *dict = i == 0 ? e->pg_tail : in - TAIL_SIZE;
+    int dict_len = i == 0 ? e->pg_tail_len : TAIL_SIZE;
+    jobs[i] = (pg_job){e->pg_workers[i], dict, in, dict_len, len, closed && i == n - 1};
+  }
+  for (int i = 1; i < n; i++) started[i] = pthread_create(&tids[i], NULL, pg_run, &jobs[i]) == 0;
+  if (n > 0) pg_run(&jobs[0]);
+  for (int i = 1; i < n; i++) {
+    if (started[i]) pthread_join(tids[i], NULL);
+    else pg_run(&jobs[i]); /* no thread to be had: here, in order */
+  }
+  for (int i = 0; i < n; i++) {
+    kp *w = jobs[i].w;
+    if (w->oom) e->oom = 1;
+    put_bytes(e, w->out, w->out_len);
+    w->out_len = 0;
+  }
+  /* the next batch's first dictionary: the last block's tail */
+  int last_len = n == 0 ? 0 : jobs[n - 1].len;
+  if (last_len > TAIL_SIZE) {
+    memcpy(e->pg_tail, jobs[n - 1].in + last_len - TAIL_SIZE, TAIL_SIZE);
     e->pg_tail_len = TAIL_SIZE;
   } else {
     e->pg_tail_len = 0;
   }
+  e->pg_full = 0;
   e->pg_len = 0;
 }
 
@@ -2049,17 +2195,21 @@ int kp_write(kp *e, const uint8_t *p, size_t n) {
   while (n > 0) {
     size_t room = (size_t)(e->pg_block - e->pg_len);
     size_t k = n < room ? n : room;
-    memcpy(e->pg_buf + e->pg_len, p, k);
+    memcpy(e->pg_buf + (size_t)e->pg_full * (size_t)e->pg_block + e->pg_len, p, k);
     e->pg_len += (int)k;
     p += k;
     n -= k;
-    if (e->pg_len == e->pg_block) pg_block(e, 0);
+    if (e->pg_len == e->pg_block) {
+      e->pg_full++;
+      e->pg_len = 0;
+      if (e->pg_full == e->pg_threads) pg_batch(e, 0);
+    }
   }
   return e->oom ? -1 : 0;
 }
 
 int kp_close(kp *e) {
-  if (e->pg_block) pg_block(e, 1);
+  if (e->pg_block) pg_batch(e, 1);
   else c_close(e);
   return e->oom ? -1 : 0;
 }

@@ -14,8 +14,12 @@
 
 typedef struct kp kp;
 
-/* An encoder at `level` (-2..9, -1 for 5; NULL for others); pgzip_block > 16384: pgzip's scheme with blocks of that size, 0: one stream. */
-kp *kp_new(int level, int pgzip_block);
+/*
+ * An encoder at `level` (-2..9, -1 for 5; NULL for others); pgzip_block > 16384: pgzip's scheme with blocks of that size, 0: one stream.
+ * threads (pgzip only): how many blocks are compressed at once, each in a thread of its own (0: one per processor online,
+ * at most 16, and no more than 64 MiB of blocks held); the output is the same for any number.
+ */
+kp *kp_new(int level, int pgzip_block, int threads);
 void kp_free(kp *e);
 int kp_write(kp *e, const uint8_t *p, size_t n);
 int kp_close(kp *e);
