@@ -54,7 +54,7 @@ function files(version: number): { name: string; data: Buffer }[] {
       if (version >= 3 && i % 13 === 0) s += 'changed in version 3\n';
       out.push({ name: `pkg${d}/lib/f${String(i).padStart(3, '0')}.js`, data: Buffer.from(s) });
     }
-    out.push({ name: `pkg${d}/bin/tool`, data: Buffer.from(Array.from({ length: d === 0 ? 40_000 : 70_000 }, () => rnd.int(256))) });
+    out.push({ name: `pkg${d}/bin/tool`, data: Buffer.from(Array.from({ length: d === 0 ? 20_000 : 70_000 }, () => rnd.int(256))) });
   }
   out.push({ name: 'data/big.bin', data: Buffer.from(Array.from({ length: 300_000 }, (_, i) => (i * 7 + version) & 0xff)) });
   if (version >= 2) out.push({ name: 'pkg0/lib/new.js', data: Buffer.from('a new file\n') });
@@ -87,11 +87,12 @@ describe('planGroups', () => {
     const small = 1000;
     const plan = Array.from(planGroups([small, small, GROUP_SMALL_MAX + 1, small, 0, small, small, small]));
     expect(plan).toEqual([0, 0, -1, -1, -1, 1, 1, 1]);
-    // a run is cut once it holds GROUP_TARGET_RAW bytes
-    const n = Math.ceil(GROUP_TARGET_RAW / small) + 3;
+    // a run holds at most GROUP_TARGET_RAW bytes: cut before the content that would take it past
+    const n = Math.floor(GROUP_TARGET_RAW / small) + 3;
     const long = Array.from(planGroups(new Array<number>(n).fill(small)));
-    expect(long.filter((g) => g === 0)).toHaveLength(Math.ceil(GROUP_TARGET_RAW / small));
+    expect(long.filter((g) => g === 0)).toHaveLength(Math.floor(GROUP_TARGET_RAW / small));
     expect(long.at(-1)).toBe(1);
+    expect(Array.from(planGroups([GROUP_SMALL_MAX, GROUP_SMALL_MAX, GROUP_SMALL_MAX, 1]))).toEqual(GROUP_SMALL_MAX * 2 <= GROUP_TARGET_RAW ? [0, 0, 1, 1] : [-1, -1, 0, 0]);
     // a content of more than one chunk is never grouped
     expect(Array.from(planGroups([5000, 5000, 5000], 4096))).toEqual([-1, -1, -1]);
   });
@@ -106,7 +107,7 @@ describe('convert writes solid groups', () => {
       const groups = new Set(members.map((b) => b.chunks[0].offset));
       expect(members.length).toBeGreaterThan(300);
       expect(groups.size).toBeLessThan(members.length / 10);
-      // a 40 KB binary is a member (≤ 64 KiB); the 70 KB ones and the 300 KB file are stored alone
+      // a 20 KB binary is a member (≤ 32 KiB); the 70 KB ones and the 300 KB file are stored alone
       const codecOf = (name: string): Codec | undefined => r.blob(sha((files(1).find((f) => f.name === name) as { data: Buffer }).data))?.chunks[0].codec;
       expect([codecOf('pkg0/bin/tool'), codecOf('pkg1/bin/tool'), codecOf('data/big.bin')]).toEqual([Codec.GROUP, Codec.ZSTD, Codec.ZSTD]);
       for (const f of files(1)) expect((await r.readContent(Buffer.from(sha(f.data), 'hex'))).equals(f.data)).toBe(true);
@@ -135,7 +136,7 @@ describe('convert writes solid groups', () => {
       }
       const groupFrames = [...frames.values()].reduce((n, x) => n + x, 0);
       expect(groupFrames).toBeGreaterThan(0);
-      // texts sharing their words (and one 40 KB random binary): ~0.75x here
+      // texts sharing their words (and one 20 KB random binary)
       expect(groupFrames).toBeLessThan(0.85 * ownFrames);
     } finally {
       await g.close();

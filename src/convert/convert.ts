@@ -134,16 +134,23 @@ export async function convertImage(o: ConvertOptions): Promise<ConvertResult> {
     const flushed = sink.flush();
     warmFinish(); // while the workers finish the last batches
     await flushed;
+    // Every content is compressed: the threads (their heaps, buffers and zstd contexts, ~15–25 MB each)
+    // need not live on through the tree and the index, which is where the peak RSS of a big image is.
+    // The groups are coded by fresh threads, which hold only that work's buffers.
+    if (!o.pool) await pool.close();
     const tree = builder.toEntries();
     builder = undefined; // its tree of nodes is not needed any more (~1 KB per entry of a big image)
     const { entries } = tree;
     const distinctContents = tree.contents.length;
     const contentBytes = tree.contents.reduce((n, c) => n + c.size, 0);
     writer = await CdimgWriter.create(o.output);
-    const blobs = await sink.writeTo(writer, tree.contents);
-    // Every content is compressed and grouped: the threads (their heaps, buffers and zstd contexts,
-    // ~15–25 MB each) need not live on through the index, which is where the peak RSS of a big image is.
-    if (!o.pool) await pool.close();
+    const groupPool = o.pool ?? new WorkerPool(o.threads);
+    let blobs: Blob[];
+    try {
+      blobs = await sink.writeTo(writer, tree.contents, groupPool);
+    } finally {
+      if (!o.pool) await groupPool.close();
+    }
     tree.contents = []; // the blobs have what the index needs (its digest strings: ~100 bytes per content)
     // No reference in the index: the same image gives the same bytes (and
     // root digest, and dedup on servers and registries) whatever reference it

@@ -524,16 +524,17 @@ export class BlobSink implements ContentSink {
    * stored as solid groups (format/group.ts: planGroups decides from the
    * sizes in tree order alone, so `cdimg patch` lays out the same groups):
    * their frames, compressed one by one while the layers streamed in, are
-   * decoded and the group encoded by a worker thread, several at once.
+   * decoded and the group encoded by a worker thread of `groupPool`, several
+   * at once.
    */
-  async writeTo(writer: CdimgWriter, contents: TreeContent[]): Promise<Blob[]> {
+  async writeTo(writer: CdimgWriter, contents: TreeContent[], groupPool: WorkerPool = this.pool): Promise<Blob[]> {
     await this.flush();
     const sizes = new Float64Array(contents.length);
     for (let i = 0; i < contents.length; i++) sizes[i] = contents[i].size;
     const plan = planGroups(sizes, this.chunkSize);
     const blobs: Blob[] = [];
     const out = new GatheredWrites(writer);
-    const window = new OrderedWindow<Uint8Array>(Math.max(2, this.pool.threads * 3), 32 << 20);
+    const window = new OrderedWindow<Uint8Array>(Math.max(2, groupPool.threads * 3), 32 << 20);
     try {
       for (let i = 0; i < contents.length; ) {
         if (plan[i] < 0) {
@@ -565,7 +566,7 @@ export class BlobSink implements ContentSink {
         await window.push(
           async () => {
             const frames = await this.storedOf(members);
-            const r = await this.pool.run(CONVERT_TASKS, 'regroup', { frames, storedSizes: members.map((m) => m.stored), rawSizes: members.map((m) => m.size), level: this.level });
+            const r = await groupPool.run(CONVERT_TASKS, 'regroup', { frames, storedSizes: members.map((m) => m.stored), rawSizes: members.map((m) => m.size), level: this.level });
             return r.frame;
           },
           async (frame) => {

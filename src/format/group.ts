@@ -5,9 +5,9 @@
  * their bytes back to back; each member's chunk (Codec.GROUP) names that frame
  * (the same offset and stored size) and where it starts in the frame's content
  * (`groupOffset`). Repetition across files is paid once: on the 64k-file
- * node_modules tree of the scale bench, zstd -3 of each small file took 32.8 MB,
- * groups of 128 KiB 16.6 MB (0.51x); on the synthetic 150k-file image 0.85x
- * (measurements in CODECS.md, "Solid groups").
+ * node_modules tree of the scale bench, its small files take 0.55x of what a
+ * zstd -3 frame per file takes; on the synthetic 150k-file image 0.83x (see
+ * GROUP_TARGET_RAW).
  *
  * A reader decodes a group once (bounded: GROUP_MAX_RAW) and takes members out
  * of it, each checked against its own digest; the decoded group is kept a while
@@ -22,25 +22,32 @@ import { GROUP_MAX_RAW, GROUP_MAX_STORED } from './types';
 import { zstdDeclaredSize, zstdDecompressChecked, zstdFrame } from './zstd';
 
 /**
- * Contents up to this size are grouped (64 KiB). Larger ones gain little from
- * their neighbours and are better decoded alone.
+ * Contents up to this size are grouped (32 KiB), and a group holds at most
+ * GROUP_TARGET_RAW bytes (64 KiB). Measured on the scale bench's trees, as the
+ * stored size of their small contents against a zstd -3 frame per content
+ * (node_modules: 63,463 small files, 94 MB; synthetic: 15,000 text files of
+ * 0.5-6 KiB), and the cold read of one member (its group read and decoded by
+ * the serving thread: 128 KiB groups took a cold random read of a small file
+ * from 0.93 to 1.97 ms, 0.33 ms of it decoding):
+ *
+ * | members up to / group up to | node_modules | synthetic |
+ * |---|---|---|
+ * | 64 KiB / 128 KiB | 0.515x | 0.808x |
+ * | 32 KiB / 64 KiB | 0.550x | 0.826x |
+ * | 16 KiB / 32 KiB | 0.590x | 0.856x |
+ *
+ * 64 KiB groups keep most of the gain for half the decode of a cold read.
  */
-export const GROUP_SMALL_MAX = 64 * 1024;
-/**
- * A group is closed once its members hold this many bytes (128 KiB). Measured
- * on the node_modules tree: 32 KiB groups 0.57x per-file zstd, 64 KiB 0.53x,
- * 128 KiB 0.51x, 256 KiB 0.48x, 1 MiB 0.44x; a cold read of one member decodes
- * the whole group (~0.1-0.2 ms for 128 KiB), so the gain past 128 KiB is not
- * worth the cost to random reads.
- */
-export const GROUP_TARGET_RAW = 128 * 1024;
+export const GROUP_SMALL_MAX = 32 * 1024;
+export const GROUP_TARGET_RAW = 64 * 1024;
 
 /**
  * The groups of contents of sizes `sizes`, in this order: for each content its
  * group number, or -1 when it is stored alone. A group is a run of consecutive
  * non-empty contents of at most GROUP_SMALL_MAX bytes (and one chunk of
- * `chunkSize`), closed when it reaches GROUP_TARGET_RAW or when a content that
- * is not grouped comes; a run of one content is not a group.
+ * `chunkSize`) holding at most GROUP_TARGET_RAW bytes, closed before the
+ * content that would take it past that or when a content that is not grouped
+ * comes; a run of one content is not a group.
  */
 export function planGroups(sizes: ArrayLike<number>, chunkSize = Number.POSITIVE_INFINITY): Int32Array {
   const small = Math.min(GROUP_SMALL_MAX, chunkSize);
@@ -62,9 +69,9 @@ export function planGroups(sizes: ArrayLike<number>, chunkSize = Number.POSITIVE
       close(i);
       continue;
     }
+    if (start >= 0 && raw + s > GROUP_TARGET_RAW) close(i);
     if (start < 0) start = i;
     raw += s;
-    if (raw >= GROUP_TARGET_RAW) close(i + 1);
   }
   close(sizes.length);
   return out;
