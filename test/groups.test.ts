@@ -182,6 +182,13 @@ describe('a delta codes small changed contents in groups', () => {
       await patchImage({ base: at('v1.cdimg'), deltas: [at(`gm-${strategy}.cdimg`)], out: at(`gm-${strategy}-p.cdimg`) });
       expect(sha(readFileSync(at(`gm-${strategy}-p.cdimg`)))).toBe(sha(readFileSync(at('v3.cdimg'))));
     }
+    // back and forth (v1 → v2 → v1 → v2): composition would make contents patch one another in a circle; refused, rediff merges
+    await diffImages({ oldPath: at('v2.cdimg'), newPath: at('v1.cdimg'), out: at('g21.cdimg') });
+    const err = await expectKind(mergeDeltas({ deltas: [at('g12.cdimg'), at('g21.cdimg'), at('g12.cdimg')], out: at('gbf.cdimg') }), ['FAILED_PRECONDITION']);
+    expect(err.message).toMatch(/--strategy rediff/);
+    await mergeDeltas({ deltas: [at('g12.cdimg'), at('g21.cdimg'), at('g12.cdimg')], out: at('gbf.cdimg'), strategy: 'rediff', base: at('v1.cdimg') });
+    await patchImage({ base: at('v1.cdimg'), deltas: [at('gbf.cdimg')], out: at('gbf-p.cdimg') });
+    expect(sha(readFileSync(at('gbf-p.cdimg')))).toBe(sha(readFileSync(at('v2.cdimg'))));
     // and the chain of both deltas
     await patchImage({ base: at('v1.cdimg'), deltas: [at('g12.cdimg'), at('g23.cdimg')], out: at('g123-p.cdimg') });
     expect(sha(readFileSync(at('g123-p.cdimg')))).toBe(sha(readFileSync(at('v3.cdimg'))));

@@ -116,6 +116,52 @@ async function composeContents(readers: CdimgReader[], contents: ReturnType<type
   }
 }
 
+/**
+ * A composed delta whose stored contents patch one another in a circle cannot be read (a reader
+ * looks for a base in the same file first): a content of A patched in a later delta against a
+ * content that an earlier delta patched against it (A→B, B→A, A→B). Refused with the way out.
+ * A member of a group coded against bases depends on every member's base.
+ */
+function refuseBaseCycles(m: Merged): void {
+  const deps = new Map<string, Set<string>>();
+  const groups = new Map<number, string[]>();
+  for (const [key, b] of m.out) {
+    const d = new Set<string>();
+    for (const c of b.chunks) {
+      if (c.baseDigest.length > 0) d.add(c.baseDigest.toString('hex'));
+      if (c.codec === Codec.GROUP && b.encoding === Encoding.PATCH) groups.set(c.offset, [...(groups.get(c.offset) ?? []), key]);
+    }
+    deps.set(key, d);
+  }
+  for (const members of groups.values()) {
+    const all = new Set(members.flatMap((k) => [...(deps.get(k) ?? [])]));
+    for (const k of members) deps.set(k, all);
+  }
+  const state = new Map<string, 1 | 2>(); // 1: on the path, 2: done
+  const visit = (start: string): void => {
+    const stack: [string, Iterator<string>][] = [[start, (deps.get(start) ?? new Set<string>()).values()]];
+    state.set(start, 1);
+    while (stack.length) {
+      const [k, it] = stack[stack.length - 1];
+      const n = it.next();
+      if (n.done) {
+        state.set(k, 2);
+        stack.pop();
+        continue;
+      }
+      const next = n.value;
+      if (!m.out.has(next) || m.out.get(next)?.encoding === Encoding.SAME) continue; // from the parent image
+      const st = state.get(next);
+      if (st === 1) throw failedPrecondition(`these deltas go back and forth over the same contents (sha256:${next} is patched against a content patched against it): compose cannot merge them; use --strategy rediff --base A.cdimg`);
+      if (st === undefined) {
+        state.set(next, 1);
+        stack.push([next, (deps.get(next) ?? new Set<string>()).values()]);
+      }
+    }
+  };
+  for (const k of m.out.keys()) if (!state.has(k)) visit(k);
+}
+
 /** rediff: contents A holds are SAME; every other content is rebuilt through A+deltas and diffed against A. */
 async function rediffContents(o: MergeOptions, top: CdimgReader, baseR: CdimgReader, pool: WorkerPool, w: CdimgWriter, m: Merged): Promise<void> {
   const chain = [o.base as string, ...o.deltas];
@@ -206,7 +252,10 @@ export async function mergeDeltas(o: MergeOptions): Promise<DeltaSummary> {
     // without the trees (version 2 deltas and no base) the merged tree is the composed edit script:
     // the contents to look at are those of the entries it inserts (the others are A's)
     const treeEdit = top.hasTree ? undefined : composeEdits(readers.map((r) => r.index.treeEdit as TreeEdit));
-    if (strategy === 'compose') await composeContents(readers, contentsOf(treeEdit ? treeEdit.inserted : top.index.entries), w, merged);
+    if (strategy === 'compose') {
+      await composeContents(readers, contentsOf(treeEdit ? treeEdit.inserted : top.index.entries), w, merged);
+      refuseBaseCycles(merged);
+    }
     else await rediffContents(o, top, baseR as CdimgReader, pool as WorkerPool, w, merged);
     const { out, order } = merged;
 
