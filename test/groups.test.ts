@@ -118,6 +118,10 @@ describe('convert writes solid groups', () => {
     for (const f of files(1)) expect(readFileSync(at(`u1/${f.name}`)).equals(f.data)).toBe(true);
     const v = await verifyCdimg(at('v1.cdimg'));
     expect(v.contentsVerified).toBe(files(1).length);
+    // a group's frame counted once: the stored bytes are the blob section
+    const h = await CdimgReader.open(at('v1.cdimg'));
+    expect(v.storedBytes).toBe(h.header.indexOffset - 128);
+    await h.close();
   });
 
   it('and the stored image is smaller than with a frame per file', async () => {

@@ -2,6 +2,7 @@
 import { Command } from 'commander';
 import { CdimgReader } from '../format/reader';
 import { Encoding, Entry, FileType } from '../format/types';
+import { storedBytesOf } from '../format/group';
 import { invalidArgument } from '../errors';
 import { digestFromRaw } from '../util/digest';
 import { registerDelta } from './delta';
@@ -51,14 +52,13 @@ export function summarize(r: CdimgReader): Record<string, unknown> {
   }
   const enc = { same: 0, full: 0, patch: 0 };
   let contentBytes = 0;
-  let storedBytes = 0;
   for (const b of idx.blobs) {
     contentBytes += b.size;
     if (b.encoding === Encoding.SAME) enc.same++;
     else if (b.encoding === Encoding.FULL) enc.full++;
     else enc.patch++;
-    for (const c of b.chunks) storedBytes += c.storedSize;
   }
+  const storedBytes = storedBytesOf(idx.blobs);
   let cfg: Record<string, unknown> = {};
   try {
     const parsed = JSON.parse(idx.image.configJson.toString('utf8'));

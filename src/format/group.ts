@@ -18,7 +18,7 @@
 import { corrupt } from '../errors';
 import { sha256 } from '../util/digest';
 import { ByteLru } from '../util/lru';
-import { GROUP_MAX_RAW, GROUP_MAX_STORED } from './types';
+import { Codec, GROUP_MAX_RAW, GROUP_MAX_STORED } from './types';
 import { zstdDeclaredSize, zstdDecompressChecked, zstdFrame } from './zstd';
 
 /**
@@ -90,6 +90,22 @@ export function groupRawSize(stored: Buffer, what: string): number {
   const size = zstdDeclaredSize(stored);
   if (size === null || size > GROUP_MAX_RAW) throw corrupt(`${what}: not a group frame (${size === null ? 'no declared size' : `${size} bytes declared, over the bound`})`);
   return size;
+}
+
+/** The stored bytes of `blobs`' chunks, a group's frame counted once (not once per member). */
+export function storedBytesOf(blobs: Iterable<{ chunks: readonly { offset: number; storedSize: number; codec: number }[] }>): number {
+  let n = 0;
+  const frames = new Set<number>();
+  for (const b of blobs) {
+    for (const c of b.chunks) {
+      if (c.codec === Codec.GROUP) {
+        if (frames.has(c.offset)) continue;
+        frames.add(c.offset);
+      }
+      n += c.storedSize;
+    }
+  }
+  return n;
 }
 
 /** The stored frame of a group of `members` (in group order) at zstd `level`. */

@@ -11,6 +11,7 @@ import { corrupt } from '../errors';
 import { CdimgReader } from '../format/reader';
 import { FORMAT_TASKS } from '../format/tasks';
 import { Codec, Encoding } from '../format/types';
+import { storedBytesOf } from '../format/group';
 import { digestFromRaw } from '../util/digest';
 import { mapLimit } from '../util/ordered';
 import { WorkerPool } from '../workers/pool';
@@ -49,13 +50,17 @@ export async function verifyCdimg(path: string, threads?: number, chain: string[
       const whole = createHash('sha256');
       let decodable = true;
       for (const c of b.chunks) {
-        const stored = await r.readStored(c);
         chunks++;
-        storedBytes += c.storedSize;
-        if (c.codec === Codec.GROUP && b.encoding === Encoding.FULL) {
-          whole.update(await r.readFullChunk(c));
+        if (c.codec === Codec.GROUP) {
+          // a member of a solid group: its frame is read (once for the group) when a member is decoded
+          if (b.encoding === Encoding.FULL) whole.update(await r.readFullChunk(c));
+          else {
+            decodable = false;
+            patchChunks++;
+          }
           continue;
         }
+        const stored = await r.readStored(c);
         if (c.codec !== Codec.ZSTD) {
           decodable = false;
           patchChunks++;
@@ -69,6 +74,7 @@ export async function verifyCdimg(path: string, threads?: number, chain: string[
         contentsVerified++;
       }
     });
+    storedBytes = storedBytesOf(blobs);
     return { file: path, rootDigest: r.rootDigest, imageId: r.imageId, chunks, storedBytes, contentsVerified, patchChunks, treeChecked: r.hasTree };
   } catch (e) {
     const err = e as Error;
