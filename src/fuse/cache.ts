@@ -44,7 +44,7 @@ import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { corrupt, notFound } from '../errors';
 import { readFully } from '../format/reader';
-import { Codec } from '../format/types';
+import { Codec, Encoding } from '../format/types';
 import type { ChainIndex, Location } from './chain-index';
 import type { FusePool } from './pool';
 import { SMALL_CACHE_BYTES, SMALL_MAX_BYTES, SmallContents, servedFromMemory } from './small';
@@ -55,6 +55,13 @@ export type { CacheStats, ContentCacheOptions, ContentRef } from './cache-parts'
 
 /** Small-content decodes prefetchSmall starts at most at once. */
 const PREFETCH_MAX = 8;
+
+/** The group coded against bases content `loc` is a member of, as a key (file and offset), or undefined. */
+function groupKeyOf(loc: Location): string | undefined {
+  const c = loc.blob.chunks[0];
+  if (loc.blob.encoding !== Encoding.PATCH || loc.blob.chunks.length !== 1 || c.codec !== Codec.GROUP) return undefined;
+  return `${loc.file}\0${c.offset}`;
+}
 
 export class ContentCache {
   /** Complete contents by sha256 hex: verified as a whole (or verified on first use), shared by every image. */
@@ -72,6 +79,10 @@ export class ContentCache {
   private overBudgetLogged = false;
   private readonly counters = { hits: 0, misses: 0, wholeBuilds: 0, chunkBuilds: 0, failures: 0, evictions: 0, memoryHits: 0, prefetches: 0 };
   private prefetching = 0;
+  /** Groups coded against bases whose members were built ahead (file and offset of the group: groupKeyOf). */
+  private readonly groupsBuilt = new Set<string>();
+  /** Those builds while they run. */
+  private readonly groupBuilds = new Map<string, Promise<void>>();
   readonly maxBytes: number;
   /** Small contents, verified, in memory (undefined: disabled). */
   private readonly small?: SmallContents;
@@ -364,6 +375,12 @@ export class ContentCache {
   }
 
   private async doBuildWhole(hex: string, chain: ChainIndex, loc: Location, stack: string[]): Promise<void> {
+    // a member of a group whose members are being built ahead: that build gives it (pinWhole looks again)
+    const ahead = this.groupBuilds.get(groupKeyOf(loc) ?? '');
+    if (ahead) {
+      await ahead;
+      if (this.items.get(hex)?.complete) return;
+    }
     if (loc.blob.chunks.length > 1) {
       // Large: build every chunk through the partial file, then promote it.
       const item = await this.openPartial(hex, chain, loc);
@@ -398,9 +415,40 @@ export class ContentCache {
       this.items.set(hex, item);
       this.total += size;
       this.evict();
+      this.buildGroupMembers(hex, chain, loc, bases);
     } finally {
       for (const b of pinned) this.unpin(b);
     }
+  }
+
+  /**
+   * After a member of a group coded against bases was built (its group decoded and every
+   * member's base built on the way), its other members are built too, in the background,
+   * by one task that decodes the group once, and kept as complete contents: a group is
+   * built once, not once per member (issue 14). Best effort: a member that is not built
+   * here is built by its own open.
+   */
+  private buildGroupMembers(hex: string, chain: ChainIndex, loc: Location, bases: BasePaths): void {
+    const key = groupKeyOf(loc);
+    if (key === undefined || this.groupsBuilt.has(key)) return;
+    this.groupsBuilt.add(key);
+    if (this.groupsBuilt.size > 4096) this.groupsBuilt.delete(this.groupsBuilt.values().next().value as string);
+    const p = this.pool
+      .run('buildGroupMembers', { chain: [...chain.paths], level: loc.level, digest: hex, bases, dir: this.dir })
+      .then((written) => {
+        for (const w of written) {
+          // known already, or its old file is being removed (the removal could take the new file): left to its own open
+          if (this.items.has(w.digest) || this.removals.has(w.digest) || !HEX_RE.test(w.digest)) continue;
+          const item: Item = { hex: w.digest, size: w.size, path: join(this.dir, w.digest), complete: true, verified: true, refs: 0, lastUsed: 0, bytes: w.size };
+          this.touch(item);
+          this.items.set(w.digest, item);
+          this.total += w.size;
+        }
+        this.evict();
+      })
+      .catch((e: unknown) => this.log.debug({ digest: hex, err: (e as Error).message }, 'group members not built ahead'))
+      .finally(() => this.groupBuilds.delete(key));
+    this.groupBuilds.set(key, p);
   }
 
   /** Materialises and pins the bases the patch chunks of `loc` need; returns their paths. */

@@ -338,6 +338,46 @@ export async function buildContent(a: BuildContentArgs): Promise<number> {
   }
 }
 
+export interface BuildGroupArgs extends ContentSource {
+  /** The cache directory: each member not there yet is written to `dir/<its sha256 hex>` (temp file, renamed). */
+  dir: string;
+}
+
+/**
+ * The other members of the group coded against bases that content `digest` belongs to
+ * (format/group.ts), materialised into the cache directory: the group is decoded once
+ * (this thread's chain keeps it) and every member is checked against its digest as it is
+ * taken. Returns what it wrote; a member that fails is left out (its own open builds it
+ * and reports the error).
+ */
+export async function buildGroupMembers(a: BuildGroupArgs): Promise<{ digest: string; size: number }[]> {
+  const { chain, blob } = await open(a);
+  const c = blob.chunks[0];
+  if (blob.chunks.length !== 1 || c.codec !== Codec.GROUP) return [];
+  const out: { digest: string; size: number }[] = [];
+  for (const m of chain.readers[a.level].groupMembers(c)) {
+    const hex = m.rawDigest.toString('hex');
+    if (hex === a.digest) continue;
+    const path = join(a.dir, hex);
+    if (await fsp.lstat(path).then(() => true, () => false)) continue;
+    let raw: Buffer;
+    try {
+      raw = await chain.chunk(a.level, m);
+    } catch {
+      continue;
+    }
+    const tmp = tempName(path);
+    try {
+      await fsp.writeFile(tmp, raw, { flag: 'wx', mode: 0o600 });
+      await fsp.rename(tmp, path);
+      out.push({ digest: hex, size: raw.length });
+    } catch {
+      await fsp.rm(tmp, { force: true });
+    }
+  }
+  return out;
+}
+
 /** Materialises one chunk of a content into `out` at `offset`. Returns the chunk's size. */
 export async function buildChunk(a: BuildChunkArgs): Promise<number> {
   let raw: Buffer;
