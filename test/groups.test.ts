@@ -186,6 +186,9 @@ describe('a delta codes small changed contents in groups', () => {
       await patchImage({ base: at('v1.cdimg'), deltas: [at(`gm-${strategy}.cdimg`)], out: at(`gm-${strategy}-p.cdimg`) });
       expect(sha(readFileSync(at(`gm-${strategy}-p.cdimg`)))).toBe(sha(readFileSync(at('v3.cdimg'))));
     }
+    // a rediff is diff(A, last): the same bytes, groups and all
+    await diffImages({ oldPath: at('v1.cdimg'), newPath: at('v3.cdimg'), out: at('g13.cdimg') });
+    expect(sha(readFileSync(at('gm-rediff.cdimg')))).toBe(sha(readFileSync(at('g13.cdimg'))));
     // back and forth (v1 → v2 → v1 → v2): composition would make contents patch one another in a circle; refused, rediff merges
     await diffImages({ oldPath: at('v2.cdimg'), newPath: at('v1.cdimg'), out: at('g21.cdimg') });
     const err = await expectKind(mergeDeltas({ deltas: [at('g12.cdimg'), at('g21.cdimg'), at('g12.cdimg')], out: at('gbf.cdimg') }), ['FAILED_PRECONDITION']);

@@ -22,6 +22,7 @@
  * by the next); each asserts its own claims.
  */
 import { createHash, randomBytes } from 'node:crypto';
+import { toVersion1 } from './helpers/forge';
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
@@ -583,7 +584,8 @@ describe('d4fs snapshotter acceptance (containerd + runc + FUSE)', () => {
     const r = await CdimgReader.open(v1);
     const blobEnd = r.header.indexOffset;
     await r.close();
-    const blobSection = (await fsp.readFile(v1)).subarray(HEADER_SIZE, blobEnd);
+    const file = await fsp.readFile(v1);
+    const blobSection = file.subarray(HEADER_SIZE, blobEnd);
 
     /**
      * A copy of v1 (same blob section and offsets) with a mutated index. `version1`: written in
@@ -595,17 +597,11 @@ describe('d4fs snapshotter acceptance (containerd + runc + FUSE)', () => {
       const ix = fresh.index;
       await fresh.close();
       mutate(ix);
-      if (version1) {
-        ix.formatVersion = 1;
-        for (const b of ix.blobs) {
-          for (const c of b.chunks) {
-            if (c.storedDigest.length === 0) c.storedDigest = createHash('sha256').update(blobSection.subarray(c.offset - HEADER_SIZE, c.offset - HEADER_SIZE + c.storedSize)).digest();
-          }
-        }
-      }
+      const extra = version1 ? toVersion1(ix, file, blobEnd) : [];
       const out = path.join(work, name);
       const w = await CdimgWriter.create(out);
       expect(await w.append(blobSection)).toBe(HEADER_SIZE);
+      for (const f of extra) await w.append(f);
       await w.finish(ix);
       return out;
     };

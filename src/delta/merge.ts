@@ -18,7 +18,8 @@ import { composeEdits } from '../format/tree-edit';
 import { failedPrecondition, invalidArgument } from '../errors';
 import type { WorkerPool } from '../workers/pool';
 import { OrderedWindow } from '../util/ordered';
-import { contentsOf, BaseFinder, deltaChunk, CodecChoice, DELTA_TASKS } from './diff';
+import { contentsOf, BaseFinder, deltaChunk, deltaGroups, CodecChoice, DELTA_GROUP_MEMBER_MAX, DELTA_TASKS } from './diff';
+import type { DiffContentArgs } from './tasks';
 import { DeltaSummary, summarizeDelta } from './summary';
 import { LevelPreset } from './codecs';
 
@@ -167,7 +168,8 @@ async function rediffContents(o: MergeOptions, top: CdimgReader, baseR: CdimgRea
   const chain = [o.base as string, ...o.deltas];
   const aHas = new Set(baseR.index.blobs.map((b) => b.digest.toString('hex')));
   const finder = new BaseFinder(baseR.index.entries);
-  const window = new OrderedWindow<{ stored: Uint8Array; chunks: Parameters<typeof deltaChunk>[1][] }>(Math.max(2, pool.threads * 3), 256 * 1024 * 1024);
+  type Coded = { stored: Uint8Array; chunks: Parameters<typeof deltaChunk>[1][] } | { stored: Uint8Array; items: Parameters<typeof deltaChunk>[1][][]; grouped: boolean };
+  const window = new OrderedWindow<Coded>(Math.max(2, pool.threads * 3), 256 * 1024 * 1024);
   try {
     const work: { c: ReturnType<typeof contentsOf>[number]; key: string; slot: Blob }[] = [];
     for (const c of contentsOf(top.index.entries)) {
@@ -182,22 +184,24 @@ async function rediffContents(o: MergeOptions, top: CdimgReader, baseR: CdimgRea
       m.order.push(key);
       work.push({ c, key, slot });
     }
-    // Largest first, as `cdimg diff` stores them: a rediff gives diff(A, last)'s bytes.
+    // Largest first, as `cdimg diff` stores them, then the groups of small contents as it makes them
+    // (deltaGroups): a rediff gives diff(A, last)'s bytes.
     work.sort((a, b) => b.c.size - a.c.size);
-    for (const { c, key, slot } of work) {
+    const argsOf = (key: string, base: ReturnType<BaseFinder['find']>): DiffContentArgs => ({
+      oldChain: [o.base as string],
+      newChain: chain,
+      target: key,
+      base: base ? base.digest.toString('hex') : '',
+      codec: o.codec ?? 'auto',
+      level: o.level ?? 'default',
+      chunkSize: top.index.chunkSize,
+    });
+    const alone = async ({ c, key, slot }: (typeof work)[number]): Promise<void> => {
       const base = finder.find(c.paths, c.size);
       await window.push(
-        () =>
-          pool.run(DELTA_TASKS, 'diffContent', {
-            oldChain: [o.base as string],
-            newChain: chain,
-            target: key,
-            base: base ? base.digest.toString('hex') : '',
-            codec: o.codec ?? 'auto',
-            level: o.level ?? 'default',
-            chunkSize: top.index.chunkSize,
-          }),
+        () => pool.run(DELTA_TASKS, 'diffContent', argsOf(key, base)),
         async (r) => {
+          if (!('chunks' in r)) throw new Error('diffContent answered for a group');
           let off = await w.append(Buffer.from(r.stored.buffer, r.stored.byteOffset, r.stored.byteLength));
           slot.chunks = r.chunks.map((ch): Chunk => {
             const chunk = deltaChunk(off, ch, base ? base.digest : Buffer.alloc(0));
@@ -207,6 +211,38 @@ async function rediffContents(o: MergeOptions, top: CdimgReader, baseR: CdimgRea
           slot.encoding = slot.chunks.some((ch) => ch.codec !== Codec.ZSTD) ? Encoding.PATCH : Encoding.FULL;
         },
         c.size,
+      );
+    };
+    const grouping = (x: (typeof work)[number]): boolean => x.c.size > 0 && x.c.size <= DELTA_GROUP_MEMBER_MAX;
+    for (const x of work) if (!grouping(x)) await alone(x);
+    for (const g of deltaGroups(work.filter(grouping))) {
+      if (g.length === 1) {
+        await alone(g[0]);
+        continue;
+      }
+      const items = g.map((x) => ({ ...x, base: finder.find(x.c.paths, x.c.size) }));
+      await window.push(
+        () => pool.run(DELTA_TASKS, 'diffGroup', { items: items.map((x) => argsOf(x.key, x.base)) }),
+        async (r) => {
+          if (!('grouped' in r) || r.items.length !== items.length) throw new Error('diffGroup answered for another group');
+          let off = await w.append(Buffer.from(r.stored.buffer, r.stored.byteOffset, r.stored.byteLength));
+          const encoding = r.grouped && r.items.some((ch) => ch[0].usesBase) ? Encoding.PATCH : Encoding.FULL;
+          for (const [k, x] of items.entries()) {
+            const base = x.base ? x.base.digest : Buffer.alloc(0);
+            if (r.grouped) {
+              x.slot.chunks = [deltaChunk(off, r.items[k][0], base)];
+              x.slot.encoding = encoding;
+              continue;
+            }
+            x.slot.chunks = r.items[k].map((ch): Chunk => {
+              const chunk = deltaChunk(off, ch, base);
+              off += ch.storedSize;
+              return chunk;
+            });
+            x.slot.encoding = x.slot.chunks.some((ch) => ch.codec !== Codec.ZSTD) ? Encoding.PATCH : Encoding.FULL;
+          }
+        },
+        items.reduce((n, x) => n + x.c.size, 0),
       );
     }
     await window.flush();

@@ -26,30 +26,37 @@ export async function rewriteIndex(src: string, dst: string, mutate: (ix: Index)
   mutate(ix);
   if (opts.fixId) ix.imageId = computeImageId(ix.entries, ix.image.configJson);
   let section = buf.subarray(HEADER_SIZE, h.indexOffset);
-  if (opts.version === 1 && ix.formatVersion !== 1) {
-    // format version 1 can say what version 2 cannot (a NUL in a link target): every chunk gets its stored digest back,
-    // and a member of a solid group (version 3) becomes a zstd frame of its own, appended to the blob section
-    ix.formatVersion = 1;
-    const extra: Buffer[] = [];
-    let end = h.indexOffset;
-    for (const b of ix.blobs) {
-      for (const c of b.chunks) {
-        if (c.codec === Codec.GROUP) {
-          const group = zstdUnframe(buf.subarray(c.offset, c.offset + c.storedSize), zstdContentSize(buf.subarray(c.offset, c.offset + c.storedSize)) as number);
-          const frame = zstdFrame(group.subarray(c.groupOffset as number, (c.groupOffset as number) + c.rawSize), 3);
-          Object.assign(c, { codec: Codec.ZSTD, offset: end, storedSize: frame.length, storedDigest: sha256(frame), groupOffset: undefined });
-          extra.push(frame);
-          end += frame.length;
-        }
-        if (c.storedDigest.length === 0) c.storedDigest = sha256(buf.subarray(c.offset, c.offset + c.storedSize));
-      }
-    }
-    section = Buffer.concat([section, ...extra]);
-  }
+  if (opts.version === 1 && ix.formatVersion !== 1) section = Buffer.concat([section, ...toVersion1(ix, buf, h.indexOffset)]);
   const newRaw = encodeIndex(ix, { sectionDigest: ix.sectionDigest ?? Buffer.alloc(0) });
   const stored = zstdFrame(newRaw, 3);
   const header = encodeHeader(HEADER_SIZE + section.length, stored.length, newRaw.length, sha256(newRaw), ix.formatVersion);
   await fsp.writeFile(dst, Buffer.concat([header, section, stored]));
+}
+
+/**
+ * Make `ix` (the index of file `buf`, whose blob section ends at `sectionEnd`) a format version 1
+ * index, which can say what version 2 cannot (a NUL in a link target, a path with ".."): every chunk
+ * gets its stored digest back, and a member of a solid group (version 3) becomes a zstd frame of its
+ * own. Returns those frames, to append to the blob section in this order.
+ */
+export function toVersion1(ix: Index, buf: Buffer, sectionEnd: number): Buffer[] {
+  ix.formatVersion = 1;
+  const extra: Buffer[] = [];
+  let end = sectionEnd;
+  for (const b of ix.blobs) {
+    for (const c of b.chunks) {
+      if (c.codec === Codec.GROUP) {
+        const stored = buf.subarray(c.offset, c.offset + c.storedSize);
+        const group = zstdUnframe(stored, zstdContentSize(stored) as number);
+        const frame = zstdFrame(group.subarray(c.groupOffset as number, (c.groupOffset as number) + c.rawSize), 3);
+        Object.assign(c, { codec: Codec.ZSTD, offset: end, storedSize: frame.length, storedDigest: sha256(frame), groupOffset: undefined });
+        extra.push(frame);
+        end += frame.length;
+      }
+      if (c.storedDigest.length === 0) c.storedDigest = sha256(buf.subarray(c.offset, c.offset + c.storedSize));
+    }
+  }
+  return extra;
 }
 
 /**
