@@ -3,6 +3,17 @@
  *
  *   npx tsc -p tsconfig.json && node dist/bench/codecs.js [--quick] [--no-whole]
  *     [--no-levels] [--no-chunks] [--no-choices] [--no-gz] [--only-gz]
+ *   node dist/bench/codecs.js --corpus OUT.jsonl [FAMILY...]
+ *
+ * --corpus (issue 14): every changed file of the delta benchmark's image pairs (the
+ * non-base packages of test/fixtures/debimages.ts, v1→v2, and esbuild 0.28.1→0.28.2),
+ * coded unit by unit as `cdimg diff` codes them (whole up to 16 MiB, else 4 MiB chunks
+ * against their base window) with every candidate the chooser could use: the level-1
+ * probe, full zstd 12 and 19, zstd-patch 12 and 19, bsdiff. One JSON line per unit
+ * with sizes and one-thread times.
+ *   node dist/bench/codecs.js --rules OUT.jsonl
+ * replays chooser rules on those lines: bytes and estimated encode time per pair and rule,
+ * against the per-unit best of every candidate (what CODECS.md's chooser section quotes).
  *
  * Fetches real version pairs into <repo>/.cache/codec-test (apt-get download of
  * libssl3 and nginx, npm pack of @esbuild/linux-x64 and typescript), then prints
@@ -29,6 +40,8 @@ import {
   PatchCodecId,
 } from '../src/delta/codecs';
 import { encodeRecipe, gzipHeaderLength, inspectGzip, rebuildGzip } from '../src/delta/gzmember';
+import { contentKind, RECOMMENDED_CHUNK_SIZE } from '../src/delta/codecs/choose';
+import { buildDebImage, ImageName } from '../test/fixtures/debimages';
 
 const MiB = 1024 * 1024;
 const REPO = path.resolve(__dirname, '..', '..');
@@ -369,8 +382,235 @@ function gzStudy(): void {
   console.log(`\nThis machine's /usr/share/{man,doc}, every 10th of ${seen} .gz files: ${sys} files (${kb(sysBytes)}); by zlib alone ${sysZlib}; by zlib or GNU gzip ${sysOk} (${((100 * sysOk) / Math.max(1, sys)).toFixed(1)} %, ${kb(sysOkBytes)}) levels ${JSON.stringify(Object.fromEntries(sysLevels))}; not: ${JSON.stringify(Object.fromEntries(sysReasons))}`);
 }
 
+/** One unit of a changed file coded with every candidate (sizes in bytes, times in ms on one thread). */
+export interface CorpusUnit {
+  pair: string;
+  path: string;
+  kind: string;
+  baseSize: number;
+  size: number;
+  /** level-1 zstd-patch and full frame: the chooser's relatedness probe */
+  p1: number;
+  f1: number;
+  tProbe: number;
+  full12: number;
+  tFull12: number;
+  full19: number;
+  tFull19: number;
+  zp12: number;
+  tZp12: number;
+  zp19: number;
+  tZp19: number;
+  /** null: bsdiff gave up (deadline) */
+  bs: number | null;
+  tBs: number;
+}
+
+/** Files of a tree (relative paths of regular files). */
+function treeFiles(root: string, rel = ''): string[] {
+  const out: string[] = [];
+  for (const d of fs.readdirSync(path.join(root, rel), { withFileTypes: true })) {
+    const r = rel ? `${rel}/${d.name}` : d.name;
+    if (d.isDirectory()) out.push(...treeFiles(root, r));
+    else if (d.isFile()) out.push(r);
+  }
+  return out;
+}
+
+/** The non-base packages of a debimages.ts image, extracted into one directory (cached under CACHE). */
+async function imageTree(name: ImageName): Promise<string> {
+  const img = await buildDebImage(name);
+  const debs = path.join(process.env.D4FS_TEST_CACHE ?? path.join(REPO, '.cache', 'test-images'), 'debs');
+  const dir = path.join(CACHE, `tree-${name}-${img.manifestDigest.slice(7, 23)}`);
+  if (fs.existsSync(path.join(dir, '.done'))) return dir;
+  fs.rmSync(dir, { recursive: true, force: true });
+  fs.mkdirSync(dir, { recursive: true });
+  for (const l of img.layers) {
+    if (l.id === 'base') continue;
+    for (const p of l.packages) run('dpkg-deb', ['-x', path.join(debs, `${p.name}_${p.version.replace(/:/g, '%3a')}.deb`), dir], dir);
+  }
+  fs.writeFileSync(path.join(dir, '.done'), '');
+  return dir;
+}
+
+/** Every candidate on every unit of every changed file of the pairs: JSON lines into `out`. */
+async function corpus(out: string, families: string[]): Promise<void> {
+  const all: [string, ImageName, ImageName][] = [
+    ['libssl v1→v2', 'libssl-v1', 'libssl-v2'],
+    ['libssl v2→v3', 'libssl-v2', 'libssl-v3'],
+    ['nginx v1→v2', 'nginx-v1', 'nginx-v2'],
+    ['redis v1→v2', 'redis-v1', 'redis-v2'],
+    ['postgres v1→v2', 'postgres-v1', 'postgres-v2'],
+    ['tzdata v1→v2', 'tzdata-v1', 'tzdata-v2'],
+    ['tomcat v1→v2', 'tomcat-v1', 'tomcat-v2'],
+    ['mariadb v1→v2', 'mariadb-v1', 'mariadb-v2'],
+  ];
+  const trees: [string, string, string][] = [];
+  for (const [pair, a, b] of all) if (families.length === 0 || families.some((f) => pair.startsWith(f))) trees.push([pair, await imageTree(a), await imageTree(b)]);
+  if (families.length === 0 || families.includes('esbuild')) {
+    trees.push(['esbuild 0.28.1→0.28.2', npmPackage('@esbuild/linux-x64', '0.28.1'), npmPackage('@esbuild/linux-x64', '0.28.2')]);
+  }
+  const fd = fs.openSync(out, 'w');
+  const opts = { bsdiffThreads: 1 };
+  try {
+    for (const [pair, oldDir, newDir] of trees) {
+      for (const rel of treeFiles(newDir).sort()) {
+        if (rel === '.done') continue;
+        const of = path.join(oldDir, rel);
+        if (!fs.existsSync(of) || !fs.lstatSync(of).isFile()) continue;
+        let [base, target] = [fs.readFileSync(of), fs.readFileSync(path.join(newDir, rel))];
+        if (base.equals(target) || target.length < 64) continue;
+        // a .gz file is coded as its decompressed content (gzip-member) when gzip rebuilds it: here always
+        let gz = false;
+        if (rel.endsWith('.gz')) {
+          try {
+            [base, target] = [zlib.gunzipSync(base), zlib.gunzipSync(target)];
+            gz = true;
+          } catch {
+            /* not a gzip file after all: as it is */
+          }
+        }
+        const kind = `${gz ? 'gz ' : ''}${contentKind(target)}`;
+        // as cdimg diff: whole up to bsdiff's limit, else chunks against their base window
+        const whole = target.length <= BSDIFF_MAX_INPUT;
+        const unit = whole ? target.length : RECOMMENDED_CHUNK_SIZE;
+        for (let pos = 0; pos < target.length; pos += unit) {
+          const t = target.subarray(pos, Math.min(pos + unit, target.length));
+          const r = whole && base.length <= BSDIFF_MAX_INPUT ? { start: 0, end: base.length } : chunkBaseRange(base.length, target.length, pos, t.length);
+          const b = base.subarray(r.start, r.end);
+          const [[p1, f1], tProbe] = time(() => [encodePatch(b, t, 'zstd-patch', 1).length, compressFull(t, 1).length]);
+          const [full12, tFull12] = time(() => compressFull(t, 12).length);
+          const [full19, tFull19] = time(() => compressFull(t, 19).length);
+          const [zp12, tZp12] = time(() => encodePatch(b, t, 'zstd-patch', 12).length);
+          const [zp19, tZp19] = time(() => encodePatch(b, t, 'zstd-patch', 19).length);
+          const [bs, tBs] = time(() => {
+            try {
+              return encodePatch(b, t, 'bsdiff', 12, opts).length;
+            } catch {
+              return null;
+            }
+          });
+          const u: CorpusUnit = { pair, path: whole ? rel : `${rel}#${pos / unit}`, kind, baseSize: b.length, size: t.length, p1, f1, tProbe, full12, tFull12, full19, tFull19, zp12, tZp12, zp19, tZp19, bs, tBs };
+          fs.writeSync(fd, JSON.stringify(u) + '\n');
+        }
+      }
+      console.error(`${pair}: done`);
+    }
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+/** What a rule keeps for one unit and the encode time it spends (ms, the candidates it runs). */
+type Rule = (u: CorpusUnit) => { bytes: number; ms: number };
+
+const related = (u: CorpusUnit): boolean => u.p1 < 0.9 * u.f1;
+/** The full frame is skipped when a patch is already below a quarter of the level-1 frame (as chooseBest does). */
+const withFull = (u: CorpusUnit, patch: number, ms: number): { bytes: number; ms: number } =>
+  patch * 4 < u.f1 ? { bytes: patch, ms } : { bytes: Math.min(patch, u.full12), ms: ms + u.tFull12 };
+
+/** Chooser rules replayed on the corpus: the one before issue 14 and the candidates of its item 1. */
+const RULES: Record<string, Rule> = {
+  // before issue 14: bsdiff for executables of 4 KiB or more (zstd-patch 12 when it gives up), zstd-patch 12 for the rest
+  'old (exe: bsdiff, else zstd-patch 12)': (u) => {
+    if (!related(u)) return { bytes: u.full12, ms: u.tProbe + u.tFull12 };
+    if (u.kind === 'executable' && u.size >= 4096 && u.bs !== null) return withFull(u, u.bs, u.tProbe + u.tBs);
+    return withFull(u, u.zp12, u.tProbe + u.tZp12);
+  },
+  'all: bsdiff + zstd-patch 19 + full 12': (u) => {
+    if (!related(u)) return { bytes: u.full12, ms: u.tProbe + u.tFull12 };
+    return withFull(u, Math.min(u.bs ?? Infinity, u.zp19), u.tProbe + u.tBs + u.tZp19);
+  },
+  'all + full 19 when unrelated': (u) => {
+    if (!related(u)) return { bytes: Math.min(u.full12, u.full19), ms: u.tProbe + u.tFull19 };
+    return withFull(u, Math.min(u.bs ?? Infinity, u.zp19), u.tProbe + u.tBs + u.tZp19);
+  },
+  'exe: bsdiff; else bsdiff + zstd-patch 19': (u) => {
+    if (!related(u)) return { bytes: u.full12, ms: u.tProbe + u.tFull12 };
+    if (u.kind === 'executable' && u.bs !== null) return withFull(u, u.bs, u.tProbe + u.tBs);
+    return withFull(u, Math.min(u.bs ?? Infinity, u.zp19), u.tProbe + u.tBs + u.tZp19);
+  },
+  'exe: bsdiff; else bsdiff + zstd-patch 19 (12 above 1 MiB)': (u) => {
+    if (!related(u)) return { bytes: u.full12, ms: u.tProbe + u.tFull12 };
+    if (u.kind === 'executable' && u.bs !== null) return withFull(u, u.bs, u.tProbe + u.tBs);
+    const z = u.size <= 1 << 20 ? [u.zp19, u.tZp19] : [u.zp12, u.tZp12];
+    return withFull(u, Math.min(u.bs ?? Infinity, z[0]), u.tProbe + u.tBs + z[1]);
+  },
+  'exe: bsdiff; else bsdiff, zstd-patch 19 unless bsdiff < p1/2': (u) => {
+    if (!related(u)) return { bytes: u.full12, ms: u.tProbe + u.tFull12 };
+    if (u.kind === 'executable' && u.bs !== null) return withFull(u, u.bs, u.tProbe + u.tBs);
+    if (u.bs !== null && u.bs < u.p1 / 2) return withFull(u, u.bs, u.tProbe + u.tBs);
+    return withFull(u, Math.min(u.bs ?? Infinity, u.zp19), u.tProbe + u.tBs + u.tZp19);
+  },
+  // issue 14 as built (choose.ts): bsdiff alone for executables; from 16 KiB (not text) bsdiff, then zstd-patch 19 unless
+  // bsdiff < 0.6 x the probe; below, zstd-patch 19; binary data the probe calls unrelated looked at again at
+  // level 12 (related when the patch is below 0.97 x the level-12 frame)
+  'issue 14 (as built)': (u) => {
+    const kind = u.kind.replace(/^gz /, '');
+    let extra: number[] = [];
+    let t = u.tProbe;
+    if (!related(u)) {
+      if (kind !== 'binary' || u.zp12 >= 0.97 * u.full12) return { bytes: u.full12, ms: t + u.tFull12 };
+      extra = [u.zp12];
+      t += u.tZp12;
+    }
+    if (kind === 'executable' && u.size >= 4096 && u.bs !== null) return withFull(u, Math.min(u.bs, ...extra), t + u.tBs);
+    // the strong level when the probe's patch is at least 1/64 of the unit (STRONG_MIN_SHARE)
+    const [zp, tz] = u.p1 * 64 >= u.size ? [u.zp19, u.tZp19] : [u.zp12, u.tZp12];
+    if (u.size >= 16384 && u.bs !== null && kind !== 'text') {
+      if (u.bs < 0.6 * u.p1) return withFull(u, Math.min(u.bs, ...extra), t + u.tBs);
+      return withFull(u, Math.min(u.bs, zp, ...extra), t + u.tBs + tz);
+    }
+    return withFull(u, Math.min(zp, ...extra), t + tz);
+  },
+  'best of every candidate (oracle)': (u) => ({
+    bytes: Math.min(u.full12, u.full19, u.zp12, u.zp19, u.bs ?? Infinity),
+    ms: u.tProbe + u.tFull12 + u.tFull19 + u.tZp12 + u.tZp19 + u.tBs,
+  }),
+};
+
+/** Replay RULES on a --corpus file: per pair and in total, bytes (×oracle) and encode time. */
+function rules(file: string): void {
+  const units = fs.readFileSync(file, 'utf8').split('\n').filter((l) => l !== '').map((l) => JSON.parse(l) as CorpusUnit);
+  const pairs = [...new Set(units.map((u) => u.pair)), 'all'];
+  const oracle = RULES['best of every candidate (oracle)'];
+  const sum = (us: CorpusUnit[], r: Rule): { bytes: number; ms: number } => us.reduce((a, u) => { const x = r(u); return { bytes: a.bytes + x.bytes, ms: a.ms + x.ms }; }, { bytes: 0, ms: 0 });
+  console.log(`| rule | ${pairs.join(' | ')} |`);
+  console.log(`| --- |${pairs.map(() => ' --- |').join('')}`);
+  for (const [name, r] of Object.entries(RULES)) {
+    const cells = pairs.map((p) => {
+      const us = p === 'all' ? units : units.filter((u) => u.pair === p);
+      const x = sum(us, r);
+      const o = sum(us, oracle);
+      return `${kb(x.bytes)} ×${(x.bytes / o.bytes).toFixed(3)}, ${ms(x.ms)}`;
+    });
+    console.log(`| ${name} | ${cells.join(' | ')} |`);
+  }
+  // which candidate is the per-unit best, in bytes of the oracle, per kind
+  const win: Record<string, Record<string, number>> = {};
+  for (const u of units) {
+    const c: [string, number][] = [['full12', u.full12], ['full19', u.full19], ['zp12', u.zp12], ['zp19', u.zp19], ['bsdiff', u.bs ?? Infinity]];
+    c.sort((a, b) => a[1] - b[1]);
+    const k = `${u.kind}${related(u) ? '' : ' (unrelated)'}`;
+    win[k] ??= {};
+    win[k][c[0][0]] = (win[k][c[0][0]] ?? 0) + c[0][1];
+  }
+  console.log('\nper kind, bytes of the units each candidate is smallest on:');
+  for (const [k, v] of Object.entries(win)) console.log(`  ${k}: ${Object.entries(v).map(([c, n]) => `${c} ${kb(n)}`).join(', ')}`);
+}
+
 function main(): void {
-  const args = new Set(process.argv.slice(2));
+  const argv = process.argv.slice(2);
+  if (argv[0] === '--rules') return rules(argv[1]);
+  const at = argv.indexOf('--corpus');
+  if (at >= 0) {
+    void corpus(argv[at + 1], argv.slice(at + 2)).catch((e) => {
+      console.error(e);
+      process.exitCode = 1;
+    });
+    return;
+  }
+  const args = new Set(argv);
   if (args.has('--only-gz')) return gzStudy();
   const pairs = loadPairs();
   console.log(`# d4fs codec benchmark (${os.cpus()[0]?.model ?? 'cpu'}, node ${process.version})`);

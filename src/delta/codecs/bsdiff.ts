@@ -29,9 +29,11 @@ export const BSDIFF_STREAM_MIN_LEVEL = 19;
 export const BSDIFF_STREAM_BEST_LEVEL = 19;
 
 /**
- * bsdiff is tried by `auto` only for executables of at least this size (bytes): it
- * beats zstd-patch by 2-3x on machine code whose addresses shifted, and costs about
- * as much time as zstd level 19; on text zstd-patch is as small and much faster.
+ * Executables of at least this size (bytes) are coded by bsdiff alone at `default` (the
+ * `auto.default` column below: "enough alone"): it beats zstd-patch by 2-3x on machine
+ * code whose addresses shifted, and costs about as much time as zstd level 19. Other
+ * binary data from EVERY_CODEC_MIN up gets bsdiff and the strong zstd-patch, the smaller
+ * kept (./choose.ts, issue 14); on text zstd-patch is as small and much faster.
  */
 export const AUTO_BSDIFF_MIN = 4096;
 

@@ -144,6 +144,41 @@ export function frameSizeLowerBound(target: Buffer): number {
 /** The patch codec of last resort: it fits any input (chooseBest's fallback and its relatedness probe). */
 const LAST_RESORT: PatchCodec = zstdPatch;
 
+/**
+ * At `default`, units at least this long (bytes) are tried with every patch codec that fits,
+ * whatever their kind but text (issue 14); shorter ones, and text, only with the codecs whose
+ * `auto.default` says so (zstd-patch; bsdiff for executables of 4 KiB or more). Measured on the
+ * changed files of the delta benchmark (CODECS.md, "Every content gets its best codec"): below
+ * 16 KiB bsdiff's patch is larger than zstd-patch's in total (its container and coder tables cost
+ * more than they save on a few KiB: 8-16 KiB files 176 K against 156 K) and slower; from 16 KiB up
+ * it is smaller on binary data (LLVM bitcode, gettext catalogues) and the better of the two is
+ * kept; on text it was smaller by 5 bytes of 224 K, for a quarter more time.
+ */
+export const EVERY_CODEC_MIN = 16 * 1024;
+
+/**
+ * At `default`, once a patch is below this fraction of the relatedness probe's level-1 zstd-patch,
+ * the patch codecs after it are not tried: on the benchmark's data files a bsdiff patch under
+ * 0.6x the probe was never beaten by zstd-patch 19, which then saves 40 % of its time (0.7x would
+ * save 64 % and lose 0.75 % of those files' bytes).
+ */
+export const PATCH_ENOUGH = 0.6;
+
+/**
+ * At `default`, binary data the level-1 probe calls unrelated is looked at again with zstd-patch at
+ * the level against the full frame at the level (a candidate anyway); it is related when that patch
+ * is below this fraction of the frame. LLVM bitcode: postgres.index.bc of postgresql-15 15.18→15.20
+ * (1.6 MB) has a level-1 patch 0.999x the level-1 frame but a level-12 patch 0.93x the level-12
+ * frame, and bsdiff / zstd-patch 19 then give 0.87x / 0.84x of the frame kept before (−208 KiB, 4.6 %
+ * of that pair's delta); unrelated random data gives ~1.0x.
+ */
+export const SECOND_LOOK_RATIO = 0.97;
+
+/** Kind of the unit (of the whole content when the caller says it: a later chunk of an ELF file has no magic). */
+function kindOf(target: Buffer, opts: ChooseOptions): ContentKind {
+  return opts.kind ?? contentKind(target);
+}
+
 /** The patch codecs chooseBest tries for these inputs, in the order it tries them. */
 function planCodecs(base: Buffer, target: Buffer, opts: ChooseOptions): PatchCodec[] {
   if (base.length === 0 || target.length < MIN_PATCH_TARGET) return [];
@@ -152,11 +187,15 @@ function planCodecs(base: Buffer, target: Buffer, opts: ChooseOptions): PatchCod
   if (only) return [fits(only) ? only : LAST_RESORT];
   let kind: ContentKind | undefined;
   const autoTries = (c: PatchCodec): boolean =>
-    opts.level === 'best' ? c.auto.best : opts.level === 'fast' ? c.auto.fast : c.auto.default((kind ??= opts.kind ?? contentKind(target)), target.length);
+    opts.level === 'best'
+      ? c.auto.best
+      : opts.level === 'fast'
+        ? c.auto.fast
+        : (target.length >= EVERY_CODEC_MIN && (kind ??= kindOf(target, opts)) !== 'text') || c.auto.default((kind ??= kindOf(target, opts)), target.length);
   return PATCH_CODECS.filter((c) => fits(c) && autoTries(c)).sort((a, b) => a.tryOrder - b.tryOrder);
 }
 
-/** Which patch codecs `chooseBest` tries for these inputs. */
+/** Which patch codecs `chooseBest` tries for these inputs (before its probe and its pruning). */
 export function patchPlan(base: Buffer, target: Buffer, opts: ChooseOptions): PatchCodecId[] {
   return planCodecs(base, target, opts).map((c) => c.name as PatchCodecId);
 }
@@ -165,19 +204,26 @@ export function patchPlan(base: Buffer, target: Buffer, opts: ChooseOptions): Pa
  * Encode `target` as the smallest of a full zstd frame and the patches against
  * `base` that {@link patchPlan} selects (see CODECS.md for the rule and the numbers
  * behind it). With `codec: 'auto'` and a level other than `best`, patches are skipped
- * when a cheap probe finds base and target unrelated. The result is verified before it
- * is returned: it is decoded (against `base` for patches) and compared with the
- * target byte for byte; a mismatch throws INTERNAL.
+ * when a cheap probe finds base and target unrelated; at `default` a patch codec is also
+ * skipped when one tried before it is enough (its `auto.default`, or a patch below
+ * PATCH_ENOUGH x the probe's). The result is verified before it is returned: it is decoded
+ * (against `base` for patches) and compared with the target byte for byte; a mismatch
+ * throws INTERNAL.
  */
 export function chooseBest(base: Buffer, target: Buffer, opts: ChooseOptions): ChosenEncoding {
   const level = LEVELS[opts.level];
   if (level === undefined) throw invalidArgument(`unknown level preset ${String(opts.level)}`);
   let plan = planCodecs(base, target, opts);
+  const atDefault = opts.codec === 'auto' && opts.level === 'default';
   // A cheap level-1 probe: are base and target related at all?
   let full1 = -1;
+  let probe = -1;
+  // the full frame at the level, when the probe already made it
+  let frame: Buffer | undefined;
   const candidates: { codec: BytesCodec; data: Buffer }[] = [];
   if (plan.length > 0 && opts.codec === 'auto' && opts.level !== 'best') {
     const patch1 = LAST_RESORT.encode(base, target, 1, opts);
+    probe = patch1.length;
     const nearIdentical = target.length >= NEAR_IDENTICAL.minTarget && patch1.length <= NEAR_IDENTICAL.maxPatch;
     // A near-identical unit only needs to know that its level-1 full frame is over 4 x patch1 (then
     // patch1 is related, kept, and the full frame is not tried, as below): a bound from a 1 MiB prefix
@@ -190,8 +236,17 @@ export function chooseBest(base: Buffer, target: Buffer, opts: ChooseOptions): C
       candidates.push({ codec: LAST_RESORT, data: patch1 });
     } else {
       full1 = FRAME_CODEC.encode(base, target, 1, opts).length;
-      if (patch1.length >= RELATED_RATIO * full1) plan = [];
-      else if (nearIdentical) {
+      if (patch1.length >= RELATED_RATIO * full1) {
+        // Binary data that level 1 finds unrelated may still be: LLVM bitcode is a bit stream whose
+        // common parts are not byte-aligned runs that long, which level 1 (and its long-distance
+        // matcher) never finds and stronger matchers do (postgres.index.bc: level-1 patch 0.999x the
+        // level-1 frame, zstd-patch 19 0.84x the level-12 frame). Look again at the level, with the
+        // full frame that is a candidate anyway (CODECS.md).
+        const zl = atDefault && kindOf(target, opts) === 'binary' ? LAST_RESORT.encode(base, target, level, opts) : undefined;
+        frame = zl ? FRAME_CODEC.encode(base, target, level, opts) : undefined;
+        if (zl && frame && zl.length < SECOND_LOOK_RATIO * frame.length) candidates.push({ codec: LAST_RESORT, data: zl });
+        else plan = [];
+      } else if (nearIdentical) {
         // a unit (nearly) identical to its base region: a stronger coder saves a few bytes for ~0.5 s per MiB
         plan = [];
         candidates.push({ codec: LAST_RESORT, data: patch1 });
@@ -199,12 +254,23 @@ export function chooseBest(base: Buffer, target: Buffer, opts: ChooseOptions): C
     }
   }
   const skipped: Partial<Record<CodecId, string>> = {};
+  let kind: ContentKind | undefined;
   for (const codec of plan) {
-    // At `default` the first patch that encodes is kept: the plan comes smallest-expected
-    // first (bsdiff before zstd-patch, which is about 2x larger on machine code: CODECS.md).
-    if (opts.level === 'default' && opts.codec === 'auto' && candidates.length > 0) break;
+    if (atDefault && candidates.length > 0) {
+      // Enough already? A patch by a codec tried before this one that is enough alone for this
+      // kind (bsdiff on executables), or far below the probe's level-1 patch (PATCH_ENOUGH).
+      const done = candidates.some(
+        (c) =>
+          c.codec.role === 'patch' &&
+          c.codec.tryOrder < codec.tryOrder &&
+          (c.data.length < PATCH_ENOUGH * probe || c.codec.auto.default((kind ??= kindOf(target, opts)), target.length)),
+      );
+      if (done) break;
+    }
     try {
-      candidates.push({ codec, data: codec.encode(base, target, level, opts) });
+      // the strong level at `default`, unless a codec already gave up on this unit (its time is spent)
+      const lv = atDefault && Object.keys(skipped).length === 0 ? (codec.defaultLevel?.(target.length, probe) ?? level) : level;
+      candidates.push({ codec, data: codec.encode(base, target, lv, opts) });
     } catch (e) {
       // bsdiff can hit its deadline (pathological input) or die in its child process:
       // fall back to zstd-patch rather than failing the whole entry.
@@ -215,10 +281,11 @@ export function chooseBest(base: Buffer, target: Buffer, opts: ChooseOptions): C
   }
   // The full frame is always a candidate, unless a patch is already far below even a level-1 full frame.
   const bestPatch = Math.min(...candidates.map((c) => c.data.length));
-  if (!(full1 > 0 && bestPatch * 4 < full1)) candidates.push({ codec: FRAME_CODEC, data: FRAME_CODEC.encode(base, target, level, opts) });
+  if (!(full1 > 0 && bestPatch * 4 < full1)) candidates.push({ codec: FRAME_CODEC, data: frame ?? FRAME_CODEC.encode(base, target, level, opts) });
 
   const tried: Partial<Record<CodecId, number>> = {};
-  for (const c of candidates) tried[c.codec.name as CodecId] = c.data.length;
+  // the smallest of each codec (zstd-patch may be there twice: the second look and the strong level)
+  for (const c of candidates) tried[c.codec.name as CodecId] = Math.min(c.data.length, tried[c.codec.name as CodecId] ?? Infinity);
   // on equal size, the cheaper to decode (the entry that needs no base first)
   candidates.sort((a, b) => a.data.length - b.data.length || a.codec.decodeCost - b.codec.decodeCost);
   const best = candidates[0];

@@ -73,10 +73,22 @@ export interface PatchCodecImpl extends BytesCodecImpl {
   readonly choice: string;
   /** What it can base on: whether it handles a base and a target of these sizes. */
   readonly fits: (baseLength: number, targetLength: number) => boolean;
-  /** When `codec: 'auto'` tries it, per level preset (`kind`: of the whole content). */
+  /**
+   * When `codec: 'auto'` tries it, per level preset (`kind`: of the whole content). At `default`
+   * every patch codec that fits is tried on units of at least `EVERY_CODEC_MIN` bytes (./choose.ts);
+   * `default` says when it is tried below that, and when it is enough alone: once a codec whose
+   * `default` is true for the unit has encoded it, the codecs after it are not tried (bsdiff on
+   * executables: zstd-patch would not beat it, CODECS.md).
+   */
   readonly auto: { readonly fast: boolean; readonly best: boolean; readonly default: (kind: ContentKind, targetLength: number) => boolean };
-  /** Order of trying (lower first): the codec expected smallest first; at `default` the first patch that encodes is kept. */
+  /** Order of trying (lower first): the codec expected smallest first. */
   readonly tryOrder: number;
+  /**
+   * zstd level it encodes with at the `default` preset, for a unit of this length whose level-1
+   * zstd-patch (the chooser's probe) has `probeLength` bytes (absent: the preset's, `LEVELS.default`).
+   * zstd-patch's strong level: CODECS.md, "Every content gets its best codec".
+   */
+  readonly defaultLevel?: (targetLength: number, probeLength: number) => number;
   /** Whether an error of its encoder only means "gave up on this input" (a deadline): the chooser goes on without it. */
   readonly givesUp?: (e: unknown) => boolean;
 }
