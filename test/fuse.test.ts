@@ -387,9 +387,10 @@ describeIfCapable('test/fuse.test.ts', ['root', 'fuse'])('d4fs FUSE filesystem a
     try {
       const before = (await ffs.client.stats()).cache;
       expect(compare(await walkTree(mps[1]), want)).toEqual([]);
-      // a group coded against bases is built once: its other members come with the first (not a build each)
+      // a group coded against bases is built once: every member's base is built (one build each: the
+      // group's dictionary), then the first member, and the others come with it (a build each would be 2x)
       const after = (await ffs.client.stats()).cache;
-      expect(after.wholeBuilds - before.wholeBuilds).toBeLessThan(patchMembers / 2);
+      expect(after.wholeBuilds - before.wholeBuilds).toBeLessThan(patchMembers * 1.5);
       const walk1 = await walkTree(mps[0]);
       expect([...walk1.values()].filter((n) => n.type === 'file').length).toBe(200);
     } finally {

@@ -8,8 +8,8 @@ import type { promises as fsp } from 'node:fs';
 import type { Logger } from 'pino';
 import type { ChainIndex, Location } from './chain-index';
 import type { FusePool } from './pool';
-import type { DirectSource } from './tasks';
-import { Codec, Encoding } from '../format/types';
+import type { DirectChunk, DirectSource } from './tasks';
+import { type Chunk, Codec, Encoding } from '../format/types';
 
 /** Longest chain of patch bases followed (a longer one is taken for a cycle). */
 export const MAX_BASE_DEPTH = 64;
@@ -147,28 +147,33 @@ export function chunkAt(offsets: number[], pos: number): number {
   return lo;
 }
 
+const directChunk = (c: Chunk): DirectChunk => ({
+  offset: c.offset,
+  storedSize: c.storedSize,
+  storedDigest: c.storedDigest.toString('hex'),
+  rawSize: c.rawSize,
+  rawDigest: c.rawDigest.toString('hex'),
+  codec: c.codec,
+  baseDigest: c.baseDigest.toString('hex'),
+  baseOffset: c.baseOffset,
+  baseSize: c.baseSize,
+  ...(c.groupOffset !== undefined ? { groupOffset: c.groupOffset } : {}),
+});
+
 /**
  * The stored chunks of `loc` (all, or chunk `only`) as a build thread reads them without an
- * index (./tasks.ts DirectSource); undefined for a member of a group coded against bases, which
- * needs the other members' records (the thread's chain has them: format/group.ts).
+ * index (./tasks.ts DirectSource). A member of a group coded against bases needs every
+ * member's record: `members` (ChainIndex.groupMembers), or undefined (the thread's chain).
  */
-export function directSource(loc: Location, only?: number): DirectSource | undefined {
-  if (loc.blob.encoding === Encoding.PATCH && loc.blob.chunks.some((c) => c.codec === Codec.GROUP)) return undefined;
+export function directSource(loc: Location, only?: number, members?: Chunk[]): DirectSource | undefined {
+  const grouped = loc.blob.encoding === Encoding.PATCH && loc.blob.chunks.some((c) => c.codec === Codec.GROUP);
+  if (grouped && !members?.length) return undefined;
   const chunks = only === undefined ? loc.blob.chunks : [loc.blob.chunks[only]];
   return {
     file: loc.file,
     formatVersion: loc.formatVersion,
-    chunks: chunks.map((c) => ({
-      offset: c.offset,
-      storedSize: c.storedSize,
-      storedDigest: c.storedDigest.toString('hex'),
-      rawSize: c.rawSize,
-      rawDigest: c.rawDigest.toString('hex'),
-      codec: c.codec,
-      baseDigest: c.baseDigest.toString('hex'),
-      baseOffset: c.baseOffset,
-      baseSize: c.baseSize,
-      ...(c.groupOffset !== undefined ? { groupOffset: c.groupOffset } : {}),
-    })),
+    ...(grouped ? { members: (members as Chunk[]).map(directChunk) } : {}),
+    chunks: chunks.map(directChunk),
   };
 }
+

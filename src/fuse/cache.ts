@@ -402,7 +402,7 @@ export class ContentCache {
       const t0 = process.hrtime.bigint();
       let size: number;
       try {
-        size = await this.pool.run('buildContent', { chain: [...chain.paths], level: loc.level, digest: hex, bases, out, direct: directSource(loc) });
+        size = await this.pool.run('buildContent', { chain: [...chain.paths], level: loc.level, digest: hex, bases, out, direct: directSource(loc, undefined, chain.groupMembers(loc)) });
       } catch (e) {
         this.counters.failures++;
         throw e;
@@ -434,7 +434,7 @@ export class ContentCache {
     this.groupsBuilt.add(key);
     if (this.groupsBuilt.size > 4096) this.groupsBuilt.delete(this.groupsBuilt.values().next().value as string);
     const p = this.pool
-      .run('buildGroupMembers', { chain: [...chain.paths], level: loc.level, digest: hex, bases, dir: this.dir })
+      .run('buildGroupMembers', { chain: [...chain.paths], level: loc.level, digest: hex, bases, dir: this.dir, direct: directSource(loc, undefined, chain.groupMembers(loc)) })
       .then((written) => {
         for (const w of written) {
           // known already, or its old file is being removed (the removal could take the new file): left to its own open
@@ -456,6 +456,8 @@ export class ContentCache {
     const needed = new Set<string>();
     const chunks = only ? only.map((i) => loc.blob.chunks[i]) : loc.blob.chunks;
     for (const c of chunks) if (c.codec !== Codec.ZSTD && c.baseDigest.length > 0) needed.add(c.baseDigest.toString('hex'));
+    // a member of a group coded against bases: every member's base makes the group's dictionary
+    for (const m of chain.groupMembers(loc)) if (m.baseDigest.length > 0) needed.add(m.baseDigest.toString('hex'));
     const bases: BasePaths = {};
     for (const b of needed) {
       const item = await this.pinWhole(b, chain, loc.level, stack);

@@ -124,6 +124,26 @@ class StoredBlobs {
     return undefined;
   }
 
+  private groups?: Map<string, Chunk[]>;
+
+  /** The members of the group coded against bases (PATCH blobs) whose frame is at `offset`, in group order. */
+  groupMembers(offset: number, storedSize: number): Chunk[] {
+    if (!this.groups) {
+      const m = new Map<string, Chunk[]>();
+      for (const b of this.others) {
+        const c = b.chunks[0];
+        if (b.encoding !== Encoding.PATCH || b.chunks.length !== 1 || c.codec !== Codec.GROUP) continue;
+        const key = `${c.offset}:${c.storedSize}`;
+        const list = m.get(key);
+        if (list) list.push(c);
+        else m.set(key, [c]);
+      }
+      for (const list of m.values()) list.sort((x, y) => (x.groupOffset ?? 0) - (y.groupOffset ?? 0));
+      this.groups = m;
+    }
+    return this.groups.get(`${offset}:${storedSize}`) ?? [];
+  }
+
   private simpleBlob(i: number): Blob {
     const digest = this.digests.subarray(i * 32, i * 32 + 32);
     const size = this.sizes[i];
@@ -248,6 +268,13 @@ export class ChainIndex {
    * Where content `hex` (sha256 hex) is stored, looking from `fromLevel`
    * down (SAME entries defer to the levels below), as Chain.locate does.
    */
+  /** The members of the group coded against bases that the content at `loc` belongs to (none for other contents). */
+  groupMembers(loc: Location): Chunk[] {
+    const c = loc.blob.chunks[0];
+    if (loc.blob.encoding !== Encoding.PATCH || loc.blob.chunks.length !== 1 || c.codec !== Codec.GROUP) return [];
+    return this.levels[loc.level]?.groupMembers(c.offset, c.storedSize) ?? [];
+  }
+
   locate(hex: string, fromLevel = this.topLevel): Location | undefined {
     const digest = Buffer.from(hex, 'hex');
     if (digest.length !== 32) return undefined;

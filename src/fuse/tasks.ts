@@ -19,6 +19,8 @@ import { createReadStream, promises as fsp } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { Chain } from '../delta/chain';
 import { codecByProto, decodeWith } from '../delta/codecs/registry';
+import { zstdPatch } from '../delta/codecs/zstd-patch';
+import { GROUP_MAX_DICT, GroupCache, groupMember, groupRawSize } from '../format/group';
 import { corrupt, notFound } from '../errors';
 import { readFully, readZstdChunk } from '../format/reader';
 import { type Blob, Codec, checkedByRawDigest } from '../format/types';
@@ -64,6 +66,8 @@ export interface DirectSource {
   /** The .cdimg file storing the chunks (the chain's file at `level`). */
   file: string;
   formatVersion: number;
+  /** A member of a group coded against bases: every member of the group, in group order (their bases make its dictionary). */
+  members?: DirectChunk[];
   /** The chunks to decode, in content order (all of the content's for buildContent, the one for buildChunk). */
   chunks: DirectChunk[];
 }
@@ -255,6 +259,7 @@ async function directChunk(d: DirectSource, c: DirectChunk): Promise<Buffer | un
   if (!c.storedDigest && !checkedByRawDigest(c.codec, d.formatVersion)) throw corrupt(`${d.file}: stored chunk at ${c.offset} has no digest`);
   const storedDigest = Buffer.from(c.storedDigest, 'hex');
   const rawDigest = Buffer.from(c.rawDigest, 'hex');
+  if (c.codec === Codec.GROUP && d.members) return directGroupMember(d, c, d.members);
   // zstd frames and members of solid groups (the group decoded once per thread: format/reader.ts)
   if (c.codec === Codec.ZSTD || c.codec === Codec.GROUP) return withFile(d.file, (fh) => readZstdChunk(fh, d.file, { ...c, storedDigest, rawDigest }));
   const codec = codecByProto(c.codec);
@@ -271,6 +276,36 @@ async function directChunk(d: DirectSource, c: DirectChunk): Promise<Buffer | un
   const raw = decodeWith(codec, stored, base, c.rawSize);
   if (!sha256(raw).equals(rawDigest)) throw corrupt(`${d.file}: chunk at ${c.offset} decodes to the wrong content`);
   return raw;
+}
+
+/** Groups coded against bases decoded by this thread (file and offset of the frame). */
+const dictGroups = new GroupCache(32 * 1024 * 1024);
+
+/**
+ * Member `c` of a group coded against bases, from its file and the cache files of every
+ * member's base (the main thread pinned them); undefined when a base is not at hand.
+ */
+async function directGroupMember(d: DirectSource, c: DirectChunk, members: DirectChunk[]): Promise<Buffer | undefined> {
+  const key = `${d.file}\0${c.offset}:${c.storedSize}`;
+  let group = dictGroups.get(key);
+  if (!group) {
+    const parts: Buffer[] = [];
+    let dict = 0;
+    for (const m of members) {
+      if (!m.baseDigest) continue;
+      dict += m.baseSize;
+      if (dict > GROUP_MAX_DICT) throw corrupt(`${d.file}: group at ${c.offset}: its members' bases exceed ${GROUP_MAX_DICT} bytes`);
+      const region = await baseRegion(m.baseDigest, m.baseOffset, m.baseSize);
+      if (!region) return undefined;
+      parts.push(region);
+    }
+    const stored = Buffer.allocUnsafe(c.storedSize);
+    await withFile(d.file, (fh) => readFully(fh, stored, c.offset));
+    const what = `${d.file}: group at ${c.offset}`;
+    group = decodeWith(zstdPatch, stored, Buffer.concat(parts), groupRawSize(stored, what));
+    dictGroups.set(key, group);
+  }
+  return Buffer.from(groupMember(group, { groupOffset: c.groupOffset, rawSize: c.rawSize, rawDigest: Buffer.from(c.rawDigest, 'hex') }, d.file));
 }
 
 /** The chunks of `a.direct` decoded directly, or undefined when one needs the chain (its base is not at hand). */
@@ -351,21 +386,32 @@ export interface BuildGroupArgs extends ContentSource {
  * and reports the error).
  */
 export async function buildGroupMembers(a: BuildGroupArgs): Promise<{ digest: string; size: number }[]> {
-  const { chain, blob } = await open(a);
-  const c = blob.chunks[0];
-  if (blob.chunks.length !== 1 || c.codec !== Codec.GROUP) return [];
+  for (const [hex, p] of Object.entries(a.bases)) basePaths.set(hex, p);
+  // straight from the file and the members' base files when the main thread gave the members (no chain opened)
+  const d = a.direct;
+  let members: { hex: string; build: () => Promise<Buffer | undefined> }[];
+  if (d?.members) {
+    const list = d.members;
+    members = list.map((m) => ({ hex: m.rawDigest, build: () => directGroupMember(d, m, list) }));
+  } else {
+    const { chain, blob } = await open(a);
+    const c = blob.chunks[0];
+    if (blob.chunks.length !== 1 || c.codec !== Codec.GROUP) return [];
+    members = chain.readers[a.level].groupMembers(c).map((m) => ({ hex: m.rawDigest.toString('hex'), build: () => chain.chunk(a.level, m) }));
+  }
   const out: { digest: string; size: number }[] = [];
-  for (const m of chain.readers[a.level].groupMembers(c)) {
-    const hex = m.rawDigest.toString('hex');
+  for (const m of members) {
+    const hex = m.hex;
     if (hex === a.digest) continue;
     const path = join(a.dir, hex);
     if (await fsp.lstat(path).then(() => true, () => false)) continue;
-    let raw: Buffer;
+    let raw: Buffer | undefined;
     try {
-      raw = await chain.chunk(a.level, m);
+      raw = await m.build();
     } catch {
       continue;
     }
+    if (!raw) continue;
     const tmp = tempName(path);
     try {
       await fsp.writeFile(tmp, raw, { flag: 'wx', mode: 0o600 });
