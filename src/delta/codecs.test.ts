@@ -35,23 +35,11 @@ import {
   setBsdiffApplyEngine,
 } from './codecs';
 import { D4fsError } from '../errors';
+import { prng32 } from '../../test/helpers/prng';
 
 const REPO = path.resolve(__dirname, '..', '..', '..'); // dist/src/delta -> repo
 const CACHE = path.join(REPO, '.cache', 'codec-test');
 const PATCH_CODECS: PatchCodecId[] = ['zstd-patch', 'bsdiff'];
-
-/** Deterministic pseudo-random bytes (xorshift32), so failures reproduce. */
-function prng(seed: number): () => number {
-  let x = seed >>> 0 || 1;
-  return () => {
-    x ^= x << 13;
-    x >>>= 0;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    x >>>= 0;
-    return x;
-  };
-}
 
 function sha(b: Buffer): string {
   return createHash('sha256').update(b).digest('hex');
@@ -59,7 +47,7 @@ function sha(b: Buffer): string {
 
 /** Text of `lines` lines, reproducible. */
 function makeText(lines: number, seed: number): Buffer {
-  const r = prng(seed);
+  const r = prng32(seed);
   const words = ['alpha', 'beta', 'gamma', 'delta', 'nginx', 'worker', 'connection', 'timeout', 'ssl', 'cache', 'upstream', 'server'];
   const out: string[] = [];
   for (let i = 0; i < lines; i++) {
@@ -73,7 +61,7 @@ function makeText(lines: number, seed: number): Buffer {
 
 /** An edited copy of a text: some lines changed, inserted and deleted. */
 function editText(text: Buffer, seed: number): Buffer {
-  const r = prng(seed);
+  const r = prng32(seed);
   const lines = text.toString('utf8').split('\n');
   for (let i = 0; i < 40; i++) {
     const at = r() % lines.length;
@@ -423,7 +411,7 @@ describe.each(['auto', 'typescript'] as const)('damaged and hostile patches (bsp
 
   it.each(PATCH_CODECS)('%s: bit flips are refused, never a wrong result', (codec) => {
     const patch = encodePatch(base, target, codec, 3);
-    const r = prng(codec.length * 7919);
+    const r = prng32(codec.length * 7919);
     let refused = 0;
     for (let i = 0; i < 1500; i++) {
       const bad = Buffer.from(patch);
@@ -478,7 +466,7 @@ describe.each(['auto', 'typescript'] as const)('damaged and hostile patches (bsp
   });
 
   it('bsdiff: random programs (seeks before, inside and past the base) give what a plain bspatch loop gives', () => {
-    const r = prng(4242);
+    const r = prng32(4242);
     for (let round = 0; round < 200; round++) {
       const old = Buffer.from(Array.from({ length: r() % 300 }, () => r() & 255));
       const triples: Array<[number, number, number]> = [];
@@ -538,7 +526,7 @@ describe.each(['auto', 'typescript'] as const)('damaged and hostile patches (bsp
 describe('bzip2 decoder used to re-pack bsdiff output', () => {
   const haveBzip2 = spawnSync('bzip2', ['--help']).status === 0;
   (haveBzip2 ? it : it.skip)('matches the bzip2 CLI on assorted data', () => {
-    const r = prng(40);
+    const r = prng32(40);
     const samples = [
       Buffer.alloc(0),
       Buffer.from('x'),

@@ -18,7 +18,7 @@
 import { corrupt } from '../errors';
 import { sha256 } from '../util/digest';
 import { ByteLru } from '../util/lru';
-import { Codec, GROUP_MAX_RAW, GROUP_MAX_STORED } from './types';
+import { type Blob, type Chunk, Codec, Encoding, GROUP_MAX_RAW, GROUP_MAX_STORED } from './types';
 import { zstdDeclaredSize, zstdDecompressChecked, zstdFrame } from './zstd';
 
 /**
@@ -106,6 +106,38 @@ export function storedBytesOf(blobs: Iterable<{ chunks: readonly { offset: numbe
     }
   }
   return n;
+}
+
+/** The key of a group's frame in a groupIndex: its offset and stored size. */
+export function groupFrameKey(frame: Pick<Chunk, 'offset' | 'storedSize'>): string {
+  return `${frame.offset}:${frame.storedSize}`;
+}
+
+/**
+ * The members of the solid groups coded against bases among `blobs`: each
+ * PATCH blob whose one chunk is a group member (Codec.GROUP; validateIndex
+ * refuses a group member that is not its blob's one chunk), by the frame they
+ * share (groupFrameKey: same offset and stored size), each group's members in
+ * group order (by groupOffset; members at the same offset keep `blobs`' order).
+ * Look members up with groupMembersIn.
+ */
+export function groupIndex(blobs: Iterable<Blob>): Map<string, Chunk[]> {
+  const m = new Map<string, Chunk[]>();
+  for (const b of blobs) {
+    const c = b.chunks[0];
+    if (b.encoding !== Encoding.PATCH || b.chunks.length !== 1 || c.codec !== Codec.GROUP) continue;
+    const key = groupFrameKey(c);
+    const list = m.get(key);
+    if (list) list.push(c);
+    else m.set(key, [c]);
+  }
+  for (const list of m.values()) list.sort((x, y) => (x.groupOffset ?? 0) - (y.groupOffset ?? 0));
+  return m;
+}
+
+/** The members (in group order) of the group whose frame is `frame`, from a groupIndex; none when no group coded against bases has that frame. */
+export function groupMembersIn(index: ReadonlyMap<string, Chunk[]>, frame: Pick<Chunk, 'offset' | 'storedSize'>): Chunk[] {
+  return index.get(groupFrameKey(frame)) ?? [];
 }
 
 /** The stored frame of a group of `members` (in group order) at zstd `level`. */

@@ -13,7 +13,7 @@ import { Blob, Chunk, Codec, Encoding, Entry, HEADER_SIZE, Index, Kind, LIMITS, 
 import { validateIndex, validateIndexContents, validateIndexHead } from './validate';
 import { checkIndexLean } from './check';
 import { zstdUnframe as decompressFull } from './zstd';
-import { GroupCache, groupMember } from './group';
+import { GroupCache, groupIndex, groupMember, groupMembersIn } from './group';
 
 export interface HeaderInfo {
   version: number;
@@ -483,29 +483,15 @@ export class CdimgReader {
     return this.index.kind === Kind.DELTA;
   }
 
-  private groupIndex?: Map<string, Chunk[]>;
+  private groupsByFrame?: Map<string, Chunk[]>;
 
   /**
    * The members of the solid group coded against bases (their blobs PATCH: see
    * ./group.ts) whose frame `c` names, in group order; built on first use.
    */
   groupMembers(c: Pick<Chunk, 'offset' | 'storedSize'>): Chunk[] {
-    if (!this.groupIndex) {
-      const m = new Map<string, Chunk[]>();
-      for (const b of this.index.blobs) {
-        if (b.encoding !== Encoding.PATCH) continue;
-        for (const ch of b.chunks) {
-          if (ch.codec !== Codec.GROUP) continue;
-          const key = `${ch.offset}:${ch.storedSize}`;
-          const list = m.get(key);
-          if (list) list.push(ch);
-          else m.set(key, [ch]);
-        }
-      }
-      for (const list of m.values()) list.sort((x, y) => (x.groupOffset ?? 0) - (y.groupOffset ?? 0));
-      this.groupIndex = m;
-    }
-    return this.groupIndex.get(`${c.offset}:${c.storedSize}`) ?? [];
+    this.groupsByFrame ??= groupIndex(this.index.blobs);
+    return groupMembersIn(this.groupsByFrame, c);
   }
 
   blob(digest: Buffer | string): Blob | undefined {

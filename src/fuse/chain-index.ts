@@ -17,6 +17,7 @@
  */
 import { checkChain } from '../delta/chain';
 import { failedPrecondition } from '../errors';
+import { groupIndex, groupMembersIn } from '../format/group';
 import { CdimgReader } from '../format/reader';
 import { type Blob, type Chunk, Codec, Encoding, type Entry } from '../format/types';
 
@@ -128,20 +129,9 @@ class StoredBlobs {
 
   /** The members of the group coded against bases (PATCH blobs) whose frame is at `offset`, in group order. */
   groupMembers(offset: number, storedSize: number): Chunk[] {
-    if (!this.groups) {
-      const m = new Map<string, Chunk[]>();
-      for (const b of this.others) {
-        const c = b.chunks[0];
-        if (b.encoding !== Encoding.PATCH || b.chunks.length !== 1 || c.codec !== Codec.GROUP) continue;
-        const key = `${c.offset}:${c.storedSize}`;
-        const list = m.get(key);
-        if (list) list.push(c);
-        else m.set(key, [c]);
-      }
-      for (const list of m.values()) list.sort((x, y) => (x.groupOffset ?? 0) - (y.groupOffset ?? 0));
-      this.groups = m;
-    }
-    return this.groups.get(`${offset}:${storedSize}`) ?? [];
+    // PATCH blobs are never simple: all of them are in `others`
+    this.groups ??= groupIndex(this.others);
+    return groupMembersIn(this.groups, { offset, storedSize });
   }
 
   private simpleBlob(i: number): Blob {

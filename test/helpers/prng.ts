@@ -19,3 +19,13 @@ export class Prng {
     return Math.floor(this.next() * n);
   }
 }
+
+/**
+ * The same generator as its 32-bit states: integers in [0, 2^32), the same
+ * sequence for the same seed (prng's values times 2^32, exact), for tests
+ * that pick bytes and offsets with `& mask` and `% n`.
+ */
+export function prng32(seed: number): () => number {
+  const next = prng(seed);
+  return () => next() * 0x100000000;
+}

@@ -8,24 +8,12 @@
 import { randomBytes } from 'node:crypto';
 import { chooseBest, contentKind, decodeEntry, encodePatch, EVERY_CODEC_MIN, LEVELS, patchPlan, PATCH_ENOUGH } from './index';
 import { STRONG_MIN_SHARE, ZSTD_PATCH_STRONG_LEVEL } from './zstd-patch';
+import { prng32 } from '../../../test/helpers/prng';
 
 /** zstd-patch as the chooser codes it at `default`: the strong level unless the level-1 patch is under 1/64 of the target. */
 function defaultZstdPatch(base: Buffer, target: Buffer): number {
   const probe = encodePatch(base, target, 'zstd-patch', 1).length;
   return encodePatch(base, target, 'zstd-patch', probe * STRONG_MIN_SHARE >= target.length ? ZSTD_PATCH_STRONG_LEVEL : LEVELS.default).length;
-}
-
-/** A deterministic byte generator (xorshift32). */
-function prng(seed: number): () => number {
-  let x = seed >>> 0 || 1;
-  return () => {
-    x ^= x << 13;
-    x >>>= 0;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    x >>>= 0;
-    return x;
-  };
 }
 
 /**
@@ -35,7 +23,7 @@ function prng(seed: number): () => number {
  * that leaves zstd only matches shorter than a record.
  */
 function records(n: number, shift: number, seed = 7): Buffer {
-  const next = prng(seed);
+  const next = prng32(seed);
   const b = Buffer.alloc(n);
   for (let i = 0; i + 16 <= n; i += 16) {
     b.writeUInt32LE((i * 3 + shift) >>> 0, i);
@@ -66,7 +54,7 @@ function elf(n: number, shift: number): Buffer {
  * LLVM bitcode, whose common parts are short and not byte-aligned, CODECS.md).
  */
 function shortRuns(base: Buffer, n: number, seed: number): Buffer {
-  const next = prng(seed);
+  const next = prng32(seed);
   const out = Buffer.alloc(n);
   for (let o = 0; o + 6 <= n; o += 6) {
     const at = next() % (base.length - 5);
@@ -95,7 +83,7 @@ describe('chooseBest at default: every content gets its best codec', () => {
 
   it('keeps the strong zstd-patch when it beats bsdiff on data', () => {
     // common parts of 5 bytes only: zstd 19 codes them as matches, bsdiff finds no match to align
-    const next = prng(31);
+    const next = prng32(31);
     const base = Buffer.alloc(64 << 10);
     for (let i = 0; i < base.length; i++) base[i] = next() & 0x3f;
     const target = shortRuns(base, 64 << 10, 32);
@@ -154,7 +142,7 @@ describe('chooseBest at default: every content gets its best codec', () => {
   });
 
   it('looks again at binary data the level-1 probe calls unrelated, and patches it when it is related', () => {
-    const next = prng(11);
+    const next = prng32(11);
     const base = Buffer.alloc(120_000);
     for (let i = 0; i < base.length; i++) base[i] = next() & 0xff;
     const target = shortRuns(base, 120_000, 12);
