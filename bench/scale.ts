@@ -664,9 +664,10 @@ async function syntheticBench(opts: ScaleBenchOptions, log: (m: string) => void)
     const cliEnv = { ...process.env, D4FS_STORE: env.store };
     const addr = ['--address', env.containerd.address];
     log('load v1');
+    const loadStart = now();
     const l1 = await timedRun(process.execPath, [CTR_CLI_JS, 'load', '--image', 'scale:1', '--cdimg', cdimg.v1, '--json', ...addr], cliEnv);
     const id1 = (JSON.parse(l1.stdout) as { imageId: string }).imageId;
-    rows.push(row('ctr-cli load v1 (full .cdimg)', secs(l1.s), '', null, '≤ 1 s', l1.s <= 1, `${mib((await fsp.stat(cdimg.v1)).size, 0)} file into the store + containerd records + remote snapshot`));
+    rows.push(row('ctr-cli load v1 (full .cdimg)', secs(l1.s), '', null, '≤ 1 s', l1.s <= 1, `${mib((await fsp.stat(cdimg.v1)).size, 0)} file into the store + containerd records + remote snapshot (mounted lazily: see the next row)`));
     rows.push(row('ctr-cli load v1: peak RSS', mib(l1.rss, 0), '', null, '≤ 256 MiB', l1.rss <= 256 * MiB, '/usr/bin/time %M'));
     const mountpoint = async (imageId: string): Promise<string> => {
       let mp = '';
@@ -674,6 +675,10 @@ async function syntheticBench(opts: ScaleBenchOptions, log: (m: string) => void)
       return mp;
     };
     const mp1 = await mountpoint(id1);
+    // the snapshot is mounted lazily (src/fuse/manager.ts): a check waits until the mount serves
+    await env.manager.check(mp1, 120_000);
+    const servingS = now() - loadStart;
+    rows.push(row('v1 mount serving, from the start of load', secs(servingS), '', null, '', null, 'the manager opened and checked the chain (index against the root digest, decoded, validated) after load returned; requests before wait for it'));
     if (!env.d4fsMounts().includes(mp1)) throw new Error(`${mp1} is not a d4fs FUSE mount: ${env.d4fsMounts().join(', ')}`);
     const mgr = env.managerPid();
     if (mgr === undefined) throw new Error(`no FUSE manager runs:\n${env.logs()}`);

@@ -99,7 +99,10 @@ describeIfCapable('test/fuse-trust.test.ts', ['root', 'fuse'])('FUSE trust bound
   let log: Logger;
   let ffs: FuseFileSystem;
   let cacheDir: string;
-  const mp = { victim: '', hostile: '' };
+  const mp = { victim: '', hostile: '', lazy: '', lazyBad: '' };
+  const files: Record<string, string> = {};
+  let victimId = '';
+  let hostileId = '';
   /** True and hostile bytes of the large (5 chunks) and medium (3 chunks) files. */
   const data: Record<'big' | 'mid', { truth: Buffer; hostile: Buffer; hex: string }> = {
     big: { truth: Buffer.alloc(0), hostile: Buffer.alloc(0), hex: '' },
@@ -115,7 +118,6 @@ describeIfCapable('test/fuse-trust.test.ts', ['root', 'fuse'])('FUSE trust bound
     data.mid.hostile = randomBytes(9 * MiB + 7);
     for (const k of ['big', 'mid'] as const) data[k].hex = sha(data[k].truth);
 
-    const files: Record<string, string> = {};
     const claims = new Map<string, Buffer>();
     for (const who of ['victim', 'hostile'] as const) {
       const tree = path.join(dir, `${who}-tree`);
@@ -131,7 +133,7 @@ describeIfCapable('test/fuse-trust.test.ts', ['root', 'fuse'])('FUSE trust bound
     }
     for (const k of ['big', 'mid'] as const) claims.set(sha(data[k].hostile), Buffer.from(data[k].hex, 'hex'));
     const forged = path.join(dir, 'hostile-claims.cdimg');
-    const hostileId = await claimDigests(files.hostile, forged, claims);
+    hostileId = await claimDigests(files.hostile, forged, claims);
 
     // The hostile file is self-consistent: it opens, its tree claims the victim's digests,
     // its chunks are its own (several of them), its id is recomputed.
@@ -148,7 +150,7 @@ describeIfCapable('test/fuse-trust.test.ts', ['root', 'fuse'])('FUSE trust bound
     } finally {
       await r.close();
     }
-    const victimId = (await CdimgReader.imageInfo(files.victim)).imageId;
+    victimId = (await CdimgReader.imageInfo(files.victim)).imageId;
 
     ffs = new FuseFileSystem({ root: path.join(dir, 'fuse'), stores: [], log, watchIntervalMs: 0 });
     cacheDir = managerPaths(path.join(dir, 'fuse')).cache;
@@ -218,6 +220,45 @@ describeIfCapable('test/fuse-trust.test.ts', ['root', 'fuse'])('FUSE trust bound
     for (const name of await fsp.readdir(cacheDir)) {
       if (/^[0-9a-f]{64}$/.test(name)) expect(sha(await fsp.readFile(path.join(cacheDir, name)))).toBe(name);
     }
+  });
+
+  describe('lazy mounts (the kernel mount made before the chain is open)', () => {
+    test('serve the image once its chain is open; a check waits for that', async () => {
+      mp.lazy = path.join(dir, 'mnt', 'lazy');
+      await fsp.mkdir(mp.lazy, { recursive: true });
+      await ffs.client.mount({ mountpoint: mp.lazy, chain: [files.victim], imageId: victimId, lazy: true });
+      expect((await d4fsMountsAt(mp.lazy)).length).toBe(1);
+      // a read right away waits for the chain, then gets the image's bytes
+      expect(await fsp.readFile(path.join(mp.lazy, 'data', 'who'), 'utf8')).toBe('victim\n');
+      expect(sha(await fsp.readFile(path.join(mp.lazy, 'data', 'mid.bin')))).toBe(data.mid.hex);
+      await expect(ffs.client.check(mp.lazy)).resolves.toMatchObject({ imageId: victimId });
+      // mounting it again (lazily or not) is the same mount
+      await ffs.client.mount({ mountpoint: mp.lazy, chain: [files.victim], imageId: victimId });
+      expect((await d4fsMountsAt(mp.lazy)).length).toBe(1);
+      await ffs.client.unmount(mp.lazy);
+      expect((await d4fsMountsAt(mp.lazy)).length).toBe(0);
+    });
+
+    test('a chain that cannot be opened answers EIO, fails its check with the reason, and a waited mount reports it', async () => {
+      mp.lazyBad = path.join(dir, 'mnt', 'lazy-bad');
+      await fsp.mkdir(mp.lazyBad, { recursive: true });
+      // a damaged index: its last stored byte flipped
+      const damaged = path.join(dir, 'damaged-index.cdimg');
+      const bytes = await fsp.readFile(files.victim);
+      bytes[bytes.length - 1] ^= 0x40;
+      await fsp.writeFile(damaged, bytes);
+      await ffs.client.mount({ mountpoint: mp.lazyBad, chain: [damaged], imageId: victimId, lazy: true });
+      expect(await readError(path.join(mp.lazyBad, 'data', 'who'))).toBe('EIO');
+      await expect(ffs.client.check(mp.lazyBad)).rejects.toMatchObject({ kind: 'UNAVAILABLE', message: expect.stringMatching(/index/) });
+      await expect(ffs.client.mount({ mountpoint: mp.lazyBad, chain: [damaged], imageId: victimId })).rejects.toMatchObject({ kind: 'CORRUPT' });
+      expect((await d4fsMountsAt(mp.lazyBad)).length).toBe(0);
+      // a sound chain that leads to another image than the one asked for
+      await ffs.client.mount({ mountpoint: mp.lazyBad, chain: [files.victim], imageId: hostileId, lazy: true });
+      expect(await readError(path.join(mp.lazyBad, 'data', 'who'))).toBe('EIO');
+      await expect(ffs.client.check(mp.lazyBad)).rejects.toMatchObject({ kind: 'UNAVAILABLE', message: expect.stringMatching(/leads to image/) });
+      await ffs.client.unmount(mp.lazyBad);
+      expect(fs.readFileSync(managerPaths(path.join(dir, 'fuse')).log, 'utf8')).toMatch(/the chain of a lazy mount cannot be opened/);
+    });
   });
 
   describe('daemon sockets live in private directories', () => {

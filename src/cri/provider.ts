@@ -125,7 +125,8 @@ export class CriPullProvider implements RemoteSnapshotProvider {
       this.log.debug({ name, ref, layer: i }, 'lower layer provided (empty: the top layer holds the whole tree)');
       return true;
     }
-    await this.o.fuse.mountImage(target.mountpoint, img.imageId, target.signal);
+    // lazy: the pull does not wait for the image's index to be read (the container's mounts do)
+    await this.o.fuse.mountImage(target.mountpoint, img.imageId, target.signal, { lazy: true });
     this.state.put({ ...row, role: 'top' });
     this.log.info({ name, ref, manifest, imageId: img.imageId, bytes: img.bytes }, 'image provided by d4fs over FUSE');
     return { standalone: true };
@@ -248,11 +249,11 @@ export class CriPullProvider implements RemoteSnapshotProvider {
   fileSystem(): FileSystem {
     const fuse = this.o.fuse;
     return {
-      mount: async (mountpoint, labels, signal) => {
+      mount: async (mountpoint, labels, signal, opts) => {
         const row = this.state.byName(labels[SNAPSHOT_REF]);
         if (row?.role === 'lower' || row?.role === 'filled') return;
-        if (row?.role === 'top') return fuse.mountImage(mountpoint, row.imageId, signal);
-        return fuse.mount(mountpoint, labels, signal);
+        if (row?.role === 'top') return fuse.mountImage(mountpoint, row.imageId, signal, opts);
+        return fuse.mount(mountpoint, labels, signal, opts);
       },
       check: async (mountpoint, labels, signal) => {
         const row = this.state.byName(labels[SNAPSHOT_REF]);

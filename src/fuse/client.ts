@@ -34,7 +34,7 @@ import { d4fsDiffId } from '../containerd/image';
 import type { SignaturePolicy } from '../signing';
 import { D4fsError, type ErrorKind, failedPrecondition, invalidArgument, notFound, toD4fsError, unavailable } from '../errors';
 import { D4FS_IMAGE_ID, D4FS_PREFIX, SNAPSHOT_REF } from '../labels';
-import type { FileSystem } from '../snapshotter/filesystem';
+import type { FileSystem, MountOptions } from '../snapshotter/filesystem';
 import { checkSocketDir, ensureSocketDir } from '../snapshotter/sockdir';
 import type { Labels } from '../snapshotter/types';
 import { LocalStore } from '../store/store';
@@ -232,7 +232,7 @@ export class FuseFileSystem implements FileSystem {
    * containerd.io/snapshot.ref when it mounts one again) and held by one of
    * the configured stores.
    */
-  async mount(mountpoint: string, labels: Readonly<Labels>, signal?: AbortSignal): Promise<void> {
+  async mount(mountpoint: string, labels: Readonly<Labels>, signal?: AbortSignal, opts: MountOptions = {}): Promise<void> {
     const mp = path.resolve(mountpoint);
     const imageId = d4fsImageOf(labels);
     if (!imageId) {
@@ -241,7 +241,7 @@ export class FuseFileSystem implements FileSystem {
           `its name must be the image's chain id (${labels[D4FS_IMAGE_ID] && IMAGE_ID_RE.test(labels[D4FS_IMAGE_ID]) ? d4fsDiffId(labels[D4FS_IMAGE_ID]) : 'sha256:…'})`,
       );
     }
-    await this.mountImage(mp, imageId, signal);
+    await this.mountImage(mp, imageId, signal, opts);
   }
 
   /**
@@ -250,13 +250,14 @@ export class FuseFileSystem implements FileSystem {
    * snapshot is themselves (the CRI pull, from the manifest it verified),
    * never from labels.
    */
-  async mountImage(mountpoint: string, imageId: string, signal?: AbortSignal): Promise<void> {
+  async mountImage(mountpoint: string, imageId: string, signal?: AbortSignal, opts: MountOptions = {}): Promise<void> {
     const mp = path.resolve(mountpoint);
     if (!IMAGE_ID_RE.test(imageId)) throw invalidArgument(`invalid d4fs image id ${JSON.stringify(imageId.slice(0, 80))}`);
     const req: MountRequest = { mountpoint: mp, imageId, chain: await resolveChain(this.o.stores, imageId, this.o.policy) };
+    // remembered without `lazy`: a mount made again after a manager's death is waited for
     this.known.set(mp, req);
     try {
-      await this.withManager((c) => c.mount(req, this.t.mount, signal));
+      await this.withManager((c) => c.mount(opts.lazy ? { ...req, lazy: true } : req, this.t.mount, signal));
     } catch (e) {
       this.known.delete(mp);
       throw e;

@@ -67,6 +67,8 @@ declare module 'd4fs-fuse3' {
   export function keepListing(s: Session, ino: number, listing: Uint8Array): boolean;
   /** malloc_trim(0): the C heap's free memory back to the system; true when some was released. */
   export function trimMemory(): boolean;
+  /** For a session mounted with xattrNames null: the names some inode has, from now on (once); false when not set. */
+  export function setXattrNames(session: Session, names: string[]): boolean;
   export function fuseVersion(): number;
   export const EV: { readonly MOUNTED: 1; readonly INIT: 2; readonly CLOSED: 3 };
   export const RQ: {

@@ -58,6 +58,8 @@ export class DeltaFileSystem extends ImageFileSystemBase implements ImageFileSys
 
   /** Mounts the filesystem; resolves once the kernel has initialised the connection. */
   mount(timeoutMs = 30_000): Promise<void> {
+    // this binding answers from the tree in its own callbacks: a lazy mount is mounted once the chain is open
+    if (!this.isReady) return this.ready.then(() => this.mount(timeoutMs));
     if (this.fuse) return Promise.reject(new D4fsError('FAILED_PRECONDITION', `${this.mountpoint} is already mounted by this filesystem`));
     const fuse = new Fuse(this.mountpoint, this.ops(), {
       // fuse-native has no option for these; its fsname is passed on verbatim.

@@ -345,6 +345,52 @@ describe('fuse3 binding: a small image mounted in this process', () => {
     }
   });
 
+  test('a lazy mount: requests made before its chain is open wait for it, then xattr names are answered natively; a chain that fails gives EIO', async () => {
+    const lazyMp = path.join(dir, 'lazy');
+    await fsp.mkdir(lazyMp);
+    let open!: (c: ChainIndex) => void;
+    const lazy = new Fuse3FileSystem({ mountpoint: lazyMp, chain: new Promise<ChainIndex>((resolve) => (open = resolve)), imageId: chain.imageId, cache, log });
+    await lazy.mount();
+    try {
+      expect(fuseMountsAt(lazyMp)).toHaveLength(1);
+      expect(lazy.isReady).toBe(false);
+      let settled = false;
+      const read = fsp.readFile(path.join(lazyMp, 'data/hello'), 'utf8').finally(() => (settled = true));
+      const xattr = run('getfattr', ['--only-values', '-n', 'user.note', path.join(lazyMp, 'data/hello')]);
+      await new Promise((r) => setTimeout(r, 300));
+      expect(settled).toBe(false);
+      open(chain);
+      expect(await read).toBe('hello, fuse3\n');
+      expect((await xattr).stdout).toBe('kept');
+      expect(lazy.isReady).toBe(true);
+      // names no inode has: ENODATA from the binding, no round trip (the list was set once the tree was built)
+      const fast0 = lazy.stats().requests?.getxattrFast ?? 0;
+      await expect(run('getfattr', ['-n', 'user.absent', path.join(lazyMp, 'data/hello')])).rejects.toThrow(/No such attribute/);
+      expect(lazy.stats().requests?.getxattrFast ?? 0).toBeGreaterThan(fast0);
+    } finally {
+      await lazy.unmount();
+      await lazy.destroy();
+    }
+
+    let fail!: (e: Error) => void;
+    const broken = new Fuse3FileSystem({ mountpoint: lazyMp, chain: new Promise<ChainIndex>((_resolve, reject) => (fail = reject)), imageId: chain.imageId, cache, log });
+    await broken.mount();
+    try {
+      const read = fsp.readFile(path.join(lazyMp, 'data/hello'), 'utf8').then(
+        () => 'read',
+        (e: NodeJS.ErrnoException) => e.code,
+      );
+      await new Promise((r) => setTimeout(r, 100));
+      fail(new Error('index is damaged'));
+      expect(await read).toBe('EIO');
+      await expect(broken.ready).rejects.toThrow(/damaged/);
+      expect(await fsp.stat(path.join(lazyMp, 'data')).then(() => 'ok', (e: NodeJS.ErrnoException) => e.code)).toBe('EIO');
+    } finally {
+      await broken.unmount();
+      await broken.destroy();
+    }
+  });
+
   test('unmount while busy: an open file keeps working until closed, then the session ends; nothing stays mounted', async () => {
     const fh = await fsp.open(at('data/big.bin'), 'r');
     const dh = await fsp.opendir(at('data/deep'));

@@ -128,8 +128,10 @@ export class Fuse3FileSystem extends ImageFileSystemBase implements ImageFileSys
         },
       };
       try {
-        this.session = fuse3.mount(this.mountpoint, MOUNT_OPTIONS, KERNEL_TIMEOUT_S, KERNEL_TIMEOUT_S, this.tree.xattrNames, this.onRequest);
+        // a lazy mount: every xattr request is asked of this thread until the tree tells which names exist
+        this.session = fuse3.mount(this.mountpoint, MOUNT_OPTIONS, KERNEL_TIMEOUT_S, KERNEL_TIMEOUT_S, this.isReady ? this.tree.xattrNames : null, this.onRequest);
         this.alive = true;
+        if (!this.isReady) this.whenReady(this.session);
       } catch (e) {
         this.mountWaiter = undefined;
         clearTimeout(timer);
@@ -178,8 +180,47 @@ export class Fuse3FileSystem extends ImageFileSystemBase implements ImageFileSys
   // Requests
   // -------------------------------------------------------------------------
 
+  /**
+   * A lazy mount (the chain still opening when the kernel mount was made):
+   * requests wait in `waiting` until the tree is built, then are answered in
+   * order; if the chain cannot be opened, they and every later one get EIO
+   * (the manager's check reports why, and the snapshotter mounts again).
+   */
+  private whenReady(s: fuse3.Session): void {
+    this.waiting = [];
+    const drain = (): void => {
+      const queued = this.waiting ?? [];
+      this.waiting = undefined;
+      for (const q of queued) this.onRequest(...q);
+    };
+    this.ready.then(
+      () => {
+        if (this.session === s && this.alive) fuse3.setXattrNames(s, this.tree.xattrNames);
+        this.log.info({ imageId: this.imageId, entries: this.tree.totals.entries, waited: this.waiting?.length ?? 0 }, 'index read: serving');
+        drain();
+      },
+      (e: unknown) => {
+        this.log.error({ err: toD4fsError(e).message, imageId: this.imageId }, 'cannot read the index of a lazy mount: every request fails with EIO');
+        drain();
+      },
+    );
+  }
+
+  /** Requests that came before the chain of a lazy mount was open (see whenReady). */
+  private waiting?: [number, number, number, number, number, string | undefined][];
+
   private readonly onRequest = (op: number, id: number, ino: number, a: number, b: number, name: string | undefined): void => {
     const s = this.session!;
+    if (op !== EV.MOUNTED && op !== EV.INIT && op !== EV.CLOSED) {
+      if (this.waiting) {
+        this.waiting.push([op, id, ino, a, b, name]);
+        return;
+      }
+      if (this.failure) {
+        if (id) fuse3.replyErr(s, id, E.EIO);
+        return;
+      }
+    }
     try {
       switch (op) {
         case RQ.LOOKUP: {
@@ -257,7 +298,7 @@ export class Fuse3FileSystem extends ImageFileSystemBase implements ImageFileSys
           this.mountWaiter = undefined;
           // larger kernel read-ahead before the first read (./mounts.ts READAHEAD_KB)
           void setReadahead(this.mountpoint).then((readahead) => {
-            this.log.info({ imageId: this.imageId, entries: this.tree.totals.entries, capable: a, want: b, readaheadKiB: readahead ? READAHEAD_KB : undefined }, 'mounted');
+            this.log.info({ imageId: this.imageId, entries: this.isReady ? this.tree.totals.entries : undefined, lazy: !this.isReady, capable: a, want: b, readaheadKiB: readahead ? READAHEAD_KB : undefined }, 'mounted');
             w?.resolve();
           });
           return;

@@ -7,6 +7,7 @@
 import type { Logger } from 'pino';
 import type { FuseBindingName } from '../snapshotter/fuse-binding';
 import type { ContentCache } from './cache';
+import { D4fsError, failedPrecondition } from '../errors';
 import type { ChainIndex } from './chain-index';
 import { ImageTree } from './tree';
 
@@ -28,7 +29,14 @@ export const READ_LOG_MAX = 4096;
 
 export interface ImageFileSystemOptions {
   mountpoint: string;
-  chain: ChainIndex;
+  /**
+   * The image's chain, or (a lazy mount, fuse3 only) its opening: the kernel
+   * mount is made at once and requests wait until the chain is open (see
+   * ImageFileSystemBase.ready).
+   */
+  chain: ChainIndex | Promise<ChainIndex>;
+  /** The image the chain must lead to (required with a chain still opening). */
+  imageId?: string;
   cache: ContentCache;
   log: Logger;
   timeouts?: Partial<OpTimeouts>;
@@ -50,24 +58,73 @@ export interface MountStats {
 
 /** What both bindings keep of their options: the image's tree, chain, cache, log and deadlines. */
 export abstract class ImageFileSystemBase {
-  readonly tree: ImageTree;
   readonly mountpoint: string;
-  protected readonly chain: ChainIndex;
   protected readonly cache: ContentCache;
   protected readonly log: Logger;
   protected readonly timeouts: OpTimeouts;
+  /**
+   * Resolves when the chain is open and the tree built (at once for an open
+   * chain); rejects with why it could not be (also kept in `failure`).
+   */
+  readonly ready: Promise<void>;
+  /** Why the chain of a lazy mount could not be opened. */
+  protected failure?: Error;
+  private opened?: { chain: ChainIndex; tree: ImageTree };
+  private readonly wantedId?: string;
 
   constructor(o: ImageFileSystemOptions) {
     this.mountpoint = o.mountpoint;
-    this.chain = o.chain;
     this.cache = o.cache;
     this.log = o.log.child({ mountpoint: o.mountpoint });
     this.timeouts = { ...DEFAULT_OP_TIMEOUTS, ...o.timeouts };
-    this.tree = ImageTree.fromIndex(o.chain.top);
+    this.wantedId = o.imageId;
+    if (!(o.chain instanceof Promise)) {
+      this.opened = this.build(o.chain);
+      this.ready = Promise.resolve();
+      return;
+    }
+    if (!o.imageId) throw new D4fsError('INVALID_ARGUMENT', 'a lazy mount needs the image id its chain leads to');
+    this.ready = o.chain.then(
+      (chain) => {
+        this.opened = this.build(chain);
+      },
+      (e: unknown) => {
+        throw e instanceof Error ? e : new Error(String(e));
+      },
+    );
+    this.ready.catch((e: unknown) => {
+      this.failure = e as Error;
+    });
+  }
+
+  private build(chain: ChainIndex): { chain: ChainIndex; tree: ImageTree } {
+    if (this.wantedId !== undefined && chain.imageId !== this.wantedId) {
+      throw failedPrecondition(`the chain ${chain.paths.join(' → ')} leads to image ${chain.imageId}, not ${this.wantedId}`);
+    }
+    return { chain, tree: ImageTree.fromIndex(chain.top) };
+  }
+
+  /** True once the chain is open (always, but for a lazy mount still opening or failed). */
+  get isReady(): boolean {
+    return this.opened !== undefined;
+  }
+
+  /** The image's tree (only once ready: the bindings answer nothing before). */
+  get tree(): ImageTree {
+    return this.openedOrThrow().tree;
+  }
+
+  protected get chain(): ChainIndex {
+    return this.openedOrThrow().chain;
+  }
+
+  private openedOrThrow(): { chain: ChainIndex; tree: ImageTree } {
+    if (this.opened) return this.opened;
+    throw this.failure ?? new D4fsError('UNAVAILABLE', `the index of the image mounted at ${this.mountpoint} is still being read`);
   }
 
   get imageId(): string {
-    return this.chain.imageId;
+    return this.opened?.chain.imageId ?? (this.wantedId as string);
   }
 
   /**
@@ -82,9 +139,14 @@ export abstract class ImageFileSystemBase {
     if (this.readLog.size < READ_LOG_MAX && !this.readLog.has(hex)) this.readLog.set(hex, path);
   }
 
-  /** True when the image's chain stores content `hex` (sha256 hex), itself or as a patch base. */
+  /**
+   * True when the image's chain stores content `hex` (sha256 hex), itself or
+   * as a patch base; also while a lazy mount's chain is still opening (its
+   * contents are not known yet: nothing may be collected for it).
+   */
   holds(hex: string): boolean {
-    return this.chain.locate(hex) !== undefined;
+    if (!this.opened) return this.failure === undefined;
+    return this.opened.chain.locate(hex) !== undefined;
   }
 }
 
@@ -93,8 +155,10 @@ export interface ImageFileSystem {
   readonly mountpoint: string;
   readonly imageId: string;
   readonly binding: FuseBindingName;
-  /** The image's tree. */
+  /** The image's tree (throws before `ready`). */
   readonly tree: ImageTree;
+  /** Resolves when the image's chain is open (a lazy mount: later than mount()); rejects when it cannot be. */
+  readonly ready: Promise<void>;
   /** Contents served so far (digest hex → first path), in the order of first use. */
   readonly readLog: ReadonlyMap<string, string>;
   /** Mounts; resolves once the kernel has initialised the connection. */

@@ -48,6 +48,13 @@ export interface MountRequest {
   mountpoint: string;
   chain: string[];
   imageId: string;
+  /**
+   * Mount at once and open the chain meanwhile (requests wait for it; the
+   * binding fuse3 only): the reply no longer waits for the index of a big
+   * image. A check of the mount waits for it, and reports a chain that could
+   * not be opened.
+   */
+  lazy?: boolean;
 }
 
 /** A mount the manager serves (and remounts after its own restart). */
@@ -103,6 +110,7 @@ export function isMountRequest(v: unknown): v is MountRequest {
     typeof r.imageId === 'string' &&
     Array.isArray(r.chain) &&
     r.chain.length > 0 &&
-    r.chain.every((p) => typeof p === 'string' && path.isAbsolute(p))
+    r.chain.every((p) => typeof p === 'string' && path.isAbsolute(p)) &&
+    (r.lazy === undefined || typeof r.lazy === 'boolean')
   );
 }

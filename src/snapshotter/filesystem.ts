@@ -13,10 +13,21 @@
  */
 import type { Labels } from './types';
 
+/** How a snapshot is mounted. */
+export interface MountOptions {
+  /** Resolve once the mount exists, before it can answer (see FileSystem.mount). */
+  lazy?: boolean;
+}
+
 /** The filesystem that serves remote (d4fs-provided) snapshots. */
 export interface FileSystem {
-  /** Mounts the snapshot described by `labels` at `mountpoint` (an existing, empty directory). */
-  mount(mountpoint: string, labels: Readonly<Labels>, signal?: AbortSignal): Promise<void>;
+  /**
+   * Mounts the snapshot described by `labels` at `mountpoint` (an existing,
+   * empty directory). With `lazy`, it may resolve once the mount exists but
+   * before it can answer (its requests wait): a later `check` waits for it
+   * and reports a mount that cannot serve.
+   */
+  mount(mountpoint: string, labels: Readonly<Labels>, signal?: AbortSignal, opts?: MountOptions): Promise<void>;
   /** Resolves when the mount at `mountpoint` is healthy; rejects otherwise. */
   check(mountpoint: string, labels: Readonly<Labels>, signal?: AbortSignal): Promise<void>;
   /** Unmounts `mountpoint`; resolves when nothing is mounted there any more. */

@@ -73,7 +73,9 @@ export class FileSystemRemoteProvider implements RemoteSnapshotProvider {
 
   async prepare(_key: string, labels: Readonly<Labels>, target: RemotePrepareTarget): Promise<boolean> {
     if (!this.accepts(labels, target)) return false;
-    await this.fs.mount(target.mountpoint, labels, target.signal);
+    // lazy: containerd commits the snapshot without waiting for the image's index to be read;
+    // the first Mounts of a snapshot over it checks the mount, which waits for that
+    await this.fs.mount(target.mountpoint, labels, target.signal, { lazy: true });
     return true;
   }
 }

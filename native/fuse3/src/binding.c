@@ -650,8 +650,9 @@ static void op_statfs(fuse_req_t req, fuse_ino_t ino) {
 static void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t size) {
   struct session *s = fuse_req_userdata(req);
   int known = 0;
-  if (s->xattr_names) {
-    for (char **n = s->xattr_names; *n; n++)
+  char **names = __atomic_load_n(&s->xattr_names, __ATOMIC_ACQUIRE);
+  if (names) {
+    for (char **n = names; *n; n++)
       if (strcmp(*n, name) == 0) {
         known = 1;
         break;
@@ -671,7 +672,7 @@ static void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t
 static void op_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size) {
   struct session *s = fuse_req_userdata(req);
   COUNT(s, C_LISTXATTR);
-  if (s->xattr_names && !s->any_xattrs) {
+  if (__atomic_load_n(&s->xattr_names, __ATOMIC_ACQUIRE) && !s->any_xattrs) {
     if (size == 0) fuse_reply_xattr(req, 0);
     else fuse_reply_buf(req, NULL, 0);
     return;
@@ -939,6 +940,23 @@ static uint64_t get_u64(napi_env env, napi_value v) {
   return d < 0 ? 0 : (uint64_t)d;
 }
 
+/* A NULL-terminated copy of the JavaScript array of strings `v` (NULL when `v` is not an array); *any: it is not empty. */
+static char **get_names(napi_env env, napi_value v, int *any) {
+  napi_valuetype t;
+  napi_typeof(env, v, &t);
+  if (t != napi_object) return NULL;
+  uint32_t n = 0;
+  napi_get_array_length(env, v, &n);
+  char **names = calloc(n + 1, sizeof(char *));
+  for (uint32_t i = 0; names && i < n; i++) {
+    napi_value e;
+    napi_get_element(env, v, i, &e);
+    names[i] = get_string(env, e);
+  }
+  *any = n > 0;
+  return names;
+}
+
 /*
  * mount(mountpoint, options, entryTimeout, attrTimeout, xattrNames | null, handler) → session
  * options: comma-separated mount options (e.g. "ro,allow_other,default_permissions,fsname=d4fs,subtype=d4fs").
@@ -963,19 +981,7 @@ static napi_value js_mount(napi_env env, napi_callback_info info) {
   char *opts = get_string(env, argv[1]);
   napi_get_value_double(env, argv[2], &s->entry_timeout);
   napi_get_value_double(env, argv[3], &s->attr_timeout);
-  napi_valuetype t;
-  napi_typeof(env, argv[4], &t);
-  if (t == napi_object) {
-    uint32_t n = 0;
-    napi_get_array_length(env, argv[4], &n);
-    s->xattr_names = calloc(n + 1, sizeof(char *));
-    for (uint32_t i = 0; s->xattr_names && i < n; i++) {
-      napi_value e;
-      napi_get_element(env, argv[4], i, &e);
-      s->xattr_names[i] = get_string(env, e);
-    }
-    s->any_xattrs = n > 0;
-  }
+  s->xattr_names = get_names(env, argv[4], &s->any_xattrs);
   if (!s->mountpoint || !opts || pipe2(s->wake, O_CLOEXEC | O_NONBLOCK) != 0) {
     free(opts);
     s->closed = 1;
@@ -1148,6 +1154,36 @@ static int get_bytes(napi_env env, napi_value v, void **data, size_t *len) {
   if (napi_get_typedarray_info(env, v, &type, &n, data, &ab, &off) != napi_ok || type != napi_uint8_array) return -1;
   *len = n;
   return 0;
+}
+
+/*
+ * setXattrNames(session, names) — the xattr names some inode has, for a
+ * session mounted with null (every xattr request was asked of JavaScript
+ * until the image's index was read): from now on others answer ENODATA
+ * natively. Only once (a list given at mount or set before stays: the
+ * native thread may be reading it, and it is never freed before the session).
+ */
+static napi_value js_set_xattr_names(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  struct session *s = argc >= 2 ? get_session(env, argv[0]) : NULL;
+  if (!s) {
+    napi_throw_type_error(env, NULL, "setXattrNames(session, names)");
+    return NULL;
+  }
+  napi_value res;
+  if (s->closed || __atomic_load_n(&s->xattr_names, __ATOMIC_ACQUIRE)) {
+    napi_get_boolean(env, false, &res);
+    return res;
+  }
+  int any = 0;
+  char **names = get_names(env, argv[1], &any);
+  s->any_xattrs = any;
+  /* any_xattrs is written before the list is published (readers load the list first, acquiring) */
+  __atomic_store_n(&s->xattr_names, names, __ATOMIC_RELEASE);
+  napi_get_boolean(env, names != NULL, &res);
+  return res;
 }
 
 /* replyBuf(session, id, buffer, length) — data of a read, or a readlink target as bytes. */
@@ -1333,7 +1369,7 @@ static napi_value init(napi_env env, napi_value exports) {
     {"mount", js_mount}, {"close", js_close}, {"stats", js_stats}, {"replyErr", js_reply_err},
     {"replyEntry", js_reply_entry}, {"replyAttr", js_reply_attr}, {"replyBuf", js_reply_buf},
     {"replyReadlink", js_reply_readlink}, {"replyXattr", js_reply_xattr}, {"replyStatfs", js_reply_statfs},
-    {"replyDir", js_reply_dir}, {"keepListing", js_keep_listing}, {"fuseVersion", js_version}, {"trimMemory", js_trim_memory},
+    {"replyDir", js_reply_dir}, {"keepListing", js_keep_listing}, {"fuseVersion", js_version}, {"trimMemory", js_trim_memory}, {"setXattrNames", js_set_xattr_names},
   };
   for (size_t i = 0; i < sizeof(fns) / sizeof(fns[0]); i++) {
     napi_value f;
