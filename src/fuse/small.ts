@@ -24,6 +24,7 @@ import { promises as fsp } from 'node:fs';
 import { corrupt } from '../errors';
 import { readZstdChunk } from '../format/reader';
 import { Codec, Encoding } from '../format/types';
+import { ByteLru } from '../util/lru';
 import type { Location } from './chain-index';
 
 /** Largest content served from memory. */
@@ -58,18 +59,20 @@ interface OpenFile {
 }
 
 export class SmallContents {
-  private readonly lru = new Map<string, Buffer>();
+  /** Verified contents by digest hex; one over a sixteenth of the bound is not kept. */
+  private readonly lru: ByteLru;
   private readonly decoding = new Map<string, Promise<Buffer>>();
   private readonly files = new Map<string, OpenFile>();
   private sweeper?: NodeJS.Timeout;
-  private total = 0;
   /** Contents decoded (each verified). */
   decodes = 0;
 
-  constructor(readonly maxBytes = SMALL_CACHE_BYTES) {}
+  constructor(readonly maxBytes = SMALL_CACHE_BYTES) {
+    this.lru = new ByteLru(maxBytes, maxBytes / 16);
+  }
 
   get bytes(): number {
-    return this.total;
+    return this.lru.bytes;
   }
 
   get size(): number {
@@ -82,21 +85,12 @@ export class SmallContents {
 
   /** The verified bytes of `hex` when held (marked recently used). */
   get(hex: string): Buffer | undefined {
-    const v = this.lru.get(hex);
-    if (v) {
-      this.lru.delete(hex);
-      this.lru.set(hex, v);
-    }
-    return v;
+    return this.lru.get(hex);
   }
 
   /** Drops every content `keep` does not want. */
   collect(keep: (hex: string) => boolean): void {
-    for (const [hex, v] of this.lru) {
-      if (keep(hex)) continue;
-      this.lru.delete(hex);
-      this.total -= v.length;
-    }
+    this.lru.collect(keep);
   }
 
   /** Reads, decodes and verifies content `hex` at `loc` (servedFromMemory(loc) must hold), keeping it. */
@@ -118,19 +112,8 @@ export class SmallContents {
       throw corrupt(`${loc.file}: content sha256:${hex} does not match its digest after decoding`);
     }
     this.decodes++;
-    this.keep(hex, raw);
+    this.lru.set(hex, raw);
     return raw;
-  }
-
-  private keep(hex: string, v: Buffer): void {
-    if (v.length > this.maxBytes / 16 || this.lru.has(hex)) return;
-    this.lru.set(hex, v);
-    this.total += v.length;
-    for (const [k, old] of this.lru) {
-      if (this.total <= this.maxBytes) break;
-      this.lru.delete(k);
-      this.total -= old.length;
-    }
   }
 
   /** Runs `f` with a shared read handle of `path` (kept open a while for the next content). */

@@ -1,7 +1,8 @@
 /**
  * A map of buffers bounded by their total bytes, least recently used dropped
  * first: the caches of decoded contents and groups (delta/chain.ts,
- * format/group.ts) share it.
+ * format/group.ts) and the FUSE manager's small contents (fuse/small.ts)
+ * share it.
  */
 export class ByteLru {
   private readonly map = new Map<string, Buffer>();
@@ -15,6 +16,16 @@ export class ByteLru {
 
   get bytes(): number {
     return this.total;
+  }
+
+  /** How many values are held. */
+  get size(): number {
+    return this.map.size;
+  }
+
+  /** True when `key` is held (not marked used). */
+  has(key: string): boolean {
+    return this.map.has(key);
   }
 
   /** The value of `key` (marked recently used). */
@@ -36,6 +47,15 @@ export class ByteLru {
       if (this.total <= this.maxBytes) break;
       this.map.delete(k);
       this.total -= old.length;
+    }
+  }
+
+  /** Drops every value whose key `keep` does not want. */
+  collect(keep: (key: string) => boolean): void {
+    for (const [k, v] of this.map) {
+      if (keep(k)) continue;
+      this.map.delete(k);
+      this.total -= v.length;
     }
   }
 
