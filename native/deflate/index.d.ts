@@ -34,3 +34,11 @@ export function kpNew(level: number, pgzipBlock: number, threads?: number): KpEn
 export function kpWrite(e: KpEncoder, bytes: Uint8Array): Buffer;
 /** Ends the stream: the rest of it; the encoder cannot be used again. */
 export function kpClose(e: KpEncoder): Buffer;
+
+/**
+ * Raw deflate (window 2^15, default strategy) of `bytes` by the system's zlib (the reference
+ * implementation, not Node's fork) at `level` (0-9) and `memLevel` (1-9): the compressed bytes, or,
+ * given `expected`, whether they are exactly `expected` (it stops at the first difference).
+ */
+export function zlibRaw(bytes: Uint8Array, level: number, memLevel: number): Buffer;
+export function zlibRaw(bytes: Uint8Array, level: number, memLevel: number, expected: Uint8Array): boolean;

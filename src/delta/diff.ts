@@ -200,6 +200,14 @@ export const DELTA_GROUP_MEMBER_MAX = 1024 * 1024;
 export const DELTA_GROUP_RAW = 4 * 1024 * 1024;
 export const DELTA_GROUP_ITEMS = 512;
 
+/**
+ * Zip archives are not grouped: the zip-members codec (codecs/zip-members.ts) codes each
+ * one as its members decompressed, which a group of the archives as they are never beats
+ * (libtomcat10-java's jars: 0.11x of zstd-patch of the jars), so trying the group was
+ * only time spent.
+ */
+const ARCHIVE_RE = /\.(jar|war|ear|aar|apk|zip|whl|nupkg|xpi)$/i;
+
 /** The order of contents in delta groups: extension, file name, path (of a content's first path). */
 function groupKey(path: string): string {
   const name = path.slice(path.lastIndexOf('/') + 1);
@@ -438,7 +446,7 @@ async function diffReaders(o: DiffOptions, oldR: CdimgReader, newR: CdimgReader,
     const small = plan.work.filter((x) => x.c.size <= BATCH_MAX_CONTENT).sort(bySize);
     warming = warmSmallContents(oldR, newR, finder, small, stopWarming);
     for (const x of large.work.slice(sent)) await code(x);
-    const grouping = (x: Work): boolean => o.groups !== false && x.c.size > 0 && x.c.size <= DELTA_GROUP_MEMBER_MAX;
+    const grouping = (x: Work): boolean => o.groups !== false && x.c.size > 0 && x.c.size <= DELTA_GROUP_MEMBER_MAX && !ARCHIVE_RE.test(x.c.paths[0] ?? '');
     const groupable = small.filter(grouping);
     for (const x of small) if (!grouping(x)) await code(x);
     await sendBatch();

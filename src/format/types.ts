@@ -39,6 +39,13 @@ export enum Codec {
    * group order, and every member's blob is PATCH (see src/format/group.ts).
    */
   GROUP = 5,
+  /**
+   * A zip archive (.jar, .whl, .apk) rebuilt byte for byte: u8 inner codec, then its
+   * expanded form (a table, then the archive with the members the system's zlib rebuilds
+   * decompressed; src/delta/zipmember.ts) encoded with that codec, for patch codecs
+   * against the base's expanded form.
+   */
+  ZIP_MEMBERS = 6,
 }
 
 /**
@@ -59,6 +66,7 @@ export const CODEC_FORMATS = {
   [Codec.BSDIFF]: { name: 'bsdiff', base: 'required' },
   [Codec.GZIP_MEMBER]: { name: 'gzip-member', base: 'optional' },
   [Codec.GROUP]: { name: 'group', base: 'optional' },
+  [Codec.ZIP_MEMBERS]: { name: 'zip-members', base: 'optional' },
 } as const satisfies Record<Exclude<Codec, Codec.UNSPECIFIED>, { name: string; base: CodecBase }>;
 
 /** A codec value that has a row in {@link CODEC_FORMATS}. */

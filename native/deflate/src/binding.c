@@ -1,7 +1,8 @@
 /*
  * d4fs-deflate: Node-API binding of the deflate encoders that reproduce
  * Go tools' output (goflate.h: Go's compress/flate; kpflate.h:
- * klauspost/compress's flate and pgzip).
+ * klauspost/compress's flate and pgzip) and the system's zlib (zlibraw.h:
+ * zip members, which Node's own zlib does not reproduce).
  *
  *   goNew(level) → encoder     level -2..9 (-1: 6); throws RangeError otherwise
  *   goWrite(encoder, bytes) → Buffer   the compressed bytes produced so far
@@ -10,6 +11,8 @@
  *   kpNew(level, pgzipBlock, threads?) → encoder  level -2..9 (-1: 5); pgzipBlock 0 (one stream) or > 16384;
  *                                       threads: pgzip's blocks compressed at once (0 or absent: one per processor)
  *   kpWrite(encoder, bytes) → Buffer, kpClose(encoder) → Buffer   as above
+ *   zlibRaw(bytes, level, memLevel[, expected]) → Buffer | boolean   raw deflate by the
+ *                                       system's zlib (zlibraw.c); with expected: equal to it?
  *
  * Calls are synchronous (CPU-bound: run them in a worker thread); a pgzip
  * encoder's calls use threads of their own for the blocks they compress. An
@@ -21,6 +24,7 @@
 
 #include "goflate.h"
 #include "kpflate.h"
+#include "zlibraw.h"
 
 typedef struct {
   gf *e;
@@ -238,6 +242,7 @@ static napi_value init(napi_env env, napi_value exports) {
       {"kpNew", NULL, js_kp_new, NULL, NULL, NULL, napi_default, NULL},
       {"kpWrite", NULL, js_kp_write, NULL, NULL, NULL, napi_default, NULL},
       {"kpClose", NULL, js_kp_close, NULL, NULL, NULL, napi_default, NULL},
+      {"zlibRaw", NULL, zlib_raw, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props);
   return exports;

@@ -22,6 +22,7 @@ import { corrupt, invalidArgument } from '../../errors';
 import type { Codec, KnownCodec } from '../../format/types';
 import { bsdiff } from './bsdiff';
 import { gzipMember } from './gzip-member';
+import { zipMembers } from './zip-members';
 import type { AnyCodec, BytesCodec, PatchCodec, PatchOptions, WrapperCodec } from './types';
 import { zstd } from './zstd';
 import { zstdPatch } from './zstd-patch';
@@ -32,6 +33,7 @@ export const CODECS = [
   zstdPatch, //  Codec.ZSTD_PATCH   patch    base required  ./zstd-patch.ts    --codec zstd
   bsdiff, //     Codec.BSDIFF       patch    base required  ./bsdiff.ts        --codec bsdiff
   gzipMember, // Codec.GZIP_MEMBER  wrapper  base optional  ./gzip-member.ts
+  zipMembers, // Codec.ZIP_MEMBERS  wrapper  base optional  ./zip-members.ts
 ] as const;
 
 type Row = (typeof CODECS)[number];

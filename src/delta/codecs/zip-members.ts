@@ -1,0 +1,52 @@
+/**
+ * The zip-members codec (issue 14 item 3): a zip archive (.jar, .war, .whl, .apk) whose
+ * deflated members the system's zlib rebuilds byte for byte is stored as its expanded
+ * form (src/delta/zipmember.ts: a table, then the archive with those members
+ * decompressed), encoded by a codec of bytes against the base's expanded form; apply
+ * deflates the members again. On libtomcat10-java's jars, members decompressed patch to
+ * 0.18x the bytes of the jars as they are (`zstd -19 --patch-from`, CODECS.md).
+ *
+ * Stored layout: u8 inner codec (its cdimg.proto value) | inner bytes.
+ *
+ * A wrapper codec, as ./gzip-member.ts: the registry imports it and hands it the codecs
+ * of bytes (the chooser to encode with, the lookup of the inner codec to decode with).
+ */
+import { corrupt } from '../../errors';
+import { Codec } from '../../format/types';
+import { expandZip, isZip, rebuildZip, ZIP_MAX_EXPANDED, zipInnerBase } from '../zipmember';
+import { BytesCodec, defineCodec, InnerChooser } from './types';
+
+/** Encode `target` (a zip archive) as its expanded form through `inner`, or undefined when no member can be rebuilt exactly. */
+function encodeZipMembers(base: Buffer, target: Buffer, inner: InnerChooser): { data: Buffer; usesBase: boolean } | undefined {
+  if (!isZip(target)) return undefined;
+  const expanded = expandZip(target, true);
+  if (!expanded) return undefined;
+  const chosen = inner(base.length ? zipInnerBase(base) : Buffer.alloc(0), expanded);
+  const data = Buffer.concat([Buffer.from([chosen.codec.proto]), chosen.data]);
+  // what is stored must give the archive back, byte for byte (each member deflated again)
+  const back = decodeZipMembers(data, base.length ? base : null, target.length, (p) => (p === chosen.codec.proto ? chosen.codec : undefined));
+  if (!back.equals(target)) throw corrupt('zip members do not rebuild to the original archive');
+  return { data, usesBase: chosen.codec.base !== 'none' };
+}
+
+/** Rebuild the archive from stored bytes (and the base, for inner patches). */
+function decodeZipMembers(stored: Buffer, base: Buffer | null, expectedSize: number, codecOf: (proto: number) => BytesCodec | undefined): Buffer {
+  if (stored.length < 2) throw corrupt('zip members: truncated');
+  const inner = codecOf(stored[0]);
+  if (!inner) throw corrupt(`zip members: unknown inner codec ${stored[0]}`);
+  const payload = stored.subarray(1);
+  if (inner.base !== 'none' && !base) throw corrupt('zip members: patch without a base');
+  const size = inner.declaredSize(payload);
+  if (size === null) throw corrupt(`zip members: inner ${inner.name} data does not declare its size`);
+  // the expanded form: the archive's own bytes plus at most ZIP_MAX_EXPANDED decompressed, and its table
+  if (size > expectedSize + ZIP_MAX_EXPANDED + 64 * 1024 * 1024) throw corrupt('zip members: expanded archive too large');
+  const expanded = inner.decode(payload, inner.base !== 'none' && base ? zipInnerBase(base) : null, size);
+  return rebuildZip(expanded, expectedSize);
+}
+
+/** The zip-members row of the registry (./registry.ts): tried on whole contents, kept when smaller. */
+export const zipMembers = defineCodec(Codec.ZIP_MEMBERS, {
+  role: 'wrapper',
+  encode: encodeZipMembers,
+  decode: decodeZipMembers,
+});
