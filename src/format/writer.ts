@@ -11,7 +11,7 @@ import { type Entry, HEADER_SIZE, Index, MAGIC, LIMITS } from './types';
 import { sha256 } from '../util/digest';
 import { invalidArgument } from '../errors';
 import { writeFully } from '../util/fileio';
-import { zstdFrame } from './zstd';
+import { zstdBound, zstdFrame, zstdFrameInto } from './zstd';
 
 export const FLAG_INDEX_ZSTD = 1;
 /** Pieces per gathered write (Linux IOV_MAX). */
@@ -116,7 +116,10 @@ export class CdimgWriter {
     if (!this.fh) throw new Error('writer closed');
     const raw = encodeIndex(index, { sectionDigest: this.section.digest(), parentEntries: opts.parentEntries });
     if (raw.length > LIMITS.maxIndexRaw) throw invalidArgument(`index of ${raw.length} bytes exceeds the format limit`);
-    const stored = zstdFrame(raw, opts.indexLevel ?? 19);
+    // written from the encoder's buffer: zstdFrame's copy of the frame (~6 MB for the 151k-entry index of issue 18)
+    // would be alive with the index at the peak RSS of a convert
+    const frame = Buffer.allocUnsafe(zstdBound(raw.length));
+    const stored = frame.subarray(0, zstdFrameInto(frame, raw, opts.indexLevel ?? 19));
     const root = sha256(raw);
     const indexOffset = this.pos;
     await writeFully(this.fh, stored, indexOffset);
