@@ -705,6 +705,7 @@ export class ContentCache {
    */
   collect(keep: (hex: string) => boolean): number {
     this.small?.collect(keep);
+    this.direct?.collect();
     let n = 0;
     for (const item of [...this.items.values(), ...this.partials.values()]) {
       if (!this.removable(item) || keep(item.hex)) continue;

@@ -114,6 +114,11 @@ export class DirectContents {
     return this.chunks.bytes;
   }
 
+  /** Drops the decoded chunks of contents nobody has open (the manager collects after unmounts). */
+  collect(): void {
+    this.chunks.collect((k) => this.states.has(k.slice(0, k.lastIndexOf('#'))));
+  }
+
   private async read(st: State, buf: Buffer | undefined, len: number, pos: number): Promise<number> {
     if (st.verdict?.error) throw st.verdict.error;
     const size = st.loc.blob.size;

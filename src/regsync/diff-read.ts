@@ -72,7 +72,7 @@ export interface PlannedContent {
   at: { path: string; offset: number };
   old?: OldFile;
   base?: OldFile;
-  encoded?: { codec: CodecId | 'gzip'; data: Buffer; gzip?: GzipEncoding };
+  encoded?: { codec: CodecId | 'gzip' | 'zip-members'; data: Buffer; gzip?: GzipEncoding; usesBase?: boolean };
 }
 
 /** The old layers, spooled and split, and their regular files indexed by content, path and name. */
@@ -269,7 +269,7 @@ export async function encodeContents(
       level,
       gzip: opts.gzipProgram !== false,
     });
-    p.encoded = { codec: r.codec, data: Buffer.from(r.data.buffer, r.data.byteOffset, r.data.byteLength), gzip: r.gzip };
+    p.encoded = { codec: r.codec, data: Buffer.from(r.data.buffer, r.data.byteOffset, r.data.byteLength), gzip: r.gzip, usesBase: r.usesBase };
   });
 }
 

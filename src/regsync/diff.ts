@@ -139,7 +139,7 @@ export interface DiffReport {
 }
 
 /** Whether an encoding needs its base at apply time. */
-const usesBase = (e: NonNullable<PlannedContent['encoded']>): boolean => (e.codec === 'gzip' ? !!e.gzip?.usesBase : e.codec !== 'zstd');
+const usesBase = (e: NonNullable<PlannedContent['encoded']>): boolean => (e.codec === 'gzip' ? !!e.gzip?.usesBase : e.codec === 'zip-members' ? !!e.usesBase : e.codec !== 'zstd');
 
 /** Bytes of a document list, counting each digest once. */
 function uniqueBytes(items: { digest: string; size: number }[]): number {
@@ -273,6 +273,17 @@ function addEncodedContents(writer: PatchWriter, t: PatchTables, planned: Planne
       if (g.usesBase) {
         entry.base = contentIndex.get((p.base as OldFile).digest) as number;
         if (g.baseInflate) entry.baseInflate = true;
+        stats.contents.patched++;
+        stats.contents.patchedBytes += p.size;
+      } else {
+        stats.contents.full++;
+        stats.contents.fullBytes += p.size;
+      }
+      contents.push(entry);
+    } else if (enc.codec === 'zip-members') {
+      const entry: ContentEntry = { digest: p.digest, size: p.size, enc: 'zip-members', payload };
+      if (enc.usesBase) {
+        entry.base = contentIndex.get((p.base as OldFile).digest) as number;
         stats.contents.patched++;
         stats.contents.patchedBytes += p.size;
       } else {

@@ -6,7 +6,7 @@
  */
 import { createHash } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
-import { bytesCodec, chooseBest, CodecChoice, CodecId, compressFull, LEVELS, LevelPreset } from '../delta/codecs';
+import { bytesCodec, chooseBest, CodecChoice, CodecId, compressFull, decodeWith, InnerChooser, isZip, LEVELS, LevelPreset, zipMembers } from '../delta/codecs';
 import { corrupt } from '../errors';
 import { GzipContentRecipe, gzipRecipeOf, gzipWithRecipe, inflateSingle, looksGzip } from './gzcontent';
 import { Detection, detectRecipe } from './recipe';
@@ -52,9 +52,11 @@ export interface GzipEncoding {
 
 /** Result of {@link encode}. */
 export interface EncodeResult {
-  codec: CodecId | 'gzip';
+  codec: CodecId | 'gzip' | 'zip-members';
   data: Uint8Array;
   gzip?: GzipEncoding;
+  /** codec zip-members: whether its payload is a patch against the base. */
+  usesBase?: boolean;
 }
 
 /** Smallest gzip files worth the detour through their content. */
@@ -71,6 +73,16 @@ export async function encode(a: EncodeArgs): Promise<EncodeResult> {
   const plain: EncodeResult = base
     ? (({ codec, data }) => ({ codec, data }))(chooseBest(base, target, { codec: a.codec, level: a.level }))
     : { codec: 'zstd', data: compressFull(target, LEVELS[a.level]) };
+  if (isZip(target)) {
+    // a zip archive as its members (src/delta/codecs/zip-members.ts), when that is smaller
+    const inner: InnerChooser = (b, t) => {
+      const r = b.length ? chooseBest(b, t, { codec: a.codec, level: a.level }) : { codec: 'zstd' as const, data: compressFull(t, LEVELS[a.level]) };
+      return { codec: bytesCodec(r.codec), data: r.data };
+    };
+    const z = zipMembers.encode(base ?? Buffer.alloc(0), target, inner);
+    if (z && z.data.length < plain.data.length) return { codec: 'zip-members', data: z.data, usesBase: z.usesBase };
+    return plain;
+  }
   if (!a.gzip || target.length < GZIP_MIN || !looksGzip(target)) return plain;
   const g = gzipRecipeOf(target);
   if (!g) return plain;
@@ -95,7 +107,7 @@ export async function encode(a: EncodeArgs): Promise<EncodeResult> {
 
 /** Arguments of {@link decode}. */
 export interface DecodeArgs {
-  codec: CodecId | 'gzip';
+  codec: CodecId | 'gzip' | 'zip-members';
   /** For codec gzip: the recipe and the inner content's encoding. */
   gzip?: { recipe: GzipContentRecipe; inner: { size: number; digest: string; codec: CodecId }; baseInflate: boolean };
   payload: Bytes;
@@ -125,6 +137,10 @@ export async function decode(a: DecodeArgs): Promise<Uint8Array | null> {
     if (sha256(inner) !== g.inner.digest) throw corrupt(`gzip content ${a.digest}: decompressed content does not match its digest`);
     out = gzipWithRecipe(inner, g.recipe);
     if (out.length !== a.size) throw corrupt(`gzip content ${a.digest}: gzip -${g.recipe.level} here gives ${out.length} bytes, not ${a.size} (another gzip version?)`);
+  } else if (a.codec === 'zip-members') {
+    // the wrapper codec of src/delta/codecs: its stored bytes name their inner codec
+    const base = a.base ? await load(a.base) : null;
+    out = decodeWith(zipMembers, payload, base, a.size);
   } else {
     // a codec of bytes of the registry (src/delta/codecs)
     const codec = bytesCodec(a.codec);

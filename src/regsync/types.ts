@@ -125,7 +125,13 @@ export type ContentEntry =
       base?: number;
       baseInflate?: boolean;
       payload: number;
-    };
+    }
+  /**
+   * A zip archive (.jar, .whl) shipped as its members decompressed: the
+   * zip-members codec of src/delta/codecs (whole, or against `base`, an old
+   * content, expanded as that codec does); apply deflates the members again.
+   */
+  | { digest: string; size: number; enc: 'zip-members'; base?: number; payload: number };
 
 /** An old layer that apply reads: contents to take from it, and whether its skeleton is a base. */
 export interface SourceEntry {

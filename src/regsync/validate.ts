@@ -244,7 +244,13 @@ function checkContent(c: unknown, i: number, payloads: Payloads): CheckedContent
     const base = int(e.base, `${w}.base`, i - 1);
     return { size, enc: 'gzip' as const, base };
   }
-  return bad(`${w}.enc`, `expected ${wordList(['old', ...BYTES_CODECS.map((c) => c.name), 'gzip'])}`);
+  if (e.enc === 'zip-members') {
+    payloadRef(payloads, e.payload, `${w}.payload`);
+    if (e.base === undefined) return { size, enc: 'zip-members' as const };
+    const base = int(e.base, `${w}.base`, i - 1);
+    return { size, enc: 'zip-members' as const, base };
+  }
+  return bad(`${w}.enc`, `expected ${wordList(['old', ...BYTES_CODECS.map((c) => c.name), 'gzip', 'zip-members'])}`);
 }
 
 /** The contents: each once, patch bases old contents. */

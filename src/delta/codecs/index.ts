@@ -3,7 +3,7 @@
  *
  *  - ./registry.ts   the table of codecs (one row per codec) and its lookups
  *  - ./choose.ts     choosing among them (`chooseBest`, the `auto` rule) and chunking
- *  - ./zstd.ts, ./zstd-patch.ts, ./bsdiff.ts, ./gzip-member.ts   one file per codec
+ *  - ./zstd.ts, ./zstd-patch.ts, ./bsdiff.ts, ./gzip-member.ts, ./zip-members.ts   one file per codec
  *    (bsdiff's helpers: ./bsdiff-engine.ts, ./bsdiff-container.ts, ./bsdiff-cm.ts,
  *    ./bzip2.ts; its native addon, loaded in one place: ./native.ts)
  *  - src/format/zstd.ts   the project's one zstd module, which the codecs use
@@ -32,6 +32,9 @@ export { AUTO_BSDIFF_MIN, BSDIFF_STREAM_BEST_LEVEL, BSDIFF_STREAM_MIN_LEVEL, set
 export { BSDIFF_CM_DEFAULT_MAX, BSDIFF_CONTAINER_MAGIC, BSDIFF2_CONTAINER_MAGIC } from './bsdiff-container';
 export { BSDIFF_INPROCESS_MAX, BSDIFF_MAX_INPUT, bsdiffDeadlineMs, bsdiffEngine, bsdiffNodeRaw, bsdiffStreams, bsdiffThreads } from './bsdiff-engine';
 export { bsdiffSa } from './native';
+export { zipMembers } from './zip-members';
+export { isZip } from '../zipmember';
+export type { InnerChooser } from './types';
 
 /** Largest zstd window used by zstd-patch (2^27): see src/format/zstd.ts. */
 export const ZSTD_PATCH_MAX_WINDOW_LOG = ZSTD_MAX_WINDOW_LOG;
