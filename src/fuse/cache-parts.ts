@@ -61,6 +61,13 @@ export interface ContentRef {
   prepare(pos: number, len: number): Promise<void>;
   /** Reads up to `len` bytes at `pos` into `buf` (after prepare); resolves with the count (0 at the end). */
   readInto(buf: Buffer, len: number, pos: number): Promise<number>;
+  /**
+   * The bytes [pos, pos + len) (fewer at the end) as a view of memory the
+   * reference holds, when it holds them in one piece (after prepare), else
+   * undefined: a read is then answered without a copy. Valid until the next
+   * await.
+   */
+  view?(pos: number, len: number): Buffer | undefined;
   /** Gives the reference back (idempotent). */
   release(): void;
 }
@@ -113,6 +120,7 @@ export function memoryRef(data: Buffer): ContentRef {
     complete: true,
     prepare: async () => undefined,
     readInto: async (buf, len, pos) => (pos >= data.length ? 0 : data.copy(buf, 0, pos, Math.min(data.length, pos + len))),
+    view: (pos, len) => data.subarray(Math.min(pos, data.length), Math.min(data.length, pos + len)),
     release: () => undefined,
   };
 }

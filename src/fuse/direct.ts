@@ -101,6 +101,7 @@ export class DirectContents {
         await this.read(state, undefined, len, pos);
       },
       readInto: (buf, len, pos) => this.read(state, buf, len, pos),
+      view: (pos, len) => this.view(state, pos, len),
       release: () => {
         if (released) return;
         released = true;
@@ -159,6 +160,18 @@ export class DirectContents {
       o += got[k].copy(buf, o, from, to);
     }
     return o;
+  }
+
+  /** Bytes [pos, pos + len) as a view of one decoded chunk held, or undefined (see ContentRef.view). */
+  private view(st: State, pos: number, len: number): Buffer | undefined {
+    if (st.verdict?.error) return undefined;
+    const size = st.loc.blob.size;
+    if (pos >= size) return Buffer.alloc(0);
+    const end = Math.min(size, pos + len);
+    const i = chunkAt(st.offsets, pos);
+    if (chunkAt(st.offsets, end - 1) !== i) return undefined;
+    const b = this.chunks.get(`${st.key}#${i}`);
+    return b?.subarray(pos - st.offsets[i], end - st.offsets[i]);
   }
 
   /** Chunk `i` of `st`, decoded and checked (from the LRU, or by a worker). */
