@@ -178,10 +178,9 @@ describeIfCapable('test/fuse-trust.test.ts', ['root', 'fuse'])('FUSE trust bound
     expect((await ffs.client.stats()).cache.failures).toBeGreaterThan(failures0);
     expect(fs.existsSync(path.join(cacheDir, data.mid.hex))).toBe(false);
     expect(fs.readFileSync(managerPaths(path.join(dir, 'fuse')).log, 'utf8')).toMatch(/does not match its digest/);
-    // The victim's file is read from the victim's own blob: its true bytes (stored in full, it
-    // is served from its chunks and kept in no cache file: src/fuse/direct.ts).
+    // The victim's file is built from the victim's own blob: its true bytes.
     expect(sha(await fsp.readFile(path.join(mp.victim, 'data', 'mid.bin')))).toBe(data.mid.hex);
-    expect(fs.existsSync(path.join(cacheDir, data.mid.hex))).toBe(false);
+    expect(sha(await fsp.readFile(path.join(cacheDir, data.mid.hex)))).toBe(data.mid.hex);
   });
 
   test('chunks a hostile image built for a digest never reach another image that reads that digest', async () => {
@@ -216,9 +215,8 @@ describeIfCapable('test/fuse-trust.test.ts', ['root', 'fuse'])('FUSE trust bound
     } finally {
       await hfh.close();
     }
-    // What the cache shares by digest is the verified truth (contents stored in full are served
-    // from their own file's chunks and kept in no cache file).
-    expect(fs.existsSync(path.join(cacheDir, hex))).toBe(false);
+    // What the cache shares by digest is the verified truth.
+    expect(sha(await fsp.readFile(path.join(cacheDir, hex)))).toBe(hex);
     for (const name of await fsp.readdir(cacheDir)) {
       if (/^[0-9a-f]{64}$/.test(name)) expect(sha(await fsp.readFile(path.join(cacheDir, name)))).toBe(name);
     }

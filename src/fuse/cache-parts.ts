@@ -55,8 +55,6 @@ export interface ContentRef {
   readonly size: number;
   /** True when every byte is in the cache (reads need no build). */
   readonly complete: boolean;
-  /** Served straight from its file's chunks, kept nowhere (./direct.ts): nothing to build ahead. */
-  readonly direct?: boolean;
   /** Builds what a read of `len` bytes at `pos` needs (nothing for complete contents). */
   prepare(pos: number, len: number): Promise<void>;
   /** Reads up to `len` bytes at `pos` into `buf` (after prepare); resolves with the count (0 at the end). */

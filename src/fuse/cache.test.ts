@@ -177,42 +177,9 @@ describe('content cache: small contents from memory, large ones chunk by chunk',
     }
   });
 
-  test('a large content stored in full is read from its file\'s chunks: right bytes, each chunk decoded once, no cache file', async () => {
-    const cacheDir = path.join(dir, 'cache-direct');
-    const cache = await ContentCache.open({ dir: cacheDir, pool, log });
-    const chain = await ChainIndex.open([cdimg]);
-    const hex = await hexOf('big.bin');
-    try {
-      const r = await CdimgReader.open(cdimg);
-      const chunks = r.blob(hex)!.chunks.length;
-      await r.close();
-      expect(chunks).toBeGreaterThan(2);
-      expect(sha(await readAll(cache, chain, hex, BIG, 1024 * 1024))).toBe(sha(big));
-      expect(cache.stats().chunkBuilds).toBe(chunks);
-      // again while its chunks are held: nothing decoded again
-      expect(sha(await readAll(cache, chain, hex, BIG, 300 * 1024))).toBe(sha(big));
-      expect(cache.stats().chunkBuilds).toBe(chunks);
-      // a read in the middle, on its own
-      const ref = await cache.acquire(hex, BIG, chain);
-      try {
-        expect(ref.direct).toBe(true);
-        const b = Buffer.alloc(5000);
-        expect(await ref.readInto(b, 5000, BIG - 7000)).toBe(5000);
-        expect(b.equals(big.subarray(BIG - 7000, BIG - 2000))).toBe(true);
-      } finally {
-        ref.release();
-      }
-      expect(cache.has(hex)).toBe(false);
-      expect((await fsp.readdir(cacheDir)).filter((n) => HEX_RE.test(n))).toEqual([]);
-      expect(await fsp.readdir(path.join(cacheDir, 'partial'))).toEqual([]);
-    } finally {
-      cache.close();
-    }
-  });
-
-  test('a large content read in order into a cache file (memory disabled): read ahead, checked as a whole as it lands, promoted', async () => {
+  test('a large content read in order: read ahead, checked as a whole as it lands, promoted', async () => {
     const cacheDir = path.join(dir, 'cache-big');
-    const cache = await ContentCache.open({ dir: cacheDir, pool, log, memoryBytes: 0 });
+    const cache = await ContentCache.open({ dir: cacheDir, pool, log });
     const chain = await ChainIndex.open([cdimg]);
     const hex = await hexOf('big.bin');
     const spy = jest.spyOn(pool, 'run');

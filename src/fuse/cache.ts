@@ -8,10 +8,7 @@
  *
  * Small contents stored in full as one zstd chunk (at most 32 KiB) are
  * decoded and verified on the serving thread into a bounded LRU in memory,
- * with no cache file (./small.ts); large contents stored in full (several
- * zstd frames) are decoded from their file as they are read, chunk by chunk
- * in the worker threads, and kept in no cache file either (./direct.ts),
- * unless they are a patch's base. Other contents of one chunk are built
+ * with no cache file (./small.ts). Other contents of one chunk are built
  * whole when first opened (decompress, or patch a base) by a worker thread,
  * into a temporary file that is verified against the digest and then
  * renamed. Larger contents get a sparse file of their full size and a bitmap
@@ -50,7 +47,6 @@ import { readFully } from '../format/reader';
 import { Codec, Encoding } from '../format/types';
 import type { ChainIndex, Location } from './chain-index';
 import type { FusePool } from './pool';
-import { DirectContents, servedDirect } from './direct';
 import { SMALL_CACHE_BYTES, SMALL_MAX_BYTES, SmallContents, servedFromMemory } from './small';
 import type { BasePaths } from './tasks';
 import { chunkAt, directSource, EMPTY_REF, HASH_PIECE, HEX_RE, MAX_BASE_DEPTH, memoryRef, partialKey, wholeKey, type CacheStats, type ContentCacheOptions, type ContentRef, type Item, type PartialState } from './cache-parts';
@@ -90,8 +86,6 @@ export class ContentCache {
   readonly maxBytes: number;
   /** Small contents, verified, in memory (undefined: disabled). */
   private readonly small?: SmallContents;
-  /** Large contents stored in full, read from their files' chunks (undefined: disabled, built into cache files). */
-  private readonly direct?: DirectContents;
 
   private constructor(
     readonly dir: string,
@@ -101,10 +95,7 @@ export class ContentCache {
     memoryBytes: number,
   ) {
     this.maxBytes = maxBytes;
-    if (memoryBytes > 0) {
-      this.small = new SmallContents(memoryBytes);
-      this.direct = new DirectContents(pool, this.counters, log);
-    }
+    if (memoryBytes > 0) this.small = new SmallContents(memoryBytes);
   }
 
   /** Opens (creating) the cache directory, removes leftovers and indexes what is there. */
@@ -217,8 +208,6 @@ export class ContentCache {
           throw e;
         }
       }
-      // Large and stored in full: decoded from its file as it is read, no cache file (./direct.ts).
-      if (this.direct && !existing?.complete && servedDirect(loc)) return this.direct.ref(hex, chain, loc);
       if (!existing?.complete && loc.blob.chunks.length > 1) {
         // Built chunk by chunk from THIS chain's blob: its chunks are checked against the
         // chunk digests of the file that declares them (another image's partial build of
@@ -705,7 +694,6 @@ export class ContentCache {
    */
   collect(keep: (hex: string) => boolean): number {
     this.small?.collect(keep);
-    this.direct?.collect();
     let n = 0;
     for (const item of [...this.items.values(), ...this.partials.values()]) {
       if (!this.removable(item) || keep(item.hex)) continue;

@@ -403,7 +403,7 @@ export class Fuse3FileSystem extends ImageFileSystemBase implements ImageFileSys
       const ref = h.ref ?? (await h.pending!);
       if (!ref.complete) await ref.prepare(pos, len);
       if (late) return -1;
-      // bytes held in memory (small contents, chunks of contents stored in full): answered from
+      // bytes held in memory (small contents): answered from
       // there, no copy; replyBuf hands them to the kernel before it returns
       const view = ref.view?.(pos, len);
       if (view) {

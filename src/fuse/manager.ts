@@ -310,8 +310,6 @@ export class FuseManager {
           if (this.stopping || ![...this.mounts.values()].some((s) => s.fs === fs)) continue;
           const ref = await this.cache.acquire(hex, size, chain);
           try {
-            // read from its file as it is read, kept nowhere: nothing to build ahead
-            if (ref.direct) continue;
             await ref.prepare(0, size);
           } finally {
             ref.release();

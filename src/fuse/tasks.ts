@@ -26,7 +26,6 @@ import { readFully, readZstdChunk } from '../format/reader';
 import { type Blob, Codec, checkedByRawDigest } from '../format/types';
 import { sha256 } from '../util/digest';
 import { writeFully } from '../util/fileio';
-import { moveResult } from '../workers/move';
 
 /** Where the bases of a content's patches are: sha256 hex → path of the verified cache file. */
 export type BasePaths = Record<string, string>;
@@ -449,21 +448,6 @@ export async function buildChunk(a: BuildChunkArgs): Promise<number> {
     await fh.close();
   }
   return raw.length;
-}
-
-/**
- * Chunk `a.chunk` of a content stored in full (zstd frames), decoded and
- * checked against its chunk digest, given back to the serving thread (moved,
- * not copied): large full contents are served from their file's chunks,
- * without a cache file (../fuse/cache.ts, direct contents).
- */
-export async function decodeChunk(a: ContentSource & { chunk: number; rawSize: number }): Promise<Buffer> {
-  const direct = a.direct?.chunks.length === 1 ? await directChunks(a) : undefined;
-  if (!direct) throw corrupt(`chunk ${a.chunk} of sha256:${a.digest} is not a stored chunk of its own`);
-  const raw = direct[0];
-  if (raw.length !== a.rawSize) throw corrupt(`${a.chain[a.level]}: chunk ${a.chunk} of sha256:${a.digest} is ${raw.length} bytes, its index says ${a.rawSize}`);
-  // a Buffer of its own (zstd's output is one): moved to the serving thread
-  return moveResult(raw.byteOffset === 0 && raw.byteLength === raw.buffer.byteLength ? raw : Buffer.from(raw));
 }
 
 /** True when the file at `path` has `size` bytes whose sha256 is `digest`. */

@@ -6,7 +6,6 @@
  */
 import { parentPort } from 'node:worker_threads';
 import { errorToWire } from '../errors';
-import { isMoved } from './move';
 
 export interface Request {
   id: number;
@@ -23,7 +22,6 @@ export interface Reply {
 }
 
 type AnyTask = (arg: unknown) => unknown;
-
 
 const modules = new Map<string, Record<string, unknown>>();
 
@@ -47,8 +45,7 @@ async function handle(port: NonNullable<typeof parentPort>, m: Request): Promise
     reply = { id: m.id, error: errorToWire(e) };
   }
   try {
-    const r = reply.result;
-    port.postMessage(reply, r instanceof Uint8Array && isMoved(r) ? [r.buffer as ArrayBuffer] : undefined);
+    port.postMessage(reply);
   } catch (e) {
     // a result or error that does not clone: report that instead
     const why = reply.error !== undefined ? `task ${m.name} failed: ${String((reply.error as Error)?.message ?? reply.error)}` : `result of ${m.name} cannot be sent back: ${(e as Error).message}`;
