@@ -170,7 +170,10 @@ export class FuseManager {
       // a 151k-entry image, which `ctr-cli load` (whose own check of the file it has already
       // made) and a CRI pull no longer wait for (issue 18: load <= 1 s).
       const lazy = req.lazy === true && this.binding === 'fuse3';
-      const opening = ChainIndex.open(req.chain);
+      // Lazily, the chain is opened once the mount is made and answered: decoding the index takes
+      // this thread for ~1 s, which would otherwise hold up the kernel's INIT of the mount.
+      let start = (): void => undefined;
+      const opening = lazy ? new Promise<void>((r) => (start = r)).then(() => ChainIndex.open(req.chain)) : ChainIndex.open(req.chain);
       let chain: ChainIndex | Promise<ChainIndex> = opening;
       if (!lazy) {
         chain = await opening;
@@ -183,6 +186,8 @@ export class FuseManager {
       const record: MountRecord = { mountpoint: mp, chain: [...req.chain], imageId: req.imageId, mountedAt: new Date().toISOString() };
       this.mounts.set(mp, { record, fs });
       await this.saveState();
+      // after this reply has gone out
+      setImmediate(start);
       void fs.ready.then(
         async () => {
           this.prefetchUpdate(fs, await opening);
