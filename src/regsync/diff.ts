@@ -267,38 +267,32 @@ function addEncodedContents(writer: PatchWriter, t: PatchTables, planned: Planne
     const payload = writer.addBuffer(enc.data);
     contentIndex.set(p.digest, contents.length);
     stats.contents.encodedBytes += enc.data.length;
-    if (enc.codec === 'gzip') {
-      const g = enc.gzip as GzipEncoding;
-      const entry: ContentEntry = { digest: p.digest, size: p.size, enc: 'gzip', gzip: g.recipe, inner: g.inner, payload };
-      if (g.usesBase) {
-        entry.base = contentIndex.get((p.base as OldFile).digest) as number;
-        if (g.baseInflate) entry.baseInflate = true;
+    const baseOf = (): number => contentIndex.get((p.base as OldFile).digest) as number;
+    // a content of its own or a patch: counted as such in the stats
+    const count = (patched: boolean): void => {
+      if (patched) {
         stats.contents.patched++;
         stats.contents.patchedBytes += p.size;
       } else {
         stats.contents.full++;
         stats.contents.fullBytes += p.size;
       }
-      contents.push(entry);
-    } else if (enc.codec === 'zip-members') {
-      const entry: ContentEntry = { digest: p.digest, size: p.size, enc: 'zip-members', payload };
-      if (enc.usesBase) {
-        entry.base = contentIndex.get((p.base as OldFile).digest) as number;
-        stats.contents.patched++;
-        stats.contents.patchedBytes += p.size;
-      } else {
-        stats.contents.full++;
-        stats.contents.fullBytes += p.size;
-      }
+    };
+    if (enc.codec === 'gzip' || enc.codec === 'zip-members') {
+      // encoded through what the file holds (a .gz file's content, an archive's members)
+      const g = enc.codec === 'gzip' ? (enc.gzip as GzipEncoding) : undefined;
+      const entry: ContentEntry = g ? { digest: p.digest, size: p.size, enc: 'gzip', gzip: g.recipe, inner: g.inner, payload } : { digest: p.digest, size: p.size, enc: 'zip-members', payload };
+      const patched = g ? g.usesBase : !!enc.usesBase;
+      if (patched) entry.base = baseOf();
+      if (g?.usesBase && g.baseInflate && entry.enc === 'gzip') entry.baseInflate = true;
+      count(patched);
       contents.push(entry);
     } else if (enc.codec === 'zstd') {
-      stats.contents.full++;
-      stats.contents.fullBytes += p.size;
+      count(false);
       contents.push({ digest: p.digest, size: p.size, enc: 'zstd', payload });
     } else {
-      stats.contents.patched++;
-      stats.contents.patchedBytes += p.size;
-      contents.push({ digest: p.digest, size: p.size, enc: enc.codec as PatchCodecId, base: contentIndex.get((p.base as OldFile).digest) as number, payload });
+      count(true);
+      contents.push({ digest: p.digest, size: p.size, enc: enc.codec as PatchCodecId, base: baseOf(), payload });
     }
   }
 }
