@@ -533,6 +533,17 @@ describe('patch container', () => {
       ['format', (ix) => (ix.format = 'other')],
       ['savings not a number', (ix) => (ix.stats.plainBytes = '1e99')],
       ['negative savings', (ix) => (ix.stats.dedupBytes = -1)],
+      // an archive coded as its members: its base must be an earlier old content, its payload its own
+      ['zip members on a new base', (ix) => {
+        const z = ix.contents.findIndex((c: any) => c.enc === 'zip-members');
+        const newer = ix.contents.findIndex((c: any, i: number) => i < z && c.enc !== 'old');
+        ix.contents[z].base = newer >= 0 ? newer : z;
+      }],
+      ['zip members on a later content', (ix) => {
+        const z = ix.contents.findIndex((c: any) => c.enc === 'zip-members');
+        ix.contents[z].base = z + 1;
+      }],
+      ['zip members without a payload', (ix) => delete ix.contents.find((c: any) => c.enc === 'zip-members').payload],
     ];
     for (const [name, f] of cases) {
       const e = mutate(f);

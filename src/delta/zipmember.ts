@@ -50,6 +50,20 @@ function zlibRaw(): ZlibRaw {
   return zlibRawFn;
 }
 
+let libzOk: boolean | undefined;
+/** Whether the system's zlib can be used here (tried once). */
+function libzLoads(): boolean {
+  if (libzOk === undefined) {
+    try {
+      zlibRaw()(EMPTY, 6, 8);
+      libzOk = true;
+    } catch {
+      libzOk = false;
+    }
+  }
+  return libzOk;
+}
+
 /** (level, memLevel) pairs tried, most common first (zlib's default, then its best, then the rest). */
 const PARAMS: readonly [number, number][] = [
   [6, 8],
@@ -133,14 +147,8 @@ function varint(out: number[], v: number): void {
 export function expandZip(buf: Buffer, reproduce: boolean): Buffer | undefined {
   const payloads = payloadsOf(buf);
   if (!payloads?.length) return undefined;
-  if (reproduce) {
-    // no system zlib (libz.so.1) here: archives take the ordinary path
-    try {
-      zlibRaw()(EMPTY, 6, 8);
-    } catch {
-      return undefined;
-    }
-  }
+  // no system zlib (libz.so.1) here: archives take the ordinary path
+  if (reproduce && !libzLoads()) return undefined;
   const chosen: { p: Payload; raw: Buffer; params: number }[] = [];
   let expanded = 0;
   let last: [number, number] | undefined;
