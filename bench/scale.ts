@@ -663,6 +663,11 @@ async function syntheticBench(opts: ScaleBenchOptions, log: (m: string) => void)
     env = await startD4fsEnv({ logLevel: 'warn' });
     const cliEnv = { ...process.env, D4FS_STORE: env.store };
     const addr = ['--address', env.containerd.address];
+    // the snapshotter starts its FUSE manager with itself: load as on a machine where it has been up
+    for (const until = now() + 30; ; await new Promise((r) => setTimeout(r, 50))) {
+      if (await env.manager.ping(1000).then(() => true, () => false)) break;
+      if (now() > until) throw new Error(`the FUSE manager did not start:\n${env.logs()}`);
+    }
     log('load v1');
     const loadStart = now();
     const l1 = await timedRun(process.execPath, [CTR_CLI_JS, 'load', '--image', 'scale:1', '--cdimg', cdimg.v1, '--json', ...addr], cliEnv);

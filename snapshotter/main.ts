@@ -97,6 +97,11 @@ async function main(argv: string[]): Promise<void> {
         }
       : {},
   );
+  // The FUSE manager starts with the snapshotter, not at the first mount: a first
+  // `ctr-cli load` or CRI pull would otherwise wait ~0.3 s for it (measured on the
+  // 150k-file image: Prepare 400 ms with the start, ~100 ms without). A manager that
+  // cannot start now is started again by the first call that needs it.
+  fuseFs?.ensureManager().catch((e: unknown) => log.warn({ err: toD4fsError(e).message }, 'FUSE manager did not start; the first mount tries again'));
 
   let signals = 0;
   const stop = (signal: NodeJS.Signals) => {

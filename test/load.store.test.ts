@@ -187,8 +187,11 @@ describe('LocalStore.add: the store keeps its own checked copy', () => {
       const bad = await copyOf('damaged.cdimg', (b) => {
         b[b.length - 100] ^= 0xff; // inside the index
       });
-      const e = await store.add(bad).then(() => undefined, (x: unknown) => x as D4fsError);
+      const checked: [string, string][] = [];
+      const whenChecked = (rec: { imageId: string }, at: string): void => void checked.push([rec.imageId, at]);
+      const e = await store.add(bad, { whenChecked }).then(() => undefined, (x: unknown) => x as D4fsError);
       expect(e?.kind).toBe('CORRUPT');
+      expect(checked).toEqual([]); // a file that fails its checks is never announced
       expect(e?.message).toContain(bad);
       expect(fs.readdirSync(path.join(root, 'files'))).toEqual([]);
       expect(leftovers(root)).toEqual([]);
@@ -201,7 +204,9 @@ describe('LocalStore.add: the store keeps its own checked copy', () => {
       expect(leftovers(root)).toEqual([]);
       // a good file: the stored copy is a file of its own, equal to it
       const good = await copyOf('good.cdimg');
-      const f = await store.add(good);
+      const f = await store.add(good, { whenChecked });
+      // announced once, with the image it holds and where it was checked (ctr-cli load writes containerd's records meanwhile)
+      expect(checked).toEqual([[f.imageId, good]]);
       expect(fs.statSync(f.path).ino).not.toBe(fs.statSync(good).ino);
       expect(fs.readFileSync(f.path).equals(fs.readFileSync(v1))).toBe(true);
       expect(leftovers(root)).toEqual([]);

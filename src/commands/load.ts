@@ -10,7 +10,7 @@
  */
 import path from 'node:path';
 import { Command, Option } from 'commander';
-import type { LoadImageResult } from '../containerd/load';
+import type { LoadImageResult, PendingLoad } from '../containerd/load';
 import { invalidArgument, notFound } from '../errors';
 import { LocalStore, type StoredFile, checkImageName } from '../store/store';
 import { loadPolicy } from '../signing';
@@ -125,28 +125,40 @@ function registerLoadCommand(program: Command): void {
       const store = await LocalStore.open(storeDirOf(o), { mustExist: !o.cdimg });
       try {
         let file: StoredFile;
-        if (o.cdimg) {
-          // add verifies the file whole (and a delta's tree on the chain of its parent)
-          file = await store.add(o.cdimg, { policy, move: o.move });
-        } else {
-          // an image the store holds: its newest file is the top of its chain
-          const id = store.resolveName(name);
-          const chainNow = store.chainFor(id);
-          file = chainNow[chainNow.length - 1];
-          await store.verifyChain(file.imageId);
-        }
-        await store.checkChainSignatures(file.imageId, policy);
-        const chain = store.chainFor(file.imageId);
+        const toContainerd = o.containerd !== false;
+        // containerd's content is written while the store still copies the file
+        let pending: Promise<PendingLoad> | undefined;
+        const begin = (rec: StoredFile, checkedPath: string): void => {
+          if (!toContainerd) return;
+          // (loads gRPC: after the checks, while the kernel copies)
+          pending = containerdLoad().beginLoad({ name, imageId: rec.imageId, rootDigest: rec.rootDigest, path: checkedPath, ...containerdOf(o) });
+          pending.catch(() => undefined); // awaited below
+        };
         let ctr: LoadImageResult | undefined;
-        if (o.containerd !== false) {
-          const t = containerdOf(o);
+        try {
+          if (o.cdimg) {
+            // add verifies the file whole (and a delta's tree on the chain of its parent)
+            file = await store.add(o.cdimg, { policy, move: o.move, whenChecked: begin });
+          } else {
+            // an image the store holds: its newest file is the top of its chain
+            const id = store.resolveName(name);
+            const chainNow = store.chainFor(id);
+            file = chainNow[chainNow.length - 1];
+            await store.verifyChain(file.imageId);
+          }
+          await store.checkChainSignatures(file.imageId, policy);
           store.tag(name, file.imageId);
-          ctr = await containerdLoad().loadImage({ store, name, imageId: file.imageId, address: t.address, namespace: t.namespace, snapshotter: t.snapshotter }).catch((e: unknown) => {
-            throw (require('../distribution/load') as typeof import('../distribution/load')).notLoaded(e, name);
-          });
-        } else {
-          store.tag(name, file.imageId);
+          if (toContainerd) {
+            if (!pending) begin(file, file.path);
+            ctr = await pending!.then((p) => p.finish(store)).catch((e: unknown) => {
+              throw (require('../distribution/load') as typeof import('../distribution/load')).notLoaded(e, name);
+            });
+          }
+        } catch (e) {
+          await pending?.then((p) => p.abort(), () => undefined);
+          throw e;
         }
+        const chain = store.chainFor(file.imageId);
         const chainBytes = chain.reduce((n, f) => n + f.size, 0);
         if (o.json) {
           printJson({ name, imageId: file.imageId, kind: file.kind, parentId: file.parentId || undefined, rootDigest: file.rootDigest, store: store.root, chain: chain.map((f) => ({ kind: f.kind, rootDigest: f.rootDigest, size: f.size })), chainBytes, containerd: ctr ?? null });

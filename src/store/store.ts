@@ -116,9 +116,15 @@ export class LocalStore {
    * copied, and removed once stored. Its signature (`signature`, else
    * FILE.sig beside it) is kept beside the stored file; with a `policy` that
    * asks for signatures, a file without a trusted one is refused
-   * (UNAUTHENTICATED) and nothing is stored.
+   * (UNAUTHENTICATED) and nothing is stored. `whenChecked` is called once
+   * the file has passed every check, with the record it will get and the path
+   * it was checked at, while the copy may still run (`ctr-cli load` writes
+   * containerd's records meanwhile); the file is stored only if add resolves.
    */
-  async add(path: string, opts: { move?: boolean; signature?: SignatureFile; policy?: SignaturePolicy } = {}): Promise<StoredFile> {
+  async add(
+    path: string,
+    opts: { move?: boolean; signature?: SignatureFile; policy?: SignaturePolicy; whenChecked?: (rec: StoredFile, checkedPath: string) => void } = {},
+  ): Promise<StoredFile> {
     const sig = opts.signature ?? (await readSignatureFile(path).catch(() => undefined));
     const tmp = this.tempPath('add');
     const named = (e: unknown): unknown => {
@@ -151,6 +157,7 @@ export class LocalStore {
       if (!r.hasTree) await this.checkDeltaTree(at, rec.parentId).catch((e: unknown) => {
         throw named(e);
       });
+      opts.whenChecked?.(rec, at);
       if (copy) {
         // the store's copy is the file just checked: same header and size, and the index the
         // check read, byte for byte (or, when the check took a decoded index from this process's
