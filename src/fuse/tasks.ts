@@ -22,7 +22,7 @@ import { codecByProto, decodeWith } from '../delta/codecs/registry';
 import { zstdPatch } from '../delta/codecs/zstd-patch';
 import { GROUP_MAX_DICT, GroupCache, groupMember, groupRawSize } from '../format/group';
 import { corrupt, notFound } from '../errors';
-import { readFully, readZstdChunk } from '../format/reader';
+import { forgetDecodedGroups, readFully, readZstdChunk } from '../format/reader';
 import { type Blob, Codec, checkedByRawDigest } from '../format/types';
 import { sha256 } from '../util/digest';
 import { writeFully } from '../util/fileio';
@@ -462,6 +462,17 @@ export async function verifyFile(a: VerifyFileArgs): Promise<boolean> {
       .on('end', () => resolve());
   });
   return h.digest('hex') === a.digest;
+}
+
+/**
+ * When this thread has been idle a moment (workers/thread.ts): the bases and
+ * decoded groups it keeps go, so that the manager's memory after a burst of
+ * reads is its index and little else.
+ */
+export function onThreadIdle(): void {
+  dropBases();
+  dictGroups.clear();
+  forgetDecodedGroups();
 }
 
 /** Drops the per-worker base cache (tests, memory pressure). */
