@@ -10,6 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { TaskModule, taskModule, WorkerPool } from './pool';
+import { THREAD_IDLE_MS } from './thread';
 import { D4fsError } from '../errors';
 import { FORMAT_TASKS } from '../format/tasks';
 import { zstdFrame } from '../format/zstd';
@@ -22,6 +23,8 @@ interface TestTasks {
   sleep(a: { ms: number; value: number }): Promise<number>;
   fail(a: { kind: 'corrupt' | 'notFound' | 'plain'; message: string }): never;
   loads(a: Record<string, never>): number;
+  remember(a: { value: number }): number;
+  remembered(a: Record<string, never>): number;
 }
 
 const dir = mkdtempSync(join(tmpdir(), 'd4fs-pool-test-'));
@@ -35,6 +38,10 @@ writeFileSync(
    exports.sleep = (a) => new Promise((r) => setTimeout(() => r(a.value), a.ms));
    exports.fail = (a) => { throw a.kind === 'plain' ? new Error(a.message) : errors[a.kind](a.message); };
    exports.loads = () => globalThis.__d4fsTestLoads;
+   let kept = 0;
+   exports.remember = (a) => (kept = a.value);
+   exports.remembered = () => kept;
+   exports.onThreadIdle = () => { kept = -1; };
    exports.notATask = 42;`,
 );
 const TASKS: TaskModule<TestTasks> = taskModule<TestTasks>(file);
@@ -106,6 +113,21 @@ describe('WorkerPool', () => {
       await expect(pool.run(TASKS, 'notATask' as 'digest', {} as never)).rejects.toThrow(/no worker task named "notATask"/);
       await expect(pool.run(taskModule<TestTasks>(join(dir, 'missing.js')), 'digest', { data: new Uint8Array(1) })).rejects.toThrow(/Cannot find module/);
       expect(await pool.run(TASKS, 'sleep', { ms: 1, value: 5 })).toBe(5);
+    } finally {
+      await pool.close();
+    }
+  });
+
+  it("a module's onThreadIdle runs once its thread has been idle THREAD_IDLE_MS, not while tasks come", async () => {
+    const pool = new WorkerPool(1);
+    try {
+      expect(await pool.run(TASKS, 'remember', { value: 7 })).toBe(7);
+      for (let i = 0; i < 4; i++) {
+        await new Promise((r) => setTimeout(r, THREAD_IDLE_MS / 4));
+        expect(await pool.run(TASKS, 'remembered', {})).toBe(7); // requests keep coming: kept
+      }
+      await new Promise((r) => setTimeout(r, THREAD_IDLE_MS + 300));
+      expect(await pool.run(TASKS, 'remembered', {})).toBe(-1); // dropped while idle
     } finally {
       await pool.close();
     }
