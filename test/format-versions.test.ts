@@ -23,6 +23,7 @@ import { packageRoot } from '../src/util/paths';
 import { rewriteIndex } from './helpers/forge';
 import { runCli } from './helpers/cli';
 import { compareTrees, walkTree } from './fixtures/treewalk';
+import { FORMAT_VERSION } from '../src/format/types';
 
 jest.setTimeout(180_000);
 
@@ -76,7 +77,7 @@ describe('format version 1 files', () => {
     expect(await idOf([v1, d12, d23])).toBe(v3Id);
     const r = await patchImage({ base: v1, deltas: [d12, d23], out: at('p3.cdimg') });
     expect(r.imageId).toBe(v3Id);
-    expect(await versionOf(at('p3.cdimg'))).toBe(3); // what d4fs writes now
+    expect(await versionOf(at('p3.cdimg'))).toBe(FORMAT_VERSION); // what d4fs writes now
     await unpackImage(at('p3.cdimg'), at('u-patched'));
     await unpackImage(v3, at('u-v3'));
     expect(compareTrees(await walkTree(at('u-v3')), await walkTree(at('u-patched')))).toEqual([]);
@@ -89,7 +90,7 @@ describe('format version 1 files', () => {
     await patchImage({ base: v1, deltas: [d12], out: p2 }); // version 2 full image of v2
     await diffImages({ oldPath: p2, newPath: v3, out: at('n23.cdimg') }); // v2 delta on a v2 full
     await diffImages({ oldPath: v1, newPath: p2, out: at('n12.cdimg') }); // v2 delta on a v1 full
-    expect(await versionOf(at('n23.cdimg'))).toBe(3);
+    expect(await versionOf(at('n23.cdimg'))).toBe(FORMAT_VERSION);
     expect(await idOf([v1, d12, at('n23.cdimg')])).toBe(v3Id); // v1, v1 delta, v2 delta
     expect(await idOf([v1, at('n12.cdimg'), d23])).toBe(v3Id); // v1, v2 delta, v1 delta
     expect(await idOf([p2, d23])).toBe(v3Id); // v2 full, v1 delta

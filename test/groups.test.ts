@@ -14,7 +14,7 @@ import { buildTar } from '../src/tar';
 import { writeSimpleImage } from '../src/oci/writer';
 import { convertImage } from '../src/convert/convert';
 import { CdimgReader } from '../src/format/reader';
-import { Codec, Encoding, GROUP_MAX_RAW } from '../src/format/types';
+import { Codec, Encoding, FORMAT_VERSION, GROUP_MAX_RAW } from '../src/format/types';
 import { GROUP_SMALL_MAX, GROUP_TARGET_RAW, planGroups } from '../src/format/group';
 import { diffImages } from '../src/delta/diff';
 import { patchImage } from '../src/delta/patch';
@@ -102,7 +102,7 @@ describe('convert writes solid groups', () => {
   it('of the small files; every reader gets each file back, checked', async () => {
     const r = await CdimgReader.open(at('v1.cdimg'));
     try {
-      expect(r.index.formatVersion).toBe(3);
+      expect(r.index.formatVersion).toBe(FORMAT_VERSION);
       const members = r.index.blobs.filter((b) => b.chunks[0]?.codec === Codec.GROUP);
       const groups = new Set(members.map((b) => b.chunks[0].offset));
       expect(members.length).toBeGreaterThan(300);
@@ -317,7 +317,7 @@ describe('format version 2 files (test/fixtures/v2)', () => {
     const p = await patchImage({ base: v2, deltas: [d23], out: at('fx-p3.cdimg') });
     expect(p.imageId).toBe(v3Id);
     const rp = await CdimgReader.open(at('fx-p3.cdimg'));
-    expect(rp.index.formatVersion).toBe(3);
+    expect(rp.index.formatVersion).toBe(FORMAT_VERSION);
     expect(rp.index.blobs.some((b) => b.chunks[0]?.codec === Codec.GROUP)).toBe(true);
     await rp.close();
     await unpackImage(v3, at('fx-u3'));

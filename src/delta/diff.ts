@@ -160,6 +160,8 @@ export function contentsOf(entries: Entry[]): { digest: Buffer; hex: string; siz
   const out = new Map<string, { digest: Buffer; hex: string; size: number; paths: string[] }>();
   for (const e of entries) {
     if (e.type !== FileType.REG) continue;
+    // a merge's composed script: a content by reference to the base is the base's (nothing to store)
+    if (e.digest.length === 0 && (e as InsertedEntry).parentRef !== undefined) continue;
     const k = e.digest.toString('hex');
     const c = out.get(k);
     if (c) c.paths.push(e.path);

@@ -1,5 +1,5 @@
 /** The report every delta command prints: what changed, what it costs, what it saves. */
-import { Encoding, Entry, FileType, Index, ImageInfo } from '../format/types';
+import { Encoding, Entry, FileType, Index, ImageInfo, type InsertedEntry } from '../format/types';
 
 export interface DeltaSummary {
   output: string;
@@ -35,6 +35,10 @@ export function summarizeDelta(index: Index, fileSize: number, parentEntries: En
   for (const e of index.treeEdit?.inserted ?? index.entries) {
     paths.add(e.path);
     if (e.type !== FileType.REG) continue;
+    if (e.digest.length === 0 && (e as InsertedEntry).parentRef !== undefined) {
+      files.same++; // its content is the base's, by reference (a merge without the base's tree)
+      continue;
+    }
     const k = e.digest.toString('hex');
     used.add(k);
     const x = enc.get(k);

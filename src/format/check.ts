@@ -195,7 +195,7 @@ export function checkIndexLean(raw: Buffer, headerVersion: number, blobSectionEn
 function check(raw: Buffer, headerVersion: number, blobSectionEnd: number, headerSize: number): { head: Index; hasTree: boolean } {
   // ---- the head, as decodeIndex reads it
   const head = decodeIndexPb(raw);
-  if ((head.formatVersion !== 2 && head.formatVersion !== 3) || headerVersion !== head.formatVersion) no();
+  if (head.formatVersion < 2 || head.formatVersion > 4 || headerVersion !== head.formatVersion) no();
   if (head.entries.length || head.blobs.length || !head.image) no();
   // validateIndexHead
   if (head.kind !== Kind.FULL && head.kind !== Kind.DELTA) no();
@@ -218,7 +218,7 @@ function check(raw: Buffer, headerVersion: number, blobSectionEnd: number, heade
   const canon = canonicalDigests(table, nd);
   const blobOf = checkContents(contentFields, canon, nd, delta, blobSectionEnd, headerSize, head.formatVersion);
   // ---- the tree: decodeColumns; for a full image fullTree, validateIndex and the image id
-  checkTree(treeFields, table, nd, canon, blobOf, delta ? undefined : head);
+  checkTree(treeFields, table, nd, canon, blobOf, delta ? undefined : head, delta && head.formatVersion >= 4);
   head.sectionDigest = sectionDigest;
   return { head, hasTree: !delta };
 }
@@ -317,7 +317,7 @@ function checkContents(cf: Map<number, Buffer[]>, canon: Int32Array, nd: number,
  * per entry, and the image id: the Tree message (pb.ts encodeTreePb) is
  * written entry by entry into a hash, from the columns' bytes.
  */
-function checkTree(tf: Map<number, Buffer[]>, table: Buffer, nd: number, canon: Int32Array, sizeOf: Float64Array, full: Index | undefined): void {
+function checkTree(tf: Map<number, Buffer[]>, table: Buffer, nd: number, canon: Int32Array, sizeOf: Float64Array, full: Index | undefined, refs: boolean): void {
   const depth = new Varints(tf.get(1));
   const n = depth.length;
   if (n > LIMITS.maxEntries) no();
@@ -331,6 +331,10 @@ function checkTree(tf: Map<number, Buffer[]>, table: Buffer, nd: number, canon: 
   const nsec = column(tf.get(8), n, true);
   const size = new Varints(tf.get(9));
   const content = new Varints(tf.get(10));
+  // content references to the parent's tree (version 4 deltas; resolved and checked when the tree is applied)
+  const ref = new Varints(tf.get(18));
+  if (ref.length && !refs) no();
+  let ri = 0;
   const links = concat(tf.get(12));
   const nLinks = countNul(links);
   const dev = new Varints(tf.get(13));
@@ -405,12 +409,16 @@ function checkTree(tf: Map<number, Buffer[]>, table: Buffer, nd: number, canon: 
     let major = 0;
     let minor = 0;
     if (t === FileType.REG) {
-      if (sized >= size.length || reg >= content.length) no();
+      if (sized >= size.length) no();
       sz = size.next();
       sized++;
-      ci = content.next();
-      reg++;
-      if (ci >= nd) no();
+      if (ref.length && ri++ >= ref.length) no();
+      if (ref.next() === 0) {
+        if (reg >= content.length) no();
+        ci = content.next();
+        reg++;
+        if (ci >= nd) no();
+      }
     } else if (t === FileType.SYMLINK || t === FileType.HARDLINK) {
       if (link++ >= nLinks) no();
       ls = lp;
@@ -589,7 +597,7 @@ function checkTree(tf: Map<number, Buffer[]>, table: Buffer, nd: number, canon: 
       w.pos = 0;
     }
   }
-  if (sized !== size.length || reg !== content.length || link !== nLinks || devs !== dev.length) no();
+  if (sized !== size.length || reg !== content.length || link !== nLinks || devs !== dev.length || ri !== ref.length) no();
   if (!full || !hash) return;
   if (roots !== 1) no();
   const config = full.image.configJson;

@@ -34,7 +34,7 @@ export function decodeIndex(raw: Buffer, opts: { tree?: boolean; contentsOnly?: 
     obj = decodeIndexPb(raw, { tree: opts.tree });
     if (obj.formatVersion >= 2 && (opts.tree ?? true)) {
       if (obj.entries.length || obj.blobs.length) throw new Error('a version 2 index with version 1 entries or blobs');
-      const body = decodeIndexV2(raw, obj.kind, { tree: !opts.contentsOnly });
+      const body = decodeIndexV2(raw, obj.kind, { tree: !opts.contentsOnly, version: obj.formatVersion });
       if (opts.contentsOnly) {
         obj.blobs = body.blobs;
         obj.sectionDigest = body.sectionDigest;

@@ -9,6 +9,7 @@ import { createHash } from 'node:crypto';
 import type * as protobuf from 'protobufjs';
 import { applyTreeEdit, composeEdits, editScript } from './tree-edit';
 import { computeImageId, decodeIndex, encodeIndex, resolveDeltaTree } from './codec';
+import { decodeIndexV2 } from './compact';
 import { validateIndex, validateIndexContents } from './validate';
 import { protoDir } from '../util/paths';
 import { D4fsError } from '../errors';
@@ -254,5 +255,100 @@ describe('format version 2 columns', () => {
     }
     // flips of bytes that do not matter (e.g. in a name, with the id recomputed nowhere) are still caught by the id check
     expect(refused).toBeGreaterThan(1400);
+  });
+});
+
+describe('format version 4: contents by parent reference', () => {
+  const CONFIG = Buffer.from('{"architecture":"amd64","os":"linux"}');
+  const v4 = (kind: Kind, entries: Entry[], blobs: Blob[], parentId?: Buffer): Index => ({ ...index(kind, entries, blobs, parentId), formatVersion: 4 });
+  /** Every regular file re-stamped (as a package upgrade does), one moved to a new name, one changed. */
+  const restamp = (parent: Entry[], tag: string): Entry[] => {
+    const out = parent.map((e) => (e.type === FileType.REG ? { ...e, mtimeSec: e.mtimeSec + 3600 } : e));
+    const regs = out.filter((e) => e.type === FileType.REG && !out.some((h) => h.type === FileType.HARDLINK && h.linkTarget === e.path));
+    const changed = regs[3];
+    const content = `${changed.path} ${tag}`;
+    out[out.indexOf(changed)] = { ...changed, size: content.length, digest: sha(content) };
+    // moved: the same content under a new name in the same directory ("z…" sorts after "f…")
+    const moved = regs[7];
+    out.splice(out.indexOf(moved), 1);
+    const dir = moved.path.slice(0, moved.path.lastIndexOf('/'));
+    const last = out.map((e) => e.path.startsWith(`${dir}/`)).lastIndexOf(true);
+    out.splice(last + 1, 0, { ...moved, path: `${dir}/z-moved-${tag}` });
+    return out;
+  };
+
+  it('a re-stamped or moved file names its parent entry instead of its digest, and reads back the same tree', () => {
+    const parent = randomTree(new Prng(41), 6, 60);
+    const child = restamp(parent, 'v2');
+    const parentId = computeImageId(parent, CONFIG);
+    const script = editScript(parent, child);
+    const refs = (script.inserted as InsertedEntry[]).filter((e) => e.parentRef !== undefined);
+    const regs = child.filter((e) => e.type === FileType.REG).length;
+    expect(refs.length).toBe(regs - 1); // every regular file but the changed one (the moved one by its digest)
+    const blobs = fullBlobs(script.inserted.filter((e) => (e as InsertedEntry).parentRef === undefined));
+    const raw4 = encodeIndex(v4(Kind.DELTA, child, blobs, parentId), { sectionDigest: SECTION, parentEntries: parent });
+    const raw3 = encodeIndex({ ...index(Kind.DELTA, child, blobs, parentId), formatVersion: 3 }, { sectionDigest: SECTION, parentEntries: parent });
+    // each reference instead of a 32-byte digest
+    expect(raw3.length - raw4.length).toBeGreaterThan(refs.length * 28);
+    const alone = decodeIndex(raw4);
+    const decodedRefs = (alone.treeEdit?.inserted ?? []).filter((e) => e.parentRef !== undefined);
+    expect(decodedRefs.map((e) => e.parentRef)).toEqual(refs.map((e) => e.parentRef));
+    for (const e of decodedRefs) expect(e.digest.length).toBe(0); // resolved from the parent only
+    const resolved = resolveDeltaTree(alone, parent);
+    expect(resolved.entries).toEqual(child);
+    validateIndex(resolved, END, HEADER_SIZE); // the image id of the child
+    // the same delta written in version 3 stores every digest and reads back alike
+    expect(resolveDeltaTree(decodeIndex(raw3), parent).entries).toEqual(child);
+  });
+
+  it('references compose along a chain (to the base, or to a content inserted on the way), and the composed script writes and reads back', () => {
+    const trees = [randomTree(new Prng(43), 5, 50)];
+    for (let i = 1; i <= 3; i++) trees.push(restamp(trees[i - 1], `v${i + 1}`));
+    // each delta as a reader sees it: decoded alone, references unresolved
+    const edits = trees.slice(1).map((t, i) => {
+      const raw = encodeIndex(v4(Kind.DELTA, t, fullBlobs(t), computeImageId(trees[i], CONFIG)), { sectionDigest: SECTION, parentEntries: trees[i] });
+      return decodeIndex(raw).treeEdit as { ops: number[]; inserted: InsertedEntry[] };
+    });
+    const composed = composeEdits(edits);
+    expect(applyTreeEdit(trees[0], composed)).toEqual(trees[3]);
+    // a content changed in the middle delta and re-stamped after it: its digest, not a reference to the base
+    const inMiddle = composed.inserted.filter((e) => e.parentRef === undefined && e.type === FileType.REG);
+    expect(inMiddle.length).toBeGreaterThan(0);
+    // written as a merge writes it (the composed script, no trees) and read back
+    const merged = { ...v4(Kind.DELTA, [], fullBlobs(inMiddle), computeImageId(trees[0], CONFIG)), imageId: computeImageId(trees[3], CONFIG), treeEdit: composed };
+    const back = resolveDeltaTree(decodeIndex(encodeIndex(merged, { sectionDigest: SECTION })), trees[0]);
+    expect(back.entries).toEqual(trees[3]);
+    validateIndex(back, END, HEADER_SIZE);
+  });
+
+  it('a reference to nothing, to an entry that is not a regular file, or where none may be, is CORRUPT', () => {
+    const parent = randomTree(new Prng(45), 3, 20);
+    const child = restamp(parent, 'v2');
+    const parentId = computeImageId(parent, CONFIG);
+    const script = editScript(parent, child);
+    const forged = (ref: (e: InsertedEntry, i: number) => number | undefined): Buffer => {
+      const inserted = (script.inserted as InsertedEntry[]).map((e, i) => ({ ...e, depth: e.path === '' ? 0 : e.path.split('/').length, name: e.path.slice(e.path.lastIndexOf('/') + 1), parentRef: e.type === FileType.REG ? ref(e, i) : undefined }));
+      return encodeIndex({ ...v4(Kind.DELTA, child, fullBlobs(child), parentId), treeEdit: { ops: script.ops, inserted } }, { sectionDigest: SECTION });
+    };
+    const kindOf = (f: () => unknown): string | undefined => {
+      try {
+        f();
+      } catch (e) {
+        return e instanceof D4fsError ? e.kind : `not a D4fsError: ${String(e)}`;
+      }
+      return undefined;
+    };
+    // past the parent's entries, to its root directory, to another file (the image id then differs)
+    expect(kindOf(() => resolveDeltaTree(decodeIndex(forged(() => parent.length + 5)), parent))).toBe('CORRUPT');
+    expect(kindOf(() => resolveDeltaTree(decodeIndex(forged(() => 0)), parent))).toBe('CORRUPT');
+    const other = parent.findIndex((e) => e.type === FileType.REG);
+    expect(kindOf(() => validateIndex(resolveDeltaTree(decodeIndex(forged(() => other)), parent), END, HEADER_SIZE))).toBe('CORRUPT');
+    // references where the file cannot hold them: a full image, a version 3 delta
+    const good = forged((e) => e.parentRef);
+    expect(kindOf(() => decodeIndexV2(good, Kind.FULL, { version: 4 }))).toBe('CORRUPT');
+    expect(kindOf(() => decodeIndexV2(good, Kind.DELTA, { version: 3 }))).toBe('CORRUPT');
+    // composing a reference past its parent's entries
+    const decoded = decodeIndex(forged(() => parent.length + 5)).treeEdit as { ops: number[]; inserted: InsertedEntry[] };
+    expect(kindOf(() => composeEdits([decoded]))).toBe('CORRUPT');
   });
 });

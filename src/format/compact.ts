@@ -22,7 +22,7 @@ import { corrupt } from '../errors';
 import { PbWriter, readPbFields } from './columns-pb';
 import { baseName, checkRebuilds, depthOf, editScript, fullTree } from './tree-edit';
 import { checkTreeName } from '../tree/paths';
-import { type Blob, type Chunk, Codec, Encoding, type Entry, FileType, type Index, type InsertedEntry, Kind } from './types';
+import { type Blob, type Chunk, Codec, Encoding, type Entry, FileType, type Index, type InsertedEntry, Kind, LIMITS } from './types';
 
 const EMPTY = Buffer.alloc(0);
 const utf8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
@@ -75,7 +75,11 @@ function packedOf(w: PbWriter, field: number, n: number, at: (i: number) => numb
  * peak RSS of converting that image 529-541 → 458-465 MB (with convert's
  * imageIdOf and the writer's index frame), the same bytes.
  */
-function encodeColumns(w: PbWriter, entries: Entry[], digests: DigestTable): void {
+/**
+ * `refs`: write InsertedEntry.parentRef as references (version 4, a delta's
+ * edit script); otherwise every regular file's digest goes to the table.
+ */
+function encodeColumns(w: PbWriter, entries: Entry[], digests: DigestTable, refs = false): void {
   const n = entries.length;
   const owners = new Map<string, number>([['', 0]]);
   const owner = (s: string): void => {
@@ -83,6 +87,10 @@ function encodeColumns(w: PbWriter, entries: Entry[], digests: DigestTable): voi
   };
   // checks, owner and digest numbers first, in entry order
   const content: number[] = [];
+  // per regular file: 0, or 1 + zigzag of (its parent ordinal - the previous reference's)
+  const ref: number[] = [];
+  let anyRef = false;
+  let prevRef = 0;
   let sizes = 0;
   let links = 0;
   let devs = 0;
@@ -93,7 +101,17 @@ function encodeColumns(w: PbWriter, entries: Entry[], digests: DigestTable): voi
     owner(e.gname);
     if (e.type === FileType.REG) {
       sizes++;
-      content.push(digests.add(e.digest));
+      const r = refs ? (e as InsertedEntry).parentRef : undefined;
+      if (r !== undefined) {
+        if (!Number.isSafeInteger(r) || r < 0) throw corrupt(`a parent reference ${r}`);
+        ref.push(1 + zz(r - prevRef));
+        prevRef = r;
+        anyRef = true;
+      } else {
+        if (e.digest.length !== 32 && 'parentRef' in e && (e as InsertedEntry).parentRef !== undefined) throw corrupt('a content by parent reference in a file that cannot hold one (format version before 4, or a whole tree)');
+        ref.push(0);
+        content.push(digests.add(e.digest));
+      }
     } else if (e.type === FileType.SYMLINK || e.type === FileType.HARDLINK) {
       links++;
       if (e.type === FileType.SYMLINK) sizes++;
@@ -147,6 +165,7 @@ function encodeColumns(w: PbWriter, entries: Entry[], digests: DigestTable): voi
   for (const s of owners.keys()) w.stringAlways(15, s);
   packedOf(w, 16, n, (i) => owners.get(entries[i].uname) as number, true);
   packedOf(w, 17, n, (i) => owners.get(entries[i].gname) as number, true);
+  if (anyRef) packedOf(w, 18, ref.length, (i) => ref[i]);
 }
 
 /** NUL-terminated strings of a bytes column. */
@@ -214,7 +233,8 @@ function unpack(b: Buffer, out: number[], what: string): void {
   }
 }
 
-function decodeColumns(body: Buffer, digests: Buffer[]): InsertedEntry[] {
+/** `refs`: references to the parent tree may appear (version 4, a delta's edit script). */
+function decodeColumns(body: Buffer, digests: Buffer[], refs = false): InsertedEntry[] {
   const f = readPbFields(body, 'tree columns');
   const depth = unpackAll(f.get(1), 'depth');
   const n = depth.length;
@@ -236,6 +256,10 @@ function decodeColumns(body: Buffer, digests: Buffer[]): InsertedEntry[] {
   if (owners.length === 0) owners.push('');
   const uname = column(f, 16, n, 'uname', true);
   const gname = column(f, 17, n, 'gname', true);
+  const ref = unpackAll(f.get(18), 'content reference');
+  if (ref.length && !refs) throw corrupt('tree columns refer to a parent tree this file cannot refer to (a full image, a whole tree, or a format version before 4)');
+  let ri = 0;
+  let prevRef = 0;
   const out: InsertedEntry[] = new Array<InsertedEntry>(n);
   let reg = 0;
   let sized = 0;
@@ -264,10 +288,19 @@ function decodeColumns(body: Buffer, digests: Buffer[]): InsertedEntry[] {
       gname: owners[gname[i]] ?? bad('gname'),
     };
     if (t === FileType.REG) {
-      if (sized >= size.length || reg >= content.length) throw corrupt('size or content column shorter than the regular files');
+      if (sized >= size.length) throw corrupt('size column shorter than the regular files');
       e.size = size[sized++];
-      e.digest = digests[content[reg]] ?? bad('content');
-      reg++;
+      const r = ref.length ? (ref[ri++] ?? bad('content reference')) : 0;
+      if (r !== 0) {
+        // the digest comes from the parent's tree (applyTreeEdit, composeEdits)
+        prevRef += unzz(r - 1);
+        if (!Number.isSafeInteger(prevRef) || prevRef < 0 || prevRef >= LIMITS.maxEntries) throw corrupt(`tree columns: a content reference to parent entry ${prevRef}`);
+        e.parentRef = prevRef;
+      } else {
+        if (reg >= content.length) throw corrupt('content column shorter than the regular files');
+        e.digest = digests[content[reg]] ?? bad('content');
+        reg++;
+      }
     } else if (t === FileType.SYMLINK || t === FileType.HARDLINK) {
       e.linkTarget = links[link++] ?? bad('link target');
       if (t === FileType.SYMLINK) e.size = size[sized++] ?? bad('size');
@@ -278,7 +311,7 @@ function decodeColumns(body: Buffer, digests: Buffer[]): InsertedEntry[] {
     }
     out[i] = e;
   }
-  if (sized !== size.length || reg !== content.length || link !== links.length || devs !== dev.length) throw corrupt('tree columns hold values for entries that do not exist');
+  if (sized !== size.length || reg !== content.length || link !== links.length || devs !== dev.length || ri !== ref.length) throw corrupt('tree columns hold values for entries that do not exist');
   for (const x of f.get(14) ?? []) {
     const xf = readPbFields(x, 'xattr');
     const at = unpackAll(xf.get(1), 'xattr entry');
@@ -576,7 +609,7 @@ export function encodeIndexV2(index: Index, parentEntries: Entry[] | undefined, 
   const w = new PbWriter(1024 + treeEntries.length * 64 + index.blobs.length * 64 + (ops ? ops.length * 5 : 0) + index.image.configJson.length);
   writeHead(w);
   let at = w.open(10);
-  encodeColumns(w, treeEntries, digests);
+  encodeColumns(w, treeEntries, digests, ops !== undefined && index.formatVersion >= 4);
   w.close(at, true);
   if (ops) w.packedAlways(11, ops);
   at = w.open(12);
@@ -598,15 +631,16 @@ export interface V2Body {
 }
 
 /** Decode the version 2 fields of an index. */
-export function decodeIndexV2(raw: Buffer, kind: Kind, opts: { tree?: boolean } = {}): V2Body {
+export function decodeIndexV2(raw: Buffer, kind: Kind, opts: { tree?: boolean; version?: number } = {}): V2Body {
   const f = readPbFields(raw, 'index');
   const digests = digestList(concat(f.get(14)), 'digest table');
-  const tree = opts.tree === false ? [] : decodeColumns(concat(f.get(10)), digests);
+  const whole = unpackAll(f.get(15), 'whole tree').some((v) => v !== 0);
+  if (whole && kind !== Kind.DELTA) throw corrupt('a full image flagged as a whole-tree delta');
+  const refs = kind === Kind.DELTA && !whole && (opts.version ?? 0) >= 4;
+  const tree = opts.tree === false ? [] : decodeColumns(concat(f.get(10)), digests, refs);
   const blobs = decodeContents(concat(f.get(12)), digests);
   const ops = kind === Kind.DELTA ? unpackAll(f.get(11), 'edit script') : undefined;
   const sectionDigest = f.get(13)?.at(-1) ?? EMPTY;
-  const whole = unpackAll(f.get(15), 'whole tree').some((v) => v !== 0);
-  if (whole && kind !== Kind.DELTA) throw corrupt('a full image flagged as a whole-tree delta');
   return { tree, ops: whole ? undefined : ops, blobs, sectionDigest };
 }
 

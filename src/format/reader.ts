@@ -28,7 +28,7 @@ export function parseHeader(h: Buffer, fileSize: number, what: string): HeaderIn
   if (h.length < HEADER_SIZE) throw corrupt(`${what}: file too short to be a .cdimg (${fileSize} bytes)`);
   if (!h.subarray(0, 8).equals(MAGIC)) throw corrupt(`${what}: not a .cdimg file (bad magic)`);
   const version = h.readUInt32LE(8);
-  if (!READ_VERSIONS.includes(version)) throw unsupported(`${what}: .cdimg format version ${version} is not supported (this d4fs reads versions ${READ_VERSIONS.join(' and ')})`);
+  if (!READ_VERSIONS.includes(version)) throw unsupported(`${what}: .cdimg format version ${version} is not supported (this d4fs reads versions ${READ_VERSIONS.join(', ')})`);
   const flags = h.readUInt32LE(12);
   if (flags !== FLAG_INDEX_ZSTD) throw unsupported(`${what}: unknown header flags ${flags}`);
   const big = (o: number): number => {

@@ -39,6 +39,10 @@ export function sameEntry(a: Entry, b: Entry): boolean {
  * The edit script turning `parent` into `entries`: a walk over both, keeping
  * runs of equal entries. Works for any order; when both trees are in the
  * format's order (depth first, names sorted) it is the shortest script.
+ * An inserted regular file whose content a regular file of the parent has
+ * (the same path first, else the first with that digest: a file re-stamped,
+ * moved or copied) names that entry (InsertedEntry.parentRef; written from
+ * format version 4): its 32-byte digest is not stored again.
  */
 export function editScript(parent: Entry[], entries: Entry[]): { ops: number[]; inserted: Entry[] } {
   const at = new Map<string, number>();
@@ -46,6 +50,8 @@ export function editScript(parent: Entry[], entries: Entry[]): { ops: number[]; 
   const script = new ScriptBuilder();
   const inserted: Entry[] = [];
   let cursor = 0;
+  // inserted regular files whose content the parent's entry at their path does not have
+  const unmatched: Entry[] = [];
   for (const e of entries) {
     const j = at.get(e.path);
     if (j !== undefined && j >= cursor && sameEntry(parent[j], e)) {
@@ -59,11 +65,45 @@ export function editScript(parent: Entry[], entries: Entry[]): { ops: number[]; 
         cursor = j + 1;
       }
       script.insert(1);
-      inserted.push(e);
+      if (e.type === FileType.REG && j !== undefined && parent[j].type === FileType.REG && parent[j].digest.equals(e.digest)) {
+        inserted.push({ ...e, parentRef: j } as Entry);
+      } else {
+        if (e.type === FileType.REG) unmatched.push(e);
+        inserted.push(e);
+      }
     }
   }
   if (cursor < parent.length) script.drop(parent.length - cursor);
+  if (unmatched.length) refByDigest(parent, inserted, unmatched);
   return { ops: script.finish(), inserted };
+}
+
+/**
+ * Gives each inserted regular file of `unmatched` the first regular file of
+ * `parent` with its content as its parentRef (moved or copied contents). One
+ * pass over the parent, keyed by the digests wanted only: memory follows the
+ * change, not the tree.
+ */
+function refByDigest(parent: Entry[], inserted: Entry[], unmatched: Entry[]): void {
+  const want = new Map<string, number>();
+  for (const e of unmatched) want.set(e.digest.toString('latin1'), -1);
+  let left = want.size;
+  for (let i = 0; i < parent.length && left > 0; i++) {
+    const p = parent[i];
+    if (p.type !== FileType.REG) continue;
+    const k = p.digest.toString('latin1');
+    if (want.get(k) === -1) {
+      want.set(k, i);
+      left--;
+    }
+  }
+  const of = new Set(unmatched);
+  for (let i = 0; i < inserted.length; i++) {
+    const e = inserted[i];
+    if (!of.has(e)) continue;
+    const j = want.get(e.digest.toString('latin1')) ?? -1;
+    if (j >= 0) inserted[i] = { ...e, parentRef: j } as Entry;
+  }
 }
 
 /** Builds the triples (keep, drop, insert) of an edit script from single steps. */
@@ -139,15 +179,22 @@ export function applyTreeEdit(parent: Entry[], edit: TreeEdit): Entry[] {
       types.length = d;
       stack.push(path);
       types.push(x.type);
-      out.push(plainEntry(x, path));
+      out.push(plainEntry(x, path, x.parentRef === undefined ? x.digest : digestOfParent(parent, x.parentRef, path)));
     }
   }
   if (cursor !== parent.length || next !== inserted.length) throw corrupt("the tree edit script does not account for every entry (of the parent's or its own)");
   return out;
 }
 
-function plainEntry(x: InsertedEntry, path: string): Entry {
-  return { path, type: x.type, mode: x.mode, uid: x.uid, gid: x.gid, mtimeSec: x.mtimeSec, mtimeNsec: x.mtimeNsec, size: x.size, digest: x.digest, linkTarget: x.linkTarget, devMajor: x.devMajor, devMinor: x.devMinor, xattrs: x.xattrs, uname: x.uname, gname: x.gname };
+function plainEntry(x: InsertedEntry, path: string, digest: Buffer): Entry {
+  return { path, type: x.type, mode: x.mode, uid: x.uid, gid: x.gid, mtimeSec: x.mtimeSec, mtimeNsec: x.mtimeNsec, size: x.size, digest, linkTarget: x.linkTarget, devMajor: x.devMajor, devMinor: x.devMinor, xattrs: x.xattrs, uname: x.uname, gname: x.gname };
+}
+
+/** The content digest of the parent's entry `ref`, which an inserted regular file names as its content (version 4). */
+function digestOfParent(parent: Entry[], ref: number, path: string): Buffer {
+  const p = parent[ref];
+  if (!p || p.type !== FileType.REG || p.digest.length !== 32) throw corrupt(`entry "${path}" takes its content from parent entry ${ref}, which is not a regular file of the parent`);
+  return p.digest;
 }
 
 /** Entries of a full version 2 index (the script is "insert everything"). */
@@ -187,8 +234,24 @@ export function checkRebuilds(parent: Entry[], script: { ops: number[]; inserted
 }
 
 /**
+ * Entry `x` of the script of Y→Z with its content reference (an ordinal of
+ * Y) made one to A, the base of the composition: Y's entry there is an entry
+ * of A (`refs` ≥ 0: its ordinal) or one inserted on the way (`items`), whose
+ * own reference or digest it takes. A copy: decoded entries may be shared.
+ */
+function rebased(x: InsertedEntry, refs: number[], items: InsertedEntry[]): InsertedEntry {
+  if (x.parentRef === undefined) return x;
+  const r = refs[x.parentRef];
+  if (r === undefined) throw corrupt(`inserted entry "${x.name}" takes its content from parent entry ${x.parentRef}, past the parent's ${refs.length} entries`);
+  if (r >= 0) return r === x.parentRef ? x : { ...x, parentRef: r };
+  const y = items[-r - 1];
+  if (y.type !== FileType.REG) throw corrupt(`inserted entry "${x.name}" takes its content from an entry that is not a regular file`);
+  return y.parentRef !== undefined ? { ...x, parentRef: y.parentRef } : { ...x, parentRef: undefined, digest: y.digest };
+}
+
+/**
  * The edit script of A→Z from those of A→B, B→C, …, Y→Z, without any of the
- * trees: each script consumes its parent's entries exactly, so A's length is
+ * trees (content references made references to A: rebased): each script consumes its parent's entries exactly, so A's length is
  * what the first one keeps and drops. Entries are followed as references to
  * A or to an inserted entry; the result keeps A's entries in order.
  */
@@ -213,7 +276,7 @@ export function composeEdits(edits: TreeEdit[]): TreeEdit {
       cursor += drop;
       for (let i = 0; i < ins; i++) {
         out.push(-(items.length + 1));
-        items.push(inserted[next++]);
+        items.push(rebased(inserted[next++], refs, items));
       }
       if (out.length > LIMITS.maxEntries) throw corrupt('the composed tree has more entries than a tree may hold');
     }

@@ -161,6 +161,15 @@ export interface Index {
 export interface InsertedEntry extends Entry {
   depth: number;
   name: string;
+  /**
+   * Version 4: the entry's content is that of the parent tree's entry at this
+   * ordinal (a regular file whose content did not change: re-stamped, its
+   * mode changed, moved), so the delta does not store its digest again.
+   * Decoded entries carry an empty `digest` until applyTreeEdit (or
+   * composeEdits, for a reference into an intermediate tree) resolves it;
+   * entries written carry both, the digest for what reads them before writing.
+   */
+  parentRef?: number;
 }
 
 /** What a version 2 delta says about its tree: the edit script against its parent's entries and the entries it inserts. */
@@ -175,11 +184,18 @@ export interface TreeEdit {
  * a delta's tree as an edit script against its parent's, a blob-section
  * digest instead of per-chunk stored digests of zstd frames. Version 3
  * (issues 14 and 18): version 2 plus solid groups of small contents
- * (Codec.GROUP, the content column `group_offset`; see ./group.ts).
+ * (Codec.GROUP, the content column `group_offset`; see ./group.ts). Version 4
+ * (issue 14): a delta's inserted regular file whose content is its parent's
+ * entry's names that entry instead of repeating the 32-byte digest (a package
+ * upgrade re-stamps every file: tzdata's delta was 53 KiB of 64 KiB index).
  */
-export const FORMAT_VERSION = 3;
-/** Versions this d4fs reads: 1 (every file written before version 2), 2 and 3. */
-export const READ_VERSIONS: readonly number[] = [1, 2, 3];
+export const FORMAT_VERSION = 4;
+/**
+ * Versions this d4fs reads: 1 (every file written before version 2), 2, 3
+ * and 4 (version 3 plus contents by parent reference in a delta's inserted
+ * entries: Columns.content_ref, InsertedEntry.parentRef).
+ */
+export const READ_VERSIONS: readonly number[] = [1, 2, 3, 4];
 
 /**
  * True when a chunk of a file of format `version` is checked by its decoded bytes
