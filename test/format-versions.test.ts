@@ -4,7 +4,9 @@
  * make-trees.sh and the version 1 writer) keep reading everywhere, chains
  * mix versions, and a version 2 delta's tree — an edit script against its
  * parent's — is rebuilt and its image id checked wherever it is stored: a
- * forged id is CORRUPT at the store and at the server.
+ * forged id is CORRUPT at the store and at the server. Version 3 files
+ * (test/fixtures/v3) chain and merge with version 4 deltas, whose re-stamped
+ * files name their parent's entries instead of repeating digests.
  */
 import { randomBytes } from 'node:crypto';
 import fsp from 'node:fs/promises';
@@ -23,7 +25,7 @@ import { packageRoot } from '../src/util/paths';
 import { rewriteIndex } from './helpers/forge';
 import { runCli } from './helpers/cli';
 import { compareTrees, walkTree } from './fixtures/treewalk';
-import { FORMAT_VERSION } from '../src/format/types';
+import { FORMAT_VERSION, FileType, type InsertedEntry } from '../src/format/types';
 
 jest.setTimeout(180_000);
 
@@ -107,6 +109,57 @@ describe('format version 1 files', () => {
     const alone = await CdimgReader.open(at('m-v2v2.cdimg'));
     expect(alone.hasTree).toBe(false);
     await alone.close();
+  });
+});
+
+describe('format version 3 files (test/fixtures/v3)', () => {
+  const FIX3 = path.join(packageRoot(), 'test', 'fixtures', 'v3');
+  const f2 = path.join(FIX3, 'v2.cdimg');
+  const f3 = path.join(FIX3, 'v3.cdimg');
+  const f23 = path.join(FIX3, 'v2-v3.cdimg');
+
+  it('still read, and chain and merge with version 4 deltas that take re-stamped contents from their parent', async () => {
+    for (const f of [f2, f3, f23]) expect(await versionOf(f)).toBe(3);
+    expect(await idOf([f2, f23])).toBe(v3Id);
+    // v4: every regular file of v3 re-stamped, as a package upgrade does (contents unchanged)
+    const v4 = at('fx3-restamped.cdimg');
+    await rewriteIndex(
+      f3,
+      v4,
+      (ix) => {
+        for (const e of ix.entries) if (e.type === FileType.REG) e.mtimeSec += 3600;
+      },
+      { fixId: true },
+    );
+    const v4Id = await idOf([v4]);
+    const d34 = at('fx3-d34.cdimg');
+    await diffImages({ oldPath: f3, newPath: v4, out: d34 }); // a version 4 delta on a version 3 full image
+    expect(await versionOf(d34)).toBe(FORMAT_VERSION);
+    const alone = await CdimgReader.open(d34);
+    const inserted = (alone.index.treeEdit?.inserted ?? []) as InsertedEntry[];
+    const regs = inserted.filter((e) => e.type === FileType.REG);
+    expect(regs.length).toBeGreaterThan(10);
+    expect(regs.every((e) => e.parentRef !== undefined && e.digest.length === 0)).toBe(true); // no digest stored again
+    expect(alone.index.blobs).toEqual([]); // and no content
+    await alone.close();
+    expect(await idOf([f2, f23, d34])).toBe(v4Id);
+    const p4 = await patchImage({ base: f2, deltas: [f23, d34], out: at('fx3-p4.cdimg') });
+    expect(p4.imageId).toBe(v4Id);
+    await unpackImage(v4, at('fx3-u4'));
+    await unpackImage(at('fx3-p4.cdimg'), at('fx3-up4'));
+    expect(compareTrees(await walkTree(at('fx3-u4')), await walkTree(at('fx3-up4')))).toEqual([]);
+    // merged with the version 3 delta, without the base (references composed) and with it
+    for (const base of [undefined, f2]) {
+      const m = at(`fx3-m-${base ? 'base' : 'alone'}.cdimg`);
+      await mergeDeltas({ deltas: [f23, d34], out: m, base });
+      expect(await idOf([f2, m])).toBe(v4Id);
+    }
+    // and back: a version 4 delta from the re-stamped image to v2 (the changed files by content, the rest by reference)
+    const d42 = at('fx3-d42.cdimg');
+    await diffImages({ oldPath: at('fx3-p4.cdimg'), newPath: f2, out: d42 });
+    expect(await idOf([at('fx3-p4.cdimg'), d42])).toBe(await idOf([f2]));
+    const v = await verifyCdimg(d34, 1, [f2, f23]);
+    expect(v.treeChecked).toBe(true);
   });
 });
 
