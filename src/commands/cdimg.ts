@@ -1,7 +1,7 @@
 /** `ctr-cli cdimg show|verify|unpack` (convert is in ./convert). */
 import { Command } from 'commander';
 import { CdimgReader } from '../format/reader';
-import { Encoding, Entry, FileType } from '../format/types';
+import { Encoding, Entry, FileType, type InsertedEntry } from '../format/types';
 import { storedBytesOf } from '../format/group';
 import { invalidArgument } from '../errors';
 import { digestFromRaw } from '../util/digest';
@@ -30,7 +30,10 @@ function entryJson(e: Entry): Record<string, unknown> {
   };
   if (e.type === FileType.REG) {
     o.size = e.size;
-    o.digest = digestFromRaw(e.digest);
+    const ref = (e as InsertedEntry).parentRef;
+    // a delta opened alone (format version 4): the content of the parent's entry at that ordinal
+    if (ref !== undefined && e.digest.length === 0) o.contentOfParentEntry = ref;
+    else o.digest = digestFromRaw(e.digest);
   }
   if (e.type === FileType.SYMLINK || e.type === FileType.HARDLINK) o.linkTarget = e.type === FileType.HARDLINK ? '/' + e.linkTarget : e.linkTarget;
   if (e.type === FileType.CHAR || e.type === FileType.BLOCK) o.device = `${e.devMajor}:${e.devMinor}`;
@@ -81,7 +84,7 @@ export function summarize(r: CdimgReader): Record<string, unknown> {
     layers: idx.image.layers.length,
     layerBytes: idx.image.layers.reduce((n, l) => n + l.size, 0),
     entries: edit ? kept + edit.inserted.length : idx.entries.length,
-    ...(edit ? { treeEdit: { kept, dropped, inserted: edit.inserted.length } } : {}),
+    ...(edit ? { treeEdit: { kept, dropped, inserted: edit.inserted.length, byReference: edit.inserted.filter((e) => e.parentRef !== undefined).length } } : {}),
     types,
     contents: idx.blobs.length,
     encodings: enc,
@@ -138,7 +141,7 @@ function registerShow(cd: Command): void {
               `  config        ${s.configDigest}`,
               `  layers        ${s.layers} (${humanBytes(s.layerBytes as number)} compressed)`,
               s.treeEdit
-                ? `  entries       ${s.entries}: ${(s.treeEdit as { kept: number }).kept} kept from the parent, ${(s.treeEdit as { dropped: number }).dropped} dropped, ${(s.treeEdit as { inserted: number }).inserted} new or changed (${Object.entries(t).map(([k, v]) => `${v} ${k}`).join(', ')})`
+                ? `  entries       ${s.entries}: ${(s.treeEdit as { kept: number }).kept} kept from the parent, ${(s.treeEdit as { dropped: number }).dropped} dropped, ${(s.treeEdit as { inserted: number }).inserted} new or changed (${Object.entries(t).map(([k, v]) => `${v} ${k}`).join(', ')}${(s.treeEdit as { byReference: number }).byReference ? `; ${(s.treeEdit as { byReference: number }).byReference} files with their parent's contents, by reference` : ''})`
                 : `  entries       ${s.entries}: ${Object.entries(t).map(([k, v]) => `${v} ${k}`).join(', ')}`,
               `  contents      ${s.contents} (${enc.full} full, ${enc.patch} patch, ${enc.same} same), ${humanBytes(s.contentBytes as number)} -> ${humanBytes(s.storedBytes as number)} stored`,
               `  entrypoint    ${JSON.stringify(cfg.entrypoint)}  cmd ${JSON.stringify(cfg.cmd)}`,
