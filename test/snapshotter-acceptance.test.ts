@@ -336,6 +336,14 @@ describe('d4fs snapshotter acceptance (containerd + runc + FUSE)', () => {
     return (await env.manager.stats()).mounts.reduce((n, m) => n + m.opens, 0);
   }
 
+  test('0. the FUSE manager starts with the snapshotter, before any image is loaded (a first load does not wait for it)', async () => {
+    const ping = await eventually(() => env.manager.ping(1000).catch(() => undefined), 30_000, 'FUSE manager answering');
+    expect(ping).toBeTruthy();
+    expect(env.managerPid()).toBeGreaterThan(0);
+    expect(await env.manager.list()).toEqual([]);
+    expect(env.logs()).toMatch(/started FUSE manager/);
+  });
+
   test('1. find / -xdev with metadata and hashes: d4fs equals overlayfs, for v1 and for v2 through the delta', async () => {
     await load('nginx:1', v1);
     expect(env.d4fsMounts(env.root)).toHaveLength(1);

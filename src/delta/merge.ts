@@ -42,13 +42,37 @@ export interface MergeOptions {
  */
 export const MERGE_INDEX_LEVEL = 9;
 
-/** Where a content lives in the chain of deltas, from `level` down; undefined = in A (SAME). */
+/**
+ * Where a content is stored in the chain of deltas, at `level` or below: the
+ * lowest delta that stores it; undefined = in A (SAME). The lowest: a stored
+ * content's bases are contents of the tree before its delta, so they are
+ * stored lower still or in A, and the contents a composed merge copies never
+ * patch one another in a circle. Taken from the top, a chain that goes back
+ * and forth (libssl v1→v2→v3→v2) copied v2's contents as the last delta
+ * patches them, against v3's, which the delta before patches against v2's:
+ * the merge was refused.
+ */
 function locate(readers: CdimgReader[], hex: string, level: number): { level: number; blob: Blob } | undefined {
-  for (let l = level; l >= 0; l--) {
+  for (let l = 0; l <= level; l++) {
     const b = readers[l].blobs.get(hex);
     if (b && b.encoding !== Encoding.SAME) return { level: l, blob: b };
   }
   return undefined;
+}
+
+/**
+ * Contents the chain shows to be in A: the bases of the first delta's patches
+ * and the contents it holds as SAME. A composed merge never stores them (a file
+ * that goes back to A's content is SAME in the merge), even where a later delta
+ * stores them patched against a content of its own parent.
+ */
+function contentsOfA(first: CdimgReader): Set<string> {
+  const out = new Set<string>();
+  for (const b of first.blobs.values()) {
+    if (b.encoding === Encoding.SAME) out.add(b.digest.toString('hex'));
+    for (const c of b.chunks) if (c.baseDigest.length > 0) out.add(c.baseDigest.toString('hex'));
+  }
+  return out;
 }
 
 /**
@@ -93,7 +117,7 @@ async function composeContents(readers: CdimgReader[], contents: ReturnType<type
         if (groupKey !== undefined) groupsCopied.set(groupKey, off);
       }
       slot.chunks.push({ ...c, offset: off });
-      if (c.baseDigest.length > 0) {
+      if (c.baseDigest.length > 0 && !inA.has(c.baseDigest.toString('hex'))) {
         const b = locate(readers, c.baseDigest.toString('hex'), level);
         if (b) await copyStored(b.level, b.blob);
       }
@@ -106,8 +130,9 @@ async function composeContents(readers: CdimgReader[], contents: ReturnType<type
       }
     }
   };
+  const inA = contentsOfA(readers[0]);
   for (const c of contents) {
-    const where = locate(readers, c.hex, readers.length - 1);
+    const where = inA.has(c.hex) ? undefined : locate(readers, c.hex, readers.length - 1);
     if (where) {
       await copyStored(where.level, where.blob);
     } else if (!m.out.has(c.hex)) {
