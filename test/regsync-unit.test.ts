@@ -251,10 +251,12 @@ describe('compression recipes', () => {
     // an unusual block size is read from the stream's sync flushes
     const d100k = await check('pgzip-100k', goGzip('pgzip', 5, tar, undefined, 100_000));
     expect(d100k.reproducible && d100k.recipe.kind === 'gzip' && d100k.recipe.engine === 'pgzip' ? d100k.recipe.blockSize : 0).toBe(100_000);
-    // pigz's body under a header as Go writes it: nothing reproduces it, and the reason names what was tried
+    // pigz's body under a header as Go writes it: no encoder reproduces it (a record would), and the reason names what was tried
     const pigz = execFileSync('pigz', ['-c', '-n', '-6'], { input: tar, maxBuffer: 1 << 28 });
     const goHeader = Buffer.from([0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff]);
-    const d = await check('pigz-go-header', Buffer.concat([goHeader, pigz.subarray(10)]));
+    const pgh = path.join(dir, 'pigz-go-header.gz');
+    await fsp.writeFile(pgh, Buffer.concat([goHeader, pigz.subarray(10)]));
+    const d = await detectRecipe(pgh, tarPath, 'gzip', { records: false });
     expect(d.reproducible).toBe(false);
     if (!d.reproducible) expect(d.reason).toMatch(/klauspost\/compress v1\.15\.12 at any level/);
   });
@@ -300,6 +302,8 @@ describe('compression recipes', () => {
       [{ kind: 'gzip', engine: 'node-zlib', zlib: 'x', level: 9, memLevel: 9, strategy: 1, windowBits: 15, header: b64([0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 2, 3]) }, 'zlib 9 9 1 15 @H4sIAAAAAAACAw ~x'],
       [{ kind: 'gzip', engine: 'gzip', tool: 'gzip 1.12', level: 6, rsyncable: true, header: b64([0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3]) }, 'gzip 6 1 ~gzip 1.12'],
       [{ kind: 'gzip', engine: 'gzip', tool: 'gzip 1.12', level: 9, rsyncable: false, header: b64([0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 2, 3]) }, 'gzip 9 0 ~gzip 1.12'],
+      [{ kind: 'gzip', engine: 'record', payload: 7, bodySize: 123456, header: b64([0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3]) }, 'rec 7 123456'],
+      [{ kind: 'gzip', engine: 'record', payload: 0, bodySize: 99, header: named.toString('base64') }, `rec 0 99 @${named.toString('base64').replace(/=+$/, '')}`],
     ];
     for (const [r, s] of cases) {
       expect(storedRecipe(r)).toBe(s);
@@ -319,6 +323,7 @@ describe('compression recipes', () => {
       'kp 10', 'kp -3', 'pgzip 5', 'pgzip 5 16384', 'pgzip 5 999999999', 'pgzip 5 262144 1',
       'zlib 6 8 0', 'zlib 6 0 0 15', 'zlib 6 8 5 15', 'zlib 6 8 0 16', 'zlib 10 8 0 15', 'gzip 6 2', 'gzip 0 0', 'gzip 6',
       'zstd 0', 'zstd 20', 'zstd 3 @H4sIAAAAAAAA/w', 'none 1', 'brotli 5', 'go 6 ~go1.19', 'none ~x',
+      'rec 1', 'rec -1 100', 'rec 1 1', 'rec 1 100 5', 'rec 1 1000000000', 'rec 1 100 ~x',
       'go 6 @H4sIAAAAAAAA/x', // not canonical base64 (stray bits)
       'go 6 @H4sIAAAAAAAA/w==', // padding is not part of the form
       'go 6 @AAAAAAAAAAAAAA', // not a gzip header
@@ -362,6 +367,118 @@ describe('compression recipes', () => {
     }
     // the thread count is checked like the rest
     expect(() => kpDeflatePrefix(5, block, Buffer.alloc(1), 17)).toThrow(/threads 0..16/);
+  });
+
+  // pigz (zlib in 128 KiB blocks), libdeflate and zopfli: programs from Debian (scripts/install-deps.sh)
+  const otherDeflaters: { name: string; cmd: string; args: string[] }[] = [
+    { name: 'pigz-6', cmd: 'pigz', args: ['-6', '-c'] },
+    { name: 'pigz-1', cmd: 'pigz', args: ['-1', '-c'] },
+    { name: 'libdeflate-6', cmd: 'libdeflate-gzip', args: ['-6', '-c'] },
+    { name: 'libdeflate-12', cmd: 'libdeflate-gzip', args: ['-12', '-c'] },
+    { name: 'zopfli', cmd: 'zopfli', args: ['-c', '--i1'] },
+  ];
+  const gzipBy = (cmd: string, args: string[], input: string): Buffer => execFileSync(cmd, [...args, input], { maxBuffer: 1 << 30 });
+
+  test('any other deflate stream (pigz, libdeflate, zopfli) is reproduced by a reconstruction record, checked by rebuilding it', async () => {
+    const sizes: string[] = [];
+    // 1 MiB of the tar keeps zopfli's own time short
+    const part = path.join(dir, 'part.tar');
+    await fsp.writeFile(part, tar.subarray(0, 1 << 20));
+    for (const c of otherDeflaters) {
+      const blob = gzipBy(c.cmd, c.args, part);
+      const bp = path.join(dir, `${c.name}.gz`);
+      await fsp.writeFile(bp, blob);
+      const d = await detectRecipe(bp, part, 'gzip');
+      if (d.reproducible) {
+        // the blob rebuilt from the tar and the recipe has the original digest
+        const parts: Buffer[] = [];
+        for await (const b of produceBlob(d.recipe, part)) parts.push(b);
+        expect(sha(Buffer.concat(parts))).toBe(sha(blob));
+      }
+      const r = d.reproducible ? d.recipe : undefined;
+      expect({ name: c.name, engine: r?.kind === 'gzip' ? r.engine : d }).toEqual({ name: c.name, engine: 'record' });
+      if (r?.kind === 'gzip' && r.engine === 'record') {
+        const rec = r.record as Buffer;
+        expect(r.bodySize).toBeLessThan(blob.length);
+        // a record is a small part of the layer, never a copy of it (zopfli's and libdeflate -12's
+        // optimal parses cost the most: 10-12% on this tar of sources)
+        expect(rec.length).toBeLessThan(0.2 * blob.length);
+        sizes.push(`${c.name} ${((100 * rec.length) / blob.length).toFixed(2)}%`);
+      }
+    }
+    expect(sizes).toHaveLength(otherDeflaters.length);
+    // without records such a layer is not reproducible, and the reason says why
+    const p = path.join(dir, 'pigz-norec.gz');
+    await fsp.writeFile(p, gzipBy('pigz', ['-6', '-c'], tarPath));
+    const d = await detectRecipe(p, tarPath, 'gzip', { records: false });
+    expect(d.reproducible).toBe(false);
+    if (!d.reproducible) expect(d.reason).toMatch(/no zlib, gzip or Go encoder reproduces/);
+  });
+
+  test('records of streams with stored blocks, fixed blocks, empty input and long runs rebuild exactly', async () => {
+    const inputs: [string, Buffer][] = [
+      ['empty', Buffer.alloc(0)],
+      ['one byte', Buffer.from('x')],
+      ['zeros', Buffer.alloc(3 << 20)],
+      ['random', randomBytes(300_000)], // stored blocks
+      ['mixed', Buffer.concat([randomBytes(70_000), Buffer.alloc(100_000, 7), tar.subarray(0, 500_000)])],
+    ];
+    for (const [name, input] of inputs) {
+      const tp = path.join(dir, `in-${name.replace(/ /g, '-')}`);
+      await fsp.writeFile(tp, input);
+      // zlib's fixed-Huffman strategy, its stored level 0, and pigz
+      const blobs = [zlib.gzipSync(input, { strategy: zlib.constants.Z_FIXED }), zlib.gzipSync(input, { level: 0 }), gzipBy('pigz', ['-6', '-c'], tp)];
+      for (const [k, blob] of blobs.entries()) {
+        const bp = path.join(dir, `rec-${k}.gz`);
+        await fsp.writeFile(bp, blob);
+        const d = await detectRecipe(bp, tp, 'gzip', { records: true, goEncoders: false, gzipProgram: false });
+        expect({ name, k, ok: d.reproducible }).toEqual({ name, k, ok: true });
+        if (d.reproducible) {
+          const parts: Buffer[] = [];
+          for await (const c of produceBlob(d.recipe, tp)) parts.push(c);
+          expect({ name, k, same: Buffer.concat(parts).equals(blob) }).toEqual({ name, k, same: true });
+        }
+      }
+    }
+  });
+
+  test('damaged or hostile records and records given other data: CORRUPT or another digest, never a crash or a hang', async () => {
+    const blob = gzipBy('pigz', ['-6', '-c'], tarPath);
+    const p = path.join(dir, 'dmg.gz');
+    await fsp.writeFile(p, blob);
+    const d = await detectRecipe(p, tarPath, 'gzip');
+    const r = d.reproducible && d.recipe.kind === 'gzip' && d.recipe.engine === 'record' ? d.recipe : undefined;
+    expect(r).toBeDefined();
+    if (!r) return;
+    const rec = r.record as Buffer;
+    const outcome = async (record: Buffer, tp = tarPath): Promise<string> => {
+      let same = false;
+      const kind = await kindOf(
+        (async () => {
+          const parts: Buffer[] = [];
+          for await (const c of produceBlob({ ...r, record }, tp)) parts.push(c);
+          same = sha(Buffer.concat(parts)) === sha(blob);
+        })(),
+      );
+      return kind !== 'resolved' ? kind : same ? 'SAME' : 'OTHER';
+    };
+    expect(await outcome(rec)).toBe('SAME');
+    const cases: Buffer[] = [rec.subarray(0, 5), rec.subarray(0, rec.length >> 1), rec.subarray(0, rec.length - 3), Buffer.alloc(0), randomBytes(rec.length), Buffer.concat([rec.subarray(0, 11), randomBytes(2000)])];
+    for (let i = 0; i < 40; i++) {
+      const f = Buffer.from(rec);
+      const at = i < 4 ? i : 11 + Math.floor(Math.random() * (rec.length - 11));
+      f[at] ^= 1 << (i % 8);
+      cases.push(f);
+    }
+    for (const c of cases) expect(['CORRUPT', 'OTHER']).toContain(await outcome(c));
+    // the right record over another tar
+    const other = path.join(dir, 'other.tar');
+    const t2 = Buffer.from(tar);
+    t2[t2.length >> 1] ^= 0xff;
+    await fsp.writeFile(other, t2);
+    expect(await outcome(rec, other)).toBe('CORRUPT');
+    await fsp.writeFile(other, tar.subarray(0, tar.length - 1000));
+    expect(await outcome(rec, other)).toBe('CORRUPT');
   });
 
   test('several gzip members are not reproducible, with a reason', async () => {

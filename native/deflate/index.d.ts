@@ -42,3 +42,21 @@ export function kpClose(e: KpEncoder): Buffer;
  */
 export function zlibRaw(bytes: Uint8Array, level: number, memLevel: number): Buffer;
 export function zlibRaw(bytes: Uint8Array, level: number, memLevel: number, expected: Uint8Array): boolean;
+
+/** An open reconstruction-record decoder (opaque). */
+export interface RecDecoder {
+  readonly __recDecoder: unique symbol;
+}
+
+/**
+ * The reconstruction record of a raw deflate body: what rebuilds it exactly from its uncompressed
+ * bytes (`size` of them), or, as a string, why the body cannot be recorded (not a deflate stream,
+ * data after its end, a construct no encoder writes).
+ */
+export function recEncode(body: Uint8Array): { record: Buffer; size: number } | string;
+/** A decoder that rebuilds the body `record` describes, writing at most `maxOut` bytes. */
+export function recNew(record: Uint8Array, maxOut: number): RecDecoder;
+/** Feeds the next uncompressed bytes; returns body bytes produced so far. Throws (code CORRUPT) when the record does not fit them. */
+export function recWrite(d: RecDecoder, bytes: Uint8Array): Buffer;
+/** Ends the input: the rest of the body. Throws (code CORRUPT) when the record does not fit the bytes given. */
+export function recClose(d: RecDecoder): Buffer;

@@ -137,6 +137,7 @@ function registerDiff(reg: Command): void {
           .option('--non-reproducible <rewrite|ship>', 'layers whose compression cannot be reproduced: rebuild and rewrite the manifests, or ship the blob', parseNonRepro, 'rewrite')
           .option('--no-gzip-program', 'do not use the gzip program (recipes, gzip files inside layers)')
           .option('--no-go-encoders', "do not try Go's and klauspost's gzip encoders on layers (a faster diff; layers they wrote are then rewritten)")
+          .option('--no-records', 'no deflate reconstruction records for gzip layers no known encoder reproduces (pigz, libdeflate, zopfli…): a smaller patch, but those layers are rewritten')
           .option('--json', 'print the report as JSON'),
         true,
       ),
@@ -156,6 +157,7 @@ function registerDiff(reg: Command): void {
         nonReproducible: o.nonReproducible as 'rewrite',
         gzipProgram: o.gzipProgram as boolean,
         goEncoders: o.goEncoders as boolean,
+        records: o.records as boolean,
         threads: o.threads as number | undefined,
         onProgress: progressOf(o),
       });
@@ -299,6 +301,7 @@ function registerSync(reg: Command): void {
             .requiredOption('--to <docker://REPLICA[/PREFIX]>', 'replica registry')
             .option('--repos <names>', 'comma-separated repositories (relative to the prefixes); default: every repository under the primary\'s prefix (from its catalog)')
             .option('--keep-patch <file>', 'keep the patch that was applied')
+            .option('--no-records', 'no deflate reconstruction records (layers no known encoder reproduces are then rewritten)')
             .option('--json', 'print the report as JSON'),
           true,
         ),
@@ -321,6 +324,7 @@ function registerSync(reg: Command): void {
         level: o.level as LevelPreset,
         codec: o.codec as CodecChoice,
         keepPatch: o.keepPatch as string | undefined,
+        records: o.records as boolean,
         threads: o.threads as number | undefined,
         onProgress: progressOf(o),
       });

@@ -342,8 +342,16 @@ async function decodeContents(ctx: ApplyContext, pool: RegsyncPool, contentPath:
 }
 
 /** Compress a rebuilt layer's tar: by its recipe when it reproduces the blob, else by the fallback recipe. */
-async function compressLayer(l: RebuiltLayer, tarPath: string, blobPath: string): Promise<BuiltBlob> {
+async function compressLayer(patch: PatchReader, l: RebuiltLayer, tarPath: string, blobPath: string): Promise<BuiltBlob> {
   const compression = l.recipe ? l.recipe.kind : (l.fallback as NonNullable<RebuiltLayer['fallback']>).recipe.kind;
+  if (l.recipe?.kind === 'gzip' && l.recipe.engine === 'record') {
+    // a record is the patch's own description of the blob (its payload verified): if it does not
+    // rebuild the digest here, the patch is wrong, and nothing is pushed
+    const recipe: Recipe = { ...l.recipe, record: await patch.payload(l.recipe.payload) };
+    const out = await writeHashed(produceBlob(recipe, tarPath), blobPath);
+    if (out.digest !== l.digest || out.size !== l.size) throw corrupt(`rebuilt layer ${l.digest}: its reconstruction record gives ${out.digest} (${out.size} bytes)`);
+    return { path: blobPath, ...out, reproduced: true, recipe };
+  }
   if (l.recipe) {
     let out: { digest: string; size: number } | undefined;
     let why = '';
@@ -402,7 +410,7 @@ async function rebuildLayers(
     const tar = await writeHashed(assembleTar(skel, l.runs, l.files.map((f) => ({ path: contentPath(ix.contents[f].digest), size: ix.contents[f].size }))), tarPath);
     if (tar.digest !== l.diffId || tar.size !== l.tarSize) throw corrupt(`rebuilt layer ${l.digest}: tar hashes to ${tar.digest} (${tar.size} bytes), expected diff_id ${l.diffId}`);
     const blobPath = path.join(ldir, `${l.digest.slice(7)}.blob`);
-    built.set(l.digest, await compressLayer(l, tarPath, blobPath));
+    built.set(l.digest, await compressLayer(patch, l, tarPath, blobPath));
     await fsp.rm(tarPath);
   }
   return built;

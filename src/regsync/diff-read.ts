@@ -193,12 +193,17 @@ export async function readOldLayers(oldLayers: Map<string, OldSetLayer>, tmp: st
   }
 }
 
+/** Bytes of the reconstruction record a detection made (0 for other recipes). */
+export function recordBytes(d: Detection): number {
+  return d.reproducible && d.recipe.kind === 'gzip' && d.recipe.engine === 'record' ? (d.recipe.record?.length ?? 0) : 0;
+}
+
 /** Phase: new layers spooled into tmp/new and split; recipe detection started on the pool. */
 export async function readNewLayers(
   toRebuild: NewLayer[],
   tmp: string,
   pool: RegsyncPool,
-  opts: { gzipProgram?: boolean; goEncoders?: boolean },
+  opts: { gzipProgram?: boolean; goEncoders?: boolean; records?: boolean },
   progress: (message: string) => void,
 ): Promise<Rebuild[]> {
   await fsp.mkdir(path.join(tmp, 'new'));
@@ -212,7 +217,7 @@ export async function readNewLayers(
     await decompressFile(`${base}.blob`, l.compression as 'gzip', l.diffId, `${base}.tar`, what);
     const split = await splitTar(createReadStream(`${base}.tar`, { highWaterMark: 1 << 20 }));
     await fsp.writeFile(`${base}.skel`, split.skeleton);
-    const detection = pool.detect({ blobPath: `${base}.blob`, tarPath: `${base}.tar`, compression: l.compression as 'gzip', gzipProgram: opts.gzipProgram, goEncoders: opts.goEncoders });
+    const detection = pool.detect({ blobPath: `${base}.blob`, tarPath: `${base}.tar`, compression: l.compression as 'gzip', gzipProgram: opts.gzipProgram, goEncoders: opts.goEncoders, records: opts.records });
     detection.catch(() => undefined); // awaited below
     rebuilds.push({ nl, blobPath: `${base}.blob`, tarPath: `${base}.tar`, split, skeletonPath: `${base}.skel`, detection, contentIds: [] });
   }
@@ -325,6 +330,11 @@ export async function decideLayers(
     let detection: Detection;
     try {
       detection = await rb.detection;
+      // a record made in a worker thread arrives as a Uint8Array
+      if (detection.reproducible && detection.recipe.kind === 'gzip' && detection.recipe.engine === 'record' && detection.recipe.record) {
+        const r = detection.recipe.record;
+        detection.recipe.record = Buffer.from(r.buffer, r.byteOffset, r.length);
+      }
     } catch (e) {
       detection = { reproducible: false, reason: `recipe detection failed: ${(e as Error).message}`, tried: 0 };
     }
@@ -333,7 +343,7 @@ export async function decideLayers(
       decisions.set(digest, { kind: 'blob', detection, shipped: 'the layer tar ends inside a file', cost: size });
       continue;
     }
-    let cost = sk.data.length + 200;
+    let cost = sk.data.length + 200 + recordBytes(detection);
     const mine: number[] = [];
     for (const id of rb.contentIds) {
       if (owner.has(id)) continue;

@@ -60,6 +60,7 @@ import {
   OldImage,
   PATCH_FORMAT,
   PATCH_VERSION,
+  PATCH_VERSION_RECORDS,
   PatchIndex,
   RebuiltLayer,
   SourceEntry,
@@ -92,6 +93,8 @@ export interface DiffOptions {
   gzipProgram?: boolean;
   /** Try Go's and klauspost's encoders when detecting recipes (default true). */
   goEncoders?: boolean;
+  /** Make a deflate reconstruction record for gzip layers no encoder reproduces (default true; false: such layers are rewritten). */
+  records?: boolean;
   /** Progress lines. */
   onProgress?: (message: string) => void;
 }
@@ -341,7 +344,8 @@ function rebuiltLayerEntry(writer: PatchWriter, t: PatchTables, inp: LayerInputs
   rep.kind = 'rebuilt';
   rep.patchBytes = d.cost;
   if (detection.reproducible) {
-    entry.recipe = detection.recipe;
+    const r = detection.recipe;
+    entry.recipe = r.kind === 'gzip' && r.engine === 'record' ? { ...r, payload: writer.addBuffer(r.record as Buffer) } : r;
     stats.layers.reproducible++;
     rep.reproducible = true;
     rep.recipe = describeRecipe(detection.recipe);
@@ -463,7 +467,7 @@ export async function diffImageSets(opts: DiffOptions): Promise<DiffReport> {
     const { oldLayers, newLayers, toRebuild } = collectLayers(oldSet, newSet);
     const oldIndex = emptyOldIndex();
     if (toRebuild.length > 0) await readOldLayers(oldLayers, tmp, progress, oldIndex);
-    const rebuilds = await readNewLayers(toRebuild, tmp, pool, { gzipProgram: opts.gzipProgram, goEncoders: opts.goEncoders }, progress);
+    const rebuilds = await readNewLayers(toRebuild, tmp, pool, { gzipProgram: opts.gzipProgram, goEncoders: opts.goEncoders, records: opts.records }, progress);
     const planned = planContents(rebuilds, oldIndex);
     await encodeContents(planned, oldIndex.olds, pool, { codec, level, gzipProgram: opts.gzipProgram }, progress);
     const skeletons = await encodeSkeletons(rebuilds, oldIndex.olds, pool, level);
@@ -486,7 +490,7 @@ export async function diffImageSets(opts: DiffOptions): Promise<DiffReport> {
     const oldImages: OldImage[] = oldSet.map((img) => ({ name: img.spec.name, tag: img.spec.tag, ref: img.spec.ref, digest: img.top.digest }));
     const index: Omit<PatchIndex, 'payloads'> = {
       format: PATCH_FORMAT,
-      version: PATCH_VERSION,
+      version: layers.some((l) => l.kind === 'rebuilt' && l.recipe?.kind === 'gzip' && l.recipe.engine === 'record') ? PATCH_VERSION_RECORDS : PATCH_VERSION,
       created: new Date().toISOString(),
       platforms: opts.platforms === 'all' ? 'all' : opts.platforms.map((p) => `${p.os}/${p.architecture}${p.variant ? '/' + p.variant : ''}`),
       old: oldImages,

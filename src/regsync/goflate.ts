@@ -16,7 +16,7 @@
  * threads, one block each).
  */
 import type * as DeflateAddon from 'd4fs-deflate';
-import { failedPrecondition } from '../errors';
+import { corrupt, failedPrecondition } from '../errors';
 
 type Addon = typeof DeflateAddon;
 
@@ -117,4 +117,37 @@ export function kpDeflate(level: number, pgzipBlock: number, input: AsyncIterabl
 /** What kpDeflate writes for `prefix` before the input ends (see deflatePrefix; pgzip: whole batches of `threads` blocks only). */
 export function kpDeflatePrefix(level: number, pgzipBlock: number, prefix: Buffer, threads = 0): Buffer {
   return deflatePrefix(kpEncoder(level, pgzipBlock, threads), prefix);
+}
+
+/**
+ * The reconstruction record of a raw deflate body (native/deflate/src/recon.c): what rebuilds the
+ * body exactly from its uncompressed bytes (`size` of them), or why it cannot be recorded.
+ * Synchronous and CPU-bound (~5 MB/s of body): call it in a worker thread.
+ */
+export function recordEncode(body: Buffer): { record: Buffer; size: number } | string {
+  return load().recEncode(body);
+}
+
+/**
+ * The deflate body `record` describes, rebuilt from `input` (the uncompressed bytes, in order);
+ * at most `maxOut` bytes. A record that does not fit the bytes is CORRUPT.
+ */
+export async function* recordDeflate(record: Uint8Array, maxOut: number, input: AsyncIterable<Buffer>): AsyncGenerator<Buffer> {
+  const a = load();
+  const d = a.recNew(record, maxOut);
+  const native = <T>(f: () => T): T => {
+    try {
+      return f();
+    } catch (e) {
+      throw corrupt(`deflate reconstruction record: ${(e as Error).message}`);
+    }
+  };
+  for await (const chunk of input) {
+    for (let at = 0; at < chunk.length; at += GO_PIECE) {
+      const out = native(() => a.recWrite(d, chunk.subarray(at, at + GO_PIECE)));
+      if (out.length) yield out;
+    }
+  }
+  const tail = native(() => a.recClose(d));
+  if (tail.length) yield tail;
 }

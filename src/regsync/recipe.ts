@@ -25,10 +25,18 @@
  *    the header says a Go writer made it (OS 255; klauspost's writers also
  *    record the zero time as mtime 0x886e0900), pruned on a prefix.
  *
- * Layers that no candidate reproduces (another klauspost version, pgzip
- * blocks of another size, pigz) are "not reproducible": the apply side
- * recompresses them with a deterministic fallback recipe and rewrites the
- * manifest.
+ *  - `record`: any other deflate stream (pigz, libdeflate, zopfli, 7-Zip,
+ *    another klauspost version…) gets a reconstruction record
+ *    (native/deflate/src/recon.c): block boundaries, Huffman headers and
+ *    the LZ77 parse coded as corrections to a predictor run over the tar,
+ *    shipped as a payload of the patch; apply rebuilds the stream from the
+ *    tar and the record, bit for bit. Tried last: it costs bytes (0.5-10%
+ *    of the layer) where the encoders above cost none.
+ *
+ * Layers none of this reproduces are "not reproducible" (zstd layers,
+ * several gzip members, deflate with constructs no encoder writes): the
+ * apply side recompresses them with a deterministic fallback recipe and
+ * rewrites the manifest.
  *
  * Everything here works on files (the tar and the original blob) and runs in a
  * worker thread or the main thread alike.
@@ -40,7 +48,7 @@ import * as zlib from 'node:zlib';
 import { zstdCompressStream } from '../format/zstd';
 import { corrupt, invalidArgument } from '../errors';
 import { gzipHeaderLength } from '../delta/gzmember';
-import { GO_LEVELS, goDeflate, goDeflatePrefix, KP_LEVELS, kpDeflate, kpDeflatePrefix, PGZIP_BLOCKS } from './goflate';
+import { GO_LEVELS, goDeflate, goDeflatePrefix, KP_LEVELS, kpDeflate, kpDeflatePrefix, PGZIP_BLOCKS, recordDeflate, recordEncode } from './goflate';
 
 /** Node's zlib strategies by number (zlib.h). */
 const STRATEGIES = [
@@ -104,6 +112,19 @@ export type Recipe =
       /** gzip header bytes, base64. */
       header: string;
     }
+  | {
+      kind: 'gzip';
+      /** A reconstruction record of the deflate body (./goflate.ts, recordEncode), shipped as a payload. */
+      engine: 'record';
+      /** The payload that holds the record (-1 until the patch writer places it). */
+      payload: number;
+      /** Bytes of the deflate body the record rebuilds. */
+      bodySize: number;
+      /** gzip header bytes, base64. */
+      header: string;
+      /** The record's bytes, at hand (diff: made by detection; apply: read from the payload); never stored in the index. */
+      record?: Buffer;
+    }
   | { kind: 'zstd'; engine: 'zstd-napi'; level: number };
 
 /** Outcome of {@link detectRecipe}. */
@@ -141,6 +162,7 @@ export function describeRecipe(r: Recipe): string {
       if (r.engine === 'go-flate') return `Go compress/flate level ${r.level}`;
       if (r.engine === 'klauspost-flate') return `klauspost/compress flate level ${r.level} (v1.15.12)`;
       if (r.engine === 'pgzip') return `pgzip level ${r.level}, ${r.blockSize / 1024} KiB blocks (klauspost/compress v1.15.12)`;
+      if (r.engine === 'record') return `deflate reconstruction record${r.record ? ` of ${r.record.length} bytes` : ''}`;
       return r.engine === 'gzip'
         ? `${r.tool.split(' ').slice(0, 2).join(' ')} -n -${r.level}${r.rsyncable ? ' --rsyncable' : ''}`
         : `node zlib ${r.zlib} level ${r.level} memLevel ${r.memLevel} strategy ${r.strategy}`;
@@ -306,6 +328,10 @@ function recipeBody(r: Recipe, tarPath: string, tally?: Tally): AsyncIterable<Bu
       if (r.engine === 'go-flate') return goDeflate(r.level, input());
       if (r.engine === 'klauspost-flate') return kpDeflate(r.level, 0, input());
       if (r.engine === 'pgzip') return kpDeflate(r.level, r.blockSize, input());
+      if (r.engine === 'record') {
+        if (!r.record) throw invalidArgument('a record recipe without its record');
+        return recordDeflate(r.record, r.bodySize, input());
+      }
       return r.engine === 'gzip' ? gzipProgramBody(r.level, r.rsyncable, tarPath) : nodeDeflateBody(r, tarPath);
   }
 }
@@ -359,6 +385,8 @@ export function validateRecipe(r: Recipe): void {
       } else if (r.engine === 'pgzip') {
         if (!KP_LEVELS.includes(r.level)) bad('klauspost/compress level');
         if (!int(r.blockSize, 16385, 64 << 20)) bad('pgzip block size');
+      } else if (r.engine === 'record') {
+        if (!int(r.payload, -1, 999_999_999) || !int(r.bodySize, 2, MAX_RECORD_BODY)) bad('record payload or body size');
       } else {
         bad(`unknown gzip engine ${String((r as { engine?: unknown }).engine)}`);
       }
@@ -380,6 +408,7 @@ export function validateRecipe(r: Recipe): void {
  *
  *   none | zstd LEVEL | go LEVEL | kp LEVEL | pgzip LEVEL BLOCKSIZE
  *   | zlib LEVEL MEMLEVEL STRATEGY WINDOWBITS | gzip LEVEL RSYNCABLE(0|1)
+ *   | rec PAYLOAD BODYSIZE
  *
  * HEADER is the gzip header in base64 without padding, left out when it is
  * the one the engine writes by default (defaultGzipHeader: Go's and
@@ -393,15 +422,16 @@ export function validateRecipe(r: Recipe): void {
 /** The mtime klauspost's gzip writers record for a zero time (Go's time.Time{}.Unix() as a uint32); Go's own records 0. */
 const KLAUSPOST_ZERO_MTIME = 0x886e0900;
 
-const STORED_ENGINES = { 'go-flate': 'go', 'klauspost-flate': 'kp', pgzip: 'pgzip', 'node-zlib': 'zlib', gzip: 'gzip' } as const;
+const STORED_ENGINES = { 'go-flate': 'go', 'klauspost-flate': 'kp', pgzip: 'pgzip', 'node-zlib': 'zlib', gzip: 'gzip', record: 'rec' } as const;
 /** The stored form's syntax: engine, integers (canonical: no leading zeros, no "-0"), header, info. */
-const STORED_RE = /^(none|zstd|go|kp|pgzip|zlib|gzip)((?: (?:0|-?[1-9][0-9]{0,8}))*)(?: @([A-Za-z0-9+/]{14,4096}))?(?: ~([\x20-\x7e]{1,200}))?$/;
+const STORED_RE = /^(none|zstd|go|kp|pgzip|zlib|gzip|rec)((?: (?:0|-?[1-9][0-9]{0,8}))*)(?: @([A-Za-z0-9+/]{14,4096}))?(?: ~([\x20-\x7e]{1,200}))?$/;
 /** Longest stored recipe read (the header's 4096 characters of base64 and the info's 200 bound it anyway). */
 const STORED_MAX = 4400;
 
 /** The gzip header `engine` writes at `level` when nothing is set (no name, zero time): the header a stored recipe leaves out. */
 export function defaultGzipHeader(engine: Extract<Recipe, { kind: 'gzip' }>['engine'], level: number): Buffer {
   if (engine === 'node-zlib') return FALLBACK_GZIP_HEADER;
+  if (engine === 'record') return Buffer.from([0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3]); // gzip -n's, as pigz -n writes it
   // XFL: 2 for the best compression (9), 4 for the fastest (1), as Go's, klauspost's and GNU gzip's writers record it
   const xfl = level === 9 ? 2 : level === 1 ? 4 : 0;
   const h = Buffer.from([0x1f, 0x8b, 8, 0, 0, 0, 0, 0, xfl, 0xff]);
@@ -420,7 +450,9 @@ export function storedRecipe(r: Recipe): string {
       return `zstd ${r.level}`;
     case 'gzip': {
       const ints =
-        r.engine === 'pgzip'
+        r.engine === 'record'
+          ? [r.payload, r.bodySize]
+          : r.engine === 'pgzip'
           ? [r.level, r.blockSize]
           : r.engine === 'node-zlib'
             ? [r.level, r.memLevel, r.strategy, r.windowBits]
@@ -429,7 +461,7 @@ export function storedRecipe(r: Recipe): string {
               : [r.level];
       let s = [STORED_ENGINES[r.engine], ...ints].join(' ');
       const header = Buffer.from(r.header, 'base64');
-      if (!header.equals(defaultGzipHeader(r.engine, r.level))) s += ` @${header.toString('base64').replace(/=+$/, '')}`;
+      if (!header.equals(defaultGzipHeader(r.engine, r.engine === 'record' ? 0 : r.level))) s += ` @${header.toString('base64').replace(/=+$/, '')}`;
       const info = r.engine === 'node-zlib' ? r.zlib : r.engine === 'gzip' ? r.tool : undefined;
       // informational only: anything outside printable ASCII or too long is cut, never refused
       if (info !== undefined) s += ` ~${info.replace(/[^\x20-\x7e]/g, '?').slice(0, 200) || '?'}`;
@@ -489,6 +521,11 @@ export function readRecipe(v: unknown): Recipe {
     case 'pgzip':
       arity(2);
       r = { kind: 'gzip', engine: 'pgzip', level, blockSize: ints[1], header: h('pgzip') };
+      break;
+    case 'rec':
+      arity(2);
+      if (ints[0] < 0) bad('a record payload is not negative');
+      r = { kind: 'gzip', engine: 'record', payload: ints[0], bodySize: ints[1], header: h('record') };
       break;
     case 'zlib':
       arity(4);
@@ -589,8 +626,31 @@ function pgzipBlocks(bodyHead: Buffer): number[] {
   return out;
 }
 
+/** Largest deflate body a record is made for: the encoder holds the body in memory, and the stored form's integers have 9 digits. */
+export const MAX_RECORD_BODY = 999_999_999;
+
+/**
+ * A reconstruction record of the body (`bodyLen` bytes at `hlen` of the open blob), confirmed by
+ * rebuilding the body from the tar with it; or why there is none.
+ */
+async function recordRecipe(fh: fsp.FileHandle, hlen: number, bodyLen: number, h64: string, tarPath: string, tarSize: number): Promise<{ recipe: Recipe } | { reason: string }> {
+  if (bodyLen > MAX_RECORD_BODY) return { reason: `no reconstruction record for a body of more than ${MAX_RECORD_BODY} bytes` };
+  const body = Buffer.allocUnsafe(bodyLen);
+  const { bytesRead } = await fh.read(body, 0, bodyLen, hlen);
+  if (bytesRead !== bodyLen) return { reason: 'the layer blob changed while it was read' };
+  const made = recordEncode(body);
+  if (typeof made === 'string') return { reason: `no reconstruction record: ${made}` };
+  if (made.size !== tarSize) return { reason: `the deflate stream inflates to ${made.size} bytes, the tar has ${tarSize}` };
+  const recipe: Recipe = { kind: 'gzip', engine: 'record', payload: -1, bodySize: bodyLen, header: h64, record: made.record };
+  // the record is checked as every recipe is: the body it rebuilds from the tar must be the original
+  if (!(await sameAsFile(recipeBody(recipe, tarPath), fh, hlen, bodyLen))) return { reason: 'the reconstruction record did not rebuild the body (a d4fs bug: please report it)' };
+  return { recipe };
+}
+
 /** Options of {@link detectRecipe}. */
 export interface DetectOptions {
+  /** Make a reconstruction record when no encoder reproduces the layer (default true). */
+  records?: boolean;
   /** Try the gzip program too (default: when it is on PATH). */
   gzipProgram?: boolean;
   /** Try Go's and klauspost's encoders (default true). */
@@ -715,7 +775,14 @@ export async function detectRecipe(blobPath: string, tarPath: string, compressio
       os === 255
         ? "the gzip header (OS 255) points to a Go compressor, but neither Go's compress/flate nor klauspost/compress v1.15.12 at any level (alone, or in pgzip's blocks of any size its sync flushes show) reproduces it (another version of klauspost's, or another encoder)"
         : 'no zlib, gzip or Go encoder reproduces the deflate stream (pigz, another deflate implementation, or another zlib version)';
-    return { reproducible: false, reason: `${tried} candidate compressors tried: ${who}`, tried };
+    let why = `${tried} candidate compressors tried: ${who}`;
+    if (opts.records !== false) {
+      tried++;
+      const rec = await recordRecipe(fh, hlen, bodyLen, h64, tarPath, tarSize);
+      if ('recipe' in rec) return { reproducible: true, recipe: rec.recipe, tried };
+      why += `; ${rec.reason}`;
+    }
+    return { reproducible: false, reason: why, tried };
   } finally {
     await fh.close();
   }

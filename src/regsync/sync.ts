@@ -47,6 +47,8 @@ export interface SyncOptions {
   workDir?: string;
   /** Keep the patch here (default: a temp file, removed). */
   keepPatch?: string;
+  /** Deflate reconstruction records for layers no encoder reproduces (default true; false: such layers are rewritten). */
+  records?: boolean;
   onProgress?: (message: string) => void;
 }
 
@@ -166,6 +168,7 @@ export async function syncRegistries(opts: SyncOptions): Promise<SyncReport> {
       codec: opts.codec,
       threads: opts.threads,
       workDir: opts.workDir,
+      records: opts.records,
       onProgress: progress,
     });
     report.apply = await applyPatch({

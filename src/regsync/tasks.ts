@@ -163,9 +163,10 @@ export interface DetectArgs {
   compression: 'gzip' | 'zstd' | 'none';
   gzipProgram?: boolean;
   goEncoders?: boolean;
+  records?: boolean;
 }
 
 /** Recipe detection (see ./recipe.ts). */
 export function detect(a: DetectArgs): Promise<Detection> {
-  return detectRecipe(a.blobPath, a.tarPath, a.compression, { gzipProgram: a.gzipProgram, goEncoders: a.goEncoders });
+  return detectRecipe(a.blobPath, a.tarPath, a.compression, { gzipProgram: a.gzipProgram, goEncoders: a.goEncoders, records: a.records });
 }

@@ -15,8 +15,14 @@ export const PATCH_FORMAT = 'd4fs-registry-patch';
  * still read ({@link PATCH_VERSIONS_READ}).
  */
 export const PATCH_VERSION = 2;
+/**
+ * Version written when a layer's recipe is a reconstruction record (`rec`,
+ * a payload): readers that know only version 2 refuse such a patch by its
+ * version instead of by an unknown recipe.
+ */
+export const PATCH_VERSION_RECORDS = 3;
 /** Versions of the index this code reads. */
-export const PATCH_VERSIONS_READ: readonly number[] = [1, 2];
+export const PATCH_VERSIONS_READ: readonly number[] = [1, 2, 3];
 
 /** An image of the old set, as the patch was made against it. */
 export interface OldImage {

@@ -291,7 +291,7 @@ function checkExtracts(sources: CheckedSource[], contents: CheckedContent[]): vo
 }
 
 /** A rebuilt layer: skeleton, runs and files adding up to its tar, exactly one of recipe and fallback. */
-function checkRebuiltLayer(e: Obj, w: string, payloads: Payloads, sources: CheckedSource[], contents: CheckedContent[]): void {
+function checkRebuiltLayer(e: Obj, w: string, payloads: Payloads, sources: CheckedSource[], contents: CheckedContent[], version: number): void {
   const tarSize = int(e.tarSize, `${w}.tarSize`, LIMITS.blob);
   const sk = obj(e.skeleton, `${w}.skeleton`);
   const skSize = int(sk.size, `${w}.skeleton.size`, Math.min(LIMITS.skeleton, tarSize));
@@ -315,8 +315,15 @@ function checkRebuiltLayer(e: Obj, w: string, payloads: Payloads, sources: Check
   if ((e.recipe === undefined) === (e.fallback === undefined)) bad(w, 'needs exactly one of recipe and fallback');
   try {
     // a recipe is read into its object (either stored form: the string or version 1's object), in place
-    if (e.recipe !== undefined) e.recipe = readRecipe(e.recipe);
-    else {
+    if (e.recipe !== undefined) {
+      const r = readRecipe(e.recipe);
+      e.recipe = r;
+      if (r.kind === 'gzip' && r.engine === 'record') {
+        if (version < 3) bad(`${w}.recipe`, 'a reconstruction record needs index version 3');
+        const p = payloadRef(payloads, r.payload, `${w}.recipe payload`);
+        if (payloads.list[p].length < 11) bad(`${w}.recipe`, 'the record payload is too short');
+      }
+    } else {
       const fb = obj(e.fallback, `${w}.fallback`);
       fb.recipe = readRecipe(fb.recipe);
       digest(fb.digest, `${w}.fallback.digest`);
@@ -349,7 +356,7 @@ function checkLayers(ix: Obj, payloads: Payloads, sources: CheckedSource[], cont
         return;
       }
       case 'rebuilt': {
-        checkRebuiltLayer(e, w, payloads, sources, contents);
+        checkRebuiltLayer(e, w, payloads, sources, contents, ix.version as number);
         return;
       }
       default:

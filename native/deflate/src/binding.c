@@ -13,6 +13,11 @@
  *   kpWrite(encoder, bytes) → Buffer, kpClose(encoder) → Buffer   as above
  *   zlibRaw(bytes, level, memLevel[, expected]) → Buffer | boolean   raw deflate by the
  *                                       system's zlib (zlibraw.c); with expected: equal to it?
+ *   recEncode(body) → { record, size } | string   reconstruction record of a raw deflate
+ *                                       body (recon.h), or why there is none
+ *   recNew(record, maxOut) → decoder; recWrite(decoder, bytes) → Buffer;
+ *   recClose(decoder) → Buffer          the body rebuilt from the record and the
+ *                                       uncompressed bytes; throws when they do not fit
  *
  * Calls are synchronous (CPU-bound: run them in a worker thread); a pgzip
  * encoder's calls use threads of their own for the blocks they compress. An
@@ -25,6 +30,7 @@
 #include "goflate.h"
 #include "kpflate.h"
 #include "zlibraw.h"
+#include "recon.h"
 
 typedef struct {
   gf *e;
@@ -233,6 +239,132 @@ static napi_value js_kp_close(napi_env env, napi_callback_info info) {
   return out;
 }
 
+/* ---- reconstruction records (recon.h) ---- */
+
+static int get_bytes(napi_env env, napi_value v, void **data, size_t *len) {
+  bool is = false;
+  napi_typedarray_type type;
+  if (napi_is_typedarray(env, v, &is) != napi_ok || !is || napi_get_typedarray_info(env, v, &type, len, data, NULL, NULL) != napi_ok || type != napi_uint8_array)
+    return -1;
+  return 0;
+}
+
+static napi_value js_rec_encode(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  void *data = NULL;
+  size_t len = 0;
+  if (argc < 1 || get_bytes(env, argv[0], &data, &len)) {
+    napi_throw_type_error(env, NULL, "d4fs-deflate: recEncode(body): body must be a Uint8Array");
+    return NULL;
+  }
+  uint8_t *rec = NULL;
+  size_t n = 0;
+  uint64_t usize = 0;
+  const char *why = NULL;
+  napi_value res;
+  if (rec_encode(data, len, &rec, &n, &usize, &why) != 0) {
+    napi_create_string_utf8(env, why ? why : "unknown", NAPI_AUTO_LENGTH, &res);
+    return res;
+  }
+  napi_value buf = bytes_out(env, rec, n);
+  free(rec);
+  if (!buf) return NULL;
+  napi_value size;
+  napi_create_double(env, (double)usize, &size);
+  napi_create_object(env, &res);
+  napi_set_named_property(env, res, "record", buf);
+  napi_set_named_property(env, res, "size", size);
+  return res;
+}
+
+static void rec_finalize(napi_env env, void *data, void *hint) {
+  (void)env;
+  (void)hint;
+  rec_dec **h = data;
+  rec_dec_free(*h);
+  free(h);
+}
+
+static rec_dec **get_rec(napi_env env, napi_value v) {
+  rec_dec **h = NULL;
+  if (napi_get_value_external(env, v, (void **)&h) != napi_ok || !h || !*h) {
+    napi_throw_type_error(env, NULL, "d4fs-deflate: not an open record decoder");
+    return NULL;
+  }
+  return h;
+}
+
+static napi_value js_rec_new(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  void *data = NULL;
+  size_t len = 0;
+  double max_out = -1;
+  if (argc < 2 || get_bytes(env, argv[0], &data, &len) || napi_get_value_double(env, argv[1], &max_out) != napi_ok || !(max_out >= 0)) {
+    napi_throw_type_error(env, NULL, "d4fs-deflate: recNew(record, maxOut)");
+    return NULL;
+  }
+  rec_dec **h = calloc(1, sizeof(*h));
+  if (!h || !(*h = rec_dec_new(data, len, (uint64_t)max_out))) {
+    free(h);
+    napi_throw_error(env, NULL, "d4fs-deflate: out of memory");
+    return NULL;
+  }
+  napi_value ext;
+  if (napi_create_external(env, h, rec_finalize, NULL, &ext) != napi_ok) {
+    rec_dec_free(*h);
+    free(h);
+    napi_throw_error(env, NULL, "d4fs-deflate: cannot create the decoder");
+    return NULL;
+  }
+  return ext;
+}
+
+static napi_value rec_out(napi_env env, rec_dec **h, int rc) {
+  if (rc != 0) {
+    const char *why = rec_dec_error(*h);
+    rec_dec_free(*h);
+    *h = NULL;
+    napi_throw_error(env, "CORRUPT", why ? why : "the record does not fit the data");
+    return NULL;
+  }
+  size_t n;
+  const uint8_t *p = rec_dec_take(*h, &n);
+  return bytes_out(env, p, n);
+}
+
+static napi_value js_rec_write(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  rec_dec **h = argc >= 1 ? get_rec(env, argv[0]) : NULL;
+  if (!h) return NULL;
+  void *data = NULL;
+  size_t len = 0;
+  if (argc < 2 || get_bytes(env, argv[1], &data, &len)) {
+    napi_throw_type_error(env, NULL, "d4fs-deflate: recWrite(decoder, bytes): bytes must be a Uint8Array");
+    return NULL;
+  }
+  return rec_out(env, h, rec_dec_write(*h, data, len));
+}
+
+static napi_value js_rec_close(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  rec_dec **h = argc >= 1 ? get_rec(env, argv[0]) : NULL;
+  if (!h) return NULL;
+  napi_value out = rec_out(env, h, rec_dec_finish(*h));
+  if (*h) {
+    rec_dec_free(*h);
+    *h = NULL;
+  }
+  return out;
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
       {"goNew", NULL, js_new, NULL, NULL, NULL, napi_default, NULL},
@@ -243,6 +375,10 @@ static napi_value init(napi_env env, napi_value exports) {
       {"kpWrite", NULL, js_kp_write, NULL, NULL, NULL, napi_default, NULL},
       {"kpClose", NULL, js_kp_close, NULL, NULL, NULL, napi_default, NULL},
       {"zlibRaw", NULL, zlib_raw, NULL, NULL, NULL, napi_default, NULL},
+      {"recEncode", NULL, js_rec_encode, NULL, NULL, NULL, napi_default, NULL},
+      {"recNew", NULL, js_rec_new, NULL, NULL, NULL, napi_default, NULL},
+      {"recWrite", NULL, js_rec_write, NULL, NULL, NULL, napi_default, NULL},
+      {"recClose", NULL, js_rec_close, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props);
   return exports;
