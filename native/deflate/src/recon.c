@@ -278,10 +278,20 @@ static int dec_gamma(rcdec *d, prob *u, uint32_t *v) {
 /* ------------------------------------------------------------------------ */
 /* The window of uncompressed bytes and the predictor's hash chains */
 
+/*
+ * The candidates at a position: distances in chain order, and their match
+ * lengths where measured (0: not measured, at most lmax; clen() measures it
+ * when a decision needs it). A candidate is measured during the search only
+ * when it could beat the longest so far (its byte at that length matches,
+ * as zlib's search does), which halves the search's time; the lengths any
+ * decision sees are the same either way.
+ */
 typedef struct {
   int n;
   int lmax;
   int far3;
+  int maxlen;
+  int64_t p;
   uint16_t dist[CHAIN];
   uint16_t len[CHAIN];
 } cands;
@@ -294,8 +304,9 @@ typedef struct {
   int64_t ins;    /* positions below are in the chains */
   int64_t *head;  /* HSIZE */
   int64_t *prev;  /* PMASK + 1 */
-  int64_t cpos;   /* position of `cache`, -1 for none */
-  cands cache;
+  int64_t cpos;   /* position of slot[cidx], -1 for none */
+  int cidx;
+  cands slot[2];  /* candidates at the token's position and the next */
   int chain;      /* the profile's: candidates visited per position */
   int max_insert; /* the profile's: positions inside a longer match are not hashed (0: all are) */
   int nice;       /* the profile's: the search stops at a match this long */
@@ -385,23 +396,37 @@ static void find(win *w, int64_t p, cands *c) {
   c->n = 0;
   c->lmax = 0;
   c->far3 = 0;
+  c->p = p;
   int maxlen = maxlen_at(w, p);
+  c->maxlen = maxlen;
   if (maxlen < 3) return;
   const uint8_t *cur = at(w, p);
   int64_t q = w->head[hash3(cur)];
   for (int visited = 0; q >= 0 && p - q <= WSIZE && visited < w->chain; visited++) {
     const uint8_t *m = at(w, q);
     if (m[0] == cur[0] && m[1] == cur[1] && m[2] == cur[2]) {
-      int l = 3 + df_match_len(m + 3, cur + 3, maxlen - 3);
+      int l = 0;
+      if (c->lmax < 3 || m[c->lmax] == cur[c->lmax]) {
+        l = 3 + df_match_len(m + 3, cur + 3, maxlen - 3);
+        if (l > c->lmax) c->lmax = l;
+      }
       c->dist[c->n] = (uint16_t)(p - q);
       c->len[c->n] = (uint16_t)l;
       c->n++;
-      if (l > c->lmax) c->lmax = l;
       if (l == maxlen || l >= w->nice) break;
     }
     q = w->prev[q & PMASK];
   }
   if (c->lmax == 3 && c->dist[0] > 4096) c->far3 = 1;
+}
+
+/* Match length of candidate i (measured now if the search did not). */
+static inline int clen(const win *w, cands *c, int i) {
+  if (!c->len[i]) {
+    const uint8_t *cur = at(w, c->p);
+    c->len[i] = (uint16_t)(3 + df_match_len(cur - c->dist[i] + 3, cur + 3, c->maxlen - 3));
+  }
+  return c->len[i];
 }
 
 static int bucket(const cands *c) {
@@ -417,19 +442,23 @@ static int bucket(const cands *c) {
   return 9;
 }
 
-/* Candidates at p (a) and p + 1 (b); the chains then hold every position up to p. */
-static void predict(win *w, int64_t p, cands *a, cands *b) {
+/* Candidates at p (*a) and p + 1 (*b), in the window's slots; the chains then hold every position up to p. */
+static void predict(win *w, int64_t p, cands **a, cands **b) {
+  int ia = 0;
   if (w->cpos == p) {
-    *a = w->cache;
+    ia = w->cidx;
   } else {
     insert_upto(w, p);
-    find(w, p, a);
+    find(w, p, &w->slot[0]);
   }
+  int ib = ia ^ 1;
   insert_upto(w, p + 1);
-  if (p + 1 <= w->avail) find(w, p + 1, b);
-  else b->n = b->lmax = b->far3 = 0;
-  w->cache = *b;
+  if (p + 1 <= w->avail) find(w, p + 1, &w->slot[ib]);
+  else w->slot[ib].n = w->slot[ib].lmax = w->slot[ib].far3 = 0;
+  w->cidx = ib;
   w->cpos = p + 1;
+  *a = &w->slot[ia];
+  *b = &w->slot[ib];
 }
 
 typedef struct {
@@ -603,27 +632,27 @@ static int q_push(encoder *e, const event *ev) {
 
 /* Codes one token at e->p against the predictor. */
 static void code_token(encoder *e, int L, int D) {
-  cands a, b;
+  cands *a, *b;
   predict(&e->w, e->p, &a, &b);
-  int bl = bucket(&a);
+  int bl = bucket(a);
   CAT(1);
-  rce_bit(&e->rc, &e->m.is_match[bl][cmp_next(&a, &b)][e->prev_match], L > 0);
+  rce_bit(&e->rc, &e->m.is_match[bl][cmp_next(a, b)][e->prev_match], L > 0);
   if (L == 0) {
     e->p += 1;
     e->prev_match = 0;
     return;
   }
-  int eq = L == a.lmax;
+  int eq = L == a->lmax;
   CAT(2);
   rce_bit(&e->rc, &e->m.len_eq[bl], eq);
   if (!eq) {
-    rce_bit(&e->rc, &e->m.len_m1[bl], L == a.lmax - 1);
-    if (L != a.lmax - 1) enc_tree8(&e->rc, e->m.len_short[grp(a.lmax)], (uint32_t)(L - 3));
+    rce_bit(&e->rc, &e->m.len_m1[bl], L == a->lmax - 1);
+    if (L != a->lmax - 1) enc_tree8(&e->rc, e->m.len_short[grp(a->lmax)], (uint32_t)(L - 3));
   }
   int rank = -1, m = 0;
-  for (int i = 0; i < a.n; i++) {
-    if (a.len[i] < L) continue;
-    if (a.dist[i] == D) {
+  for (int i = 0; i < a->n; i++) {
+    if (clen(&e->w, a, i) < L) continue;
+    if (a->dist[i] == D) {
       rank = m;
       break;
     }
@@ -985,12 +1014,12 @@ static int block_start(rec_dec *d) {
 }
 
 static int token(rec_dec *d) {
-  cands a, b;
+  cands *a, *b;
   win *w = &d->w;
   if (d->p >= w->avail) return fail(d, "the record has more tokens than the data");
   predict(w, d->p, &a, &b);
-  int bl = bucket(&a);
-  if (!rcd_bit(&d->rc, &d->m.is_match[bl][cmp_next(&a, &b)][d->prev_match])) {
+  int bl = bucket(a);
+  if (!rcd_bit(&d->rc, &d->m.is_match[bl][cmp_next(a, b)][d->prev_match])) {
     if (put_sym(d, *at(w, d->p))) return -1;
     d->p += 1;
     d->prev_match = 0;
@@ -998,14 +1027,14 @@ static int token(rec_dec *d) {
   }
   int L;
   int eq = rcd_bit(&d->rc, &d->m.len_eq[bl]);
-  if (eq) L = a.lmax;
-  else if (rcd_bit(&d->rc, &d->m.len_m1[bl])) L = a.lmax - 1;
-  else L = 3 + (int)dec_tree8(&d->rc, d->m.len_short[grp(a.lmax)]);
+  if (eq) L = a->lmax;
+  else if (rcd_bit(&d->rc, &d->m.len_m1[bl])) L = a->lmax - 1;
+  else L = 3 + (int)dec_tree8(&d->rc, d->m.len_short[grp(a->lmax)]);
   if (L < 3 || L > maxlen_at(w, d->p)) return fail(d, "the record holds a match length that does not fit");
   int D = -1;
   if (rcd_bit(&d->rc, &d->m.dist0[eq][bl])) {
-    for (int i = 0; i < a.n && D < 0; i++)
-      if (a.len[i] >= L) D = a.dist[i];
+    for (int i = 0; i < a->n && D < 0; i++)
+      if (clen(w, a, i) >= L) D = a->dist[i];
   } else {
     uint32_t v;
     if (dec_gamma(&d->rc, d->m.rank[eq], &v)) return fail(d, "the record holds a rank that is not valid");
@@ -1013,8 +1042,8 @@ static int token(rec_dec *d) {
       D = 1 + (int)rcd_direct(&d->rc, 15);
     } else {
       uint32_t m = 0;
-      for (int i = 0; i < a.n && D < 0; i++)
-        if (a.len[i] >= L && m++ == v) D = a.dist[i];
+      for (int i = 0; i < a->n && D < 0; i++)
+        if (clen(w, a, i) >= L && m++ == v) D = a->dist[i];
     }
   }
   if (D < 1 || D > d->p) return fail(d, "the record holds a distance that does not fit");
