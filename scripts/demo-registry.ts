@@ -1,7 +1,8 @@
 /**
  * The registry-to-registry half of `make demo`: two private registries (the
- * destination with auth), an old image set (nginx v1, redis v1) in both and a
- * new set (nginx v2, redis v2) in the source; one patch carries the new set
+ * destination with auth), an old image set (nginx v1, redis v1, libssl v1) in
+ * both and a new set (v2 of each) in the source, with layers as three kinds of
+ * tools compress them (GNU gzip, umoci's Go pgzip, pigz); one patch carries the new set
  * across, `registry apply` rebuilds it at the destination and the digests are
  * compared. Registries are stopped at the end.
  *   node dist/scripts/demo-registry.js OUT_DIR
@@ -51,16 +52,18 @@ async function main(): Promise<void> {
     say('15. Two registries: a primary, and an air-gapped site (with auth) that holds the old release');
     [src, dst] = await Promise.all([startRegistry(), startRegistry({ auth: { user: 'edge', pass: 'edge-pass' } })]);
     process.stdout.write(`primary ${src.host}, site ${dst.host}\n`);
-    const sets: Record<string, ImageName[]> = { old: ['nginx-v1', 'redis-v1'], new: ['nginx-v2', 'redis-v2'] };
+    const sets: Record<string, ImageName[]> = { old: ['nginx-v1', 'redis-v1', 'libssl-v1'], new: ['nginx-v2', 'redis-v2', 'libssl-v2'] };
     for (const n of [...sets.old, ...sets.new]) {
       const img = await buildDebImage(n);
       const [repo, v] = n.split('-');
-      // nginx's layers as `gzip -9n` writes them; redis's as umoci wrote them (pgzip, 256 KiB blocks): both reproduced
+      // nginx's layers as `gzip -9n` writes them (reproduced by the gzip program); redis's as umoci
+      // wrote them (Go's pgzip, 256 KiB blocks: d4fs's reimplementation); libssl's by pigz (no encoder
+      // d4fs has: a reconstruction record in the patch)
       let layout = img.layout;
-      if (repo === 'nginx') {
-        layout = join(out, `gzip9n-${n}`);
+      if (repo === 'nginx' || repo === 'libssl') {
+        layout = join(out, `${repo === 'nginx' ? 'gzip9n' : 'pigz'}-${n}`);
         await fsp.rm(layout, { recursive: true, force: true });
-        await recompressLayout(img.layout, img.tag, layout, 'gzip-9n');
+        await recompressLayout(img.layout, img.tag, layout, repo === 'nginx' ? 'gzip-9n' : 'pigz');
       }
       await pushOciLayout(layout, img.tag, src.host, `release/${repo}:${v}`);
       if (sets.old.includes(n)) await pushOciLayout(layout, img.tag, dst.host, `release/${repo}:${v}`, creds);
@@ -91,6 +94,8 @@ async function main(): Promise<void> {
           `${pad}  image ID (config) ${b.config}  ${a.config === b.config ? 'identical' : `DIFFERENT from the primary's ${a.config}`}\n`,
       );
       if (a.config !== b.config) throw new Error(`release/${repo}:${v}: the site's image differs from the primary's`);
+      // every layer's compression is reproduced here (gzip, Go's pgzip, a record for pigz): a rewritten manifest is a regression
+      if (a.manifest !== b.manifest) throw new Error(`release/${repo}:${v}: the site's manifest was rewritten`);
     }
   } finally {
     await Promise.all([src?.stop(), dst?.stop()]);
