@@ -311,6 +311,37 @@ describe('registry diff / apply / sync', () => {
     // the patch is a version 3 index (a record is a payload an older reader would not know)
     const opened = await PatchReader.open(patch);
     expect(opened.index.version).toBe(3);
+
+    // a hostile record (one byte changed, its payload digest and the root made consistent): the
+    // rebuild refuses it (CORRUPT, exit 6) before anything is pushed
+    const bytes = await fsp.readFile(patch);
+    const storedLen = Number(bytes.readBigUInt64LE(16));
+    const region = bytes.subarray(HEADER_SIZE + storedLen);
+    const withRecord = opened.index.layers.find((l) => l.kind === 'rebuilt' && l.recipe?.kind === 'gzip' && l.recipe.engine === 'record');
+    const recPayload = withRecord?.kind === 'rebuilt' && withRecord.recipe?.kind === 'gzip' && withRecord.recipe.engine === 'record' ? withRecord.recipe.payload : -1;
+    expect(recPayload).toBeGreaterThanOrEqual(0);
+    const range = opened.payloadRange(recPayload);
+    const rel = range.start - HEADER_SIZE - storedLen;
+    const rec = Buffer.from(region.subarray(rel, rel + range.length));
+    rec[rec.length >> 1] ^= 0x10;
+    const { createHash } = await import('node:crypto');
+    const ix = JSON.parse(JSON.stringify(opened.index)) as { payloads: { length: number; digest: string }[] };
+    ix.payloads[recPayload].digest = `sha256:${createHash('sha256').update(rec).digest('hex')}`;
+    const json = Buffer.from(JSON.stringify(ix));
+    const stored = compressFull(json, 3);
+    const header = Buffer.from(bytes.subarray(0, HEADER_SIZE));
+    header.writeBigUInt64LE(BigInt(stored.length), 16);
+    header.writeBigUInt64LE(BigInt(json.length), 24);
+    createHash('sha256').update(stored).digest().copy(header, 40);
+    const lie = path.join(work, 'pz-rec-lie.patch');
+    await fsp.writeFile(lie, Buffer.concat([header, stored, region.subarray(0, rel), rec, region.subarray(rel + range.length)]));
+    const before = await storageFiles(dst);
+    const refused = await cli(['registry', 'apply', lie, '--to', `docker://${dst.host}`, '--dest-creds', CREDS_ARG, '-q']);
+    expect(refused.code).toBe(6);
+    expect(refused.stderr).toMatch(/reconstruction record/);
+    expect(refused.stderr.trim().split('\n')).toHaveLength(1);
+    expect(await storageFiles(dst)).toEqual(before);
+    expect(await tagsOf(dst.host, 'pz/libssl-rec', CREDS_ARG)).toEqual([]);
     const applied = await applyPatch({ patch, to: `docker://${dst.host}`, dest: { creds: CREDS_ARG }, old: ['pz/libssl:v1', 'pz/nginx:v1'] });
     for (const img of applied.images) expect({ img: img.target, identical: img.identical }).toEqual({ img: img.target, identical: true });
     for (const f of ['libssl', 'nginx']) {
