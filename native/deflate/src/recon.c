@@ -316,6 +316,7 @@ typedef struct {
   int max_insert; /* the profile's: positions inside a longer match are not hashed (0: all are) */
   int nice;       /* the profile's: the search stops at a match this long */
   int h4;         /* the profile's: the chain's depth counts 4-byte matches only; of the 3-byte-only ones, the nearest is listed */
+  int zhash;      /* the profile's: chains by zlib's hash (15 bits), so that a short chain meets zlib's collisions */
 } win;
 
 /*
@@ -325,15 +326,17 @@ typedef struct {
  * levels 1-3 (short chains, positions inside a match longer than
  * max_insert not hashed); 4 a matcher looking at two candidates; 5 and 6
  * matchers whose chains hold 4-byte matches, with the nearest 3-byte match
- * beside them (libdeflate's: h4). Measured (record / gzip size): pigz -1
- * 21% with profile 0 alone, 5.0% with profiles 1-3 (a tar of this
- * repository's sources); libdeflate -6 3.3% to 2.5% with profile 5 and
- * -9 4.6% to 3.8% with profile 6 (a 3 MB tar; 30 or 40 candidates instead
- * of 35 measured worse).
+ * beside them (libdeflate's: h4). Profiles 0-3 chain positions by zlib's
+ * own hash, so that the chain's limit meets the collisions zlib's does.
+ * Measured (record / gzip size): pigz -1 21% with profile 0 alone, 5.0%
+ * with profiles 1-3 (a tar of this repository's sources), 1.6% with zlib's
+ * hash (a 3 MB tar); pigz -6 0.50% to 0.25% with zlib's hash in profile 0;
+ * libdeflate -6 3.3% to 2.5% with profile 5 and -9 4.6% to 3.8% with
+ * profile 6 (30 or 40 candidates instead of 35 measured worse).
  */
 static const struct {
-  int chain, max_insert, nice, h4;
-} PROFILES[] = {{128, 0, MAXM, 0}, {4, 4, 8, 0}, {8, 5, 16, 0}, {32, 6, 32, 0}, {2, 0, MAXM, 0}, {35, 0, 65, 1}, {100, 0, MAXM, 1}};
+  int chain, max_insert, nice, h4, zhash;
+} PROFILES[] = {{128, 0, MAXM, 0, 1}, {4, 4, 8, 0, 1}, {8, 5, 16, 0, 1}, {32, 6, 32, 0, 1}, {2, 0, MAXM, 0, 0}, {35, 0, 65, 1, 0}, {100, 0, MAXM, 1, 0}};
 #define NPROFILES ((int)(sizeof(PROFILES) / sizeof(PROFILES[0])))
 
 static int win_init(win *w) {
@@ -369,7 +372,8 @@ static inline int64_t win_keep(const win *w, int64_t p) {
   return k - WSIZE - 8;
 }
 
-static inline uint32_t hash3(const uint8_t *c) {
+static inline uint32_t hash3(const win *w, const uint8_t *c) {
+  if (w->zhash) return ((uint32_t)c[0] << 10 ^ (uint32_t)c[1] << 5 ^ c[2]) & 0x7FFF;
   return (((uint32_t)c[0] << 16 | (uint32_t)c[1] << 8 | c[2]) * 0x9E3779B1u) >> (32 - HBITS);
 }
 
@@ -381,7 +385,7 @@ static void insert_upto(win *w, int64_t p) {
   for (; w->ins < p; w->ins++) {
     int64_t q = w->ins;
     if (q + 3 > w->avail) continue;
-    uint32_t h = hash3(at(w, q));
+    uint32_t h = hash3(w, at(w, q));
     w->prev[q & PMASK] = w->head[h];
     w->head[h] = q;
   }
@@ -411,7 +415,7 @@ static void find(win *w, int64_t p, cands *c) {
   c->maxlen = maxlen;
   if (maxlen < 3) return;
   const uint8_t *cur = at(w, p);
-  int64_t q = w->head[hash3(cur)];
+  int64_t q = w->head[hash3(w, cur)];
   int counted = 0, seen3 = 0;
   for (int visited = 0; q >= 0 && p - q <= WSIZE && (w->h4 ? visited < 4 * w->chain && counted < w->chain : visited < w->chain); visited++) {
     const uint8_t *m = at(w, q);
@@ -1092,6 +1096,7 @@ static int encode_with(const uint8_t *body, size_t n, int profile, uint64_t budg
     e->w.max_insert = PROFILES[profile].max_insert;
     e->w.nice = PROFILES[profile].nice;
     e->w.h4 = PROFILES[profile].h4;
+    e->w.zhash = PROFILES[profile].zhash;
     e->budget = budget;
     model_init(&e->m);
     e->rc.range = 0xFFFFFFFFu;
@@ -1475,6 +1480,7 @@ rec_dec *rec_dec_new(const uint8_t *rec, size_t n, uint64_t max_out) {
     d->w.max_insert = PROFILES[rec[3]].max_insert;
     d->w.nice = PROFILES[rec[3]].nice;
     d->w.h4 = PROFILES[rec[3]].h4;
+    d->w.zhash = PROFILES[rec[3]].zhash;
     for (int i = 0; i < 8; i++) d->usize |= (uint64_t)rec[4 + i] << (8 * i);
     rcd_init(&d->rc, d->rec + 12, n - 12);
   }
