@@ -643,7 +643,7 @@ describe('patch container', () => {
         if (l.recipe) l.recipe = ['go 6'];
         else l.fallback.recipe = 7;
       }],
-      ['version', (ix) => (ix.version = 3)],
+      ['version', (ix) => (ix.version = 4)],
       ['extract past the end', (ix) => (ix.sources[0].extract[0][0] = ix.sources[0].tarSize)],
       ['old content nobody provides', (ix) => (ix.sources[0].extract = [])],
       ['digest syntax', (ix) => (ix.contents[0].digest = 'md5:abc')],
