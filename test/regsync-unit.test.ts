@@ -19,7 +19,7 @@ import { diffImageSets } from '../src/regsync/diff';
 import { gzipRecipeOf, gzipWithRecipe } from '../src/regsync/gzcontent';
 import { parseSpec } from '../src/regsync/imageset';
 import { goDeflate, goDeflateSync, kpDeflate, kpDeflatePrefix } from '../src/regsync/goflate';
-import { detectRecipe, FALLBACK_GZIP_HEADER, produceBlob, readRecipe, Recipe, storedRecipe } from '../src/regsync/recipe';
+import { describeRecipe, detectRecipe, FALLBACK_GZIP_HEADER, produceBlob, readRecipe, Recipe, storedRecipe } from '../src/regsync/recipe';
 import { splitTar, SplitResult } from '../src/regsync/tarsplit';
 import { decode, encode } from '../src/regsync/tasks';
 import { validateIndex } from '../src/regsync/validate';
@@ -481,12 +481,60 @@ describe('compression recipes', () => {
     expect(await outcome(rec, other)).toBe('CORRUPT');
   });
 
-  test('several gzip members are not reproducible, with a reason', async () => {
+  test('several gzip members (eStargz-like Go members, pigz and zlib members) are rebuilt member by member; --no-records and trailing data are not', async () => {
+    // eStargz: Go's compress/gzip, a member per piece
+    const pieces: Buffer[] = [];
+    for (let at = 0; at < tar.length; at += 40_000) pieces.push(tar.subarray(at, at + 40_000));
+    const estargz = Buffer.concat(pieces.map((p) => goGzip('stdlib', 9, p)));
+    let d = await check('estargz', estargz);
+    const r = d.reproducible ? d.recipe : undefined;
+    expect(r?.kind === 'gzip' ? r.engine : d).toBe('members');
+    if (r?.kind === 'gzip' && r.engine === 'members') {
+      expect(describeRecipe(r)).toMatch(new RegExp(`^${pieces.length} gzip members: ${pieces.length} by Go compress/flate level 9 \\(a description of \\d+ bytes\\)$`));
+      expect((r.record as Buffer).length).toBeLessThan(pieces.length * 40); // ~30 bytes a member: no bytes of the data
+      expect(readRecipe(storedRecipe({ ...r, payload: 3 }))).toEqual({ ...r, payload: 3, record: undefined, header: FALLBACK_GZIP_HEADER.toString('base64') });
+    }
+    // writers mixed: Go, pigz, Node's zlib (records for the last two)
     const half = tar.length >> 1;
-    const multi = Buffer.concat([zlib.gzipSync(tar.subarray(0, half)), zlib.gzipSync(tar.subarray(half))]);
-    const d = await check('multi', multi);
+    const third = tar.length / 3;
+    const mixed = Buffer.concat([goGzip('stdlib', 6, tar.subarray(0, third)), execFileSync('pigz', ['-c', '-n', '-6'], { input: tar.subarray(third, half), maxBuffer: 1 << 28 }), zlib.gzipSync(tar.subarray(half))]);
+    d = await check('mixed', mixed);
+    expect(d.reproducible && d.recipe.kind === 'gzip' && d.recipe.engine === 'members' ? describeRecipe(d.recipe) : d).toMatch(/^3 gzip members: 1 by Go compress\/flate level 6, 2 by reconstruction records of \d+ bytes/);
+    // without records, the pigz member is not reproduced
+    const mp = path.join(dir, 'mixed-norec.gz');
+    await fsp.writeFile(mp, mixed);
+    d = await detectRecipe(mp, tarPath, 'gzip', { records: false });
     expect(d.reproducible).toBe(false);
-    if (!d.reproducible) expect(d.reason).toMatch(/several gzip members/);
+    if (!d.reproducible) expect(d.reason).toMatch(/several gzip members.*member 2: no Go level reproduces it/);
+    // data after the last member
+    d = await check('trailing', Buffer.concat([zlib.gzipSync(tar.subarray(0, half)), zlib.gzipSync(tar.subarray(half)), Buffer.from('garbage!')]));
+    expect(d.reproducible).toBe(false);
+    if (!d.reproducible) expect(d.reason).toMatch(/not a gzip member/);
+    // a description that lies (damaged, or describing another blob): CORRUPT, never a crash
+    const good = d.reproducible ? undefined : await detectRecipe(path.join(dir, 'estargz.gz'), tarPath, 'gzip');
+    const gr = good?.reproducible && good.recipe.kind === 'gzip' && good.recipe.engine === 'members' ? good.recipe : undefined;
+    expect(gr).toBeDefined();
+    if (gr) {
+      const desc = gr.record as Buffer;
+      const bad: Buffer[] = [desc.subarray(0, desc.length - 1), desc.subarray(0, 9), Buffer.concat([desc, Buffer.from([0])]), randomBytes(desc.length)];
+      for (let i = 0; i < 30; i++) {
+        // fixed positions (a flip of a Go level to another level that happens to write the same bytes would be no lie)
+        const f = Buffer.from(desc);
+        f[(i * 7919 + 13) % f.length] ^= 1 << (i % 8);
+        bad.push(f);
+      }
+      for (const b of bad) {
+        let outcome = 'SAME';
+        const kind = await kindOf(
+          (async () => {
+            const parts: Buffer[] = [];
+            for await (const c of produceBlob({ ...gr, record: b }, tarPath)) parts.push(c);
+            if (!Buffer.concat(parts).equals(estargz)) outcome = 'OTHER';
+          })(),
+        );
+        expect(['CORRUPT', 'INVALID_ARGUMENT']).toContain(kind === 'resolved' ? outcome === 'OTHER' ? 'CORRUPT' : 'SAME' : kind);
+      }
+    }
   });
 
   test('gzip files inside layers: gzip -9n files are recompressed exactly from their content', async () => {

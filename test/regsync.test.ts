@@ -84,7 +84,7 @@ function cli(args: string[], env: NodeJS.ProcessEnv = {}): Promise<{ code: numbe
 }
 
 /** A recompressed variant of a Debian image, cached by source manifest digest. */
-async function variant(name: ImageName, how: 'gzip-9n' | 'go-stdlib-6' | 'pigz'): Promise<{ layout: string; tag: string }> {
+async function variant(name: ImageName, how: 'gzip-9n' | 'go-stdlib-6' | 'pigz' | 'go-members'): Promise<{ layout: string; tag: string }> {
   const img = await buildDebImage(name);
   const dir = path.join(CACHE, `${name}-${how}-${img.manifestDigest.slice(7, 23)}`);
   if (!existsSync(path.join(dir, 'index.json'))) {
@@ -349,6 +349,27 @@ describe('registry diff / apply / sync', () => {
       const t = await skopeoRaw(`docker://${dst.host}/pz/${f}-rec:v2`, CREDS_ARG);
       expect(t.digest).toBe(s.digest);
     }
+  });
+
+  test('eStargz-shaped layers (a Go gzip member per 256 KiB): rebuilt member by member, every manifest digest identical', async () => {
+    const gm: Record<string, { layout: string; tag: string }> = {};
+    for (const v of ['v1', 'v2'] as const) gm[v] = await variant(`libssl-${v}` as ImageName, 'go-members');
+    await pushOciLayout(gm.v1.layout, gm.v1.tag, src.host, 'gm/libssl:v1');
+    await pushOciLayout(gm.v2.layout, gm.v2.tag, src.host, 'gm/libssl:v2');
+    await pushOciLayout(gm.v1.layout, gm.v1.tag, dst.host, 'gm/libssl:v1', CREDS_ARG);
+    const patch = path.join(work, 'gm.patch');
+    const r = await cli(['registry', 'diff', '--old', `docker://${src.host}/gm/libssl:v1`, '--new', `docker://${src.host}/gm/libssl:v2`, '--out', patch, '--level', 'fast', '--json', '-q']);
+    expect(r.stderr).toBe('');
+    expect(r.code).toBe(0);
+    const report = JSON.parse(r.stdout) as DiffReport;
+    const rebuilt = report.layers.filter((l) => l.kind === 'rebuilt');
+    expect(rebuilt.length).toBeGreaterThanOrEqual(1);
+    for (const l of rebuilt) expect(l.recipe).toMatch(/^\d+ gzip members: \d+ by Go compress\/flate level 6 \(a description of \d+ bytes\)$/);
+    expect(report.rewrittenImages).toEqual([]);
+    const applied = await cli(['registry', 'apply', patch, '--to', `docker://${dst.host}`, '--dest-creds', CREDS_ARG, '-q']);
+    expect(applied.code).toBe(0);
+    expect(applied.stdout).toMatch(/gm\/libssl:v2 +sha256:[0-9a-f]{64} +identical to the source/);
+    expect((await skopeoRaw(`docker://${dst.host}/gm/libssl:v2`, CREDS_ARG)).digest).toBe((await skopeoRaw(`docker://${src.host}/gm/libssl:v2`)).digest);
   });
 
   test('without records (--no-records), pigz layers are not reproducible: configs and diff_ids identical, manifests rewritten consistently, and the reports say so', async () => {

@@ -54,6 +54,8 @@ export interface RecDecoder {
  * data after its end, a construct no encoder writes).
  */
 export function recEncode(body: Uint8Array): { record: Buffer; size: number } | string;
+/** The deflate stream at the start of `body` (more may follow: the next gzip member): its length in bytes and its inflated size, or why it is not one. */
+export function recScan(body: Uint8Array): { consumed: number; size: number } | string;
 /** A decoder that rebuilds the body `record` describes, writing at most `maxOut` bytes. */
 export function recNew(record: Uint8Array, maxOut: number): RecDecoder;
 /** Feeds the next uncompressed bytes; returns body bytes produced so far. Throws (code CORRUPT) when the record does not fit them. */

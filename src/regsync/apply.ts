@@ -33,7 +33,7 @@ import { closeSet, ImageSpec, resolveSetImage, SetImage, SetLayer } from './imag
 import { openLayerTar } from './layerio';
 import { RegsyncPool } from './pool';
 import { mapLimit } from '../util/ordered';
-import { describeRecipe, fallbackRecipe, gzipProgram, produceBlob, Recipe } from './recipe';
+import { describeRecipe, fallbackRecipe, gzipProgram, hasPayload, produceBlob, Recipe } from './recipe';
 import { assembleTar, extractFromTar, fileRange, streamOf, writeHashed } from './apply-io';
 import { parseTarget, refIn, RegistryTarget, relativeSpec, repoIn } from './target';
 import type { LayerEntry, RebuiltLayer } from './types';
@@ -344,12 +344,12 @@ async function decodeContents(ctx: ApplyContext, pool: RegsyncPool, contentPath:
 /** Compress a rebuilt layer's tar: by its recipe when it reproduces the blob, else by the fallback recipe. */
 async function compressLayer(patch: PatchReader, l: RebuiltLayer, tarPath: string, blobPath: string): Promise<BuiltBlob> {
   const compression = l.recipe ? l.recipe.kind : (l.fallback as NonNullable<RebuiltLayer['fallback']>).recipe.kind;
-  if (l.recipe?.kind === 'gzip' && l.recipe.engine === 'record') {
-    // a record is the patch's own description of the blob (its payload verified): if it does not
-    // rebuild the digest here, the patch is wrong, and nothing is pushed
+  if (hasPayload(l.recipe)) {
+    // a record or a members' description is the patch's own statement about the blob (its payload
+    // verified): if it does not rebuild the digest here, the patch is wrong, and nothing is pushed
     const recipe: Recipe = { ...l.recipe, record: await patch.payload(l.recipe.payload) };
     const out = await writeHashed(produceBlob(recipe, tarPath), blobPath);
-    if (out.digest !== l.digest || out.size !== l.size) throw corrupt(`rebuilt layer ${l.digest}: its reconstruction record gives ${out.digest} (${out.size} bytes)`);
+    if (out.digest !== l.digest || out.size !== l.size) throw corrupt(`rebuilt layer ${l.digest}: its ${describeRecipe(l.recipe)} gives ${out.digest} (${out.size} bytes)`);
     return { path: blobPath, ...out, reproduced: true, recipe };
   }
   if (l.recipe) {

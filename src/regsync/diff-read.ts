@@ -15,7 +15,7 @@ import { decompressFile, spoolBlob } from './layerio';
 import { RegsyncPool } from './pool';
 import { mapLimit } from '../util/ordered';
 import type { GzipEncoding } from './tasks';
-import { Detection, fallbackRecipe, produceBlob } from './recipe';
+import { Detection, fallbackRecipe, hasPayload, produceBlob } from './recipe';
 import { splitTar, SplitResult } from './tarsplit';
 
 /** An old regular file. */
@@ -195,7 +195,7 @@ export async function readOldLayers(oldLayers: Map<string, OldSetLayer>, tmp: st
 
 /** Bytes of the reconstruction record a detection made (0 for other recipes). */
 export function recordBytes(d: Detection): number {
-  return d.reproducible && d.recipe.kind === 'gzip' && d.recipe.engine === 'record' ? (d.recipe.record?.length ?? 0) : 0;
+  return d.reproducible && hasPayload(d.recipe) ? (d.recipe.record?.length ?? 0) : 0;
 }
 
 /** Phase: new layers spooled into tmp/new and split; recipe detection started on the pool. */
@@ -331,7 +331,7 @@ export async function decideLayers(
     try {
       detection = await rb.detection;
       // a record made in a worker thread arrives as a Uint8Array
-      if (detection.reproducible && detection.recipe.kind === 'gzip' && detection.recipe.engine === 'record' && detection.recipe.record) {
+      if (detection.reproducible && hasPayload(detection.recipe) && detection.recipe.record) {
         const r = detection.recipe.record;
         detection.recipe.record = Buffer.from(r.buffer, r.byteOffset, r.length);
       }

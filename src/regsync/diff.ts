@@ -30,7 +30,7 @@ import { closeSet, ImageSpec, PlatformSelection, resolveSet, SetImage } from './
 import { spoolBlob } from './layerio';
 import { RegsyncPool } from './pool';
 import type { GzipEncoding } from './tasks';
-import { describeRecipe, Detection, fallbackRecipe } from './recipe';
+import { describeRecipe, Detection, fallbackRecipe, hasPayload } from './recipe';
 import {
   collectLayers,
   decideLayers,
@@ -345,7 +345,7 @@ function rebuiltLayerEntry(writer: PatchWriter, t: PatchTables, inp: LayerInputs
   rep.patchBytes = d.cost;
   if (detection.reproducible) {
     const r = detection.recipe;
-    entry.recipe = r.kind === 'gzip' && r.engine === 'record' ? { ...r, payload: writer.addBuffer(r.record as Buffer) } : r;
+    entry.recipe = hasPayload(r) ? { ...r, payload: writer.addBuffer(r.record as Buffer) } : r;
     stats.layers.reproducible++;
     rep.reproducible = true;
     rep.recipe = describeRecipe(detection.recipe);
@@ -490,7 +490,7 @@ export async function diffImageSets(opts: DiffOptions): Promise<DiffReport> {
     const oldImages: OldImage[] = oldSet.map((img) => ({ name: img.spec.name, tag: img.spec.tag, ref: img.spec.ref, digest: img.top.digest }));
     const index: Omit<PatchIndex, 'payloads'> = {
       format: PATCH_FORMAT,
-      version: layers.some((l) => l.kind === 'rebuilt' && l.recipe?.kind === 'gzip' && l.recipe.engine === 'record') ? PATCH_VERSION_RECORDS : PATCH_VERSION,
+      version: layers.some((l) => l.kind === 'rebuilt' && hasPayload(l.recipe)) ? PATCH_VERSION_RECORDS : PATCH_VERSION,
       created: new Date().toISOString(),
       platforms: opts.platforms === 'all' ? 'all' : opts.platforms.map((p) => `${p.os}/${p.architecture}${p.variant ? '/' + p.variant : ''}`),
       old: oldImages,

@@ -128,6 +128,11 @@ export function recordEncode(body: Buffer): { record: Buffer; size: number } | s
   return load().recEncode(body);
 }
 
+/** The deflate stream at the start of `body` (a gzip member's; more may follow): its length and inflated size, or why it is not one. */
+export function recordScan(body: Buffer): { consumed: number; size: number } | string {
+  return load().recScan(body);
+}
+
 /**
  * The deflate body `record` describes, rebuilt from `input` (the uncompressed bytes, in order);
  * at most `maxOut` bytes. A record that does not fit the bytes is CORRUPT.

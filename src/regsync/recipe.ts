@@ -33,8 +33,12 @@
  *    tar and the record, bit for bit. Tried last: it costs bytes (0.5-10%
  *    of the layer) where the encoders above cost none.
  *
+ *  - `members`: a layer of several gzip members (eStargz, concatenated gzip
+ *    files): each member by Go's compress/flate or a record (./members.ts),
+ *    described in one payload.
+ *
  * Layers none of this reproduces are "not reproducible" (zstd layers,
- * several gzip members, deflate with constructs no encoder writes): the
+ * deflate with constructs no encoder writes, data after the last member): the
  * apply side recompresses them with a deterministic fallback recipe and
  * rewrites the manifest.
  *
@@ -49,6 +53,7 @@ import { zstdCompressStream } from '../format/zstd';
 import { corrupt, invalidArgument } from '../errors';
 import { gzipHeaderLength } from '../delta/gzmember';
 import { GO_LEVELS, goDeflate, goDeflatePrefix, KP_LEVELS, kpDeflate, kpDeflatePrefix, PGZIP_BLOCKS, recordDeflate, recordEncode } from './goflate';
+import { decodeMembers, describeMembers, detectMembers, encodeMembers, membersBlob } from './members';
 
 /** Node's zlib strategies by number (zlib.h). */
 const STRATEGIES = [
@@ -125,7 +130,28 @@ export type Recipe =
       /** The record's bytes, at hand (diff: made by detection; apply: read from the payload); never stored in the index. */
       record?: Buffer;
     }
+  | {
+      kind: 'gzip';
+      /** Several gzip members, each rebuilt by Go's compress/flate or a record (./members.ts); described by a payload. */
+      engine: 'members';
+      /** The payload that describes the members (-1 until the patch writer places it). */
+      payload: number;
+      /** Bytes of the whole layer blob. */
+      blobSize: number;
+      /** Unused (each member has its own): the fallback header. */
+      header: string;
+      /** The description's bytes (encodeMembers), at hand as a record's are; never stored in the index. */
+      record?: Buffer;
+    }
   | { kind: 'zstd'; engine: 'zstd-napi'; level: number };
+
+/** Recipes that carry a payload of the patch (their `record`): reconstruction records and gzip members' descriptions. */
+export type PayloadRecipe = Extract<Recipe, { engine: 'record' | 'members' }>;
+
+/** Whether a recipe carries a payload (needs index version 3). */
+export function hasPayload(r: Recipe | undefined): r is PayloadRecipe {
+  return r?.kind === 'gzip' && (r.engine === 'record' || r.engine === 'members');
+}
 
 /** Outcome of {@link detectRecipe}. */
 export type Detection =
@@ -163,6 +189,14 @@ export function describeRecipe(r: Recipe): string {
       if (r.engine === 'klauspost-flate') return `klauspost/compress flate level ${r.level} (v1.15.12)`;
       if (r.engine === 'pgzip') return `pgzip level ${r.level}, ${r.blockSize / 1024} KiB blocks (klauspost/compress v1.15.12)`;
       if (r.engine === 'record') return `deflate reconstruction record${r.record ? ` of ${r.record.length} bytes` : ''}`;
+      if (r.engine === 'members') {
+        if (!r.record) return 'gzip members, each rebuilt';
+        try {
+          return `${describeMembers(decodeMembers(r.record, r.blobSize))} (a description of ${r.record.length} bytes)`;
+        } catch {
+          return 'gzip members (a description that does not read)';
+        }
+      }
       return r.engine === 'gzip'
         ? `${r.tool.split(' ').slice(0, 2).join(' ')} -n -${r.level}${r.rsyncable ? ' --rsyncable' : ''}`
         : `node zlib ${r.zlib} level ${r.level} memLevel ${r.memLevel} strategy ${r.strategy}`;
@@ -332,6 +366,7 @@ function recipeBody(r: Recipe, tarPath: string, tally?: Tally): AsyncIterable<Bu
         if (!r.record) throw invalidArgument('a record recipe without its record');
         return recordDeflate(r.record, r.bodySize, input());
       }
+      if (r.engine === 'members') throw invalidArgument('a members recipe makes the whole blob (produceBlob), not a body');
       return r.engine === 'gzip' ? gzipProgramBody(r.level, r.rsyncable, tarPath) : nodeDeflateBody(r, tarPath);
   }
 }
@@ -342,6 +377,12 @@ function recipeBody(r: Recipe, tarPath: string, tally?: Tally): AsyncIterable<Bu
  */
 export async function* produceBlob(r: Recipe, tarPath: string): AsyncGenerator<Buffer> {
   validateRecipe(r);
+  if (r.kind === 'gzip' && r.engine === 'members') {
+    // every member its own header, body and trailer
+    if (!r.record) throw invalidArgument('a members recipe without its description');
+    yield* membersBlob(decodeMembers(r.record, r.blobSize), tarPath);
+    return;
+  }
   if (r.kind === 'gzip') yield Buffer.from(r.header, 'base64');
   const tally: Tally = { crc: 0, size: 0, done: false };
   for await (const c of recipeBody(r, tarPath, tally)) yield c;
@@ -387,6 +428,8 @@ export function validateRecipe(r: Recipe): void {
         if (!int(r.blockSize, 16385, 64 << 20)) bad('pgzip block size');
       } else if (r.engine === 'record') {
         if (!int(r.payload, -1, 999_999_999) || !int(r.bodySize, 2, MAX_RECORD_BODY)) bad('record payload or body size');
+      } else if (r.engine === 'members') {
+        if (!int(r.payload, -1, 999_999_999) || !int(r.blobSize, 20, MAX_RECORD_BODY)) bad('members payload or layer size');
       } else {
         bad(`unknown gzip engine ${String((r as { engine?: unknown }).engine)}`);
       }
@@ -408,7 +451,7 @@ export function validateRecipe(r: Recipe): void {
  *
  *   none | zstd LEVEL | go LEVEL | kp LEVEL | pgzip LEVEL BLOCKSIZE
  *   | zlib LEVEL MEMLEVEL STRATEGY WINDOWBITS | gzip LEVEL RSYNCABLE(0|1)
- *   | rec PAYLOAD BODYSIZE
+ *   | rec PAYLOAD BODYSIZE | gzm PAYLOAD BLOBSIZE
  *
  * HEADER is the gzip header in base64 without padding, left out when it is
  * the one the engine writes by default (defaultGzipHeader: Go's and
@@ -422,15 +465,15 @@ export function validateRecipe(r: Recipe): void {
 /** The mtime klauspost's gzip writers record for a zero time (Go's time.Time{}.Unix() as a uint32); Go's own records 0. */
 const KLAUSPOST_ZERO_MTIME = 0x886e0900;
 
-const STORED_ENGINES = { 'go-flate': 'go', 'klauspost-flate': 'kp', pgzip: 'pgzip', 'node-zlib': 'zlib', gzip: 'gzip', record: 'rec' } as const;
+const STORED_ENGINES = { 'go-flate': 'go', 'klauspost-flate': 'kp', pgzip: 'pgzip', 'node-zlib': 'zlib', gzip: 'gzip', record: 'rec', members: 'gzm' } as const;
 /** The stored form's syntax: engine, integers (canonical: no leading zeros, no "-0"), header, info. */
-const STORED_RE = /^(none|zstd|go|kp|pgzip|zlib|gzip|rec)((?: (?:0|-?[1-9][0-9]{0,8}))*)(?: @([A-Za-z0-9+/]{14,4096}))?(?: ~([\x20-\x7e]{1,200}))?$/;
+const STORED_RE = /^(none|zstd|go|kp|pgzip|zlib|gzip|rec|gzm)((?: (?:0|-?[1-9][0-9]{0,8}))*)(?: @([A-Za-z0-9+/]{14,4096}))?(?: ~([\x20-\x7e]{1,200}))?$/;
 /** Longest stored recipe read (the header's 4096 characters of base64 and the info's 200 bound it anyway). */
 const STORED_MAX = 4400;
 
 /** The gzip header `engine` writes at `level` when nothing is set (no name, zero time): the header a stored recipe leaves out. */
 export function defaultGzipHeader(engine: Extract<Recipe, { kind: 'gzip' }>['engine'], level: number): Buffer {
-  if (engine === 'node-zlib') return FALLBACK_GZIP_HEADER;
+  if (engine === 'node-zlib' || engine === 'members') return FALLBACK_GZIP_HEADER;
   if (engine === 'record') return Buffer.from([0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3]); // gzip -n's, as pigz -n writes it
   // XFL: 2 for the best compression (9), 4 for the fastest (1), as Go's, klauspost's and GNU gzip's writers record it
   const xfl = level === 9 ? 2 : level === 1 ? 4 : 0;
@@ -450,7 +493,9 @@ export function storedRecipe(r: Recipe): string {
       return `zstd ${r.level}`;
     case 'gzip': {
       const ints =
-        r.engine === 'record'
+        r.engine === 'members'
+          ? [r.payload, r.blobSize]
+          : r.engine === 'record'
           ? [r.payload, r.bodySize]
           : r.engine === 'pgzip'
           ? [r.level, r.blockSize]
@@ -461,7 +506,7 @@ export function storedRecipe(r: Recipe): string {
               : [r.level];
       let s = [STORED_ENGINES[r.engine], ...ints].join(' ');
       const header = Buffer.from(r.header, 'base64');
-      if (!header.equals(defaultGzipHeader(r.engine, r.engine === 'record' ? 0 : r.level))) s += ` @${header.toString('base64').replace(/=+$/, '')}`;
+      if (r.engine !== 'members' && !header.equals(defaultGzipHeader(r.engine, r.engine === 'record' ? 0 : r.level))) s += ` @${header.toString('base64').replace(/=+$/, '')}`;
       const info = r.engine === 'node-zlib' ? r.zlib : r.engine === 'gzip' ? r.tool : undefined;
       // informational only: anything outside printable ASCII or too long is cut, never refused
       if (info !== undefined) s += ` ~${info.replace(/[^\x20-\x7e]/g, '?').slice(0, 200) || '?'}`;
@@ -491,7 +536,7 @@ export function readRecipe(v: unknown): Recipe {
     if (ints.length !== n) bad(`${engine} takes ${n} numbers, not ${ints.length}`);
   };
   if (info !== undefined && engine !== 'zlib' && engine !== 'gzip') bad(`${engine} takes no version text`);
-  if (headerText !== undefined && (engine === 'none' || engine === 'zstd')) bad(`${engine} takes no gzip header`);
+  if (headerText !== undefined && (engine === 'none' || engine === 'zstd' || engine === 'gzm')) bad(`${engine} takes no gzip header`);
   let header: Buffer | undefined;
   if (headerText !== undefined) {
     header = Buffer.from(headerText, 'base64');
@@ -521,6 +566,11 @@ export function readRecipe(v: unknown): Recipe {
     case 'pgzip':
       arity(2);
       r = { kind: 'gzip', engine: 'pgzip', level, blockSize: ints[1], header: h('pgzip') };
+      break;
+    case 'gzm':
+      arity(2);
+      if (ints[0] < 0) bad('a members payload is not negative');
+      r = { kind: 'gzip', engine: 'members', payload: ints[0], blobSize: ints[1], header: h('members') };
       break;
     case 'rec':
       arity(2);
@@ -678,7 +728,14 @@ export async function detectRecipe(blobPath: string, tarPath: string, compressio
     const trailer = Buffer.alloc(8);
     await fh.read(trailer, 0, 8, blobSize - 8);
     if (!trailer.equals(await gzipTrailerOf(tarPath))) {
-      return { reproducible: false, reason: 'several gzip members or data after the gzip stream', tried };
+      // several gzip members (eStargz, concatenated files), or data after the stream
+      tried++;
+      if (blobSize > MAX_RECORD_BODY) return { reproducible: false, reason: `several gzip members or data after the gzip stream, in a layer over ${MAX_RECORD_BODY} bytes`, tried };
+      const blob = Buffer.allocUnsafe(blobSize);
+      await fh.read(blob, 0, blobSize, 0);
+      const m = await detectMembers(blob, tarPath, tarSize, opts.records !== false);
+      if ('reason' in m) return { reproducible: false, reason: `several gzip members or data after the gzip stream: ${m.reason}`, tried };
+      return { reproducible: true, recipe: { kind: 'gzip', engine: 'members', payload: -1, blobSize, header: FALLBACK_GZIP_HEADER.toString('base64'), record: encodeMembers(m.members) }, tried };
     }
     const header = first.subarray(0, hlen);
     const bodyLen = blobSize - hlen - 8;

@@ -10,7 +10,7 @@ import { BYTES_CODECS, bytesCodec, isCodecId, wordList } from '../delta/codecs/r
 import { hostile } from '../errors';
 import { SHA256_RE } from '../util/digest';
 import { GZ_MAX_INNER } from './gzcontent';
-import { readRecipe } from './recipe';
+import { hasPayload, readRecipe } from './recipe';
 import { PATCH_FORMAT, PATCH_VERSIONS_READ, PatchIndex } from './types';
 
 const REPO_RE = /^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:\/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*$/;
@@ -318,10 +318,10 @@ function checkRebuiltLayer(e: Obj, w: string, payloads: Payloads, sources: Check
     if (e.recipe !== undefined) {
       const r = readRecipe(e.recipe);
       e.recipe = r;
-      if (r.kind === 'gzip' && r.engine === 'record') {
-        if (version < 3) bad(`${w}.recipe`, 'a reconstruction record needs index version 3');
+      if (hasPayload(r)) {
+        if (version < 3) bad(`${w}.recipe`, 'a recipe with a payload (record, gzip members) needs index version 3');
         const p = payloadRef(payloads, r.payload, `${w}.recipe payload`);
-        if (payloads.list[p].length < 11) bad(`${w}.recipe`, 'the record payload is too short');
+        if (payloads.list[p].length < 9) bad(`${w}.recipe`, 'the recipe payload is too short');
       }
     } else {
       const fb = obj(e.fallback, `${w}.fallback`);

@@ -15,6 +15,8 @@
  *                                       system's zlib (zlibraw.c); with expected: equal to it?
  *   recEncode(body) → { record, size } | string   reconstruction record of a raw deflate
  *                                       body (recon.h), or why there is none
+ *   recScan(body) → { consumed, size } | string   the deflate stream at the start of body:
+ *                                       its length and inflated size (a gzip member's end)
  *   recNew(record, maxOut) → decoder; recWrite(decoder, bytes) → Buffer;
  *   recClose(decoder) → Buffer          the body rebuilt from the record and the
  *                                       uncompressed bytes; throws when they do not fit
@@ -279,6 +281,32 @@ static napi_value js_rec_encode(napi_env env, napi_callback_info info) {
   return res;
 }
 
+static napi_value js_rec_scan(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  void *data = NULL;
+  size_t len = 0;
+  if (argc < 1 || get_bytes(env, argv[0], &data, &len)) {
+    napi_throw_type_error(env, NULL, "d4fs-deflate: recScan(body): body must be a Uint8Array");
+    return NULL;
+  }
+  uint64_t consumed = 0, usize = 0;
+  const char *why = NULL;
+  napi_value res;
+  if (rec_scan(data, len, &consumed, &usize, &why) != 0) {
+    napi_create_string_utf8(env, why ? why : "unknown", NAPI_AUTO_LENGTH, &res);
+    return res;
+  }
+  napi_value a, b;
+  napi_create_double(env, (double)consumed, &a);
+  napi_create_double(env, (double)usize, &b);
+  napi_create_object(env, &res);
+  napi_set_named_property(env, res, "consumed", a);
+  napi_set_named_property(env, res, "size", b);
+  return res;
+}
+
 static void rec_finalize(napi_env env, void *data, void *hint) {
   (void)env;
   (void)hint;
@@ -376,6 +404,7 @@ static napi_value init(napi_env env, napi_value exports) {
       {"kpClose", NULL, js_kp_close, NULL, NULL, NULL, napi_default, NULL},
       {"zlibRaw", NULL, zlib_raw, NULL, NULL, NULL, napi_default, NULL},
       {"recEncode", NULL, js_rec_encode, NULL, NULL, NULL, napi_default, NULL},
+      {"recScan", NULL, js_rec_scan, NULL, NULL, NULL, napi_default, NULL},
       {"recNew", NULL, js_rec_new, NULL, NULL, NULL, napi_default, NULL},
       {"recWrite", NULL, js_rec_write, NULL, NULL, NULL, napi_default, NULL},
       {"recClose", NULL, js_rec_close, NULL, NULL, NULL, napi_default, NULL},

@@ -847,6 +847,8 @@ typedef struct {
   int hbits;
   uint32_t lfreq[286], dfreq[30];
   const char *fail;         /* a block the decoder could not hold */
+  int scan_only;            /* rec_scan: inflate to the stream's end, code nothing */
+  uint64_t consumed;        /* rec_scan: bytes of the body the stream takes */
 } encoder;
 
 static const char BUDGET[] = "budget reached";
@@ -915,6 +917,12 @@ static void code_token(encoder *e, int L, int D) {
 
 /* Codes the queued events that the bytes inflated so far allow (all of them once the window is at its end). */
 static void consume(encoder *e) {
+  if (e->scan_only) {
+    e->qhead = e->qn;
+    e->p = e->w.avail;
+    e->w.ins = e->w.avail;
+    return;
+  }
   while (e->qhead < e->qn) {
     const event *ev = &e->q[e->qhead];
     if (ev->kind == EV_TOK) {
@@ -1076,6 +1084,8 @@ static const char *parse(encoder *e) {
   ev.npad = (uint8_t)((8 - (r.pos & 7)) & 7);
   ev.d = br_bits(&r, ev.npad);
   if (r.err) return "the deflate stream is truncated";
+  e->consumed = r.pos >> 3;
+  if (e->scan_only) return NULL;
   if ((r.pos >> 3) != e->bodyn) return "data after the end of the deflate stream";
   if (q_push(e, &ev)) return "out of memory";
   return NULL;
@@ -1146,6 +1156,31 @@ static int encode_with(const uint8_t *body, size_t n, int profile, uint64_t budg
 
 /* Tokens a profile is tried on before the whole body is coded with the best one. */
 #define TRIAL_EVENTS 400000
+
+int rec_scan(const uint8_t *body, size_t n, uint64_t *consumed, uint64_t *usize, const char **why) {
+  encoder *e = calloc(1, sizeof(*e));
+  *why = "out of memory";
+  if (!e) return -1;
+  int rc = -1;
+  if (win_init(&e->w) == 0) {
+    e->scan_only = 1;
+    e->body = body;
+    e->bodyn = n;
+    const char *err = parse(e);
+    if (err) {
+      *why = err;
+    } else {
+      *consumed = e->consumed;
+      *usize = (uint64_t)e->w.avail;
+      *why = NULL;
+      rc = 0;
+    }
+  }
+  win_free(&e->w);
+  free(e->q);
+  free(e);
+  return rc;
+}
 
 int rec_encode(const uint8_t *body, size_t n, uint8_t **out, size_t *outn, uint64_t *usize, const char **why) {
   int best = -1;

@@ -25,6 +25,13 @@
  */
 int rec_encode(const uint8_t *body, size_t n, uint8_t **out, size_t *outn, uint64_t *usize, const char **why);
 
+/*
+ * Inflates the deflate stream at the start of `body` (n bytes, more may
+ * follow it: the next gzip member): 0 with the bytes it takes and its
+ * inflated size, or -1 with a static reason.
+ */
+int rec_scan(const uint8_t *body, size_t n, uint64_t *consumed, uint64_t *usize, const char **why);
+
 typedef struct rec_dec rec_dec;
 
 /* A decoder of `rec` (copied) that will write at most max_out bytes; NULL without memory. */
