@@ -373,6 +373,8 @@ describe('compression recipes', () => {
   const otherDeflaters: { name: string; cmd: string; args: string[] }[] = [
     { name: 'pigz-6', cmd: 'pigz', args: ['-6', '-c'] },
     { name: 'pigz-1', cmd: 'pigz', args: ['-1', '-c'] },
+    { name: 'pigz-9', cmd: 'pigz', args: ['-9', '-c'] },
+    { name: 'libdeflate-9', cmd: 'libdeflate-gzip', args: ['-9', '-c'] },
     { name: 'libdeflate-6', cmd: 'libdeflate-gzip', args: ['-6', '-c'] },
     { name: 'libdeflate-12', cmd: 'libdeflate-gzip', args: ['-12', '-c'] },
     { name: 'zopfli', cmd: 'zopfli', args: ['-c', '--i1'] },
