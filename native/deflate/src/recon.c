@@ -54,7 +54,7 @@
 #define BUFCAP (1 << 20)
 #define ROOM (BUFCAP / 4)
 #define MAXEVENTS (1 << 22)
-#define NBUCKET 10
+#define NBUCKET 11
 #define HDRMAX 8191
 
 static const uint16_t LBASE[29] = {3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 15, 17, 19, 23, 27, 31, 35, 43, 51, 59, 67, 83, 99, 115, 131, 163, 195, 227, 258};
@@ -229,7 +229,7 @@ static uint32_t rcd_direct(rcdec *d, int nbits) {
 /* The model: adaptive probabilities of every decision */
 
 typedef struct {
-  prob is_match[NBUCKET][3][2];
+  prob is_match[NBUCKET][4][2];
   prob eob[2][2][2];
   prob final_bit;
   prob len_eq[NBUCKET];
@@ -311,38 +311,47 @@ typedef struct {
   int64_t ins;    /* positions below are in the chains */
   int64_t *head;  /* HSIZE */
   int64_t *prev;  /* PMASK + 1 */
+  int64_t *head3; /* h4 == 2: the last position of each 3-byte hash (HSIZE / 2) */
   int64_t cpos;   /* position of slot[cidx], -1 for none */
   int cidx;
   cands slot[2];  /* candidates at the token's position and the next */
   int chain;      /* the profile's: candidates visited per position */
   int max_insert; /* the profile's: positions inside a longer match are not hashed (0: all are) */
   int nice;       /* the profile's: the search stops at a match this long */
-  int h4;         /* the profile's: the chain's depth counts 4-byte matches only; of the 3-byte-only ones, the nearest is listed */
+  int h4;         /* the profile's: 1, the chain's depth counts 4-byte matches only, of the 3-byte-only ones the nearest is listed; 2 and 3, libdeflate's hashes (see find) */
   int zhash;      /* the profile's: chains by zlib's hash (15 bits), so that a short chain meets zlib's collisions */
 } win;
 
 /*
  * Predictor profiles, chosen per stream by the encoder (the smallest record
- * on the stream's first tokens) and named in the record. 0 suits lazy
- * matchers with long chains (zlib 4-9, zopfli); 1-3 are zlib's greedy
- * levels 1-3 (short chains, positions inside a match longer than
- * max_insert not hashed); 4 a matcher looking at two candidates; 5 and 6
- * matchers whose chains hold 4-byte matches, with the nearest 3-byte match
- * beside them (libdeflate's: h4); 7 and 8 deep searches (zlib -9's 4096,
- * optimal parsers: zopfli, libdeflate -10 to -12). Profiles 0-3 chain positions by zlib's
- * own hash, so that the chain's limit meets the collisions zlib's does.
- * Measured (record / gzip size): pigz -1 21% with profile 0 alone, 5.0%
- * with profiles 1-3 (a tar of this repository's sources), 1.6% with zlib's
- * hash (a 3 MB tar); pigz -6 0.50% to 0.25% with zlib's hash in profile 0;
- * libdeflate -6 3.3% to 2.5% with profile 5 and -9 4.6% to 3.8% with
- * profile 6 (30 or 40 candidates instead of 35 measured worse); with the
- * deep profiles pigz -9 2.4% to 0.19%, libdeflate -9 3.8% to 2.2%, -12 8.9%
- * to 6.9%, zopfli 7.9% to 6.0% (a 3 MB tar).
+ * on the stream's first tokens) and named in the record:
+ *   0     zlib's lazy levels (128 candidates);
+ *   1-3   zlib's greedy levels 1-3 (short chains; positions inside a match
+ *         longer than max_insert not hashed; the search stops at `nice`);
+ *   4     a matcher looking at two candidates;
+ *   5, 6, 9, 8   libdeflate's lazy and lazy2 matchers (levels 6, 7, 5,
+ *         8-9): h4 == 2, its hashes (a chain of 4-byte hashes, the last
+ *         position of each 3-byte hash as a match of 3), its depths and
+ *         nice lengths, read off the record sizes;
+ *   7, 10 deep searches (zlib -9's 4096; optimal parsers: zopfli,
+ *         libdeflate -10 to -12), 10 with chains of 4-byte matches (h4 == 1);
+ *   11    libdeflate's level 1: two-entry buckets of a 15-bit hash of 4
+ *         bytes (h4 == 3), stopping at 32.
+ * Profiles 0-3 chain positions by zlib's own hash, so that the chain's
+ * limit meets the collisions zlib's does. Measured (record / gzip size, a
+ * 3 MB tar unless said): pigz -1 21% with profile 0 alone, 5.0% with
+ * profiles 1-3 (a tar of this repository's sources), 1.6% with zlib's hash;
+ * pigz -6 0.50% to 0.25% with zlib's hash in profile 0; pigz -9 2.4% to
+ * 0.19% with profile 7; libdeflate -6 3.3% to 2.5% with chains of 4-byte
+ * matches, 1.45% with libdeflate's hashes (depth 20 or 50 instead of 35:
+ * 3.2%, 1.8%), -5 2.0%, -7 1.3%, -9 4.6% to 1.8%, -1 5.6% to 0.46%; zopfli
+ * 7.9% to 6.0% with the deep profiles.
  */
 static const struct {
   int chain, max_insert, nice, h4, zhash;
-} PROFILES[] = {{128, 0, MAXM, 0, 1}, {4, 4, 8, 0, 1},    {8, 5, 16, 0, 1},       {32, 6, 32, 0, 1},      {2, 0, MAXM, 0, 0},
-                {35, 0, 65, 1, 0},   {100, 0, MAXM, 1, 0}, {4096, 0, MAXM, 0, 1}, {1024, 0, MAXM, 1, 0}};
+} PROFILES[] = {{128, 0, MAXM, 0, 1}, {4, 4, 8, 0, 1},    {8, 5, 16, 0, 1},     {32, 6, 32, 0, 1},      {2, 0, MAXM, 0, 0},   {35, 0, 65, 2, 0},
+                {100, 0, 130, 2, 0}, {4096, 0, MAXM, 0, 1}, {600, 0, MAXM, 2, 0}, {20, 0, 40, 2, 0},    {1024, 0, MAXM, 1, 0},
+                {2, 0, 32, 3, 0}};
 #define NPROFILES ((int)(sizeof(PROFILES) / sizeof(PROFILES[0])))
 
 static int win_init(win *w) {
@@ -354,6 +363,7 @@ static int win_init(win *w) {
   for (int i = 0; i < HSIZE; i++) w->head[i] = -1;
   for (int i = 0; i <= PMASK; i++) w->prev[i] = -1;
   w->cpos = -1;
+  w->head3 = NULL;
   return 0;
 }
 
@@ -361,6 +371,7 @@ static void win_free(win *w) {
   free(w->buf);
   free(w->head);
   free(w->prev);
+  free(w->head3);
 }
 
 /* Drops the bytes before keep (never anything at or after it). */
@@ -387,9 +398,24 @@ static inline const uint8_t *at(const win *w, int64_t p) {
   return w->buf + (p - w->base);
 }
 
+/* libdeflate's multiplicative hash of a 3- or 4-byte sequence (h4 == 2 profiles). */
+static inline uint32_t ld_hash(uint32_t seq, int bits) {
+  return (uint32_t)(seq * 0x1E35A7BDu) >> (32 - bits);
+}
+
 static void insert_upto(win *w, int64_t p) {
   for (; w->ins < p; w->ins++) {
     int64_t q = w->ins;
+    if (w->h4 >= 2) {
+      const uint8_t *c = at(w, q);
+      if (w->h4 == 2 && q + 3 <= w->avail) w->head3[ld_hash((uint32_t)c[0] | (uint32_t)c[1] << 8 | (uint32_t)c[2] << 16, 15)] = q;
+      if (q + 4 <= w->avail) {
+        uint32_t h = ld_hash(df_load32le(c), w->h4 == 3 ? 15 : 16);
+        w->prev[q & PMASK] = w->head[h];
+        w->head[h] = q;
+      }
+      continue;
+    }
     if (q + 3 > w->avail) continue;
     uint32_t h = hash3(w, at(w, q));
     w->prev[q & PMASK] = w->head[h];
@@ -421,6 +447,41 @@ static void find(win *w, int64_t p, cands *c) {
   c->maxlen = maxlen;
   if (maxlen < 3) return;
   const uint8_t *cur = at(w, p);
+  if (w->h4 >= 2) {
+    /*
+     * libdeflate's: the last position of the 3-byte hash, as a match of 3, then the 4-byte hash's
+     * chain (h4 == 2: its lazy matchers); or buckets of a 15-bit 4-byte hash only (h4 == 3: its level 1)
+     */
+    int64_t q3 = w->h4 == 3 ? -1 : w->head3[ld_hash((uint32_t)cur[0] | (uint32_t)cur[1] << 8 | (uint32_t)cur[2] << 16, 15)];
+    if (q3 >= 0 && p - q3 <= WSIZE) {
+      const uint8_t *m = at(w, q3);
+      if (m[0] == cur[0] && m[1] == cur[1] && m[2] == cur[2]) {
+        c->lmax = 3;
+        c->dist[0] = (uint16_t)(p - q3);
+        c->len[0] = 3;
+        c->n = 1;
+      }
+    }
+    if (maxlen >= 4 && c->lmax < maxlen) {
+      int64_t q = w->head[ld_hash(df_load32le(cur), w->h4 == 3 ? 15 : 16)];
+      for (int depth = 0; q >= 0 && p - q <= WSIZE && depth < w->chain; depth++) {
+        const uint8_t *m = at(w, q);
+        if (df_load32le(m) == df_load32le(cur) && (c->lmax < 4 || m[c->lmax] == cur[c->lmax])) {
+          int l = 4 + df_match_len(m + 4, cur + 4, maxlen - 4);
+          if (l > c->lmax) {
+            c->lmax = l;
+            c->dist[c->n] = (uint16_t)(p - q);
+            c->len[c->n] = (uint16_t)l;
+            c->n++;
+            if (l == maxlen || l >= w->nice || c->n == CHAIN) break;
+          }
+        }
+        q = w->prev[q & PMASK];
+      }
+    }
+    if (c->lmax == 3) c->far3 = c->dist[0] > 8192 ? 2 : c->dist[0] > 4096 ? 1 : 0;
+    return;
+  }
   int64_t q = w->head[hash3(w, cur)];
   int counted = 0, seen3 = 0;
   for (int visited = 0; q >= 0 && p - q <= WSIZE && (w->h4 ? visited < 4 * w->chain && counted < w->chain : visited < w->chain); visited++) {
@@ -452,13 +513,14 @@ static void find(win *w, int64_t p, cands *c) {
     }
     q = next;
   }
-  if (c->lmax == 3 && c->dist[0] > 4096) c->far3 = 1;
+  /* zlib drops a 3-byte match farther than 4 KiB, libdeflate one farther than 8 KiB */
+  if (c->lmax == 3) c->far3 = c->dist[0] > 8192 ? 2 : c->dist[0] > 4096 ? 1 : 0;
 }
 
 static int bucket(const cands *c) {
   int l = c->lmax;
   if (l == 0) return 0;
-  if (l == 3) return c->far3 ? 2 : 1;
+  if (l == 3) return c->far3 == 0 ? 1 : c->far3 == 1 ? 2 : 10;
   if (l == 4) return 3;
   if (l <= 6) return 4;
   if (l <= 9) return 5;
@@ -492,8 +554,9 @@ typedef struct {
   int bl;
 } tokctx;
 
+/* The next position's longest match against this one's: shorter, as long, one longer, longer still (lazy matchers wait for it). */
 static inline int cmp_next(const cands *a, const cands *b) {
-  return b->lmax > a->lmax ? 2 : b->lmax == a->lmax ? 1 : 0;
+  return b->lmax > a->lmax + 1 ? 3 : b->lmax == a->lmax + 1 ? 2 : b->lmax == a->lmax ? 1 : 0;
 }
 
 static inline int grp(int lmax) {
@@ -1109,6 +1172,11 @@ static int encode_with(const uint8_t *body, size_t n, int profile, uint64_t budg
     e->w.nice = PROFILES[profile].nice;
     e->w.h4 = PROFILES[profile].h4;
     e->w.zhash = PROFILES[profile].zhash;
+    if (e->w.h4 == 2) {
+      e->w.head3 = malloc(sizeof(int64_t) * (HSIZE / 2));
+      if (!e->w.head3) e->w.h4 = 0, e->fail = "out of memory";
+      else for (int i = 0; i < HSIZE / 2; i++) e->w.head3[i] = -1;
+    }
     e->budget = budget;
     model_init(&e->m);
     e->rc.range = 0xFFFFFFFFu;
@@ -1518,6 +1586,11 @@ rec_dec *rec_dec_new(const uint8_t *rec, size_t n, uint64_t max_out) {
     d->w.nice = PROFILES[rec[3]].nice;
     d->w.h4 = PROFILES[rec[3]].h4;
     d->w.zhash = PROFILES[rec[3]].zhash;
+    if (d->w.h4 == 2) {
+      d->w.head3 = malloc(sizeof(int64_t) * (HSIZE / 2));
+      if (!d->w.head3) d->w.h4 = 0, d->err = "out of memory";
+      else for (int i = 0; i < HSIZE / 2; i++) d->w.head3[i] = -1;
+    }
     for (int i = 0; i < 8; i++) d->usize |= (uint64_t)rec[4 + i] << (8 * i);
     rcd_init(&d->rc, d->rec + 12, n - 12);
   }
