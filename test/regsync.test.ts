@@ -27,6 +27,7 @@
  *    (an HTTPS replica with its own CA).
  */
 import { execFile, spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import { existsSync, promises as fsp } from 'node:fs';
 import * as http from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -59,7 +60,6 @@ async function skopeoRaw(ref: string, creds?: string): Promise<{ digest: string;
   const args = ['inspect', '--raw', '--tls-verify=false', ...(creds ? ['--creds', creds] : []), ref];
   const { stdout } = await run('skopeo', args, { encoding: 'buffer', maxBuffer: 1 << 24 } as never);
   const bytes = stdout as unknown as Buffer;
-  const { createHash } = await import('node:crypto');
   return { digest: `sha256:${createHash('sha256').update(bytes).digest('hex')}`, size: bytes.length, doc: JSON.parse(bytes.toString('utf8')) };
 }
 
@@ -96,6 +96,22 @@ async function variant(name: ImageName, how: 'gzip-9n' | 'go-stdlib-6' | 'pigz' 
     await fsp.rename(tmp, dir);
   }
   return { layout: dir, tag: img.tag };
+}
+
+/**
+ * A patch file made of `bytes`'s header, `index` and the payload region `region`, self-consistent (the
+ * stored index's lengths, the region's length and the root digest recomputed): a lie only the payloads'
+ * digests or the rebuild can catch.
+ */
+function patchWithIndex(bytes: Buffer, index: unknown, region: Buffer): Buffer {
+  const json = Buffer.from(JSON.stringify(index));
+  const stored = compressFull(json, 3);
+  const header = Buffer.from(bytes.subarray(0, HEADER_SIZE));
+  header.writeBigUInt64LE(BigInt(stored.length), 16);
+  header.writeBigUInt64LE(BigInt(json.length), 24);
+  header.writeBigUInt64LE(BigInt(region.length), 32);
+  createHash('sha256').update(stored).digest().copy(header, 40);
+  return Buffer.concat([header, stored, region]);
 }
 
 /** Tags of a repository, [] when it does not exist. */
@@ -324,17 +340,10 @@ describe('registry diff / apply / sync', () => {
     const rel = range.start - HEADER_SIZE - storedLen;
     const rec = Buffer.from(region.subarray(rel, rel + range.length));
     rec[rec.length >> 1] ^= 0x10;
-    const { createHash } = await import('node:crypto');
     const ix = JSON.parse(JSON.stringify(opened.index)) as { payloads: { length: number; digest: string }[] };
     ix.payloads[recPayload].digest = `sha256:${createHash('sha256').update(rec).digest('hex')}`;
-    const json = Buffer.from(JSON.stringify(ix));
-    const stored = compressFull(json, 3);
-    const header = Buffer.from(bytes.subarray(0, HEADER_SIZE));
-    header.writeBigUInt64LE(BigInt(stored.length), 16);
-    header.writeBigUInt64LE(BigInt(json.length), 24);
-    createHash('sha256').update(stored).digest().copy(header, 40);
     const lie = path.join(work, 'pz-rec-lie.patch');
-    await fsp.writeFile(lie, Buffer.concat([header, stored, region.subarray(0, rel), rec, region.subarray(rel + range.length)]));
+    await fsp.writeFile(lie, patchWithIndex(bytes, ix, Buffer.concat([region.subarray(0, rel), rec, region.subarray(rel + range.length)])));
     const before = await storageFiles(dst);
     const refused = await cli(['registry', 'apply', lie, '--to', `docker://${dst.host}`, '--dest-creds', CREDS_ARG, '-q']);
     expect(refused.code).toBe(6);
@@ -559,18 +568,10 @@ describe('registry diff / apply / sync', () => {
     // hostile indexes, made self-consistent (root digest and lengths recomputed)
     const storedLen = Number(bytes.readBigUInt64LE(16));
     const region = bytes.subarray(HEADER_SIZE + storedLen);
-    const { createHash } = await import('node:crypto');
     const withIndex = (mutate: (ix: Record<string, unknown>) => void, newRegion: Buffer = region): Buffer => {
       const ix = JSON.parse(JSON.stringify(reader.index)) as Record<string, unknown>;
       mutate(ix);
-      const json = Buffer.from(JSON.stringify(ix));
-      const stored = compressFull(json, 3);
-      const header = Buffer.from(bytes.subarray(0, HEADER_SIZE));
-      header.writeBigUInt64LE(BigInt(stored.length), 16);
-      header.writeBigUInt64LE(BigInt(json.length), 24);
-      header.writeBigUInt64LE(BigInt(newRegion.length), 32);
-      createHash('sha256').update(stored).digest().copy(header, 40);
-      return Buffer.concat([header, stored, newRegion]);
+      return patchWithIndex(bytes, ix, newRegion);
     };
     r = await attempt(withIndex((ix) => ((ix.images as { name: string }[])[0].name = '../../etc')), 'badname.patch');
     expect(r.code).toBe(7);

@@ -146,6 +146,14 @@ export function describeMembers(ms: Member[]): string {
   return `${ms.length} gzip members: ${parts.join(', ')}`;
 }
 
+/** The gzip trailer of `size` bytes whose CRC-32 is `crc` (the size mod 2^32, as gzip records it). */
+export function gzipTrailer(crc: number, size: number): Buffer {
+  const t = Buffer.alloc(8);
+  t.writeUInt32LE(crc >>> 0, 0);
+  t.writeUInt32LE(size % 2 ** 32, 4);
+  return t;
+}
+
 /** `length` bytes of the open tar from `pos`, in pieces, CRC-32 into `t`. */
 async function* sliceOf(fh: fsp.FileHandle, pos: number, length: number, t: { crc: number }): AsyncGenerator<Buffer> {
   for (let done = 0; done < length; ) {
@@ -176,10 +184,7 @@ export async function* membersBlob(ms: Member[], tarPath: string): AsyncGenerato
         yield c;
       }
       if (n !== m.bodySize) throw corrupt(`gzip member ${i + 1} comes out ${n} bytes, not ${m.bodySize}`);
-      const tr = Buffer.alloc(8);
-      tr.writeUInt32LE(t.crc >>> 0, 0);
-      tr.writeUInt32LE(m.usize % 2 ** 32, 4);
-      yield tr;
+      yield gzipTrailer(t.crc, m.usize);
       pos += m.usize;
     }
     if (pos !== (await fh.stat()).size) throw corrupt(`the gzip members hold ${pos} bytes of the tar, which has ${(await fh.stat()).size}`);

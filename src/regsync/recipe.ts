@@ -53,7 +53,7 @@ import { zstdCompressStream } from '../format/zstd';
 import { corrupt, invalidArgument } from '../errors';
 import { gzipHeaderLength } from '../delta/gzmember';
 import { GO_LEVELS, goDeflate, goDeflatePrefix, KP_LEVELS, kpDeflate, kpDeflatePrefix, PGZIP_BLOCKS, recordDeflate, recordEncode } from './goflate';
-import { decodeMembers, describeMembers, detectMembers, encodeMembers, membersBlob } from './members';
+import { decodeMembers, describeMembers, detectMembers, encodeMembers, gzipTrailer, membersBlob } from './members';
 
 /** Node's zlib strategies by number (zlib.h). */
 const STRATEGIES = [
@@ -231,10 +231,7 @@ export async function gzipTrailerOf(path: string): Promise<Buffer> {
     crc = zlib.crc32(c, crc);
     size += c.length;
   }
-  const t = Buffer.alloc(8);
-  t.writeUInt32LE(crc >>> 0, 0);
-  t.writeUInt32LE(size % 2 ** 32, 4);
-  return t;
+  return gzipTrailer(crc, size);
 }
 
 /**
@@ -391,10 +388,7 @@ export async function* produceBlob(r: Recipe, tarPath: string): AsyncGenerator<B
     yield await gzipTrailerOf(tarPath); // engines that read the tar themselves
     return;
   }
-  const t = Buffer.alloc(8);
-  t.writeUInt32LE(tally.crc >>> 0, 0);
-  t.writeUInt32LE(tally.size % 2 ** 32, 4);
-  yield t;
+  yield gzipTrailer(tally.crc, tally.size);
 }
 
 /** Refuse recipes with values outside what the engines accept (they come from patch files). */

@@ -100,6 +100,15 @@ static napi_value js_new(napi_env env, napi_callback_info info) {
   return ext;
 }
 
+/* The bytes of a Uint8Array argument; -1 for anything else. */
+static int get_bytes(napi_env env, napi_value v, void **data, size_t *len) {
+  bool is = false;
+  napi_typedarray_type type;
+  if (napi_is_typedarray(env, v, &is) != napi_ok || !is || napi_get_typedarray_info(env, v, &type, len, data, NULL, NULL) != napi_ok || type != napi_uint8_array)
+    return -1;
+  return 0;
+}
+
 static napi_value js_write(napi_env env, napi_callback_info info) {
   size_t argc = 2;
   napi_value argv[2];
@@ -108,14 +117,7 @@ static napi_value js_write(napi_env env, napi_callback_info info) {
   if (!h) return NULL;
   void *data = NULL;
   size_t len = 0;
-  bool is;
-  if (argc < 2 || napi_is_typedarray(env, argv[1], &is) != napi_ok || !is) {
-    napi_throw_type_error(env, NULL, "d4fs-deflate: goWrite(encoder, bytes): bytes must be a Uint8Array");
-    return NULL;
-  }
-  napi_typedarray_type type;
-  napi_get_typedarray_info(env, argv[1], &type, &len, &data, NULL, NULL);
-  if (type != napi_uint8_array) {
+  if (argc < 2 || get_bytes(env, argv[1], &data, &len)) {
     napi_throw_type_error(env, NULL, "d4fs-deflate: goWrite(encoder, bytes): bytes must be a Uint8Array");
     return NULL;
   }
@@ -211,10 +213,7 @@ static napi_value js_kp_write(napi_env env, napi_callback_info info) {
   if (!h) return NULL;
   void *data = NULL;
   size_t len = 0;
-  bool is;
-  napi_typedarray_type type;
-  if (argc < 2 || napi_is_typedarray(env, argv[1], &is) != napi_ok || !is ||
-      napi_get_typedarray_info(env, argv[1], &type, &len, &data, NULL, NULL) != napi_ok || type != napi_uint8_array) {
+  if (argc < 2 || get_bytes(env, argv[1], &data, &len)) {
     napi_throw_type_error(env, NULL, "d4fs-deflate: kpWrite(encoder, bytes): bytes must be a Uint8Array");
     return NULL;
   }
@@ -243,13 +242,6 @@ static napi_value js_kp_close(napi_env env, napi_callback_info info) {
 
 /* ---- reconstruction records (recon.h) ---- */
 
-static int get_bytes(napi_env env, napi_value v, void **data, size_t *len) {
-  bool is = false;
-  napi_typedarray_type type;
-  if (napi_is_typedarray(env, v, &is) != napi_ok || !is || napi_get_typedarray_info(env, v, &type, len, data, NULL, NULL) != napi_ok || type != napi_uint8_array)
-    return -1;
-  return 0;
-}
 
 static napi_value js_rec_encode(napi_env env, napi_callback_info info) {
   size_t argc = 1;

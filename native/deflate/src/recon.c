@@ -438,6 +438,54 @@ static inline int maxlen_at(const win *w, int64_t p) {
   return rem < MAXM ? (int)rem : MAXM;
 }
 
+/* Lists a candidate `l` long at `dist` if it is longer than every nearer one; whether the search stops there. */
+static inline int list_longer(cands *c, const win *w, int64_t dist, int l, int maxlen) {
+  if (l <= c->lmax) return 0;
+  c->lmax = l;
+  c->dist[c->n] = (uint16_t)dist;
+  c->len[c->n] = (uint16_t)l;
+  c->n++;
+  return l == maxlen || l >= w->nice || c->n == CHAIN;
+}
+
+/*
+ * libdeflate's search: the last position of the 3-byte hash, as a match of 3, then the 4-byte hash's
+ * chain (h4 == 2: its lazy matchers); or buckets of a 15-bit 4-byte hash only (h4 == 3: its level 1).
+ */
+static void search_ld(win *w, int64_t p, cands *c, const uint8_t *cur, int maxlen) {
+  int64_t q3 = w->h4 == 3 ? -1 : w->head3[ld_hash((uint32_t)cur[0] | (uint32_t)cur[1] << 8 | (uint32_t)cur[2] << 16, 15)];
+  if (q3 >= 0 && p - q3 <= WSIZE) {
+    const uint8_t *m = at(w, q3);
+    if (m[0] == cur[0] && m[1] == cur[1] && m[2] == cur[2]) list_longer(c, w, p - q3, 3, maxlen);
+  }
+  if (maxlen < 4 || c->lmax >= maxlen) return;
+  int64_t q = w->head[ld_hash(df_load32le(cur), w->h4 == 3 ? 15 : 16)];
+  for (int depth = 0; q >= 0 && p - q <= WSIZE && depth < w->chain; depth++, q = w->prev[q & PMASK]) {
+    const uint8_t *m = at(w, q);
+    if (df_load32le(m) == df_load32le(cur) && (c->lmax < 4 || m[c->lmax] == cur[c->lmax]) &&
+        list_longer(c, w, p - q, 4 + df_match_len(m + 4, cur + 4, maxlen - 4), maxlen))
+      return;
+  }
+}
+
+/* The other profiles' search: the 3-byte hash's chain (h4 == 1: its depth counts 4-byte matches only). */
+static void search_chain(win *w, int64_t p, cands *c, const uint8_t *cur, int maxlen) {
+  int counted = 0, seen3 = 0;
+  int64_t q = w->head[hash3(w, cur)];
+  for (int visited = 0; q >= 0 && p - q <= WSIZE && (w->h4 ? visited < 4 * w->chain && counted < w->chain : visited < w->chain); visited++, q = w->prev[q & PMASK]) {
+    const uint8_t *m = at(w, q);
+    if (m[0] != cur[0] || m[1] != cur[1] || m[2] != cur[2]) continue;
+    if (w->h4) {
+      if (maxlen >= 4 && m[3] == cur[3]) counted++;
+      else if (seen3) continue;
+      seen3 = 1;
+    }
+    /* only a candidate longer than every nearer one is listed (lmax < maxlen here: the search stops at maxlen) */
+    if (c->lmax >= 3 && m[c->lmax] != cur[c->lmax]) continue;
+    if (list_longer(c, w, p - q, 3 + df_match_len(m + 3, cur + 3, maxlen - 3), maxlen)) return;
+  }
+}
+
 static void find(win *w, int64_t p, cands *c) {
   c->n = 0;
   c->lmax = 0;
@@ -446,73 +494,8 @@ static void find(win *w, int64_t p, cands *c) {
   int maxlen = maxlen_at(w, p);
   c->maxlen = maxlen;
   if (maxlen < 3) return;
-  const uint8_t *cur = at(w, p);
-  if (w->h4 >= 2) {
-    /*
-     * libdeflate's: the last position of the 3-byte hash, as a match of 3, then the 4-byte hash's
-     * chain (h4 == 2: its lazy matchers); or buckets of a 15-bit 4-byte hash only (h4 == 3: its level 1)
-     */
-    int64_t q3 = w->h4 == 3 ? -1 : w->head3[ld_hash((uint32_t)cur[0] | (uint32_t)cur[1] << 8 | (uint32_t)cur[2] << 16, 15)];
-    if (q3 >= 0 && p - q3 <= WSIZE) {
-      const uint8_t *m = at(w, q3);
-      if (m[0] == cur[0] && m[1] == cur[1] && m[2] == cur[2]) {
-        c->lmax = 3;
-        c->dist[0] = (uint16_t)(p - q3);
-        c->len[0] = 3;
-        c->n = 1;
-      }
-    }
-    if (maxlen >= 4 && c->lmax < maxlen) {
-      int64_t q = w->head[ld_hash(df_load32le(cur), w->h4 == 3 ? 15 : 16)];
-      for (int depth = 0; q >= 0 && p - q <= WSIZE && depth < w->chain; depth++) {
-        const uint8_t *m = at(w, q);
-        if (df_load32le(m) == df_load32le(cur) && (c->lmax < 4 || m[c->lmax] == cur[c->lmax])) {
-          int l = 4 + df_match_len(m + 4, cur + 4, maxlen - 4);
-          if (l > c->lmax) {
-            c->lmax = l;
-            c->dist[c->n] = (uint16_t)(p - q);
-            c->len[c->n] = (uint16_t)l;
-            c->n++;
-            if (l == maxlen || l >= w->nice || c->n == CHAIN) break;
-          }
-        }
-        q = w->prev[q & PMASK];
-      }
-    }
-    if (c->lmax == 3) c->far3 = c->dist[0] > 8192 ? 2 : c->dist[0] > 4096 ? 1 : 0;
-    return;
-  }
-  int64_t q = w->head[hash3(w, cur)];
-  int counted = 0, seen3 = 0;
-  for (int visited = 0; q >= 0 && p - q <= WSIZE && (w->h4 ? visited < 4 * w->chain && counted < w->chain : visited < w->chain); visited++) {
-    const uint8_t *m = at(w, q);
-    const int64_t next = w->prev[q & PMASK];
-    if (m[0] == cur[0] && m[1] == cur[1] && m[2] == cur[2]) {
-      if (w->h4) {
-        if (maxlen >= 4 && m[3] == cur[3]) {
-          counted++;
-        } else if (seen3) {
-          q = next;
-          continue;
-        }
-        seen3 = 1;
-      }
-      /* only a candidate longer than every nearer one is listed (lmax < maxlen here: the search stops at maxlen) */
-      if (c->lmax >= 3 && m[c->lmax] != cur[c->lmax]) {
-        q = next;
-        continue;
-      }
-      int l = 3 + df_match_len(m + 3, cur + 3, maxlen - 3);
-      if (l > c->lmax) {
-        c->lmax = l;
-        c->dist[c->n] = (uint16_t)(p - q);
-        c->len[c->n] = (uint16_t)l;
-        c->n++;
-        if (l == maxlen || l >= w->nice || c->n == CHAIN) break;
-      }
-    }
-    q = next;
-  }
+  if (w->h4 >= 2) search_ld(w, p, c, at(w, p), maxlen);
+  else search_chain(w, p, c, at(w, p), maxlen);
   /* zlib drops a 3-byte match farther than 4 KiB, libdeflate one farther than 8 KiB */
   if (c->lmax == 3) c->far3 = c->dist[0] > 8192 ? 2 : c->dist[0] > 4096 ? 1 : 0;
 }
@@ -549,10 +532,6 @@ static void predict(win *w, int64_t p, cands **a, cands **b) {
   *b = &w->slot[ib];
 }
 
-typedef struct {
-  int ctx_match; /* index into is_match */
-  int bl;
-} tokctx;
 
 /* The next position's longest match against this one's: shorter, as long, one longer, longer still (lazy matchers wait for it). */
 static inline int cmp_next(const cands *a, const cands *b) {
