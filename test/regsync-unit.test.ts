@@ -670,6 +670,12 @@ describe('patch container', () => {
         return e;
       }
     };
+    // a rebuilt layer given `recipe` in place of whatever it had (recipe or fallback)
+    const setRecipe = (ix: Record<string, any>, recipe: string): void => {
+      const l = ix.layers.find((x: any) => x.kind === 'rebuilt');
+      delete l.fallback;
+      l.recipe = recipe;
+    };
     const cases: [string, (ix: Record<string, any>) => void][] = [
       ['repository name', (ix) => (ix.images[0].name = 'a/../b')],
       ['tag', (ix) => (ix.images[0].tag = 'bad tag')],
@@ -694,6 +700,31 @@ describe('patch container', () => {
         else l.fallback.recipe = 7;
       }],
       ['version', (ix) => (ix.version = 4)],
+      // recipes with a payload of their own (reconstruction records, gzip members)
+      ['record payload out of range', (ix) => {
+        ix.version = 3;
+        setRecipe(ix, `rec ${ix.payloads.length} 1000`);
+      }],
+      ['record payload used twice', (ix) => {
+        ix.version = 3;
+        setRecipe(ix, `rec ${ix.docs[0].payload} 1000`);
+      }],
+      ['members payload used twice', (ix) => {
+        ix.version = 3;
+        setRecipe(ix, `gzm ${ix.docs[0].payload} 1000`);
+      }],
+      ['record in a version 2 index', (ix) => {
+        ix.version = 2;
+        setRecipe(ix, `rec ${ix.payloads.length - 1} 1000`);
+      }],
+      ['record payload negative', (ix) => {
+        ix.version = 3;
+        setRecipe(ix, 'rec -1 1000');
+      }],
+      ['members recipe with a header', (ix) => {
+        ix.version = 3;
+        setRecipe(ix, 'gzm 1 1000 @H4sIAAAAAAAA/w');
+      }],
       ['extract past the end', (ix) => (ix.sources[0].extract[0][0] = ix.sources[0].tarSize)],
       ['old content nobody provides', (ix) => (ix.sources[0].extract = [])],
       ['digest syntax', (ix) => (ix.contents[0].digest = 'md5:abc')],
