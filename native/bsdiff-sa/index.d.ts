@@ -18,6 +18,12 @@ export interface DiffOptions {
    * least 256 KiB). The output is the same for every thread count.
    */
   threads?: number;
+  /**
+   * 0 (default): the longest match of every position, by a suffix array of `oldData`
+   * (libdivsufsort); 1: hash chains of `oldData`'s 8-byte prefixes, walked 24 deep, and the
+   * current alignment (linear time; matches shorter than 8 bytes are not found).
+   */
+  matcher?: 0 | 1;
 }
 
 /** BSDIFF40's three streams, uncompressed. */

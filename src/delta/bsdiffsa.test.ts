@@ -3,7 +3,7 @@
  * diff coder: round trips through d4fs's TypeScript bspatch, refusals, hostile input,
  * and a cross-check against bsdiff-node.
  */
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as zlib from 'node:zlib';
@@ -58,6 +58,35 @@ function fakeBinaries(size: number, seed: number): { base: Buffer; target: Buffe
   }
   return { base, target: Buffer.concat(parts) };
 }
+
+/**
+ * Source-like text and an edited version: lines of words and numbers; the new one has a few
+ * lines changed, inserted and deleted every ~20 KB, and a renamed identifier in a run of lines.
+ */
+function textPair(size: number, seed: number): { base: Buffer; target: Buffer } {
+  const r = prng(seed);
+  const words = ['const', 'return', 'function', 'value', 'options', 'this', 'module', 'export', 'if', 'else', 'await', 'node'];
+  const lines: string[] = [];
+  let n = 0;
+  while (n < size) {
+    const k = 2 + Math.floor(r() * 9);
+    const l = `${'  '.repeat(Math.floor(r() * 4))}${Array.from({ length: k }, () => (r() < 0.2 ? String(Math.floor(r() * 10000)) : words[Math.floor(r() * words.length)])).join(' ')};`;
+    lines.push(l);
+    n += l.length + 1;
+  }
+  const out = [...lines];
+  for (let i = 0; i < out.length; i += 300 + Math.floor(r() * 400)) {
+    const op = Math.floor(r() * 3);
+    if (op === 0) out[i] = `${out[i]} // changed ${Math.floor(r() * 1000)}`;
+    else if (op === 1) out.splice(i, 0, `inserted ${Math.floor(r() * 1e6)};`);
+    else out.splice(i, 1);
+  }
+  for (let i = 1000; i < Math.min(out.length, 1100); i++) out[i] = out[i].replace(/options/g, 'settings');
+  return { base: Buffer.from(lines.join('\n')), target: Buffer.from(out.join('\n')) };
+}
+
+/** sha256 (first 16 hex digits) of the streams of the golden-scan test's four diffs, as the byte-at-a-time scan made them. */
+const GOLDEN_SCANS = ['39bf1f22f0917cda', '7fe45ea0f82f03b5', '05362bfd2400569a', '7c3e50e4e44fa3f1'];
 
 function randomFrom(r: () => number, n: number): Buffer {
   const b = Buffer.alloc(n);
@@ -277,6 +306,57 @@ describe('native encoder bsdiff-sa', () => {
     const target = Buffer.concat([big.subarray(200, 3000), Buffer.from('inserted'), big.subarray(3000, 5000)]);
     const s = sa.diff(new Uint8Array(base.buffer, base.byteOffset, base.length), target);
     expect(bspatchRaw(base, s).equals(target)).toBe(true);
+  });
+
+  it('the scan gives the patches it gave before its extensions went a word at a time (digests of the streams)', () => {
+    // digests of the streams the byte-at-a-time scan (before this change) made for these inputs
+    const digest = (s: { ctrl: Buffer; diff: Buffer; extra: Buffer }): string => createHash('sha256').update(s.ctrl).update(s.diff).update(s.extra).digest('hex').slice(0, 16);
+    const { base, target } = fakeBinaries(600_000, 9);
+    const t1 = textPair(300_000, 21);
+    const got = [sa.diff(base, target), sa.diff(base, target, { matcher: 1 }), sa.diff(t1.base, t1.target), sa.diff(t1.base, t1.target, { matcher: 1 })].map(digest);
+    expect(got).toEqual(GOLDEN_SCANS);
+  });
+
+  it('the hash matcher: round trips on every kind of pair, same streams on any thread count, close to the suffix array on text', () => {
+    const r = prng(77);
+    const rnd = randomFrom(r, 300_000);
+    const flipped = Buffer.from(rnd);
+    for (let k = 0; k < 300; k++) flipped[(k * 997) % flipped.length] ^= 1;
+    const t = textPair(400_000, 5);
+    const bin = fakeBinaries(400_000, 3);
+    const pairs: [Buffer, Buffer][] = [
+      [t.base, t.target],
+      [bin.base, bin.target],
+      [rnd, flipped],
+      [Buffer.concat([rnd.subarray(1000), rnd.subarray(0, 1000)]), rnd], // moved content
+      [Buffer.alloc(100_000, 97), Buffer.alloc(120_000, 97)], // periodic
+      [Buffer.from('ab'.repeat(50_000)), Buffer.from(`${'ab'.repeat(40_000)}x${'ab'.repeat(10_000)}`)],
+      [randomFrom(r, 5000), randomFrom(r, 7000)], // unrelated
+      [Buffer.alloc(0), Buffer.from('hello')],
+      [Buffer.from('0123456789abcdef0123'), Buffer.alloc(0)],
+      [Buffer.from('short'), Buffer.from('shorter')], // under the 16-byte key
+    ];
+    for (const [b, n] of pairs) {
+      const one = sa.diff(b, n, { matcher: 1 });
+      expect(bspatchRaw(b, one).equals(n)).toBe(true);
+      const two = sa.diff(b, n, { matcher: 1, threads: 3 });
+      expect(two.ctrl.equals(one.ctrl) && two.diff.equals(one.diff) && two.extra.equals(one.extra)).toBe(true);
+    }
+    // text near its base: within 25 % of the suffix array's packed patch, and the codec round-trips it
+    const hash = encodePatch(t.base, t.target, 'bsdiff', 12, { bsdiffMatcher: 'hash' });
+    const full = encodePatch(t.base, t.target, 'bsdiff', 12);
+    expect(hash.length).toBeLessThanOrEqual(full.length * 1.25);
+    expect(applyPatch(t.base, hash, 'bsdiff', t.target.length).equals(t.target)).toBe(true);
+    // the matcher is checked, and the deadline applies to it
+    expect(() => sa.diff(Buffer.alloc(1), Buffer.alloc(1), { matcher: 2 })).toThrow(/matcher/);
+    expect(() => sa.diff(Buffer.alloc(1), Buffer.alloc(1), { matcher: 'hash' })).toThrow(/matcher/);
+    let code: string | undefined;
+    try {
+      sa.diff(randomBytes(4 << 20), randomBytes(4 << 20), { deadlineMs: 1, matcher: 1 });
+    } catch (e) {
+      code = (e as NodeJS.ErrnoException).code;
+    }
+    expect(code).toBe('ETIMEDOUT');
   });
 
   it('a minGain other than bsdiff\'s 8 still reproduces the target', () => {

@@ -30,6 +30,7 @@ import {
   decodeEntry,
   decompressFull,
   encodePatch,
+  EVERY_CODEC_MIN,
   LEVELS,
   PatchCodecId,
   setBsdiffApplyEngine,
@@ -577,11 +578,19 @@ describe('chooseBest', () => {
     expect(r.data.length).toBe(Math.min(...Object.values(r.tried).map((n) => n as number)));
   });
 
-  it('auto picks zstd-patch for edited text', () => {
+  it('auto codes edited text with zstd-patch and bsdiff by hash chains, and keeps the smaller', () => {
     const base = makeText(5000, 50);
-    const r = chooseBest(base, editText(base, 51), { codec: 'auto', level: 'default' });
-    expect(r.codec).toBe('zstd-patch');
-    expect(r.tried.bsdiff).toBeUndefined();
+    const target = editText(base, 51);
+    const r = chooseBest(base, target, { codec: 'auto', level: 'default' });
+    expect(r.tried.bsdiff).toBe(encodePatch(base, target, 'bsdiff', LEVELS.default, { bsdiffMatcher: 'hash' }).length);
+    expect(r.tried['zstd-patch']).toBeDefined();
+    expect(r.data.length).toBe(Math.min(...Object.values(r.tried)));
+    // short text (under EVERY_CODEC_MIN): zstd-patch alone
+    const small = makeText(200, 52);
+    const rs = chooseBest(small, editText(small, 53), { codec: 'auto', level: 'default' });
+    expect(small.length).toBeLessThan(EVERY_CODEC_MIN);
+    expect(rs.codec).toBe('zstd-patch');
+    expect(rs.tried.bsdiff).toBeUndefined();
   });
 
   it('auto skips patching for unrelated data and keeps the full frame', () => {

@@ -172,7 +172,7 @@ export function bsdiffStreams(base: Buffer, target: Buffer, opts: PatchOptions =
   }
   const deadline = opts.bsdiffDeadlineMs ?? bsdiffDeadlineMs(base.length, target.length);
   try {
-    const r = sa.diff(base, target, { deadlineMs: Math.max(1, deadline), threads: opts.bsdiffThreads ?? bsdiffThreads() });
+    const r = sa.diff(base, target, { deadlineMs: Math.max(1, deadline), threads: opts.bsdiffThreads ?? bsdiffThreads(), matcher: opts.bsdiffMatcher === 'hash' ? 1 : 0 });
     return { newSize: target.length, ctrl: r.ctrl, diff: r.diff, extra: r.extra };
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;

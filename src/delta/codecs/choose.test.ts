@@ -1,8 +1,8 @@
 /**
  * The chooser's rule at `default` (issue 14, CODECS.md "Every content gets its best codec"):
- * every content of at least EVERY_CODEC_MIN bytes but text gets bsdiff and the strong
- * zstd-patch next to the full frame, and keeps the smallest; executables keep bsdiff alone,
- * text the strong zstd-patch; binary data that the level-1 probe calls unrelated gets a second
+ * every content of at least EVERY_CODEC_MIN bytes gets bsdiff (on text by hash chains) and the
+ * strong zstd-patch next to the full frame, and keeps the smallest; executables keep bsdiff alone;
+ * binary data that the level-1 probe calls unrelated gets a second
  * look at the level.
  */
 import { randomBytes } from 'node:crypto';
@@ -94,17 +94,26 @@ describe('chooseBest at default: every content gets its best codec', () => {
     expect(decodeEntry(r.codec, r.data, base, target.length).equals(target)).toBe(true);
   });
 
-  it('codes text with zstd-patch alone (bsdiff does not beat it on text), at level 12 when the probe is under 1/64 of it', () => {
+  it('codes text with bsdiff by hash chains, then zstd-patch (at level 12 when the probe is under 1/64 of it) unless bsdiff is far below the probe', () => {
+    // every line renumbered: a change in every line, which bsdiff's diff stream does not code well
     const base = text(4000);
     const target = Buffer.from(base.toString().replace(/line (\d+)/g, (_m, d: string) => `line ${Number(d) + 1}`));
     expect(target.length).toBeGreaterThanOrEqual(EVERY_CODEC_MIN);
-    expect(patchPlan(base, target, opts)).toEqual(['zstd-patch']);
+    expect(patchPlan(base, target, opts)).toEqual(['bsdiff', 'zstd-patch']);
     const r = chooseBest(base, target, opts);
+    expect(r.tried.bsdiff).toBe(encodePatch(base, target, 'bsdiff', LEVELS.default, { bsdiffMatcher: 'hash' }).length);
+    expect(r.tried.bsdiff).toBeGreaterThanOrEqual(PATCH_ENOUGH * encodePatch(base, target, 'zstd-patch', 1).length);
     expect(r.codec).toBe('zstd-patch');
-    expect(r.tried.bsdiff).toBeUndefined();
     expect(r.tried['zstd-patch']).toBe(defaultZstdPatch(base, target));
     expect(r.tried['zstd-patch']).toBe(encodePatch(base, target, 'zstd-patch', LEVELS.default).length);
     expect(decodeEntry(r.codec, r.data, base, target.length).equals(target)).toBe(true);
+    // a few edits: bsdiff is far below the probe, and zstd-patch is not tried again
+    const few = text(4000, 100);
+    const r2 = chooseBest(base, few, opts);
+    expect(r2.codec).toBe('bsdiff');
+    expect(r2.tried.bsdiff).toBeLessThan(PATCH_ENOUGH * encodePatch(base, few, 'zstd-patch', 1).length);
+    expect(r2.tried['zstd-patch']).toBeUndefined();
+    expect(decodeEntry(r2.codec, r2.data, base, few.length).equals(few)).toBe(true);
   });
 
   it('keeps the smaller of bsdiff and the strong zstd-patch whichever it is (both tried unless bsdiff is far below the probe)', () => {

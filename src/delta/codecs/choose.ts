@@ -146,13 +146,16 @@ const LAST_RESORT: PatchCodec = zstdPatch;
 
 /**
  * At `default`, units at least this long (bytes) are tried with every patch codec that fits,
- * whatever their kind but text (issue 14); shorter ones, and text, only with the codecs whose
- * `auto.default` says so (zstd-patch; bsdiff for executables of 4 KiB or more). Measured on the
- * changed files of the delta benchmark (CODECS.md, "Every content gets its best codec"): below
- * 16 KiB bsdiff's patch is larger than zstd-patch's in total (its container and coder tables cost
- * more than they save on a few KiB: 8-16 KiB files 176 K against 156 K) and slower; from 16 KiB up
- * it is smaller on binary data (LLVM bitcode, gettext catalogues) and the better of the two is
- * kept; on text it was smaller by 5 bytes of 224 K, for a quarter more time.
+ * whatever their kind (issue 14; text with bsdiff's hash matcher, TEXT_BSDIFF); shorter ones only
+ * with the codecs whose `auto.default` says so (zstd-patch; bsdiff for executables of 4 KiB or
+ * more). Measured on the changed files of the delta benchmark (CODECS.md, "Every content gets its
+ * best codec"): below 16 KiB bsdiff's patch is larger than zstd-patch's in total (its container and
+ * coder tables cost more than they save on a few KiB: 8-16 KiB files 176 K against 156 K) and
+ * slower; from 16 KiB up it is smaller on binary data (LLVM bitcode, gettext catalogues) and the
+ * better of the two is kept. On text it was smaller by 5 bytes of 224 K there, for a quarter more
+ * time, and text was left to zstd-patch; on issue 18's node_modules update (JavaScript bundles of
+ * patch releases) bsdiff by hash chains took the changed contents from 50.1 to 39.6 KB (CODECS.md,
+ * "Text near its base").
  */
 export const EVERY_CODEC_MIN = 16 * 1024;
 
@@ -174,6 +177,17 @@ export const PATCH_ENOUGH = 0.6;
  */
 export const SECOND_LOOK_RATIO = 0.97;
 
+/**
+ * The options bsdiff runs with on text at `default`: its hash matcher (PatchOptions.bsdiffMatcher:
+ * linear time, ~20 ms per MB of target here against ~60 for the suffix array). On text near its
+ * base (a patch release's bundles) bsdiff's diff stream, coded against the base, is far smaller than
+ * a zstd patch, whose every sequence pays for its offsets: on issue 18's node_modules update
+ * typescript.js (9.1 MB) took 1,348 bytes as zstd-patch 1 (kept as near-identical), 1,410 at 12,
+ * 1,024 at 19 (4.2 s), and 438 by bsdiff with hash chains (0.2 s). Measurements: CODECS.md, "Text
+ * near its base".
+ */
+const TEXT_BSDIFF: PatchOptions = { bsdiffMatcher: 'hash' };
+
 /** Kind of the unit (of the whole content when the caller says it: a later chunk of an ELF file has no magic). */
 function kindOf(target: Buffer, opts: ChooseOptions): ContentKind {
   return opts.kind ?? contentKind(target);
@@ -191,7 +205,7 @@ function planCodecs(base: Buffer, target: Buffer, opts: ChooseOptions): PatchCod
       ? c.auto.best
       : opts.level === 'fast'
         ? c.auto.fast
-        : (target.length >= EVERY_CODEC_MIN && (kind ??= kindOf(target, opts)) !== 'text') || c.auto.default((kind ??= kindOf(target, opts)), target.length);
+        : target.length >= EVERY_CODEC_MIN || c.auto.default((kind ??= kindOf(target, opts)), target.length);
   return PATCH_CODECS.filter((c) => fits(c) && autoTries(c)).sort((a, b) => a.tryOrder - b.tryOrder);
 }
 
@@ -215,6 +229,9 @@ export function chooseBest(base: Buffer, target: Buffer, opts: ChooseOptions): C
   if (level === undefined) throw invalidArgument(`unknown level preset ${String(opts.level)}`);
   let plan = planCodecs(base, target, opts);
   const atDefault = opts.codec === 'auto' && opts.level === 'default';
+  // text at `default`: bsdiff with its hash matcher (TEXT_BSDIFF), when the plan has it
+  const textHash = atDefault && plan.some((c) => c.choice === 'bsdiff') && kindOf(target, opts) === 'text';
+  const codecOpts: PatchOptions = textHash ? { ...opts, ...TEXT_BSDIFF } : opts;
   // A cheap level-1 probe: are base and target related at all?
   let full1 = -1;
   let probe = -1;
@@ -230,9 +247,11 @@ export function chooseBest(base: Buffer, target: Buffer, opts: ChooseOptions): C
     // tells it for a quarter of the cost of the whole frame, which was 21 of a 4 MiB unit's ~55 ms
     // (issue 18: 64 such units). Otherwise, or when the bound is too low to tell, the whole frame.
     const bound = nearIdentical ? frameSizeLowerBound(target) : 0;
+    // a unit the level-1 patch already codes well keeps only bsdiff by hash chains (text), which is cheap
+    const cheapOnly = (): PatchCodec[] => (textHash ? plan.filter((c) => c.choice === 'bsdiff') : []);
     if (bound > 4 * patch1.length) {
       full1 = bound;
-      plan = [];
+      plan = cheapOnly();
       candidates.push({ codec: LAST_RESORT, data: patch1 });
     } else {
       full1 = FRAME_CODEC.encode(base, target, 1, opts).length;
@@ -247,8 +266,8 @@ export function chooseBest(base: Buffer, target: Buffer, opts: ChooseOptions): C
         if (zl && frame && zl.length < SECOND_LOOK_RATIO * frame.length) candidates.push({ codec: LAST_RESORT, data: zl });
         else plan = [];
       } else if (nearIdentical) {
-        // a unit (nearly) identical to its base region: a stronger coder saves a few bytes for ~0.5 s per MiB
-        plan = [];
+        // a unit (nearly) identical to its base region: a stronger zstd level saves a few bytes for ~0.5 s per MiB
+        plan = cheapOnly();
         candidates.push({ codec: LAST_RESORT, data: patch1 });
       }
     }
@@ -270,7 +289,7 @@ export function chooseBest(base: Buffer, target: Buffer, opts: ChooseOptions): C
     try {
       // the strong level at `default`, unless a codec already gave up on this unit (its time is spent)
       const lv = atDefault && Object.keys(skipped).length === 0 ? (codec.defaultLevel?.(target.length, probe) ?? level) : level;
-      candidates.push({ codec, data: codec.encode(base, target, lv, opts) });
+      candidates.push({ codec, data: codec.encode(base, target, lv, codecOpts) });
     } catch (e) {
       // bsdiff can hit its deadline (pathological input) or die in its child process:
       // fall back to zstd-patch rather than failing the whole entry.

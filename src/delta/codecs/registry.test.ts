@@ -80,8 +80,10 @@ describe('the codec registry', () => {
     const base = Buffer.alloc(1000, 1);
     expect(patchPlan(base, exe, { codec: 'auto', level: 'default' })).toEqual(['bsdiff', 'zstd-patch']);
     expect(patchPlan(base, exe.subarray(0, 2048), { codec: 'auto', level: 'default' })).toEqual(['zstd-patch']);
-    expect(patchPlan(base, txt, { codec: 'auto', level: 'default' })).toEqual(['zstd-patch']);
-    // at default every codec that fits from EVERY_CODEC_MIN (16 KiB) up, whatever the kind but text (issue 14)
+    expect(txt.length).toBeGreaterThanOrEqual(16 << 10);
+    expect(patchPlan(base, txt, { codec: 'auto', level: 'default' })).toEqual(['bsdiff', 'zstd-patch']);
+    expect(patchPlan(base, txt.subarray(0, (16 << 10) - 1), { codec: 'auto', level: 'default' })).toEqual(['zstd-patch']);
+    // at default every codec that fits from EVERY_CODEC_MIN (16 KiB) up, whatever the kind (issue 14; text by hash chains)
     const data = Buffer.alloc(16 << 10, 0);
     expect(patchPlan(base, data, { codec: 'auto', level: 'default' })).toEqual(['bsdiff', 'zstd-patch']);
     expect(patchPlan(base, data.subarray(1), { codec: 'auto', level: 'default' })).toEqual(['zstd-patch']);

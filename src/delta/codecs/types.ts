@@ -39,6 +39,18 @@ export interface PatchOptions {
   bsdiffEngine?: 'bsdiff-sa' | 'bsdiff-node';
   /** Threads of the native encoder's scan (default `bsdiffThreads()`); the patch is the same for any count. */
   bsdiffThreads?: number;
+  /**
+   * How the native encoder finds matches: `suffix-array` (default: the longest match at every
+   * position, ~45 ms per MiB of base to sort) or `hash` (chains of 8-byte prefixes walked a few
+   * deep and the current alignment: linear time, for text near its base; CODECS.md). bsdiff-node
+   * ignores it.
+   */
+  bsdiffMatcher?: 'suffix-array' | 'hash';
+  /**
+   * zstd-patch only: log2 of the match candidates its binary-tree levels (13 and up) compare at
+   * each position (zstd's searchLog; absent: the level's own). Lower is faster and larger.
+   */
+  zstdSearchLog?: number;
 }
 
 /** A codec of bytes: chooseBest picks among them; `frame` ones are self-contained, `patch` ones need a base. */

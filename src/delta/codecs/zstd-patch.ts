@@ -7,7 +7,7 @@
 import { invalidArgument } from '../../errors';
 import { Codec } from '../../format/types';
 import { ZSTD_DICT_MAGIC, zstdCompress, zstdDecompressChecked, zstdDeclaredSize } from '../../format/zstd';
-import { checkExpectedSize, defineCodec, LEVELS } from './types';
+import { checkExpectedSize, defineCodec, LEVELS, PatchOptions } from './types';
 
 /**
  * The dictionary zstd-patch uses for `base`: the base itself, minus any leading
@@ -44,7 +44,7 @@ export const STRONG_MIN_SHARE = 64;
 export const zstdPatch = defineCodec(Codec.ZSTD_PATCH, {
   role: 'patch',
   choice: 'zstd',
-  encode: (base: Buffer, target: Buffer, level: number): Buffer => zstdCompress(target, level, patchDictionary(base)),
+  encode: (base: Buffer, target: Buffer, level: number, opts: PatchOptions): Buffer => zstdCompress(target, level, patchDictionary(base), opts.zstdSearchLog),
   decode(stored: Buffer, base: Buffer | null, expectedSize: number): Buffer {
     if (!base) throw invalidArgument('zstd-patch needs a base');
     checkExpectedSize(expectedSize);
