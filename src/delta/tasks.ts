@@ -389,13 +389,15 @@ export async function materializeGroup(a: MaterializeGroupArgs): Promise<{ frame
 export const GROUP_LEVELS: Readonly<Record<LevelPreset, number>> = Object.freeze({ fast: 3, default: 19, best: 19 });
 
 /**
- * zstd's searchLog for a group coded against its members' bases (level 19's is 6 here: 64
- * candidates per position in a binary tree of dictionary and group). Most of a group is long
- * matches against its bases, which the first candidates find: on issue 18's node_modules update
- * (four groups, 8.7 MB against 8.7 MB of bases) searchLog 1 took 0.45 s where 6 took 1.4 s for
- * the largest (4.2 MB), for groups 16 % larger in sum; 2 took 0.7 s for 11 %.
+ * zstd's searchLog for a group coded against its members' bases (level 19's own is 6 here: 64
+ * candidates per position in a binary tree of the bases and the group, ~0.35 s per MiB of group).
+ * Most of a group is long matches against its bases, which the first candidates find. On issue
+ * 18's node_modules update (four groups, 8.7 MB against 8.7 MB of bases; `cdimg diff` medians of 3
+ * runs, 2 cores): 6 gave a 53,098-byte delta in 4.3 s, 2 55,259 bytes in 3.3 s, 1 56,785 bytes in
+ * 3.2 s. On the delta bench's postgres pair (.mo catalogues of twelve locales, LLVM bitcode)
+ * searchLog 2 cost 0.65 % of the delta (4,444 -> 4,473 KiB), 1 cost 1.1 % (4,494 KiB).
  */
-export const GROUP_SEARCH_LOG = 1;
+export const GROUP_SEARCH_LOG = 2;
 
 /**
  * Small changed or new contents coded together (issue 14): each is coded alone as

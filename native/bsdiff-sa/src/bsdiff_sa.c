@@ -201,10 +201,10 @@ static size_t longest_match(const uint8_t *old, size_t oldlen, const saidx_t *sa
  * bsdiff only takes a new alignment that beats the current one by `gain`
  * (8) bytes anyway. On the 20 largest changed files of a node_modules update
  * (60 MB of JavaScript, TypeScript declarations and JSON; issue 18's bench)
- * the packed patches were 14.0 KB against the suffix array's 13.5 KB, in
- * 1.3 s against 3.2 s including the packing. Keys of 8 bytes gave 15.8 KB,
+ * the packed patches were 14.2 KB against the suffix array's 13.5 KB, in
+ * 1.0 s against 3.0 s including the packing. Keys of 8 bytes gave 15.8 KB,
  * 24-deep chains 14.3 KB, 64-deep 14.0 KB for +10 % time, and indexing every
- * 4th position (a quarter of the memory) 16.2 KB.
+ * 4th position (a quarter of the memory) 16.2 KB (src/delta/CODECS.md).
  */
 #define HMIN 16
 #define HDEPTH 32
