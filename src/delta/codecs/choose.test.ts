@@ -114,6 +114,19 @@ describe('chooseBest at default: every content gets its best codec', () => {
     expect(r2.tried.bsdiff).toBeLessThan(PATCH_ENOUGH * encodePatch(base, few, 'zstd-patch', 1).length);
     expect(r2.tried['zstd-patch']).toBeUndefined();
     expect(decodeEntry(r2.codec, r2.data, base, few.length).equals(few)).toBe(true);
+    // edited throughout (the probe is over 1/64 of the unit: zstd-patch's strong level): zstd-patch is
+    // tried even after a bsdiff patch far below the probe, and the smaller kept
+    const words = ['alpha', 'beta', 'gamma', 'select', 'insert', 'table', 'help', 'server'];
+    const next = prng32(11);
+    const lines = Array.from({ length: 6000 }, () => Array.from({ length: 3 + (next() % 8) }, () => words[next() % words.length]).join(' ') + ';');
+    const b3 = Buffer.from(lines.join('\n'));
+    const t3 = Buffer.from(lines.map((l, i) => (i % 6 === 0 ? l.replace(/\w+/, `edited${next() % 1000}`) : l)).join('\n'));
+    const probe3 = encodePatch(b3, t3, 'zstd-patch', 1).length;
+    expect(probe3 * STRONG_MIN_SHARE).toBeGreaterThanOrEqual(t3.length);
+    const r3 = chooseBest(b3, t3, opts);
+    expect(r3.tried.bsdiff).toBeLessThan(PATCH_ENOUGH * probe3);
+    expect(r3.tried['zstd-patch']).toBe(encodePatch(b3, t3, 'zstd-patch', ZSTD_PATCH_STRONG_LEVEL).length);
+    expect(r3.data.length).toBe(Math.min(r3.tried.bsdiff ?? Infinity, r3.tried['zstd-patch'] ?? Infinity, r3.tried.zstd ?? Infinity));
   });
 
   it('keeps the smaller of bsdiff and the strong zstd-patch whichever it is (both tried unless bsdiff is far below the probe)', () => {
