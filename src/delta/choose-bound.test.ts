@@ -4,7 +4,7 @@
  * and the choice it makes is the one the whole frame makes.
  */
 import { randomBytes } from 'node:crypto';
-import { chooseBest, FRAME_BOUND_PREFIX, frameSizeLowerBound } from './codecs';
+import { chooseBest, FRAME_BOUND_PREFIX, frameSizeLowerBound, NEAR_IDENTICAL } from './codecs';
 import { zstdFrame } from '../format/zstd';
 
 /** Deterministic text with a seeded generator (words, numbers, line breaks). */
@@ -70,9 +70,19 @@ describe('frameSizeLowerBound', () => {
     const target = Buffer.from(base.subarray(2 * mib, 6 * mib));
     target.write('an edit', 1000);
     const r = chooseBest(base, target, { codec: 'auto', level: 'default' });
+    expect(r.codec).toBe('zstd-patch');
     // the whole frame is not tried (a patch 4x under even the bound), as when full1 was computed whole;
-    // besides the level-1 patch, only bsdiff by hash chains (text)
-    expect(Object.keys(r.tried).sort()).toEqual(['bsdiff', 'zstd-patch']);
-    expect(r.data.length).toBe(Math.min(r.tried.bsdiff ?? Infinity, r.tried['zstd-patch'] ?? Infinity));
+    // nor bsdiff: the level-1 patch is under NEAR_IDENTICAL.bsdiffFrom
+    expect(r.data.length).toBeLessThan(NEAR_IDENTICAL.bsdiffFrom);
+    expect(r.tried).toEqual({ 'zstd-patch': r.data.length });
+    // 60 edits: a level-1 patch over bsdiffFrom (still near-identical): bsdiff by hash chains too, the smaller kept
+    const edited = Buffer.from(base.subarray(2 * mib, 6 * mib));
+    for (let i = 0; i < 60; i++) edited.write('an edit', 1000 + i * 41011);
+    const r2 = chooseBest(base, edited, { codec: 'auto', level: 'default' });
+    expect(r2.tried['zstd-patch']).toBeGreaterThanOrEqual(NEAR_IDENTICAL.bsdiffFrom);
+    expect(r2.tried['zstd-patch']).toBeLessThanOrEqual(NEAR_IDENTICAL.maxPatch);
+    expect(Object.keys(r2.tried).sort()).toEqual(['bsdiff', 'zstd-patch']);
+    expect(r2.codec).toBe('bsdiff');
+    expect(r2.data.length).toBeLessThan(r2.tried['zstd-patch'] ?? 0);
   });
 });

@@ -111,11 +111,18 @@ export const RELATED_RATIO = 0.9;
 /**
  * Units at least `minTarget` long whose level-1 zstd-patch is at most
  * `maxPatch` bytes keep that patch: they are (nearly) identical to their base
- * region, and coding them again at the level (or with bsdiff) took 0.4-0.8 s
- * per 4 MiB unit of a 256 MiB text file with 50 edits (issue 18's scale
- * bench) to save tens of bytes.
+ * region, and coding them again at the level (or with bsdiff's suffix array)
+ * took 0.4-0.8 s per 4 MiB unit of a 256 MiB text file with 50 edits (issue
+ * 18's scale bench) to save tens of bytes. Text among them whose level-1 patch
+ * is at least `bsdiffFrom` bytes is also coded by bsdiff's hash matcher
+ * (TEXT_BSDIFF, ~17 ms per MB), the smaller kept: typescript.js of a patch
+ * release (9.1 MB) 1,348 -> 438 bytes. Below that little is left to gain: a
+ * 4 MiB unit with one edit against its 8 MiB base window has a 442-byte
+ * level-1 patch (a few bytes per 128 KiB block) and a 166-byte bsdiff patch,
+ * for 130 ms; on the scale bench's 256 MiB file that would be ~50 such units
+ * (~6 s of CPU for ~14 KB).
  */
-export const NEAR_IDENTICAL = { minTarget: 1 << 20, maxPatch: 2048 };
+export const NEAR_IDENTICAL = { minTarget: 1 << 20, maxPatch: 2048, bsdiffFrom: 1024 };
 
 /** Bytes of a unit whose level-1 full frame {@link frameSizeLowerBound} compresses instead of the whole unit. */
 export const FRAME_BOUND_PREFIX = 1 << 20;
@@ -247,8 +254,9 @@ export function chooseBest(base: Buffer, target: Buffer, opts: ChooseOptions): C
     // tells it for a quarter of the cost of the whole frame, which was 21 of a 4 MiB unit's ~55 ms
     // (issue 18: 64 such units). Otherwise, or when the bound is too low to tell, the whole frame.
     const bound = nearIdentical ? frameSizeLowerBound(target) : 0;
-    // a unit the level-1 patch already codes well keeps only bsdiff by hash chains (text), which is cheap
-    const cheapOnly = (): PatchCodec[] => (textHash ? plan.filter((c) => c.choice === 'bsdiff') : []);
+    // a unit the level-1 patch already codes well keeps only bsdiff by hash chains (text), which is
+    // cheap, when there is enough to gain (NEAR_IDENTICAL.bsdiffFrom)
+    const cheapOnly = (): PatchCodec[] => (textHash && patch1.length >= NEAR_IDENTICAL.bsdiffFrom ? plan.filter((c) => c.choice === 'bsdiff') : []);
     if (bound > 4 * patch1.length) {
       full1 = bound;
       plan = cheapOnly();
