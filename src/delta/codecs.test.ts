@@ -315,6 +315,21 @@ describe('patches', () => {
     expect(a.length * 10).toBeLessThan(compressFull(target, 12).length);
   });
 
+  it('zstd-patch with a searchLog of its own (solid groups): deterministic, decodes like any zstd-patch, bad values refused', () => {
+    const base = makeText(20_000, 30);
+    const target = editText(base, 31);
+    for (const zstdSearchLog of [1, 2, 6]) {
+      const p = encodePatch(base, target, 'zstd-patch', 19, { zstdSearchLog });
+      expect(p.equals(encodePatch(base, target, 'zstd-patch', 19, { zstdSearchLog }))).toBe(true);
+      expect(applyPatch(base, p, 'zstd-patch', target.length).equals(target)).toBe(true);
+    }
+    // the parameter reaches zstd: one candidate per position finds less than the level's own search
+    expect(encodePatch(base, target, 'zstd-patch', 19, { zstdSearchLog: 1 }).equals(encodePatch(base, target, 'zstd-patch', 19))).toBe(false);
+    for (const zstdSearchLog of [0, 27, 1.5, Number.NaN]) {
+      expect(() => encodePatch(base, target, 'zstd-patch', 19, { zstdSearchLog })).toThrow(D4fsError);
+    }
+  });
+
   it('bsdiff patches are deterministic and carry the d4fs container magic', () => {
     const base = makeText(3000, 22);
     const target = editText(base, 23);
