@@ -208,6 +208,7 @@ static size_t longest_match(const uint8_t *old, size_t oldlen, const saidx_t *sa
  */
 #define HMIN 16
 #define HDEPTH 32
+#define HBACK 4096
 
 typedef struct {
   int32_t *head;  /* newest position of each hash, -1: none */
@@ -501,6 +502,11 @@ static int scan_part(part_t *me) {
         /* the same, backwards from the new match (i: bytes before it) */
         int64_t s = 0, best = 0, lim = scan - lastscan;
         if (pos < lim) lim = pos;
+        /* the hash matcher may settle for a short match where a longer one exists (periodic data:
+           the newest positions of a key are near the base's end), and the backward extension then
+           reaches back to the previous match every time: quadratic ("abab..." with one byte
+           inserted: 0.4 s at 512 KiB, past any deadline at 8 MiB). It looks back HBACK bytes at most. */
+        if (c->hx && lim > HBACK) lim = HBACK;
         for (int64_t i = 1; i <= lim;) {
           int64_t l = (int64_t)common_suffix(old + pos - i + 1, nw + scan - i + 1, (size_t)(lim - i + 1));
           if (l > 0) {
