@@ -242,7 +242,6 @@ static napi_value js_kp_close(napi_env env, napi_callback_info info) {
 
 /* ---- reconstruction records (recon.h) ---- */
 
-
 static napi_value js_rec_encode(napi_env env, napi_callback_info info) {
   size_t argc = 1;
   napi_value argv[1];

@@ -161,7 +161,7 @@ const LAST_RESORT: PatchCodec = zstdPatch;
  * slower; from 16 KiB up it is smaller on binary data (LLVM bitcode, gettext catalogues) and the
  * better of the two is kept. On text it was smaller by 5 bytes of 224 K there, for a quarter more
  * time, and text was left to zstd-patch; on issue 18's node_modules update (JavaScript bundles of
- * patch releases) bsdiff by hash chains took the changed contents from 50.1 to 39.6 KB (CODECS.md,
+ * patch releases) bsdiff by hash chains took the changed contents from 50.3 to 40.5 KB (CODECS.md,
  * "Text near its base").
  */
 export const EVERY_CODEC_MIN = 16 * 1024;
@@ -282,6 +282,8 @@ export function chooseBest(base: Buffer, target: Buffer, opts: ChooseOptions): C
   }
   const skipped: Partial<Record<CodecId, string>> = {};
   let kind: ContentKind | undefined;
+  // a codec's level at `default` for this unit (zstd-patch's strong level, STRONG_MIN_SHARE)
+  const levelOf = (codec: PatchCodec): number => codec.defaultLevel?.(target.length, probe) ?? level;
   for (const codec of plan) {
     if (atDefault && candidates.length > 0) {
       // Enough already? A patch by a codec tried before this one that is enough alone for this
@@ -289,7 +291,7 @@ export function chooseBest(base: Buffer, target: Buffer, opts: ChooseOptions): C
       // text that this codec would code at a strong level (its probe is a large share of the unit:
       // edited throughout), where that level gains far more over level 1 than on binary data:
       // mariadb's fill_help_tables.sql (2.5 MB) bsdiff 270 K at 0.58x the probe, zstd-patch 19 223 K.
-      const strongText = textHash && (codec.defaultLevel?.(target.length, probe) ?? level) > LEVELS.default;
+      const strongText = textHash && levelOf(codec) > LEVELS.default;
       const done =
         !strongText &&
         candidates.some(
@@ -302,7 +304,7 @@ export function chooseBest(base: Buffer, target: Buffer, opts: ChooseOptions): C
     }
     try {
       // the strong level at `default`, unless a codec already gave up on this unit (its time is spent)
-      const lv = atDefault && Object.keys(skipped).length === 0 ? (codec.defaultLevel?.(target.length, probe) ?? level) : level;
+      const lv = atDefault && Object.keys(skipped).length === 0 ? levelOf(codec) : level;
       candidates.push({ codec, data: codec.encode(base, target, lv, codecOpts) });
     } catch (e) {
       // bsdiff can hit its deadline (pathological input) or die in its child process:

@@ -41,7 +41,7 @@ export interface PatchOptions {
   bsdiffThreads?: number;
   /**
    * How the native encoder finds matches: `suffix-array` (default: the longest match at every
-   * position, ~45 ms per MiB of base to sort) or `hash` (chains of 8-byte prefixes walked a few
+   * position, ~45 ms per MiB of base to sort) or `hash` (chains of 16-byte prefixes walked 32
    * deep and the current alignment: linear time, for text near its base; CODECS.md). bsdiff-node
    * ignores it.
    */
