@@ -209,3 +209,89 @@ describe('a version 2 delta', () => {
     await expectKind(verifyDeltaTree(at('n23.cdimg'), undefined, 'upload'), 'FAILED_PRECONDITION', /full image first/);
   });
 });
+
+describe('format version 5: patch bases named by an 8-byte prefix (format/bases.ts)', () => {
+  const FIX4 = path.join(packageRoot(), 'test', 'fixtures', 'v4');
+  const d12v4 = path.join(FIX4, 'v1-v2.cdimg');
+  const v2full = path.join(FIX, 'v2.cdimg');
+  const basesOf = (r: CdimgReader): Buffer[] => r.index.blobs.flatMap((b) => b.chunks.map((c) => c.baseDigest).filter((d) => d.length > 0));
+
+  it('are resolved against the chain below; version 4 deltas (full base digests) still read, chain and merge with them', async () => {
+    expect(await versionOf(d12v4)).toBe(4);
+    const v2Id = await idOf([v2full]);
+    expect(await idOf([v1, d12v4])).toBe(v2Id);
+    const v4alone = await CdimgReader.open(d12v4);
+    const fullBases = basesOf(v4alone);
+    await v4alone.close();
+    expect(fullBases.length).toBeGreaterThan(0);
+    expect(fullBases.every((d) => d.length === 32)).toBe(true);
+
+    // the same delta written now: version 5, each base by its prefix, the stored contents the same
+    const d12v5 = at('v5-d12.cdimg');
+    await diffImages({ oldPath: v1, newPath: v2full, out: d12v5 });
+    expect(await versionOf(d12v5)).toBe(FORMAT_VERSION);
+    expect(FORMAT_VERSION).toBe(5);
+    const alone = await CdimgReader.open(d12v5);
+    const prefixes = basesOf(alone);
+    await alone.close();
+    expect(prefixes.length).toBe(fullBases.length);
+    expect(prefixes.every((d) => d.length === 8)).toBe(true);
+    expect(prefixes.map((d) => d.toString('hex'))).toEqual(fullBases.map((d) => d.subarray(0, 8).toString('hex')));
+    expect((await fsp.stat(d12v5)).size).toBeLessThan((await fsp.stat(d12v4)).size);
+    // alone it is well formed (its bases are for the chain to resolve)
+    expect((await verifyCdimg(d12v5, 1)).treeChecked).toBe(false);
+    // in its chain, every base is the whole digest again
+    const chain = await CdimgReader.openChain([v1, d12v5]);
+    expect(basesOf(chain[1]).map((d) => d.toString('hex'))).toEqual(fullBases.map((d) => d.toString('hex')));
+    expect(chain[1].imageId).toBe(v2Id);
+    await Promise.all(chain.map((r) => r.close()));
+    const p2 = await patchImage({ base: v1, deltas: [d12v5], out: at('v5-p2.cdimg') });
+    expect(p2.imageId).toBe(v2Id);
+    await unpackImage(v2full, at('v5-u2'));
+    await unpackImage(at('v5-p2.cdimg'), at('v5-up2'));
+    expect(compareTrees(await walkTree(at('v5-u2')), await walkTree(at('v5-up2')))).toEqual([]);
+
+    // a version 5 delta on a version 4 one: chained, patched, merged (without the base and with it)
+    const d23v5 = at('v5-d23.cdimg');
+    await diffImages({ oldPath: v2full, newPath: v3, out: d23v5 });
+    expect(await idOf([v1, d12v4, d23v5])).toBe(v3Id);
+    expect((await patchImage({ base: v1, deltas: [d12v4, d23v5], out: at('v5-p3.cdimg') })).imageId).toBe(v3Id);
+    for (const base of [undefined, v1]) {
+      const m = at(`v5-m-${base ? 'base' : 'alone'}.cdimg`);
+      await mergeDeltas({ deltas: [d12v4, d23v5], out: m, base });
+      expect(await versionOf(m)).toBe(FORMAT_VERSION);
+      expect(await idOf([v1, m])).toBe(v3Id);
+      // and the other way round: a version 4 delta on a version 5 one
+      const m2 = at(`v5-m2-${base ? 'base' : 'alone'}.cdimg`);
+      await mergeDeltas({ deltas: [d12v5, path.join(FIX, 'v2-v3.cdimg')], out: m2, base });
+      expect(await idOf([v1, m2])).toBe(v3Id);
+    }
+    const v = await verifyCdimg(d12v5, 1, [v1]);
+    expect(v.treeChecked).toBe(true);
+  });
+
+  it('a prefix no content below begins fails the build of its content (NOT_FOUND or CORRUPT), never the chain or the process', async () => {
+    const d = at('v5-d12-b.cdimg');
+    await diffImages({ oldPath: v1, newPath: v2full, out: d });
+    const lost = at('v5-lost-base.cdimg');
+    let target = '';
+    await rewriteIndex(d, lost, (ix) => {
+      const b = ix.blobs.find((x) => x.chunks.some((c) => c.baseDigest.length === 8));
+      if (!b) throw new Error('no base named by prefix');
+      target = b.digest.toString('hex');
+      for (const x of ix.blobs) for (const c of x.chunks) if (c.baseDigest.length === 8) c.baseDigest = randomBytes(8);
+    });
+    const { Chain } = await import('../src/delta/chain');
+    const chain = await Chain.open([v1, lost]);
+    try {
+      const err = await chain.content(Buffer.from(target, 'hex')).then(() => undefined, (e: unknown) => e);
+      expect(err).toBeInstanceOf(D4fsError);
+      expect(['NOT_FOUND', 'CORRUPT']).toContain((err as D4fsError).kind);
+    } finally {
+      await chain.close();
+    }
+    const perr = await patchImage({ base: v1, deltas: [lost], out: at('v5-lost-p.cdimg') }).then(() => undefined, (e: unknown) => e);
+    expect(perr).toBeInstanceOf(D4fsError);
+    expect(['NOT_FOUND', 'CORRUPT']).toContain((perr as D4fsError).kind);
+  });
+});

@@ -25,7 +25,8 @@ export { checkChain };
 async function openEach(paths: string[], opts: { reuse?: boolean; contentsOnly?: boolean }): Promise<CdimgReader[]> {
   const readers: CdimgReader[] = [];
   try {
-    for (const p of paths) readers.push(await CdimgReader.open(p, opts));
+    // each file on the indexes of those below it: a version 5 delta's base prefixes are resolved against them
+    for (const p of paths) readers.push(await CdimgReader.open(p, { ...opts, below: readers.map((r) => r.index) }));
     return readers;
   } catch (e) {
     await Promise.all(readers.map((r) => r.close()));
@@ -65,7 +66,7 @@ export class Chain {
       // each delta gets its tree from the one below when that one has its own (a version 2 delta at the bottom has none)
       for (const p of paths) {
         const below = readers.at(-1);
-        readers.push(await CdimgReader.open(p, { parent: below?.hasTree ? below : undefined }));
+        readers.push(await CdimgReader.open(p, { parent: below?.hasTree ? below : undefined, below: readers.map((r) => r.index) }));
       }
       for (let i = 1; i < readers.length; i++) {
         if (readers[i].parentId !== readers[i - 1].imageId) {

@@ -13,7 +13,8 @@
  */
 import { CdimgReader } from '../format/reader';
 import { CdimgWriter } from '../format/writer';
-import { Blob, Chunk, Codec, Encoding, Index, Kind, FORMAT_VERSION, type TreeEdit } from '../format/types';
+import { resolveBasePrefixes, uniquePrefixes } from '../format/bases';
+import { BASE_PREFIX_BYTES, Blob, Chunk, Codec, Encoding, Index, Kind, FORMAT_VERSION, type TreeEdit } from '../format/types';
 import { composeEdits } from '../format/tree-edit';
 import { failedPrecondition, invalidArgument } from '../errors';
 import type { WorkerPool } from '../workers/pool';
@@ -66,13 +67,19 @@ function locate(readers: CdimgReader[], hex: string, level: number): { level: nu
  * that goes back to A's content is SAME in the merge), even where a later delta
  * stores them patched against a content of its own parent.
  */
-function contentsOfA(first: CdimgReader): Set<string> {
+function contentsOfA(first: CdimgReader): { has(hex: string): boolean } {
   const out = new Set<string>();
+  // bases a version 5 delta names by prefix (format/bases.ts), unresolved without A: a content of
+  // A is the one content of A that begins with the prefix
+  const prefixes = new Set<string>();
   for (const b of first.blobs.values()) {
     if (b.encoding === Encoding.SAME) out.add(b.digest.toString('hex'));
-    for (const c of b.chunks) if (c.baseDigest.length > 0) out.add(c.baseDigest.toString('hex'));
+    for (const c of b.chunks) {
+      if (c.baseDigest.length === BASE_PREFIX_BYTES) prefixes.add(c.baseDigest.toString('hex'));
+      else if (c.baseDigest.length > 0) out.add(c.baseDigest.toString('hex'));
+    }
   }
-  return out;
+  return { has: (hex) => out.has(hex) || (prefixes.size > 0 && prefixes.has(hex.slice(0, 2 * BASE_PREFIX_BYTES))) };
 }
 
 /**
@@ -303,6 +310,9 @@ export async function mergeDeltas(o: MergeOptions): Promise<DeltaSummary> {
       if (baseR.isDelta || baseR.imageId !== readers[0].parentId) throw failedPrecondition(`${o.base} is not the full image ${readers[0].parentId} the first delta applies to`);
     }
     await giveTrees(readers, baseR);
+    // bases version 5 deltas name by prefix: those the base image or an earlier delta holds get their
+    // digests (format/bases.ts); the others are contents of A, and stay prefixes in the merged delta
+    for (let i = 0; i < readers.length; i++) resolveBasePrefixes(readers[i].index, [...(baseR ? [baseR.index] : []), ...readers.slice(0, i).map((r) => r.index)]);
     // stored bytes are copied as they are: a version 2 file's are checked against its section digest first
     for (const r of readers) if (r.index.formatVersion >= 2) await r.verifySection();
     const top = readers[readers.length - 1];
@@ -334,7 +344,12 @@ export async function mergeDeltas(o: MergeOptions): Promise<DeltaSummary> {
     };
     // Index at MERGE_INDEX_LEVEL, not the writer's 19: a good part of a merge's own work otherwise.
     // A rediff is diff(A, last) and keeps its bytes (the writer's level): servers and tests compare them.
-    const fin = await writer.finish(index, { indexLevel: strategy === 'compose' ? MERGE_INDEX_LEVEL : undefined, parentEntries: baseR?.index.entries });
+    const fin = await writer.finish(index, {
+      indexLevel: strategy === 'compose' ? MERGE_INDEX_LEVEL : undefined,
+      parentEntries: baseR?.index.entries,
+      // with the base image at hand, bases are named by prefix as diff names them
+      basePrefix: baseR ? uniquePrefixes(Array.from(baseR.blobs.values(), (b) => b.digest)) : undefined,
+    });
     return summarizeDelta(index, fin.size, baseR?.index.entries, Number(process.hrtime.bigint() - t0) / 1e9, o.out);
   } catch (e) {
     await writer?.abort();

@@ -26,7 +26,7 @@ import { createHash } from 'node:crypto';
 import { readPbFields } from './columns-pb';
 import { concat, unzz } from './compact';
 import { decodeIndexPb, wI64, wU64, Writer } from './pb';
-import { Codec, Encoding, FileType, GROUP_MAX_RAW, GROUP_MAX_STORED, type Index, Kind, LIMITS, codecFormat } from './types';
+import { BASE_PREFIX_BYTES, Codec, FORMAT_VERSION, Encoding, FileType, GROUP_MAX_RAW, GROUP_MAX_STORED, type Index, Kind, LIMITS, codecFormat } from './types';
 import { MAX_DEV_MAJOR, MAX_DEV_MINOR, MAX_NAME_BYTES, MAX_PATH_BYTES } from '../tree/paths';
 
 /** Thrown inside the check when the full path must decide; never escapes. */
@@ -195,7 +195,7 @@ export function checkIndexLean(raw: Buffer, headerVersion: number, blobSectionEn
 function check(raw: Buffer, headerVersion: number, blobSectionEnd: number, headerSize: number): { head: Index; hasTree: boolean } {
   // ---- the head, as decodeIndex reads it
   const head = decodeIndexPb(raw);
-  if (head.formatVersion < 2 || head.formatVersion > 4 || headerVersion !== head.formatVersion) no();
+  if (head.formatVersion < 2 || head.formatVersion > FORMAT_VERSION || headerVersion !== head.formatVersion) no();
   if (head.entries.length || head.blobs.length || !head.image) no();
   // validateIndexHead
   if (head.kind !== Kind.FULL && head.kind !== Kind.DELTA) no();
@@ -241,7 +241,10 @@ function checkContents(cf: Map<number, Buffer[]>, canon: Int32Array, nd: number,
   const storedDigests = digestCount(concat(cf.get(8)));
   const rawDigests = digestCount(concat(cf.get(9)));
   const base = column(cf.get(10), chunks, true);
-  const baseDigests = digestCount(concat(cf.get(11)));
+  // version 5 deltas: base prefixes, numbered after the full digests (decodeContents)
+  const prefixBytes = concat(cf.get(15)).length;
+  if (prefixBytes % BASE_PREFIX_BYTES !== 0 || (prefixBytes > 0 && (version < 5 || !delta))) no();
+  const baseDigests = digestCount(concat(cf.get(11))) + prefixBytes / BASE_PREFIX_BYTES;
   const baseOffset = new Varints(cf.get(12));
   const baseSize = new Varints(cf.get(13));
   const groupOffset = new Varints(cf.get(14));

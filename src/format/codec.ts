@@ -15,10 +15,10 @@ import { Blob, Encoding, Entry, FileType, Index, Kind } from './types';
  * blob section's digest, and for a delta its parent's entries (the tree is
  * written as an edit script against them).
  */
-export function encodeIndex(index: Index, v2?: { sectionDigest: Buffer; parentEntries?: Entry[] }): Buffer {
+export function encodeIndex(index: Index, v2?: { sectionDigest: Buffer; parentEntries?: Entry[]; basePrefix?: (base: Buffer) => boolean }): Buffer {
   if (index.formatVersion === 1) return encodeIndexPb(index);
   if (!v2) throw new Error('format version 2 needs the blob section digest');
-  return encodeIndexV2(index, v2.parentEntries, v2.sectionDigest, (w) => encodeIndexHeadPb(w, index));
+  return encodeIndexV2(index, v2.parentEntries, v2.sectionDigest, (w) => encodeIndexHeadPb(w, index), v2.basePrefix);
 }
 
 /**

@@ -22,7 +22,7 @@ import { corrupt } from '../errors';
 import { PbWriter, readPbFields } from './columns-pb';
 import { baseName, checkRebuilds, depthOf, editScript, fullTree } from './tree-edit';
 import { checkTreeName } from '../tree/paths';
-import { type Blob, type Chunk, Codec, Encoding, type Entry, FileType, type Index, type InsertedEntry, Kind, LIMITS } from './types';
+import { BASE_PREFIX_BYTES, type Blob, type Chunk, Codec, Encoding, type Entry, FileType, type Index, type InsertedEntry, Kind, LIMITS } from './types';
 
 const EMPTY = Buffer.alloc(0);
 const utf8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
@@ -405,9 +405,24 @@ class DigestTable {
 // ---------------------------------------------------------------------------
 
 /** The content columns of `blobs`, written in place one pass per column (see encodeColumns). */
-function encodeContents(w: PbWriter, blobs: Blob[], digests: DigestTable): void {
+function encodeContents(w: PbWriter, blobs: Blob[], digests: DigestTable, byPrefix?: (base: Buffer) => boolean): void {
   const stored: Blob[] = [];
   const baseTable = new DigestTable();
+  // version 5: bases named by their first BASE_PREFIX_BYTES (./bases.ts), numbered after the full ones
+  const prefixOf = new Map<bigint, number>();
+  const prefixes: Buffer[] = [];
+  const isPrefixed = (d: Buffer): boolean => d.length === BASE_PREFIX_BYTES || (byPrefix !== undefined && byPrefix(d));
+  const baseNumber = (d: Buffer): number => {
+    if (!isPrefixed(d)) return baseTable.add(d) + 1;
+    const k = d.readBigUInt64BE(0);
+    let at = prefixOf.get(k);
+    if (at === undefined) {
+      at = prefixes.length;
+      prefixOf.set(k, at);
+      prefixes.push(d.subarray(0, BASE_PREFIX_BYTES));
+    }
+    return -(at + 1);
+  };
   // checks and digest numbers first, in order
   const content: number[] = [];
   let nc = 0;
@@ -424,7 +439,7 @@ function encodeContents(w: PbWriter, blobs: Blob[], digests: DigestTable): void 
         groups++;
       }
       if (c.baseDigest.length > 0) {
-        baseTable.add(c.baseDigest);
+        baseNumber(c.baseDigest);
         bases++;
       }
     }
@@ -465,11 +480,17 @@ function encodeContents(w: PbWriter, blobs: Blob[], digests: DigestTable): void 
   }
   digestsField(w, 8, storedDigests);
   digestsField(w, 9, rawDigests);
-  chunks(10, (c) => (c.baseDigest.length > 0 ? baseTable.add(c.baseDigest) + 1 : 0), true);
+  const full = baseTable.list.length;
+  chunks(10, (c) => {
+    if (c.baseDigest.length === 0) return 0;
+    const n = baseNumber(c.baseDigest);
+    return n > 0 ? n : full - n;
+  }, true);
   digestsField(w, 11, baseTable.list);
   chunks(12, (c) => (c.baseDigest.length > 0 ? c.baseOffset : undefined), false, bases);
   chunks(13, (c) => (c.baseDigest.length > 0 ? c.baseSize : undefined), false, bases);
   chunks(14, (c) => (c.codec === Codec.GROUP ? c.groupOffset : undefined), false, groups);
+  if (prefixes.length > 0) w.bytesField(15, Buffer.concat(prefixes));
 }
 
 /** A bytes field of 32-byte digests back to back (left out when there are none), written in place. */
@@ -500,6 +521,10 @@ function decodeContents(body: Buffer, digests: Buffer[]): Blob[] {
   const rawDigests = digestList(concat(f.get(9)), 'raw digests');
   const base = column(f, 10, chunks, 'base', true);
   const baseDigests = digestList(concat(f.get(11)), 'base digests');
+  // version 5: base prefixes, numbered after the full digests (validate.ts allows them in version 5 deltas only)
+  const prefixBytes = concat(f.get(15));
+  if (prefixBytes.length % BASE_PREFIX_BYTES !== 0) throw corrupt(`base prefixes: ${prefixBytes.length} bytes is not a whole number of prefixes`);
+  for (let i = 0; i < prefixBytes.length; i += BASE_PREFIX_BYTES) baseDigests.push(prefixBytes.subarray(i, i + BASE_PREFIX_BYTES));
   const baseOffset = unpackAll(f.get(12), 'base offset');
   const baseSize = unpackAll(f.get(13), 'base size');
   const groupOffset = unpackAll(f.get(14), 'group offset');
@@ -587,7 +612,7 @@ function notDepthFirst(path: string): never {
  * script (`treeEdit`); a delta written without either holds its whole tree
  * (`whole_tree`, as a merge of deltas whose base tree is unknown).
  */
-export function encodeIndexV2(index: Index, parentEntries: Entry[] | undefined, sectionDigest: Buffer, writeHead: (w: PbWriter) => void): Buffer {
+export function encodeIndexV2(index: Index, parentEntries: Entry[] | undefined, sectionDigest: Buffer, writeHead: (w: PbWriter) => void, basePrefix?: (base: Buffer) => boolean): Buffer {
   const digests = new DigestTable(index.kind === Kind.DELTA ? 0 : index.entries.length);
   let treeEntries: Entry[] = index.entries;
   let ops: number[] | undefined;
@@ -614,7 +639,8 @@ export function encodeIndexV2(index: Index, parentEntries: Entry[] | undefined, 
   if (ops) w.packedAlways(11, ops);
   at = w.open(12);
   const contentsAt = w.pos;
-  encodeContents(w, index.blobs, digests);
+  if (index.formatVersion < 5 && index.blobs.some((b) => b.chunks.some((c) => c.baseDigest.length === BASE_PREFIX_BYTES))) throw corrupt(`a base named by prefix in a version ${index.formatVersion} index`);
+  encodeContents(w, index.blobs, digests, index.kind === Kind.DELTA && index.formatVersion >= 5 ? basePrefix : undefined);
   w.close(at, w.pos > contentsAt);
   w.bytesField(13, sectionDigest);
   digestsField(w, 14, digests.list);

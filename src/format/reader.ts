@@ -10,6 +10,7 @@ import { sha256, digestFromRaw } from '../util/digest';
 import { decodeIndex, resolveDeltaTree } from './codec';
 import { FLAG_INDEX_ZSTD } from './writer';
 import { Blob, Chunk, Codec, Encoding, Entry, HEADER_SIZE, Index, Kind, LIMITS, MAGIC, READ_VERSIONS, checkedByRawDigest } from './types';
+import { hasBasePrefixes, resolveBasePrefixes } from './bases';
 import { validateIndex, validateIndexContents, validateIndexHead } from './validate';
 import { checkIndexLean } from './check';
 import { zstdUnframe as decompressFull } from './zstd';
@@ -270,6 +271,12 @@ export function sameHeader(a: HeaderInfo, b: HeaderInfo): boolean {
   );
 }
 
+/** The version 5 base prefixes of a delta's index resolved against the files below it (./bases.ts); nothing to do for others. */
+function resolveBases(index: Index, below: readonly Index[]): void {
+  if (below.length === 0 || index.kind !== Kind.DELTA || index.formatVersion < 5 || !hasBasePrefixes(index)) return;
+  resolveBasePrefixes(index, below);
+}
+
 export class CdimgReader {
   readonly blobs: Map<string, Blob>;
   readonly byPath: Map<string, Entry>;
@@ -282,6 +289,8 @@ export class CdimgReader {
     readonly fileSize: number,
     /** Opened with `contentsOnly`: the stored contents without the tree. */
     private readonly treeless = false,
+    /** The indexes of the files below this one in its chain, bottom first (empty: opened alone). */
+    readonly below: readonly Index[] = [],
   ) {
     this.blobs = v.blobs;
     this.byPath = v.byPath;
@@ -294,20 +303,25 @@ export class CdimgReader {
    * of the top of a chain leading to it) it gets its whole tree and its image
    * id is checked; without one only its contents are validated and
    * `hasTree` is false (ids, image information and chunks can be read;
-   * `requireTree` throws).
+   * `requireTree` throws). The bases a version 5 delta names by prefix are
+   * resolved against the files below it (`parent` and the files below it,
+   * or `below`: their indexes, bottom first; ./bases.ts); opened alone, they
+   * stay prefixes.
    */
-  static async open(path: string, opts: { reuse?: boolean; parent?: CdimgReader; contentsOnly?: boolean } = {}): Promise<CdimgReader> {
+  static async open(path: string, opts: { reuse?: boolean; parent?: CdimgReader; contentsOnly?: boolean; below?: readonly Index[] } = {}): Promise<CdimgReader> {
     const fh = await openFile(path);
+    const below = opts.parent ? [...opts.parent.below, opts.parent.index] : (opts.below ?? []);
     try {
       const { st, header, key } = await readHeader(fh, path);
       const known = opts.reuse ? (opened.get(key) ?? (opts.contentsOnly ? opened.get(`${key}:contents`) : undefined)) : undefined;
       if (known) {
         remember(known.v.byPath.size || !opts.contentsOnly ? key : `${key}:contents`, known);
-        return new CdimgReader(path, fh, known.header, known.index, known.v, st.size, !known.v.byPath.size && !!opts.contentsOnly);
+        resolveBases(known.index, below);
+        return new CdimgReader(path, fh, known.header, known.index, known.v, st.size, !known.v.byPath.size && !!opts.contentsOnly, below);
       }
       const release = await decodeSlot(header.indexRawLen);
       try {
-        return CdimgReader.fromRaw(path, fh, header, key, st.size, await readVerifiedIndex(fh, header, path), opts);
+        return CdimgReader.fromRaw(path, fh, header, key, st.size, await readVerifiedIndex(fh, header, path), opts, below);
       } finally {
         release();
       }
@@ -318,26 +332,27 @@ export class CdimgReader {
   }
 
   /** What open does with the verified raw index: decode, validate, remember. */
-  private static fromRaw(path: string, fh: fsp.FileHandle, header: HeaderInfo, key: string, size: number, raw: Buffer, opts: { reuse?: boolean; parent?: CdimgReader; contentsOnly?: boolean }): CdimgReader {
+  private static fromRaw(path: string, fh: fsp.FileHandle, header: HeaderInfo, key: string, size: number, raw: Buffer, opts: { reuse?: boolean; parent?: CdimgReader; contentsOnly?: boolean }, below: readonly Index[] = []): CdimgReader {
     let index = decodeIndex(raw, { contentsOnly: opts.contentsOnly });
     if (index.formatVersion !== header.version) throw corrupt(`the header says format version ${header.version}, the index ${index.formatVersion}`);
+    resolveBases(index, below);
     if (opts.contentsOnly && index.formatVersion >= 2) {
       // the contents alone (a worker building contents of a chain the main thread opened whole)
       const blobs = validateIndexContents(index, header.indexOffset, HEADER_SIZE);
       const v = { blobs, byPath: new Map<string, Entry>() };
       if (opts.reuse) remember(`${key}:contents`, { header, index, v });
-      return new CdimgReader(path, fh, header, index, v, size, true);
+      return new CdimgReader(path, fh, header, index, v, size, true, below);
     }
     if (index.treeEdit) {
       if (!opts.parent) {
         const blobs = validateIndexContents(index, header.indexOffset, HEADER_SIZE);
-        return new CdimgReader(path, fh, header, index, { blobs, byPath: new Map() }, size);
+        return new CdimgReader(path, fh, header, index, { blobs, byPath: new Map() }, size, false, below);
       }
       index = resolveDeltaTree(index, parentTree(opts.parent, index));
     }
     const v = validateIndex(index, header.indexOffset, HEADER_SIZE);
     if (opts.reuse) remember(key, { header, index, v });
-    return new CdimgReader(path, fh, header, index, v, size);
+    return new CdimgReader(path, fh, header, index, v, size, false, below);
   }
 
   /**

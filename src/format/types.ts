@@ -107,6 +107,10 @@ export interface Chunk {
   rawSize: number;
   rawDigest: Buffer;
   codec: Codec;
+  /**
+   * The base's digest: 32 bytes; in a version 5 delta opened without the images below it, the
+   * BASE_PREFIX_BYTES it is named by until ./bases.ts resolves it (empty: no base).
+   */
   baseDigest: Buffer;
   baseOffset: number;
   baseSize: number;
@@ -188,14 +192,26 @@ export interface TreeEdit {
  * (issue 14): a delta's inserted regular file whose content is its parent's
  * entry's names that entry instead of repeating the 32-byte digest (a package
  * upgrade re-stamps every file: tzdata's delta was 53 KiB of 64 KiB index).
+ * Version 5 (issues 14 and 18): version 4 plus a delta's patch bases named
+ * by an 8-byte prefix of their digest (the content column `base_prefixes`):
+ * a base is a content of the parent image, which the chain below already
+ * names in full (tzdata's delta: 458 bases, 14.7 KB of 50 KiB).
  */
-export const FORMAT_VERSION = 4;
+export const FORMAT_VERSION = 5;
 /**
- * Versions this d4fs reads: 1 (every file written before version 2), 2, 3
- * and 4 (version 3 plus contents by parent reference in a delta's inserted
- * entries: Columns.content_ref, InsertedEntry.parentRef).
+ * Versions this d4fs reads: 1 (every file written before version 2), 2, 3,
+ * 4 (version 3 plus contents by parent reference in a delta's inserted
+ * entries: Columns.content_ref, InsertedEntry.parentRef) and 5 (version 4
+ * plus a delta's patch bases named by the first BASE_PREFIX_BYTES bytes of
+ * their digest, resolved against the images below it: ./bases.ts).
  */
-export const READ_VERSIONS: readonly number[] = [1, 2, 3, 4];
+export const READ_VERSIONS: readonly number[] = [1, 2, 3, 4, 5];
+
+/**
+ * Bytes of a base digest a version 5 delta keeps when the prefix names one
+ * content of its parent's chain (./bases.ts): 8 instead of 32 for each base.
+ */
+export const BASE_PREFIX_BYTES = 8;
 
 /**
  * True when a chunk of a file of format `version` is checked by its decoded bytes

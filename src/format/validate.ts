@@ -3,7 +3,7 @@
  * consumer (unpack, FUSE, diff) relies on is made here, once.
  */
 import { corrupt, hostile } from '../errors';
-import { Blob, Codec, Encoding, Entry, FileType, GROUP_MAX_RAW, GROUP_MAX_STORED, Index, Kind, LIMITS, READ_VERSIONS, checkedByRawDigest, codecFormat } from './types';
+import { BASE_PREFIX_BYTES, Blob, Codec, Encoding, Entry, FileType, GROUP_MAX_RAW, GROUP_MAX_STORED, Index, Kind, LIMITS, READ_VERSIONS, checkedByRawDigest, codecFormat } from './types';
 import { checkDeviceNumbers, checkLinkTarget, checkTreePath } from '../tree/paths';
 import { computeImageId } from './codec';
 
@@ -70,8 +70,10 @@ export function validateIndexContents(index: Index, blobSectionEnd: number, head
           // a patch (required base), or a codec whose chunks may refer to a base (optional)
           const what = codec.base === 'required' ? 'patch' : codec.name;
           if (index.kind === Kind.FULL) throw corrupt(`full image holds a ${what} chunk for sha256:${key}`);
-          if (codec.base === 'required' && !isDigest(c.baseDigest)) throw corrupt(`blob sha256:${key}: patch chunk without a base digest`);
-          if (codec.base === 'optional' && c.baseDigest.length !== 0 && !isDigest(c.baseDigest)) throw corrupt(`blob sha256:${key}: ${what} chunk with an invalid base digest`);
+          // version 5: a base named by prefix until the chain below resolves it (bases.ts)
+          const named = isDigest(c.baseDigest) || (index.formatVersion >= 5 && c.baseDigest.length === BASE_PREFIX_BYTES);
+          if (codec.base === 'required' && !named) throw corrupt(`blob sha256:${key}: patch chunk without a base digest`);
+          if (codec.base === 'optional' && c.baseDigest.length !== 0 && !named) throw corrupt(`blob sha256:${key}: ${what} chunk with an invalid base digest`);
           if (!Number.isSafeInteger(c.baseOffset) || !Number.isSafeInteger(c.baseSize) || c.baseSize > LIMITS.maxFileSize) throw hostile(`blob sha256:${key}: absurd base region`);
         }
         total += c.rawSize;

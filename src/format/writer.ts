@@ -111,10 +111,11 @@ export class CdimgWriter {
    * `indexLevel` is the zstd level of the index (19 by default: a delta is small and its index a
    * large part of it; full images use convert's INDEX_LEVEL, see convert.ts).
    * A delta in format version 2 is written against its parent's tree: `parentEntries`.
+   * `basePrefix`: the bases a version 5 delta may name by prefix (format/bases.ts uniquePrefixes).
    */
-  async finish(index: Index, opts: { indexLevel?: number; parentEntries?: Entry[] } = {}): Promise<{ rootDigest: string; size: number; indexRaw: number; indexStored: number }> {
+  async finish(index: Index, opts: { indexLevel?: number; parentEntries?: Entry[]; basePrefix?: (base: Buffer) => boolean } = {}): Promise<{ rootDigest: string; size: number; indexRaw: number; indexStored: number }> {
     if (!this.fh) throw new Error('writer closed');
-    const raw = encodeIndex(index, { sectionDigest: this.section.digest(), parentEntries: opts.parentEntries });
+    const raw = encodeIndex(index, { sectionDigest: this.section.digest(), parentEntries: opts.parentEntries, basePrefix: opts.basePrefix });
     if (raw.length > LIMITS.maxIndexRaw) throw invalidArgument(`index of ${raw.length} bytes exceeds the format limit`);
     // written from the encoder's buffer: zstdFrame's copy of the frame (~6 MB for the 151k-entry index of issue 18)
     // would be alive with the index at the peak RSS of a convert
