@@ -6,7 +6,9 @@
  * parent's — is rebuilt and its image id checked wherever it is stored: a
  * forged id is CORRUPT at the store and at the server. Version 3 files
  * (test/fixtures/v3) chain and merge with version 4 deltas, whose re-stamped
- * files name their parent's entries instead of repeating digests.
+ * files name their parent's entries instead of repeating digests. A version
+ * 4 delta (test/fixtures/v4, whole base digests) chains and merges with
+ * version 5 ones, which name their patch bases by an 8-byte prefix.
  */
 import { randomBytes } from 'node:crypto';
 import fsp from 'node:fs/promises';

@@ -55,10 +55,14 @@ export function resolveBasePrefixes(index: Index, below: readonly Index[]): void
       wanted.set(k, b.digest);
     }
   }
+  // copies: a digest of an index below is a view of that index's digest table, which would stay
+  // alive with this one (the FUSE manager keeps a chain's deltas' chunks, not the full image's index)
+  const copies = new Map<bigint, Buffer>();
+  for (const [k, d] of wanted) if (d) copies.set(k, Buffer.from(d));
   for (const b of index.blobs) {
     for (const c of b.chunks) {
       if (c.baseDigest.length !== BASE_PREFIX_BYTES) continue;
-      const full = wanted.get(keyOf(c.baseDigest));
+      const full = copies.get(keyOf(c.baseDigest));
       if (full) c.baseDigest = full;
     }
   }
