@@ -24,7 +24,7 @@
 import { isUtf8 } from 'node:buffer';
 import { createHash } from 'node:crypto';
 import { readPbFields } from './columns-pb';
-import { concat, unzz } from './compact';
+import { absoluteGroupOffset, concat, unzz } from './compact';
 import { decodeIndexPb, wI64, wU64, Writer } from './pb';
 import { BASE_PREFIX_BYTES, Codec, FORMAT_VERSION, Encoding, FileType, GROUP_MAX_RAW, GROUP_MAX_STORED, type Index, Kind, LIMITS, codecFormat } from './types';
 import { MAX_DEV_MAJOR, MAX_DEV_MINOR, MAX_NAME_BYTES, MAX_PATH_BYTES } from '../tree/paths';
@@ -248,6 +248,7 @@ function checkContents(cf: Map<number, Buffer[]>, canon: Int32Array, nd: number,
   const baseOffset = new Varints(cf.get(12));
   const baseSize = new Varints(cf.get(13));
   const groupOffset = new Varints(cf.get(14));
+  const groupEnd = new Map<number, number>();
   let gi = 0;
   const sizeOf = new Float64Array(nd).fill(NaN);
   let k = 0;
@@ -279,8 +280,9 @@ function checkContents(cf: Map<number, Buffer[]>, canon: Int32Array, nd: number,
       if (cd === Codec.GROUP) {
         // validate.ts's checks of a group member
         if (version < 3 || m !== 1 || gi++ >= groupOffset.length) no();
-        const g = groupOffset.next();
-        if (g + rs > GROUP_MAX_RAW || ss > GROUP_MAX_STORED) no();
+        // version 5: relative to the end of the member before it in the group (compact.ts)
+        const g = version >= 5 ? absoluteGroupOffset(groupEnd, off, unzz(groupOffset.next()), rs) : groupOffset.next();
+        if (g < 0 || g + rs > GROUP_MAX_RAW || ss > GROUP_MAX_STORED) no();
       } else if (cd !== Codec.ZSTD && sd++ >= storedDigests) no();
       if (m !== 1 && rd++ >= rawDigests) no();
       const bk = base.next();

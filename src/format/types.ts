@@ -195,7 +195,9 @@ export interface TreeEdit {
  * Version 5 (issues 14 and 18): version 4 plus a delta's patch bases named
  * by an 8-byte prefix of their digest (the content column `base_prefixes`):
  * a base is a content of the parent image, which the chain below already
- * names in full (tzdata's delta: 458 bases, 14.7 KB of 50 KiB).
+ * names in full (tzdata's delta: 458 bases, 14.7 KB of 50 KiB); and a group
+ * member's offset relative to the end of the member listed before it in the
+ * same group (0 in order: ~5 % of a full image's stored index).
  */
 export const FORMAT_VERSION = 5;
 /**
