@@ -74,13 +74,18 @@ export function resolveBasePrefixes(index: Index, below: readonly Index[]): void
  * other of them shares, which a version 5 delta may then name by prefix.
  */
 export function uniquePrefixes(contents: Iterable<Buffer>): (digest: Buffer) => boolean {
-  const seen = new Map<bigint, Buffer | null>();
-  for (const d of contents) {
-    if (d.length !== 32) continue;
-    const k = keyOf(d);
-    const had = seen.get(k);
-    if (had === undefined) seen.set(k, d);
-    else if (had !== null && !had.equals(d)) seen.set(k, null);
-  }
-  return (digest) => digest.length === 32 && !!seen.get(keyOf(digest))?.equals(digest);
+  // built at the first base asked about: a delta without patches never pays for the image's contents
+  let seen: Map<bigint, Buffer | null> | undefined;
+  const build = (): Map<bigint, Buffer | null> => {
+    const m = new Map<bigint, Buffer | null>();
+    for (const d of contents) {
+      if (d.length !== 32) continue;
+      const k = keyOf(d);
+      const had = m.get(k);
+      if (had === undefined) m.set(k, d);
+      else if (had !== null && !had.equals(d)) m.set(k, null);
+    }
+    return m;
+  };
+  return (digest) => digest.length === 32 && !!(seen ??= build()).get(keyOf(digest))?.equals(digest);
 }

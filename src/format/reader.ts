@@ -10,7 +10,7 @@ import { sha256, digestFromRaw } from '../util/digest';
 import { decodeIndex, resolveDeltaTree } from './codec';
 import { FLAG_INDEX_ZSTD } from './writer';
 import { Blob, Chunk, Codec, Encoding, Entry, HEADER_SIZE, Index, Kind, LIMITS, MAGIC, READ_VERSIONS, checkedByRawDigest } from './types';
-import { hasBasePrefixes, resolveBasePrefixes } from './bases';
+import { resolveBasePrefixes } from './bases';
 import { validateIndex, validateIndexContents, validateIndexHead } from './validate';
 import { checkIndexLean } from './check';
 import { zstdUnframe as decompressFull } from './zstd';
@@ -273,7 +273,8 @@ export function sameHeader(a: HeaderInfo, b: HeaderInfo): boolean {
 
 /** The version 5 base prefixes of a delta's index resolved against the files below it (./bases.ts); nothing to do for others. */
 function resolveBases(index: Index, below: readonly Index[]): void {
-  if (below.length === 0 || index.kind !== Kind.DELTA || index.formatVersion < 5 || !hasBasePrefixes(index)) return;
+  // resolveBasePrefixes looks at the chunks once and returns when no base is named by prefix
+  if (below.length === 0 || index.kind !== Kind.DELTA || index.formatVersion < 5) return;
   resolveBasePrefixes(index, below);
 }
 
