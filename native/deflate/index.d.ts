@@ -1,7 +1,9 @@
 /**
  * The d4fs-deflate addon: deflate encoders whose output is byte for byte another
- * implementation's (Go's compress/flate; klauspost's flate and pgzip). d4fs loads it in one
- * module, src/regsync/goflate.ts.
+ * implementation's (Go's compress/flate; klauspost's flate and pgzip; the system's zlib), the
+ * reconstruction records, and a fork-free way to run GNU gzip. d4fs loads it in
+ * src/regsync/goflate.ts (encoders, records), src/delta/zipmember.ts (zlibRaw) and
+ * src/util/process.ts (pipeThrough).
  */
 
 /** An open encoder (opaque). */
@@ -62,3 +64,12 @@ export function recNew(record: Uint8Array, maxOut: number): RecDecoder;
 export function recWrite(d: RecDecoder, bytes: Uint8Array): Buffer;
 /** Ends the input: the rest of the body. Throws (code CORRUPT) when the record does not fit the bytes given. */
 export function recClose(d: RecDecoder): Buffer;
+
+/**
+ * Runs `file` (looked up in PATH) with `args`, `input` on its standard input and its standard error
+ * discarded, by posix_spawn (no fork: the cost does not grow with this process's memory); its exit
+ * status (-1: killed by a signal) and what it wrote on its standard output. Throws an Error whose
+ * `code` is ENOENT (no such program), EFBIG (more than `maxOut` bytes of output: the child is
+ * killed), ENOMEM, EACCES or EIO.
+ */
+export function pipeThrough(file: string, args: string[], input: Uint8Array, maxOut: number): { status: number; stdout: Buffer };

@@ -74,6 +74,16 @@ describe('inspectGzip / rebuildGzip', () => {
     if (typeof z !== 'string') expect(rebuildGzip(z, z.content).equals(gz)).toBe(true);
   });
 
+  it('finds the level when the header XFL names another (XFL is only a hint)', () => {
+    // zlib level 6, header saying -9 (XFL 2): zlib 9 and gzip -9 are tried first, then zlib's other levels
+    const gz = gzipWith(manPage, 6, { mtime: 5, os: 3 });
+    gz[8] = 2;
+    const m = inspectGzip(gz, 1 << 20);
+    if (typeof m === 'string') throw new Error(m);
+    expect(m).toMatchObject({ engine: 'zlib', level: 6 });
+    expect(rebuildGzip(m, m.content).equals(gz)).toBe(true);
+  });
+
   it('rejects non-gzip, multi-member, damaged and oversized input', () => {
     expect(inspectGzip(Buffer.from('plain text, not gzip at all'), 1 << 20)).toBe('not-gzip');
     const one = zlib.gzipSync(manPage);
@@ -103,5 +113,33 @@ describe('inspectGzip / rebuildGzip', () => {
     expect(() => decodeRecipe(Buffer.concat([Buffer.from([0x29]), Buffer.from([0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 2, 3])]))).toThrow(D4fsError);
     expect(() => decodeRecipe(Buffer.concat([Buffer.from([0]), Buffer.from([0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3])]))).toThrow(D4fsError);
     expect(() => decodeRecipe(Buffer.concat([Buffer.from([9]), Buffer.from([0x1f, 0x8b, 8, 8, 0, 0, 0, 0, 0, 3])]))).toThrow(D4fsError);
+  });
+});
+
+describe('d4fs-deflate pipeThrough (GNU gzip without fork)', () => {
+  type Pipe = (file: string, args: string[], input: Uint8Array, maxOut: number) => { status: number; stdout: Buffer };
+  const { pipeThrough } = require('d4fs-deflate') as { pipeThrough: Pipe };
+
+  it('gives what spawnSync gives, for inputs larger than a pipe holds both ways', () => {
+    const big = Buffer.concat([manPage, randomBytes(3 << 20), manPage]);
+    for (const input of [manPage, big, Buffer.alloc(0)]) {
+      const r = pipeThrough('gzip', ['-9', '-n', '-c'], input, input.length * 2 + 4096);
+      expect(r.status).toBe(0);
+      expect(r.stdout.equals(spawnSync('gzip', ['-9', '-n', '-c'], { input, maxBuffer: 64 << 20 }).stdout as Buffer)).toBe(true);
+    }
+    const echo = pipeThrough('cat', [], big, big.length);
+    expect(echo.stdout.equals(big)).toBe(true);
+  });
+
+  it('reports exit status, a missing program, output over the bound and bad arguments', () => {
+    expect(pipeThrough('false', [], Buffer.alloc(0), 10)).toEqual({ status: 1, stdout: Buffer.alloc(0) });
+    // the child stops reading early: no hang, no SIGPIPE for this process
+    expect(pipeThrough('head', ['-c', '3'], randomBytes(1 << 20), 10).stdout.length).toBe(3);
+    expect(() => pipeThrough('d4fs-no-such-program', [], manPage, 10)).toThrow(expect.objectContaining({ code: 'ENOENT' }));
+    expect(() => pipeThrough('cat', [], manPage, manPage.length - 1)).toThrow(expect.objectContaining({ code: 'EFBIG' }));
+    // (TypeErrors of the addon's realm: matched by message)
+    expect(() => pipeThrough('cat', ['a\0b'], manPage, 10)).toThrow(/strings without NUL/);
+    expect(() => (pipeThrough as unknown as (...a: unknown[]) => unknown)('cat', 'x', manPage, 10)).toThrow(/pipeThrough\(file, args, input, maxOut\)/);
+    expect(() => pipeThrough('cat', [], manPage, 0)).toThrow(/positive/);
   });
 });

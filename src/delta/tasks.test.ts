@@ -13,7 +13,8 @@ import { FileType, type Entry } from '../format/types';
 import { D4fsError } from '../errors';
 import { chunkBaseRange, contentKind, encodeChunk } from './codecs';
 import { BaseFinder, partChunks } from './diff';
-import { diffContent, diffContents, type DeltaChunkInfo, type DiffContentArgs, type FullBlobArg } from './tasks';
+import { spawnSync } from 'node:child_process';
+import { diffContent, diffContents, diffGroup, GROUP_MIN_ALONE_SHARE, groupWorthTrying, type DeltaChunkInfo, type DiffContentArgs, type FullBlobArg } from './tasks';
 
 const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
 
@@ -194,5 +195,74 @@ describe('BaseFinder', () => {
     expect(shared.find(['srv/app.conf'], 515)?.path).toBe('opt/app.conf');
     expect(shared.find(['usr/lib/libssl.so.4'], 990)?.path).toBe('usr/lib/libssl.so.3');
     expect(shared.find(['usr/lib'], 100)).toBeUndefined();
+  });
+});
+
+describe('diffGroup: when a group frame is tried', () => {
+  it('always at best; otherwise unless the members alone are under GROUP_MIN_ALONE_SHARE x their level-1 patches', () => {
+    let calls = 0;
+    const one = (n: number) => () => {
+      calls++;
+      return n;
+    };
+    expect(groupWorthTrying('best', 1, one(1000))).toBe(true);
+    expect(calls).toBe(0); // not even computed at best
+    expect(groupWorthTrying('default', GROUP_MIN_ALONE_SHARE * 1000 - 1, one(1000))).toBe(false);
+    expect(groupWorthTrying('default', GROUP_MIN_ALONE_SHARE * 1000, one(1000))).toBe(true);
+    expect(groupWorthTrying('fast', 10, one(1000))).toBe(false);
+    expect(calls).toBe(3);
+  });
+
+  const dir = mkdtempSync(join(tmpdir(), 'd4fs-group-'));
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+  /** diffGroup's arguments for pairs (base, target) each stored as one chunk in its own file. */
+  function groupArgs(pairs: [Buffer, Buffer][], level: 'default' | 'best'): Parameters<typeof diffGroup>[0] {
+    return {
+      items: pairs.map(([b, t], i) => {
+        const oldPath = join(dir, `old-${level}-${i}`);
+        const newPath = join(dir, `new-${level}-${i}`);
+        return {
+          oldChain: [oldPath],
+          newChain: [newPath],
+          target: sha(t),
+          base: sha(b),
+          codec: 'auto' as const,
+          level,
+          chunkSize: 1 << 22,
+          baseBlob: storeChunks(oldPath, b, 1 << 22),
+          targetBlob: storeChunks(newPath, t, 1 << 22),
+        };
+      }),
+    };
+  }
+  const gzip = (b: Buffer): Buffer => spawnSync('gzip', ['-9n', '-c'], { input: b }).stdout as Buffer;
+
+  it('keeps man pages (.gz, coded alone as their text) alone without a frame, and groups the same edit across texts', async () => {
+    // .gz files: alone, as decompressed text patched, they are far below any zstd stream of their compressed bytes
+    const pages = [1, 2, 3, 4].map((k) => {
+      const t = text(20_000, 40 + k);
+      const edited = Buffer.concat([t.subarray(0, 9000), Buffer.from(`.SH NEW SECTION ${k}\n`), t.subarray(9000)]);
+      return [gzip(t), gzip(edited)] as [Buffer, Buffer];
+    });
+    const a = groupArgs(pages, 'default');
+    const alone = await diffContents(a);
+    const g = await diffGroup(a);
+    expect(g.grouped).toBe(false);
+    expect(Buffer.from(g.stored).equals(Buffer.from(alone.stored))).toBe(true);
+    expect(g.items).toEqual(alone.items);
+    // at best the frame is coded too, and loses
+    const best = await diffGroup(groupArgs(pages, 'best'));
+    expect(best.grouped).toBe(false);
+
+    // the same new paragraph in six texts: the group pays for it once
+    const para = text(3000, 99);
+    const texts = [1, 2, 3, 4, 5, 6].map((k) => {
+      const t = text(8000, 60 + k);
+      return [t, Buffer.concat([t.subarray(0, 4000), para, t.subarray(4000)])] as [Buffer, Buffer];
+    });
+    const ta = groupArgs(texts, 'default');
+    const tg = await diffGroup(ta);
+    expect(tg.grouped).toBe(true);
+    expect(tg.stored.byteLength).toBeLessThan((await diffContents(ta)).stored.byteLength);
   });
 });

@@ -11,6 +11,7 @@ import { Codec } from '../format/types';
 import { promises as fsp } from 'node:fs';
 import { corrupt } from '../errors';
 import { readZstdChunk } from '../format/reader';
+import { zstdFrame } from '../format/zstd';
 import { decodeGroup, encodeGroup } from '../format/group';
 import { Chain } from './chain';
 import { applyPatch, BSDIFF_MAX_INPUT, chunkBaseRange, CodecChoice, contentKind, ContentKind, encodeChunk, encodePatch, LevelPreset, MIN_PATCH_TARGET } from './codecs';
@@ -400,6 +401,34 @@ export const GROUP_LEVELS: Readonly<Record<LevelPreset, number>> = Object.freeze
 export const GROUP_SEARCH_LOG = 2;
 
 /**
+ * A group's frame is not coded when its members coded alone take less than this fraction of
+ * their level-1 zstd-patches (each against its own base; a level-1 frame without one): such
+ * members are ones other codecs take far below any zstd stream (executables by bsdiff, .gz
+ * files as their decompressed text, LLVM bitcode), and a group, one zstd stream, then never
+ * came near them. On the delta bench's pairs and the scale bench's node_modules update (26
+ * groups): the 7 groups under 0.5 lost by 1.5-46x (alone at 0.02-0.49x the level-1 patches;
+ * postgresql-15's 217 .gz man pages, its bitcode, libssl's and nginx's executables), every
+ * group kept had its members alone at 0.55x or more; skipping those frames took 2.7 s of CPU
+ * (8 %) off postgresql-15's diff with the same delta, byte for byte (CODECS.md).
+ */
+export const GROUP_MIN_ALONE_SHARE = 0.5;
+
+/** Whether diffGroup codes a group's frame: always at `best`, else unless its members alone are under GROUP_MIN_ALONE_SHARE x their level-1 patches (`levelOne`, computed only then). */
+export function groupWorthTrying(preset: LevelPreset, aloneBytes: number, levelOne: () => number): boolean {
+  return preset === 'best' || aloneBytes >= GROUP_MIN_ALONE_SHARE * levelOne();
+}
+
+/** Sum of the members' level-1 zstd-patches against their bases (level-1 frames without one): what GROUP_MIN_ALONE_SHARE compares with. */
+function levelOneSize(targets: Buffer[], bases: (Buffer | undefined)[]): number {
+  let n = 0;
+  targets.forEach((t, k) => {
+    const b = bases[k];
+    n += b ? encodePatch(b, t, 'zstd-patch', 1).length : zstdFrame(t, 1).length;
+  });
+  return n;
+}
+
+/**
  * Small changed or new contents coded together (issue 14): each is coded alone as
  * diffContents codes it, and all of them as one solid group (format/group.ts): a zstd
  * frame of their bytes back to back, against the concatenation of their bases (the
@@ -421,7 +450,9 @@ export async function diffGroup(a: DiffContentsArgs): Promise<{ stored: Uint8Arr
   } finally {
     await files.close();
   }
-  const level = GROUP_LEVELS[a.items[0]?.level ?? 'default'];
+  const preset = a.items[0]?.level ?? 'default';
+  if (!groupWorthTrying(preset, alone.stored.byteLength, () => levelOneSize(targets, bases))) return { ...alone, grouped: false };
+  const level = GROUP_LEVELS[preset];
   const target = Buffer.concat(targets);
   const withBases = bases.some((b) => b !== undefined);
   const dict = Buffer.concat(bases.filter((b): b is Buffer => b !== undefined));

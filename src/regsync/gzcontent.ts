@@ -13,11 +13,11 @@
  * deflate output has been stable for decades while Node's bundled zlib (a
  * Chromium fork) changes with Node releases.
  *
- * Synchronous (spawnSync), for worker threads.
+ * Synchronous (util/process.ts runProgramSync: posix_spawn, no fork), for worker threads.
  */
-import { spawnSync } from 'node:child_process';
 import * as zlib from 'node:zlib';
 import { corrupt } from '../errors';
+import { runProgramSync } from '../util/process';
 import { gzipHeaderLength } from '../delta/gzmember';
 import { gzipProgram } from './recipe';
 
@@ -59,8 +59,8 @@ export function inflateSingle(b: Buffer, max = GZ_MAX_INNER): Buffer | undefined
 
 /** `gzip -c -n -LEVEL` of `inner`; undefined when the program is missing or fails. */
 function gzipOf(inner: Buffer, level: number): Buffer | undefined {
-  const r = spawnSync('gzip', ['-c', '-n', `-${level}`], { input: inner, maxBuffer: inner.length + (inner.length >> 3) + 1024 * 1024 });
-  if (r.status !== 0 || !r.stdout || r.stdout.length < 18 || r.stdout[3] !== 0) return undefined;
+  const r = runProgramSync('gzip', ['-c', '-n', `-${level}`], inner, inner.length + (inner.length >> 3) + 1024 * 1024);
+  if (!r || r.status !== 0 || r.stdout.length < 18 || r.stdout[3] !== 0) return undefined;
   return r.stdout;
 }
 

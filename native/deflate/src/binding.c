@@ -33,6 +33,8 @@
 #include "kpflate.h"
 #include "zlibraw.h"
 #include "recon.h"
+#include "pipe.h"
+#include <errno.h>
 
 typedef struct {
   gf *e;
@@ -384,6 +386,68 @@ static napi_value js_rec_close(napi_env env, napi_callback_info info) {
   return out;
 }
 
+/* Copies a JS string into a malloc'd C string (NULL when it is not a string or has a NUL). */
+static char *get_string(napi_env env, napi_value v) {
+  size_t n;
+  if (napi_get_value_string_utf8(env, v, NULL, 0, &n) != napi_ok) return NULL;
+  char *s = malloc(n + 1);
+  if (!s) return NULL;
+  if (napi_get_value_string_utf8(env, v, s, n + 1, &n) != napi_ok || strlen(s) != n) {
+    free(s);
+    return NULL;
+  }
+  return s;
+}
+
+/*
+ * pipeThrough(file, args, input, maxOut) → { status, stdout }: runs `file` (PATH lookup) with
+ * `args` (argv[1..]) by posix_spawn, `input` on its stdin; throws an Error whose code is the
+ * errno's name (ENOENT, EFBIG: output over maxOut, ...) when it cannot be run to its end.
+ */
+static napi_value js_pipe_through(napi_env env, napi_callback_info info) {
+  size_t argc = 4;
+  napi_value argv[4];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  void *in = NULL;
+  size_t in_len = 0;
+  uint32_t nargs = 0;
+  int64_t max_out = 0;
+  bool is_array = false;
+  if (argc < 4 || napi_is_array(env, argv[1], &is_array) != napi_ok || !is_array || napi_get_array_length(env, argv[1], &nargs) != napi_ok || nargs > 64 ||
+      get_bytes(env, argv[2], &in, &in_len) || napi_get_value_int64(env, argv[3], &max_out) != napi_ok || max_out < 1) {
+    napi_throw_type_error(env, NULL, "d4fs-deflate: pipeThrough(file, args, input, maxOut): a string, at most 64 strings, a Uint8Array, a positive number");
+    return NULL;
+  }
+  char *file = get_string(env, argv[0]);
+  char *args[66] = {0};
+  int ok = file != NULL;
+  args[0] = file;
+  for (uint32_t i = 0; ok && i < nargs; i++) {
+    napi_value a;
+    ok = napi_get_element(env, argv[1], i, &a) == napi_ok && (args[i + 1] = get_string(env, a)) != NULL;
+  }
+  napi_value result = NULL;
+  if (!ok) {
+    napi_throw_type_error(env, NULL, "d4fs-deflate: pipeThrough: the program and its arguments must be strings without NUL");
+  } else {
+    struct pipe_result r;
+    int e = pipe_through(file, args, in, in_len, (size_t)max_out, &r);
+    if (e) {
+      const char *name = e == ENOENT ? "ENOENT" : e == EFBIG ? "EFBIG" : e == ENOMEM ? "ENOMEM" : e == EACCES ? "EACCES" : "EIO";
+      napi_throw_error(env, name, e == EFBIG ? "the program wrote more than maxOut bytes" : strerror(e));
+    } else {
+      napi_value out = bytes_out(env, r.out, r.len), status;
+      free(r.out);
+      if (out && napi_create_object(env, &result) == napi_ok && napi_create_int32(env, r.status, &status) == napi_ok) {
+        napi_set_named_property(env, result, "status", status);
+        napi_set_named_property(env, result, "stdout", out);
+      }
+    }
+  }
+  for (uint32_t i = 0; i <= nargs; i++) free(args[i]);
+  return result;
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
       {"goNew", NULL, js_new, NULL, NULL, NULL, napi_default, NULL},
@@ -399,6 +463,7 @@ static napi_value init(napi_env env, napi_value exports) {
       {"recNew", NULL, js_rec_new, NULL, NULL, NULL, napi_default, NULL},
       {"recWrite", NULL, js_rec_write, NULL, NULL, NULL, napi_default, NULL},
       {"recClose", NULL, js_rec_close, NULL, NULL, NULL, napi_default, NULL},
+      {"pipeThrough", NULL, js_pipe_through, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props);
   return exports;
