@@ -8,7 +8,9 @@
  * (test/fixtures/v3) chain and merge with version 4 deltas, whose re-stamped
  * files name their parent's entries instead of repeating digests. A version
  * 4 delta (test/fixtures/v4, whole base digests) chains and merges with
- * version 5 ones, which name their patch bases by an 8-byte prefix.
+ * version 5 ones, which name their patch bases by an 8-byte prefix. A version
+ * 5 delta (test/fixtures/v5, names written out) chains and merges with
+ * version 6 ones, which take a changed entry's path from its parent's entry.
  */
 import { randomBytes } from 'node:crypto';
 import fsp from 'node:fs/promises';
@@ -232,7 +234,7 @@ describe('format version 5: patch bases named by an 8-byte prefix (format/bases.
     const d12v5 = at('v5-d12.cdimg');
     await diffImages({ oldPath: v1, newPath: v2full, out: d12v5 });
     expect(await versionOf(d12v5)).toBe(FORMAT_VERSION);
-    expect(FORMAT_VERSION).toBe(5);
+    expect(FORMAT_VERSION).toBeGreaterThanOrEqual(5);
     const alone = await CdimgReader.open(d12v5);
     const prefixes = basesOf(alone);
     await alone.close();
@@ -295,5 +297,85 @@ describe('format version 5: patch bases named by an 8-byte prefix (format/bases.
     const perr = await patchImage({ base: v1, deltas: [lost], out: at('v5-lost-p.cdimg') }).then(() => undefined, (e: unknown) => e);
     expect(perr).toBeInstanceOf(D4fsError);
     expect(['NOT_FOUND', 'CORRUPT']).toContain((perr as D4fsError).kind);
+  });
+});
+
+describe('format version 6: paths of changed entries by reference to the parent (format/tree-edit.ts)', () => {
+  const FIX5 = path.join(packageRoot(), 'test', 'fixtures', 'v5');
+  const d12v5 = path.join(FIX5, 'v1-v2.cdimg');
+  const v2full = path.join(FIX, 'v2.cdimg');
+
+  it('a version 6 delta takes them by reference, smaller; version 5 deltas still read, chain, patch and merge with it', async () => {
+    expect(await versionOf(d12v5)).toBe(5);
+    const v2Id = await idOf([v2full]);
+    const v3Id = await idOf([v3]);
+    expect(await idOf([v1, d12v5])).toBe(v2Id);
+    const d12v6 = at('v6-d12.cdimg');
+    await diffImages({ oldPath: v1, newPath: v2full, out: d12v6 });
+    expect(await versionOf(d12v6)).toBe(6);
+    expect(FORMAT_VERSION).toBe(6);
+    // alone: the inserted entries that replace their parent's name it, without a name of their own
+    const alone = await CdimgReader.open(d12v6);
+    const refs = (alone.index.treeEdit?.inserted ?? []).filter((e) => e.pathRef !== undefined);
+    await alone.close();
+    expect(refs.length).toBeGreaterThan(0);
+    expect(refs.every((e) => e.name === '')).toBe(true);
+    expect((await fsp.stat(d12v6)).size).toBeLessThan((await fsp.stat(d12v5)).size);
+    expect(await idOf([v1, d12v6])).toBe(v2Id);
+    expect((await verifyCdimg(d12v6, 1, [v1])).treeChecked).toBe(true);
+    const p2 = await patchImage({ base: v1, deltas: [d12v6], out: at('v6-p2.cdimg') });
+    expect(p2.imageId).toBe(v2Id);
+    await unpackImage(v2full, at('v6-u2'));
+    await unpackImage(at('v6-p2.cdimg'), at('v6-up2'));
+    expect(compareTrees(await walkTree(at('v6-u2')), await walkTree(at('v6-up2')))).toEqual([]);
+
+    // mixed chains: a version 6 delta on the version 5 one, and the other way round; merged with and without the base
+    const d23v6 = at('v6-d23.cdimg');
+    await diffImages({ oldPath: v2full, newPath: v3, out: d23v6 });
+    expect(await idOf([v1, d12v5, d23v6])).toBe(v3Id);
+    expect((await patchImage({ base: v1, deltas: [d12v5, d23v6], out: at('v6-p3.cdimg') })).imageId).toBe(v3Id);
+    for (const base of [undefined, v1]) {
+      const m = at(`v6-m-${base ? 'base' : 'alone'}.cdimg`);
+      await mergeDeltas({ deltas: [d12v5, d23v6], out: m, base });
+      expect(await versionOf(m)).toBe(6);
+      expect(await idOf([v1, m])).toBe(v3Id);
+      const m2 = at(`v6-m2-${base ? 'base' : 'alone'}.cdimg`);
+      await mergeDeltas({ deltas: [d12v6, path.join(FIX, 'v2-v3.cdimg')], out: m2, base });
+      expect(await idOf([v1, m2])).toBe(v3Id);
+      // two version 6 deltas: the second's references point into the tree between them
+      const m3 = at(`v6-m3-${base ? 'base' : 'alone'}.cdimg`);
+      await mergeDeltas({ deltas: [d12v6, d23v6], out: m3, base });
+      expect(await idOf([v1, m3])).toBe(v3Id);
+    }
+    // the local store admits it (the lean check reads the new column) and rebuilds its tree
+    const store = await LocalStore.open(at('v6-store'));
+    try {
+      await store.add(v1);
+      await store.add(d12v6);
+      await store.add(d23v6);
+      expect(store.hasImage(v3Id)).toBe(true);
+    } finally {
+      store.close();
+    }
+  });
+
+  it('a path reference forged to another entry is refused where the tree is rebuilt (image id or tree check), never served', async () => {
+    const d = at('v6-d12-f.cdimg');
+    await diffImages({ oldPath: v1, newPath: v2full, out: d });
+    const forged = at('v6-forged.cdimg');
+    await rewriteIndex(d, forged, (ix) => {
+      const x = ix.treeEdit?.inserted.find((e) => e.pathRef !== undefined && e.pathRef > 1);
+      if (!x) throw new Error('no path reference');
+      x.pathRef = (x.pathRef as number) - 1;
+    });
+    await expectKind(idOf([v1, forged]), 'CORRUPT');
+    const store = await LocalStore.open(at('v6-store-f'));
+    try {
+      await store.add(v1);
+      await expectKind(store.add(forged), 'CORRUPT');
+    } finally {
+      store.close();
+    }
+    await expectKind(verifyDeltaTree(forged, [v1], 'upload of forged'), 'CORRUPT');
   });
 });

@@ -35,7 +35,9 @@ function entryJson(e: Entry): Record<string, unknown> {
     if (ref !== undefined && e.digest.length === 0) o.contentOfParentEntry = ref;
     else o.digest = digestFromRaw(e.digest);
   }
-  if (e.type === FileType.SYMLINK || e.type === FileType.HARDLINK) o.linkTarget = e.type === FileType.HARDLINK ? '/' + e.linkTarget : e.linkTarget;
+  // a delta opened alone (format version 6): the link target of the parent's entry whose path it takes
+  if ((e as InsertedEntry).linkRef) o.linkTargetOfParentEntry = (e as InsertedEntry).pathRef;
+  else if (e.type === FileType.SYMLINK || e.type === FileType.HARDLINK) o.linkTarget = e.type === FileType.HARDLINK ? '/' + e.linkTarget : e.linkTarget;
   if (e.type === FileType.CHAR || e.type === FileType.BLOCK) o.device = `${e.devMajor}:${e.devMinor}`;
   if (e.xattrs.length) o.xattrs = Object.fromEntries(e.xattrs.map((x) => [x.name, x.value.toString('base64')]));
   return o;
@@ -120,7 +122,7 @@ function registerShow(cd: Command): void {
           if (o.json) {
             if (o.entries !== false) {
               // a version 2 delta alone: the entries its edit script inserts (a name under a depth; their paths come from the parent's tree)
-              if (r.index.treeEdit) s.insertedEntries = r.index.treeEdit.inserted.map((e) => ({ depth: e.depth, name: e.name, ...entryJson(e) }));
+              if (r.index.treeEdit) s.insertedEntries = r.index.treeEdit.inserted.map((e) => ({ ...(e.pathRef !== undefined ? { pathOfParentEntry: e.pathRef } : { depth: e.depth, name: e.name }), ...entryJson(e) }));
               else s.entryList = r.index.entries.map(entryJson);
             }
             printJson(s);

@@ -82,6 +82,12 @@ class Varints {
     if (v > MAX_SAFE) no();
     return v;
   }
+  /** Back to the first value. */
+  rewind(): void {
+    this.p = 0;
+    this.i = 0;
+    this.b = this.parts[0] ?? EMPTY;
+  }
   /** Read every value (their range is checked as unpack checks it). */
   drain(): number {
     let nonZero = 0;
@@ -218,7 +224,7 @@ function check(raw: Buffer, headerVersion: number, blobSectionEnd: number, heade
   const canon = canonicalDigests(table, nd);
   const blobOf = checkContents(contentFields, canon, nd, delta, blobSectionEnd, headerSize, head.formatVersion);
   // ---- the tree: decodeColumns; for a full image fullTree, validateIndex and the image id
-  checkTree(treeFields, table, nd, canon, blobOf, delta ? undefined : head, delta && head.formatVersion >= 4);
+  checkTree(treeFields, table, nd, canon, blobOf, delta ? undefined : head, delta && head.formatVersion >= 4, delta && head.formatVersion >= 6);
   head.sectionDigest = sectionDigest;
   return { head, hasTree: !delta };
 }
@@ -322,12 +328,24 @@ function checkContents(cf: Map<number, Buffer[]>, canon: Int32Array, nd: number,
  * per entry, and the image id: the Tree message (pb.ts encodeTreePb) is
  * written entry by entry into a hash, from the columns' bytes.
  */
-function checkTree(tf: Map<number, Buffer[]>, table: Buffer, nd: number, canon: Int32Array, sizeOf: Float64Array, full: Index | undefined, refs: boolean): void {
+function checkTree(tf: Map<number, Buffer[]>, table: Buffer, nd: number, canon: Int32Array, sizeOf: Float64Array, full: Index | undefined, refs: boolean, pathRefs: boolean): void {
   const depth = new Varints(tf.get(1));
-  const n = depth.length;
+  // paths by reference to the parent's tree (version 6 deltas, compact.ts decodeColumns): one value per
+  // entry, and a depth and a name only for the entries whose value is 0
+  const pref = new Varints(tf.get(19));
+  if (pref.length && (!pathRefs || full)) no();
+  const n = pref.length || depth.length;
   if (n > LIMITS.maxEntries) no();
+  let named = n;
+  if (pref.length) {
+    named = 0;
+    for (let i = 0; i < n; i++) if (pref.next() === 0) named++;
+    pref.rewind();
+  }
+  if (depth.length !== named) no();
   const names = concat(tf.get(2));
-  if (countNul(names) !== n) no();
+  if (countNul(names) !== named) no();
+  let prevPath = -1;
   const type = column(tf.get(3), n);
   const mode = column(tf.get(4), n);
   const uid = column(tf.get(5), n, true);
@@ -387,7 +405,8 @@ function checkTree(tf: Map<number, Buffer[]>, table: Buffer, nd: number, canon: 
   let devs = 0;
   let prevMtime = 0;
   for (let i = 0; i < n; i++) {
-    const d = depth.next();
+    const pr = pref.length ? pref.next() : 0;
+    const d = pr === 0 ? depth.next() : 0;
     const t = type.next();
     const md = mode.next();
     const u = uid.next();
@@ -396,9 +415,16 @@ function checkTree(tf: Map<number, Buffer[]>, table: Buffer, nd: number, canon: 
     const ns = nsec.next();
     const un = uname.next();
     const gn = gname.next();
+    let linkRef = false;
+    if (pr !== 0) {
+      prevPath += unzz(Math.floor((pr - 1) / 2)) + 1;
+      if (!Number.isSafeInteger(prevPath) || prevPath < 0 || prevPath >= LIMITS.maxEntries) no();
+      linkRef = (pr - 1) % 2 === 1;
+      if (linkRef && t !== FileType.SYMLINK && t !== FileType.HARDLINK) no();
+    }
     const ns0 = np;
-    while (names[np] !== 0) np++;
-    const ne = np++;
+    if (pr === 0) while (names[np] !== 0) np++;
+    const ne = pr === 0 ? np++ : np;
     const nl = ne - ns0;
     if (d !== 0) {
       // checkTreeName, on the bytes
@@ -425,10 +451,12 @@ function checkTree(tf: Map<number, Buffer[]>, table: Buffer, nd: number, canon: 
         if (ci >= nd) no();
       }
     } else if (t === FileType.SYMLINK || t === FileType.HARDLINK) {
-      if (link++ >= nLinks) no();
-      ls = lp;
-      while (links[lp] !== 0) lp++;
-      le = lp++;
+      if (!linkRef) {
+        if (link++ >= nLinks) no();
+        ls = lp;
+        while (links[lp] !== 0) lp++;
+        le = lp++;
+      }
       if (t === FileType.SYMLINK) {
         if (sized++ >= size.length) no();
         sz = size.next();

@@ -78,9 +78,32 @@ function packedOf(w: PbWriter, field: number, n: number, at: (i: number) => numb
 /**
  * `refs`: write InsertedEntry.parentRef as references (version 4, a delta's
  * edit script); otherwise every regular file's digest goes to the table.
+ * `pathRefs`: write InsertedEntry.pathRef and linkRef as references (version
+ * 6, a delta's edit script: Columns.path_ref); otherwise every entry's depth,
+ * name and link target are written.
  */
-function encodeColumns(w: PbWriter, entries: Entry[], digests: DigestTable, refs = false): void {
+function encodeColumns(w: PbWriter, entries: Entry[], digests: DigestTable, refs = false, pathRefs = false): void {
   const n = entries.length;
+  // per entry: 0, or 1 + (zigzag of (its parent ordinal - the previous path reference's - 1) << 1 | link target by reference)
+  const pref: number[] = [];
+  let anyPathRef = false;
+  let prevPath = -1;
+  for (let i = 0; i < n; i++) {
+    const x = entries[i] as InsertedEntry;
+    const r = pathRefs ? x.pathRef : undefined;
+    if (r === undefined) {
+      // a decoded reference (no name; only the root, ordinal 0, has none) cannot be written as a name
+      if ((x.pathRef !== undefined && x.pathRef !== 0 && 'name' in x && x.name === '') || (x.linkRef && x.linkTarget === '')) throw corrupt('a path by parent reference in a file that cannot hold one (format version before 6, or a whole tree)');
+      pref.push(0);
+      continue;
+    }
+    if (!Number.isSafeInteger(r) || r < 0) throw corrupt(`a parent path reference ${r}`);
+    pref.push(1 + zz(r - prevPath - 1) * 2 + (x.linkRef ? 1 : 0));
+    prevPath = r;
+    anyPathRef = true;
+  }
+  const byPath = (i: number): boolean => pref[i] !== 0;
+  const linkByRef = (i: number): boolean => pref[i] !== 0 && (pref[i] - 1) % 2 === 1;
   const owners = new Map<string, number>([['', 0]]);
   const owner = (s: string): void => {
     if (!owners.has(s)) owners.set(s, owners.size);
@@ -118,10 +141,17 @@ function encodeColumns(w: PbWriter, entries: Entry[], digests: DigestTable, refs
     } else if (e.type === FileType.CHAR || e.type === FileType.BLOCK) devs++;
   }
   const inserted = (e: Entry): InsertedEntry | undefined => ('depth' in e ? (e as InsertedEntry) : undefined);
-  packedOf(w, 1, n, (i) => inserted(entries[i])?.depth ?? depthOf(entries[i].path));
-  let at = w.open(2);
-  for (let i = 0; i < n; i++) w.nulString(2, inserted(entries[i])?.name ?? baseName(entries[i].path));
-  w.close(at, n > 0);
+  let at = w.open(1);
+  let named = 0;
+  for (let i = 0; i < n; i++) {
+    if (byPath(i)) continue;
+    named++;
+    w.value(1, inserted(entries[i])?.depth ?? depthOf(entries[i].path));
+  }
+  w.close(at, named > 0);
+  at = w.open(2);
+  for (let i = 0; i < n; i++) if (!byPath(i)) w.nulString(2, inserted(entries[i])?.name ?? baseName(entries[i].path));
+  w.close(at, named > 0);
   packedOf(w, 3, n, (i) => entries[i].type);
   packedOf(w, 4, n, (i) => entries[i].mode);
   packedOf(w, 5, n, (i) => entries[i].uid, true);
@@ -144,8 +174,14 @@ function encodeColumns(w: PbWriter, entries: Entry[], digests: DigestTable, refs
   w.close(at, sizes > 0);
   packedOf(w, 10, content.length, (i) => content[i]);
   at = w.open(12);
-  for (const e of entries) if (e.type === FileType.SYMLINK || e.type === FileType.HARDLINK) w.nulString(12, e.linkTarget);
-  w.close(at, links > 0);
+  let written = 0;
+  for (let i = 0; i < n; i++) {
+    const e = entries[i];
+    if ((e.type !== FileType.SYMLINK && e.type !== FileType.HARDLINK) || linkByRef(i)) continue;
+    w.nulString(12, e.linkTarget);
+    written++;
+  }
+  w.close(at, written > 0);
   at = w.open(13);
   for (const e of entries) {
     if (e.type !== FileType.CHAR && e.type !== FileType.BLOCK) continue;
@@ -166,6 +202,7 @@ function encodeColumns(w: PbWriter, entries: Entry[], digests: DigestTable, refs
   packedOf(w, 16, n, (i) => owners.get(entries[i].uname) as number, true);
   packedOf(w, 17, n, (i) => owners.get(entries[i].gname) as number, true);
   if (anyRef) packedOf(w, 18, ref.length, (i) => ref[i]);
+  if (anyPathRef) packedOf(w, 19, n, (i) => pref[i]);
 }
 
 /** NUL-terminated strings of a bytes column. */
@@ -233,15 +270,23 @@ function unpack(b: Buffer, out: number[], what: string): void {
   }
 }
 
-/** `refs`: references to the parent tree may appear (version 4, a delta's edit script). */
-function decodeColumns(body: Buffer, digests: Buffer[], refs = false): InsertedEntry[] {
+/**
+ * `refs`: references to the parent tree may appear (version 4, a delta's edit script);
+ * `pathRefs`: paths by reference too (version 6, Columns.path_ref).
+ */
+function decodeColumns(body: Buffer, digests: Buffer[], refs = false, pathRefs = false): InsertedEntry[] {
   const f = readPbFields(body, 'tree columns');
   const depth = unpackAll(f.get(1), 'depth');
-  const n = depth.length;
+  const pref = unpackAll(f.get(19), 'path reference');
+  if (pref.length && !pathRefs) throw corrupt('tree columns take paths from a parent tree this file cannot refer to (a full image, a whole tree, or a format version before 6)');
+  // without path references every entry has a depth and a name; with them, the entries whose reference is 0
+  const n = pref.length || depth.length;
+  const named = pref.length ? pref.reduce((k, v) => k + (v === 0 ? 1 : 0), 0) : n;
+  if (depth.length !== named) throw corrupt(`depth column has ${depth.length} values for ${named} entries`);
   const names = splitNul(concat(f.get(2)), 'name');
-  if (names.length !== n) throw corrupt(`name column has ${names.length} names for ${n} entries`);
+  if (names.length !== named) throw corrupt(`name column has ${names.length} names for ${named} entries`);
   // every name as checkTreePath checks a path's components (validate.ts relies on it for version 2)
-  for (let i = 0; i < n; i++) if (depth[i] !== 0) checkTreeName(names[i]);
+  for (let i = 0; i < named; i++) if (depth[i] !== 0) checkTreeName(names[i]);
   const type = column(f, 3, n, 'type');
   const mode = column(f, 4, n, 'mode');
   const uid = column(f, 5, n, 'uid', true);
@@ -260,6 +305,8 @@ function decodeColumns(body: Buffer, digests: Buffer[], refs = false): InsertedE
   if (ref.length && !refs) throw corrupt('tree columns refer to a parent tree this file cannot refer to (a full image, a whole tree, or a format version before 4)');
   let ri = 0;
   let prevRef = 0;
+  let ni = 0;
+  let prevPath = -1;
   const out: InsertedEntry[] = new Array<InsertedEntry>(n);
   let reg = 0;
   let sized = 0;
@@ -268,10 +315,11 @@ function decodeColumns(body: Buffer, digests: Buffer[], refs = false): InsertedE
   let prevMtime = 0;
   for (let i = 0; i < n; i++) {
     const t = type[i];
+    const pr = pref.length ? pref[i] : 0;
     const e: InsertedEntry = {
       path: '',
-      depth: depth[i],
-      name: names[i],
+      depth: pr === 0 ? depth[ni] : 0,
+      name: pr === 0 ? names[ni++] : '',
       type: t,
       mode: mode[i],
       uid: uid[i],
@@ -287,6 +335,17 @@ function decodeColumns(body: Buffer, digests: Buffer[], refs = false): InsertedE
       uname: owners[uname[i]] ?? bad('uname'),
       gname: owners[gname[i]] ?? bad('gname'),
     };
+    let linkRef = false;
+    if (pr !== 0) {
+      // the path (and the link target, with the low bit) comes from the parent's tree (applyTreeEdit, composeEdits)
+      const u = pr - 1;
+      prevPath += unzz(Math.floor(u / 2)) + 1;
+      if (!Number.isSafeInteger(prevPath) || prevPath < 0 || prevPath >= LIMITS.maxEntries) throw corrupt(`tree columns: a path reference to parent entry ${prevPath}`);
+      e.pathRef = prevPath;
+      linkRef = u % 2 === 1;
+      if (linkRef && t !== FileType.SYMLINK && t !== FileType.HARDLINK) throw corrupt('tree columns: a link target by reference for an entry that is not a link');
+      if (linkRef) e.linkRef = true;
+    }
     if (t === FileType.REG) {
       if (sized >= size.length) throw corrupt('size column shorter than the regular files');
       e.size = size[sized++];
@@ -302,7 +361,7 @@ function decodeColumns(body: Buffer, digests: Buffer[], refs = false): InsertedE
         reg++;
       }
     } else if (t === FileType.SYMLINK || t === FileType.HARDLINK) {
-      e.linkTarget = links[link++] ?? bad('link target');
+      if (!linkRef) e.linkTarget = links[link++] ?? bad('link target');
       if (t === FileType.SYMLINK) e.size = size[sized++] ?? bad('size');
     } else if (t === FileType.CHAR || t === FileType.BLOCK) {
       if (devs + 2 > dev.length) bad('device');
@@ -658,7 +717,7 @@ export function encodeIndexV2(index: Index, parentEntries: Entry[] | undefined, 
   const w = new PbWriter(1024 + treeEntries.length * 64 + index.blobs.length * 64 + (ops ? ops.length * 5 : 0) + index.image.configJson.length);
   writeHead(w);
   let at = w.open(10);
-  encodeColumns(w, treeEntries, digests, ops !== undefined && index.formatVersion >= 4);
+  encodeColumns(w, treeEntries, digests, ops !== undefined && index.formatVersion >= 4, ops !== undefined && index.formatVersion >= 6);
   w.close(at, true);
   if (ops) w.packedAlways(11, ops);
   at = w.open(12);
@@ -687,7 +746,7 @@ export function decodeIndexV2(raw: Buffer, kind: Kind, opts: { tree?: boolean; v
   const whole = unpackAll(f.get(15), 'whole tree').some((v) => v !== 0);
   if (whole && kind !== Kind.DELTA) throw corrupt('a full image flagged as a whole-tree delta');
   const refs = kind === Kind.DELTA && !whole && (opts.version ?? 0) >= 4;
-  const tree = opts.tree === false ? [] : decodeColumns(concat(f.get(10)), digests, refs);
+  const tree = opts.tree === false ? [] : decodeColumns(concat(f.get(10)), digests, refs, refs && (opts.version ?? 0) >= 6);
   const blobs = decodeContents(concat(f.get(12)), digests, opts.version ?? 2);
   const ops = kind === Kind.DELTA ? unpackAll(f.get(11), 'edit script') : undefined;
   const sectionDigest = f.get(13)?.at(-1) ?? EMPTY;

@@ -65,11 +65,18 @@ export function editScript(parent: Entry[], entries: Entry[]): { ops: number[]; 
         cursor = j + 1;
       }
       script.insert(1);
+      // replacing its old self: its path (and its link target, when that is the same) by reference (version 6)
+      let x: Entry & Partial<Pick<InsertedEntry, 'pathRef' | 'linkRef'>> = e;
+      if (j !== undefined && j + 1 === cursor) {
+        const p = parent[j];
+        const links = (t: FileType): boolean => t === FileType.SYMLINK || t === FileType.HARDLINK;
+        x = { ...e, pathRef: j, ...(links(e.type) && links(p.type) && p.linkTarget === e.linkTarget ? { linkRef: true } : {}) };
+      }
       if (e.type === FileType.REG && j !== undefined && parent[j].type === FileType.REG && parent[j].digest.equals(e.digest)) {
-        inserted.push({ ...e, parentRef: j } as Entry);
+        inserted.push({ ...x, parentRef: j } as Entry & Pick<InsertedEntry, 'parentRef'>);
       } else {
-        if (e.type === FileType.REG) unmatched.push(e);
-        inserted.push(e);
+        if (e.type === FileType.REG) unmatched.push(x);
+        inserted.push(x);
       }
     }
   }
@@ -170,16 +177,39 @@ export function applyTreeEdit(parent: Entry[], edit: TreeEdit): Entry[] {
     if (next + ins > inserted.length) throw corrupt('the tree edit script inserts more entries than the delta holds');
     for (let i = 0; i < ins; i++) {
       const x = inserted[next++];
-      const d = x.depth;
-      if (d > stack.length || (d === 0) !== (x.name === '')) throw corrupt(`inserted entry "${x.name}" at depth ${d} has no directory before it`);
-      if (d > 0 && types[d - 1] !== FileType.DIR) throw hostile(`entry "${x.name}": parent is missing or not a directory (entries must come after their directory)`);
-      const path = d === 0 ? '' : d === 1 ? x.name : `${stack[d - 1]}/${x.name}`;
+      let path: string;
+      let d: number;
+      let linkTarget = x.linkTarget;
+      if (x.pathRef !== undefined) {
+        // the path of a parent entry (version 6): its directory must be there, as for a kept entry
+        const p = parent[x.pathRef];
+        if (!p) throw corrupt(`an inserted entry takes its path from parent entry ${x.pathRef}, past the parent's ${parent.length} entries`);
+        path = p.path;
+        d = depthOf(path);
+        if (d > 0) {
+          const dir = d <= stack.length ? stack[d - 1] : undefined;
+          const under = dir !== undefined && (d === 1 ? dir === '' : path.length > dir.length && path.charCodeAt(dir.length) === 47 && path.startsWith(dir));
+          if (!under || types[d - 1] !== FileType.DIR) throw hostile(`entry "${path}": parent is missing or not a directory (entries must come after their directory)`);
+        } else if (stack.length !== 0) {
+          throw corrupt('an inserted entry takes the path of the root where the root cannot be');
+        }
+        if (x.linkRef) {
+          if ((x.type !== FileType.SYMLINK && x.type !== FileType.HARDLINK) || (p.type !== FileType.SYMLINK && p.type !== FileType.HARDLINK)) throw corrupt(`entry "${path}" takes a link target from a parent entry, and one of them is not a link`);
+          linkTarget = p.linkTarget;
+        }
+      } else {
+        d = x.depth;
+        if (d > stack.length || (d === 0) !== (x.name === '')) throw corrupt(`inserted entry "${x.name}" at depth ${d} has no directory before it`);
+        if (d > 0 && types[d - 1] !== FileType.DIR) throw hostile(`entry "${x.name}": parent is missing or not a directory (entries must come after their directory)`);
+        path = d === 0 ? '' : d === 1 ? x.name : `${stack[d - 1]}/${x.name}`;
+        if (x.linkRef) throw corrupt(`entry "${path}" takes a link target from no parent entry`);
+      }
       if (path.length > MAX_PATH_BYTES / 3 && Buffer.byteLength(path) > MAX_PATH_BYTES) throw hostile(`path longer than ${MAX_PATH_BYTES} bytes: "${path.slice(0, 80)}…"`);
       stack.length = d;
       types.length = d;
       stack.push(path);
       types.push(x.type);
-      out.push(plainEntry(x, path, x.parentRef === undefined ? x.digest : digestOfParent(parent, x.parentRef, path)));
+      out.push(plainEntry({ ...x, linkTarget }, path, x.parentRef === undefined ? x.digest : digestOfParent(parent, x.parentRef, path)));
     }
   }
   if (cursor !== parent.length || next !== inserted.length) throw corrupt("the tree edit script does not account for every entry (of the parent's or its own)");
@@ -240,6 +270,26 @@ export function checkRebuilds(parent: Entry[], script: { ops: number[]; inserted
  * own reference or digest it takes. A copy: decoded entries may be shared.
  */
 function rebased(x: InsertedEntry, refs: number[], items: InsertedEntry[]): InsertedEntry {
+  return rebasedContent(rebasedPath(x, refs, items), refs, items);
+}
+
+/**
+ * Entry `x` with its path reference (version 6) made one to A, as rebased does
+ * for contents: to A's entry, or to the path (and link target) of the entry
+ * inserted on the way that Y's entry is.
+ */
+function rebasedPath(x: InsertedEntry, refs: number[], items: InsertedEntry[]): InsertedEntry {
+  if (x.pathRef === undefined) return x;
+  const r = refs[x.pathRef];
+  if (r === undefined) throw corrupt(`an inserted entry takes its path from parent entry ${x.pathRef}, past the parent's ${refs.length} entries`);
+  if (r >= 0) return r === x.pathRef ? x : { ...x, pathRef: r };
+  const y = items[-r - 1];
+  const link = x.linkRef ? (y.linkRef ? { linkRef: true } : { linkRef: undefined, linkTarget: y.linkTarget }) : {};
+  if (x.linkRef && y.type !== FileType.SYMLINK && y.type !== FileType.HARDLINK) throw corrupt('an inserted entry takes a link target from an entry that is not a link');
+  return y.pathRef !== undefined ? { ...x, ...link, pathRef: y.pathRef } : { ...x, ...link, pathRef: undefined, depth: y.depth, name: y.name };
+}
+
+function rebasedContent(x: InsertedEntry, refs: number[], items: InsertedEntry[]): InsertedEntry {
   if (x.parentRef === undefined) return x;
   const r = refs[x.parentRef];
   if (r === undefined) throw corrupt(`inserted entry "${x.name}" takes its content from parent entry ${x.parentRef}, past the parent's ${refs.length} entries`);

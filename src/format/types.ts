@@ -174,6 +174,16 @@ export interface InsertedEntry extends Entry {
    * entries written carry both, the digest for what reads them before writing.
    */
   parentRef?: number;
+  /**
+   * Version 6: the entry's path is that of the parent tree's entry at this
+   * ordinal (a changed entry at the same path: re-stamped, edited), so the
+   * delta does not store its name again. Decoded entries carry depth 0 and
+   * name '' until applyTreeEdit (or composeEdits) resolves it; entries
+   * written carry their depth and name too.
+   */
+  pathRef?: number;
+  /** Version 6, with pathRef, a SYMLINK or HARDLINK: its target is that parent entry's (decoded: '' until resolved). */
+  linkRef?: boolean;
 }
 
 /** What a version 2 delta says about its tree: the edit script against its parent's entries and the entries it inserts. */
@@ -197,17 +207,24 @@ export interface TreeEdit {
  * a base is a content of the parent image, which the chain below already
  * names in full (tzdata's delta: 458 bases, 14.7 KB of 50 KiB); and a group
  * member's offset relative to the end of the member listed before it in the
- * same group (0 in order: ~5 % of a full image's stored index).
+ * same group (0 in order: ~5 % of a full image's stored index). Version 6
+ * (issues 14 and 18): version 5 plus a delta's changed entry at the same path
+ * as its parent's entry names that entry for its path (and its link target)
+ * instead of repeating them (Columns.path_ref): a package upgrade re-stamps
+ * every file, and tzdata's delta repeated 3.1 KB of names and 1 KB of link
+ * targets of its 40 KB.
  */
-export const FORMAT_VERSION = 5;
+export const FORMAT_VERSION = 6;
 /**
  * Versions this d4fs reads: 1 (every file written before version 2), 2, 3,
  * 4 (version 3 plus contents by parent reference in a delta's inserted
- * entries: Columns.content_ref, InsertedEntry.parentRef) and 5 (version 4
+ * entries: Columns.content_ref, InsertedEntry.parentRef), 5 (version 4
  * plus a delta's patch bases named by the first BASE_PREFIX_BYTES bytes of
- * their digest, resolved against the images below it: ./bases.ts).
+ * their digest, resolved against the images below it: ./bases.ts) and 6
+ * (version 5 plus paths and link targets by parent reference in a delta's
+ * inserted entries: Columns.path_ref, InsertedEntry.pathRef).
  */
-export const READ_VERSIONS: readonly number[] = [1, 2, 3, 4, 5];
+export const READ_VERSIONS: readonly number[] = [1, 2, 3, 4, 5, 6];
 
 /**
  * Bytes of a base digest a version 5 delta keeps when the prefix names one
