@@ -115,7 +115,6 @@ function encodeColumns(w: PbWriter, entries: Entry[], digests: DigestTable, refs
   let anyRef = false;
   let prevRef = 0;
   let sizes = 0;
-  let links = 0;
   let devs = 0;
   for (let i = 0; i < n; i++) {
     const e = entries[i];
@@ -135,9 +134,8 @@ function encodeColumns(w: PbWriter, entries: Entry[], digests: DigestTable, refs
         ref.push(0);
         content.push(digests.add(e.digest));
       }
-    } else if (e.type === FileType.SYMLINK || e.type === FileType.HARDLINK) {
-      links++;
-      if (e.type === FileType.SYMLINK) sizes++;
+    } else if (e.type === FileType.SYMLINK) {
+      sizes++;
     } else if (e.type === FileType.CHAR || e.type === FileType.BLOCK) devs++;
   }
   const inserted = (e: Entry): InsertedEntry | undefined => ('depth' in e ? (e as InsertedEntry) : undefined);
