@@ -364,3 +364,77 @@ describe('lean check of version 3 indexes (solid groups)', () => {
     }
   });
 });
+
+describe('lean check of version 6 indexes (content numbers relative to the table order, paths by reference)', () => {
+  /** The full path of CdimgReader.open without a parent, for version 6. */
+  function full6(raw: Buffer): boolean {
+    try {
+      const index = decodeIndex(raw);
+      if (index.formatVersion !== 6) throw new Error('version');
+      if (index.treeEdit) validateIndexContents(index, END, HEADER_SIZE);
+      else validateIndex(index, END, HEADER_SIZE);
+      return true;
+    } catch {
+      return false;
+    }
+  }
+  const encode6 = (entries: Entry[], blobs: Blob[] = blobsOf(entries)): Buffer => encodeIndex(indexOf(Kind.FULL, entries, blobs, undefined, 6), { sectionDigest: SECTION });
+  function delta6(): Buffer {
+    const parent = tree(new Prng(7), 3, 20);
+    // every entry re-stamped (paths by reference), some contents changed (patched), one removed
+    const child = parent.filter((_, i) => i !== 5).map((e) => ({ ...e, mtimeSec: e.mtimeSec + 7, ...(e.type === FileType.REG && e.path.endsWith('1') ? { size: 4, digest: sha(`new ${e.path}`) } : {}) }));
+    const blobs: Blob[] = child
+      .filter((e) => e.type === FileType.REG && e.path.endsWith('1'))
+      .map((e) => ({ digest: e.digest, size: 4, encoding: Encoding.PATCH, chunks: [{ offset: HEADER_SIZE, storedSize: 3, storedDigest: sha('s'), rawSize: 4, rawDigest: e.digest, codec: Codec.ZSTD_PATCH, baseDigest: sha('base'), baseOffset: 0, baseSize: 9 }] }));
+    return encodeIndex(indexOf(Kind.DELTA, child, blobs, sha('parent'), 6), { sectionDigest: SECTION, parentEntries: parent });
+  }
+  const lean6 = (raw: Buffer, header = 6) => checkIndexLean(raw, header, END, HEADER_SIZE);
+
+  it('accepts what the full path accepts, with the same ids; smaller than version 2', () => {
+    for (const seed of [1, 2, 3]) {
+      const entries = tree(new Prng(seed), 4, 30);
+      const raw = encode6(entries);
+      expect(full6(raw)).toBe(true);
+      const l = lean6(raw);
+      expect(l?.hasTree).toBe(true);
+      expect(l?.head.imageId.equals(computeImageId(entries, indexOf(Kind.FULL, entries, []).image.configJson))).toBe(true);
+      expect(decodeIndex(raw).entries.map((e) => e.digest.toString('hex'))).toEqual(entries.map((e) => e.digest.toString('hex')));
+      expect(raw.length).toBeLessThan(encode(entries).length);
+      expect(lean6(raw, 5)).toBeUndefined();
+    }
+    const d = delta6();
+    expect(full6(d)).toBe(true);
+    expect(lean6(d)?.hasTree).toBe(false);
+  });
+
+  it('accepts no damaged index that the full path refuses', () => {
+    const rnd = new Prng(606);
+    const seeds: Buffer[] = [encode6(tree(new Prng(21), 3, 10)), encode6(tree(new Prng(22), 1, 6)), delta6()];
+    let both = 0;
+    let leanOnly = 0;
+    const rounds = Number(process.env.CHECK_ROUNDS ?? 1500);
+    for (let round = 0; round < rounds; round++) {
+      const raw = Buffer.from(seeds[round % seeds.length]);
+      const id = decodeIndex(raw).imageId;
+      const idAt = raw.indexOf(Buffer.from(id));
+      for (let k = 1 + rnd.int(3); k > 0; k--) {
+        const p = rnd.int(raw.length);
+        if (p >= idAt && p < idAt + 32) continue;
+        if (rnd.int(2)) raw[p] ^= 1 << rnd.int(8);
+        else raw[p] = rnd.int(4) === 0 ? 0 : rnd.int(256);
+      }
+      try {
+        const d = decodeIndex(raw);
+        if (d.entries.length) computeImageId(d.entries, d.image.configJson).copy(raw, idAt);
+      } catch {
+        /* does not decode: compared as it is */
+      }
+      const f = full6(raw);
+      const l = lean6(raw) !== undefined;
+      if (l && !f) leanOnly++;
+      if (l && f) both++;
+    }
+    expect(leanOnly).toBe(0);
+    expect(both).toBeGreaterThan(100);
+  });
+});

@@ -224,7 +224,7 @@ function check(raw: Buffer, headerVersion: number, blobSectionEnd: number, heade
   const canon = canonicalDigests(table, nd);
   const blobOf = checkContents(contentFields, canon, nd, delta, blobSectionEnd, headerSize, head.formatVersion);
   // ---- the tree: decodeColumns; for a full image fullTree, validateIndex and the image id
-  checkTree(treeFields, table, nd, canon, blobOf, delta ? undefined : head, delta && head.formatVersion >= 4, delta && head.formatVersion >= 6);
+  checkTree(treeFields, table, nd, canon, blobOf, delta ? undefined : head, delta && head.formatVersion >= 4, delta && head.formatVersion >= 6, head.formatVersion >= 6);
   head.sectionDigest = sectionDigest;
   return { head, hasTree: !delta };
 }
@@ -262,9 +262,11 @@ function checkContents(cf: Map<number, Buffer[]>, canon: Int32Array, nd: number,
   let rd = 0;
   let bi = 0;
   let end = 0;
+  let prevContent = -1;
   for (let i = 0; i < n; i++) {
-    const ci = content.next();
-    if (ci >= nd) no();
+    // version 6: relative to the number before (compact.ts relativeContents)
+    const ci = version >= 6 ? (prevContent = prevContent + 1 + unzz(content.next())) : content.next();
+    if (ci < 0 || ci >= nd) no();
     const cnt = count.next();
     const m = cnt === 0 ? 1 : cnt - 1;
     if (k + m > chunks) no();
@@ -328,7 +330,7 @@ function checkContents(cf: Map<number, Buffer[]>, canon: Int32Array, nd: number,
  * per entry, and the image id: the Tree message (pb.ts encodeTreePb) is
  * written entry by entry into a hash, from the columns' bytes.
  */
-function checkTree(tf: Map<number, Buffer[]>, table: Buffer, nd: number, canon: Int32Array, sizeOf: Float64Array, full: Index | undefined, refs: boolean, pathRefs: boolean): void {
+function checkTree(tf: Map<number, Buffer[]>, table: Buffer, nd: number, canon: Int32Array, sizeOf: Float64Array, full: Index | undefined, refs: boolean, pathRefs: boolean, seq: boolean): void {
   const depth = new Varints(tf.get(1));
   // paths by reference to the parent's tree (version 6 deltas, compact.ts decodeColumns): one value per
   // entry, and a depth and a name only for the entries whose value is 0
@@ -346,6 +348,7 @@ function checkTree(tf: Map<number, Buffer[]>, table: Buffer, nd: number, canon: 
   const names = concat(tf.get(2));
   if (countNul(names) !== named) no();
   let prevPath = -1;
+  let nextNew = 0;
   const type = column(tf.get(3), n);
   const mode = column(tf.get(4), n);
   const uid = column(tf.get(5), n, true);
@@ -446,7 +449,10 @@ function checkTree(tf: Map<number, Buffer[]>, table: Buffer, nd: number, canon: 
       if (ref.length && ri++ >= ref.length) no();
       if (ref.next() === 0) {
         if (reg >= content.length) no();
-        ci = content.next();
+        // version 6: 0 the next digest not used yet, v > 0 digest v - 1 (compact.ts sequentialContents)
+        const v = content.next();
+        ci = !seq ? v : v === 0 ? nextNew : v - 1;
+        nextNew = Math.max(nextNew, ci + 1);
         reg++;
         if (ci >= nd) no();
       }

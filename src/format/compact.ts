@@ -82,7 +82,7 @@ function packedOf(w: PbWriter, field: number, n: number, at: (i: number) => numb
  * 6, a delta's edit script: Columns.path_ref); otherwise every entry's depth,
  * name and link target are written.
  */
-function encodeColumns(w: PbWriter, entries: Entry[], digests: DigestTable, refs = false, pathRefs = false): void {
+function encodeColumns(w: PbWriter, entries: Entry[], digests: DigestTable, refs = false, pathRefs = false, seq = false): void {
   const n = entries.length;
   // per entry: 0, or 1 + (zigzag of (its parent ordinal - the previous path reference's - 1) << 1 | link target by reference)
   const pref: number[] = [];
@@ -170,7 +170,15 @@ function encodeColumns(w: PbWriter, entries: Entry[], digests: DigestTable, refs
   at = w.open(9);
   for (const e of entries) if (e.type === FileType.REG || e.type === FileType.SYMLINK) w.value(9, e.size);
   w.close(at, sizes > 0);
-  packedOf(w, 10, content.length, (i) => content[i]);
+  // version 6 (`seq`): 0 for the next digest of the table not used yet (the table is in order of first
+  // use, so every first use), else 1 + the digest's number (sequentialContents)
+  let nextNew = 0;
+  packedOf(w, 10, content.length, (i) => {
+    if (!seq) return content[i];
+    const v = content[i] === nextNew ? 0 : content[i] + 1;
+    nextNew = Math.max(nextNew, content[i] + 1);
+    return v;
+  });
   at = w.open(12);
   let written = 0;
   for (let i = 0; i < n; i++) {
@@ -201,6 +209,28 @@ function encodeColumns(w: PbWriter, entries: Entry[], digests: DigestTable, refs
   packedOf(w, 17, n, (i) => owners.get(entries[i].gname) as number, true);
   if (anyRef) packedOf(w, 18, ref.length, (i) => ref[i]);
   if (anyPathRef) packedOf(w, 19, n, (i) => pref[i]);
+}
+
+/**
+ * Version 6's tree content column in place: 0 is the next digest of the table not used yet, v > 0 the
+ * digest numbered v - 1 (encodeColumns). Numbers are checked where they are used.
+ */
+export function sequentialContents(v: number[]): void {
+  let nextNew = 0;
+  for (let i = 0; i < v.length; i++) {
+    const x = v[i] === 0 ? nextNew : v[i] - 1;
+    v[i] = x;
+    nextNew = Math.max(nextNew, x + 1);
+  }
+}
+
+/** Version 6's content-columns content numbers in place: each is the one before plus 1 plus the zigzag-decoded value (encodeContents). */
+export function relativeContents(v: number[]): void {
+  let prev = -1;
+  for (let i = 0; i < v.length; i++) {
+    prev = prev + 1 + unzz(v[i]);
+    v[i] = prev;
+  }
 }
 
 /** NUL-terminated strings of a bytes column. */
@@ -272,7 +302,7 @@ function unpack(b: Buffer, out: number[], what: string): void {
  * `refs`: references to the parent tree may appear (version 4, a delta's edit script);
  * `pathRefs`: paths by reference too (version 6, Columns.path_ref).
  */
-function decodeColumns(body: Buffer, digests: Buffer[], refs = false, pathRefs = false): InsertedEntry[] {
+function decodeColumns(body: Buffer, digests: Buffer[], refs = false, pathRefs = false, seq = false): InsertedEntry[] {
   const f = readPbFields(body, 'tree columns');
   const depth = unpackAll(f.get(1), 'depth');
   const pref = unpackAll(f.get(19), 'path reference');
@@ -293,6 +323,7 @@ function decodeColumns(body: Buffer, digests: Buffer[], refs = false, pathRefs =
   const nsec = column(f, 8, n, 'mtime_nsec', true);
   const size = unpackAll(f.get(9), 'size');
   const content = unpackAll(f.get(10), 'content');
+  if (seq) sequentialContents(content);
   const links = splitNul(concat(f.get(12)), 'link target');
   const dev = unpackAll(f.get(13), 'device');
   const owners = (f.get(15) ?? []).map((b) => decodeName(b, 0, b.length, 'owner name'));
@@ -515,7 +546,14 @@ function encodeContents(w: PbWriter, blobs: Blob[], digests: DigestTable, versio
     }
     w.close(at, count > 0 && (nonZero || !optional));
   };
-  packedOf(w, 1, stored.length, (i) => content[i]);
+  // version 6: zigzag of (the digest's number - the one before - 1): 0 in the table's order, as contents are listed
+  let prevContent = -1;
+  packedOf(w, 1, stored.length, (i) => {
+    if (version < 6) return content[i];
+    const z = zz(content[i] - prevContent - 1);
+    prevContent = content[i];
+    return z;
+  });
   packedOf(w, 2, stored.length, (i) => (stored[i].encoding === Encoding.FULL ? 0 : stored[i].encoding), true);
   packedOf(w, 3, stored.length, (i) => (stored[i].chunks.length === 1 ? 0 : stored[i].chunks.length + 1), true);
   let end = 0;
@@ -586,6 +624,7 @@ export function absoluteGroupOffset(ends: Map<number, number>, frame: number, re
 function decodeContents(body: Buffer, digests: Buffer[], version: number): Blob[] {
   const f = readPbFields(body, 'content columns');
   const content = unpackAll(f.get(1), 'content');
+  if (version >= 6) relativeContents(content);
   const n = content.length;
   const encoding = column(f, 2, n, 'encoding', true);
   const count = column(f, 3, n, 'chunk count', true);
@@ -715,7 +754,7 @@ export function encodeIndexV2(index: Index, parentEntries: Entry[] | undefined, 
   const w = new PbWriter(1024 + treeEntries.length * 64 + index.blobs.length * 64 + (ops ? ops.length * 5 : 0) + index.image.configJson.length);
   writeHead(w);
   let at = w.open(10);
-  encodeColumns(w, treeEntries, digests, ops !== undefined && index.formatVersion >= 4, ops !== undefined && index.formatVersion >= 6);
+  encodeColumns(w, treeEntries, digests, ops !== undefined && index.formatVersion >= 4, ops !== undefined && index.formatVersion >= 6, index.formatVersion >= 6);
   w.close(at, true);
   if (ops) w.packedAlways(11, ops);
   at = w.open(12);
@@ -744,7 +783,7 @@ export function decodeIndexV2(raw: Buffer, kind: Kind, opts: { tree?: boolean; v
   const whole = unpackAll(f.get(15), 'whole tree').some((v) => v !== 0);
   if (whole && kind !== Kind.DELTA) throw corrupt('a full image flagged as a whole-tree delta');
   const refs = kind === Kind.DELTA && !whole && (opts.version ?? 0) >= 4;
-  const tree = opts.tree === false ? [] : decodeColumns(concat(f.get(10)), digests, refs, refs && (opts.version ?? 0) >= 6);
+  const tree = opts.tree === false ? [] : decodeColumns(concat(f.get(10)), digests, refs, refs && (opts.version ?? 0) >= 6, (opts.version ?? 0) >= 6);
   const blobs = decodeContents(concat(f.get(12)), digests, opts.version ?? 2);
   const ops = kind === Kind.DELTA ? unpackAll(f.get(11), 'edit script') : undefined;
   const sectionDigest = f.get(13)?.at(-1) ?? EMPTY;

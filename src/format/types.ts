@@ -212,7 +212,12 @@ export interface TreeEdit {
  * as its parent's entry names that entry for its path (and its link target)
  * instead of repeating them (Columns.path_ref): a package upgrade re-stamps
  * every file, and tzdata's delta repeated 3.1 KB of names and 1 KB of link
- * targets of its 40 KB.
+ * targets of its 40 KB. Also, in every version 6 index, the numbers of
+ * contents in the digest table are written relative to the table's order
+ * (the tree's `content`: 0 for the next digest not used yet; the contents'
+ * `content`: zigzag of the step from the one before): as absolute numbers
+ * they took 10 % of a full image's stored index (node_modules: 1.95 →
+ * 1.82 MB).
  */
 export const FORMAT_VERSION = 6;
 /**
