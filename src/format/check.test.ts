@@ -96,6 +96,39 @@ function indexOf(kind: Kind, entries: Entry[], blobs: Blob[], parentId: Buffer =
   };
 }
 
+/**
+ * CHECK_ROUNDS (default 1,500) copies of `seeds` with 1-3 bytes damaged (never the image id, which is then
+ * recomputed for the damaged tree, so that the damage meets the checks behind it), each judged by the full
+ * path and the lean check: how many both accept, only the lean check, only the full path.
+ */
+function damaged(rnd: Prng, seeds: Buffer[], fullOk: (raw: Buffer) => boolean, leanOk: (raw: Buffer) => boolean): { both: number; leanOnly: number; fullOnly: number } {
+  const r = { both: 0, leanOnly: 0, fullOnly: 0 };
+  const rounds = Number(process.env.CHECK_ROUNDS ?? 1500);
+  for (let round = 0; round < rounds; round++) {
+    const raw = Buffer.from(seeds[round % seeds.length]);
+    const id = decodeIndex(raw).imageId;
+    const idAt = raw.indexOf(Buffer.from(id));
+    for (let k = 1 + rnd.int(3); k > 0; k--) {
+      const p = rnd.int(raw.length);
+      if (p >= idAt && p < idAt + 32) continue;
+      if (rnd.int(2)) raw[p] ^= 1 << rnd.int(8);
+      else raw[p] = rnd.int(4) === 0 ? 0 : rnd.int(256);
+    }
+    try {
+      const d = decodeIndex(raw);
+      if (d.entries.length) computeImageId(d.entries, d.image.configJson).copy(raw, idAt);
+    } catch {
+      /* does not decode: compared as it is */
+    }
+    const f = fullOk(raw);
+    const l = leanOk(raw);
+    if (l && !f) r.leanOnly++;
+    if (l && f) r.both++;
+    if (!l && f) r.fullOnly++;
+  }
+  return r;
+}
+
 /** What CdimgReader.open (without a parent) concludes: accepted, or the error. */
 function full(raw: Buffer): { ok: true; index: Index } | { ok: false; error: unknown } {
   try {
@@ -234,38 +267,10 @@ describe('lean check of version 2 indexes', () => {
   });
 
   it('accepts no damaged index that the full path refuses (damage behind a matching image id)', () => {
-    const rnd = new Prng(99);
-    const seeds: Buffer[] = [encode(tree(new Prng(21), 3, 10)), encode(tree(new Prng(22), 1, 6)), delta()];
-    let both = 0;
-    let leanOnly = 0;
-    let fullOnly = 0;
-    const rounds = Number(process.env.CHECK_ROUNDS ?? 1500);
-    for (let round = 0; round < rounds; round++) {
-      const raw = Buffer.from(seeds[round % seeds.length]);
-      const id = decodeIndex(raw).imageId;
-      const idAt = raw.indexOf(Buffer.from(id));
-      for (let k = 1 + rnd.int(3); k > 0; k--) {
-        const p = rnd.int(raw.length);
-        if (p >= idAt && p < idAt + 32) continue;
-        if (rnd.int(2)) raw[p] ^= 1 << rnd.int(8);
-        else raw[p] = rnd.int(4) === 0 ? 0 : rnd.int(256);
-      }
-      // give the damaged tree its own image id, so that the damage meets the checks behind it
-      try {
-        const d = decodeIndex(raw);
-        if (d.entries.length) computeImageId(d.entries, d.image.configJson).copy(raw, idAt);
-      } catch {
-        /* does not decode: compared as it is */
-      }
-      const f = full(raw).ok;
-      const l = lean(raw) !== undefined;
-      if (l && !f) leanOnly++;
-      if (l && f) both++;
-      if (!l && f) fullOnly++;
-    }
-    if (process.env.CHECK_DEBUG) console.log({ both, leanOnly, fullOnly });
-    expect(leanOnly).toBe(0);
-    expect(both).toBeGreaterThan(100);
+    const r = damaged(new Prng(99), [encode(tree(new Prng(21), 3, 10)), encode(tree(new Prng(22), 1, 6)), delta()], (raw) => full(raw).ok, (raw) => lean(raw) !== undefined);
+    if (process.env.CHECK_DEBUG) console.log(r);
+    expect(r.leanOnly).toBe(0);
+    expect(r.both).toBeGreaterThan(100);
   });
 
   it('CdimgReader.check tells what open tells, refuses what open refuses with its error, and knows its copies', async () => {
@@ -408,33 +413,8 @@ describe('lean check of version 6 indexes (content numbers relative to the table
   });
 
   it('accepts no damaged index that the full path refuses', () => {
-    const rnd = new Prng(606);
-    const seeds: Buffer[] = [encode6(tree(new Prng(21), 3, 10)), encode6(tree(new Prng(22), 1, 6)), delta6()];
-    let both = 0;
-    let leanOnly = 0;
-    const rounds = Number(process.env.CHECK_ROUNDS ?? 1500);
-    for (let round = 0; round < rounds; round++) {
-      const raw = Buffer.from(seeds[round % seeds.length]);
-      const id = decodeIndex(raw).imageId;
-      const idAt = raw.indexOf(Buffer.from(id));
-      for (let k = 1 + rnd.int(3); k > 0; k--) {
-        const p = rnd.int(raw.length);
-        if (p >= idAt && p < idAt + 32) continue;
-        if (rnd.int(2)) raw[p] ^= 1 << rnd.int(8);
-        else raw[p] = rnd.int(4) === 0 ? 0 : rnd.int(256);
-      }
-      try {
-        const d = decodeIndex(raw);
-        if (d.entries.length) computeImageId(d.entries, d.image.configJson).copy(raw, idAt);
-      } catch {
-        /* does not decode: compared as it is */
-      }
-      const f = full6(raw);
-      const l = lean6(raw) !== undefined;
-      if (l && !f) leanOnly++;
-      if (l && f) both++;
-    }
-    expect(leanOnly).toBe(0);
-    expect(both).toBeGreaterThan(100);
+    const r = damaged(new Prng(606), [encode6(tree(new Prng(21), 3, 10)), encode6(tree(new Prng(22), 1, 6)), delta6()], full6, (raw) => lean6(raw) !== undefined);
+    expect(r.leanOnly).toBe(0);
+    expect(r.both).toBeGreaterThan(100);
   });
 });

@@ -28,3 +28,13 @@ export async function expectError(p: Promise<unknown>, kind: string, re: RegExp)
   expect((err as D4fsError).kind).toBe(kind);
   expect((err as Error).message).toMatch(re);
 }
+
+/** The kind of the D4fsError `f` throws ('returned' when it returns, 'non-D4fsError: …' for other errors). */
+export function kindThrown(f: () => unknown): string {
+  try {
+    f();
+  } catch (e) {
+    return e instanceof D4fsError ? e.kind : `non-D4fsError: ${String(e)}`;
+  }
+  return 'returned';
+}
