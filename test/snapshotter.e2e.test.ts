@@ -12,7 +12,9 @@ import {
   type PrivateContainerd,
   type SnapshotterProcess,
   buildBusyboxImage,
+  endProcessesMentioning,
   mountsUnder,
+  processesMentioning,
   startContainerd,
   startSnapshotter,
   runCaptured,
@@ -57,8 +59,13 @@ describe('d4fs-snapshotter with a private containerd', () => {
     if (dir) {
       const left = mountsUnder(dir);
       await unmountAllUnder(dir);
+      // A FUSE manager may outlive the snapshotter by design (it serves running
+      // containers across restarts): end what this test started, as distribution-e2e does.
+      await endProcessesMentioning(dir);
+      await unmountAllUnder(dir);
       await fsp.rm(dir, { recursive: true, force: true });
       expect(left).toEqual([]);
+      expect(processesMentioning(dir)).toEqual([]);
     }
   });
 
