@@ -6,7 +6,7 @@ import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { DEFAULT_STORE, Kind, SnapshotsClient, resolveConfig, storesOf } from '../src/snapshotter';
-import { mountsUnder, runCommand, snapshotterEntryPoint, startSnapshotter } from './helpers/containerd';
+import { endProcessesMentioning, mountsUnder, processesMentioning, runCommand, snapshotterEntryPoint, startSnapshotter } from './helpers/containerd';
 
 jest.setTimeout(60_000);
 
@@ -16,6 +16,10 @@ beforeEach(async () => {
 });
 afterEach(async () => {
   expect(mountsUnder(dir)).toEqual([]);
+  // the FUSE manager a snapshotter started outlives it by design (it serves running containers across
+  // restarts): end what the test started, so that none is left running after the suite
+  await endProcessesMentioning(dir);
+  expect(processesMentioning(dir)).toEqual([]);
   await fsp.rm(dir, { recursive: true, force: true });
 });
 
