@@ -24,7 +24,7 @@
 import { isUtf8 } from 'node:buffer';
 import { createHash } from 'node:crypto';
 import { readPbFields } from './columns-pb';
-import { absoluteGroupOffset, concat, unzz } from './compact';
+import { absoluteGroupOffset, concat, pathRefOrdinal, pathRefTakesLink, relativeContent, sequentialContent, unzz } from './compact';
 import { decodeIndexPb, wI64, wU64, Writer } from './pb';
 import { BASE_PREFIX_BYTES, Codec, FORMAT_VERSION, Encoding, FileType, GROUP_MAX_RAW, GROUP_MAX_STORED, type Index, Kind, LIMITS, codecFormat } from './types';
 import { MAX_DEV_MAJOR, MAX_DEV_MINOR, MAX_NAME_BYTES, MAX_PATH_BYTES } from '../tree/paths';
@@ -265,7 +265,7 @@ function checkContents(cf: Map<number, Buffer[]>, canon: Int32Array, nd: number,
   let prevContent = -1;
   for (let i = 0; i < n; i++) {
     // version 6: relative to the number before (compact.ts relativeContents)
-    const ci = version >= 6 ? (prevContent = prevContent + 1 + unzz(content.next())) : content.next();
+    const ci = version >= 6 ? (prevContent = relativeContent(prevContent, content.next())) : content.next();
     if (ci < 0 || ci >= nd) no();
     const cnt = count.next();
     const m = cnt === 0 ? 1 : cnt - 1;
@@ -420,9 +420,9 @@ function checkTree(tf: Map<number, Buffer[]>, table: Buffer, nd: number, canon: 
     const gn = gname.next();
     let linkRef = false;
     if (pr !== 0) {
-      prevPath += unzz(Math.floor((pr - 1) / 2)) + 1;
+      prevPath = pathRefOrdinal(prevPath, pr);
       if (!Number.isSafeInteger(prevPath) || prevPath < 0 || prevPath >= LIMITS.maxEntries) no();
-      linkRef = (pr - 1) % 2 === 1;
+      linkRef = pathRefTakesLink(pr);
       if (linkRef && t !== FileType.SYMLINK && t !== FileType.HARDLINK) no();
     }
     const ns0 = np;
@@ -451,7 +451,7 @@ function checkTree(tf: Map<number, Buffer[]>, table: Buffer, nd: number, canon: 
         if (reg >= content.length) no();
         // version 6: 0 the next digest not used yet, v > 0 digest v - 1 (compact.ts sequentialContents)
         const v = content.next();
-        ci = !seq ? v : v === 0 ? nextNew : v - 1;
+        ci = seq ? sequentialContent(nextNew, v) : v;
         nextNew = Math.max(nextNew, ci + 1);
         reg++;
         if (ci >= nd) no();

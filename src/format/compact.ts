@@ -103,7 +103,7 @@ function encodeColumns(w: PbWriter, entries: Entry[], digests: DigestTable, refs
     anyPathRef = true;
   }
   const byPath = (i: number): boolean => pref[i] !== 0;
-  const linkByRef = (i: number): boolean => pref[i] !== 0 && (pref[i] - 1) % 2 === 1;
+  const linkByRef = (i: number): boolean => pref[i] !== 0 && pathRefTakesLink(pref[i]);
   const owners = new Map<string, number>([['', 0]]);
   const owner = (s: string): void => {
     if (!owners.has(s)) owners.set(s, owners.size);
@@ -211,26 +211,30 @@ function encodeColumns(w: PbWriter, entries: Entry[], digests: DigestTable, refs
   if (anyPathRef) packedOf(w, 19, n, (i) => pref[i]);
 }
 
-/**
- * Version 6's tree content column in place: 0 is the next digest of the table not used yet, v > 0 the
- * digest numbered v - 1 (encodeColumns). Numbers are checked where they are used.
- */
+// Version 6's value codings, one value at a time: the decoder here and the lean check (check.ts) read them alike.
+
+/** A tree content value: 0 is the next digest of the table not used yet (`nextNew`), v > 0 the digest numbered v - 1 (encodeColumns). */
+export const sequentialContent = (nextNew: number, v: number): number => (v === 0 ? nextNew : v - 1);
+/** A content-columns content number: the one before (`prev`, -1 at first) plus 1 plus the zigzag-decoded value (encodeContents). */
+export const relativeContent = (prev: number, v: number): number => prev + 1 + unzz(v);
+/** A non-zero path reference value: the parent ordinal after the previous reference's (`prev`, -1 at first) (encodeColumns). */
+export const pathRefOrdinal = (prev: number, v: number): number => prev + 1 + unzz(Math.floor((v - 1) / 2));
+/** Whether a non-zero path reference value also takes the link target. */
+export const pathRefTakesLink = (v: number): boolean => (v - 1) % 2 === 1;
+
+/** Version 6's tree content column in place (sequentialContent); numbers are checked where they are used. */
 export function sequentialContents(v: number[]): void {
   let nextNew = 0;
   for (let i = 0; i < v.length; i++) {
-    const x = v[i] === 0 ? nextNew : v[i] - 1;
-    v[i] = x;
-    nextNew = Math.max(nextNew, x + 1);
+    v[i] = sequentialContent(nextNew, v[i]);
+    nextNew = Math.max(nextNew, v[i] + 1);
   }
 }
 
-/** Version 6's content-columns content numbers in place: each is the one before plus 1 plus the zigzag-decoded value (encodeContents). */
+/** Version 6's content-columns content numbers in place (relativeContent). */
 export function relativeContents(v: number[]): void {
   let prev = -1;
-  for (let i = 0; i < v.length; i++) {
-    prev = prev + 1 + unzz(v[i]);
-    v[i] = prev;
-  }
+  for (let i = 0; i < v.length; i++) v[i] = prev = relativeContent(prev, v[i]);
 }
 
 /** NUL-terminated strings of a bytes column. */
@@ -367,11 +371,10 @@ function decodeColumns(body: Buffer, digests: Buffer[], refs = false, pathRefs =
     let linkRef = false;
     if (pr !== 0) {
       // the path (and the link target, with the low bit) comes from the parent's tree (applyTreeEdit, composeEdits)
-      const u = pr - 1;
-      prevPath += unzz(Math.floor(u / 2)) + 1;
+      prevPath = pathRefOrdinal(prevPath, pr);
       if (!Number.isSafeInteger(prevPath) || prevPath < 0 || prevPath >= LIMITS.maxEntries) throw corrupt(`tree columns: a path reference to parent entry ${prevPath}`);
       e.pathRef = prevPath;
-      linkRef = u % 2 === 1;
+      linkRef = pathRefTakesLink(pr);
       if (linkRef && t !== FileType.SYMLINK && t !== FileType.HARDLINK) throw corrupt('tree columns: a link target by reference for an entry that is not a link');
       if (linkRef) e.linkRef = true;
     }

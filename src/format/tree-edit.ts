@@ -162,11 +162,7 @@ export function applyTreeEdit(parent: Entry[], edit: TreeEdit): Entry[] {
       const e = parent[cursor++];
       const d = depthOf(e.path);
       // a kept entry's directory must still be there, before it, and still a directory
-      if (d > 0) {
-        const dir = d <= stack.length ? stack[d - 1] : undefined;
-        const under = dir !== undefined && (d === 1 ? dir === '' : e.path.length > dir.length && e.path.charCodeAt(dir.length) === 47 && e.path.startsWith(dir));
-        if (!under || types[d - 1] !== FileType.DIR) throw hostile(`entry "${e.path}": parent is missing or not a directory (entries must come after their directory)`);
-      }
+      checkUnderItsDirectory(e.path, d, stack, types);
       stack.length = d;
       types.length = d;
       stack.push(e.path);
@@ -186,13 +182,8 @@ export function applyTreeEdit(parent: Entry[], edit: TreeEdit): Entry[] {
         if (!p) throw corrupt(`an inserted entry takes its path from parent entry ${x.pathRef}, past the parent's ${parent.length} entries`);
         path = p.path;
         d = depthOf(path);
-        if (d > 0) {
-          const dir = d <= stack.length ? stack[d - 1] : undefined;
-          const under = dir !== undefined && (d === 1 ? dir === '' : path.length > dir.length && path.charCodeAt(dir.length) === 47 && path.startsWith(dir));
-          if (!under || types[d - 1] !== FileType.DIR) throw hostile(`entry "${path}": parent is missing or not a directory (entries must come after their directory)`);
-        } else if (stack.length !== 0) {
-          throw corrupt('an inserted entry takes the path of the root where the root cannot be');
-        }
+        if (d === 0 && stack.length !== 0) throw corrupt('an inserted entry takes the path of the root where the root cannot be');
+        checkUnderItsDirectory(path, d, stack, types);
         if (x.linkRef) {
           if ((x.type !== FileType.SYMLINK && x.type !== FileType.HARDLINK) || (p.type !== FileType.SYMLINK && p.type !== FileType.HARDLINK)) throw corrupt(`entry "${path}" takes a link target from a parent entry, and one of them is not a link`);
           linkTarget = p.linkTarget;
@@ -214,6 +205,14 @@ export function applyTreeEdit(parent: Entry[], edit: TreeEdit): Entry[] {
   }
   if (cursor !== parent.length || next !== inserted.length) throw corrupt("the tree edit script does not account for every entry (of the parent's or its own)");
   return out;
+}
+
+/** An entry at `path` (depth `d`) taken whole from the parent's tree: its directory must be the last entry one level up, and a directory. */
+function checkUnderItsDirectory(path: string, d: number, stack: string[], types: number[]): void {
+  if (d === 0) return;
+  const dir = d <= stack.length ? stack[d - 1] : undefined;
+  const under = dir !== undefined && (d === 1 ? dir === '' : path.length > dir.length && path.charCodeAt(dir.length) === 47 && path.startsWith(dir));
+  if (!under || types[d - 1] !== FileType.DIR) throw hostile(`entry "${path}": parent is missing or not a directory (entries must come after their directory)`);
 }
 
 function plainEntry(x: InsertedEntry, path: string, digest: Buffer): Entry {
