@@ -9,12 +9,12 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { zstdFrame } from '../format/zstd';
-import { FileType, type Entry } from '../format/types';
+import { Codec, FileType, type Entry } from '../format/types';
 import { D4fsError } from '../errors';
 import { chunkBaseRange, contentKind, encodeChunk } from './codecs';
 import { BaseFinder, partChunks } from './diff';
 import { spawnSync } from 'node:child_process';
-import { diffContent, diffContents, diffGroup, GROUP_MIN_ALONE_SHARE, groupWorthTrying, type DeltaChunkInfo, type DiffContentArgs, type FullBlobArg } from './tasks';
+import { aloneCost, diffContent, diffContents, diffGroup, GROUP_MAX_LEVEL_ONE_RATIO, GROUP_MIN_ALONE_SHARE, groupWorthTrying, type DeltaChunkInfo, type DiffContentArgs, type FullBlobArg } from './tasks';
 
 const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
 
@@ -199,18 +199,32 @@ describe('BaseFinder', () => {
 });
 
 describe('diffGroup: when a group frame is tried', () => {
-  it('always at best; otherwise unless the members alone are under GROUP_MIN_ALONE_SHARE x their level-1 patches', () => {
-    let calls = 0;
+  it('always at best; otherwise unless the members alone are under GROUP_MIN_ALONE_SHARE x their level-1 patches, or the group at level 1 is over GROUP_MAX_LEVEL_ONE_RATIO x those', () => {
+    const calls: string[] = [];
     const one = (n: number) => () => {
-      calls++;
+      calls.push('members');
       return n;
     };
-    expect(groupWorthTrying('best', 1, one(1000))).toBe(true);
-    expect(calls).toBe(0); // not even computed at best
-    expect(groupWorthTrying('default', GROUP_MIN_ALONE_SHARE * 1000 - 1, one(1000))).toBe(false);
-    expect(groupWorthTrying('default', GROUP_MIN_ALONE_SHARE * 1000, one(1000))).toBe(true);
-    expect(groupWorthTrying('fast', 10, one(1000))).toBe(false);
-    expect(calls).toBe(3);
+    const group = (n: number) => () => {
+      calls.push('group');
+      return n;
+    };
+    expect(groupWorthTrying('best', 1, one(1000), group(5000))).toBe(true);
+    expect(calls).toEqual([]); // not even computed at best
+    expect(groupWorthTrying('default', GROUP_MIN_ALONE_SHARE * 1000 - 1, one(1000), group(900))).toBe(false);
+    expect(calls).toEqual(['members']); // decided before the group is coded
+    calls.length = 0;
+    expect(groupWorthTrying('default', GROUP_MIN_ALONE_SHARE * 1000, one(1000), group(900))).toBe(true);
+    expect(groupWorthTrying('default', 700, one(1000), group(GROUP_MAX_LEVEL_ONE_RATIO * 1000))).toBe(true);
+    expect(groupWorthTrying('default', 700, one(1000), group(GROUP_MAX_LEVEL_ONE_RATIO * 1000 + 1))).toBe(false);
+    expect(groupWorthTrying('fast', 700, one(1000), group(1200))).toBe(false);
+    expect(calls).toEqual(['members', 'group', 'members', 'group', 'members', 'group', 'members', 'group']);
+  });
+
+  it('counts the stored digest of each member chunk coded alone otherwise than as a zstd frame', () => {
+    const chunk = (codec: Codec): DeltaChunkInfo => ({ storedSize: 10, storedDigest: '', rawSize: 20, rawDigest: '', codec, baseOffset: 0, baseSize: 0, usesBase: codec !== Codec.ZSTD });
+    expect(aloneCost(500, [[chunk(Codec.ZSTD)], [chunk(Codec.ZSTD), chunk(Codec.ZSTD)]])).toBe(500);
+    expect(aloneCost(500, [[chunk(Codec.BSDIFF)], [chunk(Codec.ZSTD_PATCH), chunk(Codec.ZSTD)], [chunk(Codec.GROUP)]])).toBe(500 + 2 * 32);
   });
 
   const dir = mkdtempSync(join(tmpdir(), 'd4fs-group-'));

@@ -14,7 +14,7 @@ import { readZstdChunk } from '../format/reader';
 import { zstdFrame } from '../format/zstd';
 import { decodeGroup, encodeGroup } from '../format/group';
 import { Chain } from './chain';
-import { applyPatch, BSDIFF_MAX_INPUT, chunkBaseRange, CodecChoice, contentKind, ContentKind, encodeChunk, encodePatch, LevelPreset, MIN_PATCH_TARGET } from './codecs';
+import { applyPatch, BSDIFF_MAX_INPUT, chunkBaseRange, CodecChoice, contentKind, ContentKind, encodeChunk, encodePatch, LevelPreset, MIN_PATCH_TARGET, type PatchOptions } from './codecs';
 import { mapLimit } from '../util/ordered';
 
 const sha = (b: Uint8Array): string => createHash('sha256').update(b).digest('hex');
@@ -413,9 +413,31 @@ export const GROUP_SEARCH_LOG = 2;
  */
 export const GROUP_MIN_ALONE_SHARE = 0.5;
 
-/** Whether diffGroup codes a group's frame: always at `best`, else unless its members alone are under GROUP_MIN_ALONE_SHARE x their level-1 patches (`levelOne`, computed only then). */
-export function groupWorthTrying(preset: LevelPreset, aloneBytes: number, levelOne: () => number): boolean {
-  return preset === 'best' || aloneBytes >= GROUP_MIN_ALONE_SHARE * levelOne();
+/**
+ * A group's frame is not coded either when its level-1 zstd-patch (the whole group against the
+ * concatenation of its members' bases, milliseconds) is more than this many times the sum of its
+ * members' level-1 zstd-patches: coding the members together then finds nothing across them worth
+ * the longer offsets into a larger dictionary, and the frame at the group level never came out
+ * clearly ahead. Measured over the 16 groups of the delta bench's pairs and the node_modules update
+ * that pass GROUP_MIN_ALONE_SHARE (session 18): the six at 1.17-1.38 (postgresql-15's LLVM bitcode)
+ * lost to their members alone by 0.8-13 % but one, which won by 0.8 % (2.3 KB), for 1.3-2 s of a
+ * thread each; every other group was at 0.69-1.06 and its frame won (0.33-0.95x the members alone:
+ * tzdata's 451 zone files at 1.003, node_modules' modules at 0.89-1.06) but libssl's 4 executables
+ * (0.95, lost by 13 %). The frame at level 1 is what separates them: at level 12 (g12/p12) the
+ * losers were at 0.97-0.99 and the winners at 0.78-1.05 (CODECS.md).
+ */
+export const GROUP_MAX_LEVEL_ONE_RATIO = 1.1;
+
+/**
+ * Whether diffGroup codes a group's frame: always at `best`; else unless its members alone are
+ * under GROUP_MIN_ALONE_SHARE x their level-1 patches (`levelOne`), or the group's own level-1
+ * patch (`groupLevelOne`) is over GROUP_MAX_LEVEL_ONE_RATIO x those. Each is computed only when
+ * the rule before it did not decide.
+ */
+export function groupWorthTrying(preset: LevelPreset, aloneBytes: number, levelOne: () => number, groupLevelOne: () => number): boolean {
+  if (preset === 'best') return true;
+  const one = levelOne();
+  return aloneBytes >= GROUP_MIN_ALONE_SHARE * one && groupLevelOne() <= GROUP_MAX_LEVEL_ONE_RATIO * one;
 }
 
 /** Sum of the members' level-1 zstd-patches against their bases (level-1 frames without one): what GROUP_MIN_ALONE_SHARE compares with. */
@@ -426,6 +448,20 @@ function levelOneSize(targets: Buffer[], bases: (Buffer | undefined)[]): number 
     n += b ? encodePatch(b, t, 'zstd-patch', 1).length : zstdFrame(t, 1).length;
   });
   return n;
+}
+
+/**
+ * What members coded alone cost in the delta, in bytes comparable with a group's frame: their
+ * stored bytes and the stored digest (32 bytes) the index keeps for each of their chunks coded
+ * otherwise than as a plain zstd frame (format/compact.ts, `stored_digests`), which members of a
+ * group do not have (the group's frame is checked by its members' raw digests). On the postgres
+ * pair a group of 220 members was 2,343 bytes smaller than its members alone and made the delta
+ * 9,226 bytes smaller.
+ */
+export function aloneCost(storedBytes: number, items: readonly (readonly DeltaChunkInfo[])[]): number {
+  let digests = 0;
+  for (const chunks of items) for (const c of chunks) if (c.codec !== Codec.ZSTD && c.codec !== Codec.GROUP) digests++;
+  return storedBytes + 32 * digests;
 }
 
 /**
@@ -451,13 +487,13 @@ export async function diffGroup(a: DiffContentsArgs): Promise<{ stored: Uint8Arr
     await files.close();
   }
   const preset = a.items[0]?.level ?? 'default';
-  if (!groupWorthTrying(preset, alone.stored.byteLength, () => levelOneSize(targets, bases))) return { ...alone, grouped: false };
-  const level = GROUP_LEVELS[preset];
   const target = Buffer.concat(targets);
   const withBases = bases.some((b) => b !== undefined);
   const dict = Buffer.concat(bases.filter((b): b is Buffer => b !== undefined));
-  const frame = withBases ? encodePatch(dict, target, 'zstd-patch', level, { zstdSearchLog: GROUP_SEARCH_LOG }) : encodeGroup(targets, level);
-  if (frame.length >= alone.stored.byteLength) return { ...alone, grouped: false };
+  const code = (level: number, opts: PatchOptions = {}): Buffer => (withBases ? encodePatch(dict, target, 'zstd-patch', level, opts) : encodeGroup(targets, level));
+  if (!groupWorthTrying(preset, alone.stored.byteLength, () => levelOneSize(targets, bases), () => code(1).length)) return { ...alone, grouped: false };
+  const frame = code(GROUP_LEVELS[preset], { zstdSearchLog: GROUP_SEARCH_LOG });
+  if (frame.length >= aloneCost(alone.stored.byteLength, alone.items)) return { ...alone, grouped: false };
   // decoded as a reader decodes it before it is kept
   const back = withBases ? applyPatch(dict, frame, 'zstd-patch', target.length) : decodeGroup(frame, 'group');
   if (!back.equals(target)) throw new Error('a coded group does not decode to its members');
