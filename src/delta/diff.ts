@@ -218,28 +218,36 @@ function groupKey(path: string): string {
   return `${dot > 0 ? name.slice(dot + 1) : ''}\0${name}\0${path}`;
 }
 
-/** Contents cut into delta groups (see DELTA_GROUP_RAW), in group order. */
+/**
+ * Contents cut into delta groups (see DELTA_GROUP_RAW): chosen in the order of groupKey, each
+ * group's members then in the order of `work` (the order in which the index lists the contents),
+ * so that each member starts where the member listed before it ends and the index's group offsets
+ * (format/compact.ts, relative to that end) are all 0. Measured against groupKey's order within
+ * the group: tzdata's delta 36,122 -> 35,062 bytes, node_modules' 49,188 -> 48,344, postgres's
+ * -1,138 bytes (the frames' sizes moved too: tzdata's -654 bytes).
+ */
 export function deltaGroups<T extends { c: { size: number; paths: string[] } }>(work: T[]): T[][] {
-  const keyed = work.map((x) => ({ x, k: groupKey(x.c.paths[0] ?? '') }));
+  const keyed = work.map((x, i) => ({ x, i, k: groupKey(x.c.paths[0] ?? '') }));
   keyed.sort((a, b) => (a.k < b.k ? -1 : a.k > b.k ? 1 : 0));
   const out: T[][] = [];
-  let cur: T[] = [];
+  let cur: typeof keyed = [];
   let raw = 0;
   let ext = '';
-  for (const { x, k } of keyed) {
+  const close = (): void => {
+    out.push(cur.sort((a, b) => a.i - b.i).map((y) => y.x));
+    cur = [];
+    raw = 0;
+  };
+  for (const y of keyed) {
     // one kind of file per group: a group is kept or not as a whole, and mixed kinds (LLVM bitcode, which
     // bsdiff codes best alone, next to translations, which share their strings) made it lose (postgres pair)
-    const e = k.slice(0, k.indexOf('\0'));
-    if (cur.length && (e !== ext || raw + x.c.size > DELTA_GROUP_RAW || cur.length >= DELTA_GROUP_ITEMS)) {
-      out.push(cur);
-      cur = [];
-      raw = 0;
-    }
-    cur.push(x);
-    raw += x.c.size;
+    const e = y.k.slice(0, y.k.indexOf('\0'));
+    if (cur.length && (e !== ext || raw + y.x.c.size > DELTA_GROUP_RAW || cur.length >= DELTA_GROUP_ITEMS)) close();
+    cur.push(y);
+    raw += y.x.c.size;
     ext = e;
   }
-  if (cur.length) out.push(cur);
+  if (cur.length) close();
   return out;
 }
 
@@ -450,7 +458,8 @@ async function diffReaders(o: DiffOptions, oldR: CdimgReader, newR: CdimgReader,
     warming = warmSmallContents(oldR, newR, finder, small, stopWarming);
     for (const x of large.work.slice(sent)) await code(x);
     const grouping = (x: Work): boolean => o.groups !== false && x.c.size > 0 && x.c.size <= DELTA_GROUP_MEMBER_MAX && !ARCHIVE_RE.test(x.c.paths[0] ?? '');
-    const groupable = small.filter(grouping);
+    // in index order (deltaGroups keeps it within each group)
+    const groupable = plan.work.filter((x) => x.c.size <= BATCH_MAX_CONTENT && grouping(x));
     for (const x of small) if (!grouping(x)) await code(x);
     await sendBatch();
     for (const g of deltaGroups(groupable)) {

@@ -217,7 +217,8 @@ async function rediffContents(o: MergeOptions, top: CdimgReader, baseR: CdimgRea
       work.push({ c, key, slot });
     }
     // Largest first, as `cdimg diff` stores them, then the groups of small contents as it makes them
-    // (deltaGroups): a rediff gives diff(A, last)'s bytes.
+    // (deltaGroups, from the index's order): a rediff gives diff(A, last)'s bytes.
+    const inIndexOrder = [...work];
     work.sort((a, b) => b.c.size - a.c.size);
     const argsOf = (key: string, base: ReturnType<BaseFinder['find']>): DiffContentArgs => ({
       oldChain: [o.base as string],
@@ -247,7 +248,7 @@ async function rediffContents(o: MergeOptions, top: CdimgReader, baseR: CdimgRea
     };
     const grouping = (x: (typeof work)[number]): boolean => x.c.size > 0 && x.c.size <= DELTA_GROUP_MEMBER_MAX;
     for (const x of work) if (!grouping(x)) await alone(x);
-    for (const g of deltaGroups(work.filter(grouping))) {
+    for (const g of deltaGroups(inIndexOrder.filter(grouping))) {
       if (g.length === 1) {
         await alone(g[0]);
         continue;
