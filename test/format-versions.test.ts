@@ -11,6 +11,8 @@
  * version 5 ones, which name their patch bases by an 8-byte prefix. A version
  * 5 delta (test/fixtures/v5, names written out) chains and merges with
  * version 6 ones, which take a changed entry's path from its parent's entry.
+ * A version 6 delta (test/fixtures/v6, sizes written out) chains and merges
+ * with version 7 ones, which take sizes from contents and parent entries.
  */
 import { randomBytes } from 'node:crypto';
 import fsp from 'node:fs/promises';
@@ -312,8 +314,8 @@ describe('format version 6: paths of changed entries by reference to the parent 
     expect(await idOf([v1, d12v5])).toBe(v2Id);
     const d12v6 = at('v6-d12.cdimg');
     await diffImages({ oldPath: v1, newPath: v2full, out: d12v6 });
-    expect(await versionOf(d12v6)).toBe(6);
-    expect(FORMAT_VERSION).toBe(6);
+    expect(await versionOf(d12v6)).toBe(FORMAT_VERSION);
+    expect(FORMAT_VERSION).toBeGreaterThanOrEqual(6);
     // alone: the inserted entries that replace their parent's name it, without a name of their own
     const alone = await CdimgReader.open(d12v6);
     const refs = (alone.index.treeEdit?.inserted ?? []).filter((e) => e.pathRef !== undefined);
@@ -337,7 +339,7 @@ describe('format version 6: paths of changed entries by reference to the parent 
     for (const base of [undefined, v1]) {
       const m = at(`v6-m-${base ? 'base' : 'alone'}.cdimg`);
       await mergeDeltas({ deltas: [d12v5, d23v6], out: m, base });
-      expect(await versionOf(m)).toBe(6);
+      expect(await versionOf(m)).toBe(FORMAT_VERSION);
       expect(await idOf([v1, m])).toBe(v3Id);
       const m2 = at(`v6-m2-${base ? 'base' : 'alone'}.cdimg`);
       await mergeDeltas({ deltas: [d12v6, path.join(FIX, 'v2-v3.cdimg')], out: m2, base });
@@ -377,5 +379,104 @@ describe('format version 6: paths of changed entries by reference to the parent 
       store.close();
     }
     await expectKind(verifyDeltaTree(forged, [v1], 'upload of forged'), 'CORRUPT');
+  });
+});
+
+describe('format version 7: sizes the index says otherwise are not written (Columns.size)', () => {
+  const FIX3 = path.join(packageRoot(), 'test', 'fixtures', 'v3');
+  const f3 = path.join(FIX3, 'v3.cdimg');
+  const d6 = path.join(packageRoot(), 'test', 'fixtures', 'v6', 'v3-restamped.cdimg');
+  /** v3.cdimg with every regular file and symbolic link re-stamped by `hours` (as test/fixtures/v6 was made). */
+  async function restamped(from: string, out: string, hours: number): Promise<string> {
+    await rewriteIndex(
+      from,
+      out,
+      (ix) => {
+        for (const e of ix.entries) if (e.type === FileType.REG || e.type === FileType.SYMLINK) e.mtimeSec += 3600 * hours;
+      },
+      { fixId: true },
+    );
+    return idOf([out]);
+  }
+
+  it('a version 6 delta (sizes written out) still reads; version 7 ones take them from the parent, chain, patch and merge with it', async () => {
+    expect(await versionOf(d6)).toBe(6);
+    expect(FORMAT_VERSION).toBe(7);
+    const re = at('v7-re.cdimg');
+    const reId = await restamped(f3, re, 1);
+    expect(await idOf([f3, d6])).toBe(reId);
+    // the same change as version 7: every inserted entry takes its size from its parent's entry
+    const d7 = at('v7-d.cdimg');
+    await diffImages({ oldPath: f3, newPath: re, out: d7 });
+    expect(await versionOf(d7)).toBe(7);
+    const alone = await CdimgReader.open(d7);
+    const ins = alone.index.treeEdit?.inserted ?? [];
+    await alone.close();
+    const regs = ins.filter((e) => e.type === FileType.REG);
+    const links = ins.filter((e) => e.type === FileType.SYMLINK);
+    expect(regs.length).toBeGreaterThan(10);
+    expect(links.length).toBe(1);
+    expect([...regs, ...links].every((e) => e.sizeRef === true && e.size === 0)).toBe(true); // resolved against the parent
+    expect((await fsp.stat(d7)).size).toBeLessThan((await fsp.stat(d6)).size);
+    expect(await idOf([f3, d7])).toBe(reId);
+    expect((await verifyCdimg(d7, 1, [f3])).treeChecked).toBe(true);
+    // patched: a version 7 full image, whose regular files' sizes are their contents'
+    const p = await patchImage({ base: f3, deltas: [d7], out: at('v7-p.cdimg') });
+    expect(p.imageId).toBe(reId);
+    expect(await versionOf(at('v7-p.cdimg'))).toBe(7);
+    await unpackImage(re, at('v7-u'));
+    await unpackImage(at('v7-p.cdimg'), at('v7-up'));
+    expect(compareTrees(await walkTree(at('v7-u')), await walkTree(at('v7-up')))).toEqual([]);
+
+    // a version 7 delta on the version 6 one: its size references point into the tree the version 6 delta made
+    const re2 = at('v7-re2.cdimg');
+    const re2Id = await restamped(re, re2, 2);
+    const d7b = at('v7-d2.cdimg');
+    await diffImages({ oldPath: re, newPath: re2, out: d7b });
+    expect(await idOf([f3, d6, d7b])).toBe(re2Id);
+    expect((await patchImage({ base: f3, deltas: [d6, d7b], out: at('v7-p2.cdimg') })).imageId).toBe(re2Id);
+    // merged (references composed to the base, sizes with them) with and without the base
+    for (const base of [undefined, f3]) {
+      for (const [name, deltas] of [['6-7', [d6, d7b]], ['7-7', [d7, d7b]]] as const) {
+        const m = at(`v7-m-${name}-${base ? 'base' : 'alone'}.cdimg`);
+        await mergeDeltas({ deltas: [...deltas], out: m, base });
+        expect(await versionOf(m)).toBe(7);
+        expect(await idOf([f3, m])).toBe(re2Id);
+      }
+    }
+    // the local store admits them (the lean check reads the sizes as the decoder does) and rebuilds their trees
+    const store = await LocalStore.open(at('v7-store'));
+    try {
+      await store.add(f3);
+      await store.add(d6);
+      await store.add(d7b);
+      expect(store.hasImage(re2Id)).toBe(true);
+    } finally {
+      store.close();
+    }
+  });
+
+  it('a size taken from the parent that the writer did not mean is refused where the tree is checked (image id), never served', async () => {
+    const re = at('v7-f-re.cdimg');
+    await restamped(f3, re, 1);
+    const d = at('v7-f-d.cdimg');
+    await diffImages({ oldPath: f3, newPath: re, out: d });
+    // a regular file given a size of its own, one byte off its content's
+    const forged = at('v7-forged.cdimg');
+    await rewriteIndex(d, forged, (ix) => {
+      const x = ix.treeEdit?.inserted.find((e) => e.type === FileType.REG && e.sizeRef);
+      if (!x) throw new Error('no size reference');
+      x.sizeRef = undefined;
+      x.size = 1;
+    });
+    await expectKind(idOf([f3, forged]), 'CORRUPT');
+    const store = await LocalStore.open(at('v7-store-f'));
+    try {
+      await store.add(f3);
+      await expectKind(store.add(forged), 'CORRUPT');
+    } finally {
+      store.close();
+    }
+    await expectKind(verifyDeltaTree(forged, [f3], 'upload of forged'), 'CORRUPT');
   });
 });

@@ -28,8 +28,11 @@ function entryJson(e: Entry): Record<string, unknown> {
     gid: e.gid,
     mtime: `${e.mtimeSec}.${String(e.mtimeNsec).padStart(9, '0')}`,
   };
+  // a delta opened alone (format version 7): the size of the parent's entry it takes its content or link target from
+  const sizeRef = (e as InsertedEntry).sizeRef === true;
   if (e.type === FileType.REG) {
-    o.size = e.size;
+    if (sizeRef) o.sizeOfParentEntry = (e as InsertedEntry).parentRef;
+    else o.size = e.size;
     const ref = (e as InsertedEntry).parentRef;
     // a delta opened alone (format version 4): the content of the parent's entry at that ordinal
     if (ref !== undefined && e.digest.length === 0) o.contentOfParentEntry = ref;

@@ -24,7 +24,7 @@
 import { isUtf8 } from 'node:buffer';
 import { createHash } from 'node:crypto';
 import { readPbFields } from './columns-pb';
-import { absoluteGroupOffset, concat, pathRefOrdinal, pathRefTakesLink, relativeContent, sequentialContent, unzz } from './compact';
+import { absoluteGroupOffset, concat, linkSize, pathRefOrdinal, pathRefTakesLink, refSize, relativeBase, relativeContent, sequentialContent, unzz } from './compact';
 import { decodeIndexPb, wI64, wU64, Writer } from './pb';
 import { BASE_PREFIX_BYTES, Codec, FORMAT_VERSION, Encoding, FileType, GROUP_MAX_RAW, GROUP_MAX_STORED, type Index, Kind, LIMITS, codecFormat } from './types';
 import { MAX_DEV_MAJOR, MAX_DEV_MINOR, MAX_NAME_BYTES, MAX_PATH_BYTES } from '../tree/paths';
@@ -224,7 +224,8 @@ function check(raw: Buffer, headerVersion: number, blobSectionEnd: number, heade
   const canon = canonicalDigests(table, nd);
   const blobOf = checkContents(contentFields, canon, nd, delta, blobSectionEnd, headerSize, head.formatVersion);
   // ---- the tree: decodeColumns; for a full image fullTree, validateIndex and the image id
-  checkTree(treeFields, table, nd, canon, blobOf, delta ? undefined : head, delta && head.formatVersion >= 4, delta && head.formatVersion >= 6, head.formatVersion >= 6);
+  const v = head.formatVersion;
+  checkTree(treeFields, table, nd, canon, blobOf.sizeOf, delta ? undefined : head, delta && v >= 4, delta && v >= 6, v >= 6, v >= 7 ? blobOf.byNumber : undefined);
   head.sectionDigest = sectionDigest;
   return { head, hasTree: !delta };
 }
@@ -232,9 +233,10 @@ function check(raw: Buffer, headerVersion: number, blobSectionEnd: number, heade
 /**
  * decodeContents and validateIndexContents' loop over the blobs, on the
  * columns. Returns, per canonical digest, the size of the content described
- * by it (NaN where none is).
+ * by it (NaN where none is), and the same per digest number (`byNumber`:
+ * what version 7's tree sizes are derived from, as compact.ts does).
  */
-function checkContents(cf: Map<number, Buffer[]>, canon: Int32Array, nd: number, delta: boolean, blobSectionEnd: number, headerSize: number, version: number): Float64Array {
+function checkContents(cf: Map<number, Buffer[]>, canon: Int32Array, nd: number, delta: boolean, blobSectionEnd: number, headerSize: number, version: number): { sizeOf: Float64Array; byNumber: Float64Array } {
   const content = new Varints(cf.get(1));
   const n = content.length;
   const encoding = column(cf.get(2), n, true);
@@ -257,6 +259,8 @@ function checkContents(cf: Map<number, Buffer[]>, canon: Int32Array, nd: number,
   const groupEnd = new Map<number, number>();
   let gi = 0;
   const sizeOf = new Float64Array(nd).fill(NaN);
+  const byNumber = new Float64Array(nd).fill(NaN);
+  let prevBase = 0;
   let k = 0;
   let sd = 0;
   let rd = 0;
@@ -297,10 +301,13 @@ function checkContents(cf: Map<number, Buffer[]>, canon: Int32Array, nd: number,
       let bSize = 0;
       let bOff = 0;
       if (bk !== 0) {
-        if (bk - 1 >= baseDigests) no();
+        // version 7: relative to the base before, the size less the raw size (compact.ts)
+        const bn = version >= 7 ? (prevBase = relativeBase(prevBase, bk)) : bk;
+        if (!(bn >= 1) || bn - 1 >= baseDigests) no();
         if (bi >= baseOffset.length || bi >= baseSize.length) no();
         bOff = baseOffset.next();
-        bSize = baseSize.next();
+        bSize = version >= 7 ? rs + unzz(baseSize.next()) : baseSize.next();
+        if (bSize < 0) no();
         bi++;
       }
       size += rs;
@@ -319,9 +326,10 @@ function checkContents(cf: Map<number, Buffer[]>, canon: Int32Array, nd: number,
     const cc = canon[ci];
     if (!Number.isNaN(sizeOf[cc])) no(); // listed twice
     sizeOf[cc] = size;
+    byNumber[ci] = size;
   }
   if (k !== chunks || sd !== storedDigests || rd !== rawDigests || bi !== baseOffset.length || bi !== baseSize.length || gi !== groupOffset.length) no();
-  return sizeOf;
+  return { sizeOf, byNumber };
 }
 
 /**
@@ -330,7 +338,7 @@ function checkContents(cf: Map<number, Buffer[]>, canon: Int32Array, nd: number,
  * per entry, and the image id: the Tree message (pb.ts encodeTreePb) is
  * written entry by entry into a hash, from the columns' bytes.
  */
-function checkTree(tf: Map<number, Buffer[]>, table: Buffer, nd: number, canon: Int32Array, sizeOf: Float64Array, full: Index | undefined, refs: boolean, pathRefs: boolean, seq: boolean): void {
+function checkTree(tf: Map<number, Buffer[]>, table: Buffer, nd: number, canon: Int32Array, sizeOf: Float64Array, full: Index | undefined, refs: boolean, pathRefs: boolean, seq: boolean, stored?: Float64Array): void {
   const depth = new Varints(tf.get(1));
   // paths by reference to the parent's tree (version 6 deltas, compact.ts decodeColumns): one value per
   // entry, and a depth and a name only for the entries whose value is 0
@@ -443,9 +451,6 @@ function checkTree(tf: Map<number, Buffer[]>, table: Buffer, nd: number, canon: 
     let major = 0;
     let minor = 0;
     if (t === FileType.REG) {
-      if (sized >= size.length) no();
-      sz = size.next();
-      sized++;
       if (ref.length && ri++ >= ref.length) no();
       if (ref.next() === 0) {
         if (reg >= content.length) no();
@@ -455,6 +460,16 @@ function checkTree(tf: Map<number, Buffer[]>, table: Buffer, nd: number, canon: 
         nextNew = Math.max(nextNew, ci + 1);
         reg++;
         if (ci >= nd) no();
+        // version 7: no value for a content the index stores (compact.ts decodeColumns)
+        if (stored && !Number.isNaN(stored[ci])) sz = stored[ci];
+        else {
+          if (sized++ >= size.length) no();
+          sz = size.next();
+        }
+      } else {
+        if (sized++ >= size.length) no();
+        // version 7: 0 for the parent's entry's size (checked when the tree is applied)
+        sz = stored ? (refSize(size.next()) ?? 0) : size.next();
       }
     } else if (t === FileType.SYMLINK || t === FileType.HARDLINK) {
       if (!linkRef) {
@@ -465,7 +480,9 @@ function checkTree(tf: Map<number, Buffer[]>, table: Buffer, nd: number, canon: 
       }
       if (t === FileType.SYMLINK) {
         if (sized++ >= size.length) no();
-        sz = size.next();
+        const v = size.next();
+        // version 7: less the target's length, or 0 for the parent's entry's size with its target
+        sz = !stored ? v : linkRef ? (refSize(v) ?? 0) : linkSize(le - ls, v);
       }
     } else if (t === FileType.CHAR || t === FileType.BLOCK) {
       if (devs + 2 > dev.length) no();

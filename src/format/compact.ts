@@ -82,7 +82,7 @@ function packedOf(w: PbWriter, field: number, n: number, at: (i: number) => numb
  * 6, a delta's edit script: Columns.path_ref); otherwise every entry's depth,
  * name and link target are written.
  */
-function encodeColumns(w: PbWriter, entries: Entry[], digests: DigestTable, refs = false, pathRefs = false, seq = false): void {
+function encodeColumns(w: PbWriter, entries: Entry[], digests: DigestTable, refs = false, pathRefs = false, seq = false, stored?: ReadonlyMap<string, number>): void {
   const n = entries.length;
   // per entry: 0, or 1 + (zigzag of (its parent ordinal - the previous path reference's - 1) << 1 | link target by reference)
   const pref: number[] = [];
@@ -168,8 +168,16 @@ function encodeColumns(w: PbWriter, entries: Entry[], digests: DigestTable, refs
   );
   packedOf(w, 8, n, (i) => entries[i].mtimeNsec, true);
   at = w.open(9);
-  for (const e of entries) if (e.type === FileType.REG || e.type === FileType.SYMLINK) w.value(9, e.size);
-  w.close(at, sizes > 0);
+  let sizeValues = 0;
+  for (let i = 0; i < n; i++) {
+    const e = entries[i];
+    if (e.type !== FileType.REG && e.type !== FileType.SYMLINK) continue;
+    const v = stored ? derivedSizeValue(e as InsertedEntry, refs, linkByRef(i), stored) : e.size;
+    if (v === undefined) continue;
+    w.value(9, v);
+    sizeValues++;
+  }
+  w.close(at, sizes > 0 && (sizeValues > 0 || !stored));
   // version 6 (`seq`): 0 for the next digest of the table not used yet (the table is in order of first
   // use, so every first use), else 1 + the digest's number (sequentialContents)
   let nextNew = 0;
@@ -211,6 +219,24 @@ function encodeColumns(w: PbWriter, entries: Entry[], digests: DigestTable, refs
   if (anyPathRef) packedOf(w, 19, n, (i) => pref[i]);
 }
 
+/**
+ * Version 7's value in the size column of regular file or symbolic link `x` (`stored`: the sizes
+ * of the contents the index stores, by digest), or undefined for none: see Columns.size in
+ * proto/cdimg.proto, decodeColumns and the lean check (check.ts) for the reading side.
+ */
+function derivedSizeValue(x: InsertedEntry, refs: boolean, linkByRef: boolean, stored: ReadonlyMap<string, number>): number | undefined {
+  if (x.type === FileType.REG) {
+    if (refs && x.parentRef !== undefined) return x.sizeRef ? 0 : 1 + x.size;
+    const s = stored.get(x.digest.toString('latin1'));
+    if (s === undefined) return x.size;
+    if (s !== x.size) throw corrupt(`a regular file of ${x.size} bytes whose content has ${s}`);
+    return undefined;
+  }
+  if (linkByRef) return x.sizeRef ? 0 : 1 + x.size;
+  if (x.sizeRef && x.linkTarget === '') throw corrupt('a link size by parent reference in a file that cannot hold one');
+  return zz(x.size - Buffer.byteLength(x.linkTarget));
+}
+
 // Version 6's value codings, one value at a time: the decoder here and the lean check (check.ts) read them alike.
 
 /** A tree content value: 0 is the next digest of the table not used yet (`nextNew`), v > 0 the digest numbered v - 1 (encodeColumns). */
@@ -221,6 +247,17 @@ export const relativeContent = (prev: number, v: number): number => prev + 1 + u
 export const pathRefOrdinal = (prev: number, v: number): number => prev + 1 + unzz(Math.floor((v - 1) / 2));
 /** Whether a non-zero path reference value also takes the link target. */
 export const pathRefTakesLink = (v: number): boolean => (v - 1) % 2 === 1;
+/** Version 7's non-zero base value: the base number after the previous base's (`prev`, 0 at first) (encodeContents). */
+export const relativeBase = (prev: number, v: number): number => prev + 1 + unzz(v - 1);
+/** The inverse of relativeBase: the value written for base number `n` after `prev`. */
+const relativeBaseValue = (prev: number, n: number): number => 1 + zz(n - prev - 1);
+/**
+ * Version 7's size value of a regular file with a content reference or a link with a link target
+ * reference: 0 when its size is the referenced parent entry's (InsertedEntry.sizeRef), else 1 + its size.
+ */
+export const refSize = (v: number): number | undefined => (v === 0 ? undefined : v - 1);
+/** Version 7's size of a symbolic link whose target (`targetBytes` long) is written: that length plus the zigzag-decoded value. */
+export const linkSize = (targetBytes: number, v: number): number => targetBytes + unzz(v);
 
 /** Version 6's tree content column in place (sequentialContent); numbers are checked where they are used. */
 export function sequentialContents(v: number[]): void {
@@ -306,7 +343,7 @@ function unpack(b: Buffer, out: number[], what: string): void {
  * `refs`: references to the parent tree may appear (version 4, a delta's edit script);
  * `pathRefs`: paths by reference too (version 6, Columns.path_ref).
  */
-function decodeColumns(body: Buffer, digests: Buffer[], refs = false, pathRefs = false, seq = false): InsertedEntry[] {
+function decodeColumns(body: Buffer, digests: Buffer[], refs = false, pathRefs = false, seq = false, stored?: ReadonlyMap<Buffer, number>): InsertedEntry[] {
   const f = readPbFields(body, 'tree columns');
   const depth = unpackAll(f.get(1), 'depth');
   const pref = unpackAll(f.get(19), 'path reference');
@@ -379,22 +416,46 @@ function decodeColumns(body: Buffer, digests: Buffer[], refs = false, pathRefs =
       if (linkRef) e.linkRef = true;
     }
     if (t === FileType.REG) {
-      if (sized >= size.length) throw corrupt('size column shorter than the regular files');
-      e.size = size[sized++];
       const r = ref.length ? (ref[ri++] ?? bad('content reference')) : 0;
       if (r !== 0) {
         // the digest comes from the parent's tree (applyTreeEdit, composeEdits)
         prevRef += unzz(r - 1);
         if (!Number.isSafeInteger(prevRef) || prevRef < 0 || prevRef >= LIMITS.maxEntries) throw corrupt(`tree columns: a content reference to parent entry ${prevRef}`);
         e.parentRef = prevRef;
+        if (sized >= size.length) throw corrupt('size column shorter than the regular files');
+        const v = size[sized++];
+        if (!stored) e.size = v;
+        else {
+          // version 7: 0 for the size of the parent's entry (resolved with the content)
+          const x = refSize(v);
+          if (x === undefined) e.sizeRef = true;
+          else e.size = x;
+        }
       } else {
         if (reg >= content.length) throw corrupt('content column shorter than the regular files');
         e.digest = digests[content[reg]] ?? bad('content');
         reg++;
+        // version 7: no value for a content the index stores (its size)
+        const s = stored?.get(e.digest);
+        if (s !== undefined) e.size = s;
+        else {
+          if (sized >= size.length) throw corrupt('size column shorter than the regular files');
+          e.size = size[sized++];
+        }
       }
     } else if (t === FileType.SYMLINK || t === FileType.HARDLINK) {
       if (!linkRef) e.linkTarget = links[link++] ?? bad('link target');
-      if (t === FileType.SYMLINK) e.size = size[sized++] ?? bad('size');
+      if (t === FileType.SYMLINK) {
+        const v = size[sized++] ?? bad('size');
+        if (!stored) e.size = v;
+        else if (!linkRef) e.size = linkSize(Buffer.byteLength(e.linkTarget), v);
+        else {
+          // version 7: 0 for the size of the parent's entry (resolved with the target)
+          const x = refSize(v);
+          if (x === undefined) e.sizeRef = true;
+          else e.size = x;
+        }
+      }
     } else if (t === FileType.CHAR || t === FileType.BLOCK) {
       if (devs + 2 > dev.length) bad('device');
       e.devMajor = dev[devs++];
@@ -579,14 +640,21 @@ function encodeContents(w: PbWriter, blobs: Blob[], digests: DigestTable, versio
   digestsField(w, 8, storedDigests);
   digestsField(w, 9, rawDigests);
   const full = baseTable.list.length;
+  // version 7: 1 + zigzag of (the base's number - the previous base's - 1): 1 for bases listed in order
+  let prevBase = 0;
   chunks(10, (c) => {
     if (c.baseDigest.length === 0) return 0;
     const n = baseNumber(c.baseDigest);
-    return n > 0 ? n : full - n;
+    const v = n > 0 ? n : full - n;
+    if (version < 7) return v;
+    const r = relativeBaseValue(prevBase, v);
+    prevBase = v;
+    return r;
   }, true);
   digestsField(w, 11, baseTable.list);
   chunks(12, (c) => (c.baseDigest.length > 0 ? c.baseOffset : undefined), false, bases);
-  chunks(13, (c) => (c.baseDigest.length > 0 ? c.baseSize : undefined), false, bases);
+  // version 7: zigzag of (base size - raw size): a whole base is about as large as what is built from it
+  chunks(13, (c) => (c.baseDigest.length === 0 ? undefined : version >= 7 ? zz(c.baseSize - c.rawSize) : c.baseSize), false, bases);
   // version 5: a member's offset less the end of the member listed before it in the same group
   // (groupOffsets), 0 for members listed in group order: ~5 % of a full image's stored index
   const groupEnd = new Map<number, number>();
@@ -655,6 +723,7 @@ function decodeContents(body: Buffer, digests: Buffer[], version: number): Blob[
   let rd = 0;
   let bi = 0;
   let end = 0;
+  let prevBase = 0;
   for (let i = 0; i < n; i++) {
     const digest = digests[content[i]] ?? bad('content');
     const m = count[i] === 0 ? 1 : count[i] - 1;
@@ -681,10 +750,12 @@ function decodeContents(body: Buffer, digests: Buffer[], version: number): Blob[
         c.groupOffset = version >= 5 ? absoluteGroupOffset(groupEnd, off, unzz(g), c.rawSize) : g;
       }
       if (base[k] !== 0) {
-        c.baseDigest = baseDigests[base[k] - 1] ?? bad('base');
+        const bn = version >= 7 ? (prevBase = relativeBase(prevBase, base[k])) : base[k];
+        c.baseDigest = baseDigests[bn - 1] ?? bad('base');
         if (bi >= baseOffset.length || bi >= baseSize.length) bad('base region');
         c.baseOffset = baseOffset[bi];
-        c.baseSize = baseSize[bi++];
+        c.baseSize = version >= 7 ? c.rawSize + unzz(baseSize[bi++]) : baseSize[bi++];
+        if (c.baseSize < 0) throw corrupt('content columns: a base size below 0');
       }
       size += c.rawSize;
       list[j] = c;
@@ -757,7 +828,7 @@ export function encodeIndexV2(index: Index, parentEntries: Entry[] | undefined, 
   const w = new PbWriter(1024 + treeEntries.length * 64 + index.blobs.length * 64 + (ops ? ops.length * 5 : 0) + index.image.configJson.length);
   writeHead(w);
   let at = w.open(10);
-  encodeColumns(w, treeEntries, digests, ops !== undefined && index.formatVersion >= 4, ops !== undefined && index.formatVersion >= 6, index.formatVersion >= 6);
+  encodeColumns(w, treeEntries, digests, ops !== undefined && index.formatVersion >= 4, ops !== undefined && index.formatVersion >= 6, index.formatVersion >= 6, index.formatVersion >= 7 ? storedSizes(index.blobs) : undefined);
   w.close(at, true);
   if (ops) w.packedAlways(11, ops);
   at = w.open(12);
@@ -769,6 +840,18 @@ export function encodeIndexV2(index: Index, parentEntries: Entry[] | undefined, 
   digestsField(w, 14, digests.list);
   if (whole) w.packedAlways(15, [1]);
   return w.buf.subarray(0, w.pos);
+}
+
+/** The sizes of the contents an index stores (a reader's: the sum of their chunks' raw sizes), by digest (latin1). */
+function storedSizes(blobs: Blob[]): Map<string, number> {
+  const m = new Map<string, number>();
+  for (const b of blobs) {
+    if (b.encoding === Encoding.SAME) continue;
+    let n = 0;
+    for (const c of b.chunks) n += c.rawSize;
+    m.set(b.digest.toString('latin1'), n);
+  }
+  return m;
 }
 
 /** What a version 2 index holds besides the head fields that version 1's decoder reads. */
@@ -786,8 +869,10 @@ export function decodeIndexV2(raw: Buffer, kind: Kind, opts: { tree?: boolean; v
   const whole = unpackAll(f.get(15), 'whole tree').some((v) => v !== 0);
   if (whole && kind !== Kind.DELTA) throw corrupt('a full image flagged as a whole-tree delta');
   const refs = kind === Kind.DELTA && !whole && (opts.version ?? 0) >= 4;
-  const tree = opts.tree === false ? [] : decodeColumns(concat(f.get(10)), digests, refs, refs && (opts.version ?? 0) >= 6, (opts.version ?? 0) >= 6);
   const blobs = decodeContents(concat(f.get(12)), digests, opts.version ?? 2);
+  const v = opts.version ?? 0;
+  const stored = v >= 7 ? new Map(blobs.map((b) => [b.digest, b.size])) : undefined;
+  const tree = opts.tree === false ? [] : decodeColumns(concat(f.get(10)), digests, refs, refs && v >= 6, v >= 6, stored);
   const ops = kind === Kind.DELTA ? unpackAll(f.get(11), 'edit script') : undefined;
   const sectionDigest = f.get(13)?.at(-1) ?? EMPTY;
   return { tree, ops: whole ? undefined : ops, blobs, sectionDigest };

@@ -66,14 +66,16 @@ export function editScript(parent: Entry[], entries: Entry[]): { ops: number[]; 
       }
       script.insert(1);
       // replacing its old self: its path (and its link target, when that is the same) by reference (version 6)
-      let x: Entry & Partial<Pick<InsertedEntry, 'pathRef' | 'linkRef'>> = e;
+      let x: Entry & Partial<Pick<InsertedEntry, 'pathRef' | 'linkRef' | 'sizeRef'>> = e;
       if (j !== undefined && j + 1 === cursor) {
         const p = parent[j];
         const links = (t: FileType): boolean => t === FileType.SYMLINK || t === FileType.HARDLINK;
-        x = { ...e, pathRef: j, ...(links(e.type) && links(p.type) && p.linkTarget === e.linkTarget ? { linkRef: true } : {}) };
+        const linkRef = links(e.type) && links(p.type) && p.linkTarget === e.linkTarget;
+        // a symbolic link with its parent's target: its size too when it is the same (version 7)
+        x = { ...e, pathRef: j, ...(linkRef ? { linkRef: true } : {}), ...(linkRef && e.type === FileType.SYMLINK && p.size === e.size ? { sizeRef: true } : {}) };
       }
       if (e.type === FileType.REG && j !== undefined && parent[j].type === FileType.REG && parent[j].digest.equals(e.digest)) {
-        inserted.push({ ...x, parentRef: j } as Entry & Pick<InsertedEntry, 'parentRef'>);
+        inserted.push({ ...x, parentRef: j, ...(parent[j].size === e.size ? { sizeRef: true } : {}) } as Entry & Pick<InsertedEntry, 'parentRef'>);
       } else {
         if (e.type === FileType.REG) unmatched.push(x);
         inserted.push(x);
@@ -109,7 +111,7 @@ function refByDigest(parent: Entry[], inserted: Entry[], unmatched: Entry[]): vo
     const e = inserted[i];
     if (!of.has(e)) continue;
     const j = want.get(e.digest.toString('latin1')) ?? -1;
-    if (j >= 0) inserted[i] = { ...e, parentRef: j } as Entry;
+    if (j >= 0) inserted[i] = { ...e, parentRef: j, ...(parent[j].size === e.size ? { sizeRef: true } : {}) } as Entry;
   }
 }
 
@@ -200,7 +202,7 @@ export function applyTreeEdit(parent: Entry[], edit: TreeEdit): Entry[] {
       types.length = d;
       stack.push(path);
       types.push(x.type);
-      out.push(plainEntry({ ...x, linkTarget }, path, x.parentRef === undefined ? x.digest : digestOfParent(parent, x.parentRef, path)));
+      out.push(plainEntry({ ...x, linkTarget, size: x.sizeRef ? sizeOfParent(parent, x, path) : x.size }, path, x.parentRef === undefined ? x.digest : digestOfParent(parent, x.parentRef, path)));
     }
   }
   if (cursor !== parent.length || next !== inserted.length) throw corrupt("the tree edit script does not account for every entry (of the parent's or its own)");
@@ -224,6 +226,18 @@ function digestOfParent(parent: Entry[], ref: number, path: string): Buffer {
   const p = parent[ref];
   if (!p || p.type !== FileType.REG || p.digest.length !== 32) throw corrupt(`entry "${path}" takes its content from parent entry ${ref}, which is not a regular file of the parent`);
   return p.digest;
+}
+
+/**
+ * The size of the parent's entry that inserted entry `x` takes its size from (version 7,
+ * InsertedEntry.sizeRef): the regular file it takes its content from, or the link it takes its
+ * target from (applyTreeEdit checks their types).
+ */
+function sizeOfParent(parent: Entry[], x: InsertedEntry, path: string): number {
+  const ref = x.type === FileType.REG ? x.parentRef : x.type === FileType.SYMLINK && x.linkRef ? x.pathRef : undefined;
+  const p = ref === undefined ? undefined : parent[ref];
+  if (!p) throw corrupt(`entry "${path}" takes its size from no parent entry`);
+  return p.size;
 }
 
 /** Entries of a full version 2 index (the script is "insert everything"). */
@@ -285,7 +299,9 @@ function rebasedPath(x: InsertedEntry, refs: number[], items: InsertedEntry[]): 
   const y = items[-r - 1];
   const link = x.linkRef ? (y.linkRef ? { linkRef: true } : { linkRef: undefined, linkTarget: y.linkTarget }) : {};
   if (x.linkRef && y.type !== FileType.SYMLINK && y.type !== FileType.HARDLINK) throw corrupt('an inserted entry takes a link target from an entry that is not a link');
-  return y.pathRef !== undefined ? { ...x, ...link, pathRef: y.pathRef } : { ...x, ...link, pathRef: undefined, depth: y.depth, name: y.name };
+  // a link's size taken with its target (version 7): from A's entry as y's is, else y's own
+  const size = x.sizeRef && x.type === FileType.SYMLINK ? (y.linkRef && y.sizeRef ? {} : { sizeRef: undefined, size: y.size }) : {};
+  return y.pathRef !== undefined ? { ...x, ...link, ...size, pathRef: y.pathRef } : { ...x, ...link, ...size, pathRef: undefined, depth: y.depth, name: y.name };
 }
 
 function rebasedContent(x: InsertedEntry, refs: number[], items: InsertedEntry[]): InsertedEntry {
@@ -295,7 +311,9 @@ function rebasedContent(x: InsertedEntry, refs: number[], items: InsertedEntry[]
   if (r >= 0) return r === x.parentRef ? x : { ...x, parentRef: r };
   const y = items[-r - 1];
   if (y.type !== FileType.REG) throw corrupt(`inserted entry "${x.name}" takes its content from an entry that is not a regular file`);
-  return y.parentRef !== undefined ? { ...x, parentRef: y.parentRef } : { ...x, parentRef: undefined, digest: y.digest };
+  // a size taken with the content (version 7): from A's entry as y's is, else y's own
+  const size = x.sizeRef ? (y.parentRef !== undefined && y.sizeRef ? {} : { sizeRef: undefined, size: y.size }) : {};
+  return y.parentRef !== undefined ? { ...x, ...size, parentRef: y.parentRef } : { ...x, ...size, parentRef: undefined, digest: y.digest };
 }
 
 /**
