@@ -68,6 +68,30 @@ async function expectKind(p: Promise<unknown>, kind: string, re?: RegExp): Promi
   if (re) expect((err as Error).message).toMatch(re);
 }
 
+/** The local store admits `files` (a chain, base first; the lean check) and then holds image `id`. */
+async function storeAdmits(dir: string, files: string[], id: string): Promise<void> {
+  const store = await LocalStore.open(dir);
+  try {
+    for (const f of files) await store.add(f);
+    expect(store.hasImage(id)).toBe(true);
+  } finally {
+    store.close();
+  }
+}
+
+/** A forged delta on `base` is CORRUPT where a chain is opened, where the local store admits it and where the server takes an upload. */
+async function refusedEverywhere(dir: string, base: string, forged: string): Promise<void> {
+  await expectKind(idOf([base, forged]), 'CORRUPT');
+  const store = await LocalStore.open(dir);
+  try {
+    await store.add(base);
+    await expectKind(store.add(forged), 'CORRUPT');
+  } finally {
+    store.close();
+  }
+  await expectKind(verifyDeltaTree(forged, [base], 'upload of forged'), 'CORRUPT');
+}
+
 let v3Id: string;
 
 beforeAll(async () => {
@@ -350,15 +374,7 @@ describe('format version 6: paths of changed entries by reference to the parent 
       expect(await idOf([v1, m3])).toBe(v3Id);
     }
     // the local store admits it (the lean check reads the new column) and rebuilds its tree
-    const store = await LocalStore.open(at('v6-store'));
-    try {
-      await store.add(v1);
-      await store.add(d12v6);
-      await store.add(d23v6);
-      expect(store.hasImage(v3Id)).toBe(true);
-    } finally {
-      store.close();
-    }
+    await storeAdmits(at('v6-store'), [v1, d12v6, d23v6], v3Id);
   });
 
   it('a path reference forged to another entry is refused where the tree is rebuilt (image id or tree check), never served', async () => {
@@ -370,15 +386,7 @@ describe('format version 6: paths of changed entries by reference to the parent 
       if (!x) throw new Error('no path reference');
       x.pathRef = (x.pathRef as number) - 1;
     });
-    await expectKind(idOf([v1, forged]), 'CORRUPT');
-    const store = await LocalStore.open(at('v6-store-f'));
-    try {
-      await store.add(v1);
-      await expectKind(store.add(forged), 'CORRUPT');
-    } finally {
-      store.close();
-    }
-    await expectKind(verifyDeltaTree(forged, [v1], 'upload of forged'), 'CORRUPT');
+    await refusedEverywhere(at('v6-store-f'), v1, forged);
   });
 });
 
@@ -445,15 +453,7 @@ describe('format version 7: sizes the index says otherwise are not written (Colu
       }
     }
     // the local store admits them (the lean check reads the sizes as the decoder does) and rebuilds their trees
-    const store = await LocalStore.open(at('v7-store'));
-    try {
-      await store.add(f3);
-      await store.add(d6);
-      await store.add(d7b);
-      expect(store.hasImage(re2Id)).toBe(true);
-    } finally {
-      store.close();
-    }
+    await storeAdmits(at('v7-store'), [f3, d6, d7b], re2Id);
   });
 
   it('a size taken from the parent that the writer did not mean is refused where the tree is checked (image id), never served', async () => {
@@ -469,14 +469,6 @@ describe('format version 7: sizes the index says otherwise are not written (Colu
       x.sizeRef = undefined;
       x.size = 1;
     });
-    await expectKind(idOf([f3, forged]), 'CORRUPT');
-    const store = await LocalStore.open(at('v7-store-f'));
-    try {
-      await store.add(f3);
-      await expectKind(store.add(forged), 'CORRUPT');
-    } finally {
-      store.close();
-    }
-    await expectKind(verifyDeltaTree(forged, [f3], 'upload of forged'), 'CORRUPT');
+    await refusedEverywhere(at('v7-store-f'), f3, forged);
   });
 });
