@@ -2,7 +2,7 @@
 # Install the Debian packages d4fs's tests, demo and benchmark use. Idempotent:
 # only missing packages are installed, and apt-get update runs at most once.
 set -euo pipefail
-PKGS=(containerd runc fuse3 libfuse2 libfuse3-dev zlib1g-dev umoci skopeo docker-registry zstd bsdiff xdelta3 attr apache2-utils jq iproute2 time libdivsufsort-dev openssl gcc libc6-dev curl golang-go golang-github-klauspost-compress-dev golang-github-klauspost-pgzip-dev pigz zopfli libdeflate-tools)
+PKGS=(containerd runc fuse3 libfuse2 libfuse3-dev zlib1g-dev umoci skopeo docker-registry zstd bsdiff xdelta3 attr apache2-utils jq iproute2 time libdivsufsort-dev openssl gcc libc6-dev curl golang-go golang-github-klauspost-compress-dev golang-github-klauspost-pgzip-dev pigz zopfli libdeflate-tools llvm)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

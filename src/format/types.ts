@@ -46,6 +46,13 @@ export enum Codec {
    * against the base's expanded form.
    */
   ZIP_MEMBERS = 6,
+  /**
+   * Format version 7: an LLVM bitcode file rebuilt byte for byte: u8 inner codec, then its
+   * expanded form (every value of the bitstream as a byte-aligned varint;
+   * src/delta/bitcode.ts) encoded with that codec, for patch codecs against the base's
+   * expanded form.
+   */
+  LLVM_BITCODE = 7,
 }
 
 /**
@@ -67,6 +74,7 @@ export const CODEC_FORMATS = {
   [Codec.GZIP_MEMBER]: { name: 'gzip-member', base: 'optional' },
   [Codec.GROUP]: { name: 'group', base: 'optional' },
   [Codec.ZIP_MEMBERS]: { name: 'zip-members', base: 'optional' },
+  [Codec.LLVM_BITCODE]: { name: 'llvm-bitcode', base: 'optional' },
 } as const satisfies Record<Exclude<Codec, Codec.UNSPECIFIED>, { name: string; base: CodecBase }>;
 
 /** A codec value that has a row in {@link CODEC_FORMATS}. */

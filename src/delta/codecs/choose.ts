@@ -351,16 +351,25 @@ export interface EncodedChunk {
  * each wrapper codec that applies (gzip-member), kept when strictly smaller.
  */
 export function encodeChunk(base: Buffer, target: Buffer, opts: ChooseOptions, whole: boolean): EncodedChunk {
-  const chosen = chooseBest(base, target, opts);
-  const c = bytesCodec(chosen.codec);
-  let out: EncodedChunk = { codec: c.proto, data: chosen.data, usesBase: c.base !== 'none' };
-  if (!whole) return out;
   // the wrapped content has its own kind
   const inner: InnerChooser = (b, t) => {
     const r = chooseBest(b, t, { ...opts, kind: undefined });
     return { codec: bytesCodec(r.codec), data: r.data };
   };
+  if (whole) {
+    // a wrapper that replaces the content's own coding when it applies (llvm-bitcode)
+    for (const w of WRAPPER_CODECS) {
+      if (!w.replaces) continue;
+      const r = w.encode(base, target, inner);
+      if (r) return { codec: w.proto, data: r.data, usesBase: r.usesBase };
+    }
+  }
+  const chosen = chooseBest(base, target, opts);
+  const c = bytesCodec(chosen.codec);
+  let out: EncodedChunk = { codec: c.proto, data: chosen.data, usesBase: c.base !== 'none' };
+  if (!whole) return out;
   for (const w of WRAPPER_CODECS) {
+    if (w.replaces) continue;
     const r = w.encode(base, target, inner);
     if (r && r.data.length < out.data.length) out = { codec: w.proto, data: r.data, usesBase: r.usesBase };
   }

@@ -23,6 +23,7 @@ import type { Codec, KnownCodec } from '../../format/types';
 import { bsdiff } from './bsdiff';
 import { gzipMember } from './gzip-member';
 import { zipMembers } from './zip-members';
+import { llvmBitcode } from './llvm-bitcode';
 import type { AnyCodec, BytesCodec, PatchCodec, PatchOptions, WrapperCodec } from './types';
 import { zstd } from './zstd';
 import { zstdPatch } from './zstd-patch';
@@ -34,6 +35,7 @@ export const CODECS = [
   bsdiff, //     Codec.BSDIFF       patch    base required  ./bsdiff.ts        --codec bsdiff
   gzipMember, // Codec.GZIP_MEMBER  wrapper  base optional  ./gzip-member.ts
   zipMembers, // Codec.ZIP_MEMBERS  wrapper  base optional  ./zip-members.ts
+  llvmBitcode, // Codec.LLVM_BITCODE wrapper base optional ./llvm-bitcode.ts
 ] as const;
 
 type Row = (typeof CODECS)[number];

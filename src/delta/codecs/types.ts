@@ -115,6 +115,12 @@ export interface WrapperCodecImpl {
   readonly encode: (base: Buffer, target: Buffer, inner: InnerChooser) => { data: Buffer; usesBase: boolean } | undefined;
   /** As for a codec of bytes; `inner` finds the codec of bytes the payload names. */
   readonly decode: (stored: Buffer, base: Buffer | null, expectedSize: number, inner: (proto: number) => BytesCodec | undefined) => Buffer;
+  /**
+   * When it applies, the content's own bytes are not coded at all (encodeChunk): the codec's
+   * form is measured never to lose more than a few bytes to them, and coding both doubled the
+   * time (llvm-bitcode; see CODECS.md).
+   */
+  readonly replaces?: boolean;
 }
 
 /** The columns every row has: its value in cdimg.proto, and its name and base rule from the format's table. */
