@@ -451,7 +451,8 @@ function expand(b: Buffer): Buffer {
             if ((enc === FIXED && width > 64) || (enc === VBR && (width < 2 || width > 32))) throw new Unsupported('an operand width out of range');
             w.v(width);
           }
-          ops.push({ enc, width });
+          // as LLVM reads it, a fixed field of 0 bits is the literal 0 (reads and writes nothing)
+          ops.push(enc === FIXED && width === 0 ? { lit: 0, enc, width } : { enc, width });
         }
         checkAbbrev(ops, Unsupported);
         if (id === BLOCKINFO_BLOCK) {
@@ -600,7 +601,7 @@ export function rebuildBitcode(form: Buffer, maxBytes: number): Buffer {
             if (enc === VBR && opWidth < 2) throw corrupt('llvm bitcode: a VBR width below 2');
             w.vbr(5, opWidth);
           }
-          ops.push({ enc, width: opWidth });
+          ops.push(enc === FIXED && opWidth === 0 ? { lit: 0, enc, width: 0 } : { enc, width: opWidth });
         }
         try {
           checkAbbrev(ops, Malformed);

@@ -237,7 +237,7 @@ function derivedSizeValue(x: InsertedEntry, refs: boolean, linkByRef: boolean, s
   return zz(x.size - Buffer.byteLength(x.linkTarget));
 }
 
-// Version 6's value codings, one value at a time: the decoder here and the lean check (check.ts) read them alike.
+// Version 6's and 7's value codings, one value at a time: the decoder here and the lean check (check.ts) read them alike.
 
 /** A tree content value: 0 is the next digest of the table not used yet (`nextNew`), v > 0 the digest numbered v - 1 (encodeColumns). */
 export const sequentialContent = (nextNew: number, v: number): number => (v === 0 ? nextNew : v - 1);
