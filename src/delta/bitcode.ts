@@ -105,14 +105,6 @@ class BitReader {
     this.pos += n;
     return n === 0 ? 0 : word & ((1 << n) - 1) & 0x7fffffff;
   }
-  /** A field of n bits, 0 to 64 (values past 2^53 are Unsupported). */
-  wide(n: number): number {
-    if (n <= 32) return this.fixed(n);
-    const low = this.fixed(32);
-    const high = this.fixed(n - 32);
-    if (high >= 2 ** 21) throw new Unsupported('a value past 2^53');
-    return low + high * 2 ** 32;
-  }
   /** A VBR field of n-bit chunks (n from 2 to 32). */
   vbr(n: number): number {
     const hi = 2 ** (n - 1);
