@@ -6,16 +6,15 @@
  * bytes are by the other codecs, and decodes back; a file that does not rebuild exactly
  * is left to the other codecs; damaged or forged stored bytes are CORRUPT, never a crash.
  */
-import { spawnSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { D4fsError } from '../errors';
 import { Codec } from '../format/types';
 import { expandBitcode, isBitcode, rebuildBitcode } from './bitcode';
 import { chooseBest, codecByProto, decodeWith, encodeChunk } from './codecs';
+import { assemble as assembleIn, hasLlvmAs, llvmModule } from '../../test/helpers/llvm';
 
-const hasLlvmAs = spawnSync('llvm-as', ['--version'], { stdio: 'ignore' }).status === 0;
 if (!hasLlvmAs) {
   // scripts/install-deps.sh installs Debian's llvm; say so loudly where it could not
   console.warn('SKIPPED: src/delta/bitcode.test.ts needs llvm-as (Debian package llvm), which this machine lacks');
@@ -24,40 +23,7 @@ const itLlvm = hasLlvmAs ? it : it.skip;
 
 const dir = mkdtempSync(join(tmpdir(), 'd4fs-bitcode-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
-
-/** A module of `n` functions (arithmetic on 64-bit values, a few large constants, a string); `edit` changes one and adds one. */
-function module(n: number, edit: boolean): string {
-  const lines = ['@big = global i64 -1152921504606846976', '@str = private constant [13 x i8] c"hello world\\0A\\00"', 'declare i32 @puts(i8*)'];
-  for (let i = 0; i < n + (edit ? 1 : 0); i++) {
-    const k = edit && i === Math.floor(n / 2) ? 977 : 31 + i;
-    lines.push(
-      `define i64 @f${i}(i64 %a, i64 %b) {`,
-      'entry:',
-      `  %c = add i64 %a, ${k}`,
-      '  %d = mul i64 %c, %b',
-      `  %e = xor i64 %d, 18446744073709551557`,
-      `  %f = icmp ult i64 %e, ${i * 1000003}`,
-      '  br i1 %f, label %yes, label %no',
-      'yes:',
-      `  %g = sub i64 %e, ${i}`,
-      '  ret i64 %g',
-      'no:',
-      '  ret i64 %d',
-      '}',
-    );
-  }
-  lines.push('define i32 @main() {', '  %r = call i32 @puts(i8* getelementptr ([13 x i8], [13 x i8]* @str, i64 0, i64 0))', '  ret i32 0', '}');
-  return lines.join('\n') + '\n';
-}
-
-function assemble(name: string, text: string): Buffer {
-  const ll = join(dir, `${name}.ll`);
-  const bc = join(dir, `${name}.bc`);
-  writeFileSync(ll, text);
-  const r = spawnSync('llvm-as', [ll, '-o', bc], { encoding: 'utf8' });
-  if (r.status !== 0) throw new Error(`llvm-as: ${r.stderr}`);
-  return readFileSync(bc);
-}
+const assemble = (name: string, text: string): Buffer => assembleIn(dir, name, text);
 
 /** `bc` in the wrapper header Darwin's tools write: magic, version, offset, size, cpu type; then padding. */
 function wrapped(bc: Buffer): Buffer {
@@ -103,7 +69,7 @@ describe('LLVM bitcode expanded and rebuilt', () => {
   });
 
   itLlvm('rebuilds bitcode from llvm-as byte for byte, bare and in a wrapper header; other bytes are not bitcode', () => {
-    for (const b of [assemble('v1', module(40, false)), assemble('v2', module(40, true))]) {
+    for (const b of [assemble('v1', llvmModule(40, false)), assemble('v2', llvmModule(40, true))]) {
       expect(isBitcode(b)).toBe(true);
       const form = expandBitcode(b);
       expect(form).toBeDefined();
@@ -118,7 +84,7 @@ describe('LLVM bitcode expanded and rebuilt', () => {
   });
 
   itLlvm('leaves a file that would not rebuild exactly to the other codecs (a block length that is not the block\'s)', () => {
-    const b = assemble('v1', module(10, false));
+    const b = assemble('v1', llvmModule(10, false));
     // the first block's length word: after the magic, ENTER_SUBBLOCK (2 + 8 + 4 bits) aligned to 64 bits
     const odd = Buffer.from(b);
     odd.writeUInt32LE(odd.readUInt32LE(8) + 1, 8);
@@ -129,8 +95,8 @@ describe('LLVM bitcode expanded and rebuilt', () => {
   });
 
   itLlvm('codes a changed module as the patch of its expanded form: smaller than its bytes coded, and decoded back', () => {
-    const v1 = assemble('v1', module(200, false));
-    const v2 = assemble('v2', module(200, true));
+    const v1 = assemble('v1', llvmModule(200, false));
+    const v2 = assemble('v2', llvmModule(200, true));
     const r = encodeChunk(v1, v2, { codec: 'auto', level: 'default' }, true);
     expect(r.codec).toBe(Codec.LLVM_BITCODE);
     expect(r.usesBase).toBe(true);
@@ -145,8 +111,8 @@ describe('LLVM bitcode expanded and rebuilt', () => {
   });
 
   itLlvm('refuses damaged or forged stored bytes and forms as CORRUPT, never a crash or a hang', () => {
-    const v1 = assemble('v1', module(30, false));
-    const v2 = assemble('v2', module(30, true));
+    const v1 = assemble('v1', llvmModule(30, false));
+    const v2 = assemble('v2', llvmModule(30, true));
     const r = encodeChunk(v1, v2, { codec: 'auto', level: 'default' }, true);
     expect(r.codec).toBe(Codec.LLVM_BITCODE);
     const codec = codecByProto(Codec.LLVM_BITCODE);

@@ -14,7 +14,7 @@ import { D4fsError } from '../errors';
 import { chunkBaseRange, contentKind, encodeChunk } from './codecs';
 import { BaseFinder, partChunks } from './diff';
 import { spawnSync } from 'node:child_process';
-import { aloneCost, diffContent, diffContents, diffGroup, GROUP_MAX_LEVEL_ONE_RATIO, GROUP_MIN_ALONE_SHARE, groupWorthTrying, type DeltaChunkInfo, type DiffContentArgs, type FullBlobArg } from './tasks';
+import { aloneCost, diffContent, diffContents, diffGroup, GROUP_MIN_ALONE_SHARE, groupWorthTrying, type DeltaChunkInfo, type DiffContentArgs, type FullBlobArg } from './tasks';
 
 const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
 
@@ -199,26 +199,18 @@ describe('BaseFinder', () => {
 });
 
 describe('diffGroup: when a group frame is tried', () => {
-  it('always at best; otherwise unless the members alone are under GROUP_MIN_ALONE_SHARE x their level-1 patches, or the group at level 1 is over GROUP_MAX_LEVEL_ONE_RATIO x those', () => {
-    const calls: string[] = [];
+  it('always at best; otherwise unless the members alone are under GROUP_MIN_ALONE_SHARE x their level-1 patches', () => {
+    let calls = 0;
     const one = (n: number) => () => {
-      calls.push('members');
+      calls++;
       return n;
     };
-    const group = (n: number) => () => {
-      calls.push('group');
-      return n;
-    };
-    expect(groupWorthTrying('best', 1, one(1000), group(5000))).toBe(true);
-    expect(calls).toEqual([]); // not even computed at best
-    expect(groupWorthTrying('default', GROUP_MIN_ALONE_SHARE * 1000 - 1, one(1000), group(900))).toBe(false);
-    expect(calls).toEqual(['members']); // decided before the group is coded
-    calls.length = 0;
-    expect(groupWorthTrying('default', GROUP_MIN_ALONE_SHARE * 1000, one(1000), group(900))).toBe(true);
-    expect(groupWorthTrying('default', 700, one(1000), group(GROUP_MAX_LEVEL_ONE_RATIO * 1000))).toBe(true);
-    expect(groupWorthTrying('default', 700, one(1000), group(GROUP_MAX_LEVEL_ONE_RATIO * 1000 + 1))).toBe(false);
-    expect(groupWorthTrying('fast', 700, one(1000), group(1200))).toBe(false);
-    expect(calls).toEqual(['members', 'group', 'members', 'group', 'members', 'group', 'members', 'group']);
+    expect(groupWorthTrying('best', 1, one(1000))).toBe(true);
+    expect(calls).toBe(0); // not even computed at best
+    expect(groupWorthTrying('default', GROUP_MIN_ALONE_SHARE * 1000 - 1, one(1000))).toBe(false);
+    expect(groupWorthTrying('default', GROUP_MIN_ALONE_SHARE * 1000, one(1000))).toBe(true);
+    expect(groupWorthTrying('fast', 10, one(1000))).toBe(false);
+    expect(calls).toBe(3);
   });
 
   it('counts the stored digest of each member chunk coded alone otherwise than as a zstd frame', () => {

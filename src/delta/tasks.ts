@@ -14,7 +14,7 @@ import { readZstdChunk } from '../format/reader';
 import { zstdFrame } from '../format/zstd';
 import { decodeGroup, encodeGroup } from '../format/group';
 import { Chain } from './chain';
-import { applyPatch, BSDIFF_MAX_INPUT, chunkBaseRange, CodecChoice, contentKind, ContentKind, encodeChunk, encodePatch, LevelPreset, MIN_PATCH_TARGET, type PatchOptions } from './codecs';
+import { applyPatch, BSDIFF_MAX_INPUT, chunkBaseRange, CodecChoice, contentKind, ContentKind, encodeChunk, encodePatch, LevelPreset, MIN_PATCH_TARGET } from './codecs';
 import { mapLimit } from '../util/ordered';
 
 const sha = (b: Uint8Array): string => createHash('sha256').update(b).digest('hex');
@@ -414,30 +414,19 @@ export const GROUP_SEARCH_LOG = 2;
 export const GROUP_MIN_ALONE_SHARE = 0.5;
 
 /**
- * A group's frame is not coded either when its level-1 zstd-patch (the whole group against the
- * concatenation of its members' bases, milliseconds) is more than this many times the sum of its
- * members' level-1 zstd-patches: coding the members together then finds nothing across them worth
- * the longer offsets into a larger dictionary, and the frame at the group level never came out
- * clearly ahead. Measured over the 16 groups of the delta bench's pairs and the node_modules update
- * that pass GROUP_MIN_ALONE_SHARE (session 18): the six at 1.17-1.38 (postgresql-15's LLVM bitcode)
- * lost to their members alone by 0.8-13 % but one, which won by 0.8 % (2.3 KB), for 1.3-2 s of a
- * thread each; every other group was at 0.69-1.06 and its frame won (0.33-0.95x the members alone:
- * tzdata's 451 zone files at 1.003, node_modules' modules at 0.89-1.06) but libssl's 4 executables
- * (0.95, lost by 13 %). The frame at level 1 is what separates them: at level 12 (g12/p12) the
- * losers were at 0.97-0.99 and the winners at 0.78-1.05 (CODECS.md).
+ * Whether diffGroup codes a group's frame: always at `best`, else unless its members alone are
+ * under GROUP_MIN_ALONE_SHARE x their level-1 patches (`levelOne`, computed only then).
+ *
+ * Tried and removed (session 18): also skipping the frame when the group's own level-1 patch is
+ * over 1.1x its members' separated postgresql-15's LLVM bitcode groups (1.17-1.38, frames that
+ * lost narrowly for 1.3-2 s of a thread each) from the winners of the delta bench (0.69-1.06),
+ * but on the scale bench's synthetic pair (1,500 edited text files) it skipped groups that won:
+ * its delta 137,796 -> 169,984 bytes. Since the llvm-bitcode codec codes bitcode members alone
+ * far below their level-1 patches, the rule above skips those groups anyway (postgres: the same
+ * delta and time without it).
  */
-export const GROUP_MAX_LEVEL_ONE_RATIO = 1.1;
-
-/**
- * Whether diffGroup codes a group's frame: always at `best`; else unless its members alone are
- * under GROUP_MIN_ALONE_SHARE x their level-1 patches (`levelOne`), or the group's own level-1
- * patch (`groupLevelOne`) is over GROUP_MAX_LEVEL_ONE_RATIO x those. Each is computed only when
- * the rule before it did not decide.
- */
-export function groupWorthTrying(preset: LevelPreset, aloneBytes: number, levelOne: () => number, groupLevelOne: () => number): boolean {
-  if (preset === 'best') return true;
-  const one = levelOne();
-  return aloneBytes >= GROUP_MIN_ALONE_SHARE * one && groupLevelOne() <= GROUP_MAX_LEVEL_ONE_RATIO * one;
+export function groupWorthTrying(preset: LevelPreset, aloneBytes: number, levelOne: () => number): boolean {
+  return preset === 'best' || aloneBytes >= GROUP_MIN_ALONE_SHARE * levelOne();
 }
 
 /** Sum of the members' level-1 zstd-patches against their bases (level-1 frames without one): what GROUP_MIN_ALONE_SHARE compares with. */
@@ -490,9 +479,9 @@ export async function diffGroup(a: DiffContentsArgs): Promise<{ stored: Uint8Arr
   const target = Buffer.concat(targets);
   const withBases = bases.some((b) => b !== undefined);
   const dict = Buffer.concat(bases.filter((b): b is Buffer => b !== undefined));
-  const code = (level: number, opts: PatchOptions = {}): Buffer => (withBases ? encodePatch(dict, target, 'zstd-patch', level, opts) : encodeGroup(targets, level));
-  if (!groupWorthTrying(preset, alone.stored.byteLength, () => levelOneSize(targets, bases), () => code(1).length)) return { ...alone, grouped: false };
-  const frame = code(GROUP_LEVELS[preset], { zstdSearchLog: GROUP_SEARCH_LOG });
+  if (!groupWorthTrying(preset, alone.stored.byteLength, () => levelOneSize(targets, bases))) return { ...alone, grouped: false };
+  const level = GROUP_LEVELS[preset];
+  const frame = withBases ? encodePatch(dict, target, 'zstd-patch', level, { zstdSearchLog: GROUP_SEARCH_LOG }) : encodeGroup(targets, level);
   if (frame.length >= aloneCost(alone.stored.byteLength, alone.items)) return { ...alone, grouped: false };
   // decoded as a reader decodes it before it is kept
   const back = withBases ? applyPatch(dict, frame, 'zstd-patch', target.length) : decodeGroup(frame, 'group');
