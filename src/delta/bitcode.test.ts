@@ -59,8 +59,9 @@ function leb(x: number): number[] {
 describe('LLVM bitcode expanded and rebuilt', () => {
   it('reads an array of zero-bit fields of any count as LLVM does (the literal 0), at once', () => {
     // a form: version 1, the magic as prefix, no suffix; a block (id 8, 4-bit abbreviation ids) defining
-    // [array of fixed(0)] and a record of it with 2^40 elements, then the block's end
-    const form = Buffer.from([1, 4, 0x42, 0x43, 0xc0, 0xde, 0, 1, 8, 4, 2, 2, 3, 1, 0, 4, ...leb(2 ** 40), 0]);
+    // [array of fixed(0)] (each operand: not a literal, its encoding, a width for fixed) and a record of it
+    // with 2^40 elements, then the block's end
+    const form = Buffer.from([1, 4, 0x42, 0x43, 0xc0, 0xde, 0, 1, 8, 4, 2, 2, 0, 3, 0, 1, 0, 4, ...leb(2 ** 40), 0]);
     // (a loop over the elements would not end within the test's timeout)
     const stream = rebuildBitcode(form, 1024);
     expect(isBitcode(stream)).toBe(true);

@@ -389,133 +389,9 @@ function expand(b: Buffer): Buffer {
   w.bytes(b.subarray(0, start));
   w.v(b.length - end);
   w.bytes(b.subarray(end));
-  const r = new BitReader(b, start, end);
-  const blockInfo = new Map<number, Op[][]>();
-  // (checkAbbrev leaves FIXED, VBR and CHAR6 here: an array's element, or a scalar operand)
-  const readOp = (op: Op): number | bigint => (op.lit !== undefined ? op.lit : op.enc === FIXED ? r.wideAny(op.width) : op.enc === VBR ? r.vbrAny(op.width) : r.fixed(CHAR6_BITS));
-  const block = (width: number, id: number, depth: number): void => {
-    if (depth > MAX_DEPTH) throw new Unsupported('blocks nested too deep');
-    // the block's abbreviations: BLOCKINFO's for its id as they are now, then its own (a view, not a
-    // copy: a stream of many blocks would otherwise copy BLOCKINFO's list for each)
-    const info = blockInfo.get(id) ?? [];
-    const infoLen = info.length;
-    const abbrevs: Op[][] = [];
-    let infoFor = -1;
-    for (;;) {
-      if (depth === 0 && r.left() === 0) return;
-      const code = r.fixed(width);
-      w.v(code);
-      if (code === END_BLOCK) {
-        if (depth === 0) throw new Unsupported('END_BLOCK outside a block');
-        r.align32(start);
-        return;
-      }
-      if (code === ENTER_SUBBLOCK) {
-        const sub = r.vbr(8);
-        const subWidth = r.vbr(4);
-        if (subWidth < 2 || subWidth > 32) throw new Unsupported('an abbreviation width out of range');
-        r.align32(start);
-        r.fixed(32); // the block's length in words: rebuilt from its content
-        w.v(sub);
-        w.v(subWidth);
-        block(subWidth, sub, depth + 1);
-        continue;
-      }
-      if (code === DEFINE_ABBREV) {
-        const n = r.vbr(5);
-        if (n > MAX_ABBREV_OPS) throw new Unsupported('an abbreviation of too many operands');
-        w.v(n);
-        const ops: Op[] = [];
-        for (let i = 0; i < n; i++) {
-          if (r.fixed(1) === 1) {
-            const lit = r.vbr(8);
-            w.v(0);
-            w.v(lit);
-            ops.push({ lit, enc: 0, width: 0 });
-            continue;
-          }
-          const enc = r.fixed(3);
-          if (enc < FIXED || enc > BLOB) throw new Unsupported('an unknown operand encoding');
-          w.v(enc);
-          let width = 0;
-          if (enc === FIXED || enc === VBR) {
-            width = r.vbr(5);
-            if ((enc === FIXED && width > 64) || (enc === VBR && (width < 2 || width > 32))) throw new Unsupported('an operand width out of range');
-            w.v(width);
-          }
-          // as LLVM reads it, a fixed field of 0 bits is the literal 0 (reads and writes nothing)
-          ops.push(enc === FIXED && width === 0 ? { lit: 0, enc, width } : { enc, width });
-        }
-        checkAbbrev(ops, Unsupported);
-        if (id === BLOCKINFO_BLOCK) {
-          if (infoFor < 0) throw new Unsupported('an abbreviation in BLOCKINFO before SETBID');
-          const list = blockInfo.get(infoFor) ?? [];
-          list.push(ops);
-          blockInfo.set(infoFor, list);
-        } else abbrevs.push(ops);
-        continue;
-      }
-      if (code === UNABBREV_RECORD) {
-        const rc = r.vbr(6);
-        const n = r.vbr(6);
-        w.v(rc);
-        w.v(n);
-        let first = -1;
-        for (let i = 0; i < n; i++) {
-          const x = r.vbrAny(6);
-          if (i === 0) first = typeof x === 'number' ? x : -1;
-          w.vAny(x);
-        }
-        if (id === BLOCKINFO_BLOCK && rc === SETBID) infoFor = first;
-        continue;
-      }
-      const ops = code - 4 < infoLen ? info[code - 4] : abbrevs[code - 4 - infoLen];
-      if (!ops) throw new Unsupported(`abbreviation ${code} is not defined`);
-      let rc = -1;
-      let first = -1;
-      let fields = 0;
-      for (let i = 0; i < ops.length; i++) {
-        const op = ops[i];
-        if (op.enc === ARRAY) {
-          const n = r.vbr(6);
-          w.v(n);
-          const el = ops[++i];
-          if (el.lit === undefined) for (let k = 0; k < n; k++) w.vAny(readOp(el));
-        } else if (op.enc === BLOB) {
-          const n = r.vbr(6);
-          if (n > r.left() / 8) throw new Unsupported('a blob past the end of the stream');
-          w.v(n);
-          r.align32(start);
-          const bytes = Buffer.allocUnsafe(n);
-          for (let k = 0; k < n; k++) bytes[k] = r.fixed(8);
-          w.bytes(bytes);
-          r.align32(start);
-        } else {
-          const x = readOp(op);
-          if (op.lit === undefined) w.vAny(x);
-          const k = typeof x === 'number' ? x : -1;
-          if (fields === 0) rc = k;
-          else if (fields === 1) first = k;
-        }
-        fields++;
-      }
-      if (id === BLOCKINFO_BLOCK && rc === SETBID) infoFor = first;
-    }
-  };
-  block(2, -1, 0);
+  walk(new Expander(new BitReader(b, start, end), w, start));
   return w.out();
 }
-
-/** An abbreviation's shape as LLVM allows it: an array's element is the operand after it, the last; a blob is last. */
-function checkAbbrev(ops: Op[], Err: new (m: string) => Error): void {
-  for (let i = 0; i < ops.length; i++) {
-    const e = ops[i].enc;
-    if (e === ARRAY && (i !== ops.length - 2 || ![0, FIXED, VBR, CHAR6].includes(ops[i + 1].enc))) throw new Err('an array that is not the last but one operand, or of arrays or blobs');
-    if (e === BLOB && i !== ops.length - 1) throw new Err('a blob that is not the last operand');
-  }
-}
-
-class Malformed extends Error {}
 
 /**
  * The bitcode file whose expanded form is `form` (see expandBitcode), at most `maxBytes`
@@ -530,20 +406,141 @@ export function rebuildBitcode(form: Buffer, maxBytes: number): Buffer {
   if (prefix.length < 4) throw corrupt('llvm bitcode: no magic');
   const w = new BitWriter(maxBytes);
   w.bytes(prefix);
-  const base = w.pos();
+  walk(new Rebuilder(s, w, w.pos()));
+  w.bytes(suffix);
+  return w.out();
+}
+
+/**
+ * One side of the walk over a bitstream (walk): every field the stream has is read from one
+ * side and written to the other. Expanding reads the bits and writes the values; rebuilding
+ * reads the values and writes the bits. The walk is the same both ways, so the two cannot
+ * disagree on what the form holds.
+ */
+interface Transfer {
+  /** A field of n bits (at most 32) that steers the walk (ids, codes, counts, widths). */
+  fixed(n: number): number;
+  /** A VBR field of n-bit chunks that steers the walk (below 2^53). */
+  vbr(n: number): number;
+  /** An operand of a record: exact (a bigint past 2^53). */
+  operand(op: Op): number | bigint;
+  /** To the next 32 bits of the stream; the bits between are zeros. */
+  align(): void;
+  /** The word after ENTER_SUBBLOCK (the block's length): its byte position when writing it. */
+  enterLength(): number;
+  /** The block that started at `at` ended: its length is known now. */
+  exitLength(at: number): void;
+  /** A blob of `n` bytes, aligned before and after. */
+  blob(n: number): void;
+  /** Nothing more at the top level. */
+  atEnd(): boolean;
+  fail(message: string): never;
+}
+
+/** Reads the bitstream, writes the expanded form (Unsupported: the stream is not one this module rebuilds). */
+class Expander implements Transfer {
+  constructor(
+    private readonly r: BitReader,
+    private readonly w: ValueSink,
+    private readonly start: number,
+  ) {}
+  fixed(n: number): number {
+    const v = this.r.fixed(n);
+    this.w.v(v);
+    return v;
+  }
+  vbr(n: number): number {
+    const v = this.r.vbr(n);
+    this.w.v(v);
+    return v;
+  }
+  operand(op: Op): number | bigint {
+    const x = op.enc === FIXED ? this.r.wideAny(op.width) : op.enc === VBR ? this.r.vbrAny(op.width) : this.r.fixed(CHAR6_BITS);
+    this.w.vAny(x);
+    return x;
+  }
+  align(): void {
+    this.r.align32(this.start);
+  }
+  enterLength(): number {
+    this.r.fixed(32); // rebuilt from the block's content
+    return -1;
+  }
+  exitLength(): void {}
+  blob(n: number): void {
+    if (n > this.r.left() / 8) this.fail('a blob past the end of the stream');
+    this.r.align32(this.start);
+    const bytes = Buffer.allocUnsafe(n);
+    for (let k = 0; k < n; k++) bytes[k] = this.r.fixed(8);
+    this.w.bytes(bytes);
+    this.r.align32(this.start);
+  }
+  atEnd(): boolean {
+    return this.r.left() === 0;
+  }
+  fail(message: string): never {
+    throw new Unsupported(message);
+  }
+}
+
+/** Reads the expanded form, writes the bitstream (CORRUPT: not a form this module wrote). */
+class Rebuilder implements Transfer {
+  constructor(
+    private readonly s: ValueSource,
+    private readonly w: BitWriter,
+    private readonly base: number,
+  ) {}
+  fixed(n: number): number {
+    const v = this.s.v();
+    this.w.fixed(n, v);
+    return v;
+  }
+  vbr(n: number): number {
+    const v = this.s.v();
+    this.w.vbr(n, v);
+    return v;
+  }
+  operand(op: Op): number | bigint {
+    const x = this.s.vAny();
+    if (op.enc === FIXED) this.w.wideAny(op.width, x);
+    else if (op.enc === VBR) this.w.vbrAny(op.width, x);
+    else if (typeof x === 'number') this.w.fixed(CHAR6_BITS, x);
+    else this.fail('a char6 value past 63');
+    return x;
+  }
+  align(): void {
+    const r = (this.w.pos() - this.base) % 32;
+    if (r !== 0) this.w.fixed(32 - r, 0);
+  }
+  enterLength(): number {
+    const at = this.w.pos() / 8;
+    this.w.fixed(32, 0);
+    return at;
+  }
+  exitLength(at: number): void {
+    this.w.patch32(at, (this.w.pos() / 8 - at - 4) / 4);
+  }
+  blob(n: number): void {
+    this.align();
+    this.w.bytes(this.s.bytes(n));
+    this.align();
+  }
+  atEnd(): boolean {
+    return this.s.atEnd();
+  }
+  fail(message: string): never {
+    throw corrupt(`llvm bitcode: ${message}`);
+  }
+}
+
+/** An unabbreviated record's operands: VBR of 6-bit chunks. */
+const VBR6: Op = { enc: VBR, width: 6 };
+
+/** The bitstream's structure (LLVM's "Bitstream Format"), walked through `t`. */
+function walk(t: Transfer): void {
   const blockInfo = new Map<number, Op[][]>();
-  const writeOp = (op: Op, x: number | bigint): void => {
-    if (op.enc === FIXED) w.wideAny(op.width, x);
-    else if (op.enc === VBR) w.vbrAny(op.width, x);
-    else if (typeof x === 'number') w.fixed(CHAR6_BITS, x);
-    else throw corrupt('llvm bitcode: a char6 value past 63');
-  };
-  const align = (): void => {
-    const r = (w.pos() - base) % 32;
-    if (r !== 0) w.fixed(32 - r, 0);
-  };
   const block = (width: number, id: number, depth: number): void => {
-    if (depth > MAX_DEPTH) throw corrupt('llvm bitcode: blocks nested too deep');
+    if (depth > MAX_DEPTH) t.fail('blocks nested too deep');
     // the block's abbreviations: BLOCKINFO's for its id as they are now, then its own (a view, not a
     // copy: a stream of many blocks would otherwise copy BLOCKINFO's list for each)
     const info = blockInfo.get(id) ?? [];
@@ -551,108 +548,88 @@ export function rebuildBitcode(form: Buffer, maxBytes: number): Buffer {
     const abbrevs: Op[][] = [];
     let infoFor = -1;
     for (;;) {
-      if (depth === 0 && s.atEnd()) return;
-      const code = s.v();
-      w.fixed(width, code);
+      if (depth === 0 && t.atEnd()) return;
+      const code = t.fixed(width);
       if (code === END_BLOCK) {
-        if (depth === 0) throw corrupt('llvm bitcode: END_BLOCK outside a block');
-        align();
+        if (depth === 0) t.fail('END_BLOCK outside a block');
+        t.align();
         return;
       }
       if (code === ENTER_SUBBLOCK) {
-        const sub = s.v();
-        const subWidth = s.small(32, 'abbreviation width');
-        if (subWidth < 2) throw corrupt('llvm bitcode: abbreviation width below 2');
-        w.vbr(8, sub);
-        w.vbr(4, subWidth);
-        align();
-        const at = w.pos() / 8;
-        w.fixed(32, 0);
+        const sub = t.vbr(8);
+        const subWidth = t.vbr(4);
+        if (subWidth < 2 || subWidth > 32) t.fail('an abbreviation width out of range');
+        t.align();
+        const at = t.enterLength();
         block(subWidth, sub, depth + 1);
-        w.patch32(at, (w.pos() / 8 - at - 4) / 4);
+        t.exitLength(at);
         continue;
       }
       if (code === DEFINE_ABBREV) {
-        const n = s.small(MAX_ABBREV_OPS, 'operand count');
-        w.vbr(5, n);
+        const n = t.vbr(5);
+        if (n > MAX_ABBREV_OPS) t.fail('an abbreviation of too many operands');
         const ops: Op[] = [];
         for (let i = 0; i < n; i++) {
-          const enc = s.small(BLOB, 'operand encoding');
-          if (enc === 0) {
-            const lit = s.v();
-            w.fixed(1, 1);
-            w.vbr(8, lit);
-            ops.push({ lit, enc: 0, width: 0 });
+          if (t.fixed(1) === 1) {
+            ops.push({ lit: t.vbr(8), enc: 0, width: 0 });
             continue;
           }
-          w.fixed(1, 0);
-          w.fixed(3, enc);
-          let opWidth = 0;
-          if (enc === FIXED || enc === VBR) {
-            opWidth = s.small(enc === FIXED ? 64 : 32, 'operand width');
-            if (enc === VBR && opWidth < 2) throw corrupt('llvm bitcode: a VBR width below 2');
-            w.vbr(5, opWidth);
-          }
-          ops.push(enc === FIXED && opWidth === 0 ? { lit: 0, enc, width: 0 } : { enc, width: opWidth });
+          const enc = t.fixed(3);
+          if (enc < FIXED || enc > BLOB) t.fail('an unknown operand encoding');
+          const width = enc === FIXED || enc === VBR ? t.vbr(5) : 0;
+          if ((enc === FIXED && width > 64) || (enc === VBR && (width < 2 || width > 32))) t.fail('an operand width out of range');
+          // as LLVM reads it, a fixed field of 0 bits is the literal 0 (reads and writes nothing)
+          ops.push(enc === FIXED && width === 0 ? { lit: 0, enc, width } : { enc, width });
         }
-        try {
-          checkAbbrev(ops, Malformed);
-        } catch (e) {
-          throw corrupt(`llvm bitcode: ${(e as Error).message}`);
-        }
+        checkAbbrev(ops, t);
         if (id === BLOCKINFO_BLOCK) {
-          if (infoFor < 0) throw corrupt('llvm bitcode: an abbreviation in BLOCKINFO before SETBID');
+          if (infoFor < 0) t.fail('an abbreviation in BLOCKINFO before SETBID');
           const list = blockInfo.get(infoFor) ?? [];
           list.push(ops);
           blockInfo.set(infoFor, list);
         } else abbrevs.push(ops);
         continue;
       }
-      if (code === UNABBREV_RECORD) {
-        const rc = s.v();
-        const n = s.v();
-        w.vbr(6, rc);
-        w.vbr(6, n);
-        let first = -1;
-        for (let i = 0; i < n; i++) {
-          const x = s.vAny();
-          if (i === 0) first = typeof x === 'number' ? x : -1;
-          w.vbrAny(6, x);
-        }
-        if (id === BLOCKINFO_BLOCK && rc === SETBID) infoFor = first;
-        continue;
-      }
-      const ops = code - 4 < infoLen ? info[code - 4] : abbrevs[code - 4 - infoLen];
-      if (!ops) throw corrupt(`llvm bitcode: abbreviation ${code} is not defined`);
+      // a record: its code and first operand matter in BLOCKINFO (SETBID names the block its abbreviations are for)
       let rc = -1;
       let first = -1;
-      let fields = 0;
-      for (let i = 0; i < ops.length; i++) {
-        const op = ops[i];
-        if (op.enc === ARRAY) {
-          const n = s.v();
-          w.vbr(6, n);
-          const el = ops[++i];
-          if (el.lit === undefined) for (let k = 0; k < n; k++) writeOp(el, s.vAny());
-        } else if (op.enc === BLOB) {
-          const n = s.v();
-          w.vbr(6, n);
-          align();
-          w.bytes(s.bytes(n));
-          align();
-        } else {
-          const x = op.lit !== undefined ? op.lit : s.vAny();
-          if (op.lit === undefined) writeOp(op, x);
-          const k = typeof x === 'number' ? x : -1;
-          if (fields === 0) rc = k;
-          else if (fields === 1) first = k;
+      if (code === UNABBREV_RECORD) {
+        rc = t.vbr(6);
+        const n = t.vbr(6);
+        for (let i = 0; i < n; i++) {
+          const x = t.operand(VBR6);
+          if (i === 0) first = typeof x === 'number' ? x : -1;
         }
-        fields++;
+      } else {
+        const ops = code - 4 < infoLen ? info[code - 4] : abbrevs[code - 4 - infoLen];
+        if (!ops) t.fail(`abbreviation ${code} is not defined`);
+        for (let i = 0, fields = 0; i < ops.length; i++, fields++) {
+          const op = ops[i];
+          if (op.enc === ARRAY) {
+            const n = t.vbr(6);
+            const el = ops[++i];
+            if (el.lit === undefined) for (let k = 0; k < n; k++) t.operand(el);
+          } else if (op.enc === BLOB) {
+            t.blob(t.vbr(6));
+          } else {
+            const x = op.lit ?? t.operand(op);
+            const k = typeof x === 'number' ? x : -1;
+            if (fields === 0) rc = k;
+            else if (fields === 1) first = k;
+          }
+        }
       }
       if (id === BLOCKINFO_BLOCK && rc === SETBID) infoFor = first;
     }
   };
   block(2, -1, 0);
-  w.bytes(suffix);
-  return w.out();
+}
+
+/** An abbreviation's shape as LLVM allows it: an array's element is the operand after it, the last (not an array or a blob); a blob is last. */
+function checkAbbrev(ops: Op[], t: Transfer): void {
+  for (let i = 0; i < ops.length; i++) {
+    const e = ops[i].enc;
+    if (e === ARRAY && (i !== ops.length - 2 || ![0, FIXED, VBR, CHAR6].includes(ops[i + 1].enc))) t.fail('an array that is not the last but one operand, or of arrays or blobs');
+    if (e === BLOB && i !== ops.length - 1) t.fail('a blob that is not the last operand');
+  }
 }
