@@ -10,8 +10,7 @@ import { createHash } from 'node:crypto';
 import { promises as fsp, readFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { buildTar } from '../src/tar';
-import { writeSimpleImage } from '../src/oci/writer';
+import { imageOfFiles } from './helpers/cdimg';
 import { convertImage } from '../src/convert/convert';
 import { CdimgReader } from '../src/format/reader';
 import { Codec, Encoding, FORMAT_VERSION, GROUP_MAX_RAW } from '../src/format/types';
@@ -62,14 +61,7 @@ function files(version: number): { name: string; data: Buffer }[] {
 }
 
 async function image(version: number): Promise<string> {
-  const dir = at(`img${version}`);
-  const fs = files(version);
-  const dirs = [...new Set(fs.flatMap((f) => f.name.split('/').slice(0, -1).map((_, i, a) => a.slice(0, i + 1).join('/'))))].sort();
-  await writeSimpleImage(dir, 'v', {
-    layers: [buildTar([...dirs.map((name) => ({ header: { name: `${name}/`, type: 'dir' as const } })), ...fs.map((f) => ({ header: { name: f.name, type: 'file' as const }, data: f.data }))])],
-    compression: 'gzip',
-  });
-  return `oci:${dir}:v`;
+  return imageOfFiles(at(`img${version}`), files(version));
 }
 
 beforeAll(async () => {

@@ -1,5 +1,7 @@
-/** Reading test .cdimg files. */
+/** Making and reading test .cdimg files. */
 import { CdimgReader } from '../../src/format/reader';
+import { writeSimpleImage } from '../../src/oci/writer';
+import { buildTar } from '../../src/tar';
 
 /** sha256 hex of the regular file at `rel` in a full .cdimg. */
 export async function fileDigestIn(cdimg: string, rel: string): Promise<string> {
@@ -27,4 +29,17 @@ export async function openTop(paths: string[]): Promise<CdimgReader> {
     await close();
   };
   return top;
+}
+
+/**
+ * A one-layer OCI image of `files` (and their directories) in the layout at `dir`, tagged `v`,
+ * gzip-compressed; returns its reference for convertImage.
+ */
+export async function imageOfFiles(dir: string, files: { name: string; data: Buffer }[]): Promise<string> {
+  const dirs = [...new Set(files.flatMap((f) => f.name.split('/').slice(0, -1).map((_, i, a) => a.slice(0, i + 1).join('/'))))].sort();
+  await writeSimpleImage(dir, 'v', {
+    layers: [buildTar([...dirs.map((name) => ({ header: { name: `${name}/`, type: 'dir' as const } })), ...files.map((f) => ({ header: { name: f.name, type: 'file' as const }, data: f.data }))])],
+    compression: 'gzip',
+  });
+  return `oci:${dir}:v`;
 }

@@ -15,6 +15,7 @@ import { corrupt } from '../../errors';
 import { Codec } from '../../format/types';
 import type { GzipRecipe } from '../gzmember';
 import { BytesCodec, defineCodec, InnerChooser } from './types';
+import { decodeInnerForm } from './wrapper';
 
 /** Largest decompressed content handled (bigger .gz files take the ordinary path). */
 export const GZ_MAX_CONTENT = 64 * 1024 * 1024;
@@ -63,15 +64,8 @@ function decodeGzParts(base: Buffer | null, stored: Buffer, codecOf: (proto: num
   const rlen = stored[0];
   if (stored.length < 2 + rlen) throw corrupt('gzip member: truncated recipe');
   const recipe = gzmember().decodeRecipe(stored.subarray(1, 1 + rlen));
-  const inner = codecOf(stored[1 + rlen]);
-  if (!inner) throw corrupt(`gzip member: unknown inner codec ${stored[1 + rlen]}`);
-  const payload = stored.subarray(2 + rlen);
-  if (inner.base !== 'none' && !base) throw corrupt('gzip member: patch without a base');
   // The inner frame or patch names the content size; it is bounded by GZ_MAX_CONTENT.
-  const size = inner.declaredSize(payload);
-  if (size === null) throw corrupt(`gzip member: inner ${inner.name} data does not declare its size`);
-  if (size > GZ_MAX_CONTENT) throw corrupt('gzip member: inner content too large');
-  const content = inner.decode(payload, inner.base !== 'none' && base ? innerBase(base) : null, size);
+  const content = decodeInnerForm(stored, 1 + rlen, base, innerBase, codecOf, GZ_MAX_CONTENT, 'gzip member');
   return { recipe, content };
 }
 

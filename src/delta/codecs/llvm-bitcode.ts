@@ -16,6 +16,7 @@ import { corrupt } from '../../errors';
 import { Codec } from '../../format/types';
 import { expandBitcode, expandBitcodeForm, isBitcode, rebuildBitcode } from '../bitcode';
 import { BytesCodec, defineCodec, InnerChooser } from './types';
+import { decodeInnerForm } from './wrapper';
 
 /** Largest file expanded (a larger one takes the ordinary path; its expanded form is about as large). */
 export const BITCODE_MAX = 64 * 1024 * 1024;
@@ -41,17 +42,9 @@ function encodeBitcode(base: Buffer, target: Buffer, inner: InnerChooser): { dat
 
 /** Rebuild the bitcode file from stored bytes (and the base, for inner patches). */
 function decodeBitcode(stored: Buffer, base: Buffer | null, expectedSize: number, codecOf: (proto: number) => BytesCodec | undefined): Buffer {
-  if (stored.length < 2) throw corrupt('llvm bitcode: truncated');
-  const inner = codecOf(stored[0]);
-  if (!inner) throw corrupt(`llvm bitcode: unknown inner codec ${stored[0]}`);
-  const payload = stored.subarray(1);
-  if (inner.base !== 'none' && !base) throw corrupt('llvm bitcode: patch without a base');
-  const size = inner.declaredSize(payload);
-  if (size === null) throw corrupt(`llvm bitcode: inner ${inner.name} data does not declare its size`);
   // a value of the form takes at most ten bytes and stands for at least eight bits of the file
   // (a 64-bit value as 2-bit VBR chunks: 16 bytes of file, 10 of form); blobs, prefix and suffix are as they are
-  if (size > 10 * expectedSize + 4096) throw corrupt('llvm bitcode: expanded form too large');
-  const form = inner.decode(payload, inner.base !== 'none' && base ? bitcodeInnerBase(base) : null, size);
+  const form = decodeInnerForm(stored, 0, base, bitcodeInnerBase, codecOf, 10 * expectedSize + 4096, 'llvm bitcode');
   const out = rebuildBitcode(form, expectedSize);
   if (out.length !== expectedSize) throw corrupt(`llvm bitcode rebuilds to ${out.length} bytes, expected ${expectedSize}`);
   return out;

@@ -15,6 +15,7 @@ import { corrupt } from '../../errors';
 import { Codec } from '../../format/types';
 import { expandZip, isZip, rebuildZip, ZIP_MAX_EXPANDED, zipInnerBase } from '../zipmember';
 import { BytesCodec, defineCodec, InnerChooser } from './types';
+import { decodeInnerForm } from './wrapper';
 
 /** Encode `target` (a zip archive) as its expanded form through `inner`, or undefined when no member can be rebuilt exactly. */
 function encodeZipMembers(base: Buffer, target: Buffer, inner: InnerChooser): { data: Buffer; usesBase: boolean } | undefined {
@@ -31,16 +32,8 @@ function encodeZipMembers(base: Buffer, target: Buffer, inner: InnerChooser): { 
 
 /** Rebuild the archive from stored bytes (and the base, for inner patches). */
 function decodeZipMembers(stored: Buffer, base: Buffer | null, expectedSize: number, codecOf: (proto: number) => BytesCodec | undefined): Buffer {
-  if (stored.length < 2) throw corrupt('zip members: truncated');
-  const inner = codecOf(stored[0]);
-  if (!inner) throw corrupt(`zip members: unknown inner codec ${stored[0]}`);
-  const payload = stored.subarray(1);
-  if (inner.base !== 'none' && !base) throw corrupt('zip members: patch without a base');
-  const size = inner.declaredSize(payload);
-  if (size === null) throw corrupt(`zip members: inner ${inner.name} data does not declare its size`);
   // the expanded form: the archive's own bytes plus at most ZIP_MAX_EXPANDED decompressed, and its table
-  if (size > expectedSize + ZIP_MAX_EXPANDED + 64 * 1024 * 1024) throw corrupt('zip members: expanded archive too large');
-  const expanded = inner.decode(payload, inner.base !== 'none' && base ? zipInnerBase(base) : null, size);
+  const expanded = decodeInnerForm(stored, 0, base, zipInnerBase, codecOf, expectedSize + ZIP_MAX_EXPANDED + 64 * 1024 * 1024, 'zip members');
   return rebuildZip(expanded, expectedSize);
 }
 
