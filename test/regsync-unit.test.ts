@@ -24,6 +24,7 @@ import { splitTar, SplitResult } from '../src/regsync/tarsplit';
 import { decode, encode } from '../src/regsync/tasks';
 import { validateIndex } from '../src/regsync/validate';
 import { zipOf } from './helpers/zip';
+import { assemble, hasLlvmAs, llvmModule } from './helpers/llvm';
 import { kindOf } from './helpers/errors';
 import { goGzip } from './helpers/gocompress';
 import { buildOciLayout } from './helpers/registry';
@@ -562,6 +563,31 @@ function appJar(v: number): Buffer {
   );
 }
 
+describe('LLVM bitcode in registry patches', () => {
+  (hasLlvmAs ? test : test.skip)('a .bc file is encoded as its values, decodes to the file byte for byte; a damaged payload is CORRUPT or refused by its digest', async () => {
+    const dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'd4fs-regsync-bc-'));
+    try {
+      const v1 = assemble(dir, 'v1', llvmModule(80, false));
+      const v2 = assemble(dir, 'v2', llvmModule(80, true));
+      const enc = await encode({ target: { data: v2 }, base: { data: v1 }, codec: 'auto', level: 'default' });
+      expect(enc.codec).toBe('llvm-bitcode');
+      expect(enc.usesBase).toBe(true);
+      const digest = `sha256:${createHash('sha256').update(v2).digest('hex')}`;
+      const out = await decode({ codec: 'llvm-bitcode', payload: { data: enc.data }, base: { data: v1 }, size: v2.length, digest });
+      expect(Buffer.from(out!).equals(v2)).toBe(true);
+      const bad = Buffer.from(enc.data);
+      bad[bad.length >> 1] ^= 0x10;
+      await expect(decode({ codec: 'llvm-bitcode', payload: { data: bad }, base: { data: v1 }, size: v2.length, digest })).rejects.toMatchObject({ kind: 'CORRUPT' });
+      const alone = await encode({ target: { data: v2 }, codec: 'auto', level: 'default' });
+      expect(alone.codec).toBe('llvm-bitcode');
+      const back = await decode({ codec: alone.codec, payload: { data: alone.data }, size: v2.length, digest });
+      expect(Buffer.from(back!).equals(v2)).toBe(true);
+    } finally {
+      await fsp.rm(dir, { recursive: true, force: true });
+    }
+  });
+});
+
 describe('zip archives in registry patches', () => {
   test('a jar is encoded as its members when that is smaller, and decodes to the jar byte for byte; a damaged payload is CORRUPT', async () => {
     const [v1, v2] = [appJar(1), appJar(2)];
@@ -699,7 +725,7 @@ describe('patch container', () => {
         if (l.recipe) l.recipe = ['go 6'];
         else l.fallback.recipe = 7;
       }],
-      ['version', (ix) => (ix.version = 4)],
+      ['version', (ix) => (ix.version = 5)],
       // recipes with a payload of their own (reconstruction records, gzip members)
       ['record payload out of range', (ix) => {
         ix.version = 3;

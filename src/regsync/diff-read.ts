@@ -15,6 +15,7 @@ import { decompressFile, spoolBlob } from './layerio';
 import { RegsyncPool } from './pool';
 import { mapLimit } from '../util/ordered';
 import type { GzipEncoding } from './tasks';
+import type { WrapperEnc } from './types';
 import { Detection, fallbackRecipe, hasPayload, produceBlob } from './recipe';
 import { splitTar, SplitResult } from './tarsplit';
 
@@ -72,7 +73,7 @@ export interface PlannedContent {
   at: { path: string; offset: number };
   old?: OldFile;
   base?: OldFile;
-  encoded?: { codec: CodecId | 'gzip' | 'zip-members'; data: Buffer; gzip?: GzipEncoding; usesBase?: boolean };
+  encoded?: { codec: CodecId | 'gzip' | WrapperEnc; data: Buffer; gzip?: GzipEncoding; usesBase?: boolean };
 }
 
 /** The old layers, spooled and split, and their regular files indexed by content, path and name. */

@@ -55,15 +55,18 @@ import {
   ContentEntry,
   DiffStats,
   DocEntry,
+  isWrapperEnc,
   LayerEntry,
   NewImage,
   OldImage,
   PATCH_FORMAT,
   PATCH_VERSION,
+  PATCH_VERSION_BITCODE,
   PATCH_VERSION_RECORDS,
   PatchIndex,
   RebuiltLayer,
   SourceEntry,
+  type WrapperEnc,
 } from './types';
 
 export { REWRITE_MAX_COST } from './diff-read';
@@ -142,7 +145,7 @@ export interface DiffReport {
 }
 
 /** Whether an encoding needs its base at apply time. */
-const usesBase = (e: NonNullable<PlannedContent['encoded']>): boolean => (e.codec === 'gzip' ? !!e.gzip?.usesBase : e.codec === 'zip-members' ? !!e.usesBase : e.codec !== 'zstd');
+const usesBase = (e: NonNullable<PlannedContent['encoded']>): boolean => (e.codec === 'gzip' ? !!e.gzip?.usesBase : isWrapperEnc(e.codec) ? !!e.usesBase : e.codec !== 'zstd');
 
 /** Bytes of a document list, counting each digest once. */
 function uniqueBytes(items: { digest: string; size: number }[]): number {
@@ -281,10 +284,10 @@ function addEncodedContents(writer: PatchWriter, t: PatchTables, planned: Planne
         stats.contents.fullBytes += p.size;
       }
     };
-    if (enc.codec === 'gzip' || enc.codec === 'zip-members') {
-      // encoded through what the file holds (a .gz file's content, an archive's members)
+    if (enc.codec === 'gzip' || isWrapperEnc(enc.codec)) {
+      // encoded through what the file holds (a .gz file's content, an archive's members, bitcode's values)
       const g = enc.codec === 'gzip' ? (enc.gzip as GzipEncoding) : undefined;
-      const entry: ContentEntry = g ? { digest: p.digest, size: p.size, enc: 'gzip', gzip: g.recipe, inner: g.inner, payload } : { digest: p.digest, size: p.size, enc: 'zip-members', payload };
+      const entry: ContentEntry = g ? { digest: p.digest, size: p.size, enc: 'gzip', gzip: g.recipe, inner: g.inner, payload } : { digest: p.digest, size: p.size, enc: enc.codec as WrapperEnc, payload };
       const patched = g ? g.usesBase : !!enc.usesBase;
       if (patched) entry.base = baseOf();
       if (g?.usesBase && g.baseInflate && entry.enc === 'gzip') entry.baseInflate = true;
@@ -490,7 +493,7 @@ export async function diffImageSets(opts: DiffOptions): Promise<DiffReport> {
     const oldImages: OldImage[] = oldSet.map((img) => ({ name: img.spec.name, tag: img.spec.tag, ref: img.spec.ref, digest: img.top.digest }));
     const index: Omit<PatchIndex, 'payloads'> = {
       format: PATCH_FORMAT,
-      version: layers.some((l) => l.kind === 'rebuilt' && hasPayload(l.recipe)) ? PATCH_VERSION_RECORDS : PATCH_VERSION,
+      version: tables.contents.some((c) => c.enc === 'llvm-bitcode') ? PATCH_VERSION_BITCODE : layers.some((l) => l.kind === 'rebuilt' && hasPayload(l.recipe)) ? PATCH_VERSION_RECORDS : PATCH_VERSION,
       created: new Date().toISOString(),
       platforms: opts.platforms === 'all' ? 'all' : opts.platforms.map((p) => `${p.os}/${p.architecture}${p.variant ? '/' + p.variant : ''}`),
       old: oldImages,

@@ -6,7 +6,9 @@
  */
 import { createHash } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
-import { bytesCodec, chooseBest, CodecChoice, CodecId, compressFull, decodeWith, InnerChooser, isZip, LEVELS, LevelPreset, zipMembers } from '../delta/codecs';
+import { bytesCodec, chooseBest, CodecChoice, CodecId, compressFull, decodeWith, InnerChooser, isZip, LEVELS, LevelPreset, llvmBitcode, zipMembers } from '../delta/codecs';
+import { isBitcode } from '../delta/bitcode';
+import type { WrapperEnc } from './types';
 import { corrupt } from '../errors';
 import { GzipContentRecipe, gzipRecipeOf, gzipWithRecipe, inflateSingle, looksGzip } from './gzcontent';
 import { Detection, detectRecipe } from './recipe';
@@ -52,10 +54,10 @@ export interface GzipEncoding {
 
 /** Result of {@link encode}. */
 export interface EncodeResult {
-  codec: CodecId | 'gzip' | 'zip-members';
+  codec: CodecId | 'gzip' | WrapperEnc;
   data: Uint8Array;
   gzip?: GzipEncoding;
-  /** codec zip-members: whether its payload is a patch against the base. */
+  /** a wrapper codec (zip-members, llvm-bitcode): whether its payload is a patch against the base. */
   usesBase?: boolean;
 }
 
@@ -70,16 +72,21 @@ const sha256 = (b: Uint8Array): string => `sha256:${createHash('sha256').update(
 export async function encode(a: EncodeArgs): Promise<EncodeResult> {
   const target = await load(a.target);
   const base = a.base ? await load(a.base) : undefined;
+  const innerOf: InnerChooser = (b, t) => {
+    const r = b.length ? chooseBest(b, t, { codec: a.codec, level: a.level }) : { codec: 'zstd' as const, data: compressFull(t, LEVELS[a.level]) };
+    return { codec: bytesCodec(r.codec), data: r.data };
+  };
+  if (isBitcode(target)) {
+    // LLVM bitcode as its values (src/delta/codecs/llvm-bitcode.ts), which replaces the coding of its bytes
+    const bc = llvmBitcode.encode(base ?? Buffer.alloc(0), target, innerOf);
+    if (bc) return { codec: 'llvm-bitcode', data: bc.data, usesBase: bc.usesBase };
+  }
   const plain: EncodeResult = base
     ? (({ codec, data }) => ({ codec, data }))(chooseBest(base, target, { codec: a.codec, level: a.level }))
     : { codec: 'zstd', data: compressFull(target, LEVELS[a.level]) };
   if (isZip(target)) {
     // a zip archive as its members (src/delta/codecs/zip-members.ts), when that is smaller
-    const inner: InnerChooser = (b, t) => {
-      const r = b.length ? chooseBest(b, t, { codec: a.codec, level: a.level }) : { codec: 'zstd' as const, data: compressFull(t, LEVELS[a.level]) };
-      return { codec: bytesCodec(r.codec), data: r.data };
-    };
-    const z = zipMembers.encode(base ?? Buffer.alloc(0), target, inner);
+    const z = zipMembers.encode(base ?? Buffer.alloc(0), target, innerOf);
     if (z && z.data.length < plain.data.length) return { codec: 'zip-members', data: z.data, usesBase: z.usesBase };
     return plain;
   }
@@ -107,7 +114,7 @@ export async function encode(a: EncodeArgs): Promise<EncodeResult> {
 
 /** Arguments of {@link decode}. */
 export interface DecodeArgs {
-  codec: CodecId | 'gzip' | 'zip-members';
+  codec: CodecId | 'gzip' | WrapperEnc;
   /** For codec gzip: the recipe and the inner content's encoding. */
   gzip?: { recipe: GzipContentRecipe; inner: { size: number; digest: string; codec: CodecId }; baseInflate: boolean };
   payload: Bytes;
@@ -137,10 +144,10 @@ export async function decode(a: DecodeArgs): Promise<Uint8Array | null> {
     if (sha256(inner) !== g.inner.digest) throw corrupt(`gzip content ${a.digest}: decompressed content does not match its digest`);
     out = gzipWithRecipe(inner, g.recipe);
     if (out.length !== a.size) throw corrupt(`gzip content ${a.digest}: gzip -${g.recipe.level} here gives ${out.length} bytes, not ${a.size} (another gzip version?)`);
-  } else if (a.codec === 'zip-members') {
-    // the wrapper codec of src/delta/codecs: its stored bytes name their inner codec
+  } else if (a.codec === 'zip-members' || a.codec === 'llvm-bitcode') {
+    // a wrapper codec of src/delta/codecs: its stored bytes name their inner codec
     const base = a.base ? await load(a.base) : null;
-    out = decodeWith(zipMembers, payload, base, a.size);
+    out = decodeWith(a.codec === 'zip-members' ? zipMembers : llvmBitcode, payload, base, a.size);
   } else {
     // a codec of bytes of the registry (src/delta/codecs)
     const codec = bytesCodec(a.codec);

@@ -21,8 +21,13 @@ export const PATCH_VERSION = 2;
  * version instead of by an unknown recipe.
  */
 export const PATCH_VERSION_RECORDS = 3;
+/**
+ * Version written when a content is LLVM bitcode coded as its values (enc `llvm-bitcode`):
+ * readers that know only versions up to 3 refuse such a patch by its version.
+ */
+export const PATCH_VERSION_BITCODE = 4;
 /** Versions of the index this code reads. */
-export const PATCH_VERSIONS_READ: readonly number[] = [1, 2, 3];
+export const PATCH_VERSIONS_READ: readonly number[] = [1, 2, 3, 4];
 
 /** An image of the old set, as the patch was made against it. */
 export interface OldImage {
@@ -133,11 +138,19 @@ export type ContentEntry =
       payload: number;
     }
   /**
-   * A zip archive (.jar, .whl) shipped as its members decompressed: the
-   * zip-members codec of src/delta/codecs (whole, or against `base`, an old
-   * content, expanded as that codec does); apply deflates the members again.
+   * A content shipped as another form of it by a wrapper codec of
+   * src/delta/codecs (whole, or against `base`, an old content, in the same
+   * form): a zip archive (.jar, .whl) as its members decompressed
+   * (`zip-members`: apply deflates them again), LLVM bitcode as its values
+   * (`llvm-bitcode`: apply writes the bitstream back).
    */
-  | { digest: string; size: number; enc: 'zip-members'; base?: number; payload: number };
+  | { digest: string; size: number; enc: WrapperEnc; base?: number; payload: number };
+
+/** The wrapper codecs a registry patch may use (src/delta/codecs). */
+export const WRAPPER_ENCS = ['zip-members', 'llvm-bitcode'] as const;
+export type WrapperEnc = (typeof WRAPPER_ENCS)[number];
+/** Whether `enc` names a wrapper codec a registry patch may use. */
+export const isWrapperEnc = (enc: unknown): enc is WrapperEnc => (WRAPPER_ENCS as readonly unknown[]).includes(enc);
 
 /** An old layer that apply reads: contents to take from it, and whether its skeleton is a base. */
 export interface SourceEntry {

@@ -11,7 +11,7 @@ import { hostile } from '../errors';
 import { SHA256_RE } from '../util/digest';
 import { GZ_MAX_INNER } from './gzcontent';
 import { hasPayload, readRecipe } from './recipe';
-import { PATCH_FORMAT, PATCH_VERSIONS_READ, PatchIndex } from './types';
+import { isWrapperEnc, PATCH_FORMAT, PATCH_VERSIONS_READ, PatchIndex, WRAPPER_ENCS } from './types';
 
 const REPO_RE = /^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:\/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*$/;
 const TAG_RE = /^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$/;
@@ -244,13 +244,13 @@ function checkContent(c: unknown, i: number, payloads: Payloads): CheckedContent
     const base = int(e.base, `${w}.base`, i - 1);
     return { size, enc: 'gzip' as const, base };
   }
-  if (e.enc === 'zip-members') {
+  if (isWrapperEnc(e.enc)) {
     payloadRef(payloads, e.payload, `${w}.payload`);
-    if (e.base === undefined) return { size, enc: 'zip-members' as const };
+    if (e.base === undefined) return { size, enc: e.enc };
     const base = int(e.base, `${w}.base`, i - 1);
-    return { size, enc: 'zip-members' as const, base };
+    return { size, enc: e.enc, base };
   }
-  return bad(`${w}.enc`, `expected ${wordList(['old', ...BYTES_CODECS.map((c) => c.name), 'gzip', 'zip-members'])}`);
+  return bad(`${w}.enc`, `expected ${wordList(['old', ...BYTES_CODECS.map((c) => c.name), 'gzip', ...WRAPPER_ENCS])}`);
 }
 
 /** The contents: each once, patch bases old contents. */

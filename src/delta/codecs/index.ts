@@ -33,6 +33,7 @@ export { BSDIFF_CM_DEFAULT_MAX, BSDIFF_CONTAINER_MAGIC, BSDIFF2_CONTAINER_MAGIC 
 export { BSDIFF_INPROCESS_MAX, BSDIFF_MAX_INPUT, bsdiffDeadlineMs, bsdiffEngine, bsdiffNodeRaw, bsdiffStreams, bsdiffThreads } from './bsdiff-engine';
 export { bsdiffSa } from './native';
 export { zipMembers } from './zip-members';
+export { llvmBitcode } from './llvm-bitcode';
 export { isZip } from '../zipmember';
 export type { InnerChooser } from './types';
 
