@@ -563,6 +563,21 @@ function appJar(v: number): Buffer {
   );
 }
 
+/**
+ * `data` (a wrapper codec's encoding of v2 against v1) decodes to v2 and, damaged in its middle,
+ * is CORRUPT; `alone` (v2 encoded without a base) decodes to v2 too.
+ */
+async function expectDecodesBack(codec: 'zip-members' | 'llvm-bitcode', data: Uint8Array, alone: { codec: Parameters<typeof decode>[0]['codec']; data: Uint8Array }, v1: Buffer, v2: Buffer): Promise<void> {
+  const digest = `sha256:${createHash('sha256').update(v2).digest('hex')}`;
+  const out = await decode({ codec, payload: { data }, base: { data: v1 }, size: v2.length, digest });
+  expect(Buffer.from(out!).equals(v2)).toBe(true);
+  const bad = Buffer.from(data);
+  bad[bad.length >> 1] ^= 0x10;
+  await expect(decode({ codec, payload: { data: bad }, base: { data: v1 }, size: v2.length, digest })).rejects.toMatchObject({ kind: 'CORRUPT' });
+  const back = await decode({ codec: alone.codec, payload: { data: alone.data }, size: v2.length, digest });
+  expect(Buffer.from(back!).equals(v2)).toBe(true);
+}
+
 describe('LLVM bitcode in registry patches', () => {
   (hasLlvmAs ? test : test.skip)('a .bc file is encoded as its values, decodes to the file byte for byte; a damaged payload is CORRUPT or refused by its digest', async () => {
     const dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'd4fs-regsync-bc-'));
@@ -572,16 +587,9 @@ describe('LLVM bitcode in registry patches', () => {
       const enc = await encode({ target: { data: v2 }, base: { data: v1 }, codec: 'auto', level: 'default' });
       expect(enc.codec).toBe('llvm-bitcode');
       expect(enc.usesBase).toBe(true);
-      const digest = `sha256:${createHash('sha256').update(v2).digest('hex')}`;
-      const out = await decode({ codec: 'llvm-bitcode', payload: { data: enc.data }, base: { data: v1 }, size: v2.length, digest });
-      expect(Buffer.from(out!).equals(v2)).toBe(true);
-      const bad = Buffer.from(enc.data);
-      bad[bad.length >> 1] ^= 0x10;
-      await expect(decode({ codec: 'llvm-bitcode', payload: { data: bad }, base: { data: v1 }, size: v2.length, digest })).rejects.toMatchObject({ kind: 'CORRUPT' });
       const alone = await encode({ target: { data: v2 }, codec: 'auto', level: 'default' });
       expect(alone.codec).toBe('llvm-bitcode');
-      const back = await decode({ codec: alone.codec, payload: { data: alone.data }, size: v2.length, digest });
-      expect(Buffer.from(back!).equals(v2)).toBe(true);
+      await expectDecodesBack('llvm-bitcode', enc.data, alone, v1, v2);
     } finally {
       await fsp.rm(dir, { recursive: true, force: true });
     }
@@ -596,16 +604,9 @@ describe('zip archives in registry patches', () => {
     expect(plain.usesBase).toBe(true);
     const asIs = compressFull(v2, 3).length;
     expect(plain.data.length * 4).toBeLessThan(asIs);
-    const digest = `sha256:${createHash('sha256').update(v2).digest('hex')}`;
-    const out = await decode({ codec: 'zip-members', payload: { data: plain.data }, base: { data: v1 }, size: v2.length, digest });
-    expect(Buffer.from(out!).equals(v2)).toBe(true);
-    const bad = Buffer.from(plain.data);
-    bad[bad.length >> 1] ^= 0x10;
-    await expect(decode({ codec: 'zip-members', payload: { data: bad }, base: { data: v1 }, size: v2.length, digest })).rejects.toMatchObject({ kind: 'CORRUPT' });
     // a new jar (no base): its members in a frame
     const alone = await encode({ target: { data: v2 }, codec: 'auto', level: 'fast' });
-    const back = await decode({ codec: alone.codec, payload: { data: alone.data }, size: v2.length, digest });
-    expect(Buffer.from(back!).equals(v2)).toBe(true);
+    await expectDecodesBack('zip-members', plain.data, alone, v1, v2);
   });
 });
 
