@@ -256,6 +256,7 @@ describe('diffGroup: when a group frame is tried', () => {
     expect(g.grouped).toBe(false);
     expect(Buffer.from(g.stored).equals(Buffer.from(alone.stored))).toBe(true);
     expect(g.items).toEqual(alone.items);
+    expect(g.codedAlone).toBe(pages.length);
     // at best the frame is coded too, and loses
     const best = await diffGroup(groupArgs(pages, 'best'));
     expect(best.grouped).toBe(false);
@@ -270,5 +271,29 @@ describe('diffGroup: when a group frame is tried', () => {
     const tg = await diffGroup(ta);
     expect(tg.grouped).toBe(true);
     expect(tg.stored.byteLength).toBeLessThan((await diffContents(ta)).stored.byteLength);
+  });
+
+  it('stops coding members alone once they cost more than the kept frame: the same group as coding them all', async () => {
+    // the same new paragraph in twelve texts: the frame pays for it once, each member alone in full
+    const para = text(6000, 7);
+    const texts = Array.from({ length: 12 }, (_, k) => {
+      const t = text(8000, 200 + k);
+      return [t, Buffer.concat([t.subarray(0, 3000), para, t.subarray(3000)])] as [Buffer, Buffer];
+    });
+    const a = groupArgs(texts, 'default');
+    const g = await diffGroup(a);
+    expect(g.grouped).toBe(true);
+    expect(g.codedAlone).toBeLessThan(texts.length);
+    expect(g.codedAlone).toBeGreaterThan(0);
+    const alone = await diffContents(a);
+    // coding every member would have made the same decision: the frame is under their whole cost
+    expect(g.stored.byteLength).toBeLessThan(aloneCost(alone.stored.byteLength, alone.items));
+    // and under what the members coded before the stop cost (the reason it stopped)
+    const firstOnes = await diffContents({ items: a.items.slice(0, g.codedAlone) });
+    expect(g.stored.byteLength).toBeLessThan(aloneCost(firstOnes.stored.byteLength, firstOnes.items));
+    // at best the frame is coded first, the same decision
+    const best = await diffGroup(groupArgs(texts, 'best'));
+    expect(best.grouped).toBe(true);
+    expect(best.codedAlone).toBeLessThan(texts.length);
   });
 });
