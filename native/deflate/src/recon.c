@@ -36,6 +36,17 @@
  * near-certain bit), block ends in the context of the previous block's
  * token count and of 32 KiB positions (pigz's blocks), zlib's header
  * rebuilt from the frequencies (gzip -6: 1.2% to 0.5%).
+ *
+ * Measured and not built (session 19): a predictor that follows an optimal
+ * parse, the least-cost path through each block under the block's own code
+ * lengths (each length the nearest distance, as zopfli's sublen), on a
+ * 2.4 MB tar of d4fs's sources: the path holds 95.1% of libdeflate -12's
+ * tokens and 89.0% of zopfli's (93.5% with costs re-estimated from the
+ * path's own entropy, three times; 96.6% with the block's true token
+ * entropy, which a decoder does not have). At 5% misses the "as on the
+ * path" flag alone costs ~0.3 bit per token (~14 bits of gzip each) before
+ * the misses are coded, so it would not take those streams' records (4.6-
+ * 4.9% on the bench) to 2%.
  */
 #include "recon.h"
 
