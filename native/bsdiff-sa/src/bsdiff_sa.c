@@ -25,6 +25,7 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include "cm.h"
+#include "bitcode.h"
 
 #define MAX_INPUT ((size_t)0x7fffffff - 1)
 
@@ -959,6 +960,51 @@ static napi_value js_bs_apply(napi_env env, napi_callback_info info) {
   return buf;
 }
 
+/*
+ * bcExpand(file) -> Buffer | null, bcRebuild(form, maxBytes) -> Buffer | null: LLVM bitcode's
+ * expanded form (bitcode.c); null when the TypeScript walk must decide.
+ */
+static napi_value js_bc_result(napi_env env, int rc, uint8_t *p, size_t n) {
+  napi_value out;
+  if (rc != 0) {
+    free(p);
+    if (napi_get_null(env, &out) != napi_ok) return NULL;
+    return out;
+  }
+  out = make_buffer(env, p, n);
+  free(p);
+  if (!out) return throw_code(env, "ENOMEM", "llvm bitcode: out of memory");
+  return out;
+}
+
+static napi_value js_bc_expand(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  const uint8_t *b;
+  size_t n;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 1 || get_bytes(env, argv[0], &b, &n)) return throw_code(env, "EINVAL", "bcExpand(file) needs a Uint8Array");
+  uint8_t *out;
+  size_t outn;
+  int rc = bc_expand(b, n, &out, &outn);
+  return js_bc_result(env, rc, out, outn);
+}
+
+static napi_value js_bc_rebuild(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  const uint8_t *f;
+  size_t n;
+  double maxd;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 2 || get_bytes(env, argv[0], &f, &n) || napi_get_value_double(env, argv[1], &maxd) != napi_ok)
+    return throw_code(env, "EINVAL", "bcRebuild(form, maxBytes) needs a Uint8Array and a number");
+  uint8_t *out = NULL;
+  /* a size this walk does not take (over 4 GiB, not an integer): the TypeScript walk's to decide */
+  if (!(maxd >= 0) || maxd > 4294967296.0 || maxd != (double)(size_t)maxd) return js_bc_result(env, 1, out, 0);
+  size_t outn;
+  int rc = bc_rebuild(f, n, (size_t)maxd, &out, &outn);
+  return js_bc_result(env, rc, out, outn);
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_value fn, ver;
   if (napi_create_function(env, "diff", NAPI_AUTO_LENGTH, js_diff, NULL, &fn) != napi_ok) return NULL;
@@ -973,6 +1019,10 @@ static napi_value init(napi_env env, napi_value exports) {
   if (napi_set_named_property(env, exports, "cmbDecode", fn) != napi_ok) return NULL;
   if (napi_create_function(env, "bsApply", NAPI_AUTO_LENGTH, js_bs_apply, NULL, &fn) != napi_ok) return NULL;
   if (napi_set_named_property(env, exports, "bsApply", fn) != napi_ok) return NULL;
+  if (napi_create_function(env, "bcExpand", NAPI_AUTO_LENGTH, js_bc_expand, NULL, &fn) != napi_ok) return NULL;
+  if (napi_set_named_property(env, exports, "bcExpand", fn) != napi_ok) return NULL;
+  if (napi_create_function(env, "bcRebuild", NAPI_AUTO_LENGTH, js_bc_rebuild, NULL, &fn) != napi_ok) return NULL;
+  if (napi_set_named_property(env, exports, "bcRebuild", fn) != napi_ok) return NULL;
   char v[96];
   snprintf(v, sizeof v, "bsdiff-sa 0.1.0, libdivsufsort %s", divsufsort_version());
   if (napi_create_string_utf8(env, v, NAPI_AUTO_LENGTH, &ver) != napi_ok) return NULL;
