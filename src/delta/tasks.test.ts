@@ -14,7 +14,7 @@ import { D4fsError } from '../errors';
 import { chunkBaseRange, contentKind, encodeChunk } from './codecs';
 import { BaseFinder, partChunks } from './diff';
 import { spawnSync } from 'node:child_process';
-import { aloneCost, diffContent, diffContents, diffGroup, GROUP_MIN_ALONE_SHARE, groupWorthTrying, type DeltaChunkInfo, type DiffContentArgs, type FullBlobArg } from './tasks';
+import { aloneCost, diffContent, diffContents, diffGroup, GROUP_MIN_ALONE_SHARE, GROUP_MIN_GAIN_SHARE, groupCanPay, groupWorthTrying, type DeltaChunkInfo, type DiffContentArgs, type FullBlobArg } from './tasks';
 
 const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
 
@@ -213,6 +213,13 @@ describe('diffGroup: when a group frame is tried', () => {
     expect(calls).toBe(3);
   });
 
+  it('not over near-identical members (alone under GROUP_MIN_GAIN_SHARE of the frame\'s input), but at best', () => {
+    expect(groupCanPay('default', GROUP_MIN_GAIN_SHARE * 1e6, 1e6)).toBe(true);
+    expect(groupCanPay('default', GROUP_MIN_GAIN_SHARE * 1e6 - 1, 1e6)).toBe(false);
+    expect(groupCanPay('fast', 10, 1e6)).toBe(false);
+    expect(groupCanPay('best', 0, 1e6)).toBe(true);
+  });
+
   it('counts the stored digest of each member chunk coded alone otherwise than as a zstd frame', () => {
     const chunk = (codec: Codec): DeltaChunkInfo => ({ storedSize: 10, storedDigest: '', rawSize: 20, rawDigest: '', codec, baseOffset: 0, baseSize: 0, usesBase: codec !== Codec.ZSTD });
     expect(aloneCost(500, [[chunk(Codec.ZSTD)], [chunk(Codec.ZSTD), chunk(Codec.ZSTD)]])).toBe(500);
@@ -271,6 +278,26 @@ describe('diffGroup: when a group frame is tried', () => {
     const tg = await diffGroup(ta);
     expect(tg.grouped).toBe(true);
     expect(tg.stored.byteLength).toBeLessThan((await diffContents(ta)).stored.byteLength);
+  });
+
+  it('codes no frame over near-identical members at default (one changed word in 300 KB each); at best it does', async () => {
+    // two versions of one file (a byte apart), both edited alike
+    const pairs = [1, 2].map((k) => {
+      const t = text(300_000, 500);
+      t[10] = 0x30 + k;
+      const edited = Buffer.from(t);
+      edited.write('CHANGED', 150_000);
+      return [t, edited] as [Buffer, Buffer];
+    });
+    const a = groupArgs(pairs, 'default');
+    const alone = await diffContents(a);
+    expect(aloneCost(alone.stored.byteLength, alone.items)).toBeLessThan(GROUP_MIN_GAIN_SHARE * 4 * 300_000);
+    const g = await diffGroup(a);
+    expect(g.grouped).toBe(false);
+    expect(Buffer.from(g.stored).equals(Buffer.from(alone.stored))).toBe(true);
+    // at best the frame is coded, and two members that differ alike pay once for the same edit
+    const best = await diffGroup(groupArgs(pairs, 'best'));
+    expect(best.grouped).toBe(true);
   });
 
   it('stops coding members alone once they cost more than the kept frame: the same group as coding them all', async () => {

@@ -429,6 +429,22 @@ export function groupWorthTrying(preset: LevelPreset, aloneBytes: number, levelO
   return preset === 'best' || aloneBytes >= GROUP_MIN_ALONE_SHARE * levelOne();
 }
 
+/**
+ * A group's frame is not coded when its members alone cost under this fraction of the bytes the
+ * frame would code (the members and their bases): it can save at most what they cost, and that
+ * is then too little for the time (zstd 19 over both). Near-identical members: redis's update,
+ * two files of 1.1 MB alone 481 bytes (0.021 %), a frame of 375 in ~0.28 s of a thread, its
+ * diff's longest task. The other groups of the bench's pairs (session 19): the smallest shares
+ * 0.064 % (node_modules, a frame 61 bytes smaller) and 0.096 % (postgres, a frame 1,070 bytes
+ * smaller: kept at this bound, skipped at 0.1 %), then 0.15 % and up.
+ */
+export const GROUP_MIN_GAIN_SHARE = 0.0005;
+
+/** Whether members that cost `aloneCost` alone may pay for a frame over `frameInput` bytes (members and bases): always at best. */
+export function groupCanPay(preset: LevelPreset, aloneCost: number, frameInput: number): boolean {
+  return preset === 'best' || aloneCost >= GROUP_MIN_GAIN_SHARE * frameInput;
+}
+
 /** Sum of the members' level-1 zstd-patches against their bases (level-1 frames without one): what GROUP_MIN_ALONE_SHARE compares with. */
 function levelOneSize(targets: Buffer[], bases: (Buffer | undefined)[]): number {
   let n = 0;
@@ -463,7 +479,8 @@ export function aloneCost(storedBytes: number, items: readonly (readonly DeltaCh
  *
  * The members are coded alone one after another, and only as far as the decision needs: the
  * frame is coded once the members coded so far reach GROUP_MIN_ALONE_SHARE of the whole group's
- * level-1 patches (groupWorthTrying then holds for the group, whatever the others cost), and the
+ * level-1 patches and GROUP_MIN_GAIN_SHARE of the frame's input (groupWorthTrying and
+ * groupCanPay then hold for the group, whatever the others cost), and the
  * members left are not coded once those coded so far cost more than the frame (the group is
  * kept whatever they would cost). The same decisions and bytes as coding every member first.
  * On issue 18's node_modules update 3.14 -> 2.95 s (its 4 groups kept, 93 of their 211 members
@@ -503,7 +520,7 @@ export async function diffGroup(a: DiffContentsArgs): Promise<{ stored: Uint8Arr
       const stored = r.frames.reduce((n, f) => n + f.length, 0);
       storedBytes += stored;
       cost += aloneCost(stored, [r.chunks]);
-      if (!frame && groupWorthTrying(preset, storedBytes, () => (levelOne ??= levelOneSize(targets, bases)))) frame = codeFrame();
+      if (!frame && groupCanPay(preset, cost, target.length + dict.length) && groupWorthTrying(preset, storedBytes, () => (levelOne ??= levelOneSize(targets, bases)))) frame = codeFrame();
     }
     if (!frame || frame.length >= cost) {
       // every member was coded (the loop stops early only when the group is kept)
