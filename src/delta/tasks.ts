@@ -281,9 +281,15 @@ export async function diffContents(a: DiffContentsArgs): Promise<{ stored: Uint8
   }
 }
 
-async function diffOne(a: DiffContentArgs, files: Files): Promise<{ frames: Buffer[]; chunks: DeltaChunkInfo[] }> {
-  const oldSource = a.base ? await sourceOf(a.oldChain, a.base, a.baseBlob, files) : undefined;
-  const newSource = await sourceOf(a.newChain, a.target, a.targetBlob, files, oldSource);
+/** A content already read (and checked) as a source. */
+function inMemory(b: Buffer): ContentSource {
+  return { sizeOf: () => b.length, content: async () => b, range: async (s, e) => b.subarray(s, e) };
+}
+
+/** One content coded (diffContent); `loaded`: its base and itself, already read and checked (diffGroup's members). */
+async function diffOne(a: DiffContentArgs, files: Files, loaded?: { base: Buffer | undefined; target: Buffer }): Promise<{ frames: Buffer[]; chunks: DeltaChunkInfo[] }> {
+  const oldSource = loaded ? (loaded.base ? inMemory(loaded.base) : undefined) : a.base ? await sourceOf(a.oldChain, a.base, a.baseBlob, files) : undefined;
+  const newSource = loaded ? inMemory(loaded.target) : await sourceOf(a.newChain, a.target, a.targetBlob, files, oldSource);
   const targetSize = newSource.sizeOf();
   const baseSize = oldSource ? oldSource.sizeOf() : 0;
   // Whole contents up to bsdiff's input limit are one unit (cutting a binary loses matches across the cut);
@@ -513,9 +519,9 @@ export async function diffGroup(a: DiffContentsArgs): Promise<{ stored: Uint8Arr
     let storedBytes = 0;
     let cost = 0;
     if (preset === 'best') frame = codeFrame();
-    for (const it of a.items) {
+    for (const [k, it] of a.items.entries()) {
       if (frame && cost > frame.length) break;
-      const r = await diffOne(it, files);
+      const r = await diffOne(it, files, { base: bases[k], target: targets[k] });
       alone.push(r);
       const stored = r.frames.reduce((n, f) => n + f.length, 0);
       storedBytes += stored;
