@@ -546,16 +546,12 @@ int bc_rebuild(const uint8_t *form, size_t n, size_t max, uint8_t **out, size_t 
   }
   const uint8_t *suffix = form + t.fp;
   t.fp += slen;
-  if (plen > max) {
-    free(t.o);
-    return 1;
-  }
   memcpy(t.o, prefix, plen);
   t.on = plen;
   t.wbase = wpos(&t);
   block(&t, 2, -1, 0);
   walker_free(&t);
-  if (t.defer || t.accbits != 0 || slen > max - (t.on < max ? t.on : max) || t.on + slen > max) {
+  if (t.defer || t.accbits != 0 || t.on + slen > max) {
     free(t.o);
     return 1;
   }

@@ -15,7 +15,7 @@ import { corrupt } from '../../errors';
 import { Codec } from '../../format/types';
 import type { GzipRecipe } from '../gzmember';
 import { BytesCodec, defineCodec, InnerChooser } from './types';
-import { decodeInnerForm } from './wrapper';
+import { decodeInnerForm, innerEntry, ofSize } from './wrapper';
 
 /** Largest decompressed content handled (bigger .gz files take the ordinary path). */
 export const GZ_MAX_CONTENT = 64 * 1024 * 1024;
@@ -47,15 +47,15 @@ function encodeGzMember(base: Buffer, target: Buffer, inner: InnerChooser): { da
   const recipe = encodeRecipe(m);
   if (recipe.length > 255) return undefined;
   const chosen = inner(base.length ? innerBase(base) : Buffer.alloc(0), m.content);
-  const data = Buffer.concat([Buffer.from([recipe.length]), recipe, Buffer.from([chosen.codec.proto]), chosen.data]);
+  const entry = innerEntry(Buffer.concat([Buffer.from([recipe.length]), recipe]), chosen);
   // Verify what we store: it must give back this recipe and this content. inspectGzip has just
   // rebuilt the file from them byte for byte, so they rebuild it (without running gzip again).
-  const back = decodeGzParts(base, data, (p) => (p === chosen.codec.proto ? chosen.codec : undefined));
+  const back = decodeGzParts(base, entry.data, (p) => (p === chosen.codec.proto ? chosen.codec : undefined));
   const r = back.recipe;
   if (r.level !== m.level || r.engine !== m.engine || !r.header.equals(m.header) || !back.content.equals(m.content)) {
     throw corrupt('gzip member does not rebuild to the original bytes');
   }
-  return { data, usesBase: chosen.codec.base !== 'none' };
+  return entry;
 }
 
 /** The recipe and the decompressed content stored in a GZIP_MEMBER entry. */
@@ -72,9 +72,7 @@ function decodeGzParts(base: Buffer | null, stored: Buffer, codecOf: (proto: num
 /** Rebuild the .gz file from stored bytes (and the base region, for inner patches). */
 function decodeGzMember(stored: Buffer, base: Buffer | null, expectedSize: number, codecOf: (proto: number) => BytesCodec | undefined): Buffer {
   const { recipe, content } = decodeGzParts(base, stored, codecOf);
-  const out = gzmember().rebuildGzip(recipe, content);
-  if (out.length !== expectedSize) throw corrupt(`gzip member rebuilds to ${out.length} bytes, expected ${expectedSize}`);
-  return out;
+  return ofSize(gzmember().rebuildGzip(recipe, content), expectedSize, 'gzip member');
 }
 
 /** The gzip-member row of the registry (./registry.ts): tried on whole contents, kept when smaller. */

@@ -12,11 +12,10 @@
  * A wrapper codec, as ./zip-members.ts: the registry imports it and hands it the codecs
  * of bytes (the chooser to encode with, the lookup of the inner codec to decode with).
  */
-import { corrupt } from '../../errors';
 import { Codec } from '../../format/types';
 import { expandBitcode, expandBitcodeForm, isBitcode, rebuildBitcode } from '../bitcode';
 import { BytesCodec, defineCodec, InnerChooser } from './types';
-import { decodeInnerForm } from './wrapper';
+import { decodeInnerForm, innerEntry, ofSize } from './wrapper';
 
 /** Largest file expanded (a larger one takes the ordinary path; its expanded form is about as large). */
 export const BITCODE_MAX = 64 * 1024 * 1024;
@@ -37,7 +36,7 @@ function encodeBitcode(base: Buffer, target: Buffer, inner: InnerChooser): { dat
   const form = expandBitcode(target);
   if (!form) return undefined;
   const chosen = inner(base.length ? bitcodeInnerBase(base) : Buffer.alloc(0), form);
-  return { data: Buffer.concat([Buffer.from([chosen.codec.proto]), chosen.data]), usesBase: chosen.codec.base !== 'none' };
+  return innerEntry(Buffer.alloc(0), chosen);
 }
 
 /** Rebuild the bitcode file from stored bytes (and the base, for inner patches). */
@@ -45,9 +44,7 @@ function decodeBitcode(stored: Buffer, base: Buffer | null, expectedSize: number
   // a value of the form takes at most ten bytes and stands for at least eight bits of the file
   // (a 64-bit value as 2-bit VBR chunks: 16 bytes of file, 10 of form); blobs, prefix and suffix are as they are
   const form = decodeInnerForm(stored, 0, base, bitcodeInnerBase, codecOf, 10 * expectedSize + 4096, 'llvm bitcode');
-  const out = rebuildBitcode(form, expectedSize);
-  if (out.length !== expectedSize) throw corrupt(`llvm bitcode rebuilds to ${out.length} bytes, expected ${expectedSize}`);
-  return out;
+  return ofSize(rebuildBitcode(form, expectedSize), expectedSize, 'llvm bitcode');
 }
 
 /** The llvm-bitcode row of the registry (./registry.ts): tried on whole contents, kept when smaller. */

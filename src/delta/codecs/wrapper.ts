@@ -7,6 +7,20 @@ import { corrupt } from '../../errors';
 import type { BytesCodec } from './types';
 
 /**
+ * A wrapper's stored bytes for the form the inner chooser coded: `head` (the wrapper's own fields,
+ * if any), u8 inner codec, the inner bytes; the entry needs the base when the inner codec is a patch.
+ */
+export function innerEntry(head: Buffer, chosen: { codec: BytesCodec; data: Buffer }): { data: Buffer; usesBase: boolean } {
+  return { data: Buffer.concat([head, Buffer.from([chosen.codec.proto]), chosen.data]), usesBase: chosen.codec.base !== 'none' };
+}
+
+/** `out`, the content a wrapper rebuilt, when it is `expectedSize` bytes long; CORRUPT (named `what`) otherwise. */
+export function ofSize(out: Buffer, expectedSize: number, what: string): Buffer {
+  if (out.length !== expectedSize) throw corrupt(`${what} rebuilds to ${out.length} bytes, expected ${expectedSize}`);
+  return out;
+}
+
+/**
  * The form stored from byte `at` of `stored`: the inner codec named there decodes the rest,
  * against `formOf(base)` for a patch, to the size its bytes declare, which must be at most `max`.
  * CORRUPT (messages start with `what`) for a truncated entry, an unknown inner codec, a patch

@@ -15,7 +15,7 @@ import { corrupt } from '../../errors';
 import { Codec } from '../../format/types';
 import { expandZip, isZip, rebuildZip, ZIP_MAX_EXPANDED, zipInnerBase } from '../zipmember';
 import { BytesCodec, defineCodec, InnerChooser } from './types';
-import { decodeInnerForm } from './wrapper';
+import { decodeInnerForm, innerEntry } from './wrapper';
 
 /** Encode `target` (a zip archive) as its expanded form through `inner`, or undefined when no member can be rebuilt exactly. */
 function encodeZipMembers(base: Buffer, target: Buffer, inner: InnerChooser): { data: Buffer; usesBase: boolean } | undefined {
@@ -23,11 +23,11 @@ function encodeZipMembers(base: Buffer, target: Buffer, inner: InnerChooser): { 
   const expanded = expandZip(target, true);
   if (!expanded) return undefined;
   const chosen = inner(base.length ? zipInnerBase(base) : Buffer.alloc(0), expanded);
-  const data = Buffer.concat([Buffer.from([chosen.codec.proto]), chosen.data]);
+  const entry = innerEntry(Buffer.alloc(0), chosen);
   // what is stored must give the archive back, byte for byte: the inner codec's bytes were
   // decoded and checked by the chooser, so the expanded form is rebuilt (each member deflated again)
   if (!rebuildZip(expanded, target.length).equals(target)) throw corrupt('zip members do not rebuild to the original archive');
-  return { data, usesBase: chosen.codec.base !== 'none' };
+  return entry;
 }
 
 /** Rebuild the archive from stored bytes (and the base, for inner patches). */
