@@ -125,8 +125,16 @@ export class BlobCache {
     return (this.db.prepare('SELECT * FROM blobs ORDER BY last_used DESC').all() as Row[]).map((r) => this.toBlob(r));
   }
 
+  /** The last use recorded, in ms: strictly later than the one before (two uses in one millisecond would tie, and LRU order would be the rows' order). */
+  private lastStamp = 0;
+  private stamp(): number {
+    if (this.lastStamp === 0) this.lastStamp = (this.db.prepare('SELECT MAX(last_used) AS m FROM blobs').get() as { m: number | null }).m ?? 0;
+    this.lastStamp = Math.max(Date.now(), this.lastStamp + 1);
+    return this.lastStamp;
+  }
+
   touch(digest: string): void {
-    this.db.prepare('UPDATE blobs SET last_used = ? WHERE digest = ?').run(Date.now(), digest);
+    this.db.prepare('UPDATE blobs SET last_used = ? WHERE digest = ?').run(this.stamp(), digest);
   }
 
   /** Bytes held. */
@@ -178,7 +186,7 @@ export class BlobCache {
            from_peers = blobs.from_peers + excluded.from_peers, torrent = COALESCE(excluded.torrent, blobs.torrent),
            info_hash = COALESCE(excluded.info_hash, blobs.info_hash), media_type = COALESCE(excluded.media_type, blobs.media_type)`,
       )
-      .run(digest, got.size, o.torrent ?? null, o.infoHash ?? null, o.mediaType ?? null, Date.now(), o.fromOrigin ?? 0, o.fromPeers ?? 0);
+      .run(digest, got.size, o.torrent ?? null, o.infoHash ?? null, o.mediaType ?? null, this.stamp(), o.fromOrigin ?? 0, o.fromPeers ?? 0);
     return this.get(digest)!;
   }
 
