@@ -7,8 +7,10 @@
  *    digests consistent with those bytes (and an image id recomputed over its
  *    tree, so the file passes every check of its index). Read half-way
  *    first, its chunks must not reach the victim's readers: the victim reads
- *    its true bytes. Read whole, it fails its whole-content check (EIO) and
- *    nothing of it is shared.
+ *    its true bytes. Read whole, it gets its own bytes (each chunk checked
+ *    against its own chunk digest) until its whole-content check, made by a
+ *    worker thread once the last chunk is built, fails: from then on every
+ *    read of it is EIO, and nothing of it is ever shared.
  *  - Daemon sockets: the FUSE manager's socket lives in a private 0700
  *    directory (its root, or /run/d4fs/fuse-<hash> for long roots; never a
  *    predictable name in /tmp), and a socket directory someone else owns or
@@ -99,7 +101,8 @@ describeIfCapable('test/fuse-trust.test.ts', ['root', 'fuse'])('FUSE trust bound
   let log: Logger;
   let ffs: FuseFileSystem;
   let cacheDir: string;
-  const mp = { victim: '', hostile: '', lazy: '', lazyBad: '' };
+  const mp = { victim: '', hostile: '', hostile2: '', lazy: '', lazyBad: '' };
+  let forged = '';
   const files: Record<string, string> = {};
   let victimId = '';
   let hostileId = '';
@@ -132,7 +135,7 @@ describeIfCapable('test/fuse-trust.test.ts', ['root', 'fuse'])('FUSE trust bound
       await fsp.mkdir(mp[who], { recursive: true });
     }
     for (const k of ['big', 'mid'] as const) claims.set(sha(data[k].hostile), Buffer.from(data[k].hex, 'hex'));
-    const forged = path.join(dir, 'hostile-claims.cdimg');
+    forged = path.join(dir, 'hostile-claims.cdimg');
     hostileId = await claimDigests(files.hostile, forged, claims);
 
     // The hostile file is self-consistent: it opens, its tree claims the victim's digests,
@@ -171,15 +174,31 @@ describeIfCapable('test/fuse-trust.test.ts', ['root', 'fuse'])('FUSE trust bound
     await fsp.rm(dir, { recursive: true, force: true });
   });
 
-  test('a hostile content that fails its whole digest is EIO and is not shared', async () => {
+  test('a hostile content that fails its whole digest is never shared, and EIO once its check has failed', async () => {
     const failures0 = (await ffs.client.stats()).cache.failures;
-    // Every chunk matches the hostile file's own chunk digests; the whole does not match the digest it claims.
-    expect(await readError(path.join(mp.hostile, 'data', 'mid.bin'))).toBe('EIO');
-    expect((await ffs.client.stats()).cache.failures).toBeGreaterThan(failures0);
+    // Every chunk matches the hostile file's own chunk digests; the whole does not match the digest it
+    // claims. A first whole read gets the file's own bytes (its chunks, checked), or EIO when the
+    // check (a worker thread's, once the last chunk is built) failed before the read ended.
+    const first = await fsp.readFile(path.join(mp.hostile, 'data', 'mid.bin')).then(
+      (b) => (b.equals(data.mid.hostile) ? 'its own bytes' : 'other bytes'),
+      (e: NodeJS.ErrnoException) => e.code,
+    );
+    expect(['its own bytes', 'EIO']).toContain(first);
+    await eventually(async () => (await ffs.client.stats()).cache.failures > failures0, 30_000, 'the whole-content check failed');
     expect(fs.existsSync(path.join(cacheDir, data.mid.hex))).toBe(false);
     expect(fs.readFileSync(managerPaths(path.join(dir, 'fuse')).log, 'utf8')).toMatch(/does not match its digest/);
+    // From then on every read that reaches the manager fails: another mount of the same file (its
+    // own inodes, nothing in the kernel's page cache) reads EIO, and the content is not built again.
+    mp.hostile2 = path.join(dir, 'mnt', 'hostile2');
+    await fsp.mkdir(mp.hostile2, { recursive: true });
+    await ffs.client.mount({ mountpoint: mp.hostile2, chain: [forged], imageId: hostileId });
+    const builds0 = (await ffs.client.stats()).cache.chunkBuilds;
+    expect(await readError(path.join(mp.hostile2, 'data', 'mid.bin'))).toBe('EIO');
+    expect((await ffs.client.stats()).cache.chunkBuilds).toBe(builds0);
     // The victim's file is built from the victim's own blob: its true bytes.
     expect(sha(await fsp.readFile(path.join(mp.victim, 'data', 'mid.bin')))).toBe(data.mid.hex);
+    // …which the cache keeps under its digest once a worker thread has checked it as a whole
+    await eventually(() => fs.existsSync(path.join(cacheDir, data.mid.hex)), 30_000, 'the victim content promoted');
     expect(sha(await fsp.readFile(path.join(cacheDir, data.mid.hex)))).toBe(data.mid.hex);
   });
 
@@ -207,15 +226,17 @@ describeIfCapable('test/fuse-trust.test.ts', ['root', 'fuse'])('FUSE trust bound
       }
       expect(sha(await fsp.readFile(path.join(mp.victim, 'data', 'big.bin')))).toBe(hex);
 
-      // The rest of the hostile file: EIO (its whole digest fails) or, once the verified
-      // content is what the cache holds for that digest, the true bytes; never its own.
+      // The rest of the hostile file: its own bytes (its chunks, checked against its own chunk
+      // digests, until its whole-content check fails), EIO (once it has) or, once the verified
+      // content is what the cache holds for that digest, the true bytes; never a mix.
       const rest = await readAt(hfh, half, truth.length - half);
       if (typeof rest === 'string') expect(rest).toBe('EIO');
-      else expect(rest.equals(truth.subarray(half))).toBe(true);
+      else expect([rest.equals(truth.subarray(half)), rest.equals(hostile.subarray(half))]).toContain(true);
     } finally {
       await hfh.close();
     }
-    // What the cache shares by digest is the verified truth.
+    // What the cache shares by digest is the verified truth (promoted once a worker thread checked it).
+    await eventually(() => fs.existsSync(path.join(cacheDir, hex)), 30_000, 'the victim content promoted');
     expect(sha(await fsp.readFile(path.join(cacheDir, hex)))).toBe(hex);
     for (const name of await fsp.readdir(cacheDir)) {
       if (/^[0-9a-f]{64}$/.test(name)) expect(sha(await fsp.readFile(path.join(cacheDir, name)))).toBe(name);

@@ -3,7 +3,7 @@
  * builds, chunk lookup, references to bytes in memory): what cache.ts's
  * ContentCache works with.
  */
-import { createHash, type Hash } from 'node:crypto';
+import { createHash } from 'node:crypto';
 import type { promises as fsp } from 'node:fs';
 import type { Logger } from 'pino';
 import type { ChainIndex, Location } from './chain-index';
@@ -13,8 +13,6 @@ import { type Chunk, Codec, Encoding } from '../format/types';
 
 /** Longest chain of patch bases followed (a longer one is taken for a cycle). */
 export const MAX_BASE_DEPTH = 64;
-/** Bytes hashed at a time when the whole-content hash follows the chunks built (see advanceHash). */
-export const HASH_PIECE = 1024 * 1024;
 export const HEX_RE = /^[0-9a-f]{64}$/;
 
 export interface ContentCacheOptions {
@@ -101,12 +99,8 @@ export interface PartialState {
   remaining: number;
   inflight: Map<number, Promise<void>>;
   promoting?: Promise<void>;
-  /** sha256 of chunks [0, hashed) of the file, fed as chunks land in order (see advanceHash). */
-  hash: Hash;
-  hashed: number;
-  hashing?: Promise<void>;
-  /** Reading a chunk back failed: promote verifies the whole file instead. */
-  hashFailed?: boolean;
+  /** The whole failed its check against the digest (see ContentCache.promote): every later read of it fails with this. */
+  failed?: Error;
 }
 
 export const EMPTY_REF: ContentRef = { size: 0, complete: true, prepare: async () => undefined, readInto: async () => 0, release: () => undefined };
