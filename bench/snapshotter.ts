@@ -178,10 +178,23 @@ async function medianOf(runs: number, cmd: string, args: string[]): Promise<numb
   return median(times);
 }
 
-/** Names the differ's code, so that cached deltas are made again when it changes. */
+/** Names the differ's code (dist/src/delta and the codecs' addon), so that cached deltas are made again when it changes. */
 function codecTag(): string {
   const h = createHash('sha256');
-  for (const m of ['codecs.js', 'bsdiffcm.js', 'diff.js']) h.update(fs.readFileSync(path.join(packageRoot(), 'dist', 'src', 'delta', m)));
+  const add = (file: string): void => {
+    h.update(path.relative(packageRoot(), file));
+    h.update(fs.readFileSync(file));
+  };
+  const walk = (dir: string): void => {
+    for (const e of fs.readdirSync(dir, { withFileTypes: true }).sort((a, b) => (a.name < b.name ? -1 : 1))) {
+      const p = path.join(dir, e.name);
+      if (e.isDirectory()) walk(p);
+      else if (e.name.endsWith('.js')) add(p);
+    }
+  };
+  walk(path.join(packageRoot(), 'dist', 'src', 'delta'));
+  const addon = path.join(packageRoot(), 'native', 'bsdiff-sa', 'build', 'Release', 'bsdiff_sa.node');
+  if (fs.existsSync(addon)) add(addon);
   return h.digest('hex').slice(0, 12);
 }
 
@@ -212,16 +225,21 @@ async function esbuildImages(pool: WorkerPool): Promise<{ full: Record<string, s
   return { full, delta };
 }
 
-/** Codec of the (first chunk of the) content at `rel` of the image a delta leads to. */
-async function codecIn(deltaFile: string, rel: string): Promise<{ codec: Codec; hex: string; size: number }> {
-  const r = await CdimgReader.open(deltaFile);
+/** Codec of the (first chunk of the) content at `rel` of an image (a delta is opened on its full parent `parentFile`, which its tree needs). */
+async function codecIn(file: string, rel: string, parentFile?: string): Promise<{ codec: Codec; hex: string; size: number }> {
+  const parent = parentFile ? await CdimgReader.open(parentFile) : undefined;
   try {
-    const e = r.byPath.get(rel);
-    if (!e) throw new Error(`${rel} is not in ${deltaFile}`);
-    const b = r.blob(e.digest);
-    return { codec: b?.chunks[0]?.codec ?? Codec.UNSPECIFIED, hex: e.digest.toString('hex'), size: e.size };
+    const r = await CdimgReader.open(file, { parent });
+    try {
+      const e = r.byPath.get(rel);
+      if (!e) throw new Error(`${rel} is not in ${file}`);
+      const b = r.blob(e.digest);
+      return { codec: b?.chunks[0]?.codec ?? Codec.UNSPECIFIED, hex: e.digest.toString('hex'), size: e.size };
+    } finally {
+      await r.close();
+    }
   } finally {
-    await r.close();
+    await parent?.close();
   }
 }
 
@@ -366,7 +384,7 @@ export async function snapshotterBench(opts: SnapshotterBenchOptions = {}): Prom
 
     // -- 3. first open of a patched ~11 MB file vs the C decoders ------------
     const [va, vb] = ESBUILD_VERSIONS.slice(-2);
-    const target = await codecIn(esb.delta[vb], ESBUILD_BIN);
+    const target = await codecIn(esb.delta[vb], ESBUILD_BIN, esb.full[va]);
     const base = await codecIn(esb.full[va], ESBUILD_BIN);
     // Base cold: nothing of either version is cached.
     let ida = await load(env, 'esb-pair:a', esb.full[va]);
