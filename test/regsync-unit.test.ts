@@ -12,7 +12,7 @@ import type { AddressInfo } from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import * as zlib from 'node:zlib';
-import { compressFull, decompressFull } from '../src/delta/codecs';
+import { compressFull, decompressFull, encodePatch } from '../src/delta/codecs';
 import { D4fsError } from '../src/errors';
 import { HEADER_SIZE, PatchReader } from '../src/regsync/container';
 import { diffImageSets } from '../src/regsync/diff';
@@ -593,6 +593,27 @@ describe('LLVM bitcode in registry patches', () => {
     } finally {
       await fsp.rm(dir, { recursive: true, force: true });
     }
+  });
+});
+
+describe('executables in registry patches', () => {
+  test('a large executable is patched with the whole context-mixing model (applied offline), smaller than a lazily read delta codes it, and decodes back', async () => {
+    // an "ELF" of 2.4 MB whose next version has scattered edits: bsdiff's diff stream covers the whole file (over 2 MiB)
+    const v1 = Buffer.concat([Buffer.from('\x7fELF\x02\x01\x01\x00', 'latin1'), randomBytes(2_400_000)]);
+    const v2 = Buffer.from(v1);
+    for (let i = 4096; i < v2.length; i += 997) v2[i] ^= 1 + (i % 251);
+    const enc = await encode({ target: { data: v2 }, base: { data: v1 }, codec: 'auto', level: 'default' });
+    expect(enc.codec).toBe('bsdiff');
+    const data = Buffer.from(enc.data);
+    expect(data.toString('latin1', 0, 8)).toBe('D4BSDIF2');
+    expect(data[24 + 12]).toBe(3); // the runs section: the whole diff stream by the context-mixing model
+    // what `cdimg diff` (read lazily through FUSE) writes for the same pair: the block model, larger
+    const lazy = encodePatch(v1, v2, 'bsdiff', 12);
+    expect(lazy[24 + 12]).toBe(4);
+    expect(data.length).toBeLessThan(lazy.length);
+    const digest = `sha256:${createHash('sha256').update(v2).digest('hex')}`;
+    const out = await decode({ codec: 'bsdiff', payload: { data }, base: { data: v1 }, size: v2.length, digest });
+    expect(Buffer.from(out!).equals(v2)).toBe(true);
   });
 });
 

@@ -578,6 +578,11 @@ describe('hostile bsdiff v2 containers', () => {
     const pb = encodePatch(big.base, big.target, 'bsdiff', 12);
     expect(pb[24 + 12]).toBe(4);
     expect(applyPatch(big.base, pb, 'bsdiff', big.target.length).equals(big.target)).toBe(true);
+    // a patch applied offline (registry patches) gets method 3 at every length: smaller
+    const po = encodePatch(big.base, big.target, 'bsdiff', 12, { offline: true });
+    expect(po[24 + 12]).toBe(3);
+    expect(po.length).toBeLessThan(pb.length);
+    expect(applyPatch(big.base, po, 'bsdiff', big.target.length).equals(big.target)).toBe(true);
   });
 
   it('every truncation is refused', () => {

@@ -661,7 +661,12 @@ export class ContentCache {
       item.partial = undefined;
       this.items.set(item.hex, item);
       this.log.debug({ digest: item.hex, size: item.size }, 'content complete');
-    })();
+    })().catch((e: unknown) => {
+      // Not checked (the file could not be read, the pool closed): it may be tried again, and
+      // the item evicted meanwhile. One that failed its check is gone already.
+      if (!st.failed) st.promoting = undefined;
+      throw e;
+    });
     return st.promoting;
   }
 

@@ -73,7 +73,7 @@ export async function encode(a: EncodeArgs): Promise<EncodeResult> {
   const target = await load(a.target);
   const base = a.base ? await load(a.base) : undefined;
   const innerOf: InnerChooser = (b, t) => {
-    const r = b.length ? chooseBest(b, t, { codec: a.codec, level: a.level }) : { codec: 'zstd' as const, data: compressFull(t, LEVELS[a.level]) };
+    const r = b.length ? chooseBest(b, t, { codec: a.codec, level: a.level, offline: true }) : { codec: 'zstd' as const, data: compressFull(t, LEVELS[a.level]) };
     return { codec: bytesCodec(r.codec), data: r.data };
   };
   if (isBitcode(target)) {
@@ -82,7 +82,7 @@ export async function encode(a: EncodeArgs): Promise<EncodeResult> {
     if (bc) return { codec: 'llvm-bitcode', data: bc.data, usesBase: bc.usesBase };
   }
   const plain: EncodeResult = base
-    ? (({ codec, data }) => ({ codec, data }))(chooseBest(base, target, { codec: a.codec, level: a.level }))
+    ? (({ codec, data }) => ({ codec, data }))(chooseBest(base, target, { codec: a.codec, level: a.level, offline: true }))
     : { codec: 'zstd', data: compressFull(target, LEVELS[a.level]) };
   if (isZip(target)) {
     // a zip archive as its members (src/delta/codecs/zip-members.ts), when that is smaller
@@ -96,7 +96,7 @@ export async function encode(a: EncodeArgs): Promise<EncodeResult> {
   const baseInner = base && looksGzip(base) ? inflateSingle(base) : undefined;
   const innerBase = baseInner ?? base;
   const inner = innerBase
-    ? chooseBest(innerBase, g.inner, { codec: a.codec, level: a.level })
+    ? chooseBest(innerBase, g.inner, { codec: a.codec, level: a.level, offline: true })
     : { codec: 'zstd' as const, data: compressFull(g.inner, LEVELS[a.level]) };
   if (inner.data.length + GZIP_OVERHEAD >= plain.data.length) return plain;
   const usesBase = bytesCodec(inner.codec).base !== 'none';

@@ -49,7 +49,7 @@ function bsdiffEncode(base: Buffer, target: Buffer, level: number, opts: PatchOp
   const { BSDIFF_CM_DEFAULT_MAX, bsdiffPack } = container();
   const s = bsdiffStreams(base, target, opts);
   const best = level >= BSDIFF_STREAM_BEST_LEVEL;
-  const coder = best || s.diff.length <= BSDIFF_CM_DEFAULT_MAX ? 'cm' : 'cmb';
+  const coder = best || opts.offline === true || s.diff.length <= BSDIFF_CM_DEFAULT_MAX ? 'cm' : 'cmb';
   return bsdiffPack(s, base, target, best ? BSDIFF_STREAM_BEST_LEVEL : BSDIFF_STREAM_MIN_LEVEL, best, coder);
 }
 

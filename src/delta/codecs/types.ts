@@ -51,6 +51,14 @@ export interface PatchOptions {
    * each position (zstd's searchLog; absent: the level's own). Lower is faster and larger.
    */
   zstdSearchLog?: number;
+  /**
+   * The patch is applied offline, in bulk (a registry patch: `registry apply`, incremental
+   * pull and push rebuild whole files), never read lazily through the FUSE mount: bsdiff
+   * codes diff streams of every length with the whole context-mixing model (container
+   * section method 3, as at `best`), not only up to BSDIFF_CM_DEFAULT_MAX, above which the
+   * default's block model (method 4) keeps a patched file's first open fast.
+   */
+  offline?: boolean;
 }
 
 /** A codec of bytes: chooseBest picks among them; `frame` ones are self-contained, `patch` ones need a base. */
