@@ -3,6 +3,7 @@
  * publishing with skopeo / umoci.
  */
 import { ChildProcess, execFile, spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
 import * as http from 'node:http';
 import * as https from 'node:https';
@@ -74,7 +75,7 @@ export function freePort(): Promise<number> {
   });
 }
 
-function configYaml(dataDir: string, port: number, withAuth: boolean, tls?: { cert: string; key: string }): string {
+function configYaml(dataDir: string, port: number, withAuth: boolean, id: string, tls?: { cert: string; key: string }): string {
   const lines = [
     'version: 0.1',
     'log:',
@@ -92,6 +93,9 @@ function configYaml(dataDir: string, port: number, withAuth: boolean, tls?: { ce
     'http:',
     `  addr: 127.0.0.1:${port}`,
     '  secret: d4fs-test-secret',
+    // which registry answers on the port (launch): two started at once may be handed the same free port
+    '  headers:',
+    `    ${ID_HEADER}: [${id}]`,
   ];
   if (tls) lines.push('  tls:', `    certificate: ${tls.cert}`, `    key: ${tls.key}`);
   if (withAuth) {
@@ -100,13 +104,17 @@ function configYaml(dataDir: string, port: number, withAuth: boolean, tls?: { ce
   return lines.join('\n') + '\n';
 }
 
-/** HTTP status of GET url, or undefined when nothing answers (certificates are not checked). */
-function probe(url: string): Promise<number | undefined> {
+/** Response header naming the test registry that answers (its config's http.headers). */
+const ID_HEADER = 'X-D4fs-Test-Registry';
+
+/** HTTP status of GET url and the registry id it names, or undefined when nothing answers (certificates are not checked). */
+function probe(url: string): Promise<{ status: number | undefined; id: string } | undefined> {
   return new Promise((resolve) => {
     const get = url.startsWith('https:') ? (u: string, o: https.RequestOptions, cb: (res: http.IncomingMessage) => void) => https.get(u, { ...o, rejectUnauthorized: false }, cb) : http.get;
     const req = get(url, { timeout: 1000 }, (res) => {
       res.resume();
-      resolve(res.statusCode);
+      const id = res.headers[ID_HEADER.toLowerCase()];
+      resolve({ status: res.statusCode, id: Array.isArray(id) ? id.join(',') : (id ?? '') });
     });
     req.on('timeout', () => req.destroy());
     req.on('error', () => resolve(undefined));
@@ -131,7 +139,11 @@ async function killChild(child: ChildProcess): Promise<void> {
 /** Spawn on `port` and wait until /v2/ answers; rejects (after killing it) when it exits or hangs. */
 async function launch(dataDir: string, port: number, withAuth: boolean, tls?: { cert: string; key: string }): Promise<ChildProcess> {
   const configFile = path.join(dataDir, 'config.yml');
-  await fsp.writeFile(configFile, configYaml(dataDir, port, withAuth, tls));
+  // Only this child's answer counts: another registry started at the same time on the same port
+  // (a free port handed to both) answered for this one once, and an htpasswd test ran against
+  // the registry without auth (its pushes and pulls succeeded without credentials).
+  const id = randomBytes(8).toString('hex');
+  await fsp.writeFile(configFile, configYaml(dataDir, port, withAuth, id, tls));
   const child = spawn(REGISTRY_BIN, ['serve', configFile], { env: registryEnv(), stdio: ['ignore', 'ignore', 'pipe'] });
   running.add(child);
   let stderr = '';
@@ -142,8 +154,8 @@ async function launch(dataDir: string, port: number, withAuth: boolean, tls?: { 
   const want = withAuth ? [200, 401] : [200];
   while (Date.now() < deadline) {
     if (child.exitCode !== null || child.signalCode !== null) break;
-    const status = await probe(`${tls ? 'https' : 'http'}://127.0.0.1:${port}/v2/`);
-    if (status !== undefined && want.includes(status)) return child;
+    const answer = await probe(`${tls ? 'https' : 'http'}://127.0.0.1:${port}/v2/`);
+    if (answer?.status !== undefined && want.includes(answer.status) && answer.id === id) return child;
     await new Promise((r) => setTimeout(r, 100));
   }
   await killChild(child);
